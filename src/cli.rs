@@ -1,0 +1,587 @@
+//! The `beacon` command line. The only module that uses `anyhow`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use beacon::client::{AdminClient, ClientSettings, Dialer};
+use beacon::config::{Config, LogFormat};
+use beacon::identity::{Identity, MemberScope, RoleKind, TrustDomain};
+use beacon::pki::{self, Algorithm, Ca, InitRequest, IssueRequest, Reason, Selector};
+use beacon::proto::v1 as pb;
+use beacon::tls::ExpectedServer;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "beacon",
+    version,
+    about = "Signed threat bulletins between allied agencies"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: `beacon daemon --config beacon.toml`.
+    Daemon {
+        #[arg(long, short, env = "BEACON_CONFIG", default_value = "beacon.toml")]
+        config: PathBuf,
+    },
+    /// The embedded default: a throwaway dev PKI and a node on 127.0.0.1.
+    Dev {
+        #[arg(long, default_value = "beacon-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+    },
+    /// Operate a certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Node status (operators): head, connections, subscriptions, peers.
+    Status {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How a client reaches a node; flags or BEACON_* environment variables.
+#[derive(Args, Debug, Clone)]
+struct ConnArgs {
+    /// host:port of the node.
+    #[arg(long, env = "BEACON_NODE")]
+    node: Option<String>,
+    /// Your certificate (PEM).
+    #[arg(long, env = "BEACON_CERT")]
+    cert: Option<PathBuf>,
+    /// Your private key (PEM).
+    #[arg(long, env = "BEACON_KEY")]
+    key: Option<PathBuf>,
+    /// CA certificate(s) that vouch for the node.
+    #[arg(long, env = "BEACON_CA", value_delimiter = ',')]
+    ca: Vec<PathBuf>,
+    /// Require exactly this node identity (SPIFFE id) instead of checking the host name.
+    #[arg(long, env = "BEACON_NODE_IDENTITY")]
+    node_identity: Option<String>,
+}
+
+impl ConnArgs {
+    async fn dial(&self) -> Result<tonic::transport::Channel> {
+        let node = self
+            .node
+            .clone()
+            .context("missing setting: node address (--node or BEACON_NODE)")?;
+        let node_identity = match &self.node_identity {
+            Some(s) => Some(s.parse::<Identity>().context("--node-identity")?),
+            None => None,
+        };
+        let settings = ClientSettings {
+            node: Some(node.clone()),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+            crl: Vec::new(),
+            node_identity: node_identity.clone(),
+        };
+        let dialer = Dialer::load(&settings)?;
+        let expected = match node_identity {
+            Some(id) => ExpectedServer::Exactly(id),
+            None => ExpectedServer::AnyNode,
+        };
+        Ok(dialer.connect(&node, expected).await?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create a CA for a trust domain.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        trust_domain: String,
+        /// A name for the CA certificate's subject.
+        #[arg(long, default_value = "Beacon alliance CA")]
+        name: String,
+        /// Members this CA may vouch for: "*", "uk.ncsc", "uk.*" (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "*")]
+        members: Vec<String>,
+        #[arg(long, value_enum, default_value_t = AlgArg::Ed25519)]
+        algorithm: AlgArg,
+        /// How long the CA certificate is valid, e.g. "5y", "365d".
+        #[arg(long, default_value = "5y")]
+        validity: humantime::Duration,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate.
+    Issue {
+        #[arg(value_enum)]
+        kind: KindArg,
+        #[arg(long)]
+        dir: PathBuf,
+        /// The member (organisation id) of a node or client.
+        #[arg(long)]
+        member: Option<String>,
+        /// The node, client or operator name.
+        #[arg(long)]
+        name: String,
+        /// DNS names of a node (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP addresses of a node (repeatable).
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        /// Validity, e.g. "90d" (default 90 days; operators 30 days).
+        #[arg(long)]
+        validity: Option<humantime::Duration>,
+        /// Writes OUT.pem and OUT.key (default: the name, in the current directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Key algorithm (default: the CA's).
+        #[arg(long, value_enum)]
+        algorithm: Option<AlgArg>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a fresh certificate and key for an identity this CA issued before.
+    Renew {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        which: Which,
+        #[arg(long)]
+        validity: Option<humantime::Duration>,
+        /// Writes OUT.pem and OUT.key.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Revoke a certificate and rewrite the CRL.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        which: Which,
+        /// unspecified, key-compromise, ca-compromise, affiliation-changed,
+        /// superseded, cessation-of-operation, privilege-withdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Regenerate the CRL (crl.pem in the CA directory).
+    Crl {
+        #[arg(long)]
+        dir: PathBuf,
+        /// When relying parties should expect the next CRL, e.g. "7d".
+        #[arg(long, default_value = "7d")]
+        next_update: humantime::Duration,
+    },
+    /// List issued certificates.
+    List {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a certificate or CRL file.
+    Inspect { file: PathBuf },
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Which {
+    /// Serial number (hex), as `beacon ca list` shows it.
+    #[arg(long)]
+    serial: Option<String>,
+    /// The certificate file.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+}
+
+impl Which {
+    fn selector(&self) -> Selector {
+        match (&self.serial, &self.cert) {
+            (Some(s), _) => Selector::Serial(s.clone()),
+            (None, Some(c)) => Selector::CertFile(c.clone()),
+            // clap's group makes one of them required.
+            (None, None) => Selector::Serial(String::new()),
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum AlgArg {
+    Ed25519,
+    EcdsaP256,
+}
+
+impl From<AlgArg> for Algorithm {
+    fn from(a: AlgArg) -> Self {
+        match a {
+            AlgArg::Ed25519 => Algorithm::Ed25519,
+            AlgArg::EcdsaP256 => Algorithm::EcdsaP256,
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum KindArg {
+    Node,
+    Client,
+    Operator,
+}
+
+impl From<KindArg> for RoleKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Node => RoleKind::Node,
+            KindArg::Client => RoleKind::Client,
+            KindArg::Operator => RoleKind::Operator,
+        }
+    }
+}
+
+fn init_logging(format: &LogFormat, filter: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("info")))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+/// Parses arguments and runs the command; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("beacon: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("beacon: {}", one_line(&e));
+            1
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+async fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Daemon { config } => {
+            let config = Config::load(&config)?;
+            init_logging(&config.log.format, config.log.filter.as_deref());
+            run_daemon(config).await
+        }
+        Command::Dev { data_dir, listen } => {
+            init_logging(&LogFormat::Human, None);
+            let layout = beacon::dev::prepare(&data_dir, listen)?;
+            let config = Config::load(&layout.config)?;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let addr = listener.local_addr()?;
+            print_dev_banner(&layout, addr);
+            serve(config, listener).await
+        }
+        Command::Ca(cmd) => run_ca(cmd),
+        Command::Status { conn, json } => {
+            let channel = conn.dial().await?;
+            let status = AdminClient::new(channel)
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(beacon::client::ClientError::from)?
+                .into_inner();
+            print_status(&status, json);
+            Ok(())
+        }
+    }
+}
+
+fn print_dev_banner(l: &beacon::dev::DevLayout, addr: SocketAddr) {
+    let p = |p: &Path| p.display().to_string();
+    println!("Beacon dev node (throwaway PKI in {})", p(&l.data_dir));
+    println!("  listening on {addr} (mutual TLS 1.3)");
+    println!("  connect as a client of member drc:");
+    println!("    export BEACON_NODE={addr}");
+    println!("    export BEACON_CA={}", p(&l.ca_cert));
+    println!("    export BEACON_CERT={}", p(&l.client_cert));
+    println!("    export BEACON_KEY={}", p(&l.client_key));
+    println!(
+        "  as the operator: BEACON_CERT={} BEACON_KEY={} beacon status",
+        p(&l.operator_cert),
+        p(&l.operator_key)
+    );
+    println!("  Ctrl-C stops the node; rerunning reuses the data directory.");
+}
+
+async fn run_daemon(config: Config) -> Result<()> {
+    let listener = TcpListener::bind(config.node.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.node.listen))?;
+    serve(config, listener).await
+}
+
+async fn serve(config: Config, listener: TcpListener) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let reload = Arc::new(tokio::sync::Notify::new());
+    {
+        let shutdown = shutdown.clone();
+        let reload = reload.clone();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); shutdown.cancel(); return; }
+                    _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); shutdown.cancel(); return; }
+                    _ = hup.recv() => { tracing::info!("SIGHUP: reloading certificates and CRLs"); reload.notify_one(); }
+                }
+            }
+        });
+    }
+    beacon::server::run_with_reload(config, listener, shutdown, reload).await?;
+    Ok(())
+}
+
+fn print_status(s: &pb::StatusResponse, json: bool) {
+    if json {
+        let v = serde_json::json!({
+            "node": s.node,
+            "version": s.version,
+            "head": s.head,
+            "connections": s.connections,
+            "revoked_certificates": s.revoked_certificates,
+            "subscriptions": s.subscriptions.iter().map(|x| serde_json::json!({
+                "identity": x.identity, "name": x.name, "durable": x.durable,
+                "connected": x.connected, "cursor": x.cursor, "lag": x.lag,
+            })).collect::<Vec<_>>(),
+            "peers": s.peers.iter().map(|p| serde_json::json!({
+                "address": p.address, "identity": p.expected_identity, "connected": p.connected,
+                "cursor": p.cursor, "lag": p.lag, "last_error": p.last_error,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return;
+    }
+    println!("node:        {}", s.node);
+    println!("version:     {}", s.version);
+    println!("head:        {}", s.head);
+    println!("connections: {}", s.connections);
+    println!("revoked:     {}", s.revoked_certificates);
+    println!("subscriptions: {}", s.subscriptions.len());
+    for x in &s.subscriptions {
+        println!(
+            "  {} {:?} cursor={} lag={} connected={}",
+            x.identity, x.name, x.cursor, x.lag, x.connected
+        );
+    }
+    println!("peers: {}", s.peers.len());
+    for p in &s.peers {
+        println!(
+            "  {} {} connected={} lag={} {}",
+            p.address, p.expected_identity, p.connected, p.lag, p.last_error
+        );
+    }
+}
+
+fn run_ca(cmd: CaCommand) -> Result<()> {
+    match cmd {
+        CaCommand::Init {
+            dir,
+            trust_domain,
+            name,
+            members,
+            algorithm,
+            validity,
+            force,
+        } => {
+            let td: TrustDomain = trust_domain.parse()?;
+            let scope = MemberScope::parse_list(&members)?;
+            let ca = Ca::init(
+                &dir,
+                &InitRequest {
+                    trust_domain: td,
+                    name,
+                    members: scope,
+                    algorithm: algorithm.into(),
+                    validity: validity.into(),
+                    force,
+                },
+            )?;
+            println!(
+                "created CA {:?} for trust domain {} (members {}) in {}",
+                ca.meta.name,
+                ca.meta.trust_domain,
+                ca.meta.members.join(","),
+                dir.display()
+            );
+            println!("  certificate: {}", Ca::cert_path(&dir).display());
+            println!("  CRL:         {}", Ca::crl_path(&dir).display());
+            Ok(())
+        }
+        CaCommand::Issue {
+            kind,
+            dir,
+            member,
+            name,
+            dns,
+            ip,
+            validity,
+            out,
+            algorithm,
+            force,
+        } => {
+            let ca = Ca::open(&dir)?;
+            let identity =
+                pki::identity_for(&ca.trust_domain()?, kind.into(), member.as_deref(), &name)?;
+            let mut req = IssueRequest::new(identity);
+            req.dns_names = dns;
+            req.ip_addresses = ip;
+            req.validity = validity.map(Into::into);
+            req.algorithm = algorithm.map(Into::into);
+            let out = out.unwrap_or_else(|| PathBuf::from(&name));
+            let (cert_path, key_path) = out_paths(&out);
+            for p in [&cert_path, &key_path] {
+                if p.exists() && !force {
+                    bail!("{} already exists (use --force to overwrite)", p.display());
+                }
+            }
+            let issued = ca.issue(&req)?;
+            write_issued(&ca, &issued, &cert_path, &key_path, force)
+        }
+        CaCommand::Renew {
+            dir,
+            which,
+            validity,
+            out,
+            force,
+        } => {
+            let ca = Ca::open(&dir)?;
+            let (cert_path, key_path) = out_paths(&out);
+            for p in [&cert_path, &key_path] {
+                if p.exists() && !force {
+                    bail!("{} already exists (use --force to overwrite)", p.display());
+                }
+            }
+            let issued = ca.renew(&which.selector(), validity.map(Into::into))?;
+            write_issued(&ca, &issued, &cert_path, &key_path, force)
+        }
+        CaCommand::Revoke { dir, which, reason } => {
+            let reason: Reason = reason.parse().map_err(anyhow::Error::msg)?;
+            let mut ca = Ca::open(&dir)?;
+            let entry = ca.revoke(&which.selector(), reason)?;
+            println!(
+                "revoked {} ({}); CRL rewritten: {}",
+                entry.serial,
+                entry.identity,
+                Ca::crl_path(&dir).display()
+            );
+            Ok(())
+        }
+        CaCommand::Crl { dir, next_update } => {
+            let mut ca = Ca::open(&dir)?;
+            let path = ca.write_crl(next_update.into())?;
+            println!(
+                "wrote CRL number {} to {}",
+                ca.meta.crl_number,
+                path.display()
+            );
+            Ok(())
+        }
+        CaCommand::List { dir, json } => {
+            let ca = Ca::open(&dir)?;
+            let index = ca.index()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&index)?);
+                return Ok(());
+            }
+            let rfc = |t: time::OffsetDateTime| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            };
+            println!(
+                "{:<32}  {:<8}  {:<20}  {:<9}  IDENTITY",
+                "SERIAL", "KIND", "EXPIRES", "STATE"
+            );
+            let now = time::OffsetDateTime::now_utc();
+            for e in index {
+                let state = match (&e.revoked, e.not_after <= now) {
+                    (Some(_), _) => "revoked",
+                    (None, true) => "expired",
+                    (None, false) => "valid",
+                };
+                println!(
+                    "{:<32}  {:<8}  {:<20}  {:<9}  {}",
+                    e.serial,
+                    e.kind,
+                    rfc(e.not_after),
+                    state,
+                    e.identity
+                );
+            }
+            Ok(())
+        }
+        CaCommand::Inspect { file } => {
+            print!("{}", pki::inspect(&file)?);
+            Ok(())
+        }
+    }
+}
+
+fn out_paths(out: &Path) -> (PathBuf, PathBuf) {
+    let s = out.as_os_str().to_string_lossy().into_owned();
+    (
+        PathBuf::from(format!("{s}.pem")),
+        PathBuf::from(format!("{s}.key")),
+    )
+}
+
+fn write_issued(ca: &Ca, issued: &pki::Issued, cert: &Path, key: &Path, force: bool) -> Result<()> {
+    pki::write_file(key, issued.key_pem.as_bytes(), true, force)?;
+    pki::write_file(cert, issued.cert_pem.as_bytes(), false, force)?;
+    ca.record_paths(&issued.serial, cert, key)?;
+    println!(
+        "issued {} serial {} valid until {}",
+        issued.entry.identity,
+        issued.serial,
+        issued
+            .entry
+            .not_after
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    );
+    println!("  certificate: {}", cert.display());
+    println!("  key:         {} (mode 0600)", key.display());
+    Ok(())
+}

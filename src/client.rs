@@ -1,0 +1,191 @@
+//! Dialling a node with a member (or operator) certificate.
+//!
+//! The TLS handshake is ours (tokio-rustls with [`crate::tls::client_config`]),
+//! so the node's certificate is checked against the same trust routine as
+//! everywhere else, and its SPIFFE identity is checked too.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::identity::{Identity, MemberScope};
+use crate::proto::v1 as pb;
+use crate::tls::{self, ExpectedServer, KeyedChain, TlsError};
+use crate::trust::{self, CaEntry, TrustBundle, TrustError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("missing setting: {0}")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("invalid node address {0:?}: use host:port")]
+    Address(String),
+    #[error("cannot connect to {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Rpc(tonic::Status),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Rpc(s)
+    }
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+        .chars()
+        .flat_map(|c| {
+            if c.is_uppercase() {
+                vec!['_', c]
+            } else {
+                vec![c.to_ascii_uppercase()]
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('_')
+        .to_owned()
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    /// host:port of the node.
+    pub node: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// CA certificates that vouch for nodes (PEM, one or more per file).
+    pub ca: Vec<PathBuf>,
+    /// CRLs to apply to the node's certificate.
+    pub crl: Vec<PathBuf>,
+    /// Require exactly this node identity instead of checking the host name.
+    pub node_identity: Option<Identity>,
+}
+
+/// A loaded client identity plus the bundle it checks nodes against.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    pub own: KeyedChain,
+    pub bundle: Arc<TrustBundle>,
+}
+
+impl Dialer {
+    pub fn load(settings: &ClientSettings) -> Result<Dialer, ClientError> {
+        let cert = settings
+            .cert
+            .as_ref()
+            .ok_or(ClientError::Missing("certificate (--cert or BEACON_CERT)"))?;
+        let key = settings
+            .key
+            .as_ref()
+            .ok_or(ClientError::Missing("private key (--key or BEACON_KEY)"))?;
+        if settings.ca.is_empty() {
+            return Err(ClientError::Missing("CA bundle (--ca or BEACON_CA)"));
+        }
+        let own = KeyedChain::load(cert, key)?;
+        let mut cas = Vec::new();
+        for path in &settings.ca {
+            for c in trust::read_certs(path)? {
+                cas.push(CaEntry::new(c, MemberScope::any())?);
+            }
+        }
+        let mut crls = Vec::new();
+        for path in &settings.crl {
+            crls.extend(trust::read_crls(path)?);
+        }
+        let bundle = Arc::new(TrustBundle::new(
+            own.identity.trust_domain.clone(),
+            cas,
+            crls,
+        )?);
+        Ok(Dialer { own, bundle })
+    }
+
+    /// Opens a channel to `address` (host:port).
+    pub async fn connect(
+        &self,
+        address: &str,
+        expected: ExpectedServer,
+    ) -> Result<Channel, ClientError> {
+        let config = Arc::new(tls::client_config(
+            self.bundle.clone(),
+            &self.own,
+            expected,
+        )?);
+        connect_with(address, config).await
+    }
+}
+
+/// Opens a gRPC channel over mutual TLS using `config`.
+pub async fn connect_with(
+    address: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Channel, ClientError> {
+    let uri: Uri = format!("http://{address}")
+        .parse()
+        .map_err(|_| ClientError::Address(address.to_owned()))?;
+    if uri.port_u16().is_none() || uri.host().is_none() {
+        return Err(ClientError::Address(address.to_owned()));
+    }
+    let endpoint = Endpoint::from(uri)
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let connector = tower::service_fn(move |uri: Uri| {
+        let config = config.clone();
+        async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| std::io::Error::other("address has no host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri
+                .port_u16()
+                .ok_or_else(|| std::io::Error::other("address has no port"))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(host)
+                .map_err(|e| std::io::Error::other(format!("bad server name: {e}")))?;
+            let tls = TlsConnector::from(config).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| ClientError::Connect {
+            address: address.to_owned(),
+            reason: error_chain(&e),
+        })
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let msg = src.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = src.source();
+    }
+    s
+}
+
+/// Clients for the node's services.
+pub type BulletinsClient = pb::bulletins_client::BulletinsClient<Channel>;
+pub type AdminClient = pb::admin_client::AdminClient<Channel>;

@@ -1,0 +1,318 @@
+//! The daemon's configuration file (`beacon.toml`).
+//!
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+//! Relative paths are taken relative to the directory of the config file.
+//! `deploy/beacon.toml` documents every key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::identity::{Identity, MemberId, MemberScope};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    /// The CAs this node trusts; at least one.
+    pub trust: Vec<TrustEntry>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timing: Timing,
+    /// Named groups of members, usable in a bulletin's audience.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Peer nodes this node pulls from.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Address of the mutual-TLS gRPC listener.
+    pub listen: SocketAddr,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// This node's certificate chain (PEM, leaf first) and private key (PEM, PKCS#8).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustEntry {
+    /// A CA certificate (PEM).
+    pub ca: PathBuf,
+    /// Members this CA may vouch for: "*", "uk.ncsc" or "uk.*". Operators are
+    /// accepted only from a CA that vouches for "*".
+    #[serde(default = "any_member")]
+    pub members: Vec<String>,
+    /// The CA's CRL (PEM or DER), reloaded when it changes.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+}
+
+fn any_member() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Largest envelope accepted by Publish, in bytes.
+    pub max_envelope_bytes: usize,
+    /// Largest gRPC message decoded, in bytes (envelope plus framing).
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Default and largest subscription window (unacknowledged deliveries).
+    pub default_window: u32,
+    pub max_window: u32,
+    /// Largest page a List call returns.
+    pub max_list_page: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 2048,
+            max_envelope_bytes: 256 * 1024,
+            max_message_bytes: 512 * 1024,
+            max_streams_per_connection: 256,
+            default_window: 256,
+            max_window: 4096,
+            max_list_page: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// A TLS handshake must finish within this time.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// How often certificate and CRL files are checked for changes.
+    #[serde(deserialize_with = "duration")]
+    pub reload_interval: Duration,
+    /// On SIGTERM/SIGINT, how long open calls may take to finish.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    /// Heartbeat interval on idle subscription streams.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            handshake_timeout: Duration::from_secs(10),
+            reload_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// host:port of the peer's listener.
+    pub address: String,
+    /// The SPIFFE id the peer must present.
+    pub identity: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as "info" or "beacon=debug".
+    pub filter: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and checks a config file; relative paths become relative
+    /// to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses config text; `base` anchors relative paths.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: "<text>".into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.anchor_paths(base);
+        config.check()?;
+        Ok(config)
+    }
+
+    fn anchor_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.node.data_dir);
+        fix(&mut self.node.cert);
+        fix(&mut self.node.key);
+        for t in &mut self.trust {
+            fix(&mut t.ca);
+            if let Some(crl) = &mut t.crl {
+                fix(crl);
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.trust.is_empty() {
+            return Err(ConfigError::Invalid(
+                "at least one [[trust]] entry (a CA certificate) is required".into(),
+            ));
+        }
+        for t in &self.trust {
+            MemberScope::parse_list(&t.members)
+                .map_err(|e| ConfigError::Invalid(format!("trust {}: {e}", t.ca.display())))?;
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_connections must be > 0".into(),
+            ));
+        }
+        if l.max_envelope_bytes < 1024 || l.max_envelope_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_envelope_bytes must be between 1 KiB and 64 MiB".into(),
+            ));
+        }
+        if l.max_message_bytes < l.max_envelope_bytes {
+            return Err(ConfigError::Invalid(
+                "limits.max_message_bytes must be at least limits.max_envelope_bytes".into(),
+            ));
+        }
+        if l.default_window == 0 || l.default_window > l.max_window {
+            return Err(ConfigError::Invalid(
+                "limits.default_window must be between 1 and limits.max_window".into(),
+            ));
+        }
+        if l.max_list_page == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_list_page must be > 0".into(),
+            ));
+        }
+        for (group, members) in &self.groups {
+            for m in members {
+                m.parse::<MemberId>()
+                    .map_err(|e| ConfigError::Invalid(format!("group {group}: {e}")))?;
+            }
+        }
+        for p in &self.peers {
+            let id: Identity = p
+                .identity
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("peer {}: {e}", p.address)))?;
+            if id.kind() != crate::identity::RoleKind::Node {
+                return Err(ConfigError::Invalid(format!(
+                    "peer {}: identity {} is not a node identity",
+                    p.address, p.identity
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The member scopes of the trust entries, parsed.
+    pub fn trust_scopes(&self) -> Vec<MemberScope> {
+        self.trust
+            .iter()
+            .map(|t| MemberScope::parse_list(&t.members).unwrap_or_default())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+listen = "127.0.0.1:0"
+data_dir = "data"
+cert = "node.pem"
+key = "node.key"
+
+[[trust]]
+ca = "ca.pem"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_anchored_paths() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/beacon")).unwrap();
+        assert_eq!(c.node.cert, PathBuf::from("/etc/beacon/node.pem"));
+        assert_eq!(c.limits.max_envelope_bytes, 256 * 1024);
+        assert_eq!(c.trust[0].members, vec!["*".to_string()]);
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let text = format!("{MINIMAL}\n[limits]\nmax_conections = 3\n");
+        let e = Config::parse(&text, Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn bad_member_pattern_is_refused() {
+        let text = MINIMAL.replace("ca = \"ca.pem\"", "ca = \"ca.pem\"\nmembers = [\"UK\"]");
+        assert!(Config::parse(&text, Path::new(".")).is_err());
+    }
+}

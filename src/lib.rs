@@ -1,0 +1,32 @@
+//! Beacon: signed threat bulletins between allied agencies, over mutual TLS.
+//!
+//! # Layout
+//! - [`identity`]: SPIFFE IDs parsed into typed identities (node, client, operator).
+//! - [`trust`]: the trust bundle (CAs with member scopes, CRLs) and the one
+//!   routine that decides whether a certificate chain is an accepted identity.
+//! - [`tls`]: rustls configurations whose verifiers call [`trust`].
+//! - [`pki`]: the operator's CA (`beacon ca`), built on rcgen.
+//! - [`config`]: the daemon's `beacon.toml`.
+//! - [`server`]: the accept loop, connection registry, reloads; `run(config, listener, shutdown)`.
+//! - [`service`]: the tonic services and the one mapping of errors to `tonic::Status`.
+//! - [`client`]: dialling a node with a member certificate.
+//! - [`dev`]: the embedded default (`beacon dev`): throwaway PKI and a local node.
+//! - [`proto`]: generated code; only the gRPC edge uses it.
+//!
+//! See `ARCHITECTURE.md` for the dependency direction and the invariants.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod identity;
+pub mod pki;
+pub mod proto;
+pub mod server;
+pub mod service;
+pub mod tls;
+pub mod trust;
+
+/// The version reported by `Admin.Status` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

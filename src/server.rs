@@ -1,0 +1,525 @@
+//! The daemon: a mutual-TLS accept loop in front of the tonic services.
+//!
+//! `run(config, listener, shutdown)` owns everything a node runs. The accept
+//! loop performs each TLS handshake in its own task under a timeout (a slow
+//! handshake never blocks others), caps open connections with a semaphore, and
+//! hands verified connections to tonic. Every connection carries a
+//! [`PeerInfo`] (the verified identity) into each request's extensions.
+//!
+//! A reload task watches the node's certificate, key, CA and CRL files (and
+//! SIGHUP, through the `reload` notifier): it rebuilds the trust bundle and the
+//! TLS config for new connections, then re-checks every open connection
+//! against the new bundle and closes those that no longer pass (revoked,
+//! expired, CA removed).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::tls::{self, KeyedChain, TlsError};
+use crate::trust::{self, CaEntry, TrustBundle, TrustError, Usage};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("node certificate identity {0} is not a node identity")]
+    NotANode(String),
+    #[error("cannot listen: {0}")]
+    Listen(io::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(String),
+    #[error("reflection setup failed: {0}")]
+    Reflection(String),
+}
+
+/// The verified peer of a connection; every request carries it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub identity: Identity,
+    pub addr: SocketAddr,
+    pub conn_id: u64,
+}
+
+/// A connection the node currently holds open.
+struct LiveConn {
+    identity: Identity,
+    addr: SocketAddr,
+    chain: Vec<CertificateDer<'static>>,
+    not_after: Option<SystemTime>,
+    cancel: CancellationToken,
+}
+
+/// Open connections, so that revocation can reach them.
+#[derive(Default)]
+pub struct Connections {
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, LiveConn>>,
+}
+
+impl Connections {
+    pub fn count(&self) -> usize {
+        self.live.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn insert(&self, conn: LiveConn) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut m) = self.live.lock() {
+            m.insert(id, conn);
+        }
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut m) = self.live.lock() {
+            m.remove(&id);
+        }
+    }
+
+    /// Closes every connection whose chain `bundle` no longer accepts.
+    fn recheck(&self, bundle: &TrustBundle) -> usize {
+        let Ok(m) = self.live.lock() else { return 0 };
+        let now = UnixTime::now();
+        let mut closed = 0;
+        for (id, conn) in m.iter() {
+            if conn.cancel.is_cancelled() {
+                continue;
+            }
+            let Some((leaf, rest)) = conn.chain.split_first() else {
+                continue;
+            };
+            if let Err(e) = bundle.verify(leaf, rest, now, Usage::ClientAuth) {
+                warn!(target: "beacon::audit", conn = id, peer = %conn.identity, addr = %conn.addr,
+                      reason = %e, "closing connection: identity no longer accepted");
+                conn.cancel.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Closes connections whose certificate has expired.
+    fn close_expired(&self) {
+        let Ok(m) = self.live.lock() else { return };
+        let now = SystemTime::now();
+        for (id, conn) in m.iter() {
+            if conn.not_after.is_some_and(|t| t <= now) && !conn.cancel.is_cancelled() {
+                warn!(target: "beacon::audit", conn = id, peer = %conn.identity,
+                      "closing connection: certificate expired");
+                conn.cancel.cancel();
+            }
+        }
+    }
+
+    fn cancel_all(&self) {
+        if let Ok(m) = self.live.lock() {
+            for conn in m.values() {
+                conn.cancel.cancel();
+            }
+        }
+    }
+}
+
+/// What handlers share: identity, config, trust state, connections.
+pub struct NodeState {
+    pub config: Config,
+    pub identity: Identity,
+    pub started_at: SystemTime,
+    pub connections: Arc<Connections>,
+    pub bundle: RwLock<Arc<TrustBundle>>,
+    /// Cancelled when the node begins to shut down; long-lived streams watch it.
+    pub shutdown: CancellationToken,
+}
+
+impl NodeState {
+    pub fn bundle(&self) -> Arc<TrustBundle> {
+        match self.bundle.read() {
+            Ok(b) => b.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// Loads the trust bundle the config describes.
+pub fn load_bundle(
+    config: &Config,
+    trust_domain: &crate::identity::TrustDomain,
+) -> Result<TrustBundle, TrustError> {
+    let mut cas = Vec::new();
+    let mut crls = Vec::new();
+    for (entry, scope) in config.trust.iter().zip(config.trust_scopes()) {
+        for cert in trust::read_certs(&entry.ca)? {
+            cas.push(CaEntry::new(cert, scope.clone())?);
+        }
+        if let Some(crl) = &entry.crl {
+            crls.extend(trust::read_crls(crl)?);
+        }
+    }
+    TrustBundle::new(trust_domain.clone(), cas, crls)
+}
+
+fn files_to_watch(config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![config.node.cert.clone(), config.node.key.clone()];
+    for t in &config.trust {
+        files.push(t.ca.clone());
+        if let Some(c) = &t.crl {
+            files.push(c.clone());
+        }
+    }
+    files
+}
+
+/// A cheap fingerprint of the watched files: (length, mtime) of each.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(u64, SystemTime)>> {
+    files
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+        })
+        .collect()
+}
+
+struct Material {
+    bundle: Arc<TrustBundle>,
+    tls: Arc<rustls::ServerConfig>,
+    identity: Identity,
+}
+
+fn load_material(config: &Config) -> Result<Material, ServerError> {
+    let own = KeyedChain::load(&config.node.cert, &config.node.key)?;
+    if own.identity.kind() != crate::identity::RoleKind::Node {
+        return Err(ServerError::NotANode(own.identity.to_string()));
+    }
+    let bundle = Arc::new(load_bundle(config, &own.identity.trust_domain)?);
+    let tls = Arc::new(tls::server_config(bundle.clone(), &own)?);
+    Ok(Material {
+        bundle,
+        tls,
+        identity: own.identity,
+    })
+}
+
+/// A verified TLS connection as tonic sees it. Reading or writing fails once
+/// the connection's cancellation token fires, which makes hyper drop the
+/// connection and every stream on it.
+pub struct MtlsConn {
+    io: TlsStream<TcpStream>,
+    info: PeerInfo,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    connections: Arc<Connections>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for MtlsConn {
+    fn drop(&mut self) {
+        self.connections.remove(self.info.conn_id);
+    }
+}
+
+impl MtlsConn {
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.cancelled.as_mut().poll(cx).is_ready() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed by the node (identity no longer accepted or shutting down)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for MtlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Err(e) = self.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MtlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Err(e) = self.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for MtlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+fn cert_not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, x) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let secs = x.validity().not_after.timestamp();
+    u64::try_from(secs)
+        .ok()
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+}
+
+/// Runs a node until `shutdown` is cancelled; SIGHUP-style reloads come through `reload`.
+pub async fn run_with_reload(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+) -> Result<(), ServerError> {
+    let material = load_material(&config)?;
+    let local = listener.local_addr().map_err(ServerError::Listen)?;
+    let connections = Arc::new(Connections::default());
+    let state = Arc::new(NodeState {
+        identity: material.identity.clone(),
+        started_at: SystemTime::now(),
+        connections: connections.clone(),
+        bundle: RwLock::new(material.bundle.clone()),
+        shutdown: shutdown.clone(),
+        config,
+    });
+    let tls_config = Arc::new(RwLock::new(material.tls));
+    info!(node = %state.identity, addr = %local, "beacon node listening (mutual TLS 1.3)");
+
+    // Reload: files and SIGHUP.
+    let reloader = tokio::spawn(reload_loop(
+        state.clone(),
+        tls_config.clone(),
+        reload,
+        shutdown.clone(),
+    ));
+
+    // Accept loop feeding tonic.
+    let (tx, rx) = mpsc::channel::<Result<MtlsConn, io::Error>>(64);
+    let acceptor = tokio::spawn(accept_loop(
+        listener,
+        state.clone(),
+        tls_config.clone(),
+        tx,
+        shutdown.clone(),
+    ));
+
+    let router = crate::service::router(state.clone()).await?;
+    let limits = &state.config.limits;
+    let serve = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .add_routes(router)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            shutdown.clone().cancelled_owned(),
+        );
+    let drain = state.config.timing.drain_timeout;
+    let drain_deadline = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        }
+    };
+    let result = tokio::select! {
+        r = serve => r.map_err(|e| ServerError::Serve(e.to_string())),
+        _ = drain_deadline => {
+            warn!(deadline = ?drain, "drain deadline passed; closing the remaining connections");
+            Ok(())
+        }
+    };
+    connections.cancel_all();
+    acceptor.abort();
+    reloader.abort();
+    info!(node = %state.identity, "beacon node stopped");
+    result
+}
+
+/// Runs a node until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    run_with_reload(config, listener, shutdown, Arc::new(Notify::new())).await
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<NodeState>,
+    tls_config: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    tx: mpsc::Sender<Result<MtlsConn, io::Error>>,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(state.config.limits.max_connections));
+    let handshake_timeout = state.config.timing.handshake_timeout;
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (tcp, addr) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let config = match tls_config.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let state = state.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let accepted =
+                tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(tcp))
+                    .await;
+            let stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    warn!(target: "beacon::audit", %addr, reason = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    warn!(target: "beacon::audit", %addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let chain: Vec<CertificateDer<'static>> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let Some(leaf) = chain.first() else {
+                warn!(%addr, "handshake completed without a client certificate");
+                return;
+            };
+            let identity = match trust::identity_of(leaf) {
+                Ok((id, _)) => id,
+                Err(e) => {
+                    warn!(%addr, reason = %e, "client certificate has no usable identity");
+                    return;
+                }
+            };
+            let cancel = state.shutdown.child_token();
+            let not_after = cert_not_after(leaf);
+            let conn_id = state.connections.insert(LiveConn {
+                identity: identity.clone(),
+                addr,
+                chain,
+                not_after,
+                cancel: cancel.clone(),
+            });
+            debug!(conn = conn_id, peer = %identity, %addr, "connection accepted");
+            let conn = MtlsConn {
+                io: stream,
+                info: PeerInfo {
+                    identity,
+                    addr,
+                    conn_id,
+                },
+                cancelled: Box::pin(cancel.cancelled_owned()),
+                connections: state.connections.clone(),
+                _permit: permit,
+            };
+            // If the server is gone the connection is simply dropped.
+            let _ = tx.send(Ok(conn)).await;
+        });
+    }
+}
+
+async fn reload_loop(
+    state: Arc<NodeState>,
+    tls_config: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    reload: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let files = files_to_watch(&state.config);
+    let mut seen = fingerprint(&files);
+    let mut tick = tokio::time::interval(state.config.timing.reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = reload.notified() => true,
+            _ = tick.tick() => false,
+        };
+        state.connections.close_expired();
+        let now = fingerprint(&files);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        match load_material(&state.config) {
+            Ok(m) => {
+                if m.identity != state.identity {
+                    warn!(old = %state.identity, new = %m.identity,
+                          "the node certificate now names another identity; keeping the old one until restart");
+                    continue;
+                }
+                if let Ok(mut t) = tls_config.write() {
+                    *t = m.tls;
+                }
+                if let Ok(mut b) = state.bundle.write() {
+                    *b = m.bundle.clone();
+                }
+                let closed = state.connections.recheck(&m.bundle);
+                info!(
+                    revoked = m.bundle.revoked_count(),
+                    closed, forced, "reloaded certificates and CRLs"
+                );
+            }
+            Err(e) => warn!(error = %e, "reload failed; keeping the current certificates and CRLs"),
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The trust bundle: which CAs vouch for which members, and what they revoked.
+//!
+//! One routine, [`TrustBundle::verify`], decides whether a certificate chain is
+//! an identity this node accepts. The TLS handshake (both directions), the
+//! periodic re-check of open connections after a CRL reload, and the signer
+//! check of every bulletin envelope all call it, so they can never disagree.
+//!
+//! A chain is accepted when, at the given time:
+//! 1. it builds to one of the bundle's CA certificates (webpki path building,
+//!    with the right extended key usage);
+//! 2. no certificate on the path is revoked by a loaded CRL;
+//! 3. the leaf carries exactly one URI SAN, a SPIFFE ID of this trust domain
+//!    (see [`crate::identity`]);
+//! 4. the CA that anchors the path may vouch for the identity's member (operators
+//!    only by a CA that vouches for every member).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, TrustAnchor, UnixTime};
+use webpki::{
+    EndEntityCert, ExpirationPolicy, KeyUsage, OwnedCertRevocationList, RevocationCheckDepth,
+    RevocationOptionsBuilder, UnknownStatusPolicy,
+};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::identity::{Identity, IdentityError, MemberScope, TrustDomain};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("the trust bundle has no CA certificate")]
+    NoAnchors,
+    #[error("certificate is malformed: {0}")]
+    BadCertificate(String),
+    #[error("certificate has expired")]
+    Expired,
+    #[error("certificate is not valid yet")]
+    NotYetValid,
+    #[error("certificate has been revoked")]
+    Revoked,
+    #[error("certificate is not issued by a CA in the trust bundle")]
+    UnknownIssuer,
+    #[error("certificate is not valid for {0}")]
+    WrongUsage(&'static str),
+    #[error("certificate chain rejected: {0}")]
+    Chain(String),
+    #[error("certificate must carry exactly one URI SAN, found {0}")]
+    UriSanCount(usize),
+    #[error("certificate identity refused: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("identity {identity} belongs to trust domain {found}, this node trusts {expected}")]
+    WrongTrustDomain {
+        identity: String,
+        found: String,
+        expected: String,
+    },
+    #[error("CA {ca:?} may not vouch for {identity} (it vouches for {scope})")]
+    NotVouched {
+        ca: String,
+        identity: String,
+        scope: String,
+    },
+}
+
+/// Which usage a chain is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// A TLS client (clients, nodes dialling peers, operators) or a signer.
+    ClientAuth,
+    /// A TLS server (nodes).
+    ServerAuth,
+}
+
+/// One CA of the bundle.
+#[derive(Debug, Clone)]
+pub struct CaEntry {
+    /// A label for messages (the CA's subject common name or file).
+    pub label: String,
+    pub cert: CertificateDer<'static>,
+    pub scope: MemberScope,
+    anchor: TrustAnchor<'static>,
+}
+
+impl CaEntry {
+    pub fn new(cert: CertificateDer<'static>, scope: MemberScope) -> Result<Self, TrustError> {
+        let anchor = webpki::anchor_from_trusted_cert(&cert)
+            .map_err(|e| TrustError::BadCertificate(format!("CA certificate: {e}")))?
+            .to_owned();
+        let label = common_name(&cert).unwrap_or_else(|| "unnamed CA".to_owned());
+        Ok(CaEntry {
+            label,
+            cert,
+            scope,
+            anchor,
+        })
+    }
+}
+
+/// The result of a successful verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedIdentity {
+    pub identity: Identity,
+    /// The label of the CA that anchored the path.
+    pub ca: String,
+    /// The leaf certificate's serial number, big-endian bytes.
+    pub serial: Vec<u8>,
+}
+
+/// CA certificates with their member scopes, plus the CRLs in force.
+#[derive(Debug)]
+pub struct TrustBundle {
+    trust_domain: TrustDomain,
+    cas: Vec<CaEntry>,
+    anchors: Vec<TrustAnchor<'static>>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    revoked_count: usize,
+}
+
+impl TrustBundle {
+    pub fn new(
+        trust_domain: TrustDomain,
+        cas: Vec<CaEntry>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<Self, TrustError> {
+        if cas.is_empty() {
+            return Err(TrustError::NoAnchors);
+        }
+        let anchors = cas.iter().map(|c| c.anchor.clone()).collect();
+        let mut parsed = Vec::with_capacity(crls.len());
+        let mut revoked_count = 0;
+        for der in &crls {
+            let crl = OwnedCertRevocationList::from_der(der)
+                .map_err(|e| TrustError::BadCertificate(format!("CRL: {e}")))?;
+            revoked_count += x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+                .map(|(_, c)| c.iter_revoked_certificates().count())
+                .unwrap_or(0);
+            parsed.push(webpki::CertRevocationList::Owned(crl));
+        }
+        Ok(TrustBundle {
+            trust_domain,
+            cas,
+            anchors,
+            crls: parsed,
+            revoked_count,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    pub fn cas(&self) -> &[CaEntry] {
+        &self.cas
+    }
+
+    /// How many certificate entries the loaded CRLs list.
+    pub fn revoked_count(&self) -> usize {
+        self.revoked_count
+    }
+
+    /// The signature algorithms of the one crypto provider (aws-lc-rs).
+    pub fn algorithms() -> &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm]
+    {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .all
+    }
+
+    /// Decide whether `chain` (leaf first) is an identity this node accepts at `now`.
+    pub fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: Usage,
+    ) -> Result<VerifiedIdentity, TrustError> {
+        let ee = EndEntityCert::try_from(end_entity)
+            .map_err(|e| TrustError::BadCertificate(e.to_string()))?;
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = match RevocationOptionsBuilder::new(&crl_refs) {
+            Ok(builder) => Some(
+                builder
+                    .with_depth(RevocationCheckDepth::Chain)
+                    .with_status_policy(UnknownStatusPolicy::Allow)
+                    // A CRL past its next-update still lists what it revoked; refusing
+                    // every identity because an operator was late would cut the alliance off.
+                    .with_expiration_policy(ExpirationPolicy::Ignore)
+                    .build(),
+            ),
+            Err(_) => None,
+        };
+        let eku = match usage {
+            Usage::ClientAuth => KeyUsage::client_auth(),
+            Usage::ServerAuth => KeyUsage::server_auth(),
+        };
+        let path = ee
+            .verify_for_usage(
+                Self::algorithms(),
+                &self.anchors,
+                intermediates,
+                now,
+                eku,
+                revocation,
+                None,
+            )
+            .map_err(|e| map_webpki(e, usage))?;
+        let anchor_spki = path.anchor().subject_public_key_info.as_ref();
+        let ca = self
+            .cas
+            .iter()
+            .find(|c| c.anchor.subject_public_key_info.as_ref() == anchor_spki)
+            .ok_or(TrustError::UnknownIssuer)?;
+        let (identity, serial) = identity_of(end_entity)?;
+        if identity.trust_domain != self.trust_domain {
+            return Err(TrustError::WrongTrustDomain {
+                identity: identity.to_string(),
+                found: identity.trust_domain.to_string(),
+                expected: self.trust_domain.to_string(),
+            });
+        }
+        let vouched = match identity.member() {
+            Some(member) => ca.scope.allows(member),
+            None => ca.scope.0.contains(&crate::identity::MemberPattern::Any),
+        };
+        if !vouched {
+            return Err(TrustError::NotVouched {
+                ca: ca.label.clone(),
+                identity: identity.to_string(),
+                scope: ca.scope.to_string(),
+            });
+        }
+        Ok(VerifiedIdentity {
+            identity,
+            ca: ca.label.clone(),
+            serial,
+        })
+    }
+}
+
+fn map_webpki(e: webpki::Error, usage: Usage) -> TrustError {
+    use webpki::Error as E;
+    match e {
+        E::CertExpired { .. } => TrustError::Expired,
+        E::CertNotValidYet { .. } => TrustError::NotYetValid,
+        E::CertRevoked => TrustError::Revoked,
+        E::UnknownIssuer => TrustError::UnknownIssuer,
+        E::RequiredEkuNotFoundContext(_) => TrustError::WrongUsage(match usage {
+            Usage::ClientAuth => "client authentication",
+            Usage::ServerAuth => "server authentication",
+        }),
+        other => TrustError::Chain(other.to_string()),
+    }
+}
+
+/// The identity in a certificate's single URI SAN, and its serial number.
+///
+/// This checks the form only; [`TrustBundle::verify`] decides trust.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<(Identity, Vec<u8>), TrustError> {
+    let (_, x509) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| TrustError::BadCertificate(e.to_string()))?;
+    let uris: Vec<&str> = match x509.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(TrustError::BadCertificate(format!("subjectAltName: {e}"))),
+    };
+    if uris.len() != 1 {
+        return Err(TrustError::UriSanCount(uris.len()));
+    }
+    let identity: Identity = uris[0].parse()?;
+    Ok((identity, x509.raw_serial().to_vec()))
+}
+
+/// The subject common name of a certificate, if any.
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let cn = x509
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok().map(str::to_owned));
+    cn
+}
+
+/// Reads every PEM block of `kind` ("CERTIFICATE", "X509 CRL") from a file; a
+/// file that is not PEM is taken as one DER object.
+pub fn read_pem_file(path: &Path, kind: &str) -> Result<Vec<Vec<u8>>, TrustError> {
+    let bytes = std::fs::read(path).map_err(|source| TrustError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_pem_or_der(&bytes, kind).map_err(|reason| TrustError::Parse {
+        path: path.display().to_string(),
+        reason,
+    })
+}
+
+pub fn parse_pem_or_der(bytes: &[u8], kind: &str) -> Result<Vec<Vec<u8>>, String> {
+    if !bytes.starts_with(b"-----") && !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        if bytes.is_empty() {
+            return Err("file is empty".into());
+        }
+        return Ok(vec![bytes.to_vec()]);
+    }
+    let blocks = pem::parse_many(bytes).map_err(|e| format!("bad PEM: {e}"))?;
+    let found: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == kind)
+        .map(|b| b.into_contents())
+        .collect();
+    if found.is_empty() {
+        return Err(format!("no {kind} PEM block"));
+    }
+    Ok(found)
+}
+
+/// Reads a certificate chain (leaf first).
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
+    Ok(read_pem_file(path, "CERTIFICATE")?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect())
+}
+
+/// Reads CRLs from a file (PEM with one or more CRLs, or one DER CRL).
+pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TrustError> {
+    Ok(read_pem_file(path, "X509 CRL")?
+        .into_iter()
+        .map(CertificateRevocationListDer::from)
+        .collect())
+}
+
+/// Shared handle for code that must see the bundle currently in force.
+pub type SharedBundle = Arc<std::sync::RwLock<Arc<TrustBundle>>>;
