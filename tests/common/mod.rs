@@ -1,0 +1,426 @@
+//! The one test harness: throwaway CAs, certificates, and real nodes on
+//! 127.0.0.1:0 (in-process through `server::run`, or the `beacon` binary as a
+//! child process). Tests wait on readiness, never on fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use beacon::client::{self, ClientError, ClientSettings, Dialer};
+use beacon::config::Config;
+use beacon::identity::{Identity, MemberScope, RoleKind, TrustDomain};
+use beacon::pki::{self, Algorithm, Ca, InitRequest, IssueRequest};
+use beacon::tls::ExpectedServer;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub const TD: &str = "alliance.example";
+
+/// A certificate and key on disk.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub serial: String,
+    pub identity: String,
+}
+
+/// A throwaway PKI in a temporary directory.
+pub struct TestPki {
+    pub dir: TempDir,
+    pub ca_dir: PathBuf,
+    counter: std::sync::atomic::AtomicU32,
+}
+
+impl TestPki {
+    /// An alliance CA vouching for every member.
+    pub fn new() -> TestPki {
+        Self::with_ca("*", Algorithm::Ed25519)
+    }
+
+    pub fn with_ca(members: &str, algorithm: Algorithm) -> TestPki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_dir = dir.path().join("ca");
+        init_ca(&ca_dir, members, algorithm);
+        TestPki {
+            dir,
+            ca_dir,
+            counter: Default::default(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca(&self) -> Ca {
+        Ca::open(&self.ca_dir).expect("open CA")
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        Ca::cert_path(&self.ca_dir)
+    }
+
+    pub fn crl(&self) -> PathBuf {
+        Ca::crl_path(&self.ca_dir)
+    }
+
+    /// Another CA in this temp dir (e.g. one per member, or one outside the bundle).
+    pub fn other_ca(&self, name: &str, members: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        init_ca(&dir, members, Algorithm::Ed25519);
+        dir
+    }
+
+    pub fn issue(&self, req: IssueRequest) -> CertFiles {
+        issue_with(&self.ca_dir, self.dir.path(), req, &self.counter)
+    }
+
+    pub fn issue_from(&self, ca_dir: &Path, req: IssueRequest) -> CertFiles {
+        issue_with(ca_dir, self.dir.path(), req, &self.counter)
+    }
+
+    pub fn node(&self, member: &str, name: &str) -> CertFiles {
+        let mut req = IssueRequest::new(id(RoleKind::Node, Some(member), name));
+        req.ip_addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        req.dns_names = vec!["localhost".into()];
+        self.issue(req)
+    }
+
+    pub fn client(&self, member: &str, name: &str) -> CertFiles {
+        self.issue(IssueRequest::new(id(RoleKind::Client, Some(member), name)))
+    }
+
+    pub fn operator(&self, name: &str) -> CertFiles {
+        self.issue(IssueRequest::new(id(RoleKind::Operator, None, name)))
+    }
+
+    pub fn revoke(&self, files: &CertFiles) {
+        self.ca()
+            .revoke(
+                &pki::Selector::Serial(files.serial.clone()),
+                pki::Reason::KeyCompromise,
+            )
+            .expect("revoke");
+    }
+}
+
+fn init_ca(dir: &Path, members: &str, algorithm: Algorithm) {
+    Ca::init(
+        dir,
+        &InitRequest {
+            trust_domain: TD.parse().expect("td"),
+            name: format!("Test CA {}", dir.display()),
+            members: MemberScope::parse_list(&members.split(',').collect::<Vec<_>>())
+                .expect("scope"),
+            algorithm,
+            validity: Duration::from_secs(3600 * 24 * 30),
+            force: false,
+        },
+    )
+    .expect("init CA");
+}
+
+fn issue_with(
+    ca_dir: &Path,
+    out_dir: &Path,
+    req: IssueRequest,
+    counter: &std::sync::atomic::AtomicU32,
+) -> CertFiles {
+    let ca = Ca::open(ca_dir).expect("open CA");
+    let issued = ca.issue(&req).expect("issue");
+    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cert = out_dir.join(format!("cert-{n}.pem"));
+    let key = out_dir.join(format!("cert-{n}.key"));
+    pki::write_file(&cert, issued.cert_pem.as_bytes(), false, true).expect("write cert");
+    pki::write_file(&key, issued.key_pem.as_bytes(), true, true).expect("write key");
+    CertFiles {
+        cert,
+        key,
+        serial: issued.serial,
+        identity: issued.entry.identity,
+    }
+}
+
+pub fn td() -> TrustDomain {
+    TD.parse().expect("td")
+}
+
+pub fn id(kind: RoleKind, member: Option<&str>, name: &str) -> Identity {
+    pki::identity_for(&td(), kind, member, name).expect("identity")
+}
+
+/// How a test node is set up.
+pub struct NodeOptions {
+    pub node: CertFiles,
+    /// (CA certificate, members, CRL) entries of the trust bundle.
+    pub trust: Vec<(PathBuf, String, Option<PathBuf>)>,
+    pub extra: String,
+}
+
+impl NodeOptions {
+    pub fn new(pki: &TestPki, node: CertFiles) -> Self {
+        NodeOptions {
+            node,
+            trust: vec![(pki.ca_cert(), "*".into(), Some(pki.crl()))],
+            extra: String::new(),
+        }
+    }
+
+    pub fn config_text(&self, data_dir: &Path, listen: &str) -> String {
+        let mut s = format!(
+            "[node]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[timing]\nreload_interval = \"100ms\"\ndrain_timeout = \"3s\"\n\n",
+            data_dir.display(),
+            self.node.cert.display(),
+            self.node.key.display()
+        );
+        for (ca, members, crl) in &self.trust {
+            let members: Vec<String> = members.split(',').map(|m| format!("\"{m}\"")).collect();
+            s.push_str(&format!(
+                "[[trust]]\nca = \"{}\"\nmembers = [{}]\n",
+                ca.display(),
+                members.join(", ")
+            ));
+            if let Some(crl) = crl {
+                s.push_str(&format!("crl = \"{}\"\n", crl.display()));
+            }
+            s.push('\n');
+        }
+        s.push_str(&self.extra);
+        s
+    }
+}
+
+/// A node running in this process.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: Option<JoinHandle<Result<(), beacon::server::ServerError>>>,
+    pub data: TempDir,
+    pub config_path: PathBuf,
+}
+
+impl TestNode {
+    pub async fn start(opts: &NodeOptions) -> TestNode {
+        Self::try_start(opts).await.expect("node starts")
+    }
+
+    pub async fn try_start(opts: &NodeOptions) -> Result<TestNode, String> {
+        let data = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config_path = data.path().join("beacon.toml");
+        std::fs::write(
+            &config_path,
+            opts.config_text(&data.path().join("store"), "127.0.0.1:0"),
+        )
+        .map_err(|e| e.to_string())?;
+        let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(beacon::server::run(config, listener, shutdown.clone()));
+        let node = TestNode {
+            addr,
+            shutdown,
+            task: Some(task),
+            data,
+            config_path,
+        };
+        Ok(node)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let r = tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("node stops within its drain deadline")
+                .expect("node task");
+            r.expect("node exits cleanly");
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn settings(files: &CertFiles, ca: &[PathBuf]) -> ClientSettings {
+    ClientSettings {
+        node: None,
+        cert: Some(files.cert.clone()),
+        key: Some(files.key.clone()),
+        ca: ca.to_vec(),
+        crl: Vec::new(),
+        node_identity: None,
+    }
+}
+
+/// Dials `addr` as `files`, trusting `ca` for the node.
+pub async fn dial(
+    addr: SocketAddr,
+    files: &CertFiles,
+    ca: &[PathBuf],
+) -> Result<Channel, ClientError> {
+    let dialer = Dialer::load(&settings(files, ca))?;
+    dialer
+        .connect(&addr.to_string(), ExpectedServer::AnyNode)
+        .await
+}
+
+/// A gRPC health check over a fresh connection: Ok when the node served it.
+pub async fn health(addr: SocketAddr, files: &CertFiles, ca: &[PathBuf]) -> Result<(), String> {
+    let channel = dial(addr, files, ca).await.map_err(|e| e.to_string())?;
+    health_on(channel).await
+}
+
+pub async fn health_on(channel: Channel) -> Result<(), String> {
+    let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?;
+    match r {
+        Ok(resp) => {
+            if resp.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                Ok(())
+            } else {
+                Err("not serving".into())
+            }
+        }
+        Err(status) => Err(client::error_chain(&status)),
+    }
+}
+
+/// Polls `f` until it returns true or `limit` passes; returns the time taken.
+pub async fn wait_until<F, Fut>(limit: Duration, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// The `beacon` binary built for these tests.
+pub fn beacon_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_beacon"))
+}
+
+/// Runs `beacon ARGS` in `dir`; returns (exit code, stdout, stderr).
+pub fn beacon(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(beacon_bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BEACON_NODE")
+        .env_remove("BEACON_CERT")
+        .env_remove("BEACON_KEY")
+        .env_remove("BEACON_CA")
+        .output()
+        .expect("run beacon");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `beacon` child process (daemon or dev), killed when dropped.
+pub struct ChildNode {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr_path: PathBuf,
+}
+
+impl ChildNode {
+    /// Starts `beacon ARGS` and waits until `addr` accepts TCP connections.
+    pub fn spawn(dir: &Path, args: &[&str], addr: SocketAddr) -> ChildNode {
+        let stderr_path = dir.join(format!("child-{}.log", addr.port()));
+        let stderr = std::fs::File::create(&stderr_path).expect("log file");
+        let child = Command::new(beacon_bin())
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn beacon");
+        let node = ChildNode {
+            child,
+            addr,
+            stderr_path,
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "beacon did not start listening on {addr}: {}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        node
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal");
+    }
+
+    /// Waits for exit; returns the exit code (None if killed by a signal).
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "beacon did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound then released; the OS does not reuse it at once).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+pub fn arc<T>(t: T) -> Arc<T> {
+    Arc::new(t)
+}

@@ -1,0 +1,423 @@
+//! Mutual TLS at the node's edge: who is refused at the handshake, who is
+//! accepted, and revocation of open connections without a restart.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use beacon::client::AdminClient;
+use beacon::identity::RoleKind;
+use beacon::pki::IssueRequest;
+use beacon::proto::v1 as pb;
+use common::*;
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+use time::OffsetDateTime;
+
+/// A certificate signed by the test CA's key, with arbitrary SANs, bypassing
+/// `beacon ca`'s own checks: what a careless or hostile CA could produce.
+fn forge(pki: &TestPki, name: &str, sans: Vec<SanType>) -> CertFiles {
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(pki.ca_dir.join("ca.key")).unwrap()).unwrap();
+    let issuer =
+        Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.ca_cert()).unwrap(), ca_key).unwrap();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = OffsetDateTime::now_utc() + time::Duration::days(1);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let files = CertFiles {
+        cert: pki.path().join(format!("{name}.pem")),
+        key: pki.path().join(format!("{name}.key")),
+        serial: String::new(),
+        identity: String::new(),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    files
+}
+
+fn uri(s: &str) -> SanType {
+    SanType::URI(s.to_string().try_into().unwrap())
+}
+
+async fn node(pki: &TestPki) -> TestNode {
+    TestNode::start(&NodeOptions::new(pki, pki.node("uk.ncsc", "london-1"))).await
+}
+
+async fn refused(node: &TestNode, files: &CertFiles, ca: &[PathBuf], what: &str) {
+    let r = health(node.addr, files, ca).await;
+    assert!(r.is_err(), "{what}: the node accepted it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepts_valid_client_node_and_operator() {
+    let pki = TestPki::new();
+    let n = node(&pki).await;
+    let ca = [pki.ca_cert()];
+    health(n.addr, &pki.client("us.cisa", "soc"), &ca)
+        .await
+        .expect("client");
+    health(n.addr, &pki.node("fr.anssi", "paris-1"), &ca)
+        .await
+        .expect("node");
+    let op = pki.operator("alice");
+    health(n.addr, &op, &ca).await.expect("operator");
+
+    // The operator may call Admin; a client may not.
+    let status = AdminClient::new(dial(n.addr, &op, &ca).await.unwrap())
+        .status(pb::StatusRequest {})
+        .await
+        .expect("operator status")
+        .into_inner();
+    assert_eq!(status.node, format!("spiffe://{TD}/node/uk.ncsc/london-1"));
+    let err = AdminClient::new(
+        dial(n.addr, &pki.client("us.cisa", "soc2"), &ca)
+            .await
+            .unwrap(),
+    )
+    .status(pb::StatusRequest {})
+    .await
+    .expect_err("client must not read Admin");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecdsa_p256_pki_works_too() {
+    let pki = TestPki::with_ca("*", beacon::pki::Algorithm::EcdsaP256);
+    let n = node(&pki).await;
+    health(n.addr, &pki.client("de.bsi", "a"), &[pki.ca_cert()])
+        .await
+        .expect("ecdsa client");
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_client_without_certificate() {
+    let pki = TestPki::new();
+    let n = node(&pki).await;
+    let bundle = Arc::new(
+        beacon::trust::TrustBundle::new(
+            td(),
+            vec![beacon::trust::CaEntry::new(
+                beacon::trust::read_certs(&pki.ca_cert()).unwrap().remove(0),
+                beacon::identity::MemberScope::any(),
+            )
+            .unwrap()],
+            vec![],
+        )
+        .unwrap(),
+    );
+    let verifier = Arc::new(beacon::tls::BundleServerVerifier::new(
+        bundle,
+        beacon::tls::ExpectedServer::AnyNode,
+    ));
+    let mut config = rustls::ClientConfig::builder_with_provider(beacon::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let result = match beacon::client::connect_with(&n.addr.to_string(), Arc::new(config)).await {
+        Ok(channel) => health_on(channel).await,
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(result.is_err(), "a client without a certificate was served");
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_ca_outside_the_bundle() {
+    let pki = TestPki::new();
+    let n = node(&pki).await;
+    let rogue = pki.other_ca("rogue", "*");
+    let files = pki.issue_from(
+        &rogue,
+        IssueRequest::new(id(RoleKind::Client, Some("us.cisa"), "x")),
+    );
+    refused(&n, &files, &[pki.ca_cert()], "foreign CA").await;
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_expired_and_not_yet_valid() {
+    let pki = TestPki::new();
+    let n = node(&pki).await;
+    let now = OffsetDateTime::now_utc();
+    let mut expired = IssueRequest::new(id(RoleKind::Client, Some("us.cisa"), "old"));
+    expired.not_before = Some(now - time::Duration::days(10));
+    expired.not_after = Some(now - time::Duration::days(1));
+    refused(&n, &pki.issue(expired), &[pki.ca_cert()], "expired").await;
+
+    let mut future = IssueRequest::new(id(RoleKind::Client, Some("us.cisa"), "new"));
+    future.not_before = Some(now + time::Duration::days(1));
+    future.not_after = Some(now + time::Duration::days(10));
+    refused(&n, &pki.issue(future), &[pki.ca_cert()], "not yet valid").await;
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_certificate_revoked_before_connecting() {
+    let pki = TestPki::new();
+    let files = pki.client("us.cisa", "gone");
+    pki.revoke(&files);
+    let n = node(&pki).await;
+    refused(&n, &files, &[pki.ca_cert()], "revoked").await;
+    // Others still get in.
+    health(
+        n.addr,
+        &pki.client("us.cisa", "still-here"),
+        &[pki.ca_cert()],
+    )
+    .await
+    .unwrap();
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_closes_open_streams_within_five_seconds() {
+    let pki = TestPki::new();
+    let n = node(&pki).await;
+    let victim = pki.client("us.cisa", "victim");
+    let bystander = pki.client("us.cisa", "bystander");
+    let ca = [pki.ca_cert()];
+
+    // A long-lived server stream on each connection (gRPC health Watch).
+    let open_watch = |files: CertFiles| {
+        let ca = ca.clone();
+        let addr = n.addr;
+        async move {
+            let ch = dial(addr, &files, &ca).await.unwrap();
+            let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
+            let mut stream = c
+                .watch(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            stream.message().await.unwrap().expect("first status");
+            stream
+        }
+    };
+    let mut victim_stream = open_watch(victim.clone()).await;
+    let mut bystander_stream = open_watch(bystander.clone()).await;
+
+    let t0 = std::time::Instant::now();
+    pki.revoke(&victim);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match victim_stream.message().await {
+                Ok(Some(_)) => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the revoked client's stream stayed open for 5 s"
+    );
+    eprintln!("revoked stream closed after {:?}", t0.elapsed());
+
+    // The bystander's stream is unaffected, and the victim cannot reconnect.
+    let still_open =
+        tokio::time::timeout(Duration::from_millis(300), bystander_stream.message()).await;
+    assert!(
+        still_open.is_err(),
+        "the bystander's stream ended too: {still_open:?}"
+    );
+    refused(&n, &victim, &ca, "revoked, reconnecting").await;
+    health(n.addr, &bystander, &ca).await.unwrap();
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_member_the_ca_may_not_vouch_for() {
+    let pki = TestPki::new();
+    // A second CA that will happily sign anything, but that this node trusts
+    // only for uk.* members.
+    let uk_ca = pki.other_ca("uk-ca", "*");
+    let mut opts = NodeOptions::new(&pki, pki.node("uk.ncsc", "london-1"));
+    opts.trust
+        .push((beacon::pki::Ca::cert_path(&uk_ca), "uk.*".into(), None));
+    let n = TestNode::start(&opts).await;
+    let ca = [pki.ca_cert()];
+    let uk_client = pki.issue_from(
+        &uk_ca,
+        IssueRequest::new(id(RoleKind::Client, Some("uk.gchq"), "a")),
+    );
+    health(n.addr, &uk_client, &ca)
+        .await
+        .expect("uk.* client of the UK CA");
+    let us_client = pki.issue_from(
+        &uk_ca,
+        IssueRequest::new(id(RoleKind::Client, Some("us.cisa"), "b")),
+    );
+    refused(&n, &us_client, &ca, "us.cisa vouched by the UK CA").await;
+    let operator = pki.issue_from(
+        &uk_ca,
+        IssueRequest::new(id(RoleKind::Operator, None, "eve")),
+    );
+    refused(
+        &n,
+        &operator,
+        &ca,
+        "operator vouched by a member-restricted CA",
+    )
+    .await;
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_certificates_without_a_valid_spiffe_identity() {
+    let pki = TestPki::new();
+    let n = node(&pki).await;
+    let ca = [pki.ca_cert()];
+    // Positive control: a forged-but-correct certificate is accepted, so the
+    // refusals below are about the SAN alone.
+    let good = forge(
+        &pki,
+        "good",
+        vec![uri(&format!("spiffe://{TD}/client/us.cisa/ok"))],
+    );
+    health(n.addr, &good, &ca)
+        .await
+        .expect("well-formed forged certificate");
+
+    let cases: Vec<(&str, Vec<SanType>)> = vec![
+        ("no SAN", vec![]),
+        (
+            "DNS only",
+            vec![SanType::DnsName("client.example".try_into().unwrap())],
+        ),
+        (
+            "two URI SANs",
+            vec![
+                uri(&format!("spiffe://{TD}/client/us.cisa/a")),
+                uri(&format!("spiffe://{TD}/client/us.cisa/b")),
+            ],
+        ),
+        (
+            "not spiffe",
+            vec![uri("https://alliance.example/client/us.cisa/a")],
+        ),
+        (
+            "unknown path",
+            vec![uri(&format!("spiffe://{TD}/admin/us.cisa/a"))],
+        ),
+        (
+            "dot-dot",
+            vec![uri(&format!("spiffe://{TD}/client/us.cisa/.."))],
+        ),
+        (
+            "bad member",
+            vec![uri(&format!("spiffe://{TD}/client/US_CISA/a"))],
+        ),
+        (
+            "other trust domain",
+            vec![uri("spiffe://elsewhere.example/client/us.cisa/a")],
+        ),
+        (
+            "query",
+            vec![uri(&format!("spiffe://{TD}/client/us.cisa/a?x=1"))],
+        ),
+    ];
+    for (i, (what, sans)) in cases.into_iter().enumerate() {
+        let files = forge(&pki, &format!("bad{i}"), sans);
+        refused(&n, &files, &ca, what).await;
+    }
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_refuses_a_node_presenting_another_identity() {
+    let pki = TestPki::new();
+    let n = node(&pki).await;
+    let files = pki.client("us.cisa", "x");
+    let dialer = beacon::client::Dialer::load(&settings(&files, &[pki.ca_cert()])).unwrap();
+    let wrong = id(RoleKind::Node, Some("fr.anssi"), "paris-1");
+    let r = dialer
+        .connect(
+            &n.addr.to_string(),
+            beacon::tls::ExpectedServer::Exactly(wrong),
+        )
+        .await;
+    let r = match r {
+        Ok(ch) => health_on(ch).await,
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(r.is_err(), "client accepted the wrong node identity");
+    let right = id(RoleKind::Node, Some("uk.ncsc"), "london-1");
+    let ch = dialer
+        .connect(
+            &n.addr.to_string(),
+            beacon::tls::ExpectedServer::Exactly(right),
+        )
+        .await
+        .unwrap();
+    health_on(ch).await.unwrap();
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificate_reloads_without_restart() {
+    let pki = TestPki::new();
+    let node_files = pki.node("uk.ncsc", "london-1");
+    let n = TestNode::start(&NodeOptions::new(&pki, node_files.clone())).await;
+    let ca = [pki.ca_cert()];
+    let client = pki.client("us.cisa", "x");
+    health(n.addr, &client, &ca).await.unwrap();
+
+    // Renew the node's certificate in place; new connections must see the new serial.
+    let renewed = pki
+        .ca()
+        .renew(
+            &beacon::pki::Selector::Serial(node_files.serial.clone()),
+            None,
+        )
+        .unwrap();
+    beacon::pki::write_file(&node_files.key, renewed.key_pem.as_bytes(), true, true).unwrap();
+    beacon::pki::write_file(&node_files.cert, renewed.cert_pem.as_bytes(), false, true).unwrap();
+    let want = renewed.serial.clone();
+    let seen = wait_until(Duration::from_secs(10), || {
+        let want = want.clone();
+        let addr = n.addr;
+        let ca = pki.ca_cert();
+        async move { served_serial(addr, &ca).await.as_deref() == Some(want.as_str()) }
+    })
+    .await;
+    assert!(seen.is_some(), "the node kept serving the old certificate");
+    health(n.addr, &client, &ca).await.unwrap();
+    n.stop().await;
+}
+
+/// The serial of the certificate a node serves (a raw TLS handshake).
+async fn served_serial(addr: std::net::SocketAddr, ca: &std::path::Path) -> Option<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in beacon::trust::read_certs(ca).ok()? {
+        roots.add(c).ok()?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(beacon::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+    beacon::trust::identity_of(&leaf)
+        .ok()
+        .map(|(_, serial)| beacon::pki::hex(&serial))
+}
