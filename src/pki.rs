@@ -658,7 +658,10 @@ impl Ca {
                 })?;
                 let (_, ours) =
                     X509Certificate::from_der(&self.cert_der).map_err(|_| PkiError::NotOurs)?;
-                if x509.issuer() != ours.subject() {
+                // Names can collide between CAs; the signature cannot.
+                if x509.issuer() != ours.subject()
+                    || x509.verify_signature(Some(ours.public_key())).is_err()
+                {
                     return Err(PkiError::NotOurs);
                 }
                 Ok(hex(x509.raw_serial()))

@@ -1,0 +1,521 @@
+//! `beacon ca` end to end through the binary, and the daemon's process life
+//! (`beacon daemon`, `beacon dev`, signals).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::*;
+
+fn ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let (code, out, err) = beacon(dir, args);
+    assert_eq!(code, 0, "beacon {args:?} failed: {err}");
+    out
+}
+
+/// Runs a command that must fail; returns its one-line error.
+fn fails(dir: &std::path::Path, args: &[&str]) -> String {
+    let (code, _out, err) = beacon(dir, args);
+    assert_ne!(code, 0, "beacon {args:?} should have failed");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "error is one clear line: {err:?}");
+    assert!(err.starts_with("beacon: "), "{err}");
+    err
+}
+
+#[test]
+fn ca_lifecycle_through_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = ok(
+        d,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            "ca",
+            "--trust-domain",
+            "alliance.example",
+            "--name",
+            "Alliance CA",
+        ],
+    );
+    assert!(out.contains("created CA"), "{out}");
+    let key_mode = std::fs::metadata(d.join("ca/ca.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600, "CA key must be private");
+
+    let out = ok(
+        d,
+        &[
+            "ca",
+            "issue",
+            "node",
+            "--dir",
+            "ca",
+            "--member",
+            "uk.ncsc",
+            "--name",
+            "london-1",
+            "--ip",
+            "127.0.0.1",
+            "--dns",
+            "node.uk.example",
+            "--out",
+            "n1",
+        ],
+    );
+    assert!(
+        out.contains("spiffe://alliance.example/node/uk.ncsc/london-1"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::metadata(d.join("n1.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    ok(
+        d,
+        &[
+            "ca", "issue", "client", "--dir", "ca", "--member", "us.cisa", "--name", "soc",
+            "--out", "c1",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "ca", "issue", "operator", "--dir", "ca", "--name", "alice", "--out", "op",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "ca",
+            "issue",
+            "client",
+            "--dir",
+            "ca",
+            "--member",
+            "de.bsi",
+            "--name",
+            "p256",
+            "--algorithm",
+            "ecdsa-p256",
+            "--out",
+            "c2",
+        ],
+    );
+
+    let list = ok(d, &["ca", "list", "--dir", "ca"]);
+    assert_eq!(list.lines().count(), 5, "header + 4 certificates: {list}");
+    assert!(list.contains("spiffe://alliance.example/client/us.cisa/soc"));
+    assert!(!list.contains("revoked"));
+
+    let inspect = ok(d, &["ca", "inspect", "n1.pem"]);
+    assert!(
+        inspect.contains("identity: spiffe://alliance.example/node/uk.ncsc/london-1"),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains("ip:127.0.0.1") && inspect.contains("dns:node.uk.example"),
+        "{inspect}"
+    );
+    assert!(inspect.contains("(valid)"), "{inspect}");
+
+    // Revoke by certificate file, then by serial.
+    let out = ok(
+        d,
+        &[
+            "ca",
+            "revoke",
+            "--dir",
+            "ca",
+            "--cert",
+            "c1.pem",
+            "--reason",
+            "key-compromise",
+        ],
+    );
+    assert!(out.contains("revoked"), "{out}");
+    let json = ok(d, &["ca", "list", "--dir", "ca", "--json"]);
+    let index: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let serial_of = |ident: &str| {
+        index
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["identity"] == ident)
+            .unwrap()["serial"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let op_serial = serial_of("spiffe://alliance.example/operator/alice");
+    ok(d, &["ca", "revoke", "--dir", "ca", "--serial", &op_serial]);
+    let crl = ok(d, &["ca", "inspect", "ca/crl.pem"]);
+    assert!(crl.contains("revoked: 2"), "{crl}");
+    assert!(crl.contains(&op_serial), "{crl}");
+    let list = ok(d, &["ca", "list", "--dir", "ca"]);
+    assert_eq!(list.matches("revoked").count(), 2, "{list}");
+
+    // A fresh CRL has a later number.
+    let out = ok(d, &["ca", "crl", "--dir", "ca", "--next-update", "2d"]);
+    assert!(out.contains("CRL number"), "{out}");
+    let crl2 = ok(d, &["ca", "inspect", "ca/crl.pem"]);
+    assert!(crl2.contains("revoked: 2"), "{crl2}");
+    assert_ne!(crl, crl2);
+
+    // Renewal: a new serial for the same identity.
+    let out = ok(
+        d,
+        &[
+            "ca",
+            "renew",
+            "--dir",
+            "ca",
+            "--cert",
+            "n1.pem",
+            "--out",
+            "n1-renewed",
+        ],
+    );
+    assert!(
+        out.contains("spiffe://alliance.example/node/uk.ncsc/london-1"),
+        "{out}"
+    );
+    let renewed = ok(d, &["ca", "inspect", "n1-renewed.pem"]);
+    assert!(
+        renewed.contains("ip:127.0.0.1"),
+        "renewal keeps the names: {renewed}"
+    );
+    let err = fails(
+        d,
+        &[
+            "ca", "renew", "--dir", "ca", "--cert", "c1.pem", "--out", "c1-new",
+        ],
+    );
+    assert!(err.contains("revoked"), "{err}");
+}
+
+#[test]
+fn ca_refusals_are_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let err = fails(
+        d,
+        &[
+            "ca", "issue", "client", "--dir", "nowhere", "--member", "uk.ncsc", "--name", "a",
+        ],
+    );
+    assert!(err.contains("no CA in nowhere"), "{err}");
+
+    ok(
+        d,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            "uk",
+            "--trust-domain",
+            "alliance.example",
+            "--members",
+            "uk.*",
+        ],
+    );
+    let err = fails(
+        d,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            "uk",
+            "--trust-domain",
+            "alliance.example",
+        ],
+    );
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+
+    let err = fails(
+        d,
+        &[
+            "ca", "issue", "client", "--dir", "uk", "--member", "us.cisa", "--name", "a",
+        ],
+    );
+    assert!(
+        err.contains("wrong member for this CA") && err.contains("uk.*"),
+        "{err}"
+    );
+    let err = fails(
+        d,
+        &["ca", "issue", "operator", "--dir", "uk", "--name", "bob"],
+    );
+    assert!(err.contains("operators"), "{err}");
+    let err = fails(
+        d,
+        &[
+            "ca", "issue", "client", "--dir", "uk", "--member", "uk.ncsc", "--name", "bad/name",
+        ],
+    );
+    assert!(err.contains("bad name"), "{err}");
+    let err = fails(
+        d,
+        &[
+            "ca", "issue", "client", "--dir", "uk", "--member", "UK.NCSC", "--name", "a",
+        ],
+    );
+    assert!(err.contains("invalid member id"), "{err}");
+    let err = fails(
+        d,
+        &["ca", "init", "--dir", "x", "--trust-domain", "Bad Domain"],
+    );
+    assert!(err.contains("invalid trust domain"), "{err}");
+
+    ok(
+        d,
+        &[
+            "ca", "issue", "client", "--dir", "uk", "--member", "uk.ncsc", "--name", "a", "--out",
+            "a",
+        ],
+    );
+    let before = std::fs::read(d.join("a.pem")).unwrap();
+    let err = fails(
+        d,
+        &[
+            "ca", "issue", "client", "--dir", "uk", "--member", "uk.ncsc", "--name", "a", "--out",
+            "a",
+        ],
+    );
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        std::fs::read(d.join("a.pem")).unwrap(),
+        before,
+        "nothing overwritten"
+    );
+    ok(
+        d,
+        &[
+            "ca", "issue", "client", "--dir", "uk", "--member", "uk.ncsc", "--name", "a", "--out",
+            "a", "--force",
+        ],
+    );
+    assert_ne!(std::fs::read(d.join("a.pem")).unwrap(), before);
+
+    let err = fails(d, &["ca", "revoke", "--dir", "uk", "--serial", "0123abcd"]);
+    assert!(err.contains("no certificate with serial"), "{err}");
+    let err = fails(
+        d,
+        &[
+            "ca", "revoke", "--dir", "uk", "--serial", "0123abcd", "--reason", "bored",
+        ],
+    );
+    assert!(err.contains("unknown reason"), "{err}");
+
+    // A certificate of another CA is not ours to revoke.
+    ok(
+        d,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            "us",
+            "--trust-domain",
+            "alliance.example",
+            "--members",
+            "us.*",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "ca", "issue", "client", "--dir", "us", "--member", "us.cisa", "--name", "b", "--out",
+            "b",
+        ],
+    );
+    let err = fails(d, &["ca", "revoke", "--dir", "uk", "--cert", "b.pem"]);
+    assert!(err.contains("not issued by this CA"), "{err}");
+}
+
+#[test]
+fn expired_ca_refuses_to_issue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(
+        d,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            "ca",
+            "--trust-domain",
+            "alliance.example",
+            "--validity",
+            "1s",
+        ],
+    );
+    // The CA is valid for 1 s; once that has passed, it must refuse.
+    let start = std::time::Instant::now();
+    loop {
+        let (code, _, err) = beacon(
+            d,
+            &[
+                "ca", "issue", "client", "--dir", "ca", "--member", "uk.ncsc", "--name", "a",
+                "--out", "a", "--force",
+            ],
+        );
+        if code != 0 {
+            assert!(err.contains("CA expired"), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "an expired CA kept issuing"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn write_config(dir: &std::path::Path, listen: std::net::SocketAddr) {
+    ok(
+        dir,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            "ca",
+            "--trust-domain",
+            "alliance.example",
+        ],
+    );
+    ok(
+        dir,
+        &[
+            "ca",
+            "issue",
+            "node",
+            "--dir",
+            "ca",
+            "--member",
+            "uk.ncsc",
+            "--name",
+            "n1",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            "node",
+        ],
+    );
+    ok(
+        dir,
+        &[
+            "ca", "issue", "operator", "--dir", "ca", "--name", "alice", "--out", "op",
+        ],
+    );
+    std::fs::write(
+        dir.join("beacon.toml"),
+        format!(
+            "[node]\nlisten = \"{listen}\"\ndata_dir = \"store\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n[[trust]]\nca = \"ca/ca.pem\"\ncrl = \"ca/crl.pem\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn daemon_serves_and_exits_zero_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let addr = free_addr();
+    write_config(d, addr);
+    let mut node = ChildNode::spawn(d, &["daemon", "--config", "beacon.toml"], addr);
+    let (code, out, err) = beacon(
+        d,
+        &[
+            "status",
+            "--node",
+            &addr.to_string(),
+            "--cert",
+            "op.pem",
+            "--key",
+            "op.key",
+            "--ca",
+            "ca/ca.pem",
+        ],
+    );
+    assert_eq!(code, 0, "status failed: {err}\n{}", node.log());
+    assert!(
+        out.contains("spiffe://alliance.example/node/uk.ncsc/n1"),
+        "{out}"
+    );
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        node.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        node.log()
+    );
+}
+
+#[test]
+fn daemon_reports_a_bad_config_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("beacon.toml"),
+        "[node]\nlisten = \"127.0.0.1:0\"\nlisten_typo = 1\n",
+    )
+    .unwrap();
+    let err = fails(d, &["daemon", "--config", "beacon.toml"]);
+    assert!(err.contains("beacon.toml"), "{err}");
+    let err = fails(d, &["daemon", "--config", "missing.toml"]);
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn dev_mode_starts_a_usable_node_and_reuses_its_pki() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for round in 0..2 {
+        let addr = free_addr();
+        let mut node = ChildNode::spawn(
+            d,
+            &["dev", "--data-dir", "dd", "--listen", &addr.to_string()],
+            addr,
+        );
+        let (code, out, err) = beacon(
+            d,
+            &[
+                "status",
+                "--node",
+                &addr.to_string(),
+                "--cert",
+                "dd/certs/operator.pem",
+                "--key",
+                "dd/certs/operator.key",
+                "--ca",
+                "dd/ca/ca.pem",
+            ],
+        );
+        assert_eq!(code, 0, "round {round}: {err}\n{}", node.log());
+        assert!(out.contains("spiffe://beacon.dev/node/drc/dev"), "{out}");
+        node.signal(nix::sys::signal::Signal::SIGINT);
+        assert_eq!(
+            node.wait(Duration::from_secs(20)),
+            Some(0),
+            "{}",
+            node.log()
+        );
+    }
+    // The second run reused the CA: three certificates issued in all.
+    let list = ok(d, &["ca", "list", "--dir", "dd/ca"]);
+    assert_eq!(list.lines().count(), 4, "{list}");
+}
