@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::bulletin::{Bulletin, BulletinError, Envelope, Signer};
 use crate::identity::{Identity, MemberScope};
 use crate::proto::v1 as pb;
 use crate::tls::{self, ExpectedServer, KeyedChain, TlsError};
@@ -28,6 +29,8 @@ pub enum ClientError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Trust(#[from] TrustError),
+    #[error(transparent)]
+    Bulletin(#[from] BulletinError),
     #[error("invalid node address {0:?}: use host:port")]
     Address(String),
     #[error("cannot connect to {address}: {reason}")]
@@ -184,6 +187,77 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = src.source();
     }
     s
+}
+
+/// The result of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: String,
+    pub sequence: u64,
+    pub duplicate: bool,
+    pub digest: Vec<u8>,
+}
+
+/// A connected member client that signs what it publishes. Cheap to clone
+/// (clones share the connection).
+#[derive(Clone)]
+pub struct BeaconClient {
+    pub bulletins: BulletinsClient,
+    pub signer: Arc<Signer>,
+}
+
+impl BeaconClient {
+    /// Dials the node in `settings` and loads the signing key from the same
+    /// certificate and key files as the TLS identity.
+    pub async fn connect(settings: &ClientSettings) -> Result<BeaconClient, ClientError> {
+        let dialer = Dialer::load(settings)?;
+        let node = settings
+            .node
+            .as_ref()
+            .ok_or(ClientError::Missing("node address (--node or BEACON_NODE)"))?;
+        let expected = match &settings.node_identity {
+            Some(id) => ExpectedServer::Exactly(id.clone()),
+            None => ExpectedServer::AnyNode,
+        };
+        let channel = dialer.connect(node, expected).await?;
+        let signer = Signer::new(dialer.own.chain.clone(), dialer.own.key.secret_der())?;
+        Ok(BeaconClient::new(channel, Arc::new(signer)))
+    }
+
+    pub fn new(channel: Channel, signer: Arc<Signer>) -> BeaconClient {
+        BeaconClient {
+            bulletins: BulletinsClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+            signer,
+        }
+    }
+
+    /// Signs and publishes a bulletin.
+    pub async fn publish(&mut self, bulletin: &Bulletin) -> Result<Published, ClientError> {
+        let envelope = self.signer.sign(bulletin.to_bytes())?;
+        self.publish_envelope(&envelope).await
+    }
+
+    /// Publishes an already signed envelope (relaying, or replaying an export).
+    pub async fn publish_envelope(
+        &mut self,
+        envelope: &Envelope,
+    ) -> Result<Published, ClientError> {
+        let r = self
+            .bulletins
+            .publish(pb::PublishRequest {
+                envelope: Some(crate::wire::envelope_to_proto(envelope)),
+            })
+            .await?
+            .into_inner();
+        Ok(Published {
+            id: r.id,
+            sequence: r.sequence,
+            duplicate: r.duplicate,
+            digest: r.envelope_digest,
+        })
+    }
 }
 
 /// Clients for the node's services.

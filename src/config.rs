@@ -51,6 +51,26 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// sled's page cache, in MiB.
+    pub cache_mb: u64,
+    /// Most publishes made durable by one fsync.
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_mb: 64,
+            max_batch: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,16 +17,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bulletin;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod filter;
 pub mod identity;
 pub mod pki;
+pub mod policy;
 pub mod proto;
 pub mod server;
 pub mod service;
+pub mod store;
 pub mod tls;
 pub mod trust;
+pub mod wire;
 
 /// The version reported by `Admin.Status` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -40,6 +40,8 @@ use crate::trust::{self, CaEntry, TrustBundle, TrustError, Usage};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -141,13 +143,18 @@ impl Connections {
     }
 }
 
-/// What handlers share: identity, config, trust state, connections.
+/// What handlers share: identity, config, trust state, connections, store.
 pub struct NodeState {
     pub config: Config,
     pub identity: Identity,
     pub started_at: SystemTime,
     pub connections: Arc<Connections>,
     pub bundle: RwLock<Arc<TrustBundle>>,
+    /// Bumped on every trust reload; cached chain verdicts of older generations are void.
+    pub trust_generation: AtomicU64,
+    pub chains: ChainCache,
+    pub store: Arc<crate::store::Store>,
+    pub policy: crate::policy::Policy,
     /// Cancelled when the node begins to shut down; long-lived streams watch it.
     pub shutdown: CancellationToken,
 }
@@ -158,6 +165,65 @@ impl NodeState {
             Ok(b) => b.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// A chain checker for envelope signers that remembers recent verdicts.
+    pub fn signer_check(&self) -> SignerCheck<'_> {
+        SignerCheck { state: self }
+    }
+}
+
+/// Recent signer-chain verdicts, keyed by the SHA-256 of the chain. A verdict
+/// holds only for the trust generation it was made in (a CRL reload voids
+/// them all) and until the leaf expires.
+#[derive(Default)]
+pub struct ChainCache {
+    entries: Mutex<HashMap<[u8; 32], (Identity, SystemTime, u64)>>,
+}
+
+const CHAIN_CACHE_MAX: usize = 10_000;
+
+/// [`crate::bulletin::ChainCheck`] over the node's current bundle and cache.
+pub struct SignerCheck<'a> {
+    state: &'a NodeState,
+}
+
+impl crate::bulletin::ChainCheck for SignerCheck<'_> {
+    fn check(
+        &self,
+        leaf: &CertificateDer<'_>,
+        rest: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Identity, TrustError> {
+        let mut all =
+            Vec::with_capacity(leaf.len() + rest.iter().map(|c| c.len() + 4).sum::<usize>());
+        for c in std::iter::once(leaf).chain(rest.iter()) {
+            all.extend_from_slice(&(c.len() as u32).to_be_bytes());
+            all.extend_from_slice(c.as_ref());
+        }
+        let key = crate::bulletin::sha256(&all);
+        let generation = self.state.trust_generation.load(Ordering::Acquire);
+        let now_sys = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        if let Ok(map) = self.state.chains.entries.lock() {
+            if let Some((id, not_after, g)) = map.get(&key) {
+                if *g == generation && now_sys < *not_after {
+                    return Ok(id.clone());
+                }
+            }
+        }
+        let verified = self
+            .state
+            .bundle()
+            .verify(leaf, rest, now, Usage::ClientAuth)?;
+        if let (Some(not_after), Ok(mut map)) =
+            (cert_not_after(leaf), self.state.chains.entries.lock())
+        {
+            if map.len() >= CHAIN_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(key, (verified.identity.clone(), not_after, generation));
+        }
+        Ok(verified.identity)
     }
 }
 
@@ -311,11 +377,24 @@ pub async fn run_with_reload(
     let material = load_material(&config)?;
     let local = listener.local_addr().map_err(ServerError::Listen)?;
     let connections = Arc::new(Connections::default());
+    let store = Arc::new(crate::store::Store::open(
+        &config.node.data_dir,
+        crate::store::StoreOptions {
+            cache_bytes: config.store.cache_mb * 1024 * 1024,
+            max_batch: config.store.max_batch,
+            ..Default::default()
+        },
+    )?);
+    info!(head = store.head(), dir = %config.node.data_dir.display(), "store opened");
     let state = Arc::new(NodeState {
         identity: material.identity.clone(),
         started_at: SystemTime::now(),
         connections: connections.clone(),
         bundle: RwLock::new(material.bundle.clone()),
+        trust_generation: AtomicU64::new(0),
+        chains: ChainCache::default(),
+        store: store.clone(),
+        policy: crate::policy::Policy::new(&config.groups),
         shutdown: shutdown.clone(),
         config,
     });
@@ -370,7 +449,14 @@ pub async fn run_with_reload(
     connections.cancel_all();
     acceptor.abort();
     reloader.abort();
-    info!(node = %state.identity, "beacon node stopped");
+    if let Err(e) = store.flush() {
+        warn!(error = %e, "final store flush failed");
+    }
+    drop(state);
+    // The last handle closes the store (writer thread joined, flushed) when
+    // every handler holding one has finished.
+    drop(store);
+    info!("beacon node stopped");
     result
 }
 
@@ -513,6 +599,7 @@ async fn reload_loop(
                 if let Ok(mut b) = state.bundle.write() {
                     *b = m.bundle.clone();
                 }
+                state.trust_generation.fetch_add(1, Ordering::AcqRel);
                 let closed = state.connections.recheck(&m.bundle);
                 info!(
                     revoked = m.bundle.revoked_count(),

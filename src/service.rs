@@ -9,6 +9,9 @@ use std::time::SystemTime;
 
 use tonic::{Request, Response, Status, Streaming};
 
+use tracing::{info, warn};
+
+use crate::bulletin::{BulletinError, Relation};
 use crate::identity::RoleKind;
 use crate::proto::v1 as pb;
 use crate::server::{NodeState, PeerInfo, ServerError};
@@ -17,7 +20,9 @@ use crate::server::{NodeState, PeerInfo, ServerError};
 pub mod status {
     use tonic::Status;
 
+    use crate::bulletin::BulletinError;
     use crate::identity::RoleKind;
+    use crate::store::StoreError;
 
     pub fn no_peer() -> Status {
         Status::unauthenticated("no verified client certificate on this connection")
@@ -33,6 +38,38 @@ pub mod status {
 
     pub fn unimplemented(what: &str) -> Status {
         Status::unimplemented(format!("{what} is not implemented by this node yet"))
+    }
+
+    pub fn bulletin(e: &BulletinError) -> Status {
+        let msg = e.to_string();
+        match e {
+            BulletinError::TooLarge { .. } => Status::resource_exhausted(msg),
+            BulletinError::Signer(_)
+            | BulletinError::WrongMember { .. }
+            | BulletinError::OperatorSigner(_)
+            | BulletinError::NotPeer { .. } => Status::permission_denied(msg),
+            BulletinError::Key(_) | BulletinError::Sign => Status::internal(msg),
+            _ => Status::invalid_argument(msg),
+        }
+    }
+
+    pub fn store(e: &StoreError) -> Status {
+        let msg = e.to_string();
+        match e {
+            StoreError::Conflict { .. } => Status::already_exists(msg),
+            StoreError::MissingRelated { .. } => Status::failed_precondition(msg),
+            StoreError::Corrupt { .. } => Status::data_loss(msg),
+            StoreError::Closed => Status::unavailable(msg),
+            StoreError::Io(_) | StoreError::Failed => Status::internal(msg),
+        }
+    }
+
+    pub fn bad_request(msg: impl Into<String>) -> Status {
+        Status::invalid_argument(msg.into())
+    }
+
+    pub fn not_found(id: &str) -> Status {
+        Status::not_found(format!("no bulletin {id}"))
     }
 }
 
@@ -58,9 +95,34 @@ const OPERATORS: &[RoleKind] = &[RoleKind::Operator];
 
 /// `beacon.v1.Bulletins`.
 pub struct BulletinsService {
-    #[allow(dead_code)]
     state: Arc<NodeState>,
 }
+
+/// The reading member of a peer (clients and nodes have one).
+fn reader(peer: &PeerInfo) -> Result<String, Status> {
+    peer.identity
+        .member()
+        .map(|m| m.as_str().to_owned())
+        .ok_or_else(|| status::wrong_role(&peer.identity.to_string(), MEMBERS))
+}
+
+fn marking(meta: &crate::store::Meta) -> Option<crate::policy::Marking<'_>> {
+    Some(crate::policy::Marking {
+        publisher: &meta.publisher,
+        tlp: crate::wire::tlp_from_i32(i32::from(meta.tlp))?,
+        audience_members: &meta.audience_members,
+        audience_groups: &meta.audience_groups,
+    })
+}
+
+impl BulletinsService {
+    /// Policy's verdict for `member` on a stored record; an unreadable marking is a refusal.
+    fn may_read(&self, member: &str, meta: &crate::store::Meta) -> bool {
+        marking(meta).is_some_and(|m| self.state.policy.may_read(member, &m))
+    }
+}
+
+const DEFAULT_LIST_PAGE: u32 = 100;
 
 #[tonic::async_trait]
 impl pb::bulletins_server::Bulletins for BulletinsService {
@@ -68,24 +130,165 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        caller(&request, MEMBERS)?;
-        Err(status::unimplemented("Publish"))
+        let peer = caller(&request, MEMBERS)?;
+        let env = request
+            .into_inner()
+            .envelope
+            .ok_or_else(|| status::bad_request("the request carries no envelope"))?;
+        let limit = self.state.config.limits.max_envelope_bytes;
+        let size = prost::Message::encoded_len(&env);
+        if size > limit {
+            return Err(status::bulletin(&BulletinError::TooLarge { size, limit }));
+        }
+        let env = crate::wire::envelope_from_proto(env);
+        let sender = (peer.identity.kind() == RoleKind::Client).then_some(&peer.identity);
+        let verified = crate::bulletin::verify_envelope_with(
+            &env,
+            &self.state.signer_check(),
+            SystemTime::now(),
+            sender,
+        )
+        .map_err(|e| {
+            warn!(target: "beacon::audit", peer = %peer.identity, reason = %e, "publish refused");
+            status::bulletin(&e)
+        })?;
+        let bytes = crate::wire::encode_envelope(&env);
+        let digest = crate::bulletin::sha256(&bytes);
+        let b = &verified.bulletin;
+        let requires = match &b.relation {
+            Some(Relation::Supersedes(id)) => Some(("supersedes", id.clone())),
+            Some(Relation::Retracts(id)) => Some(("retracts", id.clone())),
+            None => None,
+        };
+        let meta = crate::store::Meta {
+            id: b.id.clone(),
+            publisher: b.publisher.clone(),
+            digest,
+            origin_node: self.state.identity.to_string(),
+            origin_seq: 0,
+            kind: crate::wire::kind_to_i32(verified.kind) as u8,
+            severity: crate::wire::severity_to_i32(verified.severity) as u8,
+            tlp: crate::wire::tlp_to_i32(verified.tlp) as u8,
+            created_at: b.created_at,
+            audience_members: b.audience.members.clone(),
+            audience_groups: b.audience.groups.clone(),
+            topics: b.topics.clone(),
+        };
+        let appended = self
+            .state
+            .store
+            .append(crate::store::NewRecord {
+                meta,
+                envelope: bytes,
+                requires,
+            })
+            .await
+            .map_err(|e| {
+                warn!(target: "beacon::audit", peer = %peer.identity, id = %b.id, reason = %e, "publish refused");
+                status::store(&e)
+            })?;
+        info!(target: "beacon::audit", peer = %peer.identity, signer = %verified.signer, id = %b.id,
+              seq = appended.seq, duplicate = appended.duplicate, tlp = verified.tlp.label(), "published");
+        Ok(Response::new(pb::PublishResponse {
+            sequence: appended.seq,
+            duplicate: appended.duplicate,
+            accepted_at: Some(timestamp(appended.accepted_at)),
+            id: b.id.clone(),
+            envelope_digest: digest.to_vec(),
+        }))
     }
 
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        caller(&request, MEMBERS)?;
-        Err(status::unimplemented("Get"))
+        let peer = caller(&request, MEMBERS)?;
+        let member = reader(&peer)?;
+        let req = request.into_inner();
+        if !crate::bulletin::canonical_uuid(&req.id) {
+            return Err(status::bad_request(format!(
+                "id {:?} is not a lower-case hyphenated UUID",
+                req.id
+            )));
+        }
+        let store = &self.state.store;
+        let candidates: Vec<u64> = if req.publisher.is_empty() {
+            store
+                .lookup_id(&req.id)
+                .map_err(|e| status::store(&e))?
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect()
+        } else {
+            store
+                .lookup(&req.publisher, &req.id)
+                .map_err(|e| status::store(&e))?
+                .map(|(s, _)| s)
+                .into_iter()
+                .collect()
+        };
+        for seq in candidates {
+            let Some(rec) = store.get(seq).map_err(|e| status::store(&e))? else {
+                continue;
+            };
+            if self.may_read(&member, &rec.meta) {
+                let delivery = crate::wire::delivery(&rec).map_err(|e| {
+                    status::store(&crate::store::StoreError::Corrupt { seq, reason: e })
+                })?;
+                return Ok(Response::new(pb::GetResponse {
+                    delivery: Some(delivery),
+                }));
+            }
+        }
+        Err(status::not_found(&req.id))
     }
 
     async fn list(
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        caller(&request, MEMBERS)?;
-        Err(status::unimplemented("List"))
+        let peer = caller(&request, MEMBERS)?;
+        let member = reader(&peer)?;
+        let req = request.into_inner();
+        let filter = crate::wire::filter_from_proto(req.filter).map_err(status::bad_request)?;
+        let max = self.state.config.limits.max_list_page;
+        let limit = match req.limit {
+            0 => DEFAULT_LIST_PAGE.min(max),
+            l => l.min(max),
+        } as usize;
+        let store = &self.state.store;
+        let head = store.head();
+        let until = match req.until_sequence {
+            0 => head,
+            u => u.min(head),
+        };
+        // Bound the work of one call: at most this many records are examined.
+        let budget = (limit * 10).max(10_000) as u64;
+        let from = req.after_sequence.saturating_add(1);
+        let mut deliveries = Vec::new();
+        let mut last = req.after_sequence;
+        if from <= until {
+            let stop = until.min(from.saturating_add(budget - 1));
+            for item in store.range(from, stop) {
+                let rec = item.map_err(|e| status::store(&e))?;
+                last = rec.seq;
+                if filter.matches(&rec.meta) && self.may_read(&member, &rec.meta) {
+                    let seq = rec.seq;
+                    deliveries.push(crate::wire::delivery(&rec).map_err(|e| {
+                        status::store(&crate::store::StoreError::Corrupt { seq, reason: e })
+                    })?);
+                    if deliveries.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Response::new(pb::ListResponse {
+            deliveries,
+            next_after_sequence: last,
+            head,
+            more: last < until,
+        }))
     }
 
     type SubscribeStream =
@@ -117,9 +320,18 @@ impl pb::admin_server::Admin for AdminService {
             node: s.identity.to_string(),
             version: crate::VERSION.to_owned(),
             started_at: Some(timestamp(s.started_at)),
-            head: 0,
+            head: s.store.head(),
             connections: u32::try_from(s.connections.count()).unwrap_or(u32::MAX),
-            store: None,
+            store: Some(pb::StoreStatus {
+                head: s.store.head(),
+                bulletins: s.store.len(),
+                size_bytes: s.store.size_on_disk(),
+                corrupt_records: s
+                    .store
+                    .stats
+                    .corrupt_reads
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            }),
             subscriptions: Vec::new(),
             peers: Vec::new(),
             revoked_certificates: u32::try_from(s.bundle().revoked_count()).unwrap_or(u32::MAX),

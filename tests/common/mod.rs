@@ -424,3 +424,63 @@ pub fn free_addr() -> SocketAddr {
 pub fn arc<T>(t: T) -> Arc<T> {
     Arc::new(t)
 }
+
+/// A signing client of the node at `addr`, as `files`.
+pub async fn member(
+    addr: SocketAddr,
+    files: &CertFiles,
+    ca: &[PathBuf],
+) -> beacon::client::BeaconClient {
+    let mut s = settings(files, ca);
+    s.node = Some(addr.to_string());
+    beacon::client::BeaconClient::connect(&s)
+        .await
+        .expect("member client connects")
+}
+
+/// A signer for `files` without a connection.
+pub fn signer(files: &CertFiles) -> beacon::bulletin::Signer {
+    beacon::bulletin::Signer::load(&files.cert, &files.key).expect("signer")
+}
+
+/// A valid bulletin of `publisher` (TLP:GREEN, advisory, medium).
+pub fn bulletin(publisher: &str, title: &str) -> beacon::bulletin::Bulletin {
+    use beacon::bulletin::{Bulletin, Kind, Severity, Tlp};
+    let mut b = Bulletin::draft(
+        publisher,
+        Kind::Advisory,
+        Severity::Medium,
+        Tlp::Green,
+        title,
+        "summary of the finding",
+    );
+    b.topics = vec!["elections".into()];
+    b
+}
+
+/// The head as an operator sees it.
+pub async fn head(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf]) -> u64 {
+    let ch = dial(addr, op, ca).await.expect("operator dials");
+    beacon::client::AdminClient::new(ch)
+        .status(beacon::proto::v1::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .head
+}
+
+/// Waits until the node reports at least `n` revoked certificates loaded.
+pub async fn wait_revocations(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf], n: u32) {
+    let loaded = wait_until(Duration::from_secs(10), || async {
+        let Ok(ch) = dial(addr, op, ca).await else {
+            return false;
+        };
+        beacon::client::AdminClient::new(ch)
+            .status(beacon::proto::v1::StatusRequest {})
+            .await
+            .map(|s| s.into_inner().revoked_certificates >= n)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(loaded.is_some(), "the node did not load the new CRL");
+}

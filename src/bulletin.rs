@@ -1,0 +1,707 @@
+//! Bulletins and their DSSE envelopes: signing, and the verification every
+//! recipient runs (nodes on Publish and on relay, the CLI, peers).
+//!
+//! The signature covers `PAE(payload_type, payload)` where the payload is the
+//! serialized `Bulletin` exactly as the publisher produced it. Nobody
+//! re-serializes the payload: the bytes signed are the bytes stored and sent.
+//!
+//! [`verify_envelope`] is a pure function of the envelope, the trust bundle and
+//! the time. It checks, in order: payload type; exactly one signature; the
+//! signer's chain (trust bundle, revocation, member scope); the signature; the
+//! payload decodes; the signer belongs to the publishing member; the fields.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::signature::{self, KeyPair as _, UnparsedPublicKey};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::identity::{Identity, MemberId, Name, RoleKind};
+use crate::trust::{TrustBundle, TrustError, Usage};
+
+/// The DSSE payload type of a Beacon bulletin.
+pub const PAYLOAD_TYPE: &str = "application/vnd.beacon.bulletin.v1+protobuf";
+
+pub const MAX_TITLE: usize = 200;
+pub const MAX_SUMMARY: usize = 4000;
+pub const MAX_TOPICS: usize = 32;
+pub const MAX_TOPIC_LEN: usize = 64;
+pub const MAX_AUDIENCE: usize = 256;
+pub const MAX_INDICATORS: usize = 10_000;
+pub const MAX_INDICATOR_VALUE: usize = 4096;
+pub const MAX_REFERENCES: usize = 256;
+pub const MAX_URL: usize = 2048;
+pub const MAX_SIGNER_CHAIN: usize = 4;
+/// How far in the future a created_at may lie (clock skew between allies).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BulletinError {
+    #[error("envelope is {size} bytes, the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("envelope is not well-formed protobuf: {0}")]
+    MalformedEnvelope(String),
+    #[error("unknown payload type {0:?} (expected {PAYLOAD_TYPE})")]
+    PayloadType(String),
+    #[error("envelope must carry exactly one signature, found {0}")]
+    SignatureCount(usize),
+    #[error("signature carries no certificate chain")]
+    NoChain,
+    #[error("signer certificate chain is too long ({0} certificates)")]
+    ChainTooLong(usize),
+    #[error("signer certificate refused: {0}")]
+    Signer(#[from] TrustError),
+    #[error("signer key type is not supported (use Ed25519 or ECDSA P-256)")]
+    KeyType,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("payload is not a well-formed Bulletin: {0}")]
+    MalformedPayload(String),
+    #[error("signer {signer} may not publish for member {publisher}")]
+    WrongMember { signer: String, publisher: String },
+    #[error("signer {0} is an operator; only clients and nodes publish")]
+    OperatorSigner(String),
+    #[error("a client publishes only what it signed itself: signed by {signer}, sent by {peer}")]
+    NotPeer { signer: String, peer: String },
+    #[error("invalid bulletin: {0}")]
+    Invalid(String),
+    #[error("cannot load signing key: {0}")]
+    Key(String),
+    #[error("signing failed")]
+    Sign,
+}
+
+fn invalid(msg: impl Into<String>) -> BulletinError {
+    BulletinError::Invalid(msg.into())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Disinformation,
+    InfluenceOperation,
+    Espionage,
+    IllicitFinance,
+    CyberIntrusion,
+    ElectionInfrastructure,
+    Advisory,
+    Other,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Disinformation,
+        Kind::InfluenceOperation,
+        Kind::Espionage,
+        Kind::IllicitFinance,
+        Kind::CyberIntrusion,
+        Kind::ElectionInfrastructure,
+        Kind::Advisory,
+        Kind::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Disinformation => "disinformation",
+            Kind::InfluenceOperation => "influence_operation",
+            Kind::Espionage => "espionage",
+            Kind::IllicitFinance => "illicit_finance",
+            Kind::CyberIntrusion => "cyber_intrusion",
+            Kind::ElectionInfrastructure => "election_infrastructure",
+            Kind::Advisory => "advisory",
+            Kind::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Info = 1,
+    Low = 2,
+    Medium = 3,
+    High = 4,
+    Critical = 5,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 5] = [
+        Severity::Info,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Severity> {
+        Severity::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// TLP 2.0 labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tlp {
+    Clear,
+    Green,
+    Amber,
+    AmberStrict,
+    Red,
+}
+
+impl Tlp {
+    pub const ALL: [Tlp; 5] = [
+        Tlp::Clear,
+        Tlp::Green,
+        Tlp::Amber,
+        Tlp::AmberStrict,
+        Tlp::Red,
+    ];
+
+    /// The label as FIRST writes it: upper case, never translated.
+    pub fn label(self) -> &'static str {
+        match self {
+            Tlp::Clear => "TLP:CLEAR",
+            Tlp::Green => "TLP:GREEN",
+            Tlp::Amber => "TLP:AMBER",
+            Tlp::AmberStrict => "TLP:AMBER+STRICT",
+            Tlp::Red => "TLP:RED",
+        }
+    }
+
+    /// Accepts "TLP:AMBER+STRICT", "AMBER+STRICT" and lower-case forms.
+    pub fn parse(s: &str) -> Option<Tlp> {
+        let up = s.trim().to_ascii_uppercase();
+        let up = up.strip_prefix("TLP:").unwrap_or(&up).to_owned();
+        Tlp::ALL
+            .into_iter()
+            .find(|t| t.label().trim_start_matches("TLP:") == up)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audience {
+    pub members: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indicator {
+    pub kind: String,
+    pub value: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub url: String,
+    pub description: String,
+    pub external_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub media_type: String,
+    pub filename: String,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relation {
+    Supersedes(String),
+    Retracts(String),
+}
+
+/// The signed content, decoded. Enum fields hold the raw wire numbers until
+/// validation, so that unknown values are reported, not silently mapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bulletin {
+    pub id: String,
+    pub publisher: String,
+    pub created_at: Option<SystemTime>,
+    pub kind: i32,
+    pub severity: i32,
+    pub tlp: i32,
+    pub audience: Audience,
+    pub topics: Vec<String>,
+    pub title: String,
+    pub summary: String,
+    pub body: String,
+    pub indicators: Vec<Indicator>,
+    pub references: Vec<Reference>,
+    pub relation: Option<Relation>,
+    pub expires_at: Option<SystemTime>,
+    pub attachment: Option<Attachment>,
+}
+
+impl Bulletin {
+    /// A new bulletin with a fresh UUID, created now, and everything optional empty.
+    pub fn draft(
+        publisher: &str,
+        kind: Kind,
+        severity: Severity,
+        tlp: Tlp,
+        title: &str,
+        summary: &str,
+    ) -> Bulletin {
+        Bulletin {
+            id: uuid::Uuid::new_v4().hyphenated().to_string(),
+            publisher: publisher.to_owned(),
+            created_at: Some(SystemTime::now()),
+            kind: crate::wire::kind_to_i32(kind),
+            severity: crate::wire::severity_to_i32(severity),
+            tlp: crate::wire::tlp_to_i32(tlp),
+            audience: Audience::default(),
+            topics: Vec::new(),
+            title: title.to_owned(),
+            summary: summary.to_owned(),
+            body: String::new(),
+            indicators: Vec::new(),
+            references: Vec::new(),
+            relation: None,
+            expires_at: None,
+            attachment: None,
+        }
+    }
+
+    /// The serialized form that gets signed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::wire::encode_bulletin(self)
+    }
+}
+
+/// A DSSE signature with the signer's chain (DER, leaf first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    pub keyid: String,
+    pub sig: Vec<u8>,
+    pub cert_chain: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub payload_type: String,
+    pub payload: Vec<u8>,
+    pub signatures: Vec<Signature>,
+}
+
+/// DSSE v1 pre-authentication encoding.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload_type.len() + payload.len() + 32);
+    out.extend_from_slice(b"DSSEv1 ");
+    out.extend_from_slice(payload_type.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload_type.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload);
+    out
+}
+
+/// SHA-256.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+enum SignerKey {
+    Ed25519(signature::Ed25519KeyPair),
+    EcdsaP256(signature::EcdsaKeyPair),
+}
+
+/// A publisher's key and certificate chain, able to sign envelopes.
+pub struct Signer {
+    key: SignerKey,
+    chain: Vec<Vec<u8>>,
+    pub identity: Identity,
+    rng: aws_lc_rs::rand::SystemRandom,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// From a chain (leaf first) and a PKCS#8 private key matching the leaf.
+    pub fn new(chain: Vec<CertificateDer<'static>>, pkcs8: &[u8]) -> Result<Signer, BulletinError> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| BulletinError::Key("no certificate".into()))?;
+        let (identity, _) =
+            crate::trust::identity_of(leaf).map_err(|e| BulletinError::Key(e.to_string()))?;
+        let key = if let Ok(k) = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8) {
+            SignerKey::Ed25519(k)
+        } else if let Ok(k) =
+            signature::EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8)
+        {
+            SignerKey::EcdsaP256(k)
+        } else {
+            return Err(BulletinError::Key(
+                "the key is neither Ed25519 nor ECDSA P-256 PKCS#8".into(),
+            ));
+        };
+        let public = match &key {
+            SignerKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
+            SignerKey::EcdsaP256(k) => k.public_key().as_ref().to_vec(),
+        };
+        if spki_key(leaf.as_ref()).map(|(_, k)| k) != Some(public) {
+            return Err(BulletinError::Key(
+                "the key does not match the certificate".into(),
+            ));
+        }
+        Ok(Signer {
+            key,
+            chain: chain.into_iter().map(|c| c.as_ref().to_vec()).collect(),
+            identity,
+            rng: aws_lc_rs::rand::SystemRandom::new(),
+        })
+    }
+
+    /// Loads a signer from PEM files (as `beacon ca issue` writes them).
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Signer, BulletinError> {
+        let chain =
+            crate::trust::read_certs(cert).map_err(|e| BulletinError::Key(e.to_string()))?;
+        let key = crate::trust::read_pem_file(key, "PRIVATE KEY")
+            .map_err(|e| BulletinError::Key(e.to_string()))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| BulletinError::Key("no PRIVATE KEY block".into()))?;
+        Signer::new(chain, &key)
+    }
+
+    /// Signs serialized bulletin bytes into an envelope.
+    pub fn sign(&self, payload: Vec<u8>) -> Result<Envelope, BulletinError> {
+        let msg = pae(PAYLOAD_TYPE, &payload);
+        let sig = match &self.key {
+            SignerKey::Ed25519(k) => k.sign(&msg).as_ref().to_vec(),
+            SignerKey::EcdsaP256(k) => k
+                .sign(&self.rng, &msg)
+                .map_err(|_| BulletinError::Sign)?
+                .as_ref()
+                .to_vec(),
+        };
+        Ok(Envelope {
+            payload_type: PAYLOAD_TYPE.to_owned(),
+            payload,
+            signatures: vec![Signature {
+                keyid: self.identity.to_string(),
+                sig,
+                cert_chain: self.chain.clone(),
+            }],
+        })
+    }
+}
+
+const OID_ED25519: &str = "1.3.101.112";
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyAlg {
+    Ed25519,
+    EcdsaP256,
+}
+
+/// The signature algorithm and raw public key of a certificate.
+fn spki_key(cert_der: &[u8]) -> Option<(KeyAlg, Vec<u8>)> {
+    let (_, x) = X509Certificate::from_der(cert_der).ok()?;
+    let spki = x.public_key();
+    let oid = spki.algorithm.algorithm.to_id_string();
+    let alg = if oid == OID_ED25519 {
+        KeyAlg::Ed25519
+    } else if oid == OID_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string());
+        if curve.as_deref() != Some(OID_P256) {
+            return None;
+        }
+        KeyAlg::EcdsaP256
+    } else {
+        return None;
+    };
+    Some((alg, spki.subject_public_key.data.to_vec()))
+}
+
+/// Checks `sig` over `PAE(payload_type, payload)` with the leaf's key.
+pub fn check_signature(
+    leaf: &[u8],
+    payload_type: &str,
+    payload: &[u8],
+    sig: &[u8],
+) -> Result<(), BulletinError> {
+    let (alg, key) = spki_key(leaf).ok_or(BulletinError::KeyType)?;
+    let msg = pae(payload_type, payload);
+    let verifier: &dyn signature::VerificationAlgorithm = match alg {
+        KeyAlg::Ed25519 => &signature::ED25519,
+        KeyAlg::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
+    };
+    UnparsedPublicKey::new(verifier, key)
+        .verify(&msg, sig)
+        .map_err(|_| BulletinError::BadSignature)
+}
+
+/// A verified envelope.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub bulletin: Bulletin,
+    pub signer: Identity,
+    pub kind: Kind,
+    pub severity: Severity,
+    pub tlp: Tlp,
+}
+
+/// Caches chain verification results for the trust routine (see [`verify_envelope_with`]).
+pub trait ChainCheck {
+    fn check(
+        &self,
+        leaf: &CertificateDer<'_>,
+        rest: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Identity, TrustError>;
+}
+
+impl ChainCheck for TrustBundle {
+    fn check(
+        &self,
+        leaf: &CertificateDer<'_>,
+        rest: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Identity, TrustError> {
+        self.verify(leaf, rest, now, Usage::ClientAuth)
+            .map(|v| v.identity)
+    }
+}
+
+/// Verifies an envelope against a trust bundle at `now` (see the module docs).
+pub fn verify_envelope(
+    env: &Envelope,
+    bundle: &TrustBundle,
+    now: SystemTime,
+) -> Result<Verified, BulletinError> {
+    verify_envelope_with(env, bundle, now, None)
+}
+
+/// As [`verify_envelope`], with any chain checker (a cache in front of the
+/// bundle), and optionally requiring the signer to be `sender` (a client may
+/// publish only envelopes it signed itself).
+pub fn verify_envelope_with(
+    env: &Envelope,
+    chains: &dyn ChainCheck,
+    now: SystemTime,
+    sender: Option<&Identity>,
+) -> Result<Verified, BulletinError> {
+    if env.payload_type != PAYLOAD_TYPE {
+        return Err(BulletinError::PayloadType(env.payload_type.clone()));
+    }
+    if env.signatures.len() != 1 {
+        return Err(BulletinError::SignatureCount(env.signatures.len()));
+    }
+    let sig = &env.signatures[0];
+    if sig.cert_chain.is_empty() {
+        return Err(BulletinError::NoChain);
+    }
+    if sig.cert_chain.len() > MAX_SIGNER_CHAIN {
+        return Err(BulletinError::ChainTooLong(sig.cert_chain.len()));
+    }
+    let chain: Vec<CertificateDer<'_>> = sig
+        .cert_chain
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    let unix = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
+    let signer = chains.check(&chain[0], &chain[1..], unix)?;
+    check_signature(
+        &sig.cert_chain[0],
+        &env.payload_type,
+        &env.payload,
+        &sig.sig,
+    )?;
+    let bulletin =
+        crate::wire::decode_bulletin(&env.payload).map_err(BulletinError::MalformedPayload)?;
+    let member = match signer.kind() {
+        RoleKind::Operator => return Err(BulletinError::OperatorSigner(signer.to_string())),
+        _ => signer
+            .member()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default(),
+    };
+    if member != bulletin.publisher {
+        return Err(BulletinError::WrongMember {
+            signer: signer.to_string(),
+            publisher: bulletin.publisher.clone(),
+        });
+    }
+    if let Some(sender) = sender {
+        if sender != &signer {
+            return Err(BulletinError::NotPeer {
+                signer: signer.to_string(),
+                peer: sender.to_string(),
+            });
+        }
+    }
+    let (kind, severity, tlp) = validate(&bulletin, now)?;
+    Ok(Verified {
+        bulletin,
+        signer,
+        kind,
+        severity,
+        tlp,
+    })
+}
+
+/// A canonical, lower-case hyphenated UUID.
+pub fn canonical_uuid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s)
+        .map(|u| u.hyphenated().to_string() == s)
+        .unwrap_or(false)
+}
+
+fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), BulletinError> {
+    if required && value.trim().is_empty() {
+        return Err(invalid(format!("{field} is empty")));
+    }
+    if value.chars().count() > max {
+        return Err(invalid(format!("{field} is longer than {max} characters")));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        return Err(invalid(format!("{field} contains control characters")));
+    }
+    Ok(())
+}
+
+/// Field rules of a bulletin; returns its typed kind, severity and TLP.
+pub fn validate(b: &Bulletin, now: SystemTime) -> Result<(Kind, Severity, Tlp), BulletinError> {
+    if !canonical_uuid(&b.id) {
+        return Err(invalid(format!(
+            "id {:?} is not a lower-case hyphenated UUID",
+            b.id
+        )));
+    }
+    b.publisher
+        .parse::<MemberId>()
+        .map_err(|e| invalid(format!("publisher: {e}")))?;
+    let kind = crate::wire::kind_from_i32(b.kind)
+        .ok_or_else(|| invalid(format!("kind {} is not known", b.kind)))?;
+    let severity = crate::wire::severity_from_i32(b.severity)
+        .ok_or_else(|| invalid(format!("severity {} is not known", b.severity)))?;
+    let tlp = crate::wire::tlp_from_i32(b.tlp)
+        .ok_or_else(|| invalid(format!("TLP label {} is not known", b.tlp)))?;
+    if b.audience.members.len() + b.audience.groups.len() > MAX_AUDIENCE {
+        return Err(invalid(format!(
+            "audience has more than {MAX_AUDIENCE} entries"
+        )));
+    }
+    for m in &b.audience.members {
+        m.parse::<MemberId>()
+            .map_err(|e| invalid(format!("audience: {e}")))?;
+    }
+    for g in &b.audience.groups {
+        g.parse::<Name>()
+            .map_err(|_| invalid(format!("audience group {g:?} is not a valid name")))?;
+    }
+    if tlp == Tlp::Red && b.audience.members.is_empty() {
+        return Err(invalid(
+            "TLP:RED must name at least one member recipient in audience.members",
+        ));
+    }
+    text("title", &b.title, MAX_TITLE, true)?;
+    text("summary", &b.summary, MAX_SUMMARY, true)?;
+    if b.topics.len() > MAX_TOPICS {
+        return Err(invalid(format!("more than {MAX_TOPICS} topics")));
+    }
+    for t in &b.topics {
+        text("topic", t, MAX_TOPIC_LEN, true)?;
+    }
+    if b.indicators.len() > MAX_INDICATORS {
+        return Err(invalid(format!("more than {MAX_INDICATORS} indicators")));
+    }
+    for i in &b.indicators {
+        text("indicator type", &i.kind, 64, true)?;
+        text("indicator value", &i.value, MAX_INDICATOR_VALUE, true)?;
+    }
+    if b.references.len() > MAX_REFERENCES {
+        return Err(invalid(format!("more than {MAX_REFERENCES} references")));
+    }
+    for r in &b.references {
+        text("reference url", &r.url, MAX_URL, true)?;
+    }
+    let created = b
+        .created_at
+        .ok_or_else(|| invalid("created_at is missing"))?;
+    let floor = UNIX_EPOCH + Duration::from_secs(946_684_800); // 2000-01-01
+    if created < floor {
+        return Err(invalid("created_at is before the year 2000"));
+    }
+    if created > now + MAX_CLOCK_SKEW {
+        return Err(invalid("created_at is in the future"));
+    }
+    if let Some(exp) = b.expires_at {
+        if exp <= created {
+            return Err(invalid("expires_at is not after created_at"));
+        }
+    }
+    match &b.relation {
+        Some(Relation::Supersedes(id)) | Some(Relation::Retracts(id)) => {
+            if !canonical_uuid(id) {
+                return Err(invalid(format!(
+                    "related id {id:?} is not a lower-case hyphenated UUID"
+                )));
+            }
+            if id == &b.id {
+                return Err(invalid("a bulletin cannot supersede or retract itself"));
+            }
+        }
+        None => {}
+    }
+    if let Some(a) = &b.attachment {
+        text("attachment media_type", &a.media_type, 255, true)?;
+        text("attachment filename", &a.filename, 255, false)?;
+    }
+    Ok((kind, severity, tlp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pae_matches_the_dsse_test_vector() {
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
+    }
+
+    #[test]
+    fn tlp_labels_parse() {
+        assert_eq!(Tlp::parse("TLP:AMBER+STRICT"), Some(Tlp::AmberStrict));
+        assert_eq!(Tlp::parse("amber"), Some(Tlp::Amber));
+        assert_eq!(Tlp::parse("TLP:WHITE"), None);
+    }
+}

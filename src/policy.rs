@@ -1,0 +1,107 @@
+//! Who may read a bulletin: TLP 2.0 and the audience. Every read path (Get,
+//! List, Subscribe replay and live, relay to a peer node) asks [`Policy::may_read`].
+//!
+//! | label | may read |
+//! |---|---|
+//! | `TLP:CLEAR`, `TLP:GREEN` | every member of the alliance |
+//! | `TLP:AMBER` | the audience (members, and groups resolved from this node's config); every member when the audience is empty |
+//! | `TLP:AMBER+STRICT` | the audience only |
+//! | `TLP:RED` | the members named in `audience.members` only; groups do not count, since each node resolves groups from its own config |
+//!
+//! The publishing member may always read its own bulletins. Operators belong to
+//! no member and read no bulletins.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::bulletin::Tlp;
+
+/// What policy needs to know about a bulletin.
+#[derive(Debug, Clone, Copy)]
+pub struct Marking<'a> {
+    pub publisher: &'a str,
+    pub tlp: Tlp,
+    pub audience_members: &'a [String],
+    pub audience_groups: &'a [String],
+}
+
+/// The node's policy: its group definitions.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    groups: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Policy {
+    pub fn new(groups: &BTreeMap<String, Vec<String>>) -> Policy {
+        Policy {
+            groups: groups
+                .iter()
+                .map(|(g, ms)| (g.clone(), ms.iter().cloned().collect()))
+                .collect(),
+        }
+    }
+
+    fn in_groups(&self, member: &str, groups: &[String]) -> bool {
+        groups
+            .iter()
+            .any(|g| self.groups.get(g).is_some_and(|ms| ms.contains(member)))
+    }
+
+    /// May `reader` (a member id) read a bulletin with this marking?
+    pub fn may_read(&self, reader: &str, m: &Marking<'_>) -> bool {
+        if reader == m.publisher {
+            return true;
+        }
+        let named = m.audience_members.iter().any(|a| a == reader);
+        match m.tlp {
+            Tlp::Clear | Tlp::Green => true,
+            Tlp::Amber => {
+                (m.audience_members.is_empty() && m.audience_groups.is_empty())
+                    || named
+                    || self.in_groups(reader, m.audience_groups)
+            }
+            Tlp::AmberStrict => named || self.in_groups(reader, m.audience_groups),
+            Tlp::Red => named,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m<'a>(tlp: Tlp, members: &'a [String], groups: &'a [String]) -> Marking<'a> {
+        Marking {
+            publisher: "uk.ncsc",
+            tlp,
+            audience_members: members,
+            audience_groups: groups,
+        }
+    }
+
+    #[test]
+    fn matrix() {
+        let mut groups = BTreeMap::new();
+        groups.insert("eu".to_string(), vec!["fr.anssi".to_string()]);
+        let p = Policy::new(&groups);
+        let none: Vec<String> = vec![];
+        let us = vec!["us.cisa".to_string()];
+        let eu = vec!["eu".to_string()];
+        for tlp in Tlp::ALL {
+            assert!(
+                p.may_read("uk.ncsc", &m(tlp, &none, &none)),
+                "publisher reads its own {tlp:?}"
+            );
+        }
+        assert!(p.may_read("fr.anssi", &m(Tlp::Green, &none, &none)));
+        assert!(p.may_read("fr.anssi", &m(Tlp::Amber, &none, &none)));
+        assert!(!p.may_read("fr.anssi", &m(Tlp::Amber, &us, &none)));
+        assert!(p.may_read("fr.anssi", &m(Tlp::Amber, &us, &eu)));
+        assert!(!p.may_read("fr.anssi", &m(Tlp::AmberStrict, &none, &none)));
+        assert!(p.may_read("fr.anssi", &m(Tlp::AmberStrict, &none, &eu)));
+        assert!(p.may_read("us.cisa", &m(Tlp::Red, &us, &none)));
+        assert!(
+            !p.may_read("fr.anssi", &m(Tlp::Red, &us, &eu)),
+            "groups never open TLP:RED"
+        );
+    }
+}

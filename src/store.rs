@@ -1,0 +1,784 @@
+//! The durable log. The only module that touches sled.
+//!
+//! # Layout
+//! One sled tree, `log`, with prefixed keys, so that one atomic batch covers a
+//! record, its indexes and the head:
+//!
+//! ```text
+//! L <seq:u64be>                      -> record (see `Record::encode`)
+//! I <publisher> 0x00 <id>            -> <seq:u64be> <envelope digest:32>
+//! J <id> 0x00 <publisher>            -> <seq:u64be>
+//! H                                  -> <head seq:u64be>
+//! ```
+//! and a second tree, `cursors`, for durable subscription cursors.
+//!
+//! # Writing
+//! One writer thread owns appends. It takes every request waiting (up to a
+//! batch limit), assigns gapless sequence numbers, applies one sled batch, calls
+//! `flush` (fsync) once, and only then answers every request in the batch and
+//! moves the committed head (a `watch` the rest of the process follows).
+//!
+//! # Reading
+//! Every record carries a SHA-256 over all its bytes; every read checks it. A
+//! record that fails is reported (error, log line, counter), never served.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, warn};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("record {seq} is corrupted: {reason}")]
+    Corrupt { seq: u64, reason: String },
+    #[error("bulletin {id} of {publisher} already exists with different content")]
+    Conflict { publisher: String, id: String },
+    #[error("{relation} names bulletin {id} of {publisher}, which this node does not hold")]
+    MissingRelated {
+        relation: &'static str,
+        publisher: String,
+        id: String,
+    },
+    #[error("the store stopped accepting writes after an earlier failure")]
+    Failed,
+    #[error("the store is shut down")]
+    Closed,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// What the store knows of a bulletin, besides its envelope bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub id: String,
+    pub publisher: String,
+    /// SHA-256 of the envelope bytes.
+    pub digest: [u8; 32],
+    /// The node that first accepted the bulletin, and its sequence there.
+    pub origin_node: String,
+    pub origin_seq: u64,
+    /// Raw wire numbers of kind, severity and TLP (validated before append).
+    pub kind: u8,
+    pub severity: u8,
+    pub tlp: u8,
+    pub created_at: Option<SystemTime>,
+    pub audience_members: Vec<String>,
+    pub audience_groups: Vec<String>,
+    pub topics: Vec<String>,
+}
+
+/// A stored bulletin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub accepted_at: SystemTime,
+    pub meta: Meta,
+    pub envelope: Vec<u8>,
+}
+
+const RECORD_VERSION: u8 = 1;
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn from_nanos(n: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(n)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let len = u16::try_from(b.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&b[..usize::from(len)]);
+}
+
+fn put_strs(out: &mut Vec<u8>, v: &[String]) {
+    let n = u16::try_from(v.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&n.to_be_bytes());
+    for s in v.iter().take(usize::from(n)) {
+        put_str(out, s);
+    }
+}
+
+/// A bounds-checked reader: corrupt input is an error, never a panic.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.buf.len() < n {
+            return Err("truncated".into());
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.u16()?;
+        String::from_utf8(self.take(usize::from(n))?.to_vec()).map_err(|_| "bad utf-8".to_string())
+    }
+    fn strs(&mut self) -> Result<Vec<String>, String> {
+        let n = self.u16()?;
+        (0..n).map(|_| self.str()).collect()
+    }
+}
+
+impl Record {
+    /// The stored form: fields, envelope, then SHA-256 of everything before it.
+    pub fn encode(&self) -> Vec<u8> {
+        let m = &self.meta;
+        let mut out = Vec::with_capacity(self.envelope.len() + 256);
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&nanos(self.accepted_at).to_be_bytes());
+        out.extend_from_slice(&m.origin_seq.to_be_bytes());
+        out.extend_from_slice(&m.created_at.map(nanos).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&[m.kind, m.severity, m.tlp]);
+        out.extend_from_slice(&m.digest);
+        put_str(&mut out, &m.origin_node);
+        put_str(&mut out, &m.publisher);
+        put_str(&mut out, &m.id);
+        put_strs(&mut out, &m.audience_members);
+        put_strs(&mut out, &m.audience_groups);
+        put_strs(&mut out, &m.topics);
+        let len = u32::try_from(self.envelope.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&self.envelope);
+        let sum = crate::bulletin::sha256(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    /// Parses and checks a stored record; `seq` is the key it was found under.
+    pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt { seq, reason };
+        if bytes.len() < 33 {
+            return Err(corrupt("record is truncated".into()));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 32);
+        if crate::bulletin::sha256(body).as_slice() != sum {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let mut r = Reader { buf: body };
+        let parse = |r: &mut Reader<'_>| -> Result<Record, String> {
+            let version = r.u8()?;
+            if version != RECORD_VERSION {
+                return Err(format!("unknown record version {version}"));
+            }
+            let stored_seq = r.u64()?;
+            let accepted_at = from_nanos(r.u64()?);
+            let origin_seq = r.u64()?;
+            let created = r.u64()?;
+            let kind = r.u8()?;
+            let severity = r.u8()?;
+            let tlp = r.u8()?;
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(r.take(32)?);
+            let origin_node = r.str()?;
+            let publisher = r.str()?;
+            let id = r.str()?;
+            let audience_members = r.strs()?;
+            let audience_groups = r.strs()?;
+            let topics = r.strs()?;
+            let len = r.u32()? as usize;
+            let envelope = r.take(len)?.to_vec();
+            if !r.buf.is_empty() {
+                return Err("trailing bytes".into());
+            }
+            Ok(Record {
+                seq: stored_seq,
+                accepted_at,
+                meta: Meta {
+                    id,
+                    publisher,
+                    digest,
+                    origin_node,
+                    origin_seq,
+                    kind,
+                    severity,
+                    tlp,
+                    created_at: (created != 0).then(|| from_nanos(created)),
+                    audience_members,
+                    audience_groups,
+                    topics,
+                },
+                envelope,
+            })
+        };
+        let rec = parse(&mut r).map_err(corrupt)?;
+        if rec.seq != seq {
+            return Err(corrupt(format!("record claims sequence {}", rec.seq)));
+        }
+        if crate::bulletin::sha256(&rec.envelope) != rec.meta.digest {
+            return Err(corrupt("envelope digest mismatch".into()));
+        }
+        Ok(rec)
+    }
+}
+
+/// A bulletin to append.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub meta: Meta,
+    pub envelope: Vec<u8>,
+    /// An earlier bulletin of the same publisher that must exist (supersedes/retracts).
+    pub requires: Option<(&'static str, String)>,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub accepted_at: SystemTime,
+    /// The same envelope was already stored; `seq` is the original.
+    pub duplicate: bool,
+}
+
+struct WriteReq {
+    rec: NewRecord,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    /// Most appends in one batch (one fsync).
+    pub max_batch: usize,
+    /// Appends waiting for the writer; callers wait beyond that (backpressure).
+    pub queue: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 64 * 1024 * 1024,
+            max_batch: 1024,
+            queue: 4096,
+        }
+    }
+}
+
+/// Figures for status and metrics.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub corrupt_reads: AtomicU64,
+    pub batches: AtomicU64,
+    pub appended: AtomicU64,
+    pub fsync_nanos_total: AtomicU64,
+    pub fsync_nanos_max: AtomicU64,
+}
+
+/// The durable log.
+pub struct Store {
+    db: sled::Db,
+    log: sled::Tree,
+    cursors: sled::Tree,
+    head: watch::Receiver<u64>,
+    writer: Option<mpsc::Sender<WriteReq>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    failed: Arc<AtomicBool>,
+    pub stats: Arc<StoreStats>,
+}
+
+fn lkey(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'L';
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn ikey(publisher: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(publisher.len() + id.len() + 2);
+    k.push(b'I');
+    k.extend_from_slice(publisher.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn jkey(id: &str, publisher: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(publisher.len() + id.len() + 2);
+    k.push(b'J');
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(publisher.as_bytes());
+    k
+}
+
+const HEAD_KEY: &[u8] = b"H";
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    let a: [u8; 8] = b.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(a))
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .cache_capacity(opts.cache_bytes)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(io)?;
+        let log = db.open_tree("log").map_err(io)?;
+        let cursors = db.open_tree("cursors").map_err(io)?;
+        let head = match log.get(HEAD_KEY).map_err(io)? {
+            Some(v) => be_u64(&v).ok_or_else(|| StoreError::Io("head marker is damaged".into()))?,
+            None => 0,
+        };
+        // The head and the log are written in one atomic batch; check they agree.
+        let last = log
+            .range(lkey(0)..=lkey(u64::MAX))
+            .next_back()
+            .transpose()
+            .map_err(io)?
+            .and_then(|(k, _)| be_u64(&k[1..]));
+        if last.unwrap_or(0) != head {
+            return Err(StoreError::Io(format!(
+                "head marker says {head} but the log ends at {}",
+                last.unwrap_or(0)
+            )));
+        }
+        let (head_tx, head_rx) = watch::channel(head);
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let failed = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(StoreStats::default());
+        let last_accepted = match head {
+            0 => 0,
+            h => log
+                .get(lkey(h))
+                .map_err(io)?
+                .and_then(|v| Record::decode(h, &v).ok())
+                .map(|r| nanos(r.accepted_at))
+                .unwrap_or(0),
+        };
+        let writer = Writer {
+            db: db.clone(),
+            log: log.clone(),
+            head,
+            last_accepted,
+            head_tx,
+            failed: failed.clone(),
+            max_batch: opts.max_batch.max(1),
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("beacon-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io)?;
+        Ok(Store {
+            db,
+            log,
+            cursors,
+            head: head_rx,
+            writer: Some(tx),
+            writer_thread: Some(thread),
+            failed,
+            stats,
+        })
+    }
+
+    /// The last durable sequence.
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// A receiver that changes whenever the committed head moves.
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    /// Appends a record; resolves once it is durable (or was already held).
+    pub async fn append(&self, rec: NewRecord) -> Result<Appended, StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Failed);
+        }
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        writer
+            .send(WriteReq { rec, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn note_corrupt(&self, e: &StoreError) {
+        if let StoreError::Corrupt { seq, reason } = e {
+            self.stats.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+            error!(seq, reason = %reason, "corrupted record refused");
+        }
+    }
+
+    /// The record at `seq`, checked.
+    pub fn get(&self, seq: u64) -> Result<Option<Record>, StoreError> {
+        match self.log.get(lkey(seq)).map_err(io)? {
+            None => Ok(None),
+            Some(v) => Record::decode(seq, &v)
+                .map(Some)
+                .inspect_err(|e| self.note_corrupt(e)),
+        }
+    }
+
+    /// The sequence and digest of (publisher, id), if held.
+    pub fn lookup(&self, publisher: &str, id: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        Ok(self
+            .log
+            .get(ikey(publisher, id))
+            .map_err(io)?
+            .and_then(|v| {
+                let seq = be_u64(&v)?;
+                let digest: [u8; 32] = v.get(8..40)?.try_into().ok()?;
+                Some((seq, digest))
+            }))
+    }
+
+    /// Every (publisher, seq) holding a bulletin with this id.
+    pub fn lookup_id(&self, id: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let prefix = jkey(id, ""); // J <id> 0x00
+        let mut out = Vec::new();
+        for item in self.log.scan_prefix(&prefix).take(64) {
+            let (k, v) = item.map_err(io)?;
+            let publisher = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(seq) = be_u64(&v) {
+                out.push((publisher, seq));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records with `from <= seq <= to`, in order; each item is checked.
+    pub fn range(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> impl Iterator<Item = Result<Record, StoreError>> + '_ {
+        let to = to.max(from);
+        self.log.range(lkey(from)..=lkey(to)).map(move |item| {
+            let (k, v) = item.map_err(io)?;
+            let seq = be_u64(&k[1..]).ok_or_else(|| StoreError::Io("bad log key".into()))?;
+            Record::decode(seq, &v).inspect_err(|e| self.note_corrupt(e))
+        })
+    }
+
+    /// The first sequence accepted at or after `t` (head + 1 if none).
+    /// Acceptance times never go backwards along the log, so this is a binary search.
+    pub fn first_seq_at_or_after(&self, t: SystemTime) -> Result<u64, StoreError> {
+        let head = self.head();
+        let (mut lo, mut hi) = (1u64, head + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = match self.log.get(lkey(mid)).map_err(io)? {
+                Some(v) => Record::decode(mid, &v)?.accepted_at,
+                None => {
+                    return Err(StoreError::Io(format!(
+                        "log has no record {mid} below head {head}"
+                    )))
+                }
+            };
+            if at < t {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// A durable cursor (last acknowledged sequence) of (identity, name).
+    pub fn cursor(&self, identity: &str, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .cursors
+            .get(cursor_key(identity, name))
+            .map_err(io)?
+            .and_then(|v| be_u64(&v)))
+    }
+
+    /// Stores a cursor; it only moves forward. Not fsynced on its own: losing a
+    /// cursor write can only cause redelivery.
+    pub fn set_cursor(&self, identity: &str, name: &str, seq: u64) -> Result<(), StoreError> {
+        let key = cursor_key(identity, name);
+        self.cursors
+            .fetch_and_update(&key, |old| {
+                let old_seq = old.and_then(be_u64).unwrap_or(0);
+                Some(seq.max(old_seq).to_be_bytes().to_vec())
+            })
+            .map_err(io)?;
+        Ok(())
+    }
+
+    /// Every stored cursor: (identity, name, seq).
+    pub fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.cursors.iter() {
+            let (k, v) = item.map_err(io)?;
+            let mut parts = k.splitn(2, |b| *b == 0);
+            let identity = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            out.push((identity, name, be_u64(&v).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Number of records (head; the log has no gaps).
+    pub fn len(&self) -> u64 {
+        self.head()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.head() == 0
+    }
+
+    /// Flushes everything (cursors included) to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(io)
+    }
+
+    /// Stops the writer after the appends already queued, and flushes.
+    pub fn close(&mut self) -> Result<(), StoreError> {
+        self.writer = None;
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+        self.flush()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn cursor_key(identity: &str, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(identity.len() + name.len() + 1);
+    k.extend_from_slice(identity.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+struct Writer {
+    db: sled::Db,
+    log: sled::Tree,
+    head: u64,
+    last_accepted: u64,
+    head_tx: watch::Sender<u64>,
+    failed: Arc<AtomicBool>,
+    max_batch: usize,
+    stats: Arc<StoreStats>,
+}
+
+type Reply = (
+    oneshot::Sender<Result<Appended, StoreError>>,
+    Result<Appended, StoreError>,
+);
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<WriteReq>) {
+        let mut reqs = Vec::with_capacity(self.max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            reqs.push(first);
+            while reqs.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(r) => reqs.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.commit(std::mem::take(&mut reqs));
+        }
+    }
+
+    fn commit(&mut self, reqs: Vec<WriteReq>) {
+        if self.failed.load(Ordering::Acquire) {
+            for r in reqs {
+                let _ = r.reply.send(Err(StoreError::Failed));
+            }
+            return;
+        }
+        let mut batch = sled::Batch::default();
+        let mut replies: Vec<Reply> = Vec::with_capacity(reqs.len());
+        // (publisher, id) -> (seq, digest) appended in this batch.
+        let mut pending: HashMap<(String, String), (u64, [u8; 32], SystemTime)> = HashMap::new();
+        let mut next = self.head + 1;
+        let now = nanos(SystemTime::now()).max(self.last_accepted);
+        for WriteReq { rec, reply } in reqs {
+            let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
+            let existing = match pending.get(&key) {
+                Some(&(seq, digest, at)) => Ok(Some((seq, digest, Some(at)))),
+                None => self
+                    .lookup(&key.0, &key.1)
+                    .map(|o| o.map(|(s, d)| (s, d, None))),
+            };
+            let outcome = match existing {
+                Err(e) => Err(e),
+                Ok(Some((seq, digest, at))) => {
+                    if digest == rec.meta.digest {
+                        let accepted_at = match at {
+                            Some(at) => Ok(at),
+                            None => self.accepted_at(seq),
+                        };
+                        accepted_at.map(|accepted_at| Appended {
+                            seq,
+                            accepted_at,
+                            duplicate: true,
+                        })
+                    } else {
+                        Err(StoreError::Conflict {
+                            publisher: key.0.clone(),
+                            id: key.1.clone(),
+                        })
+                    }
+                }
+                Ok(None) => {
+                    let missing = match &rec.requires {
+                        Some((relation, id)) => {
+                            let k = (key.0.clone(), id.clone());
+                            match pending.contains_key(&k) {
+                                true => Ok(None),
+                                false => self.lookup(&k.0, &k.1).map(|found| match found {
+                                    Some(_) => None,
+                                    None => Some(StoreError::MissingRelated {
+                                        relation,
+                                        publisher: k.0.clone(),
+                                        id: id.clone(),
+                                    }),
+                                }),
+                            }
+                        }
+                        None => Ok(None),
+                    };
+                    match missing {
+                        Err(e) => Err(e),
+                        Ok(Some(e)) => Err(e),
+                        Ok(None) => {
+                            let seq = next;
+                            next += 1;
+                            let accepted_at = from_nanos(now);
+                            let mut meta = rec.meta;
+                            if meta.origin_seq == 0 {
+                                meta.origin_seq = seq;
+                            }
+                            let digest = meta.digest;
+                            let record = Record {
+                                seq,
+                                accepted_at,
+                                meta,
+                                envelope: rec.envelope,
+                            };
+                            batch.insert(&lkey(seq)[..], record.encode());
+                            let mut iv = seq.to_be_bytes().to_vec();
+                            iv.extend_from_slice(&digest);
+                            batch.insert(ikey(&key.0, &key.1), iv);
+                            batch.insert(jkey(&key.1, &key.0), &seq.to_be_bytes()[..]);
+                            pending.insert(key, (seq, digest, accepted_at));
+                            Ok(Appended {
+                                seq,
+                                accepted_at,
+                                duplicate: false,
+                            })
+                        }
+                    }
+                }
+            };
+            replies.push((reply, outcome));
+        }
+        let new_head = next - 1;
+        if new_head != self.head {
+            batch.insert(HEAD_KEY, &new_head.to_be_bytes()[..]);
+            let t0 = Instant::now();
+            let result = self
+                .log
+                .apply_batch(batch)
+                .and_then(|_| self.db.flush().map(|_| ()));
+            let took = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.stats
+                .fsync_nanos_total
+                .fetch_add(took, Ordering::Relaxed);
+            self.stats
+                .fsync_nanos_max
+                .fetch_max(took, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = result {
+                // Whether the batch reached the disk is unknown: refuse every
+                // write from now on rather than risk a gap or a reused number.
+                error!(error = %e, "store write failed; refusing further writes");
+                self.failed.store(true, Ordering::Release);
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                }
+                return;
+            }
+            self.stats
+                .appended
+                .fetch_add(new_head - self.head, Ordering::Relaxed);
+            self.head = new_head;
+            self.last_accepted = now;
+            self.head_tx.send_replace(new_head);
+        }
+        for (reply, outcome) in replies {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    fn lookup(&self, publisher: &str, id: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        Ok(self
+            .log
+            .get(ikey(publisher, id))
+            .map_err(io)?
+            .and_then(|v| {
+                let seq = be_u64(&v)?;
+                let digest: [u8; 32] = v.get(8..40)?.try_into().ok()?;
+                Some((seq, digest))
+            }))
+    }
+
+    fn accepted_at(&self, seq: u64) -> Result<SystemTime, StoreError> {
+        match self.log.get(lkey(seq)).map_err(io)? {
+            Some(v) => Record::decode(seq, &v).map(|r| r.accepted_at),
+            None => {
+                warn!(seq, "index names a record the log does not hold");
+                Err(StoreError::Corrupt {
+                    seq,
+                    reason: "index names a missing record".into(),
+                })
+            }
+        }
+    }
+}

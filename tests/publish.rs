@@ -1,0 +1,732 @@
+//! The publish path through the gRPC API: tampering, validation rules,
+//! idempotence, and Get/List authorization across TLP × audience.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use beacon::bulletin::{self, Bulletin, Envelope, Relation, Tlp};
+use beacon::client::{BeaconClient, ClientError};
+use beacon::proto::v1 as pb;
+use common::*;
+use tonic::Code;
+
+struct World {
+    pki: TestPki,
+    node: TestNode,
+    ca: Vec<PathBuf>,
+    op: CertFiles,
+}
+
+async fn world() -> World {
+    let pki = TestPki::new();
+    let node = TestNode::start(&NodeOptions::new(&pki, pki.node("drc", "hub-1"))).await;
+    let ca = vec![pki.ca_cert()];
+    let op = pki.operator("alice");
+    World { pki, node, ca, op }
+}
+
+impl World {
+    async fn client(&self, member_id: &str, name: &str) -> (BeaconClient, CertFiles) {
+        let files = self.pki.client(member_id, name);
+        (member(self.node.addr, &files, &self.ca).await, files)
+    }
+    async fn head(&self) -> u64 {
+        head(self.node.addr, &self.op, &self.ca).await
+    }
+}
+
+fn rpc(r: Result<beacon::client::Published, ClientError>) -> (Code, String) {
+    match r {
+        Ok(p) => panic!("expected a refusal, got {p:?}"),
+        Err(ClientError::Rpc(s)) => (s.code(), s.message().to_owned()),
+        Err(e) => panic!("expected an RPC status, got {e}"),
+    }
+}
+
+/// Publishes `env`, expects `code` with `needle` in the message, and nothing stored.
+async fn refused(w: &World, c: &mut BeaconClient, env: &Envelope, code: Code, needle: &str) {
+    let before = w.head().await;
+    let (got, msg) = rpc(c.publish_envelope(env).await);
+    assert_eq!(got, code, "wrong status for {needle:?}: {msg}");
+    assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
+    assert_eq!(
+        w.head().await,
+        before,
+        "a refused bulletin was stored ({needle})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_get_and_verify_round_trip() {
+    let w = world().await;
+    let (mut c, _) = w.client("uk.ncsc", "analyst").await;
+    let b = bulletin("uk.ncsc", "fake accounts amplify a forged memo");
+    let env = c.signer.sign(b.to_bytes()).unwrap();
+    let p = c.publish_envelope(&env).await.unwrap();
+    assert_eq!((p.sequence, p.duplicate), (1, false));
+    let p2 = c.publish(&bulletin("uk.ncsc", "second")).await.unwrap();
+    assert_eq!(p2.sequence, 2, "sequences are gapless");
+
+    let got = c
+        .bulletins
+        .get(pb::GetRequest {
+            id: b.id.clone(),
+            publisher: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery
+        .unwrap();
+    assert_eq!(got.sequence, 1);
+    assert_eq!(got.origin_sequence, 1);
+    assert_eq!(got.origin_node, format!("spiffe://{TD}/node/drc/hub-1"));
+    let served = beacon::wire::envelope_from_proto(got.envelope.unwrap());
+    assert_eq!(
+        served.payload, env.payload,
+        "payload bytes are served exactly as signed"
+    );
+    assert_eq!(
+        got.envelope_digest,
+        bulletin::sha256(&beacon::wire::encode_envelope(&env)).to_vec()
+    );
+    // Anyone holding the trust bundle can verify who wrote it.
+    let bundle = beacon::server::load_bundle(
+        &beacon::config::Config::load(&w.node.config_path).unwrap(),
+        &td(),
+    )
+    .unwrap();
+    let v = bulletin::verify_envelope(&served, &bundle, SystemTime::now()).unwrap();
+    assert_eq!(
+        v.signer.to_string(),
+        format!("spiffe://{TD}/client/uk.ncsc/analyst")
+    );
+    assert_eq!(v.bulletin, b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecdsa_signers_publish_too() {
+    let pki = TestPki::with_ca("*", beacon::pki::Algorithm::EcdsaP256);
+    let node = TestNode::start(&NodeOptions::new(&pki, pki.node("drc", "hub-1"))).await;
+    let files = pki.client("de.bsi", "p256");
+    let mut c = member(node.addr, &files, &[pki.ca_cert()]).await;
+    assert_eq!(
+        c.publish(&bulletin("de.bsi", "p256 signed"))
+            .await
+            .unwrap()
+            .sequence,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_envelopes_are_refused_and_nothing_is_stored() {
+    let w = world().await;
+    let (mut alice, alice_files) = w.client("uk.ncsc", "alice").await;
+    let (mut bob, bob_files) = w.client("uk.ncsc", "bob").await;
+    let good = alice
+        .signer
+        .sign(bulletin("uk.ncsc", "original").to_bytes())
+        .unwrap();
+
+    let mut env = good.clone();
+    let mid = env.payload.len() / 2;
+    env.payload[mid] ^= 0x01;
+    refused(
+        &w,
+        &mut alice,
+        &env,
+        Code::InvalidArgument,
+        "signature does not verify",
+    )
+    .await;
+
+    let mut env = good.clone();
+    env.signatures[0].sig[3] ^= 0x80;
+    refused(
+        &w,
+        &mut alice,
+        &env,
+        Code::InvalidArgument,
+        "signature does not verify",
+    )
+    .await;
+
+    // Swapped chain: bob's valid certificate under alice's signature.
+    let mut env = good.clone();
+    env.signatures[0].cert_chain = vec![std::fs::read(&bob_files.cert)
+        .map(|pem| {
+            beacon::trust::parse_pem_or_der(&pem, "CERTIFICATE")
+                .unwrap()
+                .remove(0)
+        })
+        .unwrap()];
+    refused(
+        &w,
+        &mut alice,
+        &env,
+        Code::InvalidArgument,
+        "signature does not verify",
+    )
+    .await;
+
+    // A chain from a CA outside the bundle (signature itself is valid).
+    let rogue_dir = w.pki.other_ca("rogue", "*");
+    let rogue = w.pki.issue_from(
+        &rogue_dir,
+        beacon::pki::IssueRequest::new(id(
+            beacon::identity::RoleKind::Client,
+            Some("uk.ncsc"),
+            "alice",
+        )),
+    );
+    let env = signer(&rogue)
+        .sign(bulletin("uk.ncsc", "rogue").to_bytes())
+        .unwrap();
+    refused(
+        &w,
+        &mut alice,
+        &env,
+        Code::PermissionDenied,
+        "signer certificate refused",
+    )
+    .await;
+
+    // A client signing as another member.
+    let mut b = bulletin("us.cisa", "impersonation");
+    b.publisher = "us.cisa".into();
+    let env = alice.signer.sign(b.to_bytes()).unwrap();
+    refused(
+        &w,
+        &mut alice,
+        &env,
+        Code::PermissionDenied,
+        "may not publish for member us.cisa",
+    )
+    .await;
+
+    // A client relaying another client's envelope.
+    refused(
+        &w,
+        &mut bob,
+        &good,
+        Code::PermissionDenied,
+        "publishes only what it signed itself",
+    )
+    .await;
+
+    // A revoked signer, relayed by a node of its member. Carol publishes once
+    // before the revocation, so the node holds a cached verdict on her chain
+    // that the CRL reload must void.
+    let carol_files = w.pki.client("uk.ncsc", "carol");
+    let carol = signer(&carol_files);
+    let relay_files = w.pki.node("uk.ncsc", "relay");
+    let mut relay = member(w.node.addr, &relay_files, &w.ca).await;
+    let before = carol
+        .sign(bulletin("uk.ncsc", "carol before").to_bytes())
+        .unwrap();
+    assert_eq!(relay.publish_envelope(&before).await.unwrap().sequence, 1);
+    let after = carol
+        .sign(bulletin("uk.ncsc", "carol after").to_bytes())
+        .unwrap();
+    w.pki.revoke(&carol_files);
+    wait_revocations(w.node.addr, &w.op, &w.ca, 1).await;
+    refused(
+        &w,
+        &mut relay,
+        &after,
+        Code::PermissionDenied,
+        "signer certificate refused: certificate has been revoked",
+    )
+    .await;
+    assert_eq!(w.head().await, 1, "only carol's earlier bulletin is stored");
+
+    // The untouched envelope still goes through, relayed by a node of the member.
+    let p = relay.publish_envelope(&good).await.unwrap();
+    assert_eq!(p.sequence, 2);
+    let _ = alice_files;
+}
+
+fn signed(c: &BeaconClient, b: &Bulletin) -> Envelope {
+    c.signer.sign(b.to_bytes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_validation_rule_refuses_and_stores_nothing() {
+    let w = world().await;
+    let (mut c, _) = w.client("uk.ncsc", "a").await;
+    let base = bulletin("uk.ncsc", "base");
+    let now = SystemTime::now();
+    type Mutate = Box<dyn Fn(&mut Bulletin)>;
+    let cases: Vec<(&str, Mutate, Code, &str)> = vec![
+        (
+            "id not a uuid",
+            Box::new(|b| b.id = "not-a-uuid".into()),
+            Code::InvalidArgument,
+            "not a lower-case hyphenated UUID",
+        ),
+        (
+            "id upper case",
+            Box::new(|b| b.id = b.id.to_uppercase()),
+            Code::InvalidArgument,
+            "UUID",
+        ),
+        (
+            "TLP unspecified",
+            Box::new(|b| b.tlp = 0),
+            Code::InvalidArgument,
+            "TLP label 0 is not known",
+        ),
+        (
+            "TLP unknown",
+            Box::new(|b| b.tlp = 42),
+            Code::InvalidArgument,
+            "TLP label 42 is not known",
+        ),
+        (
+            "kind unknown",
+            Box::new(|b| b.kind = 99),
+            Code::InvalidArgument,
+            "kind 99",
+        ),
+        (
+            "severity unspecified",
+            Box::new(|b| b.severity = 0),
+            Code::InvalidArgument,
+            "severity 0",
+        ),
+        (
+            "RED without recipients",
+            Box::new(|b| {
+                b.tlp = beacon::wire::tlp_to_i32(Tlp::Red);
+                b.audience.groups = vec!["five-eyes".into()];
+            }),
+            Code::InvalidArgument,
+            "TLP:RED must name at least one member",
+        ),
+        (
+            "bad audience member",
+            Box::new(|b| b.audience.members = vec!["Not A Member".into()]),
+            Code::InvalidArgument,
+            "audience",
+        ),
+        (
+            "empty title",
+            Box::new(|b| b.title = "  ".into()),
+            Code::InvalidArgument,
+            "title is empty",
+        ),
+        (
+            "long title",
+            Box::new(|b| b.title = "x".repeat(201)),
+            Code::InvalidArgument,
+            "title is longer",
+        ),
+        (
+            "empty summary",
+            Box::new(|b| b.summary.clear()),
+            Code::InvalidArgument,
+            "summary is empty",
+        ),
+        (
+            "control chars",
+            Box::new(|b| b.title = "bell\u{7}".into()),
+            Code::InvalidArgument,
+            "control characters",
+        ),
+        (
+            "no created_at",
+            Box::new(|b| b.created_at = None),
+            Code::InvalidArgument,
+            "created_at is missing",
+        ),
+        (
+            "future created_at",
+            Box::new(move |b| b.created_at = Some(now + Duration::from_secs(3600))),
+            Code::InvalidArgument,
+            "in the future",
+        ),
+        (
+            "ancient created_at",
+            Box::new(|b| b.created_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10))),
+            Code::InvalidArgument,
+            "before the year 2000",
+        ),
+        (
+            "expires before created",
+            Box::new(move |b| b.expires_at = Some(now - Duration::from_secs(60))),
+            Code::InvalidArgument,
+            "expires_at",
+        ),
+        (
+            "supersedes itself",
+            Box::new(|b| b.relation = Some(Relation::Supersedes(b.id.clone()))),
+            Code::InvalidArgument,
+            "itself",
+        ),
+        (
+            "supersedes unknown",
+            Box::new(|b| {
+                b.relation = Some(Relation::Supersedes(
+                    "5f0c6a8e-8e4c-4f51-9a39-3f1b0f1b2c3d".into(),
+                ))
+            }),
+            Code::FailedPrecondition,
+            "supersedes names bulletin",
+        ),
+        (
+            "retracts unknown",
+            Box::new(|b| {
+                b.relation = Some(Relation::Retracts(
+                    "5f0c6a8e-8e4c-4f51-9a39-3f1b0f1b2c3d".into(),
+                ))
+            }),
+            Code::FailedPrecondition,
+            "retracts names bulletin",
+        ),
+        (
+            "too many topics",
+            Box::new(|b| b.topics = (0..40).map(|i| format!("t{i}")).collect()),
+            Code::InvalidArgument,
+            "topics",
+        ),
+        (
+            "empty indicator",
+            Box::new(|b| {
+                b.indicators = vec![bulletin::Indicator {
+                    kind: "domain".into(),
+                    value: String::new(),
+                    description: String::new(),
+                }]
+            }),
+            Code::InvalidArgument,
+            "indicator value is empty",
+        ),
+    ];
+    for (what, mutate, code, needle) in cases {
+        let mut b = base.clone();
+        b.id = uuid::Uuid::new_v4().to_string();
+        mutate(&mut b);
+        eprintln!("case: {what}");
+        let env = signed(&c, &b);
+        refused(&w, &mut c, &env, code, needle).await;
+    }
+
+    // Envelope-level rules.
+    let good = signed(&c, &base);
+    let mut env = good.clone();
+    env.payload_type = "application/json".into();
+    refused(
+        &w,
+        &mut c,
+        &env,
+        Code::InvalidArgument,
+        "unknown payload type",
+    )
+    .await;
+    let mut env = good.clone();
+    env.signatures.clear();
+    refused(
+        &w,
+        &mut c,
+        &env,
+        Code::InvalidArgument,
+        "exactly one signature",
+    )
+    .await;
+    let mut env = good.clone();
+    env.signatures.push(env.signatures[0].clone());
+    refused(
+        &w,
+        &mut c,
+        &env,
+        Code::InvalidArgument,
+        "exactly one signature",
+    )
+    .await;
+    let env = c
+        .signer
+        .sign(b"\xff\xff\xff not protobuf".to_vec())
+        .unwrap();
+    refused(
+        &w,
+        &mut c,
+        &env,
+        Code::InvalidArgument,
+        "not a well-formed Bulletin",
+    )
+    .await;
+    let mut big = base.clone();
+    big.body = "x".repeat(300 * 1024);
+    let env = signed(&c, &big);
+    refused(
+        &w,
+        &mut c,
+        &env,
+        Code::ResourceExhausted,
+        "the limit is 262144",
+    )
+    .await;
+
+    // A bulletin of another member cannot be superseded.
+    let (mut other, _) = w.client("fr.anssi", "b").await;
+    let theirs = bulletin("fr.anssi", "theirs");
+    other.publish(&theirs).await.unwrap();
+    let mut b = bulletin("uk.ncsc", "hijack");
+    b.relation = Some(Relation::Retracts(theirs.id.clone()));
+    let env = signed(&c, &b);
+    refused(&w, &mut c, &env, Code::FailedPrecondition, "does not hold").await;
+
+    // And the base bulletin itself is fine, as is a correct supersede and retraction.
+    c.publish(&base).await.unwrap();
+    let mut newer = bulletin("uk.ncsc", "update");
+    newer.relation = Some(Relation::Supersedes(base.id.clone()));
+    c.publish(&newer).await.unwrap();
+    let mut retraction = bulletin("uk.ncsc", "retracted");
+    retraction.relation = Some(Relation::Retracts(newer.id.clone()));
+    assert_eq!(c.publish(&retraction).await.unwrap().sequence, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_is_idempotent_and_conflicts_are_refused() {
+    let w = world().await;
+    let (mut c, _) = w.client("uk.ncsc", "a").await;
+    let b = bulletin("uk.ncsc", "once");
+    let env = signed(&c, &b);
+    let first = c.publish_envelope(&env).await.unwrap();
+    let again = c.publish_envelope(&env).await.unwrap();
+    assert_eq!(again.sequence, first.sequence);
+    assert!(again.duplicate && !first.duplicate);
+    assert_eq!(again.digest, first.digest);
+
+    let mut changed = b.clone();
+    changed.title = "changed".into();
+    let (code, msg) = rpc(c.publish(&changed).await);
+    assert_eq!(code, Code::AlreadyExists, "{msg}");
+    // Concurrent identical publishes: one record.
+    let b2 = bulletin("uk.ncsc", "racing");
+    let env2 = signed(&c, &b2);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut c2 = c.clone();
+        let env2 = env2.clone();
+        tasks.push(tokio::spawn(async move {
+            c2.publish_envelope(&env2).await.unwrap()
+        }));
+    }
+    let mut seqs = std::collections::BTreeSet::new();
+    let mut fresh = 0;
+    for t in tasks {
+        let p = t.await.unwrap();
+        seqs.insert(p.sequence);
+        fresh += usize::from(!p.duplicate);
+    }
+    assert_eq!(seqs.len(), 1, "one sequence for one envelope");
+    assert_eq!(fresh, 1, "exactly one publish stored it");
+    assert_eq!(w.head().await, 2);
+}
+
+/// The authorization matrix for Get and List: TLP × audience × reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_list_follow_tlp_and_audience() {
+    let pki = TestPki::new();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = "[groups]\neu = [\"fr.anssi\", \"de.bsi\"]\n".into();
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let mut uk = member(node.addr, &pki.client("uk.ncsc", "pub"), &ca).await;
+    let readers = ["uk.ncsc", "us.cisa", "fr.anssi", "de.bsi", "nz.ncsc"];
+
+    // (tlp, audience members, audience groups, who may read besides the publisher)
+    type Case<'a> = (Tlp, Vec<&'a str>, Vec<&'a str>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            Tlp::Clear,
+            vec![],
+            vec![],
+            vec!["us.cisa", "fr.anssi", "de.bsi", "nz.ncsc"],
+        ),
+        (
+            Tlp::Green,
+            vec!["us.cisa"],
+            vec![],
+            vec!["us.cisa", "fr.anssi", "de.bsi", "nz.ncsc"],
+        ),
+        (
+            Tlp::Amber,
+            vec![],
+            vec![],
+            vec!["us.cisa", "fr.anssi", "de.bsi", "nz.ncsc"],
+        ),
+        (Tlp::Amber, vec!["us.cisa"], vec![], vec!["us.cisa"]),
+        (Tlp::Amber, vec![], vec!["eu"], vec!["fr.anssi", "de.bsi"]),
+        (Tlp::AmberStrict, vec![], vec![], vec![]),
+        (
+            Tlp::AmberStrict,
+            vec!["nz.ncsc"],
+            vec!["eu"],
+            vec!["nz.ncsc", "fr.anssi", "de.bsi"],
+        ),
+        (Tlp::Red, vec!["us.cisa"], vec![], vec!["us.cisa"]),
+        (Tlp::Red, vec!["fr.anssi"], vec!["eu"], vec!["fr.anssi"]),
+        (Tlp::Red, vec!["unknown.member"], vec![], vec![]),
+    ];
+    let mut ids = Vec::new();
+    for (tlp, members, groups, _) in &cases {
+        let mut b = bulletin(
+            "uk.ncsc",
+            &format!("{} to {members:?} {groups:?}", tlp.label()),
+        );
+        b.tlp = beacon::wire::tlp_to_i32(*tlp);
+        b.audience.members = members.iter().map(|s| s.to_string()).collect();
+        b.audience.groups = groups.iter().map(|s| s.to_string()).collect();
+        uk.publish(&b).await.unwrap();
+        ids.push(b.id);
+    }
+    for reader in readers {
+        let mut c = member(node.addr, &pki.client(reader, "reader"), &ca).await;
+        let listed: Vec<String> = c
+            .bulletins
+            .list(pb::ListRequest {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries
+            .into_iter()
+            .map(|d| {
+                beacon::wire::decode_bulletin(&d.envelope.unwrap().payload)
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        for ((tlp, members, groups, allowed), id) in cases.iter().zip(&ids) {
+            let may = reader == "uk.ncsc" || allowed.contains(&reader);
+            let got = c
+                .bulletins
+                .get(pb::GetRequest {
+                    id: id.clone(),
+                    publisher: String::new(),
+                })
+                .await;
+            match (&got, may) {
+                (Ok(_), true) => {}
+                (Err(s), false) => {
+                    assert_eq!(s.code(), Code::NotFound, "refusal looks like absence");
+                    assert_eq!(s.message(), format!("no bulletin {id}"));
+                }
+                _ => panic!(
+                    "{reader} Get {} {members:?} {groups:?}: may={may}, got {got:?}",
+                    tlp.label()
+                ),
+            }
+            assert_eq!(
+                listed.contains(id),
+                may,
+                "{reader} List {} {members:?} {groups:?}",
+                tlp.label()
+            );
+        }
+    }
+    // Operators read no bulletins.
+    let op = pki.operator("alice");
+    let err = beacon::client::BulletinsClient::new(dial(node.addr, &op, &ca).await.unwrap())
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_and_filters() {
+    let w = world().await;
+    let (mut c, _) = w.client("uk.ncsc", "a").await;
+    for i in 0..25 {
+        let mut b = bulletin("uk.ncsc", &format!("n{i}"));
+        b.severity = beacon::wire::severity_to_i32(if i % 5 == 0 {
+            bulletin::Severity::Critical
+        } else {
+            bulletin::Severity::Low
+        });
+        b.topics = vec![if i % 2 == 0 {
+            "even".into()
+        } else {
+            "odd".into()
+        }];
+        c.publish(&b).await.unwrap();
+    }
+    // Paging by sequence covers everything exactly once.
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = c
+            .bulletins
+            .list(pb::ListRequest {
+                after_sequence: after,
+                limit: 7,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.deliveries.iter().map(|d| d.sequence));
+        after = page.next_after_sequence;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, (1..=25).collect::<Vec<u64>>());
+    let critical = c
+        .bulletins
+        .list(pb::ListRequest {
+            limit: 100,
+            filter: Some(pb::Filter {
+                min_severity: pb::Severity::High as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(
+        critical.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+        vec![1, 6, 11, 16, 21]
+    );
+    let odd = c
+        .bulletins
+        .list(pb::ListRequest {
+            limit: 100,
+            until_sequence: 10,
+            filter: Some(pb::Filter {
+                topics: vec!["odd".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(
+        odd.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+        vec![2, 4, 6, 8, 10]
+    );
+    let bad = c
+        .bulletins
+        .list(pb::ListRequest {
+            filter: Some(pb::Filter {
+                tlp: vec![77],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
