@@ -140,6 +140,9 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         if size > limit {
             return Err(status::bulletin(&BulletinError::TooLarge { size, limit }));
         }
+        // The canonical bytes, encoded once from what arrived; the domain
+        // envelope then takes the fields by move (no copy of the payload).
+        let bytes = prost::Message::encode_to_vec(&env);
         let env = crate::wire::envelope_from_proto(env);
         let sender = (peer.identity.kind() == RoleKind::Client).then_some(&peer.identity);
         let verified = crate::bulletin::verify_envelope_with(
@@ -152,7 +155,6 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             warn!(target: "beacon::audit", peer = %peer.identity, reason = %e, "publish refused");
             status::bulletin(&e)
         })?;
-        let bytes = crate::wire::encode_envelope(&env);
         let digest = crate::bulletin::sha256(&bytes);
         let b = &verified.bulletin;
         let requires = match &b.relation {

@@ -6,8 +6,7 @@
 //!
 //! ```text
 //! L <seq:u64be>                      -> record (see `Record::encode`)
-//! I <publisher> 0x00 <id>            -> <seq:u64be> <envelope digest:32>
-//! J <id> 0x00 <publisher>            -> <seq:u64be>
+//! I <id> 0x00 <publisher>            -> <seq:u64be> <envelope digest:32>
 //! H                                  -> <head seq:u64be>
 //! ```
 //! and a second tree, `cursors`, for durable subscription cursors.
@@ -307,6 +306,7 @@ pub struct Store {
     head: watch::Receiver<u64>,
     writer: Option<mpsc::Sender<WriteReq>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    flusher_thread: Option<std::thread::JoinHandle<()>>,
     failed: Arc<AtomicBool>,
     pub stats: Arc<StoreStats>,
 }
@@ -318,18 +318,10 @@ fn lkey(seq: u64) -> [u8; 9] {
     k
 }
 
+/// The id index: by (publisher, id) with a get, by id with a prefix scan.
 fn ikey(publisher: &str, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(publisher.len() + id.len() + 2);
     k.push(b'I');
-    k.extend_from_slice(publisher.as_bytes());
-    k.push(0);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn jkey(id: &str, publisher: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(publisher.len() + id.len() + 2);
-    k.push(b'J');
     k.extend_from_slice(id.as_bytes());
     k.push(0);
     k.extend_from_slice(publisher.as_bytes());
@@ -350,6 +342,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(opts.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(500))
             .open()
             .map_err(io)?;
@@ -385,16 +378,32 @@ impl Store {
                 .map(|r| nanos(r.accepted_at))
                 .unwrap_or(0),
         };
+        let pipeline = Arc::new(Pipeline {
+            queue: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            wake: std::sync::Condvar::new(),
+            applied: AtomicU64::new(head),
+            closed: AtomicBool::new(false),
+        });
         let writer = Writer {
-            db: db.clone(),
             log: log.clone(),
             head,
             last_accepted,
-            head_tx,
             failed: failed.clone(),
             max_batch: opts.max_batch.max(1),
+            pipeline: pipeline.clone(),
+        };
+        let flusher = Flusher {
+            db: db.clone(),
+            durable: head,
+            head_tx,
+            failed: failed.clone(),
+            pipeline,
             stats: stats.clone(),
         };
+        let flusher_thread = std::thread::Builder::new()
+            .name("beacon-store-flush".into())
+            .spawn(move || flusher.run())
+            .map_err(io)?;
         let thread = std::thread::Builder::new()
             .name("beacon-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -406,6 +415,7 @@ impl Store {
             head: head_rx,
             writer: Some(tx),
             writer_thread: Some(thread),
+            flusher_thread: Some(flusher_thread),
             failed,
             stats,
         })
@@ -442,8 +452,11 @@ impl Store {
         }
     }
 
-    /// The record at `seq`, checked.
+    /// The record at `seq`, checked. Only durable records are visible.
     pub fn get(&self, seq: u64) -> Result<Option<Record>, StoreError> {
+        if seq > self.head() {
+            return Ok(None);
+        }
         match self.log.get(lkey(seq)).map_err(io)? {
             None => Ok(None),
             Some(v) => Record::decode(seq, &v)
@@ -452,8 +465,10 @@ impl Store {
         }
     }
 
-    /// The sequence and digest of (publisher, id), if held.
+    /// The sequence and digest of (publisher, id), if held durably.
     pub fn lookup(&self, publisher: &str, id: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        // Records applied but not yet durable stay invisible.
+        let head = self.head();
         Ok(self
             .log
             .get(ikey(publisher, id))
@@ -461,36 +476,40 @@ impl Store {
             .and_then(|v| {
                 let seq = be_u64(&v)?;
                 let digest: [u8; 32] = v.get(8..40)?.try_into().ok()?;
-                Some((seq, digest))
+                (seq <= head).then_some((seq, digest))
             }))
     }
 
     /// Every (publisher, seq) holding a bulletin with this id.
     pub fn lookup_id(&self, id: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let prefix = jkey(id, ""); // J <id> 0x00
+        let prefix = ikey("", id); // I <id> 0x00
+        let head = self.head();
         let mut out = Vec::new();
         for item in self.log.scan_prefix(&prefix).take(64) {
             let (k, v) = item.map_err(io)?;
             let publisher = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            if let Some(seq) = be_u64(&v) {
+            if let Some(seq) = be_u64(&v).filter(|&s| s <= head) {
                 out.push((publisher, seq));
             }
         }
         Ok(out)
     }
 
-    /// Records with `from <= seq <= to`, in order; each item is checked.
+    /// Durable records with `from <= seq <= to`, in order; each item is checked.
     pub fn range(
         &self,
         from: u64,
         to: u64,
-    ) -> impl Iterator<Item = Result<Record, StoreError>> + '_ {
-        let to = to.max(from);
-        self.log.range(lkey(from)..=lkey(to)).map(move |item| {
+    ) -> Box<dyn Iterator<Item = Result<Record, StoreError>> + '_> {
+        let to = to.min(self.head());
+        if from > to {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(self.log.range(lkey(from)..=lkey(to)).map(move |item| {
             let (k, v) = item.map_err(io)?;
             let seq = be_u64(&k[1..]).ok_or_else(|| StoreError::Io("bad log key".into()))?;
             Record::decode(seq, &v).inspect_err(|e| self.note_corrupt(e))
-        })
+        }))
     }
 
     /// The first sequence accepted at or after `t` (head + 1 if none).
@@ -576,6 +595,23 @@ impl Store {
         if let Some(t) = self.writer_thread.take() {
             let _ = t.join();
         }
+        if let Some(t) = self.flusher_thread.take() {
+            let _ = t.join();
+            let s = &self.stats;
+            let batches = s.batches.load(Ordering::Relaxed);
+            let appended = s.appended.load(Ordering::Relaxed);
+            if batches > 0 {
+                tracing::info!(
+                    batches,
+                    appended,
+                    mean_batch = appended as f64 / batches as f64,
+                    mean_commit_ms =
+                        s.fsync_nanos_total.load(Ordering::Relaxed) as f64 / batches as f64 / 1e6,
+                    max_commit_ms = s.fsync_nanos_max.load(Ordering::Relaxed) as f64 / 1e6,
+                    "store closed"
+                );
+            }
+        }
         self.flush()
     }
 }
@@ -594,21 +630,118 @@ fn cursor_key(identity: &str, name: &str) -> Vec<u8> {
     k
 }
 
+/// A batch applied to sled but not yet known durable, with its replies.
+struct PendingBatch {
+    /// Reply once the durable head reaches this sequence.
+    upto: u64,
+    replies: Vec<Reply>,
+}
+
+/// State shared by the applier and the flusher.
+struct Pipeline {
+    queue: std::sync::Mutex<std::collections::VecDeque<PendingBatch>>,
+    wake: std::sync::Condvar,
+    /// Highest sequence applied to sled (maybe not durable yet).
+    applied: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// The applier: assigns sequences and applies batches to sled in memory.
 struct Writer {
-    db: sled::Db,
     log: sled::Tree,
     head: u64,
     last_accepted: u64,
-    head_tx: watch::Sender<u64>,
     failed: Arc<AtomicBool>,
     max_batch: usize,
-    stats: Arc<StoreStats>,
+    pipeline: Arc<Pipeline>,
 }
 
 type Reply = (
     oneshot::Sender<Result<Appended, StoreError>>,
     Result<Appended, StoreError>,
 );
+
+/// The flusher: makes applied batches durable (one `flush`, i.e. fsync, per
+/// round) and only then answers them and moves the committed head.
+struct Flusher {
+    db: sled::Db,
+    durable: u64,
+    head_tx: watch::Sender<u64>,
+    failed: Arc<AtomicBool>,
+    pipeline: Arc<Pipeline>,
+    stats: Arc<StoreStats>,
+}
+
+impl Flusher {
+    fn run(mut self) {
+        loop {
+            let ready = {
+                let Ok(mut q) = self.pipeline.queue.lock() else {
+                    return;
+                };
+                while q.is_empty() && !self.pipeline.closed.load(Ordering::Acquire) {
+                    q = match self.pipeline.wake.wait(q) {
+                        Ok(q) => q,
+                        Err(_) => return,
+                    };
+                }
+                if q.is_empty() {
+                    return; // closed and drained
+                }
+                q.len()
+            };
+            let _ = ready;
+            // Everything applied before this load is covered by the flush below.
+            let target = self.pipeline.applied.load(Ordering::Acquire);
+            if target > self.durable {
+                let t0 = Instant::now();
+                let result = self.db.flush();
+                let took = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.stats
+                    .fsync_nanos_total
+                    .fetch_add(took, Ordering::Relaxed);
+                self.stats
+                    .fsync_nanos_max
+                    .fetch_max(took, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = result {
+                    error!(error = %e, "store flush failed; refusing further writes");
+                    self.failed.store(true, Ordering::Release);
+                    if let Ok(mut q) = self.pipeline.queue.lock() {
+                        for batch in q.drain(..) {
+                            for (reply, _) in batch.replies {
+                                let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                            }
+                        }
+                    }
+                    continue;
+                }
+                self.stats
+                    .appended
+                    .fetch_add(target - self.durable, Ordering::Relaxed);
+                self.durable = target;
+                self.head_tx.send_replace(target);
+            }
+            let done: Vec<PendingBatch> = match self.pipeline.queue.lock() {
+                Ok(mut q) => {
+                    let mut done = Vec::new();
+                    while q.front().is_some_and(|b| b.upto <= self.durable) {
+                        if let Some(b) = q.pop_front() {
+                            done.push(b);
+                        }
+                    }
+                    done
+                }
+                Err(_) => return,
+            };
+            for batch in done {
+                for (reply, outcome) in batch.replies {
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+    }
+}
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<WriteReq>) {
@@ -621,11 +754,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(std::mem::take(&mut reqs));
+            self.apply(std::mem::take(&mut reqs));
         }
+        self.pipeline.closed.store(true, Ordering::Release);
+        self.pipeline.wake.notify_all();
     }
 
-    fn commit(&mut self, reqs: Vec<WriteReq>) {
+    fn apply(&mut self, reqs: Vec<WriteReq>) {
         if self.failed.load(Ordering::Acquire) {
             for r in reqs {
                 let _ = r.reply.send(Err(StoreError::Failed));
@@ -634,6 +769,8 @@ impl Writer {
         }
         let mut batch = sled::Batch::default();
         let mut replies: Vec<Reply> = Vec::with_capacity(reqs.len());
+        // The highest sequence any reply in this batch depends on.
+        let mut upto = 0u64;
         // (publisher, id) -> (seq, digest) appended in this batch.
         let mut pending: HashMap<(String, String), (u64, [u8; 32], SystemTime)> = HashMap::new();
         let mut next = self.head + 1;
@@ -650,6 +787,8 @@ impl Writer {
                 Err(e) => Err(e),
                 Ok(Some((seq, digest, at))) => {
                     if digest == rec.meta.digest {
+                        // Answer only once the original is durable.
+                        upto = upto.max(seq);
                         let accepted_at = match at {
                             Some(at) => Ok(at),
                             None => self.accepted_at(seq),
@@ -670,10 +809,13 @@ impl Writer {
                     let missing = match &rec.requires {
                         Some((relation, id)) => {
                             let k = (key.0.clone(), id.clone());
-                            match pending.contains_key(&k) {
-                                true => Ok(None),
-                                false => self.lookup(&k.0, &k.1).map(|found| match found {
-                                    Some(_) => None,
+                            match pending.get(&k) {
+                                Some(_) => Ok(None),
+                                None => self.lookup(&k.0, &k.1).map(|found| match found {
+                                    Some((seq, _)) => {
+                                        upto = upto.max(seq);
+                                        None
+                                    }
                                     None => Some(StoreError::MissingRelated {
                                         relation,
                                         publisher: k.0.clone(),
@@ -706,7 +848,6 @@ impl Writer {
                             let mut iv = seq.to_be_bytes().to_vec();
                             iv.extend_from_slice(&digest);
                             batch.insert(ikey(&key.0, &key.1), iv);
-                            batch.insert(jkey(&key.1, &key.0), &seq.to_be_bytes()[..]);
                             pending.insert(key, (seq, digest, accepted_at));
                             Ok(Appended {
                                 seq,
@@ -722,22 +863,7 @@ impl Writer {
         let new_head = next - 1;
         if new_head != self.head {
             batch.insert(HEAD_KEY, &new_head.to_be_bytes()[..]);
-            let t0 = Instant::now();
-            let result = self
-                .log
-                .apply_batch(batch)
-                .and_then(|_| self.db.flush().map(|_| ()));
-            let took = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.stats
-                .fsync_nanos_total
-                .fetch_add(took, Ordering::Relaxed);
-            self.stats
-                .fsync_nanos_max
-                .fetch_max(took, Ordering::Relaxed);
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = result {
-                // Whether the batch reached the disk is unknown: refuse every
-                // write from now on rather than risk a gap or a reused number.
+            if let Err(e) = self.log.apply_batch(batch) {
                 error!(error = %e, "store write failed; refusing further writes");
                 self.failed.store(true, Ordering::Release);
                 for (reply, _) in replies {
@@ -745,15 +871,21 @@ impl Writer {
                 }
                 return;
             }
-            self.stats
-                .appended
-                .fetch_add(new_head - self.head, Ordering::Relaxed);
             self.head = new_head;
             self.last_accepted = now;
-            self.head_tx.send_replace(new_head);
+            upto = upto.max(new_head);
+            self.pipeline.applied.store(new_head, Ordering::Release);
         }
-        for (reply, outcome) in replies {
-            let _ = reply.send(outcome);
+        match self.pipeline.queue.lock() {
+            Ok(mut q) => {
+                q.push_back(PendingBatch { upto, replies });
+                self.pipeline.wake.notify_one();
+            }
+            Err(_) => {
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(StoreError::Failed));
+                }
+            }
         }
     }
 
