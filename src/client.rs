@@ -260,6 +260,66 @@ impl BeaconClient {
     }
 }
 
+/// An open subscription stream: read events, send cumulative acks.
+pub struct SubscriptionStream {
+    outbound: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+    inbound: tonic::Streaming<pb::SubscribeResponse>,
+}
+
+impl SubscriptionStream {
+    /// The next event; `Ok(None)` when the node closed the stream cleanly.
+    pub async fn next(&mut self) -> Result<Option<pb::subscribe_response::Msg>, ClientError> {
+        loop {
+            match self.inbound.message().await? {
+                None => return Ok(None),
+                Some(pb::SubscribeResponse { msg: Some(m) }) => return Ok(Some(m)),
+                Some(_) => continue,
+            }
+        }
+    }
+
+    /// Acknowledges everything up to and including `sequence`.
+    pub async fn ack(&self, sequence: u64) -> Result<(), ClientError> {
+        self.outbound
+            .send(pb::SubscribeRequest {
+                msg: Some(pb::subscribe_request::Msg::Ack(pb::Ack { sequence })),
+            })
+            .await
+            .map_err(|_| ClientError::Connect {
+                address: "subscription".into(),
+                reason: "the stream is closed".into(),
+            })
+    }
+}
+
+impl BeaconClient {
+    /// Opens a subscription (durable when `open.name` is set).
+    pub async fn subscribe(
+        &mut self,
+        open: pb::SubscribeOpen,
+    ) -> Result<SubscriptionStream, ClientError> {
+        // A few acks may queue while the node is busy; more wait for room.
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tx.send(pb::SubscribeRequest {
+            msg: Some(pb::subscribe_request::Msg::Open(open)),
+        })
+        .await
+        .map_err(|_| ClientError::Connect {
+            address: "subscription".into(),
+            reason: "cannot queue the open message".into(),
+        })?;
+        let inbound = self
+            .bulletins
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(SubscriptionStream {
+            outbound: tx,
+            inbound,
+        })
+    }
+}
+
 /// Clients for the node's services.
 pub type BulletinsClient = pb::bulletins_client::BulletinsClient<Channel>;
 pub type AdminClient = pb::admin_client::AdminClient<Channel>;

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod broker;
 pub mod bulletin;
 pub mod client;
 pub mod config;

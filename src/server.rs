@@ -155,6 +155,7 @@ pub struct NodeState {
     pub chains: ChainCache,
     pub store: Arc<crate::store::Store>,
     pub policy: crate::policy::Policy,
+    pub broker: Arc<crate::broker::Broker>,
     /// Cancelled when the node begins to shut down; long-lived streams watch it.
     pub shutdown: CancellationToken,
 }
@@ -395,6 +396,7 @@ pub async fn run_with_reload(
         chains: ChainCache::default(),
         store: store.clone(),
         policy: crate::policy::Policy::new(&config.groups),
+        broker: Arc::new(crate::broker::Broker::default()),
         shutdown: shutdown.clone(),
         config,
     });
@@ -449,13 +451,38 @@ pub async fn run_with_reload(
     connections.cancel_all();
     acceptor.abort();
     reloader.abort();
-    if let Err(e) = store.flush() {
-        warn!(error = %e, "final store flush failed");
-    }
+    let _ = acceptor.await;
+    let _ = reloader.await;
     drop(state);
-    // The last handle closes the store (writer thread joined, flushed) when
-    // every handler holding one has finished.
-    drop(store);
+    // Subscription tasks end on the shutdown token; once the last of them has
+    // let go of the store, close it (writer and flusher joined, final flush),
+    // so that whoever opens this data directory next finds it free.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut store = store;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(mut s) => {
+                if let Err(e) = tokio::task::spawn_blocking(move || s.close())
+                    .await
+                    .unwrap_or(Ok(()))
+                {
+                    warn!(error = %e, "closing the store failed");
+                }
+                break;
+            }
+            Err(shared) => {
+                if tokio::time::Instant::now() >= deadline {
+                    warn!("tasks still hold the store after 10 s; flushing and leaving it open");
+                    if let Err(e) = shared.flush() {
+                        warn!(error = %e, "final store flush failed");
+                    }
+                    break;
+                }
+                store = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
     info!("beacon node stopped");
     result
 }

@@ -68,6 +68,17 @@ pub mod status {
         Status::invalid_argument(msg.into())
     }
 
+    pub fn broker(e: &crate::broker::BrokerError) -> Status {
+        use crate::broker::BrokerError as B;
+        let msg = e.to_string();
+        match e {
+            B::TakenOver(_) => Status::aborted(msg),
+            B::ShuttingDown => Status::unavailable(msg),
+            B::Store(s) => store(s),
+            B::BadAck { .. } | B::Invalid(_) => Status::invalid_argument(msg),
+        }
+    }
+
     pub fn not_found(id: &str) -> Status {
         Status::not_found(format!("no bulletin {id}"))
     }
@@ -293,17 +304,120 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         }))
     }
 
-    type SubscribeStream =
-        tokio_stream::wrappers::ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+    type SubscribeStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>,
+    >;
 
     async fn subscribe(
         &self,
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        caller(&request, MEMBERS)?;
-        Err(status::unimplemented("Subscribe"))
+        use crate::broker::{BrokerError, Event, Subscription};
+        use pb::subscribe_request::Msg;
+        let peer = caller(&request, MEMBERS)?;
+        let member = reader(&peer)?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| status::bad_request("no `open` message within 10 s"))??;
+        let open = match first.and_then(|m| m.msg) {
+            Some(Msg::Open(o)) => o,
+            _ => {
+                return Err(status::bad_request(
+                    "the first message of a subscription must be `open`",
+                ))
+            }
+        };
+        let durable = !open.name.is_empty();
+        if durable {
+            open.name.parse::<crate::identity::Name>().map_err(|_| {
+                status::bad_request(format!(
+                    "subscription name {:?} is not a valid name",
+                    open.name
+                ))
+            })?;
+        }
+        let filter = crate::wire::filter_from_proto(open.filter).map_err(status::bad_request)?;
+        let start = crate::wire::start_from_proto(open.start).map_err(status::bad_request)?;
+        let limits = &self.state.config.limits;
+        let window = match open.window {
+            0 => limits.default_window,
+            w => w.min(limits.max_window),
+        };
+        let identity = peer.identity.to_string();
+        let guard = self
+            .state
+            .broker
+            .open(&identity, &open.name, durable, &self.state.shutdown);
+        let name = guard.stats.name.clone();
+        info!(target: "beacon::audit", peer = %identity, name = %name, durable, window, "subscribed");
+        let (ack_tx, ack_rx) = tokio::sync::watch::channel(0u64);
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Event>(SUBSCRIPTION_CHANNEL);
+        // Acks in; a second `open` or garbage ends the stream with a clear error.
+        let protocol = out_tx.clone();
+        let cancel = guard.cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    m = inbound.message() => m,
+                };
+                match msg {
+                    Ok(Some(pb::SubscribeRequest {
+                        msg: Some(Msg::Ack(a)),
+                    })) => {
+                        ack_tx.send_if_modified(|cur| {
+                            let moved = a.sequence > *cur;
+                            *cur = (*cur).max(a.sequence);
+                            moved
+                        });
+                    }
+                    Ok(Some(_)) => {
+                        let e = BrokerError::Invalid(
+                            "after `open`, a subscriber may only send `ack`".into(),
+                        );
+                        let _ = protocol.send(Event::End(e)).await;
+                        cancel.cancel();
+                        return;
+                    }
+                    // The subscriber closed its side or went away.
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        });
+        let sub = Subscription {
+            store: self.state.store.clone(),
+            policy: self.state.policy.clone(),
+            member,
+            filter,
+            start,
+            window,
+            heartbeat: self.state.config.timing.heartbeat_interval,
+            guard,
+            shutdown: self.state.shutdown.clone(),
+        };
+        tokio::spawn(sub.run(ack_rx, out_tx));
+        let stream = futures_util::stream::unfold((out_rx, false), move |(mut rx, done)| {
+            let name = name.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let event = rx.recv().await?;
+                match crate::wire::subscribe_event(&name, event) {
+                    Ok(msg) => Some((Ok(msg), (rx, false))),
+                    Err(e) => Some((Err(status::broker(&e)), (rx, true))),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
+
+/// How long a new subscription may take to send `open`.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Events buffered between a subscription task and its connection.
+const SUBSCRIPTION_CHANNEL: usize = 16;
 
 /// `beacon.v1.Admin`, for operators.
 pub struct AdminService {
@@ -334,7 +448,7 @@ impl pb::admin_server::Admin for AdminService {
                     .corrupt_reads
                     .load(std::sync::atomic::Ordering::Relaxed),
             }),
-            subscriptions: Vec::new(),
+            subscriptions: subscription_status(s),
             peers: Vec::new(),
             revoked_certificates: u32::try_from(s.bundle().revoked_count()).unwrap_or(u32::MAX),
         }))
@@ -346,9 +460,51 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         caller(&request, OPERATORS)?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions: Vec::new(),
+            subscriptions: subscription_status(&self.state),
         }))
     }
+}
+
+/// Open subscriptions, then stored cursors of durable ones not open now.
+fn subscription_status(s: &NodeState) -> Vec<pb::SubscriptionStatus> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let head = s.store.head();
+    let mut out: Vec<pb::SubscriptionStatus> = s
+        .broker
+        .sessions()
+        .iter()
+        .map(|x| {
+            let cursor = x.cursor.load(Relaxed);
+            pb::SubscriptionStatus {
+                identity: x.identity.clone(),
+                name: x.name.clone(),
+                durable: x.durable,
+                connected: x.connected.load(Relaxed),
+                cursor,
+                lag: head.saturating_sub(cursor),
+                delivered: x.delivered.load(Relaxed),
+                last_ack_at: x.last_ack_at.lock().ok().and_then(|t| t.map(timestamp)),
+            }
+        })
+        .collect();
+    if let Ok(stored) = s.store.cursors() {
+        for (identity, name, cursor) in stored {
+            if !s.broker.is_open(&identity, &name) {
+                out.push(pb::SubscriptionStatus {
+                    identity,
+                    name,
+                    durable: true,
+                    connected: false,
+                    cursor,
+                    lag: head.saturating_sub(cursor),
+                    delivered: 0,
+                    last_ack_at: None,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.identity, &a.name).cmp(&(&b.identity, &b.name)));
+    out
 }
 
 /// All services of a node: Bulletins, Admin, gRPC health and reflection.

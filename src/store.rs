@@ -307,6 +307,7 @@ pub struct Store {
     writer: Option<mpsc::Sender<WriteReq>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
+    pipeline: Arc<Pipeline>,
     failed: Arc<AtomicBool>,
     pub stats: Arc<StoreStats>,
 }
@@ -379,9 +380,10 @@ impl Store {
                 .unwrap_or(0),
         };
         let pipeline = Arc::new(Pipeline {
-            queue: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            queue: std::sync::Mutex::new(Vec::new()),
             wake: std::sync::Condvar::new(),
             applied: AtomicU64::new(head),
+            rounds: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         let writer = Writer {
@@ -397,7 +399,7 @@ impl Store {
             durable: head,
             head_tx,
             failed: failed.clone(),
-            pipeline,
+            pipeline: pipeline.clone(),
             stats: stats.clone(),
         };
         let flusher_thread = std::thread::Builder::new()
@@ -416,6 +418,7 @@ impl Store {
             writer: Some(tx),
             writer_thread: Some(thread),
             flusher_thread: Some(flusher_thread),
+            pipeline,
             failed,
             stats,
         })
@@ -500,7 +503,7 @@ impl Store {
         &self,
         from: u64,
         to: u64,
-    ) -> Box<dyn Iterator<Item = Result<Record, StoreError>> + '_> {
+    ) -> Box<dyn Iterator<Item = Result<Record, StoreError>> + Send + '_> {
         let to = to.min(self.head());
         if from > to {
             return Box::new(std::iter::empty());
@@ -556,6 +559,31 @@ impl Store {
             })
             .map_err(io)?;
         Ok(())
+    }
+
+    /// Stores a cursor and resolves once it is durable (it shares the next
+    /// flush with concurrent publishes). It only moves forward.
+    pub async fn commit_cursor(
+        &self,
+        identity: &str,
+        name: &str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Failed);
+        }
+        self.set_cursor(identity, name, seq)?;
+        let (reply, rx) = oneshot::channel();
+        let min_round = self.pipeline.rounds.load(Ordering::Acquire) + 1;
+        if self
+            .pipeline
+            .push(Pending::Sync { min_round, reply })
+            .is_err()
+        {
+            // The writer is stopping: flush here instead.
+            return self.flush();
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Every stored cursor: (identity, name, seq).
@@ -630,20 +658,42 @@ fn cursor_key(identity: &str, name: &str) -> Vec<u8> {
     k
 }
 
-/// A batch applied to sled but not yet known durable, with its replies.
-struct PendingBatch {
-    /// Reply once the durable head reaches this sequence.
-    upto: u64,
-    replies: Vec<Reply>,
+/// Something waiting for a flush.
+enum Pending {
+    /// A batch applied to sled: answer once the durable head reaches `upto`.
+    Batch { upto: u64, replies: Vec<Reply> },
+    /// A cursor write: answer once a flush that started after it has finished.
+    Sync {
+        min_round: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
-/// State shared by the applier and the flusher.
+/// State shared by the applier, cursor writers and the flusher.
 struct Pipeline {
-    queue: std::sync::Mutex<std::collections::VecDeque<PendingBatch>>,
+    queue: std::sync::Mutex<Vec<Pending>>,
     wake: std::sync::Condvar,
     /// Highest sequence applied to sled (maybe not durable yet).
     applied: AtomicU64,
+    /// Flush rounds started so far.
+    rounds: AtomicU64,
     closed: AtomicBool,
+}
+
+impl Pipeline {
+    /// Queues `p` for the flusher; refused once the pipeline is closed (the
+    /// flusher may have exited, and nothing would answer).
+    fn push(&self, p: Pending) -> Result<(), Pending> {
+        match self.queue.lock() {
+            Ok(_) if self.closed.load(Ordering::Acquire) => Err(p),
+            Ok(mut q) => {
+                q.push(p);
+                self.wake.notify_one();
+                Ok(())
+            }
+            Err(_) => Err(p),
+        }
+    }
 }
 
 /// The applier: assigns sequences and applies batches to sled in memory.
@@ -661,8 +711,8 @@ type Reply = (
     Result<Appended, StoreError>,
 );
 
-/// The flusher: makes applied batches durable (one `flush`, i.e. fsync, per
-/// round) and only then answers them and moves the committed head.
+/// The flusher: makes applied batches and cursor writes durable (one `flush`,
+/// i.e. fsync, per round) and only then answers them and moves the committed head.
 struct Flusher {
     db: sled::Db,
     durable: u64,
@@ -675,7 +725,7 @@ struct Flusher {
 impl Flusher {
     fn run(mut self) {
         loop {
-            let ready = {
+            let needs_flush = {
                 let Ok(mut q) = self.pipeline.queue.lock() else {
                     return;
                 };
@@ -688,12 +738,12 @@ impl Flusher {
                 if q.is_empty() {
                     return; // closed and drained
                 }
-                q.len()
+                q.iter().any(|p| matches!(p, Pending::Sync { .. }))
             };
-            let _ = ready;
-            // Everything applied before this load is covered by the flush below.
+            // Everything applied or written before these loads is covered by the flush below.
+            let round = self.pipeline.rounds.fetch_add(1, Ordering::AcqRel) + 1;
             let target = self.pipeline.applied.load(Ordering::Acquire);
-            if target > self.durable {
+            if target > self.durable || needs_flush {
                 let t0 = Instant::now();
                 let result = self.db.flush();
                 let took = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -707,36 +757,55 @@ impl Flusher {
                 if let Err(e) = result {
                     error!(error = %e, "store flush failed; refusing further writes");
                     self.failed.store(true, Ordering::Release);
-                    if let Ok(mut q) = self.pipeline.queue.lock() {
-                        for batch in q.drain(..) {
-                            for (reply, _) in batch.replies {
+                    let drained: Vec<Pending> = match self.pipeline.queue.lock() {
+                        Ok(mut q) => q.drain(..).collect(),
+                        Err(_) => return,
+                    };
+                    for p in drained {
+                        match p {
+                            Pending::Batch { replies, .. } => {
+                                for (reply, _) in replies {
+                                    let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                                }
+                            }
+                            Pending::Sync { reply, .. } => {
                                 let _ = reply.send(Err(StoreError::Io(e.to_string())));
                             }
                         }
                     }
                     continue;
                 }
-                self.stats
-                    .appended
-                    .fetch_add(target - self.durable, Ordering::Relaxed);
-                self.durable = target;
-                self.head_tx.send_replace(target);
+                if target > self.durable {
+                    self.stats
+                        .appended
+                        .fetch_add(target - self.durable, Ordering::Relaxed);
+                    self.durable = target;
+                    self.head_tx.send_replace(target);
+                }
             }
-            let done: Vec<PendingBatch> = match self.pipeline.queue.lock() {
+            let durable = self.durable;
+            let done: Vec<Pending> = match self.pipeline.queue.lock() {
                 Ok(mut q) => {
-                    let mut done = Vec::new();
-                    while q.front().is_some_and(|b| b.upto <= self.durable) {
-                        if let Some(b) = q.pop_front() {
-                            done.push(b);
-                        }
-                    }
+                    let (done, keep): (Vec<Pending>, Vec<Pending>) =
+                        q.drain(..).partition(|p| match p {
+                            Pending::Batch { upto, .. } => *upto <= durable,
+                            Pending::Sync { min_round, .. } => *min_round <= round,
+                        });
+                    *q = keep;
                     done
                 }
                 Err(_) => return,
             };
-            for batch in done {
-                for (reply, outcome) in batch.replies {
-                    let _ = reply.send(outcome);
+            for p in done {
+                match p {
+                    Pending::Batch { replies, .. } => {
+                        for (reply, outcome) in replies {
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    Pending::Sync { reply, .. } => {
+                        let _ = reply.send(Ok(()));
+                    }
                 }
             }
         }
@@ -876,15 +945,11 @@ impl Writer {
             upto = upto.max(new_head);
             self.pipeline.applied.store(new_head, Ordering::Release);
         }
-        match self.pipeline.queue.lock() {
-            Ok(mut q) => {
-                q.push_back(PendingBatch { upto, replies });
-                self.pipeline.wake.notify_one();
-            }
-            Err(_) => {
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Failed));
-                }
+        if let Err(Pending::Batch { replies, .. }) =
+            self.pipeline.push(Pending::Batch { upto, replies })
+        {
+            for (reply, _) in replies {
+                let _ = reply.send(Err(StoreError::Failed));
             }
         }
     }

@@ -281,3 +281,51 @@ pub fn filter_from_proto(f: Option<pb::Filter>) -> Result<crate::filter::Filter,
         created_before: time_from(f.created_before)?,
     })
 }
+
+/// A subscription's start position.
+pub fn start_from_proto(s: Option<pb::StartPosition>) -> Result<crate::broker::Start, String> {
+    use crate::broker::Start;
+    use pb::start_position::At;
+    Ok(match s.and_then(|s| s.at) {
+        None | Some(At::Resume(_)) => Start::Resume,
+        Some(At::Sequence(0)) => return Err("start sequence must be at least 1".into()),
+        Some(At::Sequence(n)) => Start::Sequence(n),
+        Some(At::Time(t)) => Start::Time(time_from(Some(t))?.unwrap_or(std::time::UNIX_EPOCH)),
+        Some(At::Earliest(_)) => Start::Earliest,
+        Some(At::Latest(_)) => Start::Latest,
+    })
+}
+
+/// A broker event as the API sends it.
+pub fn subscribe_event(
+    name: &str,
+    e: crate::broker::Event,
+) -> Result<pb::SubscribeResponse, crate::broker::BrokerError> {
+    use crate::broker::{BrokerError, Event};
+    use pb::subscribe_response::Msg;
+    let msg = match e {
+        Event::Opened {
+            position,
+            head,
+            window,
+        } => Msg::Subscribed(pb::Subscribed {
+            name: name.to_owned(),
+            cursor: position,
+            head,
+            window,
+        }),
+        Event::Delivery(rec) => Msg::Delivery(delivery(&rec).map_err(|reason| {
+            BrokerError::Store(crate::store::StoreError::Corrupt {
+                seq: rec.seq,
+                reason,
+            })
+        })?),
+        Event::CaughtUp { head } => Msg::CaughtUp(pb::CaughtUp { head }),
+        Event::Heartbeat { head } => Msg::Heartbeat(pb::Heartbeat {
+            head,
+            at: Some(timestamp(SystemTime::now())),
+        }),
+        Event::End(e) => return Err(e),
+    };
+    Ok(pb::SubscribeResponse { msg: Some(msg) })
+}

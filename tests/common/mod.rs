@@ -176,7 +176,7 @@ impl NodeOptions {
 
     pub fn config_text(&self, data_dir: &Path, listen: &str) -> String {
         let mut s = format!(
-            "[node]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[timing]\nreload_interval = \"100ms\"\ndrain_timeout = \"3s\"\n\n",
+            "[node]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[timing]\nreload_interval = \"100ms\"\ndrain_timeout = \"3s\"\nheartbeat_interval = \"300ms\"\n\n",
             data_dir.display(),
             self.node.cert.display(),
             self.node.key.display()
@@ -203,7 +203,7 @@ pub struct TestNode {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<Result<(), beacon::server::ServerError>>>,
-    pub data: TempDir,
+    pub data: Arc<TempDir>,
     pub config_path: PathBuf,
 }
 
@@ -231,10 +231,34 @@ impl TestNode {
             addr,
             shutdown,
             task: Some(task),
-            data,
+            data: Arc::new(data),
             config_path,
         };
         Ok(node)
+    }
+
+    /// Stops the node cleanly and starts it again on the same store (new port).
+    pub async fn restart(mut self) -> TestNode {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let r = tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("node stops within its drain deadline")
+                .expect("node task");
+            r.expect("node exits cleanly");
+        }
+        let config = Config::load(&self.config_path).expect("config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(beacon::server::run(config, listener, shutdown.clone()));
+        TestNode {
+            addr,
+            shutdown,
+            task: Some(task),
+            data: self.data.clone(),
+            config_path: self.config_path.clone(),
+        }
     }
 
     pub async fn stop(mut self) {
@@ -483,4 +507,131 @@ pub async fn wait_revocations(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf], 
     })
     .await;
     assert!(loaded.is_some(), "the node did not load the new CRL");
+}
+
+/// What a subscriber saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub seqs: Vec<u64>,
+    pub ids: Vec<String>,
+    pub caught_up: Option<u64>,
+    pub subscribed: Option<beacon::proto::v1::Subscribed>,
+}
+
+/// Reads events until `n` deliveries arrived (and, if `until_caught_up`, the
+/// caught-up marker too); panics after `limit`.
+pub async fn read_deliveries(
+    sub: &mut beacon::client::SubscriptionStream,
+    n: usize,
+    until_caught_up: bool,
+    limit: Duration,
+) -> Seen {
+    use beacon::proto::v1::subscribe_response::Msg;
+    let mut seen = Seen::default();
+    let deadline = tokio::time::Instant::now() + limit;
+    while seen.seqs.len() < n || (until_caught_up && seen.caught_up.is_none()) {
+        let ev = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out with {} of {n} deliveries: {:?}",
+                    seen.seqs.len(),
+                    seen.seqs
+                )
+            })
+            .expect("stream ok")
+            .expect("stream open");
+        match ev {
+            Msg::Delivery(d) => {
+                seen.seqs.push(d.sequence);
+                let env = beacon::wire::envelope_from_proto(d.envelope.expect("envelope"));
+                seen.ids.push(
+                    beacon::wire::decode_bulletin(&env.payload)
+                        .expect("bulletin")
+                        .id,
+                );
+            }
+            Msg::CaughtUp(c) => seen.caught_up = Some(c.head),
+            Msg::Subscribed(s) => seen.subscribed = Some(s),
+            Msg::Heartbeat(_) => {}
+        }
+    }
+    seen
+}
+
+/// Expects no delivery for `quiet` (heartbeats are fine).
+pub async fn expect_no_delivery(sub: &mut beacon::client::SubscriptionStream, quiet: Duration) {
+    use beacon::proto::v1::subscribe_response::Msg;
+    let deadline = tokio::time::Instant::now() + quiet;
+    loop {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Err(_) => return,
+            Ok(Ok(Some(Msg::Delivery(d)))) => panic!("unexpected delivery {}", d.sequence),
+            Ok(Ok(Some(_))) => continue,
+            Ok(other) => panic!("stream ended: {other:?}", other = other.map(|_| ())),
+        }
+    }
+}
+
+pub fn open(
+    name: &str,
+    start: beacon::proto::v1::start_position::At,
+) -> beacon::proto::v1::SubscribeOpen {
+    beacon::proto::v1::SubscribeOpen {
+        name: name.to_owned(),
+        start: Some(beacon::proto::v1::StartPosition { at: Some(start) }),
+        filter: None,
+        window: 0,
+    }
+}
+
+pub fn resume() -> beacon::proto::v1::start_position::At {
+    beacon::proto::v1::start_position::At::Resume(beacon::proto::v1::start_position::Resume {})
+}
+
+pub fn earliest() -> beacon::proto::v1::start_position::At {
+    beacon::proto::v1::start_position::At::Earliest(beacon::proto::v1::start_position::Earliest {})
+}
+
+pub fn latest() -> beacon::proto::v1::start_position::At {
+    beacon::proto::v1::start_position::At::Latest(beacon::proto::v1::start_position::Latest {})
+}
+
+/// The durable cursor the node reports for (identity, name), once durable.
+pub async fn cursor_of(
+    addr: SocketAddr,
+    op: &CertFiles,
+    ca: &[PathBuf],
+    identity: &str,
+    name: &str,
+) -> Option<u64> {
+    let ch = dial(addr, op, ca).await.ok()?;
+    let st = beacon::client::AdminClient::new(ch)
+        .status(beacon::proto::v1::StatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    st.subscriptions
+        .into_iter()
+        .find(|s| s.identity == identity && s.name == name)
+        .map(|s| s.cursor)
+}
+
+/// Waits until the node reports the cursor of (identity, name) at `seq`.
+pub async fn wait_cursor(
+    addr: SocketAddr,
+    op: &CertFiles,
+    ca: &[PathBuf],
+    identity: &str,
+    name: &str,
+    seq: u64,
+) {
+    let ok = wait_until(Duration::from_secs(10), || async {
+        cursor_of(addr, op, ca, identity, name).await == Some(seq)
+    })
+    .await;
+    assert!(
+        ok.is_some(),
+        "cursor of {identity}/{name} never reached {seq}"
+    );
 }

@@ -1,0 +1,448 @@
+//! Subscriptions: durable cursors, replay, live delivery.
+//!
+//! **Live delivery is replay that has caught up.** A subscription is a task
+//! that reads the log from its position in bounded batches and, at the
+//! committed head, waits on the head `watch`; there is no per-subscriber queue
+//! that grows with the backlog. At most `window` deliveries are unacknowledged
+//! at once; the channel to the connection holds a few events. So memory per
+//! subscription is bounded by its window, and a stalled subscriber only stops
+//! its own task: publishers and other subscribers never wait for it.
+//!
+//! Because replay and live are the same loop over the same log, the switch
+//! from one to the other cannot lose or duplicate a bulletin: the position only
+//! moves forward, one sequence at a time, and only up to the committed head.
+//!
+//! A durable cursor belongs to (subscriber identity, name) and records the
+//! highest acknowledged sequence. Resuming delivers everything after it that
+//! the subscriber may read and that matches its filter. Opening a durable name
+//! that is already open takes it over: the older stream ends.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::filter::Filter;
+use crate::policy::{Marking, Policy};
+use crate::store::{Record, Store, StoreError};
+
+/// Records read from the store per step (bounds the work between checks).
+const READ_BATCH: usize = 256;
+/// With nothing in flight, the cursor skips over records not meant for the
+/// subscriber once this many have passed (and at every heartbeat).
+const SKIP_ADVANCE: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    #[error("subscription {0:?} was taken over by a newer stream")]
+    TakenOver(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "acknowledged sequence {acked} was never delivered (last delivered position {position})"
+    )]
+    BadAck { acked: u64, position: u64 },
+    #[error("invalid subscription: {0}")]
+    Invalid(String),
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// After the durable cursor (earliest if none).
+    Resume,
+    /// At this sequence (inclusive).
+    Sequence(u64),
+    /// At the first bulletin accepted at or after this time.
+    Time(SystemTime),
+    Earliest,
+    /// Only what is committed after the stream opens.
+    Latest,
+}
+
+/// What a subscription sends, in order.
+#[derive(Debug)]
+pub enum Event {
+    /// First: where the stream starts (the position after which it delivers).
+    Opened {
+        position: u64,
+        head: u64,
+        window: u32,
+    },
+    Delivery(Box<Record>),
+    /// Replay reached the committed head.
+    CaughtUp {
+        head: u64,
+    },
+    Heartbeat {
+        head: u64,
+    },
+    /// Last: why the stream ends.
+    End(BrokerError),
+}
+
+/// Live figures of one subscription, for `Admin.Status`.
+#[derive(Debug)]
+pub struct SessionStats {
+    pub identity: String,
+    pub name: String,
+    pub durable: bool,
+    /// Highest acknowledged sequence (the durable cursor).
+    pub cursor: AtomicU64,
+    /// The position the subscription has read up to.
+    pub position: AtomicU64,
+    pub delivered: AtomicU64,
+    pub last_ack_at: Mutex<Option<SystemTime>>,
+    pub connected: AtomicBool,
+}
+
+struct Session {
+    id: u64,
+    cancel: CancellationToken,
+    stats: Arc<SessionStats>,
+}
+
+/// Open subscriptions, by (identity, name); ephemeral ones get a unique name.
+#[derive(Default)]
+pub struct Broker {
+    sessions: Mutex<HashMap<(String, String), Session>>,
+    next_id: AtomicU64,
+}
+
+/// Removes its session from the broker when the subscription ends.
+pub struct SessionGuard {
+    broker: Arc<Broker>,
+    key: (String, String),
+    id: u64,
+    pub cancel: CancellationToken,
+    pub stats: Arc<SessionStats>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.stats.connected.store(false, Ordering::Relaxed);
+        if let Ok(mut m) = self.broker.sessions.lock() {
+            if m.get(&self.key).is_some_and(|s| s.id == self.id) {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// Registers a session; a durable name already open is taken over (its
+    /// token is cancelled with `TakenOver`).
+    pub fn open(
+        self: &Arc<Self>,
+        identity: &str,
+        name: &str,
+        durable: bool,
+        parent: &CancellationToken,
+    ) -> SessionGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let key_name = if durable {
+            name.to_owned()
+        } else {
+            format!("~ephemeral-{id}")
+        };
+        let key = (identity.to_owned(), key_name.clone());
+        let cancel = parent.child_token();
+        let stats = Arc::new(SessionStats {
+            identity: identity.to_owned(),
+            name: key_name,
+            durable,
+            cursor: AtomicU64::new(0),
+            position: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            last_ack_at: Mutex::new(None),
+            connected: AtomicBool::new(true),
+        });
+        if let Ok(mut m) = self.sessions.lock() {
+            if let Some(old) = m.insert(
+                key.clone(),
+                Session {
+                    id,
+                    cancel: cancel.clone(),
+                    stats: stats.clone(),
+                },
+            ) {
+                info!(target: "beacon::audit", identity, name, "durable subscription taken over by a new stream");
+                old.cancel.cancel();
+            }
+        }
+        SessionGuard {
+            broker: self.clone(),
+            key,
+            id,
+            cancel,
+            stats,
+        }
+    }
+
+    /// Figures of every open subscription.
+    pub fn sessions(&self) -> Vec<Arc<SessionStats>> {
+        self.sessions
+            .lock()
+            .map(|m| m.values().map(|s| s.stats.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether (identity, name) is open now.
+    pub fn is_open(&self, identity: &str, name: &str) -> bool {
+        self.sessions
+            .lock()
+            .map(|m| m.contains_key(&(identity.to_owned(), name.to_owned())))
+            .unwrap_or(false)
+    }
+}
+
+/// Everything one subscription needs.
+pub struct Subscription {
+    pub store: Arc<Store>,
+    pub policy: Policy,
+    /// The reading member.
+    pub member: String,
+    pub filter: Filter,
+    pub start: Start,
+    pub window: u32,
+    pub heartbeat: Duration,
+    pub guard: SessionGuard,
+    /// The node's shutdown token (to tell shutdown from takeover).
+    pub shutdown: CancellationToken,
+}
+
+/// Resolves a start position to "the position after which to deliver".
+pub fn start_position(
+    store: &Store,
+    start: &Start,
+    cursor: Option<u64>,
+) -> Result<u64, StoreError> {
+    Ok(match start {
+        Start::Resume => cursor.unwrap_or(0),
+        Start::Sequence(n) => n.saturating_sub(1),
+        Start::Time(t) => store.first_seq_at_or_after(*t)?.saturating_sub(1),
+        Start::Earliest => 0,
+        Start::Latest => store.head(),
+    })
+}
+
+impl Subscription {
+    fn readable(&self, rec: &Record) -> bool {
+        let Some(tlp) = crate::wire::tlp_from_i32(i32::from(rec.meta.tlp)) else {
+            return false;
+        };
+        let marking = Marking {
+            publisher: &rec.meta.publisher,
+            tlp,
+            audience_members: &rec.meta.audience_members,
+            audience_groups: &rec.meta.audience_groups,
+        };
+        self.filter.matches(&rec.meta) && self.policy.may_read(&self.member, &marking)
+    }
+
+    /// Asks for the cursor to move to `seq`; the committer makes it durable.
+    fn persist_cursor(&self, wanted: &watch::Sender<u64>, seq: u64) {
+        wanted.send_if_modified(|cur| {
+            let moved = seq > *cur;
+            *cur = (*cur).max(seq);
+            moved
+        });
+    }
+
+    /// Makes the wanted cursor durable, coalescing acks that arrive while a
+    /// commit is in progress; the reported cursor moves only once durable.
+    fn spawn_committer(&self, mut wanted: watch::Receiver<u64>) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let stats = self.guard.stats.clone();
+        tokio::spawn(async move {
+            loop {
+                let seq = *wanted.borrow_and_update();
+                if seq > stats.cursor.load(Ordering::Relaxed) {
+                    if stats.durable {
+                        if let Err(e) = store.commit_cursor(&stats.identity, &stats.name, seq).await
+                        {
+                            warn!(error = %e, identity = %stats.identity, name = %stats.name, "cursor write failed");
+                            return;
+                        }
+                    }
+                    stats.cursor.fetch_max(seq, Ordering::Relaxed);
+                }
+                if wanted.changed().await.is_err() {
+                    // The subscription ended; commit what it last asked for.
+                    let last = *wanted.borrow();
+                    if last > stats.cursor.load(Ordering::Relaxed) {
+                        if stats.durable {
+                            let _ = store
+                                .commit_cursor(&stats.identity, &stats.name, last)
+                                .await;
+                        }
+                        stats.cursor.fetch_max(last, Ordering::Relaxed);
+                    }
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Runs the subscription until the subscriber goes away or it must end.
+    /// `acks` carries the subscriber's cumulative acknowledgements.
+    pub async fn run(self, mut acks: watch::Receiver<u64>, out: mpsc::Sender<Event>) {
+        let end = self.serve(&mut acks, &out).await;
+        let stats = &self.guard.stats;
+        debug!(identity = %stats.identity, name = %stats.name, reason = ?end, "subscription ended");
+        if let Some(e) = end {
+            let _ = out.send(Event::End(e)).await;
+        }
+    }
+
+    async fn serve(
+        &self,
+        acks: &mut watch::Receiver<u64>,
+        out: &mpsc::Sender<Event>,
+    ) -> Option<BrokerError> {
+        let stats = self.guard.stats.clone();
+        let stored = if stats.durable {
+            match self.store.cursor(&stats.identity, &stats.name) {
+                Ok(c) => c,
+                Err(e) => return Some(e.into()),
+            }
+        } else {
+            None
+        };
+        let mut position = match start_position(&self.store, &self.start, stored) {
+            Ok(p) => p,
+            Err(e) => return Some(e.into()),
+        };
+        stats.position.store(position, Ordering::Relaxed);
+        let initial = stored.unwrap_or(position).min(position);
+        stats.cursor.store(initial, Ordering::Relaxed);
+        let (wanted, wanted_rx) = watch::channel(initial);
+        let _committer = self.spawn_committer(wanted_rx);
+        let mut head_rx = self.store.watch_head();
+        let head = *head_rx.borrow_and_update();
+        let window = self.window.max(1) as usize;
+        if out
+            .send(Event::Opened {
+                position,
+                head,
+                window: self.window,
+            })
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        // Sequences sent and not yet acknowledged, oldest first.
+        let mut inflight: VecDeque<u64> = VecDeque::with_capacity(window);
+        let mut acked = position;
+        let mut caught_up = false;
+        let mut acks_open = true;
+        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        loop {
+            // Take in acknowledgements (always the latest value: the wait below
+            // may already have consumed the change notification).
+            {
+                let a = *acks.borrow_and_update();
+                if a > position {
+                    return Some(BrokerError::BadAck { acked: a, position });
+                }
+                if a > acked {
+                    acked = a;
+                    while inflight.front().is_some_and(|&s| s <= a) {
+                        inflight.pop_front();
+                    }
+                    // With nothing in flight, everything read so far is done
+                    // (the rest was not for this subscriber).
+                    let cursor = if inflight.is_empty() { position } else { a };
+                    self.persist_cursor(&wanted, cursor);
+                    if let Ok(mut t) = stats.last_ack_at.lock() {
+                        *t = Some(SystemTime::now());
+                    }
+                }
+            }
+            let head = *head_rx.borrow_and_update();
+            if position < head && inflight.len() < window {
+                // Replay (or live, once caught up): one bounded batch.
+                let to = head.min(position + READ_BATCH as u64);
+                for item in self.store.range(position + 1, to) {
+                    let rec = match item {
+                        Ok(r) => r,
+                        Err(e) => return Some(e.into()),
+                    };
+                    position = rec.seq;
+                    if self.readable(&rec) {
+                        inflight.push_back(rec.seq);
+                        if out.send(Event::Delivery(Box::new(rec))).await.is_err() {
+                            return None;
+                        }
+                        stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        if inflight.len() >= window {
+                            break;
+                        }
+                    }
+                }
+                stats.position.store(position, Ordering::Relaxed);
+                if inflight.is_empty() && position - acked >= SKIP_ADVANCE {
+                    // A long stretch with nothing for this subscriber: move the
+                    // cursor on, so a resume need not re-read it.
+                    acked = position;
+                    self.persist_cursor(&wanted, position);
+                }
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if !acks_open && inflight.len() >= window {
+                return None;
+            }
+            if !caught_up && position >= head {
+                caught_up = true;
+                if out.send(Event::CaughtUp { head }).await.is_err() {
+                    return None;
+                }
+            }
+            // Wait for something to do: new commits, acks, the end, or a heartbeat.
+            tokio::select! {
+                biased;
+                _ = self.guard.cancel.cancelled() => {
+                    return Some(if self.shutdown.is_cancelled() {
+                        BrokerError::ShuttingDown
+                    } else {
+                        BrokerError::TakenOver(stats.name.clone())
+                    });
+                }
+                _ = out.closed() => return None,
+                r = acks.changed(), if acks_open => {
+                    if r.is_err() {
+                        // The subscriber closed its side: nothing more will be
+                        // acknowledged; deliver what the window still allows.
+                        acks_open = false;
+                    }
+                }
+                r = head_rx.changed(), if inflight.len() < window => {
+                    if r.is_err() {
+                        return Some(BrokerError::ShuttingDown);
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if inflight.is_empty() && acked < position {
+                        acked = position;
+                        self.persist_cursor(&wanted, position);
+                    }
+                    let head = *head_rx.borrow();
+                    if out.send(Event::Heartbeat { head }).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
