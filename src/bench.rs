@@ -70,6 +70,13 @@ fn free_port() -> Result<SocketAddr, BenchError> {
 impl Target {
     /// Makes a PKI and config in a temp dir and starts `beacon daemon`.
     pub fn start(exe: &Path) -> Result<Target, BenchError> {
+        let mut t = Target::prepare()?;
+        t.launch(exe)?;
+        Ok(t)
+    }
+
+    /// Makes the PKI and config only; [`Target::launch`] starts the daemon.
+    pub fn prepare() -> Result<Target, BenchError> {
         let dir = std::env::temp_dir().join(format!(
             "beacon-bench-{}-{}",
             std::process::id(),
@@ -103,34 +110,107 @@ impl Target {
         pki::write_file(&dir.join("node.key"), node.key_pem.as_bytes(), true, true)?;
         let addr = free_port()?;
         let config = format!(
-            "[node]\nlisten = \"{addr}\"\ndata_dir = \"store\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n[[trust]]\nca = \"ca/ca.pem\"\ncrl = \"ca/crl.pem\"\n\n[log]\nfilter = \"warn,beacon::store=info\"\n"
+            "[node]\nlisten = \"{addr}\"\ndata_dir = \"store\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n[[trust]]\nca = \"ca/ca.pem\"\ncrl = \"ca/crl.pem\"\n\n[log]\nfilter = \"warn,beacon::store=info\"\n\n[store]\ncache_mb = 16\n"
         );
         std::fs::write(dir.join("beacon.toml"), config)
             .map_err(|e| BenchError::Setup(e.to_string()))?;
+        Ok(Target {
+            addr,
+            ca_dir,
+            dir,
+            child: None,
+            td,
+        })
+    }
+
+    /// Starts `beacon daemon` on the prepared directory and waits until it listens.
+    pub fn launch(&mut self, exe: &Path) -> Result<(), BenchError> {
         let child = Command::new(exe)
             .args(["daemon", "--config", "beacon.toml"])
-            .current_dir(&dir)
+            .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| BenchError::Setup(format!("cannot start the daemon: {e}")))?;
-        let target = Target {
-            addr,
-            ca_dir,
-            dir,
-            child: Some(child),
-            td,
-        };
+        self.child = Some(child);
         let start = Instant::now();
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            if start.elapsed() > Duration::from_secs(30) {
+        while std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_err()
+        {
+            if start.elapsed() > Duration::from_secs(60) {
                 return Err(BenchError::Setup(
                     "the daemon did not start listening".into(),
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(target)
+        Ok(())
+    }
+
+    /// The daemon's resident memory, in bytes (Linux).
+    pub fn rss(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// Fills the (not yet running) node's store with `n` signed bulletins of
+    /// about `size` bytes, through the store's own group-commit path.
+    pub async fn bulk_load(&self, n: usize, size: usize) -> Result<Duration, BenchError> {
+        let settings = self.client(9_999_999)?;
+        let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
+            return Err(BenchError::Setup("no client files".into()));
+        };
+        let signer = Signer::load(cert, key).map_err(ClientError::from)?;
+        let store = Arc::new(
+            crate::store::Store::open(
+                &self.dir.join("store"),
+                crate::store::StoreOptions::default(),
+            )
+            .map_err(|e| BenchError::Setup(e.to_string()))?,
+        );
+        let origin = format!("spiffe://{}/node/drc/bench", self.td);
+        let member = "m9999999.bench";
+        let t0 = Instant::now();
+        let mut done = 0;
+        while done < n {
+            let chunk = (n - done).min(8192);
+            let mut appends = Vec::with_capacity(chunk);
+            for _ in 0..chunk {
+                let b = sized_bulletin(member, size);
+                let env = signer.sign(b.to_bytes()).map_err(ClientError::from)?;
+                let bytes = crate::wire::encode_envelope(&env);
+                let digest = crate::bulletin::sha256(&bytes);
+                let verified = crate::bulletin::Verified {
+                    bulletin: b,
+                    signer: signer.identity.clone(),
+                    kind: Kind::Disinformation,
+                    severity: Severity::Medium,
+                    tlp: Tlp::Green,
+                };
+                let meta = crate::service::record_meta(&verified, digest, &origin);
+                let store = store.clone();
+                appends.push(tokio::spawn(async move {
+                    store
+                        .append(crate::store::NewRecord {
+                            meta,
+                            envelope: bytes,
+                            requires: None,
+                        })
+                        .await
+                }));
+            }
+            for a in appends {
+                a.await
+                    .map_err(|e| BenchError::Setup(e.to_string()))?
+                    .map_err(|e| BenchError::Setup(e.to_string()))?;
+            }
+            done += chunk;
+        }
+        let took = t0.elapsed();
+        drop(Arc::try_unwrap(store).map(|mut s| s.close()));
+        Ok(took)
     }
 
     /// A fresh client identity of its own member, as files and a settings block.
@@ -361,4 +441,204 @@ pub fn print_table(rows: &[Figures]) {
             r.max_us as f64 / 1000.0
         );
     }
+}
+
+/// Replays the whole log to a fresh subscriber; returns (deliveries, seconds).
+pub async fn replay(target: &Target, expect: u64, first: usize) -> Result<(u64, f64), BenchError> {
+    use crate::proto::v1 as pb;
+    let settings = target.client(first)?;
+    let mut client = BeaconClient::connect(&settings).await?;
+    let t0 = Instant::now();
+    let mut sub = client
+        .subscribe(pb::SubscribeOpen {
+            name: "replay".into(),
+            start: Some(pb::StartPosition {
+                at: Some(pb::start_position::At::Earliest(
+                    pb::start_position::Earliest {},
+                )),
+            }),
+            filter: None,
+            window: 4096,
+        })
+        .await?;
+    let mut n = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while let Some(ev) = sub.next().await? {
+        match ev {
+            pb::subscribe_response::Msg::Delivery(d) => {
+                n += 1;
+                if n % 1024 == 0 {
+                    sub.ack(d.sequence).await?;
+                }
+            }
+            pb::subscribe_response::Msg::CaughtUp(_) => break,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if n != expect {
+        return Err(BenchError::Setup(format!(
+            "replay delivered {n}, expected {expect}"
+        )));
+    }
+    Ok((n, secs))
+}
+
+/// One publisher, `subscribers` live subscribers: deliveries per second.
+pub async fn fan_out(
+    target: &Target,
+    subscribers: usize,
+    publishes: usize,
+    size: usize,
+    first: usize,
+) -> Result<(u64, f64), BenchError> {
+    use crate::proto::v1 as pb;
+    let mut readers = Vec::new();
+    // Ten subscribers per connection, like a handful of pipelines per agency.
+    let mut client = None;
+    for i in 0..subscribers {
+        if i % 10 == 0 {
+            client = Some(BeaconClient::connect(&target.client(first + i / 10)?).await?);
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let mut sub = c
+            .subscribe(pb::SubscribeOpen {
+                name: String::new(),
+                start: Some(pb::StartPosition {
+                    at: Some(pb::start_position::At::Latest(
+                        pb::start_position::Latest {},
+                    )),
+                }),
+                filter: None,
+                window: 1024,
+            })
+            .await?;
+        // Wait until it is live.
+        while let Some(ev) = sub.next().await? {
+            if let pb::subscribe_response::Msg::CaughtUp(_) = ev {
+                break;
+            }
+        }
+        readers.push(sub);
+    }
+    let mut tasks = Vec::new();
+    for mut sub in readers {
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while (n as usize) < publishes && Instant::now() < deadline {
+                match sub.next().await {
+                    Ok(Some(pb::subscribe_response::Msg::Delivery(d))) => {
+                        n += 1;
+                        if n % 256 == 0 {
+                            let _ = sub.ack(d.sequence).await;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+            (n, Instant::now())
+        }));
+    }
+    let (mut pubs, _) = publishers(target, 1, publishes, size, first + subscribers).await?;
+    let t0 = Instant::now();
+    let mut p = pubs.remove(0);
+    for env in &p.envelopes {
+        p.client.publish_envelope(env).await?;
+    }
+    let mut total = 0;
+    let mut last = t0;
+    for t in tasks {
+        let (n, at) = t.await.map_err(|e| BenchError::Setup(e.to_string()))?;
+        total += n;
+        last = last.max(at);
+    }
+    Ok((total, (last - t0).as_secs_f64()))
+}
+
+/// Opens `n` durable live subscriptions (filtered on a topic nothing is
+/// published under, so they stay open and are woken by every commit but
+/// deliver nothing) plus one that never reads or acks (window 256), then
+/// publishes `publishes` bulletins; returns the daemon's RSS idle, with the
+/// subscriptions open, and after the publishes.
+pub async fn memory(
+    target: &Target,
+    n: usize,
+    publishes: usize,
+    size: usize,
+    first: usize,
+) -> Result<(u64, u64, u64), BenchError> {
+    use crate::proto::v1 as pb;
+    let base = target.rss().unwrap_or(0);
+    let mut subs = Vec::new();
+    let mut client = None;
+    for i in 0..n {
+        if i % 125 == 0 {
+            client = Some(BeaconClient::connect(&target.client(first + i / 125)?).await?);
+        }
+        let Some(c) = client.as_mut() else { continue };
+        subs.push(
+            c.subscribe(pb::SubscribeOpen {
+                name: format!("s{i}"),
+                start: Some(pb::StartPosition {
+                    at: Some(pb::start_position::At::Latest(
+                        pb::start_position::Latest {},
+                    )),
+                }),
+                filter: Some(pb::Filter {
+                    topics: vec!["quiet".into()],
+                    ..Default::default()
+                }),
+                window: 0,
+            })
+            .await?,
+        );
+    }
+    let mut stalled_client = BeaconClient::connect(&target.client(first + 1000)?).await?;
+    let stalled = stalled_client
+        .subscribe(pb::SubscribeOpen {
+            name: "stalled".into(),
+            start: Some(pb::StartPosition {
+                at: Some(pb::start_position::At::Earliest(
+                    pb::start_position::Earliest {},
+                )),
+            }),
+            filter: None,
+            window: 256,
+        })
+        .await?;
+    // The open subscriptions drain their streams (and ack); the stalled one never reads.
+    let mut tasks = Vec::new();
+    for mut sub in subs {
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(ev)) = sub.next().await {
+                if let pb::subscribe_response::Msg::Delivery(d) = ev {
+                    let _ = sub.ack(d.sequence).await;
+                }
+            }
+        }));
+    }
+    let open_rss = target.rss().unwrap_or(0);
+    let (mut pubs, _) = publishers(target, 8, publishes, size, first + 1001).await?;
+    let mut senders = Vec::new();
+    for mut p in pubs.drain(..) {
+        senders.push(tokio::spawn(async move {
+            for env in &p.envelopes {
+                let _ = p.client.publish_envelope(env).await;
+            }
+        }));
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    let after = target.rss().unwrap_or(0);
+    drop(stalled);
+    for t in tasks {
+        t.abort();
+    }
+    Ok((base, open_rss, after))
 }

@@ -77,6 +77,8 @@ pub enum Event {
         window: u32,
     },
     Delivery(Box<Record>),
+    /// Several deliveries at once (one hand-off for a whole read batch).
+    Deliveries(Vec<Record>),
     /// Replay reached the committed head.
     CaughtUp {
         head: u64,
@@ -371,24 +373,37 @@ impl Subscription {
             }
             let head = *head_rx.borrow_and_update();
             if position < head && inflight.len() < window {
-                // Replay (or live, once caught up): one bounded batch.
+                // Replay (or live, once caught up): one bounded batch, handed
+                // over at once. It never holds more than the window allows.
                 let to = head.min(position + READ_BATCH as u64);
+                let mut batch = Vec::new();
+                let mut failed = None;
                 for item in self.store.range(position + 1, to) {
                     let rec = match item {
                         Ok(r) => r,
-                        Err(e) => return Some(e.into()),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
                     };
                     position = rec.seq;
                     if self.readable(&rec) {
                         inflight.push_back(rec.seq);
-                        if out.send(Event::Delivery(Box::new(rec))).await.is_err() {
-                            return None;
-                        }
-                        stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        batch.push(rec);
                         if inflight.len() >= window {
                             break;
                         }
                     }
+                }
+                if !batch.is_empty() {
+                    let n = batch.len() as u64;
+                    if out.send(Event::Deliveries(batch)).await.is_err() {
+                        return None;
+                    }
+                    stats.delivered.fetch_add(n, Ordering::Relaxed);
+                }
+                if let Some(e) = failed {
+                    return Some(e.into());
                 }
                 stats.position.store(position, Ordering::Relaxed);
                 if inflight.is_empty() && position - acked >= SKIP_ADVANCE {

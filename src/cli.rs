@@ -120,6 +120,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         rate: u64,
     },
+    /// Replay to a reconnecting subscriber, fan-out, and memory of many subscriptions.
+    Subscribe {
+        /// Bulletins stored before the replay run.
+        #[arg(long, default_value_t = 1_000_000)]
+        replay: usize,
+        /// Subscribers of the fan-out run.
+        #[arg(long, default_value_t = 100)]
+        fan_out: usize,
+        /// Publishes of the fan-out run.
+        #[arg(long, default_value_t = 3000)]
+        publishes: usize,
+        /// Open subscriptions of the memory run.
+        #[arg(long, default_value_t = 1000)]
+        subscriptions: usize,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -346,6 +363,16 @@ async fn execute(cli: Cli) -> Result<()> {
             init_logging(&LogFormat::Human, Some("warn"));
             bench_publish(&concurrency, count, size, rate).await
         }
+        Command::Bench(BenchCommand::Subscribe {
+            replay,
+            fan_out,
+            publishes,
+            subscriptions,
+            size,
+        }) => {
+            init_logging(&LogFormat::Human, Some("warn"));
+            bench_subscribe(replay, fan_out, publishes, subscriptions, size).await
+        }
         Command::Status { conn, json } => {
             let channel = conn.dial().await?;
             let status = AdminClient::new(channel)
@@ -389,6 +416,62 @@ async fn bench_publish(concurrency: &[usize], count: usize, size: usize, rate: u
     bench::print_table(&rows);
     let best = sign_rates.iter().cloned().fold(0.0, f64::max);
     println!("client-side signing (before the clock): about {best:.0} envelopes/s on one core");
+    Ok(())
+}
+
+async fn bench_subscribe(
+    replay: usize,
+    fan_out: usize,
+    publishes: usize,
+    subscriptions: usize,
+    size: usize,
+) -> Result<()> {
+    use beacon::bench;
+    let exe = std::env::current_exe().context("cannot find the beacon binary")?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("beacon bench subscribe: {size}-byte signed bulletins, node as a child process, mutual TLS 1.3, {cores} cores");
+    println!("| workload | figure |");
+    println!("|---|---|");
+    if replay > 0 {
+        let mut target = bench::Target::prepare()?;
+        let load = target.bulk_load(replay, size).await?;
+        println!(
+            "| bulk load of {replay} bulletins (store group commit, no network) | {:.0}/s |",
+            replay as f64 / load.as_secs_f64()
+        );
+        let t0 = std::time::Instant::now();
+        target.launch(&exe)?;
+        println!(
+            "| node start with {replay} stored | {:.2} s |",
+            t0.elapsed().as_secs_f64()
+        );
+        let (n, secs) = bench::replay(&target, replay as u64, 0).await?;
+        println!(
+            "| replay of {n} to a reconnecting subscriber | {:.0}/s ({secs:.1} s) |",
+            n as f64 / secs
+        );
+        println!(
+            "| daemon RSS after the replay | {:.0} MB |",
+            target.rss().unwrap_or(0) as f64 / 1e6
+        );
+    }
+    if fan_out > 0 {
+        let target = bench::Target::start(&exe)?;
+        let (n, secs) = bench::fan_out(&target, fan_out, publishes, size, 0).await?;
+        println!("| fan-out, 1 publisher → {fan_out} subscribers, {publishes} publishes | {:.0} deliveries/s ({n} in {secs:.1} s) |", n as f64 / secs);
+    }
+    if subscriptions > 0 {
+        let target = bench::Target::start(&exe)?;
+        let (base, open, after) = bench::memory(&target, subscriptions, 10_000, size, 0).await?;
+        println!(
+            "| daemon RSS: idle / {subscriptions} open + 1 stalled / after 10,000 more publishes | {:.0} / {:.0} / {:.0} MB |",
+            base as f64 / 1e6,
+            open as f64 / 1e6,
+            after as f64 / 1e6
+        );
+    }
     Ok(())
 }
 

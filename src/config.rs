@@ -67,7 +67,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            cache_mb: 64,
+            cache_mb: 16,
             max_batch: 1024,
         }
     }

@@ -88,6 +88,29 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
 
+/// What the store keeps about a verified bulletin.
+pub fn record_meta(
+    verified: &crate::bulletin::Verified,
+    digest: [u8; 32],
+    origin_node: &str,
+) -> crate::store::Meta {
+    let b = &verified.bulletin;
+    crate::store::Meta {
+        id: b.id.clone(),
+        publisher: b.publisher.clone(),
+        digest,
+        origin_node: origin_node.to_owned(),
+        origin_seq: 0,
+        kind: crate::wire::kind_to_i32(verified.kind) as u8,
+        severity: crate::wire::severity_to_i32(verified.severity) as u8,
+        tlp: crate::wire::tlp_to_i32(verified.tlp) as u8,
+        created_at: b.created_at,
+        audience_members: b.audience.members.clone(),
+        audience_groups: b.audience.groups.clone(),
+        topics: b.topics.clone(),
+    }
+}
+
 /// The verified caller of a request, required to hold one of `allowed` roles.
 pub fn caller<T>(request: &Request<T>, allowed: &[RoleKind]) -> Result<PeerInfo, Status> {
     let peer = request
@@ -173,20 +196,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             Some(Relation::Retracts(id)) => Some(("retracts", id.clone())),
             None => None,
         };
-        let meta = crate::store::Meta {
-            id: b.id.clone(),
-            publisher: b.publisher.clone(),
-            digest,
-            origin_node: self.state.identity.to_string(),
-            origin_seq: 0,
-            kind: crate::wire::kind_to_i32(verified.kind) as u8,
-            severity: crate::wire::severity_to_i32(verified.severity) as u8,
-            tlp: crate::wire::tlp_to_i32(verified.tlp) as u8,
-            created_at: b.created_at,
-            audience_members: b.audience.members.clone(),
-            audience_groups: b.audience.groups.clone(),
-            topics: b.topics.clone(),
-        };
+        let meta = record_meta(&verified, digest, &self.state.identity.to_string());
         let appended = self
             .state
             .store
@@ -397,19 +407,37 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             shutdown: self.state.shutdown.clone(),
         };
         tokio::spawn(sub.run(ack_rx, out_tx));
-        let stream = futures_util::stream::unfold((out_rx, false), move |(mut rx, done)| {
-            let name = name.clone();
-            async move {
-                if done {
-                    return None;
+        // Batches of deliveries are split into single messages here; the
+        // stream ends after the first error.
+        let stream = futures_util::stream::unfold(
+            (
+                out_rx,
+                std::collections::VecDeque::<crate::store::Record>::new(),
+                false,
+            ),
+            move |(mut rx, mut pending, done)| {
+                let name = name.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let event = match pending.pop_front() {
+                        Some(rec) => Event::Delivery(Box::new(rec)),
+                        None => match rx.recv().await? {
+                            Event::Deliveries(batch) => {
+                                pending.extend(batch);
+                                Event::Delivery(Box::new(pending.pop_front()?))
+                            }
+                            other => other,
+                        },
+                    };
+                    match crate::wire::subscribe_event(&name, event) {
+                        Ok(msg) => Some((Ok(msg), (rx, pending, false))),
+                        Err(e) => Some((Err(status::broker(&e)), (rx, pending, true))),
+                    }
                 }
-                let event = rx.recv().await?;
-                match crate::wire::subscribe_event(&name, event) {
-                    Ok(msg) => Some((Ok(msg), (rx, false))),
-                    Err(e) => Some((Err(status::broker(&e)), (rx, true))),
-                }
-            }
-        });
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -18,8 +18,9 @@
 //! moves the committed head (a `watch` the rest of the process follows).
 //!
 //! # Reading
-//! Every record carries a SHA-256 over all its bytes; every read checks it. A
-//! record that fails is reported (error, log line, counter), never served.
+//! Every record ends with a CRC32 over all its bytes and carries the SHA-256
+//! digest of its envelope; every read checks both. A record that fails is
+//! reported (error, log line, counter), never served.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -84,7 +85,9 @@ pub struct Record {
     pub envelope: Vec<u8>,
 }
 
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
+/// Bytes of the CRC32 trailer.
+const TRAILER: usize = 4;
 
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -153,7 +156,7 @@ impl<'a> Reader<'a> {
 }
 
 impl Record {
-    /// The stored form: fields, envelope, then SHA-256 of everything before it.
+    /// The stored form: fields, envelope, then a CRC32 of everything before it.
     pub fn encode(&self) -> Vec<u8> {
         let m = &self.meta;
         let mut out = Vec::with_capacity(self.envelope.len() + 256);
@@ -173,19 +176,19 @@ impl Record {
         let len = u32::try_from(self.envelope.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&self.envelope);
-        let sum = crate::bulletin::sha256(&out);
-        out.extend_from_slice(&sum);
+        let sum = crc32fast::hash(&out);
+        out.extend_from_slice(&sum.to_be_bytes());
         out
     }
 
     /// Parses and checks a stored record; `seq` is the key it was found under.
     pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt { seq, reason };
-        if bytes.len() < 33 {
+        if bytes.len() < TRAILER + 1 {
             return Err(corrupt("record is truncated".into()));
         }
-        let (body, sum) = bytes.split_at(bytes.len() - 32);
-        if crate::bulletin::sha256(body).as_slice() != sum {
+        let (body, sum) = bytes.split_at(bytes.len() - TRAILER);
+        if crc32fast::hash(body).to_be_bytes().as_slice() != sum {
             return Err(corrupt("checksum mismatch".into()));
         }
         let mut r = Reader { buf: body };

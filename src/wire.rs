@@ -320,6 +320,11 @@ pub fn subscribe_event(
                 reason,
             })
         })?),
+        Event::Deliveries(_) => {
+            return Err(BrokerError::Invalid(
+                "a batch must be split before encoding".into(),
+            ));
+        }
         Event::CaughtUp { head } => Msg::CaughtUp(pb::CaughtUp { head }),
         Event::Heartbeat { head } => Msg::Heartbeat(pb::Heartbeat {
             head,
