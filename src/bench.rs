@@ -544,11 +544,31 @@ pub async fn fan_out(
             (n, Instant::now())
         }));
     }
+    // One publisher (one client, one connection, one identity) keeping
+    // IN_FLIGHT publishes outstanding, as a pipeline would.
+    const IN_FLIGHT: usize = 16;
     let (mut pubs, _) = publishers(target, 1, publishes, size, first + subscribers).await?;
+    let p = pubs.remove(0);
     let t0 = Instant::now();
-    let mut p = pubs.remove(0);
-    for env in &p.envelopes {
-        p.client.publish_envelope(env).await?;
+    let envelopes = Arc::new(p.envelopes);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let mut client = p.client.clone();
+        let envelopes = envelopes.clone();
+        let next = next.clone();
+        senders.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(env) = envelopes.get(i) else {
+                    return Ok::<(), ClientError>(());
+                };
+                client.publish_envelope(env).await?;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.map_err(|e| BenchError::Setup(e.to_string()))??;
     }
     let mut total = 0;
     let mut last = t0;

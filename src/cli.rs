@@ -460,7 +460,7 @@ async fn bench_subscribe(
     if fan_out > 0 {
         let target = bench::Target::start(&exe)?;
         let (n, secs) = bench::fan_out(&target, fan_out, publishes, size, 0).await?;
-        println!("| fan-out, 1 publisher → {fan_out} subscribers, {publishes} publishes | {:.0} deliveries/s ({n} in {secs:.1} s) |", n as f64 / secs);
+        println!("| fan-out, 1 publisher (16 in flight) → {fan_out} subscribers, {publishes} publishes | {:.0} deliveries/s ({n} in {secs:.1} s) |", n as f64 / secs);
     }
     if subscriptions > 0 {
         let target = bench::Target::start(&exe)?;
