@@ -388,6 +388,13 @@ impl Subscription {
                     };
                     position = rec.seq;
                     if self.readable(&rec) {
+                        let rec = match self.store.served(rec) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        };
                         inflight.push_back(rec.seq);
                         batch.push(rec);
                         if inflight.len() >= window {

@@ -255,6 +255,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 continue;
             };
             if self.may_read(&member, &rec.meta) {
+                let rec = store.served(rec).map_err(|e| status::store(&e))?;
                 let delivery = crate::wire::delivery(&rec).map_err(|e| {
                     status::store(&crate::store::StoreError::Corrupt { seq, reason: e })
                 })?;
@@ -296,6 +297,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 let rec = item.map_err(|e| status::store(&e))?;
                 last = rec.seq;
                 if filter.matches(&rec.meta) && self.may_read(&member, &rec.meta) {
+                    let rec = store.served(rec).map_err(|e| status::store(&e))?;
                     let seq = rec.seq;
                     deliveries.push(crate::wire::delivery(&rec).map_err(|e| {
                         status::store(&crate::store::StoreError::Corrupt { seq, reason: e })

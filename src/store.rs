@@ -18,9 +18,11 @@
 //! moves the committed head (a `watch` the rest of the process follows).
 //!
 //! # Reading
-//! Every record ends with a CRC32 over all its bytes and carries the SHA-256
-//! digest of its envelope; every read checks both. A record that fails is
-//! reported (error, log line, counter), never served.
+//! Every record ends with a CRC32 over all its bytes (checked on every read)
+//! and carries the SHA-256 digest of its envelope (checked by [`Store::served`]
+//! before any envelope leaves the node; records a reader only filters past are
+//! not hashed). A record that fails is reported (error, log line, counter),
+//! never served.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -241,10 +243,19 @@ impl Record {
         if rec.seq != seq {
             return Err(corrupt(format!("record claims sequence {}", rec.seq)));
         }
-        if crate::bulletin::sha256(&rec.envelope) != rec.meta.digest {
-            return Err(corrupt("envelope digest mismatch".into()));
-        }
         Ok(rec)
+    }
+
+    /// Checks the envelope against the digest stored with it. Every path that
+    /// serves an envelope calls this (through [`Store::served`]).
+    pub fn check_digest(&self) -> Result<(), StoreError> {
+        if crate::bulletin::sha256(&self.envelope) != self.meta.digest {
+            return Err(StoreError::Corrupt {
+                seq: self.seq,
+                reason: "envelope digest mismatch".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -456,6 +467,13 @@ impl Store {
             self.stats.corrupt_reads.fetch_add(1, Ordering::Relaxed);
             error!(seq, reason = %reason, "corrupted record refused");
         }
+    }
+
+    /// Checks a record's envelope digest before it is served; a mismatch is
+    /// logged and counted like any corruption.
+    pub fn served(&self, rec: Record) -> Result<Record, StoreError> {
+        rec.check_digest().inspect_err(|e| self.note_corrupt(e))?;
+        Ok(rec)
     }
 
     /// The record at `seq`, checked. Only durable records are visible.

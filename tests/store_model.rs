@@ -178,5 +178,14 @@ proptest! {
         prop_assert!(is_corrupt(&Record::decode(7, truncated)));
         // A valid record under the wrong key is refused too.
         prop_assert!(Record::decode(8, &bytes).is_err());
+        // A well-framed record whose envelope does not match its digest is
+        // refused before it is served.
+        let mut forged = rec.clone();
+        let j = pos % forged.envelope.len();
+        forged.envelope[j] ^= flip;
+        let reread = Record::decode(7, &forged.encode()).unwrap();
+        let refused = matches!(reread.check_digest(), Err(StoreError::Corrupt { seq: 7, .. }));
+        prop_assert!(refused, "a forged envelope passed its digest check");
+        prop_assert!(Record::decode(7, &bytes).unwrap().check_digest().is_ok());
     }
 }
