@@ -110,7 +110,7 @@ impl Target {
         pki::write_file(&dir.join("node.key"), node.key_pem.as_bytes(), true, true)?;
         let addr = free_port()?;
         let config = format!(
-            "[node]\nlisten = \"{addr}\"\ndata_dir = \"store\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n[[trust]]\nca = \"ca/ca.pem\"\ncrl = \"ca/crl.pem\"\n\n[log]\nfilter = \"warn,beacon::store=info\"\n\n[store]\ncache_mb = 16\n"
+            "[node]\nlisten = \"{addr}\"\ndata_dir = \"store\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n[[trust]]\nca = \"ca/ca.pem\"\ncrl = \"ca/crl.pem\"\n\n[log]\nfilter = \"warn,beacon::store=info\"\n"
         );
         std::fs::write(dir.join("beacon.toml"), config)
             .map_err(|e| BenchError::Setup(e.to_string()))?;
