@@ -674,7 +674,9 @@ fn run_ca(cmd: CaCommand) -> Result<()> {
                 return Ok(());
             }
             let rfc = |t: time::OffsetDateTime| {
-                t.format(&time::format_description::well_known::Rfc3339)
+                t.replace_nanosecond(0)
+                    .unwrap_or(t)
+                    .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default()
             };
             println!(

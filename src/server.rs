@@ -281,6 +281,9 @@ fn load_material(config: &Config) -> Result<Material, ServerError> {
         return Err(ServerError::NotANode(own.identity.to_string()));
     }
     let bundle = Arc::new(load_bundle(config, &own.identity.trust_domain)?);
+    for (issuer, next) in bundle.stale_crls() {
+        warn!(%issuer, next_update = next, "a CRL is past its next update; still applying it — publish a fresh one with `beacon ca crl`");
+    }
     let tls = Arc::new(tls::server_config(bundle.clone(), &own)?);
     Ok(Material {
         bundle,

@@ -123,6 +123,8 @@ pub struct TrustBundle {
     anchors: Vec<TrustAnchor<'static>>,
     crls: Vec<webpki::CertRevocationList<'static>>,
     revoked_count: usize,
+    /// Issuers (and next-update times, Unix seconds) of CRLs past their next update.
+    stale_crls: Vec<(String, i64)>,
 }
 
 impl TrustBundle {
@@ -137,12 +139,24 @@ impl TrustBundle {
         let anchors = cas.iter().map(|c| c.anchor.clone()).collect();
         let mut parsed = Vec::with_capacity(crls.len());
         let mut revoked_count = 0;
+        let mut stale_crls = Vec::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         for der in &crls {
             let crl = OwnedCertRevocationList::from_der(der)
                 .map_err(|e| TrustError::BadCertificate(format!("CRL: {e}")))?;
-            revoked_count += x509_parser::revocation_list::CertificateRevocationList::from_der(der)
-                .map(|(_, c)| c.iter_revoked_certificates().count())
-                .unwrap_or(0);
+            if let Ok((_, c)) =
+                x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+            {
+                revoked_count += c.iter_revoked_certificates().count();
+                if let Some(next) = c.next_update() {
+                    if next.timestamp() < now {
+                        stale_crls.push((c.issuer().to_string(), next.timestamp()));
+                    }
+                }
+            }
             parsed.push(webpki::CertRevocationList::Owned(crl));
         }
         Ok(TrustBundle {
@@ -151,6 +165,7 @@ impl TrustBundle {
             anchors,
             crls: parsed,
             revoked_count,
+            stale_crls,
         })
     }
 
@@ -160,6 +175,13 @@ impl TrustBundle {
 
     pub fn cas(&self) -> &[CaEntry] {
         &self.cas
+    }
+
+    /// CRLs past their next-update time: (issuer, next update as Unix seconds).
+    /// They are still applied (what they revoke stays revoked); operators
+    /// should publish fresh ones with `beacon ca crl`.
+    pub fn stale_crls(&self) -> &[(String, i64)] {
+        &self.stale_crls
     }
 
     /// How many certificate entries the loaded CRLs list.

@@ -578,3 +578,39 @@ fn sighup_reloads_the_crl_and_cuts_the_revoked_identity() {
     }
     assert!(node.log().contains("SIGHUP"), "{}", node.log());
 }
+
+#[test]
+fn a_stale_crl_is_still_applied_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let addr = free_addr();
+    write_config(d, addr);
+    ok(d, &["ca", "revoke", "--dir", "ca", "--cert", "op.pem"]);
+    ok(d, &["ca", "crl", "--dir", "ca", "--next-update", "1s"]);
+    // Wait (on the clock, not a fixed sleep) until the CRL's next update has passed.
+    let until = std::time::SystemTime::now() + Duration::from_millis(2500);
+    while std::time::SystemTime::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let node = ChildNode::spawn(d, &["daemon", "--config", "beacon.toml"], addr);
+    let (code, _, _) = beacon(
+        d,
+        &[
+            "status",
+            "--node",
+            &addr.to_string(),
+            "--cert",
+            "op.pem",
+            "--key",
+            "op.key",
+            "--ca",
+            "ca/ca.pem",
+        ],
+    );
+    assert_ne!(code, 0, "a revoked operator got in through a stale CRL");
+    assert!(
+        node.log().contains("past its next update"),
+        "{}",
+        node.log()
+    );
+}
