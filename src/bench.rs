@@ -443,6 +443,29 @@ pub fn print_table(rows: &[Figures]) {
     }
 }
 
+/// A subscription request for the benchmarks.
+fn open_at(
+    name: &str,
+    at: crate::proto::v1::start_position::At,
+    filter: Option<crate::proto::v1::Filter>,
+    window: u32,
+) -> crate::proto::v1::SubscribeOpen {
+    crate::proto::v1::SubscribeOpen {
+        name: name.to_owned(),
+        start: Some(crate::proto::v1::StartPosition { at: Some(at) }),
+        filter,
+        window,
+    }
+}
+
+fn earliest() -> crate::proto::v1::start_position::At {
+    crate::proto::v1::start_position::At::Earliest(crate::proto::v1::start_position::Earliest {})
+}
+
+fn latest() -> crate::proto::v1::start_position::At {
+    crate::proto::v1::start_position::At::Latest(crate::proto::v1::start_position::Latest {})
+}
+
 /// Replays the whole log to a fresh subscriber; returns (deliveries, seconds).
 pub async fn replay(target: &Target, expect: u64, first: usize) -> Result<(u64, f64), BenchError> {
     use crate::proto::v1 as pb;
@@ -450,16 +473,7 @@ pub async fn replay(target: &Target, expect: u64, first: usize) -> Result<(u64, 
     let mut client = BeaconClient::connect(&settings).await?;
     let t0 = Instant::now();
     let mut sub = client
-        .subscribe(pb::SubscribeOpen {
-            name: "replay".into(),
-            start: Some(pb::StartPosition {
-                at: Some(pb::start_position::At::Earliest(
-                    pb::start_position::Earliest {},
-                )),
-            }),
-            filter: None,
-            window: 4096,
-        })
+        .subscribe(open_at("replay", earliest(), None, 4096))
         .await?;
     let mut n = 0u64;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -504,18 +518,7 @@ pub async fn fan_out(
             client = Some(BeaconClient::connect(&target.client(first + i / 10)?).await?);
         }
         let Some(c) = client.as_mut() else { continue };
-        let mut sub = c
-            .subscribe(pb::SubscribeOpen {
-                name: String::new(),
-                start: Some(pb::StartPosition {
-                    at: Some(pb::start_position::At::Latest(
-                        pb::start_position::Latest {},
-                    )),
-                }),
-                filter: None,
-                window: 1024,
-            })
-            .await?;
+        let mut sub = c.subscribe(open_at("", latest(), None, 1024)).await?;
         // Wait until it is live.
         while let Some(ev) = sub.next().await? {
             if let pb::subscribe_response::Msg::CaughtUp(_) = ev {
@@ -602,34 +605,21 @@ pub async fn memory(
         }
         let Some(c) = client.as_mut() else { continue };
         subs.push(
-            c.subscribe(pb::SubscribeOpen {
-                name: format!("s{i}"),
-                start: Some(pb::StartPosition {
-                    at: Some(pb::start_position::At::Latest(
-                        pb::start_position::Latest {},
-                    )),
-                }),
-                filter: Some(pb::Filter {
+            c.subscribe(open_at(
+                &format!("s{i}"),
+                latest(),
+                Some(pb::Filter {
                     topics: vec!["quiet".into()],
                     ..Default::default()
                 }),
-                window: 0,
-            })
+                0,
+            ))
             .await?,
         );
     }
     let mut stalled_client = BeaconClient::connect(&target.client(first + 1000)?).await?;
     let stalled = stalled_client
-        .subscribe(pb::SubscribeOpen {
-            name: "stalled".into(),
-            start: Some(pb::StartPosition {
-                at: Some(pb::start_position::At::Earliest(
-                    pb::start_position::Earliest {},
-                )),
-            }),
-            filter: None,
-            window: 256,
-        })
+        .subscribe(open_at("stalled", earliest(), None, 256))
         .await?;
     // The open subscriptions drain their streams (and ack); the stalled one never reads.
     let mut tasks = Vec::new();

@@ -345,6 +345,19 @@ fn ikey(publisher: &str, id: &str) -> Vec<u8> {
 
 const HEAD_KEY: &[u8] = b"H";
 
+/// The id index entry of (publisher, id): its sequence and envelope digest.
+fn index_lookup(
+    log: &sled::Tree,
+    publisher: &str,
+    id: &str,
+) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+    Ok(log.get(ikey(publisher, id)).map_err(io)?.and_then(|v| {
+        let seq = be_u64(&v)?;
+        let digest: [u8; 32] = v.get(8..40)?.try_into().ok()?;
+        Some((seq, digest))
+    }))
+}
+
 fn be_u64(b: &[u8]) -> Option<u64> {
     let a: [u8; 8] = b.get(..8)?.try_into().ok()?;
     Some(u64::from_be_bytes(a))
@@ -493,15 +506,7 @@ impl Store {
     pub fn lookup(&self, publisher: &str, id: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         // Records applied but not yet durable stay invisible.
         let head = self.head();
-        Ok(self
-            .log
-            .get(ikey(publisher, id))
-            .map_err(io)?
-            .and_then(|v| {
-                let seq = be_u64(&v)?;
-                let digest: [u8; 32] = v.get(8..40)?.try_into().ok()?;
-                (seq <= head).then_some((seq, digest))
-            }))
+        Ok(index_lookup(&self.log, publisher, id)?.filter(|&(seq, _)| seq <= head))
     }
 
     /// Every (publisher, seq) holding a bulletin with this id.
@@ -976,15 +981,7 @@ impl Writer {
     }
 
     fn lookup(&self, publisher: &str, id: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        Ok(self
-            .log
-            .get(ikey(publisher, id))
-            .map_err(io)?
-            .and_then(|v| {
-                let seq = be_u64(&v)?;
-                let digest: [u8; 32] = v.get(8..40)?.try_into().ok()?;
-                Some((seq, digest))
-            }))
+        index_lookup(&self.log, publisher, id)
     }
 
     fn accepted_at(&self, seq: u64) -> Result<SystemTime, StoreError> {
