@@ -237,7 +237,7 @@ pub fn start_position(
 
 impl Subscription {
     fn readable(&self, rec: &Record) -> bool {
-        let Some(tlp) = crate::wire::tlp_from_i32(i32::from(rec.meta.tlp)) else {
+        let Some(tlp) = crate::bulletin::Tlp::from_code(rec.meta.tlp) else {
             return false;
         };
         let marking = Marking {

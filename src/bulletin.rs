@@ -181,6 +181,11 @@ impl Tlp {
         }
     }
 
+    /// The label for a stored wire number (as `store::Meta` keeps it).
+    pub fn from_code(code: u8) -> Option<Tlp> {
+        crate::wire::tlp_from_i32(i32::from(code))
+    }
+
     /// Accepts "TLP:AMBER+STRICT", "AMBER+STRICT" and lower-case forms.
     pub fn parse(s: &str) -> Option<Tlp> {
         let up = s.trim().to_ascii_uppercase();
