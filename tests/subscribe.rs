@@ -557,3 +557,88 @@ async fn operators_see_subscriptions_and_lag() {
     .await;
     assert!(ok.is_some());
 }
+
+/// A raw stream: whatever the test sends, as it sends it.
+async fn raw_subscribe(
+    c: &BeaconClient,
+    first: Vec<pb::SubscribeRequest>,
+) -> (
+    tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+    Result<tonic::Streaming<pb::SubscribeResponse>, tonic::Status>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for m in first {
+        tx.send(m).await.unwrap();
+    }
+    let r = c
+        .bulletins
+        .clone()
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map(|r| r.into_inner());
+    (tx, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_protocol_errors_are_clear() {
+    use pb::subscribe_request::Msg;
+    let w = world().await;
+    let c = member(w.node.addr, &w.pki.client("fr.anssi", "r"), &w.ca).await;
+
+    // The first message must be `open`.
+    let (_tx, r) = raw_subscribe(
+        &c,
+        vec![pb::SubscribeRequest {
+            msg: Some(Msg::Ack(pb::Ack { sequence: 1 })),
+        }],
+    )
+    .await;
+    let err = match r {
+        Err(s) => s,
+        Ok(mut s) => s.message().await.unwrap_err(),
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("must be `open`"),
+        "{}",
+        err.message()
+    );
+
+    // A second `open` on the same stream ends it.
+    let o = || pb::SubscribeRequest {
+        msg: Some(Msg::Open(open("", earliest()))),
+    };
+    let (tx, r) = raw_subscribe(&c, vec![o()]).await;
+    let mut s = r.unwrap();
+    tx.send(o()).await.unwrap();
+    let end = loop {
+        match tokio::time::timeout(T, s.message())
+            .await
+            .expect("stream ends")
+        {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let err = end.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("may only send `ack`"),
+        "{}",
+        err.message()
+    );
+
+    // A start sequence of 0 is refused.
+    let (_tx, r) = raw_subscribe(
+        &c,
+        vec![pb::SubscribeRequest {
+            msg: Some(Msg::Open(open("", At::Sequence(0)))),
+        }],
+    )
+    .await;
+    let err = match r {
+        Err(s) => s,
+        Ok(mut s) => s.message().await.unwrap_err(),
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
