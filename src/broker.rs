@@ -51,6 +51,8 @@ pub enum BrokerError {
     BadAck { acked: u64, position: u64 },
     #[error("invalid subscription: {0}")]
     Invalid(String),
+    #[error("this node already serves its maximum of {0} subscriptions")]
+    TooMany(usize),
 }
 
 /// Where a subscription starts.
@@ -112,10 +114,17 @@ struct Session {
 }
 
 /// Open subscriptions, by (identity, name); ephemeral ones get a unique name.
-#[derive(Default)]
 pub struct Broker {
     sessions: Mutex<HashMap<(String, String), Session>>,
     next_id: AtomicU64,
+    /// Most subscriptions open at once on this node.
+    max: usize,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker::new(usize::MAX)
+    }
 }
 
 /// Removes its session from the broker when the subscription ends.
@@ -139,15 +148,23 @@ impl Drop for SessionGuard {
 }
 
 impl Broker {
+    pub fn new(max: usize) -> Broker {
+        Broker {
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            max,
+        }
+    }
+
     /// Registers a session; a durable name already open is taken over (its
-    /// token is cancelled with `TakenOver`).
+    /// token is cancelled with `TakenOver`). Refused when the node is full.
     pub fn open(
         self: &Arc<Self>,
         identity: &str,
         name: &str,
         durable: bool,
         parent: &CancellationToken,
-    ) -> SessionGuard {
+    ) -> Result<SessionGuard, BrokerError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let key_name = if durable {
             name.to_owned()
@@ -167,6 +184,9 @@ impl Broker {
             connected: AtomicBool::new(true),
         });
         if let Ok(mut m) = self.sessions.lock() {
+            if m.len() >= self.max && !m.contains_key(&key) {
+                return Err(BrokerError::TooMany(self.max));
+            }
             if let Some(old) = m.insert(
                 key.clone(),
                 Session {
@@ -179,13 +199,13 @@ impl Broker {
                 old.cancel.cancel();
             }
         }
-        SessionGuard {
+        Ok(SessionGuard {
             broker: self.clone(),
             key,
             id,
             cancel,
             stats,
-        }
+        })
     }
 
     /// Figures of every open subscription.

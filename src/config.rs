@@ -119,6 +119,8 @@ pub struct Limits {
     pub max_window: u32,
     /// Largest page a List call returns.
     pub max_list_page: u32,
+    /// Subscriptions open at once on this node; more are RESOURCE_EXHAUSTED.
+    pub max_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -131,6 +133,7 @@ impl Default for Limits {
             default_window: 256,
             max_window: 4096,
             max_list_page: 1000,
+            max_subscriptions: 10_000,
         }
     }
 }

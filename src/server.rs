@@ -399,7 +399,7 @@ pub async fn run_with_reload(
         chains: ChainCache::default(),
         store: store.clone(),
         policy: crate::policy::Policy::new(&config.groups),
-        broker: Arc::new(crate::broker::Broker::default()),
+        broker: Arc::new(crate::broker::Broker::new(config.limits.max_subscriptions)),
         shutdown: shutdown.clone(),
         config,
     });

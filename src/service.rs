@@ -76,6 +76,7 @@ pub mod status {
             B::ShuttingDown => Status::unavailable(msg),
             B::Store(s) => store(s),
             B::BadAck { .. } | B::Invalid(_) => Status::invalid_argument(msg),
+            B::TooMany(_) => Status::resource_exhausted(msg),
         }
     }
 
@@ -360,7 +361,8 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         let guard = self
             .state
             .broker
-            .open(&identity, &open.name, durable, &self.state.shutdown);
+            .open(&identity, &open.name, durable, &self.state.shutdown)
+            .map_err(|e| status::broker(&e))?;
         let name = guard.stats.name.clone();
         info!(target: "beacon::audit", peer = %identity, name = %name, durable, window, "subscribed");
         let (ack_tx, ack_rx) = tokio::sync::watch::channel(0u64);

@@ -642,3 +642,48 @@ async fn subscribe_protocol_errors_are_clear() {
     };
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_capped_per_node() {
+    let pki = TestPki::new();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = "[limits]\nmax_subscriptions = 3\n".into();
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("fr.anssi", "r");
+    let mut c = member(node.addr, &files, &ca).await;
+    let mut open_subs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut s = c.subscribe(open(name, resume())).await.unwrap();
+        read_deliveries(&mut s, 0, true, T).await;
+        open_subs.push(s);
+    }
+    let refused = match c.subscribe(open("d", resume())).await {
+        Ok(mut s) => s.next().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(
+        refused.to_string().contains("RESOURCE_EXHAUSTED")
+            && refused.to_string().contains("maximum of 3"),
+        "{refused}"
+    );
+    // Taking over an open durable name does not need a free slot.
+    let mut again = c.subscribe(open("a", resume())).await.unwrap();
+    read_deliveries(&mut again, 0, true, T).await;
+    // Closing one frees a slot.
+    open_subs.pop();
+    let ok = wait_until(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move {
+            match c.subscribe(open("d", resume())).await {
+                Ok(mut s) => matches!(
+                    s.next().await,
+                    Ok(Some(pb::subscribe_response::Msg::Subscribed(_)))
+                ),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert!(ok.is_some(), "a freed slot was not reusable");
+}
