@@ -333,6 +333,20 @@ async fn publishers(
     Ok((out, signed as f64 / signing.as_secs_f64().max(1e-9)))
 }
 
+/// Joins publisher tasks: all their latencies, and their error count.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, usize)>>,
+) -> Result<(Vec<u64>, usize), BenchError> {
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.map_err(|e| BenchError::Setup(e.to_string()))?;
+        lat.extend(l);
+        errors += e;
+    }
+    Ok((lat, errors))
+}
+
 /// Closed loop: `n` publishers each send their envelopes one after another.
 pub async fn closed_loop(
     target: &Target,
@@ -363,13 +377,7 @@ pub async fn closed_loop(
             (lat, errors)
         }));
     }
-    let mut lat = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.map_err(|e| BenchError::Setup(e.to_string()))?;
-        lat.extend(l);
-        errors += e;
-    }
+    let (lat, errors) = gather(tasks).await?;
     let secs = start.elapsed().as_secs_f64();
     Ok((
         Figures::from(format!("{n} publishers"), lat, errors, secs),
@@ -408,13 +416,7 @@ pub async fn open_loop(
             (lat, errors)
         }));
     }
-    let mut lat = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.map_err(|e| BenchError::Setup(e.to_string()))?;
-        lat.extend(l);
-        errors += e;
-    }
+    let (lat, errors) = gather(tasks).await?;
     let secs = start.elapsed().as_secs_f64();
     Ok(Figures::from(
         format!("{rate}/s offered, {n} publishers"),

@@ -78,8 +78,7 @@ pub enum Event {
         head: u64,
         window: u32,
     },
-    Delivery(Box<Record>),
-    /// Several deliveries at once (one hand-off for a whole read batch).
+    /// Deliveries in sequence order (one hand-off for a whole read batch).
     Deliveries(Vec<Record>),
     /// Replay reached the committed head.
     CaughtUp {
@@ -119,12 +118,6 @@ pub struct Broker {
     next_id: AtomicU64,
     /// Most subscriptions open at once on this node.
     max: usize,
-}
-
-impl Default for Broker {
-    fn default() -> Self {
-        Broker::new(usize::MAX)
-    }
 }
 
 /// Removes its session from the broker when the subscription ends.

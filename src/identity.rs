@@ -222,11 +222,6 @@ impl Identity {
             Role::Operator { .. } => RoleKind::Operator,
         }
     }
-
-    /// The SPIFFE ID as a URI string.
-    pub fn uri(&self) -> String {
-        self.to_string()
-    }
 }
 
 impl FromStr for Identity {

@@ -269,7 +269,6 @@ pub struct InitRequest {
 pub struct Ca {
     dir: PathBuf,
     pub meta: CaMeta,
-    cert_pem: String,
     cert_der: Vec<u8>,
     key: KeyPair,
     not_after: OffsetDateTime,
@@ -434,19 +433,10 @@ impl Ca {
         Ok(Ca {
             dir: dir.to_path_buf(),
             meta,
-            cert_pem,
             cert_der,
             key,
             not_after,
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
     }
 
     pub fn scope(&self) -> Result<MemberScope, PkiError> {

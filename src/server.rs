@@ -196,13 +196,14 @@ impl crate::bulletin::ChainCheck for SignerCheck<'_> {
         rest: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<Identity, TrustError> {
-        let mut all =
-            Vec::with_capacity(leaf.len() + rest.iter().map(|c| c.len() + 4).sum::<usize>());
+        // The cache key: SHA-256 over the length-prefixed chain, hashed in place.
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for c in std::iter::once(leaf).chain(rest.iter()) {
-            all.extend_from_slice(&(c.len() as u32).to_be_bytes());
-            all.extend_from_slice(c.as_ref());
+            ctx.update(&(c.len() as u32).to_be_bytes());
+            ctx.update(c.as_ref());
         }
-        let key = crate::bulletin::sha256(&all);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ctx.finish().as_ref());
         let generation = self.state.trust_generation.load(Ordering::Acquire);
         let now_sys = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
         if let Ok(map) = self.state.chains.entries.lock() {

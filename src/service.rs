@@ -411,31 +411,20 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             shutdown: self.state.shutdown.clone(),
         };
         tokio::spawn(sub.run(ack_rx, out_tx));
-        // Batches of deliveries are split into single messages here; the
-        // stream ends after the first error.
+        // Each event becomes its messages (a batch of deliveries, one each);
+        // the stream ends after the first error.
         let stream = futures_util::stream::unfold(
-            (
-                out_rx,
-                std::collections::VecDeque::<crate::store::Record>::new(),
-                false,
-            ),
+            (out_rx, std::collections::VecDeque::new(), false),
             move |(mut rx, mut pending, done)| {
                 let name = name.clone();
                 async move {
                     if done {
                         return None;
                     }
-                    let event = match pending.pop_front() {
-                        Some(rec) => Event::Delivery(Box::new(rec)),
-                        None => match rx.recv().await? {
-                            Event::Deliveries(batch) => {
-                                pending.extend(batch);
-                                Event::Delivery(Box::new(pending.pop_front()?))
-                            }
-                            other => other,
-                        },
-                    };
-                    match crate::wire::subscribe_event(&name, event) {
+                    if pending.is_empty() {
+                        pending.extend(crate::wire::subscribe_messages(&name, rx.recv().await?));
+                    }
+                    match pending.pop_front()? {
                         Ok(msg) => Some((Ok(msg), (rx, pending, false))),
                         Err(e) => Some((Err(status::broker(&e)), (rx, pending, true))),
                     }

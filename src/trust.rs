@@ -15,7 +15,6 @@
 //!    only by a CA that vouches for every member).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, TrustAnchor, UnixTime};
 use webpki::{
@@ -367,6 +366,3 @@ pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
         .map(CertificateRevocationListDer::from)
         .collect())
 }
-
-/// Shared handle for code that must see the bundle currently in force.
-pub type SharedBundle = Arc<std::sync::RwLock<Arc<TrustBundle>>>;

@@ -296,41 +296,49 @@ pub fn start_from_proto(s: Option<pb::StartPosition>) -> Result<crate::broker::S
     })
 }
 
-/// A broker event as the API sends it.
-pub fn subscribe_event(
+/// A broker event as the messages the API sends for it, in order; an `End`
+/// (or a record that cannot be encoded) is the last item, as an error.
+pub fn subscribe_messages(
     name: &str,
     e: crate::broker::Event,
-) -> Result<pb::SubscribeResponse, crate::broker::BrokerError> {
+) -> Vec<Result<pb::SubscribeResponse, crate::broker::BrokerError>> {
     use crate::broker::{BrokerError, Event};
     use pb::subscribe_response::Msg;
-    let msg = match e {
+    let one = |msg| vec![Ok(pb::SubscribeResponse { msg: Some(msg) })];
+    match e {
         Event::Opened {
             position,
             head,
             window,
-        } => Msg::Subscribed(pb::Subscribed {
+        } => one(Msg::Subscribed(pb::Subscribed {
             name: name.to_owned(),
             cursor: position,
             head,
             window,
-        }),
-        Event::Delivery(rec) => Msg::Delivery(delivery(&rec).map_err(|reason| {
-            BrokerError::Store(crate::store::StoreError::Corrupt {
-                seq: rec.seq,
-                reason,
-            })
-        })?),
-        Event::Deliveries(_) => {
-            return Err(BrokerError::Invalid(
-                "a batch must be split before encoding".into(),
-            ));
+        })),
+        Event::Deliveries(batch) => {
+            let mut out = Vec::with_capacity(batch.len());
+            for rec in &batch {
+                match delivery(rec) {
+                    Ok(d) => out.push(Ok(pb::SubscribeResponse {
+                        msg: Some(Msg::Delivery(d)),
+                    })),
+                    Err(reason) => {
+                        out.push(Err(BrokerError::Store(crate::store::StoreError::Corrupt {
+                            seq: rec.seq,
+                            reason,
+                        })));
+                        break;
+                    }
+                }
+            }
+            out
         }
-        Event::CaughtUp { head } => Msg::CaughtUp(pb::CaughtUp { head }),
-        Event::Heartbeat { head } => Msg::Heartbeat(pb::Heartbeat {
+        Event::CaughtUp { head } => one(Msg::CaughtUp(pb::CaughtUp { head })),
+        Event::Heartbeat { head } => one(Msg::Heartbeat(pb::Heartbeat {
             head,
             at: Some(timestamp(SystemTime::now())),
-        }),
-        Event::End(e) => return Err(e),
-    };
-    Ok(pb::SubscribeResponse { msg: Some(msg) })
+        })),
+        Event::End(e) => vec![Err(e)],
+    }
 }

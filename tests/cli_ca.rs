@@ -385,6 +385,30 @@ fn expired_ca_refuses_to_issue() {
     }
 }
 
+/// `beacon status` against the node at `addr`, as (cert, key), trusting `ca`.
+fn status(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    cert: &str,
+    key: &str,
+    ca: &str,
+) -> (i32, String, String) {
+    beacon(
+        dir,
+        &[
+            "status",
+            "--node",
+            &addr.to_string(),
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "--ca",
+            ca,
+        ],
+    )
+}
+
 fn write_config(dir: &std::path::Path, listen: std::net::SocketAddr) {
     ok(
         dir,
@@ -437,20 +461,7 @@ fn daemon_serves_and_exits_zero_on_sigterm() {
     let addr = free_addr();
     write_config(d, addr);
     let mut node = ChildNode::spawn(d, &["daemon", "--config", "beacon.toml"], addr);
-    let (code, out, err) = beacon(
-        d,
-        &[
-            "status",
-            "--node",
-            &addr.to_string(),
-            "--cert",
-            "op.pem",
-            "--key",
-            "op.key",
-            "--ca",
-            "ca/ca.pem",
-        ],
-    );
+    let (code, out, err) = status(d, addr, "op.pem", "op.key", "ca/ca.pem");
     assert_eq!(code, 0, "status failed: {err}\n{}", node.log());
     assert!(
         out.contains("spiffe://alliance.example/node/uk.ncsc/n1"),
@@ -491,19 +502,12 @@ fn dev_mode_starts_a_usable_node_and_reuses_its_pki() {
             &["dev", "--data-dir", "dd", "--listen", &addr.to_string()],
             addr,
         );
-        let (code, out, err) = beacon(
+        let (code, out, err) = status(
             d,
-            &[
-                "status",
-                "--node",
-                &addr.to_string(),
-                "--cert",
-                "dd/certs/operator.pem",
-                "--key",
-                "dd/certs/operator.key",
-                "--ca",
-                "dd/ca/ca.pem",
-            ],
+            addr,
+            "dd/certs/operator.pem",
+            "dd/certs/operator.key",
+            "dd/ca/ca.pem",
         );
         assert_eq!(code, 0, "round {round}: {err}\n{}", node.log());
         assert!(out.contains("spiffe://beacon.dev/node/drc/dev"), "{out}");
@@ -538,34 +542,18 @@ fn sighup_reloads_the_crl_and_cuts_the_revoked_identity() {
         ],
     );
     let node = ChildNode::spawn(d, &["daemon", "--config", "beacon.toml"], addr);
-    let status_as = |cert: &str, key: &str| {
-        beacon(
-            d,
-            &[
-                "status",
-                "--node",
-                &addr.to_string(),
-                "--cert",
-                cert,
-                "--key",
-                key,
-                "--ca",
-                "ca/ca.pem",
-            ],
-        )
-    };
     // The operator's status works; revoke the operator and reload by signal.
-    assert_eq!(status_as("op.pem", "op.key").0, 0);
+    assert_eq!(status(d, addr, "op.pem", "op.key", "ca/ca.pem").0, 0);
     ok(d, &["ca", "revoke", "--dir", "ca", "--cert", "op.pem"]);
     assert_eq!(
-        status_as("op.pem", "op.key").0,
+        status(d, addr, "op.pem", "op.key", "ca/ca.pem").0,
         0,
         "no reload yet: the old CRL is still in force"
     );
     node.signal(nix::sys::signal::Signal::SIGHUP);
     let start = std::time::Instant::now();
     loop {
-        let (code, _, err) = status_as("op.pem", "op.key");
+        let (code, _, err) = status(d, addr, "op.pem", "op.key", "ca/ca.pem");
         if code != 0 {
             assert!(err.contains("beacon: "), "{err}");
             break;
@@ -593,20 +581,7 @@ fn a_stale_crl_is_still_applied_and_reported() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let node = ChildNode::spawn(d, &["daemon", "--config", "beacon.toml"], addr);
-    let (code, _, _) = beacon(
-        d,
-        &[
-            "status",
-            "--node",
-            &addr.to_string(),
-            "--cert",
-            "op.pem",
-            "--key",
-            "op.key",
-            "--ca",
-            "ca/ca.pem",
-        ],
-    );
+    let (code, _, _) = status(d, addr, "op.pem", "op.key", "ca/ca.pem");
     assert_ne!(code, 0, "a revoked operator got in through a stale CRL");
     assert!(
         node.log().contains("past its next update"),

@@ -27,14 +27,7 @@ async fn acknowledged_bulletins_survive_sigkill() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let pki = TestPki::new();
-    let opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    std::fs::write(
-        dir.path().join("beacon.toml"),
-        opts.config_text(&dir.path().join("store"), &addr.to_string()),
-    )
-    .unwrap();
+    let (dir, addr) = child_config(&NodeOptions::new(&pki, pki.node("drc", "hub-1")));
     let ca = vec![pki.ca_cert()];
     let clients: Vec<CertFiles> = (0..PUBLISHERS)
         .map(|i| pki.client(&format!("m{i}.example"), "pub"))

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use beacon::bulletin::{self, Bulletin, Envelope, Relation, Tlp};
@@ -11,31 +10,6 @@ use beacon::client::{BeaconClient, ClientError};
 use beacon::proto::v1 as pb;
 use common::*;
 use tonic::Code;
-
-struct World {
-    pki: TestPki,
-    node: TestNode,
-    ca: Vec<PathBuf>,
-    op: CertFiles,
-}
-
-async fn world() -> World {
-    let pki = TestPki::new();
-    let node = TestNode::start(&NodeOptions::new(&pki, pki.node("drc", "hub-1"))).await;
-    let ca = vec![pki.ca_cert()];
-    let op = pki.operator("alice");
-    World { pki, node, ca, op }
-}
-
-impl World {
-    async fn client(&self, member_id: &str, name: &str) -> (BeaconClient, CertFiles) {
-        let files = self.pki.client(member_id, name);
-        (member(self.node.addr, &files, &self.ca).await, files)
-    }
-    async fn head(&self) -> u64 {
-        head(self.node.addr, &self.op, &self.ca).await
-    }
-}
 
 fn rpc(r: Result<beacon::client::Published, ClientError>) -> (Code, String) {
     match r {

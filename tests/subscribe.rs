@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use beacon::bulletin::Tlp;
@@ -15,21 +13,6 @@ use beacon::proto::v1 as pb;
 use common::*;
 use pb::start_position::At;
 use rand::Rng;
-
-struct World {
-    pki: TestPki,
-    node: TestNode,
-    ca: Vec<PathBuf>,
-    op: CertFiles,
-}
-
-async fn world() -> World {
-    let pki = TestPki::new();
-    let node = TestNode::start(&NodeOptions::new(&pki, pki.node("drc", "hub-1"))).await;
-    let ca = vec![pki.ca_cert()];
-    let op = pki.operator("alice");
-    World { pki, node, ca, op }
-}
 
 async fn publish_n(c: &mut BeaconClient, member_id: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -117,14 +100,7 @@ async fn resume_after_disconnect_and_restart_delivers_exactly_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_streaming_resumes_with_the_unacknowledged_remainder() {
     let pki = TestPki::new();
-    let opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    std::fs::write(
-        dir.path().join("beacon.toml"),
-        opts.config_text(&dir.path().join("store"), &addr.to_string()),
-    )
-    .unwrap();
+    let (dir, addr) = child_config(&NodeOptions::new(&pki, pki.node("drc", "hub-1")));
     let ca = vec![pki.ca_cert()];
     let op = pki.operator("alice");
     let reader_files = pki.client("fr.anssi", "reader");
@@ -398,15 +374,7 @@ async fn opening_a_durable_name_again_takes_it_over() {
     let mut b = member(w.node.addr, &files, &w.ca).await;
     let mut second = b.subscribe(open("feed", resume())).await.unwrap();
     read_deliveries(&mut second, 3, true, T).await;
-    let end = loop {
-        match tokio::time::timeout(T, first.next())
-            .await
-            .expect("first stream ends")
-        {
-            Ok(Some(_)) => continue,
-            other => break other,
-        }
-    };
+    let end = stream_end(&mut first, T).await;
     let err = end.expect_err("ended with a status");
     assert!(
         err.to_string().contains("ABORTED") && err.to_string().contains("taken over"),
@@ -460,12 +428,7 @@ async fn a_subscriber_that_stops_acking_stops_receiving_and_slows_nobody() {
     expect_no_delivery(&mut slow, Duration::from_millis(500)).await;
     // Acking something never delivered is a protocol error.
     slow.ack(299).await.unwrap();
-    let end = loop {
-        match tokio::time::timeout(T, slow.next()).await.expect("ends") {
-            Ok(Some(_)) => continue,
-            other => break other,
-        }
-    };
+    let end = stream_end(&mut slow, T).await;
     assert!(end.unwrap_err().to_string().contains("never delivered"));
 }
 
@@ -487,13 +450,10 @@ async fn a_thousand_concurrent_subscriptions_all_receive() {
     }
     let mut p = member(w.node.addr, &w.pki.client("uk.ncsc", "pub"), &w.ca).await;
     publish_n(&mut p, "uk.ncsc", 2).await;
-    let mut all = BTreeSet::new();
     for (i, s) in subs.iter_mut().enumerate() {
         let seen = read_deliveries(s, 2, false, T).await;
         assert_eq!(seen.seqs, vec![1, 2], "subscription {i}");
-        all.insert(i);
     }
-    assert_eq!(all.len(), CONNECTIONS * PER);
     let ch = dial(w.node.addr, &w.op, &w.ca).await.unwrap();
     let st = beacon::client::AdminClient::new(ch)
         .status(pb::StatusRequest {})

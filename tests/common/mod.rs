@@ -220,6 +220,11 @@ impl TestNode {
             opts.config_text(&data.path().join("store"), "127.0.0.1:0"),
         )
         .map_err(|e| e.to_string())?;
+        Self::spawn(config_path, Arc::new(data)).await
+    }
+
+    /// Runs `server::run` on the config at `config_path`, on a fresh port.
+    async fn spawn(config_path: PathBuf, data: Arc<TempDir>) -> Result<TestNode, String> {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -227,49 +232,37 @@ impl TestNode {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(beacon::server::run(config, listener, shutdown.clone()));
-        let node = TestNode {
+        Ok(TestNode {
             addr,
             shutdown,
             task: Some(task),
-            data: Arc::new(data),
+            data,
             config_path,
-        };
-        Ok(node)
+        })
+    }
+
+    /// Cancels the node and waits until `run` has returned cleanly.
+    async fn join(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let r = tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("node stops within its drain deadline")
+                .expect("node task");
+            r.expect("node exits cleanly");
+        }
     }
 
     /// Stops the node cleanly and starts it again on the same store (new port).
     pub async fn restart(mut self) -> TestNode {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            let r = tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("node stops within its drain deadline")
-                .expect("node task");
-            r.expect("node exits cleanly");
-        }
-        let config = Config::load(&self.config_path).expect("config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(beacon::server::run(config, listener, shutdown.clone()));
-        TestNode {
-            addr,
-            shutdown,
-            task: Some(task),
-            data: self.data.clone(),
-            config_path: self.config_path.clone(),
-        }
+        self.join().await;
+        Self::spawn(self.config_path.clone(), self.data.clone())
+            .await
+            .expect("node restarts")
     }
 
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            let r = tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("node stops within its drain deadline")
-                .expect("node task");
-            r.expect("node exits cleanly");
-        }
+        self.join().await;
     }
 }
 
@@ -445,8 +438,49 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
-pub fn arc<T>(t: T) -> Arc<T> {
-    Arc::new(t)
+/// Writes `opts` as `beacon.toml` in a new directory, for a `beacon daemon`
+/// child listening on a free loopback port.
+pub fn child_config(opts: &NodeOptions) -> (TempDir, SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = free_addr();
+    std::fs::write(
+        dir.path().join("beacon.toml"),
+        opts.config_text(&dir.path().join("store"), &addr.to_string()),
+    )
+    .expect("write config");
+    (dir, addr)
+}
+
+/// A node with an alliance CA, an operator, and the CA bundle clients trust.
+pub struct World {
+    pub pki: TestPki,
+    pub node: TestNode,
+    pub ca: Vec<PathBuf>,
+    pub op: CertFiles,
+}
+
+pub async fn world() -> World {
+    let pki = TestPki::new();
+    let node = TestNode::start(&NodeOptions::new(&pki, pki.node("drc", "hub-1"))).await;
+    let ca = vec![pki.ca_cert()];
+    let op = pki.operator("alice");
+    World { pki, node, ca, op }
+}
+
+impl World {
+    /// A new client of `member_id` and its signing client connection.
+    pub async fn client(
+        &self,
+        member_id: &str,
+        name: &str,
+    ) -> (beacon::client::BeaconClient, CertFiles) {
+        let files = self.pki.client(member_id, name);
+        (member(self.node.addr, &files, &self.ca).await, files)
+    }
+
+    pub async fn head(&self) -> u64 {
+        head(self.node.addr, &self.op, &self.ca).await
+    }
 }
 
 /// A signing client of the node at `addr`, as `files`.
@@ -634,4 +668,23 @@ pub async fn wait_cursor(
         ok.is_some(),
         "cursor of {identity}/{name} never reached {seq}"
     );
+}
+
+/// Reads a subscription until it ends; returns how it ended (`Ok` for a clean
+/// close). Panics if it is still open after `limit`.
+pub async fn stream_end(
+    sub: &mut beacon::client::SubscriptionStream,
+    limit: Duration,
+) -> Result<(), ClientError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("the stream ends in time")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
 }
