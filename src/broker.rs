@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::filter::Filter;
-use crate::policy::{Marking, Policy};
+use crate::policy::Policy;
 use crate::store::{Record, Store, StoreError};
 
 /// Records read from the store per step (bounds the work between checks).
@@ -250,16 +250,7 @@ pub fn start_position(
 
 impl Subscription {
     fn readable(&self, rec: &Record) -> bool {
-        let Some(tlp) = crate::bulletin::Tlp::from_code(rec.meta.tlp) else {
-            return false;
-        };
-        let marking = Marking {
-            publisher: &rec.meta.publisher,
-            tlp,
-            audience_members: &rec.meta.audience_members,
-            audience_groups: &rec.meta.audience_groups,
-        };
-        self.filter.matches(&rec.meta) && self.policy.may_read(&self.member, &marking)
+        self.filter.matches(&rec.meta) && self.policy.may_read_meta(&self.member, &rec.meta)
     }
 
     /// Asks for the cursor to move to `seq`; the committer makes it durable.

@@ -153,6 +153,10 @@ pub struct Timing {
     /// Heartbeat interval on idle subscription streams.
     #[serde(deserialize_with = "duration")]
     pub heartbeat_interval: Duration,
+    /// Longest wait between two attempts to reach a peer (backoff with jitter
+    /// grows from 100 ms to this).
+    #[serde(deserialize_with = "duration")]
+    pub peer_retry_max: Duration,
 }
 
 impl Default for Timing {
@@ -162,6 +166,7 @@ impl Default for Timing {
             reload_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(15),
+            peer_retry_max: Duration::from_secs(30),
         }
     }
 }
@@ -279,7 +284,14 @@ impl Config {
                     .map_err(|e| ConfigError::Invalid(format!("group {group}: {e}")))?;
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
         for p in &self.peers {
+            if !seen.insert(p.identity.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "peer {} is listed twice",
+                    p.identity
+                )));
+            }
             let id: Identity = p
                 .identity
                 .parse()
@@ -290,6 +302,11 @@ impl Config {
                     p.address, p.identity
                 )));
             }
+        }
+        if self.timing.peer_retry_max < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "timing.peer_retry_max must be at least 100ms".into(),
+            ));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 //! - [`server`]: the accept loop, connection registry, reloads; `run(config, listener, shutdown)`.
 //! - [`service`]: the tonic services and the one mapping of errors to `tonic::Status`.
 //! - [`client`]: dialling a node with a member certificate.
+//! - [`federation`]: peer links: a durable subscription on each peer, relays verified again.
 //! - [`dev`]: the embedded default (`beacon dev`): throwaway PKI and a local node.
 //! - [`proto`]: generated code; only the gRPC edge uses it.
 //!
@@ -23,6 +24,7 @@ pub mod bulletin;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod federation;
 pub mod filter;
 pub mod identity;
 pub mod pki;

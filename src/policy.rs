@@ -46,6 +46,21 @@ impl Policy {
             .any(|g| self.groups.get(g).is_some_and(|ms| ms.contains(member)))
     }
 
+    /// May `reader` read a stored bulletin? An unknown TLP code is a refusal.
+    pub fn may_read_meta(&self, reader: &str, meta: &crate::store::Meta) -> bool {
+        Tlp::from_code(meta.tlp).is_some_and(|tlp| {
+            self.may_read(
+                reader,
+                &Marking {
+                    publisher: &meta.publisher,
+                    tlp,
+                    audience_members: &meta.audience_members,
+                    audience_groups: &meta.audience_groups,
+                },
+            )
+        })
+    }
+
     /// May `reader` (a member id) read a bulletin with this marking?
     pub fn may_read(&self, reader: &str, m: &Marking<'_>) -> bool {
         if reader == m.publisher {

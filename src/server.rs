@@ -156,6 +156,11 @@ pub struct NodeState {
     pub store: Arc<crate::store::Store>,
     pub policy: crate::policy::Policy,
     pub broker: Arc<crate::broker::Broker>,
+    /// This node's certificate chain and key (reloaded with the files), for
+    /// dialling peers.
+    pub own: RwLock<Arc<KeyedChain>>,
+    /// The configured peer links and their state.
+    pub peers: Vec<Arc<crate::federation::PeerLink>>,
     /// Cancelled when the node begins to shut down; long-lived streams watch it.
     pub shutdown: CancellationToken,
 }
@@ -164,6 +169,13 @@ impl NodeState {
     pub fn bundle(&self) -> Arc<TrustBundle> {
         match self.bundle.read() {
             Ok(b) => b.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn own(&self) -> Arc<KeyedChain> {
+        match self.own.read() {
+            Ok(o) => o.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
@@ -274,6 +286,7 @@ struct Material {
     bundle: Arc<TrustBundle>,
     tls: Arc<rustls::ServerConfig>,
     identity: Identity,
+    own: Arc<KeyedChain>,
 }
 
 fn load_material(config: &Config) -> Result<Material, ServerError> {
@@ -289,7 +302,8 @@ fn load_material(config: &Config) -> Result<Material, ServerError> {
     Ok(Material {
         bundle,
         tls,
-        identity: own.identity,
+        identity: own.identity.clone(),
+        own: Arc::new(own),
     })
 }
 
@@ -401,11 +415,20 @@ pub async fn run_with_reload(
         store: store.clone(),
         policy: crate::policy::Policy::new(&config.groups),
         broker: Arc::new(crate::broker::Broker::new(config.limits.max_subscriptions)),
+        own: RwLock::new(material.own.clone()),
+        peers: crate::federation::links(&config, &material.identity),
         shutdown: shutdown.clone(),
         config,
     });
     let tls_config = Arc::new(RwLock::new(material.tls));
     info!(node = %state.identity, addr = %local, "beacon node listening (mutual TLS 1.3)");
+
+    // Peer links: one task each, until shutdown.
+    let links: Vec<_> = state
+        .peers
+        .iter()
+        .map(|link| tokio::spawn(crate::federation::run(state.clone(), link.clone())))
+        .collect();
 
     // Reload: files and SIGHUP.
     let reloader = tokio::spawn(reload_loop(
@@ -457,6 +480,9 @@ pub async fn run_with_reload(
     reloader.abort();
     let _ = acceptor.await;
     let _ = reloader.await;
+    for link in links {
+        let _ = link.await;
+    }
     drop(state);
     // Subscription tasks end on the shutdown token; once the last of them has
     // let go of the store, close it (writer and flusher joined, final flush),
@@ -629,6 +655,9 @@ async fn reload_loop(
                 }
                 if let Ok(mut b) = state.bundle.write() {
                     *b = m.bundle.clone();
+                }
+                if let Ok(mut o) = state.own.write() {
+                    *o = m.own.clone();
                 }
                 state.trust_generation.fetch_add(1, Ordering::AcqRel);
                 let closed = state.connections.recheck(&m.bundle);

@@ -141,19 +141,10 @@ fn reader(peer: &PeerInfo) -> Result<String, Status> {
         .ok_or_else(|| status::wrong_role(&peer.identity.to_string(), MEMBERS))
 }
 
-fn marking(meta: &crate::store::Meta) -> Option<crate::policy::Marking<'_>> {
-    Some(crate::policy::Marking {
-        publisher: &meta.publisher,
-        tlp: crate::wire::tlp_from_i32(i32::from(meta.tlp))?,
-        audience_members: &meta.audience_members,
-        audience_groups: &meta.audience_groups,
-    })
-}
-
 impl BulletinsService {
-    /// Policy's verdict for `member` on a stored record; an unreadable marking is a refusal.
+    /// Policy's verdict for `member` on a stored record.
     fn may_read(&self, member: &str, meta: &crate::store::Meta) -> bool {
-        marking(meta).is_some_and(|m| self.state.policy.may_read(member, &m))
+        self.state.policy.may_read_meta(member, meta)
     }
 }
 
@@ -470,7 +461,25 @@ impl pb::admin_server::Admin for AdminService {
                     .load(std::sync::atomic::Ordering::Relaxed),
             }),
             subscriptions: subscription_status(s),
-            peers: Vec::new(),
+            peers: s
+                .peers
+                .iter()
+                .map(|p| {
+                    let st = p.status();
+                    pb::PeerStatus {
+                        address: p.address.clone(),
+                        expected_identity: p.identity.to_string(),
+                        connected: st.connected,
+                        cursor: st.cursor,
+                        lag: st.head.saturating_sub(st.cursor),
+                        last_error: st.last_error.unwrap_or_default(),
+                        last_connected_at: st.last_connected_at.map(timestamp),
+                        stored: st.stored,
+                        duplicates: st.duplicates,
+                        refused: st.refused,
+                    }
+                })
+                .collect(),
             revoked_certificates: u32::try_from(s.bundle().revoked_count()).unwrap_or(u32::MAX),
         }))
     }

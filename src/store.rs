@@ -463,6 +463,18 @@ impl Store {
 
     /// Appends a record; resolves once it is durable (or was already held).
     pub async fn append(&self, rec: NewRecord) -> Result<Appended, StoreError> {
+        self.enqueue(rec).await?.await
+    }
+
+    /// Queues a record for the writer and returns what resolves once it is
+    /// durable. Records queued one after another by one task get increasing
+    /// sequences in that order (the writer is a single FIFO), so a caller can
+    /// keep many appends in flight without reordering them.
+    pub async fn enqueue(
+        &self,
+        rec: NewRecord,
+    ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + Send + 'static, StoreError>
+    {
         if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::Failed);
         }
@@ -472,7 +484,7 @@ impl Store {
             .send(WriteReq { rec, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })
     }
 
     fn note_corrupt(&self, e: &StoreError) {

@@ -1,0 +1,400 @@
+//! Federation: each configured peer is a durable subscription this node holds
+//! on that peer, with its own node certificate.
+//!
+//! Replay on reconnect is therefore the same mechanism clients use: the peer
+//! keeps the cursor of (this node, `federation`), sends only what this node's
+//! member may read (it asks `policy` with the pulling node's member, as for a
+//! client), and resends what was never acknowledged. This node acknowledges a
+//! delivery only once it is durable here, or once it has been refused and
+//! reported; so a crash on either side can cause redelivery, never loss.
+//!
+//! Nothing a peer relays is taken on trust: each envelope is verified again
+//! (its digest, payload type, signer chain against this node's bundle and
+//! CRLs, signature, the signer's membership, the field rules), checked against
+//! this node's own policy, and stored byte-identical with its origin node and
+//! origin sequence. A node never re-signs. The store's (publisher, id, digest)
+//! index makes meshes and loops harmless: a bulletin already held is a
+//! duplicate, and a different envelope under the same id is refused and
+//! reported.
+//!
+//! Links reconnect with exponential backoff and jitter and never give up. When
+//! the trust bundle is reloaded (a new CRL, say) every link reconnects, so a
+//! peer whose certificate was revoked is cut off at the next handshake.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::identity::{Identity, RoleKind};
+use crate::proto::v1 as pb;
+use crate::server::NodeState;
+use crate::store::{Appended, NewRecord, StoreError};
+use crate::tls::ExpectedServer;
+
+/// The durable subscription name a node holds on each of its peers.
+pub const LINK_NAME: &str = "federation";
+/// Deliveries in flight on a link (the peer bounds it by its `max_window`).
+const LINK_WINDOW: u32 = 1024;
+/// First wait before reconnecting; it doubles up to `timing.peer_retry_max`.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    #[error("the peer refused the subscription: {}", .0.message())]
+    Refused(tonic::Status),
+    #[error("the stream broke: {}", .0.message())]
+    Stream(tonic::Status),
+    #[error("the peer ended the stream")]
+    Ended,
+    #[error("cannot store relayed bulletins: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Why a relayed delivery was not stored (reported, counted and acknowledged,
+/// so one bad record cannot stall the link).
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("delivery {0} carries no envelope")]
+    NoEnvelope(u64),
+    #[error("delivery {seq}: envelope of {size} bytes exceeds this node's limit of {limit}")]
+    TooLarge { seq: u64, size: usize, limit: usize },
+    #[error("delivery {0}: the envelope does not match the digest sent with it")]
+    Digest(u64),
+    #[error("delivery {seq}: {source}")]
+    Verify {
+        seq: u64,
+        source: crate::bulletin::BulletinError,
+    },
+    #[error("delivery {seq}: origin node {origin:?} is not a node identity")]
+    Origin { seq: u64, origin: String },
+    #[error("delivery {seq}: bulletin {id} of {publisher} is not readable by this node's member")]
+    NotReadable {
+        seq: u64,
+        id: String,
+        publisher: String,
+    },
+    #[error("delivery {seq}: {source}")]
+    Conflict { seq: u64, source: StoreError },
+}
+
+/// What an operator sees of a link.
+#[derive(Debug, Clone, Default)]
+pub struct LinkStatus {
+    pub connected: bool,
+    /// The last peer sequence acknowledged (durable here, or refused).
+    pub cursor: u64,
+    /// The peer's committed head, as it last reported it.
+    pub head: u64,
+    pub last_error: Option<String>,
+    pub last_connected_at: Option<SystemTime>,
+    /// Bulletins stored here from this peer.
+    pub stored: u64,
+    /// Deliveries already held here (meshes and redelivery).
+    pub duplicates: u64,
+    /// Deliveries refused (verification, policy, conflicts).
+    pub refused: u64,
+}
+
+/// One configured peer.
+#[derive(Debug)]
+pub struct PeerLink {
+    pub address: String,
+    pub identity: Identity,
+    status: Mutex<LinkStatus>,
+}
+
+impl PeerLink {
+    pub fn status(&self) -> LinkStatus {
+        match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut LinkStatus)) {
+        match self.status.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+}
+
+/// The links the config lists (identities were checked when it was loaded);
+/// a peer naming this node itself is skipped.
+pub fn links(config: &Config, own: &Identity) -> Vec<Arc<PeerLink>> {
+    config
+        .peers
+        .iter()
+        .filter_map(|p| match p.identity.parse::<Identity>() {
+            Ok(id) if &id == own => {
+                warn!(peer = %id, "a peer names this node itself; skipping it");
+                None
+            }
+            Ok(identity) => Some(Arc::new(PeerLink {
+                address: p.address.clone(),
+                identity,
+                status: Mutex::new(LinkStatus::default()),
+            })),
+            Err(e) => {
+                warn!(peer = %p.identity, error = %e, "skipping a peer with a bad identity");
+                None
+            }
+        })
+        .collect()
+}
+
+/// How a session ended without an error.
+enum End {
+    Shutdown,
+    TrustReloaded,
+}
+
+/// Keeps one link up until the node shuts down.
+pub async fn run(state: Arc<NodeState>, link: Arc<PeerLink>) {
+    let max = state.config.timing.peer_retry_max;
+    let mut delay = RETRY_MIN;
+    info!(peer = %link.identity, address = %link.address, "peer link starting");
+    loop {
+        let mut established = false;
+        let ended = tokio::select! {
+            _ = state.shutdown.cancelled() => Ok(End::Shutdown),
+            r = session(&state, &link, &mut established) => r,
+        };
+        link.update(|s| s.connected = false);
+        match ended {
+            Ok(End::Shutdown) => return,
+            Ok(End::TrustReloaded) => {
+                info!(peer = %link.identity, "trust bundle reloaded; reconnecting the peer link");
+                delay = RETRY_MIN;
+                continue;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                warn!(target: "beacon::audit", peer = %link.identity, address = %link.address,
+                      error = %msg, "peer link down");
+                link.update(|s| s.last_error = Some(msg));
+            }
+        }
+        if established {
+            delay = RETRY_MIN;
+        }
+        // Full jitter over the upper half: links cut together do not return together.
+        let wait = delay / 2 + delay.mul_f64(rand::rng().random::<f64>() / 2.0);
+        delay = (delay * 2).min(max);
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// A delivery on its way: stored (or already held), refused, or a store
+/// failure that must end the session without acknowledging it.
+type Outcome = Result<Result<Appended, Refusal>, StoreError>;
+type Pending = Pin<Box<dyn Future<Output = (u64, Outcome)> + Send>>;
+
+async fn session(
+    state: &Arc<NodeState>,
+    link: &PeerLink,
+    established: &mut bool,
+) -> Result<End, FederationError> {
+    let generation = state.trust_generation.load(Ordering::Acquire);
+    let tls = crate::tls::client_config(
+        state.bundle(),
+        &state.own(),
+        ExpectedServer::Exactly(link.identity.clone()),
+    )?;
+    let channel = crate::client::connect_with(&link.address, Arc::new(tls)).await?;
+    let max = state.config.limits.max_message_bytes;
+    let mut client = pb::bulletins_client::BulletinsClient::new(channel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let (tx, rx) = mpsc::channel(16);
+    let open = pb::SubscribeRequest {
+        msg: Some(pb::subscribe_request::Msg::Open(pb::SubscribeOpen {
+            name: LINK_NAME.to_owned(),
+            start: Some(pb::StartPosition {
+                at: Some(pb::start_position::At::Resume(
+                    pb::start_position::Resume {},
+                )),
+            }),
+            filter: None,
+            window: LINK_WINDOW,
+        })),
+    };
+    tx.send(open).await.map_err(|_| FederationError::Ended)?;
+    let mut inbound = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(FederationError::Refused)?
+        .into_inner();
+
+    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut trust_check = tokio::time::interval(state.config.timing.reload_interval);
+    trust_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = trust_check.tick() => {
+                if state.trust_generation.load(Ordering::Acquire) != generation {
+                    return Ok(End::TrustReloaded);
+                }
+            }
+            Some(first) = pending.next(), if !pending.is_empty() => {
+                // Take every settled delivery, then acknowledge once.
+                let mut acked = settle(link, first)?;
+                while let Some(Some(next)) = pending.next().now_or_never() {
+                    acked = settle(link, next)?;
+                }
+                let ack = pb::SubscribeRequest {
+                    msg: Some(pb::subscribe_request::Msg::Ack(pb::Ack { sequence: acked })),
+                };
+                tx.send(ack).await.map_err(|_| FederationError::Ended)?;
+                link.update(|s| s.cursor = s.cursor.max(acked));
+            }
+            msg = inbound.message() => {
+                use pb::subscribe_response::Msg;
+                let msg = msg.map_err(FederationError::Stream)?.ok_or(FederationError::Ended)?;
+                match msg.msg {
+                    Some(Msg::Subscribed(s)) => {
+                        *established = true;
+                        info!(target: "beacon::audit", peer = %link.identity, cursor = s.cursor,
+                              head = s.head, "peer link up");
+                        link.update(|st| {
+                            st.connected = true;
+                            st.last_connected_at = Some(SystemTime::now());
+                            st.last_error = None;
+                            st.cursor = s.cursor;
+                            st.head = s.head;
+                        });
+                    }
+                    Some(Msg::CaughtUp(c)) => link.update(|s| s.head = s.head.max(c.head)),
+                    Some(Msg::Heartbeat(h)) => link.update(|s| s.head = s.head.max(h.head)),
+                    Some(Msg::Delivery(d)) => {
+                        let seq = d.sequence;
+                        link.update(|s| s.head = s.head.max(seq));
+                        match admit(state, link, d) {
+                            Ok(rec) => {
+                                // Queued in arrival order; durable when the future resolves.
+                                let durable = state.store.enqueue(rec).await?;
+                                pending.push_back(Box::pin(async move {
+                                    let outcome = match durable.await {
+                                        Ok(a) => Ok(Ok(a)),
+                                        Err(e @ StoreError::Conflict { .. }) => {
+                                            Ok(Err(Refusal::Conflict { seq, source: e }))
+                                        }
+                                        Err(e) => Err(e),
+                                    };
+                                    (seq, outcome)
+                                }));
+                            }
+                            Err(refusal) => {
+                                pending.push_back(Box::pin(std::future::ready((seq, Ok(Err(refusal))))));
+                            }
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Records what became of one delivery; returns the sequence to acknowledge.
+fn settle(link: &PeerLink, (seq, outcome): (u64, Outcome)) -> Result<u64, FederationError> {
+    match outcome? {
+        Ok(a) if a.duplicate => link.update(|s| s.duplicates += 1),
+        Ok(a) => {
+            debug!(peer = %link.identity, peer_seq = seq, seq = a.seq, "relayed bulletin stored");
+            link.update(|s| s.stored += 1);
+        }
+        Err(refusal) => {
+            let msg = refusal.to_string();
+            warn!(target: "beacon::audit", peer = %link.identity, reason = %msg, "relayed bulletin refused");
+            link.update(|s| {
+                s.refused += 1;
+                s.last_error = Some(msg);
+            });
+        }
+    }
+    Ok(seq)
+}
+
+/// Checks a relayed delivery as if it had been published here, and makes the
+/// record to store: the same bytes, with their origin.
+fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecord, Refusal> {
+    let seq = d.sequence;
+    let env = d.envelope.ok_or(Refusal::NoEnvelope(seq))?;
+    let bytes = prost::Message::encode_to_vec(&env);
+    let limit = state.config.limits.max_envelope_bytes;
+    if bytes.len() > limit {
+        return Err(Refusal::TooLarge {
+            seq,
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let digest = crate::bulletin::sha256(&bytes);
+    if digest.as_slice() != d.envelope_digest.as_slice() {
+        return Err(Refusal::Digest(seq));
+    }
+    let env = crate::wire::envelope_from_proto(env);
+    let verified = crate::bulletin::verify_envelope_with(
+        &env,
+        &state.signer_check(),
+        SystemTime::now(),
+        None,
+    )
+    .map_err(|source| Refusal::Verify { seq, source })?;
+    let origin = if d.origin_node.is_empty() {
+        link.identity.clone()
+    } else {
+        match d.origin_node.parse::<Identity>() {
+            Ok(id) if id.kind() == RoleKind::Node => id,
+            _ => {
+                return Err(Refusal::Origin {
+                    seq,
+                    origin: d.origin_node,
+                })
+            }
+        }
+    };
+    let mut meta = crate::service::record_meta(&verified, digest, &origin.to_string());
+    meta.origin_seq = match d.origin_sequence {
+        0 => seq,
+        s => s,
+    };
+    // The peer filters with its policy; this node keeps only what its own
+    // member may read by its own policy (group definitions may differ).
+    let member = state
+        .identity
+        .member()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    if !state.policy.may_read_meta(&member, &meta) {
+        return Err(Refusal::NotReadable {
+            seq,
+            id: meta.id,
+            publisher: meta.publisher,
+        });
+    }
+    // A superseded or retracted bulletin may be one this member cannot read;
+    // the origin node checked the relation when it accepted the bulletin.
+    Ok(NewRecord {
+        meta,
+        envelope: bytes,
+        requires: None,
+    })
+}
