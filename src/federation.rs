@@ -351,13 +351,9 @@ fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecor
         return Err(Refusal::Digest(seq));
     }
     let env = crate::wire::envelope_from_proto(env);
-    let verified = crate::bulletin::verify_envelope_with(
-        &env,
-        &state.signer_check(),
-        SystemTime::now(),
-        None,
-    )
-    .map_err(|source| Refusal::Verify { seq, source })?;
+    let verified =
+        crate::bulletin::verify_envelope_with(&env, &state.signer_check(), SystemTime::now(), None)
+            .map_err(|source| Refusal::Verify { seq, source })?;
     let origin = if d.origin_node.is_empty() {
         link.identity.clone()
     } else {

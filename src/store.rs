@@ -473,8 +473,10 @@ impl Store {
     pub async fn enqueue(
         &self,
         rec: NewRecord,
-    ) -> Result<impl std::future::Future<Output = Result<Appended, StoreError>> + Send + 'static, StoreError>
-    {
+    ) -> Result<
+        impl std::future::Future<Output = Result<Appended, StoreError>> + Send + 'static,
+        StoreError,
+    > {
         if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::Failed);
         }

@@ -176,7 +176,7 @@ impl NodeOptions {
 
     pub fn config_text(&self, data_dir: &Path, listen: &str) -> String {
         let mut s = format!(
-            "[node]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[timing]\nreload_interval = \"100ms\"\ndrain_timeout = \"3s\"\nheartbeat_interval = \"300ms\"\n\n",
+            "[node]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[timing]\nreload_interval = \"100ms\"\ndrain_timeout = \"3s\"\nheartbeat_interval = \"300ms\"\npeer_retry_max = \"500ms\"\n\n",
             data_dir.display(),
             self.node.cert.display(),
             self.node.key.display()
@@ -223,12 +223,36 @@ impl TestNode {
         Self::spawn(config_path, Arc::new(data)).await
     }
 
+    /// Starts a node on a listener bound beforehand (so that peers can be
+    /// configured with each other's addresses before any of them runs).
+    pub async fn start_on(opts: &NodeOptions, listener: TcpListener) -> TestNode {
+        let data = tempfile::tempdir().expect("tempdir");
+        let config_path = data.path().join("beacon.toml");
+        let addr = listener.local_addr().expect("addr");
+        std::fs::write(
+            &config_path,
+            opts.config_text(&data.path().join("store"), &addr.to_string()),
+        )
+        .expect("write config");
+        Self::spawn_on(config_path, Arc::new(data), listener)
+            .await
+            .expect("node starts")
+    }
+
     /// Runs `server::run` on the config at `config_path`, on a fresh port.
     async fn spawn(config_path: PathBuf, data: Arc<TempDir>) -> Result<TestNode, String> {
-        let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| e.to_string())?;
+        Self::spawn_on(config_path, data, listener).await
+    }
+
+    async fn spawn_on(
+        config_path: PathBuf,
+        data: Arc<TempDir>,
+        listener: TcpListener,
+    ) -> Result<TestNode, String> {
+        let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(beacon::server::run(config, listener, shutdown.clone()));
@@ -257,6 +281,17 @@ impl TestNode {
     pub async fn restart(mut self) -> TestNode {
         self.join().await;
         Self::spawn(self.config_path.clone(), self.data.clone())
+            .await
+            .expect("node restarts")
+    }
+
+    /// Stops the node cleanly and starts it again on the same store and address.
+    pub async fn restart_in_place(mut self) -> TestNode {
+        self.join().await;
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the node's address");
+        Self::spawn_on(self.config_path.clone(), self.data.clone(), listener)
             .await
             .expect("node restarts")
     }
@@ -687,4 +722,208 @@ pub async fn stream_end(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// An alliance: an operators' CA vouching for every member, and one CA per
+/// member (scoped to it), all in every node's trust bundle.
+pub struct Alliance {
+    pub pki: TestPki,
+    /// (member id, its CA directory).
+    pub members: Vec<(String, PathBuf)>,
+    pub op: CertFiles,
+    /// What clients trust for node certificates: every CA.
+    pub ca: Vec<PathBuf>,
+}
+
+impl Alliance {
+    pub fn new(members: &[&str]) -> Alliance {
+        let pki = TestPki::new();
+        let members: Vec<(String, PathBuf)> = members
+            .iter()
+            .map(|m| (m.to_string(), pki.other_ca(&format!("ca-{m}"), m)))
+            .collect();
+        let mut ca = vec![pki.ca_cert()];
+        ca.extend(members.iter().map(|(_, dir)| Ca::cert_path(dir)));
+        let op = pki.operator("ops");
+        Alliance {
+            pki,
+            members,
+            op,
+            ca,
+        }
+    }
+
+    fn ca_dir(&self, member: &str) -> &Path {
+        &self
+            .members
+            .iter()
+            .find(|(m, _)| m == member)
+            .expect("a member of the alliance")
+            .1
+    }
+
+    /// A node certificate of `member`, from its own CA.
+    pub fn node(&self, member: &str, name: &str) -> CertFiles {
+        let mut req = IssueRequest::new(id(RoleKind::Node, Some(member), name));
+        req.ip_addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        self.pki.issue_from(self.ca_dir(member), req)
+    }
+
+    pub fn client(&self, member: &str, name: &str) -> CertFiles {
+        self.pki.issue_from(
+            self.ca_dir(member),
+            IssueRequest::new(id(RoleKind::Client, Some(member), name)),
+        )
+    }
+
+    pub fn revoke(&self, member: &str, files: &CertFiles) {
+        Ca::open(self.ca_dir(member))
+            .expect("open member CA")
+            .revoke(
+                &pki::Selector::Serial(files.serial.clone()),
+                pki::Reason::KeyCompromise,
+            )
+            .expect("revoke");
+    }
+
+    /// A node's options: the shared bundle, and `peers` as (address, identity).
+    pub fn options(&self, node: CertFiles, peers: &[(SocketAddr, String)]) -> NodeOptions {
+        let mut trust = vec![(self.pki.ca_cert(), "*".to_string(), Some(self.pki.crl()))];
+        for (m, dir) in &self.members {
+            trust.push((Ca::cert_path(dir), m.clone(), Some(Ca::crl_path(dir))));
+        }
+        let mut extra = String::new();
+        for (addr, identity) in peers {
+            extra.push_str(&format!(
+                "[[peers]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\n\n"
+            ));
+        }
+        NodeOptions { node, trust, extra }
+    }
+
+    /// The bundle every node uses, for checking envelopes on the client side.
+    pub fn bundle(&self) -> beacon::trust::TrustBundle {
+        let mut cas = Vec::new();
+        let mut crls = Vec::new();
+        let mut add = |ca: PathBuf, scope: &str, crl: PathBuf| {
+            for c in beacon::trust::read_certs(&ca).expect("CA") {
+                cas.push(
+                    beacon::trust::CaEntry::new(
+                        c,
+                        MemberScope::parse_list(&[scope]).expect("scope"),
+                    )
+                    .expect("CA entry"),
+                );
+            }
+            crls.extend(beacon::trust::read_crls(&crl).expect("CRL"));
+        };
+        add(self.pki.ca_cert(), "*", self.pki.crl());
+        for (m, dir) in &self.members {
+            add(Ca::cert_path(dir), m, Ca::crl_path(dir));
+        }
+        beacon::trust::TrustBundle::new(td(), cas, crls).expect("bundle")
+    }
+}
+
+/// One node of an alliance mesh: its identity, member, node and a client.
+pub struct MeshNode {
+    pub member: String,
+    pub identity: String,
+    pub node: TestNode,
+    /// The node's own certificate.
+    pub files: CertFiles,
+    pub client: CertFiles,
+}
+
+/// Starts one node per entry of `members` (node i is of members[i]); node i
+/// peers with every j in `links[i]`. Listeners are bound first so every
+/// config can name every address.
+pub async fn mesh(alliance: &Alliance, members: &[&str], links: &[Vec<usize>]) -> Vec<MeshNode> {
+    let mut listeners = Vec::new();
+    for _ in members {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect();
+    let certs: Vec<CertFiles> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| alliance.node(m, &format!("node-{i}")))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let peers: Vec<(SocketAddr, String)> = links[i]
+            .iter()
+            .map(|&j| (addrs[j], certs[j].identity.clone()))
+            .collect();
+        let node = TestNode::start_on(&alliance.options(certs[i].clone(), &peers), listener).await;
+        nodes.push(MeshNode {
+            member: members[i].to_string(),
+            identity: certs[i].identity.clone(),
+            node,
+            files: certs[i].clone(),
+            client: alliance.client(members[i], &format!("analyst-{i}")),
+        });
+    }
+    nodes
+}
+
+/// Every node linked to every other.
+pub fn full_mesh(n: usize) -> Vec<Vec<usize>> {
+    (0..n)
+        .map(|i| (0..n).filter(|&j| j != i).collect())
+        .collect()
+}
+
+/// The node's Admin.Status.
+pub async fn status(
+    addr: SocketAddr,
+    op: &CertFiles,
+    ca: &[PathBuf],
+) -> Option<beacon::proto::v1::StatusResponse> {
+    let ch = dial(addr, op, ca).await.ok()?;
+    beacon::client::AdminClient::new(ch)
+        .status(beacon::proto::v1::StatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Every delivery `files`' member may read at `addr`, paging through List.
+pub async fn list_all(
+    addr: SocketAddr,
+    files: &CertFiles,
+    ca: &[PathBuf],
+) -> Result<Vec<beacon::proto::v1::Delivery>, String> {
+    let ch = dial(addr, files, ca).await.map_err(|e| e.to_string())?;
+    let mut c = beacon::client::BulletinsClient::new(ch).max_decoding_message_size(64 << 20);
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = c
+            .list(beacon::proto::v1::ListRequest {
+                after_sequence: after,
+                until_sequence: 0,
+                limit: 1000,
+                filter: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        out.extend(page.deliveries);
+        after = page.next_after_sequence;
+        if !page.more {
+            return Ok(out);
+        }
+    }
+}
+
+/// The bulletin id of a delivery.
+pub fn delivery_id(d: &beacon::proto::v1::Delivery) -> String {
+    let env = beacon::wire::envelope_from_proto(d.envelope.clone().expect("envelope"));
+    beacon::wire::decode_bulletin(&env.payload)
+        .expect("bulletin")
+        .id
 }

@@ -1,0 +1,526 @@
+//! Federation across allied nodes on loopback: every member has its own CA in
+//! a shared trust bundle; each node pulls from its peers what its member may read.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use beacon::bulletin::{Relation, Tlp};
+use beacon::proto::v1 as pb;
+use common::*;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// What a node holds: id → (envelope digest, origin node, origin sequence).
+type Held = BTreeMap<String, (Vec<u8>, String, u64)>;
+
+/// Reads everything `client`'s member may read at `addr`, checking that no id
+/// appears twice and that every envelope verifies against the alliance's bundle.
+async fn held_at(addr: SocketAddr, client: &CertFiles, alliance: &Alliance) -> Option<Held> {
+    let deliveries = list_all(addr, client, &alliance.ca).await.ok()?;
+    let bundle = alliance.bundle();
+    let mut out = Held::new();
+    for d in deliveries {
+        let env = beacon::wire::envelope_from_proto(d.envelope.clone().expect("envelope"));
+        beacon::bulletin::verify_envelope(&env, &bundle, std::time::SystemTime::now())
+            .expect("every held envelope verifies on the reader's side");
+        let id = delivery_id(&d);
+        let before = out.insert(
+            id.clone(),
+            (d.envelope_digest, d.origin_node, d.origin_sequence),
+        );
+        assert!(before.is_none(), "the node at {addr} holds {id} twice");
+    }
+    Some(out)
+}
+
+/// Waits until the node at `addr` holds exactly `ids` (and its store counts no more).
+async fn wait_holds_at(
+    addr: SocketAddr,
+    client: &CertFiles,
+    alliance: &Alliance,
+    ids: &BTreeSet<String>,
+) -> Held {
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        let h = held_at(addr, client, alliance).await.unwrap_or_default();
+        let stored = status(addr, &alliance.op, &alliance.ca)
+            .await
+            .and_then(|s| s.store)
+            .map(|s| s.bulletins);
+        if h.keys().cloned().collect::<BTreeSet<_>>() == *ids && stored == Some(ids.len() as u64) {
+            return h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node at {addr} never held exactly {} bulletins; it holds {} (store counts {stored:?})",
+            ids.len(),
+            h.len(),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_holds(node: &MeshNode, alliance: &Alliance, ids: &BTreeSet<String>) -> Held {
+    wait_holds_at(node.node.addr, &node.client, alliance, ids).await
+}
+
+async fn publish(node: &MeshNode, ca: &[PathBuf], b: &beacon::bulletin::Bulletin) -> u64 {
+    member(node.node.addr, &node.client, ca)
+        .await
+        .publish(b)
+        .await
+        .expect("published")
+        .sequence
+}
+
+fn marked(publisher: &str, title: &str, tlp: Tlp, audience: &[&str]) -> beacon::bulletin::Bulletin {
+    let mut b = bulletin(publisher, title);
+    b.tlp = beacon::wire::tlp_to_i32(tlp);
+    b.audience.members = audience.iter().map(|s| s.to_string()).collect();
+    b
+}
+
+fn ids(v: &[&beacon::bulletin::Bulletin]) -> BTreeSet<String> {
+    v.iter().map(|b| b.id.clone()).collect()
+}
+
+async fn peer_status(node: &MeshNode, alliance: &Alliance) -> Vec<pb::PeerStatus> {
+    status(node.node.addr, &alliance.op, &alliance.ca)
+        .await
+        .map(|s| s.peers)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_converge_exactly_once_and_red_reaches_only_its_audience() {
+    let members = ["fr.anssi", "de.bsi", "uk.ncsc"];
+    let alliance = Alliance::new(&members);
+    let nodes = mesh(&alliance, &members, &full_mesh(3)).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    let green = marked("fr.anssi", "green at A", Tlp::Green, &[]);
+    let red_for_uk = marked("fr.anssi", "red for uk", Tlp::Red, &["uk.ncsc"]);
+    let strict_for_de = marked("fr.anssi", "strict for de", Tlp::AmberStrict, &["de.bsi"]);
+    let green_b = marked("de.bsi", "green at B", Tlp::Green, &[]);
+    let amber_c = marked("uk.ncsc", "amber to all at C", Tlp::Amber, &[]);
+    let mut retraction = marked("fr.anssi", "retracts the green one", Tlp::Green, &[]);
+    retraction.relation = Some(Relation::Retracts(green.id.clone()));
+
+    let seq_green = publish(a, &alliance.ca, &green).await;
+    publish(a, &alliance.ca, &red_for_uk).await;
+    publish(a, &alliance.ca, &strict_for_de).await;
+    publish(b, &alliance.ca, &green_b).await;
+    publish(c, &alliance.ca, &amber_c).await;
+    publish(a, &alliance.ca, &retraction).await;
+
+    let everyone = [&green, &green_b, &amber_c, &retraction];
+    let mut at_a = everyone.to_vec();
+    at_a.extend([&red_for_uk, &strict_for_de]);
+    let mut at_b = everyone.to_vec();
+    at_b.push(&strict_for_de);
+    let mut at_c = everyone.to_vec();
+    at_c.push(&red_for_uk);
+
+    let held_a = wait_holds(a, &alliance, &ids(&at_a)).await;
+    let held_b = wait_holds(b, &alliance, &ids(&at_b)).await;
+    let held_c = wait_holds(c, &alliance, &ids(&at_c)).await;
+
+    // Byte-identical everywhere, with the origin node and its sequence.
+    for (id, (digest, origin, origin_seq)) in &held_a {
+        for other in [&held_b, &held_c] {
+            if let Some((d, o, s)) = other.get(id) {
+                assert_eq!(
+                    (d, o, s),
+                    (digest, origin, origin_seq),
+                    "{id} differs between nodes"
+                );
+            }
+        }
+    }
+    assert_eq!(held_c[&green.id].1, a.identity);
+    assert_eq!(held_c[&green.id].2, seq_green);
+    assert_eq!(held_a[&amber_c.id].1, c.identity);
+
+    // The links are up, and nothing was refused.
+    for n in &nodes {
+        let peers = peer_status(n, &alliance).await;
+        assert_eq!(peers.len(), 2);
+        for p in peers {
+            assert!(
+                p.connected,
+                "{} → {}: {}",
+                n.identity, p.expected_identity, p.last_error
+            );
+            assert_eq!(p.refused, 0, "{}: {}", n.identity, p.last_error);
+        }
+    }
+    for n in nodes {
+        n.node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_in_a_ring_relay_across_hops() {
+    let members = ["fr.anssi", "de.bsi", "uk.ncsc", "nl.aivd", "se.must"];
+    let alliance = Alliance::new(&members);
+    // A ring: each node pulls from its two neighbours, so bulletins cross up
+    // to two relays and arrive by two routes.
+    let links: Vec<Vec<usize>> = (0..5).map(|i| vec![(i + 1) % 5, (i + 4) % 5]).collect();
+    let nodes = mesh(&alliance, &members, &links).await;
+
+    let mut all = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for k in 0..3 {
+            let b = marked(&n.member, &format!("from node {i} #{k}"), Tlp::Clear, &[]);
+            publish(n, &alliance.ca, &b).await;
+            all.push(b);
+        }
+    }
+    // RED for a neighbour travels the direct link only: nodes outside its
+    // audience never hold it, so they cannot relay it further.
+    let red = marked("fr.anssi", "red for de", Tlp::Red, &["de.bsi"]);
+    publish(&nodes[0], &alliance.ca, &red).await;
+
+    let everyone: BTreeSet<String> = all.iter().map(|b| b.id.clone()).collect();
+    let mut digests: Option<Held> = None;
+    for (i, n) in nodes.iter().enumerate() {
+        let mut expected = everyone.clone();
+        if i <= 1 {
+            expected.insert(red.id.clone());
+        }
+        let mut h = wait_holds(n, &alliance, &expected).await;
+        h.remove(&red.id);
+        match &digests {
+            None => digests = Some(h),
+            Some(first) => assert_eq!(first, &h, "node {i} differs from node 0"),
+        }
+    }
+    for n in nodes {
+        n.node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_envelope_under_the_same_id_is_refused_and_reported() {
+    let members = ["fr.anssi", "de.bsi", "uk.ncsc"];
+    let alliance = Alliance::new(&members);
+    // A and B are not linked; C pulls from both.
+    let nodes = mesh(&alliance, &members, &[vec![], vec![], vec![0, 1]]).await;
+    // Two clients of the same member publish different bulletins under one
+    // id, one at A and one at B.
+    let first = marked("fr.anssi", "first version", Tlp::Green, &[]);
+    let mut second = marked("fr.anssi", "second version", Tlp::Green, &[]);
+    second.id = first.id.clone();
+    publish(&nodes[0], &alliance.ca, &first).await;
+    let other = alliance.client("fr.anssi", "second-analyst");
+    member(nodes[1].node.addr, &other, &alliance.ca)
+        .await
+        .publish(&second)
+        .await
+        .expect("published at B");
+    let c = &nodes[2];
+    let reported = wait_until(CONVERGE, || async {
+        peer_status(c, &alliance)
+            .await
+            .iter()
+            .any(|p| p.refused == 1 && p.last_error.contains(&first.id))
+    })
+    .await;
+    assert!(reported.is_some(), "{:?}", peer_status(c, &alliance).await);
+    // C keeps the version it received first, once; both links stay up.
+    let set: BTreeSet<String> = [first.id.clone()].into();
+    wait_holds(c, &alliance, &set).await;
+    assert!(peer_status(c, &alliance).await.iter().all(|p| p.connected));
+    for n in nodes {
+        n.node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_cut_off_and_its_relays_are_refused() {
+    let members = ["fr.anssi", "de.bsi", "uk.ncsc"];
+    let alliance = Alliance::new(&members);
+    // A and B peer with each other; C is a node outside the mesh.
+    let links = vec![vec![1], vec![0], vec![]];
+    let nodes = mesh(&alliance, &members, &links).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let before = marked("de.bsi", "before revocation", Tlp::Green, &[]);
+    publish(b, &alliance.ca, &before).await;
+    let set: BTreeSet<String> = [before.id.clone()].into();
+    wait_holds(a, &alliance, &set).await;
+
+    // An envelope signed by B's node key, for later.
+    let b_cert = b.files.clone();
+    let by_node_b = signer(&b_cert)
+        .sign(marked("de.bsi", "signed by node B", Tlp::Green, &[]).to_bytes())
+        .expect("sign");
+
+    alliance.revoke("de.bsi", &b_cert);
+    wait_revocations(a.node.addr, &alliance.op, &alliance.ca, 1).await;
+
+    // A's link to B goes down and stays down: B's certificate is refused.
+    let down = wait_until(CONVERGE, || async {
+        peer_status(a, &alliance)
+            .await
+            .iter()
+            .any(|p| !p.connected && p.last_error.to_lowercase().contains("revoked"))
+    })
+    .await;
+    assert!(
+        down.is_some(),
+        "A still links to the revoked node: {:?}",
+        peer_status(a, &alliance).await
+    );
+    // B's own link to A is cut too (A refuses its handshakes).
+    let cut = wait_until(CONVERGE, || async {
+        let Some(s) = status(a.node.addr, &alliance.op, &alliance.ca).await else {
+            return false;
+        };
+        !s.subscriptions
+            .iter()
+            .any(|x| x.identity == b.identity && x.connected)
+    })
+    .await;
+    assert!(cut.is_some(), "B's stream on A is still open");
+
+    // What B's key signed is refused when relayed by another node.
+    let c_node = nodes[2].files.clone();
+    let ch = dial(a.node.addr, &c_node, &alliance.ca)
+        .await
+        .expect("C dials A");
+    let e = beacon::client::BulletinsClient::new(ch)
+        .publish(pb::PublishRequest {
+            envelope: Some(beacon::wire::envelope_to_proto(&by_node_b)),
+        })
+        .await
+        .expect_err("a revoked signer's envelope is refused");
+    assert!(e.message().to_lowercase().contains("revoked"), "{e:?}");
+
+    for n in nodes {
+        n.node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_presenting_another_identity_is_refused() {
+    let members = ["fr.anssi", "de.bsi"];
+    let alliance = Alliance::new(&members);
+    let nodes = mesh(&alliance, &members, &[vec![], vec![]]).await;
+    // A third node configured to pull from B, but expecting someone else there.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let wrong = id(
+        beacon::identity::RoleKind::Node,
+        Some("de.bsi"),
+        "impostor-check",
+    )
+    .to_string();
+    let peers: Vec<(SocketAddr, String)> = vec![(nodes[1].node.addr, wrong)];
+    let c = TestNode::start_on(
+        &alliance.options(alliance.node("fr.anssi", "c"), &peers),
+        listener,
+    )
+    .await;
+    publish(
+        &nodes[1],
+        &alliance.ca,
+        &marked("de.bsi", "at B", Tlp::Green, &[]),
+    )
+    .await;
+    let refused = wait_until(CONVERGE, || async {
+        status(c.addr, &alliance.op, &alliance.ca)
+            .await
+            .map(|s| {
+                s.peers
+                    .iter()
+                    .any(|p| !p.connected && p.last_error.contains(&nodes[1].identity))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    let st = status(c.addr, &alliance.op, &alliance.ca)
+        .await
+        .expect("status");
+    assert!(refused.is_some(), "{:?}", st.peers);
+    assert_eq!(st.store.expect("store").bulletins, 0);
+    c.stop().await;
+    for n in nodes {
+        n.node.stop().await;
+    }
+}
+
+/// Publishes `bulletins` in order at `addr`, retrying each (idempotently) until
+/// acknowledged, through node restarts; bounded in time.
+async fn publish_through_outages(
+    addr: SocketAddr,
+    client: CertFiles,
+    ca: Vec<PathBuf>,
+    bulletins: Vec<beacon::bulletin::Bulletin>,
+    progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut settings = settings(&client, &ca);
+    settings.node = Some(addr.to_string());
+    let mut conn: Option<beacon::client::BeaconClient> = None;
+    for b in &bulletins {
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "publishing took too long"
+            );
+            if conn.is_none() {
+                conn = beacon::client::BeaconClient::connect(&settings).await.ok();
+            }
+            if let Some(c) = conn.as_mut() {
+                match c.publish(b).await {
+                    Ok(_) => break,
+                    Err(_) => conn = None,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Three `beacon daemon` processes in a full mesh, one per member.
+struct ChildMesh {
+    dirs: Vec<tempfile::TempDir>,
+    addrs: Vec<SocketAddr>,
+    nodes: Vec<Option<ChildNode>>,
+}
+
+impl ChildMesh {
+    fn start(alliance: &Alliance, members: &[&str]) -> ChildMesh {
+        let addrs: Vec<SocketAddr> = members.iter().map(|_| free_addr()).collect();
+        let certs: Vec<CertFiles> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| alliance.node(m, &format!("proc-{i}")))
+            .collect();
+        let mut dirs = Vec::new();
+        for i in 0..members.len() {
+            let peers: Vec<(SocketAddr, String)> = (0..members.len())
+                .filter(|&j| j != i)
+                .map(|j| (addrs[j], certs[j].identity.clone()))
+                .collect();
+            let opts = alliance.options(certs[i].clone(), &peers);
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(
+                dir.path().join("beacon.toml"),
+                opts.config_text(&dir.path().join("store"), &addrs[i].to_string()),
+            )
+            .expect("config");
+            dirs.push(dir);
+        }
+        let mut mesh = ChildMesh {
+            dirs,
+            addrs,
+            nodes: Vec::new(),
+        };
+        for i in 0..members.len() {
+            let n = mesh.spawn(i);
+            mesh.nodes.push(Some(n));
+        }
+        mesh
+    }
+
+    fn spawn(&self, i: usize) -> ChildNode {
+        ChildNode::spawn(
+            self.dirs[i].path(),
+            &["daemon", "--config", "beacon.toml"],
+            self.addrs[i],
+        )
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut n) = self.nodes[i].take() {
+            n.signal(nix::sys::signal::Signal::SIGKILL);
+            n.wait(Duration::from_secs(10));
+        }
+    }
+
+    fn stop(&mut self, i: usize) {
+        if let Some(mut n) = self.nodes[i].take() {
+            n.signal(nix::sys::signal::Signal::SIGTERM);
+            assert_eq!(
+                n.wait(Duration::from_secs(20)),
+                Some(0),
+                "clean exit on SIGTERM"
+            );
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let n = self.spawn(i);
+        self.nodes[i] = Some(n);
+    }
+}
+
+async fn wait_progress(p: &std::sync::atomic::AtomicUsize, n: usize) {
+    let ok = wait_until(CONVERGE, || async {
+        p.load(std::sync::atomic::Ordering::SeqCst) >= n
+    })
+    .await;
+    assert!(ok.is_some(), "publishing stalled before {n}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_and_kills_heal_with_nothing_lost_or_duplicated() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    let members = ["fr.anssi", "de.bsi", "uk.ncsc"];
+    let alliance = Alliance::new(&members);
+    let mut mesh = ChildMesh::start(&alliance, &members);
+    let clients: Vec<CertFiles> = members
+        .iter()
+        .map(|m| alliance.client(m, "publisher"))
+        .collect();
+    const EACH: usize = 120;
+    let mut all = BTreeSet::new();
+    let mut tasks = Vec::new();
+    let mut progress = Vec::new();
+    // Publishers at A and B, each retrying through outages of its node.
+    for i in 0..2 {
+        let batch: Vec<_> = (0..EACH)
+            .map(|k| marked(members[i], &format!("node {i} #{k}"), Tlp::Green, &[]))
+            .collect();
+        all.extend(batch.iter().map(|b| b.id.clone()));
+        let p = Arc::new(AtomicUsize::new(0));
+        progress.push(p.clone());
+        tasks.push(tokio::spawn(publish_through_outages(
+            mesh.addrs[i],
+            clients[i].clone(),
+            alliance.ca.clone(),
+            batch,
+            p,
+        )));
+    }
+    wait_progress(&progress[0], 20).await;
+    mesh.kill(2); // C is partitioned away while both publish
+    wait_progress(&progress[0], 50).await;
+    mesh.stop(1); // B goes down cleanly; its publisher waits
+    wait_progress(&progress[0], 70).await;
+    mesh.restart(1);
+    wait_progress(&progress[1], 60).await;
+    mesh.kill(0); // A is killed mid-storm
+    mesh.restart(2);
+    mesh.restart(0);
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    // Every node converges to the same set, each bulletin once, byte-identical.
+    let mut first: Option<Held> = None;
+    for i in 0..3 {
+        let h = wait_holds_at(mesh.addrs[i], &clients[i], &alliance, &all).await;
+        match &first {
+            None => first = Some(h),
+            Some(f) => assert_eq!(f, &h, "node {i} differs from node 0"),
+        }
+    }
+}
