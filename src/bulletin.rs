@@ -577,6 +577,29 @@ pub fn verify_envelope_with(
     })
 }
 
+/// Verifies an envelope that was accepted earlier (relayed by a peer, read
+/// back from a node, exported): as [`verify_envelope_with`] at `now`, except
+/// that a signer whose certificate has expired since is accepted when the
+/// chain was valid at the bulletin's signed creation time. Revocation still
+/// applies whatever the time. New publishes are always verified at `now`.
+pub fn verify_stored_envelope(
+    env: &Envelope,
+    chains: &dyn ChainCheck,
+    now: SystemTime,
+) -> Result<Verified, BulletinError> {
+    match verify_envelope_with(env, chains, now, None) {
+        Err(BulletinError::Signer(TrustError::Expired)) => {
+            let created = crate::wire::decode_bulletin(&env.payload)
+                .ok()
+                .and_then(|b| b.created_at)
+                .filter(|&c| c <= now)
+                .ok_or(BulletinError::Signer(TrustError::Expired))?;
+            verify_envelope_with(env, chains, created, None)
+        }
+        other => other,
+    }
+}
+
 /// A canonical, lower-case hyphenated UUID.
 pub fn canonical_uuid(s: &str) -> bool {
     uuid::Uuid::parse_str(s)

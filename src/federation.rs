@@ -352,7 +352,7 @@ fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecor
     }
     let env = crate::wire::envelope_from_proto(env);
     let verified =
-        crate::bulletin::verify_envelope_with(&env, &state.signer_check(), SystemTime::now(), None)
+        crate::bulletin::verify_stored_envelope(&env, &state.signer_check(), SystemTime::now())
             .map_err(|source| Refusal::Verify { seq, source })?;
     let origin = if d.origin_node.is_empty() {
         link.identity.clone()

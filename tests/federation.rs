@@ -25,7 +25,7 @@ async fn held_at(addr: SocketAddr, client: &CertFiles, alliance: &Alliance) -> O
     let mut out = Held::new();
     for d in deliveries {
         let env = beacon::wire::envelope_from_proto(d.envelope.clone().expect("envelope"));
-        beacon::bulletin::verify_envelope(&env, &bundle, std::time::SystemTime::now())
+        beacon::bulletin::verify_stored_envelope(&env, &bundle, std::time::SystemTime::now())
             .expect("every held envelope verifies on the reader's side");
         let id = delivery_id(&d);
         let before = out.insert(
@@ -516,11 +516,52 @@ async fn partitions_and_kills_heal_with_nothing_lost_or_duplicated() {
     }
     // Every node converges to the same set, each bulletin once, byte-identical.
     let mut first: Option<Held> = None;
-    for i in 0..3 {
-        let h = wait_holds_at(mesh.addrs[i], &clients[i], &alliance, &all).await;
+    for (i, (addr, client)) in mesh.addrs.iter().zip(&clients).enumerate() {
+        let h = wait_holds_at(*addr, client, &alliance, &all).await;
         match &first {
             None => first = Some(h),
             Some(f) => assert_eq!(f, &h, "node {i} differs from node 0"),
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulletin_whose_signer_has_since_expired_still_reaches_a_late_node() {
+    let members = ["fr.anssi", "de.bsi"];
+    let alliance = Alliance::new(&members);
+    let nodes = mesh(&alliance, &members[..1], &[vec![]]).await;
+    let mut req = beacon::pki::IssueRequest::new(id(
+        beacon::identity::RoleKind::Client,
+        Some("fr.anssi"),
+        "short-lived",
+    ));
+    let not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    req.not_after = Some(not_after);
+    let short = alliance.pki.issue_from(alliance.ca_dir("fr.anssi"), req);
+    let b = marked("fr.anssi", "signed by a short-lived key", Tlp::Green, &[]);
+    member(nodes[0].node.addr, &short, &alliance.ca)
+        .await
+        .publish(&b)
+        .await
+        .expect("published while the certificate is valid");
+    // Wait for the clock, not for the system: the certificate must be expired.
+    let expired = wait_until(Duration::from_secs(10), || async {
+        time::OffsetDateTime::now_utc() > not_after + time::Duration::seconds(1)
+    })
+    .await;
+    assert!(expired.is_some());
+    // A node that joins only now still receives it, verified at its creation time.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let peers = vec![(nodes[0].node.addr, nodes[0].identity.clone())];
+    let late_files = alliance.node("de.bsi", "late");
+    let late = TestNode::start_on(&alliance.options(late_files, &peers), listener).await;
+    let reader = alliance.client("de.bsi", "reader");
+    let set: BTreeSet<String> = [b.id.clone()].into();
+    wait_holds_at(late.addr, &reader, &alliance, &set).await;
+    late.stop().await;
+    for n in nodes {
+        n.node.stop().await;
     }
 }

@@ -753,7 +753,7 @@ impl Alliance {
         }
     }
 
-    fn ca_dir(&self, member: &str) -> &Path {
+    pub fn ca_dir(&self, member: &str) -> &Path {
         &self
             .members
             .iter()
