@@ -34,6 +34,8 @@ pub enum BenchError {
 pub struct Target {
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    /// The node's SPIFFE id.
+    pub identity: String,
     ca_dir: PathBuf,
     child: Option<Child>,
     td: TrustDomain,
@@ -77,45 +79,68 @@ impl Target {
 
     /// Makes the PKI and config only; [`Target::launch`] starts the daemon.
     pub fn prepare() -> Result<Target, BenchError> {
+        Target::prepare_node(None, "drc", "bench", &[])
+    }
+
+    /// A node of `member` named `name`, pulling from `peers` (address,
+    /// identity). With `shared`, it uses that target's CA (one alliance);
+    /// otherwise it makes its own.
+    pub fn prepare_node(
+        shared: Option<&Target>,
+        member: &str,
+        name: &str,
+        peers: &[(SocketAddr, String)],
+    ) -> Result<Target, BenchError> {
         let dir = std::env::temp_dir().join(format!(
             "beacon-bench-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| BenchError::Setup(e.to_string()))?;
-        let td: TrustDomain = "bench.example"
-            .parse()
-            .map_err(|e| BenchError::Setup(format!("{e}")))?;
-        let ca_dir = dir.join("ca");
-        let ca = Ca::init(
-            &ca_dir,
-            &InitRequest {
-                trust_domain: td.clone(),
-                name: "bench CA".into(),
-                members: MemberScope::any(),
-                algorithm: Algorithm::Ed25519,
-                validity: Duration::from_secs(24 * 3600),
-                force: false,
-            },
-        )?;
-        let mut req = IssueRequest::new(pki::identity_for(
-            &td,
-            RoleKind::Node,
-            Some("drc"),
-            "bench",
-        )?);
+        let (td, ca_dir) = match shared {
+            Some(t) => (t.td.clone(), t.ca_dir.clone()),
+            None => {
+                let td: TrustDomain = "bench.example"
+                    .parse()
+                    .map_err(|e| BenchError::Setup(format!("{e}")))?;
+                let ca_dir = dir.join("ca");
+                Ca::init(
+                    &ca_dir,
+                    &InitRequest {
+                        trust_domain: td.clone(),
+                        name: "bench CA".into(),
+                        members: MemberScope::any(),
+                        algorithm: Algorithm::Ed25519,
+                        validity: Duration::from_secs(24 * 3600),
+                        force: false,
+                    },
+                )?;
+                (td, ca_dir)
+            }
+        };
+        let ca = Ca::open(&ca_dir)?;
+        let identity = pki::identity_for(&td, RoleKind::Node, Some(member), name)?;
+        let mut req = IssueRequest::new(identity.clone());
         req.ip_addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
         let node = ca.issue(&req)?;
         pki::write_file(&dir.join("node.pem"), node.cert_pem.as_bytes(), false, true)?;
         pki::write_file(&dir.join("node.key"), node.key_pem.as_bytes(), true, true)?;
         let addr = free_port()?;
-        let config = format!(
-            "[node]\nlisten = \"{addr}\"\ndata_dir = \"store\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n[[trust]]\nca = \"ca/ca.pem\"\ncrl = \"ca/crl.pem\"\n\n[log]\nfilter = \"warn,beacon::store=info\"\n"
+        let mut config = format!(
+            "[node]\nlisten = \"{addr}\"\ndata_dir = \"store\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n[[trust]]\nca = \"{}\"\ncrl = \"{}\"\n\n[timing]\npeer_retry_max = \"1s\"\n\n[log]\nfilter = \"warn,beacon::store=info\"\n",
+            Ca::cert_path(&ca_dir).display(),
+            Ca::crl_path(&ca_dir).display(),
         );
+        for (peer, id) in peers {
+            config.push_str(&format!(
+                "\n[[peers]]\naddress = \"{peer}\"\nidentity = \"{id}\"\n"
+            ));
+        }
         std::fs::write(dir.join("beacon.toml"), config)
             .map_err(|e| BenchError::Setup(e.to_string()))?;
         Ok(Target {
             addr,
+            identity: identity.to_string(),
             ca_dir,
             dir,
             child: None,
@@ -211,6 +236,30 @@ impl Target {
         let took = t0.elapsed();
         drop(Arc::try_unwrap(store).map(|mut s| s.close()));
         Ok(took)
+    }
+
+    /// An operator's connection to this node (for `Admin.Status`).
+    pub async fn admin(&self) -> Result<crate::client::AdminClient, BenchError> {
+        let ca = Ca::open(&self.ca_dir)?;
+        let id = pki::identity_for(&self.td, RoleKind::Operator, None, "bench-ops")?;
+        let issued = ca.issue(&IssueRequest::new(id))?;
+        let n = rand::random::<u32>();
+        let cert = self.dir.join(format!("operator-{n}.pem"));
+        let key = self.dir.join(format!("operator-{n}.key"));
+        pki::write_file(&cert, issued.cert_pem.as_bytes(), false, true)?;
+        pki::write_file(&key, issued.key_pem.as_bytes(), true, true)?;
+        let settings = ClientSettings {
+            node: Some(self.addr.to_string()),
+            cert: Some(cert),
+            key: Some(key),
+            ca: vec![Ca::cert_path(&self.ca_dir)],
+            crl: vec![],
+            node_identity: None,
+        };
+        let channel = Dialer::load(&settings)?
+            .connect(&self.addr.to_string(), ExpectedServer::AnyNode)
+            .await?;
+        Ok(crate::client::AdminClient::new(channel))
     }
 
     /// A fresh client identity of its own member, as files and a settings block.
@@ -653,4 +702,85 @@ pub async fn memory(
         t.abort();
     }
     Ok((base, open_rss, after))
+}
+
+/// The committed head `admin`'s node reports.
+pub async fn head(admin: &mut crate::client::AdminClient) -> Result<u64, BenchError> {
+    Ok(admin
+        .status(crate::proto::v1::StatusRequest {})
+        .await
+        .map_err(ClientError::from)?
+        .into_inner()
+        .head)
+}
+
+/// Polls until the node's head reaches `n`; returns when it did.
+pub async fn wait_head(
+    admin: &mut crate::client::AdminClient,
+    n: u64,
+    limit: Duration,
+) -> Result<Instant, BenchError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if head(admin).await? >= n {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Setup(format!(
+                "the node's head did not reach {n} within {limit:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Convergence latency: `samples` bulletins published one at a time at
+/// `from`, each timed from the start of its publish until a live subscriber at
+/// `to` receives it.
+pub async fn convergence(
+    from: &Target,
+    to: &Target,
+    samples: usize,
+    size: usize,
+    first: usize,
+) -> Result<Figures, BenchError> {
+    use crate::proto::v1 as pb;
+    let mut reader = BeaconClient::connect(&to.client(first)?).await?;
+    let mut sub = reader.subscribe(open_at("", latest(), None, 256)).await?;
+    while let Some(ev) = sub.next().await? {
+        if let pb::subscribe_response::Msg::CaughtUp(_) = ev {
+            break;
+        }
+    }
+    let (mut pubs, _) = publishers(from, 1, samples, size, first + 1).await?;
+    let mut p = pubs.remove(0);
+    let mut lat = Vec::with_capacity(samples);
+    let start = Instant::now();
+    for env in &p.envelopes {
+        let t = Instant::now();
+        p.client.publish_envelope(env).await?;
+        let arrived = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match sub.next().await? {
+                    Some(pb::subscribe_response::Msg::Delivery(d)) => return Ok(d.sequence),
+                    Some(_) => continue,
+                    None => {
+                        return Err(BenchError::Setup(
+                            "the subscription at the far node ended".into(),
+                        ))
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|_| BenchError::Setup("a bulletin did not arrive within 30 s".into()))??;
+        lat.push(t.elapsed().as_micros() as u64);
+        sub.ack(arrived).await?;
+    }
+    Ok(Figures::from(
+        "convergence".into(),
+        lat,
+        0,
+        start.elapsed().as_secs_f64(),
+    ))
 }
