@@ -627,6 +627,7 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
             "peers": s.peers.iter().map(|p| serde_json::json!({
                 "address": p.address, "identity": p.expected_identity, "connected": p.connected,
                 "cursor": p.cursor, "lag": p.lag, "last_error": p.last_error,
+                "stored": p.stored, "duplicates": p.duplicates, "refused": p.refused,
             })).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -647,8 +648,16 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
     println!("peers: {}", s.peers.len());
     for p in &s.peers {
         println!(
-            "  {} {} connected={} lag={} {}",
-            p.address, p.expected_identity, p.connected, p.lag, p.last_error
+            "  {} {} connected={} cursor={} lag={} stored={} duplicates={} refused={} {}",
+            p.address,
+            p.expected_identity,
+            p.connected,
+            p.cursor,
+            p.lag,
+            p.stored,
+            p.duplicates,
+            p.refused,
+            p.last_error
         );
     }
 }
