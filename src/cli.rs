@@ -444,7 +444,12 @@ async fn bench_publish(concurrency: &[usize], count: usize, size: usize, rate: u
     Ok(())
 }
 
-async fn bench_federation(catch_up: usize, relay: usize, samples: usize, size: usize) -> Result<()> {
+async fn bench_federation(
+    catch_up: usize,
+    relay: usize,
+    samples: usize,
+    size: usize,
+) -> Result<()> {
     use beacon::bench::{self, Target};
     use std::time::{Duration, Instant};
     let exe = std::env::current_exe().context("cannot find the beacon binary")?;
@@ -483,7 +488,12 @@ async fn bench_federation(catch_up: usize, relay: usize, samples: usize, size: u
     }
     if relay > 0 {
         let watch = tokio::spawn(async move {
-            bench::wait_head(&mut admin_c, stored + relay as u64, Duration::from_secs(900)).await
+            bench::wait_head(
+                &mut admin_c,
+                stored + relay as u64,
+                Duration::from_secs(900),
+            )
+            .await
         });
         let (fig, _) = bench::closed_loop(&a, 64, relay, size, 1000).await?;
         let published_at = Instant::now();
