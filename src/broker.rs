@@ -330,7 +330,7 @@ impl Subscription {
         let initial = stored.unwrap_or(position).min(position);
         stats.cursor.store(initial, Ordering::Relaxed);
         let (wanted, wanted_rx) = watch::channel(initial);
-        let _committer = self.spawn_committer(wanted_rx);
+        let committer = self.spawn_committer(wanted_rx);
         let mut head_rx = self.store.watch_head();
         let head = *head_rx.borrow_and_update();
         let window = self.window.max(1) as usize;
@@ -349,7 +349,6 @@ impl Subscription {
         let mut inflight: VecDeque<u64> = VecDeque::with_capacity(window);
         let mut acked = position;
         let mut caught_up = false;
-        let mut acks_open = true;
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
@@ -426,9 +425,6 @@ impl Subscription {
                 tokio::task::yield_now().await;
                 continue;
             }
-            if !acks_open && inflight.len() >= window {
-                return None;
-            }
             if !caught_up && position >= head {
                 caught_up = true;
                 if out.send(Event::CaughtUp { head }).await.is_err() {
@@ -446,11 +442,22 @@ impl Subscription {
                     });
                 }
                 _ = out.closed() => return None,
-                r = acks.changed(), if acks_open => {
+                r = acks.changed() => {
                     if r.is_err() {
-                        // The subscriber closed its side: nothing more will be
-                        // acknowledged; deliver what the window still allows.
-                        acks_open = false;
+                        // The subscriber closed its side after its last ack: a
+                        // goodbye. Make the cursor durable, then end cleanly,
+                        // so the subscriber knows its next run resumes there.
+                        let a = *acks.borrow();
+                        if a > acked && a <= position {
+                            while inflight.front().is_some_and(|&s| s <= a) {
+                                inflight.pop_front();
+                            }
+                            let cursor = if inflight.is_empty() { position } else { a };
+                            self.persist_cursor(&wanted, cursor);
+                        }
+                        drop(wanted);
+                        let _ = committer.await;
+                        return None;
                     }
                 }
                 r = head_rx.changed(), if inflight.len() < window => {

@@ -262,7 +262,7 @@ impl BeaconClient {
 
 /// An open subscription stream: read events, send cumulative acks.
 pub struct SubscriptionStream {
-    outbound: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+    outbound: Option<tokio::sync::mpsc::Sender<pb::SubscribeRequest>>,
     inbound: tonic::Streaming<pb::SubscribeResponse>,
 }
 
@@ -280,15 +280,38 @@ impl SubscriptionStream {
 
     /// Acknowledges everything up to and including `sequence`.
     pub async fn ack(&self, sequence: u64) -> Result<(), ClientError> {
+        let closed = || ClientError::Connect {
+            address: "subscription".into(),
+            reason: "the stream is closed".into(),
+        };
         self.outbound
+            .as_ref()
+            .ok_or_else(closed)?
             .send(pb::SubscribeRequest {
                 msg: Some(pb::subscribe_request::Msg::Ack(pb::Ack { sequence })),
             })
             .await
-            .map_err(|_| ClientError::Connect {
+            .map_err(|_| closed())
+    }
+
+    /// Says goodbye: closes the sending side after the acks already sent, and
+    /// waits (up to `limit`) for the node to end the stream, which it does
+    /// once the cursor is durable at the last ack. Deliveries arriving
+    /// meanwhile are dropped unacknowledged (the next run gets them again).
+    pub async fn finish(mut self, limit: Duration) -> Result<(), ClientError> {
+        self.outbound = None;
+        let drained = tokio::time::timeout(limit, async {
+            while self.inbound.message().await?.is_some() {}
+            Ok::<(), ClientError>(())
+        })
+        .await;
+        match drained {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Connect {
                 address: "subscription".into(),
-                reason: "the stream is closed".into(),
-            })
+                reason: format!("the node did not confirm the cursor within {limit:?}"),
+            }),
+        }
     }
 }
 
@@ -314,7 +337,7 @@ impl BeaconClient {
             .await?
             .into_inner();
         Ok(SubscriptionStream {
-            outbound: tx,
+            outbound: Some(tx),
             inbound,
         })
     }

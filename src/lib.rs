@@ -24,6 +24,7 @@ pub mod bulletin;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod document;
 pub mod federation;
 pub mod filter;
 pub mod identity;

@@ -4,17 +4,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod client;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use beacon::client::{AdminClient, ClientSettings, Dialer};
+use beacon::client::AdminClient;
 use beacon::config::{Config, LogFormat};
-use beacon::identity::{Identity, MemberScope, RoleKind, TrustDomain};
+use beacon::identity::{MemberScope, RoleKind, TrustDomain};
 use beacon::pki::{self, Algorithm, Ca, InitRequest, IssueRequest, Reason, Selector};
 use beacon::proto::v1 as pb;
-use beacon::tls::ExpectedServer;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,60 +48,15 @@ enum Command {
     /// Benchmarks against a node this command starts (throwaway PKI and store).
     #[command(subcommand)]
     Bench(BenchCommand),
+    #[command(flatten)]
+    Client(client::ClientCommand),
     /// Node status (operators): head, connections, subscriptions, peers.
     Status {
         #[command(flatten)]
-        conn: ConnArgs,
+        conn: client::ConnArgs,
         #[arg(long)]
         json: bool,
     },
-}
-
-/// How a client reaches a node; flags or BEACON_* environment variables.
-#[derive(Args, Debug, Clone)]
-struct ConnArgs {
-    /// host:port of the node.
-    #[arg(long, env = "BEACON_NODE")]
-    node: Option<String>,
-    /// Your certificate (PEM).
-    #[arg(long, env = "BEACON_CERT")]
-    cert: Option<PathBuf>,
-    /// Your private key (PEM).
-    #[arg(long, env = "BEACON_KEY")]
-    key: Option<PathBuf>,
-    /// CA certificate(s) that vouch for the node.
-    #[arg(long, env = "BEACON_CA", value_delimiter = ',')]
-    ca: Vec<PathBuf>,
-    /// Require exactly this node identity (SPIFFE id) instead of checking the host name.
-    #[arg(long, env = "BEACON_NODE_IDENTITY")]
-    node_identity: Option<String>,
-}
-
-impl ConnArgs {
-    async fn dial(&self) -> Result<tonic::transport::Channel> {
-        let node = self
-            .node
-            .clone()
-            .context("missing setting: node address (--node or BEACON_NODE)")?;
-        let node_identity = match &self.node_identity {
-            Some(s) => Some(s.parse::<Identity>().context("--node-identity")?),
-            None => None,
-        };
-        let settings = ClientSettings {
-            node: Some(node.clone()),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-            ca: self.ca.clone(),
-            crl: Vec::new(),
-            node_identity: node_identity.clone(),
-        };
-        let dialer = Dialer::load(&settings)?;
-        let expected = match node_identity {
-            Some(id) => ExpectedServer::Exactly(id),
-            None => ExpectedServer::AnyNode,
-        };
-        Ok(dialer.connect(&node, expected).await?)
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -398,8 +354,12 @@ async fn execute(cli: Cli) -> Result<()> {
             init_logging(&LogFormat::Human, Some("warn"));
             bench_federation(catch_up, relay, samples, size).await
         }
+        Command::Client(cmd) => {
+            init_logging(&LogFormat::Human, Some("warn"));
+            client::run(cmd).await
+        }
         Command::Status { conn, json } => {
-            let channel = conn.dial().await?;
+            let (_, channel) = conn.dial().await?;
             let status = AdminClient::new(channel)
                 .status(pb::StatusRequest {})
                 .await

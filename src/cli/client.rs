@@ -1,0 +1,936 @@
+//! The client commands: publish, subscribe/tail, get, list, verify, export,
+//! import. Settings come from flags, `BEACON_*` variables, or a client config
+//! file, in that order of precedence.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+
+use beacon::bulletin::{Attachment, Bulletin, Envelope, Kind, Severity, Signer, Tlp};
+use beacon::client::{BeaconClient, BulletinsClient, ClientSettings, Dialer};
+use beacon::document::{self, BulletinDoc};
+use beacon::identity::Identity;
+use beacon::proto::v1 as pb;
+use beacon::tls::ExpectedServer;
+use beacon::trust::TrustBundle;
+
+/// How a client reaches a node: flags, `BEACON_*` variables, or a client
+/// config file (`--client-config` / `BEACON_CLIENT_CONFIG`).
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// host:port of the node.
+    #[arg(long, env = "BEACON_NODE")]
+    node: Option<String>,
+    /// Your certificate (PEM).
+    #[arg(long, env = "BEACON_CERT")]
+    cert: Option<PathBuf>,
+    /// Your private key (PEM).
+    #[arg(long, env = "BEACON_KEY")]
+    key: Option<PathBuf>,
+    /// CA certificate(s) that vouch for nodes and signers.
+    #[arg(long, env = "BEACON_CA", value_delimiter = ',')]
+    ca: Vec<PathBuf>,
+    /// CRL file(s) applied to nodes and signers.
+    #[arg(long, env = "BEACON_CRL", value_delimiter = ',')]
+    crl: Vec<PathBuf>,
+    /// Require exactly this node identity (SPIFFE id) instead of checking the host name.
+    #[arg(long, env = "BEACON_NODE_IDENTITY")]
+    node_identity: Option<String>,
+    /// A TOML file with any of: node, cert, key, ca, crl, node_identity.
+    #[arg(long, env = "BEACON_CLIENT_CONFIG")]
+    client_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ClientFile {
+    node: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Vec<PathBuf>,
+    crl: Vec<PathBuf>,
+    node_identity: Option<String>,
+}
+
+impl ConnArgs {
+    /// Flags and environment first, then the client config file.
+    pub fn settings(&self) -> Result<ClientSettings> {
+        let file = match &self.client_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let f: ClientFile =
+                    toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+                let base = path.parent().unwrap_or(Path::new("."));
+                let anchor = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+                ClientFile {
+                    cert: f.cert.map(anchor),
+                    key: f.key.map(anchor),
+                    ca: f.ca.into_iter().map(anchor).collect(),
+                    crl: f.crl.into_iter().map(anchor).collect(),
+                    ..f
+                }
+            }
+            None => ClientFile::default(),
+        };
+        let node_identity = match self.node_identity.clone().or(file.node_identity) {
+            Some(s) => Some(
+                s.parse::<Identity>()
+                    .with_context(|| format!("node identity {s:?}"))?,
+            ),
+            None => None,
+        };
+        let pick = |a: &Vec<PathBuf>, b: Vec<PathBuf>| if a.is_empty() { b } else { a.clone() };
+        Ok(ClientSettings {
+            node: self.node.clone().or(file.node),
+            cert: self.cert.clone().or(file.cert),
+            key: self.key.clone().or(file.key),
+            ca: pick(&self.ca, file.ca),
+            crl: pick(&self.crl, file.crl),
+            node_identity,
+        })
+    }
+
+    /// The loaded identity and a channel to the node.
+    pub async fn dial(&self) -> Result<(Dialer, tonic::transport::Channel)> {
+        let settings = self.settings()?;
+        let node = settings.node.clone().context(
+            "missing setting: node address (--node, BEACON_NODE or `node` in the client config)",
+        )?;
+        let dialer = Dialer::load(&settings)?;
+        let expected = match settings.node_identity {
+            Some(id) => ExpectedServer::Exactly(id),
+            None => ExpectedServer::AnyNode,
+        };
+        let channel = dialer.connect(&node, expected).await?;
+        Ok((dialer, channel))
+    }
+}
+
+/// Reader filters, shared by subscribe, tail and list.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only these kinds (repeatable).
+    #[arg(long = "kind")]
+    kinds: Vec<String>,
+    /// Only this severity and above.
+    #[arg(long)]
+    min_severity: Option<String>,
+    /// Only these TLP labels (repeatable).
+    #[arg(long = "tlp")]
+    tlp: Vec<String>,
+    /// Only bulletins with one of these topics (repeatable).
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// Only these publishing members (repeatable).
+    #[arg(long = "publisher")]
+    publishers: Vec<String>,
+}
+
+impl FilterArgs {
+    fn to_proto(&self) -> Result<Option<pb::Filter>> {
+        let mut f = pb::Filter::default();
+        for k in &self.kinds {
+            let kind = Kind::parse(k).with_context(|| {
+                format!(
+                    "kind {k:?} is not one of: {}",
+                    Kind::ALL.map(Kind::name).join(", ")
+                )
+            })?;
+            f.kinds.push(beacon::wire::kind_to_i32(kind));
+        }
+        if let Some(s) = &self.min_severity {
+            let sev = Severity::parse(s).with_context(|| {
+                format!(
+                    "severity {s:?} is not one of: {}",
+                    Severity::ALL.map(Severity::name).join(", ")
+                )
+            })?;
+            f.min_severity = beacon::wire::severity_to_i32(sev);
+        }
+        for t in &self.tlp {
+            let tlp = Tlp::parse(t).with_context(|| format!("{t:?} is not a TLP 2.0 label"))?;
+            f.tlp.push(beacon::wire::tlp_to_i32(tlp));
+        }
+        f.topics = self.topics.clone();
+        f.publishers = self.publishers.clone();
+        Ok((f != pb::Filter::default()).then_some(f))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Bulletins from a JSON or YAML file (one or many; `-` for standard input).
+    #[arg(long, short)]
+    file: Option<PathBuf>,
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long)]
+    severity: Option<String>,
+    /// TLP 2.0 label, e.g. TLP:AMBER.
+    #[arg(long)]
+    tlp: Option<String>,
+    #[arg(long)]
+    title: Option<String>,
+    #[arg(long)]
+    summary: Option<String>,
+    #[arg(long)]
+    body: Option<String>,
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// Audience member ids (repeatable); required for TLP:RED.
+    #[arg(long = "to")]
+    audience: Vec<String>,
+    /// Audience groups, as the nodes define them (repeatable).
+    #[arg(long = "to-group")]
+    groups: Vec<String>,
+    /// Indicators as TYPE=VALUE, e.g. domain=news-example.ru (repeatable).
+    #[arg(long = "indicator")]
+    indicators: Vec<String>,
+    /// Reference URLs (repeatable).
+    #[arg(long = "reference")]
+    references: Vec<String>,
+    #[arg(long)]
+    supersedes: Option<String>,
+    #[arg(long)]
+    retracts: Option<String>,
+    /// RFC 3339 expiry.
+    #[arg(long)]
+    expires_at: Option<String>,
+    /// Use this id (a UUID) instead of a fresh one; republishing is idempotent.
+    #[arg(long)]
+    id: Option<String>,
+    /// Attach a file (e.g. a STIX 2.1 bundle) to every bulletin published.
+    #[arg(long)]
+    attach: Option<PathBuf>,
+    /// Media type of the attachment (guessed from its content otherwise).
+    #[arg(long)]
+    media_type: Option<String>,
+    /// One JSON object per result.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SubscribeArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Durable subscription name; without it the subscription is ephemeral.
+    #[arg(long)]
+    name: Option<String>,
+    /// Where to start: resume, earliest, latest, a sequence number, or an RFC 3339 time.
+    #[arg(long)]
+    from: Option<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Most unacknowledged deliveries in flight (0: the node's default).
+    #[arg(long, default_value_t = 0)]
+    window: u32,
+    /// One JSON object per line (for pipelines).
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many deliveries.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Sign and publish bulletins, from flags or from a JSON/YAML file.
+    Publish(Box<PublishArgs>),
+    /// Stream bulletins (replay, then live); verifies every signature.
+    Subscribe(Box<SubscribeArgs>),
+    /// Follow new bulletins as they arrive (ephemeral, from now, unless told otherwise).
+    Tail(Box<SubscribeArgs>),
+    /// One bulletin by id.
+    Get {
+        #[command(flatten)]
+        conn: ConnArgs,
+        id: String,
+        /// The publishing member, when several used the same id.
+        #[arg(long)]
+        publisher: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bulletins in sequence order, filtered.
+    List {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Start after this sequence.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many (0: everything, page by page).
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an exported DSSE JSON envelope offline against CA certificates.
+    Verify {
+        file: PathBuf,
+        /// CA certificate(s) (PEM).
+        #[arg(long, env = "BEACON_CA", value_delimiter = ',', required = true)]
+        ca: Vec<PathBuf>,
+        /// CRL file(s).
+        #[arg(long, env = "BEACON_CRL", value_delimiter = ',')]
+        crl: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a bulletin's signed envelope as DSSE JSON.
+    Export {
+        #[command(flatten)]
+        conn: ConnArgs,
+        id: String,
+        #[arg(long)]
+        publisher: Option<String>,
+        /// Output file (standard output by default).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Publish a DSSE JSON envelope as it is (your own export, or relayed by a node).
+    Import {
+        #[command(flatten)]
+        conn: ConnArgs,
+        file: PathBuf,
+    },
+}
+
+pub async fn run(cmd: ClientCommand) -> Result<()> {
+    match cmd {
+        ClientCommand::Publish(a) => publish(*a).await,
+        ClientCommand::Subscribe(a) => subscribe(*a, false).await,
+        ClientCommand::Tail(a) => subscribe(*a, true).await,
+        ClientCommand::Get {
+            conn,
+            id,
+            publisher,
+            json,
+        } => {
+            let (dialer, channel) = conn.dial().await?;
+            let d = get(channel, &id, publisher).await?;
+            let mut out = std::io::stdout().lock();
+            let line = render(&d, &dialer.bundle, json, out_is_terminal());
+            writeln!(out, "{line}")?;
+            Ok(())
+        }
+        ClientCommand::List {
+            conn,
+            after,
+            limit,
+            filter,
+            json,
+        } => list(conn, after, limit, filter, json).await,
+        ClientCommand::Verify {
+            file,
+            ca,
+            crl,
+            json,
+        } => verify(&file, &ca, &crl, json),
+        ClientCommand::Export {
+            conn,
+            id,
+            publisher,
+            output,
+        } => {
+            let (_, channel) = conn.dial().await?;
+            let d = get(channel, &id, publisher).await?;
+            let env = beacon::wire::envelope_from_proto(d.envelope.context("no envelope")?);
+            let text = document::envelope_to_dsse(&env);
+            match output {
+                Some(path) => std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => println!("{text}"),
+            }
+            Ok(())
+        }
+        ClientCommand::Import { conn, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let env = document::envelope_from_dsse(&text)?;
+            let (dialer, channel) = conn.dial().await?;
+            let signer = Arc::new(Signer::new(
+                dialer.own.chain.clone(),
+                dialer.own.key.secret_der(),
+            )?);
+            let mut client = BeaconClient::new(channel, signer);
+            let p = client
+                .publish_envelope(&env)
+                .await
+                .map_err(refusal)
+                .context("import refused")?;
+            println!(
+                "{} {} seq {}",
+                if p.duplicate {
+                    "already held"
+                } else {
+                    "imported"
+                },
+                p.id,
+                p.sequence
+            );
+            Ok(())
+        }
+    }
+}
+
+fn out_is_terminal() -> bool {
+    std::io::stdout().is_terminal()
+}
+
+/// A refusal as the node phrased it: "<code>: <message>".
+fn refusal(e: beacon::client::ClientError) -> anyhow::Error {
+    match e {
+        beacon::client::ClientError::Rpc(s) => {
+            anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+        }
+        other => other.into(),
+    }
+}
+
+fn read_input(path: &Path) -> Result<String> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read standard input")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+fn guess_media_type(path: &Path, data: &[u8]) -> String {
+    let head = String::from_utf8_lossy(&data[..data.len().min(4096)]);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if (ext == "json" || head.trim_start().starts_with('{'))
+        && head.contains("\"type\"")
+        && head.contains("\"bundle\"")
+    {
+        "application/stix+json;version=2.1".into()
+    } else {
+        match ext.as_str() {
+            "json" => "application/json",
+            "pdf" => "application/pdf",
+            "txt" | "md" => "text/plain",
+            "csv" => "text/csv",
+            _ => "application/octet-stream",
+        }
+        .into()
+    }
+}
+
+fn docs_from_flags(a: &PublishArgs) -> Result<BulletinDoc> {
+    let need = |v: &Option<String>, flag: &str| {
+        v.clone()
+            .with_context(|| format!("missing --{flag} (or give --file)"))
+    };
+    let indicators = a
+        .indicators
+        .iter()
+        .map(|i| {
+            let (t, v) = i
+                .split_once('=')
+                .with_context(|| format!("indicator {i:?} is not TYPE=VALUE"))?;
+            Ok(document::IndicatorDoc {
+                kind: t.to_owned(),
+                value: v.to_owned(),
+                description: String::new(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BulletinDoc {
+        id: a.id.clone(),
+        publisher: None,
+        created_at: None,
+        kind: need(&a.kind, "kind")?,
+        severity: need(&a.severity, "severity")?,
+        tlp: need(&a.tlp, "tlp")?,
+        audience: document::AudienceDoc {
+            members: a.audience.clone(),
+            groups: a.groups.clone(),
+        },
+        topics: a.topics.clone(),
+        title: need(&a.title, "title")?,
+        summary: need(&a.summary, "summary")?,
+        body: a.body.clone().unwrap_or_default(),
+        indicators,
+        references: a
+            .references
+            .iter()
+            .map(|u| document::ReferenceDoc {
+                url: u.clone(),
+                description: String::new(),
+                external_id: String::new(),
+            })
+            .collect(),
+        supersedes: a.supersedes.clone(),
+        retracts: a.retracts.clone(),
+        expires_at: a.expires_at.clone(),
+        attachment: None,
+    })
+}
+
+async fn publish(a: PublishArgs) -> Result<()> {
+    let docs = match &a.file {
+        Some(path) => {
+            let yaml = match path.extension().and_then(|e| e.to_str()) {
+                Some("yaml" | "yml") => Some(true),
+                Some("json") => Some(false),
+                _ => None,
+            };
+            document::parse_bulletins(&read_input(path)?, yaml)
+                .with_context(|| format!("{}", path.display()))?
+        }
+        None => vec![docs_from_flags(&a)?],
+    };
+    let attachment = match &a.attach {
+        Some(path) => {
+            let data =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(Attachment {
+                media_type: a
+                    .media_type
+                    .clone()
+                    .unwrap_or_else(|| guess_media_type(path, &data)),
+                filename: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                data,
+            })
+        }
+        None => None,
+    };
+    let (dialer, channel) = a.conn.dial().await?;
+    let member = dialer
+        .own
+        .identity
+        .member()
+        .map(|m| m.as_str().to_owned())
+        .with_context(|| {
+            format!(
+                "{} cannot publish: it is not a member identity",
+                dialer.own.identity
+            )
+        })?;
+    // Every document is checked before anything is sent.
+    let bulletins: Vec<Bulletin> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut b = d
+                .to_bulletin(&member)
+                .with_context(|| format!("bulletin {} of {}", i + 1, docs.len()))?;
+            if attachment.is_some() {
+                b.attachment = attachment.clone();
+            }
+            Ok(b)
+        })
+        .collect::<Result<_>>()?;
+    let signer = Arc::new(Signer::new(
+        dialer.own.chain.clone(),
+        dialer.own.key.secret_der(),
+    )?);
+    let mut client = BeaconClient::new(channel, signer);
+    let mut refused = 0;
+    for b in &bulletins {
+        match client.publish(b).await {
+            Ok(p) => {
+                if a.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "id": p.id, "sequence": p.sequence, "duplicate": p.duplicate,
+                            "digest": hex(&p.digest),
+                        })
+                    );
+                } else {
+                    println!(
+                        "{} {} seq {}",
+                        if p.duplicate {
+                            "already held"
+                        } else {
+                            "published"
+                        },
+                        p.id,
+                        p.sequence
+                    );
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                let e = refusal(e);
+                if a.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": b.id, "refused": format!("{e:#}")})
+                    );
+                } else {
+                    eprintln!("refused {}: {e:#}", b.id);
+                }
+            }
+        }
+    }
+    if refused > 0 {
+        bail!("{refused} of {} bulletins refused", bulletins.len());
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// One delivery as a line: human (severity and TLP first) or JSON. The
+/// signature is checked here, on the reader's side.
+fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> String {
+    let env: Option<Envelope> = d.envelope.clone().map(beacon::wire::envelope_from_proto);
+    let verified = env.as_ref().context("no envelope").and_then(|e| {
+        beacon::bulletin::verify_stored_envelope(e, bundle, SystemTime::now())
+            .map_err(anyhow::Error::from)
+    });
+    let bulletin = env
+        .as_ref()
+        .and_then(|e| beacon::wire::decode_bulletin(&e.payload).ok());
+    let accepted = d
+        .accepted_at
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .map(rfc3339)
+        .unwrap_or_default();
+    if json {
+        let mut v = serde_json::json!({
+            "sequence": d.sequence,
+            "accepted_at": accepted,
+            "origin_node": d.origin_node,
+            "origin_sequence": d.origin_sequence,
+            "digest": hex(&d.envelope_digest),
+            "verified": verified.is_ok(),
+        });
+        match &verified {
+            Ok(v_) => v["signer"] = serde_json::json!(v_.signer.to_string()),
+            Err(e) => v["error"] = serde_json::json!(format!("{e:#}")),
+        }
+        if let Some(b) = &bulletin {
+            v["bulletin"] = serde_json::to_value(BulletinDoc::from_bulletin(b)).unwrap_or_default();
+        }
+        return v.to_string();
+    }
+    let Some(b) = bulletin else {
+        return format!("#{} {accepted} ✗ undecodable envelope", d.sequence);
+    };
+    let doc = BulletinDoc::from_bulletin(&b);
+    let paint = |code: &str, s: &str| {
+        if color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    };
+    let tlp = match doc.tlp.as_str() {
+        "TLP:RED" => paint("1;31", &doc.tlp),
+        "TLP:AMBER" | "TLP:AMBER+STRICT" => paint("1;33", &doc.tlp),
+        "TLP:GREEN" => paint("1;32", &doc.tlp),
+        other => paint("1", other),
+    };
+    let severity = match doc.severity.as_str() {
+        "critical" | "high" => paint("1;31", &doc.severity.to_uppercase()),
+        "medium" => paint("33", &doc.severity.to_uppercase()),
+        s => s.to_uppercase(),
+    };
+    let check = match &verified {
+        Ok(v) => format!("✓ {}", v.signer),
+        Err(e) => paint("1;31", &format!("✗ UNVERIFIED: {e:#}")),
+    };
+    let mut line = format!(
+        "#{} {accepted} {severity} {tlp} {} [{}] {} — {}",
+        d.sequence,
+        doc.publisher.unwrap_or_default(),
+        doc.kind,
+        doc.title,
+        check
+    );
+    if let Some(id) = doc.retracts {
+        line.push_str(&format!(" (retracts {id})"));
+    }
+    if let Some(id) = doc.supersedes {
+        line.push_str(&format!(" (supersedes {id})"));
+    }
+    line.push_str(&format!(" id={}", doc.id.unwrap_or_default()));
+    line
+}
+
+async fn get(
+    channel: tonic::transport::Channel,
+    id: &str,
+    publisher: Option<String>,
+) -> Result<pb::Delivery> {
+    let mut c = BulletinsClient::new(channel).max_decoding_message_size(64 << 20);
+    let r = c
+        .get(pb::GetRequest {
+            id: id.to_owned(),
+            publisher: publisher.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
+    r.into_inner().delivery.context("the node sent no delivery")
+}
+
+async fn list(
+    conn: ConnArgs,
+    after: u64,
+    limit: u64,
+    filter: FilterArgs,
+    json: bool,
+) -> Result<()> {
+    let filter = filter.to_proto()?;
+    let (dialer, channel) = conn.dial().await?;
+    let mut c = BulletinsClient::new(channel).max_decoding_message_size(64 << 20);
+    let color = out_is_terminal();
+    let mut out = std::io::stdout().lock();
+    let mut after = after;
+    let mut shown = 0u64;
+    loop {
+        let page_limit = if limit == 0 {
+            1000
+        } else {
+            (limit - shown).min(1000)
+        };
+        let page = c
+            .list(pb::ListRequest {
+                after_sequence: after,
+                until_sequence: 0,
+                limit: page_limit as u32,
+                filter: filter.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        for d in &page.deliveries {
+            writeln!(out, "{}", render(d, &dialer.bundle, json, color))?;
+            shown += 1;
+        }
+        after = page.next_after_sequence;
+        if !page.more || (limit != 0 && shown >= limit) {
+            return Ok(());
+        }
+    }
+}
+
+fn verify(file: &Path, ca: &[PathBuf], crl: &[PathBuf], json: bool) -> Result<()> {
+    let text = read_input(file)?;
+    let env = document::envelope_from_dsse(&text).with_context(|| format!("{}", file.display()))?;
+    let leaf = env
+        .signatures
+        .first()
+        .and_then(|s| s.cert_chain.first())
+        .context("the envelope carries no signer certificate")?;
+    // The signer's trust domain; the CAs given decide whether it is vouched for.
+    let (signer_id, _) =
+        beacon::trust::identity_of(&rustls::pki_types::CertificateDer::from(leaf.as_slice()))?;
+    let mut cas = Vec::new();
+    for path in ca {
+        for c in beacon::trust::read_certs(path)? {
+            cas.push(beacon::trust::CaEntry::new(
+                c,
+                beacon::identity::MemberScope::any(),
+            )?);
+        }
+    }
+    let mut crls = Vec::new();
+    for path in crl {
+        crls.extend(beacon::trust::read_crls(path)?);
+    }
+    let bundle = TrustBundle::new(signer_id.trust_domain.clone(), cas, crls)?;
+    let v = beacon::bulletin::verify_stored_envelope(&env, &bundle, SystemTime::now())
+        .with_context(|| format!("{} does not verify", file.display()))?;
+    let b = &v.bulletin;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "verified": true,
+                "signer": v.signer.to_string(),
+                "digest": hex(&beacon::bulletin::sha256(&beacon::wire::encode_envelope(&env))),
+                "bulletin": BulletinDoc::from_bulletin(b),
+            })
+        );
+    } else {
+        println!(
+            "verified: {} {} {} \"{}\" signed by {} (created {})",
+            b.id,
+            v.tlp.label(),
+            v.severity.name(),
+            b.title,
+            v.signer,
+            b.created_at.map(rfc3339).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Where a subscription starts, from `--from`.
+fn start(from: Option<&str>, durable: bool, tail: bool) -> Result<pb::start_position::At> {
+    use pb::start_position::{At, Earliest, Latest, Resume};
+    let default = if durable {
+        "resume"
+    } else if tail {
+        "latest"
+    } else {
+        "earliest"
+    };
+    let s = from.unwrap_or(default);
+    Ok(match s {
+        "resume" => At::Resume(Resume {}),
+        "earliest" => At::Earliest(Earliest {}),
+        "latest" | "now" => At::Latest(Latest {}),
+        other => {
+            if let Ok(n) = other.parse::<u64>() {
+                if n == 0 {
+                    bail!("--from: sequences start at 1");
+                }
+                At::Sequence(n)
+            } else {
+                let t = time::OffsetDateTime::parse(
+                    other,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .with_context(|| {
+                    format!("--from {other:?}: expected resume, earliest, latest, a sequence or an RFC 3339 time")
+                })?;
+                At::Time(prost_types::Timestamp::from(SystemTime::from(t)))
+            }
+        }
+    })
+}
+
+async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
+    use pb::subscribe_response::Msg;
+    let durable = a.name.is_some();
+    let open = pb::SubscribeOpen {
+        name: a.name.clone().unwrap_or_default(),
+        start: Some(pb::StartPosition {
+            at: Some(start(a.from.as_deref(), durable, tail)?),
+        }),
+        filter: a.filter.to_proto()?,
+        window: a.window,
+    };
+    let (dialer, channel) = a.conn.dial().await?;
+    let signer = Arc::new(Signer::new(
+        dialer.own.chain.clone(),
+        dialer.own.key.secret_der(),
+    )?);
+    let mut client = BeaconClient::new(channel, signer);
+    let mut sub = client.subscribe(open).await.map_err(refusal)?;
+    let terminal = out_is_terminal();
+    let progress = terminal && std::io::stderr().is_terminal();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut ack_every = 64u64;
+    let (mut written, mut acked, mut last_written) = (0u64, 0u64, 0u64);
+    let mut replay: Option<(u64, u64)> = None; // (cursor, head) while replaying
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let ended_by_node = loop {
+        let ev = tokio::select! {
+            _ = &mut interrupted => break false,
+            ev = sub.next() => ev.map_err(refusal)?,
+        };
+        let Some(ev) = ev else { break true };
+        match ev {
+            Msg::Subscribed(s) => {
+                ack_every = u64::from(s.window / 4).clamp(1, 64);
+                if s.head > s.cursor {
+                    replay = Some((s.cursor, s.head));
+                }
+                if terminal {
+                    eprintln!(
+                        "subscribed{} after sequence {} (head {}, window {})",
+                        if s.name.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" as {:?}", s.name)
+                        },
+                        s.cursor,
+                        s.head,
+                        s.window
+                    );
+                }
+            }
+            Msg::Delivery(d) => {
+                let line = render(&d, &dialer.bundle, a.json, terminal);
+                // Written out (and flushed) before it is acknowledged; a closed
+                // output stops here, leaving it unacknowledged.
+                if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                    break false;
+                }
+                written += 1;
+                last_written = d.sequence;
+                if progress {
+                    if let Some((from, head)) = replay {
+                        let total = head.saturating_sub(from).max(1);
+                        let done = d.sequence.saturating_sub(from).min(total);
+                        eprint!(
+                            "\rreplaying {done}/{total} ({:.0}%)\x1b[K",
+                            done as f64 * 100.0 / total as f64
+                        );
+                    }
+                }
+                if written % ack_every == 0 {
+                    sub.ack(last_written).await.map_err(refusal)?;
+                    acked = last_written;
+                }
+                if a.count.is_some_and(|n| written >= n) {
+                    break false;
+                }
+            }
+            Msg::CaughtUp(c) => {
+                if progress && replay.is_some() {
+                    eprintln!("\rcaught up at {}; live\x1b[K", c.head);
+                }
+                replay = None;
+                if last_written > acked {
+                    sub.ack(last_written).await.map_err(refusal)?;
+                    acked = last_written;
+                }
+            }
+            Msg::Heartbeat(_) => {
+                if last_written > acked {
+                    sub.ack(last_written).await.map_err(refusal)?;
+                    acked = last_written;
+                }
+            }
+        }
+    };
+    if ended_by_node {
+        bail!("the node closed the subscription");
+    }
+    // A goodbye: the last written delivery is acknowledged and the node
+    // confirms the cursor, so the next run resumes right after it.
+    if last_written > acked {
+        sub.ack(last_written).await.map_err(refusal)?;
+    }
+    sub.finish(Duration::from_secs(10)).await.map_err(refusal)?;
+    if terminal {
+        eprintln!("stopped after {written} deliveries; acknowledged up to {last_written}");
+    }
+    Ok(())
+}
