@@ -118,6 +118,8 @@ pub struct Broker {
     next_id: AtomicU64,
     /// Most subscriptions open at once on this node.
     max: usize,
+    /// Deliveries of subscriptions that have ended.
+    delivered_closed: AtomicU64,
 }
 
 /// Removes its session from the broker when the subscription ends.
@@ -132,6 +134,10 @@ pub struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.stats.connected.store(false, Ordering::Relaxed);
+        self.broker.delivered_closed.fetch_add(
+            self.stats.delivered.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         if let Ok(mut m) = self.broker.sessions.lock() {
             if m.get(&self.key).is_some_and(|s| s.id == self.id) {
                 m.remove(&self.key);
@@ -146,7 +152,18 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             max,
+            delivered_closed: AtomicU64::new(0),
         }
+    }
+
+    /// Deliveries sent since the node started, by every subscription.
+    pub fn delivered_total(&self) -> u64 {
+        let open: u64 = self
+            .sessions()
+            .iter()
+            .map(|s| s.delivered.load(Ordering::Relaxed))
+            .sum();
+        self.delivered_closed.load(Ordering::Relaxed) + open
     }
 
     /// Registers a session; a durable name already open is taken over (its

@@ -53,6 +53,16 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The local operations port: Prometheus metrics, /healthz and gRPC health
+/// (plain text; bind it to loopback or a pod network only).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

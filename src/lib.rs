@@ -28,6 +28,7 @@ pub mod document;
 pub mod federation;
 pub mod filter;
 pub mod identity;
+pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod proto;

@@ -161,6 +161,7 @@ pub struct NodeState {
     pub own: RwLock<Arc<KeyedChain>>,
     /// The configured peer links and their state.
     pub peers: Vec<Arc<crate::federation::PeerLink>>,
+    pub metrics: crate::metrics::Metrics,
     /// Cancelled when the node begins to shut down; long-lived streams watch it.
     pub shutdown: CancellationToken,
 }
@@ -395,6 +396,10 @@ pub async fn run_with_reload(
 ) -> Result<(), ServerError> {
     let material = load_material(&config)?;
     let local = listener.local_addr().map_err(ServerError::Listen)?;
+    let ops_listener = match config.metrics.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(ServerError::Listen)?),
+        None => None,
+    };
     let connections = Arc::new(Connections::default());
     let store = Arc::new(crate::store::Store::open(
         &config.node.data_dir,
@@ -417,11 +422,25 @@ pub async fn run_with_reload(
         broker: Arc::new(crate::broker::Broker::new(config.limits.max_subscriptions)),
         own: RwLock::new(material.own.clone()),
         peers: crate::federation::links(&config, &material.identity),
+        metrics: crate::metrics::Metrics::default(),
         shutdown: shutdown.clone(),
         config,
     });
     let tls_config = Arc::new(RwLock::new(material.tls));
     info!(node = %state.identity, addr = %local, "beacon node listening (mutual TLS 1.3)");
+
+    // The operations port, if configured.
+    let ops = match ops_listener {
+        Some(l) => {
+            info!(addr = %l.local_addr().map_err(ServerError::Listen)?, "operations port: /metrics, /healthz, gRPC health (plain text)");
+            Some(tokio::spawn(crate::metrics::serve(
+                state.clone(),
+                l,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
 
     // Peer links: one task each, until shutdown.
     let links: Vec<_> = state
@@ -482,6 +501,9 @@ pub async fn run_with_reload(
     let _ = reloader.await;
     for link in links {
         let _ = link.await;
+    }
+    if let Some(ops) = ops {
+        let _ = ops.await;
     }
     drop(state);
     // Subscription tasks end on the shutdown token; once the last of them has
@@ -569,10 +591,12 @@ async fn accept_loop(
             let stream = match accepted {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
+                    state.metrics.handshake_failures.inc(handshake_reason(&e));
                     warn!(target: "beacon::audit", %addr, reason = %e, "TLS handshake refused");
                     return;
                 }
                 Err(_) => {
+                    state.metrics.handshake_failures.inc("timeout");
                     warn!(target: "beacon::audit", %addr, "TLS handshake timed out");
                     return;
                 }
@@ -618,6 +642,27 @@ async fn accept_loop(
             // If the server is gone the connection is simply dropped.
             let _ = tx.send(Ok(conn)).await;
         });
+    }
+}
+
+/// A short, fixed reason for a failed handshake (a metric label).
+fn handshake_reason(e: &io::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as R};
+    match e.get_ref().and_then(|x| x.downcast_ref::<R>()) {
+        Some(R::InvalidCertificate(c)) => match c {
+            C::Revoked => "revoked",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::UnknownIssuer => "unknown_issuer",
+            C::BadSignature => "bad_signature",
+            _ => "certificate_refused",
+        },
+        Some(R::NoCertificatesPresented) => "no_client_certificate",
+        Some(R::PeerIncompatible(_)) | Some(R::NoApplicationProtocol) => "incompatible",
+        Some(R::InvalidMessage(_)) | Some(R::PeerMisbehaved(_)) => "protocol",
+        Some(_) => "tls",
+        None if e.kind() == io::ErrorKind::UnexpectedEof => "eof",
+        None => "io",
     }
 }
 

@@ -150,6 +150,28 @@ impl BulletinsService {
 
 const DEFAULT_LIST_PAGE: u32 = 100;
 
+/// A short, fixed name for why a publish was refused (a metric label).
+fn refusal_reason(e: &BulletinError) -> &'static str {
+    use crate::trust::TrustError;
+    match e {
+        BulletinError::TooLarge { .. } => "too_large",
+        BulletinError::MalformedEnvelope(_) | BulletinError::MalformedPayload(_) => "malformed",
+        BulletinError::PayloadType(_) => "payload_type",
+        BulletinError::SignatureCount(_)
+        | BulletinError::NoChain
+        | BulletinError::ChainTooLong(_)
+        | BulletinError::KeyType => "signature_form",
+        BulletinError::Signer(TrustError::Revoked) => "signer_revoked",
+        BulletinError::Signer(TrustError::Expired) => "signer_expired",
+        BulletinError::Signer(_) => "signer_untrusted",
+        BulletinError::BadSignature => "bad_signature",
+        BulletinError::WrongMember { .. } | BulletinError::OperatorSigner(_) => "wrong_member",
+        BulletinError::NotPeer { .. } => "not_sender",
+        BulletinError::Invalid(_) => "invalid_fields",
+        BulletinError::Key(_) | BulletinError::Sign => "internal",
+    }
+}
+
 #[tonic::async_trait]
 impl pb::bulletins_server::Bulletins for BulletinsService {
     async fn publish(
@@ -164,6 +186,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         let limit = self.state.config.limits.max_envelope_bytes;
         let size = prost::Message::encoded_len(&env);
         if size > limit {
+            self.state.metrics.refusals.inc("too_large");
             return Err(status::bulletin(&BulletinError::TooLarge { size, limit }));
         }
         // The canonical bytes, encoded once from what arrived; the domain
@@ -178,6 +201,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             sender,
         )
         .map_err(|e| {
+            self.state.metrics.refusals.inc(refusal_reason(&e));
             warn!(target: "beacon::audit", peer = %peer.identity, reason = %e, "publish refused");
             status::bulletin(&e)
         })?;
@@ -199,9 +223,19 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             })
             .await
             .map_err(|e| {
+                self.state.metrics.refusals.inc(match e {
+                    crate::store::StoreError::Conflict { .. } => "conflict",
+                    crate::store::StoreError::MissingRelated { .. } => "missing_related",
+                    _ => "store",
+                });
                 warn!(target: "beacon::audit", peer = %peer.identity, id = %b.id, reason = %e, "publish refused");
                 status::store(&e)
             })?;
+        self.state.metrics.publishes.inc(if appended.duplicate {
+            "duplicate"
+        } else {
+            "accepted"
+        });
         info!(target: "beacon::audit", peer = %peer.identity, signer = %verified.signer, id = %b.id,
               seq = appended.seq, duplicate = appended.duplicate, tlp = verified.tlp.label(), "published");
         Ok(Response::new(pb::PublishResponse {

@@ -303,13 +303,31 @@ impl Default for StoreOptions {
 }
 
 /// Figures for status and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StoreStats {
     pub corrupt_reads: AtomicU64,
     pub batches: AtomicU64,
     pub appended: AtomicU64,
     pub fsync_nanos_total: AtomicU64,
     pub fsync_nanos_max: AtomicU64,
+    /// Duration of each flush.
+    pub fsync_seconds: crate::metrics::Histogram,
+    /// Records each flush made durable.
+    pub batch_records: crate::metrics::Histogram,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        StoreStats {
+            corrupt_reads: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            fsync_nanos_total: AtomicU64::new(0),
+            fsync_nanos_max: AtomicU64::new(0),
+            fsync_seconds: crate::metrics::Histogram::new(crate::metrics::FSYNC_BOUNDS),
+            batch_records: crate::metrics::Histogram::new(crate::metrics::BATCH_BOUNDS),
+        }
+    }
 }
 
 /// The durable log.
@@ -794,6 +812,12 @@ impl Flusher {
                     .fsync_nanos_max
                     .fetch_max(took, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.fsync_seconds.observe(took as f64 / 1e9);
+                if target > self.durable {
+                    self.stats
+                        .batch_records
+                        .observe(target.saturating_sub(self.durable) as f64);
+                }
                 if let Err(e) = result {
                     error!(error = %e, "store flush failed; refusing further writes");
                     self.failed.store(true, Ordering::Release);

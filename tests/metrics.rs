@@ -1,0 +1,126 @@
+//! The operations port: Prometheus metrics and gRPC health without a client certificate.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use beacon::bulletin::Tlp;
+use common::*;
+
+/// GET `path` over plain HTTP/1.1; (status line, body).
+fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("a response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The value of the sample `name` (with its labels, exactly as written).
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_publishes_refusals_handshakes_and_lag() {
+    let pki = TestPki::new();
+    let ops = free_addr();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = format!("[metrics]\nlisten = \"{ops}\"\n");
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("fr.anssi", "analyst");
+    let mut c = member(node.addr, &files, &ca).await;
+
+    let b = bulletin("fr.anssi", "counted");
+    c.publish(&b).await.expect("publish");
+    c.publish(&b).await.expect("republish is a duplicate");
+    let mut red = bulletin("fr.anssi", "red without audience");
+    red.tlp = beacon::wire::tlp_to_i32(Tlp::Red);
+    c.publish(&red).await.expect_err("refused");
+    // A handshake from outside the trust bundle.
+    let stranger_dir = pki.other_ca("stranger", "*");
+    let stranger = pki.issue_from(
+        &stranger_dir,
+        beacon::pki::IssueRequest::new(id(
+            beacon::identity::RoleKind::Client,
+            Some("xx.evil"),
+            "eve",
+        )),
+    );
+    assert!(health(node.addr, &stranger, &ca).await.is_err());
+    // A durable subscription that has acknowledged nothing.
+    let mut sub = c
+        .subscribe(open("feed", earliest()))
+        .await
+        .expect("subscribe");
+    read_deliveries(&mut sub, 1, true, Duration::from_secs(10)).await;
+
+    let (status, body) = http_get(ops, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(
+        sample(&body, "beacon_publishes_total{result=\"accepted\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "beacon_publishes_total{result=\"duplicate\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "beacon_publish_refusals_total{reason=\"invalid_fields\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "beacon_tls_handshake_failures_total{reason=\"unknown_issuer\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "beacon_store_head"), Some(1.0));
+    assert!(sample(&body, "beacon_store_fsync_seconds_count").is_some_and(|n| n >= 1.0));
+    assert!(
+        sample(&body, "beacon_store_batch_records_bucket{le=\"+Inf\"}").is_some_and(|n| n >= 1.0)
+    );
+    assert!(sample(&body, "beacon_store_size_bytes").is_some_and(|n| n > 0.0));
+    assert!(sample(&body, "beacon_deliveries_total").is_some_and(|n| n >= 1.0));
+    let lag = format!(
+        "beacon_subscription_lag{{identity=\"{}\",name=\"feed\"}}",
+        files.identity
+    );
+    assert_eq!(sample(&body, &lag), Some(1.0), "{body}");
+
+    let (status, body) = http_get(ops, "/healthz");
+    assert!(status.contains("200") && body.trim() == "ok");
+    let (status, _) = http_get(ops, "/nothing-here");
+    assert!(status.contains("404"), "{status}");
+
+    // gRPC health over h2c, as a Kubernetes grpc probe asks it.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{ops}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("h2c connect");
+    health_on(channel).await.expect("serving");
+    node.stop().await;
+}
