@@ -25,6 +25,8 @@ use crate::trust::{self, CaEntry, TrustBundle, TrustError};
 pub enum ClientError {
     #[error("missing setting: {0}")]
     Missing(&'static str),
+    #[error("client config {path}: {reason}")]
+    Config { path: String, reason: String },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -73,6 +75,50 @@ pub struct ClientSettings {
     pub crl: Vec<PathBuf>,
     /// Require exactly this node identity instead of checking the host name.
     pub node_identity: Option<Identity>,
+}
+
+/// A client config file: any of `node`, `cert`, `key`, `ca`, `crl`,
+/// `node_identity`; relative paths are relative to the file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ClientFile {
+    node: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Vec<PathBuf>,
+    crl: Vec<PathBuf>,
+    node_identity: Option<String>,
+}
+
+impl ClientSettings {
+    /// Reads a client config file (TOML).
+    pub fn from_file(path: &std::path::Path) -> Result<ClientSettings, ClientError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ClientError::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let f: ClientFile = toml::from_str(&text).map_err(|e| ClientError::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        let anchor = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let node_identity = match f.node_identity {
+            Some(s) => Some(s.parse::<Identity>().map_err(|e| ClientError::Config {
+                path: path.display().to_string(),
+                reason: format!("node_identity: {e}"),
+            })?),
+            None => None,
+        };
+        Ok(ClientSettings {
+            node: f.node,
+            cert: f.cert.map(anchor),
+            key: f.key.map(anchor),
+            ca: f.ca.into_iter().map(anchor).collect(),
+            crl: f.crl.into_iter().map(anchor).collect(),
+            node_identity,
+        })
+    }
 }
 
 /// A loaded client identity plus the bundle it checks nodes against.

@@ -134,7 +134,7 @@ async fn refusals_are_precise_and_leave_nothing_behind() {
     );
     assert_eq!(code, 1);
     assert!(
-        err.contains("InvalidArgument") && err.contains("TLP:RED must name"),
+        err.contains("INVALID_ARGUMENT") && err.contains("TLP:RED must name"),
         "{err}"
     );
     // A document with an unknown field is refused before anything is sent.

@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use serde::Deserialize;
 
 use beacon::bulletin::{Attachment, Bulletin, Envelope, Kind, Severity, Signer, Tlp};
 use beacon::client::{BeaconClient, BulletinsClient, ClientSettings, Dialer};
@@ -46,44 +45,19 @@ pub struct ConnArgs {
     client_config: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ClientFile {
-    node: Option<String>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    ca: Vec<PathBuf>,
-    crl: Vec<PathBuf>,
-    node_identity: Option<String>,
-}
-
 impl ConnArgs {
     /// Flags and environment first, then the client config file.
     pub fn settings(&self) -> Result<ClientSettings> {
         let file = match &self.client_config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                let f: ClientFile =
-                    toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-                let base = path.parent().unwrap_or(Path::new("."));
-                let anchor = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-                ClientFile {
-                    cert: f.cert.map(anchor),
-                    key: f.key.map(anchor),
-                    ca: f.ca.into_iter().map(anchor).collect(),
-                    crl: f.crl.into_iter().map(anchor).collect(),
-                    ..f
-                }
-            }
-            None => ClientFile::default(),
+            Some(path) => ClientSettings::from_file(path)?,
+            None => ClientSettings::default(),
         };
-        let node_identity = match self.node_identity.clone().or(file.node_identity) {
+        let node_identity = match &self.node_identity {
             Some(s) => Some(
                 s.parse::<Identity>()
                     .with_context(|| format!("node identity {s:?}"))?,
             ),
-            None => None,
+            None => file.node_identity,
         };
         let pick = |a: &Vec<PathBuf>, b: Vec<PathBuf>| if a.is_empty() { b } else { a.clone() };
         Ok(ClientSettings {
@@ -388,14 +362,9 @@ fn out_is_terminal() -> bool {
     std::io::stdout().is_terminal()
 }
 
-/// A refusal as the node phrased it: "<code>: <message>".
+/// A refusal as the node phrased it: "<CODE>: <message>".
 fn refusal(e: beacon::client::ClientError) -> anyhow::Error {
-    match e {
-        beacon::client::ClientError::Rpc(s) => {
-            anyhow::anyhow!("{:?}: {}", s.code(), s.message())
-        }
-        other => other.into(),
-    }
+    e.into()
 }
 
 fn read_input(path: &Path) -> Result<String> {
@@ -691,7 +660,7 @@ async fn get(
             publisher: publisher.unwrap_or_default(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
+        .map_err(beacon::client::ClientError::from)?;
     r.into_inner().delivery.context("the node sent no delivery")
 }
 
@@ -723,7 +692,7 @@ async fn list(
                 filter: filter.clone(),
             })
             .await
-            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+            .map_err(beacon::client::ClientError::from)?
             .into_inner();
         for d in &page.deliveries {
             writeln!(out, "{}", render(d, &dialer.bundle, json, color))?;
