@@ -607,7 +607,7 @@ impl Ca {
         Ok(Issued {
             serial: serial_hex,
             cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            key_pem: portable_key_pem(&key),
             entry,
         })
     }
@@ -877,4 +877,28 @@ pub fn inspect(path: &Path) -> Result<String, PkiError> {
         ));
     }
     Ok(out)
+}
+
+/// The fields of a PKCS#8 v2 Ed25519 key after its outer SEQUENCE header, up
+/// to its 32-byte seed: version 1, the Ed25519 algorithm, the seed's header.
+const ED25519_PKCS8_V2_FIELDS: [u8; 14] = [
+    0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// PKCS#8 v1 Ed25519 (RFC 8410) up to the seed.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// An issued private key as PEM that other toolkits read too: Ed25519 keys as
+/// PKCS#8 v1 (RFC 8410, the seed only). The v2 form the crypto library
+/// produces carries the public key in a way OpenSSL and Python's
+/// `cryptography` refuse. Other keys are written as generated.
+fn portable_key_pem(key: &KeyPair) -> String {
+    let der = key.serialize_der();
+    if der.len() >= 48 && der[0] == 0x30 && der[2..16] == ED25519_PKCS8_V2_FIELDS {
+        let mut v1 = ED25519_PKCS8_V1_PREFIX.to_vec();
+        v1.extend_from_slice(&der[16..48]);
+        return pem::encode(&pem::Pem::new("PRIVATE KEY", v1));
+    }
+    key.serialize_pem()
 }

@@ -117,7 +117,10 @@ impl BundleClientVerifier {
             .filter_map(|ca| {
                 webpki::anchor_from_trusted_cert(&ca.cert)
                     .ok()
-                    .map(|a| DistinguishedName::from(a.subject.as_ref().to_vec()))
+                    // webpki gives the Name's contents; the CertificateRequest
+                    // carries the whole DER Name (with its SEQUENCE header), or
+                    // OpenSSL and BoringSSL clients refuse the handshake.
+                    .map(|a| DistinguishedName::in_sequence(a.subject.as_ref()))
             })
             .collect();
         BundleClientVerifier {

@@ -455,3 +455,60 @@ async fn server_reflection_lists_the_services() {
     }
     n.stop().await;
 }
+
+/// Records the CA names a server's CertificateRequest offers.
+#[derive(Debug, Default)]
+struct HintRecorder {
+    seen: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl rustls::client::ResolvesClientCert for HintRecorder {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if let Ok(mut s) = self.seen.lock() {
+            s.extend(root_hint_subjects.iter().map(|h| h.to_vec()));
+        }
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// OpenSSL and BoringSSL clients (grpcio, grpcurl) refuse a CertificateRequest
+/// whose CA names are not whole DER Names; each hint must parse as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_request_names_the_cas_as_der_names() {
+    use x509_parser::prelude::FromDer;
+    let pki = TestPki::new();
+    let node = node(&pki).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in beacon::trust::read_certs(&pki.ca_cert()).expect("ca") {
+        roots.add(c).expect("root");
+    }
+    let recorder = Arc::new(HintRecorder::default());
+    let mut config = rustls::ClientConfig::builder_with_provider(beacon::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.client_auth_cert_resolver = recorder.clone();
+    let tcp = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    // The node refuses us (no certificate); the hints were offered before that.
+    let _ = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await;
+    let hints = recorder.seen.lock().expect("lock").clone();
+    assert_eq!(hints.len(), 1, "one CA in the bundle, one hint");
+    let (rest, parsed) = x509_parser::x509::X509Name::from_der(&hints[0]).expect("a DER Name");
+    assert!(rest.is_empty());
+    assert!(parsed.to_string().contains("Test CA"), "{parsed}");
+    node.stop().await;
+}

@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""A small Beacon client in Python: the proto is the contract.
+
+It generates its stubs from the repository's proto/ with grpcio-tools,
+connects with a member certificate over mutual TLS, signs bulletins itself
+(DSSE PAE, with the `cryptography` package) and streams a durable
+subscription with resume.
+
+    pip install -r examples/python/requirements.txt
+    python examples/python/beacon_client.py --node 127.0.0.1:7443 \
+        --ca ca.pem --cert client.pem --key client.key publish --title "..." --summary "..."
+    python examples/python/beacon_client.py ... subscribe --name py-feed --count 10
+
+Each command prints one JSON object per line.
+"""
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import queue
+import sys
+import tempfile
+import uuid
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
+PAYLOAD_TYPE = "application/vnd.beacon.bulletin.v1+protobuf"
+
+
+def load_stubs():
+    """Generates Python stubs from proto/ into a temporary directory and imports them."""
+    from grpc_tools import protoc
+
+    out = tempfile.mkdtemp(prefix="beacon-stubs-")
+    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+    files = [
+        os.path.join(PROTO_ROOT, "beacon", "v1", name)
+        for name in ("bulletin.proto", "service.proto")
+    ]
+    rc = protoc.main(
+        ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
+        + files
+    )
+    if rc != 0:
+        raise SystemExit(f"protoc failed ({rc})")
+    sys.path.insert(0, out)
+    pb = importlib.import_module("beacon.v1.bulletin_pb2")
+    svc = importlib.import_module("beacon.v1.service_pb2")
+    grpc_svc = importlib.import_module("beacon.v1.service_pb2_grpc")
+    return pb, svc, grpc_svc
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding."""
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+class Member:
+    """A member identity: the certificate, its key, and what it may sign as."""
+
+    def __init__(self, cert_path, key_path):
+        with open(cert_path, "rb") as f:
+            self.cert_pem = f.read()
+        with open(key_path, "rb") as f:
+            self.key_pem = f.read()
+        certs = x509.load_pem_x509_certificates(self.cert_pem)
+        self.chain_der = [c.public_bytes(serialization.Encoding.DER) for c in certs]
+        self.key = serialization.load_pem_private_key(self.key_pem, password=None)
+        san = certs[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        if len(uris) != 1:
+            raise SystemExit("the certificate must carry exactly one SPIFFE URI")
+        self.spiffe_id = uris[0]
+        # spiffe://<trust domain>/client/<member>/<name>
+        parts = self.spiffe_id.split("/")
+        if len(parts) < 6 or parts[3] not in ("client", "node"):
+            raise SystemExit(f"{self.spiffe_id} is not a member identity")
+        self.member = parts[4]
+
+    def sign(self, message: bytes) -> bytes:
+        if isinstance(self.key, ed25519.Ed25519PrivateKey):
+            return self.key.sign(message)
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            return self.key.sign(message, ec.ECDSA(hashes.SHA256()))
+        raise SystemExit("unsupported key type (Ed25519 or ECDSA P-256)")
+
+
+def channel(args, member):
+    with open(args.ca, "rb") as f:
+        ca = f.read()
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=member.key_pem, certificate_chain=member.cert_pem
+    )
+    return grpc.secure_channel(args.node, creds)
+
+
+def envelope(pb, member, bulletin):
+    payload = bulletin.SerializeToString()
+    sig = member.sign(pae(PAYLOAD_TYPE, payload))
+    return pb.Envelope(
+        payload_type=PAYLOAD_TYPE,
+        payload=payload,
+        signatures=[pb.Signature(keyid=member.spiffe_id, sig=sig, cert_chain=member.chain_der)],
+    )
+
+
+def cmd_publish(args, pb, svc, grpc_svc):
+    member = Member(args.cert, args.key)
+    stub = grpc_svc.BulletinsStub(channel(args, member))
+    for i in range(args.count):
+        b = pb.Bulletin(
+            id=str(uuid.uuid4()),
+            publisher=member.member,
+            kind=pb.KIND_DISINFORMATION,
+            severity=pb.SEVERITY_HIGH,
+            tlp=pb.TLP_GREEN,
+            title=args.title if args.count == 1 else f"{args.title} #{i}",
+            summary=args.summary,
+            topics=["elections"],
+        )
+        b.created_at.FromDatetime(datetime.datetime.now(datetime.timezone.utc))
+        try:
+            r = stub.Publish(svc.PublishRequest(envelope=envelope(pb, member, b)), timeout=30)
+        except grpc.RpcError as e:
+            print(json.dumps({"id": b.id, "refused": e.code().name, "message": e.details()}))
+            return 1
+        print(json.dumps({"id": r.id, "sequence": r.sequence, "duplicate": r.duplicate}), flush=True)
+    return 0
+
+
+def cmd_subscribe(args, pb, svc, grpc_svc):
+    """Durable subscription: print deliveries, ack them, say goodbye after --count."""
+    member = Member(args.cert, args.key)
+    stub = grpc_svc.BulletinsStub(channel(args, member))
+    outbox = queue.Queue()
+    done = object()
+
+    def requests():
+        yield svc.SubscribeRequest(
+            open=svc.SubscribeOpen(
+                name=args.name,
+                start=svc.StartPosition(resume=svc.StartPosition.Resume()),
+                window=64,
+            )
+        )
+        while True:
+            item = outbox.get()
+            if item is done:
+                return  # closing our side is the goodbye: the node commits the cursor
+            yield item
+
+    seen = 0
+    responses = stub.Subscribe(requests(), timeout=60)
+    for resp in responses:
+        kind = resp.WhichOneof("msg")
+        if kind == "subscribed":
+            print(json.dumps({"subscribed": resp.subscribed.name, "cursor": resp.subscribed.cursor,
+                              "head": resp.subscribed.head}), flush=True)
+        elif kind == "delivery":
+            if seen >= args.count:
+                continue  # after the goodbye: not written, not acknowledged
+            d = resp.delivery
+            b = pb.Bulletin()
+            b.ParseFromString(d.envelope.payload)
+            print(json.dumps({"sequence": d.sequence, "id": b.id, "title": b.title,
+                              "signer": d.envelope.signatures[0].keyid}), flush=True)
+            outbox.put(svc.SubscribeRequest(ack=svc.Ack(sequence=d.sequence)))
+            seen += 1
+            if seen >= args.count:
+                outbox.put(done)
+        # caught_up and heartbeat need nothing
+    # The stream ended after the goodbye: the cursor is durable.
+    print(json.dumps({"stopped_after": seen}), flush=True)
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--node", default=os.environ.get("BEACON_NODE"), required="BEACON_NODE" not in os.environ)
+    p.add_argument("--ca", default=os.environ.get("BEACON_CA"), required="BEACON_CA" not in os.environ)
+    p.add_argument("--cert", default=os.environ.get("BEACON_CERT"), required="BEACON_CERT" not in os.environ)
+    p.add_argument("--key", default=os.environ.get("BEACON_KEY"), required="BEACON_KEY" not in os.environ)
+    sub = p.add_subparsers(dest="command", required=True)
+    pub = sub.add_parser("publish", help="sign and publish bulletins")
+    pub.add_argument("--title", required=True)
+    pub.add_argument("--summary", required=True)
+    pub.add_argument("--count", type=int, default=1)
+    s = sub.add_parser("subscribe", help="durable subscription with resume")
+    s.add_argument("--name", required=True)
+    s.add_argument("--count", type=int, required=True)
+    args = p.parse_args()
+    pb, svc, grpc_svc = load_stubs()
+    if args.command == "publish":
+        return cmd_publish(args, pb, svc, grpc_svc)
+    return cmd_subscribe(args, pb, svc, grpc_svc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
