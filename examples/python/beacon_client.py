@@ -15,11 +15,13 @@ Each command prints one JSON object per line.
 """
 
 import argparse
+import atexit
 import datetime
 import importlib
 import json
 import os
 import queue
+import shutil
 import sys
 import tempfile
 import uuid
@@ -39,6 +41,7 @@ def load_stubs():
     from grpc_tools import protoc
 
     out = tempfile.mkdtemp(prefix="beacon-stubs-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     files = [
         os.path.join(PROTO_ROOT, "beacon", "v1", name)
