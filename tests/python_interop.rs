@@ -103,7 +103,8 @@ fn interop(algorithm: Algorithm) {
         assert_eq!(seqs, vec![1, 2, 3]);
 
         // Rust reads each back and verifies the Python signature independently.
-        let ch = dial(node.addr, &files, &[ca.clone()]).await.expect("dial");
+        let cas = vec![ca.clone()];
+        let ch = dial(node.addr, &files, &cas).await.expect("dial");
         let mut c = beacon::client::BulletinsClient::new(ch);
         let bundle = {
             let cert = beacon::trust::read_certs(&ca).expect("ca").remove(0);
@@ -145,7 +146,7 @@ fn interop(algorithm: Algorithm) {
 
         // Rust publishes more; Python resumes exactly after its cursor.
         let rust_files = pki.client("de.bsi", "rust-analyst");
-        let mut rust = member(node.addr, &rust_files, &[ca.clone()]).await;
+        let mut rust = member(node.addr, &rust_files, &cas).await;
         for i in 0..2 {
             rust.publish(&bulletin("de.bsi", &format!("from Rust {i}")))
                 .await
