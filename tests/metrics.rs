@@ -89,12 +89,13 @@ async fn metrics_count_publishes_refusals_handshakes_and_lag() {
         ),
         Some(1.0)
     );
-    assert_eq!(
+    // The client may retry its connection, so at least one refusal.
+    assert!(
         sample(
             &body,
             "beacon_tls_handshake_failures_total{reason=\"unknown_issuer\"}"
-        ),
-        Some(1.0),
+        )
+        .is_some_and(|n| n >= 1.0),
         "{body}"
     );
     assert_eq!(sample(&body, "beacon_store_head"), Some(1.0));
