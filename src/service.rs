@@ -58,7 +58,7 @@ pub mod status {
         match e {
             StoreError::Conflict { .. } => Status::already_exists(msg),
             StoreError::MissingRelated { .. } => Status::failed_precondition(msg),
-            StoreError::Corrupt { .. } => Status::data_loss(msg),
+            StoreError::Corrupt { .. } | StoreError::RolledBack { .. } => Status::data_loss(msg),
             StoreError::Closed => Status::unavailable(msg),
             StoreError::Io(_) | StoreError::Failed => Status::internal(msg),
         }

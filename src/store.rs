@@ -40,6 +40,8 @@ pub enum StoreError {
     Io(String),
     #[error("record {seq} is corrupted: {reason}")]
     Corrupt { seq: u64, reason: String },
+    #[error("the store holds sequences up to {found}, but this node acknowledged up to {acknowledged}: its files were damaged, truncated or replaced (recovery stops at the first damaged entry), and nothing is served from it. Restore the data directory from a backup, or move it aside and let the node refill from its peers")]
+    RolledBack { acknowledged: u64, found: u64 },
     #[error("bulletin {id} of {publisher} already exists with different content")]
     Conflict { publisher: String, id: String },
     #[error("{relation} names bulletin {id} of {publisher}, which this node does not hold")]
@@ -411,6 +413,17 @@ impl Store {
                 last.unwrap_or(0)
             )));
         }
+        // A log that ends before what was acknowledged is refused, never served.
+        let watermark = Watermark::open(dir)?;
+        if let Some(acknowledged) = watermark.read() {
+            if acknowledged > head {
+                return Err(StoreError::RolledBack {
+                    acknowledged,
+                    found: head,
+                });
+            }
+        }
+        watermark.record(head).map_err(io)?;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let failed = Arc::new(AtomicBool::new(false));
@@ -441,6 +454,7 @@ impl Store {
         };
         let flusher = Flusher {
             db: db.clone(),
+            watermark,
             durable: head,
             head_tx,
             failed: failed.clone(),
@@ -769,10 +783,61 @@ type Reply = (
     Result<Appended, StoreError>,
 );
 
+/// The highest sequence the store has made durable, kept in a small file
+/// beside sled (`acknowledged`: the sequence and its CRC32). It is written
+/// after each flush, without an fsync of its own, so it never runs ahead of
+/// the log; after a power loss it may lag, which only weakens the check. At
+/// open, a log that ends before it means sled's recovery lost acknowledged
+/// records (it stops at the first damaged entry), and the store refuses to open.
+struct Watermark {
+    file: std::fs::File,
+}
+
+impl Watermark {
+    fn open(dir: &Path) -> Result<Watermark, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("acknowledged"))
+            .map_err(io)?;
+        Ok(Watermark { file })
+    }
+
+    /// The recorded head; `None` when absent or unreadable (then logged).
+    fn read(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 12];
+        match self.file.read_exact_at(&mut buf, 0) {
+            Ok(()) => {
+                let (seq, sum) = buf.split_at(8);
+                if crc32fast::hash(seq).to_be_bytes().as_slice() == sum {
+                    be_u64(seq)
+                } else {
+                    warn!("the acknowledged-head file is damaged; it will be rewritten");
+                    None
+                }
+            }
+            Err(_) => None, // a new store
+        }
+    }
+
+    fn record(&self, seq: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 12];
+        buf[..8].copy_from_slice(&seq.to_be_bytes());
+        let sum = crc32fast::hash(&buf[..8]);
+        buf[8..].copy_from_slice(&sum.to_be_bytes());
+        self.file.write_all_at(&buf, 0)
+    }
+}
+
 /// The flusher: makes applied batches and cursor writes durable (one `flush`,
 /// i.e. fsync, per round) and only then answers them and moves the committed head.
 struct Flusher {
     db: sled::Db,
+    watermark: Watermark,
     durable: u64,
     head_tx: watch::Sender<u64>,
     failed: Arc<AtomicBool>,
@@ -844,6 +909,9 @@ impl Flusher {
                         .appended
                         .fetch_add(target - self.durable, Ordering::Relaxed);
                     self.durable = target;
+                    if let Err(e) = self.watermark.record(target) {
+                        warn!(error = %e, "cannot record the acknowledged head outside the log");
+                    }
                     self.head_tx.send_replace(target);
                 }
             }

@@ -1,0 +1,211 @@
+//! Damaged stores, through the binary: bytes flipped and files truncated in a
+//! stopped node's store. The node either refuses to start and says why, or
+//! serves every acknowledged bulletin exactly as acknowledged. It never serves
+//! altered data, and never quietly holds less than it acknowledged.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BULLETINS: usize = 30;
+
+/// What the node serves: sequence → envelope digest, or the error.
+async fn served(
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    ca: &[PathBuf],
+) -> Result<BTreeMap<u64, Vec<u8>>, String> {
+    let deliveries = list_all(addr, files, ca).await?;
+    Ok(deliveries
+        .into_iter()
+        .map(|d| (d.sequence, d.envelope_digest))
+        .collect())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir").flatten() {
+        let p = e.path();
+        let target = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            std::fs::copy(&p, &target).expect("copy");
+        }
+    }
+}
+
+/// Starts `beacon daemon` on `dir`; `Ok(node)` once it answers gRPC health
+/// as `files` (the port accepts TCP before the store is open), or
+/// `Err(stderr)` if it exits first.
+async fn start(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    ca: &[PathBuf],
+) -> Result<ChildNode, String> {
+    let log = dir.join(format!("run-{}.log", rand_suffix()));
+    let child = Command::new(beacon_bin())
+        .args(["daemon", "--config", "beacon.toml"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let mut node = ChildNode {
+        child,
+        addr,
+        stderr_path: log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = node.child.try_wait().expect("wait") {
+            assert_eq!(
+                status.code(),
+                Some(1),
+                "a refused store exits 1: {}",
+                node.log()
+            );
+            return Err(node.log());
+        }
+        if health(addr, files, ca).await.is_ok() {
+            return Ok(node);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither started nor exited: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn stop(mut node: ChildNode) {
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(node.wait(Duration::from_secs(20)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_refused_or_served_intact_never_altered() {
+    let pki = TestPki::new();
+    let opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    let (dir, addr) = child_config(&opts);
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("fr.anssi", "analyst");
+
+    let node = start(dir.path(), addr, &files, &ca)
+        .await
+        .expect("a fresh node starts");
+    let mut c = member(addr, &files, &ca).await;
+    for i in 0..BULLETINS {
+        c.publish(&bulletin(
+            "fr.anssi",
+            &format!("stored bulletin {i:02} marker"),
+        ))
+        .await
+        .expect("publish");
+    }
+    let acknowledged = served(addr, &files, &ca).await.expect("list");
+    assert_eq!(acknowledged.len(), BULLETINS);
+    drop(c);
+    stop(node);
+
+    let store = dir.path().join("store");
+    let pristine = dir.path().join("pristine");
+    copy_dir(&store, &pristine);
+    let db = store.join("sled").join("db");
+    let size = std::fs::metadata(&db).expect("db").len() as usize;
+    let original = std::fs::read(&db).expect("read db");
+    let marker = |n: usize| {
+        let needle = format!("stored bulletin {n:02} marker");
+        original
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .expect("the title is in the log")
+    };
+
+    // (what was done, the damaged db file)
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for n in [3, 15, 28] {
+        let mut d = original.clone();
+        d[marker(n)] ^= 0x01;
+        cases.push((format!("a bit flipped in bulletin {n}'s title"), d));
+    }
+    for k in 1..=8 {
+        let at = size * k / 9;
+        let mut d = original.clone();
+        d[at] ^= 0xff;
+        cases.push((format!("a byte flipped at {at} of {size}"), d));
+    }
+    for (num, den) in [(1, 2), (9, 10), (1, 10)] {
+        let len = size * num / den;
+        cases.push((
+            format!("truncated to {len} of {size} bytes"),
+            original[..len].to_vec(),
+        ));
+    }
+
+    let mut refused = 0;
+    for (what, damaged) in &cases {
+        std::fs::remove_dir_all(&store).expect("clear");
+        copy_dir(&pristine, &store);
+        std::fs::write(&db, damaged).expect("damage");
+        match start(dir.path(), addr, &files, &ca).await {
+            Err(log) => {
+                assert!(log.contains("cannot open the store"), "{what}: {log}");
+                refused += 1;
+            }
+            Ok(node) => {
+                // Started: then it must serve exactly what it acknowledged.
+                let now = served(addr, &files, &ca).await;
+                assert_eq!(
+                    now.as_ref().ok(),
+                    Some(&acknowledged),
+                    "{what}: the node started but does not serve what it acknowledged: {now:?}"
+                );
+                stop(node);
+            }
+        }
+    }
+    eprintln!("{refused} of {} damaged stores refused; the rest served intact", cases.len());
+    // The title flips and the truncations are all caught.
+    assert!(
+        refused >= 6,
+        "only {refused} of {} damaged stores refused",
+        cases.len()
+    );
+
+    // A truncation is named with the numbers.
+    std::fs::remove_dir_all(&store).expect("clear");
+    copy_dir(&pristine, &store);
+    std::fs::write(&db, &original[..size / 2]).expect("truncate");
+    let log = start(dir.path(), addr, &files, &ca)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        log.contains(&format!("acknowledged up to {BULLETINS}")),
+        "{log}"
+    );
+
+    // The pristine store still serves everything, byte for byte.
+    std::fs::remove_dir_all(&store).expect("clear");
+    copy_dir(&pristine, &store);
+    let node = start(dir.path(), addr, &files, &ca)
+        .await
+        .expect("the pristine store starts");
+    assert_eq!(served(addr, &files, &ca).await.expect("list"), acknowledged);
+    stop(node);
+}
