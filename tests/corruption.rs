@@ -179,7 +179,10 @@ async fn a_damaged_store_is_refused_or_served_intact_never_altered() {
             }
         }
     }
-    eprintln!("{refused} of {} damaged stores refused; the rest served intact", cases.len());
+    eprintln!(
+        "{refused} of {} damaged stores refused; the rest served intact",
+        cases.len()
+    );
     // The title flips and the truncations are all caught.
     assert!(
         refused >= 6,

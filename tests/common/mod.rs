@@ -162,6 +162,8 @@ pub struct NodeOptions {
     pub node: CertFiles,
     /// (CA certificate, members, CRL) entries of the trust bundle.
     pub trust: Vec<(PathBuf, String, Option<PathBuf>)>,
+    /// Extra keys of the `[timing]` table (lines).
+    pub timing: String,
     pub extra: String,
 }
 
@@ -170,16 +172,18 @@ impl NodeOptions {
         NodeOptions {
             node,
             trust: vec![(pki.ca_cert(), "*".into(), Some(pki.crl()))],
+            timing: String::new(),
             extra: String::new(),
         }
     }
 
     pub fn config_text(&self, data_dir: &Path, listen: &str) -> String {
         let mut s = format!(
-            "[node]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[timing]\nreload_interval = \"100ms\"\ndrain_timeout = \"3s\"\nheartbeat_interval = \"300ms\"\npeer_retry_max = \"500ms\"\n\n",
+            "[node]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[timing]\nreload_interval = \"100ms\"\ndrain_timeout = \"3s\"\nheartbeat_interval = \"300ms\"\npeer_retry_max = \"500ms\"\n{}\n",
             data_dir.display(),
             self.node.cert.display(),
-            self.node.key.display()
+            self.node.key.display(),
+            self.timing
         );
         for (ca, members, crl) in &self.trust {
             let members: Vec<String> = members.split(',').map(|m| format!("\"{m}\"")).collect();
@@ -798,7 +802,12 @@ impl Alliance {
                 "[[peers]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\n\n"
             ));
         }
-        NodeOptions { node, trust, extra }
+        NodeOptions {
+            node,
+            trust,
+            timing: String::new(),
+            extra,
+        }
     }
 
     /// The bundle every node uses, for checking envelopes on the client side.
