@@ -27,6 +27,7 @@ pub mod dev;
 pub mod document;
 pub mod federation;
 pub mod filter;
+pub mod fuzzing;
 pub mod identity;
 pub mod metrics;
 pub mod pki;
