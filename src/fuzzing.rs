@@ -20,11 +20,9 @@ fn bundle() -> &'static crate::trust::TrustBundle {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
         let cert = params.self_signed(&key).expect("self-signed");
-        let entry = crate::trust::CaEntry::new(
-            cert.der().clone(),
-            crate::identity::MemberScope::any(),
-        )
-        .expect("CA entry");
+        let entry =
+            crate::trust::CaEntry::new(cert.der().clone(), crate::identity::MemberScope::any())
+                .expect("CA entry");
         let td = "fuzz.example".parse().expect("trust domain");
         crate::trust::TrustBundle::new(td, vec![entry], vec![]).expect("bundle")
     })
@@ -59,7 +57,10 @@ pub fn identity(data: &[u8]) {
     };
     if let Ok(id) = s.parse::<crate::identity::Identity>() {
         // What parses prints back to itself.
-        assert_eq!(id.to_string().parse::<crate::identity::Identity>().ok(), Some(id));
+        assert_eq!(
+            id.to_string().parse::<crate::identity::Identity>().ok(),
+            Some(id)
+        );
     }
     let _ = s.parse::<crate::identity::MemberId>();
     let _ = s.parse::<crate::identity::Name>();

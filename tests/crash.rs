@@ -1,7 +1,9 @@
 //! Crash durability through the binary: `beacon daemon` as a child process,
 //! concurrent publishers, SIGKILL at random moments, restart. Every
 //! acknowledged bulletin must be present and byte-identical, and sequences
-//! must stay gapless.
+//! must stay gapless. A durable subscriber streams throughout: after each
+//! restart it resumes at or before what it acknowledged, with no gap, and by
+//! the end it has seen every sequence.
 //!
 //! `BEACON_CRASH_CYCLES` sets the number of kill/restart cycles (default 3).
 
@@ -20,6 +22,72 @@ type Acked = Arc<Mutex<BTreeMap<String, (u64, Vec<u8>)>>>;
 
 const PUBLISHERS: usize = 8;
 
+/// What the durable subscriber saw and acknowledged.
+#[derive(Default)]
+struct Reader {
+    acked_upto: u64,
+    seen: std::collections::BTreeSet<u64>,
+}
+
+/// Streams the durable subscription `audit-feed` until the node goes away (or
+/// `until` deliveries are seen), acknowledging each delivery; checks that a
+/// resume never skips past the acknowledged cursor and never leaves a gap.
+async fn durable_reader(
+    addr: std::net::SocketAddr,
+    files: CertFiles,
+    ca: Vec<std::path::PathBuf>,
+    state: Arc<Mutex<Reader>>,
+    until: Option<u64>,
+) {
+    use pb::subscribe_response::Msg;
+    let mut s = settings(&files, &ca);
+    s.node = Some(addr.to_string());
+    let Ok(mut c) = beacon::client::BeaconClient::connect(&s).await else {
+        return;
+    };
+    let Ok(mut sub) = c.subscribe(open("audit-feed", resume())).await else {
+        return;
+    };
+    let mut next = None;
+    loop {
+        if let Some(head) = until {
+            if state.lock().unwrap().seen.range(head..).next().is_some() {
+                return;
+            }
+        }
+        match sub.next().await {
+            Ok(Some(Msg::Subscribed(sd))) => {
+                let acked = state.lock().unwrap().acked_upto;
+                assert!(
+                    sd.cursor <= acked,
+                    "resumed after {} but only {acked} was acknowledged",
+                    sd.cursor
+                );
+                next = Some(sd.cursor + 1);
+            }
+            Ok(Some(Msg::Delivery(d))) => {
+                assert_eq!(
+                    Some(d.sequence),
+                    next,
+                    "a gap or reordering in the resumed stream"
+                );
+                next = Some(d.sequence + 1);
+                {
+                    let mut st = state.lock().unwrap();
+                    st.seen.insert(d.sequence);
+                }
+                if sub.ack(d.sequence).await.is_err() {
+                    return;
+                }
+                let mut st = state.lock().unwrap();
+                st.acked_upto = st.acked_upto.max(d.sequence);
+            }
+            Ok(Some(_)) => {}
+            _ => return, // the node died
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_bulletins_survive_sigkill() {
     let cycles: usize = std::env::var("BEACON_CRASH_CYCLES")
@@ -34,13 +102,30 @@ async fn acknowledged_bulletins_survive_sigkill() {
         .collect();
     let reader_files = pki.client("drc", "auditor");
     let acked: Acked = Arc::default();
+    let reader: Arc<Mutex<Reader>> = Arc::default();
     let mut rng = rand::rng();
     let mut attempts = 0u64;
 
     for cycle in 0..=cycles {
         let mut node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
-        check_everything(addr, &reader_files, &ca, &acked, cycle).await;
+        let head = check_everything(addr, &reader_files, &ca, &acked, cycle).await;
         if cycle == cycles {
+            // The durable subscriber catches up and has seen every sequence.
+            let caught_up = tokio::time::timeout(
+                Duration::from_secs(60),
+                durable_reader(
+                    addr,
+                    reader_files.clone(),
+                    ca.clone(),
+                    reader.clone(),
+                    Some(head),
+                ),
+            )
+            .await;
+            assert!(caught_up.is_ok(), "the durable subscriber did not catch up");
+            let seen = reader.lock().unwrap().seen.clone();
+            let expected: std::collections::BTreeSet<u64> = (1..=head).collect();
+            assert_eq!(seen, expected, "the durable subscriber missed sequences");
             node.signal(nix::sys::signal::Signal::SIGTERM);
             assert_eq!(
                 node.wait(Duration::from_secs(20)),
@@ -50,6 +135,14 @@ async fn acknowledged_bulletins_survive_sigkill() {
             );
             break;
         }
+        // Stream durably while publishing; the stream dies with the node.
+        let streaming = tokio::spawn(durable_reader(
+            addr,
+            reader_files.clone(),
+            ca.clone(),
+            reader.clone(),
+            None,
+        ));
         // Publish from every client until the node is killed.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -87,6 +180,9 @@ async fn acknowledged_bulletins_survive_sigkill() {
         for t in tasks {
             attempts += t.await.unwrap();
         }
+        streaming
+            .await
+            .expect("the durable subscriber's checks hold");
         eprintln!(
             "cycle {cycle}: killed after {run_for:?}; {} acknowledged so far, {attempts} attempted",
             acked.lock().unwrap().len()
@@ -106,12 +202,12 @@ async fn check_everything(
     ca: &[std::path::PathBuf],
     acked: &Acked,
     cycle: usize,
-) {
+) -> u64 {
     let mut c = member(addr, reader, ca).await;
     let mut after = 0;
     let mut seqs = Vec::new();
     let mut by_id: BTreeMap<String, (u64, Vec<u8>)> = BTreeMap::new();
-    loop {
+    let head = loop {
         let page = c
             .bulletins
             .list(pb::ListRequest {
@@ -141,9 +237,9 @@ async fn check_everything(
                 "cycle {cycle}: the log is not gapless 1..={}",
                 page.head
             );
-            break;
+            break page.head;
         }
-    }
+    };
     for (id, (seq, bytes)) in acked.lock().unwrap().iter() {
         let got = by_id
             .get(id)
@@ -151,4 +247,5 @@ async fn check_everything(
         assert_eq!(got.0, *seq, "cycle {cycle}: {id} moved");
         assert_eq!(&got.1, bytes, "cycle {cycle}: {id} is not byte-identical");
     }
+    head
 }

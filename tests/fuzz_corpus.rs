@@ -25,7 +25,9 @@ fn mutations(seed: &[u8]) -> Vec<Vec<u8>> {
 
 #[test]
 fn every_fuzz_target_survives_its_corpus_and_mutations() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join("corpus");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join("corpus");
     for (name, target) in beacon::fuzzing::TARGETS {
         let dir = root.join(name);
         let mut seeds = 0;
