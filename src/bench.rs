@@ -320,7 +320,7 @@ impl Figures {
         self.count as f64 / self.seconds.max(1e-9)
     }
 
-    fn from(label: String, mut lat: Vec<u64>, errors: usize, seconds: f64) -> Figures {
+    pub fn new(label: String, mut lat: Vec<u64>, errors: usize, seconds: f64) -> Figures {
         lat.sort_unstable();
         let pct = |p: f64| -> u64 {
             if lat.is_empty() {
@@ -429,7 +429,7 @@ pub async fn closed_loop(
     let (lat, errors) = gather(tasks).await?;
     let secs = start.elapsed().as_secs_f64();
     Ok((
-        Figures::from(format!("{n} publishers"), lat, errors, secs),
+        Figures::new(format!("{n} publishers"), lat, errors, secs),
         sign_rate,
     ))
 }
@@ -467,7 +467,7 @@ pub async fn open_loop(
     }
     let (lat, errors) = gather(tasks).await?;
     let secs = start.elapsed().as_secs_f64();
-    Ok(Figures::from(
+    Ok(Figures::new(
         format!("{rate}/s offered, {n} publishers"),
         lat,
         errors,
@@ -777,7 +777,7 @@ pub async fn convergence(
         lat.push(t.elapsed().as_micros() as u64);
         sub.ack(arrived).await?;
     }
-    Ok(Figures::from(
+    Ok(Figures::new(
         "convergence".into(),
         lat,
         0,

@@ -693,6 +693,10 @@ pub fn validate(b: &Bulletin, now: SystemTime) -> Result<(Kind, Severity, Tlp), 
         if exp <= created {
             return Err(invalid("expires_at is not after created_at"));
         }
+        // 9999-12-31T23:59:59Z: beyond it no calendar (or reader) can show it.
+        if exp > UNIX_EPOCH + Duration::from_secs(253_402_300_799) {
+            return Err(invalid("expires_at is after the year 9999"));
+        }
     }
     match &b.relation {
         Some(Relation::Supersedes(id)) | Some(Relation::Retracts(id)) => {

@@ -119,10 +119,20 @@ fn audience_is_empty(a: &AudienceDoc) -> bool {
     a.members.is_empty() && a.groups.is_empty()
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+/// A time as RFC 3339. Never panics: a time the calendar cannot hold (a
+/// hostile timestamp far beyond year 9999) is written as `unix:<seconds>`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let nanos: i128 = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    };
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|dt| {
+            dt.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("unix:{}", nanos / 1_000_000_000))
 }
 
 fn parse_time(what: &str, s: &str) -> Result<SystemTime, DocumentError> {

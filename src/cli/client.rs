@@ -565,9 +565,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    document::rfc3339(t)
 }
 
 /// One delivery as a line: human (severity and TLP first) or JSON. The
