@@ -148,6 +148,37 @@ impl Target {
         })
     }
 
+    /// `SIGKILL`s the daemon, starts it again on the same store, and returns
+    /// how long until it served a `List` (from the kill's return).
+    pub async fn kill_and_restart(&mut self, exe: &Path) -> Result<Duration, BenchError> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let t0 = Instant::now();
+        self.launch(exe)?;
+        let settings = self.client(9_999_998)?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Ok(mut c) = BeaconClient::connect(&settings).await {
+                let listed = c
+                    .bulletins
+                    .list(crate::proto::v1::ListRequest {
+                        limit: 1,
+                        ..Default::default()
+                    })
+                    .await;
+                if listed.is_ok() {
+                    return Ok(t0.elapsed());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Setup("the node did not serve after a restart".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Starts `beacon daemon` on the prepared directory and waits until it listens.
     pub fn launch(&mut self, exe: &Path) -> Result<(), BenchError> {
         let child = Command::new(exe)

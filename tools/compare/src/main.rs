@@ -7,7 +7,13 @@
 //!   once with `sync_interval: always` (an fsync before each ack, which is what
 //!   Beacon promises).
 //!
-//! Usage: beacon-compare BEACON_BIN NATS_SERVER_BIN [COUNT]
+//!
+//! Then, with STORED messages (1 KiB) already stored: replay of all of them to
+//! a new durable consumer (Beacon: a durable subscription from the earliest;
+//! NATS: a durable pull consumer with cumulative acks), and the time from a
+//! `SIGKILL` until the restarted server serves again with everything there.
+//!
+//! Usage: beacon-compare BEACON_BIN NATS_SERVER_BIN [COUNT] [STORED]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +30,8 @@ const SIZE: usize = 1024;
 struct Nats {
     child: Child,
     addr: SocketAddr,
+    conf: PathBuf,
+    bin: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -105,25 +113,146 @@ fn start_nats(bin: &Path, pki: &Pki, always: bool) -> Result<Nats> {
     );
     let conf_path = dir.path().join("nats.conf");
     std::fs::write(&conf_path, conf)?;
+    let child = spawn_nats(bin, &conf_path, addr)?;
+    Ok(Nats {
+        child,
+        addr,
+        conf: conf_path,
+        bin: bin.to_owned(),
+        _dir: dir,
+    })
+}
+
+fn spawn_nats(bin: &Path, conf: &Path, addr: SocketAddr) -> Result<Child> {
     let child = Command::new(bin)
         .arg("-c")
-        .arg(&conf_path)
+        .arg(conf)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let start = Instant::now();
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-        if start.elapsed() > Duration::from_secs(30) {
+        if start.elapsed() > Duration::from_secs(120) {
             bail!("nats-server did not start listening");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(Nats {
-        child,
-        addr,
-        _dir: dir,
+    Ok(child)
+}
+
+/// Stores `n` messages (publishes in flight in windows of 1,000, each acked).
+async fn nats_preload(js: &async_nats::jetstream::Context, n: usize) -> Result<()> {
+    let payload = bytes::Bytes::from(vec![b'x'; SIZE]);
+    let mut done = 0;
+    while done < n {
+        let k = (n - done).min(1000);
+        let mut acks = Vec::with_capacity(k);
+        for i in 0..k {
+            acks.push(
+                js.publish(format!("bench.{}", (done + i) % 64), payload.clone())
+                    .await?,
+            );
+        }
+        for a in acks {
+            a.await?;
+        }
+        done += k;
+    }
+    Ok(())
+}
+
+/// Replays the whole stream to a new durable pull consumer; (messages, seconds).
+async fn nats_replay(js: &async_nats::jetstream::Context, n: usize) -> Result<(usize, f64)> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use futures_util::StreamExt;
+    let stream = js.get_stream("BENCH").await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("replay".into()),
+            ack_policy: AckPolicy::All,
+            deliver_policy: DeliverPolicy::All,
+            // The same window Beacon's replay uses (4,096 unacknowledged).
+            max_ack_pending: 4096,
+            ..Default::default()
+        })
+        .await?;
+    let t0 = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(4096)
+        .messages()
+        .await?;
+    let mut got = 0;
+    while got < n {
+        let Some(m) = tokio::time::timeout(Duration::from_secs(60), messages.next()).await? else {
+            break;
+        };
+        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        got += 1;
+        if got % 1024 == 0 || got == n {
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    Ok((got, t0.elapsed().as_secs_f64()))
+}
+
+/// Kills the server, starts it again on the same store, and times until the
+/// stream answers with all `n` messages.
+async fn nats_restart(nats: &mut Nats, pki: &Pki, n: usize) -> Result<f64> {
+    let _ = nats.child.kill();
+    let _ = nats.child.wait();
+    let t0 = Instant::now();
+    nats.child = spawn_nats(&nats.bin, &nats.conf, nats.addr)?;
+    loop {
+        if let Ok(c) = nats_client(nats.addr, pki).await {
+            let js = async_nats::jetstream::new(c);
+            if let Ok(mut s) = js.get_stream("BENCH").await {
+                if let Ok(info) = s.info().await {
+                    if info.state.messages as usize >= n {
+                        return Ok(t0.elapsed().as_secs_f64());
+                    }
+                }
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            bail!("nats-server did not come back with the stream");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// (replay rate, replay seconds, restart seconds) for NATS with `n` stored.
+async fn nats_stored(bin: &Path, pki: &Pki, always: bool, n: usize) -> Result<(f64, f64, f64)> {
+    let mut nats = start_nats(bin, pki, always)?;
+    let js = async_nats::jetstream::new(nats_client(nats.addr, pki).await?);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
     })
+    .await?;
+    nats_preload(&js, n).await?;
+    eprintln!("  stored; replaying");
+    let (got, secs) = nats_replay(&js, n).await?;
+    if got != n {
+        bail!("NATS replayed {got} of {n}");
+    }
+    drop(js);
+    eprintln!("  replayed; restarting");
+    let restart = nats_restart(&mut nats, pki, n).await?;
+    Ok((got as f64 / secs, secs, restart))
+}
+
+/// The same for Beacon: bulk-loaded through its own group commit.
+async fn beacon_stored(bin: &Path, n: usize) -> Result<(f64, f64, f64)> {
+    let mut target = Target::prepare()?;
+    target.bulk_load(n, SIZE).await?;
+    target.launch(bin)?;
+    let (got, secs) = bench::replay(&target, n as u64, 0).await?;
+    let restart = target.kill_and_restart(bin).await?;
+    Ok((got as f64 / secs, secs, restart.as_secs_f64()))
 }
 
 async fn nats_client(addr: SocketAddr, pki: &Pki) -> Result<async_nats::Client> {
@@ -251,6 +380,11 @@ async fn main() -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(20_000);
+    let stored: usize = args
+        .get(4)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
     let counts = [(1, (count / 10).max(200)), (16, count), (64, count)];
     let dir = tempfile::tempdir()?;
     let pki = pki(dir.path())?;
@@ -258,9 +392,19 @@ async fn main() -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
 
+    eprintln!("beacon: publish runs");
     let beacon = beacon_runs(&beacon_bin, &counts).await?;
+    eprintln!("nats (default): publish runs");
     let lazy = nats_runs(&nats_bin, &pki, false, &counts).await?;
+    eprintln!("nats (always): publish runs");
     let always = nats_runs(&nats_bin, &pki, true, &counts).await?;
+
+    eprintln!("beacon: {stored} stored");
+    let beacon_s = beacon_stored(&beacon_bin, stored).await?;
+    eprintln!("nats (default): {stored} stored");
+    let lazy_s = nats_stored(&nats_bin, &pki, false, stored).await?;
+    eprintln!("nats (always): {stored} stored");
+    let always_s = nats_stored(&nats_bin, &pki, true, stored).await?;
 
     let version = Command::new(&nats_bin)
         .arg("--version")
@@ -283,5 +427,18 @@ async fn main() -> Result<()> {
             beacon[i].rate() / always[i].rate().max(1e-9)
         );
     }
+    println!();
+    println!("With {stored} messages of 1 KiB stored:");
+    println!();
+    println!("| workload | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
+    println!("|---|---|---|---|---:|");
+    println!(
+        "| replay to a new durable consumer | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.2}× |",
+        beacon_s.0, beacon_s.1, lazy_s.0, lazy_s.1, always_s.0, always_s.1, beacon_s.0 / always_s.0.max(1e-9)
+    );
+    println!(
+        "| restart after SIGKILL until serving everything | {:.2} s | {:.2} s | {:.2} s | {:.2}× (time) |",
+        beacon_s.2, lazy_s.2, always_s.2, beacon_s.2 / always_s.2.max(1e-9)
+    );
     Ok(())
 }
