@@ -173,7 +173,9 @@ impl Target {
                 }
             }
             if Instant::now() > deadline {
-                return Err(BenchError::Setup("the node did not serve after a restart".into()));
+                return Err(BenchError::Setup(
+                    "the node did not serve after a restart".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
