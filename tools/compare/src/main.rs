@@ -245,154 +245,6 @@ async fn nats_stored(bin: &Path, pki: &Pki, always: bool, n: usize) -> Result<(f
     Ok((got as f64 / secs, secs, restart))
 }
 
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
-
-/// Opens a push consumer from now on, acknowledging cumulatively every 256
-/// (as Beacon's fan-out subscribers do); returns its reader task, which ends
-/// after `expect` messages (or 60 s without one).
-async fn nats_reader(
-    client: &async_nats::Client,
-    expect: usize,
-    read: bool,
-) -> Result<tokio::task::JoinHandle<usize>> {
-    use async_nats::jetstream::consumer::{push, AckPolicy, DeliverPolicy};
-    use futures_util::StreamExt;
-    let js = async_nats::jetstream::new(client.clone());
-    let stream = js.get_stream("BENCH").await?;
-    let consumer = stream
-        .create_consumer(push::Config {
-            deliver_subject: client.new_inbox(),
-            deliver_policy: DeliverPolicy::New,
-            ack_policy: AckPolicy::All,
-            max_ack_pending: 1024,
-            ..Default::default()
-        })
-        .await?;
-    let mut msgs = consumer.messages().await?;
-    Ok(tokio::spawn(async move {
-        if !read {
-            // Stalled: holds its consumer open and never reads.
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            return 0;
-        }
-        let mut n = 0;
-        while n < expect {
-            match tokio::time::timeout(Duration::from_secs(60), msgs.next()).await {
-                Ok(Some(Ok(m))) => {
-                    n += 1;
-                    if n % 256 == 0 {
-                        let _ = m.ack().await;
-                    }
-                }
-                _ => break,
-            }
-        }
-        n
-    }))
-}
-
-/// One publisher keeping 16 publishes in flight.
-async fn nats_publish_16(js: &async_nats::jetstream::Context, n: usize) -> Result<()> {
-    let payload = bytes::Bytes::from(vec![b'x'; SIZE]);
-    let mut inflight = std::collections::VecDeque::new();
-    for _ in 0..n {
-        inflight.push_back(js.publish("bench.0", payload.clone()).await?);
-        if inflight.len() >= 16 {
-            if let Some(f) = inflight.pop_front() {
-                f.await?;
-            }
-        }
-    }
-    for f in inflight {
-        f.await?;
-    }
-    Ok(())
-}
-
-async fn nats_with_stream(
-    bin: &Path,
-    pki: &Pki,
-    always: bool,
-) -> Result<(Nats, async_nats::Client)> {
-    let nats = start_nats(bin, pki, always)?;
-    let client = nats_client(nats.addr, pki).await?;
-    async_nats::jetstream::new(client.clone())
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "BENCH".into(),
-            subjects: vec!["bench.>".into()],
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-    Ok((nats, client))
-}
-
-/// Fan-out: one publisher (16 in flight), `subs` live consumers (ten per
-/// connection); (deliveries, seconds until every consumer had them all).
-async fn nats_fan_out(
-    bin: &Path,
-    pki: &Pki,
-    always: bool,
-    subs: usize,
-    n: usize,
-) -> Result<(usize, f64)> {
-    let (nats, client) = nats_with_stream(bin, pki, always).await?;
-    let mut readers = Vec::new();
-    let mut conn = client.clone();
-    for i in 0..subs {
-        if i % 10 == 0 {
-            conn = nats_client(nats.addr, pki).await?;
-        }
-        readers.push(nats_reader(&conn, n, true).await?);
-    }
-    let js = async_nats::jetstream::new(client);
-    let t0 = Instant::now();
-    nats_publish_16(&js, n).await?;
-    let mut total = 0;
-    for r in readers {
-        total += r.await?;
-    }
-    Ok((total, t0.elapsed().as_secs_f64()))
-}
-
-/// Memory: RSS idle, with `subs` consumers + 1 stalled open, and after 10,000
-/// more publishes.
-async fn nats_memory(bin: &Path, pki: &Pki, always: bool, subs: usize) -> Result<(u64, u64, u64)> {
-    let (nats, client) = nats_with_stream(bin, pki, always).await?;
-    let pid = nats.child.id();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let base = rss(pid);
-    let mut readers = Vec::new();
-    let mut conn = client.clone();
-    for i in 0..subs {
-        if i % 10 == 0 {
-            conn = nats_client(nats.addr, pki).await?;
-        }
-        readers.push(nats_reader(&conn, 10_000, true).await?);
-    }
-    let stalled = nats_reader(&client, 0, false).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let open = rss(pid);
-    nats_publish_16(&async_nats::jetstream::new(client.clone()), 10_000).await?;
-    for r in readers {
-        let _ = tokio::time::timeout(Duration::from_secs(120), r).await;
-    }
-    let after = rss(pid);
-    stalled.abort();
-    Ok((base, open, after))
-}
-
 /// The same for Beacon: bulk-loaded through its own group commit.
 async fn beacon_stored(bin: &Path, n: usize) -> Result<(f64, f64, f64)> {
     let mut target = Target::prepare()?;
@@ -554,17 +406,6 @@ async fn main() -> Result<()> {
     eprintln!("nats (always): {stored} stored");
     let always_s = nats_stored(&nats_bin, &pki, true, stored).await?;
 
-    let subs = 100;
-    let fan_n = 3000;
-    eprintln!("fan-out 1 → {subs}");
-    let beacon_fan = bench::fan_out(&Target::start(&beacon_bin)?, subs, fan_n, SIZE, 0).await?;
-    let lazy_fan = nats_fan_out(&nats_bin, &pki, false, subs, fan_n).await?;
-    let always_fan = nats_fan_out(&nats_bin, &pki, true, subs, fan_n).await?;
-    eprintln!("memory of 1000 subscriptions");
-    let beacon_mem = bench::memory(&Target::start(&beacon_bin)?, 1000, 10_000, SIZE, 0).await?;
-    let lazy_mem = nats_memory(&nats_bin, &pki, false, 1000).await?;
-    let always_mem = nats_memory(&nats_bin, &pki, true, 1000).await?;
-
     let version = Command::new(&nats_bin)
         .arg("--version")
         .output()
@@ -598,19 +439,6 @@ async fn main() -> Result<()> {
     println!(
         "| restart after SIGKILL until serving everything | {:.2} s | {:.2} s | {:.2} s | {:.2}× (time) |",
         beacon_s.2, lazy_s.2, always_s.2, beacon_s.2 / always_s.2.max(1e-9)
-    );
-    let rate = |(n, secs): (usize, f64)| n as f64 / secs.max(1e-9);
-    let beacon_fan = (beacon_fan.0 as usize, beacon_fan.1);
-    println!(
-        "| fan-out 1 → {subs} (16 publishes in flight), {fan_n} messages | {:.0} deliveries/s | {:.0}/s | {:.0}/s | {:.2}× |",
-        rate(beacon_fan), rate(lazy_fan), rate(always_fan), rate(beacon_fan) / rate(always_fan).max(1e-9)
-    );
-    let mb = |b: u64| b as f64 / 1e6;
-    println!(
-        "| RSS: idle / 1,000 subscriptions + 1 stalled / after 10,000 more | {:.0} / {:.0} / {:.0} MB | {:.0} / {:.0} / {:.0} MB | {:.0} / {:.0} / {:.0} MB | |",
-        mb(beacon_mem.0), mb(beacon_mem.1), mb(beacon_mem.2),
-        mb(lazy_mem.0), mb(lazy_mem.1), mb(lazy_mem.2),
-        mb(always_mem.0), mb(always_mem.1), mb(always_mem.2)
     );
     Ok(())
 }
