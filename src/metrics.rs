@@ -37,14 +37,6 @@ impl Labeled {
             Err(p) => p.into_inner().iter().map(|(k, v)| (*k, *v)).collect(),
         }
     }
-
-    pub fn get(&self, label: &str) -> u64 {
-        self.snapshot()
-            .into_iter()
-            .find(|(k, _)| *k == label)
-            .map(|(_, v)| v)
-            .unwrap_or(0)
-    }
 }
 
 /// A cumulative histogram with fixed upper bounds.
@@ -77,10 +69,6 @@ impl Histogram {
         }
         self.sum_micros
             .fetch_add((v * 1e6).max(0.0) as u64, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     fn write(&self, out: &mut String, name: &str, help: &str) {

@@ -31,6 +31,28 @@ fn command(w: &World, files: &CertFiles, dir: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// `beacon publish` from flags: a low advisory marked `tlp`, no audience.
+fn publish_flags(w: &World, files: &CertFiles, dir: &Path, tlp: &str) -> (i32, String, String) {
+    run(
+        w,
+        files,
+        dir,
+        &[
+            "publish",
+            "--kind",
+            "advisory",
+            "--severity",
+            "low",
+            "--tlp",
+            tlp,
+            "--title",
+            "t",
+            "--summary",
+            "s",
+        ],
+    )
+}
+
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
     s.lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -114,24 +136,7 @@ async fn refusals_are_precise_and_leave_nothing_behind() {
     let files = w.pki.client("fr.anssi", "analyst");
     let dir = tempfile::tempdir().expect("tempdir");
     // The node refuses TLP:RED without recipients, with its reason.
-    let (code, _, err) = run(
-        &w,
-        &files,
-        dir.path(),
-        &[
-            "publish",
-            "--kind",
-            "advisory",
-            "--severity",
-            "low",
-            "--tlp",
-            "TLP:RED",
-            "--title",
-            "t",
-            "--summary",
-            "s",
-        ],
-    );
+    let (code, _, err) = publish_flags(&w, &files, dir.path(), "TLP:RED");
     assert_eq!(code, 1);
     assert!(
         err.contains("INVALID_ARGUMENT") && err.contains("TLP:RED must name"),
@@ -148,24 +153,7 @@ async fn refusals_are_precise_and_leave_nothing_behind() {
     assert_eq!(code, 1);
     assert!(err.contains("colour"), "{err}");
     // A value that is not a TLP 2.0 label is named.
-    let (code, _, err) = run(
-        &w,
-        &files,
-        dir.path(),
-        &[
-            "publish",
-            "--kind",
-            "advisory",
-            "--severity",
-            "low",
-            "--tlp",
-            "TLP:WHITE",
-            "--title",
-            "t",
-            "--summary",
-            "s",
-        ],
-    );
+    let (code, _, err) = publish_flags(&w, &files, dir.path(), "TLP:WHITE");
     assert_eq!(code, 1);
     assert!(err.contains("TLP:WHITE"), "{err}");
     assert_eq!(w.head().await, 0, "nothing was stored");

@@ -341,7 +341,6 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             let p = client
                 .publish_envelope(&env)
                 .await
-                .map_err(refusal)
                 .context("import refused")?;
             println!(
                 "{} {} seq {}",
@@ -360,11 +359,6 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
 
 fn out_is_terminal() -> bool {
     std::io::stdout().is_terminal()
-}
-
-/// A refusal as the node phrased it: "<CODE>: <message>".
-fn refusal(e: beacon::client::ClientError) -> anyhow::Error {
-    e.into()
 }
 
 fn read_input(path: &Path) -> Result<String> {
@@ -542,7 +536,7 @@ async fn publish(a: PublishArgs) -> Result<()> {
             }
             Err(e) => {
                 refused += 1;
-                let e = refusal(e);
+                let e = anyhow::Error::from(e);
                 if a.json {
                     println!(
                         "{}",
@@ -564,10 +558,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    document::rfc3339(t)
-}
-
 /// One delivery as a line: human (severity and TLP first) or JSON. The
 /// signature is checked here, on the reader's side.
 fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> String {
@@ -582,7 +572,7 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
     let accepted = d
         .accepted_at
         .and_then(|t| SystemTime::try_from(t).ok())
-        .map(rfc3339)
+        .map(document::rfc3339)
         .unwrap_or_default();
     if json {
         let mut v = serde_json::json!({
@@ -749,7 +739,7 @@ fn verify(file: &Path, ca: &[PathBuf], crl: &[PathBuf], json: bool) -> Result<()
             v.severity.name(),
             b.title,
             v.signer,
-            b.created_at.map(rfc3339).unwrap_or_default()
+            b.created_at.map(document::rfc3339).unwrap_or_default()
         );
     }
     Ok(())
@@ -807,7 +797,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
         dialer.own.key.secret_der(),
     )?);
     let mut client = BeaconClient::new(channel, signer);
-    let mut sub = client.subscribe(open).await.map_err(refusal)?;
+    let mut sub = client.subscribe(open).await?;
     let terminal = out_is_terminal();
     let progress = terminal && std::io::stderr().is_terminal();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -819,7 +809,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
     let ended_by_node = loop {
         let ev = tokio::select! {
             _ = &mut interrupted => break false,
-            ev = sub.next() => ev.map_err(refusal)?,
+            ev = sub.next() => ev?,
         };
         let Some(ev) = ev else { break true };
         match ev {
@@ -862,7 +852,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
                     }
                 }
                 if written % ack_every == 0 {
-                    sub.ack(last_written).await.map_err(refusal)?;
+                    sub.ack(last_written).await?;
                     acked = last_written;
                 }
                 if a.count.is_some_and(|n| written >= n) {
@@ -875,13 +865,13 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
                 }
                 replay = None;
                 if last_written > acked {
-                    sub.ack(last_written).await.map_err(refusal)?;
+                    sub.ack(last_written).await?;
                     acked = last_written;
                 }
             }
             Msg::Heartbeat(_) => {
                 if last_written > acked {
-                    sub.ack(last_written).await.map_err(refusal)?;
+                    sub.ack(last_written).await?;
                     acked = last_written;
                 }
             }
@@ -893,9 +883,9 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
     // A goodbye: the last written delivery is acknowledged and the node
     // confirms the cursor, so the next run resumes right after it.
     if last_written > acked {
-        sub.ack(last_written).await.map_err(refusal)?;
+        sub.ack(last_written).await?;
     }
-    sub.finish(Duration::from_secs(10)).await.map_err(refusal)?;
+    sub.finish(Duration::from_secs(10)).await?;
     if terminal {
         eprintln!("stopped after {written} deliveries; acknowledged up to {last_written}");
     }

@@ -373,12 +373,12 @@ async fn execute(cli: Cli) -> Result<()> {
 
 async fn bench_publish(concurrency: &[usize], count: usize, size: usize, rate: u64) -> Result<()> {
     use beacon::bench;
-    let exe = std::env::current_exe().context("cannot find the beacon binary")?;
+    let (exe, cores) = bench_host()?;
     let target = bench::Target::start(&exe)?;
     println!(
         "beacon bench publish: {size}-byte signed bulletins, node at {} (child process, mutual TLS 1.3, fsync per batch), {} cores",
         target.addr,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        cores
     );
     let mut rows = Vec::new();
     let mut first = 0;
@@ -404,6 +404,15 @@ async fn bench_publish(concurrency: &[usize], count: usize, size: usize, rate: u
     Ok(())
 }
 
+/// The `beacon` binary the benchmarks start as a node, and this host's cores.
+fn bench_host() -> Result<(PathBuf, usize)> {
+    let exe = std::env::current_exe().context("cannot find the beacon binary")?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    Ok((exe, cores))
+}
+
 async fn bench_federation(
     catch_up: usize,
     relay: usize,
@@ -412,10 +421,7 @@ async fn bench_federation(
 ) -> Result<()> {
     use beacon::bench::{self, Target};
     use std::time::{Duration, Instant};
-    let exe = std::env::current_exe().context("cannot find the beacon binary")?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let (exe, cores) = bench_host()?;
     // A chain: B pulls from A, C pulls from B; three members, one alliance CA.
     let mut a = Target::prepare_node(None, "a.bench", "a", &[])?;
     let mut b = Target::prepare_node(Some(&a), "b.bench", "b", &[(a.addr, a.identity.clone())])?;
@@ -489,10 +495,7 @@ async fn bench_subscribe(
     size: usize,
 ) -> Result<()> {
     use beacon::bench;
-    let exe = std::env::current_exe().context("cannot find the beacon binary")?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let (exe, cores) = bench_host()?;
     println!("beacon bench subscribe: {size}-byte signed bulletins, node as a child process, mutual TLS 1.3, {cores} cores");
     println!("| workload | figure |");
     println!("|---|---|");

@@ -225,14 +225,7 @@ async fn nats_restart(nats: &mut Nats, pki: &Pki, n: usize) -> Result<f64> {
 /// (replay rate, replay seconds, restart seconds) for NATS with `n` stored.
 async fn nats_stored(bin: &Path, pki: &Pki, always: bool, n: usize) -> Result<(f64, f64, f64)> {
     let mut nats = start_nats(bin, pki, always)?;
-    let js = async_nats::jetstream::new(nats_client(nats.addr, pki).await?);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "BENCH".into(),
-        subjects: vec!["bench.>".into()],
-        storage: async_nats::jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await?;
+    let js = bench_stream(nats.addr, pki).await?;
     nats_preload(&js, n).await?;
     eprintln!("  stored; replaying");
     let (got, secs) = nats_replay(&js, n).await?;
@@ -262,6 +255,19 @@ async fn nats_client(addr: SocketAddr, pki: &Pki) -> Result<async_nats::Client> 
         .add_client_certificate(pki.client_cert.clone(), pki.client_key.clone())
         .connect(format!("tls://{addr}"))
         .await?)
+}
+
+/// A JetStream context with the file-backed stream `BENCH` (subjects `bench.>`).
+async fn bench_stream(addr: SocketAddr, pki: &Pki) -> Result<async_nats::jetstream::Context> {
+    let js = async_nats::jetstream::new(nats_client(addr, pki).await?);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    Ok(js)
 }
 
 /// Closed loop: `n` publishers (own connection each) publish `total` 1 KiB
@@ -321,14 +327,7 @@ async fn nats_runs(
     counts: &[(usize, usize)],
 ) -> Result<Vec<Figures>> {
     let nats = start_nats(bin, pki, always)?;
-    let js = async_nats::jetstream::new(nats_client(nats.addr, pki).await?);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "BENCH".into(),
-        subjects: vec!["bench.>".into()],
-        storage: async_nats::jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await?;
+    bench_stream(nats.addr, pki).await?;
     // Warm up.
     nats_closed_loop(nats.addr, pki, 4, 400).await?;
     let mut out = Vec::new();
