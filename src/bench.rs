@@ -157,6 +157,13 @@ impl Target {
         }
         let t0 = Instant::now();
         self.launch(exe)?;
+        self.wait_serving().await?;
+        Ok(t0.elapsed())
+    }
+
+    /// Waits until the node serves reads (its store open and recovered), not
+    /// merely until its port accepts connections.
+    pub async fn wait_serving(&self) -> Result<(), BenchError> {
         let settings = self.client(9_999_998)?;
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
@@ -169,13 +176,11 @@ impl Target {
                     })
                     .await;
                 if listed.is_ok() {
-                    return Ok(t0.elapsed());
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                return Err(BenchError::Setup(
-                    "the node did not serve after a restart".into(),
-                ));
+                return Err(BenchError::Setup("the node did not start serving".into()));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

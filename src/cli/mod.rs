@@ -434,6 +434,7 @@ async fn bench_federation(
         a.bulk_load(catch_up, size).await?;
     }
     a.launch(&exe)?;
+    a.wait_serving().await?;
     let t0 = Instant::now();
     b.launch(&exe)?;
     c.launch(&exe)?;
@@ -508,8 +509,9 @@ async fn bench_subscribe(
         );
         let t0 = std::time::Instant::now();
         target.launch(&exe)?;
+        target.wait_serving().await?;
         println!(
-            "| node start with {replay} stored | {:.2} s |",
+            "| node start with {replay} stored, until it serves | {:.2} s |",
             t0.elapsed().as_secs_f64()
         );
         let (n, secs) = bench::replay(&target, replay as u64, 0).await?;

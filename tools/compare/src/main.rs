@@ -243,6 +243,7 @@ async fn beacon_stored(bin: &Path, n: usize) -> Result<(f64, f64, f64)> {
     let mut target = Target::prepare()?;
     target.bulk_load(n, SIZE).await?;
     target.launch(bin)?;
+    target.wait_serving().await?;
     let (got, secs) = bench::replay(&target, n as u64, 0).await?;
     let restart = target.kill_and_restart(bin).await?;
     Ok((got as f64 / secs, secs, restart.as_secs_f64()))
