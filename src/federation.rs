@@ -73,6 +73,10 @@ enum Refusal {
     TooLarge { seq: u64, size: usize, limit: usize },
     #[error("delivery {0}: the envelope does not match the digest sent with it")]
     Digest(u64),
+    #[error("delivery {seq}: the envelope is not well-formed: {reason}")]
+    Malformed { seq: u64, reason: String },
+    #[error("delivery {0}: the envelope is not in its canonical encoding")]
+    NotCanonical(u64),
     #[error("delivery {seq}: {source}")]
     Verify {
         seq: u64,
@@ -336,8 +340,7 @@ fn settle(link: &PeerLink, (seq, outcome): (u64, Outcome)) -> Result<u64, Federa
 /// record to store: the same bytes, with their origin.
 fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecord, Refusal> {
     let seq = d.sequence;
-    let env = d.envelope.ok_or(Refusal::NoEnvelope(seq))?;
-    let bytes = prost::Message::encode_to_vec(&env);
+    let bytes = d.envelope.ok_or(Refusal::NoEnvelope(seq))?;
     let limit = state.config.limits.max_envelope_bytes;
     if bytes.len() > limit {
         return Err(Refusal::TooLarge {
@@ -350,7 +353,13 @@ fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecor
     if digest.as_slice() != d.envelope_digest.as_slice() {
         return Err(Refusal::Digest(seq));
     }
-    let env = crate::wire::envelope_from_proto(env);
+    let env = crate::wire::decode_envelope(&bytes)
+        .map_err(|reason| Refusal::Malformed { seq, reason })?;
+    // Every node stores the one canonical encoding, so the same bulletin has
+    // the same digest everywhere (duplicates and conflicts rest on it).
+    if crate::wire::encode_envelope(&env) != bytes {
+        return Err(Refusal::NotCanonical(seq));
+    }
     let verified =
         crate::bulletin::verify_stored_envelope(&env, &state.signer_check(), SystemTime::now())
             .map_err(|source| Refusal::Verify { seq, source })?;
@@ -390,7 +399,7 @@ fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecor
     // the origin node checked the relation when it accepted the bulletin.
     Ok(NewRecord {
         meta,
-        envelope: bytes,
+        envelope: bytes.to_vec(),
         requires: None,
     })
 }

@@ -282,11 +282,8 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             };
             if self.may_read(&member, &rec.meta) {
                 let rec = store.served(rec).map_err(|e| status::store(&e))?;
-                let delivery = crate::wire::delivery(&rec).map_err(|e| {
-                    status::store(&crate::store::StoreError::Corrupt { seq, reason: e })
-                })?;
                 return Ok(Response::new(pb::GetResponse {
-                    delivery: Some(delivery),
+                    delivery: Some(crate::wire::delivery(&rec)),
                 }));
             }
         }
@@ -324,10 +321,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 last = rec.seq;
                 if filter.matches(&rec.meta) && self.may_read(&member, &rec.meta) {
                     let rec = store.served(rec).map_err(|e| status::store(&e))?;
-                    let seq = rec.seq;
-                    deliveries.push(crate::wire::delivery(&rec).map_err(|e| {
-                        status::store(&crate::store::StoreError::Corrupt { seq, reason: e })
-                    })?);
+                    deliveries.push(crate::wire::delivery(&rec));
                     if deliveries.len() >= limit {
                         break;
                     }

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
@@ -86,7 +87,8 @@ pub struct Record {
     pub seq: u64,
     pub accepted_at: SystemTime,
     pub meta: Meta,
-    pub envelope: Vec<u8>,
+    /// The serialized envelope: a view into the stored record, not a copy.
+    pub envelope: Bytes,
 }
 
 const RECORD_VERSION: u8 = 2;
@@ -186,7 +188,9 @@ impl Record {
     }
 
     /// Parses and checks a stored record; `seq` is the key it was found under.
-    pub fn decode(seq: u64, bytes: &[u8]) -> Result<Record, StoreError> {
+    /// The envelope stays a view into `raw`.
+    pub fn decode(seq: u64, raw: Bytes) -> Result<Record, StoreError> {
+        let bytes = raw.as_ref();
         let corrupt = |reason: String| StoreError::Corrupt { seq, reason };
         if bytes.len() < TRAILER + 1 {
             return Err(corrupt("record is truncated".into()));
@@ -217,7 +221,9 @@ impl Record {
             let audience_groups = r.strs()?;
             let topics = r.strs()?;
             let len = r.u32()? as usize;
-            let envelope = r.take(len)?.to_vec();
+            let start = body.len() - r.buf.len();
+            r.take(len)?;
+            let envelope = raw.slice(start..start + len);
             if !r.buf.is_empty() {
                 return Err("trailing bytes".into());
             }
@@ -378,6 +384,11 @@ fn index_lookup(
     }))
 }
 
+/// A value read from sled as shared bytes (no copy).
+fn owned(v: sled::IVec) -> Bytes {
+    Bytes::from_owner(v)
+}
+
 fn be_u64(b: &[u8]) -> Option<u64> {
     let a: [u8; 8] = b.get(..8)?.try_into().ok()?;
     Some(u64::from_be_bytes(a))
@@ -433,7 +444,7 @@ impl Store {
             h => log
                 .get(lkey(h))
                 .map_err(io)?
-                .and_then(|v| Record::decode(h, &v).ok())
+                .and_then(|v| Record::decode(h, owned(v)).ok())
                 .map(|r| nanos(r.accepted_at))
                 .unwrap_or(0),
         };
@@ -542,7 +553,7 @@ impl Store {
         }
         match self.log.get(lkey(seq)).map_err(io)? {
             None => Ok(None),
-            Some(v) => Record::decode(seq, &v)
+            Some(v) => Record::decode(seq, owned(v))
                 .map(Some)
                 .inspect_err(|e| self.note_corrupt(e)),
         }
@@ -583,7 +594,7 @@ impl Store {
         Box::new(self.log.range(lkey(from)..=lkey(to)).map(move |item| {
             let (k, v) = item.map_err(io)?;
             let seq = be_u64(&k[1..]).ok_or_else(|| StoreError::Io("bad log key".into()))?;
-            Record::decode(seq, &v).inspect_err(|e| self.note_corrupt(e))
+            Record::decode(seq, owned(v)).inspect_err(|e| self.note_corrupt(e))
         }))
     }
 
@@ -595,7 +606,7 @@ impl Store {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let at = match self.log.get(lkey(mid)).map_err(io)? {
-                Some(v) => Record::decode(mid, &v)?.accepted_at,
+                Some(v) => Record::decode(mid, owned(v))?.accepted_at,
                 None => {
                     return Err(StoreError::Io(format!(
                         "log has no record {mid} below head {head}"
@@ -1043,7 +1054,7 @@ impl Writer {
                                 seq,
                                 accepted_at,
                                 meta,
-                                envelope: rec.envelope,
+                                envelope: Bytes::from(rec.envelope),
                             };
                             batch.insert(&lkey(seq)[..], record.encode());
                             let mut iv = seq.to_be_bytes().to_vec();
@@ -1092,7 +1103,7 @@ impl Writer {
 
     fn accepted_at(&self, seq: u64) -> Result<SystemTime, StoreError> {
         match self.log.get(lkey(seq)).map_err(io)? {
-            Some(v) => Record::decode(seq, &v).map(|r| r.accepted_at),
+            Some(v) => Record::decode(seq, owned(v)).map(|r| r.accepted_at),
             None => {
                 warn!(seq, "index names a record the log does not hold");
                 Err(StoreError::Corrupt {

@@ -232,16 +232,30 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, String> {
 }
 
 /// A stored record as the API serves it.
-pub fn delivery(rec: &crate::store::Record) -> Result<pb::Delivery, String> {
-    let envelope = pb::Envelope::decode(rec.envelope.as_slice()).map_err(|e| e.to_string())?;
-    Ok(pb::Delivery {
+/// The envelope goes out as the stored bytes (checked against their digest
+/// when they were read), never decoded and re-encoded.
+pub fn delivery(rec: &crate::store::Record) -> pb::Delivery {
+    pb::Delivery {
         sequence: rec.seq,
         accepted_at: Some(timestamp(rec.accepted_at)),
         origin_node: rec.meta.origin_node.clone(),
         origin_sequence: rec.meta.origin_seq,
-        envelope: Some(envelope),
+        envelope: Some(rec.envelope.clone()),
         envelope_digest: rec.meta.digest.to_vec(),
-    })
+    }
+}
+
+/// The envelope of a delivery, as a reader takes it: the bytes received must
+/// match the digest sent with them, then they are decoded.
+pub fn delivered_envelope(d: &pb::Delivery) -> Result<Envelope, String> {
+    let bytes = d
+        .envelope
+        .as_ref()
+        .ok_or("the delivery carries no envelope")?;
+    if crate::bulletin::sha256(bytes).as_slice() != d.envelope_digest.as_slice() {
+        return Err("the envelope does not match the digest sent with it".into());
+    }
+    decode_envelope(bytes)
 }
 
 /// A request's filter, checked: unknown enum values are refused.
@@ -297,12 +311,12 @@ pub fn start_from_proto(s: Option<pb::StartPosition>) -> Result<crate::broker::S
 }
 
 /// A broker event as the messages the API sends for it, in order; an `End`
-/// (or a record that cannot be encoded) is the last item, as an error.
+/// is the last item, as an error.
 pub fn subscribe_messages(
     name: &str,
     e: crate::broker::Event,
 ) -> Vec<Result<pb::SubscribeResponse, crate::broker::BrokerError>> {
-    use crate::broker::{BrokerError, Event};
+    use crate::broker::Event;
     use pb::subscribe_response::Msg;
     let one = |msg| vec![Ok(pb::SubscribeResponse { msg: Some(msg) })];
     match e {
@@ -316,24 +330,14 @@ pub fn subscribe_messages(
             head,
             window,
         })),
-        Event::Deliveries(batch) => {
-            let mut out = Vec::with_capacity(batch.len());
-            for rec in &batch {
-                match delivery(rec) {
-                    Ok(d) => out.push(Ok(pb::SubscribeResponse {
-                        msg: Some(Msg::Delivery(d)),
-                    })),
-                    Err(reason) => {
-                        out.push(Err(BrokerError::Store(crate::store::StoreError::Corrupt {
-                            seq: rec.seq,
-                            reason,
-                        })));
-                        break;
-                    }
-                }
-            }
-            out
-        }
+        Event::Deliveries(batch) => batch
+            .iter()
+            .map(|rec| {
+                Ok(pb::SubscribeResponse {
+                    msg: Some(Msg::Delivery(delivery(rec))),
+                })
+            })
+            .collect(),
         Event::CaughtUp { head } => one(Msg::CaughtUp(pb::CaughtUp { head })),
         Event::Heartbeat { head } => one(Msg::Heartbeat(pb::Heartbeat {
             head,

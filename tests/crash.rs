@@ -220,7 +220,7 @@ async fn check_everything(
             .into_inner();
         for d in page.deliveries {
             seqs.push(d.sequence);
-            let env = beacon::wire::envelope_from_proto(d.envelope.unwrap());
+            let env = beacon::wire::delivered_envelope(&d).unwrap();
             let b = beacon::wire::decode_bulletin(&env.payload).unwrap();
             assert!(
                 by_id

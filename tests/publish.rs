@@ -57,7 +57,7 @@ async fn publish_get_and_verify_round_trip() {
     assert_eq!(got.sequence, 1);
     assert_eq!(got.origin_sequence, 1);
     assert_eq!(got.origin_node, format!("spiffe://{TD}/node/drc/hub-1"));
-    let served = beacon::wire::envelope_from_proto(got.envelope.unwrap());
+    let served = beacon::wire::delivered_envelope(&got).unwrap();
     assert_eq!(
         served.payload, env.payload,
         "payload bytes are served exactly as signed"
@@ -573,9 +573,11 @@ async fn get_and_list_follow_tlp_and_audience() {
             .deliveries
             .into_iter()
             .map(|d| {
-                beacon::wire::decode_bulletin(&d.envelope.unwrap().payload)
-                    .unwrap()
-                    .id
+                beacon::wire::decode_bulletin(
+                    &beacon::wire::delivered_envelope(&d).unwrap().payload,
+                )
+                .unwrap()
+                .id
             })
             .collect();
         for ((tlp, members, groups, allowed), id) in cases.iter().zip(&ids) {

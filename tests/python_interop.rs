@@ -123,7 +123,7 @@ fn interop(algorithm: Algorithm) {
                 .into_inner()
                 .delivery
                 .expect("delivery");
-            let env = beacon::wire::envelope_from_proto(d.envelope.expect("envelope"));
+            let env = beacon::wire::delivered_envelope(&d).expect("envelope");
             let v = beacon::bulletin::verify_envelope(&env, &bundle, std::time::SystemTime::now())
                 .expect("the Python signature verifies");
             assert_eq!(v.signer.to_string(), files.identity);

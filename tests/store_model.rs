@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use beacon::store::{Meta, NewRecord, Record, Store, StoreError, StoreOptions};
+use bytes::Bytes;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -149,10 +150,10 @@ proptest! {
                 audience_groups: vec!["eu".into()],
                 topics,
             },
-            envelope: env,
+            envelope: env.into(),
         };
-        let bytes = rec.encode();
-        prop_assert_eq!(Record::decode(seq, &bytes).unwrap(), rec);
+        let bytes = Bytes::from(rec.encode());
+        prop_assert_eq!(Record::decode(seq, bytes).unwrap(), rec);
     }
 
     #[test]
@@ -166,26 +167,28 @@ proptest! {
                 origin_node: "n".into(), origin_seq: 7, kind: 1, severity: 1, tlp: 1, created_at: None,
                 audience_members: vec![], audience_groups: vec![], topics: vec![],
             },
-            envelope: env,
+            envelope: env.into(),
         };
         let bytes = rec.encode();
         let mut flipped = bytes.clone();
         let i = pos % flipped.len();
         flipped[i] ^= flip;
         let is_corrupt = |r: &Result<Record, StoreError>| matches!(r, Err(StoreError::Corrupt { seq: 7, .. }));
-        prop_assert!(is_corrupt(&Record::decode(7, &flipped)), "flip at {} went unnoticed", i);
-        let truncated = &bytes[..cut % bytes.len()];
+        prop_assert!(is_corrupt(&Record::decode(7, flipped.into())), "flip at {} went unnoticed", i);
+        let truncated = Bytes::copy_from_slice(&bytes[..cut % bytes.len()]);
         prop_assert!(is_corrupt(&Record::decode(7, truncated)));
         // A valid record under the wrong key is refused too.
-        prop_assert!(Record::decode(8, &bytes).is_err());
+        prop_assert!(Record::decode(8, bytes.clone().into()).is_err());
         // A well-framed record whose envelope does not match its digest is
         // refused before it is served.
         let mut forged = rec.clone();
-        let j = pos % forged.envelope.len();
-        forged.envelope[j] ^= flip;
-        let reread = Record::decode(7, &forged.encode()).unwrap();
+        let mut envelope = forged.envelope.to_vec();
+        let j = pos % envelope.len();
+        envelope[j] ^= flip;
+        forged.envelope = envelope.into();
+        let reread = Record::decode(7, forged.encode().into()).unwrap();
         let refused = matches!(reread.check_digest(), Err(StoreError::Corrupt { seq: 7, .. }));
         prop_assert!(refused, "a forged envelope passed its digest check");
-        prop_assert!(Record::decode(7, &bytes).unwrap().check_digest().is_ok());
+        prop_assert!(Record::decode(7, bytes.into()).unwrap().check_digest().is_ok());
     }
 }

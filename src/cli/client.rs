@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
-use beacon::bulletin::{Attachment, Bulletin, Envelope, Kind, Severity, Signer, Tlp};
+use beacon::bulletin::{Attachment, Bulletin, Kind, Severity, Signer, Tlp};
 use beacon::client::{BeaconClient, BulletinsClient, ClientSettings, Dialer};
 use beacon::document::{self, BulletinDoc};
 use beacon::identity::Identity;
@@ -319,7 +319,7 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
         } => {
             let (_, channel) = conn.dial().await?;
             let d = get(channel, &id, publisher).await?;
-            let env = beacon::wire::envelope_from_proto(d.envelope.context("no envelope")?);
+            let env = beacon::wire::delivered_envelope(&d).map_err(anyhow::Error::msg)?;
             let text = document::envelope_to_dsse(&env);
             match output {
                 Some(path) => std::fs::write(&path, text + "\n")
@@ -561,13 +561,17 @@ fn hex(b: &[u8]) -> String {
 /// One delivery as a line: human (severity and TLP first) or JSON. The
 /// signature is checked here, on the reader's side.
 fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> String {
-    let env: Option<Envelope> = d.envelope.clone().map(beacon::wire::envelope_from_proto);
-    let verified = env.as_ref().context("no envelope").and_then(|e| {
-        beacon::bulletin::verify_stored_envelope(e, bundle, SystemTime::now())
-            .map_err(anyhow::Error::from)
-    });
+    let env = beacon::wire::delivered_envelope(d);
+    let verified = env
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|e| {
+            beacon::bulletin::verify_stored_envelope(e, bundle, SystemTime::now())
+                .map_err(anyhow::Error::from)
+        });
     let bulletin = env
         .as_ref()
+        .ok()
         .and_then(|e| beacon::wire::decode_bulletin(&e.payload).ok());
     let accepted = d
         .accepted_at

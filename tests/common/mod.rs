@@ -617,7 +617,7 @@ pub async fn read_deliveries(
         match ev {
             Msg::Delivery(d) => {
                 seen.seqs.push(d.sequence);
-                let env = beacon::wire::envelope_from_proto(d.envelope.expect("envelope"));
+                let env = beacon::wire::delivered_envelope(&d).expect("envelope");
                 seen.ids.push(
                     beacon::wire::decode_bulletin(&env.payload)
                         .expect("bulletin")
@@ -931,7 +931,7 @@ pub async fn list_all(
 
 /// The bulletin id of a delivery.
 pub fn delivery_id(d: &beacon::proto::v1::Delivery) -> String {
-    let env = beacon::wire::envelope_from_proto(d.envelope.clone().expect("envelope"));
+    let env = beacon::wire::delivered_envelope(d).expect("envelope");
     beacon::wire::decode_bulletin(&env.payload)
         .expect("bulletin")
         .id
