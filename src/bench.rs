@@ -722,7 +722,8 @@ pub async fn memory(
         }));
     }
     let open_rss = target.rss().unwrap_or(0);
-    let (mut pubs, _) = publishers(target, 8, publishes, size, first + 1001).await?;
+    // Eight publishers share the `publishes`.
+    let (mut pubs, _) = publishers(target, 8, publishes.div_ceil(8), size, first + 1001).await?;
     let mut senders = Vec::new();
     for mut p in pubs.drain(..) {
         senders.push(tokio::spawn(async move {

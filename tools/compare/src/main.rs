@@ -13,7 +13,20 @@
 //! NATS: a durable pull consumer with cumulative acks), and the time from a
 //! `SIGKILL` until the restarted server serves again with everything there.
 //!
-//! Usage: beacon-compare BEACON_BIN NATS_SERVER_BIN [COUNT] [STORED]
+//! Fan-out: one publisher keeping 16 publishes in flight, 100 live readers
+//! (ten per connection), each acknowledging cumulatively every 256; the rate
+//! is deliveries per second until every reader had every message.
+//!
+//! Memory: the server's RSS idle, with 1,000 open subscriptions that match
+//! nothing published plus one that never reads (window 256), and after
+//! 10,000 more publishes. Nothing in it waits for deliveries, so it is
+//! bounded by the publishes alone.
+//!
+//! Every run has a deadline; a run that misses it fails the comparison
+//! rather than hanging it.
+//!
+//! Usage: beacon-compare BEACON_BIN NATS_SERVER_BIN [COUNT] [STORED] [WORKLOADS]
+//! (WORKLOADS: comma-separated from publish,stored,fanout,memory; default all)
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -238,6 +251,150 @@ async fn nats_stored(bin: &Path, pki: &Pki, always: bool, n: usize) -> Result<(f
     Ok((got as f64 / secs, secs, restart))
 }
 
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// One publisher keeping 16 publishes in flight on `bench.0`.
+async fn nats_publish_16(js: &async_nats::jetstream::Context, n: usize) -> Result<()> {
+    let payload = bytes::Bytes::from(vec![b'x'; SIZE]);
+    let mut inflight = std::collections::VecDeque::new();
+    for _ in 0..n {
+        inflight.push_back(js.publish("bench.0", payload.clone()).await?);
+        if inflight.len() >= 16 {
+            if let Some(ack) = inflight.pop_front() {
+                ack.await?;
+            }
+        }
+    }
+    for ack in inflight {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// Fan-out on NATS: (deliveries, seconds until every reader had them all).
+async fn nats_fan_out(
+    bin: &Path,
+    pki: &Pki,
+    always: bool,
+    subs: usize,
+    n: usize,
+) -> Result<(u64, f64)> {
+    use futures_util::StreamExt;
+    let nats = start_nats(bin, pki, always)?;
+    let js = bench_stream(nats.addr, pki).await?;
+    let mut readers = Vec::new();
+    let mut conn = None;
+    for i in 0..subs {
+        if i % 10 == 0 {
+            conn = Some(nats_client(nats.addr, pki).await?);
+        }
+        let Some(c) = conn.as_ref() else { continue };
+        let mut msgs = nats_consumer(c, None, "bench.0", false, 1024).await?;
+        readers.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while (got as usize) < n && Instant::now() < deadline {
+                match tokio::time::timeout_at(deadline.into(), msgs.next()).await {
+                    Ok(Some(Ok(m))) => {
+                        got += 1;
+                        if got.is_multiple_of(256) || got as usize == n {
+                            let _ = m.ack().await;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            (got, Instant::now())
+        }));
+    }
+    let t0 = Instant::now();
+    nats_publish_16(&js, n).await?;
+    let (mut total, mut last) = (0, t0);
+    for r in readers {
+        let (got, at) = r.await?;
+        total += got;
+        last = last.max(at);
+    }
+    Ok((total, (last - t0).as_secs_f64()))
+}
+
+/// A push consumer's message stream: on `subject`, from now on (or from the
+/// start), cumulative acks, at most `window` unacknowledged; durable when
+/// named.
+async fn nats_consumer(
+    client: &async_nats::Client,
+    durable: Option<String>,
+    subject: &str,
+    from_start: bool,
+    window: i64,
+) -> Result<async_nats::jetstream::consumer::push::Messages> {
+    use async_nats::jetstream::consumer::{push, AckPolicy, DeliverPolicy};
+    let js = async_nats::jetstream::new(client.clone());
+    let consumer = js
+        .get_stream("BENCH")
+        .await?
+        .create_consumer(push::Config {
+            deliver_subject: client.new_inbox(),
+            durable_name: durable,
+            filter_subject: subject.into(),
+            deliver_policy: if from_start {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::New
+            },
+            ack_policy: AckPolicy::All,
+            max_ack_pending: window,
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
+/// Memory on NATS: RSS idle, with `subs` consumers that match nothing
+/// published plus one that never reads, and after `publishes` more.
+async fn nats_memory(
+    bin: &Path,
+    pki: &Pki,
+    always: bool,
+    subs: usize,
+    publishes: usize,
+) -> Result<(u64, u64, u64)> {
+    let nats = start_nats(bin, pki, always)?;
+    let js = bench_stream(nats.addr, pki).await?;
+    let pid = nats.child.id();
+    let base = rss(pid);
+    let mut held = Vec::new();
+    let mut conn = None;
+    for i in 0..subs {
+        // As many subscriptions per connection as Beacon's run.
+        if i % 125 == 0 {
+            conn = Some(nats_client(nats.addr, pki).await?);
+        }
+        let Some(c) = conn.as_ref() else { continue };
+        // Durable, like Beacon's (named subscriptions with stored cursors).
+        held.push(nats_consumer(c, Some(format!("s{i}")), "bench.quiet", false, 1024).await?);
+    }
+    let stalled_conn = nats_client(nats.addr, pki).await?;
+    let stalled = Some("stalled".to_owned());
+    held.push(nats_consumer(&stalled_conn, stalled, "bench.0", true, 256).await?);
+    let open = rss(pid);
+    nats_publish_16(&js, publishes).await?;
+    let after = rss(pid);
+    drop(held);
+    Ok((base, open, after))
+}
+
 /// The same for Beacon: bulk-loaded through its own group commit.
 async fn beacon_stored(bin: &Path, n: usize) -> Result<(f64, f64, f64)> {
     let mut target = Target::prepare()?;
@@ -265,6 +422,9 @@ async fn bench_stream(addr: SocketAddr, pki: &Pki) -> Result<async_nats::jetstre
         name: "BENCH".into(),
         subjects: vec!["bench.>".into()],
         storage: async_nats::jetstream::stream::StorageType::File,
+        // nats-server 2.15 caps a stream at 1,000 consumers unless the
+        // stream sets its own limit (and -1 no longer means unlimited).
+        max_consumers: 4096,
         ..Default::default()
     })
     .await?;
@@ -385,6 +545,19 @@ async fn main() -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(1_000_000);
+    let all = "publish,stored,fanout,memory".to_owned();
+    let workloads: Vec<String> = args
+        .get(5)
+        .unwrap_or(&all)
+        .split(',')
+        .map(|w| w.trim().to_owned())
+        .collect();
+    for w in &workloads {
+        if !all.split(',').any(|a| a == w) {
+            bail!("unknown workload {w:?} (choose from {all})");
+        }
+    }
+    let runs = |w: &str| workloads.iter().any(|x| x == w);
     let counts = [(1, (count / 10).max(200)), (16, count), (64, count)];
     let dir = tempfile::tempdir()?;
     let pki = pki(dir.path())?;
@@ -392,53 +565,140 @@ async fn main() -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
 
-    eprintln!("beacon: publish runs");
-    let beacon = beacon_runs(&beacon_bin, &counts).await?;
-    eprintln!("nats (default): publish runs");
-    let lazy = nats_runs(&nats_bin, &pki, false, &counts).await?;
-    eprintln!("nats (always): publish runs");
-    let always = nats_runs(&nats_bin, &pki, true, &counts).await?;
-
-    eprintln!("beacon: {stored} stored");
-    let beacon_s = beacon_stored(&beacon_bin, stored).await?;
-    eprintln!("nats (default): {stored} stored");
-    let lazy_s = nats_stored(&nats_bin, &pki, false, stored).await?;
-    eprintln!("nats (always): {stored} stored");
-    let always_s = nats_stored(&nats_bin, &pki, true, stored).await?;
-
     let version = Command::new(&nats_bin)
         .arg("--version")
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    println!("Durable publishes of 1 KiB, closed loop, one mutual-TLS connection per publisher; servers and load generator on the same {cores}-core machine; {version}.");
-    println!("Beacon: each message a signed bulletin (signed before the clock), verified and fsynced before the ack. NATS JetStream: file storage.");
-    println!();
-    println!("| publishers | Beacon | NATS (default, lazy fsync) | NATS (sync_interval: always) | Beacon ÷ NATS always |");
-    println!("|---:|---|---|---|---:|");
-    for i in 0..counts.len() {
+    println!("Servers and load generator on the same {cores}-core machine; {version}. Beacon: every message a signed bulletin (signed before the clock), verified and fsynced before the ack. NATS JetStream: file storage, TLS with client certificates.");
+
+    if runs("publish") {
+        eprintln!("beacon: publish runs");
+        let beacon = beacon_runs(&beacon_bin, &counts).await?;
+        eprintln!("nats (default): publish runs");
+        let lazy = nats_runs(&nats_bin, &pki, false, &counts).await?;
+        eprintln!("nats (always): publish runs");
+        let always = nats_runs(&nats_bin, &pki, true, &counts).await?;
+        println!();
         println!(
-            "| {} | {} | {} | {} | {:.2}× |",
-            counts[i].0,
-            cell(&beacon[i]),
-            cell(&lazy[i]),
-            cell(&always[i]),
-            beacon[i].rate() / always[i].rate().max(1e-9)
+            "Durable publishes of 1 KiB, closed loop, one mutual-TLS connection per publisher:"
+        );
+        println!();
+        println!("| publishers | Beacon | NATS (default, lazy fsync) | NATS (sync_interval: always) | Beacon ÷ NATS always |");
+        println!("|---:|---|---|---|---:|");
+        for i in 0..counts.len() {
+            println!(
+                "| {} | {} | {} | {} | {:.2}× |",
+                counts[i].0,
+                cell(&beacon[i]),
+                cell(&lazy[i]),
+                cell(&always[i]),
+                beacon[i].rate() / always[i].rate().max(1e-9)
+            );
+        }
+    }
+
+    if runs("stored") {
+        eprintln!("beacon: {stored} stored");
+        let beacon_s = beacon_stored(&beacon_bin, stored).await?;
+        eprintln!("nats (default): {stored} stored");
+        let lazy_s = nats_stored(&nats_bin, &pki, false, stored).await?;
+        eprintln!("nats (always): {stored} stored");
+        let always_s = nats_stored(&nats_bin, &pki, true, stored).await?;
+        println!();
+        println!("With {stored} messages of 1 KiB stored:");
+        println!();
+        println!("| workload | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
+        println!("|---|---|---|---|---:|");
+        println!(
+            "| replay to a new durable consumer | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.2}× |",
+            beacon_s.0, beacon_s.1, lazy_s.0, lazy_s.1, always_s.0, always_s.1, beacon_s.0 / always_s.0.max(1e-9)
+        );
+        println!(
+            "| restart after SIGKILL until serving everything | {:.2} s | {:.2} s | {:.2} s | {:.2}× (time) |",
+            beacon_s.2, lazy_s.2, always_s.2, beacon_s.2 / always_s.2.max(1e-9)
         );
     }
-    println!();
-    println!("With {stored} messages of 1 KiB stored:");
-    println!();
-    println!("| workload | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
-    println!("|---|---|---|---|---:|");
-    println!(
-        "| replay to a new durable consumer | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.2}× |",
-        beacon_s.0, beacon_s.1, lazy_s.0, lazy_s.1, always_s.0, always_s.1, beacon_s.0 / always_s.0.max(1e-9)
-    );
-    println!(
-        "| restart after SIGKILL until serving everything | {:.2} s | {:.2} s | {:.2} s | {:.2}× (time) |",
-        beacon_s.2, lazy_s.2, always_s.2, beacon_s.2 / always_s.2.max(1e-9)
-    );
+
+    let (subs, fan_n) = (100, 3000);
+    let (mem_subs, mem_n) = (1000, 10_000);
+    let limit = Duration::from_secs(600);
+    let bounded = |what: &'static str| move |_| anyhow::anyhow!("{what} missed its deadline");
+    if runs("fanout") {
+        eprintln!("fan-out 1 → {subs}");
+        let beacon_fan = tokio::time::timeout(limit, async {
+            let target = Target::start(&beacon_bin)?;
+            target.wait_serving().await?;
+            Ok::<_, anyhow::Error>(bench::fan_out(&target, subs, fan_n, SIZE, 0).await?)
+        })
+        .await
+        .map_err(bounded("Beacon's fan-out"))??;
+        let lazy_fan =
+            tokio::time::timeout(limit, nats_fan_out(&nats_bin, &pki, false, subs, fan_n))
+                .await
+                .map_err(bounded("NATS's fan-out"))??;
+        let always_fan =
+            tokio::time::timeout(limit, nats_fan_out(&nats_bin, &pki, true, subs, fan_n))
+                .await
+                .map_err(bounded("NATS's fan-out"))??;
+        let rate = |(n, secs): (u64, f64)| n as f64 / secs.max(1e-9);
+        println!();
+        println!("| fan-out | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
+        println!("|---|---|---|---|---:|");
+        println!(
+            "| 1 publisher (16 in flight) → {subs} readers, {fan_n} messages | {:.0} deliveries/s | {:.0}/s | {:.0}/s | {:.2}× |",
+            rate(beacon_fan), rate(lazy_fan), rate(always_fan), rate(beacon_fan) / rate(always_fan).max(1e-9)
+        );
+        for (who, (n, _)) in [
+            ("Beacon", beacon_fan),
+            ("NATS (default)", lazy_fan),
+            ("NATS (always)", always_fan),
+        ] {
+            if n != (subs * fan_n) as u64 {
+                println!("| {who} delivered {n} of {} | | | | |", subs * fan_n);
+            }
+        }
+    }
+
+    if runs("memory") {
+        eprintln!("memory of {mem_subs} subscriptions");
+        let beacon_mem = tokio::time::timeout(limit, async {
+            let target = Target::start(&beacon_bin)?;
+            target.wait_serving().await?;
+            Ok::<_, anyhow::Error>(bench::memory(&target, mem_subs, mem_n, SIZE, 0).await?)
+        })
+        .await
+        .map_err(bounded("Beacon's memory run"))??;
+        let lazy_mem =
+            tokio::time::timeout(limit, nats_memory(&nats_bin, &pki, false, mem_subs, mem_n))
+                .await
+                .map_err(bounded("NATS's memory run"))??;
+        let always_mem =
+            tokio::time::timeout(limit, nats_memory(&nats_bin, &pki, true, mem_subs, mem_n))
+                .await
+                .map_err(bounded("NATS's memory run"))??;
+        let mb = |b: u64| b as f64 / 1e6;
+        println!();
+        println!("| server RSS | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
+        println!("|---|---|---|---|---:|");
+        for (what, pick) in [
+            ("idle", 0usize),
+            ("{mem_subs} subscriptions + 1 stalled", 1),
+            ("after {mem_n} more publishes", 2),
+        ] {
+            let get = |m: (u64, u64, u64)| [m.0, m.1, m.2][pick];
+            let what = what
+                .replace("{mem_subs}", &mem_subs.to_string())
+                .replace("{mem_n}", &mem_n.to_string());
+            println!(
+                "| {what} | {:.0} MB | {:.0} MB | {:.0} MB | {:.2}× |",
+                mb(get(beacon_mem)),
+                mb(get(lazy_mem)),
+                mb(get(always_mem)),
+                get(beacon_mem) as f64 / get(always_mem).max(1) as f64
+            );
+        }
+    }
     Ok(())
 }
