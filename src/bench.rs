@@ -434,7 +434,17 @@ async fn gather(
     Ok((lat, errors))
 }
 
-/// Closed loop: `n` publishers each send their envelopes one after another.
+/// How a publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// One `Publish` call per bulletin.
+    Unary,
+    /// One `PublishStream` per publisher, one publish in flight on it.
+    Stream,
+}
+
+/// Closed loop: `n` publishers each send their envelopes one after another,
+/// each waiting for the previous ack.
 pub async fn closed_loop(
     target: &Target,
     n: usize,
@@ -442,11 +452,30 @@ pub async fn closed_loop(
     size: usize,
     first: usize,
 ) -> Result<(Figures, f64), BenchError> {
+    closed_loop_with(target, Api::Unary, n, total, size, first).await
+}
+
+/// [`closed_loop`] through the given API.
+pub async fn closed_loop_with(
+    target: &Target,
+    api: Api,
+    n: usize,
+    total: usize,
+    size: usize,
+    first: usize,
+) -> Result<(Figures, f64), BenchError> {
     let per = total.div_ceil(n).max(1);
     let (pubs, sign_rate) = publishers(target, n, per, size, first).await?;
+    let mut streams = Vec::with_capacity(n);
+    for p in &pubs {
+        streams.push(match api {
+            Api::Unary => None,
+            Api::Stream => Some(p.client.clone().publish_stream().await?),
+        });
+    }
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for mut p in pubs {
+    for (mut p, mut stream) in pubs.into_iter().zip(streams) {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(p.envelopes.len());
             let mut errors = 0;
@@ -456,20 +485,28 @@ pub async fn closed_loop(
                     break;
                 }
                 let t = Instant::now();
-                match p.client.publish_envelope(env).await {
+                let sent = match stream.as_mut() {
+                    Some(s) => s.publish(env).await,
+                    None => p.client.publish_envelope(env).await,
+                };
+                match sent {
                     Ok(_) => lat.push(t.elapsed().as_micros() as u64),
                     Err(_) => errors += 1,
                 }
+            }
+            if let Some(s) = stream {
+                let _ = s.finish().await;
             }
             (lat, errors)
         }));
     }
     let (lat, errors) = gather(tasks).await?;
     let secs = start.elapsed().as_secs_f64();
-    Ok((
-        Figures::new(format!("{n} publishers"), lat, errors, secs),
-        sign_rate,
-    ))
+    let label = match api {
+        Api::Unary => format!("{n} publishers"),
+        Api::Stream => format!("{n} publishers, PublishStream"),
+    };
+    Ok((Figures::new(label, lat, errors, secs), sign_rate))
 }
 
 /// Open loop: `rate` publishes per second offered across `n` publishers for

@@ -297,12 +297,116 @@ impl BeaconClient {
             })
             .await?
             .into_inner();
-        Ok(Published {
-            id: r.id,
-            sequence: r.sequence,
-            duplicate: r.duplicate,
-            digest: r.envelope_digest,
+        Ok(published(r))
+    }
+
+    /// Opens a `PublishStream`: many publishes on one HTTP/2 stream.
+    pub async fn publish_stream(&mut self) -> Result<PublishStream, ClientError> {
+        // Requests queue here until the node reads them; it reads a bounded
+        // number ahead of its answers (`limits.publish_stream_window`).
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let inbound = self
+            .bulletins
+            .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(PublishStream {
+            outbound: Some(tx),
+            inbound,
+            waiting: 0,
         })
+    }
+}
+
+fn published(r: pb::PublishResponse) -> Published {
+    Published {
+        id: r.id,
+        sequence: r.sequence,
+        duplicate: r.duplicate,
+        digest: r.envelope_digest,
+    }
+}
+
+/// An open `PublishStream`: send envelopes, then read their results, which
+/// come in the order sent. A refusal answers one publish; the stream goes on.
+pub struct PublishStream {
+    outbound: Option<tokio::sync::mpsc::Sender<pb::PublishRequest>>,
+    inbound: tonic::Streaming<pb::PublishResult>,
+    /// Sent and not yet answered.
+    waiting: usize,
+}
+
+impl PublishStream {
+    /// Sends one envelope without waiting for its result.
+    pub async fn send(&mut self, envelope: &Envelope) -> Result<(), ClientError> {
+        let closed = || ClientError::Connect {
+            address: "publish stream".into(),
+            reason: "the stream is closed".into(),
+        };
+        self.outbound
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(pb::PublishRequest {
+                envelope: Some(crate::wire::envelope_to_proto(envelope)),
+            })
+            .await
+            .map_err(|_| closed())?;
+        self.waiting += 1;
+        Ok(())
+    }
+
+    /// Publishes sent and not yet answered.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// The result of the oldest publish not yet answered: `Ok(Err(status))`
+    /// when the node refused that one (with the status `Publish` would give).
+    pub async fn result(&mut self) -> Result<Result<Published, tonic::Status>, ClientError> {
+        use pb::publish_result::Outcome;
+        loop {
+            let Some(r) = self.inbound.message().await? else {
+                return Err(ClientError::Connect {
+                    address: "publish stream".into(),
+                    reason: format!(
+                        "the node ended the stream with {} publishes unanswered",
+                        self.waiting
+                    ),
+                });
+            };
+            let outcome = match r.outcome {
+                Some(Outcome::Accepted(a)) => Ok(published(a)),
+                Some(Outcome::Refused(f)) => Err(tonic::Status::new(f.code.into(), f.message)),
+                None => continue,
+            };
+            self.waiting = self.waiting.saturating_sub(1);
+            return Ok(outcome);
+        }
+    }
+
+    /// Sends one envelope and waits for its result (closed loop: results of
+    /// earlier sends must have been read).
+    pub async fn publish(&mut self, envelope: &Envelope) -> Result<Published, ClientError> {
+        if self.waiting > 0 {
+            return Err(ClientError::Connect {
+                address: "publish stream".into(),
+                reason: format!("{} earlier results are still unread", self.waiting),
+            });
+        }
+        self.send(envelope).await?;
+        self.result().await?.map_err(ClientError::Rpc)
+    }
+
+    /// Closes the sending side, reads the results still owed, and waits for
+    /// the node to end the stream.
+    pub async fn finish(mut self) -> Result<Vec<Result<Published, tonic::Status>>, ClientError> {
+        self.outbound = None;
+        let mut out = Vec::with_capacity(self.waiting);
+        while self.waiting > 0 {
+            out.push(self.result().await?);
+        }
+        while self.inbound.message().await?.is_some() {}
+        Ok(out)
     }
 }
 

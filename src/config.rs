@@ -127,6 +127,9 @@ pub struct Limits {
     /// Default and largest subscription window (unacknowledged deliveries).
     pub default_window: u32,
     pub max_window: u32,
+    /// Publishes of one `PublishStream` worked on at once; the node reads no
+    /// further on that stream until one is answered.
+    pub publish_stream_window: usize,
     /// Largest page a List call returns.
     pub max_list_page: u32,
     /// Subscriptions open at once on this node; more are RESOURCE_EXHAUSTED.
@@ -142,6 +145,7 @@ impl Default for Limits {
             max_streams_per_connection: 256,
             default_window: 256,
             max_window: 4096,
+            publish_stream_window: 64,
             max_list_page: 1000,
             max_subscriptions: 10_000,
         }
@@ -281,6 +285,11 @@ impl Config {
         if l.default_window == 0 || l.default_window > l.max_window {
             return Err(ConfigError::Invalid(
                 "limits.default_window must be between 1 and limits.max_window".into(),
+            ));
+        }
+        if l.publish_stream_window == 0 || l.publish_stream_window > 4096 {
+            return Err(ConfigError::Invalid(
+                "limits.publish_stream_window must be between 1 and 4096".into(),
             ));
         }
         if l.max_list_page == 0 {

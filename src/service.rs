@@ -179,72 +179,59 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let peer = caller(&request, MEMBERS)?;
-        let env = request
-            .into_inner()
-            .envelope
-            .ok_or_else(|| status::bad_request("the request carries no envelope"))?;
-        let limit = self.state.config.limits.max_envelope_bytes;
-        let size = prost::Message::encoded_len(&env);
-        if size > limit {
-            self.state.metrics.refusals.inc("too_large");
-            return Err(status::bulletin(&BulletinError::TooLarge { size, limit }));
-        }
-        // The canonical bytes, encoded once from what arrived; the domain
-        // envelope then takes the fields by move (no copy of the payload).
-        let bytes = prost::Message::encode_to_vec(&env);
-        let env = crate::wire::envelope_from_proto(env);
-        let sender = (peer.identity.kind() == RoleKind::Client).then_some(&peer.identity);
-        let verified = crate::bulletin::verify_envelope_with(
-            &env,
-            &self.state.signer_check(),
-            SystemTime::now(),
-            sender,
-        )
-        .map_err(|e| {
-            self.state.metrics.refusals.inc(refusal_reason(&e));
-            warn!(target: "beacon::audit", peer = %peer.identity, reason = %e, "publish refused");
-            status::bulletin(&e)
-        })?;
-        let digest = crate::bulletin::sha256(&bytes);
-        let b = &verified.bulletin;
-        let requires = match &b.relation {
-            Some(Relation::Supersedes(id)) => Some(("supersedes", id.clone())),
-            Some(Relation::Retracts(id)) => Some(("retracts", id.clone())),
-            None => None,
-        };
-        let meta = record_meta(&verified, digest, &self.state.identity.to_string());
-        let appended = self
-            .state
-            .store
-            .append(crate::store::NewRecord {
-                meta,
-                envelope: bytes,
-                requires,
-            })
+        publish_one(&self.state, &peer, request.into_inner())
             .await
-            .map_err(|e| {
-                self.state.metrics.refusals.inc(match e {
-                    crate::store::StoreError::Conflict { .. } => "conflict",
-                    crate::store::StoreError::MissingRelated { .. } => "missing_related",
-                    _ => "store",
-                });
-                warn!(target: "beacon::audit", peer = %peer.identity, id = %b.id, reason = %e, "publish refused");
-                status::store(&e)
-            })?;
-        self.state.metrics.publishes.inc(if appended.duplicate {
-            "duplicate"
-        } else {
-            "accepted"
+            .map(Response::new)
+    }
+
+    type PublishStreamStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::PublishResult, Status>> + Send + 'static>,
+    >;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        use futures_util::StreamExt;
+        use pb::publish_result::Outcome;
+        let peer = caller(&request, MEMBERS)?;
+        let mut inbound = request.into_inner();
+        let state = self.state.clone();
+        let window = state.config.limits.publish_stream_window.max(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(window);
+        let cancel = state.shutdown.clone();
+        tokio::spawn(async move {
+            // Publishes being worked on, answered in request order.
+            let mut working = futures_util::stream::FuturesOrdered::new();
+            let mut reading = true;
+            while reading || !working.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    msg = inbound.message(), if reading && working.len() < window => match msg {
+                        Ok(Some(req)) => working.push_back(queue_publish(&state, &peer, req).await),
+                        // The publisher closed its side, or went away: answer
+                        // what was read, then end.
+                        Ok(None) | Err(_) => reading = false,
+                    },
+                    Some(result) = working.next(), if !working.is_empty() => {
+                        let outcome = match result {
+                            Ok(accepted) => Outcome::Accepted(accepted),
+                            Err(s) => Outcome::Refused(pb::PublishRefusal {
+                                code: s.code() as i32,
+                                message: s.message().to_owned(),
+                            }),
+                        };
+                        let item = pb::PublishResult { outcome: Some(outcome) };
+                        if tx.send(Ok(item)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
         });
-        info!(target: "beacon::audit", peer = %peer.identity, signer = %verified.signer, id = %b.id,
-              seq = appended.seq, duplicate = appended.duplicate, tlp = verified.tlp.label(), "published");
-        Ok(Response::new(pb::PublishResponse {
-            sequence: appended.seq,
-            duplicate: appended.duplicate,
-            accepted_at: Some(timestamp(appended.accepted_at)),
-            id: b.id.clone(),
-            envelope_digest: digest.to_vec(),
-        }))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn get(
@@ -451,6 +438,133 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             },
         );
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Checks and stores one publish; answers once it is durable.
+async fn publish_one(
+    state: &NodeState,
+    peer: &PeerInfo,
+    request: pb::PublishRequest,
+) -> Result<pb::PublishResponse, Status> {
+    let (record, admitted) = admit(state, peer, request)?;
+    let appended = state.store.append(record).await;
+    answer(state, peer, &admitted, appended)
+}
+
+/// What a publish's answer needs once the store has it.
+struct Admitted {
+    id: String,
+    digest: [u8; 32],
+    signer: String,
+    tlp: &'static str,
+}
+
+/// Every check of a publish, in the order the API promises (size, form,
+/// chain, signature, signer, fields); the record to append if it passes.
+fn admit(
+    state: &NodeState,
+    peer: &PeerInfo,
+    request: pb::PublishRequest,
+) -> Result<(crate::store::NewRecord, Admitted), Status> {
+    let env = request
+        .envelope
+        .ok_or_else(|| status::bad_request("the request carries no envelope"))?;
+    let limit = state.config.limits.max_envelope_bytes;
+    let size = prost::Message::encoded_len(&env);
+    if size > limit {
+        state.metrics.refusals.inc("too_large");
+        return Err(status::bulletin(&BulletinError::TooLarge { size, limit }));
+    }
+    // The canonical bytes, encoded once from what arrived; the domain
+    // envelope then takes the fields by move (no copy of the payload).
+    let bytes = prost::Message::encode_to_vec(&env);
+    let env = crate::wire::envelope_from_proto(env);
+    let sender = (peer.identity.kind() == RoleKind::Client).then_some(&peer.identity);
+    let verified = crate::bulletin::verify_envelope_with(
+        &env,
+        &state.signer_check(),
+        SystemTime::now(),
+        sender,
+    )
+    .map_err(|e| {
+        state.metrics.refusals.inc(refusal_reason(&e));
+        warn!(target: "beacon::audit", peer = %peer.identity, reason = %e, "publish refused");
+        status::bulletin(&e)
+    })?;
+    let digest = crate::bulletin::sha256(&bytes);
+    let b = &verified.bulletin;
+    let requires = match &b.relation {
+        Some(Relation::Supersedes(id)) => Some(("supersedes", id.clone())),
+        Some(Relation::Retracts(id)) => Some(("retracts", id.clone())),
+        None => None,
+    };
+    let meta = record_meta(&verified, digest, &state.identity.to_string());
+    let record = crate::store::NewRecord {
+        meta,
+        envelope: bytes,
+        requires,
+    };
+    let admitted = Admitted {
+        id: b.id.clone(),
+        digest,
+        signer: verified.signer.to_string(),
+        tlp: verified.tlp.label(),
+    };
+    Ok((record, admitted))
+}
+
+/// The answer to an admitted publish, from what the store made of it.
+fn answer(
+    state: &NodeState,
+    peer: &PeerInfo,
+    a: &Admitted,
+    appended: Result<crate::store::Appended, crate::store::StoreError>,
+) -> Result<pb::PublishResponse, Status> {
+    let appended = appended.map_err(|e| {
+        state.metrics.refusals.inc(match e {
+            crate::store::StoreError::Conflict { .. } => "conflict",
+            crate::store::StoreError::MissingRelated { .. } => "missing_related",
+            _ => "store",
+        });
+        warn!(target: "beacon::audit", peer = %peer.identity, id = %a.id, reason = %e, "publish refused");
+        status::store(&e)
+    })?;
+    state.metrics.publishes.inc(if appended.duplicate {
+        "duplicate"
+    } else {
+        "accepted"
+    });
+    info!(target: "beacon::audit", peer = %peer.identity, signer = %a.signer, id = %a.id,
+          seq = appended.seq, duplicate = appended.duplicate, tlp = a.tlp, "published");
+    Ok(pb::PublishResponse {
+        sequence: appended.seq,
+        duplicate: appended.duplicate,
+        accepted_at: Some(timestamp(appended.accepted_at)),
+        id: a.id.clone(),
+        envelope_digest: a.digest.to_vec(),
+    })
+}
+
+/// A `PublishStream` request in progress: its answer, once durable.
+type Answer = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<pb::PublishResponse, Status>> + Send>,
+>;
+
+/// Admits one request of a stream and queues it to the store, so requests
+/// of one stream are appended in the order they were sent (a retraction
+/// after its original, say); their fsyncs and answers overlap.
+async fn queue_publish(state: &Arc<NodeState>, peer: &PeerInfo, req: pb::PublishRequest) -> Answer {
+    let (record, admitted) = match admit(state, peer, req) {
+        Ok(a) => a,
+        Err(s) => return Box::pin(std::future::ready(Err(s))),
+    };
+    match state.store.enqueue(record).await {
+        Err(e) => Box::pin(std::future::ready(answer(state, peer, &admitted, Err(e)))),
+        Ok(durable) => {
+            let (state, peer) = (state.clone(), peer.clone());
+            Box::pin(async move { answer(&state, &peer, &admitted, durable.await) })
+        }
     }
 }
 

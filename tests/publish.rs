@@ -706,3 +706,95 @@ async fn list_pages_and_filters() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_stream_answers_in_order_and_goes_on_after_a_refusal() {
+    let w = world().await;
+    let (mut c, _) = w.client("uk.ncsc", "streamer").await;
+    let first = bulletin("uk.ncsc", "first on the stream");
+    let good = signed(&c, &first);
+    let mut tampered = signed(&c, &bulletin("uk.ncsc", "tampered"));
+    tampered.signatures[0].sig[3] ^= 0x80;
+    let second = signed(&c, &bulletin("uk.ncsc", "second on the stream"));
+    let mut other = bulletin("uk.ncsc", "same id, other content");
+    other.id = first.id.clone();
+    let conflicting = signed(&c, &other);
+
+    let mut s = c.publish_stream().await.unwrap();
+    for env in [&good, &tampered, &second, &good, &conflicting] {
+        s.send(env).await.unwrap();
+    }
+    assert_eq!(s.waiting(), 5);
+    let p = s.result().await.unwrap().unwrap();
+    assert_eq!(
+        (p.sequence, p.duplicate, p.id.as_str()),
+        (1, false, first.id.as_str())
+    );
+    let refusal = s.result().await.unwrap().unwrap_err();
+    assert_eq!(refusal.code(), Code::InvalidArgument, "{refusal:?}");
+    assert!(refusal.message().contains("signature does not verify"));
+    let p = s.result().await.unwrap().unwrap();
+    assert_eq!(
+        (p.sequence, p.duplicate),
+        (2, false),
+        "the stream goes on after a refusal"
+    );
+    let p = s.result().await.unwrap().unwrap();
+    assert_eq!(
+        (p.sequence, p.duplicate),
+        (1, true),
+        "republishing is idempotent"
+    );
+    let refusal = s.result().await.unwrap().unwrap_err();
+    assert_eq!(refusal.code(), Code::AlreadyExists, "{refusal:?}");
+    // Closed loop on the same stream, then a clean end.
+    let p = s
+        .publish(&signed(&c, &bulletin("uk.ncsc", "third")))
+        .await
+        .unwrap();
+    assert_eq!(p.sequence, 3);
+    assert!(s.finish().await.unwrap().is_empty());
+    assert_eq!(w.head().await, 3, "refused publishes stored nothing");
+
+    // Many in flight (more than the node works on at once): every result
+    // comes back, in request order.
+    let n = 300;
+    let envelopes: Vec<Envelope> = (0..n)
+        .map(|i| signed(&c, &bulletin("uk.ncsc", &format!("pipelined {i}"))))
+        .collect();
+    let ids: Vec<String> = envelopes
+        .iter()
+        .map(|e| beacon::wire::decode_bulletin(&e.payload).unwrap().id)
+        .collect();
+    let mut s = c.publish_stream().await.unwrap();
+    // The answers are small: all of them fit in the transport's buffers while
+    // the sender is still sending, so sending everything first cannot block.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for e in &envelopes {
+            s.send(e).await.unwrap();
+        }
+    })
+    .await
+    .expect("the node keeps reading as it answers");
+    let mut last = 3;
+    for id in &ids {
+        let p = s.result().await.unwrap().unwrap();
+        assert_eq!(&p.id, id, "results come in request order");
+        assert_eq!(p.sequence, last + 1);
+        last = p.sequence;
+    }
+    assert!(s.finish().await.unwrap().is_empty());
+    assert_eq!(w.head().await, 3 + n as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_cannot_open_a_publish_stream() {
+    let w = world().await;
+    let ch = dial(w.node.addr, &w.op, &w.ca).await.unwrap();
+    let (_tx, rx) = tokio::sync::mpsc::channel::<pb::PublishRequest>(1);
+    let err = pb::bulletins_client::BulletinsClient::new(ch)
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+}

@@ -75,6 +75,10 @@ enum BenchCommand {
         /// Offered rate of the open-loop latency run (0 skips it).
         #[arg(long, default_value_t = 1000)]
         rate: u64,
+        /// Which API the closed-loop runs use: `unary` (one Publish call per
+        /// bulletin), `stream` (one PublishStream per publisher), or `both`.
+        #[arg(long, default_value = "both", value_parser = ["unary", "stream", "both"])]
+        api: String,
     },
     /// Federation across a chain of three nodes (A → B → C): catch-up of nodes
     /// that were down, relay throughput, and convergence latency.
@@ -331,9 +335,15 @@ async fn execute(cli: Cli) -> Result<()> {
             count,
             size,
             rate,
+            api,
         }) => {
             init_logging(&LogFormat::Human, Some("warn"));
-            bench_publish(&concurrency, count, size, rate).await
+            let apis = match api.as_str() {
+                "unary" => vec![beacon::bench::Api::Unary],
+                "stream" => vec![beacon::bench::Api::Stream],
+                _ => vec![beacon::bench::Api::Unary, beacon::bench::Api::Stream],
+            };
+            bench_publish(&concurrency, count, size, rate, &apis).await
         }
         Command::Bench(BenchCommand::Subscribe {
             replay,
@@ -371,7 +381,13 @@ async fn execute(cli: Cli) -> Result<()> {
     }
 }
 
-async fn bench_publish(concurrency: &[usize], count: usize, size: usize, rate: u64) -> Result<()> {
+async fn bench_publish(
+    concurrency: &[usize],
+    count: usize,
+    size: usize,
+    rate: u64,
+    apis: &[beacon::bench::Api],
+) -> Result<()> {
     use beacon::bench;
     let (exe, cores) = bench_host()?;
     let target = bench::Target::start(&exe)?;
@@ -389,10 +405,13 @@ async fn bench_publish(concurrency: &[usize], count: usize, size: usize, rate: u
     for &n in concurrency {
         let n = n.max(1);
         let total = if n == 1 { (count / 10).max(100) } else { count };
-        let (fig, sign_rate) = bench::closed_loop(&target, n, total, size, first).await?;
-        first += n;
-        sign_rates.push(sign_rate);
-        rows.push(fig);
+        for &api in apis {
+            let (fig, sign_rate) =
+                bench::closed_loop_with(&target, api, n, total, size, first).await?;
+            first += n;
+            sign_rates.push(sign_rate);
+            rows.push(fig);
+        }
     }
     if rate > 0 {
         let total = (rate as usize * 5).max(100);
