@@ -1,7 +1,9 @@
 //! Durable publishes of 1 KiB messages at 1, 16 and 64 concurrent publishers,
 //! each with its own mutual-TLS connection, against:
 //! - Beacon (`beacon daemon` as a child process; every envelope signed by the
-//!   client beforehand, verified and fsynced by the node before the ack);
+//!   client beforehand, verified and fsynced by the node before the ack),
+//!   once with one `Publish` call per message and once with one
+//!   `PublishStream` per publisher;
 //! - NATS JetStream (`nats-server` as a child process, file storage, TLS with
 //!   client-certificate verification), once with its default (lazy fsync) and
 //!   once with `sync_interval: always` (an fsync before each ack, which is what
@@ -498,14 +500,22 @@ async fn nats_runs(
     Ok(out)
 }
 
-async fn beacon_runs(bin: &Path, counts: &[(usize, usize)]) -> Result<Vec<Figures>> {
+/// Beacon's closed-loop runs through one API: one `Publish` call per
+/// message, or one `PublishStream` per publisher (like a NATS connection,
+/// which carries every publish of its client).
+async fn beacon_runs(
+    bin: &Path,
+    api: bench::Api,
+    counts: &[(usize, usize)],
+) -> Result<Vec<Figures>> {
     let target = Target::start(bin)?;
+    target.wait_serving().await?;
     let mut first = 0;
-    bench::closed_loop(&target, 4, 400, SIZE, first).await?;
+    bench::closed_loop_with(&target, api, 4, 400, SIZE, first).await?;
     first += 4;
     let mut out = Vec::new();
     for &(n, total) in counts {
-        let (f, _) = bench::closed_loop(&target, n, total, SIZE, first).await?;
+        let (f, _) = bench::closed_loop_with(&target, api, n, total, SIZE, first).await?;
         first += n;
         out.push(f);
     }
@@ -575,7 +585,8 @@ async fn main() -> Result<()> {
 
     if runs("publish") {
         eprintln!("beacon: publish runs");
-        let beacon = beacon_runs(&beacon_bin, &counts).await?;
+        let beacon = beacon_runs(&beacon_bin, bench::Api::Unary, &counts).await?;
+        let streamed = beacon_runs(&beacon_bin, bench::Api::Stream, &counts).await?;
         eprintln!("nats (default): publish runs");
         let lazy = nats_runs(&nats_bin, &pki, false, &counts).await?;
         eprintln!("nats (always): publish runs");
@@ -585,16 +596,19 @@ async fn main() -> Result<()> {
             "Durable publishes of 1 KiB, closed loop, one mutual-TLS connection per publisher:"
         );
         println!();
-        println!("| publishers | Beacon | NATS (default, lazy fsync) | NATS (sync_interval: always) | Beacon ÷ NATS always |");
-        println!("|---:|---|---|---|---:|");
+        println!("| publishers | Beacon (Publish) | Beacon (PublishStream) | NATS (default, lazy fsync) | NATS (sync_interval: always) | Beacon ÷ NATS always (Publish / PublishStream) |");
+        println!("|---:|---|---|---|---|---:|");
         for i in 0..counts.len() {
+            let ratio = |f: &Figures| f.rate() / always[i].rate().max(1e-9);
             println!(
-                "| {} | {} | {} | {} | {:.2}× |",
+                "| {} | {} | {} | {} | {} | {:.2}× / {:.2}× |",
                 counts[i].0,
                 cell(&beacon[i]),
+                cell(&streamed[i]),
                 cell(&lazy[i]),
                 cell(&always[i]),
-                beacon[i].rate() / always[i].rate().max(1e-9)
+                ratio(&beacon[i]),
+                ratio(&streamed[i])
             );
         }
     }
