@@ -508,50 +508,78 @@ async fn publish(a: PublishArgs) -> Result<()> {
         dialer.own.chain.clone(),
         dialer.own.key.secret_der(),
     )?);
+    let envelopes = bulletins
+        .iter()
+        .map(|b| signer.sign(b.to_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut client = BeaconClient::new(channel, signer);
+    // One stream for all of them, a bounded number in flight; results come
+    // back in the order sent.
+    const IN_FLIGHT: usize = 64;
+    let mut stream = client.publish_stream().await?;
     let mut refused = 0;
-    for b in &bulletins {
-        match client.publish(b).await {
-            Ok(p) => {
-                if a.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "id": p.id, "sequence": p.sequence, "duplicate": p.duplicate,
-                            "digest": hex(&p.digest),
-                        })
-                    );
-                } else {
-                    println!(
-                        "{} {} seq {}",
-                        if p.duplicate {
-                            "already held"
-                        } else {
-                            "published"
-                        },
-                        p.id,
-                        p.sequence
-                    );
-                }
-            }
-            Err(e) => {
-                refused += 1;
-                let e = anyhow::Error::from(e);
-                if a.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"id": b.id, "refused": format!("{e:#}")})
-                    );
-                } else {
-                    eprintln!("refused {}: {e:#}", b.id);
-                }
-            }
+    let mut answered = 0;
+    for env in &envelopes {
+        if stream.waiting() >= IN_FLIGHT {
+            let outcome = stream.result().await?;
+            refused += report(&bulletins[answered], outcome, a.json);
+            answered += 1;
         }
+        stream.send(env).await?;
+    }
+    for outcome in stream.finish().await? {
+        refused += report(&bulletins[answered], outcome, a.json);
+        answered += 1;
     }
     if refused > 0 {
         bail!("{refused} of {} bulletins refused", bulletins.len());
     }
     Ok(())
+}
+
+/// Prints the outcome of one publish; 1 if it was refused.
+fn report(
+    b: &Bulletin,
+    outcome: Result<beacon::client::Published, tonic::Status>,
+    json: bool,
+) -> usize {
+    match outcome {
+        Ok(p) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": p.id, "sequence": p.sequence, "duplicate": p.duplicate,
+                        "digest": hex(&p.digest),
+                    })
+                );
+            } else {
+                println!(
+                    "{} {} seq {}",
+                    if p.duplicate {
+                        "already held"
+                    } else {
+                        "published"
+                    },
+                    p.id,
+                    p.sequence
+                );
+            }
+            0
+        }
+        Err(status) => {
+            let e = anyhow::Error::from(beacon::client::ClientError::Rpc(status));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": b.id, "refused": format!("{e:#}")})
+                );
+            } else {
+                eprintln!("refused {}: {e:#}", b.id);
+            }
+            1
+        }
+    }
 }
 
 fn hex(b: &[u8]) -> String {
