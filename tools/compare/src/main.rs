@@ -508,8 +508,7 @@ async fn beacon_runs(
     api: bench::Api,
     counts: &[(usize, usize)],
 ) -> Result<Vec<Figures>> {
-    let target = Target::start(bin)?;
-    target.wait_serving().await?;
+    let target = beacon_target(bin).await?;
     let mut first = 0;
     bench::closed_loop_with(&target, api, 4, 400, SIZE, first).await?;
     first += 4;
@@ -520,6 +519,21 @@ async fn beacon_runs(
         out.push(f);
     }
     Ok(out)
+}
+
+/// A Beacon node (child process, throwaway PKI), once it serves.
+async fn beacon_target(bin: &Path) -> Result<Target> {
+    let target = Target::start(bin)?;
+    target.wait_serving().await?;
+    Ok(target)
+}
+
+/// Runs one workload under the comparison's deadline: a run that misses it
+/// fails the comparison rather than hanging it.
+async fn within<T>(what: &str, run: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} missed its deadline"))?
 }
 
 fn cell(f: &Figures) -> String {
@@ -585,12 +599,28 @@ async fn main() -> Result<()> {
 
     if runs("publish") {
         eprintln!("beacon: publish runs");
-        let beacon = beacon_runs(&beacon_bin, bench::Api::Unary, &counts).await?;
-        let streamed = beacon_runs(&beacon_bin, bench::Api::Stream, &counts).await?;
+        let beacon = within(
+            "Beacon's publish runs",
+            beacon_runs(&beacon_bin, bench::Api::Unary, &counts),
+        )
+        .await?;
+        let streamed = within(
+            "Beacon's stream publish runs",
+            beacon_runs(&beacon_bin, bench::Api::Stream, &counts),
+        )
+        .await?;
         eprintln!("nats (default): publish runs");
-        let lazy = nats_runs(&nats_bin, &pki, false, &counts).await?;
+        let lazy = within(
+            "NATS's publish runs",
+            nats_runs(&nats_bin, &pki, false, &counts),
+        )
+        .await?;
         eprintln!("nats (always): publish runs");
-        let always = nats_runs(&nats_bin, &pki, true, &counts).await?;
+        let always = within(
+            "NATS's publish runs",
+            nats_runs(&nats_bin, &pki, true, &counts),
+        )
+        .await?;
         println!();
         println!(
             "Durable publishes of 1 KiB, closed loop, one mutual-TLS connection per publisher:"
@@ -615,11 +645,19 @@ async fn main() -> Result<()> {
 
     if runs("stored") {
         eprintln!("beacon: {stored} stored");
-        let beacon_s = beacon_stored(&beacon_bin, stored).await?;
+        let beacon_s = within("Beacon's stored runs", beacon_stored(&beacon_bin, stored)).await?;
         eprintln!("nats (default): {stored} stored");
-        let lazy_s = nats_stored(&nats_bin, &pki, false, stored).await?;
+        let lazy_s = within(
+            "NATS's stored runs",
+            nats_stored(&nats_bin, &pki, false, stored),
+        )
+        .await?;
         eprintln!("nats (always): {stored} stored");
-        let always_s = nats_stored(&nats_bin, &pki, true, stored).await?;
+        let always_s = within(
+            "NATS's stored runs",
+            nats_stored(&nats_bin, &pki, true, stored),
+        )
+        .await?;
         println!();
         println!("With {stored} messages of 1 KiB stored:");
         println!();
@@ -637,25 +675,23 @@ async fn main() -> Result<()> {
 
     let (subs, fan_n) = (100, 3000);
     let (mem_subs, mem_n) = (1000, 10_000);
-    let limit = Duration::from_secs(600);
-    let bounded = |what: &'static str| move |_| anyhow::anyhow!("{what} missed its deadline");
     if runs("fanout") {
         eprintln!("fan-out 1 → {subs}");
-        let beacon_fan = tokio::time::timeout(limit, async {
-            let target = Target::start(&beacon_bin)?;
-            target.wait_serving().await?;
-            Ok::<_, anyhow::Error>(bench::fan_out(&target, subs, fan_n, SIZE, 0).await?)
+        let beacon_fan = within("Beacon's fan-out", async {
+            let target = beacon_target(&beacon_bin).await?;
+            Ok(bench::fan_out(&target, subs, fan_n, SIZE, 0).await?)
         })
-        .await
-        .map_err(bounded("Beacon's fan-out"))??;
-        let lazy_fan =
-            tokio::time::timeout(limit, nats_fan_out(&nats_bin, &pki, false, subs, fan_n))
-                .await
-                .map_err(bounded("NATS's fan-out"))??;
-        let always_fan =
-            tokio::time::timeout(limit, nats_fan_out(&nats_bin, &pki, true, subs, fan_n))
-                .await
-                .map_err(bounded("NATS's fan-out"))??;
+        .await?;
+        let lazy_fan = within(
+            "NATS's fan-out",
+            nats_fan_out(&nats_bin, &pki, false, subs, fan_n),
+        )
+        .await?;
+        let always_fan = within(
+            "NATS's fan-out",
+            nats_fan_out(&nats_bin, &pki, true, subs, fan_n),
+        )
+        .await?;
         let rate = |(n, secs): (u64, f64)| n as f64 / secs.max(1e-9);
         println!();
         println!("| fan-out | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
@@ -677,21 +713,21 @@ async fn main() -> Result<()> {
 
     if runs("memory") {
         eprintln!("memory of {mem_subs} subscriptions");
-        let beacon_mem = tokio::time::timeout(limit, async {
-            let target = Target::start(&beacon_bin)?;
-            target.wait_serving().await?;
-            Ok::<_, anyhow::Error>(bench::memory(&target, mem_subs, mem_n, SIZE, 0).await?)
+        let beacon_mem = within("Beacon's memory run", async {
+            let target = beacon_target(&beacon_bin).await?;
+            Ok(bench::memory(&target, mem_subs, mem_n, SIZE, 0).await?)
         })
-        .await
-        .map_err(bounded("Beacon's memory run"))??;
-        let lazy_mem =
-            tokio::time::timeout(limit, nats_memory(&nats_bin, &pki, false, mem_subs, mem_n))
-                .await
-                .map_err(bounded("NATS's memory run"))??;
-        let always_mem =
-            tokio::time::timeout(limit, nats_memory(&nats_bin, &pki, true, mem_subs, mem_n))
-                .await
-                .map_err(bounded("NATS's memory run"))??;
+        .await?;
+        let lazy_mem = within(
+            "NATS's memory run",
+            nats_memory(&nats_bin, &pki, false, mem_subs, mem_n),
+        )
+        .await?;
+        let always_mem = within(
+            "NATS's memory run",
+            nats_memory(&nats_bin, &pki, true, mem_subs, mem_n),
+        )
+        .await?;
         let mb = |b: u64| b as f64 / 1e6;
         println!();
         println!("| server RSS | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
