@@ -204,14 +204,21 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             // Publishes being worked on, answered in request order.
             let mut working = futures_util::stream::FuturesOrdered::new();
             let mut reading = true;
+            // Why the request side failed (a message too large or not
+            // protobuf), told after the answers owed.
+            let mut failed = None;
             while reading || !working.is_empty() {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     msg = inbound.message(), if reading && working.len() < window => match msg {
                         Ok(Some(req)) => working.push_back(queue_publish(&state, &peer, req).await),
-                        // The publisher closed its side, or went away: answer
-                        // what was read, then end.
-                        Ok(None) | Err(_) => reading = false,
+                        // The publisher closed its side: answer what was read,
+                        // then end with OK.
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            reading = false;
+                            failed = Some(status);
+                        }
                     },
                     Some(result) = working.next(), if !working.is_empty() => {
                         let outcome = match result {
@@ -227,6 +234,9 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                         }
                     }
                 }
+            }
+            if let Some(status) = failed {
+                let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(

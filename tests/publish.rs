@@ -798,3 +798,28 @@ async fn operators_cannot_open_a_publish_stream() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_stream_that_sends_an_oversized_message_ends_with_its_status() {
+    let w = world().await;
+    let (mut c, _) = w.client("uk.ncsc", "oversized").await;
+    let good = signed(&c, &bulletin("uk.ncsc", "before the oversized one"));
+    let mut huge = good.clone();
+    huge.payload.extend(std::iter::repeat_n(0u8, 600 * 1024));
+    let mut s = c.publish_stream().await.unwrap();
+    s.send(&good).await.unwrap();
+    s.send(&huge).await.unwrap();
+    let p = s.result().await.unwrap().unwrap();
+    assert_eq!(
+        p.sequence, 1,
+        "what was read before the failure is answered"
+    );
+    match s.result().await {
+        Err(ClientError::Rpc(status)) => {
+            assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+            assert!(status.message().contains("too large"), "{status:?}");
+        }
+        other => panic!("expected the stream to end with the decoder's status, got {other:?}"),
+    }
+    assert_eq!(w.head().await, 1);
+}
