@@ -134,7 +134,12 @@ async fn sigkill_while_streaming_resumes_with_the_unacknowledged_remainder() {
     let _node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
     let mut reader = member(addr, &reader_files, &ca).await;
     let head = head(addr, &op, &ca).await;
-    let mut sub = reader.subscribe(open("feed", resume())).await.unwrap();
+    // The remainder is read without acks, so the window must hold all of it:
+    // the storm publishes at most 1,000 (the default window of 256 was not
+    // enough whenever the node lived long enough to accept more).
+    let mut resume_open = open("feed", resume());
+    resume_open.window = 2048;
+    let mut sub = reader.subscribe(resume_open).await.unwrap();
     let seen = read_deliveries(&mut sub, (head - 25) as usize, true, T).await;
     assert_eq!(seen.subscribed.unwrap().cursor, 25);
     assert_eq!(
