@@ -318,6 +318,14 @@ impl BeaconClient {
     }
 }
 
+/// A stream (a subscription, a publish stream) that cannot go on.
+fn stream_error(stream: &str, reason: impl Into<String>) -> ClientError {
+    ClientError::Connect {
+        address: stream.to_owned(),
+        reason: reason.into(),
+    }
+}
+
 fn published(r: pb::PublishResponse) -> Published {
     Published {
         id: r.id,
@@ -339,10 +347,7 @@ pub struct PublishStream {
 impl PublishStream {
     /// Sends one envelope without waiting for its result.
     pub async fn send(&mut self, envelope: &Envelope) -> Result<(), ClientError> {
-        let closed = || ClientError::Connect {
-            address: "publish stream".into(),
-            reason: "the stream is closed".into(),
-        };
+        let closed = || stream_error("publish stream", "the stream is closed");
         self.outbound
             .as_ref()
             .ok_or_else(closed)?
@@ -366,13 +371,13 @@ impl PublishStream {
         use pb::publish_result::Outcome;
         loop {
             let Some(r) = self.inbound.message().await? else {
-                return Err(ClientError::Connect {
-                    address: "publish stream".into(),
-                    reason: format!(
+                return Err(stream_error(
+                    "publish stream",
+                    format!(
                         "the node ended the stream with {} publishes unanswered",
                         self.waiting
                     ),
-                });
+                ));
             };
             let outcome = match r.outcome {
                 Some(Outcome::Accepted(a)) => Ok(published(a)),
@@ -388,10 +393,10 @@ impl PublishStream {
     /// earlier sends must have been read).
     pub async fn publish(&mut self, envelope: &Envelope) -> Result<Published, ClientError> {
         if self.waiting > 0 {
-            return Err(ClientError::Connect {
-                address: "publish stream".into(),
-                reason: format!("{} earlier results are still unread", self.waiting),
-            });
+            return Err(stream_error(
+                "publish stream",
+                format!("{} earlier results are still unread", self.waiting),
+            ));
         }
         self.send(envelope).await?;
         self.result().await?.map_err(ClientError::Rpc)
@@ -430,10 +435,7 @@ impl SubscriptionStream {
 
     /// Acknowledges everything up to and including `sequence`.
     pub async fn ack(&self, sequence: u64) -> Result<(), ClientError> {
-        let closed = || ClientError::Connect {
-            address: "subscription".into(),
-            reason: "the stream is closed".into(),
-        };
+        let closed = || stream_error("subscription", "the stream is closed");
         self.outbound
             .as_ref()
             .ok_or_else(closed)?
@@ -457,10 +459,10 @@ impl SubscriptionStream {
         .await;
         match drained {
             Ok(r) => r,
-            Err(_) => Err(ClientError::Connect {
-                address: "subscription".into(),
-                reason: format!("the node did not confirm the cursor within {limit:?}"),
-            }),
+            Err(_) => Err(stream_error(
+                "subscription",
+                format!("the node did not confirm the cursor within {limit:?}"),
+            )),
         }
     }
 }
@@ -477,10 +479,7 @@ impl BeaconClient {
             msg: Some(pb::subscribe_request::Msg::Open(open)),
         })
         .await
-        .map_err(|_| ClientError::Connect {
-            address: "subscription".into(),
-            reason: "cannot queue the open message".into(),
-        })?;
+        .map_err(|_| stream_error("subscription", "cannot queue the open message"))?;
         let inbound = self
             .bulletins
             .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))

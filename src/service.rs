@@ -179,7 +179,8 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let peer = caller(&request, MEMBERS)?;
-        publish_one(&self.state, &peer, request.into_inner())
+        queue_publish(&self.state, &peer, request.into_inner())
+            .await
             .await
             .map(Response::new)
     }
@@ -451,17 +452,6 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
     }
 }
 
-/// Checks and stores one publish; answers once it is durable.
-async fn publish_one(
-    state: &NodeState,
-    peer: &PeerInfo,
-    request: pb::PublishRequest,
-) -> Result<pb::PublishResponse, Status> {
-    let (record, admitted) = admit(state, peer, request)?;
-    let appended = state.store.append(record).await;
-    answer(state, peer, &admitted, appended)
-}
-
 /// What a publish's answer needs once the store has it.
 struct Admitted {
     id: String,
@@ -556,14 +546,16 @@ fn answer(
     })
 }
 
-/// A `PublishStream` request in progress: its answer, once durable.
+/// A publish in progress: its answer, once durable.
 type Answer = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<pb::PublishResponse, Status>> + Send>,
 >;
 
-/// Admits one request of a stream and queues it to the store, so requests
-/// of one stream are appended in the order they were sent (a retraction
-/// after its original, say); their fsyncs and answers overlap.
+/// Admits one publish and queues it to the store; what it returns resolves
+/// to the answer once the append is durable. `Publish` awaits it at once;
+/// `PublishStream` queues its requests one after another, so they are
+/// appended in the order sent (a retraction after its original, say) while
+/// their fsyncs and answers overlap.
 async fn queue_publish(state: &Arc<NodeState>, peer: &PeerInfo, req: pb::PublishRequest) -> Answer {
     let (record, admitted) = match admit(state, peer, req) {
         Ok(a) => a,

@@ -77,8 +77,8 @@ enum BenchCommand {
         rate: u64,
         /// Which API the closed-loop runs use: `unary` (one Publish call per
         /// bulletin), `stream` (one PublishStream per publisher), or `both`.
-        #[arg(long, default_value = "both", value_parser = ["unary", "stream", "both"])]
-        api: String,
+        #[arg(long, value_enum, default_value_t = ApiArg::Both)]
+        api: ApiArg,
     },
     /// Federation across a chain of three nodes (A → B → C): catch-up of nodes
     /// that were down, relay throughput, and convergence latency.
@@ -234,6 +234,24 @@ impl Which {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
+enum ApiArg {
+    Unary,
+    Stream,
+    Both,
+}
+
+impl ApiArg {
+    fn apis(self) -> &'static [beacon::bench::Api] {
+        use beacon::bench::Api;
+        match self {
+            ApiArg::Unary => &[Api::Unary],
+            ApiArg::Stream => &[Api::Stream],
+            ApiArg::Both => &[Api::Unary, Api::Stream],
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
 enum AlgArg {
     Ed25519,
     EcdsaP256,
@@ -338,12 +356,7 @@ async fn execute(cli: Cli) -> Result<()> {
             api,
         }) => {
             init_logging(&LogFormat::Human, Some("warn"));
-            let apis = match api.as_str() {
-                "unary" => vec![beacon::bench::Api::Unary],
-                "stream" => vec![beacon::bench::Api::Stream],
-                _ => vec![beacon::bench::Api::Unary, beacon::bench::Api::Stream],
-            };
-            bench_publish(&concurrency, count, size, rate, &apis).await
+            bench_publish(&concurrency, count, size, rate, api.apis()).await
         }
         Command::Bench(BenchCommand::Subscribe {
             replay,
