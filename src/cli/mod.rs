@@ -101,6 +101,10 @@ enum BenchCommand {
         /// Bulletins stored before the replay run.
         #[arg(long, default_value_t = 1_000_000)]
         replay: usize,
+        /// Replays of the whole log, one after another on the same node
+        /// (each a fresh subscriber; the figures of a run compare best).
+        #[arg(long, default_value_t = 1)]
+        replays: usize,
         /// Subscribers of the fan-out run.
         #[arg(long, default_value_t = 100)]
         fan_out: usize,
@@ -360,13 +364,22 @@ async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Subscribe {
             replay,
+            replays,
             fan_out,
             publishes,
             subscriptions,
             size,
         }) => {
             init_logging(&LogFormat::Human, Some("warn"));
-            bench_subscribe(replay, fan_out, publishes, subscriptions, size).await
+            let runs = SubscribeRuns {
+                replay,
+                replays,
+                fan_out,
+                publishes,
+                subscriptions,
+                size,
+            };
+            bench_subscribe(runs).await
         }
         Command::Bench(BenchCommand::Federation {
             catch_up,
@@ -520,14 +533,26 @@ async fn bench_federation(
     Ok(())
 }
 
-async fn bench_subscribe(
+/// What `beacon bench subscribe` runs.
+struct SubscribeRuns {
     replay: usize,
+    replays: usize,
     fan_out: usize,
     publishes: usize,
     subscriptions: usize,
     size: usize,
-) -> Result<()> {
+}
+
+async fn bench_subscribe(runs: SubscribeRuns) -> Result<()> {
     use beacon::bench;
+    let SubscribeRuns {
+        replay,
+        replays,
+        fan_out,
+        publishes,
+        subscriptions,
+        size,
+    } = runs;
     let (exe, cores) = bench_host()?;
     println!("beacon bench subscribe: {size}-byte signed bulletins, node as a child process, mutual TLS 1.3, {cores} cores");
     println!("| workload | figure |");
@@ -546,11 +571,13 @@ async fn bench_subscribe(
             "| node start with {replay} stored, until it serves | {:.2} s |",
             t0.elapsed().as_secs_f64()
         );
-        let (n, secs) = bench::replay(&target, replay as u64, 0).await?;
-        println!(
-            "| replay of {n} to a reconnecting subscriber | {:.0}/s ({secs:.1} s) |",
-            n as f64 / secs
-        );
+        for run in 1..=replays.max(1) {
+            let (n, secs) = bench::replay(&target, replay as u64, run).await?;
+            println!(
+                "| replay of {n} to a reconnecting subscriber (run {run}) | {:.0}/s ({secs:.1} s) |",
+                n as f64 / secs
+            );
+        }
         println!(
             "| daemon RSS after the replay | {:.0} MB |",
             target.rss().unwrap_or(0) as f64 / 1e6
