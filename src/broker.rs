@@ -32,6 +32,11 @@ use crate::store::{Record, Store, StoreError};
 
 /// Records read from the store per step (bounds the work between checks).
 const READ_BATCH: usize = 256;
+/// Read-aheads running at once on the whole node (a replaying subscription
+/// that finds none free reads without one).
+fn read_ahead_limit() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 /// With nothing in flight, the cursor skips over records not meant for the
 /// subscriber once this many have passed (and at every heartbeat).
 const SKIP_ADVANCE: u64 = 4096;
@@ -120,6 +125,8 @@ pub struct Broker {
     max: usize,
     /// Deliveries of subscriptions that have ended.
     delivered_closed: AtomicU64,
+    /// Permits for read-ahead on the blocking pool.
+    read_ahead: Arc<tokio::sync::Semaphore>,
 }
 
 /// Removes its session from the broker when the subscription ends.
@@ -153,6 +160,7 @@ impl Broker {
             next_id: AtomicU64::new(0),
             max,
             delivered_closed: AtomicU64::new(0),
+            read_ahead: Arc::new(tokio::sync::Semaphore::new(read_ahead_limit())),
         }
     }
 
@@ -270,6 +278,25 @@ impl Subscription {
         self.filter.matches(&rec.meta) && self.policy.may_read_meta(&self.member, &rec.meta)
     }
 
+    /// While replaying, pages the next batch (`from..=to`) into the store's
+    /// cache on the blocking pool, so that reading it on this task finds it
+    /// in memory: the disk reads and decoding run on another core while this
+    /// one sends. At most one per subscription, and a bounded number per
+    /// node; without a free permit the subscription simply reads on.
+    fn read_ahead(&self, ahead: &mut Option<tokio::task::JoinHandle<()>>, from: u64, to: u64) {
+        if ahead.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let Ok(permit) = self.guard.broker.read_ahead.clone().try_acquire_owned() else {
+            return;
+        };
+        let store = self.store.clone();
+        *ahead = Some(tokio::task::spawn_blocking(move || {
+            store.prefetch(from, to);
+            drop(permit);
+        }));
+    }
+
     /// Asks for the cursor to move to `seq`; the committer makes it durable.
     fn persist_cursor(&self, wanted: &watch::Sender<u64>, seq: u64) {
         wanted.send_if_modified(|cur| {
@@ -366,6 +393,7 @@ impl Subscription {
         let mut inflight: VecDeque<u64> = VecDeque::with_capacity(window);
         let mut acked = position;
         let mut caught_up = false;
+        let mut ahead = None;
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
@@ -396,6 +424,9 @@ impl Subscription {
                 // Replay (or live, once caught up): one bounded batch, handed
                 // over at once. It never holds more than the window allows.
                 let to = head.min(position + READ_BATCH as u64);
+                if to < head {
+                    self.read_ahead(&mut ahead, to + 1, head.min(to + READ_BATCH as u64));
+                }
                 let mut batch = Vec::new();
                 let mut failed = None;
                 for item in self.store.range(position + 1, to) {

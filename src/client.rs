@@ -175,6 +175,10 @@ impl Dialer {
     }
 }
 
+/// The largest HTTP/2 frame this client accepts (16 KiB is the protocol's
+/// default and minimum).
+const MAX_FRAME_BYTES: u32 = 256 * 1024;
+
 /// Opens a gRPC channel over mutual TLS using `config`.
 pub async fn connect_with(
     address: &str,
@@ -189,6 +193,10 @@ pub async fn connect_with(
     let endpoint = Endpoint::from(uri)
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
+        // Lets a node send a stream's data in frames of up to 256 KiB
+        // instead of 16 KiB: fewer HTTP/2 frames, fewer flushes and system
+        // calls on both sides while a replay streams.
+        .max_frame_size(MAX_FRAME_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     let connector = tower::service_fn(move |uri: Uri| {

@@ -598,6 +598,21 @@ impl Store {
         }))
     }
 
+    /// Reads durable records `from..=to` without returning them, so that
+    /// their pages are in the cache when a reader comes for them. A hint:
+    /// it stops at the first error (the reader will meet and report it).
+    pub fn prefetch(&self, from: u64, to: u64) {
+        let to = to.min(self.head());
+        if from > to {
+            return;
+        }
+        for item in self.log.range(lkey(from)..=lkey(to)) {
+            if item.is_err() {
+                return;
+            }
+        }
+    }
+
     /// The first sequence accepted at or after `t` (head + 1 if none).
     /// Acceptance times never go backwards along the log, so this is a binary search.
     pub fn first_seq_at_or_after(&self, t: SystemTime) -> Result<u64, StoreError> {
