@@ -431,20 +431,17 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         // Each event becomes its messages (a batch of deliveries, one each);
         // the stream ends after the first error.
         let stream = futures_util::stream::unfold(
-            (out_rx, std::collections::VecDeque::new(), false),
-            move |(mut rx, mut pending, done)| {
-                let name = name.clone();
-                async move {
-                    if done {
-                        return None;
-                    }
-                    if pending.is_empty() {
-                        pending.extend(crate::wire::subscribe_messages(&name, rx.recv().await?));
-                    }
-                    match pending.pop_front()? {
-                        Ok(msg) => Some((Ok(msg), (rx, pending, false))),
-                        Err(e) => Some((Err(status::broker(&e)), (rx, pending, true))),
-                    }
+            (out_rx, std::collections::VecDeque::new(), false, name),
+            |(mut rx, mut pending, done, name)| async move {
+                if done {
+                    return None;
+                }
+                if pending.is_empty() {
+                    pending.extend(crate::wire::subscribe_messages(&name, rx.recv().await?));
+                }
+                match pending.pop_front()? {
+                    Ok(msg) => Some((Ok(msg), (rx, pending, false, name))),
+                    Err(e) => Some((Err(status::broker(&e)), (rx, pending, true, name))),
                 }
             },
         );
