@@ -68,7 +68,8 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// sled's page cache, in MiB.
+    /// sled's page cache, in MiB (a target sled enforces lazily; see
+    /// `deploy/beacon.toml`).
     pub cache_mb: u64,
     /// Most publishes made durable by one fsync.
     pub max_batch: usize,
