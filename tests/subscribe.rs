@@ -218,6 +218,57 @@ async fn replay_to_live_handoff_is_exact_under_concurrent_publishing() {
     }
 }
 
+/// A replay many read batches long (the node reads ahead while it sends):
+/// with two publishers interleaved, a reader filtering on one publisher gets
+/// exactly that publisher's sequences and a reader of everything gets every
+/// sequence, each once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_replay_across_many_read_batches_is_exact() {
+    let w = world().await;
+    const EACH: usize = 700;
+    let mut a = member(w.node.addr, &w.pki.client("uk.ncsc", "a"), &w.ca).await;
+    let mut b = member(w.node.addr, &w.pki.client("de.bsi", "b"), &w.ca).await;
+    let mut sa = a.publish_stream().await.unwrap();
+    let mut sb = b.publish_stream().await.unwrap();
+    for i in 0..EACH {
+        let ea = a
+            .signer
+            .sign(bulletin("uk.ncsc", &format!("a{i}")).to_bytes());
+        let eb = b
+            .signer
+            .sign(bulletin("de.bsi", &format!("b{i}")).to_bytes());
+        sa.send(&ea.unwrap()).await.unwrap();
+        sb.send(&eb.unwrap()).await.unwrap();
+    }
+    let mut from_a = Vec::new();
+    for r in sa.finish().await.unwrap() {
+        from_a.push(r.unwrap().sequence);
+    }
+    for r in sb.finish().await.unwrap() {
+        r.unwrap();
+    }
+    let total = (2 * EACH) as u64;
+    from_a.sort_unstable();
+
+    let mut reader = member(w.node.addr, &w.pki.client("fr.anssi", "r"), &w.ca).await;
+    let mut o = open("", earliest());
+    o.window = 2048;
+    o.filter = Some(pb::Filter {
+        publishers: vec!["uk.ncsc".into()],
+        ..Default::default()
+    });
+    let mut sub = reader.subscribe(o).await.unwrap();
+    let seen = read_deliveries(&mut sub, EACH, true, T).await;
+    assert_eq!(seen.seqs, from_a, "exactly uk.ncsc's bulletins, in order");
+    assert_eq!(seen.caught_up, Some(total));
+
+    let mut o = open("", earliest());
+    o.window = 2048;
+    let mut sub = reader.subscribe(o).await.unwrap();
+    let seen = read_deliveries(&mut sub, 2 * EACH, true, T).await;
+    assert_eq!(seen.seqs, (1..=total).collect::<Vec<_>>());
+}
+
 /// TLP × audience on replay and live deliveries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_deliver_only_what_the_member_may_read() {
