@@ -281,7 +281,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             if self.may_read(&member, &rec.meta) {
                 let rec = store.served(rec).map_err(|e| status::store(&e))?;
                 return Ok(Response::new(pb::GetResponse {
-                    delivery: Some(crate::wire::delivery(&rec)),
+                    delivery: Some(crate::wire::delivery(rec)),
                 }));
             }
         }
@@ -319,7 +319,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 last = rec.seq;
                 if filter.matches(&rec.meta) && self.may_read(&member, &rec.meta) {
                     let rec = store.served(rec).map_err(|e| status::store(&e))?;
-                    deliveries.push(crate::wire::delivery(&rec));
+                    deliveries.push(crate::wire::delivery(rec));
                     if deliveries.len() >= limit {
                         break;
                     }

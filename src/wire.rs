@@ -233,14 +233,15 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, String> {
 
 /// A stored record as the API serves it.
 /// The envelope goes out as the stored bytes (checked against their digest
-/// when they were read), never decoded and re-encoded.
-pub fn delivery(rec: &crate::store::Record) -> pb::Delivery {
+/// when they were read), never decoded and re-encoded. It takes the record,
+/// so its origin and envelope move into the message instead of being copied.
+pub fn delivery(rec: crate::store::Record) -> pb::Delivery {
     pb::Delivery {
         sequence: rec.seq,
         accepted_at: Some(timestamp(rec.accepted_at)),
-        origin_node: rec.meta.origin_node.clone(),
+        origin_node: rec.meta.origin_node,
         origin_sequence: rec.meta.origin_seq,
-        envelope: Some(rec.envelope.clone()),
+        envelope: Some(rec.envelope),
         envelope_digest: rec.meta.digest.to_vec(),
     }
 }
@@ -331,7 +332,7 @@ pub fn subscribe_messages(
             window,
         })),
         Event::Deliveries(batch) => batch
-            .iter()
+            .into_iter()
             .map(|rec| {
                 Ok(pb::SubscribeResponse {
                     msg: Some(Msg::Delivery(delivery(rec))),
