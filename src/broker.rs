@@ -32,14 +32,15 @@ use crate::store::{Record, Store, StoreError};
 
 /// Records read from the store per step (bounds the work between checks).
 const READ_BATCH: usize = 256;
+/// With nothing in flight, the cursor skips over records not meant for the
+/// subscriber once this many have passed (and at every heartbeat).
+const SKIP_ADVANCE: u64 = 4096;
+
 /// Read-aheads running at once on the whole node (a replaying subscription
 /// that finds none free reads without one).
 fn read_ahead_limit() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
-/// With nothing in flight, the cursor skips over records not meant for the
-/// subscriber once this many have passed (and at every heartbeat).
-const SKIP_ADVANCE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
