@@ -587,11 +587,10 @@ impl Store {
         from: u64,
         to: u64,
     ) -> Box<dyn Iterator<Item = Result<Record, StoreError>> + Send + '_> {
-        let to = to.min(self.head());
-        if from > to {
+        let Some(log) = self.durable_log(from, to) else {
             return Box::new(std::iter::empty());
-        }
-        Box::new(self.log.range(lkey(from)..=lkey(to)).map(move |item| {
+        };
+        Box::new(log.map(move |item| {
             let (k, v) = item.map_err(io)?;
             let seq = be_u64(&k[1..]).ok_or_else(|| StoreError::Io("bad log key".into()))?;
             Record::decode(seq, owned(v)).inspect_err(|e| self.note_corrupt(e))
@@ -602,15 +601,18 @@ impl Store {
     /// their pages are in the cache when a reader comes for them. A hint:
     /// it stops at the first error (the reader will meet and report it).
     pub fn prefetch(&self, from: u64, to: u64) {
-        let to = to.min(self.head());
-        if from > to {
-            return;
-        }
-        for item in self.log.range(lkey(from)..=lkey(to)) {
+        for item in self.durable_log(from, to).into_iter().flatten() {
             if item.is_err() {
                 return;
             }
         }
+    }
+
+    /// sled's entries for `from..=to`, clamped to the committed head (`None`
+    /// when nothing durable is in range).
+    fn durable_log(&self, from: u64, to: u64) -> Option<sled::Iter> {
+        let to = to.min(self.head());
+        (from <= to).then(|| self.log.range(lkey(from)..=lkey(to)))
     }
 
     /// The first sequence accepted at or after `t` (head + 1 if none).

@@ -97,26 +97,30 @@ enum BenchCommand {
         size: usize,
     },
     /// Replay to a reconnecting subscriber, fan-out, and memory of many subscriptions.
-    Subscribe {
-        /// Bulletins stored before the replay run.
-        #[arg(long, default_value_t = 1_000_000)]
-        replay: usize,
-        /// Replays of the whole log, one after another on the same node
-        /// (each a fresh subscriber; the figures of a run compare best).
-        #[arg(long, default_value_t = 1)]
-        replays: usize,
-        /// Subscribers of the fan-out run.
-        #[arg(long, default_value_t = 100)]
-        fan_out: usize,
-        /// Publishes of the fan-out run.
-        #[arg(long, default_value_t = 3000)]
-        publishes: usize,
-        /// Open subscriptions of the memory run.
-        #[arg(long, default_value_t = 1000)]
-        subscriptions: usize,
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
-    },
+    Subscribe(SubscribeRuns),
+}
+
+/// What `beacon bench subscribe` runs.
+#[derive(Args, Debug)]
+struct SubscribeRuns {
+    /// Bulletins stored before the replay run.
+    #[arg(long, default_value_t = 1_000_000)]
+    replay: usize,
+    /// Replays of the whole log, one after another on the same node
+    /// (each a fresh subscriber; the figures of a run compare best).
+    #[arg(long, default_value_t = 1)]
+    replays: usize,
+    /// Subscribers of the fan-out run.
+    #[arg(long, default_value_t = 100)]
+    fan_out: usize,
+    /// Publishes of the fan-out run.
+    #[arg(long, default_value_t = 3000)]
+    publishes: usize,
+    /// Open subscriptions of the memory run.
+    #[arg(long, default_value_t = 1000)]
+    subscriptions: usize,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -362,23 +366,8 @@ async fn execute(cli: Cli) -> Result<()> {
             init_logging(&LogFormat::Human, Some("warn"));
             bench_publish(&concurrency, count, size, rate, api.apis()).await
         }
-        Command::Bench(BenchCommand::Subscribe {
-            replay,
-            replays,
-            fan_out,
-            publishes,
-            subscriptions,
-            size,
-        }) => {
+        Command::Bench(BenchCommand::Subscribe(runs)) => {
             init_logging(&LogFormat::Human, Some("warn"));
-            let runs = SubscribeRuns {
-                replay,
-                replays,
-                fan_out,
-                publishes,
-                subscriptions,
-                size,
-            };
             bench_subscribe(runs).await
         }
         Command::Bench(BenchCommand::Federation {
@@ -531,16 +520,6 @@ async fn bench_federation(
         );
     }
     Ok(())
-}
-
-/// What `beacon bench subscribe` runs.
-struct SubscribeRuns {
-    replay: usize,
-    replays: usize,
-    fan_out: usize,
-    publishes: usize,
-    subscriptions: usize,
-    size: usize,
 }
 
 async fn bench_subscribe(runs: SubscribeRuns) -> Result<()> {
