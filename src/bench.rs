@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::bulletin::{Bulletin, Envelope, Kind, Severity, Signer, Tlp};
 use crate::client::{BeaconClient, ClientError, ClientSettings, Dialer};
-use crate::identity::{MemberScope, RoleKind, TrustDomain};
+use crate::identity::{Identity, MemberScope, RoleKind, TrustDomain};
 use crate::pki::{self, Algorithm, Ca, InitRequest, IssueRequest};
-use crate::tls::ExpectedServer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -110,7 +109,7 @@ impl Target {
                         trust_domain: td.clone(),
                         name: "bench CA".into(),
                         members: MemberScope::any(),
-                        algorithm: Algorithm::Ed25519,
+                        algorithm: Algorithm::default(),
                         validity: Duration::from_secs(24 * 3600),
                         force: false,
                     },
@@ -294,8 +293,9 @@ impl Target {
             crl: vec![],
             node_identity: None,
         };
+        // An operator accepts any node naming the host dialled.
         let channel = Dialer::load(&settings)?
-            .connect(&self.addr.to_string(), ExpectedServer::AnyNode)
+            .dial(&self.addr.to_string())
             .await?;
         Ok(crate::client::AdminClient::new(channel))
     }
@@ -320,8 +320,16 @@ impl Target {
             key: Some(key),
             ca: vec![Ca::cert_path(&self.ca_dir)],
             crl: vec![],
-            node_identity: None,
+            // Each publisher is of its own member, so it pins this node.
+            node_identity: Some(self.node_identity()?),
         })
+    }
+
+    /// The node's identity, parsed.
+    fn node_identity(&self) -> Result<Identity, BenchError> {
+        self.identity
+            .parse()
+            .map_err(|e| BenchError::Setup(format!("node identity: {e}")))
     }
 }
 
@@ -397,9 +405,7 @@ async fn publishers(
     for i in 0..n {
         let settings = target.client(first + i)?;
         let dialer = Dialer::load(&settings)?;
-        let channel = dialer
-            .connect(&target.addr.to_string(), ExpectedServer::AnyNode)
-            .await?;
+        let channel = dialer.dial(&target.addr.to_string()).await?;
         let signer = Arc::new(
             Signer::new(dialer.own.chain.clone(), dialer.own.key.secret_der())
                 .map_err(ClientError::from)?,

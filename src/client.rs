@@ -73,7 +73,8 @@ pub struct ClientSettings {
     pub ca: Vec<PathBuf>,
     /// CRLs to apply to the node's certificate.
     pub crl: Vec<PathBuf>,
-    /// Require exactly this node identity instead of checking the host name.
+    /// Require exactly this node identity (e.g. another member's node)
+    /// instead of a node of the client's own member naming the host.
     pub node_identity: Option<Identity>,
 }
 
@@ -126,6 +127,8 @@ impl ClientSettings {
 pub struct Dialer {
     pub own: KeyedChain,
     pub bundle: Arc<TrustBundle>,
+    /// The node identity pinned in the settings, if any.
+    pub pin: Option<Identity>,
 }
 
 impl Dialer {
@@ -157,7 +160,24 @@ impl Dialer {
             cas,
             crls,
         )?);
-        Ok(Dialer { own, bundle })
+        Ok(Dialer {
+            own,
+            bundle,
+            pin: settings.node_identity.clone(),
+        })
+    }
+
+    /// What this caller requires of the node by default: the pinned identity,
+    /// or else a node of its own member (operators: any node) whose
+    /// certificate names the host dialled.
+    pub fn expected(&self) -> ExpectedServer {
+        ExpectedServer::for_caller(&self.own.identity, self.pin.clone())
+    }
+
+    /// Opens a channel to `address` (host:port), checking the node as
+    /// [`Dialer::expected`] says.
+    pub async fn dial(&self, address: &str) -> Result<Channel, ClientError> {
+        self.connect(address, self.expected()).await
     }
 
     /// Opens a channel to `address` (host:port).
@@ -215,7 +235,14 @@ pub async fn connect_with(
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(host)
                 .map_err(|e| std::io::Error::other(format!("bad server name: {e}")))?;
-            let tls = TlsConnector::from(config).connect(name, tcp).await?;
+            // A refusal reads as a sentence (which check failed, and why),
+            // not as rustls' debug form.
+            let tls = TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), tls::describe_io(&e, tls::Peer::Node))
+                })?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
@@ -262,17 +289,25 @@ pub struct BeaconClient {
 
 impl BeaconClient {
     /// Dials the node in `settings` and loads the signing key from the same
-    /// certificate and key files as the TLS identity.
+    /// certificate and key files as the TLS identity. The node must be one
+    /// of the client's own member naming the host dialled, or the pinned
+    /// `node_identity`.
     pub async fn connect(settings: &ClientSettings) -> Result<BeaconClient, ClientError> {
+        let dialer = Dialer::load(settings)?;
+        let expected = dialer.expected();
+        Self::connect_expecting(settings, expected).await
+    }
+
+    /// As [`BeaconClient::connect`], with an explicit requirement on the node.
+    pub async fn connect_expecting(
+        settings: &ClientSettings,
+        expected: ExpectedServer,
+    ) -> Result<BeaconClient, ClientError> {
         let dialer = Dialer::load(settings)?;
         let node = settings
             .node
             .as_ref()
             .ok_or(ClientError::Missing("node address (--node or BEACON_NODE)"))?;
-        let expected = match &settings.node_identity {
-            Some(id) => ExpectedServer::Exactly(id.clone()),
-            None => ExpectedServer::AnyNode,
-        };
         let channel = dialer.connect(node, expected).await?;
         let signer = Signer::new(dialer.own.chain.clone(), dialer.own.key.secret_der())?;
         Ok(BeaconClient::new(channel, Arc::new(signer)))

@@ -86,7 +86,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<DevLayout, DevErro
                 trust_domain: td.clone(),
                 name: "Beacon dev CA (throwaway)".into(),
                 members: MemberScope::any(),
-                algorithm: Algorithm::Ed25519,
+                algorithm: Algorithm::default(),
                 validity: pki::DEFAULT_CA_VALIDITY,
                 force: false,
             },

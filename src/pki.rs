@@ -83,10 +83,19 @@ fn io_err<'a>(
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The key algorithm of a CA and the certificates it issues (and so of the
+/// bulletin signatures made with those keys).
+///
+/// ECDSA P-256 is the default: every mainstream TLS stack verifies it,
+/// including gRPC's C-core (Python `grpcio`, and the C++, Ruby, PHP and C#
+/// clients built on it), which offers no Ed25519 signature scheme and so
+/// cannot complete a handshake with a node whose chain is Ed25519. Ed25519
+/// stays available for alliances whose clients all speak it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Algorithm {
     Ed25519,
+    #[default]
     EcdsaP256,
 }
 
@@ -833,27 +842,13 @@ pub fn inspect(path: &Path) -> Result<String, PkiError> {
             Ok((id, _)) => id.to_string(),
             Err(e) => format!("none ({e})"),
         };
-        let mut names = Vec::new();
-        if let Ok(Some(san)) = x509.subject_alternative_name() {
-            for n in &san.value.general_names {
-                match n {
-                    x509_parser::prelude::GeneralName::DNSName(d) => names.push(format!("dns:{d}")),
-                    x509_parser::prelude::GeneralName::IPAddress(ip) => {
-                        let s = match ip.len() {
-                            4 => <[u8; 4]>::try_from(*ip)
-                                .map(|a| IpAddr::from(a).to_string())
-                                .unwrap_or_default(),
-                            16 => <[u8; 16]>::try_from(*ip)
-                                .map(|a| IpAddr::from(a).to_string())
-                                .unwrap_or_default(),
-                            _ => hex(ip),
-                        };
-                        names.push(format!("ip:{s}"));
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let names: Vec<String> = crate::trust::host_names(&cd)
+            .into_iter()
+            .map(|n| match n {
+                crate::trust::HostName::Dns(d) => format!("dns:{d}"),
+                crate::trust::HostName::Ip(ip) => format!("ip:{ip}"),
+            })
+            .collect();
         let now = OffsetDateTime::now_utc();
         let nb = to_offset(x509.validity().not_before);
         let na = to_offset(x509.validity().not_after);

@@ -15,7 +15,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 
-use crate::identity::{Identity, RoleKind};
+use crate::identity::{Identity, MemberId, RoleKind};
 use crate::trust::{self, TrustBundle, TrustError, Usage};
 
 #[derive(Debug, thiserror::Error)]
@@ -171,14 +171,35 @@ impl ClientCertVerifier for BundleClientVerifier {
     }
 }
 
-/// What a client requires of the node it dials.
+/// What a client requires of the node it dials. Every variant first requires
+/// a chain the bundle accepts (CAs, CRLs, member scopes) for server use.
 #[derive(Debug, Clone)]
 pub enum ExpectedServer {
-    /// Any node identity the bundle vouches for, whose certificate names the
-    /// host dialled (DNS or IP SAN).
+    /// A node of this member whose certificate names the host dialled (a DNS
+    /// or IP SAN): what a member's client requires by default, so that a
+    /// DNS or routing trick cannot hand its publishes (TLP:RED included) and
+    /// its subscriptions to another member's node.
+    NodeOf(MemberId),
+    /// Any node the bundle vouches for whose certificate names the host
+    /// dialled. Operators belong to no member, so this is their default.
     AnyNode,
-    /// Exactly this node identity (peering); the host name is not checked.
+    /// Exactly this identity: peer links, and a client's pin (to reach
+    /// another member's node). The host name is not checked; the identity
+    /// is the stronger check.
     Exactly(Identity),
+}
+
+impl ExpectedServer {
+    /// What a caller with identity `own` requires of a node by default: the
+    /// pinned identity if there is one, otherwise a node of its own member
+    /// (operators: any node) naming the host dialled.
+    pub fn for_caller(own: &Identity, pinned: Option<Identity>) -> ExpectedServer {
+        match (pinned, own.member()) {
+            (Some(id), _) => ExpectedServer::Exactly(id),
+            (None, Some(member)) => ExpectedServer::NodeOf(member.clone()),
+            (None, None) => ExpectedServer::AnyNode,
+        }
+    }
 }
 
 /// The verifier of node certificates used by clients and by peering nodes.
@@ -199,12 +220,70 @@ impl BundleServerVerifier {
     }
 }
 
+/// Why a node's certificate, though vouched for, is not the node a client
+/// meant to reach. These travel inside `rustls::Error` and are shown to the
+/// user by [`describe`].
 #[derive(Debug, thiserror::Error)]
 enum ServerIdentityError {
-    #[error("the server presented {found}, expected a node identity")]
+    #[error("the server presented {found}, which is not a node identity")]
     NotNode { found: String },
-    #[error("the server presented {found}, expected {expected}")]
-    Mismatch { found: String, expected: String },
+    #[error(
+        "the server is {found}, a node of member {found_member}; a client of {member} accepts \
+         only its own member's nodes (to reach another member's node, pin its identity with \
+         --node-identity, BEACON_NODE_ID or node_identity in the client config)"
+    )]
+    OtherMember {
+        found: String,
+        found_member: String,
+        member: String,
+    },
+    #[error(
+        "the certificate of node {found} names {names}, not {host}, the host dialled \
+         (dial a name the certificate carries, or reissue it with `beacon ca issue node --dns/--ip`)"
+    )]
+    HostNotNamed {
+        found: String,
+        host: String,
+        names: String,
+    },
+    #[error("the server presented {found}, but the pinned node identity is {expected}")]
+    NotPinned { found: String, expected: String },
+}
+
+/// The host a client dialled, as text.
+fn host_of(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::DnsName(d) => d.as_ref().to_owned(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Checks that the node's certificate names the host dialled.
+fn check_host(
+    end_entity: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    found: &Identity,
+) -> Result<(), ServerIdentityError> {
+    let named = webpki::EndEntityCert::try_from(end_entity)
+        .map(|ee| ee.verify_is_valid_for_subject_name(server_name).is_ok())
+        .unwrap_or(false);
+    if named {
+        return Ok(());
+    }
+    let names: Vec<String> = trust::host_names(end_entity)
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    Err(ServerIdentityError::HostNotNamed {
+        found: found.to_string(),
+        host: host_of(server_name),
+        names: if names.is_empty() {
+            "no host at all".to_owned()
+        } else {
+            names.join(", ")
+        },
+    })
 }
 
 impl ServerCertVerifier for BundleServerVerifier {
@@ -220,33 +299,30 @@ impl ServerCertVerifier for BundleServerVerifier {
             .bundle
             .verify(end_entity, intermediates, now, Usage::ServerAuth)
             .map_err(to_rustls)?;
-        let other = |e: ServerIdentityError| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        let found = &verified.identity;
+        let refused = match &self.expected {
+            ExpectedServer::Exactly(id) if found != id => Err(ServerIdentityError::NotPinned {
+                found: found.to_string(),
+                expected: id.to_string(),
+            }),
+            ExpectedServer::Exactly(_) => Ok(()),
+            _ if found.kind() != RoleKind::Node => Err(ServerIdentityError::NotNode {
+                found: found.to_string(),
+            }),
+            ExpectedServer::NodeOf(member) if found.member() != Some(member) => {
+                Err(ServerIdentityError::OtherMember {
+                    found: found.to_string(),
+                    found_member: found.member().map(|m| m.to_string()).unwrap_or_default(),
+                    member: member.to_string(),
+                })
+            }
+            ExpectedServer::NodeOf(_) | ExpectedServer::AnyNode => {
+                check_host(end_entity, server_name, found)
+            }
         };
-        match &self.expected {
-            ExpectedServer::AnyNode => {
-                if verified.identity.kind() != RoleKind::Node {
-                    return Err(other(ServerIdentityError::NotNode {
-                        found: verified.identity.to_string(),
-                    }));
-                }
-                let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
-                    rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
-                })?;
-                ee.verify_is_valid_for_subject_name(server_name)
-                    .map_err(|_| {
-                        rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
-                    })?;
-            }
-            ExpectedServer::Exactly(id) => {
-                if &verified.identity != id {
-                    return Err(other(ServerIdentityError::Mismatch {
-                        found: verified.identity.to_string(),
-                        expected: id.to_string(),
-                    }));
-                }
-            }
-        }
+        refused.map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        })?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -311,4 +387,139 @@ pub fn client_config(
         .with_client_auth_cert(own.chain.clone(), own.key.clone_key())?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// Whose side of a handshake a message speaks of: the peer whose
+/// certificate this side checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// This side is the node; the peer is a client (or a dialling node).
+    Client,
+    /// This side dialled; the peer is the node.
+    Node,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Client => "client",
+            Peer::Node => "node",
+        }
+    }
+}
+
+/// "NoSignatureSchemesInCommon" → "no signature schemes in common": the
+/// Debug name of a rustls enum variant without data, as words.
+fn words(debug: &str) -> String {
+    let mut out = String::with_capacity(debug.len() + 8);
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Why a certificate was refused, as the end of a sentence.
+fn describe_certificate(e: &CertificateError) -> String {
+    use CertificateError as C;
+    match e {
+        C::Other(OtherError(inner)) => inner.to_string(),
+        C::Revoked => "it has been revoked".into(),
+        C::Expired | C::ExpiredContext { .. } => "it has expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet".into(),
+        C::UnknownIssuer => "it is not issued by a CA in the trust bundle".into(),
+        C::BadSignature => "its signature does not verify".into(),
+        C::BadEncoding => "it is not a well-formed certificate".into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "it does not name the host dialled".into()
+        }
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+            "it is not issued for this use (extended key usage)".into()
+        }
+        other => words(&format!("{other:?}")),
+    }
+}
+
+/// A refused TLS handshake as a sentence a person reads (the audit log, a
+/// client's error), from `this` side's view; `peer` is the other side.
+pub fn describe(e: &rustls::Error, peer: Peer) -> String {
+    use rustls::AlertDescription as A;
+    use rustls::Error as R;
+    let them = peer.name();
+    match e {
+        R::InvalidCertificate(c) => {
+            format!("the {them}'s certificate was refused: {}", describe_certificate(c))
+        }
+        R::NoCertificatesPresented => {
+            format!("the {them} presented no certificate; Beacon requires mutual TLS")
+        }
+        R::AlertReceived(alert) => match alert {
+            A::CertificateRevoked => {
+                format!("the {them} refused this side's certificate: it is revoked")
+            }
+            A::CertificateExpired => {
+                format!("the {them} refused this side's certificate: it has expired")
+            }
+            A::CertificateRequired => {
+                format!("the {them} requires a certificate and none was presented")
+            }
+            A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::AccessDenied => format!(
+                "the {them} refused this side's certificate ({}): is it issued by a CA the {them} trusts, for this member?",
+                words(&format!("{alert:?}"))
+            ),
+            A::ProtocolVersion => format!("the {them} does not speak TLS 1.3"),
+            A::HandshakeFailure | A::InsufficientSecurity => format!(
+                "the {them} shares no TLS parameters with this side (TLS 1.3; certificate keys \
+                 ECDSA P-256 or Ed25519 — gRPC's C-core clients verify only ECDSA)"
+            ),
+            A::NoApplicationProtocol => {
+                format!("the {them} speaks no common application protocol (HTTP/2, ALPN h2)")
+            }
+            other => format!(
+                "the {them} ended the handshake (TLS alert: {})",
+                words(&format!("{other:?}"))
+            ),
+        },
+        R::PeerIncompatible(p) => format!(
+            "the {them}'s TLS is incompatible with this side's (TLS 1.3, ALPN h2): {}",
+            words(&format!("{p:?}"))
+        ),
+        R::NoApplicationProtocol => {
+            format!("the {them} offered no application protocol this side speaks (HTTP/2, ALPN h2)")
+        }
+        R::InvalidMessage(m) => format!(
+            "the {them} did not speak TLS (plain-text HTTP or gRPC to a TLS port?): {}",
+            words(&format!("{m:?}"))
+        ),
+        R::PeerMisbehaved(m) => format!(
+            "the {them} broke the TLS protocol: {}",
+            words(&format!("{m:?}"))
+        ),
+        other => format!("TLS failed: {other}"),
+    }
+}
+
+/// An I/O error of a handshake (which may carry a `rustls::Error`) as a
+/// sentence; see [`describe`].
+pub fn describe_io(e: &std::io::Error, peer: Peer) -> String {
+    if let Some(r) = e.get_ref().and_then(|x| x.downcast_ref::<rustls::Error>()) {
+        return describe(r, peer);
+    }
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => format!(
+            "the {} closed the connection during the TLS handshake",
+            peer.name()
+        ),
+        _ => format!("the TLS handshake failed: {e}"),
+    }
 }

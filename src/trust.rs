@@ -308,6 +308,50 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<(Identity, Vec<u8>), Tru
     Ok((identity, x509.raw_serial().to_vec()))
 }
 
+/// A host name a certificate is valid for: a DNS or IP subject alternative name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostName {
+    Dns(String),
+    Ip(std::net::IpAddr),
+}
+
+impl std::fmt::Display for HostName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostName::Dns(d) => f.write_str(d),
+            HostName::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// The DNS and IP subject alternative names of a certificate (empty if it
+/// cannot be parsed or carries none).
+pub fn host_names(cert: &CertificateDer<'_>) -> Vec<HostName> {
+    let Ok((_, x509)) = X509Certificate::from_der(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = x509.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(HostName::Dns((*d).to_owned())),
+            GeneralName::IPAddress(ip) => match ip.len() {
+                4 => <[u8; 4]>::try_from(*ip)
+                    .ok()
+                    .map(|a| HostName::Ip(a.into())),
+                16 => <[u8; 16]>::try_from(*ip)
+                    .ok()
+                    .map(|a| HostName::Ip(a.into())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// The subject common name of a certificate, if any.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;

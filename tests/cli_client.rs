@@ -27,7 +27,11 @@ fn command(w: &World, files: &CertFiles, dir: &Path, args: &[&str]) -> Command {
         .env("BEACON_NODE", w.node.addr.to_string())
         .env("BEACON_CERT", &files.cert)
         .env("BEACON_KEY", &files.key)
-        .env("BEACON_CA", w.pki.ca_cert());
+        .env("BEACON_CA", w.pki.ca_cert())
+        // The clients here are of other members than the node (drc), so
+        // they pin it, as a client reaching another member's node must.
+        .env("BEACON_NODE_ID", &w.node_id)
+        .env_remove("BEACON_NODE_IDENTITY");
     c
 }
 

@@ -89,12 +89,12 @@ async fn accepts_valid_client_node_and_operator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ecdsa_p256_pki_works_too() {
-    let pki = TestPki::with_ca("*", beacon::pki::Algorithm::EcdsaP256);
+async fn ed25519_pki_works_too() {
+    let pki = TestPki::with_ca("*", beacon::pki::Algorithm::Ed25519);
     let n = node(&pki).await;
     health(n.addr, &pki.client("de.bsi", "a"), &[pki.ca_cert()])
         .await
-        .expect("ecdsa client");
+        .expect("ed25519 client");
     n.stop().await;
 }
 

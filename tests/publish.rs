@@ -81,13 +81,13 @@ async fn publish_get_and_verify_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ecdsa_signers_publish_too() {
-    let pki = TestPki::with_ca("*", beacon::pki::Algorithm::EcdsaP256);
+async fn ed25519_signers_publish_too() {
+    let pki = TestPki::with_ca("*", beacon::pki::Algorithm::Ed25519);
     let node = TestNode::start(&NodeOptions::new(&pki, pki.node("drc", "hub-1"))).await;
-    let files = pki.client("de.bsi", "p256");
+    let files = pki.client("de.bsi", "ed25519");
     let mut c = member(node.addr, &files, &[pki.ca_cert()]).await;
     assert_eq!(
-        c.publish(&bulletin("de.bsi", "p256 signed"))
+        c.publish(&bulletin("de.bsi", "ed25519 signed"))
             .await
             .unwrap()
             .sequence,

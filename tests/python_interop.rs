@@ -1,6 +1,7 @@
 //! The proto as a contract: the Python client in `examples/python/` (stubs
-//! generated from `proto/` with grpcio-tools, its own DSSE signing) publishes
-//! and subscribes with resume against a real node.
+//! generated from `proto/` with grpcio-tools, its own DSSE signing, grpcio's
+//! C-core TLS) publishes, subscribes with resume, lists, checks health and
+//! reads reflection against a real `beacon dev` node on its default PKI.
 //!
 //! Needs a Python with grpcio, grpcio-tools and cryptography (`BEACON_PYTHON`,
 //! default `python3`). Without them the test says so and passes, unless
@@ -11,7 +12,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use beacon::pki::Algorithm;
 use common::*;
 
 fn python() -> Option<String> {
@@ -38,14 +38,14 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/beacon_client.py")
 }
 
-/// Runs the Python client; its JSON lines.
-fn py(
+/// Runs the Python client: (exit status ok, its JSON lines, stderr).
+fn py_run(
     python: &str,
     node: std::net::SocketAddr,
     ca: &Path,
     files: &CertFiles,
     args: &[&str],
-) -> Vec<serde_json::Value> {
+) -> (bool, Vec<serde_json::Value>, String) {
     let out = Command::new(python)
         .arg(script())
         .args(["--node", &node.to_string()])
@@ -56,62 +56,173 @@ fn py(
         .output()
         .expect("run the Python client");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python {args:?} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let lines = stdout
         .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    (
+        out.status.success(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
-fn interop(algorithm: Algorithm) {
+/// Runs the Python client and expects it to succeed; its JSON lines.
+fn py(
+    python: &str,
+    node: std::net::SocketAddr,
+    ca: &Path,
+    files: &CertFiles,
+    args: &[&str],
+) -> Vec<serde_json::Value> {
+    let (ok, lines, stderr) = py_run(python, node, ca, files, args);
+    assert!(ok, "python {args:?} failed: {lines:?}\n{stderr}");
+    lines
+}
+
+/// The node `beacon dev` runs, with the certificates it prints: the default
+/// PKI a new user meets, not one made for this test.
+struct DevNode {
+    dir: tempfile::TempDir,
+    node: ChildNode,
+}
+
+impl DevNode {
+    fn start() -> DevNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = free_addr();
+        let node = ChildNode::spawn(
+            dir.path(),
+            &["dev", "--data-dir", "dev", "--listen", &addr.to_string()],
+            addr,
+        );
+        DevNode { dir, node }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("dev").join(rel)
+    }
+
+    fn files(&self, name: &str) -> CertFiles {
+        let cert = self.path(&format!("certs/{name}.pem"));
+        let chain = beacon::trust::read_certs(&cert).expect("dev certificate");
+        let (identity, _) = beacon::trust::identity_of(&chain[0]).expect("identity");
+        CertFiles {
+            cert,
+            key: self.path(&format!("certs/{name}.key")),
+            serial: String::new(),
+            identity: identity.to_string(),
+        }
+    }
+
+    /// A client of `member` issued by the dev CA (with its default algorithm).
+    fn client(&self, member: &str, name: &str) -> CertFiles {
+        let ca = beacon::pki::Ca::open(&self.path("ca")).expect("dev CA");
+        let td: beacon::identity::TrustDomain = beacon::dev::DEV_TRUST_DOMAIN.parse().expect("td");
+        let id =
+            beacon::pki::identity_for(&td, beacon::identity::RoleKind::Client, Some(member), name)
+                .expect("identity");
+        let issued = ca
+            .issue(&beacon::pki::IssueRequest::new(id))
+            .expect("issue");
+        let cert = self.dir.path().join(format!("{name}.pem"));
+        let key = self.dir.path().join(format!("{name}.key"));
+        beacon::pki::write_file(&cert, issued.cert_pem.as_bytes(), false, true).expect("cert");
+        beacon::pki::write_file(&key, issued.key_pem.as_bytes(), true, true).expect("key");
+        CertFiles {
+            cert,
+            key,
+            serial: issued.serial,
+            identity: issued.entry.identity,
+        }
+    }
+
+    fn bundle(&self) -> beacon::trust::TrustBundle {
+        let cert = beacon::trust::read_certs(&self.path("ca/ca.pem"))
+            .expect("ca")
+            .remove(0);
+        let entry =
+            beacon::trust::CaEntry::new(cert, beacon::identity::MemberScope::any()).expect("entry");
+        let td = beacon::dev::DEV_TRUST_DOMAIN.parse().expect("td");
+        beacon::trust::TrustBundle::new(td, vec![entry], vec![]).expect("bundle")
+    }
+}
+
+/// grpcio (gRPC's C-core, whose TLS offers no Ed25519) against the node and
+/// the certificates `beacon dev` makes: health, reflection as the older
+/// v1alpha clients speak it, signed publishes, durable subscription with
+/// resume, List pages of bulletins at the size limit, and a request over the
+/// message limit.
+#[test]
+fn python_grpcio_on_the_default_dev_pki() {
     let Some(python) = python() else { return };
+    let dev = DevNode::start();
+    let addr = dev.node.addr;
+    let ca = dev.path("ca/ca.pem");
+    let analyst = dev.files("client");
+    assert!(
+        analyst.identity.ends_with("/client/drc/analyst"),
+        "{}",
+        analyst.identity
+    );
+
+    // The standard health check and server reflection (v1alpha).
+    let health = py(&python, addr, &ca, &analyst, &["health"]);
+    assert_eq!(health[0]["status"], "SERVING", "{health:?}");
+    let services = py(&python, addr, &ca, &analyst, &["services"]);
+    let names: Vec<&str> = services[0]["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for s in [
+        "beacon.v1.Bulletins",
+        "beacon.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&s), "{s} missing from reflection: {names:?}");
+    }
+    let methods = services[0]["methods"].to_string();
+    assert!(
+        methods.contains("beacon.v1.Bulletins/PublishStream"),
+        "{methods}"
+    );
+
+    // Python signs (with the dev key, ECDSA P-256) and publishes.
+    let published = py(
+        &python,
+        addr,
+        &ca,
+        &analyst,
+        &[
+            "publish",
+            "--title",
+            "From Python",
+            "--summary",
+            "signed with cryptography",
+            "--count",
+            "3",
+        ],
+    );
+    let seqs: Vec<u64> = published
+        .iter()
+        .map(|v| v["sequence"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
+    let bundle = dev.bundle();
+    let cas = vec![ca.clone()];
+    // Rust reads each back and verifies the Python signature independently
+    // (the analyst is of drc, the dev node's member: no pin needed).
     rt.block_on(async {
-        let pki = TestPki::with_ca("*", algorithm);
-        let node = TestNode::start(&NodeOptions::new(&pki, pki.node("drc", "hub-1"))).await;
-        let ca = pki.ca_cert();
-        let files = pki.client("fr.anssi", "python-analyst");
-
-        // Python signs and publishes.
-        let published = py(
-            &python,
-            node.addr,
-            &ca,
-            &files,
-            &[
-                "publish",
-                "--title",
-                "From Python",
-                "--summary",
-                "signed with cryptography",
-                "--count",
-                "3",
-            ],
-        );
-        let seqs: Vec<u64> = published
-            .iter()
-            .map(|v| v["sequence"].as_u64().expect("seq"))
-            .collect();
-        assert_eq!(seqs, vec![1, 2, 3]);
-
-        // Rust reads each back and verifies the Python signature independently.
-        let cas = vec![ca.clone()];
-        let ch = dial(node.addr, &files, &cas).await.expect("dial");
+        let ch = dial_own_node(addr, &analyst, &cas).await;
         let mut c = beacon::client::BulletinsClient::new(ch);
-        let bundle = {
-            let cert = beacon::trust::read_certs(&ca).expect("ca").remove(0);
-            let entry = beacon::trust::CaEntry::new(cert, beacon::identity::MemberScope::any())
-                .expect("entry");
-            beacon::trust::TrustBundle::new(td(), vec![entry], vec![]).expect("bundle")
-        };
         for p in &published {
             let d = c
                 .get(beacon::proto::v1::GetRequest {
@@ -126,63 +237,144 @@ fn interop(algorithm: Algorithm) {
             let env = beacon::wire::delivered_envelope(&d).expect("envelope");
             let v = beacon::bulletin::verify_envelope(&env, &bundle, std::time::SystemTime::now())
                 .expect("the Python signature verifies");
-            assert_eq!(v.signer.to_string(), files.identity);
-            assert_eq!(v.bulletin.publisher, "fr.anssi");
+            assert_eq!(v.signer.to_string(), analyst.identity);
+            assert_eq!(v.bulletin.publisher, "drc");
         }
+    });
 
-        // A durable subscription from Python: two, then a goodbye.
-        let first = py(
-            &python,
-            node.addr,
-            &ca,
-            &files,
-            &["subscribe", "--name", "py-feed", "--count", "2"],
+    // A durable subscription from Python: two, then a goodbye.
+    let first = py(
+        &python,
+        addr,
+        &ca,
+        &analyst,
+        &["subscribe", "--name", "py-feed", "--count", "2"],
+    );
+    let got: Vec<u64> = first
+        .iter()
+        .filter_map(|v| v["sequence"].as_u64())
+        .collect();
+    assert_eq!(got, vec![1, 2]);
+
+    // A client of another member publishes; it reaches drc's node only by
+    // pinning that node's identity (a client accepts only its own member's
+    // nodes by default).
+    let rust_files = dev.client("de.bsi", "rust-analyst");
+    let node_identity = dev.files("node").identity;
+    rt.block_on(async {
+        let mut s = settings(&rust_files, &cas);
+        s.node = Some(addr.to_string());
+        let refused = beacon::client::BeaconClient::connect(&s)
+            .await
+            .err()
+            .expect("another member's node is refused without a pin");
+        assert!(
+            refused.to_string().contains("member drc"),
+            "the refusal names the node's member: {refused}"
         );
-        let got: Vec<u64> = first
-            .iter()
-            .filter_map(|v| v["sequence"].as_u64())
-            .collect();
-        assert_eq!(got, vec![1, 2]);
-
-        // Rust publishes more; Python resumes exactly after its cursor.
-        let rust_files = pki.client("de.bsi", "rust-analyst");
-        let mut rust = member(node.addr, &rust_files, &cas).await;
+        s.node_identity = Some(node_identity.parse().expect("identity"));
+        let mut rust = beacon::client::BeaconClient::connect(&s)
+            .await
+            .expect("the pinned node is accepted");
         for i in 0..2 {
             rust.publish(&bulletin("de.bsi", &format!("from Rust {i}")))
                 .await
                 .expect("publish");
         }
-        let second = py(
-            &python,
-            node.addr,
-            &ca,
-            &files,
-            &["subscribe", "--name", "py-feed", "--count", "3"],
-        );
-        let resumed = second
-            .iter()
-            .find(|v| v.get("subscribed").is_some())
-            .expect("subscribed");
-        assert_eq!(resumed["cursor"], 2);
-        let got: Vec<(u64, String)> = second
-            .iter()
-            .filter_map(|v| Some((v["sequence"].as_u64()?, v["signer"].as_str()?.to_owned())))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (3, files.identity.clone()),
-                (4, rust_files.identity.clone()),
-                (5, rust_files.identity.clone())
-            ]
-        );
-        node.stop().await;
     });
+    let second = py(
+        &python,
+        addr,
+        &ca,
+        &analyst,
+        &["subscribe", "--name", "py-feed", "--count", "3"],
+    );
+    let resumed = second
+        .iter()
+        .find(|v| v.get("subscribed").is_some())
+        .expect("subscribed");
+    assert_eq!(resumed["cursor"], 2);
+    let got: Vec<(u64, String)> = second
+        .iter()
+        .filter_map(|v| Some((v["sequence"].as_u64()?, v["signer"].as_str()?.to_owned())))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (3, analyst.identity.clone()),
+            (4, rust_files.identity.clone()),
+            (5, rust_files.identity.clone())
+        ]
+    );
+
+    // Six bulletins of about 240 KiB (within the 256 KiB envelope limit):
+    // grpcio pages through them all with its default message limits.
+    let big = py(
+        &python,
+        addr,
+        &ca,
+        &analyst,
+        &[
+            "publish",
+            "--title",
+            "large",
+            "--summary",
+            "near the envelope limit",
+            "--count",
+            "6",
+            "--body-bytes",
+            &(240 * 1024).to_string(),
+        ],
+    );
+    assert_eq!(big.len(), 6, "{big:?}");
+    let pages = py(&python, addr, &ca, &analyst, &["list", "--limit", "1000"]);
+    let listed: Vec<u64> = pages
+        .iter()
+        .flat_map(|p| p["deliveries"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_u64())
+        .collect();
+    assert_eq!(listed, (1..=11).collect::<Vec<u64>>(), "{pages:?}");
+    assert!(pages.len() > 1, "six large bulletins need several pages");
+    for p in &pages {
+        assert!(p["bytes"].as_u64().expect("bytes") <= 1024 * 1024, "{p}");
+    }
+
+    // Over the envelope limit, and over the message limit: both are
+    // RESOURCE_EXHAUSTED, and each says which limit.
+    for (bytes, limit) in [(300 * 1024, "262144"), (700 * 1024, "524288")] {
+        let (ok, lines, stderr) = py_run(
+            &python,
+            addr,
+            &ca,
+            &analyst,
+            &[
+                "publish",
+                "--title",
+                "too large",
+                "--summary",
+                "s",
+                "--body-bytes",
+                &bytes.to_string(),
+            ],
+        );
+        assert!(!ok, "an oversized publish must fail: {lines:?} {stderr}");
+        assert_eq!(lines[0]["refused"], "RESOURCE_EXHAUSTED", "{lines:?}");
+        let msg = lines[0]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(limit), "the message names the limit: {msg}");
+    }
 }
 
-/// grpcio's TLS (BoringSSL) offers no Ed25519 signature scheme, so agencies
-/// on grpcio use an ECDSA P-256 PKI (`beacon ca init --algorithm ecdsa-p256`).
-#[test]
-fn python_client_with_ecdsa_p256_certificates() {
-    interop(Algorithm::EcdsaP256);
+/// Dials the node as a member client with the default check (a node of the
+/// client's own member, naming the host dialled).
+async fn dial_own_node(
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    ca: &[PathBuf],
+) -> tonic::transport::Channel {
+    let s = settings(files, ca);
+    let dialer = beacon::client::Dialer::load(&s).expect("dialer");
+    dialer
+        .connect(&addr.to_string(), dialer.expected_server(None))
+        .await
+        .expect("dial the dev node")
 }

@@ -127,6 +127,7 @@ def cmd_publish(args, pb, svc, grpc_svc):
             tlp=pb.TLP_GREEN,
             title=args.title if args.count == 1 else f"{args.title} #{i}",
             summary=args.summary,
+            body="x" * args.body_bytes,
             topics=["elections"],
         )
         b.created_at.FromDatetime(datetime.datetime.now(datetime.timezone.utc))
@@ -185,6 +186,60 @@ def cmd_subscribe(args, pb, svc, grpc_svc):
     return 0
 
 
+def cmd_list(args, pb, svc, grpc_svc):
+    """Pages through List with grpcio's default message limits; one line per page."""
+    member = Member(args.cert, args.key)
+    stub = grpc_svc.BulletinsStub(channel(args, member))
+    after = 0
+    while True:
+        try:
+            page = stub.List(svc.ListRequest(after_sequence=after, limit=args.limit), timeout=30)
+        except grpc.RpcError as e:
+            print(json.dumps({"refused": e.code().name, "message": e.details()}))
+            return 1
+        print(json.dumps({"deliveries": [d.sequence for d in page.deliveries],
+                          "bytes": page.ByteSize(), "more": page.more,
+                          "next_after_sequence": page.next_after_sequence}), flush=True)
+        if not page.more:
+            return 0
+        after = page.next_after_sequence
+
+
+def cmd_health(args, pb, svc, grpc_svc):
+    """The standard gRPC health check (grpcio-health-checking)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    member = Member(args.cert, args.key)
+    stub = health_pb2_grpc.HealthStub(channel(args, member))
+    try:
+        r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+    except grpc.RpcError as e:
+        print(json.dumps({"refused": e.code().name, "message": e.details()}))
+        return 1
+    print(json.dumps({"status": health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)}))
+    return 0
+
+
+def cmd_services(args, pb, svc, grpc_svc):
+    """Lists the node's services through server reflection, as grpcio-reflection's
+    client does it (the v1alpha protocol, which older tools such as grpcurl 1.8 speak)."""
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    member = Member(args.cert, args.key)
+    db = ProtoReflectionDescriptorDatabase(channel(args, member))
+    services = sorted(db.get_services())
+    methods = []
+    for name in services:
+        if name.startswith("beacon."):
+            desc = db.FindFileContainingSymbol(name)
+            for s in desc.service:
+                methods.extend(f"{name}/{m.name}" for m in s.method if desc.package + "." + s.name == name)
+    print(json.dumps({"services": services, "methods": sorted(methods)}))
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--node", default=os.environ.get("BEACON_NODE"), required="BEACON_NODE" not in os.environ)
@@ -196,14 +251,24 @@ def main():
     pub.add_argument("--title", required=True)
     pub.add_argument("--summary", required=True)
     pub.add_argument("--count", type=int, default=1)
+    pub.add_argument("--body-bytes", type=int, default=0, help="pad the body to test size limits")
     s = sub.add_parser("subscribe", help="durable subscription with resume")
     s.add_argument("--name", required=True)
     s.add_argument("--count", type=int, required=True)
+    ls = sub.add_parser("list", help="page through every bulletin you may read")
+    ls.add_argument("--limit", type=int, default=1000)
+    sub.add_parser("health", help="gRPC health check")
+    sub.add_parser("services", help="services and methods, by server reflection (v1alpha)")
     args = p.parse_args()
     pb, svc, grpc_svc = load_stubs()
-    if args.command == "publish":
-        return cmd_publish(args, pb, svc, grpc_svc)
-    return cmd_subscribe(args, pb, svc, grpc_svc)
+    commands = {
+        "publish": cmd_publish,
+        "subscribe": cmd_subscribe,
+        "list": cmd_list,
+        "health": cmd_health,
+        "services": cmd_services,
+    }
+    return commands[args.command](args, pb, svc, grpc_svc)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ use beacon::client::{BeaconClient, BulletinsClient, ClientSettings, Dialer};
 use beacon::document::{self, BulletinDoc};
 use beacon::identity::Identity;
 use beacon::proto::v1 as pb;
-use beacon::tls::ExpectedServer;
 use beacon::trust::TrustBundle;
 
 /// How a client reaches a node: flags, `BEACON_*` variables, or a client
@@ -37,8 +36,10 @@ pub struct ConnArgs {
     /// CRL file(s) applied to nodes and signers.
     #[arg(long, env = "BEACON_CRL", value_delimiter = ',')]
     crl: Vec<PathBuf>,
-    /// Require exactly this node identity (SPIFFE id) instead of checking the host name.
-    #[arg(long, env = "BEACON_NODE_IDENTITY")]
+    /// Require exactly this node identity (a SPIFFE id), e.g. to reach
+    /// another member's node. Without it, only a node of your own member
+    /// whose certificate names the host dialled is accepted.
+    #[arg(long, visible_alias = "node-id", env = "BEACON_NODE_ID")]
     node_identity: Option<String>,
     /// A TOML file with any of: node, cert, key, ca, crl, node_identity.
     #[arg(long, env = "BEACON_CLIENT_CONFIG")]
@@ -52,7 +53,12 @@ impl ConnArgs {
             Some(path) => ClientSettings::from_file(path)?,
             None => ClientSettings::default(),
         };
-        let node_identity = match &self.node_identity {
+        // BEACON_NODE_IDENTITY is the variable's earlier name.
+        let pinned = self
+            .node_identity
+            .clone()
+            .or_else(|| std::env::var("BEACON_NODE_IDENTITY").ok());
+        let node_identity = match &pinned {
             Some(s) => Some(
                 s.parse::<Identity>()
                     .with_context(|| format!("node identity {s:?}"))?,
@@ -77,11 +83,7 @@ impl ConnArgs {
             "missing setting: node address (--node, BEACON_NODE or `node` in the client config)",
         )?;
         let dialer = Dialer::load(&settings)?;
-        let expected = match settings.node_identity {
-            Some(id) => ExpectedServer::Exactly(id),
-            None => ExpectedServer::AnyNode,
-        };
-        let channel = dialer.connect(&node, expected).await?;
+        let channel = dialer.dial(&node).await?;
         Ok((dialer, channel))
     }
 }

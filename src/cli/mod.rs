@@ -137,7 +137,8 @@ enum CaCommand {
         /// Members this CA may vouch for: "*", "uk.ncsc", "uk.*" (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "*")]
         members: Vec<String>,
-        #[arg(long, value_enum, default_value_t = AlgArg::Ed25519)]
+        /// Key algorithm: ecdsa-p256 (every gRPC stack verifies it) or ed25519.
+        #[arg(long, value_enum, default_value_t = AlgArg::EcdsaP256)]
         algorithm: AlgArg,
         /// How long the CA certificate is valid, e.g. "5y", "365d".
         #[arg(long, default_value = "5y")]

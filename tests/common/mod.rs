@@ -40,9 +40,10 @@ pub struct TestPki {
 }
 
 impl TestPki {
-    /// An alliance CA vouching for every member.
+    /// An alliance CA vouching for every member, with the default key
+    /// algorithm (what `beacon ca init` makes).
     pub fn new() -> TestPki {
-        Self::with_ca("*", Algorithm::Ed25519)
+        Self::with_ca("*", Algorithm::default())
     }
 
     pub fn with_ca(members: &str, algorithm: Algorithm) -> TestPki {
@@ -75,7 +76,7 @@ impl TestPki {
     /// Another CA in this temp dir (e.g. one per member, or one outside the bundle).
     pub fn other_ca(&self, name: &str, members: &str) -> PathBuf {
         let dir = self.dir.path().join(name);
-        init_ca(&dir, members, Algorithm::Ed25519);
+        init_ca(&dir, members, Algorithm::default());
         dir
     }
 
@@ -322,7 +323,10 @@ pub fn settings(files: &CertFiles, ca: &[PathBuf]) -> ClientSettings {
     }
 }
 
-/// Dials `addr` as `files`, trusting `ca` for the node.
+/// Dials `addr` as `files`, trusting `ca` for the node, accepting any node
+/// the CA vouches for that names the host (tests reach one node with clients
+/// of many members; a client's default, its own member's nodes only, is
+/// tested in `tests/client_trust.rs`).
 pub async fn dial(
     addr: SocketAddr,
     files: &CertFiles,
@@ -394,6 +398,8 @@ pub fn beacon(dir: &Path, args: &[&str]) -> (i32, String, String) {
         .env_remove("BEACON_CERT")
         .env_remove("BEACON_KEY")
         .env_remove("BEACON_CA")
+        .env_remove("BEACON_NODE_ID")
+        .env_remove("BEACON_NODE_IDENTITY")
         .output()
         .expect("run beacon");
     (
@@ -494,16 +500,25 @@ pub fn child_config(opts: &NodeOptions) -> (TempDir, SocketAddr) {
 pub struct World {
     pub pki: TestPki,
     pub node: TestNode,
+    /// The node's identity (clients of other members pin it).
+    pub node_id: String,
     pub ca: Vec<PathBuf>,
     pub op: CertFiles,
 }
 
 pub async fn world() -> World {
     let pki = TestPki::new();
-    let node = TestNode::start(&NodeOptions::new(&pki, pki.node("drc", "hub-1"))).await;
+    let node_files = pki.node("drc", "hub-1");
+    let node = TestNode::start(&NodeOptions::new(&pki, node_files.clone())).await;
     let ca = vec![pki.ca_cert()];
     let op = pki.operator("alice");
-    World { pki, node, ca, op }
+    World {
+        pki,
+        node,
+        node_id: node_files.identity,
+        ca,
+        op,
+    }
 }
 
 impl World {
@@ -522,7 +537,8 @@ impl World {
     }
 }
 
-/// A signing client of the node at `addr`, as `files`.
+/// A signing client of the node at `addr`, as `files` (accepting any node
+/// naming the host, as [`dial`] does).
 pub async fn member(
     addr: SocketAddr,
     files: &CertFiles,
@@ -530,7 +546,7 @@ pub async fn member(
 ) -> beacon::client::BeaconClient {
     let mut s = settings(files, ca);
     s.node = Some(addr.to_string());
-    beacon::client::BeaconClient::connect(&s)
+    beacon::client::BeaconClient::connect_expecting(&s, ExpectedServer::AnyNode)
         .await
         .expect("member client connects")
 }
