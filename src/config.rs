@@ -131,10 +131,24 @@ pub struct Limits {
     /// Publishes of one `PublishStream` worked on at once; the node reads no
     /// further on that stream until one is answered.
     pub publish_stream_window: usize,
-    /// Largest page a List call returns.
+    /// Largest page a List call returns, in bulletins.
     pub max_list_page: u32,
+    /// Largest page a List call returns, in bytes: a page holds as many
+    /// deliveries as fit (always at least one), so it stays within what
+    /// gRPC clients accept by default (4 MiB in grpcio, grpc-go and tonic).
+    pub max_page_bytes: usize,
     /// Subscriptions open at once on this node; more are RESOURCE_EXHAUSTED.
     pub max_subscriptions: usize,
+}
+
+impl Limits {
+    /// The largest response message the node encodes: a full page, plus
+    /// the one delivery a page always carries even when it alone is larger
+    /// than `max_page_bytes` (never larger than a request: an envelope
+    /// with its framing).
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_page_bytes + self.max_message_bytes
+    }
 }
 
 impl Default for Limits {
@@ -148,6 +162,7 @@ impl Default for Limits {
             max_window: 4096,
             publish_stream_window: 64,
             max_list_page: 1000,
+            max_page_bytes: 1024 * 1024,
             max_subscriptions: 10_000,
         }
     }
@@ -291,6 +306,11 @@ impl Config {
         if l.publish_stream_window == 0 || l.publish_stream_window > 4096 {
             return Err(ConfigError::Invalid(
                 "limits.publish_stream_window must be between 1 and 4096".into(),
+            ));
+        }
+        if l.max_page_bytes < 64 * 1024 || l.max_page_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_page_bytes must be between 64 KiB and 64 MiB".into(),
             ));
         }
         if l.max_list_page == 0 {

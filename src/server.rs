@@ -492,6 +492,7 @@ pub async fn run_with_reload(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_nodelay(true)
+        .layer(crate::service::DecodeLimitLayer)
         .add_routes(router)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -83,7 +83,75 @@ pub mod status {
     pub fn not_found(id: &str) -> Status {
         Status::not_found(format!("no bulletin {id}"))
     }
+
+    /// A request message over the decode limit. tonic's decoder says
+    /// `OUT_OF_RANGE`; gRPC's convention for a message larger than the
+    /// maximum is `RESOURCE_EXHAUSTED`, and the message names the limit.
+    pub fn message_too_large(found: Option<u64>, limit: Option<u64>) -> Status {
+        let size = match found {
+            Some(n) => format!("a request message of {n} bytes"),
+            None => "a request message".to_owned(),
+        };
+        let limit = match limit {
+            Some(n) => format!("this node's limit of {n} bytes per message"),
+            None => "this node's limit per message".to_owned(),
+        };
+        Status::resource_exhausted(format!(
+            "{size} is over {limit} (limits.max_message_bytes; an envelope may be at most \
+             limits.max_envelope_bytes)"
+        ))
+    }
+
+    /// `status` as the client should see it: the decoder's "message too
+    /// large" becomes [`message_too_large`]; anything else is unchanged.
+    pub fn from_decoder(status: Status) -> Status {
+        // tonic: "Error, decoded message length too large: found N bytes,
+        // the limit is: M bytes".
+        const MARK: &str = "decoded message length too large";
+        let msg = status.message();
+        if status.code() != tonic::Code::OutOfRange || !msg.contains(MARK) {
+            return status;
+        }
+        let number_after = |label: &str| {
+            msg.split(label)
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        };
+        message_too_large(number_after("found "), number_after("limit is: "))
+    }
 }
+
+/// Rewrites a response that tonic's decoder ended before any handler ran
+/// (a unary request over the message limit: a trailers-only response with
+/// `OUT_OF_RANGE`) into [`status::from_decoder`]'s `RESOURCE_EXHAUSTED`.
+/// Streams see the decoder's error in their handler and map it there.
+#[derive(Clone, Copy, Default)]
+pub struct DecodeLimitLayer;
+
+impl<S> tower::Layer<S> for DecodeLimitLayer {
+    type Service = tower::util::MapResponse<S, fn(HttpResponse) -> HttpResponse>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        tower::util::MapResponse::new(inner, decode_limit_response)
+    }
+}
+
+fn decode_limit_response(response: HttpResponse) -> HttpResponse {
+    match Status::from_header_map(response.headers()) {
+        Some(s) if s.code() == tonic::Code::OutOfRange => {
+            let mapped = status::from_decoder(s);
+            if mapped.code() == tonic::Code::OutOfRange {
+                response
+            } else {
+                mapped.into_http()
+            }
+        }
+        _ => response,
+    }
+}
+
+type HttpResponse = http::Response<tonic::body::Body>;
 
 fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
@@ -216,9 +284,9 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                         // The publisher closed its side: answer what was read,
                         // then end with OK.
                         Ok(None) => reading = false,
-                        Err(status) => {
+                        Err(e) => {
                             reading = false;
-                            failed = Some(status);
+                            failed = Some(status::from_decoder(e));
                         }
                     },
                     Some(result) = working.next(), if !working.is_empty() => {
@@ -310,19 +378,31 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         // Bound the work of one call: at most this many records are examined.
         let budget = (limit * 10).max(10_000) as u64;
         let from = req.after_sequence.saturating_add(1);
+        // A page also ends before the delivery that would take it past
+        // `max_page_bytes`, so it fits what clients accept; that delivery
+        // starts the next page. A page always holds at least one.
+        let max_bytes = self.state.config.limits.max_page_bytes;
+        let mut bytes = 0usize;
         let mut deliveries = Vec::new();
         let mut last = req.after_sequence;
         if from <= until {
             let stop = until.min(from.saturating_add(budget - 1));
             for item in store.range(from, stop) {
                 let rec = item.map_err(|e| status::store(&e))?;
-                last = rec.seq;
+                let seq = rec.seq;
                 if filter.matches(&rec.meta) && self.may_read(&member, &rec.meta) {
                     let rec = store.served(rec).map_err(|e| status::store(&e))?;
-                    deliveries.push(crate::wire::delivery(rec));
-                    if deliveries.len() >= limit {
+                    let delivery = crate::wire::delivery(rec);
+                    let size = prost::encoding::message::encoded_len(1, &delivery);
+                    if !deliveries.is_empty() && bytes + size > max_bytes {
                         break;
                     }
+                    bytes += size;
+                    deliveries.push(delivery);
+                }
+                last = seq;
+                if deliveries.len() >= limit {
+                    break;
                 }
             }
         }
@@ -685,7 +765,7 @@ pub async fn router(state: Arc<NodeState>) -> Result<tonic::service::Routes, Ser
         state: state.clone(),
     })
     .max_decoding_message_size(max)
-    .max_encoding_message_size(max * 2);
+    .max_encoding_message_size(state.config.limits.max_response_bytes());
     let admin = pb::admin_server::AdminServer::new(AdminService {
         state: state.clone(),
     });
@@ -696,13 +776,25 @@ pub async fn router(state: Arc<NodeState>) -> Result<tonic::service::Routes, Ser
     health_reporter
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: v1, and v1alpha, which older tools still
+    // speak only (grpcurl 1.8, grpcio-reflection's client).
+    // Each lists both reflection services (and each builder adds its own).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
     Ok(tonic::service::Routes::new(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(bulletins)
         .add_service(admin))
 }

@@ -42,7 +42,10 @@ async fn durable_reader(
     use pb::subscribe_response::Msg;
     let mut s = settings(&files, &ca);
     s.node = Some(addr.to_string());
-    let Ok(mut c) = beacon::client::BeaconClient::connect(&s).await else {
+    let Ok(mut c) =
+        beacon::client::BeaconClient::connect_expecting(&s, beacon::tls::ExpectedServer::AnyNode)
+            .await
+    else {
         return;
     };
     let Ok(mut sub) = c.subscribe(open("audit-feed", resume())).await else {

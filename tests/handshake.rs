@@ -417,41 +417,58 @@ async fn served_serial(addr: std::net::SocketAddr, ca: &std::path::Path) -> Opti
         .map(|(_, serial)| beacon::pki::hex(&serial))
 }
 
+/// The services a reflection reply lists; panics on any other reply.
+macro_rules! reflected_services {
+    ($v:ident, $ch:expr) => {{
+        use tonic_reflection::pb::$v::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = ServerReflectionClient::new($ch)
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .expect("reflection answers")
+            .into_inner();
+        let resp = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+            panic!("unexpected reflection response");
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
+
+/// Reflection v1, and v1alpha for the tools that speak only it (grpcurl
+/// 1.8, grpcio-reflection's client).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_reflection_lists_the_services() {
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
+async fn server_reflection_lists_the_services_in_v1_and_v1alpha() {
     let pki = TestPki::new();
     let n = node(&pki).await;
     let ch = dial(n.addr, &pki.client("us.cisa", "tool"), &[pki.ca_cert()])
         .await
         .unwrap();
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = ServerReflectionClient::new(ch)
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("unexpected reflection response");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in [
-        "beacon.v1.Bulletins",
-        "beacon.v1.Admin",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing from {names:?}"
-        );
+    let v1 = reflected_services!(v1, ch.clone());
+    let v1alpha = reflected_services!(v1alpha, ch);
+    for names in [&v1, &v1alpha] {
+        for want in [
+            "beacon.v1.Bulletins",
+            "beacon.v1.Admin",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
     }
     n.stop().await;
 }

@@ -37,7 +37,12 @@ async fn served_within(
         loop {
             let mut s = settings(files, ca);
             s.node = Some(addr.to_string());
-            if let Ok(mut c) = beacon::client::BeaconClient::connect(&s).await {
+            if let Ok(mut c) = beacon::client::BeaconClient::connect_expecting(
+                &s,
+                beacon::tls::ExpectedServer::AnyNode,
+            )
+            .await
+            {
                 if c.publish(&bulletin("fr.anssi", "still served"))
                     .await
                     .is_ok()
@@ -101,10 +106,15 @@ async fn floods_of_bad_clients_leave_good_ones_served_and_memory_bounded() {
             signatures: vec![],
         }),
     };
-    // Beyond the decoded-message cap, tonic refuses before decoding.
+    // Beyond the decoded-message cap, refused before decoding, with gRPC's
+    // code for a message over the maximum, naming the size and the limit.
     let e = raw.publish(huge).await.expect_err("too large");
-    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
-    assert!(e.message().contains("too large"), "{e:?}");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("limit of 524288 bytes")
+            && e.message().contains("limits.max_message_bytes"),
+        "{e:?}"
+    );
     // Within the message cap but beyond the envelope limit.
     let big = beacon::proto::v1::PublishRequest {
         envelope: Some(beacon::proto::v1::Envelope {
@@ -115,6 +125,7 @@ async fn floods_of_bad_clients_leave_good_ones_served_and_memory_bounded() {
     };
     let e = raw.publish(big).await.expect_err("too large");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("the limit is 262144"), "{e:?}");
     let garbage = beacon::proto::v1::PublishRequest {
         envelope: Some(beacon::proto::v1::Envelope {
             payload_type: beacon::bulletin::PAYLOAD_TYPE.into(),

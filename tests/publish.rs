@@ -707,6 +707,96 @@ async fn list_pages_and_filters() {
     assert_eq!(bad.code(), Code::InvalidArgument);
 }
 
+/// Pages end by bytes as well as by count, so each fits what clients accept:
+/// bulletins at the envelope limit, and many mid-sized ones, are all served
+/// through List and through the CLI's default `beacon list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_are_cut_by_bytes_and_bulletins_at_the_size_limit_are_served() {
+    let w = world().await;
+    let (mut c, files) = w.client("uk.ncsc", "big").await;
+    // Six bulletins of about 240 KiB, within the 256 KiB envelope limit.
+    let mut s = c.publish_stream().await.unwrap();
+    for _ in 0..6 {
+        let b = beacon::bench::sized_bulletin("uk.ncsc", 240 * 1024);
+        s.send(&signed(&c, &b)).await.unwrap();
+    }
+    for r in s.finish().await.unwrap() {
+        r.expect("accepted");
+    }
+    // A plain client with tonic's default 4 MiB receive limit.
+    let ch = dial(w.node.addr, &files, &w.ca).await.unwrap();
+    let mut plain = beacon::client::BulletinsClient::new(ch);
+    let page_bytes = 1024 * 1024;
+    for limit in [0, 1000] {
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = plain
+                .list(pb::ListRequest {
+                    after_sequence: after,
+                    limit,
+                    ..Default::default()
+                })
+                .await
+                .expect("every page fits")
+                .into_inner();
+            assert!(!page.deliveries.is_empty(), "a page always holds one");
+            assert!(prost::Message::encoded_len(&page) <= page_bytes + 64);
+            seen.extend(page.deliveries.iter().map(|d| d.sequence));
+            after = page.next_after_sequence;
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(seen, (1..=6).collect::<Vec<u64>>(), "limit {limit}");
+    }
+    // The CLI's default list shows them all.
+    let out = std::process::Command::new(beacon_bin())
+        .args(["list", "--json", "--node", &w.node.addr.to_string()])
+        .arg("--cert")
+        .arg(&files.cert)
+        .arg("--key")
+        .arg(&files.key)
+        .arg("--ca")
+        .arg(w.pki.ca_cert())
+        .args(["--node-id", &w.node_id])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+
+    // 1,000 bulletins of about 1.5 KiB with limit=1000: about 1.5 MB, more
+    // than one page's bytes; each page is cut to fit and nothing is lost.
+    let mut s = c.publish_stream().await.unwrap();
+    for _ in 0..1000 {
+        let b = beacon::bench::sized_bulletin("uk.ncsc", 1500);
+        s.send(&signed(&c, &b)).await.unwrap();
+    }
+    for r in s.finish().await.unwrap() {
+        r.expect("accepted");
+    }
+    let first = plain
+        .list(pb::ListRequest {
+            after_sequence: 6,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("the page fits")
+        .into_inner();
+    assert!(first.more && first.deliveries.len() < 1000);
+    let all = list_all(w.node.addr, &files, &w.ca).await.unwrap();
+    assert_eq!(
+        all.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+        (1..=1006).collect::<Vec<u64>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_stream_answers_in_order_and_goes_on_after_a_refusal() {
     let w = world().await;
@@ -816,8 +906,13 @@ async fn a_publish_stream_that_sends_an_oversized_message_ends_with_its_status()
     );
     match s.result().await {
         Err(ClientError::Rpc(status)) => {
-            assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-            assert!(status.message().contains("too large"), "{status:?}");
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains("over this node's limit of 524288 bytes"),
+                "{status:?}"
+            );
         }
         other => panic!("expected the stream to end with the decoder's status, got {other:?}"),
     }

@@ -374,7 +374,7 @@ async fn dial_own_node(
     let s = settings(files, ca);
     let dialer = beacon::client::Dialer::load(&s).expect("dialer");
     dialer
-        .connect(&addr.to_string(), dialer.expected_server(None))
+        .dial(&addr.to_string())
         .await
         .expect("dial the dev node")
 }
