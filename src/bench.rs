@@ -587,6 +587,7 @@ fn open_at(
         start: Some(crate::proto::v1::StartPosition { at: Some(at) }),
         filter,
         window,
+        heartbeat_ms: 0,
     }
 }
 

@@ -58,7 +58,7 @@ pub enum BulletinError {
     BadSignature,
     #[error("payload is not a well-formed Bulletin: {0}")]
     MalformedPayload(String),
-    #[error("signer {signer} may not publish for member {publisher}")]
+    #[error("{}", wrong_member(.signer, .publisher))]
     WrongMember { signer: String, publisher: String },
     #[error("signer {0} is an operator; only clients and nodes publish")]
     OperatorSigner(String),
@@ -70,6 +70,18 @@ pub enum BulletinError {
     Key(String),
     #[error("signing failed")]
     Sign,
+}
+
+/// A refusal never leaves a blank where a value belongs.
+fn wrong_member(signer: &str, publisher: &str) -> String {
+    if publisher.is_empty() {
+        format!(
+            "signer {signer} may not publish this bulletin: its publisher field is empty \
+             (it must name the signer's member)"
+        )
+    } else {
+        format!("signer {signer} may not publish for member {publisher}")
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> BulletinError {

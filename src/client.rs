@@ -199,10 +199,38 @@ impl Dialer {
 /// default and minimum).
 const MAX_FRAME_BYTES: u32 = 256 * 1024;
 
+/// HTTP/2 keepalive of a channel: a PING after `interval` without traffic;
+/// no answer within `timeout` closes the connection (and fails its calls).
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    /// What clients use: lenient, for long-lived subscriptions over slow links.
+    fn default() -> Self {
+        Keepalive {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(20),
+        }
+    }
+}
+
 /// Opens a gRPC channel over mutual TLS using `config`.
 pub async fn connect_with(
     address: &str,
     config: Arc<rustls::ClientConfig>,
+) -> Result<Channel, ClientError> {
+    connect_keepalive(address, config, Keepalive::default()).await
+}
+
+/// As [`connect_with`], with the HTTP/2 keepalive given (peer links use a
+/// short one, so a silent peer is noticed within seconds).
+pub async fn connect_keepalive(
+    address: &str,
+    config: Arc<rustls::ClientConfig>,
+    keepalive: Keepalive,
 ) -> Result<Channel, ClientError> {
     let uri: Uri = format!("http://{address}")
         .parse()
@@ -217,8 +245,8 @@ pub async fn connect_with(
         // instead of 16 KiB: fewer HTTP/2 frames, fewer flushes and system
         // calls on both sides while a replay streams.
         .max_frame_size(MAX_FRAME_BYTES)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .http2_keep_alive_interval(keepalive.interval)
+        .keep_alive_timeout(keepalive.timeout);
     let connector = tower::service_fn(move |uri: Uri| {
         let config = config.clone();
         async move {

@@ -187,6 +187,12 @@ pub struct Timing {
     /// grows from 100 ms to this).
     #[serde(deserialize_with = "duration")]
     pub peer_retry_max: Duration,
+    /// A peer link that hears nothing from its peer for this long (no
+    /// delivery, no heartbeat, no HTTP/2 ping answer) is declared down and
+    /// reconnects. The link asks the peer for heartbeats, and pings it, at a
+    /// third of this.
+    #[serde(deserialize_with = "duration")]
+    pub peer_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -197,6 +203,7 @@ impl Default for Timing {
             drain_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(15),
             peer_retry_max: Duration::from_secs(30),
+            peer_timeout: Duration::from_secs(6),
         }
     }
 }
@@ -342,6 +349,13 @@ impl Config {
                     p.address, p.identity
                 )));
             }
+        }
+        if self.timing.peer_timeout < Duration::from_millis(750)
+            || self.timing.peer_timeout > Duration::from_secs(600)
+        {
+            return Err(ConfigError::Invalid(
+                "timing.peer_timeout must be between 750ms and 10m".into(),
+            ));
         }
         if self.timing.peer_retry_max < Duration::from_millis(100) {
             return Err(ConfigError::Invalid(

@@ -59,6 +59,8 @@ pub enum FederationError {
     Stream(tonic::Status),
     #[error("the peer ended the stream")]
     Ended,
+    #[error("the peer went silent: nothing (no bulletin, no heartbeat) for {0:?}")]
+    Silent(Duration),
     #[error("cannot store relayed bulletins: {0}")]
     Store(#[from] StoreError),
 }
@@ -172,6 +174,9 @@ pub async fn run(state: Arc<NodeState>, link: Arc<PeerLink>) {
     let mut delay = RETRY_MIN;
     info!(peer = %link.identity, address = %link.address, "peer link starting");
     loop {
+        if !wait_while_own_certificate_refused(&state, &link).await {
+            return;
+        }
         let mut established = false;
         let ended = tokio::select! {
             _ = state.shutdown.cancelled() => Ok(End::Shutdown),
@@ -205,6 +210,26 @@ pub async fn run(state: Arc<NodeState>, link: Arc<PeerLink>) {
     }
 }
 
+/// While this node's own certificate is refused (revoked, expired), its links
+/// stay down: it waits for a valid certificate. False on shutdown.
+async fn wait_while_own_certificate_refused(state: &NodeState, link: &PeerLink) -> bool {
+    let mut refused = state.own_refused.subscribe();
+    loop {
+        let reason = refused.borrow_and_update().clone();
+        let Some(reason) = reason else {
+            return true;
+        };
+        link.update(|s| {
+            s.connected = false;
+            s.last_error = Some(format!("stopped: {reason}"));
+        });
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return false,
+            r = refused.changed() => if r.is_err() { return false },
+        }
+    }
+}
+
 /// A delivery on its way: stored (or already held), refused, or a store
 /// failure that must end the session without acknowledging it.
 type Outcome = Result<Result<Appended, Refusal>, StoreError>;
@@ -221,7 +246,16 @@ async fn session(
         &state.own(),
         ExpectedServer::Exactly(link.identity.clone()),
     )?;
-    let channel = crate::client::connect_with(&link.address, Arc::new(tls)).await?;
+    // Silence is noticed two ways, each within `timing.peer_timeout`: the
+    // peer sends a heartbeat at least every third of it (or a delivery), and
+    // HTTP/2 pings it at that interval (a stalled process or a dropped route
+    // answers neither, though the TCP connection may look open for minutes).
+    let silence = state.config.timing.peer_timeout;
+    let keepalive = crate::client::Keepalive {
+        interval: silence / 3,
+        timeout: silence / 3,
+    };
+    let channel = crate::client::connect_keepalive(&link.address, Arc::new(tls), keepalive).await?;
     let max = state.config.limits.max_message_bytes;
     let mut client = pb::bulletins_client::BulletinsClient::new(channel)
         .max_decoding_message_size(max)
@@ -237,14 +271,19 @@ async fn session(
             }),
             filter: None,
             window: LINK_WINDOW,
+            heartbeat_ms: u32::try_from((silence / 3).as_millis()).unwrap_or(u32::MAX),
         })),
     };
     tx.send(open).await.map_err(|_| FederationError::Ended)?;
-    let mut inbound = client
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(FederationError::Refused)?
-        .into_inner();
+    let mut inbound = tokio::time::timeout(
+        silence,
+        client.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| FederationError::Silent(silence))?
+    .map_err(FederationError::Refused)?
+    .into_inner();
+    let mut heard = tokio::time::Instant::now();
 
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut trust_check = tokio::time::interval(state.config.timing.reload_interval);
@@ -268,9 +307,14 @@ async fn session(
                 tx.send(ack).await.map_err(|_| FederationError::Ended)?;
                 link.update(|s| s.cursor = s.cursor.max(acked));
             }
-            msg = inbound.message() => {
+            // The message, if one is ready, wins over the deadline.
+            msg = tokio::time::timeout_at(heard + silence, inbound.message()) => {
                 use pb::subscribe_response::Msg;
-                let msg = msg.map_err(FederationError::Stream)?.ok_or(FederationError::Ended)?;
+                let msg = msg
+                    .map_err(|_| FederationError::Silent(silence))?
+                    .map_err(FederationError::Stream)?
+                    .ok_or(FederationError::Ended)?;
+                heard = tokio::time::Instant::now();
                 match msg.msg {
                     Some(Msg::Subscribed(s)) => {
                         *established = true;

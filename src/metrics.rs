@@ -101,6 +101,22 @@ pub struct Metrics {
     pub refusals: Labeled,
     /// TLS handshakes refused, by reason.
     pub handshake_failures: Labeled,
+    /// TCP connections closed before a TLS ClientHello (TCP health probes).
+    pub closed_before_tls: Counter,
+}
+
+/// A plain counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 fn counter(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
@@ -148,6 +164,17 @@ pub fn render(state: &crate::server::NodeState) -> String {
         "TLS handshakes refused, by reason.",
         "reason",
         &m.handshake_failures.snapshot(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP beacon_connections_closed_before_tls_total TCP connections closed before a TLS ClientHello (load-balancer and TCP probes).\n# TYPE beacon_connections_closed_before_tls_total counter\nbeacon_connections_closed_before_tls_total {}",
+        m.closed_before_tls.get()
+    );
+    gauge(
+        &mut out,
+        "beacon_node_certificate_refused",
+        "1 while this node's own certificate is refused by its trust bundle (revoked, expired): it then serves no one and its peer links are down.",
+        u64::from(state.own_refusal().is_some()),
     );
     let store = &state.store;
     let _ = writeln!(
@@ -284,10 +311,34 @@ pub async fn serve(
     reporter
         .set_service_status("beacon.v1.Bulletins", tonic_health::ServingStatus::Serving)
         .await;
+    // NOT_SERVING while the node's own certificate is refused.
+    let mut refused = state.own_refused.subscribe();
+    let watcher = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let serving = if refused.borrow_and_update().is_some() {
+                    tonic_health::ServingStatus::NotServing
+                } else {
+                    tonic_health::ServingStatus::Serving
+                };
+                for service in ["", "beacon.v1.Bulletins"] {
+                    reporter.set_service_status(service, serving).await;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = refused.changed() => if r.is_err() { return },
+                }
+            }
+        })
+    };
     let conns = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
     loop {
         let (tcp, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                let _ = watcher.await;
+                return;
+            }
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => {
@@ -323,7 +374,10 @@ pub async fn serve(
                                 "text/plain; version=0.0.4; charset=utf-8",
                                 render(&state),
                             ),
-                            ("GET", "/healthz") => (200, "text/plain", "ok\n".to_owned()),
+                            ("GET", "/healthz") => match state.own_refusal() {
+                                None => (200, "text/plain", "ok\n".to_owned()),
+                                Some(reason) => (503, "text/plain", format!("{reason}\n")),
+                            },
                             _ => (404, "text/plain", "not found\n".to_owned()),
                         };
                         let resp = http::Response::builder()

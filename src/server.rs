@@ -28,9 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::identity::Identity;
@@ -54,6 +54,9 @@ pub enum ServerError {
     Serve(String),
     #[error("reflection setup failed: {0}")]
     Reflection(String),
+    /// Already a sentence ("this node's own certificate is refused …").
+    #[error("{0}")]
+    OwnCertificate(String),
 }
 
 /// The verified peer of a connection; every request carries it.
@@ -164,6 +167,10 @@ pub struct NodeState {
     pub metrics: crate::metrics::Metrics,
     /// Cancelled when the node begins to shut down; long-lived streams watch it.
     pub shutdown: CancellationToken,
+    /// Why this node's own certificate is refused by its current bundle
+    /// (revoked, expired), if it is: while set, the node accepts no
+    /// connection and its peer links stay down.
+    pub own_refused: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl NodeState {
@@ -179,6 +186,11 @@ impl NodeState {
             Ok(o) => o.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Why the node's own certificate is refused, if it is.
+    pub fn own_refusal(&self) -> Option<String> {
+        self.own_refused.borrow().clone()
     }
 
     /// A chain checker for envelope signers that remembers recent verdicts.
@@ -288,6 +300,8 @@ struct Material {
     tls: Arc<rustls::ServerConfig>,
     identity: Identity,
     own: Arc<KeyedChain>,
+    /// Why the bundle refuses the node's own certificate, if it does.
+    own_refused: Option<String>,
 }
 
 fn load_material(config: &Config) -> Result<Material, ServerError> {
@@ -299,12 +313,16 @@ fn load_material(config: &Config) -> Result<Material, ServerError> {
     for (issuer, next) in bundle.stale_crls() {
         warn!(%issuer, next_update = next, "a CRL is past its next update; still applying it — publish a fresh one with `beacon ca crl`");
     }
+    let own_refused = tls::check_own_certificate(&bundle, &own)
+        .err()
+        .map(|e| e.to_string());
     let tls = Arc::new(tls::server_config(bundle.clone(), &own)?);
     Ok(Material {
         bundle,
         tls,
         identity: own.identity.clone(),
         own: Arc::new(own),
+        own_refused,
     })
 }
 
@@ -413,6 +431,10 @@ pub async fn run_with_reload(
     reload: Arc<Notify>,
 ) -> Result<(), ServerError> {
     let material = load_material(&config)?;
+    // Refusing at start beats failing every handshake later.
+    if let Some(reason) = material.own_refused {
+        return Err(ServerError::OwnCertificate(reason));
+    }
     let local = listener.local_addr().map_err(ServerError::Listen)?;
     let ops_listener = match config.metrics.listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(ServerError::Listen)?),
@@ -442,6 +464,7 @@ pub async fn run_with_reload(
         peers: crate::federation::links(&config, &material.identity),
         metrics: crate::metrics::Metrics::default(),
         shutdown: shutdown.clone(),
+        own_refused: tokio::sync::watch::Sender::new(None),
         config,
     });
     let tls_config = Arc::new(RwLock::new(material.tls));
@@ -597,6 +620,15 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
+        if let Some(reason) = state.own_refusal() {
+            // A node whose own certificate is refused serves no one.
+            state
+                .metrics
+                .handshake_failures
+                .inc("own_certificate_refused");
+            debug!(%addr, %reason, "connection dropped: this node's own certificate is refused");
+            continue;
+        }
         let config = match tls_config.read() {
             Ok(c) => c.clone(),
             Err(p) => p.into_inner().clone(),
@@ -604,19 +636,37 @@ async fn accept_loop(
         let state = state.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let accepted =
-                tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(tcp))
-                    .await;
-            let stream = match accepted {
+            let handshake = async {
+                // Read the ClientHello first, so that a connection closed
+                // before any TLS (a load balancer's or Kubernetes' TCP
+                // probe) is told apart from a refused handshake.
+                let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+                    .await
+                    .map_err(Handshake::BeforeHello)?;
+                start.into_stream(config).await.map_err(Handshake::Failed)
+            };
+            let stream = match tokio::time::timeout(handshake_timeout, handshake).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+                Ok(Err(Handshake::BeforeHello(e)))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    state.metrics.closed_before_tls.inc();
+                    debug!(%addr, "connection closed before a TLS ClientHello (a TCP probe?)");
+                    return;
+                }
+                Ok(Err(Handshake::BeforeHello(e) | Handshake::Failed(e))) => {
                     state.metrics.handshake_failures.inc(handshake_reason(&e));
-                    warn!(target: "beacon::audit", %addr, reason = %e, "TLS handshake refused");
+                    let reason = tls::describe_io(&e, tls::Peer::Client);
+                    warn!(target: "beacon::audit", %addr, %reason, "TLS handshake refused");
                     return;
                 }
                 Err(_) => {
                     state.metrics.handshake_failures.inc("timeout");
-                    warn!(target: "beacon::audit", %addr, "TLS handshake timed out");
+                    warn!(target: "beacon::audit", %addr, timeout = ?handshake_timeout,
+                          "TLS handshake refused: the client did not finish it in time");
                     return;
                 }
             };
@@ -664,6 +714,14 @@ async fn accept_loop(
     }
 }
 
+/// Where a handshake failed.
+enum Handshake {
+    /// Before a complete ClientHello arrived.
+    BeforeHello(io::Error),
+    /// During the handshake proper.
+    Failed(io::Error),
+}
+
 /// A short, fixed reason for a failed handshake (a metric label).
 fn handshake_reason(e: &io::Error) -> &'static str {
     use rustls::{CertificateError as C, Error as R};
@@ -693,6 +751,7 @@ async fn reload_loop(
 ) {
     let files = files_to_watch(&state.config);
     let mut seen = fingerprint(&files);
+    let mut failed: Option<String> = None;
     let mut tick = tokio::time::interval(state.config.timing.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -706,14 +765,18 @@ async fn reload_loop(
         if !forced && now == seen {
             continue;
         }
-        seen = now;
         match load_material(&state.config) {
             Ok(m) => {
+                seen = now;
+                failed = None;
                 if m.identity != state.identity {
                     warn!(old = %state.identity, new = %m.identity,
                           "the node certificate now names another identity; keeping the old one until restart");
                     continue;
                 }
+                // A newer bundle is always applied, even when it refuses this
+                // node's own certificate: the other identities it revokes
+                // must be refused at once.
                 if let Ok(mut t) = tls_config.write() {
                     *t = m.tls;
                 }
@@ -729,8 +792,36 @@ async fn reload_loop(
                     revoked = m.bundle.revoked_count(),
                     closed, forced, "reloaded certificates and CRLs"
                 );
+                let was_refused = state.own_refusal().is_some();
+                match &m.own_refused {
+                    Some(reason) => {
+                        if !was_refused {
+                            error!(target: "beacon::audit", node = %state.identity, %reason,
+                                   "this node's own certificate is refused: closing every connection, \
+                                    accepting none and stopping peer links until a valid certificate \
+                                    is installed (beacon ca renew)");
+                        }
+                        state.own_refused.send_replace(Some(reason.clone()));
+                        state.connections.cancel_all();
+                    }
+                    None if was_refused => {
+                        info!(target: "beacon::audit", node = %state.identity,
+                              "this node's certificate is accepted again: serving and peering resume");
+                        state.own_refused.send_replace(None);
+                    }
+                    None => {}
+                }
             }
-            Err(e) => warn!(error = %e, "reload failed; keeping the current certificates and CRLs"),
+            // `seen` stays as it was, so the next tick tries again (a
+            // certificate and key replaced one after the other, say); the
+            // same failure is logged once.
+            Err(e) => {
+                let msg = e.to_string();
+                if failed.as_ref() != Some(&msg) {
+                    warn!(error = %msg, "reload failed; keeping the current certificates and CRLs until the files load");
+                    failed = Some(msg);
+                }
+            }
         }
     }
 }

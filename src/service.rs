@@ -503,7 +503,11 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             filter,
             start,
             window,
-            heartbeat: self.state.config.timing.heartbeat_interval,
+            heartbeat: match open.heartbeat_ms {
+                0 => self.state.config.timing.heartbeat_interval,
+                ms => std::time::Duration::from_millis(u64::from(ms))
+                    .clamp(MIN_HEARTBEAT, MAX_HEARTBEAT),
+            },
             guard,
             shutdown: self.state.shutdown.clone(),
         };
@@ -646,6 +650,10 @@ async fn queue_publish(state: &Arc<NodeState>, peer: &PeerInfo, req: pb::Publish
         }
     }
 }
+
+/// The range a subscriber's requested heartbeat interval is kept in.
+const MIN_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
+const MAX_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long a new subscription may take to send `open`.
 const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -29,7 +29,7 @@ pub enum TlsError {
     NoCertificate { path: String },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
-    #[error("own certificate refused: {0}")]
+    #[error("this node's own certificate is refused by its trust bundle: {0}")]
     OwnCertificate(String),
 }
 
@@ -349,18 +349,25 @@ impl ServerCertVerifier for BundleServerVerifier {
     }
 }
 
+/// Whether the node's own certificate is acceptable to its bundle as a
+/// server (not revoked, not expired, vouched for): a node refuses to start
+/// without it, and stops serving when a reload says it no longer is.
+pub fn check_own_certificate(bundle: &TrustBundle, own: &KeyedChain) -> Result<(), TlsError> {
+    let leaf = own.chain.first().ok_or_else(|| TlsError::NoCertificate {
+        path: "the node's certificate".into(),
+    })?;
+    bundle
+        .verify(leaf, &own.chain[1..], UnixTime::now(), Usage::ServerAuth)
+        .map(|_| ())
+        .map_err(|e| TlsError::OwnCertificate(e.to_string()))
+}
+
 /// The node's TLS server configuration: TLS 1.3, client certificate required.
+/// (Whether `own` is still acceptable is [`check_own_certificate`]'s question.)
 pub fn server_config(
     bundle: Arc<TrustBundle>,
     own: &KeyedChain,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    // The node's own certificate must itself be acceptable to its bundle as a
-    // server; refusing at start beats failing every handshake later.
-    if let Some(leaf) = own.chain.first() {
-        bundle
-            .verify(leaf, &own.chain[1..], UnixTime::now(), Usage::ServerAuth)
-            .map_err(|e| TlsError::OwnCertificate(e.to_string()))?;
-    }
     let verifier = Arc::new(BundleClientVerifier::new(bundle));
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?

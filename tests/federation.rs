@@ -267,7 +267,12 @@ async fn a_revoked_node_is_cut_off_and_its_relays_are_refused() {
         peer_status(a, &alliance)
             .await
             .iter()
-            .any(|p| !p.connected && p.last_error.to_lowercase().contains("revoked"))
+            // A refuses B's certificate, or B (which loaded the same CRL)
+            // already serves no one.
+            .any(|p| {
+                let e = p.last_error.to_lowercase();
+                !p.connected && (e.contains("revoked") || e.contains("closed the connection"))
+            })
     })
     .await;
     assert!(
@@ -564,4 +569,213 @@ async fn a_bulletin_whose_signer_has_since_expired_still_reaches_a_late_node() {
     for n in nodes {
         n.node.stop().await;
     }
+}
+
+/// A peer that goes silent (its process stalls or its route drops: the TCP
+/// connection stays open, nothing arrives) is noticed within seconds, not
+/// reported connected; the link reconnects, and TLP:RED that can travel only
+/// over that link arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_noticed_within_seconds_and_the_link_reconnects() {
+    let alliance = Alliance::new(&["uk.ncsc", "fr.anssi"]);
+    // B (fr.anssi) behind a proxy that can freeze; A (uk.ncsc) pulls from B
+    // through it, with the default timing.peer_timeout (6 s).
+    let b_files = alliance.node("fr.anssi", "paris-1");
+    let b = TestNode::start(&alliance.options(b_files.clone(), &[])).await;
+    let proxy = FreezableProxy::start(b.addr).await;
+    let a = TestNode::start(&alliance.options(
+        alliance.node("uk.ncsc", "london-1"),
+        &[(proxy.addr, b_files.identity.clone())],
+    ))
+    .await;
+    let link = || async {
+        status(a.addr, &alliance.op, &alliance.ca)
+            .await
+            .and_then(|s| s.peers.into_iter().next())
+    };
+    let up = wait_until(CONVERGE, || async {
+        link().await.is_some_and(|p| p.connected)
+    })
+    .await;
+    assert!(up.is_some(), "the link never came up: {:?}", link().await);
+
+    proxy.freeze();
+    let noticed = wait_until(Duration::from_secs(20), || async {
+        link().await.is_some_and(|p| !p.connected)
+    })
+    .await;
+    let Some(noticed) = noticed else {
+        panic!("a silent peer still reported connected: {:?}", link().await);
+    };
+    eprintln!("silent peer noticed after {noticed:?}");
+    assert!(
+        noticed <= Duration::from_secs(10),
+        "noticed only after {noticed:?}"
+    );
+    let st = link().await.expect("link");
+    assert!(!st.last_error.is_empty(), "the link says why: {st:?}");
+
+    // TLP:RED for A's member, published at B, reaches A over a new connection.
+    let red = marked("fr.anssi", "red after the stall", Tlp::Red, &["uk.ncsc"]);
+    let client = alliance.client("fr.anssi", "analyst");
+    member(b.addr, &client, &alliance.ca)
+        .await
+        .publish(&red)
+        .await
+        .expect("published at B");
+    let reader = alliance.client("uk.ncsc", "reader");
+    let set: BTreeSet<String> = [red.id.clone()].into();
+    wait_holds_at(a.addr, &reader, &alliance, &set).await;
+    assert!(link().await.is_some_and(|p| p.connected));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// One CRL update revokes a node and a client. The node applies it (the
+/// client is refused there within seconds), says its own certificate is
+/// revoked, serves no one and stops its peer links; with a renewed
+/// certificate it serves again, and the client stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_revoked_with_others_in_one_update_applies_it_and_stops_serving() {
+    let alliance = Alliance::new(&["uk.ncsc", "fr.anssi"]);
+    let dir = alliance.pki.path().to_path_buf();
+    let uk_crl = beacon::pki::Ca::crl_path(alliance.ca_dir("uk.ncsc"));
+    // N reads uk.ncsc's CRL from a file this test replaces in one rename.
+    let live_crl = dir.join("uk-live-crl.pem");
+    std::fs::copy(&uk_crl, &live_crl).expect("copy CRL");
+    let with_crl = |mut opts: NodeOptions, crl: &std::path::Path| {
+        for t in &mut opts.trust {
+            if t.1 == "uk.ncsc" {
+                t.2 = Some(crl.to_path_buf());
+            }
+        }
+        opts
+    };
+    // P (fr.anssi) keeps the old CRL: if N stops peering, N did it itself.
+    let p_crl = dir.join("uk-old-crl.pem");
+    std::fs::copy(&uk_crl, &p_crl).expect("copy CRL");
+    let p_files = alliance.node("fr.anssi", "paris-1");
+    let p = TestNode::start(&with_crl(alliance.options(p_files.clone(), &[]), &p_crl)).await;
+
+    let n_files = alliance.node("uk.ncsc", "london-1");
+    let ops = free_addr();
+    let mut n_opts = with_crl(
+        alliance.options(n_files.clone(), &[(p.addr, p_files.identity.clone())]),
+        &live_crl,
+    );
+    n_opts
+        .extra
+        .push_str(&format!("[metrics]\nlisten = \"{ops}\"\n"));
+    let n = TestNode::start(&n_opts).await;
+    let linked = |connected: bool| {
+        let n_id = n_files.identity.clone();
+        let (addr, op, ca) = (p.addr, alliance.op.clone(), alliance.ca.clone());
+        async move {
+            // Whether P holds an open subscription of N's (an idle link
+            // that never acknowledged anything leaves no stored cursor).
+            status(addr, &op, &ca).await.is_some_and(|s| {
+                s.subscriptions
+                    .iter()
+                    .any(|x| x.identity == n_id && x.connected)
+                    == connected
+            })
+        }
+    };
+    assert!(
+        wait_until(CONVERGE, || linked(true)).await.is_some(),
+        "N never linked to P"
+    );
+
+    // A client of N with an open subscription.
+    let client = alliance.client("uk.ncsc", "analyst");
+    let mut c = member(n.addr, &client, &alliance.ca).await;
+    let mut sub = c
+        .subscribe(open("feed", earliest()))
+        .await
+        .expect("subscribe");
+
+    // One update revokes both.
+    let mut uk_ca = beacon::pki::Ca::open(alliance.ca_dir("uk.ncsc")).expect("CA");
+    for f in [&n_files, &client] {
+        uk_ca
+            .revoke(
+                &beacon::pki::Selector::Serial(f.serial.clone()),
+                beacon::pki::Reason::KeyCompromise,
+            )
+            .expect("revoke");
+    }
+    let tmp = dir.join("uk-live-crl.pem.tmp");
+    std::fs::copy(&uk_crl, &tmp).expect("copy");
+    std::fs::rename(&tmp, &live_crl).expect("one update");
+    let revoked_at = std::time::Instant::now();
+
+    // The client's open stream is cut within seconds, and it cannot dial.
+    stream_end(&mut sub, Duration::from_secs(10))
+        .await
+        .expect_err("the revoked client's stream is cut");
+    assert!(health(n.addr, &client, &alliance.ca).await.is_err());
+    eprintln!("revoked client cut after {:?}", revoked_at.elapsed());
+    // N says its own certificate is refused: health, metrics.
+    let http = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(ops).await.ok()?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out)
+    };
+    let unhealthy = wait_until(Duration::from_secs(10), || async {
+        http("/healthz")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 503") && r.contains("revoked"))
+    })
+    .await;
+    assert!(unhealthy.is_some(), "{:?}", http("/healthz").await);
+    let metrics = http("/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("beacon_node_certificate_refused 1"),
+        "{metrics}"
+    );
+    // It serves no one, not even a client that is not revoked.
+    let fresh = alliance.client("uk.ncsc", "fresh");
+    assert!(health(n.addr, &fresh, &alliance.ca).await.is_err());
+    // And its link to P is down (P still accepts N: P has the old CRL).
+    assert!(
+        wait_until(Duration::from_secs(10), || linked(false))
+            .await
+            .is_some(),
+        "N still pulls from P: {:?}",
+        status(p.addr, &alliance.op, &alliance.ca)
+            .await
+            .map(|s| s.subscriptions)
+    );
+    assert!(health(p.addr, &fresh, &alliance.ca).await.is_ok());
+
+    // A renewed certificate for N (same identity, new serial): serving again.
+    let renewed = alliance.node("uk.ncsc", "london-1");
+    for (from, to) in [(&renewed.key, &n_files.key), (&renewed.cert, &n_files.cert)] {
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(from, &tmp).expect("copy");
+        std::fs::rename(&tmp, to).expect("rename");
+    }
+    let serving = wait_until(Duration::from_secs(10), || async {
+        health(n.addr, &fresh, &alliance.ca).await.is_ok()
+    })
+    .await;
+    assert!(serving.is_some(), "N did not serve again after renewal");
+    assert!(http("/healthz")
+        .await
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+    // The client revoked in the same update stays refused.
+    assert!(health(n.addr, &client, &alliance.ca).await.is_err());
+    assert!(
+        wait_until(CONVERGE, || linked(true)).await.is_some(),
+        "N's link to P did not come back"
+    );
+    n.stop().await;
+    p.stop().await;
 }

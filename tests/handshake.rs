@@ -529,3 +529,104 @@ async fn certificate_request_names_the_cas_as_der_names() {
     assert!(parsed.to_string().contains("Test CA"), "{parsed}");
     node.stop().await;
 }
+
+/// TCP probes (a load balancer's, Kubernetes') are counted and logged at
+/// debug, not as refused handshakes; refusals read as sentences in the audit
+/// log, with a short code in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_counted_quietly_and_refusals_read_as_sentences() {
+    let alliance = Alliance::new(&["uk.ncsc"]);
+    let ops = free_addr();
+    let mut opts = alliance.options(alliance.node("uk.ncsc", "london-1"), &[]);
+    opts.extra
+        .push_str(&format!("[metrics]\nlisten = \"{ops}\"\n"));
+    // A CA that issues for anyone, which this node trusts for uk.ncsc only.
+    let wide = alliance.pki.other_ca("wide", "*");
+    opts.trust
+        .push((beacon::pki::Ca::cert_path(&wide), "uk.ncsc".into(), None));
+    let (dir, addr) = child_config(&opts);
+    let node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
+
+    // Probes: connect and close without a byte.
+    for _ in 0..5 {
+        drop(std::net::TcpStream::connect(addr).expect("connect"));
+    }
+    // A client of fr.anssi from that CA: it may not vouch for fr.anssi here.
+    let eve = alliance.pki.issue_from(
+        &wide,
+        IssueRequest::new(id(RoleKind::Client, Some("fr.anssi"), "eve")),
+    );
+    assert!(health(addr, &eve, &alliance.ca).await.is_err());
+    // Plain HTTP on the TLS port.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = [0u8; 64];
+        let _ = std::io::Read::read(&mut s, &mut buf);
+    }
+
+    let metrics = wait_until(Duration::from_secs(10), || async {
+        let body = ops_get(ops, "/metrics").await;
+        body.contains("beacon_connections_closed_before_tls_total")
+            && metric(&body, "beacon_connections_closed_before_tls_total") >= 5.0
+            && body.contains("reason=\"protocol\"")
+    })
+    .await;
+    let body = ops_get(ops, "/metrics").await;
+    assert!(metrics.is_some(), "{body}");
+    for quiet in ["reason=\"eof\"", "reason=\"io\""] {
+        assert!(
+            !body.contains(quiet),
+            "a probe counted as a refusal: {body}"
+        );
+    }
+    let log = node.log();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS handshake refused"))
+        .collect();
+    assert!(
+        refusals.len() >= 2 && refusals.len() <= 4,
+        "one line per refused handshake, none per probe: {refusals:#?}"
+    );
+    for line in &refusals {
+        assert!(
+            !line.contains("OtherError") && !line.contains("Other("),
+            "a sentence, not a debug dump: {line}"
+        );
+    }
+    assert!(
+        refusals
+            .iter()
+            .any(|l| l.contains("the client's certificate was refused")
+                && l.contains("may not vouch for")),
+        "{refusals:#?}"
+    );
+    assert!(
+        refusals.iter().any(|l| l.contains("did not speak TLS")),
+        "{refusals:#?}"
+    );
+}
+
+/// GET `path` on the operations port; the whole response.
+async fn ops_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+/// The value of an unlabelled sample, or 0.
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -181,6 +181,19 @@ async fn tampered_envelopes_are_refused_and_nothing_is_stored() {
     )
     .await;
 
+    // An empty publisher is named as empty, never left blank.
+    let mut b = bulletin("uk.ncsc", "no publisher");
+    b.publisher = String::new();
+    let env = alice.signer.sign(b.to_bytes()).unwrap();
+    refused(
+        &w,
+        &mut alice,
+        &env,
+        Code::PermissionDenied,
+        "its publisher field is empty",
+    )
+    .await;
+
     // A client relaying another client's envelope.
     refused(
         &w,

@@ -824,6 +824,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
         }),
         filter: a.filter.to_proto()?,
         window: a.window,
+        heartbeat_ms: 0,
     };
     let (dialer, channel) = a.conn.dial().await?;
     let signer = Arc::new(Signer::new(

@@ -671,6 +671,7 @@ pub fn open(
         start: Some(beacon::proto::v1::StartPosition { at: Some(start) }),
         filter: None,
         window: 0,
+        heartbeat_ms: 0,
     }
 }
 
@@ -951,4 +952,82 @@ pub fn delivery_id(d: &beacon::proto::v1::Delivery) -> String {
     beacon::wire::decode_bulletin(&env.payload)
         .expect("bulletin")
         .id
+}
+
+/// A TCP proxy on loopback in front of `target` whose open connections can be
+/// frozen: they stay open but nothing more is read or written, as with a
+/// stalled peer process or a dropped route. Connections made after a freeze
+/// pass normally.
+pub struct FreezableProxy {
+    pub addr: SocketAddr,
+    /// Connections accepted so far, each with its own freeze flag.
+    conns: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+    task: JoinHandle<()>,
+}
+
+impl FreezableProxy {
+    pub async fn start(target: SocketAddr) -> FreezableProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let conns: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>> =
+            Default::default();
+        let registry = conns.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                registry.lock().expect("registry").push(frozen.clone());
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(pipe(ri, wo, frozen.clone()));
+                tokio::spawn(pipe(ro, wi, frozen));
+            }
+        });
+        FreezableProxy { addr, conns, task }
+    }
+
+    /// Freezes every connection open now.
+    pub fn freeze(&self) {
+        for c in self.conns.lock().expect("registry").iter() {
+            c.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies one direction until EOF; once `frozen`, holds both halves open
+/// and moves nothing more (bounded: it waits, it does not buffer).
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            // Hold the sockets for as long as the test runs.
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            return;
+        }
+        let n = match tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
