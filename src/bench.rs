@@ -69,9 +69,16 @@ fn free_port() -> Result<SocketAddr, BenchError> {
 }
 
 impl Target {
-    /// Makes a PKI and config in a temp dir and starts `beacon daemon`.
+    /// Makes a PKI (default key algorithm) and config in a temp dir and
+    /// starts `beacon daemon`.
     pub fn start(exe: &Path) -> Result<Target, BenchError> {
-        let mut t = Target::prepare()?;
+        Target::start_with(exe, Algorithm::default())
+    }
+
+    /// As [`Target::start`], with certificates (and so bulletin signatures)
+    /// of `algorithm`.
+    pub fn start_with(exe: &Path, algorithm: Algorithm) -> Result<Target, BenchError> {
+        let mut t = Target::prepare_node_with(None, "drc", "bench", &[], algorithm)?;
         t.launch(exe)?;
         Ok(t)
     }
@@ -89,6 +96,17 @@ impl Target {
         member: &str,
         name: &str,
         peers: &[(SocketAddr, String)],
+    ) -> Result<Target, BenchError> {
+        Target::prepare_node_with(shared, member, name, peers, Algorithm::default())
+    }
+
+    /// As [`Target::prepare_node`]; a new CA uses `algorithm`.
+    pub fn prepare_node_with(
+        shared: Option<&Target>,
+        member: &str,
+        name: &str,
+        peers: &[(SocketAddr, String)],
+        algorithm: Algorithm,
     ) -> Result<Target, BenchError> {
         let dir = std::env::temp_dir().join(format!(
             "beacon-bench-{}-{}",
@@ -109,7 +127,7 @@ impl Target {
                         trust_domain: td.clone(),
                         name: "bench CA".into(),
                         members: MemberScope::any(),
-                        algorithm: Algorithm::default(),
+                        algorithm,
                         validity: Duration::from_secs(24 * 3600),
                         force: false,
                     },
@@ -244,6 +262,7 @@ impl Target {
                 let env = signer.sign(b.to_bytes()).map_err(ClientError::from)?;
                 let bytes = crate::wire::encode_envelope(&env);
                 let digest = crate::bulletin::sha256(&bytes);
+                let payload_digest = crate::bulletin::sha256(&env.payload);
                 let verified = crate::bulletin::Verified {
                     bulletin: b,
                     signer: signer.identity.clone(),
@@ -258,6 +277,7 @@ impl Target {
                         .append(crate::store::NewRecord {
                             meta,
                             envelope: bytes,
+                            payload_digest,
                             requires: None,
                         })
                         .await

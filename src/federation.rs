@@ -444,6 +444,7 @@ fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecor
     Ok(NewRecord {
         meta,
         envelope: bytes.to_vec(),
+        payload_digest: crate::bulletin::sha256(&env.payload),
         requires: None,
     })
 }

@@ -584,6 +584,7 @@ fn admit(
     let record = crate::store::NewRecord {
         meta,
         envelope: bytes,
+        payload_digest: crate::bulletin::sha256(&env.payload),
         requires,
     };
     let admitted = Admitted {

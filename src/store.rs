@@ -272,6 +272,11 @@ impl Record {
 pub struct NewRecord {
     pub meta: Meta,
     pub envelope: Vec<u8>,
+    /// SHA-256 of the signed payload. The same bulletin signed again is a
+    /// duplicate, not a conflict: ECDSA signatures differ on every signing,
+    /// so a client that re-signs when it retries sends another envelope
+    /// with the same payload.
+    pub payload_digest: [u8; 32],
     /// An earlier bulletin of the same publisher that must exist (supersedes/retracts).
     pub requires: Option<(&'static str, String)>,
 }
@@ -372,15 +377,26 @@ fn ikey(publisher: &str, id: &str) -> Vec<u8> {
 const HEAD_KEY: &[u8] = b"H";
 
 /// The id index entry of (publisher, id): its sequence and envelope digest.
+/// What the id index holds for (publisher, id): the sequence, the envelope
+/// digest, and the payload digest (absent in entries written before it was
+/// kept: the index value is then 40 bytes, not 72).
+struct Indexed {
+    seq: u64,
+    digest: [u8; 32],
+    payload_digest: Option<[u8; 32]>,
+}
+
 fn index_lookup(
     log: &sled::Tree,
     publisher: &str,
     id: &str,
-) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+) -> Result<Option<Indexed>, StoreError> {
     Ok(log.get(ikey(publisher, id)).map_err(io)?.and_then(|v| {
-        let seq = be_u64(&v)?;
-        let digest: [u8; 32] = v.get(8..40)?.try_into().ok()?;
-        Some((seq, digest))
+        Some(Indexed {
+            seq: be_u64(&v)?,
+            digest: v.get(8..40)?.try_into().ok()?,
+            payload_digest: v.get(40..72).and_then(|p| p.try_into().ok()),
+        })
     }))
 }
 
@@ -563,7 +579,9 @@ impl Store {
     pub fn lookup(&self, publisher: &str, id: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         // Records applied but not yet durable stay invisible.
         let head = self.head();
-        Ok(index_lookup(&self.log, publisher, id)?.filter(|&(seq, _)| seq <= head))
+        Ok(index_lookup(&self.log, publisher, id)?
+            .filter(|i| i.seq <= head)
+            .map(|i| (i.seq, i.digest)))
     }
 
     /// Every (publisher, seq) holding a bulletin with this id.
@@ -1000,22 +1018,36 @@ impl Writer {
         let mut replies: Vec<Reply> = Vec::with_capacity(reqs.len());
         // The highest sequence any reply in this batch depends on.
         let mut upto = 0u64;
-        // (publisher, id) -> (seq, digest) appended in this batch.
-        let mut pending: HashMap<(String, String), (u64, [u8; 32], SystemTime)> = HashMap::new();
+        // (publisher, id) -> what was appended for it in this batch.
+        let mut pending: HashMap<(String, String), (Indexed, SystemTime)> = HashMap::new();
         let mut next = self.head + 1;
         let now = nanos(SystemTime::now()).max(self.last_accepted);
         for WriteReq { rec, reply } in reqs {
             let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
             let existing = match pending.get(&key) {
-                Some(&(seq, digest, at)) => Ok(Some((seq, digest, Some(at)))),
-                None => self
-                    .lookup(&key.0, &key.1)
-                    .map(|o| o.map(|(s, d)| (s, d, None))),
+                Some((i, at)) => Ok(Some((
+                    Indexed {
+                        seq: i.seq,
+                        digest: i.digest,
+                        payload_digest: i.payload_digest,
+                    },
+                    Some(*at),
+                ))),
+                None => self.lookup(&key.0, &key.1).map(|o| o.map(|i| (i, None))),
             };
             let outcome = match existing {
                 Err(e) => Err(e),
-                Ok(Some((seq, digest, at))) => {
-                    if digest == rec.meta.digest {
+                Ok(Some((
+                    Indexed {
+                        seq,
+                        digest,
+                        payload_digest,
+                    },
+                    at,
+                ))) => {
+                    // The same envelope, or the same signed bulletin in
+                    // another envelope (signed again), is a duplicate.
+                    if digest == rec.meta.digest || payload_digest == Some(rec.payload_digest) {
                         // Answer only once the original is durable.
                         upto = upto.max(seq);
                         let accepted_at = match at {
@@ -1041,8 +1073,8 @@ impl Writer {
                             match pending.get(&k) {
                                 Some(_) => Ok(None),
                                 None => self.lookup(&k.0, &k.1).map(|found| match found {
-                                    Some((seq, _)) => {
-                                        upto = upto.max(seq);
+                                    Some(i) => {
+                                        upto = upto.max(i.seq);
                                         None
                                     }
                                     None => Some(StoreError::MissingRelated {
@@ -1076,8 +1108,14 @@ impl Writer {
                             batch.insert(&lkey(seq)[..], record.encode());
                             let mut iv = seq.to_be_bytes().to_vec();
                             iv.extend_from_slice(&digest);
+                            iv.extend_from_slice(&rec.payload_digest);
                             batch.insert(ikey(&key.0, &key.1), iv);
-                            pending.insert(key, (seq, digest, accepted_at));
+                            let indexed = Indexed {
+                                seq,
+                                digest,
+                                payload_digest: Some(rec.payload_digest),
+                            };
+                            pending.insert(key, (indexed, accepted_at));
                             Ok(Appended {
                                 seq,
                                 accepted_at,
@@ -1114,7 +1152,7 @@ impl Writer {
         }
     }
 
-    fn lookup(&self, publisher: &str, id: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+    fn lookup(&self, publisher: &str, id: &str) -> Result<Option<Indexed>, StoreError> {
         index_lookup(&self.log, publisher, id)
     }
 

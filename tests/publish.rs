@@ -488,6 +488,29 @@ async fn publish_is_idempotent_and_conflicts_are_refused() {
     assert!(again.duplicate && !first.duplicate);
     assert_eq!(again.digest, first.digest);
 
+    // The same bulletin signed again (ECDSA signatures differ on every
+    // signing: a client that re-signs when it retries) is a duplicate too,
+    // answered with the original; the original envelope stays what is served.
+    let resigned = signed(&c, &b);
+    assert_ne!(resigned.signatures[0].sig, env.signatures[0].sig);
+    let retried = c.publish_envelope(&resigned).await.unwrap();
+    assert_eq!(retried.sequence, first.sequence);
+    assert!(retried.duplicate);
+    let again_and_again = c.publish(&b).await.unwrap();
+    assert!(again_and_again.duplicate && again_and_again.sequence == first.sequence);
+    let served = c
+        .bulletins
+        .get(pb::GetRequest {
+            id: b.id.clone(),
+            publisher: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery
+        .unwrap();
+    assert_eq!(served.envelope_digest, first.digest);
+
     let mut changed = b.clone();
     changed.title = "changed".into();
     let (code, msg) = rpc(c.publish(&changed).await);

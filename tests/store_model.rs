@@ -47,6 +47,8 @@ fn new_record(p: u8, i: u8, v: u8, requires: Option<u8>) -> NewRecord {
             topics: vec![format!("t{v}")],
         },
         envelope,
+        // A different version `v` is different content.
+        payload_digest: beacon::bulletin::sha256(format!("payload p{p} i{i} v{v}").as_bytes()),
         requires: requires.map(|r| ("supersedes", id(r))),
     }
 }

@@ -79,6 +79,10 @@ enum BenchCommand {
         /// bulletin), `stream` (one PublishStream per publisher), or `both`.
         #[arg(long, value_enum, default_value_t = ApiArg::Both)]
         api: ApiArg,
+        /// Key algorithms of the node's PKI, one run each, in one table
+        /// (bulletin signatures follow the signer's certificate).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "ecdsa-p256")]
+        algorithms: Vec<AlgArg>,
     },
     /// Federation across a chain of three nodes (A → B → C): catch-up of nodes
     /// that were down, relay throughput, and convergence latency.
@@ -363,9 +367,11 @@ async fn execute(cli: Cli) -> Result<()> {
             size,
             rate,
             api,
+            algorithms,
         }) => {
             init_logging(&LogFormat::Human, Some("warn"));
-            bench_publish(&concurrency, count, size, rate, api.apis()).await
+            let algorithms: Vec<Algorithm> = algorithms.into_iter().map(Into::into).collect();
+            bench_publish(&concurrency, count, size, rate, api.apis(), &algorithms).await
         }
         Command::Bench(BenchCommand::Subscribe(runs)) => {
             init_logging(&LogFormat::Human, Some("warn"));
@@ -403,39 +409,57 @@ async fn bench_publish(
     size: usize,
     rate: u64,
     apis: &[beacon::bench::Api],
+    algorithms: &[Algorithm],
 ) -> Result<()> {
     use beacon::bench;
     let (exe, cores) = bench_host()?;
-    let target = bench::Target::start(&exe)?;
-    println!(
-        "beacon bench publish: {size}-byte signed bulletins, node at {} (child process, mutual TLS 1.3, fsync per batch), {} cores",
-        target.addr,
-        cores
-    );
     let mut rows = Vec::new();
-    let mut first = 0;
-    // Warm up: connections, the chain cache, the store's first pages.
-    let _ = bench::closed_loop(&target, 4, 400, size, first).await?;
-    first += 4;
     let mut sign_rates = Vec::new();
-    for &n in concurrency {
-        let n = n.max(1);
-        let total = if n == 1 { (count / 10).max(100) } else { count };
-        for &api in apis {
-            let (fig, sign_rate) =
-                bench::closed_loop_with(&target, api, n, total, size, first).await?;
-            first += n;
-            sign_rates.push(sign_rate);
+    for &algorithm in algorithms {
+        let target = bench::Target::start_with(&exe, algorithm)?;
+        println!(
+            "beacon bench publish: {size}-byte signed bulletins, {algorithm} certificates, node at {} (child process, mutual TLS 1.3, fsync per batch), {} cores",
+            target.addr,
+            cores
+        );
+        let mut first = 0;
+        // Warm up: connections, the chain cache, the store's first pages.
+        let _ = bench::closed_loop(&target, 4, 400, size, first).await?;
+        first += 4;
+        for &n in concurrency {
+            let n = n.max(1);
+            let total = if n == 1 { (count / 10).max(100) } else { count };
+            for &api in apis {
+                let (mut fig, sign_rate) =
+                    bench::closed_loop_with(&target, api, n, total, size, first).await?;
+                first += n;
+                sign_rates.push((algorithm, sign_rate));
+                if algorithms.len() > 1 {
+                    fig.label = format!("{algorithm}: {}", fig.label);
+                }
+                rows.push(fig);
+            }
+        }
+        if rate > 0 {
+            let total = (rate as usize * 5).max(100);
+            let mut fig = bench::open_loop(&target, 16, rate, total, size, first).await?;
+            if algorithms.len() > 1 {
+                fig.label = format!("{algorithm}: {}", fig.label);
+            }
             rows.push(fig);
         }
     }
-    if rate > 0 {
-        let total = (rate as usize * 5).max(100);
-        rows.push(bench::open_loop(&target, 16, rate, total, size, first).await?);
-    }
     bench::print_table(&rows);
-    let best = sign_rates.iter().cloned().fold(0.0, f64::max);
-    println!("client-side signing (before the clock): about {best:.0} envelopes/s on one core");
+    for &algorithm in algorithms {
+        let best = sign_rates
+            .iter()
+            .filter(|(a, _)| *a == algorithm)
+            .map(|(_, r)| *r)
+            .fold(0.0, f64::max);
+        println!(
+            "client-side signing with {algorithm} (before the clock): about {best:.0} envelopes/s on one core"
+        );
+    }
     Ok(())
 }
 
