@@ -23,6 +23,9 @@ pub struct DevLayout {
     pub operator_cert: PathBuf,
     pub operator_key: PathBuf,
     pub listen: SocketAddr,
+    /// Set when the PKI reused was made with Ed25519 (the default before
+    /// ECDSA P-256), which gRPC's C-core clients cannot use.
+    pub ed25519: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<DevLayout, DevErro
         operator_cert: certs.join("operator.pem"),
         operator_key: certs.join("operator.key"),
         listen,
+        ed25519: ca.meta.algorithm == Algorithm::Ed25519,
     };
     let node_cert = certs.join("node.pem");
     let node_key = certs.join("node.key");

@@ -608,6 +608,13 @@ async fn bench_subscribe(runs: SubscribeRuns) -> Result<()> {
 fn print_dev_banner(l: &beacon::dev::DevLayout, addr: SocketAddr) {
     let p = |p: &Path| p.display().to_string();
     println!("Beacon dev node (throwaway PKI in {})", p(&l.data_dir));
+    if l.ed25519 {
+        println!(
+            "  note: this dev PKI is Ed25519 (made by an earlier version), which grpcio and the other \
+             gRPC C-core clients cannot use; remove {} to start afresh with ECDSA P-256",
+            p(&l.data_dir)
+        );
+    }
     println!("  listening on {addr} (mutual TLS 1.3)");
     println!("  connect as a client of member drc:");
     println!("    export BEACON_NODE={addr}");

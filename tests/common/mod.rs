@@ -1031,3 +1031,71 @@ async fn pipe(
         }
     }
 }
+
+/// The node `beacon dev` runs, with the certificates it prints: the default
+/// PKI a new user meets, not one made for this test.
+pub struct DevNode {
+    pub dir: TempDir,
+    pub node: ChildNode,
+}
+
+impl DevNode {
+    pub fn start() -> DevNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = free_addr();
+        let node = ChildNode::spawn(
+            dir.path(),
+            &["dev", "--data-dir", "dev", "--listen", &addr.to_string()],
+            addr,
+        );
+        DevNode { dir, node }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("dev").join(rel)
+    }
+
+    pub fn files(&self, name: &str) -> CertFiles {
+        let cert = self.path(&format!("certs/{name}.pem"));
+        let chain = beacon::trust::read_certs(&cert).expect("dev certificate");
+        let (identity, _) = beacon::trust::identity_of(&chain[0]).expect("identity");
+        CertFiles {
+            cert,
+            key: self.path(&format!("certs/{name}.key")),
+            serial: String::new(),
+            identity: identity.to_string(),
+        }
+    }
+
+    /// A client of `member` issued by the dev CA (with its default algorithm).
+    pub fn client(&self, member: &str, name: &str) -> CertFiles {
+        let ca = beacon::pki::Ca::open(&self.path("ca")).expect("dev CA");
+        let td: beacon::identity::TrustDomain = beacon::dev::DEV_TRUST_DOMAIN.parse().expect("td");
+        let id =
+            beacon::pki::identity_for(&td, beacon::identity::RoleKind::Client, Some(member), name)
+                .expect("identity");
+        let issued = ca
+            .issue(&beacon::pki::IssueRequest::new(id))
+            .expect("issue");
+        let cert = self.dir.path().join(format!("{name}.pem"));
+        let key = self.dir.path().join(format!("{name}.key"));
+        beacon::pki::write_file(&cert, issued.cert_pem.as_bytes(), false, true).expect("cert");
+        beacon::pki::write_file(&key, issued.key_pem.as_bytes(), true, true).expect("key");
+        CertFiles {
+            cert,
+            key,
+            serial: issued.serial,
+            identity: issued.entry.identity,
+        }
+    }
+
+    pub fn bundle(&self) -> beacon::trust::TrustBundle {
+        let cert = beacon::trust::read_certs(&self.path("ca/ca.pem"))
+            .expect("ca")
+            .remove(0);
+        let entry =
+            beacon::trust::CaEntry::new(cert, beacon::identity::MemberScope::any()).expect("entry");
+        let td = beacon::dev::DEV_TRUST_DOMAIN.parse().expect("td");
+        beacon::trust::TrustBundle::new(td, vec![entry], vec![]).expect("bundle")
+    }
+}
