@@ -260,7 +260,7 @@ impl Target {
             for _ in 0..chunk {
                 let b = sized_bulletin(member, size);
                 let env = signer.sign(b.to_bytes()).map_err(ClientError::from)?;
-                let bytes = crate::wire::encode_envelope(&env);
+                let bytes = crate::bulletin::codec::encode_envelope(&env);
                 let digest = crate::bulletin::sha256(&bytes);
                 let payload_digest = crate::bulletin::sha256(&env.payload);
                 let verified = crate::bulletin::Verified {
@@ -270,7 +270,7 @@ impl Target {
                     severity: Severity::Medium,
                     tlp: Tlp::Green,
                 };
-                let meta = crate::service::record_meta(&verified, digest, &origin);
+                let meta = crate::bulletin::Meta::of(&verified, digest, &origin);
                 let store = store.clone();
                 appends.push(tokio::spawn(async move {
                     store

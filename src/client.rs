@@ -364,7 +364,7 @@ impl BeaconClient {
         let r = self
             .bulletins
             .publish(pb::PublishRequest {
-                envelope: Some(crate::wire::envelope_to_proto(envelope)),
+                envelope: Some(crate::bulletin::codec::envelope_to_proto(envelope)),
             })
             .await?
             .into_inner();
@@ -423,7 +423,7 @@ impl PublishStream {
             .as_ref()
             .ok_or_else(closed)?
             .send(pb::PublishRequest {
-                envelope: Some(crate::wire::envelope_to_proto(envelope)),
+                envelope: Some(crate::bulletin::codec::envelope_to_proto(envelope)),
             })
             .await
             .map_err(|_| closed())?;

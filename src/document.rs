@@ -242,12 +242,18 @@ impl BulletinDoc {
             id: Some(b.id.clone()),
             publisher: Some(b.publisher.clone()),
             created_at: b.created_at.map(rfc3339),
-            kind: name(crate::wire::kind_from_i32(b.kind).map(Kind::name), b.kind),
+            kind: name(
+                crate::bulletin::codec::kind_from_i32(b.kind).map(Kind::name),
+                b.kind,
+            ),
             severity: name(
-                crate::wire::severity_from_i32(b.severity).map(Severity::name),
+                crate::bulletin::codec::severity_from_i32(b.severity).map(Severity::name),
                 b.severity,
             ),
-            tlp: name(crate::wire::tlp_from_i32(b.tlp).map(Tlp::label), b.tlp),
+            tlp: name(
+                crate::bulletin::codec::tlp_from_i32(b.tlp).map(Tlp::label),
+                b.tlp,
+            ),
             audience: AudienceDoc {
                 members: b.audience.members.clone(),
                 groups: b.audience.groups.clone(),

@@ -397,11 +397,11 @@ fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecor
     if digest.as_slice() != d.envelope_digest.as_slice() {
         return Err(Refusal::Digest(seq));
     }
-    let env = crate::wire::decode_envelope(&bytes)
+    let env = crate::bulletin::codec::decode_envelope(&bytes)
         .map_err(|reason| Refusal::Malformed { seq, reason })?;
     // Every node stores the one canonical encoding, so the same bulletin has
     // the same digest everywhere (duplicates and conflicts rest on it).
-    if crate::wire::encode_envelope(&env) != bytes {
+    if crate::bulletin::codec::encode_envelope(&env) != bytes {
         return Err(Refusal::NotCanonical(seq));
     }
     let verified =
@@ -420,7 +420,7 @@ fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecor
             }
         }
     };
-    let mut meta = crate::service::record_meta(&verified, digest, &origin.to_string());
+    let mut meta = crate::bulletin::Meta::of(&verified, digest, &origin.to_string());
     meta.origin_seq = match d.origin_sequence {
         0 => seq,
         s => s,

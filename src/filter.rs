@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use crate::store::Meta;
+use crate::bulletin::Meta;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {

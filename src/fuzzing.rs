@@ -30,10 +30,13 @@ fn bundle() -> &'static crate::trust::TrustBundle {
 
 /// Envelope bytes (as `Publish` receives them): decode, then verify.
 pub fn envelope(data: &[u8]) {
-    if let Ok(env) = crate::wire::decode_envelope(data) {
-        let again = crate::wire::encode_envelope(&env);
+    if let Ok(env) = crate::bulletin::codec::decode_envelope(data) {
+        let again = crate::bulletin::codec::encode_envelope(&env);
         // Decoding the canonical form gives the same envelope.
-        assert_eq!(crate::wire::decode_envelope(&again).ok(), Some(env.clone()));
+        assert_eq!(
+            crate::bulletin::codec::decode_envelope(&again).ok(),
+            Some(env.clone())
+        );
         let _ = crate::bulletin::verify_envelope(&env, bundle(), now());
         let _ = crate::bulletin::verify_stored_envelope(&env, bundle(), now());
     }
@@ -41,9 +44,9 @@ pub fn envelope(data: &[u8]) {
 
 /// Bulletin payload bytes: decode, validate, round-trip.
 pub fn bulletin(data: &[u8]) {
-    if let Ok(b) = crate::wire::decode_bulletin(data) {
+    if let Ok(b) = crate::bulletin::codec::decode_bulletin(data) {
         let _ = crate::bulletin::validate(&b, now());
-        let again = crate::wire::decode_bulletin(&b.to_bytes()).expect("re-decodes");
+        let again = crate::bulletin::codec::decode_bulletin(&b.to_bytes()).expect("re-decodes");
         assert_eq!(again, b);
         let doc = crate::document::BulletinDoc::from_bulletin(&b);
         let _ = doc.to_bulletin(&b.publisher);

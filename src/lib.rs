@@ -7,12 +7,19 @@
 //! - [`tls`]: rustls configurations whose verifiers call [`trust`].
 //! - [`pki`]: the operator's CA (`beacon ca`), built on rcgen.
 //! - [`config`]: the daemon's `beacon.toml`.
+//! - [`bulletin`]: bulletins, envelopes, signing and verification; [`bulletin::codec`]
+//!   for the signed payload and the envelope; [`bulletin::Meta`], what policy,
+//!   filters and the store work from.
+//! - [`policy`], [`filter`], [`metrics`]: who may read, what a reader asked for, counters.
+//! - [`store`]: the durable, group-committed log.
+//! - [`broker`]: subscriptions (replay that has caught up).
 //! - [`server`]: the accept loop, connection registry, reloads; `run(config, listener, shutdown)`.
 //! - [`service`]: the tonic services and the one mapping of errors to `tonic::Status`.
+//! - [`ops`]: the operations port (metrics, health).
 //! - [`client`]: dialling a node with a member certificate.
 //! - [`federation`]: peer links: a durable subscription on each peer, relays verified again.
 //! - [`dev`]: the embedded default (`beacon dev`): throwaway PKI and a local node.
-//! - [`proto`]: generated code; only the gRPC edge uses it.
+//! - [`proto`]: generated code; the codec of what is signed and the gRPC edge use it.
 //!
 //! See `ARCHITECTURE.md` for the dependency direction and the invariants.
 
@@ -30,6 +37,7 @@ pub mod filter;
 pub mod fuzzing;
 pub mod identity;
 pub mod metrics;
+pub mod ops;
 pub mod pki;
 pub mod policy;
 pub mod proto;

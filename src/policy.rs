@@ -47,7 +47,7 @@ impl Policy {
     }
 
     /// May `reader` read a stored bulletin? An unknown TLP code is a refusal.
-    pub fn may_read_meta(&self, reader: &str, meta: &crate::store::Meta) -> bool {
+    pub fn may_read_meta(&self, reader: &str, meta: &crate::bulletin::Meta) -> bool {
         Tlp::from_code(meta.tlp).is_some_and(|tlp| {
             self.may_read(
                 reader,

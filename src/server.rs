@@ -474,7 +474,7 @@ pub async fn run_with_reload(
     let ops = match ops_listener {
         Some(l) => {
             info!(addr = %l.local_addr().map_err(ServerError::Listen)?, "operations port: /metrics, /healthz, gRPC health (plain text)");
-            Some(tokio::spawn(crate::metrics::serve(
+            Some(tokio::spawn(crate::ops::serve(
                 state.clone(),
                 l,
                 shutdown.clone(),

@@ -157,29 +157,6 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
 
-/// What the store keeps about a verified bulletin.
-pub fn record_meta(
-    verified: &crate::bulletin::Verified,
-    digest: [u8; 32],
-    origin_node: &str,
-) -> crate::store::Meta {
-    let b = &verified.bulletin;
-    crate::store::Meta {
-        id: b.id.clone(),
-        publisher: b.publisher.clone(),
-        digest,
-        origin_node: origin_node.to_owned(),
-        origin_seq: 0,
-        kind: crate::wire::kind_to_i32(verified.kind) as u8,
-        severity: crate::wire::severity_to_i32(verified.severity) as u8,
-        tlp: crate::wire::tlp_to_i32(verified.tlp) as u8,
-        created_at: b.created_at,
-        audience_members: b.audience.members.clone(),
-        audience_groups: b.audience.groups.clone(),
-        topics: b.topics.clone(),
-    }
-}
-
 /// The verified caller of a request, required to hold one of `allowed` roles.
 pub fn caller<T>(request: &Request<T>, allowed: &[RoleKind]) -> Result<PeerInfo, Status> {
     let peer = request
@@ -211,7 +188,7 @@ fn reader(peer: &PeerInfo) -> Result<String, Status> {
 
 impl BulletinsService {
     /// Policy's verdict for `member` on a stored record.
-    fn may_read(&self, member: &str, meta: &crate::store::Meta) -> bool {
+    fn may_read(&self, member: &str, meta: &crate::bulletin::Meta) -> bool {
         self.state.policy.may_read_meta(member, meta)
     }
 }
@@ -560,7 +537,7 @@ fn admit(
     // The canonical bytes, encoded once from what arrived; the domain
     // envelope then takes the fields by move (no copy of the payload).
     let bytes = prost::Message::encode_to_vec(&env);
-    let env = crate::wire::envelope_from_proto(env);
+    let env = crate::bulletin::codec::envelope_from_proto(env);
     let sender = (peer.identity.kind() == RoleKind::Client).then_some(&peer.identity);
     let verified = crate::bulletin::verify_envelope_with(
         &env,
@@ -580,7 +557,7 @@ fn admit(
         Some(Relation::Retracts(id)) => Some(("retracts", id.clone())),
         None => None,
     };
-    let meta = record_meta(&verified, digest, &state.identity.to_string());
+    let meta = crate::bulletin::Meta::of(&verified, digest, &state.identity.to_string());
     let record = crate::store::NewRecord {
         meta,
         envelope: bytes,

@@ -34,6 +34,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
+use crate::bulletin::Meta;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -59,26 +61,6 @@ pub enum StoreError {
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
-}
-
-/// What the store knows of a bulletin, besides its envelope bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Meta {
-    pub id: String,
-    pub publisher: String,
-    /// SHA-256 of the envelope bytes.
-    pub digest: [u8; 32],
-    /// The node that first accepted the bulletin, and its sequence there.
-    pub origin_node: String,
-    pub origin_seq: u64,
-    /// Raw wire numbers of kind, severity and TLP (validated before append).
-    pub kind: u8,
-    pub severity: u8,
-    pub tlp: u8,
-    pub created_at: Option<SystemTime>,
-    pub audience_members: Vec<String>,
-    pub audience_groups: Vec<String>,
-    pub topics: Vec<String>,
 }
 
 /// A stored bulletin.

@@ -164,10 +164,10 @@ async fn acknowledged_bulletins_survive_sigkill() {
                     n += 1;
                     match c.publish_envelope(&env).await {
                         Ok(p) => {
-                            acked
-                                .lock()
-                                .unwrap()
-                                .insert(b.id, (p.sequence, beacon::wire::encode_envelope(&env)));
+                            acked.lock().unwrap().insert(
+                                b.id,
+                                (p.sequence, beacon::bulletin::codec::encode_envelope(&env)),
+                            );
                         }
                         Err(_) => break, // the node died; unacknowledged is allowed to be lost
                     }
@@ -224,10 +224,13 @@ async fn check_everything(
         for d in page.deliveries {
             seqs.push(d.sequence);
             let env = beacon::wire::delivered_envelope(&d).unwrap();
-            let b = beacon::wire::decode_bulletin(&env.payload).unwrap();
+            let b = beacon::bulletin::codec::decode_bulletin(&env.payload).unwrap();
             assert!(
                 by_id
-                    .insert(b.id, (d.sequence, beacon::wire::encode_envelope(&env)))
+                    .insert(
+                        b.id,
+                        (d.sequence, beacon::bulletin::codec::encode_envelope(&env))
+                    )
                     .is_none(),
                 "an id stored twice"
             );

@@ -79,7 +79,7 @@ async fn publish(node: &MeshNode, ca: &[PathBuf], b: &beacon::bulletin::Bulletin
 
 fn marked(publisher: &str, title: &str, tlp: Tlp, audience: &[&str]) -> beacon::bulletin::Bulletin {
     let mut b = bulletin(publisher, title);
-    b.tlp = beacon::wire::tlp_to_i32(tlp);
+    b.tlp = beacon::bulletin::codec::tlp_to_i32(tlp);
     b.audience.members = audience.iter().map(|s| s.to_string()).collect();
     b
 }
@@ -299,7 +299,7 @@ async fn a_revoked_node_is_cut_off_and_its_relays_are_refused() {
         .expect("C dials A");
     let e = beacon::client::BulletinsClient::new(ch)
         .publish(pb::PublishRequest {
-            envelope: Some(beacon::wire::envelope_to_proto(&by_node_b)),
+            envelope: Some(beacon::bulletin::codec::envelope_to_proto(&by_node_b)),
         })
         .await
         .expect_err("a revoked signer's envelope is refused");

@@ -51,7 +51,7 @@ async fn metrics_count_publishes_refusals_handshakes_and_lag() {
     c.publish(&b).await.expect("publish");
     c.publish(&b).await.expect("republish is a duplicate");
     let mut red = bulletin("fr.anssi", "red without audience");
-    red.tlp = beacon::wire::tlp_to_i32(Tlp::Red);
+    red.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
     c.publish(&red).await.expect_err("refused");
     // A handshake from outside the trust bundle.
     let stranger_dir = pki.other_ca("stranger", "*");

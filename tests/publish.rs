@@ -64,7 +64,7 @@ async fn publish_get_and_verify_round_trip() {
     );
     assert_eq!(
         got.envelope_digest,
-        bulletin::sha256(&beacon::wire::encode_envelope(&env)).to_vec()
+        bulletin::sha256(&beacon::bulletin::codec::encode_envelope(&env)).to_vec()
     );
     // Anyone holding the trust bundle can verify who wrote it.
     let bundle = beacon::server::load_bundle(
@@ -287,7 +287,7 @@ async fn every_validation_rule_refuses_and_stores_nothing() {
         (
             "RED without recipients",
             Box::new(|b| {
-                b.tlp = beacon::wire::tlp_to_i32(Tlp::Red);
+                b.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
                 b.audience.groups = vec!["five-eyes".into()];
             }),
             Code::InvalidArgument,
@@ -589,7 +589,7 @@ async fn get_and_list_follow_tlp_and_audience() {
             "uk.ncsc",
             &format!("{} to {members:?} {groups:?}", tlp.label()),
         );
-        b.tlp = beacon::wire::tlp_to_i32(*tlp);
+        b.tlp = beacon::bulletin::codec::tlp_to_i32(*tlp);
         b.audience.members = members.iter().map(|s| s.to_string()).collect();
         b.audience.groups = groups.iter().map(|s| s.to_string()).collect();
         uk.publish(&b).await.unwrap();
@@ -609,7 +609,7 @@ async fn get_and_list_follow_tlp_and_audience() {
             .deliveries
             .into_iter()
             .map(|d| {
-                beacon::wire::decode_bulletin(
+                beacon::bulletin::codec::decode_bulletin(
                     &beacon::wire::delivered_envelope(&d).unwrap().payload,
                 )
                 .unwrap()
@@ -659,7 +659,7 @@ async fn list_pages_and_filters() {
     let (mut c, _) = w.client("uk.ncsc", "a").await;
     for i in 0..25 {
         let mut b = bulletin("uk.ncsc", &format!("n{i}"));
-        b.severity = beacon::wire::severity_to_i32(if i % 5 == 0 {
+        b.severity = beacon::bulletin::codec::severity_to_i32(if i % 5 == 0 {
             bulletin::Severity::Critical
         } else {
             bulletin::Severity::Low
@@ -890,7 +890,11 @@ async fn publish_stream_answers_in_order_and_goes_on_after_a_refusal() {
         .collect();
     let ids: Vec<String> = envelopes
         .iter()
-        .map(|e| beacon::wire::decode_bulletin(&e.payload).unwrap().id)
+        .map(|e| {
+            beacon::bulletin::codec::decode_bulletin(&e.payload)
+                .unwrap()
+                .id
+        })
         .collect();
     let mut s = c.publish_stream().await.unwrap();
     // The answers are small: all of them fit in the transport's buffers while

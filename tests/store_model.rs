@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use beacon::store::{Meta, NewRecord, Record, Store, StoreError, StoreOptions};
+use beacon::bulletin::Meta;
+use beacon::store::{NewRecord, Record, Store, StoreError, StoreOptions};
 use bytes::Bytes;
 use proptest::prelude::*;
 

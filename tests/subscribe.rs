@@ -300,7 +300,7 @@ async fn subscriptions_deliver_only_what_the_member_may_read() {
             let mut ids = Vec::new();
             for (tlp, members, groups, _) in &cases {
                 let mut b = bulletin("uk.ncsc", &format!("{round} {}", tlp.label()));
-                b.tlp = beacon::wire::tlp_to_i32(*tlp);
+                b.tlp = beacon::bulletin::codec::tlp_to_i32(*tlp);
                 b.audience.members = members.iter().map(|s| s.to_string()).collect();
                 b.audience.groups = groups.iter().map(|s| s.to_string()).collect();
                 uk.publish(&b).await.unwrap();
@@ -343,12 +343,12 @@ async fn filters_and_start_positions() {
     let mut c = member(w.node.addr, &w.pki.client("uk.ncsc", "pub"), &w.ca).await;
     for i in 0..12u32 {
         let mut b = bulletin("uk.ncsc", &format!("n{i}"));
-        b.severity = beacon::wire::severity_to_i32(if i % 3 == 0 {
+        b.severity = beacon::bulletin::codec::severity_to_i32(if i % 3 == 0 {
             beacon::bulletin::Severity::Critical
         } else {
             beacon::bulletin::Severity::Low
         });
-        b.kind = beacon::wire::kind_to_i32(if i % 2 == 0 {
+        b.kind = beacon::bulletin::codec::kind_to_i32(if i % 2 == 0 {
             beacon::bulletin::Kind::Espionage
         } else {
             beacon::bulletin::Kind::Advisory

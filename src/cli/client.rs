@@ -118,7 +118,7 @@ impl FilterArgs {
                     Kind::ALL.map(Kind::name).join(", ")
                 )
             })?;
-            f.kinds.push(beacon::wire::kind_to_i32(kind));
+            f.kinds.push(beacon::bulletin::codec::kind_to_i32(kind));
         }
         if let Some(s) = &self.min_severity {
             let sev = Severity::parse(s).with_context(|| {
@@ -127,11 +127,11 @@ impl FilterArgs {
                     Severity::ALL.map(Severity::name).join(", ")
                 )
             })?;
-            f.min_severity = beacon::wire::severity_to_i32(sev);
+            f.min_severity = beacon::bulletin::codec::severity_to_i32(sev);
         }
         for t in &self.tlp {
             let tlp = Tlp::parse(t).with_context(|| format!("{t:?} is not a TLP 2.0 label"))?;
-            f.tlp.push(beacon::wire::tlp_to_i32(tlp));
+            f.tlp.push(beacon::bulletin::codec::tlp_to_i32(tlp));
         }
         f.topics = self.topics.clone();
         f.publishers = self.publishers.clone();
@@ -602,7 +602,7 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
     let bulletin = env
         .as_ref()
         .ok()
-        .and_then(|e| beacon::wire::decode_bulletin(&e.payload).ok());
+        .and_then(|e| beacon::bulletin::codec::decode_bulletin(&e.payload).ok());
     let accepted = d
         .accepted_at
         .and_then(|t| SystemTime::try_from(t).ok())
@@ -761,7 +761,7 @@ fn verify(file: &Path, ca: &[PathBuf], crl: &[PathBuf], json: bool) -> Result<()
             serde_json::json!({
                 "verified": true,
                 "signer": v.signer.to_string(),
-                "digest": hex(&beacon::bulletin::sha256(&beacon::wire::encode_envelope(&env))),
+                "digest": hex(&beacon::bulletin::sha256(&beacon::bulletin::codec::encode_envelope(&env))),
                 "bulletin": BulletinDoc::from_bulletin(b),
             })
         );

@@ -635,7 +635,7 @@ pub async fn read_deliveries(
                 seen.seqs.push(d.sequence);
                 let env = beacon::wire::delivered_envelope(&d).expect("envelope");
                 seen.ids.push(
-                    beacon::wire::decode_bulletin(&env.payload)
+                    beacon::bulletin::codec::decode_bulletin(&env.payload)
                         .expect("bulletin")
                         .id,
                 );
@@ -949,7 +949,7 @@ pub async fn list_all(
 /// The bulletin id of a delivery.
 pub fn delivery_id(d: &beacon::proto::v1::Delivery) -> String {
     let env = beacon::wire::delivered_envelope(d).expect("envelope");
-    beacon::wire::decode_bulletin(&env.payload)
+    beacon::bulletin::codec::decode_bulletin(&env.payload)
         .expect("bulletin")
         .id
 }

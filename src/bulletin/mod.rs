@@ -16,6 +16,8 @@ use aws_lc_rs::signature::{self, KeyPair as _, UnparsedPublicKey};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+pub mod codec;
+
 use crate::identity::{Identity, MemberId, Name, RoleKind};
 use crate::trust::{TrustBundle, TrustError, Usage};
 
@@ -34,6 +36,50 @@ pub const MAX_URL: usize = 2048;
 pub const MAX_SIGNER_CHAIN: usize = 4;
 /// How far in the future a created_at may lie (clock skew between allies).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// The summary of a verified bulletin that policy, filters and the store
+/// work from, besides its envelope bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub id: String,
+    pub publisher: String,
+    /// SHA-256 of the envelope bytes.
+    pub digest: [u8; 32],
+    /// The node that first accepted the bulletin, and its sequence there.
+    pub origin_node: String,
+    pub origin_seq: u64,
+    /// Raw wire numbers of kind, severity and TLP (validated before append).
+    pub kind: u8,
+    pub severity: u8,
+    pub tlp: u8,
+    pub created_at: Option<SystemTime>,
+    pub audience_members: Vec<String>,
+    pub audience_groups: Vec<String>,
+    pub topics: Vec<String>,
+}
+
+impl Meta {
+    /// The summary of `verified`, whose canonical envelope has SHA-256
+    /// `digest`, first accepted by `origin_node` (its origin sequence is set
+    /// when it is stored).
+    pub fn of(verified: &Verified, digest: [u8; 32], origin_node: &str) -> Meta {
+        let b = &verified.bulletin;
+        Meta {
+            id: b.id.clone(),
+            publisher: b.publisher.clone(),
+            digest,
+            origin_node: origin_node.to_owned(),
+            origin_seq: 0,
+            kind: codec::kind_to_i32(verified.kind) as u8,
+            severity: codec::severity_to_i32(verified.severity) as u8,
+            tlp: codec::tlp_to_i32(verified.tlp) as u8,
+            created_at: b.created_at,
+            audience_members: b.audience.members.clone(),
+            audience_groups: b.audience.groups.clone(),
+            topics: b.topics.clone(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -193,9 +239,9 @@ impl Tlp {
         }
     }
 
-    /// The label for a stored wire number (as `store::Meta` keeps it).
+    /// The label for a stored wire number (as [`Meta`] keeps it).
     pub fn from_code(code: u8) -> Option<Tlp> {
-        crate::wire::tlp_from_i32(i32::from(code))
+        codec::tlp_from_i32(i32::from(code))
     }
 
     /// Accepts "TLP:AMBER+STRICT", "AMBER+STRICT" and lower-case forms.
@@ -277,9 +323,9 @@ impl Bulletin {
             id: uuid::Uuid::new_v4().hyphenated().to_string(),
             publisher: publisher.to_owned(),
             created_at: Some(SystemTime::now()),
-            kind: crate::wire::kind_to_i32(kind),
-            severity: crate::wire::severity_to_i32(severity),
-            tlp: crate::wire::tlp_to_i32(tlp),
+            kind: codec::kind_to_i32(kind),
+            severity: codec::severity_to_i32(severity),
+            tlp: codec::tlp_to_i32(tlp),
             audience: Audience::default(),
             topics: Vec::new(),
             title: title.to_owned(),
@@ -295,7 +341,7 @@ impl Bulletin {
 
     /// The serialized form that gets signed.
     pub fn to_bytes(&self) -> Vec<u8> {
-        crate::wire::encode_bulletin(self)
+        codec::encode_bulletin(self)
     }
 }
 
@@ -556,8 +602,7 @@ pub fn verify_envelope_with(
         &env.payload,
         &sig.sig,
     )?;
-    let bulletin =
-        crate::wire::decode_bulletin(&env.payload).map_err(BulletinError::MalformedPayload)?;
+    let bulletin = codec::decode_bulletin(&env.payload).map_err(BulletinError::MalformedPayload)?;
     let member = match signer.kind() {
         RoleKind::Operator => return Err(BulletinError::OperatorSigner(signer.to_string())),
         _ => signer
@@ -601,7 +646,7 @@ pub fn verify_stored_envelope(
 ) -> Result<Verified, BulletinError> {
     match verify_envelope_with(env, chains, now, None) {
         Err(BulletinError::Signer(TrustError::Expired)) => {
-            let created = crate::wire::decode_bulletin(&env.payload)
+            let created = codec::decode_bulletin(&env.payload)
                 .ok()
                 .and_then(|b| b.created_at)
                 .filter(|&c| c <= now)
@@ -646,11 +691,11 @@ pub fn validate(b: &Bulletin, now: SystemTime) -> Result<(Kind, Severity, Tlp), 
     b.publisher
         .parse::<MemberId>()
         .map_err(|e| invalid(format!("publisher: {e}")))?;
-    let kind = crate::wire::kind_from_i32(b.kind)
+    let kind = codec::kind_from_i32(b.kind)
         .ok_or_else(|| invalid(format!("kind {} is not known", b.kind)))?;
-    let severity = crate::wire::severity_from_i32(b.severity)
+    let severity = codec::severity_from_i32(b.severity)
         .ok_or_else(|| invalid(format!("severity {} is not known", b.severity)))?;
-    let tlp = crate::wire::tlp_from_i32(b.tlp)
+    let tlp = codec::tlp_from_i32(b.tlp)
         .ok_or_else(|| invalid(format!("TLP label {} is not known", b.tlp)))?;
     if b.audience.members.len() + b.audience.groups.len() > MAX_AUDIENCE {
         return Err(invalid(format!(

@@ -1,0 +1,307 @@
+//! The node's local operations port and its Prometheus exposition.
+//!
+//! [`render`] reads the counters of `metrics`, the store's and the broker's
+//! at scrape time, with per-subscription and per-peer gauges taken from the
+//! live registries. Label values come from small fixed sets (reasons) or
+//! from bounded registries (subscriptions are capped by
+//! `limits.max_subscriptions`, peers by the config).
+//!
+//! The operations port (`[metrics] listen`, plain text, meant for loopback or a
+//! pod network) serves `GET /metrics`, `GET /healthz`, and the gRPC health
+//! service over h2c, so Kubernetes `grpc` probes work without a client
+//! certificate. Nothing else is served there.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+fn counter(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (v, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", escape(v));
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The node's metrics in the Prometheus text format (0.0.4).
+pub fn render(state: &crate::server::NodeState) -> String {
+    let mut out = String::with_capacity(4096);
+    let m = &state.metrics;
+    counter(
+        &mut out,
+        "beacon_publishes_total",
+        "Publishes made durable (accepted) or found already held (duplicate).",
+        "result",
+        &m.publishes.snapshot(),
+    );
+    counter(
+        &mut out,
+        "beacon_publish_refusals_total",
+        "Publishes refused, by reason.",
+        "reason",
+        &m.refusals.snapshot(),
+    );
+    counter(
+        &mut out,
+        "beacon_tls_handshake_failures_total",
+        "TLS handshakes refused, by reason.",
+        "reason",
+        &m.handshake_failures.snapshot(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP beacon_connections_closed_before_tls_total TCP connections closed before a TLS ClientHello (load-balancer and TCP probes).\n# TYPE beacon_connections_closed_before_tls_total counter\nbeacon_connections_closed_before_tls_total {}",
+        m.closed_before_tls.get()
+    );
+    gauge(
+        &mut out,
+        "beacon_node_certificate_refused",
+        "1 while this node's own certificate is refused by its trust bundle (revoked, expired): it then serves no one and its peer links are down.",
+        u64::from(state.own_refusal().is_some()),
+    );
+    let store = &state.store;
+    let _ = writeln!(
+        out,
+        "# HELP beacon_deliveries_total Deliveries sent to subscribers (clients and peer nodes).\n# TYPE beacon_deliveries_total counter\nbeacon_deliveries_total {}",
+        state.broker.delivered_total()
+    );
+    gauge(
+        &mut out,
+        "beacon_store_head",
+        "The last durable sequence.",
+        store.head(),
+    );
+    gauge(
+        &mut out,
+        "beacon_store_bulletins",
+        "Bulletins stored.",
+        store.len(),
+    );
+    gauge(
+        &mut out,
+        "beacon_store_size_bytes",
+        "Size of the store on disk.",
+        store.size_on_disk(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP beacon_store_corrupt_records_total Corrupted records refused on read.\n# TYPE beacon_store_corrupt_records_total counter\nbeacon_store_corrupt_records_total {}",
+        store.stats.corrupt_reads.load(Ordering::Relaxed)
+    );
+    store.stats.fsync_seconds.write(
+        &mut out,
+        "beacon_store_fsync_seconds",
+        "Duration of each store flush (fsync) covering a group commit.",
+    );
+    store.stats.batch_records.write(
+        &mut out,
+        "beacon_store_batch_records",
+        "Records made durable by each flush (group commit size).",
+    );
+    gauge(
+        &mut out,
+        "beacon_connections",
+        "Open mutual-TLS connections.",
+        state.connections.count() as u64,
+    );
+    let head = store.head();
+    let sessions = state.broker.sessions();
+    gauge(
+        &mut out,
+        "beacon_subscriptions",
+        "Open subscriptions.",
+        sessions.len() as u64,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP beacon_subscription_lag Committed head minus the subscription's durable cursor.\n# TYPE beacon_subscription_lag gauge"
+    );
+    for s in &sessions {
+        let cursor = s.cursor.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "beacon_subscription_lag{{identity=\"{}\",name=\"{}\"}} {}",
+            escape(&s.identity),
+            escape(&s.name),
+            head.saturating_sub(cursor)
+        );
+    }
+    let peers: Vec<_> = state
+        .peers
+        .iter()
+        .map(|p| (p.identity.to_string(), p.status()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "# HELP beacon_peer_connected Whether the link to the peer is up.\n# TYPE beacon_peer_connected gauge"
+    );
+    for (id, st) in &peers {
+        let _ = writeln!(
+            out,
+            "beacon_peer_connected{{peer=\"{}\"}} {}",
+            escape(id),
+            u8::from(st.connected)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP beacon_peer_lag The peer's head minus what this node has acknowledged.\n# TYPE beacon_peer_lag gauge"
+    );
+    for (id, st) in &peers {
+        let _ = writeln!(
+            out,
+            "beacon_peer_lag{{peer=\"{}\"}} {}",
+            escape(id),
+            st.head.saturating_sub(st.cursor)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP beacon_peer_deliveries_total Deliveries from the peer, by outcome.\n# TYPE beacon_peer_deliveries_total counter"
+    );
+    for (id, st) in &peers {
+        for (outcome, n) in [
+            ("stored", st.stored),
+            ("duplicate", st.duplicates),
+            ("refused", st.refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "beacon_peer_deliveries_total{{peer=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape(id)
+            );
+        }
+    }
+    out
+}
+
+/// Serves the operations port until `shutdown`: `/metrics`, `/healthz`, and
+/// gRPC health (h2c). Each connection is its own task; the listener is the
+/// only thing bound.
+pub async fn serve(
+    state: std::sync::Arc<crate::server::NodeState>,
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt;
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("beacon.v1.Bulletins", tonic_health::ServingStatus::Serving)
+        .await;
+    // NOT_SERVING while the node's own certificate is refused.
+    let mut refused = state.own_refused.subscribe();
+    let watcher = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let serving = if refused.borrow_and_update().is_some() {
+                    tonic_health::ServingStatus::NotServing
+                } else {
+                    tonic_health::ServingStatus::Serving
+                };
+                for service in ["", "beacon.v1.Bulletins"] {
+                    reporter.set_service_status(service, serving).await;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = refused.changed() => if r.is_err() { return },
+                }
+            }
+        })
+    };
+    let conns = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = watcher.await;
+                return;
+            }
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            continue; // too many scrapers at once: drop the connection
+        };
+        let state = state.clone();
+        let health = health.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let state = state.clone();
+                    let health = health.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        if path.starts_with("/grpc.health.v1.Health/") {
+                            let resp = health
+                                .oneshot(req.map(tonic::body::Body::new))
+                                .await
+                                .unwrap_or_else(|never| match never {});
+                            return Ok::<_, std::convert::Infallible>(resp);
+                        }
+                        let (status, ctype, body) = match (req.method().as_str(), path.as_str()) {
+                            ("GET", "/metrics") => (
+                                200,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                                render(&state),
+                            ),
+                            ("GET", "/healthz") => match state.own_refusal() {
+                                None => (200, "text/plain", "ok\n".to_owned()),
+                                Some(reason) => (503, "text/plain", format!("{reason}\n")),
+                            },
+                            _ => (404, "text/plain", "not found\n".to_owned()),
+                        };
+                        let resp = http::Response::builder()
+                            .status(status)
+                            .header("content-type", ctype)
+                            .body(tonic::body::Body::new(http_body_util::Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                            .unwrap_or_else(|_| http::Response::new(tonic::body::Body::empty()));
+                        Ok(resp)
+                    }
+                });
+            let conn = Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .into_owned();
+            tokio::select! {
+                _ = conn => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
