@@ -1,6 +1,6 @@
 //! Dialling a node with a member (or operator) certificate.
 //!
-//! The TLS handshake is ours (tokio-rustls with [`crate::tls::client_config`]),
+//! The TLS handshake is ours (tokio-rustls with [`crate::trust::tls::client_config`]),
 //! so the node's certificate is checked against the same trust routine as
 //! everywhere else, and its SPIFFE identity is checked too.
 
@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::bulletin::{Bulletin, BulletinError, Envelope, Signer};
 use crate::identity::{Identity, MemberScope};
 use crate::proto::v1 as pb;
-use crate::tls::{self, ExpectedServer, KeyedChain, TlsError};
+use crate::trust::tls::{self, ExpectedServer, KeyedChain, TlsError};
 use crate::trust::{self, CaEntry, TrustBundle, TrustError};
 
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -38,7 +37,7 @@ use crate::identity::{Identity, RoleKind};
 use crate::proto::v1 as pb;
 use crate::server::NodeState;
 use crate::store::{Appended, NewRecord, StoreError};
-use crate::tls::ExpectedServer;
+use crate::trust::tls::ExpectedServer;
 
 /// The durable subscription name a node holds on each of its peers.
 pub const LINK_NAME: &str = "federation";
@@ -50,7 +49,7 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::trust::tls::TlsError),
     #[error(transparent)]
     Client(#[from] crate::client::ClientError),
     #[error("the peer refused the subscription: {}", .0.message())]
@@ -213,7 +212,7 @@ pub async fn run(state: Arc<NodeState>, link: Arc<PeerLink>) {
 /// While this node's own certificate is refused (revoked, expired), its links
 /// stay down: it waits for a valid certificate. False on shutdown.
 async fn wait_while_own_certificate_refused(state: &NodeState, link: &PeerLink) -> bool {
-    let mut refused = state.own_refused.subscribe();
+    let mut refused = state.trust.watch_own_refusal();
     loop {
         let reason = refused.borrow_and_update().clone();
         let Some(reason) = reason else {
@@ -240,10 +239,10 @@ async fn session(
     link: &PeerLink,
     established: &mut bool,
 ) -> Result<End, FederationError> {
-    let generation = state.trust_generation.load(Ordering::Acquire);
-    let tls = crate::tls::client_config(
-        state.bundle(),
-        &state.own(),
+    let generation = state.trust.generation();
+    let tls = crate::trust::tls::client_config(
+        state.trust.bundle(),
+        &state.trust.own(),
         ExpectedServer::Exactly(link.identity.clone()),
     )?;
     // Silence is noticed two ways, each within `timing.peer_timeout`: the
@@ -291,7 +290,7 @@ async fn session(
     loop {
         tokio::select! {
             _ = trust_check.tick() => {
-                if state.trust_generation.load(Ordering::Acquire) != generation {
+                if state.trust.generation() != generation {
                     return Ok(End::TrustReloaded);
                 }
             }
@@ -404,9 +403,12 @@ fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecor
     if crate::bulletin::codec::encode_envelope(&env) != bytes {
         return Err(Refusal::NotCanonical(seq));
     }
-    let verified =
-        crate::bulletin::verify_stored_envelope(&env, &state.signer_check(), SystemTime::now())
-            .map_err(|source| Refusal::Verify { seq, source })?;
+    let verified = crate::bulletin::verify_stored_envelope(
+        &env,
+        &state.trust.signer_check(),
+        SystemTime::now(),
+    )
+    .map_err(|source| Refusal::Verify { seq, source })?;
     let origin = if d.origin_node.is_empty() {
         link.identity.clone()
     } else {

@@ -4,7 +4,7 @@
 //! - [`identity`]: SPIFFE IDs parsed into typed identities (node, client, operator).
 //! - [`trust`]: the trust bundle (CAs with member scopes, CRLs) and the one
 //!   routine that decides whether a certificate chain is an accepted identity.
-//! - [`tls`]: rustls configurations whose verifiers call [`trust`].
+//!   [`trust::tls`]: rustls configurations whose verifiers call it.
 //! - [`pki`]: the operator's CA (`beacon ca`), built on rcgen.
 //! - [`config`]: the daemon's `beacon.toml`.
 //! - [`bulletin`]: bulletins, envelopes, signing and verification; [`bulletin::codec`]
@@ -44,7 +44,6 @@ pub mod proto;
 pub mod server;
 pub mod service;
 pub mod store;
-pub mod tls;
 pub mod trust;
 pub mod wire;
 

@@ -69,7 +69,7 @@ pub fn render(state: &crate::server::NodeState) -> String {
         &mut out,
         "beacon_node_certificate_refused",
         "1 while this node's own certificate is refused by its trust bundle (revoked, expired): it then serves no one and its peer links are down.",
-        u64::from(state.own_refusal().is_some()),
+        u64::from(state.trust.own_refusal().is_some()),
     );
     let store = &state.store;
     let _ = writeln!(
@@ -207,7 +207,7 @@ pub async fn serve(
         .set_service_status("beacon.v1.Bulletins", tonic_health::ServingStatus::Serving)
         .await;
     // NOT_SERVING while the node's own certificate is refused.
-    let mut refused = state.own_refused.subscribe();
+    let mut refused = state.trust.watch_own_refusal();
     let watcher = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -269,7 +269,7 @@ pub async fn serve(
                                 "text/plain; version=0.0.4; charset=utf-8",
                                 render(&state),
                             ),
-                            ("GET", "/healthz") => match state.own_refusal() {
+                            ("GET", "/healthz") => match state.trust.own_refusal() {
                                 None => (200, "text/plain", "ok\n".to_owned()),
                                 Some(reason) => (503, "text/plain", format!("{reason}\n")),
                             },

@@ -34,8 +34,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::identity::Identity;
-use crate::tls::{self, KeyedChain, TlsError};
-use crate::trust::{self, CaEntry, TrustBundle, TrustError, Usage};
+use crate::trust::state::TrustState;
+use crate::trust::tls::{self, KeyedChain, TlsError};
+use crate::trust::{self, TrustBundle, TrustError, Usage};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -152,124 +153,17 @@ pub struct NodeState {
     pub identity: Identity,
     pub started_at: SystemTime,
     pub connections: Arc<Connections>,
-    pub bundle: RwLock<Arc<TrustBundle>>,
-    /// Bumped on every trust reload; cached chain verdicts of older generations are void.
-    pub trust_generation: AtomicU64,
-    pub chains: ChainCache,
+    /// The bundle in force, the node's own chain (reloaded with the files),
+    /// whether the bundle still accepts it, and the signer-chain cache.
+    pub trust: Arc<TrustState>,
     pub store: Arc<crate::store::Store>,
     pub policy: crate::policy::Policy,
     pub broker: Arc<crate::broker::Broker>,
-    /// This node's certificate chain and key (reloaded with the files), for
-    /// dialling peers.
-    pub own: RwLock<Arc<KeyedChain>>,
     /// The configured peer links and their state.
     pub peers: Vec<Arc<crate::federation::PeerLink>>,
     pub metrics: crate::metrics::Metrics,
     /// Cancelled when the node begins to shut down; long-lived streams watch it.
     pub shutdown: CancellationToken,
-    /// Why this node's own certificate is refused by its current bundle
-    /// (revoked, expired), if it is: while set, the node accepts no
-    /// connection and its peer links stay down.
-    pub own_refused: tokio::sync::watch::Sender<Option<String>>,
-}
-
-impl NodeState {
-    pub fn bundle(&self) -> Arc<TrustBundle> {
-        match self.bundle.read() {
-            Ok(b) => b.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    pub fn own(&self) -> Arc<KeyedChain> {
-        match self.own.read() {
-            Ok(o) => o.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Why the node's own certificate is refused, if it is.
-    pub fn own_refusal(&self) -> Option<String> {
-        self.own_refused.borrow().clone()
-    }
-
-    /// A chain checker for envelope signers that remembers recent verdicts.
-    pub fn signer_check(&self) -> SignerCheck<'_> {
-        SignerCheck { state: self }
-    }
-}
-
-/// Recent signer-chain verdicts, keyed by the SHA-256 of the chain. A verdict
-/// holds only for the trust generation it was made in (a CRL reload voids
-/// them all) and until the leaf expires.
-#[derive(Default)]
-pub struct ChainCache {
-    entries: Mutex<HashMap<[u8; 32], (Identity, SystemTime, u64)>>,
-}
-
-const CHAIN_CACHE_MAX: usize = 10_000;
-
-/// [`crate::bulletin::ChainCheck`] over the node's current bundle and cache.
-pub struct SignerCheck<'a> {
-    state: &'a NodeState,
-}
-
-impl crate::bulletin::ChainCheck for SignerCheck<'_> {
-    fn check(
-        &self,
-        leaf: &CertificateDer<'_>,
-        rest: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<Identity, TrustError> {
-        // The cache key: SHA-256 over the length-prefixed chain, hashed in place.
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        for c in std::iter::once(leaf).chain(rest.iter()) {
-            ctx.update(&(c.len() as u32).to_be_bytes());
-            ctx.update(c.as_ref());
-        }
-        let mut key = [0u8; 32];
-        key.copy_from_slice(ctx.finish().as_ref());
-        let generation = self.state.trust_generation.load(Ordering::Acquire);
-        let now_sys = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        if let Ok(map) = self.state.chains.entries.lock() {
-            if let Some((id, not_after, g)) = map.get(&key) {
-                if *g == generation && now_sys < *not_after {
-                    return Ok(id.clone());
-                }
-            }
-        }
-        let verified = self
-            .state
-            .bundle()
-            .verify(leaf, rest, now, Usage::ClientAuth)?;
-        if let (Some(not_after), Ok(mut map)) =
-            (cert_not_after(leaf), self.state.chains.entries.lock())
-        {
-            if map.len() >= CHAIN_CACHE_MAX {
-                map.clear();
-            }
-            map.insert(key, (verified.identity.clone(), not_after, generation));
-        }
-        Ok(verified.identity)
-    }
-}
-
-/// Loads the trust bundle the config describes.
-pub fn load_bundle(
-    config: &Config,
-    trust_domain: &crate::identity::TrustDomain,
-) -> Result<TrustBundle, TrustError> {
-    let mut cas = Vec::new();
-    let mut crls = Vec::new();
-    for (entry, scope) in config.trust.iter().zip(config.trust_scopes()) {
-        for cert in trust::read_certs(&entry.ca)? {
-            cas.push(CaEntry::new(cert, scope.clone())?);
-        }
-        if let Some(crl) = &entry.crl {
-            crls.extend(trust::read_crls(crl)?);
-        }
-    }
-    TrustBundle::new(trust_domain.clone(), cas, crls)
 }
 
 fn files_to_watch(config: &Config) -> Vec<PathBuf> {
@@ -309,7 +203,7 @@ fn load_material(config: &Config) -> Result<Material, ServerError> {
     if own.identity.kind() != crate::identity::RoleKind::Node {
         return Err(ServerError::NotANode(own.identity.to_string()));
     }
-    let bundle = Arc::new(load_bundle(config, &own.identity.trust_domain)?);
+    let bundle = Arc::new(trust::load_bundle(config, &own.identity.trust_domain)?);
     for (issuer, next) in bundle.stale_crls() {
         warn!(%issuer, next_update = next, "a CRL is past its next update; still applying it — publish a fresh one with `beacon ca crl`");
     }
@@ -414,15 +308,6 @@ impl tonic::transport::server::Connected for MtlsConn {
     }
 }
 
-fn cert_not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, x) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    let secs = x.validity().not_after.timestamp();
-    u64::try_from(secs)
-        .ok()
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-}
-
 /// Runs a node until `shutdown` is cancelled; SIGHUP-style reloads come through `reload`.
 pub async fn run_with_reload(
     config: Config,
@@ -454,17 +339,16 @@ pub async fn run_with_reload(
         identity: material.identity.clone(),
         started_at: SystemTime::now(),
         connections: connections.clone(),
-        bundle: RwLock::new(material.bundle.clone()),
-        trust_generation: AtomicU64::new(0),
-        chains: ChainCache::default(),
+        trust: Arc::new(TrustState::new(
+            material.bundle.clone(),
+            material.own.clone(),
+        )),
         store: store.clone(),
         policy: crate::policy::Policy::new(&config.groups),
         broker: Arc::new(crate::broker::Broker::new(config.limits.max_subscriptions)),
-        own: RwLock::new(material.own.clone()),
         peers: crate::federation::links(&config, &material.identity),
         metrics: crate::metrics::Metrics::default(),
         shutdown: shutdown.clone(),
-        own_refused: tokio::sync::watch::Sender::new(None),
         config,
     });
     let tls_config = Arc::new(RwLock::new(material.tls));
@@ -620,7 +504,7 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        if let Some(reason) = state.own_refusal() {
+        if let Some(reason) = state.trust.own_refusal() {
             // A node whose own certificate is refused serves no one.
             state
                 .metrics
@@ -688,7 +572,7 @@ async fn accept_loop(
                 }
             };
             let cancel = state.shutdown.child_token();
-            let not_after = cert_not_after(leaf);
+            let not_after = trust::cert_not_after(leaf);
             let conn_id = state.connections.insert(LiveConn {
                 identity: identity.clone(),
                 addr,
@@ -780,19 +664,13 @@ async fn reload_loop(
                 if let Ok(mut t) = tls_config.write() {
                     *t = m.tls;
                 }
-                if let Ok(mut b) = state.bundle.write() {
-                    *b = m.bundle.clone();
-                }
-                if let Ok(mut o) = state.own.write() {
-                    *o = m.own.clone();
-                }
-                state.trust_generation.fetch_add(1, Ordering::AcqRel);
+                state.trust.install(m.bundle.clone(), m.own.clone());
                 let closed = state.connections.recheck(&m.bundle);
                 info!(
                     revoked = m.bundle.revoked_count(),
                     closed, forced, "reloaded certificates and CRLs"
                 );
-                let was_refused = state.own_refusal().is_some();
+                let was_refused = state.trust.own_refusal().is_some();
                 match &m.own_refused {
                     Some(reason) => {
                         if !was_refused {
@@ -801,13 +679,13 @@ async fn reload_loop(
                                     accepting none and stopping peer links until a valid certificate \
                                     is installed (beacon ca renew)");
                         }
-                        state.own_refused.send_replace(Some(reason.clone()));
+                        state.trust.set_own_refusal(Some(reason.clone()));
                         state.connections.cancel_all();
                     }
                     None if was_refused => {
                         info!(target: "beacon::audit", node = %state.identity,
                               "this node's certificate is accepted again: serving and peering resume");
-                        state.own_refused.send_replace(None);
+                        state.trust.set_own_refusal(None);
                     }
                     None => {}
                 }

@@ -541,7 +541,7 @@ fn admit(
     let sender = (peer.identity.kind() == RoleKind::Client).then_some(&peer.identity);
     let verified = crate::bulletin::verify_envelope_with(
         &env,
-        &state.signer_check(),
+        &state.trust.signer_check(),
         SystemTime::now(),
         sender,
     )
@@ -687,7 +687,8 @@ impl pb::admin_server::Admin for AdminService {
                     }
                 })
                 .collect(),
-            revoked_certificates: u32::try_from(s.bundle().revoked_count()).unwrap_or(u32::MAX),
+            revoked_certificates: u32::try_from(s.trust.bundle().revoked_count())
+                .unwrap_or(u32::MAX),
         }))
     }
 

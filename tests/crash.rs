@@ -42,9 +42,11 @@ async fn durable_reader(
     use pb::subscribe_response::Msg;
     let mut s = settings(&files, &ca);
     s.node = Some(addr.to_string());
-    let Ok(mut c) =
-        beacon::client::BeaconClient::connect_expecting(&s, beacon::tls::ExpectedServer::AnyNode)
-            .await
+    let Ok(mut c) = beacon::client::BeaconClient::connect_expecting(
+        &s,
+        beacon::trust::tls::ExpectedServer::AnyNode,
+    )
+    .await
     else {
         return;
     };

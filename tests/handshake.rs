@@ -114,11 +114,11 @@ async fn refuses_a_client_without_certificate() {
         )
         .unwrap(),
     );
-    let verifier = Arc::new(beacon::tls::BundleServerVerifier::new(
+    let verifier = Arc::new(beacon::trust::tls::BundleServerVerifier::new(
         bundle,
-        beacon::tls::ExpectedServer::AnyNode,
+        beacon::trust::tls::ExpectedServer::AnyNode,
     ));
-    let mut config = rustls::ClientConfig::builder_with_provider(beacon::tls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(beacon::trust::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
@@ -342,7 +342,7 @@ async fn client_refuses_a_node_presenting_another_identity() {
     let r = dialer
         .connect(
             &n.addr.to_string(),
-            beacon::tls::ExpectedServer::Exactly(wrong),
+            beacon::trust::tls::ExpectedServer::Exactly(wrong),
         )
         .await;
     let r = match r {
@@ -354,7 +354,7 @@ async fn client_refuses_a_node_presenting_another_identity() {
     let ch = dialer
         .connect(
             &n.addr.to_string(),
-            beacon::tls::ExpectedServer::Exactly(right),
+            beacon::trust::tls::ExpectedServer::Exactly(right),
         )
         .await
         .unwrap();
@@ -400,7 +400,7 @@ async fn served_serial(addr: std::net::SocketAddr, ca: &std::path::Path) -> Opti
     for c in beacon::trust::read_certs(ca).ok()? {
         roots.add(c).ok()?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(beacon::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(beacon::trust::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .ok()?
         .with_root_certificates(roots)
@@ -508,7 +508,7 @@ async fn certificate_request_names_the_cas_as_der_names() {
         roots.add(c).expect("root");
     }
     let recorder = Arc::new(HintRecorder::default());
-    let mut config = rustls::ClientConfig::builder_with_provider(beacon::tls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(beacon::trust::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("tls13")
         .with_root_certificates(roots)

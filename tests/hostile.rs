@@ -39,7 +39,7 @@ async fn served_within(
             s.node = Some(addr.to_string());
             if let Ok(mut c) = beacon::client::BeaconClient::connect_expecting(
                 &s,
-                beacon::tls::ExpectedServer::AnyNode,
+                beacon::trust::tls::ExpectedServer::AnyNode,
             )
             .await
             {

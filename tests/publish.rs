@@ -67,7 +67,7 @@ async fn publish_get_and_verify_round_trip() {
         bulletin::sha256(&beacon::bulletin::codec::encode_envelope(&env)).to_vec()
     );
     // Anyone holding the trust bundle can verify who wrote it.
-    let bundle = beacon::server::load_bundle(
+    let bundle = beacon::trust::load_bundle(
         &beacon::config::Config::load(&w.node.config_path).unwrap(),
         &td(),
     )

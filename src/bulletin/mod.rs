@@ -19,7 +19,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 pub mod codec;
 
 use crate::identity::{Identity, MemberId, Name, RoleKind};
-use crate::trust::{TrustBundle, TrustError, Usage};
+use crate::trust::{ChainCheck, TrustBundle, TrustError};
 
 /// The DSSE payload type of a Beacon bulletin.
 pub const PAYLOAD_TYPE: &str = "application/vnd.beacon.bulletin.v1+protobuf";
@@ -534,28 +534,6 @@ pub struct Verified {
     pub kind: Kind,
     pub severity: Severity,
     pub tlp: Tlp,
-}
-
-/// Caches chain verification results for the trust routine (see [`verify_envelope_with`]).
-pub trait ChainCheck {
-    fn check(
-        &self,
-        leaf: &CertificateDer<'_>,
-        rest: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<Identity, TrustError>;
-}
-
-impl ChainCheck for TrustBundle {
-    fn check(
-        &self,
-        leaf: &CertificateDer<'_>,
-        rest: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<Identity, TrustError> {
-        self.verify(leaf, rest, now, Usage::ClientAuth)
-            .map(|v| v.identity)
-    }
 }
 
 /// Verifies an envelope against a trust bundle at `now` (see the module docs).

@@ -839,11 +839,14 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
     let mut ack_every = 64u64;
     let (mut written, mut acked, mut last_written) = (0u64, 0u64, 0u64);
     let mut replay: Option<(u64, u64)> = None; // (cursor, head) while replaying
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
+                                               // Registered now, not on first poll: a `ctrl_c()` future that `select!`
+                                               // never got round to polling (deliveries were always ready first) leaves
+                                               // SIGINT with its default action, killing the process mid-write.
+    let mut interrupted = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot handle Ctrl-C")?;
     let ended_by_node = loop {
         let ev = tokio::select! {
-            _ = &mut interrupted => break false,
+            _ = interrupted.recv() => break false,
             ev = sub.next() => ev?,
         };
         let Some(ev) = ev else { break true };

@@ -644,10 +644,13 @@ async fn serve(config: Config, listener: TcpListener) -> Result<()> {
         let reload = reload.clone();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        // Registered before the task first runs (a `ctrl_c()` future only
+        // registers when polled).
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); shutdown.cancel(); return; }
+                    _ = int.recv() => { tracing::info!("SIGINT: shutting down"); shutdown.cancel(); return; }
                     _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); shutdown.cancel(); return; }
                     _ = hup.recv() => { tracing::info!("SIGHUP: reloading certificates and CRLs"); reload.notify_one(); }
                 }

@@ -14,7 +14,7 @@ use beacon::client::{self, ClientError, ClientSettings, Dialer};
 use beacon::config::Config;
 use beacon::identity::{Identity, MemberScope, RoleKind, TrustDomain};
 use beacon::pki::{self, Algorithm, Ca, InitRequest, IssueRequest};
-use beacon::tls::ExpectedServer;
+use beacon::trust::tls::ExpectedServer;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;

@@ -25,6 +25,9 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::identity::{Identity, IdentityError, MemberScope, TrustDomain};
 
+pub mod state;
+pub mod tls;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrustError {
@@ -306,6 +309,57 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<(Identity, Vec<u8>), Tru
     }
     let identity: Identity = uris[0].parse()?;
     Ok((identity, x509.raw_serial().to_vec()))
+}
+
+/// Decides whether a signer's chain is an accepted identity (the trust
+/// routine itself, or the node's cache of its verdicts: [`state::SignerCheck`]).
+pub trait ChainCheck {
+    fn check(
+        &self,
+        leaf: &CertificateDer<'_>,
+        rest: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Identity, TrustError>;
+}
+
+impl ChainCheck for TrustBundle {
+    fn check(
+        &self,
+        leaf: &CertificateDer<'_>,
+        rest: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Identity, TrustError> {
+        self.verify(leaf, rest, now, Usage::ClientAuth)
+            .map(|v| v.identity)
+    }
+}
+
+/// When a certificate stops being valid.
+pub fn cert_not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    let (_, x) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let secs = x.validity().not_after.timestamp();
+    u64::try_from(secs)
+        .ok()
+        .map(|s| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
+}
+
+/// Loads the trust bundle a node's config describes: each `[[trust]]` CA
+/// with its member scope, and the CRLs.
+pub fn load_bundle(
+    config: &crate::config::Config,
+    trust_domain: &TrustDomain,
+) -> Result<TrustBundle, TrustError> {
+    let mut cas = Vec::new();
+    let mut crls = Vec::new();
+    for (entry, scope) in config.trust.iter().zip(config.trust_scopes()) {
+        for cert in read_certs(&entry.ca)? {
+            cas.push(CaEntry::new(cert, scope.clone())?);
+        }
+        if let Some(crl) = &entry.crl {
+            crls.extend(read_crls(crl)?);
+        }
+    }
+    TrustBundle::new(trust_domain.clone(), cas, crls)
 }
 
 /// A host name a certificate is valid for: a DNS or IP subject alternative name.
