@@ -35,9 +35,20 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::identity::{Identity, RoleKind};
 use crate::proto::v1 as pb;
-use crate::server::NodeState;
 use crate::store::{Appended, NewRecord, StoreError};
 use crate::trust::tls::ExpectedServer;
+
+/// What a peer link needs of its node: who it is, its timing and limits,
+/// the trust in force, the store and the policy, and the shutdown signal.
+pub struct LinkContext {
+    pub identity: Identity,
+    pub timing: crate::config::Timing,
+    pub limits: crate::config::Limits,
+    pub trust: Arc<crate::trust::state::TrustState>,
+    pub store: Arc<crate::store::Store>,
+    pub policy: crate::policy::Policy,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
 
 /// The durable subscription name a node holds on each of its peers.
 pub const LINK_NAME: &str = "federation";
@@ -168,8 +179,8 @@ enum End {
 }
 
 /// Keeps one link up until the node shuts down.
-pub async fn run(state: Arc<NodeState>, link: Arc<PeerLink>) {
-    let max = state.config.timing.peer_retry_max;
+pub async fn run(state: Arc<LinkContext>, link: Arc<PeerLink>) {
+    let max = state.timing.peer_retry_max;
     let mut delay = RETRY_MIN;
     info!(peer = %link.identity, address = %link.address, "peer link starting");
     loop {
@@ -211,7 +222,7 @@ pub async fn run(state: Arc<NodeState>, link: Arc<PeerLink>) {
 
 /// While this node's own certificate is refused (revoked, expired), its links
 /// stay down: it waits for a valid certificate. False on shutdown.
-async fn wait_while_own_certificate_refused(state: &NodeState, link: &PeerLink) -> bool {
+async fn wait_while_own_certificate_refused(state: &LinkContext, link: &PeerLink) -> bool {
     let mut refused = state.trust.watch_own_refusal();
     loop {
         let reason = refused.borrow_and_update().clone();
@@ -235,7 +246,7 @@ type Outcome = Result<Result<Appended, Refusal>, StoreError>;
 type Pending = Pin<Box<dyn Future<Output = (u64, Outcome)> + Send>>;
 
 async fn session(
-    state: &Arc<NodeState>,
+    state: &LinkContext,
     link: &PeerLink,
     established: &mut bool,
 ) -> Result<End, FederationError> {
@@ -249,13 +260,13 @@ async fn session(
     // peer sends a heartbeat at least every third of it (or a delivery), and
     // HTTP/2 pings it at that interval (a stalled process or a dropped route
     // answers neither, though the TCP connection may look open for minutes).
-    let silence = state.config.timing.peer_timeout;
+    let silence = state.timing.peer_timeout;
     let keepalive = crate::client::Keepalive {
         interval: silence / 3,
         timeout: silence / 3,
     };
     let channel = crate::client::connect_keepalive(&link.address, Arc::new(tls), keepalive).await?;
-    let max = state.config.limits.max_message_bytes;
+    let max = state.limits.max_message_bytes;
     let mut client = pb::bulletins_client::BulletinsClient::new(channel)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -285,7 +296,7 @@ async fn session(
     let mut heard = tokio::time::Instant::now();
 
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
-    let mut trust_check = tokio::time::interval(state.config.timing.reload_interval);
+    let mut trust_check = tokio::time::interval(state.timing.reload_interval);
     trust_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -381,10 +392,10 @@ fn settle(link: &PeerLink, (seq, outcome): (u64, Outcome)) -> Result<u64, Federa
 
 /// Checks a relayed delivery as if it had been published here, and makes the
 /// record to store: the same bytes, with their origin.
-fn admit(state: &NodeState, link: &PeerLink, d: pb::Delivery) -> Result<NewRecord, Refusal> {
+fn admit(state: &LinkContext, link: &PeerLink, d: pb::Delivery) -> Result<NewRecord, Refusal> {
     let seq = d.sequence;
     let bytes = d.envelope.ok_or(Refusal::NoEnvelope(seq))?;
-    let limit = state.config.limits.max_envelope_bytes;
+    let limit = state.limits.max_envelope_bytes;
     if bytes.len() > limit {
         return Err(Refusal::TooLarge {
             seq,

@@ -13,7 +13,9 @@
 //! - [`policy`], [`filter`], [`metrics`]: who may read, what a reader asked for, counters.
 //! - [`store`]: the durable, group-committed log.
 //! - [`broker`]: subscriptions (replay that has caught up).
-//! - [`server`]: the accept loop, connection registry, reloads; `run(config, listener, shutdown)`.
+//! - [`net`]: the accept loop, connection wrapper and registry, reloads.
+//! - [`state`]: what the services share ([`state::NodeState`]).
+//! - [`node`]: `run(config, listener, shutdown)`: compose, serve, drain, close.
 //! - [`service`]: the tonic services and the one mapping of errors to `tonic::Status`.
 //! - [`ops`]: the operations port (metrics, health).
 //! - [`client`]: dialling a node with a member certificate.
@@ -37,12 +39,14 @@ pub mod filter;
 pub mod fuzzing;
 pub mod identity;
 pub mod metrics;
+pub mod net;
+pub mod node;
 pub mod ops;
 pub mod pki;
 pub mod policy;
 pub mod proto;
-pub mod server;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod trust;
 pub mod wire;

@@ -36,7 +36,7 @@ fn escape(s: &str) -> String {
 }
 
 /// The node's metrics in the Prometheus text format (0.0.4).
-pub fn render(state: &crate::server::NodeState) -> String {
+pub fn render(state: &crate::state::NodeState) -> String {
     let mut out = String::with_capacity(4096);
     let m = &state.metrics;
     counter(
@@ -191,7 +191,7 @@ pub fn render(state: &crate::server::NodeState) -> String {
 /// gRPC health (h2c). Each connection is its own task; the listener is the
 /// only thing bound.
 pub async fn serve(
-    state: std::sync::Arc<crate::server::NodeState>,
+    state: std::sync::Arc<crate::state::NodeState>,
     listener: tokio::net::TcpListener,
     shutdown: tokio_util::sync::CancellationToken,
 ) {

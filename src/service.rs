@@ -13,8 +13,9 @@ use tracing::{info, warn};
 
 use crate::bulletin::{BulletinError, Relation};
 use crate::identity::RoleKind;
+use crate::net::PeerInfo;
 use crate::proto::v1 as pb;
-use crate::server::{NodeState, PeerInfo, ServerError};
+use crate::state::NodeState;
 
 /// The one mapping of module errors to gRPC statuses.
 pub mod status {
@@ -746,7 +747,9 @@ fn subscription_status(s: &NodeState) -> Vec<pb::SubscriptionStatus> {
 }
 
 /// All services of a node: Bulletins, Admin, gRPC health and reflection.
-pub async fn router(state: Arc<NodeState>) -> Result<tonic::service::Routes, ServerError> {
+pub async fn router(
+    state: Arc<NodeState>,
+) -> Result<tonic::service::Routes, tonic_reflection::server::Error> {
     let max = state.config.limits.max_message_bytes;
     let bulletins = pb::bulletins_server::BulletinsServer::new(BulletinsService {
         state: state.clone(),
@@ -773,12 +776,10 @@ pub async fn router(state: Arc<NodeState>) -> Result<tonic::service::Routes, Ser
     };
     let reflection_v1 = reflection()
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        .build_v1()?;
     let reflection_v1alpha = reflection()
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+        .build_v1alpha()?;
     Ok(tonic::service::Routes::new(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

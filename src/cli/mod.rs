@@ -657,7 +657,7 @@ async fn serve(config: Config, listener: TcpListener) -> Result<()> {
             }
         });
     }
-    beacon::server::run_with_reload(config, listener, shutdown, reload).await?;
+    beacon::node::run_with_reload(config, listener, shutdown, reload).await?;
     Ok(())
 }
 

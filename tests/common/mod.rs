@@ -1,5 +1,5 @@
 //! The one test harness: throwaway CAs, certificates, and real nodes on
-//! 127.0.0.1:0 (in-process through `server::run`, or the `beacon` binary as a
+//! 127.0.0.1:0 (in-process through `node::run`, or the `beacon` binary as a
 //! child process). Tests wait on readiness, never on fixed sleeps.
 
 #![allow(dead_code)]
@@ -207,7 +207,7 @@ impl NodeOptions {
 pub struct TestNode {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
-    pub task: Option<JoinHandle<Result<(), beacon::server::ServerError>>>,
+    pub task: Option<JoinHandle<Result<(), beacon::node::NodeError>>>,
     pub data: Arc<TempDir>,
     pub config_path: PathBuf,
 }
@@ -244,7 +244,7 @@ impl TestNode {
             .expect("node starts")
     }
 
-    /// Runs `server::run` on the config at `config_path`, on a fresh port.
+    /// Runs `node::run` on the config at `config_path`, on a fresh port.
     async fn spawn(config_path: PathBuf, data: Arc<TempDir>) -> Result<TestNode, String> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -260,7 +260,7 @@ impl TestNode {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(beacon::server::run(config, listener, shutdown.clone()));
+        let task = tokio::spawn(beacon::node::run(config, listener, shutdown.clone()));
         Ok(TestNode {
             addr,
             shutdown,

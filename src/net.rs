@@ -1,16 +1,19 @@
-//! The daemon: a mutual-TLS accept loop in front of the tonic services.
+//! The node's network edge: the mutual-TLS accept loop, the connection
+//! wrapper and registry, and the reload loop.
 //!
-//! `run(config, listener, shutdown)` owns everything a node runs. The accept
-//! loop performs each TLS handshake in its own task under a timeout (a slow
-//! handshake never blocks others), caps open connections with a semaphore, and
-//! hands verified connections to tonic. Every connection carries a
-//! [`PeerInfo`] (the verified identity) into each request's extensions.
+//! The accept loop performs each TLS handshake in its own task under a
+//! timeout (a slow handshake never blocks others), caps open connections with
+//! a semaphore, and hands verified connections to tonic. Every connection
+//! carries a [`PeerInfo`] (the verified identity) into each request's
+//! extensions. The ClientHello is read first, so a TCP probe that closes
+//! before any TLS is counted, not logged as a refusal.
 //!
-//! A reload task watches the node's certificate, key, CA and CRL files (and
-//! SIGHUP, through the `reload` notifier): it rebuilds the trust bundle and the
-//! TLS config for new connections, then re-checks every open connection
+//! The reload loop watches the node's certificate, key, CA and CRL files (and
+//! SIGHUP, through its `reload` notifier): it rebuilds the trust bundle and
+//! the TLS config for new connections, then re-checks every open connection
 //! against the new bundle and closes those that no longer pass (revoked,
-//! expired, CA removed).
+//! expired, CA removed). A bundle that refuses the node's own certificate is
+//! applied all the same; the node then serves no one until that changes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,24 +43,23 @@ use crate::trust::{self, TrustBundle, TrustError, Usage};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ServerError {
-    #[error("cannot open the store: {0}")]
-    Store(#[from] crate::store::StoreError),
+pub enum NetError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
     Trust(#[from] TrustError),
     #[error("node certificate identity {0} is not a node identity")]
     NotANode(String),
-    #[error("cannot listen: {0}")]
-    Listen(io::Error),
-    #[error("gRPC server failed: {0}")]
-    Serve(String),
-    #[error("reflection setup failed: {0}")]
-    Reflection(String),
-    /// Already a sentence ("this node's own certificate is refused …").
-    #[error("{0}")]
-    OwnCertificate(String),
+}
+
+/// What the accept and reload loops work with.
+pub struct Net {
+    pub config: Arc<Config>,
+    pub identity: Identity,
+    pub trust: Arc<TrustState>,
+    pub connections: Arc<Connections>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub shutdown: CancellationToken,
 }
 
 /// The verified peer of a connection; every request carries it.
@@ -138,32 +140,13 @@ impl Connections {
         }
     }
 
-    fn cancel_all(&self) {
+    pub fn cancel_all(&self) {
         if let Ok(m) = self.live.lock() {
             for conn in m.values() {
                 conn.cancel.cancel();
             }
         }
     }
-}
-
-/// What handlers share: identity, config, trust state, connections, store.
-pub struct NodeState {
-    pub config: Config,
-    pub identity: Identity,
-    pub started_at: SystemTime,
-    pub connections: Arc<Connections>,
-    /// The bundle in force, the node's own chain (reloaded with the files),
-    /// whether the bundle still accepts it, and the signer-chain cache.
-    pub trust: Arc<TrustState>,
-    pub store: Arc<crate::store::Store>,
-    pub policy: crate::policy::Policy,
-    pub broker: Arc<crate::broker::Broker>,
-    /// The configured peer links and their state.
-    pub peers: Vec<Arc<crate::federation::PeerLink>>,
-    pub metrics: crate::metrics::Metrics,
-    /// Cancelled when the node begins to shut down; long-lived streams watch it.
-    pub shutdown: CancellationToken,
 }
 
 fn files_to_watch(config: &Config) -> Vec<PathBuf> {
@@ -189,19 +172,22 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<(u64, SystemTime)>> {
         .collect()
 }
 
-struct Material {
-    bundle: Arc<TrustBundle>,
-    tls: Arc<rustls::ServerConfig>,
-    identity: Identity,
-    own: Arc<KeyedChain>,
+/// What the node's certificate files and trust config make: the bundle, the
+/// TLS config for new connections, the node's identity and chain, and
+/// whether the bundle refuses that chain.
+pub struct Material {
+    pub bundle: Arc<TrustBundle>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub identity: Identity,
+    pub own: Arc<KeyedChain>,
     /// Why the bundle refuses the node's own certificate, if it does.
-    own_refused: Option<String>,
+    pub own_refused: Option<String>,
 }
 
-fn load_material(config: &Config) -> Result<Material, ServerError> {
+pub fn load_material(config: &Config) -> Result<Material, NetError> {
     let own = KeyedChain::load(&config.node.cert, &config.node.key)?;
     if own.identity.kind() != crate::identity::RoleKind::Node {
-        return Err(ServerError::NotANode(own.identity.to_string()));
+        return Err(NetError::NotANode(own.identity.to_string()));
     }
     let bundle = Arc::new(trust::load_bundle(config, &own.identity.trust_domain)?);
     for (issuer, next) in bundle.stale_crls() {
@@ -308,175 +294,12 @@ impl tonic::transport::server::Connected for MtlsConn {
     }
 }
 
-/// Runs a node until `shutdown` is cancelled; SIGHUP-style reloads come through `reload`.
-pub async fn run_with_reload(
-    config: Config,
+/// Accepts connections until `shutdown`: each TLS handshake in its own task
+/// under a timeout, at most `limits.max_connections` at once; verified
+/// connections go to `tx` (tonic).
+pub async fn accept_loop(
     listener: TcpListener,
-    shutdown: CancellationToken,
-    reload: Arc<Notify>,
-) -> Result<(), ServerError> {
-    let material = load_material(&config)?;
-    // Refusing at start beats failing every handshake later.
-    if let Some(reason) = material.own_refused {
-        return Err(ServerError::OwnCertificate(reason));
-    }
-    let local = listener.local_addr().map_err(ServerError::Listen)?;
-    let ops_listener = match config.metrics.listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(ServerError::Listen)?),
-        None => None,
-    };
-    let connections = Arc::new(Connections::default());
-    let store = Arc::new(crate::store::Store::open(
-        &config.node.data_dir,
-        crate::store::StoreOptions {
-            cache_bytes: config.store.cache_mb * 1024 * 1024,
-            max_batch: config.store.max_batch,
-            ..Default::default()
-        },
-    )?);
-    info!(head = store.head(), dir = %config.node.data_dir.display(), "store opened");
-    let state = Arc::new(NodeState {
-        identity: material.identity.clone(),
-        started_at: SystemTime::now(),
-        connections: connections.clone(),
-        trust: Arc::new(TrustState::new(
-            material.bundle.clone(),
-            material.own.clone(),
-        )),
-        store: store.clone(),
-        policy: crate::policy::Policy::new(&config.groups),
-        broker: Arc::new(crate::broker::Broker::new(config.limits.max_subscriptions)),
-        peers: crate::federation::links(&config, &material.identity),
-        metrics: crate::metrics::Metrics::default(),
-        shutdown: shutdown.clone(),
-        config,
-    });
-    let tls_config = Arc::new(RwLock::new(material.tls));
-    info!(node = %state.identity, addr = %local, "beacon node listening (mutual TLS 1.3)");
-
-    // The operations port, if configured.
-    let ops = match ops_listener {
-        Some(l) => {
-            info!(addr = %l.local_addr().map_err(ServerError::Listen)?, "operations port: /metrics, /healthz, gRPC health (plain text)");
-            Some(tokio::spawn(crate::ops::serve(
-                state.clone(),
-                l,
-                shutdown.clone(),
-            )))
-        }
-        None => None,
-    };
-
-    // Peer links: one task each, until shutdown.
-    let links: Vec<_> = state
-        .peers
-        .iter()
-        .map(|link| tokio::spawn(crate::federation::run(state.clone(), link.clone())))
-        .collect();
-
-    // Reload: files and SIGHUP.
-    let reloader = tokio::spawn(reload_loop(
-        state.clone(),
-        tls_config.clone(),
-        reload,
-        shutdown.clone(),
-    ));
-
-    // Accept loop feeding tonic.
-    let (tx, rx) = mpsc::channel::<Result<MtlsConn, io::Error>>(64);
-    let acceptor = tokio::spawn(accept_loop(
-        listener,
-        state.clone(),
-        tls_config.clone(),
-        tx,
-        shutdown.clone(),
-    ));
-
-    let router = crate::service::router(state.clone()).await?;
-    let limits = &state.config.limits;
-    let serve = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.max_streams_per_connection)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_nodelay(true)
-        .layer(crate::service::DecodeLimitLayer)
-        .add_routes(router)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            shutdown.clone().cancelled_owned(),
-        );
-    let drain = state.config.timing.drain_timeout;
-    let drain_deadline = {
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(drain).await;
-        }
-    };
-    let result = tokio::select! {
-        r = serve => r.map_err(|e| ServerError::Serve(e.to_string())),
-        _ = drain_deadline => {
-            warn!(deadline = ?drain, "drain deadline passed; closing the remaining connections");
-            Ok(())
-        }
-    };
-    connections.cancel_all();
-    acceptor.abort();
-    reloader.abort();
-    let _ = acceptor.await;
-    let _ = reloader.await;
-    for link in links {
-        let _ = link.await;
-    }
-    if let Some(ops) = ops {
-        let _ = ops.await;
-    }
-    drop(state);
-    // Subscription tasks end on the shutdown token; once the last of them has
-    // let go of the store, close it (writer and flusher joined, final flush),
-    // so that whoever opens this data directory next finds it free.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut store = store;
-    loop {
-        match Arc::try_unwrap(store) {
-            Ok(mut s) => {
-                if let Err(e) = tokio::task::spawn_blocking(move || s.close())
-                    .await
-                    .unwrap_or(Ok(()))
-                {
-                    warn!(error = %e, "closing the store failed");
-                }
-                break;
-            }
-            Err(shared) => {
-                if tokio::time::Instant::now() >= deadline {
-                    warn!("tasks still hold the store after 10 s; flushing and leaving it open");
-                    if let Err(e) = shared.flush() {
-                        warn!(error = %e, "final store flush failed");
-                    }
-                    break;
-                }
-                store = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-    info!("beacon node stopped");
-    result
-}
-
-/// Runs a node until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), ServerError> {
-    run_with_reload(config, listener, shutdown, Arc::new(Notify::new())).await
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<NodeState>,
+    state: Arc<Net>,
     tls_config: Arc<RwLock<Arc<rustls::ServerConfig>>>,
     tx: mpsc::Sender<Result<MtlsConn, io::Error>>,
     shutdown: CancellationToken,
@@ -627,8 +450,11 @@ fn handshake_reason(e: &io::Error) -> &'static str {
     }
 }
 
-async fn reload_loop(
-    state: Arc<NodeState>,
+/// Reloads certificates, keys, CAs and CRLs when their files change (and on
+/// `reload`): puts the new trust in force, closes connections it no longer
+/// accepts, and stops or resumes serving with the node's own certificate.
+pub async fn reload_loop(
+    state: Arc<Net>,
     tls_config: Arc<RwLock<Arc<rustls::ServerConfig>>>,
     reload: Arc<Notify>,
     shutdown: CancellationToken,

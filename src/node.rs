@@ -1,0 +1,227 @@
+//! A node: `run(config, listener, shutdown)` composes everything a node runs
+//! (store, trust, broker, peer links, the accept and reload loops, the
+//! services, the operations port), serves until `shutdown`, drains, and
+//! closes the store.
+
+use std::io;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::trust::state::TrustState;
+
+use crate::net::{self, Connections, Net, NetError};
+use crate::state::NodeState;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("cannot listen: {0}")]
+    Listen(io::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(String),
+    #[error("reflection setup failed: {0}")]
+    Reflection(String),
+    /// Already a sentence ("this node's own certificate is refused …").
+    #[error("{0}")]
+    OwnCertificate(String),
+}
+
+/// Runs a node until `shutdown` is cancelled; SIGHUP-style reloads come through `reload`.
+pub async fn run_with_reload(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+) -> Result<(), NodeError> {
+    let material = net::load_material(&config)?;
+    // Refusing at start beats failing every handshake later.
+    if let Some(reason) = material.own_refused {
+        return Err(NodeError::OwnCertificate(reason));
+    }
+    let local = listener.local_addr().map_err(NodeError::Listen)?;
+    let ops_listener = match config.metrics.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(NodeError::Listen)?),
+        None => None,
+    };
+    let connections = Arc::new(Connections::default());
+    let store = Arc::new(crate::store::Store::open(
+        &config.node.data_dir,
+        crate::store::StoreOptions {
+            cache_bytes: config.store.cache_mb * 1024 * 1024,
+            max_batch: config.store.max_batch,
+            ..Default::default()
+        },
+    )?);
+    info!(head = store.head(), dir = %config.node.data_dir.display(), "store opened");
+    let config = Arc::new(config);
+    let trust = Arc::new(TrustState::new(
+        material.bundle.clone(),
+        material.own.clone(),
+    ));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let net = Arc::new(Net {
+        config: config.clone(),
+        identity: material.identity.clone(),
+        trust: trust.clone(),
+        connections: connections.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let state = Arc::new(NodeState {
+        identity: material.identity.clone(),
+        started_at: SystemTime::now(),
+        connections: connections.clone(),
+        trust,
+        store: store.clone(),
+        policy: crate::policy::Policy::new(&config.groups),
+        broker: Arc::new(crate::broker::Broker::new(config.limits.max_subscriptions)),
+        peers: crate::federation::links(&config, &material.identity),
+        metrics,
+        shutdown: shutdown.clone(),
+        config,
+    });
+    let tls_config = Arc::new(RwLock::new(material.tls));
+    info!(node = %state.identity, addr = %local, "beacon node listening (mutual TLS 1.3)");
+
+    // The operations port, if configured.
+    let ops = match ops_listener {
+        Some(l) => {
+            info!(addr = %l.local_addr().map_err(NodeError::Listen)?, "operations port: /metrics, /healthz, gRPC health (plain text)");
+            Some(tokio::spawn(crate::ops::serve(
+                state.clone(),
+                l,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    // Peer links: one task each, until shutdown.
+    let link_context = Arc::new(crate::federation::LinkContext {
+        identity: state.identity.clone(),
+        timing: state.config.timing.clone(),
+        limits: state.config.limits.clone(),
+        trust: state.trust.clone(),
+        store: state.store.clone(),
+        policy: state.policy.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let links: Vec<_> = state
+        .peers
+        .iter()
+        .map(|link| tokio::spawn(crate::federation::run(link_context.clone(), link.clone())))
+        .collect();
+    drop(link_context);
+
+    // Reload: files and SIGHUP.
+    let reloader = tokio::spawn(net::reload_loop(
+        net.clone(),
+        tls_config.clone(),
+        reload,
+        shutdown.clone(),
+    ));
+
+    // Accept loop feeding tonic.
+    let (tx, rx) = mpsc::channel::<Result<net::MtlsConn, io::Error>>(64);
+    let acceptor = tokio::spawn(net::accept_loop(
+        listener,
+        net.clone(),
+        tls_config.clone(),
+        tx,
+        shutdown.clone(),
+    ));
+
+    let router = crate::service::router(state.clone())
+        .await
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let limits = &state.config.limits;
+    let serve = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .layer(crate::service::DecodeLimitLayer)
+        .add_routes(router)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            shutdown.clone().cancelled_owned(),
+        );
+    let drain = state.config.timing.drain_timeout;
+    let drain_deadline = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        }
+    };
+    let result = tokio::select! {
+        r = serve => r.map_err(|e| NodeError::Serve(e.to_string())),
+        _ = drain_deadline => {
+            warn!(deadline = ?drain, "drain deadline passed; closing the remaining connections");
+            Ok(())
+        }
+    };
+    connections.cancel_all();
+    acceptor.abort();
+    reloader.abort();
+    let _ = acceptor.await;
+    let _ = reloader.await;
+    for link in links {
+        let _ = link.await;
+    }
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
+    drop(state);
+    drop(net);
+    // Subscription tasks end on the shutdown token; once the last of them has
+    // let go of the store, close it (writer and flusher joined, final flush),
+    // so that whoever opens this data directory next finds it free.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut store = store;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(mut s) => {
+                if let Err(e) = tokio::task::spawn_blocking(move || s.close())
+                    .await
+                    .unwrap_or(Ok(()))
+                {
+                    warn!(error = %e, "closing the store failed");
+                }
+                break;
+            }
+            Err(shared) => {
+                if tokio::time::Instant::now() >= deadline {
+                    warn!("tasks still hold the store after 10 s; flushing and leaving it open");
+                    if let Err(e) = shared.flush() {
+                        warn!(error = %e, "final store flush failed");
+                    }
+                    break;
+                }
+                store = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    info!("beacon node stopped");
+    result
+}
+
+/// Runs a node until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    run_with_reload(config, listener, shutdown, Arc::new(Notify::new())).await
+}

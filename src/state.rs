@@ -1,0 +1,32 @@
+//! What the node's services share: its identity and config, the trust in
+//! force, open connections, the store, policy, broker, peer links, counters
+//! and the shutdown signal. Composed by `node::run`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::net::Connections;
+use crate::trust::state::TrustState;
+
+/// What handlers share: identity, config, trust state, connections, store.
+pub struct NodeState {
+    pub config: Arc<Config>,
+    pub identity: Identity,
+    pub started_at: SystemTime,
+    pub connections: Arc<Connections>,
+    /// The bundle in force, the node's own chain (reloaded with the files),
+    /// whether the bundle still accepts it, and the signer-chain cache.
+    pub trust: Arc<TrustState>,
+    pub store: Arc<crate::store::Store>,
+    pub policy: crate::policy::Policy,
+    pub broker: Arc<crate::broker::Broker>,
+    /// The configured peer links and their state.
+    pub peers: Vec<Arc<crate::federation::PeerLink>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Cancelled when the node begins to shut down; long-lived streams watch it.
+    pub shutdown: CancellationToken,
+}
