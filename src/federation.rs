@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::identity::{Identity, RoleKind};
+use crate::identity::Identity;
 use crate::proto::v1 as pb;
 use crate::store::{Appended, NewRecord, StoreError};
 use crate::trust::tls::ExpectedServer;
@@ -48,6 +48,18 @@ pub struct LinkContext {
     pub store: Arc<crate::store::Store>,
     pub policy: crate::policy::Policy,
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl LinkContext {
+    /// The admission path, over this node's trust, policy and limits.
+    fn ingest(&self) -> crate::ingest::Ingest<'_> {
+        crate::ingest::Ingest {
+            node: &self.identity,
+            trust: &self.trust,
+            policy: &self.policy,
+            max_envelope_bytes: self.limits.max_envelope_bytes,
+        }
+    }
 }
 
 /// The durable subscription name a node holds on each of its peers.
@@ -81,26 +93,10 @@ pub enum FederationError {
 enum Refusal {
     #[error("delivery {0} carries no envelope")]
     NoEnvelope(u64),
-    #[error("delivery {seq}: envelope of {size} bytes exceeds this node's limit of {limit}")]
-    TooLarge { seq: u64, size: usize, limit: usize },
-    #[error("delivery {0}: the envelope does not match the digest sent with it")]
-    Digest(u64),
-    #[error("delivery {seq}: the envelope is not well-formed: {reason}")]
-    Malformed { seq: u64, reason: String },
-    #[error("delivery {0}: the envelope is not in its canonical encoding")]
-    NotCanonical(u64),
     #[error("delivery {seq}: {source}")]
-    Verify {
+    Ingest {
         seq: u64,
-        source: crate::bulletin::BulletinError,
-    },
-    #[error("delivery {seq}: origin node {origin:?} is not a node identity")]
-    Origin { seq: u64, origin: String },
-    #[error("delivery {seq}: bulletin {id} of {publisher} is not readable by this node's member")]
-    NotReadable {
-        seq: u64,
-        id: String,
-        publisher: String,
+        source: crate::ingest::IngestError,
     },
     #[error("delivery {seq}: {source}")]
     Conflict { seq: u64, source: StoreError },
@@ -390,74 +386,20 @@ fn settle(link: &PeerLink, (seq, outcome): (u64, Outcome)) -> Result<u64, Federa
     Ok(seq)
 }
 
-/// Checks a relayed delivery as if it had been published here, and makes the
+/// Checks a relayed delivery through the one admission path, and makes the
 /// record to store: the same bytes, with their origin.
 fn admit(state: &LinkContext, link: &PeerLink, d: pb::Delivery) -> Result<NewRecord, Refusal> {
     let seq = d.sequence;
     let bytes = d.envelope.ok_or(Refusal::NoEnvelope(seq))?;
-    let limit = state.limits.max_envelope_bytes;
-    if bytes.len() > limit {
-        return Err(Refusal::TooLarge {
+    state
+        .ingest()
+        .relay(
+            &bytes,
+            &d.envelope_digest,
+            &d.origin_node,
+            d.origin_sequence,
+            &link.identity,
             seq,
-            size: bytes.len(),
-            limit,
-        });
-    }
-    let digest = crate::bulletin::sha256(&bytes);
-    if digest.as_slice() != d.envelope_digest.as_slice() {
-        return Err(Refusal::Digest(seq));
-    }
-    let env = crate::bulletin::codec::decode_envelope(&bytes)
-        .map_err(|reason| Refusal::Malformed { seq, reason })?;
-    // Every node stores the one canonical encoding, so the same bulletin has
-    // the same digest everywhere (duplicates and conflicts rest on it).
-    if crate::bulletin::codec::encode_envelope(&env) != bytes {
-        return Err(Refusal::NotCanonical(seq));
-    }
-    let verified = crate::bulletin::verify_stored_envelope(
-        &env,
-        &state.trust.signer_check(),
-        SystemTime::now(),
-    )
-    .map_err(|source| Refusal::Verify { seq, source })?;
-    let origin = if d.origin_node.is_empty() {
-        link.identity.clone()
-    } else {
-        match d.origin_node.parse::<Identity>() {
-            Ok(id) if id.kind() == RoleKind::Node => id,
-            _ => {
-                return Err(Refusal::Origin {
-                    seq,
-                    origin: d.origin_node,
-                })
-            }
-        }
-    };
-    let mut meta = crate::bulletin::Meta::of(&verified, digest, &origin.to_string());
-    meta.origin_seq = match d.origin_sequence {
-        0 => seq,
-        s => s,
-    };
-    // The peer filters with its policy; this node keeps only what its own
-    // member may read by its own policy (group definitions may differ).
-    let member = state
-        .identity
-        .member()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_default();
-    if !state.policy.may_read_meta(&member, &meta) {
-        return Err(Refusal::NotReadable {
-            seq,
-            id: meta.id,
-            publisher: meta.publisher,
-        });
-    }
-    // A superseded or retracted bulletin may be one this member cannot read;
-    // the origin node checked the relation when it accepted the bulletin.
-    Ok(NewRecord {
-        meta,
-        envelope: bytes.to_vec(),
-        payload_digest: crate::bulletin::sha256(&env.payload),
-        requires: None,
-    })
+        )
+        .map_err(|source| Refusal::Ingest { seq, source })
 }

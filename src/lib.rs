@@ -12,6 +12,8 @@
 //!   filters and the store work from.
 //! - [`policy`], [`filter`], [`metrics`]: who may read, what a reader asked for, counters.
 //! - [`store`]: the durable, group-committed log.
+//! - [`ingest`]: the one admission path (size, canonical bytes, verification,
+//!   origin and policy for relays) of publishes and relays.
 //! - [`broker`]: subscriptions (replay that has caught up).
 //! - [`net`]: the accept loop, connection wrapper and registry, reloads.
 //! - [`state`]: what the services share ([`state::NodeState`]).
@@ -38,6 +40,7 @@ pub mod federation;
 pub mod filter;
 pub mod fuzzing;
 pub mod identity;
+pub mod ingest;
 pub mod metrics;
 pub mod net;
 pub mod node;

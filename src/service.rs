@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use tracing::{info, warn};
 
-use crate::bulletin::{BulletinError, Relation};
+use crate::bulletin::BulletinError;
 use crate::identity::RoleKind;
+use crate::ingest::IngestError;
 use crate::net::PeerInfo;
 use crate::proto::v1 as pb;
 use crate::state::NodeState;
@@ -37,10 +38,6 @@ pub mod status {
         ))
     }
 
-    pub fn unimplemented(what: &str) -> Status {
-        Status::unimplemented(format!("{what} is not implemented by this node yet"))
-    }
-
     pub fn bulletin(e: &BulletinError) -> Status {
         let msg = e.to_string();
         match e {
@@ -51,6 +48,15 @@ pub mod status {
             | BulletinError::NotPeer { .. } => Status::permission_denied(msg),
             BulletinError::Key(_) | BulletinError::Sign => Status::internal(msg),
             _ => Status::invalid_argument(msg),
+        }
+    }
+
+    pub fn ingest(e: &crate::ingest::IngestError) -> Status {
+        use crate::ingest::IngestError as I;
+        match e {
+            I::Bulletin(b) => bulletin(b),
+            I::NotReadable { .. } => Status::permission_denied(e.to_string()),
+            I::Digest | I::NotCanonical | I::Origin(_) => Status::invalid_argument(e.to_string()),
         }
     }
 
@@ -197,8 +203,11 @@ impl BulletinsService {
 const DEFAULT_LIST_PAGE: u32 = 100;
 
 /// A short, fixed name for why a publish was refused (a metric label).
-fn refusal_reason(e: &BulletinError) -> &'static str {
+fn refusal_reason(e: &IngestError) -> &'static str {
     use crate::trust::TrustError;
+    let IngestError::Bulletin(e) = e else {
+        return "malformed";
+    };
     match e {
         BulletinError::TooLarge { .. } => "too_large",
         BulletinError::MalformedEnvelope(_) | BulletinError::MalformedPayload(_) => "malformed",
@@ -529,49 +538,31 @@ fn admit(
     let env = request
         .envelope
         .ok_or_else(|| status::bad_request("the request carries no envelope"))?;
-    let limit = state.config.limits.max_envelope_bytes;
-    let size = prost::Message::encoded_len(&env);
-    if size > limit {
-        state.metrics.refusals.inc("too_large");
-        return Err(status::bulletin(&BulletinError::TooLarge { size, limit }));
-    }
+    let ingest = state.ingest();
+    let refused = |e: IngestError| {
+        state.metrics.refusals.inc(refusal_reason(&e));
+        warn!(target: "beacon::audit", peer = %peer.identity, reason = %e, "publish refused");
+        status::ingest(&e)
+    };
+    // The size first, before anything is copied.
+    ingest
+        .check_size(prost::Message::encoded_len(&env))
+        .map_err(refused)?;
     // The canonical bytes, encoded once from what arrived; the domain
     // envelope then takes the fields by move (no copy of the payload).
     let bytes = prost::Message::encode_to_vec(&env);
     let env = crate::bulletin::codec::envelope_from_proto(env);
-    let sender = (peer.identity.kind() == RoleKind::Client).then_some(&peer.identity);
-    let verified = crate::bulletin::verify_envelope_with(
-        &env,
-        &state.trust.signer_check(),
-        SystemTime::now(),
-        sender,
-    )
-    .map_err(|e| {
-        state.metrics.refusals.inc(refusal_reason(&e));
-        warn!(target: "beacon::audit", peer = %peer.identity, reason = %e, "publish refused");
-        status::bulletin(&e)
-    })?;
-    let digest = crate::bulletin::sha256(&bytes);
-    let b = &verified.bulletin;
-    let requires = match &b.relation {
-        Some(Relation::Supersedes(id)) => Some(("supersedes", id.clone())),
-        Some(Relation::Retracts(id)) => Some(("retracts", id.clone())),
-        None => None,
+    let admitted = ingest
+        .publish(&env, bytes, &peer.identity)
+        .map_err(refused)?;
+    let v = &admitted.verified;
+    let answer = Admitted {
+        id: v.bulletin.id.clone(),
+        digest: admitted.record.meta.digest,
+        signer: v.signer.to_string(),
+        tlp: v.tlp.label(),
     };
-    let meta = crate::bulletin::Meta::of(&verified, digest, &state.identity.to_string());
-    let record = crate::store::NewRecord {
-        meta,
-        envelope: bytes,
-        payload_digest: crate::bulletin::sha256(&env.payload),
-        requires,
-    };
-    let admitted = Admitted {
-        id: b.id.clone(),
-        digest,
-        signer: verified.signer.to_string(),
-        tlp: verified.tlp.label(),
-    };
-    Ok((record, admitted))
+    Ok((admitted.record, answer))
 }
 
 /// The answer to an admitted publish, from what the store made of it.

@@ -30,3 +30,15 @@ pub struct NodeState {
     /// Cancelled when the node begins to shut down; long-lived streams watch it.
     pub shutdown: CancellationToken,
 }
+
+impl NodeState {
+    /// The admission path, over this node's trust, policy and limits.
+    pub fn ingest(&self) -> crate::ingest::Ingest<'_> {
+        crate::ingest::Ingest {
+            node: &self.identity,
+            trust: &self.trust,
+            policy: &self.policy,
+            max_envelope_bytes: self.config.limits.max_envelope_bytes,
+        }
+    }
+}

@@ -16,7 +16,8 @@ const LAYERS: &[(u32, &[&str])] = &[
     (3, &["bulletin", "pki"]),
     (4, &["policy", "filter", "metrics", "document"]),
     (5, &["store"]),
-    (6, &["broker"]),
+    // One admission path into the log; subscriptions out of it.
+    (6, &["ingest", "broker"]),
     // The network edge: dialling, accepting, the API's translations.
     (7, &["client", "net", "wire"]),
     (8, &["federation"]),

@@ -1,0 +1,163 @@
+//! One admission path for everything that enters the log: a client's or
+//! node's publish (Publish, PublishStream) and a peer's relay. The steps, in
+//! the order the API promises:
+//!
+//! 1. size (the envelope limit);
+//! 2. the canonical bytes (what is stored, digested and served);
+//! 3. verification (`bulletin::verify_envelope_with` for publishes, with the
+//!    sender for clients; `verify_stored_envelope` for relays, whose signer
+//!    may have expired since);
+//! 4. for relays: the origin node, and this node's own policy for its member;
+//! 5. the record to append ([`NewRecord`]).
+//!
+//! Nothing here knows the API's messages: the gRPC edge hands in an envelope
+//! (and its canonical bytes), a peer link hands in the bytes it received.
+
+use std::time::SystemTime;
+
+use crate::bulletin::{self, BulletinError, Envelope, Meta, Relation, Verified};
+use crate::identity::{Identity, RoleKind};
+use crate::policy::Policy;
+use crate::store::NewRecord;
+use crate::trust::state::TrustState;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// Size, form, signature, signer or fields of the envelope.
+    #[error(transparent)]
+    Bulletin(#[from] BulletinError),
+    #[error("the envelope does not match the digest sent with it")]
+    Digest,
+    #[error("the envelope is not in its canonical encoding")]
+    NotCanonical,
+    #[error("origin node {0:?} is not a node identity")]
+    Origin(String),
+    #[error("bulletin {id} of {publisher} is not readable by this node's member")]
+    NotReadable { id: String, publisher: String },
+}
+
+/// What admission needs of the node.
+pub struct Ingest<'a> {
+    /// This node: the origin of what is published here, and the member
+    /// whose policy decides what it keeps of relays.
+    pub node: &'a Identity,
+    pub trust: &'a TrustState,
+    pub policy: &'a Policy,
+    /// `limits.max_envelope_bytes`.
+    pub max_envelope_bytes: usize,
+}
+
+/// A publish admitted: the record to append, and what was verified.
+pub struct Admitted {
+    pub record: NewRecord,
+    pub verified: Verified,
+}
+
+impl Ingest<'_> {
+    /// Step 1, before anything is decoded or copied.
+    pub fn check_size(&self, size: usize) -> Result<(), IngestError> {
+        if size > self.max_envelope_bytes {
+            return Err(BulletinError::TooLarge {
+                size,
+                limit: self.max_envelope_bytes,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// A publish by `sender` (a client must have signed it itself; a node
+    /// publishes for its member): `env` as it arrived and `bytes`, its
+    /// canonical encoding.
+    pub fn publish(
+        &self,
+        env: &Envelope,
+        bytes: Vec<u8>,
+        sender: &Identity,
+    ) -> Result<Admitted, IngestError> {
+        self.check_size(bytes.len())?;
+        let client = (sender.kind() == RoleKind::Client).then_some(sender);
+        let verified = bulletin::verify_envelope_with(
+            env,
+            &self.trust.signer_check(),
+            SystemTime::now(),
+            client,
+        )?;
+        let requires = match &verified.bulletin.relation {
+            Some(Relation::Supersedes(id)) => Some(("supersedes", id.clone())),
+            Some(Relation::Retracts(id)) => Some(("retracts", id.clone())),
+            None => None,
+        };
+        let digest = bulletin::sha256(&bytes);
+        let record = NewRecord {
+            meta: Meta::of(&verified, digest, &self.node.to_string()),
+            envelope: bytes,
+            payload_digest: bulletin::sha256(&env.payload),
+            requires,
+        };
+        Ok(Admitted { record, verified })
+    }
+
+    /// A peer's delivery: the envelope `bytes` it sent with `digest_sent`,
+    /// first accepted by `origin` (a node; empty: the peer itself) as its
+    /// `origin_seq` (0: the peer's sequence `peer_seq`).
+    pub fn relay(
+        &self,
+        bytes: &[u8],
+        digest_sent: &[u8],
+        origin: &str,
+        origin_seq: u64,
+        peer: &Identity,
+        peer_seq: u64,
+    ) -> Result<NewRecord, IngestError> {
+        self.check_size(bytes.len())?;
+        let digest = bulletin::sha256(bytes);
+        if digest.as_slice() != digest_sent {
+            return Err(IngestError::Digest);
+        }
+        let env =
+            bulletin::codec::decode_envelope(bytes).map_err(BulletinError::MalformedEnvelope)?;
+        // Every node stores the one canonical encoding, so the same bulletin
+        // has the same digest everywhere (duplicates and conflicts rest on it).
+        if bulletin::codec::encode_envelope(&env) != bytes {
+            return Err(IngestError::NotCanonical);
+        }
+        let verified =
+            bulletin::verify_stored_envelope(&env, &self.trust.signer_check(), SystemTime::now())?;
+        let origin = if origin.is_empty() {
+            peer.clone()
+        } else {
+            match origin.parse::<Identity>() {
+                Ok(id) if id.kind() == RoleKind::Node => id,
+                _ => return Err(IngestError::Origin(origin.to_owned())),
+            }
+        };
+        let mut meta = Meta::of(&verified, digest, &origin.to_string());
+        meta.origin_seq = match origin_seq {
+            0 => peer_seq,
+            s => s,
+        };
+        // The peer filters with its policy; this node keeps only what its own
+        // member may read by its own policy (group definitions may differ).
+        let member = self
+            .node
+            .member()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        if !self.policy.may_read_meta(&member, &meta) {
+            return Err(IngestError::NotReadable {
+                id: meta.id,
+                publisher: meta.publisher,
+            });
+        }
+        // A superseded or retracted bulletin may be one this member cannot
+        // read; the origin node checked the relation when it accepted it.
+        Ok(NewRecord {
+            meta,
+            envelope: bytes.to_vec(),
+            payload_digest: bulletin::sha256(&env.payload),
+            requires: None,
+        })
+    }
+}
