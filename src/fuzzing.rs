@@ -3,6 +3,11 @@
 //! (`tests/fuzz_corpus.rs`) and `cargo fuzz` can explore from there. Each
 //! takes arbitrary bytes; the property is that it returns (an error is fine)
 //! and never panics, and that what decodes re-encodes consistently.
+//!
+//! Its `expect`s and asserts are the fuzz properties themselves (and set-up
+//! from fixed inputs): a panic here is a finding, not input handling.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -28,6 +28,7 @@
 //! See `ARCHITECTURE.md` for the dependency direction and the invariants.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench;
 pub mod broker;

@@ -1,6 +1,7 @@
 //! The `beacon` binary: a thin shell over the library (see `cli`).
 
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod cli;
 
