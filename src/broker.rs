@@ -19,7 +19,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -146,10 +148,9 @@ impl Drop for SessionGuard {
             self.stats.delivered.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
-        if let Ok(mut m) = self.broker.sessions.lock() {
-            if m.get(&self.key).is_some_and(|s| s.id == self.id) {
-                m.remove(&self.key);
-            }
+        let mut m = self.broker.sessions.lock();
+        if m.get(&self.key).is_some_and(|s| s.id == self.id) {
+            m.remove(&self.key);
         }
     }
 }
@@ -202,7 +203,8 @@ impl Broker {
             last_ack_at: Mutex::new(None),
             connected: AtomicBool::new(true),
         });
-        if let Ok(mut m) = self.sessions.lock() {
+        {
+            let mut m = self.sessions.lock();
             if m.len() >= self.max && !m.contains_key(&key) {
                 return Err(BrokerError::TooMany(self.max));
             }
@@ -231,16 +233,16 @@ impl Broker {
     pub fn sessions(&self) -> Vec<Arc<SessionStats>> {
         self.sessions
             .lock()
-            .map(|m| m.values().map(|s| s.stats.clone()).collect())
-            .unwrap_or_default()
+            .values()
+            .map(|s| s.stats.clone())
+            .collect()
     }
 
     /// Whether (identity, name) is open now.
     pub fn is_open(&self, identity: &str, name: &str) -> bool {
         self.sessions
             .lock()
-            .map(|m| m.contains_key(&(identity.to_owned(), name.to_owned())))
-            .unwrap_or(false)
+            .contains_key(&(identity.to_owned(), name.to_owned()))
     }
 }
 
@@ -415,9 +417,7 @@ impl Subscription {
                     // (the rest was not for this subscriber).
                     let cursor = if inflight.is_empty() { position } else { a };
                     self.persist_cursor(&wanted, cursor);
-                    if let Ok(mut t) = stats.last_ack_at.lock() {
-                        *t = Some(SystemTime::now());
-                    }
+                    *stats.last_ack_at.lock() = Some(SystemTime::now());
                 }
             }
             let head = *head_rx.borrow_and_update();

@@ -563,6 +563,19 @@ impl BeaconClient {
     }
 }
 
+/// The envelope of a delivery, as a reader takes it: the bytes received must
+/// match the digest sent with them, then they are decoded.
+pub fn delivered_envelope(d: &pb::Delivery) -> Result<crate::bulletin::Envelope, String> {
+    let bytes = d
+        .envelope
+        .as_ref()
+        .ok_or("the delivery carries no envelope")?;
+    if crate::bulletin::sha256(bytes).as_slice() != d.envelope_digest.as_slice() {
+        return Err("the envelope does not match the digest sent with it".into());
+    }
+    crate::bulletin::codec::decode_envelope(bytes)
+}
+
 /// Clients for the node's services.
 pub type BulletinsClient = pb::bulletins_client::BulletinsClient<Channel>;
 pub type AdminClient = pb::admin_client::AdminClient<Channel>;

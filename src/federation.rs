@@ -23,7 +23,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -130,17 +132,11 @@ pub struct PeerLink {
 
 impl PeerLink {
     pub fn status(&self) -> LinkStatus {
-        match self.status.lock() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.status.lock().clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut LinkStatus)) {
-        match self.status.lock() {
-            Ok(mut s) => f(&mut s),
-            Err(p) => f(&mut p.into_inner()),
-        }
+        f(&mut self.status.lock())
     }
 }
 

@@ -18,7 +18,8 @@
 //! - [`net`]: the accept loop, connection wrapper and registry, reloads.
 //! - [`state`]: what the services share ([`state::NodeState`]).
 //! - [`node`]: `run(config, listener, shutdown)`: compose, serve, drain, close.
-//! - [`service`]: the tonic services and the one mapping of errors to `tonic::Status`.
+//! - [`api`]: the tonic services, the API's translations ([`api::convert`]) and
+//!   the one mapping of errors to `tonic::Status` ([`api::status`]).
 //! - [`ops`]: the operations port (metrics, health).
 //! - [`client`]: dialling a node with a member certificate.
 //! - [`federation`]: peer links: a durable subscription on each peer, relays verified again.
@@ -30,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 pub mod bench;
 pub mod broker;
 pub mod bulletin;
@@ -49,11 +51,9 @@ pub mod ops;
 pub mod pki;
 pub mod policy;
 pub mod proto;
-pub mod service;
 pub mod state;
 pub mod store;
 pub mod trust;
-pub mod wire;
 
 /// The version reported by `Admin.Status` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -3,10 +3,10 @@
 //! batches and fsyncs, `broker`'s for deliveries). Plain values with no
 //! knowledge of the node: `ops` renders them at scrape time.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 /// A counter with one label, over a small set of values.
 #[derive(Debug, Default)]
@@ -16,17 +16,11 @@ pub struct Labeled {
 
 impl Labeled {
     pub fn inc(&self, label: &'static str) {
-        match self.values.lock() {
-            Ok(mut m) => *m.entry(label).or_default() += 1,
-            Err(p) => *p.into_inner().entry(label).or_default() += 1,
-        }
+        *self.values.lock().entry(label).or_default() += 1;
     }
 
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        match self.values.lock() {
-            Ok(m) => m.iter().map(|(k, v)| (*k, *v)).collect(),
-            Err(p) => p.into_inner().iter().map(|(k, v)| (*k, *v)).collect(),
-        }
+        self.values.lock().iter().map(|(k, v)| (*k, *v)).collect()
     }
 }
 

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +34,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, error, info, warn};
+
+use parking_lot::{Mutex, RwLock};
 
 use crate::config::Config;
 use crate::identity::Identity;
@@ -88,26 +90,22 @@ pub struct Connections {
 
 impl Connections {
     pub fn count(&self) -> usize {
-        self.live.lock().map(|m| m.len()).unwrap_or(0)
+        self.live.lock().len()
     }
 
     fn insert(&self, conn: LiveConn) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Ok(mut m) = self.live.lock() {
-            m.insert(id, conn);
-        }
+        self.live.lock().insert(id, conn);
         id
     }
 
     fn remove(&self, id: u64) {
-        if let Ok(mut m) = self.live.lock() {
-            m.remove(&id);
-        }
+        self.live.lock().remove(&id);
     }
 
     /// Closes every connection whose chain `bundle` no longer accepts.
     fn recheck(&self, bundle: &TrustBundle) -> usize {
-        let Ok(m) = self.live.lock() else { return 0 };
+        let m = self.live.lock();
         let now = UnixTime::now();
         let mut closed = 0;
         for (id, conn) in m.iter() {
@@ -129,7 +127,7 @@ impl Connections {
 
     /// Closes connections whose certificate has expired.
     fn close_expired(&self) {
-        let Ok(m) = self.live.lock() else { return };
+        let m = self.live.lock();
         let now = SystemTime::now();
         for (id, conn) in m.iter() {
             if conn.not_after.is_some_and(|t| t <= now) && !conn.cancel.is_cancelled() {
@@ -141,10 +139,8 @@ impl Connections {
     }
 
     pub fn cancel_all(&self) {
-        if let Ok(m) = self.live.lock() {
-            for conn in m.values() {
-                conn.cancel.cancel();
-            }
+        for conn in self.live.lock().values() {
+            conn.cancel.cancel();
         }
     }
 }
@@ -336,10 +332,7 @@ pub async fn accept_loop(
             debug!(%addr, %reason, "connection dropped: this node's own certificate is refused");
             continue;
         }
-        let config = match tls_config.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let config = tls_config.read().clone();
         let state = state.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -487,9 +480,7 @@ pub async fn reload_loop(
                 // A newer bundle is always applied, even when it refuses this
                 // node's own certificate: the other identities it revokes
                 // must be refused at once.
-                if let Ok(mut t) = tls_config.write() {
-                    *t = m.tls;
-                }
+                *tls_config.write() = m.tls;
                 state.trust.install(m.bundle.clone(), m.own.clone());
                 let closed = state.connections.recheck(&m.bundle);
                 info!(

@@ -4,7 +4,9 @@
 //! closes the store.
 
 use std::io;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
@@ -141,7 +143,7 @@ pub async fn run_with_reload(
         shutdown.clone(),
     ));
 
-    let router = crate::service::router(state.clone())
+    let router = crate::api::router(state.clone())
         .await
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
     let limits = &state.config.limits;
@@ -150,7 +152,7 @@ pub async fn run_with_reload(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_nodelay(true)
-        .layer(crate::service::DecodeLimitLayer)
+        .layer(crate::api::DecodeLimitLayer)
         .add_routes(router)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -447,8 +447,8 @@ impl Store {
                 .unwrap_or(0),
         };
         let pipeline = Arc::new(Pipeline {
-            queue: std::sync::Mutex::new(Vec::new()),
-            wake: std::sync::Condvar::new(),
+            queue: parking_lot::Mutex::new(Vec::new()),
+            wake: parking_lot::Condvar::new(),
             applied: AtomicU64::new(head),
             rounds: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -771,8 +771,8 @@ enum Pending {
 
 /// State shared by the applier, cursor writers and the flusher.
 struct Pipeline {
-    queue: std::sync::Mutex<Vec<Pending>>,
-    wake: std::sync::Condvar,
+    queue: parking_lot::Mutex<Vec<Pending>>,
+    wake: parking_lot::Condvar,
     /// Highest sequence applied to sled (maybe not durable yet).
     applied: AtomicU64,
     /// Flush rounds started so far.
@@ -784,15 +784,13 @@ impl Pipeline {
     /// Queues `p` for the flusher; refused once the pipeline is closed (the
     /// flusher may have exited, and nothing would answer).
     fn push(&self, p: Pending) -> Result<(), Pending> {
-        match self.queue.lock() {
-            Ok(_) if self.closed.load(Ordering::Acquire) => Err(p),
-            Ok(mut q) => {
-                q.push(p);
-                self.wake.notify_one();
-                Ok(())
-            }
-            Err(_) => Err(p),
+        let mut q = self.queue.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(p);
         }
+        q.push(p);
+        self.wake.notify_one();
+        Ok(())
     }
 }
 
@@ -877,14 +875,9 @@ impl Flusher {
     fn run(mut self) {
         loop {
             let needs_flush = {
-                let Ok(mut q) = self.pipeline.queue.lock() else {
-                    return;
-                };
+                let mut q = self.pipeline.queue.lock();
                 while q.is_empty() && !self.pipeline.closed.load(Ordering::Acquire) {
-                    q = match self.pipeline.wake.wait(q) {
-                        Ok(q) => q,
-                        Err(_) => return,
-                    };
+                    self.pipeline.wake.wait(&mut q);
                 }
                 if q.is_empty() {
                     return; // closed and drained
@@ -914,10 +907,7 @@ impl Flusher {
                 if let Err(e) = result {
                     error!(error = %e, "store flush failed; refusing further writes");
                     self.failed.store(true, Ordering::Release);
-                    let drained: Vec<Pending> = match self.pipeline.queue.lock() {
-                        Ok(mut q) => q.drain(..).collect(),
-                        Err(_) => return,
-                    };
+                    let drained: Vec<Pending> = self.pipeline.queue.lock().drain(..).collect();
                     for p in drained {
                         match p {
                             Pending::Batch { replies, .. } => {
@@ -944,17 +934,15 @@ impl Flusher {
                 }
             }
             let durable = self.durable;
-            let done: Vec<Pending> = match self.pipeline.queue.lock() {
-                Ok(mut q) => {
-                    let (done, keep): (Vec<Pending>, Vec<Pending>) =
-                        q.drain(..).partition(|p| match p {
-                            Pending::Batch { upto, .. } => *upto <= durable,
-                            Pending::Sync { min_round, .. } => *min_round <= round,
-                        });
-                    *q = keep;
-                    done
-                }
-                Err(_) => return,
+            let done: Vec<Pending> = {
+                let mut q = self.pipeline.queue.lock();
+                let (done, keep): (Vec<Pending>, Vec<Pending>) =
+                    q.drain(..).partition(|p| match p {
+                        Pending::Batch { upto, .. } => *upto <= durable,
+                        Pending::Sync { min_round, .. } => *min_round <= round,
+                    });
+                *q = keep;
+                done
             };
             for p in done {
                 match p {

@@ -225,7 +225,7 @@ async fn check_everything(
             .into_inner();
         for d in page.deliveries {
             seqs.push(d.sequence);
-            let env = beacon::wire::delivered_envelope(&d).unwrap();
+            let env = beacon::client::delivered_envelope(&d).unwrap();
             let b = beacon::bulletin::codec::decode_bulletin(&env.payload).unwrap();
             assert!(
                 by_id

@@ -24,7 +24,7 @@ async fn held_at(addr: SocketAddr, client: &CertFiles, alliance: &Alliance) -> O
     let bundle = alliance.bundle();
     let mut out = Held::new();
     for d in deliveries {
-        let env = beacon::wire::delivered_envelope(&d).expect("envelope");
+        let env = beacon::client::delivered_envelope(&d).expect("envelope");
         beacon::bulletin::verify_stored_envelope(&env, &bundle, std::time::SystemTime::now())
             .expect("every held envelope verifies on the reader's side");
         let id = delivery_id(&d);

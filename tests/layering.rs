@@ -18,11 +18,12 @@ const LAYERS: &[(u32, &[&str])] = &[
     (5, &["store"]),
     // One admission path into the log; subscriptions out of it.
     (6, &["ingest", "broker"]),
-    // The network edge: dialling, accepting, the API's translations.
-    (7, &["client", "net", "wire"]),
+    // The network edge: dialling and accepting.
+    (7, &["client", "net"]),
     (8, &["federation"]),
     (9, &["state"]),
-    (10, &["service", "ops"]),
+    // The gRPC API (services, translations, statuses) and the operations port.
+    (10, &["api", "ops"]),
     (11, &["node"]),
     (12, &["dev", "bench", "fuzzing"]),
     (13, &["cli", "main", "lib"]),
@@ -149,9 +150,9 @@ fn every_import_goes_down_a_layer() {
 fn the_checker_sees_an_upward_import() {
     // The parser finds paths in uses, expressions and doc links, and ignores
     // other crates' paths that end in `crate::`.
-    let text = "use crate::store::Store;\nlet x = crate::node::run;\n/// [`crate::wire::delivery`]\nuse other_crate::thing;";
+    let text = "use crate::store::Store;\nlet x = crate::node::run;\n/// [`crate::api::convert::delivery`]\nuse other_crate::thing;";
     let found: Vec<String> = crate_paths(text).into_iter().map(|(_, m)| m).collect();
-    assert_eq!(found, vec!["store", "node", "wire"]);
+    assert_eq!(found, vec!["store", "node", "api"]);
     assert!(layer_of("store") < layer_of("broker"));
     assert!(layer_of("node") > layer_of("service"));
 }

@@ -57,7 +57,7 @@ async fn publish_get_and_verify_round_trip() {
     assert_eq!(got.sequence, 1);
     assert_eq!(got.origin_sequence, 1);
     assert_eq!(got.origin_node, format!("spiffe://{TD}/node/drc/hub-1"));
-    let served = beacon::wire::delivered_envelope(&got).unwrap();
+    let served = beacon::client::delivered_envelope(&got).unwrap();
     assert_eq!(
         served.payload, env.payload,
         "payload bytes are served exactly as signed"
@@ -610,7 +610,7 @@ async fn get_and_list_follow_tlp_and_audience() {
             .into_iter()
             .map(|d| {
                 beacon::bulletin::codec::decode_bulletin(
-                    &beacon::wire::delivered_envelope(&d).unwrap().payload,
+                    &beacon::client::delivered_envelope(&d).unwrap().payload,
                 )
                 .unwrap()
                 .id

@@ -166,7 +166,7 @@ fn python_grpcio_on_the_default_dev_pki() {
                 .into_inner()
                 .delivery
                 .expect("delivery");
-            let env = beacon::wire::delivered_envelope(&d).expect("envelope");
+            let env = beacon::client::delivered_envelope(&d).expect("envelope");
             let v = beacon::bulletin::verify_envelope(&env, &bundle, std::time::SystemTime::now())
                 .expect("the Python signature verifies");
             assert_eq!(v.signer.to_string(), analyst.identity);

@@ -321,7 +321,7 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
         } => {
             let (_, channel) = conn.dial().await?;
             let d = get(channel, &id, publisher).await?;
-            let env = beacon::wire::delivered_envelope(&d).map_err(anyhow::Error::msg)?;
+            let env = beacon::client::delivered_envelope(&d).map_err(anyhow::Error::msg)?;
             let text = document::envelope_to_dsse(&env);
             match output {
                 Some(path) => std::fs::write(&path, text + "\n")
@@ -591,7 +591,7 @@ fn hex(b: &[u8]) -> String {
 /// One delivery as a line: human (severity and TLP first) or JSON. The
 /// signature is checked here, on the reader's side.
 fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> String {
-    let env = beacon::wire::delivered_envelope(d);
+    let env = beacon::client::delivered_envelope(d);
     let verified = env
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e}"))

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -43,18 +45,12 @@ impl TrustState {
     }
 
     pub fn bundle(&self) -> Arc<TrustBundle> {
-        match self.bundle.read() {
-            Ok(b) => b.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.bundle.read().clone()
     }
 
     /// The node's certificate chain and key (for dialling peers).
     pub fn own(&self) -> Arc<KeyedChain> {
-        match self.own.read() {
-            Ok(o) => o.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.own.read().clone()
     }
 
     /// Changes on every reload.
@@ -64,14 +60,8 @@ impl TrustState {
 
     /// Puts a reloaded bundle and own chain in force; voids cached verdicts.
     pub fn install(&self, bundle: Arc<TrustBundle>, own: Arc<KeyedChain>) {
-        match self.bundle.write() {
-            Ok(mut b) => *b = bundle,
-            Err(poisoned) => *poisoned.into_inner() = bundle,
-        }
-        match self.own.write() {
-            Ok(mut o) => *o = own,
-            Err(poisoned) => *poisoned.into_inner() = own,
-        }
+        *self.bundle.write() = bundle;
+        *self.own.write() = own;
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -121,18 +111,17 @@ impl ChainCheck for SignerCheck<'_> {
         key.copy_from_slice(ctx.finish().as_ref());
         let generation = self.state.generation();
         let now_sys = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        if let Ok(map) = self.state.chains.lock() {
-            if let Some((id, not_after, g)) = map.get(&key) {
-                if *g == generation && now_sys < *not_after {
-                    return Ok(id.clone());
-                }
+        if let Some((id, not_after, g)) = self.state.chains.lock().get(&key) {
+            if *g == generation && now_sys < *not_after {
+                return Ok(id.clone());
             }
         }
         let verified = self
             .state
             .bundle()
             .verify(leaf, rest, now, Usage::ClientAuth)?;
-        if let (Some(not_after), Ok(mut map)) = (cert_not_after(leaf), self.state.chains.lock()) {
+        if let Some(not_after) = cert_not_after(leaf) {
+            let mut map = self.state.chains.lock();
             if map.len() >= CHAIN_CACHE_MAX {
                 map.clear();
             }

@@ -633,7 +633,7 @@ pub async fn read_deliveries(
         match ev {
             Msg::Delivery(d) => {
                 seen.seqs.push(d.sequence);
-                let env = beacon::wire::delivered_envelope(&d).expect("envelope");
+                let env = beacon::client::delivered_envelope(&d).expect("envelope");
                 seen.ids.push(
                     beacon::bulletin::codec::decode_bulletin(&env.payload)
                         .expect("bulletin")
@@ -948,7 +948,7 @@ pub async fn list_all(
 
 /// The bulletin id of a delivery.
 pub fn delivery_id(d: &beacon::proto::v1::Delivery) -> String {
-    let env = beacon::wire::delivered_envelope(d).expect("envelope");
+    let env = beacon::client::delivered_envelope(d).expect("envelope");
     beacon::bulletin::codec::decode_bulletin(&env.payload)
         .expect("bulletin")
         .id

@@ -18,116 +18,8 @@ use crate::net::PeerInfo;
 use crate::proto::v1 as pb;
 use crate::state::NodeState;
 
-/// The one mapping of module errors to gRPC statuses.
-pub mod status {
-    use tonic::Status;
-
-    use crate::bulletin::BulletinError;
-    use crate::identity::RoleKind;
-    use crate::store::StoreError;
-
-    pub fn no_peer() -> Status {
-        Status::unauthenticated("no verified client certificate on this connection")
-    }
-
-    pub fn wrong_role(who: &str, allowed: &[RoleKind]) -> Status {
-        let allowed: Vec<String> = allowed.iter().map(|k| k.to_string()).collect();
-        Status::permission_denied(format!(
-            "{who} may not call this; allowed: {}",
-            allowed.join(", ")
-        ))
-    }
-
-    pub fn bulletin(e: &BulletinError) -> Status {
-        let msg = e.to_string();
-        match e {
-            BulletinError::TooLarge { .. } => Status::resource_exhausted(msg),
-            BulletinError::Signer(_)
-            | BulletinError::WrongMember { .. }
-            | BulletinError::OperatorSigner(_)
-            | BulletinError::NotPeer { .. } => Status::permission_denied(msg),
-            BulletinError::Key(_) | BulletinError::Sign => Status::internal(msg),
-            _ => Status::invalid_argument(msg),
-        }
-    }
-
-    pub fn ingest(e: &crate::ingest::IngestError) -> Status {
-        use crate::ingest::IngestError as I;
-        match e {
-            I::Bulletin(b) => bulletin(b),
-            I::NotReadable { .. } => Status::permission_denied(e.to_string()),
-            I::Digest | I::NotCanonical | I::Origin(_) => Status::invalid_argument(e.to_string()),
-        }
-    }
-
-    pub fn store(e: &StoreError) -> Status {
-        let msg = e.to_string();
-        match e {
-            StoreError::Conflict { .. } => Status::already_exists(msg),
-            StoreError::MissingRelated { .. } => Status::failed_precondition(msg),
-            StoreError::Corrupt { .. } | StoreError::RolledBack { .. } => Status::data_loss(msg),
-            StoreError::Closed => Status::unavailable(msg),
-            StoreError::Io(_) | StoreError::Failed => Status::internal(msg),
-        }
-    }
-
-    pub fn bad_request(msg: impl Into<String>) -> Status {
-        Status::invalid_argument(msg.into())
-    }
-
-    pub fn broker(e: &crate::broker::BrokerError) -> Status {
-        use crate::broker::BrokerError as B;
-        let msg = e.to_string();
-        match e {
-            B::TakenOver(_) => Status::aborted(msg),
-            B::ShuttingDown => Status::unavailable(msg),
-            B::Store(s) => store(s),
-            B::BadAck { .. } | B::Invalid(_) => Status::invalid_argument(msg),
-            B::TooMany(_) => Status::resource_exhausted(msg),
-        }
-    }
-
-    pub fn not_found(id: &str) -> Status {
-        Status::not_found(format!("no bulletin {id}"))
-    }
-
-    /// A request message over the decode limit. tonic's decoder says
-    /// `OUT_OF_RANGE`; gRPC's convention for a message larger than the
-    /// maximum is `RESOURCE_EXHAUSTED`, and the message names the limit.
-    pub fn message_too_large(found: Option<u64>, limit: Option<u64>) -> Status {
-        let size = match found {
-            Some(n) => format!("a request message of {n} bytes"),
-            None => "a request message".to_owned(),
-        };
-        let limit = match limit {
-            Some(n) => format!("this node's limit of {n} bytes per message"),
-            None => "this node's limit per message".to_owned(),
-        };
-        Status::resource_exhausted(format!(
-            "{size} is over {limit} (limits.max_message_bytes; an envelope may be at most \
-             limits.max_envelope_bytes)"
-        ))
-    }
-
-    /// `status` as the client should see it: the decoder's "message too
-    /// large" becomes [`message_too_large`]; anything else is unchanged.
-    pub fn from_decoder(status: Status) -> Status {
-        // tonic: "Error, decoded message length too large: found N bytes,
-        // the limit is: M bytes".
-        const MARK: &str = "decoded message length too large";
-        let msg = status.message();
-        if status.code() != tonic::Code::OutOfRange || !msg.contains(MARK) {
-            return status;
-        }
-        let number_after = |label: &str| {
-            msg.split(label)
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        };
-        message_too_large(number_after("found "), number_after("limit is: "))
-    }
-}
+pub mod convert;
+pub mod status;
 
 /// Rewrites a response that tonic's decoder ended before any handler ran
 /// (a unary request over the message limit: a trailers-only response with
@@ -336,7 +228,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             if self.may_read(&member, &rec.meta) {
                 let rec = store.served(rec).map_err(|e| status::store(&e))?;
                 return Ok(Response::new(pb::GetResponse {
-                    delivery: Some(crate::wire::delivery(rec)),
+                    delivery: Some(crate::api::convert::delivery(rec)),
                 }));
             }
         }
@@ -350,7 +242,8 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         let peer = caller(&request, MEMBERS)?;
         let member = reader(&peer)?;
         let req = request.into_inner();
-        let filter = crate::wire::filter_from_proto(req.filter).map_err(status::bad_request)?;
+        let filter =
+            crate::api::convert::filter_from_proto(req.filter).map_err(status::bad_request)?;
         let max = self.state.config.limits.max_list_page;
         let limit = match req.limit {
             0 => DEFAULT_LIST_PAGE.min(max),
@@ -379,7 +272,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 let seq = rec.seq;
                 if filter.matches(&rec.meta) && self.may_read(&member, &rec.meta) {
                     let rec = store.served(rec).map_err(|e| status::store(&e))?;
-                    let delivery = crate::wire::delivery(rec);
+                    let delivery = crate::api::convert::delivery(rec);
                     let size = prost::encoding::message::encoded_len(1, &delivery);
                     if !deliveries.is_empty() && bytes + size > max_bytes {
                         break;
@@ -434,8 +327,10 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 ))
             })?;
         }
-        let filter = crate::wire::filter_from_proto(open.filter).map_err(status::bad_request)?;
-        let start = crate::wire::start_from_proto(open.start).map_err(status::bad_request)?;
+        let filter =
+            crate::api::convert::filter_from_proto(open.filter).map_err(status::bad_request)?;
+        let start =
+            crate::api::convert::start_from_proto(open.start).map_err(status::bad_request)?;
         let limits = &self.state.config.limits;
         let window = match open.window {
             0 => limits.default_window,
@@ -508,7 +403,10 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                     return None;
                 }
                 if pending.is_empty() {
-                    pending.extend(crate::wire::subscribe_messages(&name, rx.recv().await?));
+                    pending.extend(crate::api::convert::subscribe_messages(
+                        &name,
+                        rx.recv().await?,
+                    ));
                 }
                 match pending.pop_front()? {
                     Ok(msg) => Some((Ok(msg), (rx, pending, false, name))),
@@ -713,7 +611,7 @@ fn subscription_status(s: &NodeState) -> Vec<pb::SubscriptionStatus> {
                 cursor,
                 lag: head.saturating_sub(cursor),
                 delivered: x.delivered.load(Relaxed),
-                last_ack_at: x.last_ack_at.lock().ok().and_then(|t| t.map(timestamp)),
+                last_ack_at: x.last_ack_at.lock().map(timestamp),
             }
         })
         .collect();

@@ -1,15 +1,13 @@
-//! The gRPC edge's translations between API messages and domain types:
+//! The API's translations between its messages and domain types:
 //! deliveries, filters, start positions, subscription events. (The codecs of
 //! the signed payload and the envelope are the domain's own:
-//! `bulletin::codec`.)
+//! `bulletin::codec`; a reader's check of a delivery is `client`'s.)
 
 use std::time::SystemTime;
 
 use crate::bulletin::codec::{
-    decode_envelope, kind_from_i32, kind_to_i32, severity_from_i32, time_from, timestamp,
-    tlp_from_i32, tlp_to_i32,
+    kind_from_i32, kind_to_i32, severity_from_i32, time_from, timestamp, tlp_from_i32, tlp_to_i32,
 };
-use crate::bulletin::Envelope;
 use crate::proto::v1 as pb;
 
 /// A stored record as the API serves it.
@@ -25,19 +23,6 @@ pub fn delivery(rec: crate::store::Record) -> pb::Delivery {
         envelope: Some(rec.envelope),
         envelope_digest: rec.meta.digest.to_vec(),
     }
-}
-
-/// The envelope of a delivery, as a reader takes it: the bytes received must
-/// match the digest sent with them, then they are decoded.
-pub fn delivered_envelope(d: &pb::Delivery) -> Result<Envelope, String> {
-    let bytes = d
-        .envelope
-        .as_ref()
-        .ok_or("the delivery carries no envelope")?;
-    if crate::bulletin::sha256(bytes).as_slice() != d.envelope_digest.as_slice() {
-        return Err("the envelope does not match the digest sent with it".into());
-    }
-    decode_envelope(bytes)
 }
 
 /// A request's filter, checked: unknown enum values are refused.
