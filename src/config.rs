@@ -28,6 +28,23 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A value parsed once, when the file is read (identities, say).
+fn parsed<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+/// A list of member patterns, parsed once.
+fn scope<'de, D: Deserializer<'de>>(d: D) -> Result<MemberScope, D::Error> {
+    let items = Vec::<String>::deserialize(d)?;
+    MemberScope::parse_list(&items).map_err(serde::de::Error::custom)
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(serde::de::Error::custom)
@@ -103,15 +120,11 @@ pub struct TrustEntry {
     pub ca: PathBuf,
     /// Members this CA may vouch for: "*", "uk.ncsc" or "uk.*". Operators are
     /// accepted only from a CA that vouches for "*".
-    #[serde(default = "any_member")]
-    pub members: Vec<String>,
+    #[serde(default = "MemberScope::any", deserialize_with = "scope")]
+    pub members: MemberScope,
     /// The CA's CRL (PEM or DER), reloaded when it changes.
     #[serde(default)]
     pub crl: Option<PathBuf>,
-}
-
-fn any_member() -> Vec<String> {
-    vec!["*".to_owned()]
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,7 +227,8 @@ pub struct PeerConfig {
     /// host:port of the peer's listener.
     pub address: String,
     /// The SPIFFE id the peer must present.
-    pub identity: String,
+    #[serde(deserialize_with = "parsed")]
+    pub identity: Identity,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -285,10 +299,6 @@ impl Config {
                 "at least one [[trust]] entry (a CA certificate) is required".into(),
             ));
         }
-        for t in &self.trust {
-            MemberScope::parse_list(&t.members)
-                .map_err(|e| ConfigError::Invalid(format!("trust {}: {e}", t.ca.display())))?;
-        }
         let l = &self.limits;
         if l.max_connections == 0 {
             return Err(ConfigError::Invalid(
@@ -333,17 +343,13 @@ impl Config {
         }
         let mut seen = std::collections::BTreeSet::new();
         for p in &self.peers {
-            if !seen.insert(p.identity.as_str()) {
+            if !seen.insert(&p.identity) {
                 return Err(ConfigError::Invalid(format!(
                     "peer {} is listed twice",
                     p.identity
                 )));
             }
-            let id: Identity = p
-                .identity
-                .parse()
-                .map_err(|e| ConfigError::Invalid(format!("peer {}: {e}", p.address)))?;
-            if id.kind() != crate::identity::RoleKind::Node {
+            if p.identity.kind() != crate::identity::RoleKind::Node {
                 return Err(ConfigError::Invalid(format!(
                     "peer {}: identity {} is not a node identity",
                     p.address, p.identity
@@ -364,14 +370,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// The member scopes of the trust entries, parsed.
-    pub fn trust_scopes(&self) -> Vec<MemberScope> {
-        self.trust
-            .iter()
-            .map(|t| MemberScope::parse_list(&t.members).unwrap_or_default())
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -389,12 +387,40 @@ key = "node.key"
 ca = "ca.pem"
 "#;
 
+    /// Scopes and peer identities are parsed once, when the file is read,
+    /// and a bad one is refused there with the reason.
+    #[test]
+    fn scopes_and_peer_identities_are_typed_when_read() {
+        let bad_scope = MINIMAL.replace("ca = \"ca.pem\"", "ca = \"ca.pem\"\nmembers = [\"UK!\"]");
+        let e = Config::parse(&bad_scope, Path::new("/etc/beacon")).unwrap_err();
+        assert!(e.to_string().contains("invalid member pattern"), "{e}");
+        let peer =
+            |id: &str| format!("{MINIMAL}\n[[peers]]\naddress = \"p:7443\"\nidentity = \"{id}\"\n");
+        let e = Config::parse(&peer("not-an-id"), Path::new("/etc")).unwrap_err();
+        assert!(e.to_string().contains("spiffe://"), "{e}");
+        let e = Config::parse(
+            &peer("spiffe://td.example/client/uk.ncsc/a"),
+            Path::new("/etc"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a node identity"), "{e}");
+        let c = Config::parse(
+            &peer("spiffe://td.example/node/uk.ncsc/n1"),
+            Path::new("/etc"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.peers[0].identity.to_string(),
+            "spiffe://td.example/node/uk.ncsc/n1"
+        );
+    }
+
     #[test]
     fn minimal_config_gets_defaults_and_anchored_paths() {
         let c = Config::parse(MINIMAL, Path::new("/etc/beacon")).unwrap();
         assert_eq!(c.node.cert, PathBuf::from("/etc/beacon/node.pem"));
         assert_eq!(c.limits.max_envelope_bytes, 256 * 1024);
-        assert_eq!(c.trust[0].members, vec!["*".to_string()]);
+        assert_eq!(c.trust[0].members, MemberScope::any());
     }
 
     #[test]

@@ -146,20 +146,16 @@ pub fn links(config: &Config, own: &Identity) -> Vec<Arc<PeerLink>> {
     config
         .peers
         .iter()
-        .filter_map(|p| match p.identity.parse::<Identity>() {
-            Ok(id) if &id == own => {
-                warn!(peer = %id, "a peer names this node itself; skipping it");
-                None
+        .filter_map(|p| {
+            if &p.identity == own {
+                warn!(peer = %p.identity, "a peer names this node itself; skipping it");
+                return None;
             }
-            Ok(identity) => Some(Arc::new(PeerLink {
+            Some(Arc::new(PeerLink {
                 address: p.address.clone(),
-                identity,
+                identity: p.identity.clone(),
                 status: Mutex::new(LinkStatus::default()),
-            })),
-            Err(e) => {
-                warn!(peer = %p.identity, error = %e, "skipping a peer with a bad identity");
-                None
-            }
+            }))
         })
         .collect()
 }

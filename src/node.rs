@@ -58,11 +58,7 @@ pub async fn run_with_reload(
     let connections = Arc::new(Connections::default());
     let store = Arc::new(crate::store::Store::open(
         &config.node.data_dir,
-        crate::store::StoreOptions {
-            cache_bytes: config.store.cache_mb * 1024 * 1024,
-            max_batch: config.store.max_batch,
-            ..Default::default()
-        },
+        crate::store::StoreOptions::from(&config.store),
     )?);
     info!(head = store.head(), dir = %config.node.data_dir.display(), "store opened");
     let config = Arc::new(config);

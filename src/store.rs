@@ -287,13 +287,24 @@ pub struct StoreOptions {
     pub queue: usize,
 }
 
-impl Default for StoreOptions {
-    fn default() -> Self {
+/// Appends waiting for the writer before callers wait.
+const QUEUE: usize = 4096;
+
+impl From<&crate::config::StoreConfig> for StoreOptions {
+    /// The `[store]` settings of `beacon.toml`.
+    fn from(c: &crate::config::StoreConfig) -> Self {
         StoreOptions {
-            cache_bytes: 64 * 1024 * 1024,
-            max_batch: 1024,
-            queue: 4096,
+            cache_bytes: c.cache_mb * 1024 * 1024,
+            max_batch: c.max_batch,
+            queue: QUEUE,
         }
+    }
+}
+
+impl Default for StoreOptions {
+    /// The defaults of `beacon.toml`'s `[store]` (one default per setting).
+    fn default() -> Self {
+        StoreOptions::from(&crate::config::StoreConfig::default())
     }
 }
 

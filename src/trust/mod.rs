@@ -351,9 +351,9 @@ pub fn load_bundle(
 ) -> Result<TrustBundle, TrustError> {
     let mut cas = Vec::new();
     let mut crls = Vec::new();
-    for (entry, scope) in config.trust.iter().zip(config.trust_scopes()) {
+    for entry in &config.trust {
         for cert in read_certs(&entry.ca)? {
-            cas.push(CaEntry::new(cert, scope.clone())?);
+            cas.push(CaEntry::new(cert, entry.members.clone())?);
         }
         if let Some(crl) = &entry.crl {
             crls.extend(read_crls(crl)?);
