@@ -84,7 +84,7 @@ impl Ingest<'_> {
             SystemTime::now(),
             client,
         )?;
-        let requires = match &verified.bulletin.relation {
+        let requires = match &verified.bulletin().relation {
             Some(Relation::Supersedes(id)) => Some(("supersedes", id.clone())),
             Some(Relation::Retracts(id)) => Some(("retracts", id.clone())),
             None => None,

@@ -74,10 +74,10 @@ async fn publish_get_and_verify_round_trip() {
     .unwrap();
     let v = bulletin::verify_envelope(&served, &bundle, SystemTime::now()).unwrap();
     assert_eq!(
-        v.signer.to_string(),
+        v.signer().to_string(),
         format!("spiffe://{TD}/client/uk.ncsc/analyst")
     );
-    assert_eq!(v.bulletin, b);
+    assert_eq!(v.bulletin(), &b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

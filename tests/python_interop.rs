@@ -169,8 +169,8 @@ fn python_grpcio_on_the_default_dev_pki() {
             let env = beacon::client::delivered_envelope(&d).expect("envelope");
             let v = beacon::bulletin::verify_envelope(&env, &bundle, std::time::SystemTime::now())
                 .expect("the Python signature verifies");
-            assert_eq!(v.signer.to_string(), analyst.identity);
-            assert_eq!(v.bulletin.publisher, "drc");
+            assert_eq!(v.signer().to_string(), analyst.identity);
+            assert_eq!(v.bulletin().publisher, "drc");
         }
     });
 

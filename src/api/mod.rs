@@ -455,10 +455,10 @@ fn admit(
         .map_err(refused)?;
     let v = &admitted.verified;
     let answer = Admitted {
-        id: v.bulletin.id.clone(),
+        id: v.bulletin().id.clone(),
         digest: admitted.record.meta.digest,
-        signer: v.signer.to_string(),
-        tlp: v.tlp.label(),
+        signer: v.signer().to_string(),
+        tlp: v.tlp().label(),
     };
     Ok((admitted.record, answer))
 }

@@ -526,14 +526,42 @@ pub fn check_signature(
         .map_err(|_| BulletinError::BadSignature)
 }
 
-/// A verified envelope.
+/// A verified envelope: made only by verification ([`verify_envelope_with`]
+/// and the functions built on it), so holding one means the checks passed.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub bulletin: Bulletin,
-    pub signer: Identity,
-    pub kind: Kind,
-    pub severity: Severity,
-    pub tlp: Tlp,
+    bulletin: Bulletin,
+    signer: Identity,
+    kind: Kind,
+    severity: Severity,
+    tlp: Tlp,
+}
+
+impl Verified {
+    pub fn bulletin(&self) -> &Bulletin {
+        &self.bulletin
+    }
+
+    pub fn into_bulletin(self) -> Bulletin {
+        self.bulletin
+    }
+
+    /// Who signed it: a client or node of the publishing member.
+    pub fn signer(&self) -> &Identity {
+        &self.signer
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn severity(&self) -> Severity {
+        self.severity
+    }
+
+    pub fn tlp(&self) -> Tlp {
+        self.tlp
+    }
 }
 
 /// Verifies an envelope against a trust bundle at `now` (see the module docs).

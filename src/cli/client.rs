@@ -618,7 +618,7 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
             "verified": verified.is_ok(),
         });
         match &verified {
-            Ok(v_) => v["signer"] = serde_json::json!(v_.signer.to_string()),
+            Ok(v_) => v["signer"] = serde_json::json!(v_.signer().to_string()),
             Err(e) => v["error"] = serde_json::json!(format!("{e:#}")),
         }
         if let Some(b) = &bulletin {
@@ -649,7 +649,7 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
         s => s.to_uppercase(),
     };
     let check = match &verified {
-        Ok(v) => format!("✓ {}", v.signer),
+        Ok(v) => format!("✓ {}", v.signer()),
         Err(e) => paint("1;31", &format!("✗ UNVERIFIED: {e:#}")),
     };
     let mut line = format!(
@@ -754,13 +754,13 @@ fn verify(file: &Path, ca: &[PathBuf], crl: &[PathBuf], json: bool) -> Result<()
     let bundle = TrustBundle::new(signer_id.trust_domain.clone(), cas, crls)?;
     let v = beacon::bulletin::verify_stored_envelope(&env, &bundle, SystemTime::now())
         .with_context(|| format!("{} does not verify", file.display()))?;
-    let b = &v.bulletin;
+    let b = v.bulletin();
     if json {
         println!(
             "{}",
             serde_json::json!({
                 "verified": true,
-                "signer": v.signer.to_string(),
+                "signer": v.signer().to_string(),
                 "digest": hex(&beacon::bulletin::sha256(&beacon::bulletin::codec::encode_envelope(&env))),
                 "bulletin": BulletinDoc::from_bulletin(b),
             })
@@ -769,10 +769,10 @@ fn verify(file: &Path, ca: &[PathBuf], crl: &[PathBuf], json: bool) -> Result<()
         println!(
             "verified: {} {} {} \"{}\" signed by {} (created {})",
             b.id,
-            v.tlp.label(),
-            v.severity.name(),
+            v.tlp().label(),
+            v.severity().name(),
             b.title,
-            v.signer,
+            v.signer(),
             b.created_at.map(document::rfc3339).unwrap_or_default()
         );
     }
