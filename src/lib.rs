@@ -1,57 +1,61 @@
 //! Beacon: signed threat bulletins between allied agencies, over mutual TLS.
 //!
-//! # Layout
-//! - [`identity`]: SPIFFE IDs parsed into typed identities (node, client, operator).
-//! - [`trust`]: the trust bundle (CAs with member scopes, CRLs) and the one
-//!   routine that decides whether a certificate chain is an accepted identity.
-//!   [`trust::tls`]: rustls configurations whose verifiers call it.
-//! - [`pki`]: the operator's CA (`beacon ca`), built on rcgen.
-//! - [`config`]: the daemon's `beacon.toml`.
-//! - [`bulletin`]: bulletins, envelopes, signing and verification; [`bulletin::codec`]
-//!   for the signed payload and the envelope; [`bulletin::Meta`], what policy,
-//!   filters and the store work from.
-//! - [`policy`], [`filter`], [`metrics`]: who may read, what a reader asked for, counters.
-//! - [`store`]: the durable, group-committed log.
-//! - [`ingest`]: the one admission path (size, canonical bytes, verification,
-//!   origin and policy for relays) of publishes and relays.
-//! - [`broker`]: subscriptions (replay that has caught up).
-//! - [`net`]: the accept loop, connection wrapper and registry, reloads.
-//! - [`state`]: what the services share ([`state::NodeState`]).
-//! - [`node`]: `run(config, listener, shutdown)`: compose, serve, drain, close.
-//! - [`api`]: the tonic services, the API's translations ([`api::convert`]) and
-//!   the one mapping of errors to `tonic::Status` ([`api::status`]).
-//! - [`ops`]: the operations port (metrics, health).
-//! - [`client`]: dialling a node with a member certificate.
-//! - [`federation`]: peer links: a durable subscription on each peer, relays verified again.
-//! - [`dev`]: the embedded default (`beacon dev`): throwaway PKI and a local node.
-//! - [`proto`]: generated code; the codec of what is signed and the gRPC edge use it.
+//! # Crate map, in the order data flows
+//! Each module uses only modules above it in this list (`tests/layering.rs`
+//! checks it; `ARCHITECTURE.md` has the file-by-file map).
 //!
-//! See `ARCHITECTURE.md` for the dependency direction and the invariants.
+//! - [`identity`], [`proto`]: SPIFFE identities; the generated `beacon.v1` code.
+//! - [`config`]: the daemon's `beacon.toml`, typed when read.
+//! - [`trust`]: the trust bundle and the one routine that decides whether a
+//!   chain is an accepted identity; [`trust::tls`] (rustls configurations and
+//!   what a dialler requires of a node); [`trust::state`] (the trust in force).
+//! - [`bulletin`]: bulletins and envelopes, signing and verification,
+//!   [`bulletin::codec`] (what is signed and stored), [`bulletin::Meta`];
+//!   [`pki`]: the operator's CA (`beacon ca`).
+//! - `policy`, `filter`, `metrics`: who may read, what a reader asked for,
+//!   counters; [`document`]: bulletins as JSON/YAML, envelopes as DSSE JSON.
+//! - [`store`]: the durable, group-committed log.
+//! - `ingest` (everything entering the log: size, canonical bytes,
+//!   verification, origin and policy for relays) and `broker` (subscriptions:
+//!   replay that has caught up).
+//! - [`client`] (dialling a node; `BeaconClient`) and `net` (the accept loop,
+//!   connection registry, reloads).
+//! - `federation`: peer links.
+//! - `state`: what the services share.
+//! - `api` (the gRPC services, translations, the one mapping of errors to
+//!   `tonic::Status`) and `ops` (metrics and health).
+//! - [`node`]: **the node's entry point**, [`node::run`]`(config, listener,
+//!   shutdown)`.
+//! - [`dev`] (`beacon dev`), [`bench`](mod@bench) (`beacon bench`), [`fuzzing`] (fuzz
+//!   target bodies); the binary's `cli` sits on top.
+//!
+//! Modules not linked above are internal (`pub(crate)`), so the compiler
+//! reports what nothing uses.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod api;
+pub(crate) mod api;
 pub mod bench;
-pub mod broker;
+pub(crate) mod broker;
 pub mod bulletin;
 pub mod client;
 pub mod config;
 pub mod dev;
 pub mod document;
-pub mod federation;
-pub mod filter;
+pub(crate) mod federation;
+pub(crate) mod filter;
 pub mod fuzzing;
 pub mod identity;
-pub mod ingest;
-pub mod metrics;
-pub mod net;
+pub(crate) mod ingest;
+pub(crate) mod metrics;
+pub(crate) mod net;
 pub mod node;
-pub mod ops;
+pub(crate) mod ops;
 pub mod pki;
-pub mod policy;
+pub(crate) mod policy;
 pub mod proto;
-pub mod state;
+pub(crate) mod state;
 pub mod store;
 pub mod trust;
 

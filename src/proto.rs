@@ -1,8 +1,8 @@
 //! Generated protobuf and gRPC code for `beacon.v1` (from `proto/`), and the
-//! one message written by hand: [`Delivery`].
+//! one message written by hand: [`Delivery`](v1::Delivery).
 //!
-//! Only the gRPC edge (`service`, `client`, `federation`) and the conversion
-//! functions next to the domain types use these types.
+//! Used by the codec of what is signed and stored (`bulletin::codec`) and
+//! by the gRPC edge (`api`, `client`, `federation`).
 
 #![allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 

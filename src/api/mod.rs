@@ -439,7 +439,7 @@ fn admit(
     let ingest = state.ingest();
     let refused = |e: IngestError| {
         state.metrics.refusals.inc(refusal_reason(&e));
-        warn!(target: "beacon::audit", peer = %peer.identity, reason = %e, "publish refused");
+        warn!(target: "beacon::audit", peer = %peer.identity, addr = %peer.addr, reason = %e, "publish refused");
         status::ingest(&e)
     };
     // The size first, before anything is copied.
