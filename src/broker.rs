@@ -369,7 +369,7 @@ impl Subscription {
         } else {
             None
         };
-        let mut position = match start_position(&self.store, &self.start, stored) {
+        let position = match start_position(&self.store, &self.start, stored) {
             Ok(p) => p,
             Err(e) => return Some(e.into()),
         };
@@ -392,68 +392,31 @@ impl Subscription {
         {
             return None;
         }
-        // Sequences sent and not yet acknowledged, oldest first.
-        let mut inflight: VecDeque<u64> = VecDeque::with_capacity(window);
-        let mut acked = position;
+        let mut progress = Progress::new(position, window);
         let mut caught_up = false;
         let mut ahead = None;
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
         loop {
-            // Take in acknowledgements (always the latest value: the wait below
-            // may already have consumed the change notification).
-            {
-                let a = *acks.borrow_and_update();
-                if a > position {
-                    return Some(BrokerError::BadAck { acked: a, position });
-                }
-                if a > acked {
-                    acked = a;
-                    while inflight.front().is_some_and(|&s| s <= a) {
-                        inflight.pop_front();
-                    }
-                    // With nothing in flight, everything read so far is done
-                    // (the rest was not for this subscriber).
-                    let cursor = if inflight.is_empty() { position } else { a };
+            // 1. Take in acknowledgements (always the latest value: the wait
+            //    below may already have consumed the change notification).
+            match progress.ack(*acks.borrow_and_update()) {
+                Err(e) => return Some(e),
+                Ok(Some(cursor)) => {
                     self.persist_cursor(&wanted, cursor);
                     *stats.last_ack_at.lock() = Some(SystemTime::now());
                 }
+                Ok(None) => {}
             }
+            // 2. Read a batch and send what this reader may have: replay, or
+            //    live once caught up. It never holds more than the window.
             let head = *head_rx.borrow_and_update();
-            if position < head && inflight.len() < window {
-                // Replay (or live, once caught up): one bounded batch, handed
-                // over at once. It never holds more than the window allows.
-                let to = head.min(position + READ_BATCH as u64);
+            if let Some((from, to)) = progress.next_read(head) {
                 if to < head {
                     self.read_ahead(&mut ahead, to + 1, head.min(to + READ_BATCH as u64));
                 }
-                let mut batch = Vec::new();
-                let mut failed = None;
-                for item in self.store.range(position + 1, to) {
-                    let rec = match item {
-                        Ok(r) => r,
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    };
-                    position = rec.seq;
-                    if self.readable(&rec) {
-                        let rec = match self.store.served(rec) {
-                            Ok(r) => r,
-                            Err(e) => {
-                                failed = Some(e);
-                                break;
-                            }
-                        };
-                        inflight.push_back(rec.seq);
-                        batch.push(rec);
-                        if inflight.len() >= window {
-                            break;
-                        }
-                    }
-                }
+                let (batch, failed) = self.read_batch(&mut progress, from, to);
                 if !batch.is_empty() {
                     let n = batch.len() as u64;
                     if out.send(Event::Deliveries(batch)).await.is_err() {
@@ -464,23 +427,20 @@ impl Subscription {
                 if let Some(e) = failed {
                     return Some(e.into());
                 }
-                stats.position.store(position, Ordering::Relaxed);
-                if inflight.is_empty() && position - acked >= SKIP_ADVANCE {
-                    // A long stretch with nothing for this subscriber: move the
-                    // cursor on, so a resume need not re-read it.
-                    acked = position;
-                    self.persist_cursor(&wanted, position);
+                stats.position.store(progress.position, Ordering::Relaxed);
+                if let Some(cursor) = progress.skip_ahead() {
+                    self.persist_cursor(&wanted, cursor);
                 }
                 tokio::task::yield_now().await;
                 continue;
             }
-            if !caught_up && position >= head {
+            if !caught_up && progress.position >= head {
                 caught_up = true;
                 if out.send(Event::CaughtUp { head }).await.is_err() {
                     return None;
                 }
             }
-            // Wait for something to do: new commits, acks, the end, or a heartbeat.
+            // 3. Wait at the head: new commits, acks, the end, or a heartbeat.
             tokio::select! {
                 biased;
                 _ = self.guard.cancel.cancelled() => {
@@ -496,12 +456,7 @@ impl Subscription {
                         // The subscriber closed its side after its last ack: a
                         // goodbye. Make the cursor durable, then end cleanly,
                         // so the subscriber knows its next run resumes there.
-                        let a = *acks.borrow();
-                        if a > acked && a <= position {
-                            while inflight.front().is_some_and(|&s| s <= a) {
-                                inflight.pop_front();
-                            }
-                            let cursor = if inflight.is_empty() { position } else { a };
+                        if let Ok(Some(cursor)) = progress.ack(*acks.borrow()) {
                             self.persist_cursor(&wanted, cursor);
                         }
                         drop(wanted);
@@ -509,15 +464,14 @@ impl Subscription {
                         return None;
                     }
                 }
-                r = head_rx.changed(), if inflight.len() < window => {
+                r = head_rx.changed(), if progress.has_room() => {
                     if r.is_err() {
                         return Some(BrokerError::ShuttingDown);
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if inflight.is_empty() && acked < position {
-                        acked = position;
-                        self.persist_cursor(&wanted, position);
+                    if let Some(cursor) = progress.idle() {
+                        self.persist_cursor(&wanted, cursor);
                     }
                     let head = *head_rx.borrow();
                     if out.send(Event::Heartbeat { head }).await.is_err() {
@@ -526,5 +480,197 @@ impl Subscription {
                 }
             }
         }
+    }
+
+    /// Reads `from..=to` (each record checked) and keeps what this reader
+    /// asked for and may read, until the window is full. On a read error,
+    /// what was read before it, and the error.
+    fn read_batch(
+        &self,
+        progress: &mut Progress,
+        from: u64,
+        to: u64,
+    ) -> (Vec<Record>, Option<StoreError>) {
+        let mut batch = Vec::new();
+        for item in self.store.range(from, to) {
+            let rec = match item {
+                Ok(r) => r,
+                Err(e) => return (batch, Some(e)),
+            };
+            if !self.readable(&rec) {
+                progress.passed(rec.seq);
+                continue;
+            }
+            let seq = rec.seq;
+            match self.store.served(rec) {
+                Ok(rec) => batch.push(rec),
+                Err(e) => return (batch, Some(e)),
+            }
+            progress.sent(seq);
+            if !progress.has_room() {
+                break;
+            }
+        }
+        (batch, None)
+    }
+}
+
+/// Where a subscription stands: the last sequence read (`position`), the
+/// cumulative ack, and what was sent and not yet acknowledged. Pure
+/// bookkeeping with no I/O: what is read next and where the cursor may move
+/// are decided here.
+#[derive(Debug)]
+struct Progress {
+    /// The last sequence read (sent, or passed over as not for this reader).
+    position: u64,
+    /// Everything up to here is done (acknowledged, or not for this reader).
+    acked: u64,
+    /// Sequences sent and not yet acknowledged, oldest first.
+    inflight: VecDeque<u64>,
+    window: usize,
+}
+
+impl Progress {
+    fn new(position: u64, window: usize) -> Progress {
+        Progress {
+            position,
+            acked: position,
+            inflight: VecDeque::with_capacity(window),
+            window: window.max(1),
+        }
+    }
+
+    /// A cumulative ack: where the durable cursor may move now, if anywhere.
+    /// An ack beyond what was read is the subscriber's error.
+    fn ack(&mut self, a: u64) -> Result<Option<u64>, BrokerError> {
+        if a > self.position {
+            return Err(BrokerError::BadAck {
+                acked: a,
+                position: self.position,
+            });
+        }
+        if a <= self.acked {
+            return Ok(None);
+        }
+        self.acked = a;
+        while self.inflight.front().is_some_and(|&s| s <= a) {
+            self.inflight.pop_front();
+        }
+        // With nothing in flight, everything read so far is done (the rest
+        // was not for this subscriber).
+        Ok(Some(if self.inflight.is_empty() {
+            self.position
+        } else {
+            a
+        }))
+    }
+
+    /// What to read next with the committed head at `head`: one bounded
+    /// batch after the position; nothing at the head or with the window full.
+    fn next_read(&self, head: u64) -> Option<(u64, u64)> {
+        (self.position < head && self.has_room()).then(|| {
+            (
+                self.position + 1,
+                head.min(self.position + READ_BATCH as u64),
+            )
+        })
+    }
+
+    fn has_room(&self) -> bool {
+        self.inflight.len() < self.window
+    }
+
+    /// `seq` was read and is not for this reader.
+    fn passed(&mut self, seq: u64) {
+        self.position = seq;
+    }
+
+    /// `seq` was read and sent.
+    fn sent(&mut self, seq: u64) {
+        self.position = seq;
+        self.inflight.push_back(seq);
+    }
+
+    /// After a read: a long stretch with nothing for this reader moves the
+    /// cursor on, so a resume need not read it again.
+    fn skip_ahead(&mut self) -> Option<u64> {
+        if self.inflight.is_empty() && self.position - self.acked >= SKIP_ADVANCE {
+            self.acked = self.position;
+            return Some(self.position);
+        }
+        None
+    }
+
+    /// Idle (a heartbeat): with nothing in flight, everything read is done.
+    fn idle(&mut self) -> Option<u64> {
+        if self.inflight.is_empty() && self.acked < self.position {
+            self.acked = self.position;
+            return Some(self.position);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn reads_one_bounded_batch_after_the_position_while_the_window_has_room() {
+        let mut p = Progress::new(10, 2);
+        assert_eq!(p.next_read(10), None, "at the head");
+        assert_eq!(p.next_read(11), Some((11, 11)));
+        assert_eq!(p.next_read(10_000), Some((11, 10 + READ_BATCH as u64)));
+        p.sent(11);
+        p.passed(12);
+        p.sent(13);
+        assert!(!p.has_room());
+        assert_eq!(p.next_read(10_000), None, "the window is full");
+        assert_eq!(p.ack(11).unwrap(), Some(11), "13 is still in flight");
+        assert_eq!(p.next_read(10_000), Some((14, 13 + READ_BATCH as u64)));
+    }
+
+    #[test]
+    fn the_cursor_moves_to_the_ack_or_past_what_was_not_for_this_reader() {
+        let mut p = Progress::new(0, 8);
+        p.sent(1);
+        p.passed(2);
+        p.sent(3);
+        p.passed(4);
+        assert_eq!(p.ack(0).unwrap(), None, "no movement");
+        assert_eq!(p.ack(1).unwrap(), Some(1), "3 in flight: only to the ack");
+        assert_eq!(
+            p.ack(3).unwrap(),
+            Some(4),
+            "nothing in flight: over 4 as well"
+        );
+        assert_eq!(p.ack(2).unwrap(), None, "acks are cumulative");
+        assert!(matches!(
+            p.ack(5),
+            Err(BrokerError::BadAck {
+                acked: 5,
+                position: 4
+            })
+        ));
+    }
+
+    #[test]
+    fn idle_and_long_skips_move_the_cursor_only_with_nothing_in_flight() {
+        let mut p = Progress::new(0, 8);
+        p.sent(1);
+        for s in 2..=SKIP_ADVANCE + 10 {
+            p.passed(s);
+        }
+        assert_eq!(p.skip_ahead(), None, "1 is in flight");
+        assert_eq!(p.idle(), None, "1 is in flight");
+        assert_eq!(p.ack(1).unwrap(), Some(SKIP_ADVANCE + 10));
+        for s in SKIP_ADVANCE + 11..=2 * SKIP_ADVANCE + 20 {
+            p.passed(s);
+        }
+        assert_eq!(p.skip_ahead(), Some(2 * SKIP_ADVANCE + 20));
+        assert_eq!(p.skip_ahead(), None);
+        p.passed(2 * SKIP_ADVANCE + 21);
+        assert_eq!(p.idle(), Some(2 * SKIP_ADVANCE + 21));
+        assert_eq!(p.idle(), None);
     }
 }
