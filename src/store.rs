@@ -6,16 +6,20 @@
 //!
 //! ```text
 //! L <seq:u64be>                      -> record (see `Record::encode`)
-//! I <id> 0x00 <publisher>            -> <seq:u64be> <envelope digest:32>
+//! I <id> 0x00 <publisher>            -> <seq:u64be> <envelope digest:32> <payload digest:32>
 //! H                                  -> <head seq:u64be>
 //! ```
-//! and a second tree, `cursors`, for durable subscription cursors.
+//! and a second tree, `cursors`, for durable subscription cursors. (Index
+//! entries written before the payload digest was kept are 40 bytes; they
+//! simply lack the "same bulletin signed again" check.)
 //!
 //! # Writing
-//! One writer thread owns appends. It takes every request waiting (up to a
-//! batch limit), assigns gapless sequence numbers, applies one sled batch, calls
-//! `flush` (fsync) once, and only then answers every request in the batch and
-//! moves the committed head (a `watch` the rest of the process follows).
+//! A pipelined group commit on two threads. The applier takes every request
+//! waiting (up to a batch limit), assigns gapless sequence numbers and applies
+//! one sled batch (record, index, head). The flusher calls `flush` (fsync)
+//! and only then answers every request the flush covers and moves the
+//! committed head (a `watch` the rest of the process follows). While batch N
+//! is being flushed, batch N+1 is applied. Cursor writes share the flushes.
 //!
 //! # Reading
 //! Every record ends with a CRC32 over all its bytes (checked on every read)
