@@ -377,6 +377,7 @@ const HEAD_KEY: &[u8] = b"H";
 /// What the id index holds for (publisher, id): the sequence, the envelope
 /// digest, and the payload digest (absent in entries written before it was
 /// kept: the index value is then 40 bytes, not 72).
+#[derive(Debug, Clone)]
 struct Indexed {
     seq: u64,
     digest: [u8; 32],
@@ -411,13 +412,34 @@ impl Store {
     /// Opens (or creates) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(opts.cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(io)?;
+            .flush_every_ms(Some(500));
+        // sled's background flusher lets go of the directory's file lock a
+        // moment after the last handle is dropped, so a store closed and
+        // reopened in one process (a node restarted in place) can find it
+        // still held. Wait a bounded time for it; another process holding
+        // the store is still refused, after the wait.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        // (sled reports it as an `Other` I/O error with this text.)
+        let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if locked(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if locked(&e) => {
+                    return Err(StoreError::Io(format!(
+                        "{} is in use by another process (its lock is held): {e}",
+                        dir.display()
+                    )));
+                }
+                Err(e) => return Err(io(e)),
+            }
+        };
         let log = db.open_tree("log").map_err(io)?;
         let cursors = db.open_tree("cursors").map_err(io)?;
         let head = match log.get(HEAD_KEY).map_err(io)? {
@@ -809,6 +831,81 @@ impl Pipeline {
     }
 }
 
+/// What becomes of an append, given what the index holds for its
+/// (publisher, id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// The same bulletin is stored at this sequence.
+    Duplicate(u64),
+    /// Another bulletin holds this id.
+    Conflict,
+    /// A new record.
+    New,
+}
+
+/// The same envelope, or the same signed payload in another envelope (the
+/// bulletin signed again), is a duplicate; anything else under a held id is
+/// a conflict. Index entries older than the payload digest only match by
+/// envelope.
+fn decide(existing: Option<&Indexed>, digest: &[u8; 32], payload_digest: &[u8; 32]) -> Decision {
+    match existing {
+        None => Decision::New,
+        Some(i) if &i.digest == digest || i.payload_digest.as_ref() == Some(payload_digest) => {
+            Decision::Duplicate(i.seq)
+        }
+        Some(_) => Decision::Conflict,
+    }
+}
+
+/// One batch being built by the applier.
+struct Batch {
+    sled: sled::Batch,
+    /// (publisher, id) → what was appended for it in this batch, and when.
+    pending: HashMap<(String, String), (Indexed, SystemTime)>,
+    /// The highest sequence any reply in this batch depends on.
+    upto: u64,
+    /// The sequence the next new record gets.
+    next: u64,
+    /// The acceptance time of this batch's records (never before the last).
+    now: u64,
+}
+
+impl Batch {
+    /// Adds a new record (and its index entry) under the next sequence.
+    fn append(&mut self, key: (String, String), rec: NewRecord) -> Appended {
+        let seq = self.next;
+        self.next += 1;
+        let accepted_at = from_nanos(self.now);
+        let mut meta = rec.meta;
+        if meta.origin_seq == 0 {
+            meta.origin_seq = seq;
+        }
+        let digest = meta.digest;
+        let record = Record {
+            seq,
+            accepted_at,
+            meta,
+            envelope: Bytes::from(rec.envelope),
+        };
+        self.sled.insert(&lkey(seq)[..], record.encode());
+        let mut iv = seq.to_be_bytes().to_vec();
+        iv.extend_from_slice(&digest);
+        iv.extend_from_slice(&rec.payload_digest);
+        self.sled.insert(ikey(&key.0, &key.1), iv);
+        let indexed = Indexed {
+            seq,
+            digest,
+            payload_digest: Some(rec.payload_digest),
+        };
+        self.pending.insert(key, (indexed, accepted_at));
+        Appended {
+            seq,
+            accepted_at,
+            duplicate: false,
+        }
+    }
+}
+
 /// The applier: assigns sequences and applies batches to sled in memory.
 struct Writer {
     log: sled::Tree,
@@ -988,10 +1085,20 @@ impl Writer {
             }
             self.apply(std::mem::take(&mut reqs));
         }
-        self.pipeline.closed.store(true, Ordering::Release);
+        // Set under the queue's lock: the flusher checks `closed` under it
+        // before it waits, so it either sees the flag or is already waiting
+        // when the notification comes (no lost wakeup, no hang on close).
+        {
+            let _queue = self.pipeline.queue.lock();
+            self.pipeline.closed.store(true, Ordering::Release);
+        }
         self.pipeline.wake.notify_all();
     }
 
+    /// Applies one batch of appends, in named steps: each request is
+    /// decided against the index ([`decide`]), a new one checked for the
+    /// bulletin it supersedes or retracts and added to the batch; then the
+    /// batch goes to sled in one atomic write and its replies to the flusher.
     fn apply(&mut self, reqs: Vec<WriteReq>) {
         if self.failed.load(Ordering::Acquire) {
             for r in reqs {
@@ -999,123 +1106,103 @@ impl Writer {
             }
             return;
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch {
+            sled: sled::Batch::default(),
+            pending: HashMap::new(),
+            upto: 0,
+            next: self.head + 1,
+            now: nanos(SystemTime::now()).max(self.last_accepted),
+        };
         let mut replies: Vec<Reply> = Vec::with_capacity(reqs.len());
-        // The highest sequence any reply in this batch depends on.
-        let mut upto = 0u64;
-        // (publisher, id) -> what was appended for it in this batch.
-        let mut pending: HashMap<(String, String), (Indexed, SystemTime)> = HashMap::new();
-        let mut next = self.head + 1;
-        let now = nanos(SystemTime::now()).max(self.last_accepted);
         for WriteReq { rec, reply } in reqs {
-            let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
-            let existing = match pending.get(&key) {
-                Some((i, at)) => Ok(Some((
-                    Indexed {
-                        seq: i.seq,
-                        digest: i.digest,
-                        payload_digest: i.payload_digest,
-                    },
-                    Some(*at),
-                ))),
-                None => self.lookup(&key.0, &key.1).map(|o| o.map(|i| (i, None))),
-            };
-            let outcome = match existing {
-                Err(e) => Err(e),
-                Ok(Some((
-                    Indexed {
-                        seq,
-                        digest,
-                        payload_digest,
-                    },
-                    at,
-                ))) => {
-                    // The same envelope, or the same signed bulletin in
-                    // another envelope (signed again), is a duplicate.
-                    if digest == rec.meta.digest || payload_digest == Some(rec.payload_digest) {
-                        // Answer only once the original is durable.
-                        upto = upto.max(seq);
-                        let accepted_at = match at {
-                            Some(at) => Ok(at),
-                            None => self.accepted_at(seq),
-                        };
-                        accepted_at.map(|accepted_at| Appended {
-                            seq,
-                            accepted_at,
-                            duplicate: true,
-                        })
-                    } else {
-                        Err(StoreError::Conflict {
-                            publisher: key.0.clone(),
-                            id: key.1.clone(),
-                        })
-                    }
-                }
-                Ok(None) => {
-                    let missing = match &rec.requires {
-                        Some((relation, id)) => {
-                            let k = (key.0.clone(), id.clone());
-                            match pending.get(&k) {
-                                Some(_) => Ok(None),
-                                None => self.lookup(&k.0, &k.1).map(|found| match found {
-                                    Some(i) => {
-                                        upto = upto.max(i.seq);
-                                        None
-                                    }
-                                    None => Some(StoreError::MissingRelated {
-                                        relation,
-                                        publisher: k.0.clone(),
-                                        id: id.clone(),
-                                    }),
-                                }),
-                            }
-                        }
-                        None => Ok(None),
-                    };
-                    match missing {
-                        Err(e) => Err(e),
-                        Ok(Some(e)) => Err(e),
-                        Ok(None) => {
-                            let seq = next;
-                            next += 1;
-                            let accepted_at = from_nanos(now);
-                            let mut meta = rec.meta;
-                            if meta.origin_seq == 0 {
-                                meta.origin_seq = seq;
-                            }
-                            let digest = meta.digest;
-                            let record = Record {
-                                seq,
-                                accepted_at,
-                                meta,
-                                envelope: Bytes::from(rec.envelope),
-                            };
-                            batch.insert(&lkey(seq)[..], record.encode());
-                            let mut iv = seq.to_be_bytes().to_vec();
-                            iv.extend_from_slice(&digest);
-                            iv.extend_from_slice(&rec.payload_digest);
-                            batch.insert(ikey(&key.0, &key.1), iv);
-                            let indexed = Indexed {
-                                seq,
-                                digest,
-                                payload_digest: Some(rec.payload_digest),
-                            };
-                            pending.insert(key, (indexed, accepted_at));
-                            Ok(Appended {
-                                seq,
-                                accepted_at,
-                                duplicate: false,
-                            })
-                        }
-                    }
-                }
-            };
+            let outcome = self.admit(&mut batch, rec);
             replies.push((reply, outcome));
         }
+        self.commit(batch, replies);
+    }
+
+    /// One append: a duplicate answered with the original, a conflict, or
+    /// a new record added to `batch`.
+    fn admit(&self, batch: &mut Batch, rec: NewRecord) -> Result<Appended, StoreError> {
+        let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
+        let existing = match batch.pending.get(&key) {
+            Some((i, at)) => Some((i.clone(), Some(*at))),
+            None => self.lookup(&key.0, &key.1)?.map(|i| (i, None)),
+        };
+        match decide(
+            existing.as_ref().map(|(i, _)| i),
+            &rec.meta.digest,
+            &rec.payload_digest,
+        ) {
+            Decision::Duplicate(seq) => {
+                // Answer only once the original is durable.
+                batch.upto = batch.upto.max(seq);
+                let accepted_at = match existing.and_then(|(_, at)| at) {
+                    Some(at) => at,
+                    None => self.accepted_at(seq)?,
+                };
+                Ok(Appended {
+                    seq,
+                    accepted_at,
+                    duplicate: true,
+                })
+            }
+            Decision::Conflict => Err(StoreError::Conflict {
+                publisher: key.0,
+                id: key.1,
+            }),
+            Decision::New => {
+                self.check_related(batch, &key.0, &rec.requires)?;
+                Ok(batch.append(key, rec))
+            }
+        }
+    }
+
+    /// A bulletin that supersedes or retracts another needs that one stored
+    /// (or earlier in this batch); once found, the answer waits for it to be
+    /// durable.
+    fn check_related(
+        &self,
+        batch: &mut Batch,
+        publisher: &str,
+        requires: &Option<(&'static str, String)>,
+    ) -> Result<(), StoreError> {
+        let Some((relation, id)) = requires else {
+            return Ok(());
+        };
+        if batch
+            .pending
+            .contains_key(&(publisher.to_owned(), id.clone()))
+        {
+            return Ok(());
+        }
+        match self.lookup(publisher, id)? {
+            Some(i) => {
+                batch.upto = batch.upto.max(i.seq);
+                Ok(())
+            }
+            None => Err(StoreError::MissingRelated {
+                relation,
+                publisher: publisher.to_owned(),
+                id: id.clone(),
+            }),
+        }
+    }
+
+    /// Writes the batch to sled in one atomic write (records, index, head)
+    /// and hands its replies to the flusher, which answers them once durable.
+    fn commit(&mut self, batch: Batch, replies: Vec<Reply>) {
+        let Batch {
+            sled: mut writes,
+            mut upto,
+            next,
+            now,
+            ..
+        } = batch;
         let new_head = next - 1;
         if new_head != self.head {
-            batch.insert(HEAD_KEY, &new_head.to_be_bytes()[..]);
-            if let Err(e) = self.log.apply_batch(batch) {
+            writes.insert(HEAD_KEY, &new_head.to_be_bytes()[..]);
+            if let Err(e) = self.log.apply_batch(writes) {
                 error!(error = %e, "store write failed; refusing further writes");
                 self.failed.store(true, Ordering::Release);
                 for (reply, _) in replies {
@@ -1152,5 +1239,43 @@ impl Writer {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod decide_tests {
+    use super::*;
+
+    fn indexed(seq: u64, digest: u8, payload: Option<u8>) -> Indexed {
+        Indexed {
+            seq,
+            digest: [digest; 32],
+            payload_digest: payload.map(|p| [p; 32]),
+        }
+    }
+
+    #[test]
+    fn an_append_is_new_a_duplicate_or_a_conflict() {
+        assert_eq!(decide(None, &[1; 32], &[2; 32]), Decision::New);
+        let held = indexed(7, 1, Some(2));
+        // The same envelope.
+        assert_eq!(
+            decide(Some(&held), &[1; 32], &[2; 32]),
+            Decision::Duplicate(7)
+        );
+        // The same payload, signed again (another envelope).
+        assert_eq!(
+            decide(Some(&held), &[9; 32], &[2; 32]),
+            Decision::Duplicate(7)
+        );
+        // Other content under the same id.
+        assert_eq!(decide(Some(&held), &[9; 32], &[8; 32]), Decision::Conflict);
+        // An entry from before the payload digest: only the envelope matches.
+        let old = indexed(3, 1, None);
+        assert_eq!(
+            decide(Some(&old), &[1; 32], &[2; 32]),
+            Decision::Duplicate(3)
+        );
+        assert_eq!(decide(Some(&old), &[9; 32], &[2; 32]), Decision::Conflict);
     }
 }
