@@ -319,6 +319,7 @@ impl Target {
             cert: Some(cert),
             key: Some(key),
             ca: vec![Ca::cert_path(&self.ca_dir)],
+            trust: vec![],
             crl: vec![],
             node_identity: None,
         };
@@ -348,6 +349,7 @@ impl Target {
             cert: Some(cert),
             key: Some(key),
             ca: vec![Ca::cert_path(&self.ca_dir)],
+            trust: vec![],
             crl: vec![],
             // Each publisher is of its own member, so it pins this node.
             node_identity: Some(self.node_identity()?),

@@ -69,8 +69,13 @@ pub struct ClientSettings {
     pub node: Option<String>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
-    /// CA certificates that vouch for nodes (PEM, one or more per file).
+    /// CA certificates that vouch for nodes (PEM, one or more per file),
+    /// for any member.
     pub ca: Vec<PathBuf>,
+    /// CA certificates with the members each may vouch for (as a node's
+    /// `[[trust]]` entries): a member's CA then cannot pass off a node of
+    /// another member.
+    pub trust: Vec<(PathBuf, MemberScope)>,
     /// CRLs to apply to the node's certificate.
     pub crl: Vec<PathBuf>,
     /// Require exactly this node identity (e.g. another member's node)
@@ -79,7 +84,8 @@ pub struct ClientSettings {
 }
 
 /// A client config file: any of `node`, `cert`, `key`, `ca`, `crl`,
-/// `node_identity`; relative paths are relative to the file.
+/// `node_identity`, and `[[trust]]` entries; relative paths are relative to
+/// the file.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct ClientFile {
@@ -89,6 +95,15 @@ struct ClientFile {
     ca: Vec<PathBuf>,
     crl: Vec<PathBuf>,
     node_identity: Option<String>,
+    trust: Vec<ClientTrust>,
+}
+
+/// A CA and the members it may vouch for, as in a node's `beacon.toml`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientTrust {
+    ca: PathBuf,
+    members: Vec<String>,
 }
 
 impl ClientSettings {
@@ -111,11 +126,20 @@ impl ClientSettings {
             })?),
             None => None,
         };
+        let mut trust = Vec::new();
+        for t in f.trust {
+            let scope = MemberScope::parse_list(&t.members).map_err(|e| ClientError::Config {
+                path: path.display().to_string(),
+                reason: format!("trust {}: {e}", t.ca.display()),
+            })?;
+            trust.push((anchor(t.ca), scope));
+        }
         Ok(ClientSettings {
             node: f.node,
             cert: f.cert.map(anchor),
             key: f.key.map(anchor),
             ca: f.ca.into_iter().map(anchor).collect(),
+            trust,
             crl: f.crl.into_iter().map(anchor).collect(),
             node_identity,
         })
@@ -141,7 +165,7 @@ impl Dialer {
             .key
             .as_ref()
             .ok_or(ClientError::Missing("private key (--key or BEACON_KEY)"))?;
-        if settings.ca.is_empty() {
+        if settings.ca.is_empty() && settings.trust.is_empty() {
             return Err(ClientError::Missing("CA bundle (--ca or BEACON_CA)"));
         }
         let own = KeyedChain::load(cert, key)?;
@@ -149,6 +173,11 @@ impl Dialer {
         for path in &settings.ca {
             for c in trust::read_certs(path)? {
                 cas.push(CaEntry::new(c, MemberScope::any())?);
+            }
+        }
+        for (path, scope) in &settings.trust {
+            for c in trust::read_certs(path)? {
+                cas.push(CaEntry::new(c, scope.clone())?);
             }
         }
         let mut crls = Vec::new();

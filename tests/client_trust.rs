@@ -179,3 +179,58 @@ async fn a_pinned_identity_that_does_not_match_is_refused() {
     );
     n.stop().await;
 }
+
+/// A client config can scope each CA to its members, as a node's
+/// `[[trust]]` does: then one member's CA cannot pass off a node of another
+/// member (with unscoped `ca` entries, any CA the client trusts may).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_client_trust_refuses_a_node_another_members_ca_made() {
+    let a = Alliance::new(&["uk.ncsc"]);
+    // A CA the client knows as drc's, which issues a node for uk.ncsc.
+    let drc_ca = a.pki.other_ca("drc-ca", "*");
+    let mut req = IssueRequest::new(id(RoleKind::Node, Some("uk.ncsc"), "rogue"));
+    req.ip_addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    let rogue = a.pki.issue_from(&drc_ca, req);
+    let mut opts = a.options(rogue.clone(), &[]);
+    opts.trust
+        .push((beacon::pki::Ca::cert_path(&drc_ca), "*".into(), None));
+    let n = TestNode::start(&opts).await;
+    let uk = a.client("uk.ncsc", "analyst");
+
+    // Unscoped: the rogue node passes as a node of uk.ncsc.
+    let mut s = settings(&uk, &a.ca);
+    s.ca.push(beacon::pki::Ca::cert_path(&drc_ca));
+    s.node = Some(n.addr.to_string());
+    BeaconClient::connect(&s)
+        .await
+        .expect("unscoped trust accepts it");
+
+    // Scoped, from a client config file: refused before any RPC.
+    let dir = a.pki.path();
+    let config = dir.join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[[trust]]\nca = \"{}\"\nmembers = [\"uk.ncsc\"]\n\n[[trust]]\nca = \"{}\"\nmembers = [\"drc\"]\n",
+            n.addr,
+            uk.cert.display(),
+            uk.key.display(),
+            beacon::pki::Ca::cert_path(a.ca_dir("uk.ncsc")).display(),
+            beacon::pki::Ca::cert_path(&drc_ca).display(),
+        ),
+    )
+    .expect("write client config");
+    let scoped = beacon::client::ClientSettings::from_file(&config).expect("client config");
+    let msg = refused_before_rpc(BeaconClient::connect(&scoped).await);
+    assert!(
+        msg.contains("may not vouch for") && msg.contains("node/uk.ncsc/rogue"),
+        "{msg}"
+    );
+    let (code, _, err) = beacon(
+        dir,
+        &["list", "--client-config", config.to_str().expect("path")],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("may not vouch for"), "{err}");
+    n.stop().await;
+}

@@ -41,7 +41,8 @@ pub struct ConnArgs {
     /// whose certificate names the host dialled is accepted.
     #[arg(long, visible_alias = "node-id", env = "BEACON_NODE_ID")]
     node_identity: Option<String>,
-    /// A TOML file with any of: node, cert, key, ca, crl, node_identity.
+    /// A TOML file with any of: node, cert, key, ca, crl, node_identity, and
+    /// [[trust]] entries (a CA and the members it may vouch for).
     #[arg(long, env = "BEACON_CLIENT_CONFIG")]
     client_config: Option<PathBuf>,
 }
@@ -71,6 +72,7 @@ impl ConnArgs {
             cert: self.cert.clone().or(file.cert),
             key: self.key.clone().or(file.key),
             ca: pick(&self.ca, file.ca),
+            trust: file.trust,
             crl: pick(&self.crl, file.crl),
             node_identity,
         })

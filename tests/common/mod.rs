@@ -318,6 +318,7 @@ pub fn settings(files: &CertFiles, ca: &[PathBuf]) -> ClientSettings {
         cert: Some(files.cert.clone()),
         key: Some(files.key.clone()),
         ca: ca.to_vec(),
+        trust: Vec::new(),
         crl: Vec::new(),
         node_identity: None,
     }
