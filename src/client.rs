@@ -18,7 +18,7 @@ use crate::bulletin::{Bulletin, BulletinError, Envelope, Signer};
 use crate::identity::{Identity, MemberScope};
 use crate::proto::v1 as pb;
 use crate::trust::tls::{self, ExpectedServer, KeyedChain, TlsError};
-use crate::trust::{self, CaEntry, TrustBundle, TrustError};
+use crate::trust::{self, TrustBundle, TrustError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -169,25 +169,15 @@ impl Dialer {
             return Err(ClientError::Missing("CA bundle (--ca or BEACON_CA)"));
         }
         let own = KeyedChain::load(cert, key)?;
-        let mut cas = Vec::new();
-        for path in &settings.ca {
-            for c in trust::read_certs(path)? {
-                cas.push(CaEntry::new(c, MemberScope::any())?);
-            }
-        }
-        for (path, scope) in &settings.trust {
-            for c in trust::read_certs(path)? {
-                cas.push(CaEntry::new(c, scope.clone())?);
-            }
-        }
-        let mut crls = Vec::new();
-        for path in &settings.crl {
-            crls.extend(trust::read_crls(path)?);
-        }
-        let bundle = Arc::new(TrustBundle::new(
-            own.identity.trust_domain.clone(),
+        let cas = settings
+            .ca
+            .iter()
+            .map(|p| (p.as_path(), MemberScope::any()))
+            .chain(settings.trust.iter().map(|(p, s)| (p.as_path(), s.clone())));
+        let bundle = Arc::new(trust::read_bundle(
+            &own.identity.trust_domain,
             cas,
-            crls,
+            settings.crl.iter().map(PathBuf::as_path),
         )?);
         Ok(Dialer {
             own,

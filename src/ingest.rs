@@ -55,8 +55,8 @@ pub struct Admitted {
 }
 
 impl Ingest<'_> {
-    /// Step 1, before anything is decoded or copied.
-    pub fn check_size(&self, size: usize) -> Result<(), IngestError> {
+    /// Step 1: the size of the envelope's canonical bytes.
+    fn check_size(&self, size: usize) -> Result<(), IngestError> {
         if size > self.max_envelope_bytes {
             return Err(BulletinError::TooLarge {
                 size,

@@ -442,11 +442,8 @@ fn admit(
         warn!(target: "beacon::audit", peer = %peer.identity, addr = %peer.addr, reason = %e, "publish refused");
         status::ingest(&e)
     };
-    // The size first, before anything is copied.
-    ingest
-        .check_size(prost::Message::encoded_len(&env))
-        .map_err(refused)?;
-    // The canonical bytes, encoded once from what arrived; the domain
+    // The canonical bytes, encoded once from what arrived (bounded by the
+    // decode limit; `publish` checks their size first); the domain
     // envelope then takes the fields by move (no copy of the payload).
     let bytes = prost::Message::encode_to_vec(&env);
     let env = crate::bulletin::codec::envelope_from_proto(env);

@@ -740,20 +740,12 @@ fn verify(file: &Path, ca: &[PathBuf], crl: &[PathBuf], json: bool) -> Result<()
     // The signer's trust domain; the CAs given decide whether it is vouched for.
     let (signer_id, _) =
         beacon::trust::identity_of(&rustls::pki_types::CertificateDer::from(leaf.as_slice()))?;
-    let mut cas = Vec::new();
-    for path in ca {
-        for c in beacon::trust::read_certs(path)? {
-            cas.push(beacon::trust::CaEntry::new(
-                c,
-                beacon::identity::MemberScope::any(),
-            )?);
-        }
-    }
-    let mut crls = Vec::new();
-    for path in crl {
-        crls.extend(beacon::trust::read_crls(path)?);
-    }
-    let bundle = TrustBundle::new(signer_id.trust_domain.clone(), cas, crls)?;
+    let bundle = beacon::trust::read_bundle(
+        &signer_id.trust_domain,
+        ca.iter()
+            .map(|p| (p.as_path(), beacon::identity::MemberScope::any())),
+        crl.iter().map(PathBuf::as_path),
+    )?;
     let v = beacon::bulletin::verify_stored_envelope(&env, &bundle, SystemTime::now())
         .with_context(|| format!("{} does not verify", file.display()))?;
     let b = v.bulletin();

@@ -343,23 +343,41 @@ pub fn cert_not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime
         .map(|s| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
 }
 
+/// Reads a trust bundle from files: every CA certificate in each file, with
+/// the members it may vouch for, and every CRL. The one place a bundle is
+/// loaded (the node's config, a client's settings, offline verification).
+pub fn read_bundle<'a>(
+    trust_domain: &TrustDomain,
+    cas: impl IntoIterator<Item = (&'a Path, MemberScope)>,
+    crls: impl IntoIterator<Item = &'a Path>,
+) -> Result<TrustBundle, TrustError> {
+    let mut entries = Vec::new();
+    for (path, scope) in cas {
+        for cert in read_certs(path)? {
+            entries.push(CaEntry::new(cert, scope.clone())?);
+        }
+    }
+    let mut revoked = Vec::new();
+    for path in crls {
+        revoked.extend(read_crls(path)?);
+    }
+    TrustBundle::new(trust_domain.clone(), entries, revoked)
+}
+
 /// Loads the trust bundle a node's config describes: each `[[trust]]` CA
 /// with its member scope, and the CRLs.
 pub fn load_bundle(
     config: &crate::config::Config,
     trust_domain: &TrustDomain,
 ) -> Result<TrustBundle, TrustError> {
-    let mut cas = Vec::new();
-    let mut crls = Vec::new();
-    for entry in &config.trust {
-        for cert in read_certs(&entry.ca)? {
-            cas.push(CaEntry::new(cert, entry.members.clone())?);
-        }
-        if let Some(crl) = &entry.crl {
-            crls.extend(read_crls(crl)?);
-        }
-    }
-    TrustBundle::new(trust_domain.clone(), cas, crls)
+    read_bundle(
+        trust_domain,
+        config
+            .trust
+            .iter()
+            .map(|t| (t.ca.as_path(), t.members.clone())),
+        config.trust.iter().filter_map(|t| t.crl.as_deref()),
+    )
 }
 
 /// A host name a certificate is valid for: a DNS or IP subject alternative name.
