@@ -1,0 +1,644 @@
+//! The pipelined group commit: an applier thread assigns gapless sequences
+//! and writes batches to the engine; a flusher thread syncs them and only
+//! then answers every request the sync covers and moves the committed head.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, warn};
+
+use super::engine::{Engine, WriteSet};
+use super::record::{from_nanos, nanos, Indexed, Record};
+use super::{io, Appended, NewRecord, StoreError, StoreOptions, StoreStats};
+
+pub(super) struct WriteReq {
+    pub rec: NewRecord,
+    pub reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// The running group commit: the applier's queue and both threads.
+pub(super) struct Committer {
+    engine: Arc<dyn Engine>,
+    writer: Option<mpsc::Sender<WriteReq>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    flusher_thread: Option<std::thread::JoinHandle<()>>,
+    pipeline: Arc<Pipeline>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Committer {
+    /// Starts the applier and the flusher on a log whose durable head is
+    /// `head`; returns the committed head's receiver.
+    pub fn start(
+        engine: Arc<dyn Engine>,
+        watermark: Watermark,
+        head: u64,
+        last_accepted: u64,
+        opts: &StoreOptions,
+        stats: Arc<StoreStats>,
+    ) -> Result<(Committer, watch::Receiver<u64>), StoreError> {
+        let (head_tx, head_rx) = watch::channel(head);
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let failed = Arc::new(AtomicBool::new(false));
+        let pipeline = Arc::new(Pipeline {
+            queue: parking_lot::Mutex::new(Vec::new()),
+            wake: parking_lot::Condvar::new(),
+            applied: AtomicU64::new(head),
+            rounds: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let writer = Writer {
+            engine: engine.clone(),
+            head,
+            last_accepted,
+            failed: failed.clone(),
+            max_batch: opts.max_batch.max(1),
+            pipeline: pipeline.clone(),
+        };
+        let flusher = Flusher {
+            engine: engine.clone(),
+            watermark,
+            durable: head,
+            head_tx,
+            failed: failed.clone(),
+            pipeline: pipeline.clone(),
+            stats,
+        };
+        let flusher_thread = std::thread::Builder::new()
+            .name("beacon-store-flush".into())
+            .spawn(move || flusher.run())
+            .map_err(io)?;
+        let writer_thread = std::thread::Builder::new()
+            .name("beacon-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io)?;
+        let committer = Committer {
+            engine,
+            writer: Some(tx),
+            writer_thread: Some(writer_thread),
+            flusher_thread: Some(flusher_thread),
+            pipeline,
+            failed,
+        };
+        Ok((committer, head_rx))
+    }
+
+    /// `Failed` once a write or sync has failed: nothing more is accepted.
+    pub fn check_open(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Failed);
+        }
+        Ok(())
+    }
+
+    /// Queues `rec` for the applier; returns what resolves once it is durable.
+    pub async fn enqueue(
+        &self,
+        rec: NewRecord,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Appended, StoreError>> + Send + 'static,
+        StoreError,
+    > {
+        self.check_open()?;
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        writer
+            .send(WriteReq { rec, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })
+    }
+
+    /// Resolves once a sync that started after this call has finished (it
+    /// shares the flusher's next round with concurrent appends).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let min_round = self.pipeline.rounds.load(Ordering::Acquire) + 1;
+        if self
+            .pipeline
+            .push(Pending::Sync { min_round, reply })
+            .is_err()
+        {
+            // The writer is stopping: sync here instead.
+            return self.engine.sync();
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stops the applier after the appends already queued, then the flusher.
+    pub fn stop(&mut self, stats: &StoreStats) {
+        self.writer = None;
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.flusher_thread.take() {
+            let _ = t.join();
+            let batches = stats.batches.load(Ordering::Relaxed);
+            let appended = stats.appended.load(Ordering::Relaxed);
+            if batches > 0 {
+                tracing::info!(
+                    batches,
+                    appended,
+                    mean_batch = appended as f64 / batches as f64,
+                    mean_commit_ms = stats.fsync_nanos_total.load(Ordering::Relaxed) as f64
+                        / batches as f64
+                        / 1e6,
+                    max_commit_ms = stats.fsync_nanos_max.load(Ordering::Relaxed) as f64 / 1e6,
+                    "store closed"
+                );
+            }
+        }
+    }
+}
+
+/// Something waiting for a flush.
+enum Pending {
+    /// A batch written to the engine: answer once the durable head reaches `upto`.
+    Batch { upto: u64, replies: Vec<Reply> },
+    /// A cursor write: answer once a flush that started after it has finished.
+    Sync {
+        min_round: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// State shared by the applier, cursor writers and the flusher.
+struct Pipeline {
+    queue: parking_lot::Mutex<Vec<Pending>>,
+    wake: parking_lot::Condvar,
+    /// Highest sequence written to the engine (maybe not durable yet).
+    applied: AtomicU64,
+    /// Flush rounds started so far.
+    rounds: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Pipeline {
+    /// Queues `p` for the flusher; refused once the pipeline is closed (the
+    /// flusher may have exited, and nothing would answer).
+    fn push(&self, p: Pending) -> Result<(), Pending> {
+        let mut q = self.queue.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(p);
+        }
+        q.push(p);
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// What becomes of an append, given what the index holds for its
+/// (publisher, id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// The same bulletin is stored at this sequence.
+    Duplicate(u64),
+    /// Another bulletin holds this id.
+    Conflict,
+    /// A new record.
+    New,
+}
+
+/// The same envelope, or the same signed payload in another envelope (the
+/// bulletin signed again), is a duplicate; anything else under a held id is
+/// a conflict. Index entries older than the payload digest only match by
+/// envelope.
+fn decide(existing: Option<&Indexed>, digest: &[u8; 32], payload_digest: &[u8; 32]) -> Decision {
+    match existing {
+        None => Decision::New,
+        Some(i) if &i.digest == digest || i.payload_digest.as_ref() == Some(payload_digest) => {
+            Decision::Duplicate(i.seq)
+        }
+        Some(_) => Decision::Conflict,
+    }
+}
+
+/// One batch being built by the applier.
+struct Batch {
+    writes: WriteSet,
+    /// (publisher, id) → what was appended for it in this batch, and when.
+    pending: HashMap<(String, String), (Indexed, SystemTime)>,
+    /// The highest sequence any reply in this batch depends on.
+    upto: u64,
+    /// The sequence the next new record gets.
+    next: u64,
+    /// The acceptance time of this batch's records (never before the last).
+    now: u64,
+}
+
+impl Batch {
+    /// Adds a new record (and its index entry) under the next sequence.
+    fn append(&mut self, key: (String, String), rec: NewRecord) -> Appended {
+        let seq = self.next;
+        self.next += 1;
+        let accepted_at = from_nanos(self.now);
+        let mut meta = rec.meta;
+        if meta.origin_seq == 0 {
+            meta.origin_seq = seq;
+        }
+        let digest = meta.digest;
+        let record = Record {
+            seq,
+            accepted_at,
+            meta,
+            envelope: Bytes::from(rec.envelope),
+        };
+        self.writes.records.push((seq, record.encode()));
+        let indexed = Indexed {
+            seq,
+            digest,
+            payload_digest: Some(rec.payload_digest),
+        };
+        self.writes
+            .index
+            .push((key.0.clone(), key.1.clone(), indexed.encode()));
+        self.pending.insert(key, (indexed, accepted_at));
+        Appended {
+            seq,
+            accepted_at,
+            duplicate: false,
+        }
+    }
+}
+
+/// The applier: assigns sequences and writes batches to the engine.
+struct Writer {
+    engine: Arc<dyn Engine>,
+    head: u64,
+    last_accepted: u64,
+    failed: Arc<AtomicBool>,
+    max_batch: usize,
+    pipeline: Arc<Pipeline>,
+}
+
+type Reply = (
+    oneshot::Sender<Result<Appended, StoreError>>,
+    Result<Appended, StoreError>,
+);
+
+/// The highest sequence the store has made durable, kept in a small file
+/// beside the engine's files (`acknowledged`: the sequence and its CRC32). It is written
+/// after each flush, without an fsync of its own, so it never runs ahead of
+/// the log; after a power loss it may lag, which only weakens the check. At
+/// open, a log that ends before it means the engine's recovery lost acknowledged
+/// records (it stops at the first damaged entry), and the store refuses to open.
+pub(super) struct Watermark {
+    file: std::fs::File,
+}
+
+impl Watermark {
+    pub fn open(dir: &Path) -> Result<Watermark, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("acknowledged"))
+            .map_err(io)?;
+        Ok(Watermark { file })
+    }
+
+    /// The recorded head; `None` when absent or unreadable (then logged).
+    pub fn read(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 12];
+        match self.file.read_exact_at(&mut buf, 0) {
+            Ok(()) => {
+                let (seq, sum) = buf.split_at(8);
+                if crc32fast::hash(seq).to_be_bytes().as_slice() == sum {
+                    seq.try_into().ok().map(u64::from_be_bytes)
+                } else {
+                    warn!("the acknowledged-head file is damaged; it will be rewritten");
+                    None
+                }
+            }
+            Err(_) => None, // a new store
+        }
+    }
+
+    pub fn record(&self, seq: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 12];
+        buf[..8].copy_from_slice(&seq.to_be_bytes());
+        let sum = crc32fast::hash(&buf[..8]);
+        buf[8..].copy_from_slice(&sum.to_be_bytes());
+        self.file.write_all_at(&buf, 0)
+    }
+}
+
+/// The flusher: makes applied batches and cursor writes durable (one `flush`,
+/// i.e. fsync, per round) and only then answers them and moves the committed head.
+struct Flusher {
+    engine: Arc<dyn Engine>,
+    watermark: Watermark,
+    durable: u64,
+    head_tx: watch::Sender<u64>,
+    failed: Arc<AtomicBool>,
+    pipeline: Arc<Pipeline>,
+    stats: Arc<StoreStats>,
+}
+
+impl Flusher {
+    fn run(mut self) {
+        loop {
+            let needs_flush = {
+                let mut q = self.pipeline.queue.lock();
+                while q.is_empty() && !self.pipeline.closed.load(Ordering::Acquire) {
+                    self.pipeline.wake.wait(&mut q);
+                }
+                if q.is_empty() {
+                    return; // closed and drained
+                }
+                q.iter().any(|p| matches!(p, Pending::Sync { .. }))
+            };
+            // Everything applied or written before these loads is covered by the flush below.
+            let round = self.pipeline.rounds.fetch_add(1, Ordering::AcqRel) + 1;
+            let target = self.pipeline.applied.load(Ordering::Acquire);
+            if target > self.durable || needs_flush {
+                let t0 = Instant::now();
+                let result = self.engine.sync();
+                let took = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.stats
+                    .fsync_nanos_total
+                    .fetch_add(took, Ordering::Relaxed);
+                self.stats
+                    .fsync_nanos_max
+                    .fetch_max(took, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.fsync_seconds.observe(took as f64 / 1e9);
+                if target > self.durable {
+                    self.stats
+                        .batch_records
+                        .observe(target.saturating_sub(self.durable) as f64);
+                }
+                if let Err(e) = result {
+                    error!(error = %e, "store flush failed; refusing further writes");
+                    self.failed.store(true, Ordering::Release);
+                    let drained: Vec<Pending> = self.pipeline.queue.lock().drain(..).collect();
+                    for p in drained {
+                        match p {
+                            Pending::Batch { replies, .. } => {
+                                for (reply, _) in replies {
+                                    let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                                }
+                            }
+                            Pending::Sync { reply, .. } => {
+                                let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if target > self.durable {
+                    self.stats
+                        .appended
+                        .fetch_add(target - self.durable, Ordering::Relaxed);
+                    self.durable = target;
+                    if let Err(e) = self.watermark.record(target) {
+                        warn!(error = %e, "cannot record the acknowledged head outside the log");
+                    }
+                    self.head_tx.send_replace(target);
+                }
+            }
+            let durable = self.durable;
+            let done: Vec<Pending> = {
+                let mut q = self.pipeline.queue.lock();
+                let (done, keep): (Vec<Pending>, Vec<Pending>) =
+                    q.drain(..).partition(|p| match p {
+                        Pending::Batch { upto, .. } => *upto <= durable,
+                        Pending::Sync { min_round, .. } => *min_round <= round,
+                    });
+                *q = keep;
+                done
+            };
+            for p in done {
+                match p {
+                    Pending::Batch { replies, .. } => {
+                        for (reply, outcome) in replies {
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    Pending::Sync { reply, .. } => {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<WriteReq>) {
+        let mut reqs = Vec::with_capacity(self.max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            reqs.push(first);
+            while reqs.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(r) => reqs.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.apply(std::mem::take(&mut reqs));
+        }
+        // Set under the queue's lock: the flusher checks `closed` under it
+        // before it waits, so it either sees the flag or is already waiting
+        // when the notification comes (no lost wakeup, no hang on close).
+        {
+            let _queue = self.pipeline.queue.lock();
+            self.pipeline.closed.store(true, Ordering::Release);
+        }
+        self.pipeline.wake.notify_all();
+    }
+
+    /// Applies one batch of appends, in named steps: each request is
+    /// decided against the index ([`decide`]), a new one checked for the
+    /// bulletin it supersedes or retracts and added to the batch; then the
+    /// batch goes to the engine in one atomic write and its replies to the flusher.
+    fn apply(&mut self, reqs: Vec<WriteReq>) {
+        if self.failed.load(Ordering::Acquire) {
+            for r in reqs {
+                let _ = r.reply.send(Err(StoreError::Failed));
+            }
+            return;
+        }
+        let mut batch = Batch {
+            writes: WriteSet::default(),
+            pending: HashMap::new(),
+            upto: 0,
+            next: self.head + 1,
+            now: nanos(SystemTime::now()).max(self.last_accepted),
+        };
+        let mut replies: Vec<Reply> = Vec::with_capacity(reqs.len());
+        for WriteReq { rec, reply } in reqs {
+            let outcome = self.admit(&mut batch, rec);
+            replies.push((reply, outcome));
+        }
+        self.commit(batch, replies);
+    }
+
+    /// One append: a duplicate answered with the original, a conflict, or
+    /// a new record added to `batch`.
+    fn admit(&self, batch: &mut Batch, rec: NewRecord) -> Result<Appended, StoreError> {
+        let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
+        let existing = match batch.pending.get(&key) {
+            Some((i, at)) => Some((i.clone(), Some(*at))),
+            None => self.lookup(&key.0, &key.1)?.map(|i| (i, None)),
+        };
+        match decide(
+            existing.as_ref().map(|(i, _)| i),
+            &rec.meta.digest,
+            &rec.payload_digest,
+        ) {
+            Decision::Duplicate(seq) => {
+                // Answer only once the original is durable.
+                batch.upto = batch.upto.max(seq);
+                let accepted_at = match existing.and_then(|(_, at)| at) {
+                    Some(at) => at,
+                    None => self.accepted_at(seq)?,
+                };
+                Ok(Appended {
+                    seq,
+                    accepted_at,
+                    duplicate: true,
+                })
+            }
+            Decision::Conflict => Err(StoreError::Conflict {
+                publisher: key.0,
+                id: key.1,
+            }),
+            Decision::New => {
+                self.check_related(batch, &key.0, &rec.requires)?;
+                Ok(batch.append(key, rec))
+            }
+        }
+    }
+
+    /// A bulletin that supersedes or retracts another needs that one stored
+    /// (or earlier in this batch); once found, the answer waits for it to be
+    /// durable.
+    fn check_related(
+        &self,
+        batch: &mut Batch,
+        publisher: &str,
+        requires: &Option<(&'static str, String)>,
+    ) -> Result<(), StoreError> {
+        let Some((relation, id)) = requires else {
+            return Ok(());
+        };
+        if batch
+            .pending
+            .contains_key(&(publisher.to_owned(), id.clone()))
+        {
+            return Ok(());
+        }
+        match self.lookup(publisher, id)? {
+            Some(i) => {
+                batch.upto = batch.upto.max(i.seq);
+                Ok(())
+            }
+            None => Err(StoreError::MissingRelated {
+                relation,
+                publisher: publisher.to_owned(),
+                id: id.clone(),
+            }),
+        }
+    }
+
+    /// Writes the batch to the engine in one atomic write (records, index, head)
+    /// and hands its replies to the flusher, which answers them once durable.
+    fn commit(&mut self, batch: Batch, replies: Vec<Reply>) {
+        let Batch {
+            mut writes,
+            mut upto,
+            next,
+            now,
+            ..
+        } = batch;
+        let new_head = next - 1;
+        if new_head != self.head {
+            writes.head = Some(new_head);
+            if let Err(e) = self.engine.write(writes) {
+                error!(error = %e, "store write failed; refusing further writes");
+                self.failed.store(true, Ordering::Release);
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                }
+                return;
+            }
+            self.head = new_head;
+            self.last_accepted = now;
+            upto = upto.max(new_head);
+            self.pipeline.applied.store(new_head, Ordering::Release);
+        }
+        if let Err(Pending::Batch { replies, .. }) =
+            self.pipeline.push(Pending::Batch { upto, replies })
+        {
+            for (reply, _) in replies {
+                let _ = reply.send(Err(StoreError::Failed));
+            }
+        }
+    }
+
+    fn lookup(&self, publisher: &str, id: &str) -> Result<Option<Indexed>, StoreError> {
+        Ok(self
+            .engine
+            .index(publisher, id)?
+            .and_then(|v| Indexed::decode(&v)))
+    }
+
+    fn accepted_at(&self, seq: u64) -> Result<SystemTime, StoreError> {
+        match self.engine.record(seq)? {
+            Some(v) => Record::decode(seq, v).map(|r| r.accepted_at),
+            None => {
+                warn!(seq, "index names a record the log does not hold");
+                Err(StoreError::Corrupt {
+                    seq,
+                    reason: "index names a missing record".into(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod decide_tests {
+    use super::*;
+
+    fn indexed(seq: u64, digest: u8, payload: Option<u8>) -> Indexed {
+        Indexed {
+            seq,
+            digest: [digest; 32],
+            payload_digest: payload.map(|p| [p; 32]),
+        }
+    }
+
+    #[test]
+    fn an_append_is_new_a_duplicate_or_a_conflict() {
+        assert_eq!(decide(None, &[1; 32], &[2; 32]), Decision::New);
+        let held = indexed(7, 1, Some(2));
+        // The same envelope.
+        assert_eq!(
+            decide(Some(&held), &[1; 32], &[2; 32]),
+            Decision::Duplicate(7)
+        );
+        // The same payload, signed again (another envelope).
+        assert_eq!(
+            decide(Some(&held), &[9; 32], &[2; 32]),
+            Decision::Duplicate(7)
+        );
+        // Other content under the same id.
+        assert_eq!(decide(Some(&held), &[9; 32], &[8; 32]), Decision::Conflict);
+        // An entry from before the payload digest: only the envelope matches.
+        let old = indexed(3, 1, None);
+        assert_eq!(
+            decide(Some(&old), &[1; 32], &[2; 32]),
+            Decision::Duplicate(3)
+        );
+        assert_eq!(decide(Some(&old), &[9; 32], &[2; 32]), Decision::Conflict);
+    }
+}

@@ -1,0 +1,61 @@
+//! What the store asks of a storage engine: ordered records by sequence, an
+//! id index, a head marker, cursors, atomic writes and a sync that makes
+//! them durable. The log's semantics (gapless sequences, deduplication,
+//! group commit, the committed head, checked reads) live above this trait,
+//! in `store`, so a second engine (a replicated database for a hub) only has
+//! to keep bytes and order: it never decides what is a duplicate or when an
+//! append is acknowledged.
+//!
+//! Values are opaque bytes encoded by `store::record` (records with their
+//! CRC32 trailer, index entries), so every engine stores the same checked form.
+
+use bytes::Bytes;
+
+use super::StoreError;
+
+/// One atomic write: all of it becomes visible together, and durable together
+/// at the next [`Engine::sync`].
+#[derive(Default)]
+pub(crate) struct WriteSet {
+    /// Encoded records by sequence.
+    pub records: Vec<(u64, Vec<u8>)>,
+    /// Id index entries: (publisher, id) → encoded entry.
+    pub index: Vec<(String, String, Vec<u8>)>,
+    /// The new head marker, if it moves.
+    pub head: Option<u64>,
+}
+
+/// Records in sequence order, as (sequence, encoded record).
+pub(crate) type RecordIter<'a> =
+    Box<dyn Iterator<Item = Result<(u64, Bytes), StoreError>> + Send + 'a>;
+
+/// A storage engine. Writes come from one thread at a time (the store's
+/// applier); reads and cursor updates from any thread.
+pub(crate) trait Engine: Send + Sync + 'static {
+    /// The head marker as last written (0 in a new store).
+    fn head(&self) -> Result<u64, StoreError>;
+    /// The highest sequence that holds a record, if any.
+    fn last_record(&self) -> Result<Option<u64>, StoreError>;
+    /// The encoded record at `seq`.
+    fn record(&self, seq: u64) -> Result<Option<Bytes>, StoreError>;
+    /// Encoded records with `from <= seq <= to`, in order.
+    fn records(&self, from: u64, to: u64) -> RecordIter<'_>;
+    /// The index entry of (publisher, id).
+    fn index(&self, publisher: &str, id: &str) -> Result<Option<Bytes>, StoreError>;
+    /// Up to `limit` index entries for `id`, any publisher: (publisher, entry).
+    fn index_by_id(&self, id: &str, limit: usize) -> Result<Vec<(String, Bytes)>, StoreError>;
+    /// Applies `set` atomically. It is visible to reads at once and durable
+    /// after the next [`Engine::sync`].
+    fn write(&self, set: WriteSet) -> Result<(), StoreError>;
+    /// Makes every write and cursor update made before the call durable.
+    fn sync(&self) -> Result<(), StoreError>;
+    /// The cursor of (identity, name).
+    fn cursor(&self, identity: &str, name: &str) -> Result<Option<u64>, StoreError>;
+    /// Moves the cursor of (identity, name) to `seq` unless it is already
+    /// further; durable at the next [`Engine::sync`].
+    fn advance_cursor(&self, identity: &str, name: &str, seq: u64) -> Result<(), StoreError>;
+    /// Every cursor: (identity, name, seq).
+    fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError>;
+    /// Bytes the engine's files take.
+    fn size_on_disk(&self) -> u64;
+}

@@ -1,0 +1,416 @@
+//! The durable log: gapless sequences, deduplication by (publisher, id),
+//! a pipelined group commit, a committed head, and checked reads.
+//!
+//! # Files
+//! - `mod.rs`: [`Store`], the log's interface to the rest of the node.
+//! - `record.rs`: the stored forms (record with CRC32 trailer, index entry).
+//! - `commit.rs`: the group commit (applier and flusher threads) and the
+//!   acknowledged-head file.
+//! - `engine.rs`: what the log asks of a storage engine; `sled_engine.rs`,
+//!   the embedded engine. Nothing outside this module knows which engine
+//!   holds the bytes, and only `sled_engine.rs` touches sled.
+//!
+//! # Writing
+//! A pipelined group commit on two threads. The applier takes every request
+//! waiting (up to a batch limit), decides each against the id index
+//! (duplicate, conflict or new), assigns gapless sequence numbers and writes
+//! one atomic batch (records, index entries, head) to the engine. The
+//! flusher syncs the engine (an fsync) and only then answers every request
+//! the sync covers and moves the committed head (a `watch` the rest of the
+//! process follows). While batch N is being synced, batch N+1 is applied.
+//! Cursor writes share the syncs. Index entries written before the payload
+//! digest was kept are 40 bytes; they simply lack the "same bulletin signed
+//! again" check.
+//!
+//! # Reading
+//! Every record ends with a CRC32 over all its bytes (checked on every read)
+//! and carries the SHA-256 digest of its envelope (checked by [`Store::served`]
+//! before any envelope leaves the node; records a reader only filters past are
+//! not hashed). A record that fails is reported (error, log line, counter),
+//! never served. Nothing beyond the committed head is visible.
+
+mod commit;
+mod engine;
+mod record;
+mod sled_engine;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+use tracing::error;
+
+use crate::bulletin::Meta;
+use commit::{Committer, Watermark};
+use engine::Engine;
+pub use record::Record;
+use record::{nanos, Indexed};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("record {seq} is corrupted: {reason}")]
+    Corrupt { seq: u64, reason: String },
+    #[error("the store holds sequences up to {found}, but this node acknowledged up to {acknowledged}: its files were damaged, truncated or replaced (recovery stops at the first damaged entry), and nothing is served from it. Restore the data directory from a backup, or move it aside and let the node refill from its peers")]
+    RolledBack { acknowledged: u64, found: u64 },
+    #[error("bulletin {id} of {publisher} already exists with different content")]
+    Conflict { publisher: String, id: String },
+    #[error("{relation} names bulletin {id} of {publisher}, which this node does not hold")]
+    MissingRelated {
+        relation: &'static str,
+        publisher: String,
+        id: String,
+    },
+    #[error("the store stopped accepting writes after an earlier failure")]
+    Failed,
+    #[error("the store is shut down")]
+    Closed,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// A bulletin to append.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub meta: Meta,
+    pub envelope: Vec<u8>,
+    /// SHA-256 of the signed payload. The same bulletin signed again is a
+    /// duplicate, not a conflict: ECDSA signatures differ on every signing,
+    /// so a client that re-signs when it retries sends another envelope
+    /// with the same payload.
+    pub payload_digest: [u8; 32],
+    /// An earlier bulletin of the same publisher that must exist (supersedes/retracts).
+    pub requires: Option<(&'static str, String)>,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub accepted_at: SystemTime,
+    /// The same envelope was already stored; `seq` is the original.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    /// Most appends in one batch (one fsync).
+    pub max_batch: usize,
+    /// Appends waiting for the writer; callers wait beyond that (backpressure).
+    pub queue: usize,
+}
+
+/// Appends waiting for the writer before callers wait.
+const QUEUE: usize = 4096;
+
+impl From<&crate::config::StoreConfig> for StoreOptions {
+    /// The `[store]` settings of `beacon.toml`.
+    fn from(c: &crate::config::StoreConfig) -> Self {
+        StoreOptions {
+            cache_bytes: c.cache_mb * 1024 * 1024,
+            max_batch: c.max_batch,
+            queue: QUEUE,
+        }
+    }
+}
+
+impl Default for StoreOptions {
+    /// The defaults of `beacon.toml`'s `[store]` (one default per setting).
+    fn default() -> Self {
+        StoreOptions::from(&crate::config::StoreConfig::default())
+    }
+}
+
+/// Figures for status and metrics.
+#[derive(Debug)]
+pub struct StoreStats {
+    pub corrupt_reads: AtomicU64,
+    pub batches: AtomicU64,
+    pub appended: AtomicU64,
+    pub fsync_nanos_total: AtomicU64,
+    pub fsync_nanos_max: AtomicU64,
+    /// Duration of each flush.
+    pub fsync_seconds: crate::metrics::Histogram,
+    /// Records each flush made durable.
+    pub batch_records: crate::metrics::Histogram,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        StoreStats {
+            corrupt_reads: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            fsync_nanos_total: AtomicU64::new(0),
+            fsync_nanos_max: AtomicU64::new(0),
+            fsync_seconds: crate::metrics::Histogram::new(crate::metrics::FSYNC_BOUNDS),
+            batch_records: crate::metrics::Histogram::new(crate::metrics::BATCH_BOUNDS),
+        }
+    }
+}
+/// The durable log.
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    head: watch::Receiver<u64>,
+    commit: Committer,
+    pub stats: Arc<StoreStats>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` on the embedded engine and
+    /// starts its group commit.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let engine = sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
+        Store::with_engine(dir, Arc::new(engine), opts)
+    }
+
+    /// Checks what `engine` holds against the acknowledged head kept in
+    /// `dir`, and starts the group commit on it.
+    fn with_engine(
+        dir: &Path,
+        engine: Arc<dyn Engine>,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let head = engine.head()?;
+        // The head and the log are written in one atomic batch; check they agree.
+        let last = engine.last_record()?.unwrap_or(0);
+        if last != head {
+            return Err(StoreError::Io(format!(
+                "head marker says {head} but the log ends at {last}"
+            )));
+        }
+        // A log that ends before what was acknowledged is refused, never served.
+        let watermark = Watermark::open(dir)?;
+        if let Some(acknowledged) = watermark.read() {
+            if acknowledged > head {
+                return Err(StoreError::RolledBack {
+                    acknowledged,
+                    found: head,
+                });
+            }
+        }
+        watermark.record(head).map_err(io)?;
+        let last_accepted = match head {
+            0 => 0,
+            h => engine
+                .record(h)?
+                .and_then(|v| Record::decode(h, v).ok())
+                .map(|r| nanos(r.accepted_at))
+                .unwrap_or(0),
+        };
+        let stats = Arc::new(StoreStats::default());
+        let (commit, head_rx) = Committer::start(
+            engine.clone(),
+            watermark,
+            head,
+            last_accepted,
+            &opts,
+            stats.clone(),
+        )?;
+        Ok(Store {
+            engine,
+            head: head_rx,
+            commit,
+            stats,
+        })
+    }
+
+    /// The last durable sequence.
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// A receiver that changes whenever the committed head moves.
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    /// Appends a record; resolves once it is durable (or was already held).
+    pub async fn append(&self, rec: NewRecord) -> Result<Appended, StoreError> {
+        self.enqueue(rec).await?.await
+    }
+
+    /// Queues a record for the writer and returns what resolves once it is
+    /// durable. Records queued one after another by one task get increasing
+    /// sequences in that order (the writer is a single FIFO), so a caller can
+    /// keep many appends in flight without reordering them.
+    pub async fn enqueue(
+        &self,
+        rec: NewRecord,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Appended, StoreError>> + Send + 'static,
+        StoreError,
+    > {
+        self.commit.enqueue(rec).await
+    }
+
+    fn note_corrupt(&self, e: &StoreError) {
+        if let StoreError::Corrupt { seq, reason } = e {
+            self.stats.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+            error!(seq, reason = %reason, "corrupted record refused");
+        }
+    }
+
+    /// Checks a record's envelope digest before it is served; a mismatch is
+    /// logged and counted like any corruption.
+    pub fn served(&self, rec: Record) -> Result<Record, StoreError> {
+        rec.check_digest().inspect_err(|e| self.note_corrupt(e))?;
+        Ok(rec)
+    }
+
+    /// The record at `seq`, checked. Only durable records are visible.
+    pub fn get(&self, seq: u64) -> Result<Option<Record>, StoreError> {
+        if seq > self.head() {
+            return Ok(None);
+        }
+        match self.engine.record(seq)? {
+            None => Ok(None),
+            Some(v) => Record::decode(seq, v)
+                .map(Some)
+                .inspect_err(|e| self.note_corrupt(e)),
+        }
+    }
+
+    /// The sequence and digest of (publisher, id), if held durably.
+    pub fn lookup(&self, publisher: &str, id: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        // Records applied but not yet durable stay invisible.
+        let head = self.head();
+        Ok(self
+            .engine
+            .index(publisher, id)?
+            .and_then(|v| Indexed::decode(&v))
+            .filter(|i| i.seq <= head)
+            .map(|i| (i.seq, i.digest)))
+    }
+
+    /// Every (publisher, seq) holding a bulletin with this id.
+    pub fn lookup_id(&self, id: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let head = self.head();
+        Ok(self
+            .engine
+            .index_by_id(id, 64)?
+            .into_iter()
+            .filter_map(|(publisher, v)| {
+                let seq = Indexed::decode(&v)?.seq;
+                (seq <= head).then_some((publisher, seq))
+            })
+            .collect())
+    }
+
+    /// Durable records with `from <= seq <= to`, in order; each item is checked.
+    pub fn range(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Box<dyn Iterator<Item = Result<Record, StoreError>> + Send + '_> {
+        let to = to.min(self.head());
+        Box::new(self.engine.records(from, to).map(move |item| {
+            let (seq, v) = item?;
+            Record::decode(seq, v).inspect_err(|e| self.note_corrupt(e))
+        }))
+    }
+
+    /// Reads durable records `from..=to` without returning them, so that
+    /// their pages are in the cache when a reader comes for them. A hint:
+    /// it stops at the first error (the reader will meet and report it).
+    pub fn prefetch(&self, from: u64, to: u64) {
+        let to = to.min(self.head());
+        for item in self.engine.records(from, to) {
+            if item.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The first sequence accepted at or after `t` (head + 1 if none).
+    /// Acceptance times never go backwards along the log, so this is a binary search.
+    pub fn first_seq_at_or_after(&self, t: SystemTime) -> Result<u64, StoreError> {
+        let head = self.head();
+        let (mut lo, mut hi) = (1u64, head + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = match self.engine.record(mid)? {
+                Some(v) => Record::decode(mid, v)?.accepted_at,
+                None => {
+                    return Err(StoreError::Io(format!(
+                        "log has no record {mid} below head {head}"
+                    )))
+                }
+            };
+            if at < t {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// A durable cursor (last acknowledged sequence) of (identity, name).
+    pub fn cursor(&self, identity: &str, name: &str) -> Result<Option<u64>, StoreError> {
+        self.engine.cursor(identity, name)
+    }
+
+    /// Stores a cursor; it only moves forward. Not fsynced on its own: losing a
+    /// cursor write can only cause redelivery.
+    pub fn set_cursor(&self, identity: &str, name: &str, seq: u64) -> Result<(), StoreError> {
+        self.engine.advance_cursor(identity, name, seq)
+    }
+
+    /// Stores a cursor and resolves once it is durable (it shares the next
+    /// sync with concurrent publishes). It only moves forward.
+    pub async fn commit_cursor(
+        &self,
+        identity: &str,
+        name: &str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        self.commit.check_open()?;
+        self.set_cursor(identity, name, seq)?;
+        self.commit.sync().await
+    }
+
+    /// Every stored cursor: (identity, name, seq).
+    pub fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.engine.cursors()
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.engine.size_on_disk()
+    }
+
+    /// Number of records (head; the log has no gaps).
+    pub fn len(&self) -> u64 {
+        self.head()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.head() == 0
+    }
+
+    /// Makes everything written so far (cursors included) durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.engine.sync()
+    }
+
+    /// Stops the writer after the appends already queued, and syncs.
+    pub fn close(&mut self) -> Result<(), StoreError> {
+        self.commit.stop(&self.stats);
+        self.flush()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}

@@ -1,0 +1,226 @@
+//! The stored forms, the same for every engine: a record (fields, envelope,
+//! CRC32 trailer) and an id index entry (sequence, envelope digest, payload
+//! digest).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::StoreError;
+use crate::bulletin::Meta;
+/// A stored bulletin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub accepted_at: SystemTime,
+    pub meta: Meta,
+    /// The serialized envelope: a view into the stored record, not a copy.
+    pub envelope: Bytes,
+}
+
+const RECORD_VERSION: u8 = 2;
+/// Bytes of the CRC32 trailer.
+const TRAILER: usize = 4;
+
+pub(super) fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub(super) fn from_nanos(n: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(n)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let len = u16::try_from(b.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&b[..usize::from(len)]);
+}
+
+fn put_strs(out: &mut Vec<u8>, v: &[String]) {
+    let n = u16::try_from(v.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&n.to_be_bytes());
+    for s in v.iter().take(usize::from(n)) {
+        put_str(out, s);
+    }
+}
+
+/// A bounds-checked reader: corrupt input is an error, never a panic.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.buf.len() < n {
+            return Err("truncated".into());
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.u16()?;
+        String::from_utf8(self.take(usize::from(n))?.to_vec()).map_err(|_| "bad utf-8".to_string())
+    }
+    fn strs(&mut self) -> Result<Vec<String>, String> {
+        let n = self.u16()?;
+        (0..n).map(|_| self.str()).collect()
+    }
+}
+
+impl Record {
+    /// The stored form: fields, envelope, then a CRC32 of everything before it.
+    pub fn encode(&self) -> Vec<u8> {
+        let m = &self.meta;
+        let mut out = Vec::with_capacity(self.envelope.len() + 256);
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&nanos(self.accepted_at).to_be_bytes());
+        out.extend_from_slice(&m.origin_seq.to_be_bytes());
+        out.extend_from_slice(&m.created_at.map(nanos).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&[m.kind, m.severity, m.tlp]);
+        out.extend_from_slice(&m.digest);
+        put_str(&mut out, &m.origin_node);
+        put_str(&mut out, &m.publisher);
+        put_str(&mut out, &m.id);
+        put_strs(&mut out, &m.audience_members);
+        put_strs(&mut out, &m.audience_groups);
+        put_strs(&mut out, &m.topics);
+        let len = u32::try_from(self.envelope.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&self.envelope);
+        let sum = crc32fast::hash(&out);
+        out.extend_from_slice(&sum.to_be_bytes());
+        out
+    }
+
+    /// Parses and checks a stored record; `seq` is the key it was found under.
+    /// The envelope stays a view into `raw`.
+    pub fn decode(seq: u64, raw: Bytes) -> Result<Record, StoreError> {
+        let bytes = raw.as_ref();
+        let corrupt = |reason: String| StoreError::Corrupt { seq, reason };
+        if bytes.len() < TRAILER + 1 {
+            return Err(corrupt("record is truncated".into()));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - TRAILER);
+        if crc32fast::hash(body).to_be_bytes().as_slice() != sum {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let mut r = Reader { buf: body };
+        let parse = |r: &mut Reader<'_>| -> Result<Record, String> {
+            let version = r.u8()?;
+            if version != RECORD_VERSION {
+                return Err(format!("unknown record version {version}"));
+            }
+            let stored_seq = r.u64()?;
+            let accepted_at = from_nanos(r.u64()?);
+            let origin_seq = r.u64()?;
+            let created = r.u64()?;
+            let kind = r.u8()?;
+            let severity = r.u8()?;
+            let tlp = r.u8()?;
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(r.take(32)?);
+            let origin_node = r.str()?;
+            let publisher = r.str()?;
+            let id = r.str()?;
+            let audience_members = r.strs()?;
+            let audience_groups = r.strs()?;
+            let topics = r.strs()?;
+            let len = r.u32()? as usize;
+            let start = body.len() - r.buf.len();
+            r.take(len)?;
+            let envelope = raw.slice(start..start + len);
+            if !r.buf.is_empty() {
+                return Err("trailing bytes".into());
+            }
+            Ok(Record {
+                seq: stored_seq,
+                accepted_at,
+                meta: Meta {
+                    id,
+                    publisher,
+                    digest,
+                    origin_node,
+                    origin_seq,
+                    kind,
+                    severity,
+                    tlp,
+                    created_at: (created != 0).then(|| from_nanos(created)),
+                    audience_members,
+                    audience_groups,
+                    topics,
+                },
+                envelope,
+            })
+        };
+        let rec = parse(&mut r).map_err(corrupt)?;
+        if rec.seq != seq {
+            return Err(corrupt(format!("record claims sequence {}", rec.seq)));
+        }
+        Ok(rec)
+    }
+
+    /// Checks the envelope against the digest stored with it. Every path that
+    /// serves an envelope calls this (through [`Store::served`]).
+    pub fn check_digest(&self) -> Result<(), StoreError> {
+        if crate::bulletin::sha256(&self.envelope) != self.meta.digest {
+            return Err(StoreError::Corrupt {
+                seq: self.seq,
+                reason: "envelope digest mismatch".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the id index holds for (publisher, id): the sequence, the envelope
+/// digest, and the payload digest (absent in entries written before it was
+/// kept: the entry is then 40 bytes, not 72).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Indexed {
+    pub seq: u64,
+    pub digest: [u8; 32],
+    pub payload_digest: Option<[u8; 32]>,
+}
+
+impl Indexed {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(72);
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v.extend_from_slice(&self.digest);
+        if let Some(p) = &self.payload_digest {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+
+    /// `None` for an entry too short to hold a sequence and a digest.
+    pub fn decode(v: &[u8]) -> Option<Indexed> {
+        Some(Indexed {
+            seq: u64::from_be_bytes(v.get(..8)?.try_into().ok()?),
+            digest: v.get(8..40)?.try_into().ok()?,
+            payload_digest: v.get(40..72).and_then(|p| p.try_into().ok()),
+        })
+    }
+}

@@ -1,0 +1,204 @@
+//! The embedded engine: sled. The only file that touches sled.
+//!
+//! One tree, `log`, with prefixed keys, so that one atomic batch covers a
+//! record, its index entry and the head:
+//!
+//! ```text
+//! L <seq:u64be>                      -> record
+//! I <id> 0x00 <publisher>            -> index entry
+//! H                                  -> <head seq:u64be>
+//! ```
+//! and a second tree, `cursors`, keyed `<identity> 0x00 <name>` → `<seq:u64be>`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::engine::{Engine, RecordIter, WriteSet};
+use super::{io, StoreError};
+
+pub(crate) struct SledEngine {
+    db: sled::Db,
+    log: sled::Tree,
+    cursors: sled::Tree,
+}
+
+fn lkey(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'L';
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The id index: by (publisher, id) with a get, by id with a prefix scan.
+fn ikey(publisher: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(publisher.len() + id.len() + 2);
+    k.push(b'I');
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(publisher.as_bytes());
+    k
+}
+
+const HEAD_KEY: &[u8] = b"H";
+
+fn cursor_key(identity: &str, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(identity.len() + name.len() + 1);
+    k.extend_from_slice(identity.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// A value read from sled as shared bytes (no copy).
+fn owned(v: sled::IVec) -> Bytes {
+    Bytes::from_owner(v)
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    let a: [u8; 8] = b.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(a))
+}
+
+impl SledEngine {
+    /// Opens (or creates) sled's files in `dir`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledEngine, StoreError> {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(500));
+        // sled's background flusher lets go of the directory's file lock a
+        // moment after the last handle is dropped, so a store closed and
+        // reopened in one process (a node restarted in place) can find it
+        // still held. Wait a bounded time for it; another process holding
+        // the store is still refused, after the wait.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        // (sled reports it as an `Other` I/O error with this text.)
+        let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if locked(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if locked(&e) => {
+                    let store = dir.parent().unwrap_or(dir);
+                    return Err(StoreError::Io(format!(
+                        "{} is in use by another process (its lock is held): {e}",
+                        store.display()
+                    )));
+                }
+                Err(e) => return Err(io(e)),
+            }
+        };
+        let log = db.open_tree("log").map_err(io)?;
+        let cursors = db.open_tree("cursors").map_err(io)?;
+        Ok(SledEngine { db, log, cursors })
+    }
+}
+
+impl Engine for SledEngine {
+    fn head(&self) -> Result<u64, StoreError> {
+        match self.log.get(HEAD_KEY).map_err(io)? {
+            Some(v) => be_u64(&v).ok_or_else(|| StoreError::Io("head marker is damaged".into())),
+            None => Ok(0),
+        }
+    }
+
+    fn last_record(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .log
+            .range(lkey(0)..=lkey(u64::MAX))
+            .next_back()
+            .transpose()
+            .map_err(io)?
+            .and_then(|(k, _)| be_u64(&k[1..])))
+    }
+
+    fn record(&self, seq: u64) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.log.get(lkey(seq)).map_err(io)?.map(owned))
+    }
+
+    fn records(&self, from: u64, to: u64) -> RecordIter<'_> {
+        if from > to {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(self.log.range(lkey(from)..=lkey(to)).map(|item| {
+            let (k, v) = item.map_err(io)?;
+            let seq = k
+                .get(1..)
+                .and_then(be_u64)
+                .ok_or_else(|| StoreError::Io("bad log key".into()))?;
+            Ok((seq, owned(v)))
+        }))
+    }
+
+    fn index(&self, publisher: &str, id: &str) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.log.get(ikey(publisher, id)).map_err(io)?.map(owned))
+    }
+
+    fn index_by_id(&self, id: &str, limit: usize) -> Result<Vec<(String, Bytes)>, StoreError> {
+        let prefix = ikey("", id); // I <id> 0x00
+        let mut out = Vec::new();
+        for item in self.log.scan_prefix(&prefix).take(limit) {
+            let (k, v) = item.map_err(io)?;
+            let publisher = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            out.push((publisher, owned(v)));
+        }
+        Ok(out)
+    }
+
+    fn write(&self, set: WriteSet) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (seq, record) in set.records {
+            batch.insert(&lkey(seq)[..], record);
+        }
+        for (publisher, id, entry) in set.index {
+            batch.insert(ikey(&publisher, &id), entry);
+        }
+        if let Some(head) = set.head {
+            batch.insert(HEAD_KEY, &head.to_be_bytes()[..]);
+        }
+        self.log.apply_batch(batch).map_err(io)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(io)
+    }
+
+    fn cursor(&self, identity: &str, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .cursors
+            .get(cursor_key(identity, name))
+            .map_err(io)?
+            .and_then(|v| be_u64(&v)))
+    }
+
+    fn advance_cursor(&self, identity: &str, name: &str, seq: u64) -> Result<(), StoreError> {
+        self.cursors
+            .fetch_and_update(cursor_key(identity, name), |old| {
+                let old_seq = old.and_then(be_u64).unwrap_or(0);
+                Some(seq.max(old_seq).to_be_bytes().to_vec())
+            })
+            .map_err(io)?;
+        Ok(())
+    }
+
+    fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.cursors.iter() {
+            let (k, v) = item.map_err(io)?;
+            let mut parts = k.splitn(2, |b| *b == 0);
+            let identity = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            out.push((identity, name, be_u64(&v).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
