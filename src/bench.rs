@@ -287,7 +287,7 @@ impl Target {
                             meta,
                             envelope: bytes,
                             payload_digest,
-                            requires: None,
+                            related: None,
                         })
                         .await
                 }));
@@ -619,6 +619,7 @@ fn open_at(
         filter,
         window,
         heartbeat_ms: 0,
+        current_only: false,
     }
 }
 

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::filter::Filter;
 use crate::policy::Policy;
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Record, Replacement, Store, StoreError};
 
 /// Records read from the store per step (bounds the work between checks).
 const READ_BATCH: usize = 256;
@@ -87,7 +87,7 @@ pub enum Event {
         window: u32,
     },
     /// Deliveries in sequence order (one hand-off for a whole read batch).
-    Deliveries(Vec<Record>),
+    Deliveries(Vec<Delivered>),
     /// Replay reached the committed head.
     CaughtUp {
         head: u64,
@@ -97,6 +97,14 @@ pub enum Event {
     },
     /// Last: why the stream ends.
     End(BrokerError),
+}
+
+/// A record on its way to a subscriber, with what replaced it (as the log
+/// stood when it was read).
+#[derive(Debug)]
+pub struct Delivered {
+    pub record: Record,
+    pub replaced_by: Option<Replacement>,
 }
 
 /// Live figures of one subscription, for `Admin.Status`.
@@ -253,6 +261,8 @@ pub struct Subscription {
     /// The reading member.
     pub member: String,
     pub filter: Filter,
+    /// Pass over bulletins already superseded or retracted.
+    pub current_only: bool,
     pub start: Start,
     pub window: u32,
     pub heartbeat: Duration,
@@ -490,7 +500,7 @@ impl Subscription {
         progress: &mut Progress,
         from: u64,
         to: u64,
-    ) -> (Vec<Record>, Option<StoreError>) {
+    ) -> (Vec<Delivered>, Option<StoreError>) {
         let mut batch = Vec::new();
         for item in self.store.range(from, to) {
             let rec = match item {
@@ -501,9 +511,20 @@ impl Subscription {
                 progress.passed(rec.seq);
                 continue;
             }
+            let replaced_by = match self.store.replacement(&rec.meta) {
+                Ok(r) => r,
+                Err(e) => return (batch, Some(e)),
+            };
+            if self.current_only && replaced_by.is_some() {
+                progress.passed(rec.seq);
+                continue;
+            }
             let seq = rec.seq;
             match self.store.served(rec) {
-                Ok(rec) => batch.push(rec),
+                Ok(record) => batch.push(Delivered {
+                    record,
+                    replaced_by,
+                }),
                 Err(e) => return (batch, Some(e)),
             }
             progress.sent(seq);

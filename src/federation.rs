@@ -270,6 +270,8 @@ async fn session(
             filter: None,
             window: LINK_WINDOW,
             heartbeat_ms: u32::try_from((silence / 3).as_millis()).unwrap_or(u32::MAX),
+            // A node keeps the whole history, revisions and retractions included.
+            current_only: false,
         })),
     };
     tx.send(open).await.map_err(|_| FederationError::Ended)?;

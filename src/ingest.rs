@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use crate::bulletin::{self, BulletinError, Envelope, Meta, Relation, Verified};
 use crate::identity::{Identity, RoleKind};
 use crate::policy::Policy;
-use crate::store::NewRecord;
+use crate::store::{NewRecord, Related, Replaced};
 use crate::trust::state::TrustState;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,17 +84,13 @@ impl Ingest<'_> {
             SystemTime::now(),
             client,
         )?;
-        let requires = match &verified.bulletin().relation {
-            Some(Relation::Supersedes(id)) => Some(("supersedes", id.clone())),
-            Some(Relation::Retracts(id)) => Some(("retracts", id.clone())),
-            None => None,
-        };
+        let related = related(verified.bulletin(), true);
         let digest = bulletin::sha256(&bytes);
         let record = NewRecord {
             meta: Meta::of(&verified, digest, &self.node.to_string()),
             envelope: bytes,
             payload_digest: bulletin::sha256(&env.payload),
-            requires,
+            related,
         };
         Ok(Admitted { record, verified })
     }
@@ -153,11 +149,26 @@ impl Ingest<'_> {
         }
         // A superseded or retracted bulletin may be one this member cannot
         // read; the origin node checked the relation when it accepted it.
+        // Where this node holds it, it is marked as replaced all the same.
         Ok(NewRecord {
             meta,
             envelope: bytes.to_vec(),
             payload_digest: bulletin::sha256(&env.payload),
-            requires: None,
+            related: related(verified.bulletin(), false),
         })
     }
+}
+
+/// What a bulletin says of an earlier one of its publisher, for the store.
+fn related(b: &bulletin::Bulletin, required: bool) -> Option<Related> {
+    let (how, id) = match &b.relation {
+        Some(Relation::Supersedes(id)) => (Replaced::Superseded, id),
+        Some(Relation::Retracts(id)) => (Replaced::Retracted, id),
+        None => return None,
+    };
+    Some(Related {
+        how,
+        id: id.clone(),
+        required,
+    })
 }

@@ -80,6 +80,51 @@ impl Policy {
     }
 }
 
+impl<'a> Marking<'a> {
+    /// The marking of a stored bulletin; `None` for an unknown TLP code.
+    pub fn of(meta: &'a crate::bulletin::Meta) -> Option<Marking<'a>> {
+        Some(Marking {
+            publisher: &meta.publisher,
+            tlp: Tlp::from_code(meta.tlp)?,
+            audience_members: &meta.audience_members,
+            audience_groups: &meta.audience_groups,
+        })
+    }
+
+    /// Readable by every member of the alliance.
+    fn everyone(&self) -> bool {
+        match self.tlp {
+            Tlp::Clear | Tlp::Green => true,
+            Tlp::Amber => self.audience_members.is_empty() && self.audience_groups.is_empty(),
+            Tlp::AmberStrict | Tlp::Red => false,
+        }
+    }
+}
+
+/// Can everyone who may read a bulletin marked `old` also read one marked
+/// `new`, on every node? A retraction or revision must reach every reader of
+/// the original, or someone keeps a stale copy unaware. Groups are resolved
+/// by each node from its own config, so this asks it of the markings
+/// themselves: `new` is readable by everyone, or it names at least the
+/// members and groups `old` names (groups only count where `new`'s TLP lets
+/// them: not under `TLP:RED`).
+pub fn reaches_every_reader(new: &Marking<'_>, old: &Marking<'_>) -> bool {
+    if new.everyone() {
+        return true;
+    }
+    if old.everyone() {
+        return false;
+    }
+    let has_all = |have: &[String], want: &[String]| want.iter().all(|w| have.contains(w));
+    let old_groups: &[String] = match old.tlp {
+        Tlp::Red => &[],
+        _ => old.audience_groups,
+    };
+    has_all(new.audience_members, old.audience_members)
+        && (old_groups.is_empty()
+            || (new.tlp != Tlp::Red && has_all(new.audience_groups, old_groups)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +136,36 @@ mod tests {
             audience_members: members,
             audience_groups: groups,
         }
+    }
+
+    #[test]
+    fn a_revision_reaches_every_reader_of_the_original() {
+        let none: Vec<String> = vec![];
+        let us = vec!["us.cisa".to_string()];
+        let us_fr = vec!["us.cisa".to_string(), "fr.anssi".to_string()];
+        let eu = vec!["eu".to_string()];
+        let ok = |new: Marking<'_>, old: Marking<'_>| reaches_every_reader(&new, &old);
+        // Wider or equal: accepted.
+        assert!(ok(m(Tlp::Clear, &none, &none), m(Tlp::Red, &us, &none)));
+        assert!(ok(
+            m(Tlp::Amber, &none, &none),
+            m(Tlp::AmberStrict, &us, &eu)
+        ));
+        assert!(ok(m(Tlp::Red, &us, &none), m(Tlp::Red, &us, &none)));
+        assert!(ok(m(Tlp::Red, &us_fr, &none), m(Tlp::Red, &us, &none)));
+        assert!(ok(m(Tlp::Amber, &us, &eu), m(Tlp::AmberStrict, &us, &eu)));
+        assert!(ok(m(Tlp::AmberStrict, &us, &none), m(Tlp::Red, &us, &eu)));
+        // The same readers under another label.
+        assert!(ok(m(Tlp::Red, &us_fr, &none), m(Tlp::Amber, &us_fr, &none)));
+        // Narrower: refused.
+        assert!(!ok(m(Tlp::Amber, &us, &none), m(Tlp::Green, &none, &none)));
+        assert!(!ok(m(Tlp::Red, &us, &none), m(Tlp::Red, &us_fr, &none)));
+        assert!(!ok(
+            m(Tlp::AmberStrict, &us, &none),
+            m(Tlp::Amber, &us, &eu)
+        ));
+        // Groups do not open TLP:RED, so a RED revision of a group's bulletin narrows it.
+        assert!(!ok(m(Tlp::Red, &us, &eu), m(Tlp::Amber, &us, &eu)));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub mod delivery {
         pub envelope: Option<Bytes>,
         /// SHA-256 of `envelope`.
         pub envelope_digest: Vec<u8>,
+        /// The later bulletin that superseded or retracted this one.
+        pub replaced_by: Option<super::v1::Replacement>,
     }
 
     impl Delivery {
@@ -75,6 +77,9 @@ pub mod delivery {
             if !self.envelope_digest.is_empty() {
                 encoding::bytes::encode(6, &self.envelope_digest, buf);
             }
+            if let Some(r) = &self.replaced_by {
+                encoding::message::encode(7, r, buf);
+            }
         }
 
         fn merge_field(
@@ -101,6 +106,12 @@ pub mod delivery {
                     ctx,
                 ),
                 6 => encoding::bytes::merge(wire_type, &mut self.envelope_digest, buf, ctx),
+                7 => encoding::message::merge(
+                    wire_type,
+                    self.replaced_by.get_or_insert_with(Default::default),
+                    buf,
+                    ctx,
+                ),
                 _ => encoding::skip_field(wire_type, tag, buf, ctx),
             }
         }
@@ -124,6 +135,9 @@ pub mod delivery {
             }
             if !self.envelope_digest.is_empty() {
                 n += encoding::bytes::encoded_len(6, &self.envelope_digest);
+            }
+            if let Some(r) = &self.replaced_by {
+                n += encoding::message::encoded_len(7, r);
             }
             n
         }
@@ -155,6 +169,8 @@ mod tests {
         envelope: Option<v1::Envelope>,
         #[prost(bytes = "vec", tag = "6")]
         envelope_digest: Vec<u8>,
+        #[prost(message, optional, tag = "7")]
+        replaced_by: Option<v1::Replacement>,
     }
 
     fn envelope() -> impl Strategy<Value = v1::Envelope> {
@@ -193,7 +209,9 @@ mod tests {
             origin_sequence in any::<u64>(),
             envelope in prop::option::of(envelope()),
             envelope_digest in prop::collection::vec(any::<u8>(), 0..40),
+            replaced_by in prop::option::of((0i32..3, any::<u64>(), "[a-f0-9-]{0,36}")),
         ) {
+            let replaced_by = replaced_by.map(|(how, sequence, id)| v1::Replacement { how, sequence, id });
             let accepted_at = seconds.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 });
             let generated = Generated {
                 sequence,
@@ -202,6 +220,7 @@ mod tests {
                 origin_sequence,
                 envelope: envelope.clone(),
                 envelope_digest: envelope_digest.clone(),
+                replaced_by: replaced_by.clone(),
             };
             let ours = v1::Delivery {
                 sequence,
@@ -210,6 +229,7 @@ mod tests {
                 origin_sequence,
                 envelope: envelope.as_ref().map(|e| e.encode_to_vec().into()),
                 envelope_digest,
+                replaced_by,
             };
             let bytes = generated.encode_to_vec();
             prop_assert_eq!(ours.encode_to_vec(), bytes.clone());

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use beacon::bulletin::Meta;
-use beacon::store::{NewRecord, Record, Store, StoreError, StoreOptions};
+use beacon::store::{NewRecord, Record, Related, Replaced, Store, StoreError, StoreOptions};
 use bytes::Bytes;
 use proptest::prelude::*;
 
@@ -50,7 +50,11 @@ fn new_record(p: u8, i: u8, v: u8, requires: Option<u8>) -> NewRecord {
         envelope,
         // A different version `v` is different content.
         payload_digest: beacon::bulletin::sha256(format!("payload p{p} i{i} v{v}").as_bytes()),
-        requires: requires.map(|r| ("supersedes", id(r))),
+        related: requires.map(|r| Related {
+            how: Replaced::Superseded,
+            id: id(r),
+            required: true,
+        }),
     }
 }
 
@@ -59,6 +63,8 @@ struct Model {
     index: HashMap<(String, String), (u64, [u8; 32])>,
     /// seq - 1 -> envelope
     log: Vec<Vec<u8>>,
+    /// (publisher, id) -> the sequence of the bulletin that superseded it
+    superseded_by: HashMap<(String, String), u64>,
 }
 
 fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
@@ -75,6 +81,14 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
     prop_assert!(store.get(model.log.len() as u64 + 1).unwrap().is_none());
     for ((p, i), (seq, digest)) in &model.index {
         prop_assert_eq!(store.lookup(p, i).unwrap(), Some((*seq, *digest)));
+        let key = (p.clone(), i.clone());
+        prop_assert_eq!(
+            store.successor(p, i).unwrap().map(|s| (s.how, s.seq)),
+            model
+                .superseded_by
+                .get(&key)
+                .map(|&s| (Replaced::Superseded, s))
+        );
     }
     let scanned: Vec<u64> = store
         .range(1, u64::MAX)
@@ -93,7 +107,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let mut model = Model { index: HashMap::new(), log: Vec::new() };
+        let mut model = Model { index: HashMap::new(), log: Vec::new(), superseded_by: HashMap::new() };
         for op in ops {
             match op {
                 Op::Reopen => {
@@ -122,6 +136,9 @@ proptest! {
                             prop_assert!(!a.duplicate);
                             model.log.push(envelope);
                             prop_assert_eq!(a.seq, model.log.len() as u64);
+                            if let Some(r) = req {
+                                model.superseded_by.insert((key.0.clone(), id(r)), a.seq);
+                            }
                             model.index.insert(key, (a.seq, digest));
                         }
                     }

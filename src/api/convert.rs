@@ -14,7 +14,10 @@ use crate::proto::v1 as pb;
 /// The envelope goes out as the stored bytes (checked against their digest
 /// when they were read), never decoded and re-encoded. It takes the record,
 /// so its origin and envelope move into the message instead of being copied.
-pub fn delivery(rec: crate::store::Record) -> pb::Delivery {
+pub fn delivery(
+    rec: crate::store::Record,
+    replaced_by: Option<crate::store::Replacement>,
+) -> pb::Delivery {
     pb::Delivery {
         sequence: rec.seq,
         accepted_at: Some(timestamp(rec.accepted_at)),
@@ -22,6 +25,20 @@ pub fn delivery(rec: crate::store::Record) -> pb::Delivery {
         origin_sequence: rec.meta.origin_seq,
         envelope: Some(rec.envelope),
         envelope_digest: rec.meta.digest.to_vec(),
+        replaced_by: replaced_by.map(replacement),
+    }
+}
+
+fn replacement(r: crate::store::Replacement) -> pb::Replacement {
+    use crate::store::Replaced;
+    let how = match r.how {
+        Replaced::Superseded => pb::replacement::How::Superseded,
+        Replaced::Retracted => pb::replacement::How::Retracted,
+    };
+    pb::Replacement {
+        how: how as i32,
+        sequence: r.seq,
+        id: r.id,
     }
 }
 
@@ -99,9 +116,9 @@ pub fn subscribe_messages(
         })),
         Event::Deliveries(batch) => batch
             .into_iter()
-            .map(|rec| {
+            .map(|d| {
                 Ok(pb::SubscribeResponse {
-                    msg: Some(Msg::Delivery(delivery(rec))),
+                    msg: Some(Msg::Delivery(delivery(d.record, d.replaced_by))),
                 })
             })
             .collect(),

@@ -226,9 +226,12 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 continue;
             };
             if self.may_read(&member, &rec.meta) {
+                let replaced_by = store
+                    .replacement(&rec.meta)
+                    .map_err(|e| status::store(&e))?;
                 let rec = store.served(rec).map_err(|e| status::store(&e))?;
                 return Ok(Response::new(pb::GetResponse {
-                    delivery: Some(crate::api::convert::delivery(rec)),
+                    delivery: Some(crate::api::convert::delivery(rec, replaced_by)),
                 }));
             }
         }
@@ -271,8 +274,15 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 let rec = item.map_err(|e| status::store(&e))?;
                 let seq = rec.seq;
                 if filter.matches(&rec.meta) && self.may_read(&member, &rec.meta) {
+                    let replaced_by = store
+                        .replacement(&rec.meta)
+                        .map_err(|e| status::store(&e))?;
+                    if req.current_only && replaced_by.is_some() {
+                        last = seq;
+                        continue;
+                    }
                     let rec = store.served(rec).map_err(|e| status::store(&e))?;
-                    let delivery = crate::api::convert::delivery(rec);
+                    let delivery = crate::api::convert::delivery(rec, replaced_by);
                     let size = prost::encoding::message::encoded_len(1, &delivery);
                     if !deliveries.is_empty() && bytes + size > max_bytes {
                         break;
@@ -383,6 +393,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             policy: self.state.policy.clone(),
             member,
             filter,
+            current_only: open.current_only,
             start,
             window,
             heartbeat: match open.heartbeat_ms {
@@ -471,6 +482,7 @@ fn answer(
         state.metrics.refusals.inc(match e {
             crate::store::StoreError::Conflict { .. } => "conflict",
             crate::store::StoreError::MissingRelated { .. } => "missing_related",
+            crate::store::StoreError::Narrows { .. } => "narrows_audience",
             _ => "store",
         });
         warn!(target: "beacon::audit", peer = %peer.identity, id = %a.id, reason = %e, "publish refused");

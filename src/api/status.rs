@@ -44,10 +44,14 @@ pub fn store(e: &StoreError) -> Status {
     let msg = e.to_string();
     match e {
         StoreError::Conflict { .. } => Status::already_exists(msg),
-        StoreError::MissingRelated { .. } => Status::failed_precondition(msg),
+        StoreError::MissingRelated { .. } | StoreError::Narrows { .. } => {
+            Status::failed_precondition(msg)
+        }
         StoreError::Corrupt { .. } | StoreError::RolledBack { .. } => Status::data_loss(msg),
         StoreError::Closed => Status::unavailable(msg),
-        StoreError::Io(_) | StoreError::Failed => Status::internal(msg),
+        StoreError::Io(_) | StoreError::Failed | StoreError::NewerFormat { .. } => {
+            Status::internal(msg)
+        }
     }
 }
 

@@ -108,6 +108,10 @@ pub struct FilterArgs {
     /// Only these publishing members (repeatable).
     #[arg(long = "publisher")]
     publishers: Vec<String>,
+    /// Only the current view: pass over bulletins already superseded or
+    /// retracted (revisions and retractions themselves still come).
+    #[arg(long)]
+    current_only: bool,
 }
 
 impl FilterArgs {
@@ -626,6 +630,9 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
         if let Some(b) = &bulletin {
             v["bulletin"] = serde_json::to_value(BulletinDoc::from_bulletin(b)).unwrap_or_default();
         }
+        if let Some((how, seq, id)) = replaced(d) {
+            v["replaced_by"] = serde_json::json!({ "how": how, "sequence": seq, "id": id });
+        }
         return v.to_string();
     }
     let Some(b) = bulletin else {
@@ -669,7 +676,21 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
         line.push_str(&format!(" (supersedes {id})"));
     }
     line.push_str(&format!(" id={}", doc.id.unwrap_or_default()));
+    if let Some((how, seq, id)) = replaced(d) {
+        line.push_str(&paint("1;35", &format!(" [{how} by #{seq} id={id}]")));
+    }
     line
+}
+
+/// What replaced a delivered bulletin, as (how, its sequence, its id).
+fn replaced(d: &pb::Delivery) -> Option<(&'static str, u64, &str)> {
+    let r = d.replaced_by.as_ref()?;
+    let how = match pb::replacement::How::try_from(r.how) {
+        Ok(pb::replacement::How::Retracted) => "retracted",
+        Ok(pb::replacement::How::Superseded) => "superseded",
+        _ => "replaced",
+    };
+    Some((how, r.sequence, r.id.as_str()))
 }
 
 async fn get(
@@ -695,7 +716,7 @@ async fn list(
     filter: FilterArgs,
     json: bool,
 ) -> Result<()> {
-    let filter = filter.to_proto()?;
+    let filter_proto = filter.to_proto()?;
     let (dialer, channel) = conn.dial().await?;
     let mut c = BulletinsClient::new(channel).max_decoding_message_size(64 << 20);
     let color = out_is_terminal();
@@ -713,7 +734,8 @@ async fn list(
                 after_sequence: after,
                 until_sequence: 0,
                 limit: page_limit as u32,
-                filter: filter.clone(),
+                filter: filter_proto.clone(),
+                current_only: filter.current_only,
             })
             .await
             .map_err(beacon::client::ClientError::from)?
@@ -819,6 +841,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
         filter: a.filter.to_proto()?,
         window: a.window,
         heartbeat_ms: 0,
+        current_only: a.filter.current_only,
     };
     let (dialer, channel) = a.conn.dial().await?;
     let signer = Arc::new(Signer::new(

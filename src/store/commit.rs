@@ -13,8 +13,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use super::engine::{Engine, WriteSet};
-use super::record::{from_nanos, nanos, Indexed, Record};
+use super::record::{from_nanos, nanos, Indexed, Record, Replaced};
 use super::{io, Appended, NewRecord, StoreError, StoreOptions, StoreStats};
+use crate::bulletin::Meta;
+use crate::policy::{reaches_every_reader, Marking};
 
 pub(super) struct WriteReq {
     pub rec: NewRecord,
@@ -218,17 +220,29 @@ fn decide(existing: Option<&Indexed>, digest: &[u8; 32], payload_digest: &[u8; 3
     }
 }
 
+/// (publisher, id).
+type Key = (String, String);
+
 /// One batch being built by the applier.
 struct Batch {
     writes: WriteSet,
-    /// (publisher, id) → what was appended for it in this batch, and when.
-    pending: HashMap<(String, String), (Indexed, SystemTime)>,
+    /// (publisher, id) → its index entry as this batch leaves it: appended
+    /// in this batch, or held and marked as superseded or retracted by it.
+    pending: HashMap<(String, String), Held>,
     /// The highest sequence any reply in this batch depends on.
     upto: u64,
     /// The sequence the next new record gets.
     next: u64,
     /// The acceptance time of this batch's records (never before the last).
     now: u64,
+}
+
+/// An index entry this batch wrote.
+struct Held {
+    indexed: Indexed,
+    /// When the record was appended in this batch: its acceptance time and
+    /// its summary (for the checks of a later bulletin in the batch naming it).
+    appended: Option<(SystemTime, Meta)>,
 }
 
 impl Batch {
@@ -242,6 +256,7 @@ impl Batch {
             meta.origin_seq = seq;
         }
         let digest = meta.digest;
+        let summary = meta.clone();
         let record = Record {
             seq,
             accepted_at,
@@ -253,15 +268,44 @@ impl Batch {
             seq,
             digest,
             payload_digest: Some(rec.payload_digest),
+            successor: None,
         };
         self.writes
             .index
             .push((key.0.clone(), key.1.clone(), indexed.encode()));
-        self.pending.insert(key, (indexed, accepted_at));
+        self.pending.insert(
+            key,
+            Held {
+                indexed,
+                appended: Some((accepted_at, summary)),
+            },
+        );
         Appended {
             seq,
             accepted_at,
             duplicate: false,
+        }
+    }
+
+    /// Marks the entry of `key` as replaced by the record at `seq`.
+    fn mark(&mut self, key: (String, String), mut entry: Indexed, how: Replaced, seq: u64) {
+        if !super::upgrade::mark(&mut entry, how, seq) {
+            return;
+        }
+        self.writes
+            .index
+            .push((key.0.clone(), key.1.clone(), entry.encode()));
+        match self.pending.get_mut(&key) {
+            Some(held) => held.indexed = entry,
+            None => {
+                self.pending.insert(
+                    key,
+                    Held {
+                        indexed: entry,
+                        appended: None,
+                    },
+                );
+            }
         }
     }
 }
@@ -486,7 +530,7 @@ impl Writer {
     fn admit(&self, batch: &mut Batch, rec: NewRecord) -> Result<Appended, StoreError> {
         let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
         let existing = match batch.pending.get(&key) {
-            Some((i, at)) => Some((i.clone(), Some(*at))),
+            Some(h) => Some((h.indexed.clone(), h.appended.as_ref().map(|(at, _)| *at))),
             None => self.lookup(&key.0, &key.1)?.map(|i| (i, None)),
         };
         match decide(
@@ -512,41 +556,69 @@ impl Writer {
                 id: key.1,
             }),
             Decision::New => {
-                self.check_related(batch, &key.0, &rec.requires)?;
-                Ok(batch.append(key, rec))
+                let related = self.related(batch, &rec)?;
+                let how = rec.related.as_ref().map(|r| r.how);
+                let appended = batch.append(key, rec);
+                if let (Some((key, entry)), Some(how)) = (related, how) {
+                    batch.mark(key, entry, how, appended.seq);
+                }
+                Ok(appended)
             }
         }
     }
 
-    /// A bulletin that supersedes or retracts another needs that one stored
-    /// (or earlier in this batch); once found, the answer waits for it to be
-    /// durable.
-    fn check_related(
+    /// The bulletin `rec` supersedes or retracts, as (key, index entry), to
+    /// be marked once `rec` is appended. A publish needs it held (or earlier
+    /// in this batch), and must reach every reader it had
+    /// ([`reaches_every_reader`]); a relay marks it only if held. Once
+    /// found, the answer waits for it to be durable.
+    fn related(
         &self,
         batch: &mut Batch,
-        publisher: &str,
-        requires: &Option<(&'static str, String)>,
-    ) -> Result<(), StoreError> {
-        let Some((relation, id)) = requires else {
-            return Ok(());
+        rec: &NewRecord,
+    ) -> Result<Option<(Key, Indexed)>, StoreError> {
+        let Some(rel) = &rec.related else {
+            return Ok(None);
         };
-        if batch
-            .pending
-            .contains_key(&(publisher.to_owned(), id.clone()))
-        {
-            return Ok(());
-        }
-        match self.lookup(publisher, id)? {
-            Some(i) => {
-                batch.upto = batch.upto.max(i.seq);
-                Ok(())
+        let key = (rec.meta.publisher.clone(), rel.id.clone());
+        let (entry, original) = match batch.pending.get(&key) {
+            Some(h) => (
+                h.indexed.clone(),
+                h.appended.as_ref().map(|(_, m)| m.clone()),
+            ),
+            None => match self.lookup(&key.0, &key.1)? {
+                Some(i) => {
+                    batch.upto = batch.upto.max(i.seq);
+                    (i, None)
+                }
+                None if rel.required => {
+                    return Err(StoreError::MissingRelated {
+                        relation: rel.relation(),
+                        publisher: key.0,
+                        id: key.1,
+                    })
+                }
+                None => return Ok(None),
+            },
+        };
+        if rel.required {
+            let original = match original {
+                Some(m) => m,
+                None => self.meta(entry.seq)?,
+            };
+            let narrows = match (Marking::of(&rec.meta), Marking::of(&original)) {
+                (Some(new), Some(old)) => !reaches_every_reader(&new, &old),
+                _ => true,
+            };
+            if narrows {
+                return Err(StoreError::Narrows {
+                    relation: rel.relation(),
+                    publisher: key.0,
+                    id: key.1,
+                });
             }
-            None => Err(StoreError::MissingRelated {
-                relation,
-                publisher: publisher.to_owned(),
-                id: id.clone(),
-            }),
         }
+        Ok(Some((key, entry)))
     }
 
     /// Writes the batch to the engine in one atomic write (records, index, head)
@@ -592,8 +664,17 @@ impl Writer {
     }
 
     fn accepted_at(&self, seq: u64) -> Result<SystemTime, StoreError> {
+        self.held(seq).map(|r| r.accepted_at)
+    }
+
+    fn meta(&self, seq: u64) -> Result<Meta, StoreError> {
+        self.held(seq).map(|r| r.meta)
+    }
+
+    /// The record the index names at `seq`.
+    fn held(&self, seq: u64) -> Result<Record, StoreError> {
         match self.engine.record(seq)? {
-            Some(v) => Record::decode(seq, v).map(|r| r.accepted_at),
+            Some(v) => Record::decode(seq, v),
             None => {
                 warn!(seq, "index names a record the log does not hold");
                 Err(StoreError::Corrupt {
@@ -614,6 +695,7 @@ mod decide_tests {
             seq,
             digest: [digest; 32],
             payload_digest: payload.map(|p| [p; 32]),
+            successor: None,
         }
     }
 

@@ -19,10 +19,13 @@ use super::StoreError;
 pub(crate) struct WriteSet {
     /// Encoded records by sequence.
     pub records: Vec<(u64, Vec<u8>)>,
-    /// Id index entries: (publisher, id) → encoded entry.
+    /// Id index entries: (publisher, id) → encoded entry; where one key
+    /// appears twice, the later entry wins.
     pub index: Vec<(String, String, Vec<u8>)>,
     /// The new head marker, if it moves.
     pub head: Option<u64>,
+    /// The store's format (`store::FORMAT`), when it is set or upgraded.
+    pub format: Option<u32>,
 }
 
 /// Records in sequence order, as (sequence, encoded record).
@@ -34,6 +37,9 @@ pub(crate) type RecordIter<'a> =
 pub(crate) trait Engine: Send + Sync + 'static {
     /// The head marker as last written (0 in a new store).
     fn head(&self) -> Result<u64, StoreError>;
+    /// The format last written (`None`: never written, a new store or one
+    /// from before formats were recorded).
+    fn format(&self) -> Result<Option<u32>, StoreError>;
     /// The highest sequence that holds a record, if any.
     fn last_record(&self) -> Result<Option<u64>, StoreError>;
     /// The encoded record at `seq`.

@@ -33,6 +33,7 @@ mod commit;
 mod engine;
 mod record;
 mod sled_engine;
+mod upgrade;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +46,12 @@ use tracing::error;
 use crate::bulletin::Meta;
 use commit::{Committer, Watermark};
 use engine::Engine;
-pub use record::Record;
+pub use record::{Record, Replaced, Successor};
+
+/// The store's format: what its records, index entries and keys mean.
+/// 1: before the format was recorded. 2: index entries carry the bulletin
+/// that superseded or retracted them.
+pub const FORMAT: u32 = 2;
 use record::{nanos, Indexed};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +71,18 @@ pub enum StoreError {
         publisher: String,
         id: String,
     },
+    #[error("{relation} bulletin {id} of {publisher} with a narrower marking: a retraction or revision must be readable by everyone who could read the original (use its TLP and audience, or wider ones)")]
+    Narrows {
+        relation: &'static str,
+        publisher: String,
+        id: String,
+    },
+    #[error("the store in {dir} has format {found}, newer than this version of Beacon reads (up to {supported}): run the version that wrote it, or restore a backup into an empty directory")]
+    NewerFormat {
+        dir: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("the store stopped accepting writes after an earlier failure")]
     Failed,
     #[error("the store is shut down")]
@@ -73,6 +91,14 @@ pub enum StoreError {
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
+}
+
+/// The later bulletin that superseded or retracted one, as a reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    pub how: Replaced,
+    pub seq: u64,
+    pub id: String,
 }
 
 /// A bulletin to append.
@@ -85,8 +111,29 @@ pub struct NewRecord {
     /// so a client that re-signs when it retries sends another envelope
     /// with the same payload.
     pub payload_digest: [u8; 32],
-    /// An earlier bulletin of the same publisher that must exist (supersedes/retracts).
-    pub requires: Option<(&'static str, String)>,
+    /// The earlier bulletin of the same publisher this one supersedes or retracts.
+    pub related: Option<Related>,
+}
+
+/// What a new bulletin says of an earlier one of its publisher.
+#[derive(Debug, Clone)]
+pub struct Related {
+    pub how: Replaced,
+    pub id: String,
+    /// A publish: the earlier bulletin must be held, and the new one must
+    /// reach all its readers. A relay names one this node may not hold (its
+    /// member may not read it); the origin node checked the rest.
+    pub required: bool,
+}
+
+impl Related {
+    /// How the relation is named in messages.
+    pub fn relation(&self) -> &'static str {
+        match self.how {
+            Replaced::Superseded => "supersedes",
+            Replaced::Retracted => "retracts",
+        }
+    }
 }
 
 /// The outcome of an append.
@@ -181,6 +228,24 @@ impl Store {
         opts: StoreOptions,
     ) -> Result<Store, StoreError> {
         let head = engine.head()?;
+        match engine.format()? {
+            Some(found) if found > FORMAT => {
+                return Err(StoreError::NewerFormat {
+                    dir: dir.display().to_string(),
+                    found,
+                    supported: FORMAT,
+                })
+            }
+            Some(FORMAT) => {}
+            None if head == 0 && engine.cursors()?.is_empty() => {
+                engine.write(engine::WriteSet {
+                    format: Some(FORMAT),
+                    ..Default::default()
+                })?;
+                engine.sync()?;
+            }
+            older => upgrade::run(engine.as_ref(), older.unwrap_or(1), head)?,
+        }
         // The head and the log are written in one atomic batch; check they agree.
         let last = engine.last_record()?.unwrap_or(0);
         if last != head {
@@ -290,6 +355,36 @@ impl Store {
             .and_then(|v| Indexed::decode(&v))
             .filter(|i| i.seq <= head)
             .map(|i| (i.seq, i.digest)))
+    }
+
+    /// The durable bulletin that superseded or retracted (publisher, id), if any.
+    pub fn successor(&self, publisher: &str, id: &str) -> Result<Option<Successor>, StoreError> {
+        let head = self.head();
+        Ok(self
+            .engine
+            .index(publisher, id)?
+            .and_then(|v| Indexed::decode(&v))
+            .filter(|i| i.seq <= head)
+            .and_then(|i| i.successor)
+            .filter(|s| s.seq <= head))
+    }
+
+    /// What replaced the bulletin `meta` describes, with the replacing
+    /// bulletin's id, if anything durable did. One index read (and, for a
+    /// replaced bulletin, one record read).
+    pub fn replacement(&self, meta: &Meta) -> Result<Option<Replacement>, StoreError> {
+        let Some(s) = self.successor(&meta.publisher, &meta.id)? else {
+            return Ok(None);
+        };
+        let id = match self.get(s.seq)? {
+            Some(r) => r.meta.id,
+            None => return Ok(None),
+        };
+        Ok(Some(Replacement {
+            how: s.how,
+            seq: s.seq,
+            id,
+        }))
     }
 
     /// Every (publisher, seq) holding a bulletin with this id.

@@ -195,32 +195,113 @@ impl Record {
 }
 
 /// What the id index holds for (publisher, id): the sequence, the envelope
-/// digest, and the payload digest (absent in entries written before it was
-/// kept: the entry is then 40 bytes, not 72).
+/// digest, the payload digest (absent in entries written before it was
+/// kept), and the bulletin that superseded or retracted this one, if any.
+///
+/// Encoded as `seq:8 digest:32 [payload digest:32] [relation:1 seq:8]`: 40,
+/// 49, 72 or 81 bytes, so every earlier form still reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Indexed {
     pub seq: u64,
     pub digest: [u8; 32],
     pub payload_digest: Option<[u8; 32]>,
+    pub successor: Option<Successor>,
+}
+
+/// How a later bulletin of the same publisher replaced one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    Superseded,
+    Retracted,
+}
+
+/// The later bulletin that superseded or retracted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Successor {
+    pub how: Replaced,
+    pub seq: u64,
 }
 
 impl Indexed {
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(72);
+        let mut v = Vec::with_capacity(81);
         v.extend_from_slice(&self.seq.to_be_bytes());
         v.extend_from_slice(&self.digest);
         if let Some(p) = &self.payload_digest {
             v.extend_from_slice(p);
         }
+        if let Some(s) = &self.successor {
+            v.push(match s.how {
+                Replaced::Superseded => 1,
+                Replaced::Retracted => 2,
+            });
+            v.extend_from_slice(&s.seq.to_be_bytes());
+        }
         v
     }
 
-    /// `None` for an entry too short to hold a sequence and a digest.
+    /// `None` for an entry of no known length or with an unknown relation.
     pub fn decode(v: &[u8]) -> Option<Indexed> {
+        let seq = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+        let digest = v.get(8..40)?.try_into().ok()?;
+        let (payload_digest, rest) = match v.len() {
+            40 | 49 => (None, &v[40..]),
+            72 | 81 => (Some(v[40..72].try_into().ok()?), &v[72..]),
+            _ => return None,
+        };
+        let successor = match rest {
+            [] => None,
+            [how, seq @ ..] => Some(Successor {
+                how: match how {
+                    1 => Replaced::Superseded,
+                    2 => Replaced::Retracted,
+                    _ => return None,
+                },
+                seq: u64::from_be_bytes(seq.try_into().ok()?),
+            }),
+        };
         Some(Indexed {
-            seq: u64::from_be_bytes(v.get(..8)?.try_into().ok()?),
-            digest: v.get(8..40)?.try_into().ok()?,
-            payload_digest: v.get(40..72).and_then(|p| p.try_into().ok()),
+            seq,
+            digest,
+            payload_digest,
+            successor,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_index_entry_form_round_trips() {
+        for payload_digest in [None, Some([7u8; 32])] {
+            for successor in [
+                None,
+                Some(Successor {
+                    how: Replaced::Retracted,
+                    seq: 9,
+                }),
+                Some(Successor {
+                    how: Replaced::Superseded,
+                    seq: u64::MAX,
+                }),
+            ] {
+                let i = Indexed {
+                    seq: 42,
+                    digest: [3; 32],
+                    payload_digest,
+                    successor,
+                };
+                let bytes = i.encode();
+                assert!([40, 49, 72, 81].contains(&bytes.len()));
+                assert_eq!(Indexed::decode(&bytes), Some(i));
+            }
+        }
+        assert_eq!(Indexed::decode(&[0; 39]), None);
+        assert_eq!(Indexed::decode(&[0; 50]), None);
+        let mut bad = vec![0u8; 49];
+        bad[40] = 3;
+        assert_eq!(Indexed::decode(&bad), None, "unknown relation");
     }
 }

@@ -7,6 +7,7 @@
 //! L <seq:u64be>                      -> record
 //! I <id> 0x00 <publisher>            -> index entry
 //! H                                  -> <head seq:u64be>
+//! V                                  -> <format:u32be>
 //! ```
 //! and a second tree, `cursors`, keyed `<identity> 0x00 <name>` → `<seq:u64be>`.
 
@@ -42,6 +43,7 @@ fn ikey(publisher: &str, id: &str) -> Vec<u8> {
 }
 
 const HEAD_KEY: &[u8] = b"H";
+const FORMAT_KEY: &[u8] = b"V";
 
 fn cursor_key(identity: &str, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(identity.len() + name.len() + 1);
@@ -107,6 +109,15 @@ impl Engine for SledEngine {
         }
     }
 
+    fn format(&self) -> Result<Option<u32>, StoreError> {
+        match self.log.get(FORMAT_KEY).map_err(io)? {
+            None => Ok(None),
+            Some(v) => <[u8; 4]>::try_from(v.as_ref())
+                .map(|b| Some(u32::from_be_bytes(b)))
+                .map_err(|_| StoreError::Io("format marker is damaged".into())),
+        }
+    }
+
     fn last_record(&self) -> Result<Option<u64>, StoreError> {
         Ok(self
             .log
@@ -160,6 +171,9 @@ impl Engine for SledEngine {
         }
         if let Some(head) = set.head {
             batch.insert(HEAD_KEY, &head.to_be_bytes()[..]);
+        }
+        if let Some(format) = set.format {
+            batch.insert(FORMAT_KEY, &format.to_be_bytes()[..]);
         }
         self.log.apply_batch(batch).map_err(io)
     }

@@ -673,6 +673,7 @@ pub fn open(
         filter: None,
         window: 0,
         heartbeat_ms: 0,
+        current_only: false,
     }
 }
 
@@ -935,6 +936,7 @@ pub async fn list_all(
                 until_sequence: 0,
                 limit: 1000,
                 filter: None,
+                current_only: false,
             })
             .await
             .map_err(|e| e.to_string())?
