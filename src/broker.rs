@@ -502,6 +502,11 @@ impl Subscription {
         to: u64,
     ) -> (Vec<Delivered>, Option<StoreError>) {
         let mut batch = Vec::new();
+        // The few replaced records of the range, in one ordered scan.
+        let mut replaced = match self.store.replacements(from, to) {
+            Ok(r) => r,
+            Err(e) => return (batch, Some(e)),
+        };
         for item in self.store.range(from, to) {
             let rec = match item {
                 Ok(r) => r,
@@ -511,9 +516,10 @@ impl Subscription {
                 progress.passed(rec.seq);
                 continue;
             }
-            let replaced_by = match self.store.replacement(&rec.meta) {
-                Ok(r) => r,
-                Err(e) => return (batch, Some(e)),
+            let replaced_by = match replaced.next(rec.seq).map(|s| self.store.replacement(s)) {
+                None => None,
+                Some(Ok(r)) => r,
+                Some(Err(e)) => return (batch, Some(e)),
             };
             if self.current_only && replaced_by.is_some() {
                 progress.passed(rec.seq);

@@ -50,21 +50,19 @@ fn record(signer: &beacon::bulletin::Signer, b: &beacon::bulletin::Bulletin) -> 
     }
 }
 
-/// Rewrites a closed store as format 1 wrote it: no format marker, and
-/// index entries without the bulletin that replaced them (72 bytes).
+/// Rewrites a closed store as format 1 wrote it: no format marker, and no
+/// record of which bulletin replaced which (`R` keys).
 fn downgrade_to_format_1(dir: &Path) {
     let db = sled::open(dir.join("sled")).expect("open sled");
     let log = db.open_tree("log").expect("log tree");
     log.remove(b"V").expect("remove format");
-    let mut stripped = 0;
-    for item in log.scan_prefix(b"I") {
-        let (k, v) = item.expect("index entry");
-        if v.len() > 72 {
-            log.insert(k, &v[..72]).expect("strip");
-            stripped += 1;
-        }
+    let mut removed = 0;
+    for item in log.scan_prefix(b"R") {
+        let (k, _) = item.expect("successor entry");
+        log.remove(k).expect("remove");
+        removed += 1;
     }
-    assert_eq!(stripped, 2, "two index entries named their successors");
+    assert_eq!(removed, 2, "two bulletins were replaced");
     db.flush().expect("flush");
 }
 

@@ -227,7 +227,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             };
             if self.may_read(&member, &rec.meta) {
                 let replaced_by = store
-                    .replacement(&rec.meta)
+                    .replacement_of(rec.seq)
                     .map_err(|e| status::store(&e))?;
                 let rec = store.served(rec).map_err(|e| status::store(&e))?;
                 return Ok(Response::new(pb::GetResponse {
@@ -270,13 +270,17 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         let mut last = req.after_sequence;
         if from <= until {
             let stop = until.min(from.saturating_add(budget - 1));
+            let mut replaced = store
+                .replacements(from, stop)
+                .map_err(|e| status::store(&e))?;
             for item in store.range(from, stop) {
                 let rec = item.map_err(|e| status::store(&e))?;
                 let seq = rec.seq;
                 if filter.matches(&rec.meta) && self.may_read(&member, &rec.meta) {
-                    let replaced_by = store
-                        .replacement(&rec.meta)
-                        .map_err(|e| status::store(&e))?;
+                    let replaced_by = match replaced.next(seq) {
+                        Some(s) => store.replacement(s).map_err(|e| status::store(&e))?,
+                        None => None,
+                    };
                     if req.current_only && replaced_by.is_some() {
                         last = seq;
                         continue;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use super::engine::{Engine, WriteSet};
-use super::record::{from_nanos, nanos, Indexed, Record, Replaced};
+use super::record::{from_nanos, nanos, Indexed, Record, Replaced, Successor};
 use super::{io, Appended, NewRecord, StoreError, StoreOptions, StoreStats};
 use crate::bulletin::Meta;
 use crate::policy::{reaches_every_reader, Marking};
@@ -220,15 +220,13 @@ fn decide(existing: Option<&Indexed>, digest: &[u8; 32], payload_digest: &[u8; 3
     }
 }
 
-/// (publisher, id).
-type Key = (String, String);
-
 /// One batch being built by the applier.
 struct Batch {
     writes: WriteSet,
-    /// (publisher, id) → its index entry as this batch leaves it: appended
-    /// in this batch, or held and marked as superseded or retracted by it.
+    /// (publisher, id) → what was appended for it in this batch.
     pending: HashMap<(String, String), Held>,
+    /// Successors this batch wrote, by the replaced record's sequence.
+    successors: HashMap<u64, Successor>,
     /// The highest sequence any reply in this batch depends on.
     upto: u64,
     /// The sequence the next new record gets.
@@ -237,12 +235,12 @@ struct Batch {
     now: u64,
 }
 
-/// An index entry this batch wrote.
+/// A record appended in this batch: its index entry, its acceptance time
+/// and its summary (for the checks of a later bulletin in the batch naming it).
 struct Held {
     indexed: Indexed,
-    /// When the record was appended in this batch: its acceptance time and
-    /// its summary (for the checks of a later bulletin in the batch naming it).
-    appended: Option<(SystemTime, Meta)>,
+    accepted_at: SystemTime,
+    meta: Meta,
 }
 
 impl Batch {
@@ -268,7 +266,6 @@ impl Batch {
             seq,
             digest,
             payload_digest: Some(rec.payload_digest),
-            successor: None,
         };
         self.writes
             .index
@@ -277,7 +274,8 @@ impl Batch {
             key,
             Held {
                 indexed,
-                appended: Some((accepted_at, summary)),
+                accepted_at,
+                meta: summary,
             },
         );
         Appended {
@@ -287,25 +285,12 @@ impl Batch {
         }
     }
 
-    /// Marks the entry of `key` as replaced by the record at `seq`.
-    fn mark(&mut self, key: (String, String), mut entry: Indexed, how: Replaced, seq: u64) {
-        if !super::upgrade::mark(&mut entry, how, seq) {
-            return;
-        }
-        self.writes
-            .index
-            .push((key.0.clone(), key.1.clone(), entry.encode()));
-        match self.pending.get_mut(&key) {
-            Some(held) => held.indexed = entry,
-            None => {
-                self.pending.insert(
-                    key,
-                    Held {
-                        indexed: entry,
-                        appended: None,
-                    },
-                );
-            }
+    /// Records that the record at `original` was replaced by the one at `seq`.
+    fn mark(&mut self, original: u64, old: Option<Successor>, how: Replaced, seq: u64) {
+        let old = self.successors.get(&original).copied().or(old);
+        if let Some(next) = Successor::after(old, how, seq) {
+            self.writes.successors.push((original, next.encode()));
+            self.successors.insert(original, next);
         }
     }
 }
@@ -513,6 +498,7 @@ impl Writer {
         let mut batch = Batch {
             writes: WriteSet::default(),
             pending: HashMap::new(),
+            successors: HashMap::new(),
             upto: 0,
             next: self.head + 1,
             now: nanos(SystemTime::now()).max(self.last_accepted),
@@ -530,7 +516,7 @@ impl Writer {
     fn admit(&self, batch: &mut Batch, rec: NewRecord) -> Result<Appended, StoreError> {
         let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
         let existing = match batch.pending.get(&key) {
-            Some(h) => Some((h.indexed.clone(), h.appended.as_ref().map(|(at, _)| *at))),
+            Some(h) => Some((h.indexed.clone(), Some(h.accepted_at))),
             None => self.lookup(&key.0, &key.1)?.map(|i| (i, None)),
         };
         match decide(
@@ -559,8 +545,12 @@ impl Writer {
                 let related = self.related(batch, &rec)?;
                 let how = rec.related.as_ref().map(|r| r.how);
                 let appended = batch.append(key, rec);
-                if let (Some((key, entry)), Some(how)) = (related, how) {
-                    batch.mark(key, entry, how, appended.seq);
+                if let (Some(original), Some(how)) = (related, how) {
+                    let old = match batch.successors.contains_key(&original) {
+                        true => None,
+                        false => self.successor(original)?,
+                    };
+                    batch.mark(original, old, how, appended.seq);
                 }
                 Ok(appended)
             }
@@ -572,20 +562,13 @@ impl Writer {
     /// in this batch), and must reach every reader it had
     /// ([`reaches_every_reader`]); a relay marks it only if held. Once
     /// found, the answer waits for it to be durable.
-    fn related(
-        &self,
-        batch: &mut Batch,
-        rec: &NewRecord,
-    ) -> Result<Option<(Key, Indexed)>, StoreError> {
+    fn related(&self, batch: &mut Batch, rec: &NewRecord) -> Result<Option<u64>, StoreError> {
         let Some(rel) = &rec.related else {
             return Ok(None);
         };
         let key = (rec.meta.publisher.clone(), rel.id.clone());
         let (entry, original) = match batch.pending.get(&key) {
-            Some(h) => (
-                h.indexed.clone(),
-                h.appended.as_ref().map(|(_, m)| m.clone()),
-            ),
+            Some(h) => (h.indexed.clone(), Some(h.meta.clone())),
             None => match self.lookup(&key.0, &key.1)? {
                 Some(i) => {
                     batch.upto = batch.upto.max(i.seq);
@@ -618,7 +601,7 @@ impl Writer {
                 });
             }
         }
-        Ok(Some((key, entry)))
+        Ok(Some(entry.seq))
     }
 
     /// Writes the batch to the engine in one atomic write (records, index, head)
@@ -667,6 +650,15 @@ impl Writer {
         self.held(seq).map(|r| r.accepted_at)
     }
 
+    /// What replaced the record at `seq` so far.
+    fn successor(&self, seq: u64) -> Result<Option<Successor>, StoreError> {
+        Ok(self
+            .engine
+            .successors(seq, seq)?
+            .first()
+            .and_then(|(_, v)| Successor::decode(v)))
+    }
+
     fn meta(&self, seq: u64) -> Result<Meta, StoreError> {
         self.held(seq).map(|r| r.meta)
     }
@@ -695,7 +687,6 @@ mod decide_tests {
             seq,
             digest: [digest; 32],
             payload_digest: payload.map(|p| [p; 32]),
-            successor: None,
         }
     }
 

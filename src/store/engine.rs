@@ -22,6 +22,9 @@ pub(crate) struct WriteSet {
     /// Id index entries: (publisher, id) → encoded entry; where one key
     /// appears twice, the later entry wins.
     pub index: Vec<(String, String, Vec<u8>)>,
+    /// Successors by the sequence of the bulletin replaced (encoded
+    /// `store::record::Successor`); a later entry for the same sequence wins.
+    pub successors: Vec<(u64, Vec<u8>)>,
     /// The new head marker, if it moves.
     pub head: Option<u64>,
     /// The store's format (`store::FORMAT`), when it is set or upgraded.
@@ -46,6 +49,9 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn record(&self, seq: u64) -> Result<Option<Bytes>, StoreError>;
     /// Encoded records with `from <= seq <= to`, in order.
     fn records(&self, from: u64, to: u64) -> RecordIter<'_>;
+    /// Successor entries with `from <= seq <= to`, in order (few: only
+    /// replaced bulletins have one).
+    fn successors(&self, from: u64, to: u64) -> Result<Vec<(u64, Bytes)>, StoreError>;
     /// The index entry of (publisher, id).
     fn index(&self, publisher: &str, id: &str) -> Result<Option<Bytes>, StoreError>;
     /// Up to `limit` index entries for `id`, any publisher: (publisher, entry).

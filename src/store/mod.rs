@@ -101,6 +101,26 @@ pub struct Replacement {
     pub id: String,
 }
 
+/// The replaced records of a range, in order (see [`Store::replacements`]).
+#[derive(Debug)]
+pub struct Replacements {
+    found: Vec<(u64, Successor)>,
+    at: usize,
+}
+
+impl Replacements {
+    /// The successor of record `seq`; asked in increasing order of `seq`.
+    pub fn next(&mut self, seq: u64) -> Option<Successor> {
+        while self.found.get(self.at).is_some_and(|(s, _)| *s < seq) {
+            self.at += 1;
+        }
+        match self.found.get(self.at) {
+            Some((s, succ)) if *s == seq => Some(*succ),
+            _ => None,
+        }
+    }
+}
+
 /// A bulletin to append.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
@@ -359,31 +379,42 @@ impl Store {
 
     /// The durable bulletin that superseded or retracted (publisher, id), if any.
     pub fn successor(&self, publisher: &str, id: &str) -> Result<Option<Successor>, StoreError> {
-        let head = self.head();
-        Ok(self
-            .engine
-            .index(publisher, id)?
-            .and_then(|v| Indexed::decode(&v))
-            .filter(|i| i.seq <= head)
-            .and_then(|i| i.successor)
-            .filter(|s| s.seq <= head))
+        match self.lookup(publisher, id)? {
+            Some((seq, _)) => Ok(self.replacements(seq, seq)?.next(seq)),
+            None => Ok(None),
+        }
     }
 
-    /// What replaced the bulletin `meta` describes, with the replacing
-    /// bulletin's id, if anything durable did. One index read (and, for a
-    /// replaced bulletin, one record read).
-    pub fn replacement(&self, meta: &Meta) -> Result<Option<Replacement>, StoreError> {
-        let Some(s) = self.successor(&meta.publisher, &meta.id)? else {
-            return Ok(None);
-        };
-        let id = match self.get(s.seq)? {
-            Some(r) => r.meta.id,
-            None => return Ok(None),
-        };
-        Ok(Some(Replacement {
+    /// What replaced the records of `from..=to`, as far as it is durable:
+    /// one ordered scan of the few replaced ones, for a reader going along
+    /// the log (ask [`Replacements::next`] in increasing sequence order).
+    pub fn replacements(&self, from: u64, to: u64) -> Result<Replacements, StoreError> {
+        let head = self.head();
+        let to = to.min(head);
+        let found = self
+            .engine
+            .successors(from, to)?
+            .into_iter()
+            .filter_map(|(seq, v)| Some((seq, Successor::decode(&v)?)))
+            .filter(|(_, s)| s.seq <= head)
+            .collect();
+        Ok(Replacements { found, at: 0 })
+    }
+
+    /// What replaced the record at `seq`, as a reader sees it.
+    pub fn replacement_of(&self, seq: u64) -> Result<Option<Replacement>, StoreError> {
+        match self.replacements(seq, seq)?.next(seq) {
+            Some(s) => self.replacement(s),
+            None => Ok(None),
+        }
+    }
+
+    /// `s` as a reader sees it: with the replacing bulletin's id.
+    pub fn replacement(&self, s: Successor) -> Result<Option<Replacement>, StoreError> {
+        Ok(self.get(s.seq)?.map(|r| Replacement {
             how: s.how,
             seq: s.seq,
-            id,
+            id: r.meta.id,
         }))
     }
 

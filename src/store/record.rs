@@ -195,17 +195,39 @@ impl Record {
 }
 
 /// What the id index holds for (publisher, id): the sequence, the envelope
-/// digest, the payload digest (absent in entries written before it was
-/// kept), and the bulletin that superseded or retracted this one, if any.
-///
-/// Encoded as `seq:8 digest:32 [payload digest:32] [relation:1 seq:8]`: 40,
-/// 49, 72 or 81 bytes, so every earlier form still reads.
+/// digest, and the payload digest (absent in entries written before it was
+/// kept: the entry is then 40 bytes, not 72).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Indexed {
     pub seq: u64,
     pub digest: [u8; 32],
     pub payload_digest: Option<[u8; 32]>,
-    pub successor: Option<Successor>,
+}
+
+impl Indexed {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(72);
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v.extend_from_slice(&self.digest);
+        if let Some(p) = &self.payload_digest {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+
+    /// `None` for an entry of neither known length.
+    pub fn decode(v: &[u8]) -> Option<Indexed> {
+        let payload_digest = match v.len() {
+            40 => None,
+            72 => Some(v[40..72].try_into().ok()?),
+            _ => return None,
+        };
+        Some(Indexed {
+            seq: u64::from_be_bytes(v.get(..8)?.try_into().ok()?),
+            digest: v.get(8..40)?.try_into().ok()?,
+            payload_digest,
+        })
+    }
 }
 
 /// How a later bulletin of the same publisher replaced one.
@@ -215,57 +237,49 @@ pub enum Replaced {
     Retracted,
 }
 
-/// The later bulletin that superseded or retracted one.
+/// The later bulletin that superseded or retracted one. Kept by the
+/// replaced bulletin's sequence, so a reader going along the log finds the
+/// few replaced ones of a range with one ordered scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Successor {
     pub how: Replaced,
     pub seq: u64,
 }
 
-impl Indexed {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(81);
+impl Successor {
+    /// `how:1 seq:8`.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9);
+        v.push(match self.how {
+            Replaced::Superseded => 1,
+            Replaced::Retracted => 2,
+        });
         v.extend_from_slice(&self.seq.to_be_bytes());
-        v.extend_from_slice(&self.digest);
-        if let Some(p) = &self.payload_digest {
-            v.extend_from_slice(p);
-        }
-        if let Some(s) = &self.successor {
-            v.push(match s.how {
-                Replaced::Superseded => 1,
-                Replaced::Retracted => 2,
-            });
-            v.extend_from_slice(&s.seq.to_be_bytes());
-        }
         v
     }
 
-    /// `None` for an entry of no known length or with an unknown relation.
-    pub fn decode(v: &[u8]) -> Option<Indexed> {
-        let seq = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
-        let digest = v.get(8..40)?.try_into().ok()?;
-        let (payload_digest, rest) = match v.len() {
-            40 | 49 => (None, &v[40..]),
-            72 | 81 => (Some(v[40..72].try_into().ok()?), &v[72..]),
-            _ => return None,
-        };
-        let successor = match rest {
-            [] => None,
-            [how, seq @ ..] => Some(Successor {
-                how: match how {
-                    1 => Replaced::Superseded,
-                    2 => Replaced::Retracted,
-                    _ => return None,
-                },
-                seq: u64::from_be_bytes(seq.try_into().ok()?),
-            }),
-        };
-        Some(Indexed {
-            seq,
-            digest,
-            payload_digest,
-            successor,
+    pub(crate) fn decode(v: &[u8]) -> Option<Successor> {
+        let (how, seq) = v.split_first()?;
+        Some(Successor {
+            how: match how {
+                1 => Replaced::Superseded,
+                2 => Replaced::Retracted,
+                _ => return None,
+            },
+            seq: u64::from_be_bytes(seq.try_into().ok()?),
         })
+    }
+
+    /// Records `seq` as what replaced a bulletin whose successor was `old`;
+    /// a retraction stays (a later revision of a retracted bulletin does not
+    /// bring it back). `None` when nothing changes.
+    pub(crate) fn after(old: Option<Successor>, how: Replaced, seq: u64) -> Option<Successor> {
+        let next = Successor { how, seq };
+        match old {
+            Some(o) if o.how == Replaced::Retracted && how == Replaced::Superseded => None,
+            Some(o) if o == next => None,
+            _ => Some(next),
+        }
     }
 }
 
@@ -274,34 +288,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_index_entry_form_round_trips() {
+    fn index_entries_and_successors_round_trip() {
         for payload_digest in [None, Some([7u8; 32])] {
-            for successor in [
-                None,
-                Some(Successor {
-                    how: Replaced::Retracted,
-                    seq: 9,
-                }),
-                Some(Successor {
-                    how: Replaced::Superseded,
-                    seq: u64::MAX,
-                }),
-            ] {
-                let i = Indexed {
-                    seq: 42,
-                    digest: [3; 32],
-                    payload_digest,
-                    successor,
-                };
-                let bytes = i.encode();
-                assert!([40, 49, 72, 81].contains(&bytes.len()));
-                assert_eq!(Indexed::decode(&bytes), Some(i));
-            }
+            let i = Indexed {
+                seq: 42,
+                digest: [3; 32],
+                payload_digest,
+            };
+            assert_eq!(Indexed::decode(&i.encode()), Some(i));
         }
         assert_eq!(Indexed::decode(&[0; 39]), None);
         assert_eq!(Indexed::decode(&[0; 50]), None);
-        let mut bad = vec![0u8; 49];
-        bad[40] = 3;
-        assert_eq!(Indexed::decode(&bad), None, "unknown relation");
+        for how in [Replaced::Superseded, Replaced::Retracted] {
+            let s = Successor { how, seq: u64::MAX };
+            assert_eq!(Successor::decode(&s.encode()), Some(s));
+        }
+        assert_eq!(Successor::decode(&[3, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(Successor::decode(&[1, 0]), None);
+    }
+
+    #[test]
+    fn a_retraction_stays() {
+        use Replaced::*;
+        let s = |how, seq| Some(Successor { how, seq });
+        assert_eq!(Successor::after(None, Superseded, 5), s(Superseded, 5));
+        assert_eq!(
+            Successor::after(s(Superseded, 5), Superseded, 9),
+            s(Superseded, 9)
+        );
+        assert_eq!(
+            Successor::after(s(Superseded, 5), Retracted, 9),
+            s(Retracted, 9)
+        );
+        assert_eq!(Successor::after(s(Retracted, 9), Superseded, 12), None);
+        assert_eq!(Successor::after(s(Retracted, 9), Retracted, 9), None);
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! L <seq:u64be>                      -> record
+//! R <seq:u64be>                      -> what superseded or retracted it
 //! I <id> 0x00 <publisher>            -> index entry
 //! H                                  -> <head seq:u64be>
 //! V                                  -> <format:u32be>
@@ -29,6 +30,12 @@ fn lkey(seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = b'L';
     k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn rkey(seq: u64) -> [u8; 9] {
+    let mut k = lkey(seq);
+    k[0] = b'R';
     k
 }
 
@@ -146,6 +153,22 @@ impl Engine for SledEngine {
         }))
     }
 
+    fn successors(&self, from: u64, to: u64) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for item in self.log.range(rkey(from)..=rkey(to)) {
+            let (k, v) = item.map_err(io)?;
+            let seq = k
+                .get(1..)
+                .and_then(be_u64)
+                .ok_or_else(|| StoreError::Io("bad successor key".into()))?;
+            out.push((seq, owned(v)));
+        }
+        Ok(out)
+    }
+
     fn index(&self, publisher: &str, id: &str) -> Result<Option<Bytes>, StoreError> {
         Ok(self.log.get(ikey(publisher, id)).map_err(io)?.map(owned))
     }
@@ -165,6 +188,9 @@ impl Engine for SledEngine {
         let mut batch = sled::Batch::default();
         for (seq, record) in set.records {
             batch.insert(&lkey(seq)[..], record);
+        }
+        for (seq, successor) in set.successors {
+            batch.insert(&rkey(seq)[..], successor);
         }
         for (publisher, id, entry) in set.index {
             batch.insert(ikey(&publisher, &id), entry);

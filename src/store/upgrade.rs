@@ -39,7 +39,7 @@ pub(super) fn run(engine: &dyn Engine, from: u32, head: u64) -> Result<(), Store
 
 /// Reads every record and marks the bulletin each one supersedes or retracts.
 fn mark_successors(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
-    let mut marked: HashMap<(String, String), Indexed> = HashMap::new();
+    let mut marked: HashMap<u64, Successor> = HashMap::new();
     let mut total = 0u64;
     for item in engine.records(1, head) {
         let (seq, bytes) = item?;
@@ -55,17 +55,23 @@ fn mark_successors(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
         let Some((how, id)) = relation_of(&rec) else {
             continue;
         };
-        let key = (rec.meta.publisher.clone(), id);
-        let entry = match marked.get(&key) {
-            Some(e) => Some(e.clone()),
-            None => engine
-                .index(&key.0, &key.1)?
-                .and_then(|v| Indexed::decode(&v)),
-        };
         // A relay may name a bulletin this node does not hold.
-        let Some(mut entry) = entry else { continue };
-        if mark(&mut entry, how, seq) {
-            marked.insert(key, entry);
+        let Some(original) = engine
+            .index(&rec.meta.publisher, &id)?
+            .and_then(|v| Indexed::decode(&v))
+            .map(|i| i.seq)
+        else {
+            continue;
+        };
+        let old = match marked.get(&original) {
+            Some(s) => Some(*s),
+            None => engine
+                .successors(original, original)?
+                .first()
+                .and_then(|(_, v)| Successor::decode(v)),
+        };
+        if let Some(next) = Successor::after(old, how, seq) {
+            marked.insert(original, next);
             total += 1;
         }
         if marked.len() >= CHUNK {
@@ -77,35 +83,13 @@ fn mark_successors(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Records `seq` as what replaced `entry`; a retraction stays (a later
-/// revision of a retracted bulletin does not bring it back). False when
-/// nothing changed.
-pub(super) fn mark(entry: &mut Indexed, how: Replaced, seq: u64) -> bool {
-    if entry
-        .successor
-        .is_some_and(|s| s.how == Replaced::Retracted && how == Replaced::Superseded)
-    {
-        return false;
-    }
-    let next = Some(Successor { how, seq });
-    let changed = entry.successor != next;
-    entry.successor = next;
-    changed
-}
-
-fn flush(
-    engine: &dyn Engine,
-    marked: &mut HashMap<(String, String), Indexed>,
-) -> Result<(), StoreError> {
+fn flush(engine: &dyn Engine, marked: &mut HashMap<u64, Successor>) -> Result<(), StoreError> {
     if marked.is_empty() {
         return Ok(());
     }
-    let index = marked
-        .drain()
-        .map(|((publisher, id), e)| (publisher, id, e.encode()))
-        .collect();
+    let successors = marked.drain().map(|(seq, s)| (seq, s.encode())).collect();
     engine.write(WriteSet {
-        index,
+        successors,
         ..Default::default()
     })
 }
