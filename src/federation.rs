@@ -1,12 +1,18 @@
-//! Federation: each configured peer is a durable subscription this node holds
-//! on that peer, with its own node certificate.
+//! Federation: each configured peer is a subscription this node holds on
+//! that peer, with its own node certificate.
 //!
-//! Replay on reconnect is therefore the same mechanism clients use: the peer
-//! keeps the cursor of (this node, `federation`), sends only what this node's
-//! member may read (it asks `policy` with the pulling node's member, as for a
-//! client), and resends what was never acknowledged. This node acknowledges a
-//! delivery only once it is durable here, or once it has been refused and
-//! reported; so a crash on either side can cause redelivery, never loss.
+//! **The position of a link belongs to the node that reads.** This node
+//! keeps how far it has read each peer's log in its own store
+//! (`Store::link_position`), moved only once what it read is durable here
+//! (stored, already held, or refused and reported), and opens each link
+//! from there. So a node whose store was lost, rebuilt empty or restored
+//! from an older backup reads its peers again from where its store stands,
+//! and gets its history back; a crash on either side can cause redelivery
+//! (answered as duplicates), never loss. A peer whose log is shorter than
+//! the position (it was rebuilt) is read again from the start. The peer
+//! still sees the link as the durable subscription `federation`, for its
+//! operators' lag figures; it sends only what this node's member may read
+//! (it asks `policy` with the pulling node's member, as for a client).
 //!
 //! Nothing a peer relays is taken on trust: each envelope is verified again
 //! (its digest, payload type, signer chain against this node's bundle and
@@ -85,6 +91,8 @@ pub enum FederationError {
     Ended,
     #[error("the peer went silent: nothing (no bulletin, no heartbeat) for {0:?}")]
     Silent(Duration),
+    #[error("the peer's log ends at {head}, before what this node had read from it ({position}): it was rebuilt or restored; reading it again from the start")]
+    Rebuilt { head: u64, position: u64 },
     #[error("cannot store relayed bulletins: {0}")]
     Store(#[from] StoreError),
 }
@@ -259,13 +267,13 @@ async fn session(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let (tx, rx) = mpsc::channel(16);
+    let peer = link.identity.to_string();
+    let position = state.store.link_position(&peer)?.unwrap_or(0);
     let open = pb::SubscribeRequest {
         msg: Some(pb::subscribe_request::Msg::Open(pb::SubscribeOpen {
             name: LINK_NAME.to_owned(),
             start: Some(pb::StartPosition {
-                at: Some(pb::start_position::At::Resume(
-                    pb::start_position::Resume {},
-                )),
+                at: Some(pb::start_position::At::Sequence(position + 1)),
             }),
             filter: None,
             window: LINK_WINDOW,
@@ -301,6 +309,9 @@ async fn session(
                 while let Some(Some(next)) = pending.next().now_or_never() {
                     acked = settle(link, next)?;
                 }
+                // Everything up to `acked` is durable here (or refused): the
+                // position moves first, then the peer hears of it.
+                state.store.set_link_position(&peer, acked)?;
                 let ack = pb::SubscribeRequest {
                     msg: Some(pb::subscribe_request::Msg::Ack(pb::Ack { sequence: acked })),
                 };
@@ -318,13 +329,17 @@ async fn session(
                 match msg.msg {
                     Some(Msg::Subscribed(s)) => {
                         *established = true;
+                        if s.head < position {
+                            state.store.reset_link_position(&peer)?;
+                            return Err(FederationError::Rebuilt { head: s.head, position });
+                        }
                         info!(target: "beacon::audit", peer = %link.identity, cursor = s.cursor,
                               head = s.head, "peer link up");
                         link.update(|st| {
                             st.connected = true;
                             st.last_connected_at = Some(SystemTime::now());
                             st.last_error = None;
-                            st.cursor = s.cursor;
+                            st.cursor = position;
                             st.head = s.head;
                         });
                     }

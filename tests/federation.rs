@@ -779,3 +779,67 @@ async fn a_node_revoked_with_others_in_one_update_applies_it_and_stops_serving()
     n.stop().await;
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rebuilt_empty_gets_its_history_back_from_its_peers() {
+    let members = ["fr.anssi", "de.bsi", "uk.ncsc"];
+    let alliance = Alliance::new(&members);
+    let mut nodes = mesh(&alliance, &members, &full_mesh(3)).await;
+
+    let mut published = Vec::new();
+    for (i, (member, tlp, audience)) in [
+        ("fr.anssi", Tlp::Green, vec![]),
+        ("fr.anssi", Tlp::Red, vec!["uk.ncsc"]),
+        ("fr.anssi", Tlp::AmberStrict, vec!["de.bsi"]),
+        ("de.bsi", Tlp::Green, vec![]),
+        ("uk.ncsc", Tlp::Amber, vec![]),
+        ("uk.ncsc", Tlp::Red, vec!["fr.anssi"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let b = marked(member, &format!("bulletin {i}"), tlp, &audience);
+        let at = members.iter().position(|m| *m == member).unwrap();
+        publish(&nodes[at], &alliance.ca, &b).await;
+        published.push((b, tlp, audience));
+    }
+    // What uk.ncsc's node may hold: everything but the AMBER+STRICT for de.bsi.
+    let for_uk: BTreeSet<String> = published
+        .iter()
+        .filter(|(_, tlp, audience)| *tlp != Tlp::AmberStrict || audience.contains(&"uk.ncsc"))
+        .map(|(b, _, _)| b.id.clone())
+        .collect();
+    let before = wait_holds(&nodes[2], &alliance, &for_uk).await;
+
+    // uk.ncsc's node loses its disk and comes back empty on the same address.
+    let c = nodes.remove(2);
+    let restarted = std::time::Instant::now();
+    let node = c.node.restart_wiped().await;
+    let c = MeshNode { node, ..c };
+    let after = wait_holds(&c, &alliance, &for_uk).await;
+    println!(
+        "a node rebuilt empty held its {} bulletins again {:?} after its restart",
+        for_uk.len(),
+        restarted.elapsed()
+    );
+    // Byte-identical, with the same origins (its own, too: its peers kept them).
+    assert_eq!(after, before);
+
+    // Its peers read its new log from the start (it is shorter than where
+    // they were), so what it publishes now still reaches them.
+    let fresh = marked("uk.ncsc", "after the rebuild", Tlp::Green, &[]);
+    publish(&c, &alliance.ca, &fresh).await;
+    for n in &nodes {
+        let mut want: BTreeSet<String> = held_at(n.node.addr, &n.client, &alliance)
+            .await
+            .unwrap_or_default()
+            .into_keys()
+            .collect();
+        want.insert(fresh.id.clone());
+        wait_holds(n, &alliance, &want).await;
+    }
+    c.node.stop().await;
+    for n in nodes {
+        n.node.stop().await;
+    }
+}

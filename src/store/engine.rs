@@ -66,6 +66,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Moves the cursor of (identity, name) to `seq` unless it is already
     /// further; durable at the next [`Engine::sync`].
     fn advance_cursor(&self, identity: &str, name: &str, seq: u64) -> Result<(), StoreError>;
+    /// Removes the cursor of (identity, name); durable at the next sync.
+    fn remove_cursor(&self, identity: &str, name: &str) -> Result<(), StoreError>;
     /// Every cursor: (identity, name, seq).
     fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError>;
     /// Bytes the engine's files take.

@@ -101,6 +101,15 @@ pub struct Replacement {
     pub id: String,
 }
 
+/// Link positions live beside subscription cursors under identities with
+/// this prefix: a subscriber's identity is a SPIFFE ID, so none starts with it.
+const LINK_PREFIX: &str = "link:";
+const LINK_NAME: &str = "in";
+
+fn link_key(peer: &str) -> String {
+    format!("{LINK_PREFIX}{peer}")
+}
+
 /// The replaced records of a range, in order (see [`Store::replacements`]).
 #[derive(Debug)]
 pub struct Replacements {
@@ -505,9 +514,33 @@ impl Store {
         self.commit.sync().await
     }
 
-    /// Every stored cursor: (identity, name, seq).
+    /// Every stored subscription cursor: (identity, name, seq).
     pub fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
-        self.engine.cursors()
+        let mut all = self.engine.cursors()?;
+        all.retain(|(identity, _, _)| !identity.starts_with(LINK_PREFIX));
+        Ok(all)
+    }
+
+    /// How far this node has read the log of `peer` (a node identity): the
+    /// last peer sequence whose outcome (stored, already held, refused) is
+    /// in this store. It belongs to the reading node, so a node whose store
+    /// was lost or rebuilt reads its peers again from the start.
+    pub fn link_position(&self, peer: &str) -> Result<Option<u64>, StoreError> {
+        self.engine.cursor(&link_key(peer), LINK_NAME)
+    }
+
+    /// Moves the position on `peer`'s log forward. The caller sets it only
+    /// once what it read up to `seq` is durable here; it becomes durable
+    /// with the next sync, so it may lag after a crash (redelivery, answered
+    /// as duplicates) but never runs ahead of what was stored.
+    pub fn set_link_position(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
+        self.engine.advance_cursor(&link_key(peer), LINK_NAME, seq)
+    }
+
+    /// Forgets the position on `peer`'s log (its log was rebuilt): the link
+    /// reads it again from the start.
+    pub fn reset_link_position(&self, peer: &str) -> Result<(), StoreError> {
+        self.engine.remove_cursor(&link_key(peer), LINK_NAME)
     }
 
     pub fn size_on_disk(&self) -> u64 {

@@ -226,6 +226,13 @@ impl Engine for SledEngine {
         Ok(())
     }
 
+    fn remove_cursor(&self, identity: &str, name: &str) -> Result<(), StoreError> {
+        self.cursors
+            .remove(cursor_key(identity, name))
+            .map(|_| ())
+            .map_err(io)
+    }
+
     fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
         let mut out = Vec::new();
         for item in self.cursors.iter() {

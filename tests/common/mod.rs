@@ -304,6 +304,20 @@ impl TestNode {
     pub async fn stop(mut self) {
         self.join().await;
     }
+
+    /// Stops the node cleanly, deletes its store (a lost disk, a node
+    /// rebuilt empty), and starts it again on the same address.
+    pub async fn restart_wiped(mut self) -> TestNode {
+        self.join().await;
+        let store = self.data.path().join("store");
+        std::fs::remove_dir_all(&store).expect("wipe the store");
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the node's address");
+        Self::spawn_on(self.config_path.clone(), self.data.clone(), listener)
+            .await
+            .expect("node restarts")
+    }
 }
 
 impl Drop for TestNode {
