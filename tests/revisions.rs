@@ -191,3 +191,38 @@ async fn revisions_and_retractions_show_in_every_read() {
         .collect();
     assert_eq!(seqs, vec![3, 4]);
 }
+
+/// The store's own check, whether the original is already stored or still in
+/// the commit batch of the bulletin that replaces it (appends queued back to
+/// back, unawaited, usually share a batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowing_retraction_in_the_same_batch_as_its_original_is_refused() {
+    use beacon::store::{Replaced, Store, StoreError, StoreOptions};
+    let pki = TestPki::new();
+    let signer = signer(&pki.client("uk.ncsc", "analyst"));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+
+    let original = marked("uk.ncsc", "original", Tlp::Amber, &["us.cisa", "fr.anssi"]);
+    let mut narrow = marked("uk.ncsc", "narrow", Tlp::Red, &["us.cisa"]);
+    narrow.relation = Some(Relation::Retracts(original.id.clone()));
+    let mut wide = marked("uk.ncsc", "wide", Tlp::Green, &[]);
+    wide.relation = Some(Relation::Retracts(original.id.clone()));
+    let mut pending = Vec::new();
+    for b in [&original, &narrow, &wide] {
+        pending.push(store.enqueue(store_record(&signer, b)).await.unwrap());
+    }
+    let mut outcomes = Vec::new();
+    for p in pending {
+        outcomes.push(p.await);
+    }
+    assert_eq!(outcomes[0].as_ref().unwrap().seq, 1);
+    assert!(
+        matches!(outcomes[1], Err(StoreError::Narrows { .. })),
+        "{:?}",
+        outcomes[1]
+    );
+    assert_eq!(outcomes[2].as_ref().unwrap().seq, 2);
+    let s = store.successor("uk.ncsc", &original.id).unwrap().unwrap();
+    assert_eq!((s.how, s.seq), (Replaced::Retracted, 2));
+}

@@ -9,46 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use beacon::bulletin::{codec, sha256, Meta, Relation};
-use beacon::store::{NewRecord, Related, Replaced, Store, StoreError, StoreOptions, FORMAT};
+use beacon::bulletin::Relation;
+use beacon::store::{Replaced, Store, StoreError, StoreOptions, FORMAT};
 use common::*;
-
-/// A signed bulletin of uk.ncsc as the store takes it.
-fn record(signer: &beacon::bulletin::Signer, b: &beacon::bulletin::Bulletin) -> NewRecord {
-    let env = signer.sign(b.to_bytes()).expect("sign");
-    let bytes = codec::encode_envelope(&env);
-    let related = b.relation.as_ref().map(|r| match r {
-        Relation::Supersedes(id) => Related {
-            how: Replaced::Superseded,
-            id: id.clone(),
-            required: true,
-        },
-        Relation::Retracts(id) => Related {
-            how: Replaced::Retracted,
-            id: id.clone(),
-            required: true,
-        },
-    });
-    NewRecord {
-        meta: Meta {
-            id: b.id.clone(),
-            publisher: b.publisher.clone(),
-            digest: sha256(&bytes),
-            origin_node: "spiffe://drc.example/node/drc/hub-1".into(),
-            origin_seq: 0,
-            kind: 1,
-            severity: 3,
-            tlp: 2,
-            created_at: b.created_at,
-            audience_members: vec![],
-            audience_groups: vec![],
-            topics: b.topics.clone(),
-        },
-        payload_digest: sha256(&env.payload),
-        envelope: bytes,
-        related,
-    }
-}
 
 /// Rewrites a closed store as format 1 wrote it: no format marker, and no
 /// record of which bulletin replaced which (`R` keys).
@@ -98,7 +61,7 @@ fn a_format_1_store_is_upgraded_in_place_and_a_newer_one_refused() {
     {
         let store = open(&dir).unwrap();
         for x in [&a, &b, &r] {
-            rt.block_on(store.append(record(&signer, x))).unwrap();
+            rt.block_on(store.append(store_record(&signer, x))).unwrap();
         }
         assert!(store.successor("uk.ncsc", &a.id).unwrap().is_some());
     }

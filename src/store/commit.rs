@@ -15,7 +15,6 @@ use tracing::{error, warn};
 use super::engine::{Engine, WriteSet};
 use super::record::{from_nanos, nanos, Indexed, Record, Replaced, Successor};
 use super::{io, Appended, NewRecord, StoreError, StoreOptions, StoreStats};
-use crate::bulletin::Meta;
 use crate::policy::{reaches_every_reader, Marking};
 
 pub(super) struct WriteReq {
@@ -235,12 +234,10 @@ struct Batch {
     now: u64,
 }
 
-/// A record appended in this batch: its index entry, its acceptance time
-/// and its summary (for the checks of a later bulletin in the batch naming it).
+/// A record appended in this batch: its index entry and acceptance time.
 struct Held {
     indexed: Indexed,
     accepted_at: SystemTime,
-    meta: Meta,
 }
 
 impl Batch {
@@ -254,7 +251,6 @@ impl Batch {
             meta.origin_seq = seq;
         }
         let digest = meta.digest;
-        let summary = meta.clone();
         let record = Record {
             seq,
             accepted_at,
@@ -275,7 +271,6 @@ impl Batch {
             Held {
                 indexed,
                 accepted_at,
-                meta: summary,
             },
         );
         Appended {
@@ -285,9 +280,20 @@ impl Batch {
         }
     }
 
+    /// The record appended in this batch at `seq`, decoded again (only a
+    /// later bulletin of the batch naming it needs it, which is rare).
+    fn record(&self, seq: u64) -> Option<Result<Record, StoreError>> {
+        let first = self.writes.records.first()?.0;
+        let (at, bytes) = self
+            .writes
+            .records
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        Some(Record::decode(*at, Bytes::from(bytes.clone())))
+    }
+
     /// Records that the record at `original` was replaced by the one at `seq`.
+    /// `old` is what replaced it before (in this batch or in the store).
     fn mark(&mut self, original: u64, old: Option<Successor>, how: Replaced, seq: u64) {
-        let old = self.successors.get(&original).copied().or(old);
         if let Some(next) = Successor::after(old, how, seq) {
             self.writes.successors.push((original, next.encode()));
             self.successors.insert(original, next);
@@ -546,9 +552,9 @@ impl Writer {
                 let how = rec.related.as_ref().map(|r| r.how);
                 let appended = batch.append(key, rec);
                 if let (Some(original), Some(how)) = (related, how) {
-                    let old = match batch.successors.contains_key(&original) {
-                        true => None,
-                        false => self.successor(original)?,
+                    let old = match batch.successors.get(&original) {
+                        Some(s) => Some(*s),
+                        None => self.successor(original)?,
                     };
                     batch.mark(original, old, how, appended.seq);
                 }
@@ -567,12 +573,12 @@ impl Writer {
             return Ok(None);
         };
         let key = (rec.meta.publisher.clone(), rel.id.clone());
-        let (entry, original) = match batch.pending.get(&key) {
-            Some(h) => (h.indexed.clone(), Some(h.meta.clone())),
+        let seq = match batch.pending.get(&key) {
+            Some(h) => h.indexed.seq,
             None => match self.lookup(&key.0, &key.1)? {
                 Some(i) => {
                     batch.upto = batch.upto.max(i.seq);
-                    (i, None)
+                    i.seq
                 }
                 None if rel.required => {
                     return Err(StoreError::MissingRelated {
@@ -585,9 +591,9 @@ impl Writer {
             },
         };
         if rel.required {
-            let original = match original {
-                Some(m) => m,
-                None => self.meta(entry.seq)?,
+            let original = match batch.record(seq) {
+                Some(r) => r?.meta,
+                None => self.held(seq)?.meta,
             };
             let narrows = match (Marking::of(&rec.meta), Marking::of(&original)) {
                 (Some(new), Some(old)) => !reaches_every_reader(&new, &old),
@@ -601,7 +607,7 @@ impl Writer {
                 });
             }
         }
-        Ok(Some(entry.seq))
+        Ok(Some(seq))
     }
 
     /// Writes the batch to the engine in one atomic write (records, index, head)
@@ -657,10 +663,6 @@ impl Writer {
             .successors(seq, seq)?
             .first()
             .and_then(|(_, v)| Successor::decode(v)))
-    }
-
-    fn meta(&self, seq: u64) -> Result<Meta, StoreError> {
-        self.held(seq).map(|r| r.meta)
     }
 
     /// The record the index names at `seq`.

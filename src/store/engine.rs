@@ -31,6 +31,15 @@ pub(crate) struct WriteSet {
     pub format: Option<u32>,
 }
 
+/// The two kinds of position a store keeps, each in its own key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Space {
+    /// Durable subscriptions on this node's log: (subscriber identity, name).
+    Subscriptions,
+    /// How far this node has read each peer's log: (peer identity, "").
+    Links,
+}
+
 /// Records in sequence order, as (sequence, encoded record).
 pub(crate) type RecordIter<'a> =
     Box<dyn Iterator<Item = Result<(u64, Bytes), StoreError>> + Send + 'a>;
@@ -61,15 +70,21 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn write(&self, set: WriteSet) -> Result<(), StoreError>;
     /// Makes every write and cursor update made before the call durable.
     fn sync(&self) -> Result<(), StoreError>;
-    /// The cursor of (identity, name).
-    fn cursor(&self, identity: &str, name: &str) -> Result<Option<u64>, StoreError>;
+    /// The cursor of (identity, name) in `space`.
+    fn cursor(&self, space: Space, identity: &str, name: &str) -> Result<Option<u64>, StoreError>;
     /// Moves the cursor of (identity, name) to `seq` unless it is already
     /// further; durable at the next [`Engine::sync`].
-    fn advance_cursor(&self, identity: &str, name: &str, seq: u64) -> Result<(), StoreError>;
+    fn advance_cursor(
+        &self,
+        space: Space,
+        identity: &str,
+        name: &str,
+        seq: u64,
+    ) -> Result<(), StoreError>;
     /// Removes the cursor of (identity, name); durable at the next sync.
-    fn remove_cursor(&self, identity: &str, name: &str) -> Result<(), StoreError>;
-    /// Every cursor: (identity, name, seq).
-    fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError>;
+    fn remove_cursor(&self, space: Space, identity: &str, name: &str) -> Result<(), StoreError>;
+    /// Every cursor of `space`: (identity, name, seq).
+    fn cursors(&self, space: Space) -> Result<Vec<(String, String, u64)>, StoreError>;
     /// Bytes the engine's files take.
     fn size_on_disk(&self) -> u64;
 }

@@ -3,10 +3,14 @@
 //!
 //! # Files
 //! - `mod.rs`: [`Store`], the log's interface to the rest of the node.
-//! - `record.rs`: the stored forms (record with CRC32 trailer, index entry).
+//! - `record.rs`: the stored forms (record with CRC32 trailer, index entry,
+//!   successor).
+//! - `upgrade.rs`: in-place upgrades of older formats ([`FORMAT`]), at open.
 //! - `commit.rs`: the group commit (applier and flusher threads) and the
 //!   acknowledged-head file.
-//! - `engine.rs`: what the log asks of a storage engine; `sled_engine.rs`,
+//! - `engine.rs`: what the log asks of a storage engine: records, successors,
+//!   the index, markers, two spaces of positions (subscription cursors,
+//!   peer-link positions), atomic writes and a sync; `sled_engine.rs`,
 //!   the embedded engine. Nothing outside this module knows which engine
 //!   holds the bytes, and only `sled_engine.rs` touches sled.
 //!
@@ -45,7 +49,7 @@ use tracing::error;
 
 use crate::bulletin::Meta;
 use commit::{Committer, Watermark};
-use engine::Engine;
+use engine::{Engine, Space};
 pub use record::{Record, Replaced, Successor};
 
 /// The store's format: what its records, index entries and keys mean.
@@ -99,15 +103,6 @@ pub struct Replacement {
     pub how: Replaced,
     pub seq: u64,
     pub id: String,
-}
-
-/// Link positions live beside subscription cursors under identities with
-/// this prefix: a subscriber's identity is a SPIFFE ID, so none starts with it.
-const LINK_PREFIX: &str = "link:";
-const LINK_NAME: &str = "in";
-
-fn link_key(peer: &str) -> String {
-    format!("{LINK_PREFIX}{peer}")
 }
 
 /// The replaced records of a range, in order (see [`Store::replacements`]).
@@ -266,7 +261,10 @@ impl Store {
                 })
             }
             Some(FORMAT) => {}
-            None if head == 0 && engine.cursors()?.is_empty() => {
+            None if head == 0
+                && engine.cursors(Space::Subscriptions)?.is_empty()
+                && engine.cursors(Space::Links)?.is_empty() =>
+            {
                 engine.write(engine::WriteSet {
                     format: Some(FORMAT),
                     ..Default::default()
@@ -492,13 +490,14 @@ impl Store {
 
     /// A durable cursor (last acknowledged sequence) of (identity, name).
     pub fn cursor(&self, identity: &str, name: &str) -> Result<Option<u64>, StoreError> {
-        self.engine.cursor(identity, name)
+        self.engine.cursor(Space::Subscriptions, identity, name)
     }
 
     /// Stores a cursor; it only moves forward. Not fsynced on its own: losing a
     /// cursor write can only cause redelivery.
     pub fn set_cursor(&self, identity: &str, name: &str, seq: u64) -> Result<(), StoreError> {
-        self.engine.advance_cursor(identity, name, seq)
+        self.engine
+            .advance_cursor(Space::Subscriptions, identity, name, seq)
     }
 
     /// Stores a cursor and resolves once it is durable (it shares the next
@@ -516,9 +515,7 @@ impl Store {
 
     /// Every stored subscription cursor: (identity, name, seq).
     pub fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
-        let mut all = self.engine.cursors()?;
-        all.retain(|(identity, _, _)| !identity.starts_with(LINK_PREFIX));
-        Ok(all)
+        self.engine.cursors(Space::Subscriptions)
     }
 
     /// How far this node has read the log of `peer` (a node identity): the
@@ -526,7 +523,7 @@ impl Store {
     /// in this store. It belongs to the reading node, so a node whose store
     /// was lost or rebuilt reads its peers again from the start.
     pub fn link_position(&self, peer: &str) -> Result<Option<u64>, StoreError> {
-        self.engine.cursor(&link_key(peer), LINK_NAME)
+        self.engine.cursor(Space::Links, peer, "")
     }
 
     /// Moves the position on `peer`'s log forward. The caller sets it only
@@ -534,13 +531,13 @@ impl Store {
     /// with the next sync, so it may lag after a crash (redelivery, answered
     /// as duplicates) but never runs ahead of what was stored.
     pub fn set_link_position(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
-        self.engine.advance_cursor(&link_key(peer), LINK_NAME, seq)
+        self.engine.advance_cursor(Space::Links, peer, "", seq)
     }
 
     /// Forgets the position on `peer`'s log (its log was rebuilt): the link
     /// reads it again from the start.
     pub fn reset_link_position(&self, peer: &str) -> Result<(), StoreError> {
-        self.engine.remove_cursor(&link_key(peer), LINK_NAME)
+        self.engine.remove_cursor(Space::Links, peer, "")
     }
 
     pub fn size_on_disk(&self) -> u64 {

@@ -1,6 +1,6 @@
 //! The stored forms, the same for every engine: a record (fields, envelope,
-//! CRC32 trailer) and an id index entry (sequence, envelope digest, payload
-//! digest).
+//! CRC32 trailer), an id index entry (sequence, envelope digest, payload
+//! digest) and a successor (what superseded or retracted a record).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::StoreError;
 use crate::bulletin::Meta;
+
 /// A stored bulletin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -182,7 +183,7 @@ impl Record {
     }
 
     /// Checks the envelope against the digest stored with it. Every path that
-    /// serves an envelope calls this (through [`Store::served`]).
+    /// serves an envelope calls this (through [`super::Store::served`]).
     pub fn check_digest(&self) -> Result<(), StoreError> {
         if crate::bulletin::sha256(&self.envelope) != self.meta.digest {
             return Err(StoreError::Corrupt {

@@ -10,20 +10,22 @@
 //! H                                  -> <head seq:u64be>
 //! V                                  -> <format:u32be>
 //! ```
-//! and a second tree, `cursors`, keyed `<identity> 0x00 <name>` → `<seq:u64be>`.
+//! and two trees of positions, keyed `<identity> 0x00 <name>` → `<seq:u64be>`:
+//! `cursors` (durable subscriptions) and `links` (how far each peer was read).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::engine::{Engine, RecordIter, WriteSet};
+use super::engine::{Engine, RecordIter, Space, WriteSet};
 use super::{io, StoreError};
 
 pub(crate) struct SledEngine {
     db: sled::Db,
     log: sled::Tree,
     cursors: sled::Tree,
+    links: sled::Tree,
 }
 
 fn lkey(seq: u64) -> [u8; 9] {
@@ -104,7 +106,20 @@ impl SledEngine {
         };
         let log = db.open_tree("log").map_err(io)?;
         let cursors = db.open_tree("cursors").map_err(io)?;
-        Ok(SledEngine { db, log, cursors })
+        let links = db.open_tree("links").map_err(io)?;
+        Ok(SledEngine {
+            db,
+            log,
+            cursors,
+            links,
+        })
+    }
+
+    fn space(&self, space: Space) -> &sled::Tree {
+        match space {
+            Space::Subscriptions => &self.cursors,
+            Space::Links => &self.links,
+        }
     }
 }
 
@@ -208,16 +223,22 @@ impl Engine for SledEngine {
         self.db.flush().map(|_| ()).map_err(io)
     }
 
-    fn cursor(&self, identity: &str, name: &str) -> Result<Option<u64>, StoreError> {
+    fn cursor(&self, space: Space, identity: &str, name: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
-            .cursors
+            .space(space)
             .get(cursor_key(identity, name))
             .map_err(io)?
             .and_then(|v| be_u64(&v)))
     }
 
-    fn advance_cursor(&self, identity: &str, name: &str, seq: u64) -> Result<(), StoreError> {
-        self.cursors
+    fn advance_cursor(
+        &self,
+        space: Space,
+        identity: &str,
+        name: &str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        self.space(space)
             .fetch_and_update(cursor_key(identity, name), |old| {
                 let old_seq = old.and_then(be_u64).unwrap_or(0);
                 Some(seq.max(old_seq).to_be_bytes().to_vec())
@@ -226,16 +247,16 @@ impl Engine for SledEngine {
         Ok(())
     }
 
-    fn remove_cursor(&self, identity: &str, name: &str) -> Result<(), StoreError> {
-        self.cursors
+    fn remove_cursor(&self, space: Space, identity: &str, name: &str) -> Result<(), StoreError> {
+        self.space(space)
             .remove(cursor_key(identity, name))
             .map(|_| ())
             .map_err(io)
     }
 
-    fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+    fn cursors(&self, space: Space) -> Result<Vec<(String, String, u64)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.cursors.iter() {
+        for item in self.space(space).iter() {
             let (k, v) = item.map_err(io)?;
             let mut parts = k.splitn(2, |b| *b == 0);
             let identity = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();

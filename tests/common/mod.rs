@@ -291,8 +291,21 @@ impl TestNode {
     }
 
     /// Stops the node cleanly and starts it again on the same store and address.
-    pub async fn restart_in_place(mut self) -> TestNode {
+    pub async fn restart_in_place(self) -> TestNode {
+        self.restart_on_same_address(false).await
+    }
+
+    /// Stops the node cleanly, deletes its store (a lost disk, a node
+    /// rebuilt empty), and starts it again on the same address.
+    pub async fn restart_wiped(self) -> TestNode {
+        self.restart_on_same_address(true).await
+    }
+
+    async fn restart_on_same_address(mut self, wipe: bool) -> TestNode {
         self.join().await;
+        if wipe {
+            std::fs::remove_dir_all(self.data.path().join("store")).expect("wipe the store");
+        }
         let listener = TcpListener::bind(self.addr)
             .await
             .expect("rebind the node's address");
@@ -303,20 +316,6 @@ impl TestNode {
 
     pub async fn stop(mut self) {
         self.join().await;
-    }
-
-    /// Stops the node cleanly, deletes its store (a lost disk, a node
-    /// rebuilt empty), and starts it again on the same address.
-    pub async fn restart_wiped(mut self) -> TestNode {
-        self.join().await;
-        let store = self.data.path().join("store");
-        std::fs::remove_dir_all(&store).expect("wipe the store");
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .expect("rebind the node's address");
-        Self::spawn_on(self.config_path.clone(), self.data.clone(), listener)
-            .await
-            .expect("node restarts")
     }
 }
 
@@ -1114,5 +1113,47 @@ impl DevNode {
             beacon::trust::CaEntry::new(cert, beacon::identity::MemberScope::any()).expect("entry");
         let td = beacon::dev::DEV_TRUST_DOMAIN.parse().expect("td");
         beacon::trust::TrustBundle::new(td, vec![entry], vec![]).expect("bundle")
+    }
+}
+
+/// `b`, signed by `signer`, as the store takes it from a publish (what
+/// `ingest` makes of it, for tests that drive the store directly).
+pub fn store_record(
+    signer: &beacon::bulletin::Signer,
+    b: &beacon::bulletin::Bulletin,
+) -> beacon::store::NewRecord {
+    use beacon::bulletin::{codec, sha256, Meta, Relation};
+    use beacon::store::{NewRecord, Related, Replaced};
+    let env = signer.sign(b.to_bytes()).expect("sign");
+    let bytes = codec::encode_envelope(&env);
+    let related = b.relation.as_ref().map(|r| {
+        let (how, id) = match r {
+            Relation::Supersedes(id) => (Replaced::Superseded, id),
+            Relation::Retracts(id) => (Replaced::Retracted, id),
+        };
+        Related {
+            how,
+            id: id.clone(),
+            required: true,
+        }
+    });
+    NewRecord {
+        meta: Meta {
+            id: b.id.clone(),
+            publisher: b.publisher.clone(),
+            digest: sha256(&bytes),
+            origin_node: format!("spiffe://{TD}/node/drc/hub-1"),
+            origin_seq: 0,
+            kind: b.kind as u8,
+            severity: b.severity as u8,
+            tlp: b.tlp as u8,
+            created_at: b.created_at,
+            audience_members: b.audience.members.clone(),
+            audience_groups: b.audience.groups.clone(),
+            topics: b.topics.clone(),
+        },
+        payload_digest: sha256(&env.payload),
+        envelope: bytes,
+        related,
     }
 }
