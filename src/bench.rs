@@ -276,6 +276,7 @@ impl Target {
                     severity: crate::bulletin::codec::severity_to_i32(Severity::Medium) as u8,
                     tlp: crate::bulletin::codec::tlp_to_i32(Tlp::Green) as u8,
                     created_at: b.created_at,
+                    expires_at: None,
                     audience_members: b.audience.members.clone(),
                     audience_groups: b.audience.groups.clone(),
                     topics: b.topics.clone(),
@@ -620,6 +621,7 @@ fn open_at(
         window,
         heartbeat_ms: 0,
         current_only: false,
+        include_expired: false,
     }
 }
 

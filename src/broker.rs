@@ -85,6 +85,8 @@ pub enum Event {
         position: u64,
         head: u64,
         window: u32,
+        /// Records after `position`, up to `head`, pruned by retention.
+        pruned: u64,
     },
     /// Deliveries in sequence order (one hand-off for a whole read batch).
     Deliveries(Vec<Delivered>),
@@ -105,6 +107,8 @@ pub enum Event {
 pub struct Delivered {
     pub record: Record,
     pub replaced_by: Option<Replacement>,
+    /// Past its `expires_at` when read (sent only to readers that asked).
+    pub expired: bool,
 }
 
 /// Live figures of one subscription, for `Admin.Status`.
@@ -261,8 +265,10 @@ pub struct Subscription {
     /// The reading member.
     pub member: String,
     pub filter: Filter,
-    /// Pass over bulletins already superseded or retracted.
+    /// Pass over bulletins already superseded, retracted or expired.
     pub current_only: bool,
+    /// Also bulletins past their `expires_at` (unless `current_only`).
+    pub include_expired: bool,
     pub start: Start,
     pub window: u32,
     pub heartbeat: Duration,
@@ -391,11 +397,16 @@ impl Subscription {
         let mut head_rx = self.store.watch_head();
         let head = *head_rx.borrow_and_update();
         let window = self.window.max(1) as usize;
+        let pruned = match self.store.pruned_between(position.saturating_add(1), head) {
+            Ok(n) => n,
+            Err(e) => return Some(e.into()),
+        };
         if out
             .send(Event::Opened {
                 position,
                 head,
                 window: self.window,
+                pruned,
             })
             .await
             .is_err()
@@ -507,12 +518,14 @@ impl Subscription {
             Ok(r) => r,
             Err(e) => return (batch, Some(e)),
         };
+        let now = SystemTime::now();
         for item in self.store.range(from, to) {
             let rec = match item {
                 Ok(r) => r,
                 Err(e) => return (batch, Some(e)),
             };
-            if !self.readable(&rec) {
+            let expired = rec.meta.expired(now);
+            if !self.readable(&rec) || (expired && (self.current_only || !self.include_expired)) {
                 progress.passed(rec.seq);
                 continue;
             }
@@ -530,13 +543,18 @@ impl Subscription {
                 Ok(record) => batch.push(Delivered {
                     record,
                     replaced_by,
+                    expired,
                 }),
                 Err(e) => return (batch, Some(e)),
             }
             progress.sent(seq);
             if !progress.has_room() {
-                break;
+                return (batch, None);
             }
+        }
+        // Pruned records at the end of the range are not in it: passed over.
+        if progress.position < to {
+            progress.passed(to);
         }
         (batch, None)
     }

@@ -72,6 +72,65 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// How long bulletins are kept (`[retention]`). A pruned bulletin leaves a
+/// small tombstone: its sequence, publisher, id and digest stay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Kept this long after `expires_at`, then pruned ("off": never).
+    #[serde(deserialize_with = "maybe_duration")]
+    pub after_expiry: Option<Duration>,
+    /// Bulletins without `expires_at` are pruned this long after they were
+    /// accepted ("off", the default: kept).
+    #[serde(deserialize_with = "maybe_duration")]
+    pub max_age: Option<Duration>,
+    /// How often the pruner looks for what is due.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Most bulletins pruned in one atomic write.
+    pub batch: usize,
+    /// Per TLP label ("TLP:RED", …): settings that replace the two above.
+    pub tlp: BTreeMap<String, TlpRetention>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlpRetention {
+    #[serde(deserialize_with = "maybe_duration")]
+    pub after_expiry: Option<Option<Duration>>,
+    #[serde(deserialize_with = "maybe_duration")]
+    pub max_age: Option<Option<Duration>>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            after_expiry: Some(Duration::from_secs(30 * 24 * 3600)),
+            max_age: None,
+            interval: Duration::from_secs(60),
+            batch: 1000,
+            tlp: BTreeMap::new(),
+        }
+    }
+}
+
+/// A duration, or "off".
+fn maybe_duration<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<Option<Duration>>,
+{
+    let s = String::deserialize(d)?;
+    if s.trim() == "off" {
+        return Ok(T::from(None));
+    }
+    humantime::parse_duration(&s)
+        .map(|d| T::from(Some(d)))
+        .map_err(serde::de::Error::custom)
 }
 
 /// The local operations port: Prometheus metrics, /healthz and gRPC health
@@ -294,6 +353,16 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        if self.retention.batch == 0 || self.retention.batch > 100_000 {
+            return Err(ConfigError::Invalid(
+                "retention.batch must be between 1 and 100000".into(),
+            ));
+        }
+        if self.retention.interval < Duration::from_millis(10) {
+            return Err(ConfigError::Invalid(
+                "retention.interval must be at least 10ms".into(),
+            ));
+        }
         if self.trust.is_empty() {
             return Err(ConfigError::Invalid(
                 "at least one [[trust]] entry (a CA certificate) is required".into(),

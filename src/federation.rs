@@ -278,8 +278,10 @@ async fn session(
             filter: None,
             window: LINK_WINDOW,
             heartbeat_ms: u32::try_from((silence / 3).as_millis()).unwrap_or(u32::MAX),
-            // A node keeps the whole history, revisions and retractions included.
+            // A node keeps the whole history, revisions, retractions and
+            // expired bulletins included (its own retention prunes them).
             current_only: false,
+            include_expired: true,
         })),
     };
     tx.send(open).await.map_err(|_| FederationError::Ended)?;

@@ -25,6 +25,8 @@ use crate::state::NodeState;
 pub enum NodeError {
     #[error("cannot open the store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("config: {0}")]
+    Retention(String),
     #[error(transparent)]
     Net(#[from] NetError),
     #[error("cannot listen: {0}")]
@@ -56,6 +58,8 @@ pub async fn run_with_reload(
         None => None,
     };
     let connections = Arc::new(Connections::default());
+    let retention = crate::store::retention::Retention::from_config(&config.retention)
+        .map_err(NodeError::Retention)?;
     let store = Arc::new(crate::store::Store::open(
         &config.node.data_dir,
         crate::store::StoreOptions::from(&config.store),
@@ -103,6 +107,13 @@ pub async fn run_with_reload(
         }
         None => None,
     };
+
+    // Retention: prunes what is due in the background, until shutdown.
+    let pruner = tokio::spawn(crate::store::retention::run(
+        state.store.clone(),
+        retention,
+        shutdown.clone(),
+    ));
 
     // Peer links: one task each, until shutdown.
     let link_context = Arc::new(crate::federation::LinkContext {
@@ -177,6 +188,7 @@ pub async fn run_with_reload(
     for link in links {
         let _ = link.await;
     }
+    let _ = pruner.await;
     if let Some(ops) = ops {
         let _ = ops.await;
     }

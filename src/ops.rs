@@ -100,6 +100,11 @@ pub fn render(state: &crate::state::NodeState) -> String {
         "# HELP beacon_store_corrupt_records_total Corrupted records refused on read.\n# TYPE beacon_store_corrupt_records_total counter\nbeacon_store_corrupt_records_total {}",
         store.stats.corrupt_reads.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP beacon_store_pruned_total Bulletins pruned by retention since the node started.\n# TYPE beacon_store_pruned_total counter\nbeacon_store_pruned_total {}",
+        store.stats.pruned.load(Ordering::Relaxed)
+    );
     store.stats.fsync_seconds.write(
         &mut out,
         "beacon_store_fsync_seconds",

@@ -48,6 +48,8 @@ pub mod delivery {
         pub envelope_digest: Vec<u8>,
         /// The later bulletin that superseded or retracted this one.
         pub replaced_by: Option<super::v1::Replacement>,
+        /// Past its `expires_at` when served.
+        pub expired: bool,
     }
 
     impl Delivery {
@@ -79,6 +81,9 @@ pub mod delivery {
             }
             if let Some(r) = &self.replaced_by {
                 encoding::message::encode(7, r, buf);
+            }
+            if self.expired {
+                encoding::bool::encode(8, &self.expired, buf);
             }
         }
 
@@ -112,6 +117,7 @@ pub mod delivery {
                     buf,
                     ctx,
                 ),
+                8 => encoding::bool::merge(wire_type, &mut self.expired, buf, ctx),
                 _ => encoding::skip_field(wire_type, tag, buf, ctx),
             }
         }
@@ -138,6 +144,9 @@ pub mod delivery {
             }
             if let Some(r) = &self.replaced_by {
                 n += encoding::message::encoded_len(7, r);
+            }
+            if self.expired {
+                n += encoding::bool::encoded_len(8, &self.expired);
             }
             n
         }
@@ -171,6 +180,8 @@ mod tests {
         envelope_digest: Vec<u8>,
         #[prost(message, optional, tag = "7")]
         replaced_by: Option<v1::Replacement>,
+        #[prost(bool, tag = "8")]
+        expired: bool,
     }
 
     fn envelope() -> impl Strategy<Value = v1::Envelope> {
@@ -210,6 +221,7 @@ mod tests {
             envelope in prop::option::of(envelope()),
             envelope_digest in prop::collection::vec(any::<u8>(), 0..40),
             replaced_by in prop::option::of((0i32..3, any::<u64>(), "[a-f0-9-]{0,36}")),
+            expired in any::<bool>(),
         ) {
             let replaced_by = replaced_by.map(|(how, sequence, id)| v1::Replacement { how, sequence, id });
             let accepted_at = seconds.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 });
@@ -221,6 +233,7 @@ mod tests {
                 envelope: envelope.clone(),
                 envelope_digest: envelope_digest.clone(),
                 replaced_by: replaced_by.clone(),
+                expired,
             };
             let ours = v1::Delivery {
                 sequence,
@@ -230,6 +243,7 @@ mod tests {
                 envelope: envelope.as_ref().map(|e| e.encode_to_vec().into()),
                 envelope_digest,
                 replaced_by,
+                expired,
             };
             let bytes = generated.encode_to_vec();
             prop_assert_eq!(ours.encode_to_vec(), bytes.clone());

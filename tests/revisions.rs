@@ -51,6 +51,7 @@ async fn list(c: &mut beacon::client::BeaconClient, current_only: bool) -> Vec<p
             limit: 100,
             filter: None,
             current_only,
+            include_expired: false,
         })
         .await
         .expect("list")

@@ -1,13 +1,13 @@
 //! The store's format version, on disk: a store from before formats were
-//! recorded (format 1) is upgraded in place at open, and a store of a newer
-//! format is refused, by the library and by `beacon daemon`, with one clear
-//! line.
+//! recorded (format 1), or from before records carried their expiry
+//! (format 2), is upgraded in place at open, and a store of a newer format
+//! is refused, by the library and by `beacon daemon`, with one clear line.
 
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use beacon::bulletin::Relation;
 use beacon::store::{Replaced, Store, StoreError, StoreOptions, FORMAT};
@@ -26,6 +26,41 @@ fn downgrade_to_format_1(dir: &Path) {
         removed += 1;
     }
     assert_eq!(removed, 2, "two bulletins were replaced");
+    db.flush().expect("flush");
+}
+
+/// Rewrites a closed store as format 2 wrote it: records of version 2 (no
+/// `expires_at`: 8 bytes fewer after `created_at`, CRC32 trailer
+/// recomputed) and no expiry entries (`X` keys).
+fn downgrade_to_format_2(dir: &Path) {
+    let db = sled::open(dir.join("sled")).expect("open sled");
+    let log = db.open_tree("log").expect("log tree");
+    for item in log.scan_prefix(b"L") {
+        let (k, v) = item.expect("record");
+        assert_eq!(v[0], 3, "a record of version 3");
+        // version:1 seq:8 accepted:8 origin_seq:8 created:8 | expires:8 | …
+        let mut old = Vec::with_capacity(v.len() - 8);
+        old.push(2);
+        old.extend_from_slice(&v[1..33]);
+        old.extend_from_slice(&v[41..v.len() - 4]);
+        let sum = crc32fast::hash(&old);
+        old.extend_from_slice(&sum.to_be_bytes());
+        log.insert(k, old).expect("rewrite");
+    }
+    let mut removed = 0;
+    for item in log.scan_prefix(b"X") {
+        let (k, _) = item.expect("expiry entry");
+        log.remove(k).expect("remove");
+        removed += 1;
+    }
+    assert_eq!(removed, 1, "one bulletin expires");
+    log.insert(b"V", &2u32.to_be_bytes()[..])
+        .expect("set format");
+    // Read as format 2 wrote it: a version 2 record, no expiry known.
+    let raw = log.get(b"L\0\0\0\0\0\0\0\x01").unwrap().expect("record 1");
+    let rec =
+        beacon::store::Record::decode(1, raw.to_vec().into()).expect("a version 2 record reads");
+    assert_eq!(rec.meta.expires_at, None);
     db.flush().expect("flush");
 }
 
@@ -98,6 +133,42 @@ fn a_format_1_store_is_upgraded_in_place_and_a_newer_one_refused() {
     assert!(
         msg.contains(&format!("format {}", FORMAT + 1)) && msg.contains(&format!("up to {FORMAT}")),
         "{msg}"
+    );
+}
+
+#[test]
+fn a_format_2_store_learns_its_expiry_times() {
+    let pki = TestPki::new();
+    let signer = signer(&pki.client("uk.ncsc", "analyst"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let expires = SystemTime::now() + Duration::from_secs(3600);
+    let mut a = bulletin("uk.ncsc", "expires");
+    a.expires_at = Some(expires);
+    let b = bulletin("uk.ncsc", "does not");
+    {
+        let store = open(&dir).unwrap();
+        for x in [&a, &b] {
+            rt.block_on(store.append(store_record(&signer, x))).unwrap();
+        }
+    }
+    downgrade_to_format_2(&dir);
+    let store = open(&dir).expect("a format 2 store opens (upgraded)");
+    let at = |seq| store.get(seq).unwrap().unwrap().meta.expires_at;
+    let nanos = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
+    assert_eq!(at(1).map(nanos), Some(nanos(expires)));
+    assert_eq!(at(2), None);
+    let due = store
+        .expiring((0, 0), expires + Duration::from_secs(1), 10)
+        .unwrap();
+    assert_eq!(
+        due.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        vec![1],
+        "its expiry entry"
     );
 }
 

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use beacon::bulletin::Meta;
-use beacon::store::{NewRecord, Record, Related, Replaced, Store, StoreError, StoreOptions};
+use beacon::store::{
+    NewRecord, Record, Related, Replaced, Store, StoreError, StoreOptions, Tombstone,
+};
 use bytes::Bytes;
 use proptest::prelude::*;
 
@@ -43,6 +45,7 @@ fn new_record(p: u8, i: u8, v: u8, requires: Option<u8>) -> NewRecord {
             severity: 3,
             tlp: 2,
             created_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            expires_at: None,
             audience_members: vec![],
             audience_groups: vec![],
             topics: vec![format!("t{v}")],
@@ -152,7 +155,8 @@ proptest! {
     fn records_round_trip(seq in 1u64..u64::MAX, env in prop::collection::vec(any::<u8>(), 0..2048),
                           members in prop::collection::vec("[a-z.]{1,12}", 0..5),
                           topics in prop::collection::vec(".{0,20}", 0..5),
-                          created in proptest::option::of(1u64..4_000_000_000)) {
+                          created in proptest::option::of(1u64..4_000_000_000),
+                          expires in proptest::option::of(1u64..4_000_000_000)) {
         let rec = Record {
             seq,
             accepted_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
@@ -166,6 +170,7 @@ proptest! {
                 severity: 4,
                 tlp: 5,
                 created_at: created.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+                expires_at: expires.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
                 audience_members: members,
                 audience_groups: vec!["eu".into()],
                 topics,
@@ -177,6 +182,27 @@ proptest! {
     }
 
     #[test]
+    fn tombstones_round_trip_and_damage_is_detected(seq in 1u64..u64::MAX, id in "[a-f0-9-]{0,36}",
+                                                   publisher in "[a-z.]{1,20}", digest in any::<[u8; 32]>(),
+                                                   pos in any::<usize>(), flip in 1u8..=255) {
+        let t = Tombstone {
+            seq,
+            accepted_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            pruned_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_800_000_000_000_000_001),
+            digest,
+            publisher,
+            id,
+        };
+        let bytes = t.encode();
+        prop_assert_eq!(Tombstone::decode(seq, &bytes).unwrap(), t);
+        let mut flipped = bytes.clone();
+        let i = pos % flipped.len();
+        flipped[i] ^= flip;
+        prop_assert!(Tombstone::decode(seq, &flipped).is_err(), "flip at {} went unnoticed", i);
+        prop_assert!(Tombstone::decode(seq.wrapping_add(1), &bytes).is_err());
+    }
+
+    #[test]
     fn any_damage_to_a_record_is_detected(env in prop::collection::vec(any::<u8>(), 1..512),
                                           pos in any::<usize>(), flip in 1u8..=255, cut in any::<usize>()) {
         let rec = Record {
@@ -184,7 +210,7 @@ proptest! {
             accepted_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             meta: Meta {
                 id: "x".into(), publisher: "uk.ncsc".into(), digest: beacon::bulletin::sha256(&env),
-                origin_node: "n".into(), origin_seq: 7, kind: 1, severity: 1, tlp: 1, created_at: None,
+                origin_node: "n".into(), origin_seq: 7, kind: 1, severity: 1, tlp: 1, created_at: None, expires_at: None,
                 audience_members: vec![], audience_groups: vec![], topics: vec![],
             },
             envelope: env.into(),

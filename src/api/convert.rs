@@ -17,8 +17,10 @@ use crate::proto::v1 as pb;
 pub fn delivery(
     rec: crate::store::Record,
     replaced_by: Option<crate::store::Replacement>,
+    expired: bool,
 ) -> pb::Delivery {
     pb::Delivery {
+        expired,
         sequence: rec.seq,
         accepted_at: Some(timestamp(rec.accepted_at)),
         origin_node: rec.meta.origin_node,
@@ -108,17 +110,19 @@ pub fn subscribe_messages(
             position,
             head,
             window,
+            pruned,
         } => one(Msg::Subscribed(pb::Subscribed {
             name: name.to_owned(),
             cursor: position,
             head,
             window,
+            pruned,
         })),
         Event::Deliveries(batch) => batch
             .into_iter()
             .map(|d| {
                 Ok(pb::SubscribeResponse {
-                    msg: Some(Msg::Delivery(delivery(d.record, d.replaced_by))),
+                    msg: Some(Msg::Delivery(delivery(d.record, d.replaced_by, d.expired))),
                 })
             })
             .collect(),

@@ -230,8 +230,9 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                     .replacement_of(rec.seq)
                     .map_err(|e| status::store(&e))?;
                 let rec = store.served(rec).map_err(|e| status::store(&e))?;
+                let expired = rec.meta.expired(SystemTime::now());
                 return Ok(Response::new(pb::GetResponse {
-                    delivery: Some(crate::api::convert::delivery(rec, replaced_by)),
+                    delivery: Some(crate::api::convert::delivery(rec, replaced_by, expired)),
                 }));
             }
         }
@@ -273,10 +274,17 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             let mut replaced = store
                 .replacements(from, stop)
                 .map_err(|e| status::store(&e))?;
+            let now = SystemTime::now();
+            let wants_expired = req.include_expired && !req.current_only;
+            let mut full = false;
             for item in store.range(from, stop) {
                 let rec = item.map_err(|e| status::store(&e))?;
                 let seq = rec.seq;
-                if filter.matches(&rec.meta) && self.may_read(&member, &rec.meta) {
+                let expired = rec.meta.expired(now);
+                if filter.matches(&rec.meta)
+                    && self.may_read(&member, &rec.meta)
+                    && (wants_expired || !expired)
+                {
                     let replaced_by = match replaced.next(seq) {
                         Some(s) => store.replacement(s).map_err(|e| status::store(&e))?,
                         None => None,
@@ -286,9 +294,10 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                         continue;
                     }
                     let rec = store.served(rec).map_err(|e| status::store(&e))?;
-                    let delivery = crate::api::convert::delivery(rec, replaced_by);
+                    let delivery = crate::api::convert::delivery(rec, replaced_by, expired);
                     let size = prost::encoding::message::encoded_len(1, &delivery);
                     if !deliveries.is_empty() && bytes + size > max_bytes {
+                        full = true;
                         break;
                     }
                     bytes += size;
@@ -296,8 +305,13 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 }
                 last = seq;
                 if deliveries.len() >= limit {
+                    full = true;
                     break;
                 }
+            }
+            // Pruned records at the end of the range are not in it.
+            if !full {
+                last = last.max(stop);
             }
         }
         Ok(Response::new(pb::ListResponse {
@@ -398,6 +412,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             member,
             filter,
             current_only: open.current_only,
+            include_expired: open.include_expired,
             start,
             window,
             heartbeat: match open.heartbeat_ms {

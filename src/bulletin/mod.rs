@@ -53,12 +53,19 @@ pub struct Meta {
     pub severity: u8,
     pub tlp: u8,
     pub created_at: Option<SystemTime>,
+    /// After this, readers get it only when they ask for expired bulletins.
+    pub expires_at: Option<SystemTime>,
     pub audience_members: Vec<String>,
     pub audience_groups: Vec<String>,
     pub topics: Vec<String>,
 }
 
 impl Meta {
+    /// Past its `expires_at` at `now`.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|e| e <= now)
+    }
+
     /// The summary of `verified`, whose canonical envelope has SHA-256
     /// `digest`, first accepted by `origin_node` (its origin sequence is set
     /// when it is stored).
@@ -74,6 +81,7 @@ impl Meta {
             severity: codec::severity_to_i32(verified.severity) as u8,
             tlp: codec::tlp_to_i32(verified.tlp) as u8,
             created_at: b.created_at,
+            expires_at: b.expires_at,
             audience_members: b.audience.members.clone(),
             audience_groups: b.audience.groups.clone(),
             topics: b.topics.clone(),

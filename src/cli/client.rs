@@ -112,6 +112,9 @@ pub struct FilterArgs {
     /// retracted (revisions and retractions themselves still come).
     #[arg(long)]
     current_only: bool,
+    /// Also bulletins past their expires_at (shown as expired).
+    #[arg(long)]
+    include_expired: bool,
 }
 
 impl FilterArgs {
@@ -633,6 +636,9 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
         if let Some((how, seq, id)) = replaced(d) {
             v["replaced_by"] = serde_json::json!({ "how": how, "sequence": seq, "id": id });
         }
+        if d.expired {
+            v["expired"] = serde_json::json!(true);
+        }
         return v.to_string();
     }
     let Some(b) = bulletin else {
@@ -678,6 +684,9 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
     line.push_str(&format!(" id={}", doc.id.unwrap_or_default()));
     if let Some((how, seq, id)) = replaced(d) {
         line.push_str(&paint("1;35", &format!(" [{how} by #{seq} id={id}]")));
+    }
+    if d.expired {
+        line.push_str(&paint("2", " [expired]"));
     }
     line
 }
@@ -736,6 +745,7 @@ async fn list(
                 limit: page_limit as u32,
                 filter: filter_proto.clone(),
                 current_only: filter.current_only,
+                include_expired: filter.include_expired,
             })
             .await
             .map_err(beacon::client::ClientError::from)?
@@ -842,6 +852,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
         window: a.window,
         heartbeat_ms: 0,
         current_only: a.filter.current_only,
+        include_expired: a.filter.include_expired,
     };
     let (dialer, channel) = a.conn.dial().await?;
     let signer = Arc::new(Signer::new(
@@ -884,6 +895,12 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
                         s.cursor,
                         s.head,
                         s.window
+                    );
+                }
+                if s.pruned > 0 {
+                    eprintln!(
+                        "{} bulletins after the cursor were pruned by the node's retention and are passed over",
+                        s.pruned
                     );
                 }
             }

@@ -12,14 +12,26 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
+use super::engine::Pruned;
 use super::engine::{Engine, WriteSet};
-use super::record::{from_nanos, nanos, Indexed, Record, Replaced, Successor};
+use super::record::{from_nanos, nanos, Indexed, Record, Replaced, Successor, Tombstone};
 use super::{io, Appended, NewRecord, StoreError, StoreOptions, StoreStats};
 use crate::policy::{reaches_every_reader, Marking};
 
-pub(super) struct WriteReq {
-    pub rec: NewRecord,
-    pub reply: oneshot::Sender<Result<Appended, StoreError>>,
+/// What the applier is asked to do, in the order asked. (Appends are the
+/// hot path and prunes rare: the append stays unboxed.)
+#[allow(clippy::large_enum_variant)]
+pub(super) enum WriteReq {
+    Append {
+        rec: NewRecord,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+    /// Replace these records (at or below the committed head) by tombstones;
+    /// answered with how many were pruned once that is durable.
+    Prune {
+        seqs: Vec<u64>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 /// The running group commit: the applier's queue and both threads.
@@ -54,6 +66,7 @@ impl Committer {
             closed: AtomicBool::new(false),
         });
         let writer = Writer {
+            committed: head_rx.clone(),
             engine: engine.clone(),
             head,
             last_accepted,
@@ -109,10 +122,27 @@ impl Committer {
         let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
         writer
-            .send(WriteReq { rec, reply })
+            .send(WriteReq::Append { rec, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })
+    }
+
+    /// Prunes the records at `seqs` (each at or below the committed head;
+    /// ones already pruned are passed over): one atomic write, between two
+    /// batches of appends, durable when this resolves. Returns how many
+    /// were pruned.
+    pub async fn prune(&self, seqs: Vec<u64>) -> Result<u64, StoreError> {
+        self.check_open()?;
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        writer
+            .send(WriteReq::Prune { seqs, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let pruned = rx.await.map_err(|_| StoreError::Closed)??;
+        self.sync().await?;
+        Ok(pruned)
     }
 
     /// Resolves once a sync that started after this call has finished (it
@@ -258,6 +288,9 @@ impl Batch {
             envelope: Bytes::from(rec.envelope),
         };
         self.writes.records.push((seq, record.encode()));
+        if let Some(expires) = record.meta.expires_at {
+            self.writes.expiries.push((nanos(expires), seq));
+        }
         let indexed = Indexed {
             seq,
             digest,
@@ -303,6 +336,8 @@ impl Batch {
 
 /// The applier: assigns sequences and writes batches to the engine.
 struct Writer {
+    /// The committed head (only committed records are pruned).
+    committed: watch::Receiver<u64>,
     engine: Arc<dyn Engine>,
     head: u64,
     last_accepted: u64,
@@ -310,6 +345,8 @@ struct Writer {
     max_batch: usize,
     pipeline: Arc<Pipeline>,
 }
+
+type AppendReq = (NewRecord, oneshot::Sender<Result<Appended, StoreError>>);
 
 type Reply = (
     oneshot::Sender<Result<Appended, StoreError>>,
@@ -470,11 +507,24 @@ impl Flusher {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<WriteReq>) {
         let mut reqs = Vec::with_capacity(self.max_batch);
-        while let Some(first) = rx.blocking_recv() {
+        let mut next = None;
+        while let Some(first) = next.take().or_else(|| rx.blocking_recv()) {
+            let first = match first {
+                WriteReq::Append { rec, reply } => (rec, reply),
+                WriteReq::Prune { seqs, reply } => {
+                    let _ = reply.send(self.prune(&seqs));
+                    continue;
+                }
+            };
             reqs.push(first);
+            // A prune waiting behind appends ends their batch (order is kept).
             while reqs.len() < self.max_batch {
                 match rx.try_recv() {
-                    Ok(r) => reqs.push(r),
+                    Ok(WriteReq::Append { rec, reply }) => reqs.push((rec, reply)),
+                    Ok(prune) => {
+                        next = Some(prune);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
@@ -494,10 +544,10 @@ impl Writer {
     /// decided against the index ([`decide`]), a new one checked for the
     /// bulletin it supersedes or retracts and added to the batch; then the
     /// batch goes to the engine in one atomic write and its replies to the flusher.
-    fn apply(&mut self, reqs: Vec<WriteReq>) {
+    fn apply(&mut self, reqs: Vec<AppendReq>) {
         if self.failed.load(Ordering::Acquire) {
-            for r in reqs {
-                let _ = r.reply.send(Err(StoreError::Failed));
+            for (_, reply) in reqs {
+                let _ = reply.send(Err(StoreError::Failed));
             }
             return;
         }
@@ -510,7 +560,7 @@ impl Writer {
             now: nanos(SystemTime::now()).max(self.last_accepted),
         };
         let mut replies: Vec<Reply> = Vec::with_capacity(reqs.len());
-        for WriteReq { rec, reply } in reqs {
+        for (rec, reply) in reqs {
             let outcome = self.admit(&mut batch, rec);
             replies.push((reply, outcome));
         }
@@ -593,6 +643,8 @@ impl Writer {
         if rel.required {
             let original = match batch.record(seq) {
                 Some(r) => r?.meta,
+                // Pruned: no reader can be left with it, and nothing to mark.
+                None if self.engine.tombstone(seq)?.is_some() => return Ok(None),
                 None => self.held(seq)?.meta,
             };
             let narrows = match (Marking::of(&rec.meta), Marking::of(&original)) {
@@ -645,6 +697,41 @@ impl Writer {
         }
     }
 
+    /// Replaces the records at `seqs` by tombstones in one atomic write
+    /// (their successor and expiry entries go with them). Only committed
+    /// records are pruned; one already pruned is passed over.
+    fn prune(&mut self, seqs: &[u64]) -> Result<u64, StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Failed);
+        }
+        let durable = *self.committed.borrow();
+        let now = SystemTime::now();
+        let mut writes = WriteSet::default();
+        for &seq in seqs {
+            if seq > durable {
+                continue;
+            }
+            let Some(bytes) = self.engine.record(seq)? else {
+                continue;
+            };
+            let rec = Record::decode(seq, bytes)?;
+            writes.pruned.push(Pruned {
+                seq,
+                tombstone: Tombstone::of(&rec, now).encode(),
+                expires: rec.meta.expires_at.map(nanos),
+            });
+        }
+        let n = writes.pruned.len() as u64;
+        if n > 0 {
+            if let Err(e) = self.engine.write(writes) {
+                error!(error = %e, "store write failed; refusing further writes");
+                self.failed.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(n)
+    }
+
     fn lookup(&self, publisher: &str, id: &str) -> Result<Option<Indexed>, StoreError> {
         Ok(self
             .engine
@@ -652,7 +739,11 @@ impl Writer {
             .and_then(|v| Indexed::decode(&v)))
     }
 
+    /// When the record at `seq` was accepted (it may have been pruned since).
     fn accepted_at(&self, seq: u64) -> Result<SystemTime, StoreError> {
+        if let Some(t) = self.engine.tombstone(seq)? {
+            return Ok(Tombstone::decode(seq, &t)?.accepted_at);
+        }
         self.held(seq).map(|r| r.accepted_at)
     }
 

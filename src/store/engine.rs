@@ -25,10 +25,24 @@ pub(crate) struct WriteSet {
     /// Successors by the sequence of the bulletin replaced (encoded
     /// `store::record::Successor`); a later entry for the same sequence wins.
     pub successors: Vec<(u64, Vec<u8>)>,
+    /// Expiry entries to add: (expires_at in ns since the epoch, sequence).
+    pub expiries: Vec<(u64, u64)>,
+    /// Records replaced by their tombstones (with their successor and
+    /// expiry entries removed).
+    pub pruned: Vec<Pruned>,
     /// The new head marker, if it moves.
     pub head: Option<u64>,
     /// The store's format (`store::FORMAT`), when it is set or upgraded.
     pub format: Option<u32>,
+}
+
+/// A record to prune.
+pub(crate) struct Pruned {
+    pub seq: u64,
+    /// The encoded `store::record::Tombstone` that takes its place.
+    pub tombstone: Vec<u8>,
+    /// Its expiry entry's time, if it has one.
+    pub expires: Option<u64>,
 }
 
 /// The two kinds of position a store keeps, each in its own key space.
@@ -52,12 +66,26 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The format last written (`None`: never written, a new store or one
     /// from before formats were recorded).
     fn format(&self) -> Result<Option<u32>, StoreError>;
-    /// The highest sequence that holds a record, if any.
+    /// The highest sequence that holds a record or a tombstone, if any.
     fn last_record(&self) -> Result<Option<u64>, StoreError>;
-    /// The encoded record at `seq`.
+    /// The encoded record at `seq` (`None` if pruned).
     fn record(&self, seq: u64) -> Result<Option<Bytes>, StoreError>;
-    /// Encoded records with `from <= seq <= to`, in order.
+    /// Encoded records with `from <= seq <= to`, in order (pruned ones are
+    /// not there).
     fn records(&self, from: u64, to: u64) -> RecordIter<'_>;
+    /// The encoded tombstone of the pruned record at `seq`.
+    fn tombstone(&self, seq: u64) -> Result<Option<Bytes>, StoreError>;
+    /// Encoded tombstones with `from <= seq <= to`, in order.
+    fn tombstones(&self, from: u64, to: u64) -> RecordIter<'_>;
+    /// Up to `limit` expiry entries from `from` (expires_at, sequence) on
+    /// with `expires_at <= until` (ns since the epoch), earliest first:
+    /// (expires_at, sequence).
+    fn expiring(
+        &self,
+        from: (u64, u64),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, StoreError>;
     /// Successor entries with `from <= seq <= to`, in order (few: only
     /// replaced bulletins have one).
     fn successors(&self, from: u64, to: u64) -> Result<Vec<(u64, Bytes)>, StoreError>;

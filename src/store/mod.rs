@@ -36,6 +36,7 @@
 mod commit;
 mod engine;
 mod record;
+pub mod retention;
 mod sled_engine;
 mod upgrade;
 
@@ -50,12 +51,13 @@ use tracing::error;
 use crate::bulletin::Meta;
 use commit::{Committer, Watermark};
 use engine::{Engine, Space};
-pub use record::{Record, Replaced, Successor};
+pub use record::{Record, Replaced, Successor, Tombstone};
 
 /// The store's format: what its records, index entries and keys mean.
 /// 1: before the format was recorded. 2: index entries carry the bulletin
-/// that superseded or retracted them.
-pub const FORMAT: u32 = 2;
+/// that superseded or retracted them. 3: records carry `expires_at` and
+/// have expiry entries; pruned records leave tombstones.
+pub const FORMAT: u32 = 3;
 use record::{nanos, Indexed};
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +206,8 @@ impl Default for StoreOptions {
 #[derive(Debug)]
 pub struct StoreStats {
     pub corrupt_reads: AtomicU64,
+    /// Records pruned by retention since the store was opened.
+    pub pruned: AtomicU64,
     pub batches: AtomicU64,
     pub appended: AtomicU64,
     pub fsync_nanos_total: AtomicU64,
@@ -218,6 +222,7 @@ impl Default for StoreStats {
     fn default() -> Self {
         StoreStats {
             corrupt_reads: AtomicU64::new(0),
+            pruned: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             fsync_nanos_total: AtomicU64::new(0),
@@ -229,6 +234,8 @@ impl Default for StoreStats {
 }
 /// The durable log.
 pub struct Store {
+    /// Backups reading a fixed view of the log (pruning waits for them).
+    backups: Arc<AtomicU64>,
     engine: Arc<dyn Engine>,
     head: watch::Receiver<u64>,
     commit: Committer,
@@ -293,11 +300,7 @@ impl Store {
         watermark.record(head).map_err(io)?;
         let last_accepted = match head {
             0 => 0,
-            h => engine
-                .record(h)?
-                .and_then(|v| Record::decode(h, v).ok())
-                .map(|r| nanos(r.accepted_at))
-                .unwrap_or(0),
+            h => accepted_at(engine.as_ref(), h)?.map(nanos).unwrap_or(0),
         };
         let stats = Arc::new(StoreStats::default());
         let (commit, head_rx) = Committer::start(
@@ -309,6 +312,7 @@ impl Store {
             stats.clone(),
         )?;
         Ok(Store {
+            backups: Arc::new(AtomicU64::new(0)),
             engine,
             head: head_rx,
             commit,
@@ -418,11 +422,83 @@ impl Store {
 
     /// `s` as a reader sees it: with the replacing bulletin's id.
     pub fn replacement(&self, s: Successor) -> Result<Option<Replacement>, StoreError> {
-        Ok(self.get(s.seq)?.map(|r| Replacement {
+        let id = match self.get(s.seq)? {
+            Some(r) => r.meta.id,
+            // The replacing bulletin was pruned first: its id stays.
+            None => match self.pruned(s.seq)? {
+                Some(t) => t.id,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(Replacement {
             how: s.how,
             seq: s.seq,
-            id: r.meta.id,
+            id,
         }))
+    }
+
+    /// The tombstone of the record at `seq`, if it was pruned (durably).
+    pub fn pruned(&self, seq: u64) -> Result<Option<Tombstone>, StoreError> {
+        if seq > self.head() {
+            return Ok(None);
+        }
+        match self.engine.tombstone(seq)? {
+            None => Ok(None),
+            Some(v) => Tombstone::decode(seq, &v)
+                .map(Some)
+                .inspect_err(|e| self.note_corrupt(e)),
+        }
+    }
+
+    /// How many records of `from..=to` were pruned.
+    pub fn pruned_between(&self, from: u64, to: u64) -> Result<u64, StoreError> {
+        let to = to.min(self.head());
+        let mut n = 0;
+        for item in self.engine.tombstones(from, to) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Tombstones of `from..=to`, in order, each checked.
+    pub fn tombstones(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> impl Iterator<Item = Result<Tombstone, StoreError>> + Send + '_ {
+        let to = to.min(self.head());
+        self.engine.tombstones(from, to).map(|item| {
+            let (seq, v) = item?;
+            Tombstone::decode(seq, &v)
+        })
+    }
+
+    /// Up to `limit` records that expire at or before `until`, earliest
+    /// first, from the entry `from` (expires_at in ns, sequence) on:
+    /// (expires_at, sequence).
+    pub fn expiring(
+        &self,
+        from: (u64, u64),
+        until: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(SystemTime, u64)>, StoreError> {
+        let head = self.head();
+        Ok(self
+            .engine
+            .expiring(from, nanos(until), limit)?
+            .into_iter()
+            .filter(|(_, seq)| *seq <= head)
+            .map(|(at, seq)| (record::from_nanos(at), seq))
+            .collect())
+    }
+
+    /// Replaces the committed records at `seqs` by tombstones, in one
+    /// atomic write made durable before this returns; returns how many were
+    /// pruned (records already pruned are passed over). Index entries stay,
+    /// so a pruned bulletin sent again is still a duplicate.
+    pub async fn prune(&self, seqs: Vec<u64>) -> Result<u64, StoreError> {
+        self.commit.prune(seqs).await
     }
 
     /// Every (publisher, seq) holding a bulletin with this id.
@@ -471,13 +547,10 @@ impl Store {
         let (mut lo, mut hi) = (1u64, head + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let at = match self.engine.record(mid)? {
-                Some(v) => Record::decode(mid, v)?.accepted_at,
-                None => {
-                    return Err(StoreError::Io(format!(
-                        "log has no record {mid} below head {head}"
-                    )))
-                }
+            let Some(at) = accepted_at(self.engine.as_ref(), mid)? else {
+                return Err(StoreError::Io(format!(
+                    "log has no record {mid} below head {head}"
+                )));
             };
             if at < t {
                 lo = mid + 1;
@@ -540,6 +613,11 @@ impl Store {
         self.engine.remove_cursor(Space::Links, peer, "")
     }
 
+    /// Whether a backup is reading the log (retention waits until it ends).
+    pub fn backups_running(&self) -> bool {
+        self.backups.load(Ordering::Acquire) > 0
+    }
+
     pub fn size_on_disk(&self) -> u64 {
         self.engine.size_on_disk()
     }
@@ -562,6 +640,17 @@ impl Store {
     pub fn close(&mut self) -> Result<(), StoreError> {
         self.commit.stop(&self.stats);
         self.flush()
+    }
+}
+
+/// When the record at `seq` was accepted, whether it is held or pruned.
+fn accepted_at(engine: &dyn Engine, seq: u64) -> Result<Option<SystemTime>, StoreError> {
+    if let Some(v) = engine.record(seq)? {
+        return Ok(Some(Record::decode(seq, v)?.accepted_at));
+    }
+    match engine.tombstone(seq)? {
+        Some(v) => Ok(Some(Tombstone::decode(seq, &v)?.accepted_at)),
+        None => Ok(None),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The stored forms, the same for every engine: a record (fields, envelope,
-//! CRC32 trailer), an id index entry (sequence, envelope digest, payload
-//! digest) and a successor (what superseded or retracted a record).
+//! CRC32 trailer), a tombstone (what stays of a pruned record), an id index
+//! entry (sequence, envelope digest, payload digest) and a successor (what
+//! superseded or retracted a record).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +20,9 @@ pub struct Record {
     pub envelope: Bytes,
 }
 
-const RECORD_VERSION: u8 = 2;
+/// 3: with `expires_at`. 2 (read only): without it; format 3 rewrote
+/// every such record that has one.
+const RECORD_VERSION: u8 = 3;
 /// Bytes of the CRC32 trailer.
 const TRAILER: usize = 4;
 
@@ -99,6 +102,7 @@ impl Record {
         out.extend_from_slice(&nanos(self.accepted_at).to_be_bytes());
         out.extend_from_slice(&m.origin_seq.to_be_bytes());
         out.extend_from_slice(&m.created_at.map(nanos).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&m.expires_at.map(nanos).unwrap_or(0).to_be_bytes());
         out.extend_from_slice(&[m.kind, m.severity, m.tlp]);
         out.extend_from_slice(&m.digest);
         put_str(&mut out, &m.origin_node);
@@ -130,13 +134,14 @@ impl Record {
         let mut r = Reader { buf: body };
         let parse = |r: &mut Reader<'_>| -> Result<Record, String> {
             let version = r.u8()?;
-            if version != RECORD_VERSION {
+            if version != RECORD_VERSION && version != 2 {
                 return Err(format!("unknown record version {version}"));
             }
             let stored_seq = r.u64()?;
             let accepted_at = from_nanos(r.u64()?);
             let origin_seq = r.u64()?;
             let created = r.u64()?;
+            let expires = if version >= 3 { r.u64()? } else { 0 };
             let kind = r.u8()?;
             let severity = r.u8()?;
             let tlp = r.u8()?;
@@ -168,6 +173,7 @@ impl Record {
                     severity,
                     tlp,
                     created_at: (created != 0).then(|| from_nanos(created)),
+                    expires_at: (expires != 0).then(|| from_nanos(expires)),
                     audience_members,
                     audience_groups,
                     topics,
@@ -192,6 +198,89 @@ impl Record {
             });
         }
         Ok(())
+    }
+}
+
+/// What stays of a pruned record: enough that its sequence is accounted
+/// for (the log stays gapless), that the bulletin is still recognised as a
+/// duplicate if it comes again, and that a transparency log keeps its leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub seq: u64,
+    pub accepted_at: SystemTime,
+    pub pruned_at: SystemTime,
+    /// SHA-256 of the envelope that was removed.
+    pub digest: [u8; 32],
+    pub publisher: String,
+    pub id: String,
+}
+
+const TOMBSTONE_VERSION: u8 = 1;
+
+impl Tombstone {
+    /// What remains of `rec`, pruned at `now`.
+    pub fn of(rec: &Record, now: SystemTime) -> Tombstone {
+        Tombstone {
+            seq: rec.seq,
+            accepted_at: rec.accepted_at,
+            pruned_at: now,
+            digest: rec.meta.digest,
+            publisher: rec.meta.publisher.clone(),
+            id: rec.meta.id.clone(),
+        }
+    }
+
+    /// `version:1 seq:8 accepted:8 pruned:8 digest:32 publisher id crc32:4`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.publisher.len() + self.id.len());
+        out.push(TOMBSTONE_VERSION);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&nanos(self.accepted_at).to_be_bytes());
+        out.extend_from_slice(&nanos(self.pruned_at).to_be_bytes());
+        out.extend_from_slice(&self.digest);
+        put_str(&mut out, &self.publisher);
+        put_str(&mut out, &self.id);
+        let sum = crc32fast::hash(&out);
+        out.extend_from_slice(&sum.to_be_bytes());
+        out
+    }
+
+    pub fn decode(seq: u64, bytes: &[u8]) -> Result<Tombstone, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt { seq, reason };
+        if bytes.len() < TRAILER + 1 {
+            return Err(corrupt("tombstone is truncated".into()));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - TRAILER);
+        if crc32fast::hash(body).to_be_bytes().as_slice() != sum {
+            return Err(corrupt("tombstone checksum mismatch".into()));
+        }
+        let mut r = Reader { buf: body };
+        let parse = |r: &mut Reader<'_>| -> Result<Tombstone, String> {
+            let version = r.u8()?;
+            if version != TOMBSTONE_VERSION {
+                return Err(format!("unknown tombstone version {version}"));
+            }
+            let t = Tombstone {
+                seq: r.u64()?,
+                accepted_at: from_nanos(r.u64()?),
+                pruned_at: from_nanos(r.u64()?),
+                digest: r
+                    .take(32)?
+                    .try_into()
+                    .map_err(|_| "truncated".to_string())?,
+                publisher: r.str()?,
+                id: r.str()?,
+            };
+            if !r.buf.is_empty() {
+                return Err("trailing bytes".into());
+            }
+            Ok(t)
+        };
+        let t = parse(&mut r).map_err(corrupt)?;
+        if t.seq != seq {
+            return Err(corrupt(format!("tombstone claims sequence {}", t.seq)));
+        }
+        Ok(t)
     }
 }
 

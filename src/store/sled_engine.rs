@@ -5,7 +5,9 @@
 //!
 //! ```text
 //! L <seq:u64be>                      -> record
+//! T <seq:u64be>                      -> tombstone of a pruned record
 //! R <seq:u64be>                      -> what superseded or retracted it
+//! X <expires_at:u64be> <seq:u64be>   -> (empty) expiry entry
 //! I <id> 0x00 <publisher>            -> index entry
 //! H                                  -> <head seq:u64be>
 //! V                                  -> <format:u32be>
@@ -38,6 +40,20 @@ fn lkey(seq: u64) -> [u8; 9] {
 fn rkey(seq: u64) -> [u8; 9] {
     let mut k = lkey(seq);
     k[0] = b'R';
+    k
+}
+
+fn tkey(seq: u64) -> [u8; 9] {
+    let mut k = lkey(seq);
+    k[0] = b'T';
+    k
+}
+
+fn xkey(expires: u64, seq: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b'X';
+    k[1..9].copy_from_slice(&expires.to_be_bytes());
+    k[9..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -123,6 +139,23 @@ impl SledEngine {
     }
 }
 
+impl SledEngine {
+    /// Values of `lo..=hi` (keys of one prefix and a sequence), by sequence.
+    fn seq_range(&self, lo: [u8; 9], hi: [u8; 9]) -> RecordIter<'_> {
+        if lo > hi {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(self.log.range(lo..=hi).map(|item| {
+            let (k, v) = item.map_err(io)?;
+            let seq = k
+                .get(1..)
+                .and_then(be_u64)
+                .ok_or_else(|| StoreError::Io("bad log key".into()))?;
+            Ok((seq, owned(v)))
+        }))
+    }
+}
+
 impl Engine for SledEngine {
     fn head(&self) -> Result<u64, StoreError> {
         match self.log.get(HEAD_KEY).map_err(io)? {
@@ -141,13 +174,18 @@ impl Engine for SledEngine {
     }
 
     fn last_record(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .log
-            .range(lkey(0)..=lkey(u64::MAX))
-            .next_back()
-            .transpose()
-            .map_err(io)?
-            .and_then(|(k, _)| be_u64(&k[1..])))
+        let last = |lo: [u8; 9], hi: [u8; 9]| -> Result<Option<u64>, StoreError> {
+            Ok(self
+                .log
+                .range(lo..=hi)
+                .next_back()
+                .transpose()
+                .map_err(io)?
+                .and_then(|(k, _)| be_u64(&k[1..])))
+        };
+        let records = last(lkey(0), lkey(u64::MAX))?;
+        let tombstones = last(tkey(0), tkey(u64::MAX))?;
+        Ok(records.max(tombstones))
     }
 
     fn record(&self, seq: u64) -> Result<Option<Bytes>, StoreError> {
@@ -155,17 +193,36 @@ impl Engine for SledEngine {
     }
 
     fn records(&self, from: u64, to: u64) -> RecordIter<'_> {
-        if from > to {
-            return Box::new(std::iter::empty());
+        self.seq_range(lkey(from), lkey(to))
+    }
+
+    fn tombstone(&self, seq: u64) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.log.get(tkey(seq)).map_err(io)?.map(owned))
+    }
+
+    fn tombstones(&self, from: u64, to: u64) -> RecordIter<'_> {
+        self.seq_range(tkey(from), tkey(to))
+    }
+
+    fn expiring(
+        &self,
+        from: (u64, u64),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let (lo, hi) = (xkey(from.0, from.1), xkey(until, u64::MAX));
+        if lo > hi {
+            return Ok(out);
         }
-        Box::new(self.log.range(lkey(from)..=lkey(to)).map(|item| {
-            let (k, v) = item.map_err(io)?;
-            let seq = k
-                .get(1..)
-                .and_then(be_u64)
-                .ok_or_else(|| StoreError::Io("bad log key".into()))?;
-            Ok((seq, owned(v)))
-        }))
+        for item in self.log.range(lo..=hi).take(limit) {
+            let (k, _) = item.map_err(io)?;
+            match (k.get(1..9).and_then(be_u64), k.get(9..).and_then(be_u64)) {
+                (Some(at), Some(seq)) => out.push((at, seq)),
+                _ => return Err(StoreError::Io("bad expiry key".into())),
+            }
+        }
+        Ok(out)
     }
 
     fn successors(&self, from: u64, to: u64) -> Result<Vec<(u64, Bytes)>, StoreError> {
@@ -206,6 +263,17 @@ impl Engine for SledEngine {
         }
         for (seq, successor) in set.successors {
             batch.insert(&rkey(seq)[..], successor);
+        }
+        for (expires, seq) in set.expiries {
+            batch.insert(&xkey(expires, seq)[..], &[][..]);
+        }
+        for p in set.pruned {
+            batch.remove(&lkey(p.seq)[..]);
+            batch.remove(&rkey(p.seq)[..]);
+            if let Some(expires) = p.expires {
+                batch.remove(&xkey(expires, p.seq)[..]);
+            }
+            batch.insert(&tkey(p.seq)[..], p.tombstone);
         }
         for (publisher, id, entry) in set.index {
             batch.insert(ikey(&publisher, &id), entry);

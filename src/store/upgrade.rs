@@ -5,15 +5,17 @@
 //!
 //! 1 → 2: index entries learn which bulletin superseded or retracted them.
 //! The relation is in the signed payload, so every record is read once.
+//! 2 → 3: records learn their `expires_at` (also in the signed payload):
+//! each record that has one is rewritten and gets its expiry entry.
 
 use std::collections::HashMap;
 
 use tracing::info;
 
 use super::engine::{Engine, WriteSet};
-use super::record::{Indexed, Record, Replaced, Successor};
+use super::record::{nanos, Indexed, Record, Replaced, Successor};
 use super::{StoreError, FORMAT};
-use crate::bulletin::{codec, Relation};
+use crate::bulletin::{codec, Bulletin, Relation};
 
 /// Index entries rewritten per atomic write.
 const CHUNK: usize = 4096;
@@ -27,6 +29,9 @@ pub(super) fn run(engine: &dyn Engine, from: u32, head: u64) -> Result<(), Store
     );
     if from < 2 {
         mark_successors(engine, head)?;
+    }
+    if from < 3 {
+        add_expiries(engine, head)?;
     }
     engine.write(WriteSet {
         format: Some(FORMAT),
@@ -83,6 +88,37 @@ fn mark_successors(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Rewrites each record whose bulletin expires with `expires_at`, and
+/// adds its expiry entry (rewriting one twice writes the same bytes).
+fn add_expiries(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
+    let mut set = WriteSet::default();
+    let mut total = 0u64;
+    for item in engine.records(1, head) {
+        let (seq, bytes) = item?;
+        let mut rec = match Record::decode(seq, bytes) {
+            Ok(rec) => rec,
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::warn!(error = %e, "skipping a damaged record during the upgrade");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(expires) = bulletin_of(&rec).and_then(|b| b.expires_at) else {
+            continue;
+        };
+        rec.meta.expires_at = Some(expires);
+        set.records.push((seq, rec.encode()));
+        set.expiries.push((nanos(expires), seq));
+        total += 1;
+        if set.records.len() >= CHUNK {
+            engine.write(std::mem::take(&mut set))?;
+        }
+    }
+    engine.write(set)?;
+    info!(expiring = total, "expiry times recorded");
+    Ok(())
+}
+
 fn flush(engine: &dyn Engine, marked: &mut HashMap<u64, Successor>) -> Result<(), StoreError> {
     if marked.is_empty() {
         return Ok(());
@@ -97,9 +133,14 @@ fn flush(engine: &dyn Engine, marked: &mut HashMap<u64, Successor>) -> Result<()
 /// The relation a stored bulletin declares (its payload was verified when
 /// it was accepted; a record that no longer decodes is corrupt).
 fn relation_of(rec: &Record) -> Option<(Replaced, String)> {
-    let env = codec::decode_envelope(&rec.envelope).ok()?;
-    match codec::decode_bulletin(&env.payload).ok()?.relation? {
+    match bulletin_of(rec)?.relation? {
         Relation::Supersedes(id) => Some((Replaced::Superseded, id)),
         Relation::Retracts(id) => Some((Replaced::Retracted, id)),
     }
+}
+
+/// The bulletin a stored record carries.
+fn bulletin_of(rec: &Record) -> Option<Bulletin> {
+    let env = codec::decode_envelope(&rec.envelope).ok()?;
+    codec::decode_bulletin(&env.payload).ok()
 }

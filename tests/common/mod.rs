@@ -687,6 +687,7 @@ pub fn open(
         window: 0,
         heartbeat_ms: 0,
         current_only: false,
+        include_expired: false,
     }
 }
 
@@ -950,6 +951,7 @@ pub async fn list_all(
                 limit: 1000,
                 filter: None,
                 current_only: false,
+                include_expired: false,
             })
             .await
             .map_err(|e| e.to_string())?
@@ -1148,6 +1150,7 @@ pub fn store_record(
             severity: b.severity as u8,
             tlp: b.tlp as u8,
             created_at: b.created_at,
+            expires_at: b.expires_at,
             audience_members: b.audience.members.clone(),
             audience_groups: b.audience.groups.clone(),
             topics: b.topics.clone(),

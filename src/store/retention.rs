@@ -1,0 +1,288 @@
+//! Retention: which committed records are due to be pruned, found in
+//! bounded steps.
+//!
+//! Two rules, each settable per TLP label (`[retention]` in `beacon.toml`):
+//! - a bulletin with `expires_at` is due `after_expiry` after it expires
+//!   (found through the expiry entries, earliest first);
+//! - a bulletin without one is due `max_age` after it was accepted
+//!   (acceptance times never go backwards along the log, so each label's
+//!   rule walks the log once, from where it last stopped).
+//!
+//! Pruning itself is [`super::Store::prune`]: one atomic write by the
+//! store's own writer per step, so a crash leaves each record either whole
+//! or a tombstone.
+
+use std::time::{Duration, SystemTime};
+
+use super::record::nanos;
+use super::{Store, StoreError};
+use crate::bulletin::{codec, Tlp};
+use crate::config::RetentionConfig;
+
+/// The retention rules, by TLP wire number.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Indexed by TLP wire number (1..=5; 0 unused).
+    after_expiry: [Option<Duration>; 6],
+    max_age: [Option<Duration>; 6],
+    pub interval: Duration,
+    pub batch: usize,
+}
+
+impl Retention {
+    /// The rules of a `[retention]` section; an unknown TLP label is an error.
+    pub fn from_config(c: &RetentionConfig) -> Result<Retention, String> {
+        let mut r = Retention {
+            after_expiry: [c.after_expiry; 6],
+            max_age: [c.max_age; 6],
+            interval: c.interval,
+            batch: c.batch.max(1),
+        };
+        for (label, t) in &c.tlp {
+            let tlp = Tlp::parse(label).ok_or_else(|| {
+                format!("retention.tlp: unknown TLP label {label:?} (use TLP:CLEAR, TLP:GREEN, TLP:AMBER, TLP:AMBER+STRICT or TLP:RED)")
+            })?;
+            let i = wire(tlp);
+            if let Some(a) = t.after_expiry {
+                r.after_expiry[i] = a;
+            }
+            if let Some(m) = t.max_age {
+                r.max_age[i] = m;
+            }
+        }
+        Ok(r)
+    }
+
+    /// Whether any rule can ever prune anything.
+    pub fn prunes(&self) -> bool {
+        self.after_expiry.iter().any(Option::is_some) || self.max_age.iter().any(Option::is_some)
+    }
+
+    fn after_expiry(&self, tlp: u8) -> Option<Duration> {
+        self.after_expiry.get(usize::from(tlp)).copied().flatten()
+    }
+
+    fn max_age(&self, tlp: u8) -> Option<Duration> {
+        self.max_age.get(usize::from(tlp)).copied().flatten()
+    }
+}
+
+fn wire(t: Tlp) -> usize {
+    usize::try_from(codec::tlp_to_i32(t)).unwrap_or(0).min(5)
+}
+
+/// Where the search for due records stands between steps. Kept in memory:
+/// after a restart the walks start again from the beginning of the log
+/// (pruned records are no longer in it, so they cost nothing).
+#[derive(Debug, Default)]
+pub struct Pruner {
+    /// Per TLP wire number: the last sequence the max-age walk examined.
+    walked: [u64; 6],
+}
+
+impl Pruner {
+    pub fn new() -> Pruner {
+        Pruner::default()
+    }
+
+    /// Up to `rules.batch` committed records due at `now`, in increasing
+    /// order. Empty when nothing is due.
+    pub fn due(
+        &mut self,
+        store: &Store,
+        rules: &Retention,
+        now: SystemTime,
+    ) -> Result<Vec<u64>, StoreError> {
+        let limit = rules.batch;
+        let mut due = self.expired(store, rules, now, limit)?;
+        if due.len() < limit {
+            self.aged(store, rules, now, limit - due.len(), &mut due)?;
+        }
+        due.sort_unstable();
+        due.dedup();
+        Ok(due)
+    }
+
+    /// Expired records whose `after_expiry` has passed. The entries are
+    /// ordered by expiry; one whose label keeps it longer is passed over.
+    fn expired(
+        &self,
+        store: &Store,
+        rules: &Retention,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let shortest = rules.after_expiry.iter().flatten().min().copied();
+        let Some(shortest) = shortest else {
+            return Ok(Vec::new());
+        };
+        let Some(until) = now.checked_sub(shortest) else {
+            return Ok(Vec::new());
+        };
+        let mut due = Vec::new();
+        let mut from = (0u64, 0u64);
+        loop {
+            let page = store.expiring(from, until, limit.max(256))?;
+            let Some(&(at, seq)) = page.last() else {
+                break;
+            };
+            let full = page.len() >= limit.max(256);
+            for (expires, seq) in page {
+                let Some(rec) = store.get(seq)? else {
+                    continue;
+                };
+                if rules
+                    .after_expiry(rec.meta.tlp)
+                    .is_some_and(|keep| expires + keep <= now)
+                {
+                    due.push(seq);
+                    if due.len() >= limit {
+                        return Ok(due);
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+            from = (nanos(at), seq.saturating_add(1));
+        }
+        Ok(due)
+    }
+
+    /// Records without `expires_at` older than their label's `max_age`.
+    fn aged(
+        &mut self,
+        store: &Store,
+        rules: &Retention,
+        now: SystemTime,
+        limit: usize,
+        due: &mut Vec<u64>,
+    ) -> Result<(), StoreError> {
+        let head = store.head();
+        let start = due.len();
+        for tlp in 1..=5u8 {
+            let Some(cutoff) = rules.max_age(tlp).and_then(|m| now.checked_sub(m)) else {
+                continue;
+            };
+            let walked = &mut self.walked[usize::from(tlp)];
+            // Bounded work per step: a stretch of the log, then the next step.
+            let to = head.min(walked.saturating_add(16 * limit as u64));
+            let mut last = to;
+            for item in store.range(walked.saturating_add(1), to) {
+                let rec = item?;
+                if rec.accepted_at > cutoff {
+                    // Everything after was accepted later still.
+                    last = rec.seq - 1;
+                    break;
+                }
+                if rec.meta.tlp == tlp && rec.meta.expires_at.is_none() {
+                    due.push(rec.seq);
+                    if due.len() - start >= limit {
+                        last = rec.seq;
+                        break;
+                    }
+                }
+            }
+            *walked = last.max(*walked);
+            if due.len() - start >= limit {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prunes what is due, every `rules.interval`, until `shutdown`: one
+/// bounded step (at most `rules.batch` records, one atomic write) at a
+/// time, each found on the blocking pool. A failure is logged and the next
+/// interval tries again.
+pub async fn run(
+    store: std::sync::Arc<Store>,
+    rules: Retention,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    if !rules.prunes() {
+        return;
+    }
+    let mut pruner = Pruner::new();
+    let mut tick = tokio::time::interval(rules.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            if store.backups_running() {
+                break; // a backup reads a fixed view; prune after it
+            }
+            let (s, r) = (store.clone(), rules.clone());
+            let found = tokio::task::spawn_blocking(move || {
+                let due = pruner.due(&s, &r, SystemTime::now());
+                (pruner, due)
+            })
+            .await;
+            let due = match found {
+                Ok((p, due)) => {
+                    pruner = p;
+                    due
+                }
+                Err(_) => return,
+            };
+            let seqs = match due {
+                Ok(seqs) if seqs.is_empty() => break,
+                Ok(seqs) => seqs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: finding what is due failed");
+                    break;
+                }
+            };
+            match store.prune(seqs).await {
+                Ok(n) => {
+                    store
+                        .stats
+                        .pruned
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(pruned = n, "retention: pruned");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: pruning failed");
+                    break;
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlpRetention;
+
+    #[test]
+    fn per_label_rules_replace_the_defaults() {
+        let mut c = RetentionConfig::default();
+        c.tlp.insert(
+            "TLP:RED".into(),
+            TlpRetention {
+                after_expiry: Some(None),
+                max_age: Some(Some(Duration::from_secs(60))),
+            },
+        );
+        let r = Retention::from_config(&c).unwrap();
+        let red = wire(Tlp::Red) as u8;
+        let green = wire(Tlp::Green) as u8;
+        assert_eq!(r.after_expiry(red), None);
+        assert_eq!(r.max_age(red), Some(Duration::from_secs(60)));
+        assert_eq!(r.after_expiry(green), c.after_expiry);
+        assert_eq!(r.max_age(green), None);
+        assert!(r.prunes());
+        c.tlp.insert("TLP:PURPLE".into(), TlpRetention::default());
+        assert!(Retention::from_config(&c)
+            .unwrap_err()
+            .contains("TLP:PURPLE"));
+    }
+}
