@@ -49,6 +49,8 @@ fn read_ahead_limit() -> usize {
 pub enum BrokerError {
     #[error("subscription {0:?} was taken over by a newer stream")]
     TakenOver(String),
+    #[error("subscription {0:?} was deleted by an operator")]
+    Deleted(String),
     #[error("the node is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -124,6 +126,9 @@ pub struct SessionStats {
     pub delivered: AtomicU64,
     pub last_ack_at: Mutex<Option<SystemTime>>,
     pub connected: AtomicBool,
+    /// Set (under its lock) when an operator deletes the subscription: no
+    /// cursor write starts after that.
+    pub deleted: Mutex<bool>,
 }
 
 struct Session {
@@ -214,6 +219,7 @@ impl Broker {
             delivered: AtomicU64::new(0),
             last_ack_at: Mutex::new(None),
             connected: AtomicBool::new(true),
+            deleted: Mutex::new(false),
         });
         {
             let mut m = self.sessions.lock();
@@ -250,12 +256,44 @@ impl Broker {
             .collect()
     }
 
+    /// Ends the open durable subscription (identity, name), if any, for
+    /// good: once this returns, it writes no cursor. Returns whether one was open.
+    pub fn delete(&self, identity: &str, name: &str) -> bool {
+        let session = self
+            .sessions
+            .lock()
+            .get(&(identity.to_owned(), name.to_owned()))
+            .map(|s| (s.cancel.clone(), s.stats.clone()));
+        match session {
+            Some((cancel, stats)) => {
+                *stats.deleted.lock() = true;
+                cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether (identity, name) is open now.
     pub fn is_open(&self, identity: &str, name: &str) -> bool {
         self.sessions
             .lock()
             .contains_key(&(identity.to_owned(), name.to_owned()))
     }
+}
+
+/// Stores a durable subscription's cursor and waits until it is durable;
+/// nothing once the subscription was deleted (checked under the same lock
+/// the deletion takes, so no write starts after it).
+async fn commit_cursor(store: &Store, stats: &SessionStats, seq: u64) -> Result<(), StoreError> {
+    {
+        let deleted = stats.deleted.lock();
+        if *deleted {
+            return Ok(());
+        }
+        store.set_cursor(&stats.identity, &stats.name, seq)?;
+    }
+    store.sync_positions().await
 }
 
 /// Everything one subscription needs.
@@ -335,8 +373,7 @@ impl Subscription {
                 let seq = *wanted.borrow_and_update();
                 if seq > stats.cursor.load(Ordering::Relaxed) {
                     if stats.durable {
-                        if let Err(e) = store.commit_cursor(&stats.identity, &stats.name, seq).await
-                        {
+                        if let Err(e) = commit_cursor(&store, &stats, seq).await {
                             warn!(error = %e, identity = %stats.identity, name = %stats.name, "cursor write failed");
                             return;
                         }
@@ -348,9 +385,7 @@ impl Subscription {
                     let last = *wanted.borrow();
                     if last > stats.cursor.load(Ordering::Relaxed) {
                         if stats.durable {
-                            let _ = store
-                                .commit_cursor(&stats.identity, &stats.name, last)
-                                .await;
+                            let _ = commit_cursor(&store, &stats, last).await;
                         }
                         stats.cursor.fetch_max(last, Ordering::Relaxed);
                     }
@@ -467,6 +502,8 @@ impl Subscription {
                 _ = self.guard.cancel.cancelled() => {
                     return Some(if self.shutdown.is_cancelled() {
                         BrokerError::ShuttingDown
+                    } else if *stats.deleted.lock() {
+                        BrokerError::Deleted(stats.name.clone())
                     } else {
                         BrokerError::TakenOver(stats.name.clone())
                     });

@@ -184,12 +184,14 @@ proptest! {
     #[test]
     fn tombstones_round_trip_and_damage_is_detected(seq in 1u64..u64::MAX, id in "[a-f0-9-]{0,36}",
                                                    publisher in "[a-z.]{1,20}", digest in any::<[u8; 32]>(),
+                                                   payload_digest in any::<Option<[u8; 32]>>(),
                                                    pos in any::<usize>(), flip in 1u8..=255) {
         let t = Tombstone {
             seq,
             accepted_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
             pruned_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_800_000_000_000_000_001),
             digest,
+            payload_digest,
             publisher,
             id,
         };

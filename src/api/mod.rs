@@ -619,6 +619,112 @@ impl pb::admin_server::Admin for AdminService {
             subscriptions: subscription_status(&self.state),
         }))
     }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<pb::DeleteSubscriptionRequest>,
+    ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let op = caller(&request, OPERATORS)?;
+        let req = request.into_inner();
+        if req.identity.is_empty() || req.name.is_empty() {
+            return Err(status::bad_request(
+                "identity and name of a durable subscription are required",
+            ));
+        }
+        let was_open = self.state.broker.delete(&req.identity, &req.name);
+        let had = self
+            .state
+            .store
+            .remove_cursor(&req.identity, &req.name)
+            .await
+            .map_err(|e| status::store(&e))?;
+        info!(target: "beacon::audit", operator = %op.identity, identity = %req.identity, name = %req.name, was_open, cursor = ?had, "durable subscription deleted");
+        Ok(Response::new(pb::DeleteSubscriptionResponse {
+            deleted: had.is_some() || was_open,
+            cursor: had.unwrap_or(0),
+        }))
+    }
+
+    type BackupStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let op = caller(&request, OPERATORS)?;
+        let store = self.state.store.clone();
+        let head = store.head();
+        info!(target: "beacon::audit", operator = %op.identity, head, "backup started");
+        // A few chunks in flight: memory stays bounded whatever the store's
+        // size, and a slow reader only slows its own backup.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let position = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut out = ChunkWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(BACKUP_CHUNK),
+                position: position.clone(),
+                head,
+            };
+            let result = store.backup(&mut out, |seq, _| {
+                position.store(seq, std::sync::atomic::Ordering::Relaxed);
+            });
+            match result {
+                Ok(m) => {
+                    if out.send().is_ok() {
+                        info!(target: "beacon::audit", head = m.head, records = m.records, tombstones = m.tombstones, "backup sent");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "backup failed");
+                    let _ = tx.blocking_send(Err(status::backup(&e)));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Bytes per backup chunk.
+const BACKUP_CHUNK: usize = 256 * 1024;
+
+/// Cuts a backup into chunks for the stream; a write fails once the
+/// reader has gone, which ends the backup.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
+    buf: Vec<u8>,
+    position: Arc<std::sync::atomic::AtomicU64>,
+    head: u64,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = pb::BackupChunk {
+            data: std::mem::replace(&mut self.buf, Vec::with_capacity(BACKUP_CHUNK)),
+            position: self.position.load(std::sync::atomic::Ordering::Relaxed),
+            head: self.head,
+        };
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader has gone"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= BACKUP_CHUNK {
+            self.send()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Open subscriptions, then stored cursors of durable ones not open now.

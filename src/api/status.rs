@@ -40,6 +40,15 @@ pub fn ingest(e: &crate::ingest::IngestError) -> Status {
     }
 }
 
+/// A backup that could not be written.
+pub fn backup(e: &crate::store::backup::BackupError) -> Status {
+    use crate::store::backup::BackupError;
+    match e {
+        BackupError::Store(s) => store(s),
+        other => Status::internal(other.to_string()),
+    }
+}
+
 pub fn store(e: &StoreError) -> Status {
     let msg = e.to_string();
     match e {
@@ -63,7 +72,7 @@ pub fn broker(e: &crate::broker::BrokerError) -> Status {
     use crate::broker::BrokerError as B;
     let msg = e.to_string();
     match e {
-        B::TakenOver(_) => Status::aborted(msg),
+        B::TakenOver(_) | B::Deleted(_) => Status::aborted(msg),
         B::ShuttingDown => Status::unavailable(msg),
         B::Store(s) => store(s),
         B::BadAck { .. } | B::Invalid(_) => Status::invalid_argument(msg),

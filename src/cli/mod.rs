@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod admin;
 mod client;
 
 use anyhow::{bail, Context, Result};
@@ -50,6 +51,9 @@ enum Command {
     Bench(BenchCommand),
     #[command(flatten)]
     Client(client::ClientCommand),
+    /// Operators: backup and restore of a node's store, durable subscriptions.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Node status (operators): head, connections, subscriptions, peers.
     Status {
         #[command(flatten)]
@@ -389,6 +393,10 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Client(cmd) => {
             init_logging(&LogFormat::Human, Some("warn"));
             client::run(cmd).await
+        }
+        Command::Admin(cmd) => {
+            init_logging(&LogFormat::Human, Some("warn"));
+            admin::run(cmd).await
         }
         Command::Status { conn, json } => {
             let (_, channel) = conn.dial().await?;

@@ -715,9 +715,12 @@ impl Writer {
                 continue;
             };
             let rec = Record::decode(seq, bytes)?;
+            let payload_digest = self
+                .lookup(&rec.meta.publisher, &rec.meta.id)?
+                .and_then(|i| i.payload_digest);
             writes.pruned.push(Pruned {
                 seq,
-                tombstone: Tombstone::of(&rec, now).encode(),
+                tombstone: Tombstone::of(&rec, payload_digest, now).encode(),
                 expires: rec.meta.expires_at.map(nanos),
             });
         }

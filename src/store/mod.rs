@@ -33,6 +33,7 @@
 //! not hashed). A record that fails is reported (error, log line, counter),
 //! never served. Nothing beyond the committed head is visible.
 
+pub mod backup;
 mod commit;
 mod engine;
 mod record;
@@ -584,6 +585,29 @@ impl Store {
         self.commit.check_open()?;
         self.set_cursor(identity, name, seq)?;
         self.commit.sync().await
+    }
+
+    /// Resolves once every position written before the call is durable
+    /// (it shares the next sync with concurrent publishes).
+    pub async fn sync_positions(&self) -> Result<(), StoreError> {
+        self.commit.check_open()?;
+        self.commit.sync().await
+    }
+
+    /// Removes the cursor of the durable subscription (identity, name);
+    /// durable when this resolves. Returns the cursor it had.
+    pub async fn remove_cursor(
+        &self,
+        identity: &str,
+        name: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let had = self.cursor(identity, name)?;
+        if had.is_some() {
+            self.engine
+                .remove_cursor(Space::Subscriptions, identity, name)?;
+            self.sync_positions().await?;
+        }
+        Ok(had)
     }
 
     /// Every stored subscription cursor: (identity, name, seq).

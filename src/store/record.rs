@@ -211,6 +211,9 @@ pub struct Tombstone {
     pub pruned_at: SystemTime,
     /// SHA-256 of the envelope that was removed.
     pub digest: [u8; 32],
+    /// SHA-256 of its signed payload, as the index knew it (absent for
+    /// bulletins stored before it was kept).
+    pub payload_digest: Option<[u8; 32]>,
     pub publisher: String,
     pub id: String,
 }
@@ -219,18 +222,20 @@ const TOMBSTONE_VERSION: u8 = 1;
 
 impl Tombstone {
     /// What remains of `rec`, pruned at `now`.
-    pub fn of(rec: &Record, now: SystemTime) -> Tombstone {
+    pub fn of(rec: &Record, payload_digest: Option<[u8; 32]>, now: SystemTime) -> Tombstone {
         Tombstone {
             seq: rec.seq,
             accepted_at: rec.accepted_at,
             pruned_at: now,
             digest: rec.meta.digest,
+            payload_digest,
             publisher: rec.meta.publisher.clone(),
             id: rec.meta.id.clone(),
         }
     }
 
-    /// `version:1 seq:8 accepted:8 pruned:8 digest:32 publisher id crc32:4`.
+    /// `version:1 seq:8 accepted:8 pruned:8 digest:32 has_payload:1
+    /// [payload_digest:32] publisher id crc32:4`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.publisher.len() + self.id.len());
         out.push(TOMBSTONE_VERSION);
@@ -238,6 +243,13 @@ impl Tombstone {
         out.extend_from_slice(&nanos(self.accepted_at).to_be_bytes());
         out.extend_from_slice(&nanos(self.pruned_at).to_be_bytes());
         out.extend_from_slice(&self.digest);
+        match &self.payload_digest {
+            Some(p) => {
+                out.push(1);
+                out.extend_from_slice(p);
+            }
+            None => out.push(0),
+        }
         put_str(&mut out, &self.publisher);
         put_str(&mut out, &self.id);
         let sum = crc32fast::hash(&out);
@@ -268,6 +280,15 @@ impl Tombstone {
                     .take(32)?
                     .try_into()
                     .map_err(|_| "truncated".to_string())?,
+                payload_digest: match r.u8()? {
+                    0 => None,
+                    1 => Some(
+                        r.take(32)?
+                            .try_into()
+                            .map_err(|_| "truncated".to_string())?,
+                    ),
+                    _ => return Err("bad payload digest flag".into()),
+                },
                 publisher: r.str()?,
                 id: r.str()?,
             };

@@ -228,6 +228,27 @@ impl TestNode {
         Self::spawn(config_path, Arc::new(data)).await
     }
 
+    /// A data directory with the node's `beacon.toml` (its store in
+    /// `store/`, not created yet), for a node started later with
+    /// [`TestNode::start_prepared`] — after a restore into it, say.
+    pub fn prepare(opts: &NodeOptions) -> (TempDir, PathBuf) {
+        let data = tempfile::tempdir().expect("tempdir");
+        let config_path = data.path().join("beacon.toml");
+        std::fs::write(
+            &config_path,
+            opts.config_text(&data.path().join("store"), "127.0.0.1:0"),
+        )
+        .expect("write config");
+        (data, config_path)
+    }
+
+    /// Starts a node from a directory made by [`TestNode::prepare`].
+    pub async fn start_prepared(data: TempDir, config_path: PathBuf) -> TestNode {
+        Self::spawn(config_path, Arc::new(data))
+            .await
+            .expect("node starts")
+    }
+
     /// Starts a node on a listener bound beforehand (so that peers can be
     /// configured with each other's addresses before any of them runs).
     pub async fn start_on(opts: &NodeOptions, listener: TcpListener) -> TestNode {

@@ -1,0 +1,413 @@
+//! Operator commands on a node's store: backup (over the API, or from a
+//! stopped node's data directory), restore (verified, into an empty
+//! directory), and durable subscriptions (list, delete, and delete those
+//! whose identity has only revoked certificates).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+
+use beacon::client::AdminClient;
+use beacon::config::Config;
+use beacon::proto::v1 as pb;
+use beacon::store::{backup, Store, StoreOptions};
+
+use super::client::ConnArgs;
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Back up a node's store: over the API as an operator (the node keeps
+    /// running), or with --data-dir from a stopped node's directory.
+    Backup {
+        /// The backup file to write (written aside, then moved into place).
+        #[arg(long)]
+        out: PathBuf,
+        /// Read this data directory instead of asking a node (the node must
+        /// be stopped: the store is locked while it runs).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Build a node's store from a backup, verifying every record (CRC,
+    /// digest, signature chain to the node's CAs) and the manifest. The
+    /// target must be absent or empty; nothing is written unless all of it
+    /// verifies.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The node's config: its CAs verify the signatures, and its data_dir
+        /// is the target unless --data-dir is given.
+        #[arg(long, short, env = "BEACON_CONFIG", default_value = "beacon.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Durable subscriptions of a node.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SubscriptionsCommand {
+    /// Every open subscription and stored cursor.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Delete one durable subscription (its stored cursor; an open stream
+    /// is ended).
+    Delete {
+        /// The subscriber's identity (a SPIFFE id).
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Delete the durable subscriptions of identities whose every
+    /// certificate in a CA's register is revoked.
+    PruneRevoked {
+        /// The CA directory (`beacon ca init --dir`).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Only show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+pub async fn run(cmd: AdminCommand) -> Result<()> {
+    match cmd {
+        AdminCommand::Backup {
+            out,
+            data_dir,
+            force,
+            conn,
+        } => backup_cmd(&out, data_dir.as_deref(), force, &conn).await,
+        AdminCommand::Restore {
+            file,
+            config,
+            data_dir,
+        } => restore_cmd(&file, &config, data_dir),
+        AdminCommand::Subscriptions(cmd) => subscriptions(cmd).await,
+    }
+}
+
+fn bar(head: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(head);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} {wide_bar} {pos}/{len} ({per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// The temporary file a backup is written to before it is complete.
+fn partial(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// Makes a finished backup durable and moves it into place.
+fn finish(file: std::fs::File, tmp: &Path, out: &Path) -> Result<()> {
+    file.sync_all().context("fsync of the backup failed")?;
+    drop(file);
+    std::fs::rename(tmp, out)
+        .with_context(|| format!("cannot move the backup to {}", out.display()))?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(dir) {
+        d.sync_all()
+            .context("fsync of the backup's directory failed")?;
+    }
+    Ok(())
+}
+
+async fn backup_cmd(
+    out: &Path,
+    data_dir: Option<&Path>,
+    force: bool,
+    conn: &ConnArgs,
+) -> Result<()> {
+    if out.exists() && !force {
+        bail!("{} exists (use --force to replace it)", out.display());
+    }
+    let tmp = partial(out);
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let result = match data_dir {
+        Some(dir) => backup_offline(dir, &file),
+        None => backup_online(conn, &file).await,
+    };
+    let m = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    finish(file, &tmp, out)?;
+    println!(
+        "backup of head {} written to {}: {} bulletins, {} pruned, {} subscription cursors, {} peer positions; sha256 {}",
+        m.0,
+        out.display(),
+        m.1,
+        m.2,
+        m.3,
+        m.4,
+        beacon::pki::hex(&m.5)
+    );
+    Ok(())
+}
+
+/// (head, records, tombstones, cursors, positions, sha256)
+type Summary = (u64, u64, u64, u64, u64, [u8; 32]);
+
+fn backup_offline(dir: &Path, file: &std::fs::File) -> Result<Summary> {
+    if !dir.join("sled").exists() {
+        bail!("{} holds no store", dir.display());
+    }
+    let mut store = Store::open(dir, StoreOptions::default()).with_context(|| {
+        format!(
+            "cannot open the store in {} (a running node holds it: back it up over the API, without --data-dir)",
+            dir.display()
+        )
+    })?;
+    let bar = bar(store.head());
+    bar.set_message("backup");
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let m = store.backup(&mut w, |seq, _| bar.set_position(seq))?;
+    w.flush()?;
+    bar.finish_and_clear();
+    store.close()?;
+    Ok((
+        m.head,
+        m.records,
+        m.tombstones,
+        m.cursors,
+        m.positions,
+        m.sha256,
+    ))
+}
+
+async fn backup_online(conn: &ConnArgs, file: &std::fs::File) -> Result<Summary> {
+    let (_, channel) = conn.dial().await?;
+    let mut stream = AdminClient::new(channel)
+        .max_decoding_message_size(8 << 20)
+        .backup(pb::BackupRequest {})
+        .await
+        .map_err(beacon::client::ClientError::from)?
+        .into_inner();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    // The stream is checked the way a restore reads it, so a backup cut
+    // short by the network is never left as if complete.
+    let mut copy = Vec::new();
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(beacon::client::ClientError::from)?
+    {
+        let b = bar.get_or_insert_with(|| {
+            let b = self::bar(chunk.head);
+            b.set_message("backup");
+            b
+        });
+        b.set_position(chunk.position);
+        w.write_all(&chunk.data)?;
+        // Keep the tail only: the manifest is the last entry.
+        copy.extend_from_slice(&chunk.data);
+        let keep = copy.len().saturating_sub(MANIFEST_TAIL);
+        copy.drain(..keep);
+    }
+    w.flush()?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    drop(w);
+    manifest_tail(&copy).context("the node ended the backup stream before its manifest")
+}
+
+/// Bytes of a manifest entry: tag, length, six counters, digest.
+const MANIFEST_TAIL: usize = 5 + 48 + 32;
+
+fn manifest_tail(tail: &[u8]) -> Option<Summary> {
+    if tail.len() != MANIFEST_TAIL || tail[0] != b'M' {
+        return None;
+    }
+    let n = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&tail[5 + 8 * i..13 + 8 * i]);
+        u64::from_be_bytes(a)
+    };
+    let mut sha = [0u8; 32];
+    sha.copy_from_slice(&tail[53..]);
+    Some((n(0), n(1), n(2), n(4), n(5), sha))
+}
+
+fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>) -> Result<()> {
+    let config = Config::load(config)?;
+    let dir = data_dir.unwrap_or_else(|| config.node.data_dir.clone());
+    let own = beacon::trust::tls::KeyedChain::load(&config.node.cert, &config.node.key)
+        .context("cannot read the node's certificate (its trust domain names the CAs)")?;
+    // The CAs only: a bulletin in the log was accepted before any revocation
+    // the node applies today, and it is restored as it was held.
+    let bundle = beacon::trust::read_bundle(
+        &own.identity.trust_domain,
+        config
+            .trust
+            .iter()
+            .map(|t| (t.ca.as_path(), t.members.clone())),
+        std::iter::empty(),
+    )?;
+    let input =
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let bar = bar(0);
+    bar.set_message("restore");
+    let verify = backup::verify_with(&bundle);
+    let m = backup::restore(
+        input,
+        &dir,
+        &StoreOptions::from(&config.store),
+        &verify,
+        |seq, head| {
+            bar.set_length(head);
+            bar.set_position(seq);
+        },
+    )
+    .with_context(|| format!("nothing was written to {}", dir.display()))?;
+    bar.finish_and_clear();
+    println!(
+        "restored head {} into {}: {} bulletins verified, {} pruned, {} subscription cursors, {} peer positions",
+        m.head,
+        dir.display(),
+        m.records,
+        m.tombstones,
+        m.cursors,
+        m.positions
+    );
+    Ok(())
+}
+
+async fn subscriptions(cmd: SubscriptionsCommand) -> Result<()> {
+    match cmd {
+        SubscriptionsCommand::List { json, conn } => {
+            let (_, channel) = conn.dial().await?;
+            let subs = AdminClient::new(channel)
+                .list_subscriptions(pb::ListSubscriptionsRequest {})
+                .await
+                .map_err(beacon::client::ClientError::from)?
+                .into_inner()
+                .subscriptions;
+            for s in subs {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "identity": s.identity, "name": s.name, "durable": s.durable,
+                            "connected": s.connected, "cursor": s.cursor, "lag": s.lag,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{} {:?} cursor {} lag {}{}{}",
+                        s.identity,
+                        s.name,
+                        s.cursor,
+                        s.lag,
+                        if s.durable { "" } else { " (ephemeral)" },
+                        if s.connected { " connected" } else { "" }
+                    );
+                }
+            }
+            Ok(())
+        }
+        SubscriptionsCommand::Delete {
+            identity,
+            name,
+            conn,
+        } => {
+            let (_, channel) = conn.dial().await?;
+            let r = delete(channel, &identity, &name).await?;
+            if !r.deleted {
+                bail!("no durable subscription {name:?} of {identity}");
+            }
+            println!("deleted {identity} {name:?} (cursor was {})", r.cursor);
+            Ok(())
+        }
+        SubscriptionsCommand::PruneRevoked {
+            ca_dir,
+            dry_run,
+            conn,
+        } => {
+            let ca = beacon::pki::Ca::open(&ca_dir)?;
+            let index = ca.index()?;
+            let (_, channel) = conn.dial().await?;
+            let subs = AdminClient::new(channel.clone())
+                .list_subscriptions(pb::ListSubscriptionsRequest {})
+                .await
+                .map_err(beacon::client::ClientError::from)?
+                .into_inner()
+                .subscriptions;
+            let mut n = 0;
+            for s in subs.iter().filter(|s| s.durable) {
+                let certs: Vec<_> = index.iter().filter(|c| c.identity == s.identity).collect();
+                if certs.is_empty() || certs.iter().any(|c| c.revoked.is_none()) {
+                    continue;
+                }
+                n += 1;
+                if dry_run {
+                    println!(
+                        "would delete {} {:?} (every certificate revoked)",
+                        s.identity, s.name
+                    );
+                } else {
+                    delete(channel.clone(), &s.identity, &s.name).await?;
+                    println!(
+                        "deleted {} {:?} (every certificate revoked)",
+                        s.identity, s.name
+                    );
+                }
+            }
+            println!(
+                "{n} durable subscriptions of revoked identities{}",
+                if dry_run { " (dry run)" } else { " deleted" }
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn delete(
+    channel: tonic::transport::Channel,
+    identity: &str,
+    name: &str,
+) -> Result<pb::DeleteSubscriptionResponse> {
+    Ok(AdminClient::new(channel)
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            identity: identity.to_owned(),
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(beacon::client::ClientError::from)?
+        .into_inner())
+}

@@ -1,0 +1,612 @@
+//! Online backup and verified restore.
+//!
+//! A backup is one stream, written in sequence order while the node runs:
+//!
+//! ```text
+//! "BEACON-BACKUP\n" version:u32be
+//! entry*            each: tag:u8 len:u32be body
+//!   'H' header      format:u32 head:u64 created_ns:u64
+//!   'R' record      the stored record (its own CRC32 trailer)
+//!   'T' tombstone   the stored tombstone (its own CRC32 trailer)
+//!   'S' successor   seq:u64 successor:9
+//!   'C' cursor      seq:u64 identity name   (a durable subscription)
+//!   'P' position    seq:u64 peer            (how far a peer's log was read)
+//!   'M' manifest    head:u64 records:u64 tombstones:u64 successors:u64
+//!                   cursors:u64 positions:u64 sha256:32 (of every byte before
+//!                   this entry)
+//! ```
+//!
+//! Records and tombstones come in sequence order, 1 to `head` with no gap:
+//! the log at one committed head (retention waits while a backup runs).
+//! The index and expiry entries are not copied: a restore rebuilds them
+//! from what it verified, so they cannot disagree with the records.
+//!
+//! A restore builds a new store in a directory beside the target, checks
+//! every entry (CRC, envelope digest, signature chain to a CA of the node's
+//! trust, gapless sequences) and the manifest (counts and digest), and only
+//! then moves it into place: a bad backup writes nothing. This is Beacon's
+//! own format: the records are the product's stored form, and no archive
+//! format would check them.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use aws_lc_rs::digest::{Context, SHA256};
+
+use super::commit::Watermark;
+use super::engine::{Engine, Space, WriteSet};
+use super::record::{nanos, Indexed, Record, Successor, Tombstone};
+use super::{io, Store, StoreError, StoreOptions, FORMAT};
+
+const MAGIC: &[u8] = b"BEACON-BACKUP\n";
+const VERSION: u32 = 1;
+/// The largest entry a reader accepts (a record is bounded by the node's
+/// message limit, far below this).
+const MAX_ENTRY: u32 = 64 << 20;
+/// Records restored per atomic write.
+const CHUNK: usize = 2048;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    #[error("not a Beacon backup (no BEACON-BACKUP header)")]
+    NotABackup,
+    #[error("backup version {0} is newer than this version of Beacon reads ({VERSION})")]
+    NewerVersion(u32),
+    #[error("the backup is truncated: it ends {0}")]
+    Truncated(String),
+    #[error("the backup is damaged: {0}")]
+    Damaged(String),
+    #[error("record {seq} of the backup does not verify: {reason}")]
+    Unverified { seq: u64, reason: String },
+    #[error("{0} is not empty: a restore only builds a new store (move it aside first)")]
+    NotEmpty(String),
+    #[error("backup I/O failed: {0}")]
+    Io(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn bio(e: impl std::fmt::Display) -> BackupError {
+    BackupError::Io(e.to_string())
+}
+
+/// What a backup holds, as its manifest states it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub head: u64,
+    pub records: u64,
+    pub tombstones: u64,
+    pub successors: u64,
+    pub cursors: u64,
+    pub positions: u64,
+    pub sha256: [u8; 32],
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Context,
+    bytes: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    fn put(&mut self, tag: u8, body: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;
+        let mut head = [0u8; 5];
+        head[0] = tag;
+        head[1..].copy_from_slice(&len.to_be_bytes());
+        self.raw(&head)?;
+        self.raw(body)
+    }
+
+    fn raw(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.hash.update(b);
+        self.bytes += b.len() as u64;
+        self.inner.write_all(b)
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Keeps retention waiting while a backup reads.
+struct Reading<'a>(&'a Store);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.backups.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Store {
+    /// Writes a backup of the log at the current committed head to `out`;
+    /// `progress` is told each sequence written and the head. Reads are
+    /// streamed (memory stays bounded); retention waits until it ends.
+    pub fn backup(
+        &self,
+        out: impl Write,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Manifest, BackupError> {
+        self.backups.fetch_add(1, Ordering::AcqRel);
+        let _reading = Reading(self);
+        let head = self.head();
+        let engine = self.engine.as_ref();
+        let mut w = Hashing {
+            inner: out,
+            hash: Context::new(&SHA256),
+            bytes: 0,
+        };
+        let mut m = Manifest {
+            head,
+            ..Manifest::default()
+        };
+        w.raw(MAGIC).map_err(bio)?;
+        w.raw(&VERSION.to_be_bytes()).map_err(bio)?;
+        let mut header = Vec::with_capacity(20);
+        header.extend_from_slice(&FORMAT.to_be_bytes());
+        header.extend_from_slice(&head.to_be_bytes());
+        header.extend_from_slice(&nanos(SystemTime::now()).to_be_bytes());
+        w.put(b'H', &header).map_err(bio)?;
+        // Records and tombstones, merged in sequence order.
+        let mut records = engine.records(1, head).peekable();
+        let mut tombstones = engine.tombstones(1, head).peekable();
+        loop {
+            let next_r = peek_seq(&mut records)?;
+            let next_t = peek_seq(&mut tombstones)?;
+            let take_record = match (next_r, next_t) {
+                (None, None) => break,
+                (Some(r), t) => t.is_none_or(|t| r < t),
+                (None, Some(_)) => false,
+            };
+            let (seq, tag, bytes) = if take_record {
+                let (seq, bytes) = records
+                    .next()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| StoreError::Io("read failed".into()))?;
+                // Checked as it is read: a damaged record is not copied.
+                Record::decode(seq, bytes.clone())?.check_digest()?;
+                m.records += 1;
+                (seq, b'R', bytes)
+            } else {
+                let (seq, bytes) = tombstones
+                    .next()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| StoreError::Io("read failed".into()))?;
+                Tombstone::decode(seq, &bytes)?;
+                m.tombstones += 1;
+                (seq, b'T', bytes)
+            };
+            w.put(tag, &bytes).map_err(bio)?;
+            if seq % 1024 == 0 || seq == head {
+                progress(seq, head);
+            }
+        }
+        if m.records + m.tombstones != head {
+            return Err(StoreError::Io(format!(
+                "the log holds {} entries up to head {head}",
+                m.records + m.tombstones
+            ))
+            .into());
+        }
+        // Successors, a stretch at a time (only those the head covers).
+        let mut from = 1u64;
+        while from <= head {
+            let to = head.min(from.saturating_add(1 << 16));
+            for (seq, v) in engine.successors(from, to)? {
+                match Successor::decode(&v) {
+                    Some(s) if s.seq <= head => {
+                        let mut body = seq.to_be_bytes().to_vec();
+                        body.extend_from_slice(&v);
+                        w.put(b'S', &body).map_err(bio)?;
+                        m.successors += 1;
+                    }
+                    _ => {}
+                }
+            }
+            from = to.saturating_add(1);
+        }
+        for (identity, name, seq) in engine.cursors(Space::Subscriptions)? {
+            let mut body = seq.min(head).to_be_bytes().to_vec();
+            put_str(&mut body, &identity);
+            put_str(&mut body, &name);
+            w.put(b'C', &body).map_err(bio)?;
+            m.cursors += 1;
+        }
+        for (peer, _, seq) in engine.cursors(Space::Links)? {
+            let mut body = seq.to_be_bytes().to_vec();
+            put_str(&mut body, &peer);
+            w.put(b'P', &body).map_err(bio)?;
+            m.positions += 1;
+        }
+        m.sha256 = finish(&w.hash);
+        w.put(b'M', &manifest_bytes(&m)).map_err(bio)?;
+        w.inner.flush().map_err(bio)?;
+        progress(head, head);
+        Ok(m)
+    }
+}
+
+/// The digest of what a hashing context has seen so far.
+fn finish(ctx: &Context) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.clone().finish().as_ref());
+    out
+}
+
+/// The sequence of the next entry of `it`, or its read error.
+fn peek_seq(
+    it: &mut std::iter::Peekable<super::engine::RecordIter<'_>>,
+) -> Result<Option<u64>, StoreError> {
+    match it.peek() {
+        None => Ok(None),
+        Some(Ok((seq, _))) => Ok(Some(*seq)),
+        Some(Err(_)) => Err(it
+            .next()
+            .and_then(Result::err)
+            .unwrap_or_else(|| StoreError::Io("read failed".into()))),
+    }
+}
+
+fn manifest_bytes(m: &Manifest) -> Vec<u8> {
+    let mut b = Vec::with_capacity(80);
+    for n in [
+        m.head,
+        m.records,
+        m.tombstones,
+        m.successors,
+        m.cursors,
+        m.positions,
+    ] {
+        b.extend_from_slice(&n.to_be_bytes());
+    }
+    b.extend_from_slice(&m.sha256);
+    b
+}
+
+/// Reads entries and hashes them.
+struct Entries<R> {
+    inner: R,
+    hash: Context,
+    /// What was read last, for messages.
+    last: String,
+}
+
+impl<R: Read> Entries<R> {
+    fn exact(&mut self, buf: &mut [u8]) -> Result<(), BackupError> {
+        self.inner.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                BackupError::Truncated(format!("after {} without its manifest", self.last))
+            }
+            _ => bio(e),
+        })
+    }
+
+    /// The next entry, and the hash of everything before it.
+    fn next(&mut self) -> Result<(u8, Vec<u8>, [u8; 32]), BackupError> {
+        let before = finish(&self.hash);
+        let mut head = [0u8; 5];
+        self.exact(&mut head)?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        if len > MAX_ENTRY {
+            return Err(BackupError::Damaged(format!(
+                "an entry after {} claims {len} bytes",
+                self.last
+            )));
+        }
+        let mut body = vec![0u8; len as usize];
+        self.exact(&mut body)?;
+        self.hash.update(&head);
+        self.hash.update(&body);
+        Ok((head[0], body, before))
+    }
+}
+
+struct Cut<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Cut<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BackupError> {
+        if self.b.len() < n {
+            return Err(BackupError::Damaged(
+                "an entry is shorter than its fields".into(),
+            ));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u64(&mut self) -> Result<u64, BackupError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn str(&mut self) -> Result<String, BackupError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        let n = u32::from_be_bytes(a) as usize;
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| BackupError::Damaged("a name is not UTF-8".into()))
+    }
+}
+
+/// Checks one stored envelope: the signature and its chain (the trust's
+/// CAs; revocations are not applied, since the bulletin was accepted
+/// before any revocation the node applies now). Returns the payload digest.
+pub type Verify<'a> = dyn Fn(&Record) -> Result<[u8; 32], String> + 'a;
+
+/// The check a restore applies to each record, against `chains` (the
+/// node's CAs, without revocations): the envelope's signature, its chain
+/// (at the bulletin's creation time if the signer has expired since), and
+/// that the signed bulletin is the one the record names.
+pub fn verify_with(
+    chains: &dyn crate::trust::ChainCheck,
+) -> impl Fn(&Record) -> Result<[u8; 32], String> + '_ {
+    move |rec: &Record| {
+        let env = crate::bulletin::codec::decode_envelope(&rec.envelope)?;
+        let v = crate::bulletin::verify_stored_envelope(&env, chains, SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        let b = v.bulletin();
+        if b.id != rec.meta.id || b.publisher != rec.meta.publisher {
+            return Err(format!(
+                "the signed bulletin is {} of {}, not {} of {}",
+                b.id, b.publisher, rec.meta.id, rec.meta.publisher
+            ));
+        }
+        Ok(crate::bulletin::sha256(&env.payload))
+    }
+}
+
+/// Builds a store in `dir` (which must be absent or empty) from the backup
+/// read from `input`, checking everything; `progress` is told each
+/// sequence restored and the head. Nothing is left in `dir` unless the
+/// whole backup verified.
+pub fn restore(
+    input: impl Read,
+    dir: &Path,
+    opts: &StoreOptions,
+    verify: &Verify<'_>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Manifest, BackupError> {
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(bio)?;
+        if entries.next().is_some() {
+            return Err(BackupError::NotEmpty(dir.display().to_string()));
+        }
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(bio)?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "store".into());
+    let building: PathBuf = parent.join(format!(".{name}.restoring-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir_all(&building).map_err(bio)?;
+    let result = build(input, &building, opts, verify, &mut progress);
+    match result {
+        Ok(m) => {
+            if dir.exists() {
+                std::fs::remove_dir(dir).map_err(bio)?;
+            }
+            std::fs::rename(&building, dir).map_err(bio)?;
+            if let Ok(d) = std::fs::File::open(parent) {
+                d.sync_all().map_err(bio)?;
+            }
+            Ok(m)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&building);
+            Err(e)
+        }
+    }
+}
+
+fn build(
+    input: impl Read,
+    dir: &Path,
+    opts: &StoreOptions,
+    verify: &Verify<'_>,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<Manifest, BackupError> {
+    let mut r = Entries {
+        inner: std::io::BufReader::with_capacity(1 << 20, input),
+        hash: Context::new(&SHA256),
+        last: "the file header".into(),
+    };
+    let mut magic = [0u8; 14];
+    r.inner
+        .read_exact(&mut magic)
+        .map_err(|_| BackupError::NotABackup)?;
+    if magic != MAGIC {
+        return Err(BackupError::NotABackup);
+    }
+    let mut version = [0u8; 4];
+    r.exact(&mut version)?;
+    let version = u32::from_be_bytes(version);
+    if version != VERSION {
+        return Err(BackupError::NewerVersion(version));
+    }
+    r.hash.update(MAGIC);
+    r.hash.update(&version.to_be_bytes());
+    let (tag, body, _) = r.next()?;
+    if tag != b'H' {
+        return Err(BackupError::Damaged("the header entry is missing".into()));
+    }
+    let mut c = Cut { b: &body };
+    let format = {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(c.take(4)?);
+        u32::from_be_bytes(a)
+    };
+    if format > FORMAT {
+        return Err(BackupError::Damaged(format!(
+            "it was written by a store of format {format}, newer than this version of Beacon reads (up to {FORMAT})"
+        )));
+    }
+    let head = c.u64()?;
+    r.last = "the header".into();
+
+    let engine = super::sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
+    let mut set = WriteSet {
+        format: Some(FORMAT),
+        ..WriteSet::default()
+    };
+    let mut seen = Manifest {
+        head,
+        ..Manifest::default()
+    };
+    let mut expect = 1u64;
+    let manifest = loop {
+        let (tag, body, before) = r.next()?;
+        match tag {
+            b'R' | b'T' => {
+                if expect > head {
+                    return Err(BackupError::Damaged(format!(
+                        "it holds more than the {head} entries its header states"
+                    )));
+                }
+                let seq = expect;
+                if tag == b'R' {
+                    let rec = Record::decode(seq, body.clone().into())
+                        .map_err(|e| BackupError::Damaged(format!("entry {seq}: {e}")))?;
+                    rec.check_digest()
+                        .map_err(|e| BackupError::Damaged(format!("entry {seq}: {e}")))?;
+                    let payload_digest =
+                        verify(&rec).map_err(|reason| BackupError::Unverified { seq, reason })?;
+                    set.index.push((
+                        rec.meta.publisher.clone(),
+                        rec.meta.id.clone(),
+                        Indexed {
+                            seq,
+                            digest: rec.meta.digest,
+                            payload_digest: Some(payload_digest),
+                        }
+                        .encode(),
+                    ));
+                    if let Some(e) = rec.meta.expires_at {
+                        set.expiries.push((nanos(e), seq));
+                    }
+                    set.records.push((seq, body));
+                    seen.records += 1;
+                } else {
+                    let t = Tombstone::decode(seq, &body)
+                        .map_err(|e| BackupError::Damaged(format!("entry {seq}: {e}")))?;
+                    set.index.push((
+                        t.publisher.clone(),
+                        t.id.clone(),
+                        Indexed {
+                            seq,
+                            digest: t.digest,
+                            payload_digest: t.payload_digest,
+                        }
+                        .encode(),
+                    ));
+                    set.pruned.push(super::engine::Pruned {
+                        seq,
+                        tombstone: body,
+                        expires: None,
+                    });
+                    seen.tombstones += 1;
+                }
+                r.last = format!("entry {seq} of {head}");
+                expect += 1;
+                if set.records.len() + set.pruned.len() >= CHUNK {
+                    set.head = Some(seq);
+                    engine.write(std::mem::take(&mut set))?;
+                    progress(seq, head);
+                }
+            }
+            b'S' => {
+                let mut c = Cut { b: &body };
+                let seq = c.u64()?;
+                let s = c.take(body.len() - 8)?;
+                match Successor::decode(s) {
+                    Some(succ) if seq < expect && succ.seq < expect => {}
+                    _ => {
+                        return Err(BackupError::Damaged(format!(
+                            "a successor entry for {seq} names no held bulletin"
+                        )))
+                    }
+                }
+                set.successors.push((seq, s.to_vec()));
+                seen.successors += 1;
+                r.last = format!("the successor of {seq}");
+            }
+            b'C' => {
+                let mut c = Cut { b: &body };
+                let seq = c.u64()?;
+                let identity = c.str()?;
+                let name = c.str()?;
+                engine.advance_cursor(Space::Subscriptions, &identity, &name, seq.min(head))?;
+                seen.cursors += 1;
+                r.last = format!("the cursor {identity}/{name}");
+            }
+            b'P' => {
+                let mut c = Cut { b: &body };
+                let seq = c.u64()?;
+                let peer = c.str()?;
+                engine.advance_cursor(Space::Links, &peer, "", seq)?;
+                seen.positions += 1;
+                r.last = format!("the position on {peer}");
+            }
+            b'M' => {
+                let mut c = Cut { b: &body };
+                let m = Manifest {
+                    head: c.u64()?,
+                    records: c.u64()?,
+                    tombstones: c.u64()?,
+                    successors: c.u64()?,
+                    cursors: c.u64()?,
+                    positions: c.u64()?,
+                    sha256: c
+                        .take(32)?
+                        .try_into()
+                        .map_err(|_| BackupError::Damaged("the manifest is short".into()))?,
+                };
+                if m.sha256 != before {
+                    return Err(BackupError::Damaged(
+                        "its SHA-256 does not match the manifest (altered after it was written)"
+                            .into(),
+                    ));
+                }
+                break m;
+            }
+            other => {
+                return Err(BackupError::Damaged(format!(
+                    "unknown entry type {other:#04x} after {}",
+                    r.last
+                )))
+            }
+        }
+    };
+    seen.sha256 = manifest.sha256;
+    if manifest != seen || expect != head + 1 {
+        return Err(BackupError::Damaged(format!(
+            "its manifest states {manifest:?} but it holds {seen:?}"
+        )));
+    }
+    let mut rest = [0u8; 1];
+    if r.inner.read(&mut rest).map_err(bio)? != 0 {
+        return Err(BackupError::Damaged("bytes follow the manifest".into()));
+    }
+    set.head = Some(head);
+    engine.write(set)?;
+    engine.sync()?;
+    drop(engine);
+    Watermark::open(dir)?.record(head).map_err(io)?;
+    std::fs::File::open(dir.join("acknowledged"))
+        .and_then(|f| f.sync_all())
+        .map_err(bio)?;
+    progress(head, head);
+    Ok(manifest)
+}

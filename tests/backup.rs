@@ -1,0 +1,340 @@
+//! Online backup and verified restore, through the CLI a node's operator
+//! uses: a backup taken while publishers run restores into a node that
+//! serves byte-identical deliveries with the same sequences, tombstones and
+//! cursors included; a truncated, altered or foreign backup is refused with
+//! a message naming what is wrong, and nothing is written; a restore never
+//! overwrites a store.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use beacon::proto::v1 as pb;
+use common::*;
+
+/// `--node --cert --key --ca` for `files` against `addr`.
+fn conn(addr: std::net::SocketAddr, files: &CertFiles, ca: &Path) -> Vec<String> {
+    vec![
+        "--node".into(),
+        addr.to_string(),
+        "--cert".into(),
+        files.cert.display().to_string(),
+        "--key".into(),
+        files.key.display().to_string(),
+        "--ca".into(),
+        ca.display().to_string(),
+    ]
+}
+
+fn run(dir: &Path, args: &[String]) -> (i32, String, String) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    beacon(dir, &args)
+}
+
+/// Every delivery with all its fields, as a reader sees it.
+async fn everything(
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    ca: &[PathBuf],
+) -> Vec<pb::Delivery> {
+    let ch = dial(addr, files, ca).await.expect("dial");
+    let mut c = beacon::client::BulletinsClient::new(ch).max_decoding_message_size(64 << 20);
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = c
+            .list(pb::ListRequest {
+                after_sequence: after,
+                limit: 1000,
+                include_expired: true,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        out.extend(page.deliveries);
+        after = page.next_after_sequence;
+        if !page.more {
+            return out;
+        }
+    }
+}
+
+const RETENTION: &str = "[retention]\nafter_expiry = \"100ms\"\ninterval = \"50ms\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_during_a_publish_storm_restores_byte_identical() {
+    let pki = TestPki::new();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = RETENTION.into();
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let op = pki.operator("alice");
+    let reader = pki.client("uk.ncsc", "reader");
+    let work = tempfile::tempdir().unwrap();
+
+    // Two bulletins expire at once and are pruned to tombstones.
+    let mut c = member(node.addr, &reader, &ca).await;
+    let mut gone = bulletin("uk.ncsc", "short-lived");
+    gone.expires_at = Some(SystemTime::now() + Duration::from_millis(200));
+    c.publish(&gone).await.unwrap();
+    let kept = bulletin("uk.ncsc", "kept");
+    c.publish(&kept).await.unwrap();
+    let pruned = wait_until(Duration::from_secs(20), || async {
+        let mut c = member(node.addr, &reader, &ca).await;
+        c.bulletins
+            .get(pb::GetRequest {
+                id: gone.id.clone(),
+                publisher: String::new(),
+            })
+            .await
+            .is_err_and(|e| e.code() == tonic::Code::NotFound)
+    })
+    .await;
+    assert!(pruned.is_some(), "the expired bulletin is pruned");
+    // A durable reader with a cursor.
+    let mut sub = c.subscribe(open("soc", earliest())).await.unwrap();
+    read_deliveries(&mut sub, 1, true, Duration::from_secs(20)).await;
+    sub.ack(2).await.unwrap();
+    sub.finish(Duration::from_secs(10)).await.unwrap();
+
+    // The storm: publishers of two members, bounded in count.
+    let mut storm = Vec::new();
+    for (m, n) in [("uk.ncsc", 0), ("fr.anssi", 1), ("de.bsi", 2)] {
+        let files = pki.client(m, &format!("pub-{n}"));
+        let mut c = member(node.addr, &files, &ca).await;
+        storm.push(tokio::spawn(async move {
+            for i in 0..400 {
+                let mut b = bulletin(m, &format!("storm {n}/{i}"));
+                b.tlp = beacon::bulletin::codec::tlp_to_i32(beacon::bulletin::Tlp::Clear);
+                c.publish(&b).await.expect("publish during the backup");
+            }
+        }));
+    }
+    // The backup, over the API, while they publish.
+    wait_until(Duration::from_secs(30), || async {
+        head(node.addr, &op, &ca).await >= 300
+    })
+    .await
+    .expect("the storm is under way");
+    let file = work.path().join("node.backup");
+    let mut args = vec![
+        "admin".into(),
+        "backup".into(),
+        "--out".into(),
+        file.display().to_string(),
+    ];
+    args.extend(conn(node.addr, &op, &pki.ca_cert()));
+    let (code, out, err) = run(work.path(), &args);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("1 pruned") && out.contains("1 subscription cursors"),
+        "{out}"
+    );
+    let backed_up: u64 = out
+        .split_whitespace()
+        .nth(3)
+        .and_then(|h| h.trim_end_matches(':').parse().ok())
+        .expect("the head in the summary");
+    for t in storm {
+        t.await.unwrap();
+    }
+    let final_head = head(node.addr, &op, &ca).await;
+    assert_eq!(final_head, 1202);
+    assert!(
+        backed_up > 2 && backed_up < final_head,
+        "taken mid-storm: head {backed_up} of {final_head}"
+    );
+
+    // Restore into a new node's directory, start it, compare everything.
+    let (data, config) = TestNode::prepare(&NodeOptions::new(&pki, pki.node("drc", "hub-2")));
+    let args: Vec<String> = vec![
+        "admin".into(),
+        "restore".into(),
+        file.display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    let (code, out, err) = run(work.path(), &args);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("restored head {backed_up}")), "{out}");
+    let restored = TestNode::start_prepared(data, config).await;
+    assert_eq!(head(restored.addr, &op, &ca).await, backed_up);
+    let original = everything(node.addr, &reader, &ca).await;
+    let copy = everything(restored.addr, &reader, &ca).await;
+    let original: Vec<_> = original
+        .into_iter()
+        .filter(|d| d.sequence <= backed_up)
+        .collect();
+    assert_eq!(
+        original.len() as u64,
+        backed_up - 1,
+        "all but the pruned one"
+    );
+    assert_eq!(
+        copy, original,
+        "every delivery byte-identical, same sequences"
+    );
+    // The tombstone came along: the pruned bulletin is still a duplicate.
+    let mut c2 = member(restored.addr, &reader, &ca).await;
+    let again = c2.publish(&gone).await.unwrap();
+    assert!(again.duplicate && again.sequence == 1, "{again:?}");
+    // The durable cursor came along: the reader resumes after 2.
+    let mut sub = c2.subscribe(open("soc", resume())).await.unwrap();
+    let seen = read_deliveries(&mut sub, 1, false, Duration::from_secs(20)).await;
+    assert_eq!(seen.subscribed.map(|s| s.cursor), Some(2));
+    assert_eq!(seen.seqs[0], 3);
+    drop(sub);
+    restored.stop().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_foreign_backup_is_refused_and_nothing_is_written() {
+    let pki = TestPki::new();
+    let opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let work = tempfile::tempdir().unwrap();
+    let mut c = member(node.addr, &pki.client("uk.ncsc", "a"), &ca).await;
+    for i in 0..20 {
+        c.publish(&bulletin("uk.ncsc", &format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    drop(c);
+    let store_dir = node.data.path().join("store");
+    let data = node.data.clone();
+    let file = work.path().join("good.backup");
+    let offline = |out: &Path| -> (i32, String, String) {
+        run(
+            work.path(),
+            &[
+                "admin".into(),
+                "backup".into(),
+                "--data-dir".into(),
+                store_dir.display().to_string(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+        )
+    };
+    // A running node's directory is locked: the command says what to do.
+    let (code, _, err) = offline(&file);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("back it up over the API"), "{err}");
+    assert!(!file.exists() && !work.path().join("good.backup.partial").exists());
+    node.stop().await;
+    let (code, out, err) = offline(&file);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("backup of head 20"), "{out}");
+    drop(data);
+    let good = std::fs::read(&file).unwrap();
+
+    let restore =
+        |bytes: &[u8], opts: &NodeOptions| -> (i32, String, String, PathBuf, TempDirGuard) {
+            let (data, config) = TestNode::prepare(opts);
+            let f = data.path().join("in.backup");
+            std::fs::write(&f, bytes).unwrap();
+            let (code, out, err) = run(
+                work.path(),
+                &[
+                    "admin".into(),
+                    "restore".into(),
+                    f.display().to_string(),
+                    "--config".into(),
+                    config.display().to_string(),
+                ],
+            );
+            (
+                code,
+                out,
+                err,
+                data.path().join("store"),
+                TempDirGuard(data),
+            )
+        };
+    let here = NodeOptions::new(&pki, pki.node("drc", "hub-2"));
+    let mid = good.len() / 2;
+    let mut flipped = good.clone();
+    flipped[mid] ^= 0x40;
+    let mut digest = good.clone();
+    let last = digest.len() - 1;
+    digest[last] ^= 1;
+    let mut appended = good.clone();
+    appended.extend_from_slice(b"more");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("cut in half", good[..mid].to_vec(), "truncated"),
+        (
+            "one byte short",
+            good[..good.len() - 1].to_vec(),
+            "truncated",
+        ),
+        ("a byte changed", flipped, "damaged"),
+        ("the digest changed", digest, "SHA-256 does not match"),
+        ("bytes appended", appended, "bytes follow the manifest"),
+        (
+            "not a backup",
+            b"hello, this is not a backup".to_vec(),
+            "not a Beacon backup",
+        ),
+    ];
+    for (what, bytes, says) in cases {
+        let (code, out, err, target, guard) = restore(&bytes, &here);
+        assert_eq!(code, 1, "{what}: {out}{err}");
+        assert!(err.contains(says), "{what}: {err}");
+        assert!(err.contains("nothing was written"), "{what}: {err}");
+        assert!(!target.exists(), "{what}: the target stays absent");
+        let leftovers: Vec<_> = std::fs::read_dir(guard.0.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains("restoring"))
+            .collect();
+        assert!(leftovers.is_empty(), "{what}: {leftovers:?}");
+    }
+    // Signed under another alliance's CA: refused by signature.
+    let other = TestPki::new();
+    let foreign = NodeOptions::new(&other, other.node("drc", "hub-9"));
+    let (code, _, err, target, _g) = restore(&good, &foreign);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("record 1 of the backup does not verify"),
+        "{err}"
+    );
+    assert!(!target.exists());
+    // Never over a store; into an empty directory, yes.
+    let (data, config) = TestNode::prepare(&here);
+    let target = data.path().join("store");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("keep-me"), b"x").unwrap();
+    let args = |f: &Path| -> Vec<String> {
+        vec![
+            "admin".into(),
+            "restore".into(),
+            f.display().to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ]
+    };
+    let (code, _, err) = run(work.path(), &args(&file));
+    assert_eq!(code, 1);
+    assert!(err.contains("is not empty"), "{err}");
+    assert!(target.join("keep-me").exists());
+    std::fs::remove_file(target.join("keep-me")).unwrap();
+    let (code, out, err) = run(work.path(), &args(&file));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("restored head 20") && out.contains("20 bulletins verified"),
+        "{out}"
+    );
+    let restored = TestNode::start_prepared(data, config).await;
+    let copy = list_all(restored.addr, &pki.client("uk.ncsc", "b"), &ca)
+        .await
+        .unwrap();
+    assert_eq!(copy.len(), 20);
+    restored.stop().await;
+}
+
+/// Keeps a temporary directory alive.
+struct TempDirGuard(tempfile::TempDir);
