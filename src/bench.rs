@@ -238,6 +238,26 @@ impl Target {
     /// Fills the (not yet running) node's store with `n` signed bulletins of
     /// about `size` bytes, through the store's own group-commit path.
     pub async fn bulk_load(&self, n: usize, size: usize) -> Result<Duration, BenchError> {
+        self.bulk_load_expiring(n, size, None).await
+    }
+
+    /// Appends to this node's `[beacon.toml]` (before [`Target::launch`]).
+    pub fn add_config(&self, text: &str) -> Result<(), BenchError> {
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("beacon.toml"))
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| BenchError::Setup(e.to_string()))
+    }
+
+    /// As [`Target::bulk_load`], every bulletin expiring at `expires`.
+    pub async fn bulk_load_expiring(
+        &self,
+        n: usize,
+        size: usize,
+        expires: Option<std::time::SystemTime>,
+    ) -> Result<Duration, BenchError> {
         let settings = self.client(9_999_999)?;
         let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
             return Err(BenchError::Setup("no client files".into()));
@@ -258,7 +278,8 @@ impl Target {
             let chunk = (n - done).min(8192);
             let mut appends = Vec::with_capacity(chunk);
             for _ in 0..chunk {
-                let b = sized_bulletin(member, size);
+                let mut b = sized_bulletin(member, size);
+                b.expires_at = expires;
                 let env = signer.sign(b.to_bytes()).map_err(ClientError::from)?;
                 let bytes = crate::bulletin::codec::encode_envelope(&env);
                 let digest = crate::bulletin::sha256(&bytes);
@@ -276,7 +297,7 @@ impl Target {
                     severity: crate::bulletin::codec::severity_to_i32(Severity::Medium) as u8,
                     tlp: crate::bulletin::codec::tlp_to_i32(Tlp::Green) as u8,
                     created_at: b.created_at,
-                    expires_at: None,
+                    expires_at: b.expires_at,
                     audience_members: b.audience.members.clone(),
                     audience_groups: b.audience.groups.clone(),
                     topics: b.topics.clone(),
@@ -635,13 +656,23 @@ fn latest() -> crate::proto::v1::start_position::At {
 
 /// Replays the whole log to a fresh subscriber; returns (deliveries, seconds).
 pub async fn replay(target: &Target, expect: u64, first: usize) -> Result<(u64, f64), BenchError> {
+    replay_from(target, 1, expect, first).await
+}
+
+/// Replays the log from sequence `from` to a fresh subscriber; returns
+/// (deliveries, seconds).
+pub async fn replay_from(
+    target: &Target,
+    from: u64,
+    expect: u64,
+    first: usize,
+) -> Result<(u64, f64), BenchError> {
     use crate::proto::v1 as pb;
     let settings = target.client(first)?;
     let mut client = BeaconClient::connect(&settings).await?;
     let t0 = Instant::now();
-    let mut sub = client
-        .subscribe(open_at("replay", earliest(), None, 4096))
-        .await?;
+    let at = pb::start_position::At::Sequence(from);
+    let mut sub = client.subscribe(open_at("", at, None, 4096)).await?;
     let mut n = 0u64;
     let deadline = Instant::now() + Duration::from_secs(600);
     while let Some(ev) = sub.next().await? {

@@ -112,7 +112,7 @@ impl Default for RetentionConfig {
             after_expiry: Some(Duration::from_secs(30 * 24 * 3600)),
             max_age: None,
             interval: Duration::from_secs(60),
-            batch: 1000,
+            batch: 256,
             tlp: BTreeMap::new(),
         }
     }

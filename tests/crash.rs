@@ -257,3 +257,264 @@ async fn check_everything(
     }
     head
 }
+
+/// What was published for the lifecycle test: id -> (sequence, envelope
+/// bytes, whether it expires).
+type Published = BTreeMap<String, (u64, Vec<u8>, bool)>;
+
+/// The log as readers see it after a restart: every bulletin that does not
+/// expire is there, byte-identical; every one missing expired and was
+/// pruned (a tombstone, counted by `Subscribed`); nothing else.
+async fn check_lifecycle(
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    op: &CertFiles,
+    ca: &[std::path::PathBuf],
+    published: &Published,
+) -> (u64, u64) {
+    let mut c = member(addr, files, ca).await;
+    let before = probe_pruned(&mut c, 0).await.expect("probe");
+    let mut held = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let page = c
+            .bulletins
+            .list(pb::ListRequest {
+                after_sequence: after,
+                limit: 1000,
+                include_expired: true,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        for d in page.deliveries {
+            let env = beacon::client::delivered_envelope(&d).expect("envelope");
+            held.insert(d.sequence, beacon::bulletin::codec::encode_envelope(&env));
+        }
+        after = page.next_after_sequence;
+        if !page.more {
+            break;
+        }
+    }
+    let at = head(addr, op, ca).await;
+    assert_eq!(
+        at,
+        published.len() as u64,
+        "every acknowledged sequence is accounted for"
+    );
+    let mut pruned = 0;
+    for (id, (seq, bytes, expires)) in published {
+        match held.get(seq) {
+            Some(b) => assert_eq!(b, bytes, "bulletin {id} at {seq} changed"),
+            None => {
+                assert!(
+                    *expires,
+                    "bulletin {id} at {seq} was lost, yet it never expires"
+                );
+                pruned += 1;
+            }
+        }
+    }
+    let after = probe_pruned(&mut c, at).await.expect("probe");
+    // Retention may run on meanwhile: the list's count lies between the two.
+    assert!(
+        before <= pruned && pruned <= after,
+        "Subscribed counts what was pruned: {before} <= {pruned} <= {after}"
+    );
+    (at, pruned)
+}
+
+/// How many records the node has pruned in all (`Subscribed.pruned` of a
+/// stream from the start).
+async fn probe_pruned(c: &mut beacon::client::BeaconClient, _head: u64) -> Option<u64> {
+    let mut sub = c.subscribe(open("", earliest())).await.ok()?;
+    match sub.next().await {
+        Ok(Some(pb::subscribe_response::Msg::Subscribed(s))) => Some(s.pruned),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn pruning_backup_and_restore_survive_sigkill() {
+    let cycles: usize = std::env::var("BEACON_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let pki = TestPki::new();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = "[retention]\nafter_expiry = \"1ms\"\ninterval = \"20ms\"\nbatch = 4\n".into();
+    let (dir, addr) = child_config(&opts);
+    let ca = vec![pki.ca_cert()];
+    let op = pki.operator("root");
+    let files = pki.client("uk.ncsc", "pub");
+    let mut published = Published::new();
+    let mut rng = rand::rng();
+
+    // Kills while retention prunes.
+    for cycle in 0..cycles {
+        let mut node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
+        let (_, pruned) = check_lifecycle(addr, &files, &op, &ca, &published).await;
+        let expiring = published.values().filter(|v| v.2).count();
+        eprintln!(
+            "cycle {cycle}: after the restart, {pruned} of {expiring} expired bulletins pruned"
+        );
+        let c = member(addr, &files, &ca).await;
+        let mut stream = c.clone().publish_stream().await.expect("publish stream");
+        let expires = std::time::SystemTime::now() + Duration::from_millis(600);
+        let mut sent = Vec::new();
+        for i in 0..400 {
+            let mut b = bulletin("uk.ncsc", &format!("cycle {cycle} #{i}"));
+            let expiring = i % 10 != 0;
+            if expiring {
+                b.expires_at = Some(expires);
+            }
+            let env = c.signer.sign(b.to_bytes()).unwrap();
+            stream.send(&env).await.expect("send");
+            sent.push((
+                b.id,
+                beacon::bulletin::codec::encode_envelope(&env),
+                expiring,
+            ));
+        }
+        let results = stream.finish().await.expect("results");
+        for ((id, bytes, expiring), r) in sent.into_iter().zip(results) {
+            published.insert(id, (r.expect("accepted").sequence, bytes, expiring));
+        }
+        // Pruning starts at expiry; kill somewhere in it.
+        let until = expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let extra = Duration::from_millis(rng.random_range(0..80));
+        tokio::time::sleep(until + extra).await;
+        // How far pruning had got, just before the kill (for the report).
+        let mut probe = c.clone();
+        let at_kill = match probe.subscribe(open("", latest())).await {
+            Ok(mut sub) => match sub.next().await {
+                Ok(Some(pb::subscribe_response::Msg::Subscribed(s))) => {
+                    probe_pruned(&mut probe, s.head).await
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        node.signal(nix::sys::signal::Signal::SIGKILL);
+        node.wait(Duration::from_secs(10));
+        eprintln!("cycle {cycle}: killed {extra:?} after expiry, with {at_kill:?} pruned in all");
+    }
+    let _node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
+    let (held, _) = check_lifecycle(addr, &files, &op, &ca, &published).await;
+    let expiring = published.values().filter(|v| v.2).count() as u64;
+    let done = wait_until(Duration::from_secs(30), || async {
+        check_lifecycle(addr, &files, &op, &ca, &published).await.1 == expiring
+    })
+    .await;
+    assert!(done.is_some(), "retention finishes after the kills");
+    let mut c = member(addr, &files, &ca).await;
+    let (id, (seq, bytes, _)) = published.iter().find(|(_, v)| v.2).expect("an expired one");
+    let env = beacon::bulletin::codec::decode_envelope(bytes).unwrap();
+    let again = c.publish_envelope(&env).await.unwrap();
+    assert!(again.duplicate && again.sequence == *seq, "{id}: {again:?}");
+
+    // Kills during a backup: no backup file appears unless it is complete.
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("node.backup");
+    let backup_args = |out: &std::path::Path| -> Vec<String> {
+        vec![
+            "admin".into(),
+            "backup".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--node".into(),
+            addr.to_string(),
+            "--cert".into(),
+            op.cert.display().to_string(),
+            "--key".into(),
+            op.key.display().to_string(),
+            "--ca".into(),
+            pki.ca_cert().display().to_string(),
+        ]
+    };
+    for _ in 0..cycles {
+        let _ = std::fs::remove_file(&out);
+        let mut child = std::process::Command::new(beacon_bin())
+            .args(backup_args(&out))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if out.exists() && !status.success() {
+            // Killed after the rename: it must be whole (it restores).
+            let (scratch, config) =
+                TestNode::prepare(&NodeOptions::new(&pki, pki.node("drc", "scratch")));
+            let (code, text, err) = beacon(
+                scratch.path(),
+                &[
+                    "admin",
+                    "restore",
+                    &out.display().to_string(),
+                    "--config",
+                    &config.display().to_string(),
+                ],
+            );
+            assert_eq!(
+                code, 0,
+                "a backup file from a killed backup does not restore: {text}{err}"
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    let (code, text, err) = beacon(
+        work.path(),
+        &backup_args(&out)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{text}{err}");
+    assert_eq!(head(addr, &op, &ca).await, held, "a backup changes nothing");
+
+    // Kills during a restore: the target is absent or a whole store.
+    let (data, config) = TestNode::prepare(&NodeOptions::new(&pki, pki.node("drc", "hub-2")));
+    let target = data.path().join("store");
+    let restore = || {
+        std::process::Command::new(beacon_bin())
+            .args(["admin", "restore"])
+            .arg(&out)
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    for _ in 0..cycles {
+        let mut child = restore();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if target.exists() {
+            assert!(status.success(), "a store appeared from a killed restore");
+            break;
+        }
+    }
+    if !target.exists() {
+        let status = restore().wait().unwrap();
+        assert!(status.success());
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("restoring"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let restored = TestNode::start_prepared(data, config).await;
+    assert_eq!(
+        check_lifecycle(restored.addr, &files, &op, &ca, &published).await,
+        (held, expiring)
+    );
+    restored.stop().await;
+}

@@ -584,6 +584,11 @@ impl pb::admin_server::Admin for AdminService {
                     .stats
                     .corrupt_reads
                     .load(std::sync::atomic::Ordering::Relaxed),
+                pruned: s
+                    .store
+                    .stats
+                    .pruned
+                    .load(std::sync::atomic::Ordering::Relaxed),
             }),
             subscriptions: subscription_status(s),
             peers: s

@@ -48,6 +48,13 @@ pub enum AdminCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Give the space of pruned bulletins back to the filesystem: rewrite a
+    /// stopped node's store with only what is live (checked on the way).
+    Compact {
+        /// The node's data directory (`data_dir` in beacon.toml).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Durable subscriptions of a node.
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
@@ -100,6 +107,27 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             config,
             data_dir,
         } => restore_cmd(&file, &config, data_dir),
+        AdminCommand::Compact { data_dir } => {
+            if !data_dir.join("sled").exists() && !data_dir.join("sled.new").exists() {
+                bail!("{} holds no store", data_dir.display());
+            }
+            let c = backup::compact(&data_dir, &StoreOptions::default()).with_context(|| {
+                format!(
+                    "cannot compact the store in {} (is its node stopped?)",
+                    data_dir.display()
+                )
+            })?;
+            println!(
+                "compacted {}: {:.1} MB before, {:.1} MB after; head {}, {} bulletins, {} pruned",
+                data_dir.display(),
+                c.before as f64 / 1e6,
+                c.after as f64 / 1e6,
+                c.manifest.head,
+                c.manifest.records,
+                c.manifest.tombstones
+            );
+            Ok(())
+        }
         AdminCommand::Subscriptions(cmd) => subscriptions(cmd).await,
     }
 }

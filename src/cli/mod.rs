@@ -88,6 +88,25 @@ enum BenchCommand {
         #[arg(long, value_enum, value_delimiter = ',', default_value = "ecdsa-p256")]
         algorithms: Vec<AlgArg>,
     },
+    /// Retention: how fast pruning goes, the disk space it gives back (with
+    /// `beacon admin compact`), and publish and replay speed while it runs.
+    Retention {
+        /// Expired bulletins pruned in the disk-space run.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: usize,
+        /// Expired bulletins pruned in the background during the speed runs.
+        #[arg(long, default_value_t = 400_000)]
+        background: usize,
+        /// Bulletins that stay, replayed in each speed run.
+        #[arg(long, default_value_t = 100_000)]
+        replay: usize,
+        /// Publishes (16 publishers, PublishStream) in each speed run.
+        #[arg(long, default_value_t = 10_000)]
+        publishes: usize,
+        /// Serialized bulletin size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
     /// Federation across a chain of three nodes (A → B → C): catch-up of nodes
     /// that were down, relay throughput, and convergence latency.
     Federation {
@@ -381,6 +400,16 @@ async fn execute(cli: Cli) -> Result<()> {
             init_logging(&LogFormat::Human, Some("warn"));
             bench_subscribe(runs).await
         }
+        Command::Bench(BenchCommand::Retention {
+            count,
+            background,
+            replay,
+            publishes,
+            size,
+        }) => {
+            init_logging(&LogFormat::Human, Some("warn"));
+            bench_retention(count, background, replay, publishes, size).await
+        }
         Command::Bench(BenchCommand::Federation {
             catch_up,
             relay,
@@ -472,6 +501,163 @@ async fn bench_publish(
 }
 
 /// The `beacon` binary the benchmarks start as a node, and this host's cores.
+async fn bench_retention(
+    count: usize,
+    background: usize,
+    replay: usize,
+    publishes: usize,
+    size: usize,
+) -> Result<()> {
+    use beacon::bench;
+    use beacon::store::{backup, retention, Store, StoreOptions};
+    use std::time::{Duration, Instant, SystemTime};
+    let (exe, cores) = bench_host()?;
+    println!("beacon bench retention: {size}-byte signed bulletins, {cores} cores");
+    println!("| workload | figure |");
+    println!("|---|---|");
+    // 1. Disk space: a store of `count` expired bulletins, pruned, compacted.
+    if count > 0 {
+        let target = bench::Target::prepare()?;
+        let expires = SystemTime::now() + Duration::from_secs(2);
+        let load = target
+            .bulk_load_expiring(count, size, Some(expires))
+            .await?;
+        println!(
+            "| bulk load of {count} bulletins that expire | {:.0}/s |",
+            count as f64 / load.as_secs_f64()
+        );
+        let dir = target.dir.join("store");
+        let before = backup::size_of(&dir.join("sled"));
+        if let Ok(wait) = expires.duration_since(SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let store = Store::open(&dir, StoreOptions::default())?;
+        let rules = retention::Retention::from_config(&beacon::config::RetentionConfig {
+            after_expiry: Some(Duration::ZERO),
+            ..Default::default()
+        })
+        .map_err(anyhow::Error::msg)?;
+        let mut pruner = retention::Pruner::new();
+        let t0 = Instant::now();
+        let mut pruned = 0u64;
+        loop {
+            let due = pruner.due(&store, &rules, SystemTime::now())?;
+            if due.is_empty() {
+                break;
+            }
+            pruned += store.prune(due).await?;
+        }
+        let took = t0.elapsed().as_secs_f64();
+        drop(store);
+        println!(
+            "| pruning {pruned} (batches of {}, one fsync each) | {:.0}/s ({took:.1} s) |",
+            rules.batch,
+            pruned as f64 / took
+        );
+        let after_prune = backup::size_of(&dir.join("sled"));
+        let t0 = Instant::now();
+        let c =
+            tokio::task::spawn_blocking(move || backup::compact(&dir, &StoreOptions::default()))
+                .await??;
+        println!(
+            "| store size: {count} stored / all pruned / after `beacon admin compact` ({:.1} s) | {:.0} MB / {:.0} MB / {:.1} MB |",
+            t0.elapsed().as_secs_f64(),
+            before as f64 / 1e6,
+            after_prune as f64 / 1e6,
+            c.after as f64 / 1e6
+        );
+    }
+    // 2. Speed while retention prunes in the background, against the same
+    //    node before pruning starts and after it ends.
+    if background > 0 {
+        let mut target = bench::Target::prepare()?;
+        let expires = SystemTime::now() + Duration::from_secs(2);
+        target
+            .bulk_load_expiring(background, size, Some(expires))
+            .await?;
+        target.bulk_load(replay, size).await?;
+        let from = background as u64 + 1;
+        // Pruning starts a fixed time after the load: time for the first run.
+        let start_in = Duration::from_secs(20);
+        let after_expiry = expires
+            .elapsed()
+            .unwrap_or_default()
+            .saturating_add(start_in);
+        target.add_config(&format!(
+            "\n[retention]\nafter_expiry = \"{}ms\"\ninterval = \"100ms\"\n",
+            after_expiry.as_millis()
+        ))?;
+        let launched = Instant::now();
+        target.launch(&exe)?;
+        target.wait_serving().await?;
+        let mut admin = target.admin().await?;
+        let mut rows = Vec::new();
+        let mut published = 0u64;
+        let mut first = 0;
+        for phase in ["before pruning", "while pruning", "after pruning"] {
+            match phase {
+                "while pruning" => {
+                    // Wait until retention is at work.
+                    while pruned_so_far(&mut admin).await? == 0 {
+                        if launched.elapsed() > start_in + Duration::from_secs(60) {
+                            anyhow::bail!("retention never started");
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                "after pruning" => {
+                    while pruned_so_far(&mut admin).await? < background as u64 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                _ => {}
+            }
+            let p0 = pruned_so_far(&mut admin).await?;
+            let (fig, _) =
+                bench::closed_loop_with(&target, bench::Api::Stream, 16, publishes, size, first)
+                    .await?;
+            first += 16;
+            published += fig.count as u64;
+            let (n, secs) =
+                bench::replay_from(&target, from, replay as u64 + published, first).await?;
+            first += 1;
+            let p1 = pruned_so_far(&mut admin).await?;
+            rows.push((phase, fig.rate(), n as f64 / secs, p1 - p0));
+            if phase == "before pruning" && p1 > 0 {
+                anyhow::bail!("pruning started during the first run; raise the delay");
+            }
+        }
+        for (phase, publish, replay_rate, pruned) in &rows {
+            println!(
+                "| {phase}: publishes/s (16 publishers, PublishStream) / replay/s of {} / pruned meanwhile | {publish:.0} / {replay_rate:.0} / {pruned} |",
+                replay as u64 + published
+            );
+        }
+        let (_, base_p, base_r, _) = rows[0];
+        let (_, mid_p, mid_r, _) = rows[1];
+        let (_, end_p, end_r, _) = rows[2];
+        println!(
+            "| while pruning ÷ before / ÷ after: publishes, replay | {:.2} / {:.2}, {:.2} / {:.2} |",
+            mid_p / base_p,
+            mid_p / end_p,
+            mid_r / base_r,
+            mid_r / end_r
+        );
+    }
+    Ok(())
+}
+
+async fn pruned_so_far(admin: &mut beacon::client::AdminClient) -> Result<u64> {
+    Ok(admin
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(beacon::client::ClientError::from)?
+        .into_inner()
+        .store
+        .map(|s| s.pruned)
+        .unwrap_or(0))
+}
+
 fn bench_host() -> Result<(PathBuf, usize)> {
     let exe = std::env::current_exe().context("cannot find the beacon binary")?;
     let cores = std::thread::available_parallelism()

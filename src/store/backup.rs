@@ -389,8 +389,17 @@ pub fn restore(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "store".into());
-    let building: PathBuf = parent.join(format!(".{name}.restoring-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&building);
+    // What an interrupted restore into this target left behind goes (one
+    // restore runs per target at a time).
+    let prefix = format!(".{name}.restoring-");
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let building: PathBuf = parent.join(format!("{prefix}{}", std::process::id()));
     std::fs::create_dir_all(&building).map_err(bio)?;
     let result = build(input, &building, opts, verify, &mut progress);
     match result {
@@ -609,4 +618,100 @@ fn build(
         .map_err(bio)?;
     progress(head, head);
     Ok(manifest)
+}
+
+/// Bytes the files under `path` take.
+pub fn size_of(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| size_of(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone)]
+pub struct Compacted {
+    pub before: u64,
+    pub after: u64,
+    pub manifest: Manifest,
+}
+
+/// Rewrites the store in `dir` (the node stopped) into new files holding
+/// only what is live: the engine keeps the space pruned records freed for
+/// its own later writes, but never gives it back to the filesystem. The
+/// log is copied through the backup format (every record checked), built
+/// beside the old files, and swapped in by renames; a crash at any point
+/// leaves either the old files or the new ones, and [`Store::open`]
+/// finishes an interrupted swap.
+pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError> {
+    finish_swap(dir)?;
+    let before = size_of(&dir.join("sled"));
+    let copy = dir.join("compact.backup");
+    {
+        let mut store = Store::open(dir, opts.clone())?;
+        let file = std::fs::File::create(&copy).map_err(bio)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
+        store.backup(&mut w, |_, _| {})?;
+        w.flush().map_err(bio)?;
+        drop(w);
+        file.sync_all().map_err(bio)?;
+        store.close()?;
+    }
+    let staging = dir.join(".compacting");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(bio)?;
+    // The records come from this store, whose signatures were verified when
+    // they arrived; CRCs and digests are still checked on the way.
+    let payload_only = |rec: &Record| -> Result<[u8; 32], String> {
+        let env = crate::bulletin::codec::decode_envelope(&rec.envelope)?;
+        Ok(crate::bulletin::sha256(&env.payload))
+    };
+    let input = std::fs::File::open(&copy).map_err(bio)?;
+    let manifest = match build(input, &staging, opts, &payload_only, &mut |_, _| {}) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            let _ = std::fs::remove_file(&copy);
+            return Err(e);
+        }
+    };
+    // Complete: it becomes `sled.new`, then takes the old files' place.
+    std::fs::rename(staging.join("sled"), dir.join("sled.new")).map_err(bio)?;
+    sync_dir(dir)?;
+    finish_swap(dir)?;
+    let _ = std::fs::remove_dir_all(&staging);
+    let _ = std::fs::remove_file(&copy);
+    Ok(Compacted {
+        before,
+        after: size_of(&dir.join("sled")),
+        manifest,
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), BackupError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(bio)
+}
+
+/// Finishes a compaction that was interrupted after its new files were
+/// complete (`sled.new` exists): they replace `sled`.
+pub(super) fn finish_swap(dir: &Path) -> Result<(), BackupError> {
+    let (new, cur, old) = (dir.join("sled.new"), dir.join("sled"), dir.join("sled.old"));
+    if !new.exists() {
+        return Ok(());
+    }
+    if cur.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(&cur, &old).map_err(bio)?;
+    }
+    std::fs::rename(&new, &cur).map_err(bio)?;
+    sync_dir(dir)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
 }

@@ -3,9 +3,12 @@
 //!
 //! # Files
 //! - `mod.rs`: [`Store`], the log's interface to the rest of the node.
-//! - `record.rs`: the stored forms (record with CRC32 trailer, index entry,
-//!   successor).
+//! - `record.rs`: the stored forms (record with CRC32 trailer, tombstone,
+//!   index entry, successor).
 //! - `upgrade.rs`: in-place upgrades of older formats ([`FORMAT`]), at open.
+//! - `retention.rs`: which records are due to be pruned, and the background
+//!   task that prunes them in bounded steps.
+//! - `backup.rs`: online backup, verified restore, and compaction.
 //! - `commit.rs`: the group commit (applier and flusher threads) and the
 //!   acknowledged-head file.
 //! - `engine.rs`: what the log asks of a storage engine: records, successors,
@@ -248,6 +251,8 @@ impl Store {
     /// starts its group commit.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
+        // A compaction interrupted after its new files were complete.
+        backup::finish_swap(dir).map_err(|e| StoreError::Io(e.to_string()))?;
         let engine = sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
         Store::with_engine(dir, Arc::new(engine), opts)
     }

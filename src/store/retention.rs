@@ -205,6 +205,11 @@ pub async fn run(
         return;
     }
     let mut pruner = Pruner::new();
+    // Retention works in the background: after each step it rests for
+    // `REST` times as long as the step took, so it takes about 1/(1+REST)
+    // of the writer and of a core, and publishers and readers keep their
+    // speed (measured: `beacon bench retention`).
+    const REST: u32 = 19;
     let mut tick = tokio::time::interval(rules.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -216,6 +221,7 @@ pub async fn run(
             if store.backups_running() {
                 break; // a backup reads a fixed view; prune after it
             }
+            let step = std::time::Instant::now();
             let (s, r) = (store.clone(), rules.clone());
             let found = tokio::task::spawn_blocking(move || {
                 let due = pruner.due(&s, &r, SystemTime::now());
@@ -250,8 +256,9 @@ pub async fn run(
                     break;
                 }
             }
-            if shutdown.is_cancelled() {
-                return;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(step.elapsed() * REST) => {}
             }
         }
     }

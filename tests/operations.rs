@@ -338,3 +338,118 @@ async fn a_damaged_or_foreign_backup_is_refused_and_nothing_is_written() {
 
 /// Keeps a temporary directory alive.
 struct TempDirGuard(tempfile::TempDir);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_and_delete_durable_subscriptions_and_prune_revoked_ones() {
+    let pki = TestPki::new();
+    let node = TestNode::start(&NodeOptions::new(&pki, pki.node("drc", "hub-1"))).await;
+    let ca = vec![pki.ca_cert()];
+    let op = pki.operator("alice");
+    let work = tempfile::tempdir().unwrap();
+    let alive = pki.client("uk.ncsc", "alive");
+    let leaver = pki.client("fr.anssi", "leaver");
+    let mut a = member(node.addr, &alive, &ca).await;
+    a.publish(&bulletin("uk.ncsc", "one")).await.unwrap();
+    // Two durable readers with cursors; the first stays connected.
+    let mut open_sub = a.subscribe(open("feed", earliest())).await.unwrap();
+    read_deliveries(&mut open_sub, 1, true, Duration::from_secs(20)).await;
+    open_sub.ack(1).await.unwrap();
+    wait_cursor(node.addr, &op, &ca, &alive.identity, "feed", 1).await;
+    let mut l = member(node.addr, &leaver, &ca).await;
+    let mut s = l.subscribe(open("archive", earliest())).await.unwrap();
+    read_deliveries(&mut s, 1, true, Duration::from_secs(20)).await;
+    s.ack(1).await.unwrap();
+    s.finish(Duration::from_secs(10)).await.unwrap();
+    drop(l);
+
+    let admin = |args: &[&str]| {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend(conn(node.addr, &op, &pki.ca_cert()));
+        run(work.path(), &v)
+    };
+    let (code, out, err) = admin(&["admin", "subscriptions", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&alive.identity) && out.contains("\"feed\""),
+        "{out}"
+    );
+    assert!(
+        out.contains(&leaver.identity) && out.contains("\"archive\""),
+        "{out}"
+    );
+
+    // Deleting an open one ends its stream, and its cursor is gone.
+    let (code, out, err) = admin(&[
+        "admin",
+        "subscriptions",
+        "delete",
+        "--identity",
+        &alive.identity,
+        "--name",
+        "feed",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("cursor was 1"), "{out}");
+    let end = stream_end(&mut open_sub, Duration::from_secs(10)).await;
+    let e = end.expect_err("the stream ends with an error");
+    assert!(e.to_string().contains("deleted by an operator"), "{e}");
+    assert_eq!(
+        cursor_of(node.addr, &op, &ca, &alive.identity, "feed").await,
+        None
+    );
+    let mut again = a.subscribe(open("feed", resume())).await.unwrap();
+    let seen = read_deliveries(&mut again, 1, true, Duration::from_secs(20)).await;
+    assert_eq!(
+        seen.subscribed.map(|s| s.cursor),
+        Some(0),
+        "it starts afresh"
+    );
+    drop(again);
+    let (code, _, err) = admin(&[
+        "admin",
+        "subscriptions",
+        "delete",
+        "--identity",
+        &alive.identity,
+        "--name",
+        "nothing",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no durable subscription"), "{err}");
+
+    // The leaver's certificate is revoked: its cursor can be pruned.
+    pki.revoke(&leaver);
+    let ca_dir = pki.path().join("ca").display().to_string();
+    let (code, out, err) = admin(&[
+        "admin",
+        "subscriptions",
+        "prune-revoked",
+        "--ca-dir",
+        &ca_dir,
+        "--dry-run",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("would delete") && out.contains("1 durable subscriptions"),
+        "{out}"
+    );
+    assert_eq!(
+        cursor_of(node.addr, &op, &ca, &leaver.identity, "archive").await,
+        Some(1)
+    );
+    let (code, out, err) = admin(&[
+        "admin",
+        "subscriptions",
+        "prune-revoked",
+        "--ca-dir",
+        &ca_dir,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&leaver.identity), "{out}");
+    assert!(!out.contains(&alive.identity), "{out}");
+    assert_eq!(
+        cursor_of(node.addr, &op, &ca, &leaver.identity, "archive").await,
+        None
+    );
+    node.stop().await;
+}
