@@ -622,22 +622,21 @@ async fn bench_retention(
                 bench::replay_from(&target, from, replay as u64 + published, first).await?;
             first += 1;
             let p1 = pruned_so_far(&mut admin).await?;
-            rows.push((phase, fig.rate(), n as f64 / secs, p1 - p0));
+            rows.push((phase, fig.rate(), n, n as f64 / secs, p1 - p0));
             if phase == "before pruning" && p1 > 0 {
                 anyhow::bail!("pruning started during the first run; raise the delay");
             }
         }
-        for (phase, publish, replay_rate, pruned) in &rows {
+        for (phase, publish, n, replay_rate, pruned) in &rows {
             println!(
-                "| {phase}: publishes/s (16 publishers, PublishStream) / replay/s of {} / pruned meanwhile | {publish:.0} / {replay_rate:.0} / {pruned} |",
-                replay as u64 + published
+                "| {phase}: publishes/s (16 publishers, PublishStream) / replay/s of {n} / pruned meanwhile | {publish:.0} / {replay_rate:.0} / {pruned} |"
             );
         }
-        let (_, base_p, base_r, _) = rows[0];
-        let (_, mid_p, mid_r, _) = rows[1];
-        let (_, end_p, end_r, _) = rows[2];
+        let (_, base_p, _, base_r, _) = rows[0];
+        let (_, mid_p, _, mid_r, _) = rows[1];
+        let (_, end_p, _, end_r, _) = rows[2];
         println!(
-            "| while pruning ÷ before / ÷ after: publishes, replay | {:.2} / {:.2}, {:.2} / {:.2} |",
+            "| while pruning ÷ before (same store) / ÷ after (expired ones gone): publishes, replay | {:.2} / {:.2}, {:.2} / {:.2} |",
             mid_p / base_p,
             mid_p / end_p,
             mid_r / base_r,

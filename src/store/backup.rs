@@ -133,7 +133,7 @@ impl Store {
         out: impl Write,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Manifest, BackupError> {
-        self.backups.fetch_add(1, Ordering::AcqRel);
+        self.begin_backup();
         let _reading = Reading(self);
         let head = self.head();
         let engine = self.engine.as_ref();

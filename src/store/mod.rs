@@ -212,6 +212,8 @@ pub struct StoreStats {
     pub corrupt_reads: AtomicU64,
     /// Records pruned by retention since the store was opened.
     pub pruned: AtomicU64,
+    /// Envelopes served to readers (checked by [`Store::served`]).
+    pub served: AtomicU64,
     pub batches: AtomicU64,
     pub appended: AtomicU64,
     pub fsync_nanos_total: AtomicU64,
@@ -227,6 +229,7 @@ impl Default for StoreStats {
         StoreStats {
             corrupt_reads: AtomicU64::new(0),
             pruned: AtomicU64::new(0),
+            served: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             fsync_nanos_total: AtomicU64::new(0),
@@ -240,6 +243,8 @@ impl Default for StoreStats {
 pub struct Store {
     /// Backups reading a fixed view of the log (pruning waits for them).
     backups: Arc<AtomicU64>,
+    /// A prune step is under way (a backup waits for it to end).
+    pruning: Arc<std::sync::atomic::AtomicBool>,
     engine: Arc<dyn Engine>,
     head: watch::Receiver<u64>,
     commit: Committer,
@@ -319,6 +324,7 @@ impl Store {
         )?;
         Ok(Store {
             backups: Arc::new(AtomicU64::new(0)),
+            pruning: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             engine,
             head: head_rx,
             commit,
@@ -366,6 +372,7 @@ impl Store {
     /// logged and counted like any corruption.
     pub fn served(&self, rec: Record) -> Result<Record, StoreError> {
         rec.check_digest().inspect_err(|e| self.note_corrupt(e))?;
+        self.stats.served.fetch_add(1, Ordering::Relaxed);
         Ok(rec)
     }
 
@@ -503,8 +510,31 @@ impl Store {
     /// atomic write made durable before this returns; returns how many were
     /// pruned (records already pruned are passed over). Index entries stay,
     /// so a pruned bulletin sent again is still a duplicate.
+    /// While a backup reads, nothing is pruned (returns 0).
     pub async fn prune(&self, seqs: Vec<u64>) -> Result<u64, StoreError> {
+        // With a backup's `begin_backup`, a handshake on two flags (both
+        // sequentially consistent): at least one side sees the other.
+        struct Step<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Step<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        self.pruning.store(true, Ordering::SeqCst);
+        let _step = Step(&self.pruning);
+        if self.backups.load(Ordering::SeqCst) > 0 {
+            return Ok(0);
+        }
         self.commit.prune(seqs).await
+    }
+
+    /// Registers a backup and waits for a prune step under way to end, so
+    /// the log it reads holds still (see [`Store::prune`]).
+    fn begin_backup(&self) {
+        self.backups.fetch_add(1, Ordering::SeqCst);
+        while self.pruning.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Every (publisher, seq) holding a bulletin with this id.
