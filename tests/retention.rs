@@ -182,7 +182,57 @@ async fn expired_bulletins_are_passed_over_then_pruned_to_tombstones() {
     );
     let e6 = bulletin("uk.ncsc", "after restart");
     assert_eq!(c.publish(&e6).await.unwrap().sequence, 6);
+    let before = list(&mut c, true, false).await;
+    drop(c);
+
+    // Compaction (node stopped) keeps exactly what readers see, tombstones
+    // included; a compaction cut short between its renames is finished at open.
+    let node = node
+        .restart_after(|store| {
+            let (code, out, err) = beacon(
+                store,
+                &[
+                    "admin",
+                    "compact",
+                    "--data-dir",
+                    &store.display().to_string(),
+                ],
+            );
+            assert_eq!(code, 0, "{out}{err}");
+            assert!(out.contains("head 6, 3 bulletins, 3 pruned"), "{out}");
+            // As if cut short: the new files complete, the old ones moved aside.
+            copy_dir(&store.join("sled"), &store.join("sled.new"));
+            std::fs::rename(store.join("sled"), store.join("sled.old")).unwrap();
+        })
+        .await;
+    let mut c = member(node.addr, &files, &ca).await;
+    assert_eq!(list(&mut c, true, false).await, before);
+    let again = c.publish(&a).await.unwrap();
+    assert!(again.duplicate && again.sequence == 1, "{again:?}");
+    assert_eq!(
+        c.publish(&bulletin("uk.ncsc", "seventh"))
+            .await
+            .unwrap()
+            .sequence,
+        7
+    );
+    drop(c);
+    let store = node.data.path().join("store");
+    assert!(!store.join("sled.old").exists() && !store.join("sled.new").exists());
     node.stop().await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

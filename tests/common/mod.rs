@@ -322,6 +322,15 @@ impl TestNode {
         self.restart_on_same_address(true).await
     }
 
+    /// Stops the node cleanly, runs `between` on its store directory (as an
+    /// operator would on a stopped node), and starts it again on the same
+    /// address.
+    pub async fn restart_after(mut self, between: impl FnOnce(&Path)) -> TestNode {
+        self.join().await;
+        between(&self.data.path().join("store"));
+        self.restart_on_same_address(false).await
+    }
+
     async fn restart_on_same_address(mut self, wipe: bool) -> TestNode {
         self.join().await;
         if wipe {
