@@ -13,7 +13,8 @@
 //!   [`bulletin::codec`] (what is signed and stored), [`bulletin::Meta`];
 //!   [`pki`]: the operator's CA (`beacon ca`).
 //! - `policy`, `filter`, `metrics`: who may read, what a reader asked for,
-//!   counters; [`document`]: bulletins as JSON/YAML, envelopes as DSSE JSON.
+//!   counters; [`document`]: bulletins as JSON/YAML, envelopes as DSSE JSON;
+//!   [`stix`]: bulletins as STIX 2.1 objects.
 //! - [`store`]: the durable, group-committed log.
 //! - `ingest` (everything entering the log: size, canonical bytes,
 //!   verification, origin and policy for relays) and `broker` (subscriptions:
@@ -56,6 +57,7 @@ pub mod pki;
 pub(crate) mod policy;
 pub mod proto;
 pub(crate) mod state;
+pub mod stix;
 pub mod store;
 pub mod trust;
 

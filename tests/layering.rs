@@ -14,7 +14,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     // Trust: the bundle, rustls configurations, the live trust state.
     (2, &["trust"]),
     (3, &["bulletin", "pki"]),
-    (4, &["policy", "filter", "metrics", "document"]),
+    (4, &["policy", "filter", "metrics", "document", "stix"]),
     (5, &["store"]),
     // One admission path into the log; subscriptions out of it.
     (6, &["ingest", "broker"]),

@@ -218,12 +218,75 @@ pub struct SubscribeArgs {
     /// Most unacknowledged deliveries in flight (0: the node's default).
     #[arg(long, default_value_t = 0)]
     window: u32,
-    /// One JSON object per line (for pipelines).
+    /// One JSON object per line (for pipelines); `--format json`.
     #[arg(long)]
     json: bool,
+    /// human, json (one object per line) or stix (one STIX 2.1 bundle per
+    /// line: the report, its indicators, author and marking).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// The TLP marking definitions of STIX output: oasis-tlp2 or opencti.
+    #[arg(long, default_value = "oasis-tlp2", value_parser = parse_profile)]
+    profile: beacon::stix::Profile,
     /// Stop after this many deliveries.
     #[arg(long)]
     count: Option<u64>,
+}
+
+/// How deliveries are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+    Stix,
+}
+
+fn parse_profile(s: &str) -> Result<beacon::stix::Profile, String> {
+    beacon::stix::Profile::parse(s)
+        .ok_or_else(|| format!("unknown profile {s:?} (oasis-tlp2 or opencti)"))
+}
+
+/// A delivery as a STIX 2.1 bundle: the bulletin's group of objects, its
+/// report in the version chain the node holds (revisions and retractions
+/// are versions of the first bulletin's report).
+async fn stix_bundle(
+    d: &pb::Delivery,
+    bundle: &TrustBundle,
+    channel: &tonic::transport::Channel,
+    profile: beacon::stix::Profile,
+) -> Result<serde_json::Value> {
+    let env = beacon::client::delivered_envelope(d).map_err(anyhow::Error::msg)?;
+    let verified = beacon::bulletin::verify_stored_envelope(&env, bundle, SystemTime::now())
+        .context("the bulletin's signature does not verify")?;
+    let b = verified.bulletin().clone();
+    let created = b.created_at.unwrap_or_else(SystemTime::now);
+    let mut root = (b.id.clone(), created);
+    let mut relation = b.relation.clone();
+    // Follow the chain of versions back to its first bulletin (bounded).
+    for _ in 0..64 {
+        let Some(r) = relation.take() else { break };
+        let (beacon::bulletin::Relation::Supersedes(id) | beacon::bulletin::Relation::Retracts(id)) =
+            r;
+        let Ok(pd) = get(channel.clone(), &id, Some(b.publisher.clone())).await else {
+            root.0 = id;
+            break;
+        };
+        let penv = beacon::client::delivered_envelope(&pd).map_err(anyhow::Error::msg)?;
+        let prev =
+            beacon::bulletin::codec::decode_bulletin(&penv.payload).map_err(anyhow::Error::msg)?;
+        root = (prev.id.clone(), prev.created_at.unwrap_or(root.1));
+        relation = prev.relation;
+    }
+    let ctx = beacon::stix::Context {
+        root,
+        signer: verified.signer().to_string(),
+        envelope_sha256: hex(&d.envelope_digest),
+        origin_node: d.origin_node.clone(),
+        origin_sequence: d.origin_sequence,
+        sequence: d.sequence,
+        profile,
+    };
+    Ok(beacon::stix::bundle(beacon::stix::objects(&b, &ctx)))
 }
 
 #[derive(Subcommand, Debug)]
@@ -282,6 +345,13 @@ pub enum ClientCommand {
         /// Output file (standard output by default).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Write a STIX 2.1 bundle (the report, its indicators, author and
+        /// marking) instead of the signed DSSE envelope.
+        #[arg(long)]
+        stix: bool,
+        /// The TLP marking definitions of STIX output: oasis-tlp2 or opencti.
+        #[arg(long, default_value = "oasis-tlp2", value_parser = parse_profile)]
+        profile: beacon::stix::Profile,
     },
     /// Publish a DSSE JSON envelope as it is (your own export, or relayed by a node).
     Import {
@@ -327,11 +397,19 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             id,
             publisher,
             output,
+            stix,
+            profile,
         } => {
-            let (_, channel) = conn.dial().await?;
-            let d = get(channel, &id, publisher).await?;
-            let env = beacon::client::delivered_envelope(&d).map_err(anyhow::Error::msg)?;
-            let text = document::envelope_to_dsse(&env);
+            let (dialer, channel) = conn.dial().await?;
+            let d = get(channel.clone(), &id, publisher).await?;
+            let text = if stix {
+                serde_json::to_string_pretty(
+                    &stix_bundle(&d, &dialer.bundle, &channel, profile).await?,
+                )?
+            } else {
+                let env = beacon::client::delivered_envelope(&d).map_err(anyhow::Error::msg)?;
+                document::envelope_to_dsse(&env)
+            };
             match output {
                 Some(path) => std::fs::write(&path, text + "\n")
                     .with_context(|| format!("cannot write {}", path.display()))?,
@@ -859,6 +937,12 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
         dialer.own.chain.clone(),
         dialer.own.key.secret_der(),
     )?);
+    let lookups = channel.clone();
+    let format = match (a.format, a.json) {
+        (Some(f), _) => f,
+        (None, true) => Format::Json,
+        (None, false) => Format::Human,
+    };
     let mut client = BeaconClient::new(channel, signer);
     let mut sub = client.subscribe(open).await?;
     let terminal = out_is_terminal();
@@ -905,7 +989,12 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
                 }
             }
             Msg::Delivery(d) => {
-                let line = render(&d, &dialer.bundle, a.json, terminal);
+                let line = match format {
+                    Format::Stix => stix_bundle(&d, &dialer.bundle, &lookups, a.profile)
+                        .await?
+                        .to_string(),
+                    other => render(&d, &dialer.bundle, other == Format::Json, terminal),
+                };
                 // Written out (and flushed) before it is acknowledged; a closed
                 // output stops here, leaving it unacknowledged.
                 if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
