@@ -310,6 +310,7 @@ impl Target {
                             envelope: bytes,
                             payload_digest,
                             related: None,
+                            span: crate::stix::span(&b),
                         })
                         .await
                 }));

@@ -91,6 +91,7 @@ impl Ingest<'_> {
             envelope: bytes,
             payload_digest: bulletin::sha256(&env.payload),
             related,
+            span: crate::stix::span(verified.bulletin()),
         };
         Ok(Admitted { record, verified })
     }
@@ -155,6 +156,7 @@ impl Ingest<'_> {
             envelope: bytes.to_vec(),
             payload_digest: bulletin::sha256(&env.payload),
             related: related(verified.bulletin(), false),
+            span: crate::stix::span(verified.bulletin()),
         })
     }
 }

@@ -58,6 +58,7 @@ fn new_record(p: u8, i: u8, v: u8, requires: Option<u8>) -> NewRecord {
             id: id(r),
             required: true,
         }),
+        span: 1 + u32::from(v % 4),
     }
 }
 
@@ -66,6 +67,8 @@ struct Model {
     index: HashMap<(String, String), (u64, [u8; 32])>,
     /// seq - 1 -> envelope
     log: Vec<Vec<u8>>,
+    /// seq - 1 -> the record's span (µs it occupies)
+    spans: Vec<u32>,
     /// (publisher, id) -> the sequence of the bulletin that superseded it
     superseded_by: HashMap<(String, String), u64>,
 }
@@ -82,6 +85,20 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
         prop_assert_eq!(rec.meta.origin_seq, seq);
     }
     prop_assert!(store.get(model.log.len() as u64 + 1).unwrap().is_none());
+    // Each record is accepted at least its predecessor's span later, so
+    // every object of a reader's view of it has a distinct time.
+    for seq in 2..=model.log.len() as u64 {
+        let at = |s: u64| store.get(s).unwrap().unwrap().accepted_at;
+        let gap = at(seq).duration_since(at(seq - 1)).unwrap_or_default();
+        let span = u128::from(model.spans[seq as usize - 2]);
+        prop_assert!(
+            gap.as_micros() >= span,
+            "record {} only {:?} after its predecessor (span {})",
+            seq,
+            gap,
+            span
+        );
+    }
     for ((p, i), (seq, digest)) in &model.index {
         prop_assert_eq!(store.lookup(p, i).unwrap(), Some((*seq, *digest)));
         let key = (p.clone(), i.clone());
@@ -110,7 +127,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let mut model = Model { index: HashMap::new(), log: Vec::new(), superseded_by: HashMap::new() };
+        let mut model = Model { index: HashMap::new(), log: Vec::new(), spans: Vec::new(), superseded_by: HashMap::new() };
         for op in ops {
             match op {
                 Op::Reopen => {
@@ -122,6 +139,7 @@ proptest! {
                     let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
                     let digest = rec.meta.digest;
                     let envelope = rec.envelope.clone();
+                    let span = rec.span;
                     let requires_missing = req.is_some_and(|r| !model.index.contains_key(&(key.0.clone(), id(r))));
                     let got = rt.block_on(store.append(rec));
                     match model.index.get(&key) {
@@ -138,6 +156,7 @@ proptest! {
                             let a = got.map_err(|e| TestCaseError::fail(e.to_string()))?;
                             prop_assert!(!a.duplicate);
                             model.log.push(envelope);
+                            model.spans.push(span);
                             prop_assert_eq!(a.seq, model.log.len() as u64);
                             if let Some(r) = req {
                                 model.superseded_by.insert((key.0.clone(), id(r)), a.seq);

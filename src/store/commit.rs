@@ -260,8 +260,11 @@ struct Batch {
     upto: u64,
     /// The sequence the next new record gets.
     next: u64,
-    /// The acceptance time of this batch's records (never before the last).
+    /// The time this batch was applied (ns).
     now: u64,
+    /// The earliest acceptance time the next record may have (ns): the
+    /// previous record's plus its span.
+    free_from: u64,
 }
 
 /// A record appended in this batch: its index entry and acceptance time.
@@ -275,7 +278,10 @@ impl Batch {
     fn append(&mut self, key: (String, String), rec: NewRecord) -> Appended {
         let seq = self.next;
         self.next += 1;
-        let accepted_at = from_nanos(self.now);
+        // Strictly later than the previous record by its span.
+        let at = self.now.max(self.free_from);
+        self.free_from = at.saturating_add(u64::from(rec.span.max(1)) * 1000);
+        let accepted_at = from_nanos(at);
         let mut meta = rec.meta;
         if meta.origin_seq == 0 {
             meta.origin_seq = seq;
@@ -557,7 +563,8 @@ impl Writer {
             successors: HashMap::new(),
             upto: 0,
             next: self.head + 1,
-            now: nanos(SystemTime::now()).max(self.last_accepted),
+            now: nanos(SystemTime::now()),
+            free_from: self.last_accepted,
         };
         let mut replies: Vec<Reply> = Vec::with_capacity(reqs.len());
         for (rec, reply) in reqs {
@@ -669,7 +676,7 @@ impl Writer {
             mut writes,
             mut upto,
             next,
-            now,
+            free_from,
             ..
         } = batch;
         let new_head = next - 1;
@@ -684,7 +691,7 @@ impl Writer {
                 return;
             }
             self.head = new_head;
-            self.last_accepted = now;
+            self.last_accepted = free_from;
             upto = upto.max(new_head);
             self.pipeline.applied.store(new_head, Ordering::Release);
         }

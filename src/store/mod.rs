@@ -143,6 +143,11 @@ pub struct NewRecord {
     pub payload_digest: [u8; 32],
     /// The earlier bulletin of the same publisher this one supersedes or retracts.
     pub related: Option<Related>,
+    /// Microseconds of acceptance time this record takes (at least 1): the
+    /// next record is accepted at least this much later, so that each of
+    /// the objects a reader's view of it holds (a STIX group) has a time of
+    /// its own, strictly increasing along the log.
+    pub span: u32,
 }
 
 /// What a new bulletin says of an earlier one of its publisher.
@@ -184,6 +189,11 @@ pub struct StoreOptions {
     /// Appends waiting for the writer; callers wait beyond that (backpressure).
     pub queue: usize,
 }
+
+/// Room left after the last record when a store opens: the largest span
+/// a record can take (a STIX group of 10,000 indicators and their report),
+/// in nanoseconds.
+const MAX_SPAN_NANOS: u64 = 20_000_000;
 
 /// Appends waiting for the writer before callers wait.
 const QUEUE: usize = 4096;
@@ -309,9 +319,13 @@ impl Store {
             }
         }
         watermark.record(head).map_err(io)?;
+        // The last record's span is not kept: leave room for the largest.
         let last_accepted = match head {
             0 => 0,
-            h => accepted_at(engine.as_ref(), h)?.map(nanos).unwrap_or(0),
+            h => accepted_at(engine.as_ref(), h)?
+                .map(nanos)
+                .unwrap_or(0)
+                .saturating_add(MAX_SPAN_NANOS),
         };
         let stats = Arc::new(StoreStats::default());
         let (commit, head_rx) = Committer::start(

@@ -1188,5 +1188,6 @@ pub fn store_record(
         payload_digest: sha256(&env.payload),
         envelope: bytes,
         related,
+        span: beacon::stix::span(b),
     }
 }
