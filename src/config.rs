@@ -74,6 +74,54 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub taxii: TaxiiConfig,
+}
+
+/// The TAXII 2.1 listener (`[taxii]`): HTTPS, a client certificate
+/// required, off unless `listen` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaxiiConfig {
+    pub listen: Option<SocketAddr>,
+    /// The discovery title.
+    pub title: String,
+    /// Most objects in one page (a client's `limit` is capped to it).
+    pub max_page: usize,
+    /// Collections; each shows every bulletin the caller may read.
+    pub collections: Vec<TaxiiCollection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaxiiCollection {
+    /// The collection's alias (its id is derived from the node and it).
+    pub alias: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Marking definitions served: "oasis-tlp2" (TLP 2.0) or "opencti"
+    /// (the TLP 1.0 ids OpenCTI keeps).
+    #[serde(default = "default_profile")]
+    pub markings: String,
+}
+
+fn default_profile() -> String {
+    "oasis-tlp2".into()
+}
+
+impl Default for TaxiiConfig {
+    fn default() -> Self {
+        TaxiiConfig {
+            listen: None,
+            title: "Beacon".into(),
+            max_page: 1000,
+            collections: vec![TaxiiCollection {
+                alias: "bulletins".into(),
+                title: None,
+                markings: default_profile(),
+            }],
+        }
+    }
 }
 
 /// How long bulletins are kept (`[retention]`). A pruned bulletin leaves a
@@ -353,6 +401,19 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        for c in &self.taxii.collections {
+            if !matches!(c.markings.as_str(), "oasis-tlp2" | "opencti") {
+                return Err(ConfigError::Invalid(format!(
+                    "taxii.collections {:?}: markings must be \"oasis-tlp2\" or \"opencti\"",
+                    c.alias
+                )));
+            }
+        }
+        if self.taxii.max_page == 0 || self.taxii.max_page > 10_000 {
+            return Err(ConfigError::Invalid(
+                "taxii.max_page must be between 1 and 10000".into(),
+            ));
+        }
         if self.retention.batch == 0 || self.retention.batch > 100_000 {
             return Err(ConfigError::Invalid(
                 "retention.batch must be between 1 and 100000".into(),

@@ -24,7 +24,8 @@
 //! - `federation`: peer links.
 //! - `state`: what the services share.
 //! - `api` (the gRPC services, translations, the one mapping of errors to
-//!   `tonic::Status`) and `ops` (metrics and health).
+//!   `tonic::Status`), `taxii` (TAXII 2.1 over HTTPS) and `ops` (metrics and
+//!   health).
 //! - [`node`]: **the node's entry point**, [`node::run`]`(config, listener,
 //!   shutdown)`.
 //! - [`dev`] (`beacon dev`), [`bench`](mod@bench) (`beacon bench`), [`fuzzing`] (fuzz
@@ -59,6 +60,7 @@ pub mod proto;
 pub(crate) mod state;
 pub mod stix;
 pub mod store;
+pub(crate) mod taxii;
 pub mod trust;
 
 /// The version reported by `Admin.Status` and `--version`.

@@ -108,6 +108,12 @@ pub async fn run_with_reload(
         None => None,
     };
 
+    // TAXII 2.1, if configured.
+    let taxii = crate::taxii::bind(&state)
+        .await
+        .map_err(NodeError::Listen)?
+        .map(|l| tokio::spawn(crate::taxii::serve(state.clone(), l, shutdown.clone())));
+
     // Retention: prunes what is due in the background, until shutdown.
     let pruner = tokio::spawn(crate::store::retention::run(
         state.store.clone(),
@@ -189,6 +195,9 @@ pub async fn run_with_reload(
         let _ = link.await;
     }
     let _ = pruner.await;
+    if let Some(t) = taxii {
+        let _ = t.await;
+    }
     if let Some(ops) = ops {
         let _ = ops.await;
     }

@@ -23,7 +23,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (8, &["federation"]),
     (9, &["state"]),
     // The gRPC API (services, translations, statuses) and the operations port.
-    (10, &["api", "ops"]),
+    (10, &["api", "ops", "taxii"]),
     (11, &["node"]),
     (12, &["dev", "bench", "fuzzing"]),
     (13, &["cli", "main", "lib"]),

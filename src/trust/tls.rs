@@ -377,6 +377,22 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The HTTPS listener's configuration (TAXII): as [`server_config`], the
+/// client certificate required and checked by the same bundle, but TLS 1.2
+/// as well as 1.3 (TAXII clients may not speak 1.3) and HTTP/1.1 or h2.
+pub fn https_server_config(
+    bundle: Arc<TrustBundle>,
+    own: &KeyedChain,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let verifier = Arc::new(BundleClientVerifier::new(bundle));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(own.chain.clone(), own.key.clone_key())?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// A client configuration presenting `own` and checking the node as `expected`.
 pub fn client_config(
     bundle: Arc<TrustBundle>,

@@ -1,0 +1,603 @@
+//! A TAXII 2.1 server on the node (`[taxii] listen`): discovery, one API
+//! root, collections, objects, object, versions and manifest, over HTTPS
+//! with a client certificate the node's trust accepts (TLS 1.2 or 1.3).
+//! Every object served passes `policy` exactly as a `Get` would: a reader
+//! sees the bulletins its member may read, and a page never shows that
+//! something was left out.
+//!
+//! # Files
+//! - `mod.rs`: the listener, who is calling, routing, TAXII's media type,
+//!   headers and error bodies (the one mapping of errors to HTTP).
+//! - `view.rs`: a collection's objects for one reader, in pages.
+//!
+//! Routing is a handful of fixed paths, matched here by hand: a web
+//! framework would add a layer without removing any of this.
+
+mod view;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::identity::{Identity, RoleKind};
+use crate::state::NodeState;
+use crate::stix::Profile;
+use view::{Query, Versions};
+
+/// TAXII's media type, the one this server speaks.
+pub const TAXII: &str = "application/taxii+json;version=2.1";
+const STIX: &str = "application/stix+json;version=2.1";
+/// The API root's path.
+const ROOT: &str = "/taxii2/beacon/";
+/// Requests a connection may have in flight; connections at once.
+const MAX_CONNECTIONS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaxiiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the request's Accept header allows no TAXII 2.1 response ({0})")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+}
+
+impl TaxiiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            TaxiiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            TaxiiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            TaxiiError::NotFound(_) => StatusCode::NOT_FOUND,
+            TaxiiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            TaxiiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// The TAXII error resource.
+    fn response(&self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = json!({
+            "title": status.canonical_reason().unwrap_or("error"),
+            "description": self.to_string(),
+            "http_status": status.as_str(),
+        });
+        respond(status, body, &[])
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    body: Value,
+    headers: &[(&'static str, String)],
+) -> Response<Full<Bytes>> {
+    let mut r = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, TAXII);
+    for (k, v) in headers {
+        r = r.header(*k, v);
+    }
+    r.body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// A configured collection.
+#[derive(Debug, Clone)]
+struct Collection {
+    id: String,
+    alias: String,
+    title: String,
+    profile: Profile,
+}
+
+/// What the server serves.
+struct Server {
+    state: Arc<NodeState>,
+    collections: Vec<Collection>,
+}
+
+/// A collection's id: stable across restarts, derived from the node's
+/// identity and the alias, in the UUIDv4 form TAXII asks for.
+fn collection_id(node: &Identity, alias: &str) -> String {
+    let digest = crate::bulletin::sha256(format!("taxii-collection/{node}/{alias}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// Serves TAXII on `listener` until `shutdown`.
+pub async fn serve(state: Arc<NodeState>, listener: TcpListener, shutdown: CancellationToken) {
+    let collections = state
+        .config
+        .taxii
+        .collections
+        .iter()
+        .map(|c| Collection {
+            id: collection_id(&state.identity, &c.alias),
+            alias: c.alias.clone(),
+            title: c.title.clone().unwrap_or_else(|| c.alias.clone()),
+            profile: Profile::parse(&c.markings).unwrap_or_default(),
+        })
+        .collect();
+    let server = Arc::new(Server {
+        state: state.clone(),
+        collections,
+    });
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut tls: Option<(u64, tokio_rustls::TlsAcceptor)> = None;
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "TAXII accept failed");
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!(%addr, "TAXII: too many connections; dropped");
+            continue;
+        };
+        // The TLS configuration follows the trust in force (CRL reloads).
+        let generation = state.trust.generation();
+        if tls.as_ref().is_none_or(|(g, _)| *g != generation) {
+            match crate::trust::tls::https_server_config(state.trust.bundle(), &state.trust.own()) {
+                Ok(c) => tls = Some((generation, tokio_rustls::TlsAcceptor::from(Arc::new(c)))),
+                Err(e) => {
+                    warn!(error = %e, "TAXII: cannot build the TLS configuration");
+                    continue;
+                }
+            }
+        }
+        let Some((_, acceptor)) = tls.clone() else {
+            continue;
+        };
+        let server = server.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let handshake = tokio::time::timeout(
+                server.state.config.timing.handshake_timeout,
+                acceptor.accept(tcp),
+            );
+            let stream = match handshake.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%addr, error = %e, "TAXII: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| crate::trust::identity_of(leaf).ok())
+                .map(|(id, _)| id);
+            let Some(identity) = identity else { return };
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                let identity = identity.clone();
+                async move { Ok::<_, std::convert::Infallible>(server.handle(&identity, req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .into_owned();
+            tokio::select! {
+                _ = conn => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Binds the listener if `[taxii] listen` is set.
+pub async fn bind(state: &NodeState) -> std::io::Result<Option<TcpListener>> {
+    match state.config.taxii.listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await?;
+            let at: SocketAddr = l.local_addr()?;
+            info!(addr = %at, "TAXII 2.1 listening (HTTPS, client certificates)");
+            Ok(Some(l))
+        }
+        None => Ok(None),
+    }
+}
+
+impl Server {
+    async fn handle(
+        &self,
+        identity: &Identity,
+        req: Request<hyper::body::Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        // Bodies are not read yet (no writes); drain a little so the
+        // connection stays usable, bounded.
+        let _ = http_body_util::Limited::new(body, 64 * 1024)
+            .collect()
+            .await;
+        match self.route(identity, &parts).await {
+            Ok(r) => r,
+            Err(e) => e.response(),
+        }
+    }
+
+    /// The reading member: clients and nodes read as their member; other
+    /// roles (operators) read nothing over TAXII.
+    fn member<'a>(&self, identity: &'a Identity) -> Result<&'a str, TaxiiError> {
+        match identity.kind() {
+            RoleKind::Client | RoleKind::Node => identity
+                .member()
+                .map(|m| m.as_str())
+                .ok_or_else(|| TaxiiError::Forbidden("no member".into())),
+            _ => Err(TaxiiError::Forbidden(format!(
+                "{identity} is not a member's client or node"
+            ))),
+        }
+    }
+
+    async fn route(
+        &self,
+        identity: &Identity,
+        parts: &http::request::Parts,
+    ) -> Result<Response<Full<Bytes>>, TaxiiError> {
+        accept(parts)?;
+        // The identity must still be one the trust in force accepts (a
+        // revocation applies to connections already open).
+        let member = self.member(identity)?.to_owned();
+        let path = parts.uri.path();
+        if parts.method != Method::GET {
+            return Err(TaxiiError::MethodNotAllowed(format!(
+                "{} is not served on {path} (this node's collections are read-only over TAXII)",
+                parts.method
+            )));
+        }
+        if path == "/taxii2/" {
+            return Ok(respond(
+                StatusCode::OK,
+                json!({
+                    "title": self.state.config.taxii.title,
+                    "description": format!("Beacon node {}", self.state.identity),
+                    "default": ROOT,
+                    "api_roots": [ROOT],
+                }),
+                &[],
+            ));
+        }
+        let Some(rest) = path.strip_prefix(ROOT) else {
+            return Err(TaxiiError::NotFound(format!("no TAXII resource at {path}")));
+        };
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let query = parse_query(parts.uri.query().unwrap_or(""))?;
+        match segments.as_slice() {
+            [] => Ok(respond(
+                StatusCode::OK,
+                json!({
+                    "title": self.state.config.taxii.title,
+                    "versions": [TAXII],
+                    "max_content_length": self.state.config.limits.max_envelope_bytes,
+                }),
+                &[],
+            )),
+            ["collections"] => Ok(respond(
+                StatusCode::OK,
+                json!({"collections": self.collections.iter().map(describe).collect::<Vec<_>>()}),
+                &[],
+            )),
+            ["collections", id] => Ok(respond(StatusCode::OK, describe(self.collection(id)?), &[])),
+            ["collections", id, "objects"] => {
+                let c = self.collection(id)?.clone();
+                let q = self.query(&query, None)?;
+                self.objects(&member, &c, q, Shape::Envelope).await
+            }
+            ["collections", id, "manifest"] => {
+                let c = self.collection(id)?.clone();
+                let q = self.query(&query, None)?;
+                self.objects(&member, &c, q, Shape::Manifest).await
+            }
+            ["collections", id, "objects", object] => {
+                let c = self.collection(id)?.clone();
+                let q = self.query(&query, Some(object))?;
+                self.objects(&member, &c, q, Shape::Envelope).await
+            }
+            ["collections", id, "objects", object, "versions"] => {
+                let c = self.collection(id)?.clone();
+                let mut q = self.query(&query, Some(object))?;
+                q.versions = Versions::All;
+                self.objects(&member, &c, q, Shape::Versions).await
+            }
+            _ => Err(TaxiiError::NotFound(format!("no TAXII resource at {path}"))),
+        }
+    }
+
+    fn collection(&self, id: &str) -> Result<&Collection, TaxiiError> {
+        self.collections
+            .iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| TaxiiError::NotFound(format!("no collection {id}")))
+    }
+
+    /// The filters of a request; `object` fixes `match[id]`.
+    fn query(
+        &self,
+        q: &HashMap<String, String>,
+        object: Option<&str>,
+    ) -> Result<Query, TaxiiError> {
+        let list = |k: &str| -> Vec<String> {
+            q.get(k)
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let max = self.state.config.taxii.max_page;
+        let limit = match q.get("limit") {
+            None => max,
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|l| *l > 0)
+                .ok_or_else(|| {
+                    TaxiiError::BadRequest(format!("limit {l:?} is not a positive integer"))
+                })?
+                .min(max),
+        };
+        let added_after = match q.get("added_after") {
+            None => None,
+            Some(t) => Some(parse_time(t)?),
+        };
+        let next = match q.get("next") {
+            None => None,
+            Some(n) => Some(view::decode_next(n).ok_or_else(|| {
+                TaxiiError::BadRequest(format!("next {n:?} is not one this server gave"))
+            })?),
+        };
+        let versions = match list("match[version]").as_slice() {
+            [] => Versions::Last,
+            v if v.iter().any(|x| x == "all") => Versions::All,
+            [one] if one == "last" => Versions::Last,
+            [one] if one == "first" => Versions::First,
+            v => Versions::At(
+                v.iter()
+                    .map(|t| parse_time(t).map(|us| crate::stix::timestamp(view::from_micros(us))))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let mut ids = list("match[id]");
+        if let Some(o) = object {
+            ids = vec![o.to_owned()];
+        }
+        Ok(Query {
+            ids,
+            types: list("match[type]"),
+            versions,
+            spec_versions: list("match[spec_version]"),
+            added_after,
+            next,
+            limit,
+        })
+    }
+
+    async fn objects(
+        &self,
+        member: &str,
+        c: &Collection,
+        q: Query,
+        shape: Shape,
+    ) -> Result<Response<Full<Bytes>>, TaxiiError> {
+        let state = self.state.clone();
+        let member = member.to_owned();
+        let profile = c.profile;
+        let page = tokio::task::spawn_blocking(move || view::page(&state, &member, profile, &q))
+            .await
+            .map_err(|_| TaxiiError::NotFound("the request was cut short".into()))?;
+        let mut headers = Vec::new();
+        if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
+            headers.push((
+                "X-TAXII-Date-Added-First",
+                crate::stix::timestamp(view::from_micros(first.date_added)),
+            ));
+            headers.push((
+                "X-TAXII-Date-Added-Last",
+                crate::stix::timestamp(view::from_micros(last.date_added)),
+            ));
+        }
+        let mut body = serde_json::Map::new();
+        if page.more {
+            body.insert("more".into(), json!(true));
+            if let Some(n) = page.next {
+                body.insert("next".into(), json!(view::encode_next(n)));
+            }
+        }
+        match shape {
+            Shape::Envelope => {
+                if !page.items.is_empty() {
+                    body.insert(
+                        "objects".into(),
+                        Value::Array(page.items.into_iter().map(|i| i.object).collect()),
+                    );
+                }
+            }
+            Shape::Manifest => {
+                if !page.items.is_empty() {
+                    let records: Vec<Value> = page
+                        .items
+                        .iter()
+                        .map(|i| {
+                            json!({
+                                "id": i.object.get("id"),
+                                "date_added": crate::stix::timestamp(view::from_micros(i.date_added)),
+                                "version": view::version_of(&i.object),
+                                "media_type": STIX,
+                            })
+                        })
+                        .collect();
+                    body.insert("objects".into(), Value::Array(records));
+                }
+            }
+            Shape::Versions => {
+                let mut versions: Vec<String> = page
+                    .items
+                    .iter()
+                    .map(|i| view::version_of(&i.object))
+                    .collect();
+                versions.sort();
+                versions.dedup();
+                if versions.is_empty() && !page.more {
+                    return Err(TaxiiError::NotFound(
+                        "no such object in this collection".into(),
+                    ));
+                }
+                if !versions.is_empty() {
+                    body.insert("versions".into(), json!(versions));
+                }
+            }
+        }
+        Ok(respond(StatusCode::OK, Value::Object(body), &headers))
+    }
+}
+
+/// What an objects request returns.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Envelope,
+    Manifest,
+    Versions,
+}
+
+fn describe(c: &Collection) -> Value {
+    json!({
+        "id": c.id,
+        "title": c.title,
+        "alias": c.alias,
+        "description": format!("Every Beacon bulletin you may read, as STIX 2.1 ({} markings)", c.profile.name()),
+        "can_read": true,
+        "can_write": false,
+        "media_types": [STIX],
+    })
+}
+
+/// The request's `Accept` must allow TAXII 2.1 JSON.
+fn accept(parts: &http::request::Parts) -> Result<(), TaxiiError> {
+    let Some(a) = parts.headers.get(header::ACCEPT) else {
+        return Ok(());
+    };
+    let a = a.to_str().unwrap_or_default();
+    let ok = a.split(',').any(|m| {
+        let m = m.trim().to_ascii_lowercase().replace(' ', "");
+        m.starts_with("*/*")
+            || m.starts_with("application/*")
+            || m == "application/taxii+json"
+            || m.starts_with("application/taxii+json;version=2.1")
+            || (m.starts_with("application/taxii+json;") && !m.contains("version="))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(TaxiiError::NotAcceptable(a.to_owned()))
+    }
+}
+
+fn parse_query(q: &str) -> Result<HashMap<String, String>, TaxiiError> {
+    let mut out = HashMap::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k)?;
+        let v = percent_decode(v)?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, TaxiiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| TaxiiError::BadRequest(format!("bad escape in {s:?}")))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| TaxiiError::BadRequest(format!("{s:?} is not UTF-8")))
+}
+
+/// A TAXII timestamp (RFC 3339, UTC; 0 to 9 fractional digits) as µs.
+fn parse_time(t: &str) -> Result<u128, TaxiiError> {
+    let dt = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| TaxiiError::BadRequest(format!("{t:?} is not an RFC 3339 timestamp")))?;
+    let ns = dt.unix_timestamp_nanos();
+    u128::try_from(ns / 1000).map_err(|_| TaxiiError::BadRequest(format!("{t:?} is before 1970")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_with_any_number_of_fractional_digits() {
+        assert_eq!(parse_time("2026-11-27T08:42:13Z").unwrap() % 1_000_000, 0);
+        assert_eq!(
+            parse_time("2026-11-27T08:42:13.5Z").unwrap() % 1_000_000,
+            500_000
+        );
+        assert_eq!(
+            parse_time("2026-11-27T08:42:13.521382Z").unwrap() % 1_000_000,
+            521_382
+        );
+        assert_eq!(
+            parse_time("2026-11-27T08:42:13.521382999Z").unwrap() % 1_000_000,
+            521_382
+        );
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn queries_decode_brackets_and_escapes() {
+        let q = parse_query(
+            "match%5Btype%5D=report,indicator&limit=5&added_after=2026-11-27T08%3A42%3A13Z",
+        )
+        .unwrap();
+        assert_eq!(q["match[type]"], "report,indicator");
+        assert_eq!(q["limit"], "5");
+        assert_eq!(q["added_after"], "2026-11-27T08:42:13Z");
+    }
+}
