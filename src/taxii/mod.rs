@@ -52,6 +52,8 @@ pub enum TaxiiError {
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
     MethodNotAllowed(String),
 }
 
@@ -62,6 +64,7 @@ impl TaxiiError {
             TaxiiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             TaxiiError::NotFound(_) => StatusCode::NOT_FOUND,
             TaxiiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            TaxiiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             TaxiiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -185,18 +188,26 @@ pub async fn serve(state: Arc<NodeState>, listener: TcpListener, shutdown: Cance
                 }
                 Err(_) => return,
             };
-            let identity = stream
+            let chain: Vec<rustls::pki_types::CertificateDer<'static>> = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|c| c.first())
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let identity = chain
+                .first()
                 .and_then(|leaf| crate::trust::identity_of(leaf).ok())
                 .map(|(id, _)| id);
             let Some(identity) = identity else { return };
+            let caller = Arc::new(Caller {
+                identity,
+                chain,
+                checked: parking_lot::Mutex::new((generation, true)),
+            });
             let service = hyper::service::service_fn(move |req| {
                 let server = server.clone();
-                let identity = identity.clone();
-                async move { Ok::<_, std::convert::Infallible>(server.handle(&identity, req).await) }
+                let caller = caller.clone();
+                async move { Ok::<_, std::convert::Infallible>(server.handle(&caller, req).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn =
@@ -224,10 +235,45 @@ pub async fn bind(state: &NodeState) -> std::io::Result<Option<TcpListener>> {
     }
 }
 
+/// Who is calling on a connection, and whether the trust in force still
+/// accepts them.
+struct Caller {
+    identity: Identity,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// (trust generation last checked, accepted then).
+    checked: parking_lot::Mutex<(u64, bool)>,
+}
+
+impl Caller {
+    /// Checks the chain again whenever the trust changed (a CRL reload):
+    /// a revocation applies to connections already open.
+    fn still_accepted(&self, state: &NodeState) -> bool {
+        let generation = state.trust.generation();
+        let mut checked = self.checked.lock();
+        if checked.0 != generation {
+            let ok = match self.chain.split_first() {
+                Some((leaf, rest)) => state
+                    .trust
+                    .bundle()
+                    .verify(
+                        leaf,
+                        rest,
+                        rustls::pki_types::UnixTime::now(),
+                        crate::trust::Usage::ClientAuth,
+                    )
+                    .is_ok(),
+                None => false,
+            };
+            *checked = (generation, ok);
+        }
+        checked.1
+    }
+}
+
 impl Server {
     async fn handle(
         &self,
-        identity: &Identity,
+        caller: &Caller,
         req: Request<hyper::body::Incoming>,
     ) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
@@ -236,7 +282,17 @@ impl Server {
         let _ = http_body_util::Limited::new(body, 64 * 1024)
             .collect()
             .await;
-        match self.route(identity, &parts).await {
+        if !caller.still_accepted(&self.state) {
+            let mut r = TaxiiError::Unauthorized(format!(
+                "the certificate of {} is no longer accepted (revoked or expired)",
+                caller.identity
+            ))
+            .response();
+            r.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            return r;
+        }
+        match self.route(&caller.identity, &parts).await {
             Ok(r) => r,
             Err(e) => e.response(),
         }

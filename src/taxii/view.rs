@@ -128,6 +128,17 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
         Err(_) => return page,
     };
     let mut last_examined = start.saturating_sub(1);
+    // An object version appears once per page: shared objects (a member's
+    // identity, a marking definition) head every group that refers to
+    // them, and a page keeps the first.
+    let mut in_page: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    // Asked only for objects that have one version (identities, marking
+    // definitions): the first of each is the answer.
+    let single_version = !query.ids.is_empty()
+        && query
+            .ids
+            .iter()
+            .all(|i| i.starts_with("identity--") || i.starts_with("marking-definition--"));
     for item in store.range(start, stop) {
         let Ok(rec) = item else { break };
         last_examined = rec.seq;
@@ -154,6 +165,22 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
             if !matches(query, &object, successor.is_some()) {
                 continue;
             }
+            let key = (
+                object
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                version_of(&object),
+            );
+            if in_page.contains(&key)
+                || kept.iter().any(|i: &Item| {
+                    i.object.get("id").and_then(Value::as_str) == Some(key.0.as_str())
+                        && version_of(&i.object) == key.1
+                })
+            {
+                continue;
+            }
             kept.push(Item {
                 object,
                 date_added,
@@ -178,7 +205,25 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
             page.next = page.items.last().map(|i| i.position);
             return page;
         }
+        for i in &kept {
+            in_page.insert((
+                i.object
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                version_of(&i.object),
+            ));
+        }
         page.items.extend(kept);
+        if single_version
+            && query
+                .ids
+                .iter()
+                .all(|id| in_page.iter().any(|(k, _)| k == id))
+        {
+            return page;
+        }
         if page.items.len() == query.limit {
             page.more = rec.seq < head;
             page.next = page.more.then_some((rec.seq, u32::MAX));
