@@ -92,6 +92,20 @@ elif mode == "poll":
         else:
             time.sleep(0.02)
     out.update(polls=polls, seen=seen)
+elif mode == "hold":
+    # One request, then (same session, same kept-alive connection) another
+    # once the test says the certificate was revoked.
+    import os, requests
+    session = requests.Session()
+    session.cert, session.verify = (cert, key), ca
+    taxii = {"Accept": "application/taxii+json;version=2.1"}
+    first = session.get(coll.url + "objects/", headers=taxii, params={"limit": "1"})
+    print("first", first.status_code, flush=True)
+    deadline = time.time() + 60
+    while not os.path.exists(sys.argv[6]) and time.time() < deadline:
+        time.sleep(0.02)
+    second = session.get(coll.url + "objects/", headers=taxii, params={"limit": "1"})
+    out.update(first=first.status_code, second=second.status_code, body=second.json())
 elif mode == "errors":
     # Each case: (name, method, path, query, headers) -> status code.
     import requests
@@ -278,4 +292,118 @@ async fn taxii2_client_walks_every_object_once_and_sees_only_what_it_may() {
 
 fn beacon_taxii() -> &'static str {
     "application/taxii+json;version=2.1"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_after_polling_while_publishing_loses_and_repeats_nothing() {
+    let Some(py) = python() else { return };
+    let pki = TestPki::new();
+    let taxii = free_addr();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\nmax_page = 100\n");
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("uk.ncsc", "analyst");
+    let uk = member(node.addr, &files, &ca).await;
+    let total = 3_000usize;
+    let url = format!("https://127.0.0.1:{}/taxii2/", taxii.port());
+    // The poller runs while the bulletins are published, in bursts that
+    // put many in one millisecond.
+    let poller = {
+        let py = py.clone();
+        let args: Vec<String> = vec![
+            "poll".into(),
+            url,
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+            pki.ca_cert().display().to_string(),
+            total.to_string(),
+        ];
+        tokio::task::spawn_blocking(move || run_client(&py, &args))
+    };
+    let mut published = BTreeSet::new();
+    for burst in 0..30 {
+        let mut stream = uk.clone().publish_stream().await.unwrap();
+        for i in 0..total / 30 {
+            let b = bulletin("uk.ncsc", &format!("burst {burst} #{i}"));
+            published.insert(b.id.clone());
+            stream
+                .send(&uk.signer.sign(b.to_bytes()).unwrap())
+                .await
+                .unwrap();
+        }
+        for r in stream.finish().await.unwrap() {
+            r.expect("accepted");
+        }
+    }
+    let polled = poller.await.unwrap();
+    let seen: Vec<String> = polled["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let unique: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique, published, "every bulletin polled");
+    assert_eq!(seen.len(), unique.len(), "none twice");
+    assert!(
+        polled["polls"].as_u64().unwrap() >= 30,
+        "{}",
+        polled["polls"]
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_reader_is_cut_off_on_a_connection_already_open() {
+    let Some(py) = python() else { return };
+    let pki = TestPki::new();
+    let taxii = free_addr();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\n");
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("uk.ncsc", "leaver");
+    let mut uk = member(node.addr, &files, &ca).await;
+    uk.publish(&bulletin("uk.ncsc", "one")).await.unwrap();
+    let op = pki.operator("alice");
+    let flag = tempfile::tempdir().unwrap();
+    let go = flag.path().join("revoked");
+    let mut child = Command::new(&py)
+        .arg("-c")
+        .arg(CLIENT)
+        .args([
+            "hold".to_string(),
+            format!("https://127.0.0.1:{}/taxii2/", taxii.port()),
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+            pki.ca_cert().display().to_string(),
+            go.display().to_string(),
+        ])
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "first 200", "{line}");
+    pki.revoke(&files);
+    wait_revocations(node.addr, &op, &ca, 1).await;
+    std::fs::write(&go, b"").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    let out: Value = serde_json::from_str(rest.trim()).expect("json");
+    assert_eq!(out["second"], 401, "{out}");
+    assert!(
+        out["body"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("no longer accepted"),
+        "{out}"
+    );
+    node.stop().await;
 }
