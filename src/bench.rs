@@ -62,7 +62,7 @@ impl Drop for Target {
     }
 }
 
-fn free_port() -> Result<SocketAddr, BenchError> {
+pub fn free_port() -> Result<SocketAddr, BenchError> {
     let l =
         std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Setup(e.to_string()))?;
     l.local_addr().map_err(|e| BenchError::Setup(e.to_string()))
@@ -932,4 +932,118 @@ pub async fn convergence(
         0,
         start.elapsed().as_secs_f64(),
     ))
+}
+
+/// Walks every object of the node's TAXII collection in pages of `limit`
+/// over one HTTPS connection (HTTP/1.1, client certificate), following
+/// `next`; returns (objects, pages, seconds, slowest page in ms).
+pub async fn taxii_walk(
+    target: &Target,
+    taxii: SocketAddr,
+    limit: usize,
+    first: usize,
+) -> Result<(u64, u64, f64, f64), BenchError> {
+    use http_body_util::BodyExt;
+    let settings = target.client(first)?;
+    let dialer = crate::client::Dialer::load(&settings)?;
+    let setup = |e: String| BenchError::Setup(e);
+    let mut config = crate::trust::tls::client_config(
+        dialer.bundle.clone(),
+        &dialer.own,
+        crate::trust::tls::ExpectedServer::Exactly(target.node_identity()?),
+    )
+    .map_err(|e| setup(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(taxii)
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    let name = rustls::pki_types::ServerName::IpAddress(taxii.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    tokio::spawn(conn);
+    let get = |path: String| {
+        hyper::Request::get(path)
+            .header("Host", taxii.to_string())
+            .header("Accept", "application/taxii+json;version=2.1")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| setup(e.to_string()))
+    };
+    let fetch = |send: &mut hyper::client::conn::http1::SendRequest<_>, req| {
+        let f = send.send_request(req);
+        async move {
+            let resp = f.await.map_err(|e| setup(e.to_string()))?;
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| setup(e.to_string()))?
+                .to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| setup(e.to_string()))
+        }
+    };
+    let collections = fetch(&mut send, get("/taxii2/beacon/collections/".into())?).await?;
+    let id = collections["collections"][0]["id"]
+        .as_str()
+        .ok_or_else(|| setup("no collection".into()))?
+        .to_owned();
+    let t0 = Instant::now();
+    let (mut objects, mut pages, mut slowest) = (0u64, 0u64, 0f64);
+    let mut next: Option<String> = None;
+    loop {
+        let mut path = format!("/taxii2/beacon/collections/{id}/objects/?limit={limit}");
+        if let Some(n) = &next {
+            path.push_str(&format!("&next={n}"));
+        }
+        let t = Instant::now();
+        let page = fetch(&mut send, get(path)?).await?;
+        slowest = slowest.max(t.elapsed().as_secs_f64() * 1000.0);
+        pages += 1;
+        objects += page["objects"].as_array().map_or(0, |a| a.len() as u64);
+        match page["next"].as_str() {
+            Some(n) if page["more"] == true => next = Some(n.to_owned()),
+            _ => break,
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+    }
+    Ok((objects, pages, t0.elapsed().as_secs_f64(), slowest))
+}
+
+/// Pages through the whole log with gRPC `List` (pages of `limit`);
+/// returns (deliveries, seconds, slowest page in ms).
+pub async fn list_walk(
+    target: &Target,
+    limit: u32,
+    first: usize,
+) -> Result<(u64, f64, f64), BenchError> {
+    let settings = target.client(first)?;
+    let mut client = BeaconClient::connect(&settings).await?;
+    let t0 = Instant::now();
+    let (mut n, mut after, mut slowest) = (0u64, 0u64, 0f64);
+    loop {
+        let t = Instant::now();
+        let page = client
+            .bulletins
+            .list(crate::proto::v1::ListRequest {
+                after_sequence: after,
+                limit,
+                ..Default::default()
+            })
+            .await
+            .map_err(ClientError::from)?
+            .into_inner();
+        slowest = slowest.max(t.elapsed().as_secs_f64() * 1000.0);
+        n += page.deliveries.len() as u64;
+        after = page.next_after_sequence;
+        if !page.more {
+            break;
+        }
+    }
+    Ok((n, t0.elapsed().as_secs_f64(), slowest))
 }

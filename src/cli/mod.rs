@@ -107,6 +107,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1024)]
         size: usize,
     },
+    /// TAXII 2.1 against gRPC on the same node: every object in pages of
+    /// `limit` over HTTPS, every bulletin in `List` pages of `limit`.
+    Taxii {
+        /// Bulletins stored (a third with an indicator each is not the bulk
+        /// load's shape: every bulletin here has none).
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
     /// Federation across a chain of three nodes (A → B → C): catch-up of nodes
     /// that were down, relay throughput, and convergence latency.
     Federation {
@@ -410,6 +422,10 @@ async fn execute(cli: Cli) -> Result<()> {
             init_logging(&LogFormat::Human, Some("warn"));
             bench_retention(count, background, replay, publishes, size).await
         }
+        Command::Bench(BenchCommand::Taxii { count, limit, size }) => {
+            init_logging(&LogFormat::Human, Some("warn"));
+            bench_taxii(count, limit, size).await
+        }
         Command::Bench(BenchCommand::Federation {
             catch_up,
             relay,
@@ -641,6 +657,33 @@ async fn bench_retention(
             mid_p / end_p,
             mid_r / base_r,
             mid_r / end_r
+        );
+    }
+    Ok(())
+}
+
+async fn bench_taxii(count: usize, limit: usize, size: usize) -> Result<()> {
+    use beacon::bench;
+    let (exe, cores) = bench_host()?;
+    let mut target = bench::Target::prepare()?;
+    let taxii = bench::free_port()?;
+    target.add_config(&format!(
+        "\n[taxii]\nlisten = \"{taxii}\"\nmax_page = 10000\n"
+    ))?;
+    target.bulk_load(count, size).await?;
+    target.launch(&exe)?;
+    target.wait_serving().await?;
+    println!("beacon bench taxii: {count} bulletins of {size} bytes, pages of {limit}, node as a child process, {cores} cores");
+    println!("| run | objects/s over TAXII (HTTPS, HTTP/1.1) | slowest TAXII page | bulletins/s over gRPC List | slowest List page |");
+    println!("|---|---:|---:|---:|---:|");
+    for run in 1..=2 {
+        let (objects, pages, secs, slowest) =
+            bench::taxii_walk(&target, taxii, limit, 10 * run).await?;
+        let (n, lsecs, lslowest) = bench::list_walk(&target, limit as u32, 10 * run + 1).await?;
+        println!(
+            "| {run} | {:.0} ({objects} in {pages} pages, {secs:.1} s) | {slowest:.1} ms | {:.0} ({n} in {lsecs:.1} s) | {lslowest:.1} ms |",
+            objects as f64 / secs,
+            n as f64 / lsecs
         );
     }
     Ok(())

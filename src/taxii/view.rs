@@ -240,24 +240,32 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
 
 /// The STIX group of a stored record, with its version chain resolved.
 fn group_of(state: &NodeState, rec: &crate::store::Record, profile: Profile) -> Option<Vec<Value>> {
+    // The envelope was verified when it was accepted, and its digest was
+    // checked as it was read (`Store::served`): as on every gRPC path, it
+    // is not verified again here. The signer is the identity its chain's
+    // leaf names.
     let env = codec::decode_envelope(&rec.envelope).ok()?;
-    let verified = crate::bulletin::verify_stored_envelope(
-        &env,
-        &state.trust.signer_check(),
-        SystemTime::now(),
-    )
-    .ok()?;
-    let b = verified.bulletin();
+    let b = codec::decode_bulletin(&env.payload).ok()?;
+    let signer = env
+        .signatures
+        .first()
+        .and_then(|s| s.cert_chain.first())
+        .and_then(|leaf| {
+            crate::trust::identity_of(&rustls::pki_types::CertificateDer::from(leaf.as_slice()))
+                .ok()
+        })
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_default();
     let ctx = stix::Context {
-        root: root_of(state, b),
-        signer: verified.signer().to_string(),
+        root: root_of(state, &b),
+        signer,
         envelope_sha256: rec.meta.digest.iter().map(|x| format!("{x:02x}")).collect(),
         origin_node: rec.meta.origin_node.clone(),
         origin_sequence: rec.meta.origin_seq,
         sequence: rec.seq,
         profile,
     };
-    Some(stix::objects(b, &ctx))
+    Some(stix::objects(&b, &ctx))
 }
 
 /// The first bulletin of `b`'s chain of versions, as this node holds it.
