@@ -444,3 +444,404 @@ mod tests {
         assert_eq!(timestamp(t), "2025-11-27T08:48:53.521382Z");
     }
 }
+
+/// What became of one object of a bundle taken in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub id: String,
+    pub version: String,
+    /// `None`: taken (a report became a bulletin, or an object it needs was
+    /// read with it); `Some(why)`: not taken.
+    pub failure: Option<String>,
+}
+
+/// A report of a bundle, as the bulletin it becomes.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// The report's id (and version), for the outcome.
+    pub id: String,
+    pub version: String,
+    pub bulletin: Bulletin,
+}
+
+/// Reads a STIX 2.1 bundle (JSON) taken in for `publisher`: each `report`
+/// becomes a bulletin (its indicators from the `indicator`s it refers to,
+/// its TLP from its marking, its audience from `x_beacon_audience`); the
+/// identities, marking definitions and indicators it refers to are read
+/// with it. Any other object, a report that cannot be mapped, and an
+/// indicator whose pattern is not one Beacon can hold, is a failure with
+/// its reason, never dropped silently. The returned bulletins are not yet
+/// validated (the admission path does that).
+pub fn take_bundle(json: &[u8], publisher: &str) -> Result<(Vec<Taken>, Vec<Outcome>), String> {
+    let bundle: Value =
+        serde_json::from_slice(json).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let objects = match (
+        bundle.get("type").and_then(Value::as_str),
+        bundle.get("objects"),
+    ) {
+        (Some("bundle"), Some(Value::Array(o))) => o,
+        (Some("bundle"), None) => return Ok((Vec::new(), Vec::new())),
+        _ => return Err("not a STIX bundle (no \"type\": \"bundle\" with \"objects\")".into()),
+    };
+    let by_id: std::collections::HashMap<&str, &Value> = objects
+        .iter()
+        .filter_map(|o| Some((o.get("id")?.as_str()?, o)))
+        .collect();
+    let mut used: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut taken = Vec::new();
+    let mut outcomes = Vec::new();
+    let version = |o: &Value| {
+        o.get("modified")
+            .or_else(|| o.get("created"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for o in objects {
+        if o.get("type").and_then(Value::as_str) != Some("report") {
+            continue;
+        }
+        let id = o
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        match report_to_bulletin(o, &by_id, publisher, &mut used) {
+            Ok(bulletin) => taken.push(Taken {
+                id,
+                version: version(o),
+                bulletin,
+            }),
+            Err(why) => outcomes.push(Outcome {
+                id,
+                version: version(o),
+                failure: Some(why),
+            }),
+        }
+    }
+    for o in objects {
+        let kind = o.get("type").and_then(Value::as_str).unwrap_or("(no type)");
+        let id = o.get("id").and_then(Value::as_str).unwrap_or("(no id)");
+        if kind == "report" {
+            continue;
+        }
+        let failure = match kind {
+            "identity" | "marking-definition" | "extension-definition" => None,
+            "indicator" if used.contains(id) => None,
+            "indicator" => Some(
+                "an indicator no report refers to: Beacon carries indicators in bulletins"
+                    .to_owned(),
+            ),
+            other => Some(format!(
+                "objects of type {other} are not mapped to bulletins"
+            )),
+        };
+        outcomes.push(Outcome {
+            id: id.to_owned(),
+            version: version(o),
+            failure,
+        });
+    }
+    Ok((taken, outcomes))
+}
+
+fn parse_stix_time(t: &str) -> Option<SystemTime> {
+    let dt = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
+    let ns = u64::try_from(dt.unix_timestamp_nanos()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
+}
+
+/// The TLP a marking-definition id stands for, in either profile.
+pub fn tlp_of_marking(id: &str) -> Option<Tlp> {
+    for profile in [Profile::OasisTlp2, Profile::OpenCti] {
+        for tlp in Tlp::ALL {
+            if marking_id(tlp, profile) == id {
+                return Some(tlp);
+            }
+        }
+    }
+    None
+}
+
+/// One indicator from a STIX pattern Beacon can hold: a single comparison
+/// `[object:path = 'value']` of a kind [`pattern`] writes.
+pub fn indicator_of_pattern(p: &str) -> Result<(String, String), String> {
+    let inner = p
+        .trim()
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .ok_or_else(|| format!("pattern {p:?} is not one bracketed comparison"))?;
+    let (lhs, rhs) = inner
+        .split_once(" = ")
+        .ok_or_else(|| format!("pattern {p:?} is not an equality"))?;
+    let rhs = rhs.trim();
+    let quoted = rhs
+        .strip_prefix('\'')
+        .and_then(|s| s.strip_suffix('\''))
+        .ok_or_else(|| format!("pattern {p:?}: the value is not a quoted string"))?;
+    let mut value = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(e @ ('\\' | '\'')) => value.push(e),
+                _ => return Err(format!("pattern {p:?}: a bad escape")),
+            },
+            '\'' => return Err(format!("pattern {p:?}: an unescaped quote")),
+            c => value.push(c),
+        }
+    }
+    let kind = match lhs.trim() {
+        "domain-name:value" => "domain",
+        "url:value" => "url",
+        "ipv4-addr:value" => "ipv4",
+        "ipv6-addr:value" => "ipv6",
+        "email-addr:value" => "email",
+        "user-account:account_login" => "account",
+        "file:hashes.'SHA-256'" | "file:hashes.SHA256" => "sha256",
+        "file:hashes.'SHA-1'" | "file:hashes.SHA1" => "sha1",
+        "file:hashes.MD5" | "file:hashes.'MD5'" => "md5",
+        other => {
+            return Err(format!(
+                "pattern {p:?}: {other} is not an indicator type Beacon holds"
+            ))
+        }
+    };
+    if pattern(kind, &value).is_none() {
+        return Err(format!("pattern {p:?}: {value:?} is not a valid {kind}"));
+    }
+    Ok((kind.to_owned(), value))
+}
+
+fn report_to_bulletin<'a>(
+    r: &Value,
+    by_id: &std::collections::HashMap<&'a str, &'a Value>,
+    publisher: &str,
+    used: &mut std::collections::HashSet<&'a str>,
+) -> Result<Bulletin, String> {
+    let s = |k: &str| r.get(k).and_then(Value::as_str);
+    let name = s("name").ok_or("a report without a name")?;
+    let id = s("id").unwrap_or_default();
+    let uuid = id
+        .strip_prefix("report--")
+        .and_then(|u| uuid::Uuid::parse_str(u).ok())
+        .ok_or_else(|| format!("{id:?} is not a report id"))?;
+    let marking_refs: Vec<&str> = r
+        .get("object_marking_refs")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let tlps: Vec<Tlp> = marking_refs
+        .iter()
+        .filter_map(|m| tlp_of_marking(m))
+        .collect();
+    let tlp =
+        match tlps.as_slice() {
+            [one] => *one,
+            [] => return Err(
+                "the report has no TLP marking (object_marking_refs with a TLP marking definition)"
+                    .into(),
+            ),
+            _ => return Err("the report has more than one TLP marking".into()),
+        };
+    let mut b = Bulletin::draft(
+        publisher,
+        s("x_beacon_kind")
+            .and_then(Kind::parse)
+            .unwrap_or(Kind::Advisory),
+        s("x_beacon_severity")
+            .and_then(Severity::parse)
+            .unwrap_or(Severity::Medium),
+        tlp,
+        name,
+        "",
+    );
+    // The report's id is the bulletin's: the same report sent twice is the
+    // same bulletin (a duplicate), never two.
+    b.id = uuid.hyphenated().to_string();
+    let description = s("description").unwrap_or_default();
+    let (summary, body) = match description.split_once("\n\n") {
+        Some((a, rest)) => (a, rest),
+        None => (description, ""),
+    };
+    if summary.chars().count() > crate::bulletin::MAX_SUMMARY {
+        b.summary = summary.chars().take(crate::bulletin::MAX_SUMMARY).collect();
+        b.body = description.to_owned();
+    } else {
+        b.summary = summary.to_owned();
+        b.body = body.to_owned();
+    }
+    if b.summary.is_empty() {
+        b.summary = name.to_owned();
+    }
+    if let Some(t) = s("published")
+        .or_else(|| s("created"))
+        .and_then(parse_stix_time)
+    {
+        b.created_at = Some(t.min(SystemTime::now()));
+    }
+    if let Some(labels) = r.get("labels").and_then(Value::as_array) {
+        b.topics = labels
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect();
+    }
+    if let Some(refs) = r.get("external_references").and_then(Value::as_array) {
+        b.references = refs
+            .iter()
+            .filter_map(|e| {
+                Some(crate::bulletin::Reference {
+                    url: e.get("url")?.as_str()?.to_owned(),
+                    description: e
+                        .get("source_name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    external_id: e
+                        .get("external_id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                })
+            })
+            .collect();
+    }
+    if let Some(a) = r.get("x_beacon_audience") {
+        let list = |k: &str| -> Vec<String> {
+            a.get(k)
+                .and_then(Value::as_array)
+                .map(|v| {
+                    v.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        b.audience.members = list("members");
+        b.audience.groups = list("groups");
+    }
+    let mut expires: Option<SystemTime> = s("x_beacon_expires_at").and_then(parse_stix_time);
+    for reference in r
+        .get("object_refs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        let Some((key, o)) = by_id.get_key_value(reference) else {
+            continue; // refers to something outside the bundle
+        };
+        if o.get("type").and_then(Value::as_str) != Some("indicator") {
+            continue;
+        }
+        let p = o.get("pattern").and_then(Value::as_str).unwrap_or_default();
+        if o.get("pattern_type")
+            .and_then(Value::as_str)
+            .unwrap_or("stix")
+            != "stix"
+        {
+            return Err(format!(
+                "indicator {reference}: only STIX patterns are taken"
+            ));
+        }
+        let (kind, value) =
+            indicator_of_pattern(p).map_err(|e| format!("indicator {reference}: {e}"))?;
+        b.indicators.push(crate::bulletin::Indicator {
+            kind,
+            value,
+            description: o
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .chars()
+                .take(1000)
+                .collect(),
+        });
+        if let Some(until) = o
+            .get("valid_until")
+            .and_then(Value::as_str)
+            .and_then(parse_stix_time)
+        {
+            expires = Some(expires.map_or(until, |e| e.min(until)));
+        }
+        used.insert(key);
+    }
+    b.expires_at = expires;
+    if r.get("revoked").and_then(Value::as_bool) == Some(true) {
+        return Err(
+            "a revoked report: retract the bulletin it stands for with beacon publish --retracts"
+                .into(),
+        );
+    }
+    Ok(b)
+}
+
+#[cfg(test)]
+mod inbound_tests {
+    use super::*;
+
+    #[test]
+    fn what_beacon_writes_it_reads_back() {
+        for (kind, value) in [
+            ("domain", "memo-leak.example"),
+            ("url", "https://x.example/it's\\here"),
+            ("ipv4", "198.51.100.7"),
+            ("ipv6", "2001:db8::7"),
+            ("email", "a@b.example"),
+            ("account", "@x"),
+            ("sha256", &"ab".repeat(32)),
+            ("md5", &"cd".repeat(16)),
+        ] {
+            let p = pattern(kind, value).unwrap();
+            assert_eq!(
+                indicator_of_pattern(&p).unwrap(),
+                (kind.to_owned(), value.to_owned()),
+                "{p}"
+            );
+        }
+        for bad in [
+            "[domain-name:value = 'a'] AND [url:value = 'b']",
+            "[process:name = 'x']",
+            "[ipv4-addr:value = 'not an ip']",
+            "domain-name:value = 'x'",
+            "[domain-name:value = 'it's']",
+        ] {
+            assert!(indicator_of_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bundle_in_and_every_object_accounted_for() {
+        let b = json!({"type": "bundle", "id": "bundle--1", "objects": [
+            {"type": "identity", "id": "identity--x", "spec_version": "2.1", "created": "2026-01-01T00:00:00Z", "modified": "2026-01-01T00:00:00Z", "name": "x"},
+            {"type": "indicator", "id": "indicator--a", "pattern": "[domain-name:value = 'a.example']", "pattern_type": "stix", "valid_until": "2030-01-01T00:00:00Z"},
+            {"type": "report", "id": "report--6f1a2e55-3f45-4a8b-9c1d-2e6f5a7b8c9d", "name": "R", "published": "2026-01-01T00:00:00Z",
+             "object_refs": ["indicator--a"], "object_marking_refs": [marking_id(Tlp::Amber, Profile::OasisTlp2)],
+             "labels": ["elections"], "description": "short\n\nlong body"},
+            {"type": "report", "id": "report--7f1a2e55-3f45-4a8b-9c1d-2e6f5a7b8c9d", "name": "no marking", "object_refs": ["identity--x"]},
+            {"type": "malware", "id": "malware--m"}
+        ]});
+        let (taken, outcomes) = take_bundle(b.to_string().as_bytes(), "uk.ncsc").unwrap();
+        assert_eq!(taken.len(), 1);
+        let t = &taken[0].bulletin;
+        assert_eq!(t.id, "6f1a2e55-3f45-4a8b-9c1d-2e6f5a7b8c9d");
+        assert_eq!(t.summary, "short");
+        assert_eq!(t.body, "long body");
+        assert_eq!(t.indicators[0].value, "a.example");
+        assert!(t.expires_at.is_some());
+        assert_eq!(codec::tlp_from_i32(t.tlp), Some(Tlp::Amber));
+        let failed: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| o.failure.is_some())
+            .map(|o| o.id.as_str())
+            .collect();
+        assert_eq!(
+            failed,
+            vec!["report--7f1a2e55-3f45-4a8b-9c1d-2e6f5a7b8c9d", "malware--m"]
+        );
+        assert!(take_bundle(b"{not json", "x").is_err());
+        assert!(take_bundle(br#"{"type": "report"}"#, "x").is_err());
+    }
+}

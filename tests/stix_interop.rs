@@ -236,6 +236,60 @@ async fn stix_from_the_cli_passes_the_oasis_validator() {
         objects_of(red, "report")[0]["x_beacon_audience"]["members"],
         serde_json::json!(["uk.ncsc"])
     );
+    // STIX in: a report written elsewhere (here: ours, under a new id)
+    // becomes a bulletin signed by the client that sends it.
+    let mut bundle = exported[0].clone();
+    let new_id = "0b9a6c3e-5d1f-4e2a-8b7c-6d5e4f3a2b1c";
+    for o in bundle["objects"].as_array_mut().unwrap() {
+        if o["type"] == "report" {
+            o["id"] = serde_json::json!(format!("report--{new_id}"));
+        }
+    }
+    let incoming = work.path().join("incoming.json");
+    std::fs::write(&incoming, bundle.to_string()).unwrap();
+    let head_before = w.head().await;
+    let mut args: Vec<String> = vec![
+        "publish".into(),
+        "--stix".into(),
+        incoming.display().to_string(),
+    ];
+    args.extend(conn(&files));
+    run(args);
+    assert_eq!(w.head().await, head_before + 1);
+    let mut c = member(w.node.addr, &files, &w.ca).await;
+    let got = c
+        .bulletins
+        .get(beacon::proto::v1::GetRequest {
+            id: new_id.into(),
+            publisher: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery
+        .unwrap();
+    let env = beacon::client::delivered_envelope(&got).unwrap();
+    let b = beacon::bulletin::codec::decode_bulletin(&env.payload).unwrap();
+    assert_eq!(b.title, first.title);
+    assert_eq!(b.indicators.len(), 8, "the eight STIX can express");
+    assert_eq!(b.topics, vec!["elections".to_string()]);
+    // A bundle with an object Beacon cannot map is refused whole, naming it.
+    let mut bad = bundle.clone();
+    bad["objects"].as_array_mut().unwrap().push(serde_json::json!({"type": "malware", "id": "malware--0b9a6c3e-5d1f-4e2a-8b7c-6d5e4f3a2b1d", "name": "x", "is_family": false}));
+    std::fs::write(&incoming, bad.to_string()).unwrap();
+    let mut args: Vec<&str> = vec!["publish", "--stix"];
+    let path = incoming.display().to_string();
+    args.push(&path);
+    let c_args = conn(&files);
+    args.extend(c_args.iter().map(String::as_str));
+    let (code, _, err) = beacon(work.path(), &args);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("malware--") && err.contains("not mapped") && err.contains("nothing was sent"),
+        "{err}"
+    );
+    assert_eq!(w.head().await, head_before + 1);
+
     // BEACON_KEEP_STIX=DIR keeps the bundles (to read the validator's warnings).
     if let Ok(dir) = std::env::var("BEACON_KEEP_STIX") {
         for p in &checked {

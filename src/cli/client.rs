@@ -155,6 +155,12 @@ pub struct PublishArgs {
     /// Bulletins from a JSON or YAML file (one or many; `-` for standard input).
     #[arg(long, short)]
     file: Option<PathBuf>,
+    /// Bulletins from a STIX 2.1 bundle: each report (with its indicators,
+    /// TLP marking and Beacon's own properties) becomes a bulletin, signed
+    /// with your key. Objects that cannot be mapped are named, and nothing
+    /// is sent.
+    #[arg(long, conflicts_with = "file")]
+    stix: Option<PathBuf>,
     #[arg(long)]
     kind: Option<String>,
     #[arg(long)]
@@ -537,6 +543,9 @@ fn docs_from_flags(a: &PublishArgs) -> Result<BulletinDoc> {
 }
 
 async fn publish(a: PublishArgs) -> Result<()> {
+    if let Some(path) = &a.stix {
+        return publish_stix(&a, path).await;
+    }
     let docs = match &a.file {
         Some(path) => {
             let yaml = match path.extension().and_then(|e| e.to_str()) {
@@ -622,6 +631,63 @@ async fn publish(a: PublishArgs) -> Result<()> {
     }
     if refused > 0 {
         bail!("{refused} of {} bulletins refused", bulletins.len());
+    }
+    Ok(())
+}
+
+/// `beacon publish --stix`: the bundle's reports as bulletins of your member,
+/// signed with your key; any object that cannot be mapped stops it.
+async fn publish_stix(a: &PublishArgs, path: &Path) -> Result<()> {
+    let text = read_input(path)?;
+    let (dialer, channel) = a.conn.dial().await?;
+    let member = dialer
+        .own
+        .identity
+        .member()
+        .map(|m| m.as_str().to_owned())
+        .with_context(|| {
+            format!(
+                "{} cannot publish: it is not a member identity",
+                dialer.own.identity
+            )
+        })?;
+    let (taken, outcomes) = beacon::stix::take_bundle(text.as_bytes(), &member)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{}", path.display()))?;
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.failure.as_ref().map(|f| format!("{}: {f}", o.id)))
+        .collect();
+    if !failures.is_empty() {
+        bail!(
+            "{}: {} object(s) cannot be published, nothing was sent:\n  {}",
+            path.display(),
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+    if taken.is_empty() {
+        bail!("{}: the bundle holds no report", path.display());
+    }
+    let now = SystemTime::now();
+    for t in &taken {
+        beacon::bulletin::validate(&t.bulletin, now).with_context(|| format!("{}", t.id))?;
+    }
+    let signer = Arc::new(Signer::new(
+        dialer.own.chain.clone(),
+        dialer.own.key.secret_der(),
+    )?);
+    let mut client = BeaconClient::new(channel, signer.clone());
+    let mut stream = client.publish_stream().await?;
+    for t in &taken {
+        stream.send(&signer.sign(t.bulletin.to_bytes())?).await?;
+    }
+    let mut refused = 0;
+    for (t, outcome) in taken.iter().zip(stream.finish().await?) {
+        refused += report(&t.bulletin, outcome, a.json);
+    }
+    if refused > 0 {
+        bail!("{refused} of {} bulletins refused", taken.len());
     }
     Ok(())
 }
