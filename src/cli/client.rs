@@ -671,7 +671,7 @@ async fn publish_stix(a: &PublishArgs, path: &Path) -> Result<()> {
     }
     let now = SystemTime::now();
     for t in &taken {
-        beacon::bulletin::validate(&t.bulletin, now).with_context(|| format!("{}", t.id))?;
+        beacon::bulletin::validate(&t.bulletin, now).with_context(|| t.id.clone())?;
     }
     let signer = Arc::new(Signer::new(
         dialer.own.chain.clone(),
