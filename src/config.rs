@@ -88,6 +88,8 @@ pub struct TaxiiConfig {
     pub title: String,
     /// Most objects in one page (a client's `limit` is capped to it).
     pub max_page: usize,
+    /// The largest body a POST may have (TAXII's `max_content_length`).
+    pub max_content_length: usize,
     /// Collections; each shows every bulletin the caller may read.
     pub collections: Vec<TaxiiCollection>,
 }
@@ -115,6 +117,7 @@ impl Default for TaxiiConfig {
             listen: None,
             title: "Beacon".into(),
             max_page: 1000,
+            max_content_length: 10 * 1024 * 1024,
             collections: vec![TaxiiCollection {
                 alias: "bulletins".into(),
                 title: None,

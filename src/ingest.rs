@@ -35,6 +35,8 @@ pub enum IngestError {
     Origin(String),
     #[error("bulletin {id} of {publisher} is not readable by this node's member")]
     NotReadable { id: String, publisher: String },
+    #[error("{0} signed a bulletin naming the client it was submitted by: only a member's node signs for its clients")]
+    SubmittedBy(String),
 }
 
 /// What admission needs of the node.
@@ -84,6 +86,12 @@ impl Ingest<'_> {
             SystemTime::now(),
             client,
         )?;
+        // Only a member's node signs for one of its clients.
+        if !verified.bulletin().submitted_by.is_empty()
+            && verified.signer().kind() != RoleKind::Node
+        {
+            return Err(IngestError::SubmittedBy(verified.signer().to_string()));
+        }
         let related = related(verified.bulletin(), true);
         let digest = bulletin::sha256(&bytes);
         let record = NewRecord {

@@ -376,6 +376,9 @@ pub fn objects(b: &Bulletin, ctx: &Context) -> Vec<Value> {
     );
     set(&mut report, "x_beacon_bulletin_id", json!(b.id));
     set(&mut report, "x_beacon_signer", json!(ctx.signer));
+    if !b.submitted_by.is_empty() {
+        set(&mut report, "x_beacon_submitted_by", json!(b.submitted_by));
+    }
     set(
         &mut report,
         "x_beacon_envelope_sha256",
@@ -475,13 +478,18 @@ pub struct Taken {
 pub fn take_bundle(json: &[u8], publisher: &str) -> Result<(Vec<Taken>, Vec<Outcome>), String> {
     let bundle: Value =
         serde_json::from_slice(json).map_err(|e| format!("the body is not JSON: {e}"))?;
+    // A bundle, or a TAXII envelope (what a TAXII client posts).
     let objects = match (
         bundle.get("type").and_then(Value::as_str),
         bundle.get("objects"),
     ) {
-        (Some("bundle"), Some(Value::Array(o))) => o,
-        (Some("bundle"), None) => return Ok((Vec::new(), Vec::new())),
-        _ => return Err("not a STIX bundle (no \"type\": \"bundle\" with \"objects\")".into()),
+        (Some("bundle") | None, Some(Value::Array(o))) => o,
+        (Some("bundle") | None, None) if bundle.is_object() => return Ok((Vec::new(), Vec::new())),
+        _ => {
+            return Err(
+                "not a STIX bundle or TAXII envelope (an object with an \"objects\" list)".into(),
+            )
+        }
     };
     let by_id: std::collections::HashMap<&str, &Value> = objects
         .iter()
@@ -843,5 +851,6 @@ mod inbound_tests {
         );
         assert!(take_bundle(b"{not json", "x").is_err());
         assert!(take_bundle(br#"{"type": "report"}"#, "x").is_err());
+        assert!(take_bundle(b"[1, 2]", "x").is_err());
     }
 }

@@ -35,7 +35,7 @@ pub fn ingest(e: &crate::ingest::IngestError) -> Status {
     use crate::ingest::IngestError as I;
     match e {
         I::Bulletin(b) => bulletin(b),
-        I::NotReadable { .. } => Status::permission_denied(e.to_string()),
+        I::NotReadable { .. } | I::SubmittedBy(_) => Status::permission_denied(e.to_string()),
         I::Digest | I::NotCanonical | I::Origin(_) => Status::invalid_argument(e.to_string()),
     }
 }

@@ -135,6 +135,7 @@ pub fn decode_bulletin(bytes: &[u8]) -> Result<Bulletin, String> {
             None => None,
         },
         expires_at: time_from(b.expires_at)?,
+        submitted_by: b.submitted_by,
         attachment: b.attachment.map(|a| Attachment {
             media_type: a.media_type,
             filename: a.filename,
@@ -183,6 +184,7 @@ pub fn encode_bulletin(b: &Bulletin) -> Vec<u8> {
             Relation::Retracts(id) => pb::bulletin::Relation::Retracts(id.clone()),
         }),
         expires_at: b.expires_at.map(timestamp),
+        submitted_by: b.submitted_by.clone(),
         attachment: b.attachment.as_ref().map(|a| pb::Attachment {
             media_type: a.media_type.clone(),
             filename: a.filename.clone(),

@@ -315,6 +315,9 @@ pub struct Bulletin {
     pub relation: Option<Relation>,
     pub expires_at: Option<SystemTime>,
     pub attachment: Option<Attachment>,
+    /// The client a member's node signed this for (its SPIFFE id); empty
+    /// when the signer wrote it itself.
+    pub submitted_by: String,
 }
 
 impl Bulletin {
@@ -344,6 +347,7 @@ impl Bulletin {
             relation: None,
             expires_at: None,
             attachment: None,
+            submitted_by: String::new(),
         }
     }
 
@@ -728,6 +732,20 @@ pub fn validate(b: &Bulletin, now: SystemTime) -> Result<(Kind, Severity, Tlp), 
         return Err(invalid(
             "TLP:RED must name at least one member recipient in audience.members",
         ));
+    }
+    if !b.submitted_by.is_empty() {
+        let by: crate::identity::Identity = b
+            .submitted_by
+            .parse()
+            .map_err(|e| invalid(format!("submitted_by: {e}")))?;
+        if by.kind() != crate::identity::RoleKind::Client
+            || by.member().map(|m| m.as_str()) != Some(b.publisher.as_str())
+        {
+            return Err(invalid(format!(
+                "submitted_by {} is not a client of {}",
+                b.submitted_by, b.publisher
+            )));
+        }
     }
     text("title", &b.title, MAX_TITLE, true)?;
     text("summary", &b.summary, MAX_SUMMARY, true)?;

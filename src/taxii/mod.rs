@@ -53,6 +53,12 @@ pub enum TaxiiError {
     Forbidden(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("the request body is larger than max_content_length ({0} bytes)")]
+    TooLarge(usize),
+    #[error("Content-Type {0:?} is not application/taxii+json;version=2.1")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     MethodNotAllowed(String),
 }
@@ -65,6 +71,9 @@ impl TaxiiError {
             TaxiiError::NotFound(_) => StatusCode::NOT_FOUND,
             TaxiiError::Forbidden(_) => StatusCode::FORBIDDEN,
             TaxiiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            TaxiiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            TaxiiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            TaxiiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             TaxiiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -109,6 +118,69 @@ struct Collection {
 struct Server {
     state: Arc<NodeState>,
     collections: Vec<Collection>,
+    statuses: Statuses,
+}
+
+/// Status resources of posts: kept 24 hours (TAXII's minimum), at most
+/// `MAX_STATUSES`, each readable by the member that posted.
+#[derive(Default)]
+struct Statuses {
+    kept:
+        parking_lot::Mutex<std::collections::VecDeque<(std::time::Instant, String, String, Value)>>,
+}
+
+const MAX_STATUSES: usize = 10_000;
+const STATUS_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl Statuses {
+    /// Records the outcome of a post; returns its status resource.
+    fn add(&self, member: &str, outcomes: &[crate::stix::Outcome]) -> Value {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let entry = |o: &crate::stix::Outcome, message: &str| json!({"id": o.id, "version": o.version, "message": message});
+        let successes: Vec<Value> = outcomes
+            .iter()
+            .filter(|o| o.failure.is_none())
+            .map(|o| entry(o, "taken"))
+            .collect();
+        let failures: Vec<Value> = outcomes
+            .iter()
+            .filter_map(|o| o.failure.as_deref().map(|f| entry(o, f)))
+            .collect();
+        let mut status = json!({
+            "id": id,
+            "status": "complete",
+            "request_timestamp": crate::stix::timestamp(std::time::SystemTime::now()),
+            "total_count": outcomes.len(),
+            "success_count": successes.len(),
+            "failure_count": failures.len(),
+            "pending_count": 0,
+        });
+        if !successes.is_empty() {
+            status["successes"] = json!(successes);
+        }
+        if !failures.is_empty() {
+            status["failures"] = json!(failures);
+        }
+        let now = std::time::Instant::now();
+        let mut kept = self.kept.lock();
+        while kept.len() >= MAX_STATUSES
+            || kept
+                .front()
+                .is_some_and(|(at, ..)| now.duration_since(*at) > STATUS_KEPT)
+        {
+            kept.pop_front();
+        }
+        kept.push_back((now, id, member.to_owned(), status.clone()));
+        status
+    }
+
+    fn get(&self, member: &str, id: &str) -> Option<Value> {
+        self.kept
+            .lock()
+            .iter()
+            .find(|(_, i, m, _)| i == id && m == member)
+            .map(|(.., s)| s.clone())
+    }
 }
 
 /// A collection's id: stable across restarts, derived from the node's
@@ -140,6 +212,7 @@ pub async fn serve(state: Arc<NodeState>, listener: TcpListener, shutdown: Cance
     let server = Arc::new(Server {
         state: state.clone(),
         collections,
+        statuses: Statuses::default(),
     });
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut tls: Option<(u64, tokio_rustls::TlsAcceptor)> = None;
@@ -277,11 +350,33 @@ impl Server {
         req: Request<hyper::body::Incoming>,
     ) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
-        // Bodies are not read yet (no writes); drain a little so the
-        // connection stays usable, bounded.
-        let _ = http_body_util::Limited::new(body, 64 * 1024)
-            .collect()
-            .await;
+        // A body is read only where one is taken (POST objects), and only
+        // up to max_content_length; elsewhere a little is drained so the
+        // connection stays usable.
+        let cap = if parts.method == Method::POST {
+            self.max_content_length()
+        } else {
+            64 * 1024
+        };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let body = if declared.is_some_and(|n| n > cap) {
+            // Too large: read (and drop) a bounded amount, so that the
+            // client gets the 413 rather than a reset while it sends.
+            let _ = http_body_util::Limited::new(body, cap.saturating_mul(2))
+                .collect()
+                .await;
+            None
+        } else {
+            http_body_util::Limited::new(body, cap)
+                .collect()
+                .await
+                .ok()
+                .map(|b| b.to_bytes())
+        };
         if !caller.still_accepted(&self.state) {
             let mut r = TaxiiError::Unauthorized(format!(
                 "the certificate of {} is no longer accepted (revoked or expired)",
@@ -292,10 +387,135 @@ impl Server {
                 .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
             return r;
         }
+        if parts.method == Method::POST {
+            let Some(body) = body else {
+                let mut r = TaxiiError::TooLarge(self.max_content_length()).response();
+                r.headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                return r;
+            };
+            return match self.post(caller, &parts, body).await {
+                Ok(r) => r,
+                Err(e) => e.response(),
+            };
+        }
         match self.route(&caller.identity, &parts).await {
             Ok(r) => r,
             Err(e) => e.response(),
         }
+    }
+
+    /// Whether `identity` may post: a client of this node's member.
+    fn may_write(&self, identity: &Identity) -> bool {
+        identity.kind() == RoleKind::Client
+            && identity.member().is_some()
+            && identity.member().map(|m| m.as_str())
+                == self.state.identity.member().map(|m| m.as_str())
+    }
+
+    /// The largest request body taken (advertised as `max_content_length`).
+    fn max_content_length(&self) -> usize {
+        self.state.config.taxii.max_content_length
+    }
+
+    /// `POST {root}/collections/{id}/objects/` and `GET {root}/status/{id}/`
+    /// live here: a TAXII envelope (or bundle) from a member's client,
+    /// each report signed by this node on the client's behalf.
+    async fn post(
+        &self,
+        caller: &Caller,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Full<Bytes>>, TaxiiError> {
+        accept(parts)?;
+        let path = parts.uri.path();
+        let segments: Vec<&str> = path
+            .strip_prefix(ROOT)
+            .unwrap_or_default()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let ["collections", id, "objects"] = segments.as_slice() else {
+            return Err(TaxiiError::MethodNotAllowed(format!(
+                "POST is not served on {path}"
+            )));
+        };
+        self.collection(id)?;
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .replace(' ', "");
+        if !(content_type == "application/taxii+json"
+            || content_type.starts_with("application/taxii+json;version=2.1"))
+        {
+            return Err(TaxiiError::UnsupportedMediaType(content_type));
+        }
+        // The node signs for clients of its own member only.
+        let node_member = self.state.identity.member().map(|m| m.as_str().to_owned());
+        let member = match (caller.identity.kind(), caller.identity.member()) {
+            (RoleKind::Client, Some(m)) if Some(m.as_str()) == node_member.as_deref() => {
+                m.as_str().to_owned()
+            }
+            _ => {
+                return Err(TaxiiError::Forbidden(format!(
+                    "{} may not add objects here: this node signs only for clients of its own member ({})",
+                    caller.identity,
+                    node_member.unwrap_or_default()
+                )))
+            }
+        };
+        let (taken, mut outcomes) =
+            crate::stix::take_bundle(&body, &member).map_err(TaxiiError::Unprocessable)?;
+        let own = self.state.trust.own();
+        let signer = crate::bulletin::Signer::new(own.chain.clone(), own.key.secret_der())
+            .map_err(|e| TaxiiError::Unprocessable(format!("this node cannot sign: {e}")))?;
+        for t in taken {
+            let mut b = t.bulletin;
+            b.submitted_by = caller.identity.to_string();
+            let outcome = self.admit(&signer, &b).await;
+            outcomes.push(crate::stix::Outcome {
+                id: t.id,
+                version: t.version,
+                failure: outcome.err(),
+            });
+        }
+        let status = self.statuses.add(&member, &outcomes);
+        info!(target: "beacon::audit", caller = %caller.identity, objects = outcomes.len(), failed = outcomes.iter().filter(|o| o.failure.is_some()).count(), "TAXII objects posted");
+        Ok(respond(StatusCode::ACCEPTED, status, &[]))
+    }
+
+    /// Signs `b` as this node and stores it through the admission path
+    /// every publish takes; a failure is the message a client is told.
+    async fn admit(
+        &self,
+        signer: &crate::bulletin::Signer,
+        b: &crate::bulletin::Bulletin,
+    ) -> Result<String, String> {
+        crate::bulletin::validate(b, std::time::SystemTime::now()).map_err(|e| e.to_string())?;
+        let env = signer.sign(b.to_bytes()).map_err(|e| e.to_string())?;
+        let bytes = crate::bulletin::codec::encode_envelope(&env);
+        let admitted = self
+            .state
+            .ingest()
+            .publish(&env, bytes, &self.state.identity)
+            .map_err(|e| e.to_string())?;
+        let appended = self
+            .state
+            .store
+            .append(admitted.record)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(if appended.duplicate {
+            format!(
+                "already held: bulletin {} at sequence {}",
+                b.id, appended.seq
+            )
+        } else {
+            format!("bulletin {} at sequence {}", b.id, appended.seq)
+        })
     }
 
     /// The reading member: clients and nodes read as their member; other
@@ -324,7 +544,7 @@ impl Server {
         let path = parts.uri.path();
         if parts.method != Method::GET {
             return Err(TaxiiError::MethodNotAllowed(format!(
-                "{} is not served on {path} (this node's collections are read-only over TAXII)",
+                "{} is not served on {path}",
                 parts.method
             )));
         }
@@ -351,16 +571,25 @@ impl Server {
                 json!({
                     "title": self.state.config.taxii.title,
                     "versions": [TAXII],
-                    "max_content_length": self.state.config.limits.max_envelope_bytes,
+                    "max_content_length": self.max_content_length(),
                 }),
                 &[],
             )),
+            ["status", id] => self
+                .statuses
+                .get(&member, id)
+                .map(|s| respond(StatusCode::OK, s, &[]))
+                .ok_or_else(|| TaxiiError::NotFound(format!("no status {id}"))),
             ["collections"] => Ok(respond(
                 StatusCode::OK,
-                json!({"collections": self.collections.iter().map(describe).collect::<Vec<_>>()}),
+                json!({"collections": self.collections.iter().map(|c| describe(c, self.may_write(identity))).collect::<Vec<_>>()}),
                 &[],
             )),
-            ["collections", id] => Ok(respond(StatusCode::OK, describe(self.collection(id)?), &[])),
+            ["collections", id] => Ok(respond(
+                StatusCode::OK,
+                describe(self.collection(id)?, self.may_write(identity)),
+                &[],
+            )),
             ["collections", id, "objects"] => {
                 let c = self.collection(id)?.clone();
                 let q = self.query(&query, None)?;
@@ -544,14 +773,14 @@ enum Shape {
     Versions,
 }
 
-fn describe(c: &Collection) -> Value {
+fn describe(c: &Collection, can_write: bool) -> Value {
     json!({
         "id": c.id,
         "title": c.title,
         "alias": c.alias,
         "description": format!("Every Beacon bulletin you may read, as STIX 2.1 ({} markings)", c.profile.name()),
         "can_read": true,
-        "can_write": false,
+        "can_write": can_write,
         "media_types": [STIX],
     })
 }
