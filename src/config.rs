@@ -90,6 +90,9 @@ pub struct TaxiiConfig {
     pub max_page: usize,
     /// The largest body a POST may have (TAXII's `max_content_length`).
     pub max_content_length: usize,
+    /// Also accept API tokens (HTTP Basic password or Bearer) from clients
+    /// without a certificate (`beacon admin token issue`).
+    pub tokens: bool,
     /// Collections; each shows every bulletin the caller may read.
     pub collections: Vec<TaxiiCollection>,
 }
@@ -118,6 +121,7 @@ impl Default for TaxiiConfig {
             title: "Beacon".into(),
             max_page: 1000,
             max_content_length: 10 * 1024 * 1024,
+            tokens: false,
             collections: vec![TaxiiCollection {
                 alias: "bulletins".into(),
                 title: None,

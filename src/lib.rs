@@ -61,6 +61,7 @@ pub(crate) mod state;
 pub mod stix;
 pub mod store;
 pub(crate) mod taxii;
+pub(crate) mod tokens;
 pub mod trust;
 
 /// The version reported by `Admin.Status` and `--version`.

@@ -28,6 +28,8 @@ pub enum NodeError {
     #[error("config: {0}")]
     Retention(String),
     #[error(transparent)]
+    Tokens(#[from] crate::tokens::TokenError),
+    #[error(transparent)]
     Net(#[from] NetError),
     #[error("cannot listen: {0}")]
     Listen(io::Error),
@@ -89,6 +91,7 @@ pub async fn run_with_reload(
         broker: Arc::new(crate::broker::Broker::new(config.limits.max_subscriptions)),
         peers: crate::federation::links(&config, &material.identity),
         metrics,
+        tokens: Arc::new(crate::tokens::Tokens::open(&config.node.data_dir)?),
         shutdown: shutdown.clone(),
         config,
     });

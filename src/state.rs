@@ -27,6 +27,8 @@ pub struct NodeState {
     /// The configured peer links and their state.
     pub peers: Vec<Arc<crate::federation::PeerLink>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// API tokens operators issued (for TAXII clients without certificates).
+    pub tokens: Arc<crate::tokens::Tokens>,
     /// Cancelled when the node begins to shut down; long-lived streams watch it.
     pub shutdown: CancellationToken,
 }

@@ -14,7 +14,10 @@ const LAYERS: &[(u32, &[&str])] = &[
     // Trust: the bundle, rustls configurations, the live trust state.
     (2, &["trust"]),
     (3, &["bulletin", "pki"]),
-    (4, &["policy", "filter", "metrics", "document", "stix"]),
+    (
+        4,
+        &["policy", "filter", "metrics", "document", "stix", "tokens"],
+    ),
     (5, &["store"]),
     // One admission path into the log; subscriptions out of it.
     (6, &["ingest", "broker"]),

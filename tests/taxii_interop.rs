@@ -43,10 +43,12 @@ const CLIENT: &str = r#"
 import json, sys, time
 from taxii2client.v21 import Server, as_pages
 mode, url, cert, key, ca = sys.argv[1:6]
-server = Server(url, cert=(cert, key), verify=ca)
-roots = server.api_roots
-coll = roots[0].collections[0]
-out = {"title": server.title, "collections": len(roots[0].collections), "collection": coll.title}
+out = {}
+if mode not in ("token", "token-after"):
+    server = Server(url, cert=(cert, key), verify=ca)
+    roots = server.api_roots
+    coll = roots[0].collections[0]
+    out = {"title": server.title, "collections": len(roots[0].collections), "collection": coll.title}
 if mode == "walk":
     limit = int(sys.argv[6])
     seen, pages, reports = [], 0, set()
@@ -124,6 +126,29 @@ elif mode == "post":
     out["not_json"] = session.post(coll.url + "objects/", headers=h, data="{not json").status_code
     out["wrong_type"] = session.post(coll.url + "objects/", headers={"Accept": h["Accept"], "Content-Type": "application/json"}, data="{}").status_code
     out["too_large"] = session.post(coll.url + "objects/", headers=h, data="x" * (12 << 20)).status_code
+elif mode == "token":
+    # No certificate: the token as the Basic password (taxii2-client's
+    # user/password, as MISP's taxii21 module passes it), then as Bearer.
+    import requests
+    token = sys.argv[6]
+    tserver = Server(url, user="misp", password=token, verify=ca)
+    tcoll = tserver.api_roots[0].collections[0]
+    reports = []
+    for env in as_pages(tcoll.get_objects, per_request=100):
+        reports += [o["x_beacon_bulletin_id"] for o in env.get("objects", []) if o["type"] == "report"]
+    out["reports"] = sorted(reports)
+    h = {"Accept": "application/taxii+json;version=2.1"}
+    out["bearer"] = requests.get(url, headers={**h, "Authorization": "Bearer " + token}, verify=ca).status_code
+    none = requests.get(url, headers=h, verify=ca)
+    out["none"] = none.status_code
+    out["www_authenticate"] = none.headers.get("WWW-Authenticate", "")
+    out["wrong"] = requests.get(url, headers={**h, "Authorization": "Bearer bcn_000000000000_nope"}, verify=ca).status_code
+elif mode == "token-after":
+    import requests
+    h = {"Accept": "application/taxii+json;version=2.1"}
+    out = {"after": requests.get(url, headers={**h, "Authorization": "Bearer " + sys.argv[6]}, verify=ca).status_code}
+    print(json.dumps(out))
+    sys.exit(0)
 elif mode == "errors":
     # Each case: (name, method, path, query, headers) -> status code.
     import requests
@@ -546,5 +571,91 @@ async fn a_stix_bundle_posted_by_a_client_is_signed_by_its_node_and_read_over_gr
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("does not allow writing"), "{err}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_token_reads_as_its_client_until_revoked() {
+    let Some(py) = python() else { return };
+    let pki = TestPki::new();
+    let taxii = free_addr();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\ntokens = true\n");
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let mut uk = member(node.addr, &pki.client("uk.ncsc", "analyst"), &ca).await;
+    let open_to_all = bulletin("uk.ncsc", "green");
+    let mut for_uk = bulletin("uk.ncsc", "red for uk");
+    for_uk.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+    for_uk.audience.members = vec!["uk.ncsc".into()];
+    let mut for_fr = bulletin("uk.ncsc", "red for fr");
+    for_fr.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+    for_fr.audience.members = vec!["fr.anssi".into()];
+    for b in [&open_to_all, &for_uk, &for_fr] {
+        uk.publish(b).await.unwrap();
+    }
+    let op = pki.operator("alice");
+    let work = tempfile::tempdir().unwrap();
+    let admin = |args: &[&str]| {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--node".into(),
+            node.addr.to_string(),
+            "--cert".into(),
+            op.cert.display().to_string(),
+            "--key".into(),
+            op.key.display().to_string(),
+            "--ca".into(),
+            pki.ca_cert().display().to_string(),
+        ]);
+        let v: Vec<&str> = v.iter().map(String::as_str).collect();
+        beacon(work.path(), &v)
+    };
+    let (code, token, err) = admin(&[
+        "admin", "token", "issue", "--member", "fr.anssi", "--name", "misp",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("bcn_"), "{token}");
+    let id = token.split('_').nth(1).unwrap().to_owned();
+    let url = format!("https://127.0.0.1:{}/taxii2/", taxii.port());
+    let args = |mode: &str| -> Vec<String> {
+        vec![
+            mode.into(),
+            url.clone(),
+            String::new(),
+            String::new(),
+            pki.ca_cert().display().to_string(),
+            token.clone(),
+        ]
+    };
+    let out = run_client(&py, &args("token"));
+    let mut want = vec![open_to_all.id.clone(), for_fr.id.clone()];
+    want.sort();
+    assert_eq!(
+        out["reports"],
+        serde_json::json!(want),
+        "fr.anssi's view, no more: {out}"
+    );
+    assert_eq!(out["bearer"], 200, "{out}");
+    assert_eq!(out["none"], 401, "{out}");
+    assert!(
+        out["www_authenticate"].as_str().unwrap().contains("Basic"),
+        "{out}"
+    );
+    assert_eq!(out["wrong"], 401, "{out}");
+    // The register keeps no token, only its digest.
+    let register = std::fs::read_to_string(node.data.path().join("store/tokens.json")).unwrap();
+    assert!(register.contains(&id) && !register.contains(&token));
+    let (code, listed, _) = admin(&["admin", "token", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        listed.contains("spiffe://alliance.example/client/fr.anssi/misp"),
+        "{listed}"
+    );
+    let (code, _, err) = admin(&["admin", "token", "revoke", "--id", &id]);
+    assert_eq!(code, 0, "{err}");
+    let after = run_client(&py, &args("token-after"));
+    assert_eq!(after["after"], 401, "revoked at once: {after}");
     node.stop().await;
 }

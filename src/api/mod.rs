@@ -650,6 +650,75 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let op = caller(&request, OPERATORS)?;
+        let req = request.into_inner();
+        let member: crate::identity::MemberId = req
+            .member
+            .parse()
+            .map_err(|e| status::bad_request(format!("member: {e}")))?;
+        let identity: crate::identity::Identity = format!(
+            "spiffe://{}/client/{}/{}",
+            self.state.identity.trust_domain, member, req.name
+        )
+        .parse()
+        .map_err(|e| status::bad_request(format!("client name: {e}")))?;
+        let (info, token) = self
+            .state
+            .tokens
+            .issue(&identity)
+            .map_err(|e| token_status(&e))?;
+        info!(target: "beacon::audit", operator = %op.identity, token = %info.id, identity = %info.identity, "API token issued");
+        Ok(Response::new(pb::IssueTokenResponse {
+            id: info.id,
+            token,
+            identity: info.identity,
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let op = caller(&request, OPERATORS)?;
+        let id = request.into_inner().id;
+        let info = self
+            .state
+            .tokens
+            .revoke(&id)
+            .map_err(|e| token_status(&e))?;
+        info!(target: "beacon::audit", operator = %op.identity, token = %info.id, identity = %info.identity, "API token revoked");
+        Ok(Response::new(pb::RevokeTokenResponse {
+            identity: info.identity,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        caller(&request, OPERATORS)?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: self
+                .state
+                .tokens
+                .list()
+                .into_iter()
+                .map(|t| pb::TokenStatus {
+                    id: t.id,
+                    identity: t.identity,
+                    created_at: Some(timestamp(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.created),
+                    )),
+                    revoked: t.revoked,
+                })
+                .collect(),
+        }))
+    }
+
     type BackupStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
 
@@ -690,6 +759,16 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// A token register's failure as a status.
+fn token_status(e: &crate::tokens::TokenError) -> Status {
+    use crate::tokens::TokenError as T;
+    match e {
+        T::NotAClient(_) => status::bad_request(e.to_string()),
+        T::Unknown(_) => Status::not_found(e.to_string()),
+        _ => Status::internal(e.to_string()),
     }
 }
 

@@ -58,6 +58,36 @@ pub enum AdminCommand {
     /// Durable subscriptions of a node.
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
+    /// API tokens for TAXII clients that cannot present a certificate
+    /// (`[taxii] tokens = true`): HTTP Basic password or Bearer.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Issue a token standing for the client `--name` of `--member`; it is
+    /// printed once (the node keeps only its digest).
+    Issue {
+        #[arg(long)]
+        member: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Revoke a token (from the next request on).
+    Revoke {
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Every token: id, identity, when issued, whether revoked.
+    List {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,7 +159,52 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             Ok(())
         }
         AdminCommand::Subscriptions(cmd) => subscriptions(cmd).await,
+        AdminCommand::Token(cmd) => token(cmd).await,
     }
+}
+
+async fn token(cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Issue { member, name, conn } => {
+            let (_, channel) = conn.dial().await?;
+            let r = AdminClient::new(channel)
+                .issue_token(pb::IssueTokenRequest { member, name })
+                .await
+                .map_err(beacon::client::ClientError::from)?
+                .into_inner();
+            eprintln!(
+                "token {} for {} (shown once; the node keeps its digest only):",
+                r.id, r.identity
+            );
+            println!("{}", r.token);
+        }
+        TokenCommand::Revoke { id, conn } => {
+            let (_, channel) = conn.dial().await?;
+            let r = AdminClient::new(channel)
+                .revoke_token(pb::RevokeTokenRequest { id: id.clone() })
+                .await
+                .map_err(beacon::client::ClientError::from)?
+                .into_inner();
+            println!("revoked token {id} of {}", r.identity);
+        }
+        TokenCommand::List { conn } => {
+            let (_, channel) = conn.dial().await?;
+            let r = AdminClient::new(channel)
+                .list_tokens(pb::ListTokensRequest {})
+                .await
+                .map_err(beacon::client::ClientError::from)?
+                .into_inner();
+            for t in r.tokens {
+                println!(
+                    "{} {}{}",
+                    t.id,
+                    t.identity,
+                    if t.revoked { " (revoked)" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn bar(head: u64) -> indicatif::ProgressBar {

@@ -234,7 +234,11 @@ pub async fn serve(state: Arc<NodeState>, listener: TcpListener, shutdown: Cance
         // The TLS configuration follows the trust in force (CRL reloads).
         let generation = state.trust.generation();
         if tls.as_ref().is_none_or(|(g, _)| *g != generation) {
-            match crate::trust::tls::https_server_config(state.trust.bundle(), &state.trust.own()) {
+            match crate::trust::tls::https_server_config(
+                state.trust.bundle(),
+                &state.trust.own(),
+                state.config.taxii.tokens,
+            ) {
                 Ok(c) => tls = Some((generation, tokio_rustls::TlsAcceptor::from(Arc::new(c)))),
                 Err(e) => {
                     warn!(error = %e, "TAXII: cannot build the TLS configuration");
@@ -267,11 +271,15 @@ pub async fn serve(state: Arc<NodeState>, listener: TcpListener, shutdown: Cance
                 .peer_certificates()
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
-            let identity = chain
-                .first()
-                .and_then(|leaf| crate::trust::identity_of(leaf).ok())
-                .map(|(id, _)| id);
-            let Some(identity) = identity else { return };
+            // Without a certificate (allowed only with tokens on), each
+            // request names its caller with a token.
+            let identity = match chain.first() {
+                Some(leaf) => match crate::trust::identity_of(leaf) {
+                    Ok((id, _)) => Some(id),
+                    Err(_) => return,
+                },
+                None => None,
+            };
             let caller = Arc::new(Caller {
                 identity,
                 chain,
@@ -311,7 +319,8 @@ pub async fn bind(state: &NodeState) -> std::io::Result<Option<TcpListener>> {
 /// Who is calling on a connection, and whether the trust in force still
 /// accepts them.
 struct Caller {
-    identity: Identity,
+    /// From the certificate; `None`: a token names the caller per request.
+    identity: Option<Identity>,
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// (trust generation last checked, accepted then).
     checked: parking_lot::Mutex<(u64, bool)>,
@@ -321,6 +330,9 @@ impl Caller {
     /// Checks the chain again whenever the trust changed (a CRL reload):
     /// a revocation applies to connections already open.
     fn still_accepted(&self, state: &NodeState) -> bool {
+        if self.identity.is_none() {
+            return true; // a token, checked on each request
+        }
         let generation = state.trust.generation();
         let mut checked = self.checked.lock();
         if checked.0 != generation {
@@ -380,13 +392,40 @@ impl Server {
         if !caller.still_accepted(&self.state) {
             let mut r = TaxiiError::Unauthorized(format!(
                 "the certificate of {} is no longer accepted (revoked or expired)",
-                caller.identity
+                caller
+                    .identity
+                    .as_ref()
+                    .map(|i| i.to_string())
+                    .unwrap_or_default()
             ))
             .response();
             r.headers_mut()
                 .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
             return r;
         }
+        let identity = match &caller.identity {
+            Some(i) => i.clone(),
+            None => match self.token_caller(&parts) {
+                Some(i) => i,
+                None => {
+                    let mut r = TaxiiError::Unauthorized(
+                        "present a client certificate, or an API token as the HTTP Basic password or a Bearer token".into(),
+                    )
+                    .response();
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Basic realm=\"Beacon TAXII\", Bearer"),
+                    );
+                    return r;
+                }
+            },
+        };
+        let caller = Caller {
+            identity: Some(identity),
+            chain: Vec::new(),
+            checked: parking_lot::Mutex::new((0, true)),
+        };
+        let caller = &caller;
         if parts.method == Method::POST {
             let Some(body) = body else {
                 let mut r = TaxiiError::TooLarge(self.max_content_length()).response();
@@ -399,10 +438,36 @@ impl Server {
                 Err(e) => e.response(),
             };
         }
-        match self.route(&caller.identity, &parts).await {
+        let Some(identity) = &caller.identity else {
+            return TaxiiError::Unauthorized("no caller".into()).response();
+        };
+        match self.route(identity, &parts).await {
             Ok(r) => r,
             Err(e) => e.response(),
         }
+    }
+
+    /// The client an API token in `Authorization` stands for (Basic: the
+    /// password; Bearer: the token), if tokens are on and it is valid.
+    fn token_caller(&self, parts: &http::request::Parts) -> Option<Identity> {
+        use base64::Engine as _;
+        if !self.state.config.taxii.tokens {
+            return None;
+        }
+        let header = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, value) = header.split_once(' ')?;
+        let token = match scheme.to_ascii_lowercase().as_str() {
+            "bearer" => value.trim().to_owned(),
+            "basic" => {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(value.trim())
+                    .ok()?;
+                let text = String::from_utf8(decoded).ok()?;
+                text.split_once(':')?.1.to_owned()
+            }
+            _ => return None,
+        };
+        self.state.tokens.identity_of(&token)
     }
 
     /// Whether `identity` may post: a client of this node's member.
@@ -455,14 +520,17 @@ impl Server {
         }
         // The node signs for clients of its own member only.
         let node_member = self.state.identity.member().map(|m| m.as_str().to_owned());
-        let member = match (caller.identity.kind(), caller.identity.member()) {
+        let Some(who) = caller.identity.as_ref() else {
+            return Err(TaxiiError::Unauthorized("no caller".into()));
+        };
+        let member = match (who.kind(), who.member()) {
             (RoleKind::Client, Some(m)) if Some(m.as_str()) == node_member.as_deref() => {
                 m.as_str().to_owned()
             }
             _ => {
                 return Err(TaxiiError::Forbidden(format!(
                     "{} may not add objects here: this node signs only for clients of its own member ({})",
-                    caller.identity,
+                    who,
                     node_member.unwrap_or_default()
                 )))
             }
@@ -474,7 +542,7 @@ impl Server {
             .map_err(|e| TaxiiError::Unprocessable(format!("this node cannot sign: {e}")))?;
         for t in taken {
             let mut b = t.bulletin;
-            b.submitted_by = caller.identity.to_string();
+            b.submitted_by = who.to_string();
             let outcome = self.admit(&signer, &b).await;
             outcomes.push(crate::stix::Outcome {
                 id: t.id,
@@ -483,7 +551,7 @@ impl Server {
             });
         }
         let status = self.statuses.add(&member, &outcomes);
-        info!(target: "beacon::audit", caller = %caller.identity, objects = outcomes.len(), failed = outcomes.iter().filter(|o| o.failure.is_some()).count(), "TAXII objects posted");
+        info!(target: "beacon::audit", caller = %who, objects = outcomes.len(), failed = outcomes.iter().filter(|o| o.failure.is_some()).count(), "TAXII objects posted");
         Ok(respond(StatusCode::ACCEPTED, status, &[]))
     }
 

@@ -107,6 +107,9 @@ pub struct BundleClientVerifier {
     bundle: Arc<TrustBundle>,
     hints: Vec<DistinguishedName>,
     algs: WebPkiSupportedAlgorithms,
+    /// Whether a client must present a certificate (always, except on the
+    /// TAXII listener when API tokens are allowed).
+    mandatory: bool,
 }
 
 impl BundleClientVerifier {
@@ -127,6 +130,7 @@ impl BundleClientVerifier {
             bundle,
             hints,
             algs: algorithms(),
+            mandatory: true,
         }
     }
 }
@@ -134,6 +138,10 @@ impl BundleClientVerifier {
 impl ClientCertVerifier for BundleClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.hints
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
     }
 
     fn verify_client_cert(
@@ -383,8 +391,12 @@ pub fn server_config(
 pub fn https_server_config(
     bundle: Arc<TrustBundle>,
     own: &KeyedChain,
+    certificate_optional: bool,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let verifier = Arc::new(BundleClientVerifier::new(bundle));
+    let mut verifier = BundleClientVerifier::new(bundle);
+    // A client without one must then prove itself otherwise (an API token).
+    verifier.mandatory = !certificate_optional;
+    let verifier = Arc::new(verifier);
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
