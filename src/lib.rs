@@ -51,6 +51,7 @@ pub mod fuzzing;
 pub mod identity;
 pub(crate) mod ingest;
 pub(crate) mod metrics;
+pub(crate) mod misp;
 pub(crate) mod net;
 pub mod node;
 pub(crate) mod ops;

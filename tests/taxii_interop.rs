@@ -44,7 +44,7 @@ import json, sys, time
 from taxii2client.v21 import Server, as_pages
 mode, url, cert, key, ca = sys.argv[1:6]
 out = {}
-if mode not in ("token", "token-after"):
+if mode not in ("token", "token-after", "misp"):
     server = Server(url, cert=(cert, key), verify=ca)
     roots = server.api_roots
     coll = roots[0].collections[0]
@@ -149,6 +149,28 @@ elif mode == "token-after":
     out = {"after": requests.get(url, headers={**h, "Authorization": "Bearer " + sys.argv[6]}, verify=ca).status_code}
     print(json.dumps(out))
     sys.exit(0)
+elif mode == "misp":
+    # The feed as MISP fetches it (token as Basic, plain JSON), each event
+    # loaded by PyMISP.
+    import requests
+    from pymisp import MISPEvent
+    token = sys.argv[6]
+    auth = ("misp", token)
+    base = url.replace("/taxii2/", "/misp/")
+    manifest = requests.get(base + "manifest.json", auth=auth, verify=ca).json()
+    out["manifest"] = manifest
+    events = {}
+    for uuid in manifest:
+        e = MISPEvent()
+        raw = requests.get(base + uuid + ".json", auth=auth, verify=ca)
+        if "Event" not in raw.json():
+            sys.exit(f"{raw.status_code} {raw.text}")
+        e.load(raw.json())
+        events[uuid] = {"info": e.info, "tags": sorted(t.name for t in e.tags),
+                        "attributes": sorted((a.type, a.value) for a in e.attributes),
+                        "distribution": int(e.distribution), "org": e.Orgc.name}
+    out["events"] = events
+    out["missing"] = requests.get(base + "00000000-0000-4000-8000-000000000000.json", auth=auth, verify=ca).status_code
 elif mode == "errors":
     # Each case: (name, method, path, query, headers) -> status code.
     import requests
@@ -653,6 +675,26 @@ async fn an_api_token_reads_as_its_client_until_revoked() {
         listed.contains("spiffe://alliance.example/client/fr.anssi/misp"),
         "{listed}"
     );
+    // The MISP feed, read with the token: fr.anssi's view, as PyMISP loads it.
+    let misp = run_client(&py, &args("misp"));
+    let events = misp["events"].as_object().unwrap();
+    let mut ids: Vec<&String> = events.keys().collect();
+    ids.sort();
+    assert_eq!(ids, want.iter().collect::<Vec<_>>(), "{misp}");
+    let red = &events[&for_fr.id];
+    assert_eq!(red["distribution"], 0, "{misp}");
+    assert!(
+        red["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "tlp:red"),
+        "{misp}"
+    );
+    assert_eq!(red["org"], "uk.ncsc");
+    assert_eq!(events[&open_to_all.id]["distribution"], 2);
+    assert_eq!(misp["missing"], 404);
+
     let (code, _, err) = admin(&["admin", "token", "revoke", "--id", &id]);
     assert_eq!(code, 0, "{err}");
     let after = run_client(&py, &args("token-after"));

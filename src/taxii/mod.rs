@@ -37,6 +37,8 @@ pub const TAXII: &str = "application/taxii+json;version=2.1";
 const STIX: &str = "application/stix+json;version=2.1";
 /// The API root's path.
 const ROOT: &str = "/taxii2/beacon/";
+/// Bulletins a MISP manifest covers: the newest of the log.
+const MISP_WINDOW: u64 = 100_000;
 /// Requests a connection may have in flight; connections at once.
 const MAX_CONNECTIONS: usize = 256;
 
@@ -470,6 +472,66 @@ impl Server {
         self.state.tokens.identity_of(&token)
     }
 
+    /// The MISP feed: `manifest.json` (the newest `MISP_WINDOW` bulletins
+    /// of the log this member may read) and `<uuid>.json` (one event).
+    async fn misp(&self, member: &str, file: &str) -> Result<Response<Full<Bytes>>, TaxiiError> {
+        let state = self.state.clone();
+        let member = member.to_owned();
+        let file = file.to_owned();
+        let body = tokio::task::spawn_blocking(move || -> Result<Value, TaxiiError> {
+            let store = &state.store;
+            let readable =
+                |rec: &crate::store::Record| state.policy.may_read_meta(&member, &rec.meta);
+            let bulletin_of = |rec: &crate::store::Record| {
+                crate::bulletin::codec::decode_envelope(&rec.envelope)
+                    .ok()
+                    .and_then(|e| crate::bulletin::codec::decode_bulletin(&e.payload).ok())
+            };
+            if file == "manifest.json" {
+                let head = store.head();
+                let mut manifest = serde_json::Map::new();
+                for item in store.range(head.saturating_sub(MISP_WINDOW - 1).max(1), head) {
+                    let Ok(rec) = item else { continue };
+                    if !readable(&rec) {
+                        continue;
+                    }
+                    let Ok(rec) = store.served(rec) else { continue };
+                    if let Some(b) = bulletin_of(&rec) {
+                        manifest.insert(
+                            b.id.clone(),
+                            crate::misp::manifest_entry(&b, rec.accepted_at),
+                        );
+                    }
+                }
+                return Ok(Value::Object(manifest));
+            }
+            let uuid = file
+                .strip_suffix(".json")
+                .filter(|u| crate::bulletin::canonical_uuid(u))
+                .ok_or_else(|| TaxiiError::NotFound(format!("no MISP feed file {file}")))?;
+            for (_, seq) in store.lookup_id(uuid).unwrap_or_default() {
+                let Some(rec) = store.get(seq).ok().flatten() else {
+                    continue;
+                };
+                if !readable(&rec) {
+                    continue;
+                }
+                let Ok(rec) = store.served(rec) else { continue };
+                if let Some(b) = bulletin_of(&rec) {
+                    return Ok(crate::misp::event(&b, rec.accepted_at));
+                }
+            }
+            Err(TaxiiError::NotFound(format!("no event {uuid}")))
+        })
+        .await
+        .map_err(|_| TaxiiError::NotFound("the request was cut short".into()))??;
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+    }
+
     /// Whether `identity` may post: a client of this node's member.
     fn may_write(&self, identity: &Identity) -> bool {
         identity.kind() == RoleKind::Client
@@ -605,9 +667,6 @@ impl Server {
         identity: &Identity,
         parts: &http::request::Parts,
     ) -> Result<Response<Full<Bytes>>, TaxiiError> {
-        accept(parts)?;
-        // The identity must still be one the trust in force accepts (a
-        // revocation applies to connections already open).
         let member = self.member(identity)?.to_owned();
         let path = parts.uri.path();
         if parts.method != Method::GET {
@@ -616,6 +675,11 @@ impl Server {
                 parts.method
             )));
         }
+        // The MISP feed is plain JSON, whatever the client accepts.
+        if let Some(file) = path.strip_prefix("/misp/") {
+            return self.misp(&member, file).await;
+        }
+        accept(parts)?;
         if path == "/taxii2/" {
             return Ok(respond(
                 StatusCode::OK,
