@@ -190,12 +190,25 @@ elif mode == "errors":
         "ms-added-after": session.get(base + "objects/", headers=taxii, params={"added_after": "2020-01-01T00:00:00.123Z"}),
         "ns-added-after": session.get(base + "objects/", headers=taxii, params={"added_after": "2020-01-01T00:00:00.123456789Z"}),
         "manifest": session.get(base + "manifest/", headers=taxii, params={"limit": "5"}),
+        "nothing-newer": session.get(base + "objects/", headers=taxii, params={"added_after": "2999-01-01T00:00:00.5Z"}),
         "no-object": session.get(base + "objects/report--00000000-0000-4000-8000-000000000000/versions/", headers=taxii),
     }
     out["status"] = {k: r.status_code for k, r in cases.items()}
     out["content_types"] = sorted({r.headers.get("Content-Type", "") for r in cases.values()})
     out["error_titles"] = {k: r.json().get("title") for k, r in cases.items() if r.status_code >= 400}
     out["manifest"] = cases["manifest"].json()
+    out["empty_last"] = cases["nothing-newer"].headers.get("X-TAXII-Date-Added-Last")
+    out["empty_body"] = cases["nothing-newer"].json()
+    # TLS 1.2 only, as older TAXII clients speak it.
+    import ssl, socket
+    from urllib.parse import urlparse
+    u = urlparse(url)
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.load_cert_chain(cert, key)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection((u.hostname, u.port)) as raw:
+        with ctx.wrap_socket(raw, server_hostname=u.hostname) as tls:
+            out["tls12"] = tls.version()
     first = session.get(base + "objects/", headers=taxii, params={"limit": "1"}).json()["objects"][0]
     out["object"] = session.get(base + "objects/" + first["id"] + "/", headers=taxii).json()
     out["versions"] = session.get(base + "objects/" + first["id"] + "/versions/", headers=taxii).json()
@@ -254,6 +267,18 @@ async fn taxii2_client_walks_every_object_once_and_sees_only_what_it_may() {
             b.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
             b.audience.members = vec!["uk.ncsc".into()];
             red += 1;
+        } else if i % 11 == 0 {
+            // AMBER to fr.anssi: fr reads it.
+            b.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Amber);
+            b.audience.members = vec!["fr.anssi".into()];
+        } else if i % 13 == 0 {
+            // AMBER+STRICT for the publisher's own member: fr does not.
+            b.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::AmberStrict);
+            b.audience.members = vec!["uk.ncsc".into()];
+            red += 1;
+        } else if i % 17 == 0 {
+            b.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+            b.audience.members = vec!["fr.anssi".into()];
         }
         let env = uk.signer.sign(b.to_bytes()).unwrap();
         stream.send(&env).await.unwrap();
@@ -333,6 +358,14 @@ async fn taxii2_client_walks_every_object_once_and_sees_only_what_it_may() {
     assert_eq!(status["ms-added-after"], 200, "{e}");
     assert_eq!(status["ns-added-after"], 200, "{e}");
     assert_eq!(status["no-object"], 404, "{e}");
+    assert_eq!(status["nothing-newer"], 200, "{e}");
+    assert_eq!(
+        e["empty_body"],
+        serde_json::json!({}),
+        "an empty page is {{}}: {e}"
+    );
+    assert_eq!(e["empty_last"], "2999-01-01T00:00:00.500000Z", "{e}");
+    assert_eq!(e["tls12"], "TLSv1.2", "{e}");
     assert_eq!(
         e["content_types"],
         serde_json::json!([beacon_taxii()]),

@@ -828,18 +828,26 @@ impl Server {
         let state = self.state.clone();
         let member = member.to_owned();
         let profile = c.profile;
+        let added_after = q.added_after;
         let page = tokio::task::spawn_blocking(move || view::page(&state, &member, profile, &q))
             .await
             .map_err(|_| TaxiiError::NotFound("the request was cut short".into()))?;
         let mut headers = Vec::new();
-        if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
+        // An empty page repeats the client's added_after, so a poller that
+        // keeps X-TAXII-Date-Added-Last asks the same question next time
+        // (a missing header makes some take "now", and skip what comes).
+        let dates = match (page.items.first(), page.items.last()) {
+            (Some(first), Some(last)) => Some((first.date_added, last.date_added)),
+            _ => added_after.map(|a| (a, a)),
+        };
+        if let Some((first, last)) = dates {
             headers.push((
                 "X-TAXII-Date-Added-First",
-                crate::stix::timestamp(view::from_micros(first.date_added)),
+                crate::stix::timestamp(view::from_micros(first)),
             ));
             headers.push((
                 "X-TAXII-Date-Added-Last",
-                crate::stix::timestamp(view::from_micros(last.date_added)),
+                crate::stix::timestamp(view::from_micros(last)),
             ));
         }
         let mut body = serde_json::Map::new();
