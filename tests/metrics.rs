@@ -89,15 +89,19 @@ async fn metrics_count_publishes_refusals_handshakes_and_lag() {
         ),
         Some(1.0)
     );
-    // The client may retry its connection, so at least one refusal.
-    assert!(
+    // The client may retry its connection, so at least one refusal. The
+    // node counts it in its own handshake task, which may finish after the
+    // client has already seen the alert: wait for it.
+    let counted = wait_until(Duration::from_secs(10), || async {
+        let (_, body) = http_get(ops, "/metrics");
         sample(
             &body,
-            "beacon_tls_handshake_failures_total{reason=\"unknown_issuer\"}"
+            "beacon_tls_handshake_failures_total{reason=\"unknown_issuer\"}",
         )
-        .is_some_and(|n| n >= 1.0),
-        "{body}"
-    );
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(counted.is_some(), "{body}");
     assert_eq!(sample(&body, "beacon_store_head"), Some(1.0));
     assert!(sample(&body, "beacon_store_fsync_seconds_count").is_some_and(|n| n >= 1.0));
     assert!(
