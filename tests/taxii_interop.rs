@@ -171,6 +171,19 @@ elif mode == "misp":
                         "distribution": int(e.distribution), "org": e.Orgc.name}
     out["events"] = events
     out["missing"] = requests.get(base + "00000000-0000-4000-8000-000000000000.json", auth=auth, verify=ca).status_code
+elif mode == "versions":
+    import requests
+    session = requests.Session()
+    session.cert, session.verify = (cert, key), ca
+    h = {"Accept": "application/taxii+json;version=2.1"}
+    rid = sys.argv[6]
+    get = lambda path, **p: session.get(coll.url + path, headers=h, params=p).json()
+    out["versions"] = get("objects/" + rid + "/versions/").get("versions", [])
+    out["last"] = get("objects/", **{"match[id]": rid}).get("objects", [])
+    out["first"] = get("objects/", **{"match[id]": rid, "match[version]": "first"}).get("objects", [])
+    out["all"] = get("objects/", **{"match[id]": rid, "match[version]": "all"}).get("objects", [])
+    out["object"] = get("objects/" + rid + "/").get("objects", [])
+    out["types"] = sorted({o["type"] for o in get("objects/", **{"match[type]": "indicator,report"}).get("objects", [])})
 elif mode == "errors":
     # Each case: (name, method, path, query, headers) -> status code.
     import requests
@@ -732,5 +745,60 @@ async fn an_api_token_reads_as_its_client_until_revoked() {
     assert_eq!(code, 0, "{err}");
     let after = run_client(&py, &args("token-after"));
     assert_eq!(after["after"], 401, "revoked at once: {after}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_and_retractions_are_versions_of_one_report_over_taxii() {
+    let Some(py) = python() else { return };
+    let pki = TestPki::new();
+    let taxii = free_addr();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\n");
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("uk.ncsc", "analyst");
+    let mut uk = member(node.addr, &files, &ca).await;
+    let mut first = bulletin("uk.ncsc", "first");
+    first.indicators = vec![Indicator {
+        kind: "domain".into(),
+        value: "a.example".into(),
+        description: String::new(),
+    }];
+    let mut revision = bulletin("uk.ncsc", "revised");
+    revision.relation = Some(beacon::bulletin::Relation::Supersedes(first.id.clone()));
+    let mut retraction = bulletin("uk.ncsc", "withdrawn");
+    retraction.relation = Some(beacon::bulletin::Relation::Retracts(revision.id.clone()));
+    for b in [&first, &revision, &retraction] {
+        uk.publish(b).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let rid = format!("report--{}", first.id);
+    let out = run_client(
+        &py,
+        &[
+            "versions".into(),
+            format!("https://127.0.0.1:{}/taxii2/", taxii.port()),
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+            pki.ca_cert().display().to_string(),
+            rid.clone(),
+        ],
+    );
+    assert_eq!(out["versions"].as_array().unwrap().len(), 3, "{out}");
+    let last = out["last"].as_array().unwrap();
+    assert_eq!(last.len(), 1, "the last version only: {out}");
+    assert_eq!(last[0]["revoked"], true, "{out}");
+    assert_eq!(last[0]["name"], "withdrawn");
+    let first_v = out["first"].as_array().unwrap();
+    assert_eq!(first_v.len(), 1, "{out}");
+    assert_eq!(first_v[0]["name"], "first");
+    assert_eq!(first_v[0]["created"], first_v[0]["modified"]);
+    assert_eq!(out["all"].as_array().unwrap().len(), 3, "{out}");
+    assert_eq!(
+        out["object"], out["last"],
+        "the object endpoint gives the last version"
+    );
+    assert_eq!(out["types"], serde_json::json!(["indicator", "report"]));
     node.stop().await;
 }
