@@ -14,7 +14,8 @@
 //!   [`pki`]: the operator's CA (`beacon ca`).
 //! - `policy`, `filter`, `metrics`: who may read, what a reader asked for,
 //!   counters; [`document`]: bulletins as JSON/YAML, envelopes as DSSE JSON;
-//!   [`stix`]: bulletins as STIX 2.1 objects.
+//!   [`stix`]: bulletins as STIX 2.1 objects (out and in); `misp`: as a MISP
+//!   feed; `tokens`: the API token register.
 //! - [`store`]: the durable, group-committed log.
 //! - `ingest` (everything entering the log: size, canonical bytes,
 //!   verification, origin and policy for relays) and `broker` (subscriptions:
