@@ -172,6 +172,74 @@ fn a_format_2_store_learns_its_expiry_times() {
     );
 }
 
+#[test]
+fn a_format_3_store_gets_its_acceptance_times_spaced() {
+    let pki = TestPki::new();
+    let signer = signer(&pki.client("uk.ncsc", "analyst"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let mut with_indicators = bulletin("uk.ncsc", "two indicators");
+    for d in ["a.example", "b.example"] {
+        with_indicators
+            .indicators
+            .push(beacon::bulletin::Indicator {
+                kind: "domain".into(),
+                value: d.into(),
+                description: String::new(),
+            });
+    }
+    let bulletins = [
+        with_indicators,
+        bulletin("uk.ncsc", "second"),
+        bulletin("uk.ncsc", "third"),
+    ];
+    {
+        let store = open(&dir).unwrap();
+        for b in &bulletins {
+            rt.block_on(store.append(store_record(&signer, b))).unwrap();
+        }
+    }
+    // As format 3 wrote a group commit: every record at the first's time.
+    {
+        let db = sled::open(dir.join("sled")).expect("open sled");
+        let log = db.open_tree("log").unwrap();
+        let key = |seq: u64| {
+            let mut k = vec![b'L'];
+            k.extend_from_slice(&seq.to_be_bytes());
+            k
+        };
+        let first =
+            beacon::store::Record::decode(1, log.get(key(1)).unwrap().unwrap().to_vec().into())
+                .unwrap();
+        for seq in 2..=3 {
+            let mut rec = beacon::store::Record::decode(
+                seq,
+                log.get(key(seq)).unwrap().unwrap().to_vec().into(),
+            )
+            .unwrap();
+            rec.accepted_at = first.accepted_at;
+            log.insert(key(seq), rec.encode()).unwrap();
+        }
+        log.insert(b"V", &3u32.to_be_bytes()[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let store = open(&dir).expect("a format 3 store opens (upgraded)");
+    let at = |seq| store.get(seq).unwrap().unwrap().accepted_at;
+    let gap = |a: u64, b: u64| at(b).duration_since(at(a)).unwrap().as_micros();
+    // 3 fixed objects and 2 indicators after the first; 3 after the second.
+    assert!(gap(1, 2) >= 5, "{}", gap(1, 2));
+    assert!(gap(2, 3) >= 3, "{}", gap(2, 3));
+    drop(store);
+    // The marker was moved on: the next open does not upgrade again.
+    let db = sled::open(dir.join("sled")).expect("open sled");
+    let v = db.open_tree("log").unwrap().get(b"V").unwrap().unwrap();
+    assert_eq!(u32::from_be_bytes(v.as_ref().try_into().unwrap()), FORMAT);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_refuses_a_newer_store_with_one_line() {
     let pki = TestPki::new();

@@ -60,8 +60,9 @@ pub use record::{Record, Replaced, Successor, Tombstone};
 /// The store's format: what its records, index entries and keys mean.
 /// 1: before the format was recorded. 2: index entries carry the bulletin
 /// that superseded or retracted them. 3: records carry `expires_at` and
-/// have expiry entries; pruned records leave tombstones.
-pub const FORMAT: u32 = 3;
+/// have expiry entries; pruned records leave tombstones. 4: acceptance
+/// times leave each record its span (distinct TAXII `date_added`).
+pub const FORMAT: u32 = 4;
 use record::{nanos, Indexed};
 
 #[derive(Debug, thiserror::Error)]

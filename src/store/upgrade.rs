@@ -7,6 +7,9 @@
 //! The relation is in the signed payload, so every record is read once.
 //! 2 → 3: records learn their `expires_at` (also in the signed payload):
 //! each record that has one is rewritten and gets its expiry entry.
+//! 3 → 4: acceptance times are spaced by each record's span (one
+//! microsecond per object of its STIX group), as the writer now spaces
+//! them: records of one group commit shared a time before.
 
 use std::collections::HashMap;
 
@@ -32,6 +35,9 @@ pub(super) fn run(engine: &dyn Engine, from: u32, head: u64) -> Result<(), Store
     }
     if from < 3 {
         add_expiries(engine, head)?;
+    }
+    if from < 4 {
+        respace(engine, head)?;
     }
     engine.write(WriteSet {
         format: Some(FORMAT),
@@ -116,6 +122,93 @@ fn add_expiries(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
     }
     engine.write(set)?;
     info!(expiring = total, "expiry times recorded");
+    Ok(())
+}
+
+/// Moves each acceptance time that is closer to its predecessor than the
+/// predecessor's span forward, records and tombstones alike, in order (so
+/// times stay increasing along the log).
+fn respace(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
+    use super::engine::Pruned;
+    use super::record::{from_nanos, Tombstone};
+    let mut set = WriteSet::default();
+    let mut free_from = 0u64;
+    let mut moved = 0u64;
+    let mut records = engine.records(1, head).peekable();
+    let mut tombstones = engine.tombstones(1, head).peekable();
+    loop {
+        let r = match records.peek() {
+            Some(Ok((s, _))) => Some(*s),
+            Some(Err(_)) => {
+                return Err(records
+                    .next()
+                    .and_then(Result::err)
+                    .unwrap_or_else(|| StoreError::Io("read failed".into())))
+            }
+            None => None,
+        };
+        let t = match tombstones.peek() {
+            Some(Ok((s, _))) => Some(*s),
+            Some(Err(_)) => {
+                return Err(tombstones
+                    .next()
+                    .and_then(Result::err)
+                    .unwrap_or_else(|| StoreError::Io("read failed".into())))
+            }
+            None => None,
+        };
+        let take_record = match (r, t) {
+            (None, None) => break,
+            (Some(r), t) => t.is_none_or(|t| r < t),
+            (None, Some(_)) => false,
+        };
+        if take_record {
+            let Some(Ok((seq, bytes))) = records.next() else {
+                break;
+            };
+            let mut rec = match Record::decode(seq, bytes) {
+                Ok(rec) => rec,
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    tracing::warn!(error = %e, "skipping a damaged record during the upgrade");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let span = bulletin_of(&rec)
+                .map(|b| crate::stix::span(&b))
+                .unwrap_or(crate::stix::FIXED_OBJECTS);
+            let mut at = nanos(rec.accepted_at);
+            if at < free_from {
+                at = free_from;
+                rec.accepted_at = from_nanos(at);
+                set.records.push((seq, rec.encode()));
+                moved += 1;
+            }
+            free_from = at.saturating_add(u64::from(span) * 1000);
+        } else {
+            let Some(Ok((seq, bytes))) = tombstones.next() else {
+                break;
+            };
+            let mut tomb = Tombstone::decode(seq, &bytes)?;
+            let mut at = nanos(tomb.accepted_at);
+            if at < free_from {
+                at = free_from;
+                tomb.accepted_at = from_nanos(at);
+                set.pruned.push(Pruned {
+                    seq,
+                    tombstone: tomb.encode(),
+                    expires: None,
+                });
+                moved += 1;
+            }
+            free_from = at.saturating_add(1000);
+        }
+        if set.records.len() + set.pruned.len() >= CHUNK {
+            engine.write(std::mem::take(&mut set))?;
+        }
+    }
+    engine.write(set)?;
+    info!(moved, "acceptance times spaced");
     Ok(())
 }
 
