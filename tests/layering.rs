@@ -16,7 +16,9 @@ const LAYERS: &[(u32, &[&str])] = &[
     (3, &["bulletin", "pki"]),
     (
         4,
-        &["policy", "filter", "metrics", "document", "stix", "tokens"],
+        &[
+            "policy", "filter", "metrics", "document", "stix", "tokens", "misp",
+        ],
     ),
     (5, &["store"]),
     // One admission path into the log; subscriptions out of it.
