@@ -100,8 +100,8 @@ fn attribute_type(kind: &str, value: &str) -> Option<(&'static str, &'static str
 /// The feed's event for `b`.
 pub fn event(b: &Bulletin, accepted_at: SystemTime) -> Value {
     let tlp = codec::tlp_from_i32(b.tlp).unwrap_or(Tlp::Red);
-    let created = b.created_at.unwrap_or(accepted_at);
-    let ts = secs(created).to_string();
+    let mut e = manifest_entry(b, accepted_at);
+    let ts = e["timestamp"].clone();
     let attributes: Vec<Value> = b
         .indicators
         .iter()
@@ -124,38 +124,31 @@ pub fn event(b: &Bulletin, accepted_at: SystemTime) -> Value {
             })
         })
         .collect();
-    let mut info = b.title.clone();
-    if !b.summary.is_empty() && b.summary != b.title {
-        info = format!("{} — {}", b.title, b.summary);
-    }
-    json!({"Event": {
-        "uuid": b.id,
-        "info": info,
-        "date": date(created),
-        "timestamp": ts,
-        "publish_timestamp": secs(accepted_at).to_string(),
-        "published": true,
-        "threat_level_id": threat_level(codec::severity_from_i32(b.severity)),
-        "analysis": "2",
-        "distribution": distribution(tlp),
-        "Orgc": orgc(&b.publisher),
-        "Tag": tags(b),
-        "Attribute": attributes,
-    }})
+    e["uuid"] = json!(b.id);
+    e["publish_timestamp"] = json!(secs(accepted_at).to_string());
+    e["published"] = json!(true);
+    e["distribution"] = json!(distribution(tlp));
+    e["Attribute"] = json!(attributes);
+    json!({ "Event": e })
 }
 
-/// The manifest entry of `b`'s event.
+/// The manifest entry of `b`'s event: the fields of the event a feed's
+/// manifest repeats (the event adds its uuid, distribution and attributes).
 pub fn manifest_entry(b: &Bulletin, accepted_at: SystemTime) -> Value {
-    let e = event(b, accepted_at);
-    let e = &e["Event"];
+    let created = b.created_at.unwrap_or(accepted_at);
+    let info = if !b.summary.is_empty() && b.summary != b.title {
+        format!("{} — {}", b.title, b.summary)
+    } else {
+        b.title.clone()
+    };
     json!({
-        "info": e["info"],
-        "Orgc": e["Orgc"],
-        "analysis": e["analysis"],
-        "timestamp": e["timestamp"],
-        "date": e["date"],
-        "threat_level_id": e["threat_level_id"],
-        "Tag": e["Tag"],
+        "info": info,
+        "Orgc": orgc(&b.publisher),
+        "analysis": "2",
+        "timestamp": secs(created).to_string(),
+        "date": date(created),
+        "threat_level_id": threat_level(codec::severity_from_i32(b.severity)),
+        "Tag": tags(b),
     })
 }
 

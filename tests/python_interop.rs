@@ -15,23 +15,10 @@ use std::process::Command;
 use common::*;
 
 fn python() -> Option<String> {
-    let py = std::env::var("BEACON_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import grpc, grpc_tools, cryptography"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(py);
-    }
-    let required = std::env::var("BEACON_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "BEACON_REQUIRE_PYTHON=1 but {py} lacks grpcio, grpcio-tools or cryptography \
-         (pip install -r examples/python/requirements.txt)"
-    );
-    eprintln!("skipping: {py} lacks grpcio, grpcio-tools or cryptography");
-    None
+    python_with(
+        "grpc, grpc_tools, cryptography",
+        "pip install -r examples/python/requirements.txt",
+    )
 }
 
 fn script() -> PathBuf {

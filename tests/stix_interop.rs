@@ -20,22 +20,10 @@ use common::*;
 use serde_json::Value;
 
 fn python() -> Option<String> {
-    let py = std::env::var("BEACON_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import stix2validator"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(py);
-    }
-    let required = std::env::var("BEACON_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "BEACON_REQUIRE_PYTHON=1 but {py} lacks stix2-validator (pip install -r tests/interop/requirements.txt)"
-    );
-    eprintln!("skipping: {py} lacks stix2-validator");
-    None
+    python_with(
+        "stix2validator",
+        "pip install -r tests/interop/requirements.txt",
+    )
 }
 
 /// Runs stix2-validator on every file; panics with its report on any error.

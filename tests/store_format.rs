@@ -72,6 +72,23 @@ fn set_format(dir: &Path, format: u32) {
     db.flush().expect("flush");
 }
 
+/// Writes `bulletins`, signed by `signer`, into a new store in `dir`, and
+/// closes it.
+fn store_bulletins(
+    dir: &Path,
+    signer: &beacon::bulletin::Signer,
+    bulletins: &[&beacon::bulletin::Bulletin],
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = open(dir).unwrap();
+    for b in bulletins {
+        rt.block_on(store.append(store_record(signer, b))).unwrap();
+    }
+}
+
 /// Opens the store (it waits out the file lock of a handle just dropped).
 fn open(dir: &Path) -> Result<Store, StoreError> {
     Store::open(dir, StoreOptions::default())
@@ -81,10 +98,6 @@ fn open(dir: &Path) -> Result<Store, StoreError> {
 fn a_format_1_store_is_upgraded_in_place_and_a_newer_one_refused() {
     let pki = TestPki::new();
     let signer = signer(&pki.client("uk.ncsc", "analyst"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
 
@@ -93,13 +106,7 @@ fn a_format_1_store_is_upgraded_in_place_and_a_newer_one_refused() {
     b.relation = Some(Relation::Supersedes(a.id.clone()));
     let mut r = bulletin("uk.ncsc", "retraction");
     r.relation = Some(Relation::Retracts(b.id.clone()));
-    {
-        let store = open(&dir).unwrap();
-        for x in [&a, &b, &r] {
-            rt.block_on(store.append(store_record(&signer, x))).unwrap();
-        }
-        assert!(store.successor("uk.ncsc", &a.id).unwrap().is_some());
-    }
+    store_bulletins(&dir, &signer, &[&a, &b, &r]);
 
     // Format 1 on disk: nothing knows its successor.
     downgrade_to_format_1(&dir);
@@ -140,22 +147,13 @@ fn a_format_1_store_is_upgraded_in_place_and_a_newer_one_refused() {
 fn a_format_2_store_learns_its_expiry_times() {
     let pki = TestPki::new();
     let signer = signer(&pki.client("uk.ncsc", "analyst"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     let expires = SystemTime::now() + Duration::from_secs(3600);
     let mut a = bulletin("uk.ncsc", "expires");
     a.expires_at = Some(expires);
     let b = bulletin("uk.ncsc", "does not");
-    {
-        let store = open(&dir).unwrap();
-        for x in [&a, &b] {
-            rt.block_on(store.append(store_record(&signer, x))).unwrap();
-        }
-    }
+    store_bulletins(&dir, &signer, &[&a, &b]);
     downgrade_to_format_2(&dir);
     let store = open(&dir).expect("a format 2 store opens (upgraded)");
     let at = |seq| store.get(seq).unwrap().unwrap().meta.expires_at;
@@ -176,10 +174,6 @@ fn a_format_2_store_learns_its_expiry_times() {
 fn a_format_3_store_gets_its_acceptance_times_spaced() {
     let pki = TestPki::new();
     let signer = signer(&pki.client("uk.ncsc", "analyst"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     let mut with_indicators = bulletin("uk.ncsc", "two indicators");
@@ -197,12 +191,7 @@ fn a_format_3_store_gets_its_acceptance_times_spaced() {
         bulletin("uk.ncsc", "second"),
         bulletin("uk.ncsc", "third"),
     ];
-    {
-        let store = open(&dir).unwrap();
-        for b in &bulletins {
-            rt.block_on(store.append(store_record(&signer, b))).unwrap();
-        }
-    }
+    store_bulletins(&dir, &signer, &bulletins.iter().collect::<Vec<_>>());
     // As format 3 wrote a group commit: every record at the first's time.
     {
         let db = sled::open(dir.join("sled")).expect("open sled");

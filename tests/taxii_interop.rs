@@ -20,22 +20,10 @@ use common::*;
 use serde_json::Value;
 
 fn python() -> Option<String> {
-    let py = std::env::var("BEACON_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import taxii2client, stix2validator"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(py);
-    }
-    let required = std::env::var("BEACON_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "BEACON_REQUIRE_PYTHON=1 but {py} lacks taxii2-client or stix2-validator (pip install -r tests/interop/requirements.txt)"
-    );
-    eprintln!("skipping: {py} lacks taxii2-client or stix2-validator");
-    None
+    python_with(
+        "taxii2client, stix2validator, pymisp",
+        "pip install -r tests/interop/requirements.txt",
+    )
 }
 
 /// The Python side: walks, polls or validates, and prints one JSON object.
@@ -228,16 +216,31 @@ elif mode == "errors":
 print(json.dumps(out))
 "#;
 
-fn run_client(py: &str, args: &[String]) -> Value {
-    let out = Command::new(py)
-        .arg("-c")
+/// A node of member drc with TAXII on a port of its own (`extra`: more
+/// `[taxii]` lines); its TAXII address.
+async fn taxii_node(pki: &TestPki, extra: &str) -> (TestNode, std::net::SocketAddr) {
+    let taxii = free_addr();
+    let mut opts = NodeOptions::new(pki, pki.node("drc", "hub-1"));
+    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\n{extra}");
+    (TestNode::start(&opts).await, taxii)
+}
+
+/// The Python client (`CLIENT`) with `args`, not yet run.
+fn client_command(py: &str, args: &[String]) -> Command {
+    let mut c = Command::new(py);
+    c.arg("-c")
         .arg(CLIENT)
         .args(args)
         // requests lets these override a session's own `verify` (its
         // issue 3829), which is how taxii2-client passes the CA.
         .env_remove("REQUESTS_CA_BUNDLE")
         .env_remove("CURL_CA_BUNDLE")
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    c
+}
+
+fn run_client(py: &str, args: &[String]) -> Value {
+    let out = client_command(py, args)
         .output()
         .expect("run taxii2-client");
     assert!(
@@ -253,10 +256,7 @@ fn run_client(py: &str, args: &[String]) -> Value {
 async fn taxii2_client_walks_every_object_once_and_sees_only_what_it_may() {
     let Some(py) = python() else { return };
     let pki = TestPki::new();
-    let taxii = free_addr();
-    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
-    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\ntitle = \"Beacon test node\"\n");
-    let node = TestNode::start(&opts).await;
+    let (node, taxii) = taxii_node(&pki, "title = \"Beacon test node\"\n").await;
     let ca = vec![pki.ca_cert()];
     let uk_files = pki.client("uk.ncsc", "analyst");
     let fr_files = pki.client("fr.anssi", "analyst");
@@ -411,10 +411,7 @@ fn beacon_taxii() -> &'static str {
 async fn added_after_polling_while_publishing_loses_and_repeats_nothing() {
     let Some(py) = python() else { return };
     let pki = TestPki::new();
-    let taxii = free_addr();
-    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
-    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\nmax_page = 100\n");
-    let node = TestNode::start(&opts).await;
+    let (node, taxii) = taxii_node(&pki, "max_page = 100\n").await;
     let ca = vec![pki.ca_cert()];
     let files = pki.client("uk.ncsc", "analyst");
     let uk = member(node.addr, &files, &ca).await;
@@ -471,10 +468,7 @@ async fn added_after_polling_while_publishing_loses_and_repeats_nothing() {
 async fn a_revoked_reader_is_cut_off_on_a_connection_already_open() {
     let Some(py) = python() else { return };
     let pki = TestPki::new();
-    let taxii = free_addr();
-    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
-    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\n");
-    let node = TestNode::start(&opts).await;
+    let (node, taxii) = taxii_node(&pki, "").await;
     let ca = vec![pki.ca_cert()];
     let files = pki.client("uk.ncsc", "leaver");
     let mut uk = member(node.addr, &files, &ca).await;
@@ -482,19 +476,15 @@ async fn a_revoked_reader_is_cut_off_on_a_connection_already_open() {
     let op = pki.operator("alice");
     let flag = tempfile::tempdir().unwrap();
     let go = flag.path().join("revoked");
-    let mut child = Command::new(&py)
-        .arg("-c")
-        .arg(CLIENT)
-        .args([
-            "hold".to_string(),
-            format!("https://127.0.0.1:{}/taxii2/", taxii.port()),
-            files.cert.display().to_string(),
-            files.key.display().to_string(),
-            pki.ca_cert().display().to_string(),
-            go.display().to_string(),
-        ])
-        .env_remove("REQUESTS_CA_BUNDLE")
-        .env_remove("CURL_CA_BUNDLE")
+    let hold: Vec<String> = vec![
+        "hold".into(),
+        format!("https://127.0.0.1:{}/taxii2/", taxii.port()),
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+        pki.ca_cert().display().to_string(),
+        go.display().to_string(),
+    ];
+    let mut child = client_command(&py, &hold)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -525,10 +515,7 @@ async fn a_revoked_reader_is_cut_off_on_a_connection_already_open() {
 async fn a_stix_bundle_posted_by_a_client_is_signed_by_its_node_and_read_over_grpc() {
     let Some(py) = python() else { return };
     let pki = TestPki::new();
-    let taxii = free_addr();
-    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
-    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\n");
-    let node = TestNode::start(&opts).await;
+    let (node, taxii) = taxii_node(&pki, "").await;
     let ca = vec![pki.ca_cert()];
     let writer = pki.client("drc", "analyst");
     let outsider = pki.client("fr.anssi", "analyst");
@@ -626,14 +613,7 @@ async fn a_stix_bundle_posted_by_a_client_is_signed_by_its_node_and_read_over_gr
     assert_eq!(again["success"], 3, "{again}");
     let head = head(node.addr, &pki.operator("op"), &ca).await;
     assert_eq!(head, 1);
-    let refused = Command::new(&py)
-        .arg("-c")
-        .arg(CLIENT)
-        .args(args(&outsider))
-        .env_remove("REQUESTS_CA_BUNDLE")
-        .env_remove("CURL_CA_BUNDLE")
-        .output()
-        .unwrap();
+    let refused = client_command(&py, &args(&outsider)).output().unwrap();
     // taxii2-client reads can_write (false for it) and does not send; the
     // server's 403 for a direct POST is checked in the first test.
     assert!(!refused.status.success());
@@ -646,10 +626,7 @@ async fn a_stix_bundle_posted_by_a_client_is_signed_by_its_node_and_read_over_gr
 async fn an_api_token_reads_as_its_client_until_revoked() {
     let Some(py) = python() else { return };
     let pki = TestPki::new();
-    let taxii = free_addr();
-    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
-    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\ntokens = true\n");
-    let node = TestNode::start(&opts).await;
+    let (node, taxii) = taxii_node(&pki, "tokens = true\n").await;
     let ca = vec![pki.ca_cert()];
     let mut uk = member(node.addr, &pki.client("uk.ncsc", "analyst"), &ca).await;
     let open_to_all = bulletin("uk.ncsc", "green");
@@ -752,10 +729,7 @@ async fn an_api_token_reads_as_its_client_until_revoked() {
 async fn revisions_and_retractions_are_versions_of_one_report_over_taxii() {
     let Some(py) = python() else { return };
     let pki = TestPki::new();
-    let taxii = free_addr();
-    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
-    opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\n");
-    let node = TestNode::start(&opts).await;
+    let (node, taxii) = taxii_node(&pki, "").await;
     let ca = vec![pki.ca_cert()];
     let files = pki.client("uk.ncsc", "analyst");
     let mut uk = member(node.addr, &files, &ca).await;

@@ -543,11 +543,10 @@ fn docs_from_flags(a: &PublishArgs) -> Result<BulletinDoc> {
 }
 
 async fn publish(a: PublishArgs) -> Result<()> {
-    if let Some(path) = &a.stix {
-        return publish_stix(&a, path).await;
-    }
-    let docs = match &a.file {
-        Some(path) => {
+    // Documents and the attachment are read before the node is dialled.
+    let docs = match (&a.stix, &a.file) {
+        (Some(_), _) => Vec::new(),
+        (None, Some(path)) => {
             let yaml = match path.extension().and_then(|e| e.to_str()) {
                 Some("yaml" | "yml") => Some(true),
                 Some("json") => Some(false),
@@ -556,7 +555,7 @@ async fn publish(a: PublishArgs) -> Result<()> {
             document::parse_bulletins(&read_input(path)?, yaml)
                 .with_context(|| format!("{}", path.display()))?
         }
-        None => vec![docs_from_flags(&a)?],
+        (None, None) => vec![docs_from_flags(&a)?],
     };
     let attachment = match &a.attach {
         Some(path) => {
@@ -588,20 +587,23 @@ async fn publish(a: PublishArgs) -> Result<()> {
                 dialer.own.identity
             )
         })?;
-    // Every document is checked before anything is sent.
-    let bulletins: Vec<Bulletin> = docs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let mut b = d
-                .to_bulletin(&member)
-                .with_context(|| format!("bulletin {} of {}", i + 1, docs.len()))?;
-            if attachment.is_some() {
-                b.attachment = attachment.clone();
-            }
-            Ok(b)
-        })
-        .collect::<Result<_>>()?;
+    // Every bulletin is checked before anything is sent.
+    let mut bulletins: Vec<Bulletin> = match &a.stix {
+        Some(path) => stix_bulletins(path, &member)?,
+        None => docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                d.to_bulletin(&member)
+                    .with_context(|| format!("bulletin {} of {}", i + 1, docs.len()))
+            })
+            .collect::<Result<_>>()?,
+    };
+    if attachment.is_some() {
+        for b in &mut bulletins {
+            b.attachment = attachment.clone();
+        }
+    }
     let signer = Arc::new(Signer::new(
         dialer.own.chain.clone(),
         dialer.own.key.secret_der(),
@@ -635,23 +637,11 @@ async fn publish(a: PublishArgs) -> Result<()> {
     Ok(())
 }
 
-/// `beacon publish --stix`: the bundle's reports as bulletins of your member,
-/// signed with your key; any object that cannot be mapped stops it.
-async fn publish_stix(a: &PublishArgs, path: &Path) -> Result<()> {
+/// `beacon publish --stix`: the bundle's reports as bulletins of `member`,
+/// each checked; any object that cannot be mapped stops it all.
+fn stix_bulletins(path: &Path, member: &str) -> Result<Vec<Bulletin>> {
     let text = read_input(path)?;
-    let (dialer, channel) = a.conn.dial().await?;
-    let member = dialer
-        .own
-        .identity
-        .member()
-        .map(|m| m.as_str().to_owned())
-        .with_context(|| {
-            format!(
-                "{} cannot publish: it is not a member identity",
-                dialer.own.identity
-            )
-        })?;
-    let (taken, outcomes) = beacon::stix::take_bundle(text.as_bytes(), &member)
+    let (taken, outcomes) = beacon::stix::take_bundle(text.as_bytes(), member)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("{}", path.display()))?;
     let failures: Vec<String> = outcomes
@@ -670,26 +660,13 @@ async fn publish_stix(a: &PublishArgs, path: &Path) -> Result<()> {
         bail!("{}: the bundle holds no report", path.display());
     }
     let now = SystemTime::now();
-    for t in &taken {
-        beacon::bulletin::validate(&t.bulletin, now).with_context(|| t.id.clone())?;
-    }
-    let signer = Arc::new(Signer::new(
-        dialer.own.chain.clone(),
-        dialer.own.key.secret_der(),
-    )?);
-    let mut client = BeaconClient::new(channel, signer.clone());
-    let mut stream = client.publish_stream().await?;
-    for t in &taken {
-        stream.send(&signer.sign(t.bulletin.to_bytes())?).await?;
-    }
-    let mut refused = 0;
-    for (t, outcome) in taken.iter().zip(stream.finish().await?) {
-        refused += report(&t.bulletin, outcome, a.json);
-    }
-    if refused > 0 {
-        bail!("{refused} of {} bulletins refused", taken.len());
-    }
-    Ok(())
+    taken
+        .into_iter()
+        .map(|t| {
+            beacon::bulletin::validate(&t.bulletin, now).with_context(|| t.id.clone())?;
+            Ok(t.bulletin)
+        })
+        .collect()
 }
 
 /// Prints the outcome of one publish; 1 if it was refused.

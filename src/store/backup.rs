@@ -36,7 +36,7 @@ use std::time::SystemTime;
 use aws_lc_rs::digest::{Context, SHA256};
 
 use super::commit::Watermark;
-use super::engine::{Engine, Space, WriteSet};
+use super::engine::{entries, Engine, Entry, Space, WriteSet};
 use super::record::{nanos, Indexed, Record, Successor, Tombstone};
 use super::{io, Store, StoreError, StoreOptions, FORMAT};
 
@@ -154,33 +154,19 @@ impl Store {
         header.extend_from_slice(&nanos(SystemTime::now()).to_be_bytes());
         w.put(b'H', &header).map_err(bio)?;
         // Records and tombstones, merged in sequence order.
-        let mut records = engine.records(1, head).peekable();
-        let mut tombstones = engine.tombstones(1, head).peekable();
-        loop {
-            let next_r = peek_seq(&mut records)?;
-            let next_t = peek_seq(&mut tombstones)?;
-            let take_record = match (next_r, next_t) {
-                (None, None) => break,
-                (Some(r), t) => t.is_none_or(|t| r < t),
-                (None, Some(_)) => false,
-            };
-            let (seq, tag, bytes) = if take_record {
-                let (seq, bytes) = records
-                    .next()
-                    .and_then(Result::ok)
-                    .ok_or_else(|| StoreError::Io("read failed".into()))?;
-                // Checked as it is read: a damaged record is not copied.
-                Record::decode(seq, bytes.clone())?.check_digest()?;
-                m.records += 1;
-                (seq, b'R', bytes)
-            } else {
-                let (seq, bytes) = tombstones
-                    .next()
-                    .and_then(Result::ok)
-                    .ok_or_else(|| StoreError::Io("read failed".into()))?;
-                Tombstone::decode(seq, &bytes)?;
-                m.tombstones += 1;
-                (seq, b'T', bytes)
+        for entry in entries(engine, 1, head) {
+            let (seq, tag, bytes) = match entry? {
+                Entry::Record(seq, bytes) => {
+                    // Checked as it is read: a damaged record is not copied.
+                    Record::decode(seq, bytes.clone())?.check_digest()?;
+                    m.records += 1;
+                    (seq, b'R', bytes)
+                }
+                Entry::Pruned(seq, bytes) => {
+                    Tombstone::decode(seq, &bytes)?;
+                    m.tombstones += 1;
+                    (seq, b'T', bytes)
+                }
             };
             w.put(tag, &bytes).map_err(bio)?;
             if seq % 1024 == 0 || seq == head {
@@ -237,20 +223,6 @@ fn finish(ctx: &Context) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.clone().finish().as_ref());
     out
-}
-
-/// The sequence of the next entry of `it`, or its read error.
-fn peek_seq(
-    it: &mut std::iter::Peekable<super::engine::RecordIter<'_>>,
-) -> Result<Option<u64>, StoreError> {
-    match it.peek() {
-        None => Ok(None),
-        Some(Ok((seq, _))) => Ok(Some(*seq)),
-        Some(Err(_)) => Err(it
-            .next()
-            .and_then(Result::err)
-            .unwrap_or_else(|| StoreError::Io("read failed".into()))),
-    }
 }
 
 fn manifest_bytes(m: &Manifest) -> Vec<u8> {

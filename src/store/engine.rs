@@ -116,3 +116,47 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Bytes the engine's files take.
     fn size_on_disk(&self) -> u64;
 }
+
+/// One sequence of the log: its record, or the tombstone of a pruned one.
+pub(crate) enum Entry {
+    Record(u64, Bytes),
+    Pruned(u64, Bytes),
+}
+
+/// Records and tombstones of `from..=to` merged in sequence order: every
+/// sequence of a gapless log, once (for readers of the whole log, such as
+/// backups and upgrades).
+pub(crate) fn entries(
+    engine: &dyn Engine,
+    from: u64,
+    to: u64,
+) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+    let mut records = engine.records(from, to).peekable();
+    let mut tombstones = engine.tombstones(from, to).peekable();
+    std::iter::from_fn(move || {
+        let next_record = match records.peek() {
+            Some(Ok((seq, _))) => Some(*seq),
+            // The read error itself.
+            Some(Err(_)) => return records.next().map(|r| r.map(|(s, v)| Entry::Record(s, v))),
+            None => None,
+        };
+        let next_tombstone = match tombstones.peek() {
+            Some(Ok((seq, _))) => Some(*seq),
+            Some(Err(_)) => {
+                return tombstones
+                    .next()
+                    .map(|r| r.map(|(s, v)| Entry::Pruned(s, v)))
+            }
+            None => None,
+        };
+        match (next_record, next_tombstone) {
+            (None, None) => None,
+            (Some(r), t) if t.is_none_or(|t| r < t) => records
+                .next()
+                .map(|item| item.map(|(seq, v)| Entry::Record(seq, v))),
+            _ => tombstones
+                .next()
+                .map(|item| item.map(|(seq, v)| Entry::Pruned(seq, v))),
+        }
+    })
+}

@@ -253,9 +253,9 @@ impl Default for StoreStats {
 /// The durable log.
 pub struct Store {
     /// Backups reading a fixed view of the log (pruning waits for them).
-    backups: Arc<AtomicU64>,
+    backups: AtomicU64,
     /// A prune step is under way (a backup waits for it to end).
-    pruning: Arc<std::sync::atomic::AtomicBool>,
+    pruning: std::sync::atomic::AtomicBool,
     engine: Arc<dyn Engine>,
     head: watch::Receiver<u64>,
     commit: Committer,
@@ -338,8 +338,8 @@ impl Store {
             stats.clone(),
         )?;
         Ok(Store {
-            backups: Arc::new(AtomicU64::new(0)),
-            pruning: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            backups: AtomicU64::new(0),
+            pruning: std::sync::atomic::AtomicBool::new(false),
             engine,
             head: head_rx,
             commit,

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use tracing::info;
 
-use super::engine::{Engine, WriteSet};
+use super::engine::{entries, Engine, Entry, WriteSet};
 use super::record::{nanos, Indexed, Record, Replaced, Successor};
 use super::{StoreError, FORMAT};
 use crate::bulletin::{codec, Bulletin, Relation};
@@ -54,14 +54,8 @@ fn mark_successors(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
     let mut total = 0u64;
     for item in engine.records(1, head) {
         let (seq, bytes) = item?;
-        let rec = match Record::decode(seq, bytes) {
-            Ok(rec) => rec,
-            // Refused whenever it is read; the upgrade goes on without it.
-            Err(e @ StoreError::Corrupt { .. }) => {
-                tracing::warn!(error = %e, "skipping a damaged record during the upgrade");
-                continue;
-            }
-            Err(e) => return Err(e),
+        let Some(rec) = readable(seq, bytes)? else {
+            continue;
         };
         let Some((how, id)) = relation_of(&rec) else {
             continue;
@@ -94,6 +88,19 @@ fn mark_successors(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A stored record, decoded; `None` for a damaged one (refused whenever it
+/// is read; an upgrade goes on without it).
+fn readable(seq: u64, bytes: bytes::Bytes) -> Result<Option<Record>, StoreError> {
+    match Record::decode(seq, bytes) {
+        Ok(rec) => Ok(Some(rec)),
+        Err(e @ StoreError::Corrupt { .. }) => {
+            tracing::warn!(error = %e, "skipping a damaged record during the upgrade");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Rewrites each record whose bulletin expires with `expires_at`, and
 /// adds its expiry entry (rewriting one twice writes the same bytes).
 fn add_expiries(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
@@ -101,13 +108,8 @@ fn add_expiries(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
     let mut total = 0u64;
     for item in engine.records(1, head) {
         let (seq, bytes) = item?;
-        let mut rec = match Record::decode(seq, bytes) {
-            Ok(rec) => rec,
-            Err(e @ StoreError::Corrupt { .. }) => {
-                tracing::warn!(error = %e, "skipping a damaged record during the upgrade");
-                continue;
-            }
-            Err(e) => return Err(e),
+        let Some(mut rec) = readable(seq, bytes)? else {
+            continue;
         };
         let Some(expires) = bulletin_of(&rec).and_then(|b| b.expires_at) else {
             continue;
@@ -134,74 +136,39 @@ fn respace(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
     let mut set = WriteSet::default();
     let mut free_from = 0u64;
     let mut moved = 0u64;
-    let mut records = engine.records(1, head).peekable();
-    let mut tombstones = engine.tombstones(1, head).peekable();
-    loop {
-        let r = match records.peek() {
-            Some(Ok((s, _))) => Some(*s),
-            Some(Err(_)) => {
-                return Err(records
-                    .next()
-                    .and_then(Result::err)
-                    .unwrap_or_else(|| StoreError::Io("read failed".into())))
-            }
-            None => None,
-        };
-        let t = match tombstones.peek() {
-            Some(Ok((s, _))) => Some(*s),
-            Some(Err(_)) => {
-                return Err(tombstones
-                    .next()
-                    .and_then(Result::err)
-                    .unwrap_or_else(|| StoreError::Io("read failed".into())))
-            }
-            None => None,
-        };
-        let take_record = match (r, t) {
-            (None, None) => break,
-            (Some(r), t) => t.is_none_or(|t| r < t),
-            (None, Some(_)) => false,
-        };
-        if take_record {
-            let Some(Ok((seq, bytes))) = records.next() else {
-                break;
-            };
-            let mut rec = match Record::decode(seq, bytes) {
-                Ok(rec) => rec,
-                Err(e @ StoreError::Corrupt { .. }) => {
-                    tracing::warn!(error = %e, "skipping a damaged record during the upgrade");
+    for entry in entries(engine, 1, head) {
+        match entry? {
+            Entry::Record(seq, bytes) => {
+                let Some(mut rec) = readable(seq, bytes)? else {
                     continue;
+                };
+                let span = bulletin_of(&rec)
+                    .map(|b| crate::stix::span(&b))
+                    .unwrap_or(crate::stix::FIXED_OBJECTS);
+                let mut at = nanos(rec.accepted_at);
+                if at < free_from {
+                    at = free_from;
+                    rec.accepted_at = from_nanos(at);
+                    set.records.push((seq, rec.encode()));
+                    moved += 1;
                 }
-                Err(e) => return Err(e),
-            };
-            let span = bulletin_of(&rec)
-                .map(|b| crate::stix::span(&b))
-                .unwrap_or(crate::stix::FIXED_OBJECTS);
-            let mut at = nanos(rec.accepted_at);
-            if at < free_from {
-                at = free_from;
-                rec.accepted_at = from_nanos(at);
-                set.records.push((seq, rec.encode()));
-                moved += 1;
+                free_from = at.saturating_add(u64::from(span) * 1000);
             }
-            free_from = at.saturating_add(u64::from(span) * 1000);
-        } else {
-            let Some(Ok((seq, bytes))) = tombstones.next() else {
-                break;
-            };
-            let mut tomb = Tombstone::decode(seq, &bytes)?;
-            let mut at = nanos(tomb.accepted_at);
-            if at < free_from {
-                at = free_from;
-                tomb.accepted_at = from_nanos(at);
-                set.pruned.push(Pruned {
-                    seq,
-                    tombstone: tomb.encode(),
-                    expires: None,
-                });
-                moved += 1;
+            Entry::Pruned(seq, bytes) => {
+                let mut tomb = Tombstone::decode(seq, &bytes)?;
+                let mut at = nanos(tomb.accepted_at);
+                if at < free_from {
+                    at = free_from;
+                    tomb.accepted_at = from_nanos(at);
+                    set.pruned.push(Pruned {
+                        seq,
+                        tombstone: tomb.encode(),
+                        expires: None,
+                    });
+                    moved += 1;
+                }
+                free_from = at.saturating_add(1000);
             }
-            free_from = at.saturating_add(1000);
         }
         if set.records.len() + set.pruned.len() >= CHUNK {
             engine.write(std::mem::take(&mut set))?;

@@ -53,8 +53,10 @@ pub enum TaxiiError {
     NotFound(String),
     #[error("{0}")]
     Forbidden(String),
-    #[error("{0}")]
-    Unauthorized(String),
+    #[error("the certificate of {0} is no longer accepted (revoked or expired)")]
+    Revoked(String),
+    #[error("present a client certificate, or an API token as the HTTP Basic password or a Bearer token")]
+    NoCredentials,
     #[error("the request body is larger than max_content_length ({0} bytes)")]
     TooLarge(usize),
     #[error("Content-Type {0:?} is not application/taxii+json;version=2.1")]
@@ -72,7 +74,7 @@ impl TaxiiError {
             TaxiiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             TaxiiError::NotFound(_) => StatusCode::NOT_FOUND,
             TaxiiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            TaxiiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            TaxiiError::Revoked(_) | TaxiiError::NoCredentials => StatusCode::UNAUTHORIZED,
             TaxiiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             TaxiiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             TaxiiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -88,7 +90,17 @@ impl TaxiiError {
             "description": self.to_string(),
             "http_status": status.as_str(),
         });
-        respond(status, body, &[])
+        let headers: &[(&'static str, String)] = match self {
+            // The connection is not to be used again: its caller is cut
+            // off, or its body was not all read.
+            TaxiiError::Revoked(_) | TaxiiError::TooLarge(_) => &[("Connection", "close".into())],
+            TaxiiError::NoCredentials => &[(
+                "WWW-Authenticate",
+                "Basic realm=\"Beacon TAXII\", Bearer".into(),
+            )],
+            _ => &[],
+        };
+        respond(status, body, headers)
     }
 }
 
@@ -332,9 +344,6 @@ impl Caller {
     /// Checks the chain again whenever the trust changed (a CRL reload):
     /// a revocation applies to connections already open.
     fn still_accepted(&self, state: &NodeState) -> bool {
-        if self.identity.is_none() {
-            return true; // a token, checked on each request
-        }
         let generation = state.trust.generation();
         let mut checked = self.checked.lock();
         if checked.0 != generation {
@@ -391,62 +400,25 @@ impl Server {
                 .ok()
                 .map(|b| b.to_bytes())
         };
-        if !caller.still_accepted(&self.state) {
-            let mut r = TaxiiError::Unauthorized(format!(
-                "the certificate of {} is no longer accepted (revoked or expired)",
-                caller
-                    .identity
-                    .as_ref()
-                    .map(|i| i.to_string())
-                    .unwrap_or_default()
-            ))
-            .response();
-            r.headers_mut()
-                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-            return r;
-        }
         let identity = match &caller.identity {
+            Some(i) if !caller.still_accepted(&self.state) => {
+                return TaxiiError::Revoked(i.to_string()).response()
+            }
             Some(i) => i.clone(),
             None => match self.token_caller(&parts) {
                 Some(i) => i,
-                None => {
-                    let mut r = TaxiiError::Unauthorized(
-                        "present a client certificate, or an API token as the HTTP Basic password or a Bearer token".into(),
-                    )
-                    .response();
-                    r.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        http::HeaderValue::from_static("Basic realm=\"Beacon TAXII\", Bearer"),
-                    );
-                    return r;
-                }
+                None => return TaxiiError::NoCredentials.response(),
             },
         };
-        let caller = Caller {
-            identity: Some(identity),
-            chain: Vec::new(),
-            checked: parking_lot::Mutex::new((0, true)),
+        let result = if parts.method == Method::POST {
+            match body {
+                Some(body) => self.post(&identity, &parts, body).await,
+                None => Err(TaxiiError::TooLarge(self.max_content_length())),
+            }
+        } else {
+            self.route(&identity, &parts).await
         };
-        let caller = &caller;
-        if parts.method == Method::POST {
-            let Some(body) = body else {
-                let mut r = TaxiiError::TooLarge(self.max_content_length()).response();
-                r.headers_mut()
-                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-                return r;
-            };
-            return match self.post(caller, &parts, body).await {
-                Ok(r) => r,
-                Err(e) => e.response(),
-            };
-        }
-        let Some(identity) = &caller.identity else {
-            return TaxiiError::Unauthorized("no caller".into()).response();
-        };
-        match self.route(identity, &parts).await {
-            Ok(r) => r,
-            Err(e) => e.response(),
-        }
+        result.unwrap_or_else(|e| e.response())
     }
 
     /// The client an API token in `Authorization` stands for (Basic: the
@@ -550,7 +522,7 @@ impl Server {
     /// each report signed by this node on the client's behalf.
     async fn post(
         &self,
-        caller: &Caller,
+        who: &Identity,
         parts: &http::request::Parts,
         body: Bytes,
     ) -> Result<Response<Full<Bytes>>, TaxiiError> {
@@ -582,9 +554,6 @@ impl Server {
         }
         // The node signs for clients of its own member only.
         let node_member = self.state.identity.member().map(|m| m.as_str().to_owned());
-        let Some(who) = caller.identity.as_ref() else {
-            return Err(TaxiiError::Unauthorized("no caller".into()));
-        };
         let member = match (who.kind(), who.member()) {
             (RoleKind::Client, Some(m)) if Some(m.as_str()) == node_member.as_deref() => {
                 m.as_str().to_owned()

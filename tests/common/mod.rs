@@ -428,6 +428,29 @@ where
     None
 }
 
+/// The Python that interop tests run (`BEACON_PYTHON`, default `python3`)
+/// if it can import `modules` (Python's `import` list). Without them the
+/// test says so and is skipped, unless `BEACON_REQUIRE_PYTHON=1` (as
+/// `.ci/run` sets), where it fails naming `install`.
+pub fn python_with(modules: &str, install: &str) -> Option<String> {
+    let py = std::env::var("BEACON_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(py);
+    }
+    let required = std::env::var("BEACON_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "BEACON_REQUIRE_PYTHON=1 but {py} cannot import {modules} ({install})"
+    );
+    eprintln!("skipping: {py} cannot import {modules}");
+    None
+}
+
 /// The `beacon` binary built for these tests.
 pub fn beacon_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_beacon"))
