@@ -273,30 +273,16 @@ async fn check_lifecycle(
     published: &Published,
 ) -> (u64, u64) {
     let mut c = member(addr, files, ca).await;
-    let before = probe_pruned(&mut c, 0).await.expect("probe");
-    let mut held = BTreeMap::new();
-    let mut after = 0;
-    loop {
-        let page = c
-            .bulletins
-            .list(pb::ListRequest {
-                after_sequence: after,
-                limit: 1000,
-                include_expired: true,
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        for d in page.deliveries {
-            let env = beacon::client::delivered_envelope(&d).expect("envelope");
-            held.insert(d.sequence, beacon::bulletin::codec::encode_envelope(&env));
-        }
-        after = page.next_after_sequence;
-        if !page.more {
-            break;
-        }
-    }
+    let before = probe_pruned(&mut c).await.expect("probe");
+    let held: BTreeMap<u64, Vec<u8>> = list_all_with(addr, files, ca, true)
+        .await
+        .expect("list")
+        .iter()
+        .map(|d| {
+            let env = beacon::client::delivered_envelope(d).expect("envelope");
+            (d.sequence, beacon::bulletin::codec::encode_envelope(&env))
+        })
+        .collect();
     let at = head(addr, op, ca).await;
     assert_eq!(
         at,
@@ -316,7 +302,7 @@ async fn check_lifecycle(
             }
         }
     }
-    let after = probe_pruned(&mut c, at).await.expect("probe");
+    let after = probe_pruned(&mut c).await.expect("probe");
     // Retention may run on meanwhile: the list's count lies between the two.
     assert!(
         before <= pruned && pruned <= after,
@@ -327,7 +313,7 @@ async fn check_lifecycle(
 
 /// How many records the node has pruned in all (`Subscribed.pruned` of a
 /// stream from the start).
-async fn probe_pruned(c: &mut beacon::client::BeaconClient, _head: u64) -> Option<u64> {
+async fn probe_pruned(c: &mut beacon::client::BeaconClient) -> Option<u64> {
     let mut sub = c.subscribe(open("", earliest())).await.ok()?;
     match sub.next().await {
         Ok(Some(pb::subscribe_response::Msg::Subscribed(s))) => Some(s.pruned),
@@ -388,16 +374,7 @@ async fn pruning_backup_and_restore_survive_sigkill() {
         let extra = Duration::from_millis(rng.random_range(0..80));
         tokio::time::sleep(until + extra).await;
         // How far pruning had got, just before the kill (for the report).
-        let mut probe = c.clone();
-        let at_kill = match probe.subscribe(open("", latest())).await {
-            Ok(mut sub) => match sub.next().await {
-                Ok(Some(pb::subscribe_response::Msg::Subscribed(s))) => {
-                    probe_pruned(&mut probe, s.head).await
-                }
-                _ => None,
-            },
-            Err(_) => None,
-        };
+        let at_kill = probe_pruned(&mut c.clone()).await;
         node.signal(nix::sys::signal::Signal::SIGKILL);
         node.wait(Duration::from_secs(10));
         eprintln!("cycle {cycle}: killed {extra:?} after expiry, with {at_kill:?} pruned in all");
@@ -420,20 +397,14 @@ async fn pruning_backup_and_restore_survive_sigkill() {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("node.backup");
     let backup_args = |out: &std::path::Path| -> Vec<String> {
-        vec![
+        let mut v: Vec<String> = vec![
             "admin".into(),
             "backup".into(),
             "--out".into(),
             out.display().to_string(),
-            "--node".into(),
-            addr.to_string(),
-            "--cert".into(),
-            op.cert.display().to_string(),
-            "--key".into(),
-            op.key.display().to_string(),
-            "--ca".into(),
-            pki.ca_cert().display().to_string(),
-        ]
+        ];
+        v.extend(conn_args(addr, &op, &pki.ca_cert()));
+        v
     };
     for _ in 0..cycles {
         let _ = std::fs::remove_file(&out);

@@ -13,52 +13,9 @@ use std::time::{Duration, SystemTime};
 use beacon::proto::v1 as pb;
 use common::*;
 
-/// `--node --cert --key --ca` for `files` against `addr`.
-fn conn(addr: std::net::SocketAddr, files: &CertFiles, ca: &Path) -> Vec<String> {
-    vec![
-        "--node".into(),
-        addr.to_string(),
-        "--cert".into(),
-        files.cert.display().to_string(),
-        "--key".into(),
-        files.key.display().to_string(),
-        "--ca".into(),
-        ca.display().to_string(),
-    ]
-}
-
 fn run(dir: &Path, args: &[String]) -> (i32, String, String) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     beacon(dir, &args)
-}
-
-/// Every delivery with all its fields, as a reader sees it.
-async fn everything(
-    addr: std::net::SocketAddr,
-    files: &CertFiles,
-    ca: &[PathBuf],
-) -> Vec<pb::Delivery> {
-    let ch = dial(addr, files, ca).await.expect("dial");
-    let mut c = beacon::client::BulletinsClient::new(ch).max_decoding_message_size(64 << 20);
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = c
-            .list(pb::ListRequest {
-                after_sequence: after,
-                limit: 1000,
-                include_expired: true,
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        out.extend(page.deliveries);
-        after = page.next_after_sequence;
-        if !page.more {
-            return out;
-        }
-    }
 }
 
 const RETENTION: &str = "[retention]\nafter_expiry = \"100ms\"\ninterval = \"50ms\"\n";
@@ -125,7 +82,7 @@ async fn a_backup_during_a_publish_storm_restores_byte_identical() {
         "--out".into(),
         file.display().to_string(),
     ];
-    args.extend(conn(node.addr, &op, &pki.ca_cert()));
+    args.extend(conn_args(node.addr, &op, &pki.ca_cert()));
     let (code, out, err) = run(work.path(), &args);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -161,8 +118,10 @@ async fn a_backup_during_a_publish_storm_restores_byte_identical() {
     assert!(out.contains(&format!("restored head {backed_up}")), "{out}");
     let restored = TestNode::start_prepared(data, config).await;
     assert_eq!(head(restored.addr, &op, &ca).await, backed_up);
-    let original = everything(node.addr, &reader, &ca).await;
-    let copy = everything(restored.addr, &reader, &ca).await;
+    let original = list_all_with(node.addr, &reader, &ca, true).await.unwrap();
+    let copy = list_all_with(restored.addr, &reader, &ca, true)
+        .await
+        .unwrap();
     let original: Vec<_> = original
         .into_iter()
         .filter(|d| d.sequence <= backed_up)
@@ -364,7 +323,7 @@ async fn operators_list_and_delete_durable_subscriptions_and_prune_revoked_ones(
 
     let admin = |args: &[&str]| {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        v.extend(conn(node.addr, &op, &pki.ca_cert()));
+        v.extend(conn_args(node.addr, &op, &pki.ca_cert()));
         run(work.path(), &v)
     };
     let (code, out, err) = admin(&["admin", "subscriptions", "list", "--json"]);

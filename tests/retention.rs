@@ -37,19 +37,6 @@ async fn list(
         .collect()
 }
 
-async fn get(
-    c: &mut beacon::client::BeaconClient,
-    id: &str,
-) -> Result<pb::Delivery, tonic::Status> {
-    c.bulletins
-        .get(pb::GetRequest {
-            id: id.to_owned(),
-            publisher: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().delivery.expect("a delivery"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_bulletins_are_passed_over_then_pruned_to_tombstones() {
     let pki = TestPki::new();
@@ -113,10 +100,10 @@ async fn expired_bulletins_are_passed_over_then_pruned_to_tombstones() {
         "current_only leaves expired ones out even with include_expired"
     );
     assert!(
-        get(&mut c, &a.id).await.unwrap().expired,
+        get_by_id(&mut c, &a.id).await.unwrap().expired,
         "Get marks an expired bulletin"
     );
-    assert!(!get(&mut c, &b.id).await.unwrap().expired);
+    assert!(!get_by_id(&mut c, &b.id).await.unwrap().expired);
     for (include_expired, want) in [(false, vec![2, 3]), (true, vec![1, 2, 3, 4])] {
         let mut o = open("", earliest());
         o.include_expired = include_expired;
@@ -141,7 +128,7 @@ async fn expired_bulletins_are_passed_over_then_pruned_to_tombstones() {
         "pruned down to the kept bulletin: {:?}",
         list(&mut c, true, false).await
     );
-    let e = get(&mut c, &a.id)
+    let e = get_by_id(&mut c, &a.id)
         .await
         .expect_err("a pruned bulletin is gone");
     assert_eq!(e.code(), Code::NotFound, "{e:?}");

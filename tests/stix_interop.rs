@@ -122,18 +122,9 @@ async fn stix_from_the_cli_passes_the_oasis_validator() {
     }
 
     let conn = |files: &CertFiles| -> Vec<String> {
-        vec![
-            "--node".into(),
-            w.node.addr.to_string(),
-            "--cert".into(),
-            files.cert.display().to_string(),
-            "--key".into(),
-            files.key.display().to_string(),
-            "--ca".into(),
-            w.pki.ca_cert().display().to_string(),
-            "--node-identity".into(),
-            w.node_id.clone(),
-        ]
+        let mut v = conn_args(w.node.addr, files, &w.pki.ca_cert());
+        v.extend(["--node-identity".into(), w.node_id.clone()]);
+        v
     };
     let run = |args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -245,17 +236,7 @@ async fn stix_from_the_cli_passes_the_oasis_validator() {
     run(args);
     assert_eq!(w.head().await, head_before + 1);
     let mut c = member(w.node.addr, &files, &w.ca).await;
-    let got = c
-        .bulletins
-        .get(beacon::proto::v1::GetRequest {
-            id: new_id.into(),
-            publisher: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .delivery
-        .unwrap();
+    let got = get_by_id(&mut c, new_id).await.unwrap();
     let env = beacon::client::delivered_envelope(&got).unwrap();
     let b = beacon::bulletin::codec::decode_bulletin(&env.payload).unwrap();
     assert_eq!(b.title, first.title);

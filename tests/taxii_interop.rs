@@ -577,17 +577,7 @@ async fn a_stix_bundle_posted_by_a_client_is_signed_by_its_node_and_read_over_gr
     let seen = read_deliveries(&mut sub, 1, false, std::time::Duration::from_secs(20)).await;
     assert_eq!(seen.ids, vec![report_id.to_string()]);
     let mut c = member(node.addr, &outsider, &ca).await;
-    let d = c
-        .bulletins
-        .get(beacon::proto::v1::GetRequest {
-            id: report_id.into(),
-            publisher: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .delivery
-        .unwrap();
+    let d = get_by_id(&mut c, report_id).await.unwrap();
     let env = beacon::client::delivered_envelope(&d).unwrap();
     let bundle_trust = {
         let cert = beacon::trust::read_certs(&pki.ca_cert()).unwrap().remove(0);
@@ -643,16 +633,7 @@ async fn an_api_token_reads_as_its_client_until_revoked() {
     let work = tempfile::tempdir().unwrap();
     let admin = |args: &[&str]| {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        v.extend([
-            "--node".into(),
-            node.addr.to_string(),
-            "--cert".into(),
-            op.cert.display().to_string(),
-            "--key".into(),
-            op.key.display().to_string(),
-            "--ca".into(),
-            pki.ca_cert().display().to_string(),
-        ]);
+        v.extend(conn_args(node.addr, &op, &pki.ca_cert()));
         let v: Vec<&str> = v.iter().map(String::as_str).collect();
         beacon(work.path(), &v)
     };

@@ -451,6 +451,20 @@ pub fn python_with(modules: &str, install: &str) -> Option<String> {
     None
 }
 
+/// `--node --cert --key --ca` of the CLI for `files` against `addr`.
+pub fn conn_args(addr: SocketAddr, files: &CertFiles, ca: &Path) -> Vec<String> {
+    vec![
+        "--node".into(),
+        addr.to_string(),
+        "--cert".into(),
+        files.cert.display().to_string(),
+        "--key".into(),
+        files.key.display().to_string(),
+        "--ca".into(),
+        ca.display().to_string(),
+    ]
+}
+
 /// The `beacon` binary built for these tests.
 pub fn beacon_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_beacon"))
@@ -992,6 +1006,16 @@ pub async fn list_all(
     files: &CertFiles,
     ca: &[PathBuf],
 ) -> Result<Vec<beacon::proto::v1::Delivery>, String> {
+    list_all_with(addr, files, ca, false).await
+}
+
+/// As [`list_all`], expired bulletins included when `include_expired`.
+pub async fn list_all_with(
+    addr: SocketAddr,
+    files: &CertFiles,
+    ca: &[PathBuf],
+    include_expired: bool,
+) -> Result<Vec<beacon::proto::v1::Delivery>, String> {
     let ch = dial(addr, files, ca).await.map_err(|e| e.to_string())?;
     let mut c = beacon::client::BulletinsClient::new(ch).max_decoding_message_size(64 << 20);
     let mut out = Vec::new();
@@ -1004,7 +1028,7 @@ pub async fn list_all(
                 limit: 1000,
                 filter: None,
                 current_only: false,
-                include_expired: false,
+                include_expired,
             })
             .await
             .map_err(|e| e.to_string())?
@@ -1015,6 +1039,20 @@ pub async fn list_all(
             return Ok(out);
         }
     }
+}
+
+/// `Get` of bulletin `id` (any publisher), as `c`'s member may read it.
+pub async fn get_by_id(
+    c: &mut beacon::client::BeaconClient,
+    id: &str,
+) -> Result<beacon::proto::v1::Delivery, tonic::Status> {
+    c.bulletins
+        .get(beacon::proto::v1::GetRequest {
+            id: id.to_owned(),
+            publisher: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().delivery.expect("a delivery"))
 }
 
 /// The bulletin id of a delivery.
