@@ -489,19 +489,6 @@ impl Store {
         Ok(n)
     }
 
-    /// Tombstones of `from..=to`, in order, each checked.
-    pub fn tombstones(
-        &self,
-        from: u64,
-        to: u64,
-    ) -> impl Iterator<Item = Result<Tombstone, StoreError>> + Send + '_ {
-        let to = to.min(self.head());
-        self.engine.tombstones(from, to).map(|item| {
-            let (seq, v) = item?;
-            Tombstone::decode(seq, &v)
-        })
-    }
-
     /// Up to `limit` records that expire at or before `until`, earliest
     /// first, from the entry `from` (expires_at in ns, sequence) on:
     /// (expires_at, sequence).
@@ -622,19 +609,6 @@ impl Store {
     pub fn set_cursor(&self, identity: &str, name: &str, seq: u64) -> Result<(), StoreError> {
         self.engine
             .advance_cursor(Space::Subscriptions, identity, name, seq)
-    }
-
-    /// Stores a cursor and resolves once it is durable (it shares the next
-    /// sync with concurrent publishes). It only moves forward.
-    pub async fn commit_cursor(
-        &self,
-        identity: &str,
-        name: &str,
-        seq: u64,
-    ) -> Result<(), StoreError> {
-        self.commit.check_open()?;
-        self.set_cursor(identity, name, seq)?;
-        self.commit.sync().await
     }
 
     /// Resolves once every position written before the call is durable
