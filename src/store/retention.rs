@@ -119,6 +119,7 @@ impl Pruner {
         let Some(until) = now.checked_sub(shortest) else {
             return Ok(Vec::new());
         };
+        let uniform = rules.after_expiry[1..].iter().all(|a| *a == Some(shortest));
         let mut due = Vec::new();
         let mut from = (0u64, 0u64);
         loop {
@@ -128,13 +129,18 @@ impl Pruner {
             };
             let full = page.len() >= limit.max(256);
             for (expires, seq) in page {
-                let Some(rec) = store.get(seq)? else {
-                    continue;
+                // With one rule for every label, every entry is due; only
+                // per-label rules need the record's label (read here, and
+                // again by the prune step).
+                let keep = if uniform {
+                    Some(shortest)
+                } else {
+                    match store.get(seq)? {
+                        Some(rec) => rules.after_expiry(rec.meta.tlp),
+                        None => continue,
+                    }
                 };
-                if rules
-                    .after_expiry(rec.meta.tlp)
-                    .is_some_and(|keep| expires + keep <= now)
-                {
+                if keep.is_some_and(|keep| expires + keep <= now) {
                     due.push(seq);
                     if due.len() >= limit {
                         return Ok(due);
