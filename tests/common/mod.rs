@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod powerfs;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
