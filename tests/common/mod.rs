@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod checks;
 pub mod powerfs;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -30,10 +30,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
@@ -193,7 +192,13 @@ impl State {
         Ok(())
     }
 
-    fn new_inode(&mut self, parent: u64, name: &OsStr, body: Body, perm: u16) -> Result<u64, Errno> {
+    fn new_inode(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        body: Body,
+        perm: u16,
+    ) -> Result<u64, Errno> {
         if self.dir(parent)?.entries.contains_key(name) {
             return Err(Errno::EEXIST);
         }
@@ -565,7 +570,9 @@ impl Filesystem for Fs {
         let mut s = self.lock();
         match s.file(ino.0) {
             Ok(f) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(f.data.len());
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(f.data.len());
                 let end = start.saturating_add(size as usize).min(f.data.len());
                 reply.data(&f.data[start..end]);
             }
@@ -594,11 +601,25 @@ impl Filesystem for Fs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.lock().fsync(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -637,7 +658,14 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let mut s = self.lock();
         if s.faults.fail_fsync {
             s.counters.failed_fsyncs += 1;
@@ -691,9 +719,13 @@ impl Filesystem for Fs {
         });
         match s.new_inode(parent.0, name, body, (mode & 0o7777) as u16) {
             Ok(ino) => match s.attr(ino) {
-                Some(attr) => {
-                    reply.created(&TTL, &attr, Generation(0), FileHandle(0), FopenFlags::empty())
-                }
+                Some(attr) => reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::empty(),
+                ),
                 None => reply.error(Errno::EIO),
             },
             Err(e) => reply.error(e),
@@ -770,10 +802,16 @@ impl PowerFs {
         self.session = Some(session);
         // Ready once the kernel answers for it.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(self.mount.path()).map(|m| m.is_dir()).ok() != Some(true)
+        while std::fs::metadata(self.mount.path())
+            .map(|m| m.is_dir())
+            .ok()
+            != Some(true)
             || !mounted(self.mount.path())
         {
-            assert!(Instant::now() < deadline, "the test filesystem did not mount");
+            assert!(
+                Instant::now() < deadline,
+                "the test filesystem did not mount"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

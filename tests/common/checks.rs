@@ -1,0 +1,218 @@
+//! Checks shared by the crash and power-loss tests: what publishers saw
+//! acknowledged and what a durable subscriber saw, checked against the log
+//! after a restart.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use beacon::proto::v1 as pb;
+
+use super::*;
+
+/// What a publisher saw acknowledged: id -> (sequence, canonical envelope bytes).
+pub type Acked = Arc<Mutex<BTreeMap<String, (u64, Vec<u8>)>>>;
+
+pub const PUBLISHERS: usize = 8;
+
+/// What the durable subscriber saw and acknowledged.
+#[derive(Default)]
+pub struct Reader {
+    pub acked_upto: u64,
+    pub seen: std::collections::BTreeSet<u64>,
+    /// The highest cursor the node reported durable (`Status`).
+    pub reported_durable: u64,
+}
+
+/// Streams the durable subscription `audit-feed` until the node goes away (or
+/// `until` deliveries are seen), acknowledging each delivery; checks that a
+/// resume never skips past the acknowledged cursor and never leaves a gap.
+pub async fn durable_reader(
+    addr: std::net::SocketAddr,
+    files: CertFiles,
+    ca: Vec<std::path::PathBuf>,
+    state: Arc<Mutex<Reader>>,
+    until: Option<u64>,
+) {
+    use pb::subscribe_response::Msg;
+    let mut s = settings(&files, &ca);
+    s.node = Some(addr.to_string());
+    let Ok(mut c) = beacon::client::BeaconClient::connect_expecting(
+        &s,
+        beacon::trust::tls::ExpectedServer::AnyNode,
+    )
+    .await
+    else {
+        return;
+    };
+    let Ok(mut sub) = c.subscribe(open("audit-feed", resume())).await else {
+        return;
+    };
+    let mut next = None;
+    loop {
+        if let Some(head) = until {
+            if state.lock().unwrap().seen.range(head..).next().is_some() {
+                return;
+            }
+        }
+        match sub.next().await {
+            Ok(Some(Msg::Subscribed(sd))) => {
+                let (acked, durable) = {
+                    let st = state.lock().unwrap();
+                    (st.acked_upto, st.reported_durable)
+                };
+                assert!(
+                    sd.cursor <= acked,
+                    "resumed after {} but only {acked} was acknowledged",
+                    sd.cursor
+                );
+                assert!(
+                    sd.cursor >= durable,
+                    "resumed after {} but {durable} was reported durable",
+                    sd.cursor
+                );
+                next = Some(sd.cursor + 1);
+            }
+            Ok(Some(Msg::Delivery(d))) => {
+                assert_eq!(
+                    Some(d.sequence),
+                    next,
+                    "a gap or reordering in the resumed stream"
+                );
+                next = Some(d.sequence + 1);
+                {
+                    let mut st = state.lock().unwrap();
+                    st.seen.insert(d.sequence);
+                }
+                if sub.ack(d.sequence).await.is_err() {
+                    return;
+                }
+                let mut st = state.lock().unwrap();
+                st.acked_upto = st.acked_upto.max(d.sequence);
+            }
+            Ok(Some(_)) => {}
+            _ => return, // the node died
+        }
+    }
+}
+
+/// Every acknowledged bulletin is present at its sequence with identical bytes,
+/// and the log is exactly 1..=head with no gap or duplicate.
+pub async fn check_everything(
+    addr: std::net::SocketAddr,
+    reader: &CertFiles,
+    ca: &[std::path::PathBuf],
+    acked: &Acked,
+    cycle: usize,
+) -> u64 {
+    let mut c = member(addr, reader, ca).await;
+    let mut after = 0;
+    let mut seqs = Vec::new();
+    let mut by_id: BTreeMap<String, (u64, Vec<u8>)> = BTreeMap::new();
+    let head = loop {
+        let page = c
+            .bulletins
+            .list(pb::ListRequest {
+                after_sequence: after,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("list after restart")
+            .into_inner();
+        for d in page.deliveries {
+            seqs.push(d.sequence);
+            let env = beacon::client::delivered_envelope(&d).unwrap();
+            let b = beacon::bulletin::codec::decode_bulletin(&env.payload).unwrap();
+            assert!(
+                by_id
+                    .insert(
+                        b.id,
+                        (d.sequence, beacon::bulletin::codec::encode_envelope(&env))
+                    )
+                    .is_none(),
+                "an id stored twice"
+            );
+        }
+        after = page.next_after_sequence;
+        if !page.more {
+            let expected: Vec<u64> = (1..=page.head).collect();
+            assert_eq!(
+                seqs, expected,
+                "cycle {cycle}: the log is not gapless 1..={}",
+                page.head
+            );
+            break page.head;
+        }
+    };
+    for (id, (seq, bytes)) in acked.lock().unwrap().iter() {
+        let got = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("cycle {cycle}: acknowledged {id} (seq {seq}) is lost"));
+        assert_eq!(got.0, *seq, "cycle {cycle}: {id} moved");
+        assert_eq!(&got.1, bytes, "cycle {cycle}: {id} is not byte-identical");
+    }
+    head
+}
+
+/// What was published for the lifecycle test: id -> (sequence, envelope
+/// bytes, whether it expires).
+pub type Published = BTreeMap<String, (u64, Vec<u8>, bool)>;
+
+/// The log as readers see it after a restart: every bulletin that does not
+/// expire is there, byte-identical; every one missing expired and was
+/// pruned (a tombstone, counted by `Subscribed`); nothing else.
+pub async fn check_lifecycle(
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    op: &CertFiles,
+    ca: &[std::path::PathBuf],
+    published: &Published,
+) -> (u64, u64) {
+    let mut c = member(addr, files, ca).await;
+    let before = probe_pruned(&mut c).await.expect("probe");
+    let held: BTreeMap<u64, Vec<u8>> = list_all_with(addr, files, ca, true)
+        .await
+        .expect("list")
+        .iter()
+        .map(|d| {
+            let env = beacon::client::delivered_envelope(d).expect("envelope");
+            (d.sequence, beacon::bulletin::codec::encode_envelope(&env))
+        })
+        .collect();
+    let at = head(addr, op, ca).await;
+    assert_eq!(
+        at,
+        published.len() as u64,
+        "every acknowledged sequence is accounted for"
+    );
+    let mut pruned = 0;
+    for (id, (seq, bytes, expires)) in published {
+        match held.get(seq) {
+            Some(b) => assert_eq!(b, bytes, "bulletin {id} at {seq} changed"),
+            None => {
+                assert!(
+                    *expires,
+                    "bulletin {id} at {seq} was lost, yet it never expires"
+                );
+                pruned += 1;
+            }
+        }
+    }
+    let after = probe_pruned(&mut c).await.expect("probe");
+    // Retention may run on meanwhile: the list's count lies between the two.
+    assert!(
+        before <= pruned && pruned <= after,
+        "Subscribed counts what was pruned: {before} <= {pruned} <= {after}"
+    );
+    (at, pruned)
+}
+
+/// How many records the node has pruned in all (`Subscribed.pruned` of a
+/// stream from the start).
+pub async fn probe_pruned(c: &mut beacon::client::BeaconClient) -> Option<u64> {
+    let mut sub = c.subscribe(open("", earliest())).await.ok()?;
+    match sub.next().await {
+        Ok(Some(pb::subscribe_response::Msg::Subscribed(s))) => Some(s.pruned),
+        _ => None,
+    }
+}
