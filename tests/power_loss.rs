@@ -137,6 +137,15 @@ async fn acknowledged_bulletins_and_cursors_survive_power_cuts() {
     for cycle in 0..=cycles {
         let t0 = Instant::now();
         let mut node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
+        let up = wait_until(Duration::from_secs(30), || async {
+            health(addr, &op, &ca).await.is_ok()
+        })
+        .await;
+        assert!(
+            up.is_some(),
+            "cycle {cycle}: the node does not serve after the cut:\n{}",
+            node.log()
+        );
         let head = check_everything(addr, &reader_files, &ca, &acked, cycle).await;
         recovery.push(t0.elapsed());
         // A backup that survived the cut is whole: it restores.
@@ -160,6 +169,7 @@ async fn acknowledged_bulletins_and_cursors_survive_power_cuts() {
             );
             backups_checked += 1;
             std::fs::remove_file(&backup).expect("remove the checked backup");
+            sync_dir(fs.path());
         }
         if cycle == cycles {
             let caught_up = tokio::time::timeout(
@@ -276,6 +286,12 @@ async fn acknowledged_bulletins_and_cursors_survive_power_cuts() {
             Cut::Torn { seed: rng.random() }
         };
         fs.power_cut(how);
+        if backup_done == Some(true) {
+            assert!(
+                backup.exists(),
+                "cycle {cycle}: a backup reported written is gone after the cut"
+            );
+        }
         for t in tasks {
             t.await.unwrap();
         }

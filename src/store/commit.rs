@@ -360,11 +360,13 @@ type Reply = (
 );
 
 /// The highest sequence the store has made durable, kept in a small file
-/// beside the engine's files (`acknowledged`: the sequence and its CRC32). It is written
-/// after each flush, without an fsync of its own, so it never runs ahead of
-/// the log; after a power loss it may lag, which only weakens the check. At
-/// open, a log that ends before it means the engine's recovery lost acknowledged
-/// records (it stops at the first damaged entry), and the store refuses to open.
+/// beside the engine's files (`acknowledged`: the sequence and its CRC32). It
+/// is written and fdatasynced after each flush of the log and before anything
+/// that flush covers is acknowledged, so it never runs ahead of the log and
+/// never lags what was acknowledged, even across a power cut. At open, a log
+/// that ends before it means the engine lost acknowledged records (its
+/// recovery stops at the first damaged entry, or the disk lied about an
+/// fsync), and the store refuses to open.
 pub(super) struct Watermark {
     file: std::fs::File,
 }
@@ -405,7 +407,8 @@ impl Watermark {
         buf[..8].copy_from_slice(&seq.to_be_bytes());
         let sum = crc32fast::hash(&buf[..8]);
         buf[8..].copy_from_slice(&sum.to_be_bytes());
-        self.file.write_all_at(&buf, 0)
+        self.file.write_all_at(&buf, 0)?;
+        self.file.sync_data()
     }
 }
 
@@ -439,7 +442,17 @@ impl Flusher {
             let target = self.pipeline.applied.load(Ordering::Acquire);
             if target > self.durable || needs_flush {
                 let t0 = Instant::now();
-                let result = self.engine.sync();
+                // The log, then the acknowledged head outside it: both durable
+                // before any reply.
+                let result = self.engine.sync().and_then(|()| {
+                    if target > self.durable {
+                        self.watermark.record(target).map_err(|e| {
+                            StoreError::Io(format!("cannot record the acknowledged head: {e}"))
+                        })
+                    } else {
+                        Ok(())
+                    }
+                });
                 let took = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 self.stats
                     .fsync_nanos_total
@@ -477,9 +490,6 @@ impl Flusher {
                         .appended
                         .fetch_add(target - self.durable, Ordering::Relaxed);
                     self.durable = target;
-                    if let Err(e) = self.watermark.record(target) {
-                        warn!(error = %e, "cannot record the acknowledged head outside the log");
-                    }
                     self.head_tx.send_replace(target);
                 }
             }

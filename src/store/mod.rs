@@ -38,6 +38,7 @@
 
 pub mod backup;
 mod commit;
+mod durable;
 mod engine;
 mod record;
 pub mod retention;
@@ -266,7 +267,7 @@ impl Store {
     /// Opens (or creates) the store in `dir` on the embedded engine and
     /// starts its group commit.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        durable::create_dir_all(dir).map_err(io)?;
         // A compaction interrupted after its new files were complete.
         backup::finish_swap(dir).map_err(|e| StoreError::Io(e.to_string()))?;
         let engine = sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
@@ -311,6 +312,8 @@ impl Store {
         }
         // A log that ends before what was acknowledged is refused, never served.
         let watermark = Watermark::open(dir)?;
+        // Its name, and the engine's directory, are entries of `dir`.
+        durable::sync_dir(dir).map_err(io)?;
         if let Some(acknowledged) = watermark.read() {
             if acknowledged > head {
                 return Err(StoreError::RolledBack {
