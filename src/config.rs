@@ -204,6 +204,9 @@ pub struct StoreConfig {
     pub cache_mb: u64,
     /// Most publishes made durable by one fsync.
     pub max_batch: usize,
+    /// Free space (MiB) kept on the store's filesystem: publishes are refused
+    /// below it and resume once space is freed (0: none).
+    pub reserve_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -211,6 +214,7 @@ impl Default for StoreConfig {
         StoreConfig {
             cache_mb: 16,
             max_batch: 1024,
+            reserve_mb: 256,
         }
     }
 }

@@ -323,3 +323,251 @@ async fn acknowledged_bulletins_and_cursors_survive_power_cuts() {
         acked.lock().unwrap().len()
     );
 }
+
+/// The gRPC code of a refused publish.
+fn code_of(e: &beacon::client::ClientError) -> Option<tonic::Code> {
+    match e {
+        beacon::client::ClientError::Rpc(s) => Some(s.code()),
+        _ => None,
+    }
+}
+
+/// Publishes one bulletin of `files`'s member; records it if acknowledged.
+async fn publish_one(
+    c: &mut beacon::client::BeaconClient,
+    member_id: &str,
+    size: usize,
+    acked: &Acked,
+) -> Result<u64, beacon::client::ClientError> {
+    let mut b = bulletin(member_id, "disk fault");
+    b.body = "y".repeat(size);
+    let env = c.signer.sign(b.to_bytes()).unwrap();
+    let p = c.publish_envelope(&env).await?;
+    acked.lock().unwrap().insert(
+        b.id,
+        (p.sequence, beacon::bulletin::codec::encode_envelope(&env)),
+    );
+    Ok(p.sequence)
+}
+
+/// Publishes until one is refused (bounded in count and time); returns the error.
+async fn publish_until_refused(
+    c: &mut beacon::client::BeaconClient,
+    member_id: &str,
+    acked: &Acked,
+) -> beacon::client::ClientError {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for _ in 0..20_000 {
+        assert!(Instant::now() < deadline, "publishes were never refused");
+        if let Err(e) = publish_one(c, member_id, 16 * 1024, acked).await {
+            return e;
+        }
+    }
+    panic!("publishes were never refused");
+}
+
+fn spawn_node(dir: &std::path::Path, addr: std::net::SocketAddr) -> ChildNode {
+    ChildNode::spawn(dir, &["daemon", "--config", "beacon.toml"], addr)
+}
+
+/// Disk full. With the reserve (`[store] reserve_mb`), publishes are refused
+/// with RESOURCE_EXHAUSTED before the disk fills, reads go on, and
+/// publishing resumes without a restart once space is freed. Where the
+/// filesystem misreports its free space, the write that fails with ENOSPC
+/// stops the store (UNAVAILABLE, saying why; sled then fails reads too);
+/// nothing acknowledged is lost, and a restart with space freed serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_publishes_and_loses_nothing() {
+    let mut fs = PowerFs::mount();
+    let pki = TestPki::new();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = "[store]\nreserve_mb = 4\n".into();
+    let (dir, addr) = node_on(&fs, &opts);
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("uk.ncsc", "pub");
+    let reader = pki.client("drc", "auditor");
+    let acked: Acked = Arc::default();
+    let mut node = spawn_node(dir.path(), addr);
+    let mut c = member(addr, &files, &ca).await;
+    for _ in 0..20 {
+        publish_one(&mut c, "uk.ncsc", 1024, &acked)
+            .await
+            .expect("publish");
+    }
+
+    // The reserve: refused before the disk is full, and back once freed.
+    fs.set_capacity(Some(fs.used() + 12 * 1024 * 1024));
+    let e = publish_until_refused(&mut c, "uk.ncsc", &acked).await;
+    assert_eq!(code_of(&e), Some(tonic::Code::ResourceExhausted), "{e}");
+    assert!(e.to_string().contains("reserve"), "{e}");
+    let refused = acked.lock().unwrap().len();
+    assert_eq!(fs.counters().enospc, 0, "the disk never filled");
+    check_everything(addr, &reader, &ca, &acked, 0).await;
+    let freed = Instant::now();
+    fs.set_capacity(None);
+    let back = wait_until(Duration::from_secs(30), || {
+        let (mut c, acked) = (c.clone(), acked.clone());
+        async move { publish_one(&mut c, "uk.ncsc", 1024, &acked).await.is_ok() }
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "publishing did not resume once space was freed"
+    );
+    let resumed_in = freed.elapsed();
+
+    // Free space misreported: the engine meets ENOSPC itself.
+    fs.hide_capacity(true);
+    fs.set_capacity(Some(fs.used() + 2 * 1024 * 1024));
+    let e = publish_until_refused(&mut c, "uk.ncsc", &acked).await;
+    assert!(fs.counters().enospc > 0, "the disk filled: {e}");
+    // The store stops, and keeps refusing (no retry as if it had worked),
+    // even once space is freed.
+    fs.set_capacity(None);
+    let e = publish_one(&mut c, "uk.ncsc", 1024, &acked)
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(tonic::Code::Unavailable), "{e}");
+    assert!(e.to_string().contains("restart the node"), "{e}");
+    // (Reads fail too from here on: sled keeps the I/O error and returns it
+    // from every later operation; docs/RELIABILITY.md.)
+    let t0 = Instant::now();
+    node.signal(nix::sys::signal::Signal::SIGKILL);
+    node.wait(Duration::from_secs(10));
+    fs.power_cut(Cut::Strict);
+    let _node = spawn_node(dir.path(), addr);
+    check_everything(addr, &reader, &ca, &acked, 2).await;
+    let mut c = member(addr, &files, &ca).await;
+    publish_one(&mut c, "uk.ncsc", 1024, &acked)
+        .await
+        .expect("serves after a restart");
+    eprintln!(
+        "disk full: refused (RESOURCE_EXHAUSTED) after {refused} acknowledged, resumed {resumed_in:?} \
+         after space was freed; ENOSPC in the engine: {} writes refused, store stopped, \
+         {} acknowledged all present after a power cut and restart ({:?})",
+        fs.counters().enospc,
+        acked.lock().unwrap().len(),
+        t0.elapsed()
+    );
+}
+
+/// An fsync that fails (EIO) drops what it covered, as Linux does; the node
+/// acknowledges none of it, does not retry as if it had worked, refuses
+/// writes saying why, and after a power cut and restart serves every
+/// bulletin it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_is_never_acknowledged_nor_retried() {
+    let mut fs = PowerFs::mount();
+    let pki = TestPki::new();
+    let (dir, addr) = node_on(&fs, &NodeOptions::new(&pki, pki.node("drc", "hub-1")));
+    let ca = vec![pki.ca_cert()];
+    let reader = pki.client("drc", "auditor");
+    let acked: Acked = Arc::default();
+    let mut node = spawn_node(dir.path(), addr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let files = pki.client(&format!("m{i}.example"), "pub");
+        let mut c = member(addr, &files, &ca).await;
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let member_id = format!("m{i}.example");
+            let mut refusals = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Err(e) = publish_one(&mut c, &member_id, 512, &acked).await {
+                    refusals.push(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            refusals
+        }));
+    }
+    let until = Duration::from_millis(rand::rng().random_range(100..600));
+    tokio::time::sleep(until).await;
+    fs.fail_fsyncs(true);
+    // Every publisher is refused from now on.
+    let mut c = member(addr, &pki.client("uk.ncsc", "probe"), &ca).await;
+    let refused = wait_until(Duration::from_secs(30), || {
+        let (mut c, acked) = (c.clone(), acked.clone());
+        async move { publish_one(&mut c, "uk.ncsc", 512, &acked).await.is_err() }
+    })
+    .await;
+    assert!(refused.is_some(), "publishes were still acknowledged");
+    let at_failure = acked.lock().unwrap().len();
+    fs.fail_fsyncs(false);
+    // The disk answers again, but the node does not pretend the lost flush worked.
+    let e = publish_one(&mut c, "uk.ncsc", 512, &acked)
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(tonic::Code::Unavailable), "{e}");
+    assert!(e.to_string().contains("flush (fsync) failed"), "{e}");
+    stop.store(true, Ordering::Relaxed);
+    let mut refusals = 0;
+    for t in tasks {
+        refusals += t.await.unwrap().len();
+    }
+    assert_eq!(
+        acked.lock().unwrap().len(),
+        at_failure,
+        "acknowledged after the failed fsync"
+    );
+    assert!(
+        node.log().contains("refusing further writes"),
+        "{}",
+        node.log()
+    );
+    node.signal(nix::sys::signal::Signal::SIGKILL);
+    node.wait(Duration::from_secs(10));
+    let t0 = Instant::now();
+    fs.power_cut(Cut::Strict);
+    let _node = spawn_node(dir.path(), addr);
+    check_everything(addr, &reader, &ca, &acked, 1).await;
+    let mut c = member(addr, &pki.client("uk.ncsc", "probe"), &ca).await;
+    publish_one(&mut c, "uk.ncsc", 512, &acked)
+        .await
+        .expect("serves after a restart");
+    eprintln!(
+        "failed fsync after {until:?}: {at_failure} acknowledged before it, none after; \
+         {refusals} publishes refused; {} fsyncs failed; all present after a power cut \
+         and restart ({:?})",
+        fs.counters().failed_fsyncs,
+        t0.elapsed()
+    );
+}
+
+/// The acknowledged-head check refuses a store that lost acknowledged
+/// bulletins: here the disk reports the log file's fsyncs done and keeps
+/// nothing of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_acknowledged_bulletins_is_refused() {
+    let mut fs = PowerFs::mount();
+    let pki = TestPki::new();
+    let (dir, addr) = node_on(&fs, &NodeOptions::new(&pki, pki.node("drc", "hub-1")));
+    let ca = vec![pki.ca_cert()];
+    let acked: Acked = Arc::default();
+    fs.lie_for(Some("db"));
+    let mut node = spawn_node(dir.path(), addr);
+    let mut c = member(addr, &pki.client("uk.ncsc", "pub"), &ca).await;
+    for _ in 0..50 {
+        publish_one(&mut c, "uk.ncsc", 1024, &acked)
+            .await
+            .expect("publish");
+    }
+    node.signal(nix::sys::signal::Signal::SIGKILL);
+    node.wait(Duration::from_secs(10));
+    fs.power_cut(Cut::Strict);
+    fs.lie_for(None);
+    assert!(fs.counters().lied_fsyncs > 0);
+    let out = std::process::Command::new(beacon_bin())
+        .args(["daemon", "--config", "beacon.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run beacon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a store that lost acknowledged bulletins was opened"
+    );
+    assert!(err.contains("this node acknowledged up to 50"), "{err}");
+}

@@ -57,10 +57,9 @@ pub fn store(e: &StoreError) -> Status {
             Status::failed_precondition(msg)
         }
         StoreError::Corrupt { .. } | StoreError::RolledBack { .. } => Status::data_loss(msg),
-        StoreError::Closed => Status::unavailable(msg),
-        StoreError::Io(_) | StoreError::Failed | StoreError::NewerFormat { .. } => {
-            Status::internal(msg)
-        }
+        StoreError::Closed | StoreError::Failed(_) => Status::unavailable(msg),
+        StoreError::DiskFull { .. } => Status::resource_exhausted(msg),
+        StoreError::Io(_) | StoreError::NewerFormat { .. } => Status::internal(msg),
     }
 }
 

@@ -41,13 +41,14 @@ pub(super) struct Committer {
     writer_thread: Option<std::thread::JoinHandle<()>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
     pipeline: Arc<Pipeline>,
-    failed: Arc<AtomicBool>,
+    failed: Arc<Failure>,
 }
 
 impl Committer {
     /// Starts the applier and the flusher on a log whose durable head is
     /// `head`; returns the committed head's receiver.
     pub fn start(
+        dir: &std::path::Path,
         engine: Arc<dyn Engine>,
         watermark: Watermark,
         head: u64,
@@ -57,7 +58,7 @@ impl Committer {
     ) -> Result<(Committer, watch::Receiver<u64>), StoreError> {
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
-        let failed = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Failure::default());
         let pipeline = Arc::new(Pipeline {
             queue: parking_lot::Mutex::new(Vec::new()),
             wake: parking_lot::Condvar::new(),
@@ -71,6 +72,10 @@ impl Committer {
             head,
             last_accepted,
             failed: failed.clone(),
+            space: DiskSpace {
+                dir: dir.to_path_buf(),
+                reserve: opts.reserve_bytes,
+            },
             max_batch: opts.max_batch.max(1),
             pipeline: pipeline.clone(),
         };
@@ -104,10 +109,7 @@ impl Committer {
 
     /// `Failed` once a write or sync has failed: nothing more is accepted.
     pub fn check_open(&self) -> Result<(), StoreError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(StoreError::Failed);
-        }
-        Ok(())
+        self.failed.check()
     }
 
     /// Queues `rec` for the applier; returns what resolves once it is durable.
@@ -347,7 +349,8 @@ struct Writer {
     engine: Arc<dyn Engine>,
     head: u64,
     last_accepted: u64,
-    failed: Arc<AtomicBool>,
+    failed: Arc<Failure>,
+    space: DiskSpace,
     max_batch: usize,
     pipeline: Arc<Pipeline>,
 }
@@ -358,6 +361,67 @@ type Reply = (
     oneshot::Sender<Result<Appended, StoreError>>,
     Result<Appended, StoreError>,
 );
+
+/// Set once a write or flush of the store has failed: from then on the
+/// store accepts nothing, and says why, until the node restarts and recovers
+/// from what is durable.
+#[derive(Default)]
+pub(super) struct Failure {
+    set: AtomicBool,
+    reason: parking_lot::Mutex<String>,
+}
+
+impl Failure {
+    fn set(&self, what: &str, e: &StoreError) {
+        let mut reason = self.reason.lock();
+        if !self.set.load(Ordering::Acquire) {
+            error!(error = %e, "store {what} failed; refusing further writes until a restart");
+            *reason = format!("{what} failed: {e}");
+            self.set.store(true, Ordering::Release);
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        StoreError::Failed(self.reason.lock().clone())
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.set.load(Ordering::Acquire) {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+}
+
+/// The space the store keeps free on its filesystem: appends are refused
+/// (`DiskFull`, and the node says so) while less is available, and resume
+/// by themselves once space is freed. The store's engine cannot go on after
+/// a write that fails for want of space (sled keeps the error and fails
+/// every later operation), so the reserve keeps it from getting there.
+pub(super) struct DiskSpace {
+    dir: std::path::PathBuf,
+    reserve: u64,
+}
+
+impl DiskSpace {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        match fs2::available_space(&self.dir) {
+            Ok(free) if free < self.reserve => Err(StoreError::DiskFull {
+                free,
+                reserve: self.reserve,
+            }),
+            Ok(_) => Ok(()),
+            // Not knowing is not a reason to refuse: the write will say.
+            Err(e) => {
+                warn!(error = %e, "cannot read the free space of the store's filesystem");
+                Ok(())
+            }
+        }
+    }
+}
 
 /// The highest sequence the store has made durable, kept in a small file
 /// beside the engine's files (`acknowledged`: the sequence and its CRC32). It
@@ -419,7 +483,7 @@ struct Flusher {
     watermark: Watermark,
     durable: u64,
     head_tx: watch::Sender<u64>,
-    failed: Arc<AtomicBool>,
+    failed: Arc<Failure>,
     pipeline: Arc<Pipeline>,
     stats: Arc<StoreStats>,
 }
@@ -468,8 +532,10 @@ impl Flusher {
                         .observe(target.saturating_sub(self.durable) as f64);
                 }
                 if let Err(e) = result {
-                    error!(error = %e, "store flush failed; refusing further writes");
-                    self.failed.store(true, Ordering::Release);
+                    // Never retried: after a failed fsync the kernel may have
+                    // dropped the pages it covered, and a second fsync would
+                    // report success without them (PostgreSQL's "fsyncgate").
+                    self.failed.set("flush (fsync)", &e);
                     let drained: Vec<Pending> = self.pipeline.queue.lock().drain(..).collect();
                     for p in drained {
                         match p {
@@ -561,9 +627,9 @@ impl Writer {
     /// bulletin it supersedes or retracts and added to the batch; then the
     /// batch goes to the engine in one atomic write and its replies to the flusher.
     fn apply(&mut self, reqs: Vec<AppendReq>) {
-        if self.failed.load(Ordering::Acquire) {
+        if let Err(e) = self.failed.check().and_then(|()| self.space.check()) {
             for (_, reply) in reqs {
-                let _ = reply.send(Err(StoreError::Failed));
+                let _ = reply.send(Err(e.clone()));
             }
             return;
         }
@@ -693,8 +759,7 @@ impl Writer {
         if new_head != self.head {
             writes.head = Some(new_head);
             if let Err(e) = self.engine.write(writes) {
-                error!(error = %e, "store write failed; refusing further writes");
-                self.failed.store(true, Ordering::Release);
+                self.failed.set("write", &e);
                 for (reply, _) in replies {
                     let _ = reply.send(Err(StoreError::Io(e.to_string())));
                 }
@@ -709,7 +774,7 @@ impl Writer {
             self.pipeline.push(Pending::Batch { upto, replies })
         {
             for (reply, _) in replies {
-                let _ = reply.send(Err(StoreError::Failed));
+                let _ = reply.send(Err(self.failed.error()));
             }
         }
     }
@@ -718,9 +783,7 @@ impl Writer {
     /// (their successor and expiry entries go with them). Only committed
     /// records are pruned; one already pruned is passed over.
     fn prune(&mut self, seqs: &[u64]) -> Result<u64, StoreError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(StoreError::Failed);
-        }
+        self.failed.check()?;
         let durable = *self.committed.borrow();
         let now = SystemTime::now();
         let mut writes = WriteSet::default();
@@ -744,8 +807,7 @@ impl Writer {
         let n = writes.pruned.len() as u64;
         if n > 0 {
             if let Err(e) = self.engine.write(writes) {
-                error!(error = %e, "store write failed; refusing further writes");
-                self.failed.store(true, Ordering::Release);
+                self.failed.set("write", &e);
                 return Err(e);
             }
         }

@@ -66,7 +66,7 @@ pub use record::{Record, Replaced, Successor, Tombstone};
 pub const FORMAT: u32 = 4;
 use record::{nanos, Indexed};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("store I/O failed: {0}")]
@@ -95,8 +95,10 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
-    #[error("the store stopped accepting writes after an earlier failure")]
-    Failed,
+    #[error("the store stopped accepting writes after its {0}. What it acknowledged before is durable; restart the node once the disk is sound, and it recovers from what is durable")]
+    Failed(String),
+    #[error("the node's disk has {free} bytes free, below the {reserve} bytes it keeps in reserve ([store] reserve_mb): publishing resumes once space is freed; what it acknowledged is safe")]
+    DiskFull { free: u64, reserve: u64 },
     #[error("the store is shut down")]
     Closed,
 }
@@ -190,6 +192,9 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Appends waiting for the writer; callers wait beyond that (backpressure).
     pub queue: usize,
+    /// Free space kept on the store's filesystem; appends are refused below it
+    /// (0: no reserve).
+    pub reserve_bytes: u64,
 }
 
 /// Room left after the last record when a store opens: the largest span
@@ -207,6 +212,7 @@ impl From<&crate::config::StoreConfig> for StoreOptions {
             cache_bytes: c.cache_mb * 1024 * 1024,
             max_batch: c.max_batch,
             queue: QUEUE,
+            reserve_bytes: c.reserve_mb * 1024 * 1024,
         }
     }
 }
@@ -333,6 +339,7 @@ impl Store {
         };
         let stats = Arc::new(StoreStats::default());
         let (commit, head_rx) = Committer::start(
+            dir,
             engine.clone(),
             watermark,
             head,

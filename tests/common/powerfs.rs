@@ -94,6 +94,8 @@ struct Inode {
 #[derive(Default)]
 struct Faults {
     capacity: Option<u64>,
+    /// `statfs` reports no limit (free space misreported).
+    hide_capacity: bool,
     fail_fsync: bool,
     lie_for: Option<OsString>,
 }
@@ -683,7 +685,10 @@ impl Filesystem for Fs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.lock();
-        let cap = s.faults.capacity.unwrap_or(UNLIMITED);
+        let cap = match s.faults.capacity {
+            Some(cap) if !s.faults.hide_capacity => cap,
+            _ => UNLIMITED,
+        };
         let free = cap.saturating_sub(s.used) / PAGE as u64;
         reply.statfs(
             cap / PAGE as u64,
@@ -849,6 +854,12 @@ impl PowerFs {
     /// Writes past `bytes` in all fail with `ENOSPC` (`None`: no limit).
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.lock().faults.capacity = bytes;
+    }
+
+    /// Whether `statfs` hides the capacity (reports plenty free while
+    /// writes fail with `ENOSPC`): a filesystem whose free space is misreported.
+    pub fn hide_capacity(&self, hide: bool) {
+        self.lock().faults.hide_capacity = hide;
     }
 
     /// While on, every fsync fails with `EIO` and drops what it covered.
