@@ -571,3 +571,191 @@ async fn a_store_that_lost_acknowledged_bulletins_is_refused() {
     );
     assert!(err.contains("this node acknowledged up to 50"), "{err}");
 }
+
+/// Runs `beacon ARGS` in `dir` and cuts it off after `after` (if it has not
+/// finished by then); returns whether it finished successfully.
+async fn run_cut_off(dir: &std::path::Path, args: &[String], after: Duration) -> bool {
+    let mut child = std::process::Command::new(beacon_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn beacon");
+    let deadline = Instant::now() + after;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = child.kill();
+    child.wait().map(|s| s.success()).unwrap_or(false)
+}
+
+/// Power cut while retention prunes, while `beacon admin compact` swaps the
+/// store's files, and while `beacon admin restore` builds a store: after
+/// each, every bulletin that does not expire is there, byte-identical, only
+/// expired ones are missing, and a restore that reported success survived
+/// whole; an interrupted one left nothing or a whole store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_compaction_and_restore_survive_power_cuts() {
+    let mut fs = PowerFs::mount();
+    let pki = TestPki::new();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = "[retention]\nafter_expiry = \"1ms\"\ninterval = \"20ms\"\nbatch = 4\n".into();
+    let (dir, addr) = node_on(&fs, &opts);
+    let ca = vec![pki.ca_cert()];
+    let op = pki.operator("root");
+    let files = pki.client("uk.ncsc", "pub");
+    let mut published = Published::new();
+    let mut rng = rand::rng();
+    let cycles = cycles();
+    let cut = |rng: &mut rand::rngs::ThreadRng, i: usize| {
+        if i % 2 == 0 {
+            Cut::Strict
+        } else {
+            Cut::Torn { seed: rng.random() }
+        }
+    };
+
+    for cycle in 0..cycles {
+        let mut node = spawn_node(dir.path(), addr);
+        check_lifecycle(addr, &files, &op, &ca, &published).await;
+        let c = member(addr, &files, &ca).await;
+        let mut stream = c.clone().publish_stream().await.expect("publish stream");
+        let expires = std::time::SystemTime::now() + Duration::from_millis(600);
+        let mut sent = Vec::new();
+        for i in 0..300 {
+            let mut b = bulletin("uk.ncsc", &format!("cycle {cycle} #{i}"));
+            let expiring = i % 10 != 0;
+            if expiring {
+                b.expires_at = Some(expires);
+            }
+            let env = c.signer.sign(b.to_bytes()).unwrap();
+            stream.send(&env).await.expect("send");
+            sent.push((
+                b.id,
+                beacon::bulletin::codec::encode_envelope(&env),
+                expiring,
+            ));
+        }
+        let results = stream.finish().await.expect("results");
+        for ((id, bytes, expiring), r) in sent.into_iter().zip(results) {
+            published.insert(id, (r.expect("accepted").sequence, bytes, expiring));
+        }
+        let until = expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(until + Duration::from_millis(rng.random_range(0..80))).await;
+        let at_cut = probe_pruned(&mut c.clone()).await;
+        node.signal(nix::sys::signal::Signal::SIGKILL);
+        node.wait(Duration::from_secs(10));
+        let how = cut(&mut rng, cycle);
+        fs.power_cut(how);
+        eprintln!("pruning, cycle {cycle}: cut ({how:?}) with {at_cut:?} pruned in all");
+    }
+    // A backup on a sound disk, for the restores below.
+    let work = tempfile::tempdir().unwrap();
+    let backup = work.path().join("node.backup");
+    {
+        let mut node = spawn_node(dir.path(), addr);
+        let expiring = published.values().filter(|v| v.2).count() as u64;
+        let done = wait_until(Duration::from_secs(60), || async {
+            check_lifecycle(addr, &files, &op, &ca, &published).await.1 == expiring
+        })
+        .await;
+        assert!(done.is_some(), "retention finishes after the cuts");
+        let mut args = vec!["admin".to_string(), "backup".into(), "--out".into()];
+        args.push(backup.display().to_string());
+        args.extend(conn_args(addr, &op, &pki.ca_cert()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = beacon(work.path(), &args);
+        assert_eq!(code, 0, "{out}{err}");
+        node.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(
+            node.wait(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            node.log()
+        );
+    }
+
+    // Compaction of the stopped node's store, cut off and power cut.
+    let store = fs.path().join("node").join("store").display().to_string();
+    let compact: Vec<String> = ["admin", "compact", "--data-dir", &store]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for round in 0..cycles.min(3) {
+        let after = Duration::from_millis(rng.random_range(0..400));
+        let finished = run_cut_off(dir.path(), &compact, after).await;
+        let how = cut(&mut rng, round);
+        fs.power_cut(how);
+        let mut node = spawn_node(dir.path(), addr);
+        check_lifecycle(addr, &files, &op, &ca, &published).await;
+        node.signal(nix::sys::signal::Signal::SIGKILL);
+        node.wait(Duration::from_secs(10));
+        eprintln!("compaction, round {round}: cut ({how:?}) after {after:?}, finished: {finished}");
+    }
+
+    // A restore into the failing disk, cut off and power cut.
+    let restored_opts = NodeOptions::new(&pki, pki.node("drc", "hub-2"));
+    let (rdir, raddr) = {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = free_addr();
+        std::fs::write(
+            dir.path().join("beacon.toml"),
+            restored_opts.config_text(&fs.path().join("restored").join("store"), &addr.to_string()),
+        )
+        .expect("write config");
+        (dir, addr)
+    };
+    let target = fs.path().join("restored").join("store");
+    let restore: Vec<String> = [
+        "admin",
+        "restore",
+        &backup.display().to_string(),
+        "--config",
+        "beacon.toml",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut whole = false;
+    for round in 0..cycles.min(3) {
+        let after = Duration::from_millis(rng.random_range(0..300));
+        let finished = run_cut_off(rdir.path(), &restore, after).await;
+        let how = cut(&mut rng, round);
+        fs.power_cut(how);
+        if finished {
+            assert!(
+                target.exists(),
+                "a restore that reported success is gone after the cut"
+            );
+        }
+        eprintln!("restore, round {round}: cut ({how:?}) after {after:?}, finished: {finished}");
+        if target.exists() {
+            whole = true;
+            break;
+        }
+    }
+    if !whole {
+        assert!(
+            run_cut_off(rdir.path(), &restore, Duration::from_secs(60)).await,
+            "the restore runs"
+        );
+        fs.power_cut(Cut::Strict);
+        assert!(
+            target.exists(),
+            "a restore that reported success is gone after the cut"
+        );
+    }
+    let _restored = spawn_node(rdir.path(), raddr);
+    let expiring = published.values().filter(|v| v.2).count() as u64;
+    assert_eq!(
+        check_lifecycle(raddr, &files, &op, &ca, &published).await,
+        (published.len() as u64, expiring),
+        "the restored store is whole"
+    );
+}

@@ -356,7 +356,7 @@ pub fn restore(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(bio)?;
+    super::durable::create_dir_all(parent).map_err(bio)?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -380,9 +380,7 @@ pub fn restore(
                 std::fs::remove_dir(dir).map_err(bio)?;
             }
             std::fs::rename(&building, dir).map_err(bio)?;
-            if let Ok(d) = std::fs::File::open(parent) {
-                d.sync_all().map_err(bio)?;
-            }
+            sync_dir(parent)?;
             Ok(m)
         }
         Err(e) => {
@@ -666,9 +664,7 @@ pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BackupError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(bio)
+    super::durable::sync_dir(dir).map_err(bio)
 }
 
 /// Finishes a compaction that was interrupted after its new files were
