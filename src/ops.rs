@@ -105,6 +105,18 @@ pub fn render(state: &crate::state::NodeState) -> String {
         "# HELP beacon_store_pruned_total Bulletins pruned by retention since the node started.\n# TYPE beacon_store_pruned_total counter\nbeacon_store_pruned_total {}",
         store.stats.pruned.load(Ordering::Relaxed)
     );
+    gauge(
+        &mut out,
+        "beacon_store_failed",
+        "1 once a write or flush of the store failed: it refuses writes until the node restarts.",
+        u64::from(store.failure().is_some()),
+    );
+    gauge(
+        &mut out,
+        "beacon_store_disk_full",
+        "1 while publishes are refused because free space is below [store] reserve_mb.",
+        u64::from(store.stats.disk_full.load(Ordering::Relaxed)),
+    );
     store.stats.fsync_seconds.write(
         &mut out,
         "beacon_store_fsync_seconds",
@@ -274,10 +286,12 @@ pub async fn serve(
                                 "text/plain; version=0.0.4; charset=utf-8",
                                 render(&state),
                             ),
-                            ("GET", "/healthz") => match state.trust.own_refusal() {
-                                None => (200, "text/plain", "ok\n".to_owned()),
-                                Some(reason) => (503, "text/plain", format!("{reason}\n")),
-                            },
+                            ("GET", "/healthz") => {
+                                match state.trust.own_refusal().or_else(|| state.store.failure()) {
+                                    None => (200, "text/plain", "ok\n".to_owned()),
+                                    Some(reason) => (503, "text/plain", format!("{reason}\n")),
+                                }
+                            }
                             _ => (404, "text/plain", "not found\n".to_owned()),
                         };
                         let resp = http::Response::builder()

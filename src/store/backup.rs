@@ -582,10 +582,11 @@ fn build(
     engine.write(set)?;
     engine.sync()?;
     drop(engine);
+    // The head it holds (written and fdatasynced), and the names of both
+    // in `dir`: without that fsync a power cut could leave `dir` empty, and
+    // an empty store opens as a new one.
     Watermark::open(dir)?.record(head).map_err(io)?;
-    std::fs::File::open(dir.join("acknowledged"))
-        .and_then(|f| f.sync_all())
-        .map_err(bio)?;
+    sync_dir(dir)?;
     progress(head, head);
     Ok(manifest)
 }

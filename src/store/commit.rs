@@ -75,6 +75,7 @@ impl Committer {
             space: DiskSpace {
                 dir: dir.to_path_buf(),
                 reserve: opts.reserve_bytes,
+                stats: stats.clone(),
             },
             max_batch: opts.max_batch.max(1),
             pipeline: pipeline.clone(),
@@ -401,6 +402,7 @@ impl Failure {
 pub(super) struct DiskSpace {
     dir: std::path::PathBuf,
     reserve: u64,
+    stats: Arc<StoreStats>,
 }
 
 impl DiskSpace {
@@ -408,8 +410,19 @@ impl DiskSpace {
         if self.reserve == 0 {
             return Ok(());
         }
-        match fs2::available_space(&self.dir) {
-            Ok(free) if free < self.reserve => Err(StoreError::DiskFull {
+        let free = fs2::available_space(&self.dir);
+        let full = matches!(free, Ok(free) if free < self.reserve);
+        if self.stats.disk_full.swap(full, Ordering::Relaxed) != full {
+            match full {
+                true => warn!(
+                    reserve = self.reserve,
+                    "the store's disk is nearly full: refusing publishes until space is freed"
+                ),
+                false => tracing::info!("the store's disk has room again: accepting publishes"),
+            }
+        }
+        match free {
+            Ok(free) if full => Err(StoreError::DiskFull {
                 free,
                 reserve: self.reserve,
             }),

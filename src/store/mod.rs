@@ -240,12 +240,15 @@ pub struct StoreStats {
     pub fsync_seconds: crate::metrics::Histogram,
     /// Records each flush made durable.
     pub batch_records: crate::metrics::Histogram,
+    /// Appends are being refused for the free-space reserve.
+    pub disk_full: std::sync::atomic::AtomicBool,
 }
 
 impl Default for StoreStats {
     fn default() -> Self {
         StoreStats {
             corrupt_reads: AtomicU64::new(0),
+            disk_full: std::sync::atomic::AtomicBool::new(false),
             pruned: AtomicU64::new(0),
             served: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -607,6 +610,12 @@ impl Store {
             }
         }
         Ok(lo)
+    }
+
+    /// Why the store stopped accepting writes (a failed write or flush),
+    /// until the node restarts; `None` while it accepts them.
+    pub fn failure(&self) -> Option<String> {
+        self.commit.check_open().err().map(|e| e.to_string())
     }
 
     /// A durable cursor (last acknowledged sequence) of (identity, name).
