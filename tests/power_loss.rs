@@ -397,11 +397,26 @@ async fn a_full_disk_refuses_publishes_and_loses_nothing() {
             .expect("publish");
     }
 
-    // The reserve: refused before the disk is full, and back once freed.
+    // The reserve: a storm of publishers is refused before the disk is
+    // full, every one with RESOURCE_EXHAUSTED, and back once space is freed.
     fs.set_capacity(Some(fs.used() + 12 * 1024 * 1024));
-    let e = publish_until_refused(&mut c, "uk.ncsc", &acked).await;
+    let mut storm = Vec::new();
+    for i in 0..4 {
+        let mut c = member(addr, &pki.client("uk.ncsc", &format!("storm-{i}")), &ca).await;
+        let acked = acked.clone();
+        storm.push(tokio::spawn(async move {
+            publish_until_refused(&mut c, "uk.ncsc", &acked).await
+        }));
+    }
+    for t in storm {
+        let e = t.await.expect("publisher");
+        assert_eq!(code_of(&e), Some(tonic::Code::ResourceExhausted), "{e}");
+        assert!(e.to_string().contains("reserve"), "{e}");
+    }
+    let e = publish_one(&mut c, "uk.ncsc", 1024, &acked)
+        .await
+        .unwrap_err();
     assert_eq!(code_of(&e), Some(tonic::Code::ResourceExhausted), "{e}");
-    assert!(e.to_string().contains("reserve"), "{e}");
     let (_, metrics) = http_get(ops, "/metrics");
     assert_eq!(sample(&metrics, "beacon_store_disk_full"), Some(1.0));
     assert_eq!(sample(&metrics, "beacon_store_failed"), Some(0.0));
