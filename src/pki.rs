@@ -319,8 +319,9 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename). Refuses to
-/// replace an existing file unless `force`.
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of
+/// the directory, so that a revocation reported done survives a power cut).
+/// Refuses to replace an existing file unless `force`.
 pub fn write_file(path: &Path, bytes: &[u8], private: bool, force: bool) -> Result<(), PkiError> {
     if path.exists() && !force {
         return Err(PkiError::Exists(path.display().to_string()));
@@ -339,6 +340,13 @@ pub fn write_file(path: &Path, bytes: &[u8], private: bool, force: bool) -> Resu
     f.sync_all().map_err(io_err("sync", &tmp))?;
     drop(f);
     fs::rename(&tmp, path).map_err(io_err("rename", path))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", dir))?;
     Ok(())
 }
 
