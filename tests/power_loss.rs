@@ -599,6 +599,30 @@ async fn a_store_that_lost_acknowledged_bulletins_is_refused() {
     assert!(err.contains("this node acknowledged up to 50"), "{err}");
 }
 
+/// Every file under `dir` with its size, for a failure's report.
+fn listing(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let meta = e.metadata().ok();
+            if meta.as_ref().is_some_and(|m| m.is_dir()) {
+                todo.push(path.clone());
+            }
+            let size = meta.map(|m| m.len()).unwrap_or(0);
+            out.push_str(&format!(
+                "  {} {size}\n",
+                path.strip_prefix(dir).unwrap_or(&path).display()
+            ));
+        }
+    }
+    out
+}
+
 /// Runs `beacon ARGS` in `dir` and cuts it off after `after` (if it has not
 /// finished by then); returns whether it finished successfully.
 async fn run_cut_off(dir: &std::path::Path, args: &[String], after: Duration) -> bool {
@@ -699,6 +723,11 @@ async fn pruning_compaction_and_restore_survive_power_cuts() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, out, err) = beacon(work.path(), &args);
         assert_eq!(code, 0, "{out}{err}");
+        // A compaction never runs under a node: the store's lock refuses it.
+        let store = fs.path().join("node").join("store").display().to_string();
+        let (code, out, err) = beacon(work.path(), &["admin", "compact", "--data-dir", &store]);
+        assert_ne!(code, 0, "a compaction ran under a running node: {out}");
+        assert!(err.contains("in use by another process"), "{err}");
         node.signal(nix::sys::signal::Signal::SIGTERM);
         assert_eq!(
             node.wait(Duration::from_secs(30)),
@@ -724,8 +753,21 @@ async fn pruning_compaction_and_restore_survive_power_cuts() {
             cut(&mut rng, round)
         };
         fs.power_cut(how);
+        eprintln!(
+            "compaction, round {round}: after the cut:\n{}",
+            listing(&fs.path().join("node"))
+        );
         let mut node = spawn_node(dir.path(), addr);
         check_lifecycle(addr, &files, &op, &ca, &published).await;
+        let left: Vec<String> = [".compacting", "compact.backup", "sled.old", "sled.new"]
+            .iter()
+            .filter(|n| fs.path().join("node").join("store").join(n).exists())
+            .map(|n| n.to_string())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "round {round}: a compaction's leftovers remain: {left:?}"
+        );
         node.signal(nix::sys::signal::Signal::SIGKILL);
         node.wait(Duration::from_secs(10));
         eprintln!("compaction, round {round}: cut ({how:?}) after {after:?}, finished: {finished}");

@@ -620,11 +620,16 @@ pub struct Compacted {
 /// leaves either the old files or the new ones, and [`Store::open`]
 /// finishes an interrupted swap.
 pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError> {
+    if !dir.join("sled").exists() {
+        return Err(BackupError::Io(format!("{} holds no store", dir.display())));
+    }
+    // Held until the new files are in place: no node opens the old ones meanwhile.
+    let lock = super::durable::DirLock::acquire(dir).map_err(bio)?;
     finish_swap(dir)?;
     let before = size_of(&dir.join("sled"));
-    let copy = dir.join("compact.backup");
+    let copy = dir.join(COPY);
     {
-        let mut store = Store::open(dir, opts.clone())?;
+        let mut store = Store::open_locked(dir, opts.clone(), lock.clone())?;
         let file = std::fs::File::create(&copy).map_err(bio)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
         store.backup(&mut w, |_, _| {})?;
@@ -633,7 +638,7 @@ pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError
         file.sync_all().map_err(bio)?;
         store.close()?;
     }
-    let staging = dir.join(".compacting");
+    let staging = dir.join(STAGING);
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(bio)?;
     // The records come from this store, whose signatures were verified when
@@ -657,6 +662,9 @@ pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError
     finish_swap(dir)?;
     let _ = std::fs::remove_dir_all(&staging);
     let _ = std::fs::remove_file(&copy);
+    // The removals too: after a power cut no old files linger.
+    sync_dir(dir)?;
+    drop(lock);
     Ok(Compacted {
         before,
         after: size_of(&dir.join("sled")),
@@ -666,6 +674,34 @@ pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError
 
 fn sync_dir(dir: &Path) -> Result<(), BackupError> {
     super::durable::sync_dir(dir).map_err(bio)
+}
+
+/// Where a compaction builds the new files, and its copy of the log.
+const STAGING: &str = ".compacting";
+const COPY: &str = "compact.backup";
+
+/// Removes what an interrupted compaction left in `dir` (its staging
+/// directory, its copy of the log, the old files of a finished swap); the
+/// caller holds the directory's lock, so no compaction is running.
+pub(super) fn clear_leftovers(dir: &Path) -> Result<(), BackupError> {
+    let mut removed = false;
+    for name in [STAGING, "sled.old"] {
+        let path = dir.join(name);
+        if path.exists() && (name != "sled.old" || dir.join("sled").exists()) {
+            std::fs::remove_dir_all(&path).map_err(bio)?;
+            removed = true;
+        }
+    }
+    let copy = dir.join(COPY);
+    if copy.exists() {
+        std::fs::remove_file(&copy).map_err(bio)?;
+        removed = true;
+    }
+    if removed {
+        tracing::info!(dir = %dir.display(), "removed what an interrupted compaction left");
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Finishes a compaction that was interrupted after its new files were

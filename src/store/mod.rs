@@ -270,17 +270,34 @@ pub struct Store {
     head: watch::Receiver<u64>,
     commit: Committer,
     pub stats: Arc<StoreStats>,
+    /// Held for as long as the store is open (declared last: released
+    /// after everything above is closed).
+    _lock: Option<durable::DirLock>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir` on the embedded engine and
-    /// starts its group commit.
+    /// starts its group commit. One process at a time owns `dir`.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
-        durable::create_dir_all(dir).map_err(io)?;
-        // A compaction interrupted after its new files were complete.
+        let lock = durable::DirLock::acquire(dir).map_err(io)?;
+        Store::open_locked(dir, opts, lock)
+    }
+
+    /// [`Store::open`] with the directory's lock already held (a compaction
+    /// holds it from before it reads the store until after the swap).
+    pub(crate) fn open_locked(
+        dir: &Path,
+        opts: StoreOptions,
+        lock: durable::DirLock,
+    ) -> Result<Store, StoreError> {
+        // A compaction interrupted after its new files were complete is
+        // finished; what one left behind otherwise goes.
         backup::finish_swap(dir).map_err(|e| StoreError::Io(e.to_string()))?;
+        backup::clear_leftovers(dir).map_err(|e| StoreError::Io(e.to_string()))?;
         let engine = sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
-        Store::with_engine(dir, Arc::new(engine), opts)
+        let mut store = Store::with_engine(dir, Arc::new(engine), opts)?;
+        store._lock = Some(lock);
+        Ok(store)
     }
 
     /// Checks what `engine` holds against the acknowledged head kept in
@@ -351,6 +368,7 @@ impl Store {
             stats.clone(),
         )?;
         Ok(Store {
+            _lock: None,
             backups: AtomicU64::new(0),
             pruning: std::sync::atomic::AtomicBool::new(false),
             engine,
