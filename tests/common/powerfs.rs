@@ -3,9 +3,12 @@
 //! A SIGKILL leaves the kernel's page cache intact, so a kill test cannot
 //! catch a missing fsync. PowerFs keeps, for every file, what a process sees
 //! and what the "disk" holds, and only an `fsync` (or `fdatasync`) of the file
-//! moves its written pages to the disk; for every directory, only an `fsync`
-//! of the directory makes its entries (files created, renamed, removed)
-//! durable. [`PowerFs::power_cut`] then throws away everything not durable,
+//! moves its written pages to the disk. Directory changes (files created,
+//! renamed, removed) go to a journal in the order they were made; an `fsync`
+//! of a directory commits the changes that touch it, and with a rename the
+//! earlier changes of the other directory too, so that a rename is durable on
+//! both sides or on neither (a directory never has two parents, as on any
+//! real filesystem). [`PowerFs::power_cut`] then throws away everything not durable,
 //! the way a power cut loses the page cache, and mounts what survived.
 //!
 //! It is written here rather than taken from elsewhere because the point is
@@ -14,8 +17,8 @@
 //! - `Cut::Strict` loses every page and every directory change not fsynced;
 //! - `Cut::Torn` keeps a random subset of the unsynced pages, each possibly
 //!   torn at 512-byte sectors, a random choice of the old or new length, and
-//!   each directory's unsynced changes all or none: writes reaching the disk
-//!   out of order;
+//!   a random prefix of the directory journal: writes reaching the disk out of
+//!   order;
 //! - a capacity (`ENOSPC` once full), failing fsyncs (`EIO`, and the pages
 //!   they covered are dropped, as Linux does: a later fsync succeeds without
 //!   them), and a lying disk (fsync of a named file reports success and keeps
@@ -100,8 +103,40 @@ struct Faults {
     lie_for: Option<OsString>,
 }
 
+/// One directory change not yet durable.
+#[derive(Clone)]
+enum DirOp {
+    Link {
+        dir: u64,
+        name: OsString,
+        ino: u64,
+    },
+    Unlink {
+        dir: u64,
+        name: OsString,
+    },
+    Rename {
+        from: u64,
+        from_name: OsString,
+        to: u64,
+        to_name: OsString,
+        ino: u64,
+    },
+}
+
+impl DirOp {
+    fn dirs(&self) -> Vec<u64> {
+        match self {
+            DirOp::Link { dir, .. } | DirOp::Unlink { dir, .. } => vec![*dir],
+            DirOp::Rename { from, to, .. } => vec![*from, *to],
+        }
+    }
+}
+
 struct State {
     inodes: HashMap<u64, Inode>,
+    /// Directory changes not yet durable, oldest first.
+    journal: Vec<DirOp>,
     next_ino: u64,
     /// Bytes held by files that have a name.
     used: u64,
@@ -126,6 +161,7 @@ impl State {
         );
         State {
             inodes,
+            journal: Vec::new(),
             next_ino: ROOT + 1,
             used: 0,
             faults: Faults::default(),
@@ -216,7 +252,75 @@ impl State {
             },
         );
         self.dir(parent)?.entries.insert(name.to_owned(), ino);
+        self.journal.push(DirOp::Link {
+            dir: parent,
+            name: name.to_owned(),
+            ino,
+        });
         Ok(ino)
+    }
+
+    /// Commits the journal's changes that touch `dir`, and, for each rename
+    /// among them, the earlier changes of its other directory (transitively):
+    /// what an fsync of `dir` makes durable.
+    fn commit_dir(&mut self, dir: u64) {
+        let mut dirs = BTreeSet::from([dir]);
+        let mut commit = vec![false; self.journal.len()];
+        for (i, op) in self.journal.iter().enumerate().rev() {
+            let ds = op.dirs();
+            if ds.iter().any(|d| dirs.contains(d)) {
+                commit[i] = true;
+                dirs.extend(ds);
+            }
+        }
+        let journal = std::mem::take(&mut self.journal);
+        for (op, c) in journal.into_iter().zip(commit) {
+            if c {
+                self.apply_durable(&op);
+            } else {
+                self.journal.push(op);
+            }
+        }
+    }
+
+    /// The durable entries of directory `dir`.
+    fn durable(&mut self, dir: u64) -> Option<&mut BTreeMap<OsString, u64>> {
+        match self.inodes.get_mut(&dir).map(|n| &mut n.body) {
+            Some(Body::Dir(d)) => Some(&mut d.durable),
+            _ => None,
+        }
+    }
+
+    /// Applies a journal entry to the durable directory entries.
+    fn apply_durable(&mut self, op: &DirOp) {
+        match op {
+            DirOp::Link { dir, name, ino } => {
+                if let Some(d) = self.durable(*dir) {
+                    d.insert(name.clone(), *ino);
+                }
+            }
+            DirOp::Unlink { dir, name } => {
+                if let Some(d) = self.durable(*dir) {
+                    d.remove(name);
+                }
+            }
+            DirOp::Rename {
+                from,
+                from_name,
+                to,
+                to_name,
+                ino,
+            } => {
+                if let Some(d) = self.durable(*from) {
+                    if d.get(from_name) == Some(ino) {
+                        d.remove(from_name);
+                    }
+                }
+                if let Some(d) = self.durable(*to) {
+                    d.insert(to_name.clone(), *ino);
+                }
+            }
+        }
     }
 
     /// A file or directory that lost its name: its bytes no longer count.
@@ -282,8 +386,8 @@ impl State {
                 persist(f, None);
                 Ok(())
             }
-            Some(Body::Dir(d)) => {
-                d.durable = d.entries.clone();
+            Some(Body::Dir(_)) => {
+                self.commit_dir(ino);
                 Ok(())
             }
             None => Err(Errno::ENOENT),
@@ -308,14 +412,22 @@ impl State {
                     f.dirty.clear();
                     f.data = f.durable.clone();
                 }
-                Body::Dir(d) => {
-                    if let Some(rng) = rng.as_mut() {
-                        if d.entries != d.durable && rng.random_bool(0.5) {
-                            d.durable = d.entries.clone();
-                        }
-                    }
-                    d.entries = d.durable.clone();
-                }
+                Body::Dir(_) => {}
+            }
+        }
+        // Directories: a random prefix of the journal reached the disk (torn),
+        // or none of it (strict).
+        let journal = std::mem::take(&mut self.journal);
+        let keep = match rng.as_mut() {
+            Some(rng) if !journal.is_empty() => rng.random_range(0..=journal.len()),
+            _ => 0,
+        };
+        for op in &journal[..keep] {
+            self.apply_durable(op);
+        }
+        for node in self.inodes.values_mut() {
+            if let Body::Dir(d) = &mut node.body {
+                d.entries = d.durable.clone();
             }
         }
         // Only what the durable tree reaches survives.
@@ -482,6 +594,10 @@ impl Filesystem for Fs {
         if let Ok(d) = s.dir(parent.0) {
             d.entries.remove(name);
         }
+        s.journal.push(DirOp::Unlink {
+            dir: parent.0,
+            name: name.to_owned(),
+        });
         reply.ok();
     }
 
@@ -499,6 +615,10 @@ impl Filesystem for Fs {
         if let Ok(d) = s.dir(parent.0) {
             d.entries.remove(name);
         }
+        s.journal.push(DirOp::Unlink {
+            dir: parent.0,
+            name: name.to_owned(),
+        });
         reply.ok();
     }
 
@@ -547,6 +667,13 @@ impl Filesystem for Fs {
         if let Some(node) = s.inodes.get_mut(&ino) {
             node.name = newname.to_owned();
         }
+        s.journal.push(DirOp::Rename {
+            from: parent.0,
+            from_name: name.to_owned(),
+            to: newparent.0,
+            to_name: newname.to_owned(),
+            ino,
+        });
         reply.ok();
     }
 
@@ -675,8 +802,8 @@ impl Filesystem for Fs {
         }
         s.counters.dir_fsyncs += 1;
         match s.dir(ino.0) {
-            Ok(d) => {
-                d.durable = d.entries.clone();
+            Ok(_) => {
+                s.commit_dir(ino.0);
                 reply.ok();
             }
             Err(e) => reply.error(e),
