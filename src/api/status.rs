@@ -56,7 +56,9 @@ pub fn store(e: &StoreError) -> Status {
         StoreError::MissingRelated { .. } | StoreError::Narrows { .. } => {
             Status::failed_precondition(msg)
         }
-        StoreError::Corrupt { .. } | StoreError::RolledBack { .. } => Status::data_loss(msg),
+        StoreError::Corrupt { .. } | StoreError::RolledBack { .. } | StoreError::Torn(_) => {
+            Status::data_loss(msg)
+        }
         StoreError::Closed | StoreError::Failed(_) => Status::unavailable(msg),
         StoreError::DiskFull { .. } => Status::resource_exhausted(msg),
         StoreError::Io(_) | StoreError::NewerFormat { .. } => Status::internal(msg),
