@@ -95,7 +95,7 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
-    #[error("after an unclean stop, the store's log is not whole: {0}. Its engine recovered writes that reached the disk only in part (docs/RELIABILITY.md); nothing is served from it. Restore the data directory from a backup, or move it aside and let the node refill from its peers")]
+    #[error("the store's log is not whole: {0}. Its engine brought back a write only in part (after an unclean stop, writes can reach the disk out of order: docs/RELIABILITY.md), or its files were damaged; nothing is served from it. Restore the data directory from a backup, or move it aside and let the node refill from its peers")]
     Torn(String),
     #[error("the store stopped accepting writes after its {0}. What it acknowledged before is durable; restart the node once the disk is sound, and it recovers from what is durable")]
     Failed(String),
@@ -351,24 +351,24 @@ impl Store {
             }
             older => upgrade::run(engine.as_ref(), older.unwrap_or(1), head)?,
         }
-        // The head and the log are written in one atomic batch; check they agree.
-        let last = engine.last_record()?.unwrap_or(0);
-        if last != head {
-            return Err(StoreError::Io(format!(
-                "head marker says {head} but the log ends at {last}"
-            )));
-        }
         // A log that ends before what was acknowledged is refused, never served.
+        let last = engine.last_record()?.unwrap_or(0);
         let watermark = Watermark::open(dir)?;
         // Its name, and the engine's directory, are entries of `dir`.
         durable::sync_dir(dir).map_err(io)?;
         if let Some(acknowledged) = watermark.read() {
-            if acknowledged > head {
+            if acknowledged > head.min(last) {
                 return Err(StoreError::RolledBack {
                     acknowledged,
-                    found: head,
+                    found: head.min(last),
                 });
             }
+        }
+        // The head and the log are written in one atomic batch; check they agree.
+        if last != head {
+            return Err(StoreError::Torn(format!(
+                "its head marker says {head} but the log ends at {last}"
+            )));
         }
         // After an unclean stop, the log must still be whole: every sequence
         // up to the head held as a record or a tombstone.
