@@ -39,21 +39,15 @@ async fn acknowledged_bulletins_survive_sigkill() {
         let head = check_everything(addr, &reader_files, &ca, &acked, cycle).await;
         if cycle == cycles {
             // The durable subscriber catches up and has seen every sequence.
-            let caught_up = tokio::time::timeout(
+            reader_has_seen_everything(
+                addr,
+                &reader_files,
+                &ca,
+                &reader,
+                head,
                 Duration::from_secs(60),
-                durable_reader(
-                    addr,
-                    reader_files.clone(),
-                    ca.clone(),
-                    reader.clone(),
-                    Some(head),
-                ),
             )
             .await;
-            assert!(caught_up.is_ok(), "the durable subscriber did not catch up");
-            let seen = reader.lock().unwrap().seen.clone();
-            let expected: std::collections::BTreeSet<u64> = (1..=head).collect();
-            assert_eq!(seen, expected, "the durable subscriber missed sequences");
             node.signal(nix::sys::signal::Signal::SIGTERM);
             assert_eq!(
                 node.wait(Duration::from_secs(20)),

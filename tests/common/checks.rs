@@ -216,3 +216,24 @@ pub async fn probe_pruned(c: &mut beacon::client::BeaconClient) -> Option<u64> {
         _ => None,
     }
 }
+
+/// Lets the durable subscriber catch up to `head` (within `limit`), then
+/// checks it has seen every sequence `1..=head`.
+pub async fn reader_has_seen_everything(
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    ca: &[std::path::PathBuf],
+    reader: &Arc<Mutex<Reader>>,
+    head: u64,
+    limit: std::time::Duration,
+) {
+    let caught_up = tokio::time::timeout(
+        limit,
+        durable_reader(addr, files.clone(), ca.to_vec(), reader.clone(), Some(head)),
+    )
+    .await;
+    assert!(caught_up.is_ok(), "the durable subscriber did not catch up");
+    let seen = reader.lock().unwrap().seen.clone();
+    let expected: std::collections::BTreeSet<u64> = (1..=head).collect();
+    assert_eq!(seen, expected, "the durable subscriber missed sequences");
+}
