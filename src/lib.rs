@@ -45,6 +45,7 @@ pub mod bulletin;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod disk;
 pub mod document;
 pub(crate) mod federation;
 pub(crate) mod filter;

@@ -326,11 +326,8 @@ pub fn write_file(path: &Path, bytes: &[u8], private: bool, force: bool) -> Resu
     if path.exists() && !force {
         return Err(PkiError::Exists(path.display().to_string()));
     }
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() {
-            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-        }
-    }
+    let parent = crate::disk::parent_of(path);
+    crate::disk::create_dir_all(parent).map_err(io_err("create", parent))?;
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -340,13 +337,7 @@ pub fn write_file(path: &Path, bytes: &[u8], private: bool, force: bool) -> Resu
     f.sync_all().map_err(io_err("sync", &tmp))?;
     drop(f);
     fs::rename(&tmp, path).map_err(io_err("rename", path))?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync", dir))?;
+    crate::disk::sync_parent(path).map_err(io_err("sync", parent))?;
     Ok(())
 }
 
@@ -402,7 +393,7 @@ impl Ca {
         params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
         params.key_identifier_method = KeyIdMethod::Sha256;
         let cert = params.self_signed(&key)?;
-        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        crate::disk::create_dir_all(dir).map_err(io_err("create", dir))?;
         write_file(&key_path, key.serialize_pem().as_bytes(), true, req.force)?;
         write_file(&cert_path, cert.pem().as_bytes(), false, req.force)?;
         let meta = CaMeta {

@@ -164,11 +164,7 @@ impl Tokens {
             f.sync_all().map_err(|e| io(&e))?;
         }
         std::fs::rename(&tmp, &self.path).map_err(|e| io(&e))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io(&e))?;
-        }
+        crate::disk::sync_parent(&self.path).map_err(|e| io(&e))?;
         Ok(())
     }
 }

@@ -234,14 +234,7 @@ fn finish(file: std::fs::File, tmp: &Path, out: &Path) -> Result<()> {
     drop(file);
     std::fs::rename(tmp, out)
         .with_context(|| format!("cannot move the backup to {}", out.display()))?;
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if let Ok(d) = std::fs::File::open(dir) {
-        d.sync_all()
-            .context("fsync of the backup's directory failed")?;
-    }
+    beacon::disk::sync_parent(out).context("fsync of the backup's directory failed")?;
     Ok(())
 }
 

@@ -1,0 +1,43 @@
+//! Durable file-system steps shared by every part of Beacon that writes
+//! files: an fsync of a file does not make its name durable; a file created,
+//! renamed or removed is on disk only once its directory has been fsynced
+//! too (POSIX promises no more, and `tests/power_loss.rs` checks Beacon on a
+//! filesystem that keeps exactly that).
+
+use std::io;
+use std::path::Path;
+
+/// fsyncs the directory `dir` (its entries: files created, renamed, removed).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The directory holding `path` ("." for a bare file name).
+pub fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// fsyncs the directory holding `path`, after `path` was created, renamed
+/// into place or removed.
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    sync_dir(parent_of(path))
+}
+
+/// Creates `dir` and any missing parents, fsyncing the parent of each
+/// directory it creates, so that the whole path survives a power cut.
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    sync_parent(dir)
+}
