@@ -141,27 +141,7 @@ async fn pruning_backup_and_restore_survive_sigkill() {
             "cycle {cycle}: after the restart, {pruned} of {expiring} expired bulletins pruned"
         );
         let c = member(addr, &files, &ca).await;
-        let mut stream = c.clone().publish_stream().await.expect("publish stream");
-        let expires = std::time::SystemTime::now() + Duration::from_millis(600);
-        let mut sent = Vec::new();
-        for i in 0..400 {
-            let mut b = bulletin("uk.ncsc", &format!("cycle {cycle} #{i}"));
-            let expiring = i % 10 != 0;
-            if expiring {
-                b.expires_at = Some(expires);
-            }
-            let env = c.signer.sign(b.to_bytes()).unwrap();
-            stream.send(&env).await.expect("send");
-            sent.push((
-                b.id,
-                beacon::bulletin::codec::encode_envelope(&env),
-                expiring,
-            ));
-        }
-        let results = stream.finish().await.expect("results");
-        for ((id, bytes, expiring), r) in sent.into_iter().zip(results) {
-            published.insert(id, (r.expect("accepted").sequence, bytes, expiring));
-        }
+        let expires = publish_expiring(&c, cycle, 400, &mut published).await;
         // Pruning starts at expiry; kill somewhere in it.
         let until = expires
             .duration_since(std::time::SystemTime::now())

@@ -536,6 +536,7 @@ async fn a_full_disk_refuses_publishes_and_loses_nothing() {
     fs.set_capacity(Some(fs.used() + 2 * 1024 * 1024));
     let e = publish_until_refused(&mut c, "uk.ncsc", &acked).await;
     assert!(fs.counters().enospc > 0, "the disk filled: {e}");
+    assert_eq!(code_of(&e), Some(tonic::Code::Unavailable), "{e}");
     // The store stops, and keeps refusing (no retry as if it had worked),
     // even once space is freed.
     fs.set_capacity(None);
@@ -757,7 +758,6 @@ async fn pruning_compaction_and_restore_survive_power_cuts() {
     let mut published = Published::new();
     let mut rng = rand::rng();
     let cycles = cycles();
-    let cut = cut_for;
 
     for cycle in 0..cycles {
         let Some(mut node) = restart(dir.path(), addr, published.len() as u64) else {
@@ -765,27 +765,7 @@ async fn pruning_compaction_and_restore_survive_power_cuts() {
         };
         check_lifecycle(addr, &files, &op, &ca, &published).await;
         let c = member(addr, &files, &ca).await;
-        let mut stream = c.clone().publish_stream().await.expect("publish stream");
-        let expires = std::time::SystemTime::now() + Duration::from_millis(600);
-        let mut sent = Vec::new();
-        for i in 0..300 {
-            let mut b = bulletin("uk.ncsc", &format!("cycle {cycle} #{i}"));
-            let expiring = i % 10 != 0;
-            if expiring {
-                b.expires_at = Some(expires);
-            }
-            let env = c.signer.sign(b.to_bytes()).unwrap();
-            stream.send(&env).await.expect("send");
-            sent.push((
-                b.id,
-                beacon::bulletin::codec::encode_envelope(&env),
-                expiring,
-            ));
-        }
-        let results = stream.finish().await.expect("results");
-        for ((id, bytes, expiring), r) in sent.into_iter().zip(results) {
-            published.insert(id, (r.expect("accepted").sequence, bytes, expiring));
-        }
+        let expires = publish_expiring(&c, cycle, 300, &mut published).await;
         let until = expires
             .duration_since(std::time::SystemTime::now())
             .unwrap_or_default();
@@ -793,7 +773,7 @@ async fn pruning_compaction_and_restore_survive_power_cuts() {
         let at_cut = probe_pruned(&mut c.clone()).await;
         node.signal(nix::sys::signal::Signal::SIGKILL);
         node.wait(Duration::from_secs(10));
-        let how = cut(&mut rng, cycle);
+        let how = cut_for(&mut rng, cycle);
         fs.power_cut(how);
         eprintln!("pruning, cycle {cycle}: cut ({how:?}) with {at_cut:?} pruned in all");
     }
@@ -843,7 +823,7 @@ async fn pruning_compaction_and_restore_survive_power_cuts() {
         let how = if finished {
             Cut::Strict
         } else {
-            cut(&mut rng, round)
+            cut_for(&mut rng, round)
         };
         fs.power_cut(how);
         eprintln!(
@@ -898,7 +878,7 @@ async fn pruning_compaction_and_restore_survive_power_cuts() {
         let how = if finished {
             Cut::Strict
         } else {
-            cut(&mut rng, round)
+            cut_for(&mut rng, round)
         };
         fs.power_cut(how);
         if finished {

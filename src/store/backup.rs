@@ -372,7 +372,7 @@ pub fn restore(
         }
     }
     let building: PathBuf = parent.join(format!("{prefix}{}", std::process::id()));
-    std::fs::create_dir_all(&building).map_err(bio)?;
+    super::durable::create_dir_all(&building).map_err(bio)?;
     let result = build(input, &building, opts, verify, &mut progress);
     match result {
         Ok(m) => {
@@ -640,7 +640,7 @@ pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError
     }
     let staging = dir.join(STAGING);
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(bio)?;
+    super::durable::create_dir_all(&staging).map_err(bio)?;
     // The records come from this store, whose signatures were verified when
     // they arrived; CRCs and digests are still checked on the way.
     let payload_only = |rec: &Record| -> Result<[u8; 32], String> {

@@ -367,30 +367,25 @@ type Reply = (
 /// store accepts nothing, and says why, until the node restarts and recovers
 /// from what is durable.
 #[derive(Default)]
-pub(super) struct Failure {
-    set: AtomicBool,
-    reason: parking_lot::Mutex<String>,
-}
+pub(super) struct Failure(std::sync::OnceLock<String>);
 
 impl Failure {
+    /// The first failure is the one reported.
     fn set(&self, what: &str, e: &StoreError) {
-        let mut reason = self.reason.lock();
-        if !self.set.load(Ordering::Acquire) {
+        if self.0.set(format!("{what} failed: {e}")).is_ok() {
             error!(error = %e, "store {what} failed; refusing further writes until a restart");
-            *reason = format!("{what} failed: {e}");
-            self.set.store(true, Ordering::Release);
         }
     }
 
     fn error(&self) -> StoreError {
-        StoreError::Failed(self.reason.lock().clone())
+        StoreError::Failed(self.0.get().cloned().unwrap_or_default())
     }
 
     fn check(&self) -> Result<(), StoreError> {
-        if self.set.load(Ordering::Acquire) {
-            return Err(self.error());
+        match self.0.get() {
+            Some(reason) => Err(StoreError::Failed(reason.clone())),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -554,11 +549,11 @@ impl Flusher {
                         match p {
                             Pending::Batch { replies, .. } => {
                                 for (reply, _) in replies {
-                                    let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                                    let _ = reply.send(Err(self.failed.error()));
                                 }
                             }
                             Pending::Sync { reply, .. } => {
-                                let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                                let _ = reply.send(Err(self.failed.error()));
                             }
                         }
                     }
@@ -774,7 +769,7 @@ impl Writer {
             if let Err(e) = self.engine.write(writes) {
                 self.failed.set("write", &e);
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Io(e.to_string())));
+                    let _ = reply.send(Err(self.failed.error()));
                 }
                 return;
             }

@@ -273,7 +273,7 @@ pub struct Store {
     commit: Committer,
     pub stats: Arc<StoreStats>,
     /// Where it lives (for the clean-close marker).
-    dir: Option<std::path::PathBuf>,
+    dir: std::path::PathBuf,
     /// Held for as long as the store is open (declared last: released
     /// after everything above is closed).
     _lock: Option<durable::DirLock>,
@@ -399,7 +399,7 @@ impl Store {
             stats.clone(),
         )?;
         Ok(Store {
-            dir: Some(dir.to_path_buf()),
+            dir: dir.to_path_buf(),
             _lock: None,
             backups: AtomicU64::new(0),
             pruning: std::sync::atomic::AtomicBool::new(false),
@@ -759,12 +759,10 @@ impl Store {
         self.commit.stop(&self.stats);
         self.flush()?;
         if self.commit.check_open().is_ok() {
-            if let Some(dir) = &self.dir {
-                std::fs::File::create(dir.join(CLEAN))
-                    .and_then(|f| f.sync_all())
-                    .and_then(|()| durable::sync_dir(dir))
-                    .map_err(io)?;
-            }
+            std::fs::File::create(self.dir.join(CLEAN))
+                .and_then(|f| f.sync_all())
+                .and_then(|()| durable::sync_dir(&self.dir))
+                .map_err(io)?;
         }
         Ok(())
     }

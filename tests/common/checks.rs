@@ -237,3 +237,36 @@ pub async fn reader_has_seen_everything(
     let expected: std::collections::BTreeSet<u64> = (1..=head).collect();
     assert_eq!(seen, expected, "the durable subscriber missed sequences");
 }
+
+/// Publishes `n` bulletins of uk.ncsc in one stream, nine in ten of them
+/// expiring 600 ms from now, and records them in `published`; returns when
+/// they expire.
+pub async fn publish_expiring(
+    c: &beacon::client::BeaconClient,
+    cycle: usize,
+    n: usize,
+    published: &mut Published,
+) -> std::time::SystemTime {
+    let mut stream = c.clone().publish_stream().await.expect("publish stream");
+    let expires = std::time::SystemTime::now() + std::time::Duration::from_millis(600);
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let mut b = bulletin("uk.ncsc", &format!("cycle {cycle} #{i}"));
+        let expiring = i % 10 != 0;
+        if expiring {
+            b.expires_at = Some(expires);
+        }
+        let env = c.signer.sign(b.to_bytes()).unwrap();
+        stream.send(&env).await.expect("send");
+        sent.push((
+            b.id,
+            beacon::bulletin::codec::encode_envelope(&env),
+            expiring,
+        ));
+    }
+    let results = stream.finish().await.expect("results");
+    for ((id, bytes, expiring), r) in sent.into_iter().zip(results) {
+        published.insert(id, (r.expect("accepted").sequence, bytes, expiring));
+    }
+    expires
+}

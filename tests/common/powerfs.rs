@@ -230,13 +230,14 @@ impl State {
         Ok(())
     }
 
+    /// Creates `name` in `parent`; returns its attributes.
     fn new_inode(
         &mut self,
         parent: u64,
         name: &OsStr,
         body: Body,
-        perm: u16,
-    ) -> Result<u64, Errno> {
+        mode: u32,
+    ) -> Result<FileAttr, Errno> {
         if self.dir(parent)?.entries.contains_key(name) {
             return Err(Errno::EEXIST);
         }
@@ -246,7 +247,7 @@ impl State {
             ino,
             Inode {
                 body,
-                perm,
+                perm: (mode & 0o7777) as u16,
                 mtime: SystemTime::now(),
                 name: name.to_owned(),
             },
@@ -257,7 +258,7 @@ impl State {
             name: name.to_owned(),
             ino,
         });
-        Ok(ino)
+        self.attr(ino).ok_or(Errno::EIO)
     }
 
     /// Commits the journal's changes that touch `dir`, and, for each rename
@@ -376,18 +377,19 @@ impl State {
             }
             return Err(Errno::EIO);
         }
-        if name.is_some() && name == self.faults.lie_for {
-            self.counters.lied_fsyncs += 1;
-            return Ok(());
-        }
-        self.counters.fsyncs += 1;
         match self.inodes.get_mut(&ino).map(|n| &mut n.body) {
+            Some(Body::File(_)) if name.is_some() && name == self.faults.lie_for => {
+                self.counters.lied_fsyncs += 1;
+                Ok(())
+            }
             Some(Body::File(f)) => {
                 persist(f, None);
+                self.counters.fsyncs += 1;
                 Ok(())
             }
             Some(Body::Dir(_)) => {
                 self.commit_dir(ino);
+                self.counters.dir_fsyncs += 1;
                 Ok(())
             }
             None => Err(Errno::ENOENT),
@@ -572,11 +574,8 @@ impl Filesystem for Fs {
             entries: BTreeMap::new(),
             durable: BTreeMap::new(),
         });
-        match s.new_inode(parent.0, name, body, (mode & 0o7777) as u16) {
-            Ok(ino) => match s.attr(ino) {
-                Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
-                None => reply.error(Errno::EIO),
-            },
+        match s.new_inode(parent.0, name, body, mode) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -795,17 +794,8 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut s = self.lock();
-        if s.faults.fail_fsync {
-            s.counters.failed_fsyncs += 1;
-            return reply.error(Errno::EIO);
-        }
-        s.counters.dir_fsyncs += 1;
-        match s.dir(ino.0) {
-            Ok(_) => {
-                s.commit_dir(ino.0);
-                reply.ok();
-            }
+        match self.lock().fsync(ino.0) {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
@@ -849,17 +839,14 @@ impl Filesystem for Fs {
             durable: Vec::new(),
             dirty: BTreeSet::new(),
         });
-        match s.new_inode(parent.0, name, body, (mode & 0o7777) as u16) {
-            Ok(ino) => match s.attr(ino) {
-                Some(attr) => reply.created(
-                    &TTL,
-                    &attr,
-                    Generation(0),
-                    FileHandle(0),
-                    FopenFlags::empty(),
-                ),
-                None => reply.error(Errno::EIO),
-            },
+        match s.new_inode(parent.0, name, body, mode) {
+            Ok(attr) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(e),
         }
     }
