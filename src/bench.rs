@@ -644,6 +644,7 @@ fn open_at(
         heartbeat_ms: 0,
         current_only: false,
         include_expired: false,
+        log_id: String::new(),
     }
 }
 

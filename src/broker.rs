@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::filter::Filter;
 use crate::policy::Policy;
-use crate::store::{Record, Replacement, Store, StoreError};
+use crate::store::{LogId, LogInfo, Position, Record, Replacement, Store, StoreError};
 
 /// Records read from the store per step (bounds the work between checks).
 const READ_BATCH: usize = 256;
@@ -89,6 +89,12 @@ pub enum Event {
         window: u32,
         /// Records after `position`, up to `head`, pruned by retention.
         pruned: u64,
+        /// The log served, and the one it continues if restored.
+        log: LogInfo,
+        /// Why the stream does not start where it was asked to: the position
+        /// (a stored cursor, or a start sequence with its log) was taken on
+        /// another log.
+        restarted: Option<String>,
     },
     /// Deliveries in sequence order (one hand-off for a whole read batch).
     Deliveries(Vec<Delivered>),
@@ -308,6 +314,9 @@ pub struct Subscription {
     /// Also bulletins past their `expires_at` (unless `current_only`).
     pub include_expired: bool,
     pub start: Start,
+    /// With `Start::Sequence`: the log the reader took that position on
+    /// (from an earlier `Opened`). On another log the stream starts over.
+    pub log: Option<LogId>,
     pub window: u32,
     pub heartbeat: Duration,
     pub guard: SessionGuard,
@@ -328,6 +337,61 @@ pub fn start_position(
         Start::Earliest => 0,
         Start::Latest => store.head(),
     })
+}
+
+/// Where a subscription starts on `log`: a stored cursor, or a start
+/// sequence the reader names the log of, is applied only as far as it
+/// holds on this log (`LogInfo::carry`); otherwise the stream starts from
+/// the earliest, and the reason is returned. A position is never applied to
+/// a log it was not taken on: a log rebuilt or restored can hold other
+/// bulletins under the same sequences.
+fn on_this_log(
+    log: &LogInfo,
+    start: &Start,
+    reader_log: Option<LogId>,
+    stored: Option<Position>,
+) -> (Start, Option<u64>, Option<String>) {
+    let mut restarted = None;
+    let stored = match stored {
+        Some(Position {
+            seq,
+            log: Some(taken_on),
+        }) if matches!(start, Start::Resume) => match log.carry(taken_on, seq) {
+            Some(seq) => Some(seq),
+            None => {
+                restarted = Some(format!(
+                    "the stored cursor ({seq}) was taken on log {taken_on}, not on this node's log {}: replaying from the start",
+                    log.id
+                ));
+                None
+            }
+        },
+        other => other.map(|p| p.seq),
+    };
+    let start = match (start, reader_log) {
+        (Start::Sequence(n), Some(taken_on)) => {
+            let after = n.saturating_sub(1);
+            match log.carry(taken_on, after) {
+                Some(p) if p == after => Start::Sequence(*n),
+                Some(p) => {
+                    restarted = Some(format!(
+                        "this node's log {} was restored from a backup of log {taken_on} at {p}: continuing after {p}, not {after}",
+                        log.id
+                    ));
+                    Start::Sequence(p + 1)
+                }
+                None => {
+                    restarted = Some(format!(
+                        "position {after} was taken on log {taken_on}, not on this node's log {}: replaying from the start",
+                        log.id
+                    ));
+                    Start::Earliest
+                }
+            }
+        }
+        (other, _) => other.clone(),
+    };
+    (start, stored, restarted)
 }
 
 impl Subscription {
@@ -420,7 +484,13 @@ impl Subscription {
         } else {
             None
         };
-        let position = match start_position(&self.store, &self.start, stored) {
+        let log = self.store.log();
+        let (start, stored, restarted) = on_this_log(&log, &self.start, self.log, stored);
+        if let Some(why) = &restarted {
+            info!(target: "beacon::audit", identity = %stats.identity, name = %stats.name,
+                  reason = %why, "subscription does not start where it asked");
+        }
+        let position = match start_position(&self.store, &start, stored) {
             Ok(p) => p,
             Err(e) => return Some(e.into()),
         };
@@ -442,6 +512,8 @@ impl Subscription {
                 head,
                 window: self.window,
                 pruned,
+                log,
+                restarted,
             })
             .await
             .is_err()

@@ -8,8 +8,19 @@
 //! from there. So a node whose store was lost, rebuilt empty or restored
 //! from an older backup reads its peers again from where its store stands,
 //! and gets its history back; a crash on either side can cause redelivery
-//! (answered as duplicates), never loss. A peer whose log is shorter than
-//! the position (it was rebuilt) is read again from the start. The peer
+//! (answered as duplicates), never loss.
+//!
+//! **A position is a position on one log.** Every log has an identity
+//! (`store::LogInfo`), made anew when a store is created or restored from a
+//! backup; the link keeps the peer's log id with its position and sends it
+//! when it opens. A peer rebuilt (a new log) is read again from the start; a
+//! peer restored from a backup (a log continuing the backed-up one up to
+//! the backup's head) from that head on, since what it appended after the
+//! restore was never in the log read here. The peer applies the rule and
+//! says where it starts (`Subscribed.cursor`, `restarted`); the link records
+//! the change (audit log, `Admin.Status`). A peer of a version without log
+//! ids is known to be rebuilt only while its log is shorter than the
+//! position, and is then read again from the start. The peer
 //! still sees the link as the durable subscription `federation`, for its
 //! operators' lag figures; it sends only what this node's member may read
 //! (it asks `policy` with the pulling node's member, as for a client).
@@ -43,7 +54,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::proto::v1 as pb;
-use crate::store::{Appended, NewRecord, StoreError};
+use crate::store::{Appended, LogId, NewRecord, Position, StoreError};
 use crate::trust::tls::ExpectedServer;
 
 /// What a peer link needs of its node: who it is, its timing and limits,
@@ -93,6 +104,8 @@ pub enum FederationError {
     Silent(Duration),
     #[error("the peer's log ends at {head}, before what this node had read from it ({position}): it was rebuilt or restored; reading it again from the start")]
     Rebuilt { head: u64, position: u64 },
+    #[error("the peer broke the protocol: {0}")]
+    Protocol(String),
     #[error("cannot store relayed bulletins: {0}")]
     Store(#[from] StoreError),
 }
@@ -128,6 +141,12 @@ pub struct LinkStatus {
     pub duplicates: u64,
     /// Deliveries refused (verification, policy, conflicts).
     pub refused: u64,
+    /// The peer's log that `cursor` is a position on, once known.
+    pub log: Option<LogId>,
+    /// Times the peer's log changed under the link (rebuilt or restored).
+    pub log_changes: u64,
+    /// What the link did about the last change.
+    pub last_log_change: Option<String>,
 }
 
 /// One configured peer.
@@ -268,7 +287,11 @@ async fn session(
         .max_encoding_message_size(max);
     let (tx, rx) = mpsc::channel(16);
     let peer = link.identity.to_string();
-    let position = state.store.link_position(&peer)?.unwrap_or(0);
+    let stored = state.store.link_position(&peer)?;
+    let position = stored.map_or(0, |p| p.seq);
+    let read_log = stored.and_then(|p| p.log);
+    // The peer's log the acknowledged positions are on (known once it says).
+    let mut peer_log = read_log;
     let open = pb::SubscribeRequest {
         msg: Some(pb::subscribe_request::Msg::Open(pb::SubscribeOpen {
             name: LINK_NAME.to_owned(),
@@ -282,6 +305,7 @@ async fn session(
             // expired bulletins included (its own retention prunes them).
             current_only: false,
             include_expired: true,
+            log_id: read_log.map(|l| l.to_string()).unwrap_or_default(),
         })),
     };
     tx.send(open).await.map_err(|_| FederationError::Ended)?;
@@ -313,7 +337,7 @@ async fn session(
                 }
                 // Everything up to `acked` is durable here (or refused): the
                 // position moves first, then the peer hears of it.
-                state.store.set_link_position(&peer, acked)?;
+                state.store.set_link_position(&peer, Position { seq: acked, log: peer_log })?;
                 let ack = pb::SubscribeRequest {
                     msg: Some(pb::subscribe_request::Msg::Ack(pb::Ack { sequence: acked })),
                 };
@@ -331,18 +355,17 @@ async fn session(
                 match msg.msg {
                     Some(Msg::Subscribed(s)) => {
                         *established = true;
-                        if s.head < position {
-                            state.store.reset_link_position(&peer)?;
-                            return Err(FederationError::Rebuilt { head: s.head, position });
-                        }
+                        let start = on_subscribed(state, link, &peer, stored, &s)?;
+                        peer_log = stored.and_then(|p| p.log).or(parse_log(&s.log_id)?);
                         info!(target: "beacon::audit", peer = %link.identity, cursor = s.cursor,
-                              head = s.head, "peer link up");
+                              head = s.head, log = %s.log_id, "peer link up");
                         link.update(|st| {
                             st.connected = true;
                             st.last_connected_at = Some(SystemTime::now());
                             st.last_error = None;
-                            st.cursor = position;
+                            st.cursor = start;
                             st.head = s.head;
+                            st.log = peer_log;
                         });
                     }
                     Some(Msg::CaughtUp(c)) => link.update(|s| s.head = s.head.max(c.head)),
@@ -373,6 +396,94 @@ async fn session(
                     None => {}
                 }
             }
+        }
+    }
+}
+
+/// A log id as a peer sends it (empty: a peer of a version without them).
+fn parse_log(s: &str) -> Result<Option<LogId>, FederationError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(FederationError::Protocol)
+}
+
+/// Checks where the peer starts the link against the position this node
+/// asked for (`stored`), records a change of the peer's log, and returns
+/// the position the link reads on from.
+fn on_subscribed(
+    state: &LinkContext,
+    link: &PeerLink,
+    peer: &str,
+    stored: Option<Position>,
+    s: &pb::Subscribed,
+) -> Result<u64, FederationError> {
+    let position = stored.map_or(0, |p| p.seq);
+    let served = parse_log(&s.log_id)?;
+    if s.cursor > position {
+        return Err(FederationError::Protocol(format!(
+            "it starts the link after {}, past this node's position {position} on its log",
+            s.cursor
+        )));
+    }
+    match (stored.and_then(|p| p.log), served) {
+        // The peer applied the position as far as it holds on its log.
+        (Some(read), Some(now)) => {
+            if read != now || s.cursor != position {
+                let change = if s.restarted.is_empty() {
+                    format!("its log is now {now}, not {read}")
+                } else {
+                    s.restarted.clone()
+                };
+                let msg = format!(
+                    "the peer's log changed (rebuilt or restored): this node had read log {read} up to {position}; {change}; reading it again from {}",
+                    s.cursor + 1
+                );
+                warn!(target: "beacon::audit", peer = %link.identity, address = %link.address,
+                      from = s.cursor + 1, "{msg}");
+                state.store.reset_link_position(
+                    peer,
+                    Position {
+                        seq: s.cursor,
+                        log: Some(now),
+                    },
+                )?;
+                link.update(|st| {
+                    st.log_changes += 1;
+                    st.last_log_change = Some(msg);
+                    st.cursor = s.cursor;
+                });
+            }
+            Ok(s.cursor)
+        }
+        // A position of no known log (kept from before logs had ids), or a
+        // peer that names none: a rebuilt peer shows only as a log shorter
+        // than the position.
+        (_, served) => {
+            if s.head < position {
+                state.store.reset_link_position(
+                    peer,
+                    Position {
+                        seq: 0,
+                        log: served,
+                    },
+                )?;
+                let e = FederationError::Rebuilt {
+                    head: s.head,
+                    position,
+                };
+                link.update(|st| {
+                    st.log_changes += 1;
+                    st.last_log_change = Some(e.to_string());
+                });
+                return Err(e);
+            }
+            if served.is_some() {
+                state
+                    .store
+                    .set_link_position(peer, Position { seq: position, log: served })?;
+            }
+            Ok(position)
         }
     }
 }

@@ -96,6 +96,22 @@ pub fn start_from_proto(s: Option<pb::StartPosition>) -> Result<crate::broker::S
     })
 }
 
+/// The log a reader names (`SubscribeOpen.log_id`; empty: none).
+pub fn log_from_proto(s: &str) -> Result<Option<crate::store::LogId>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some)
+}
+
+/// Where a restored log came from, as the API says it.
+pub fn fork_to_proto(log: crate::store::LogInfo) -> Option<pb::LogFork> {
+    log.forked_from.map(|f| pb::LogFork {
+        log_id: f.log.to_string(),
+        size: f.size,
+    })
+}
+
 /// A broker event as the messages the API sends for it, in order; an `End`
 /// is the last item, as an error.
 pub fn subscribe_messages(
@@ -111,12 +127,17 @@ pub fn subscribe_messages(
             head,
             window,
             pruned,
+            log,
+            restarted,
         } => one(Msg::Subscribed(pb::Subscribed {
             name: name.to_owned(),
             cursor: position,
             head,
             window,
             pruned,
+            log_id: log.id.to_string(),
+            forked_from: fork_to_proto(log),
+            restarted: restarted.unwrap_or_default(),
         })),
         Event::Deliveries(batch) => batch
             .into_iter()

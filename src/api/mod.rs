@@ -359,6 +359,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             crate::api::convert::filter_from_proto(open.filter).map_err(status::bad_request)?;
         let start =
             crate::api::convert::start_from_proto(open.start).map_err(status::bad_request)?;
+        let log = crate::api::convert::log_from_proto(&open.log_id).map_err(status::bad_request)?;
         let limits = &self.state.config.limits;
         let window = match open.window {
             0 => limits.default_window,
@@ -414,6 +415,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             current_only: open.current_only,
             include_expired: open.include_expired,
             start,
+            log,
             window,
             heartbeat: match open.heartbeat_ms {
                 0 => self.state.config.timing.heartbeat_interval,
@@ -589,6 +591,8 @@ impl pb::admin_server::Admin for AdminService {
                     .stats
                     .pruned
                     .load(std::sync::atomic::Ordering::Relaxed),
+                log_id: s.store.log().id.to_string(),
+                forked_from: crate::api::convert::fork_to_proto(s.store.log()),
             }),
             subscriptions: subscription_status(s),
             peers: s
@@ -607,6 +611,9 @@ impl pb::admin_server::Admin for AdminService {
                         stored: st.stored,
                         duplicates: st.duplicates,
                         refused: st.refused,
+                        log_id: st.log.map(|l| l.to_string()).unwrap_or_default(),
+                        log_changes: st.log_changes,
+                        last_log_change: st.last_log_change.unwrap_or_default(),
                     }
                 })
                 .collect(),
@@ -834,7 +841,8 @@ fn subscription_status(s: &NodeState) -> Vec<pb::SubscriptionStatus> {
         })
         .collect();
     if let Ok(stored) = s.store.cursors() {
-        for (identity, name, cursor) in stored {
+        for (identity, name, pos) in stored {
+            let cursor = pos.seq;
             if !s.broker.is_open(&identity, &name) {
                 out.push(pb::SubscriptionStatus {
                     identity,

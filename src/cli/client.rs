@@ -974,6 +974,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
         heartbeat_ms: 0,
         current_only: a.filter.current_only,
         include_expired: a.filter.include_expired,
+        log_id: String::new(),
     };
     let (dialer, channel) = a.conn.dial().await?;
     let signer = Arc::new(Signer::new(
@@ -1023,6 +1024,11 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
                         s.head,
                         s.window
                     );
+                }
+                if !s.restarted.is_empty() {
+                    // Always said, terminal or not: a reader must know it
+                    // gets bulletins again (its node's log changed).
+                    eprintln!("note: {}", s.restarted);
                 }
                 if s.pruned > 0 {
                     eprintln!(

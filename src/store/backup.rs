@@ -6,11 +6,15 @@
 //! "BEACON-BACKUP\n" version:u32be
 //! entry*            each: tag:u8 len:u32be body
 //!   'H' header      format:u32 head:u64 created_ns:u64
+//!   'L' log         the log's identity (LogInfo: id, and the log it was
+//!                   restored from); version 2, right after the header
 //!   'R' record      the stored record (its own CRC32 trailer)
 //!   'T' tombstone   the stored tombstone (its own CRC32 trailer)
 //!   'S' successor   seq:u64 successor:9
-//!   'C' cursor      seq:u64 identity name   (a durable subscription)
-//!   'P' position    seq:u64 peer            (how far a peer's log was read)
+//!   'C' cursor      seq:u64 identity name [log:16]  (a durable subscription,
+//!                   and the log it was taken on; version 2)
+//!   'P' position    seq:u64 peer [log:16]   (how far a peer's log was read,
+//!                   and which of the peer's logs; version 2)
 //!   'M' manifest    head:u64 records:u64 tombstones:u64 successors:u64
 //!                   cursors:u64 positions:u64 sha256:32 (of every byte before
 //!                   this entry)
@@ -20,6 +24,12 @@
 //! the log at one committed head (retention waits while a backup runs).
 //! The index and expiry entries are not copied: a restore rebuilds them
 //! from what it verified, so they cannot disagree with the records.
+//!
+//! A restored store is a new log (a new id) that continues the backed-up
+//! one up to the backup's head (`LogInfo::forked_from`): its peers' links
+//! read it again from there, since what it appends next was never in the
+//! log they read. Cursors that hold on the backed-up log are carried over
+//! as cursors on the new one. A compaction keeps the log's identity.
 //!
 //! A restore builds a new store in a directory beside the target, checks
 //! every entry (CRC, envelope digest, signature chain to a CA of the node's
@@ -37,11 +47,12 @@ use aws_lc_rs::digest::{Context, SHA256};
 
 use super::commit::Watermark;
 use super::engine::{entries, Engine, Entry, Space, WriteSet};
-use super::record::{nanos, Indexed, Record, Successor, Tombstone};
+use super::record::{nanos, Indexed, LogId, LogInfo, Position, Record, Successor, Tombstone};
 use super::{io, Store, StoreError, StoreOptions, FORMAT};
 
 const MAGIC: &[u8] = b"BEACON-BACKUP\n";
-const VERSION: u32 = 1;
+/// 2: the log's identity, and the log of each cursor and peer position.
+const VERSION: u32 = 2;
 /// The largest entry a reader accepts (a record is bounded by the node's
 /// message limit, far below this).
 const MAX_ENTRY: u32 = 64 << 20;
@@ -53,7 +64,7 @@ const CHUNK: usize = 2048;
 pub enum BackupError {
     #[error("not a Beacon backup (no BEACON-BACKUP header)")]
     NotABackup,
-    #[error("backup version {0} is newer than this version of Beacon reads ({VERSION})")]
+    #[error("backup version {0} is not one this version of Beacon reads (1 to {VERSION})")]
     NewerVersion(u32),
     #[error("the backup is truncated: it ends {0}")]
     Truncated(String),
@@ -115,6 +126,12 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(b);
 }
 
+fn put_log(out: &mut Vec<u8>, log: Option<LogId>) {
+    if let Some(log) = log {
+        out.extend_from_slice(&log.0);
+    }
+}
+
 /// Keeps retention waiting while a backup reads.
 struct Reading<'a>(&'a Store);
 
@@ -153,6 +170,7 @@ impl Store {
         header.extend_from_slice(&head.to_be_bytes());
         header.extend_from_slice(&nanos(SystemTime::now()).to_be_bytes());
         w.put(b'H', &header).map_err(bio)?;
+        w.put(b'L', &self.log.encode()).map_err(bio)?;
         // Records and tombstones, merged in sequence order.
         for entry in entries(engine, 1, head) {
             let (seq, tag, bytes) = match entry? {
@@ -197,16 +215,18 @@ impl Store {
             }
             from = to.saturating_add(1);
         }
-        for (identity, name, seq) in engine.cursors(Space::Subscriptions)? {
-            let mut body = seq.min(head).to_be_bytes().to_vec();
+        for (identity, name, pos) in engine.cursors(Space::Subscriptions)? {
+            let mut body = pos.seq.min(head).to_be_bytes().to_vec();
             put_str(&mut body, &identity);
             put_str(&mut body, &name);
+            put_log(&mut body, pos.log);
             w.put(b'C', &body).map_err(bio)?;
             m.cursors += 1;
         }
-        for (peer, _, seq) in engine.cursors(Space::Links)? {
-            let mut body = seq.to_be_bytes().to_vec();
+        for (peer, _, pos) in engine.cursors(Space::Links)? {
+            let mut body = pos.seq.to_be_bytes().to_vec();
             put_str(&mut body, &peer);
+            put_log(&mut body, pos.log);
             w.put(b'P', &body).map_err(bio)?;
             m.positions += 1;
         }
@@ -299,6 +319,19 @@ impl<'a> Cut<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_be_bytes(a))
     }
+    /// The log a position names: 16 bytes, or nothing (version 1, or a
+    /// position of no known log); then the entry must end.
+    fn log(&mut self) -> Result<Option<LogId>, BackupError> {
+        match self.b.len() {
+            0 => Ok(None),
+            16 => Ok(Some(LogId(self.take(16)?.try_into().map_err(|_| {
+                BackupError::Damaged("a log id is short".into())
+            })?))),
+            n => Err(BackupError::Damaged(format!(
+                "a position entry has {n} bytes after its names"
+            ))),
+        }
+    }
     fn str(&mut self) -> Result<String, BackupError> {
         let mut a = [0u8; 4];
         a.copy_from_slice(self.take(4)?);
@@ -373,7 +406,7 @@ pub fn restore(
     }
     let building: PathBuf = parent.join(format!("{prefix}{}", std::process::id()));
     super::durable::create_dir_all(&building).map_err(bio)?;
-    let result = build(input, &building, opts, verify, &mut progress);
+    let result = build(input, &building, opts, verify, Build::Restore, &mut progress);
     match result {
         Ok(m) => {
             if dir.exists() {
@@ -390,11 +423,37 @@ pub fn restore(
     }
 }
 
+/// What a store built from a backup is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// A new log continuing the backed-up one up to the backup's head.
+    Restore,
+    /// The same log, rewritten (a compaction).
+    Compact,
+}
+
+/// The identity of the store built from a backup of `backed_up` (`None`
+/// for a version 1 backup, whose log had no identity) at `head`.
+fn built_log(how: Build, backed_up: Option<LogInfo>, head: u64) -> LogInfo {
+    match (how, backed_up) {
+        (Build::Compact, Some(log)) => log,
+        (Build::Restore, Some(log)) => LogInfo {
+            id: LogId::random(),
+            forked_from: Some(super::record::Fork {
+                log: log.id,
+                size: head,
+            }),
+        },
+        (_, None) => LogInfo::new(),
+    }
+}
+
 fn build(
     input: impl Read,
     dir: &Path,
     opts: &StoreOptions,
     verify: &Verify<'_>,
+    how: Build,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<Manifest, BackupError> {
     let mut r = Entries {
@@ -412,7 +471,7 @@ fn build(
     let mut version = [0u8; 4];
     r.exact(&mut version)?;
     let version = u32::from_be_bytes(version);
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(BackupError::NewerVersion(version));
     }
     r.hash.update(MAGIC);
@@ -434,10 +493,27 @@ fn build(
     }
     let head = c.u64()?;
     r.last = "the header".into();
+    // The backed-up log's identity (version 2), and the built store's.
+    let backed_up = if version >= 2 {
+        let (tag, body, _) = r.next()?;
+        if tag != b'L' {
+            return Err(BackupError::Damaged(
+                "the log identity entry is missing".into(),
+            ));
+        }
+        Some(
+            LogInfo::decode(&body)
+                .ok_or_else(|| BackupError::Damaged("its log identity is damaged".into()))?,
+        )
+    } else {
+        None
+    };
+    let log = built_log(how, backed_up, head);
 
     let engine = super::sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
     let mut set = WriteSet {
         format: Some(FORMAT),
+        log: Some(log.encode()),
         ..WriteSet::default()
     };
     let mut seen = Manifest {
@@ -526,7 +602,20 @@ fn build(
                 let seq = c.u64()?;
                 let identity = c.str()?;
                 let name = c.str()?;
-                engine.advance_cursor(Space::Subscriptions, &identity, &name, seq.min(head))?;
+                let taken_on = c.log()?;
+                let seq = seq.min(head);
+                // A cursor that holds on the backed-up log holds on the
+                // restored one (the same entries up to the head); one of
+                // another log stays of it (its subscription will start over).
+                let pos = match (how, backed_up, taken_on) {
+                    (Build::Compact, _, _) => Position { seq, log: taken_on },
+                    (Build::Restore, Some(b), Some(t)) => match b.carry(t, seq) {
+                        Some(seq) => Position { seq, log: Some(log.id) },
+                        None => Position { seq, log: taken_on },
+                    },
+                    (Build::Restore, _, _) => Position { seq, log: Some(log.id) },
+                };
+                engine.advance_cursor(Space::Subscriptions, &identity, &name, pos)?;
                 seen.cursors += 1;
                 r.last = format!("the cursor {identity}/{name}");
             }
@@ -534,7 +623,8 @@ fn build(
                 let mut c = Cut { b: &body };
                 let seq = c.u64()?;
                 let peer = c.str()?;
-                engine.advance_cursor(Space::Links, &peer, "", seq)?;
+                let log = c.log()?;
+                engine.advance_cursor(Space::Links, &peer, "", Position { seq, log })?;
                 seen.positions += 1;
                 r.last = format!("the position on {peer}");
             }
@@ -648,7 +738,14 @@ pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError
         Ok(crate::bulletin::sha256(&env.payload))
     };
     let input = std::fs::File::open(&copy).map_err(bio)?;
-    let manifest = match build(input, &staging, opts, &payload_only, &mut |_, _| {}) {
+    let manifest = match build(
+        input,
+        &staging,
+        opts,
+        &payload_only,
+        Build::Compact,
+        &mut |_, _| {},
+    ) {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);

@@ -11,6 +11,7 @@
 
 use bytes::Bytes;
 
+use super::record::Position;
 use super::StoreError;
 
 /// One atomic write: all of it becomes visible together, and durable together
@@ -34,6 +35,9 @@ pub(crate) struct WriteSet {
     pub head: Option<u64>,
     /// The store's format (`store::FORMAT`), when it is set or upgraded.
     pub format: Option<u32>,
+    /// The log's identity (an encoded `store::record::LogInfo`), when the
+    /// store is created, restored or upgraded.
+    pub log: Option<Vec<u8>>,
 }
 
 /// A record to prune.
@@ -66,6 +70,9 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The format last written (`None`: never written, a new store or one
     /// from before formats were recorded).
     fn format(&self) -> Result<Option<u32>, StoreError>;
+    /// The log's identity as last written (an encoded
+    /// `store::record::LogInfo`; `None` before logs had identities).
+    fn log(&self) -> Result<Option<Bytes>, StoreError>;
     /// The highest sequence that holds a record or a tombstone, if any.
     fn last_record(&self) -> Result<Option<u64>, StoreError>;
     /// The encoded record at `seq` (`None` if pruned).
@@ -99,20 +106,22 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Makes every write and cursor update made before the call durable.
     fn sync(&self) -> Result<(), StoreError>;
     /// The cursor of (identity, name) in `space`.
-    fn cursor(&self, space: Space, identity: &str, name: &str) -> Result<Option<u64>, StoreError>;
-    /// Moves the cursor of (identity, name) to `seq` unless it is already
-    /// further; durable at the next [`Engine::sync`].
+    fn cursor(&self, space: Space, identity: &str, name: &str)
+        -> Result<Option<Position>, StoreError>;
+    /// Moves the cursor of (identity, name) to `pos` unless it is already
+    /// further on the same log (`Position::advanced`: a position on another
+    /// log is replaced); durable at the next [`Engine::sync`].
     fn advance_cursor(
         &self,
         space: Space,
         identity: &str,
         name: &str,
-        seq: u64,
+        pos: Position,
     ) -> Result<(), StoreError>;
     /// Removes the cursor of (identity, name); durable at the next sync.
     fn remove_cursor(&self, space: Space, identity: &str, name: &str) -> Result<(), StoreError>;
-    /// Every cursor of `space`: (identity, name, seq).
-    fn cursors(&self, space: Space) -> Result<Vec<(String, String, u64)>, StoreError>;
+    /// Every cursor of `space`: (identity, name, position).
+    fn cursors(&self, space: Space) -> Result<Vec<(String, String, Position)>, StoreError>;
     /// Bytes the engine's files take.
     fn size_on_disk(&self) -> u64;
 }

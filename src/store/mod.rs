@@ -56,14 +56,16 @@ use tracing::error;
 use crate::bulletin::Meta;
 use commit::{Committer, Watermark};
 use engine::{Engine, Space};
-pub use record::{Record, Replaced, Successor, Tombstone};
+pub use record::{Fork, LogId, LogInfo, Position, Record, Replaced, Successor, Tombstone};
 
 /// The store's format: what its records, index entries and keys mean.
 /// 1: before the format was recorded. 2: index entries carry the bulletin
 /// that superseded or retracted them. 3: records carry `expires_at` and
 /// have expiry entries; pruned records leave tombstones. 4: acceptance
-/// times leave each record its span (distinct TAXII `date_added`).
-pub const FORMAT: u32 = 4;
+/// times leave each record its span (distinct TAXII `date_added`). 5: the
+/// log has an identity ([`LogInfo`]), and each subscription cursor names
+/// the log it was taken on.
+pub const FORMAT: u32 = 5;
 use record::{nanos, Indexed};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -269,6 +271,8 @@ pub struct Store {
     /// A prune step is under way (a backup waits for it to end).
     pruning: std::sync::atomic::AtomicBool,
     engine: Arc<dyn Engine>,
+    /// The log's identity (fixed while the store is open).
+    log: LogInfo,
     head: watch::Receiver<u64>,
     commit: Committer,
     pub stats: Arc<StoreStats>,
@@ -343,14 +347,23 @@ impl Store {
                 && engine.cursors(Space::Subscriptions)?.is_empty()
                 && engine.cursors(Space::Links)?.is_empty() =>
             {
+                // A new store, and a new log.
                 engine.write(engine::WriteSet {
                     format: Some(FORMAT),
+                    log: Some(LogInfo::new().encode()),
                     ..Default::default()
                 })?;
                 engine.sync()?;
             }
             older => upgrade::run(engine.as_ref(), older.unwrap_or(1), head)?,
         }
+        let log = match engine.log()? {
+            Some(b) => LogInfo::decode(&b),
+            None => None,
+        }
+        .ok_or_else(|| {
+            StoreError::Torn("its log identity is missing or damaged".into())
+        })?;
         // A log that ends before what was acknowledged is refused, never served.
         let last = engine.last_record()?.unwrap_or(0);
         let watermark = Watermark::open(dir)?;
@@ -404,6 +417,7 @@ impl Store {
             backups: AtomicU64::new(0),
             pruning: std::sync::atomic::AtomicBool::new(false),
             engine,
+            log,
             head: head_rx,
             commit,
             stats,
@@ -668,16 +682,28 @@ impl Store {
         self.commit.check_open().err().map(|e| e.to_string())
     }
 
-    /// A durable cursor (last acknowledged sequence) of (identity, name).
-    pub fn cursor(&self, identity: &str, name: &str) -> Result<Option<u64>, StoreError> {
+    /// The identity of this store's log, and the log it continues if it
+    /// was restored from a backup.
+    pub fn log(&self) -> LogInfo {
+        self.log
+    }
+
+    /// A durable cursor (last acknowledged sequence) of (identity, name),
+    /// as stored: with the log it was taken on.
+    pub fn cursor(&self, identity: &str, name: &str) -> Result<Option<Position>, StoreError> {
         self.engine.cursor(Space::Subscriptions, identity, name)
     }
 
-    /// Stores a cursor; it only moves forward. Not fsynced on its own: losing a
-    /// cursor write can only cause redelivery.
+    /// Stores a cursor on this log; it only moves forward (and replaces one
+    /// taken on another log). Not fsynced on its own: losing a cursor write
+    /// can only cause redelivery.
     pub fn set_cursor(&self, identity: &str, name: &str, seq: u64) -> Result<(), StoreError> {
+        let pos = Position {
+            seq,
+            log: Some(self.log.id),
+        };
         self.engine
-            .advance_cursor(Space::Subscriptions, identity, name, seq)
+            .advance_cursor(Space::Subscriptions, identity, name, pos)
     }
 
     /// Resolves once every position written before the call is durable
@@ -700,19 +726,20 @@ impl Store {
                 .remove_cursor(Space::Subscriptions, identity, name)?;
             self.sync_positions().await?;
         }
-        Ok(had)
+        Ok(had.map(|p| p.seq))
     }
 
-    /// Every stored subscription cursor: (identity, name, seq).
-    pub fn cursors(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+    /// Every stored subscription cursor: (identity, name, position).
+    pub fn cursors(&self) -> Result<Vec<(String, String, Position)>, StoreError> {
         self.engine.cursors(Space::Subscriptions)
     }
 
     /// How far this node has read the log of `peer` (a node identity): the
     /// last peer sequence whose outcome (stored, already held, refused) is
-    /// in this store. It belongs to the reading node, so a node whose store
-    /// was lost or rebuilt reads its peers again from the start.
-    pub fn link_position(&self, peer: &str) -> Result<Option<u64>, StoreError> {
+    /// in this store, and which log of the peer's that sequence is of. It
+    /// belongs to the reading node, so a node whose store was lost or
+    /// rebuilt reads its peers again from the start.
+    pub fn link_position(&self, peer: &str) -> Result<Option<Position>, StoreError> {
         self.engine.cursor(Space::Links, peer, "")
     }
 
@@ -720,14 +747,16 @@ impl Store {
     /// once what it read up to `seq` is durable here; it becomes durable
     /// with the next sync, so it may lag after a crash (redelivery, answered
     /// as duplicates) but never runs ahead of what was stored.
-    pub fn set_link_position(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
-        self.engine.advance_cursor(Space::Links, peer, "", seq)
+    pub fn set_link_position(&self, peer: &str, pos: Position) -> Result<(), StoreError> {
+        self.engine.advance_cursor(Space::Links, peer, "", pos)
     }
 
-    /// Forgets the position on `peer`'s log (its log was rebuilt): the link
-    /// reads it again from the start.
-    pub fn reset_link_position(&self, peer: &str) -> Result<(), StoreError> {
-        self.engine.remove_cursor(Space::Links, peer, "")
+    /// Puts the position on `peer`'s log at `pos`, even backwards (the
+    /// peer's log was rebuilt or restored: the link reads it again from
+    /// there).
+    pub fn reset_link_position(&self, peer: &str, pos: Position) -> Result<(), StoreError> {
+        self.engine.remove_cursor(Space::Links, peer, "")?;
+        self.engine.advance_cursor(Space::Links, peer, "", pos)
     }
 
     /// Whether a backup is reading the log (retention waits until it ends).

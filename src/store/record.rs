@@ -435,3 +435,179 @@ mod tests {
         assert_eq!(Successor::after(s(Retracted, 9), Retracted, 9), None);
     }
 }
+
+/// The identity of a log: 16 random bytes, made when a store is created and
+/// when a backup is restored (a restored log is not the log its readers
+/// read: it ends at the backup, and what it appends next is new). Kept by
+/// compaction and upgrades. Readers keep it with their positions, so a
+/// position on one log is never applied to another.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LogId(pub [u8; 16]);
+
+impl LogId {
+    /// A new, random identity.
+    pub fn random() -> LogId {
+        // The thread generator is a CSPRNG seeded from the system's.
+        let b: [u8; 16] = rand::random();
+        LogId(b)
+    }
+}
+
+impl std::fmt::Display for LogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for LogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogId({self})")
+    }
+}
+
+impl std::str::FromStr for LogId {
+    type Err = String;
+
+    /// 32 hex digits, as [`LogId`] displays.
+    fn from_str(s: &str) -> Result<LogId, String> {
+        let bad = || format!("{s:?} is not a log id (32 hex digits)");
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut b = [0u8; 16];
+        for (i, out) in b.iter_mut().enumerate() {
+            *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(LogId(b))
+    }
+}
+
+/// Where a restored log came from: the log that was backed up, and its
+/// size (the backup's head). Up to that size both logs hold the same
+/// entries, so a position on the old log at or below it holds on this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fork {
+    pub log: LogId,
+    pub size: u64,
+}
+
+/// A store's log identity, and the log it continues, if restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogInfo {
+    pub id: LogId,
+    pub forked_from: Option<Fork>,
+}
+
+impl LogInfo {
+    /// A new log that continues none.
+    pub fn new() -> LogInfo {
+        LogInfo {
+            id: LogId::random(),
+            forked_from: None,
+        }
+    }
+
+    /// How much of a position taken on `log` at `seq` holds on this log:
+    /// all of it on the same log; on the log this one was restored from, up
+    /// to the backup's size; `None` on any other log.
+    pub fn carry(&self, log: LogId, seq: u64) -> Option<u64> {
+        if log == self.id {
+            return Some(seq);
+        }
+        match self.forked_from {
+            Some(f) if f.log == log => Some(seq.min(f.size)),
+            _ => None,
+        }
+    }
+
+    /// The stored form: version 1, id, then a flag and the fork.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(42);
+        out.push(1);
+        out.extend_from_slice(&self.id.0);
+        match self.forked_from {
+            None => out.push(0),
+            Some(f) => {
+                out.push(1);
+                out.extend_from_slice(&f.log.0);
+                out.extend_from_slice(&f.size.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Option<LogInfo> {
+        let (&version, rest) = b.split_first()?;
+        if version != 1 {
+            return None;
+        }
+        let id = LogId(rest.get(..16)?.try_into().ok()?);
+        let forked_from = match rest.get(16)? {
+            0 if rest.len() == 17 => None,
+            1 if rest.len() == 41 => Some(Fork {
+                log: LogId(rest.get(17..33)?.try_into().ok()?),
+                size: u64::from_be_bytes(rest.get(33..41)?.try_into().ok()?),
+            }),
+            _ => return None,
+        };
+        Some(LogInfo { id, forked_from })
+    }
+}
+
+impl Default for LogInfo {
+    fn default() -> Self {
+        LogInfo::new()
+    }
+}
+
+/// A reader's position: the last sequence it holds the outcome of, and the
+/// log that sequence is of (`None` for positions written before logs had
+/// identities).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub seq: u64,
+    pub log: Option<LogId>,
+}
+
+impl Position {
+    /// The stored form: the sequence (8 bytes), then the log (16), if known.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = self.seq.to_be_bytes().to_vec();
+        if let Some(log) = self.log {
+            out.extend_from_slice(&log.0);
+        }
+        out
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Option<Position> {
+        let seq = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+        let log = match b.len() {
+            8 => None,
+            24 => Some(LogId(b.get(8..24)?.try_into().ok()?)),
+            _ => return None,
+        };
+        Some(Position { seq, log })
+    }
+
+    /// What a stored position becomes when `next` is written over it: a
+    /// position only moves forward on its log, and one on another log (or
+    /// of no known log) is replaced.
+    pub(crate) fn advanced(old: Option<Position>, next: Position) -> Position {
+        match old {
+            Some(o) if o.log == next.log || next.log.is_none() => Position {
+                seq: o.seq.max(next.seq),
+                log: o.log,
+            },
+            // A position of no known log is the one the store had before
+            // logs had identities: the same log, now named.
+            Some(o) if o.log.is_none() => Position {
+                seq: o.seq.max(next.seq),
+                log: next.log,
+            },
+            _ => next,
+        }
+    }
+}

@@ -11,8 +11,10 @@
 //! I <id> 0x00 <publisher>            -> index entry
 //! H                                  -> <head seq:u64be>
 //! V                                  -> <format:u32be>
+//! G                                  -> the log's identity (LogInfo)
 //! ```
-//! and two trees of positions, keyed `<identity> 0x00 <name>` → `<seq:u64be>`:
+//! and two trees of positions, keyed `<identity> 0x00 <name>` →
+//! `<seq:u64be> [<log id:16>]` (a `Position`):
 //! `cursors` (durable subscriptions) and `links` (how far each peer was read).
 
 use std::path::Path;
@@ -25,6 +27,7 @@ use std::ffi::OsString;
 
 use super::durable::{sync_file, Listing};
 use super::engine::{Engine, RecordIter, Space, WriteSet};
+use super::record::Position;
 use super::{io, StoreError};
 
 pub(crate) struct SledEngine {
@@ -105,6 +108,7 @@ fn ikey(publisher: &str, id: &str) -> Vec<u8> {
 
 const HEAD_KEY: &[u8] = b"H";
 const FORMAT_KEY: &[u8] = b"V";
+const LOG_KEY: &[u8] = b"G";
 
 fn cursor_key(identity: &str, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(identity.len() + name.len() + 1);
@@ -222,6 +226,10 @@ impl Engine for SledEngine {
         }
     }
 
+    fn log(&self) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.log.get(LOG_KEY).map_err(io)?.map(owned))
+    }
+
     fn last_record(&self) -> Result<Option<u64>, StoreError> {
         let last = |lo: [u8; 9], hi: [u8; 9]| -> Result<Option<u64>, StoreError> {
             Ok(self
@@ -333,6 +341,9 @@ impl Engine for SledEngine {
         if let Some(format) = set.format {
             batch.insert(FORMAT_KEY, &format.to_be_bytes()[..]);
         }
+        if let Some(log) = set.log {
+            batch.insert(LOG_KEY, log);
+        }
         self.log.apply_batch(batch).map_err(io)
     }
 
@@ -377,12 +388,17 @@ impl Engine for SledEngine {
         Ok(())
     }
 
-    fn cursor(&self, space: Space, identity: &str, name: &str) -> Result<Option<u64>, StoreError> {
+    fn cursor(
+        &self,
+        space: Space,
+        identity: &str,
+        name: &str,
+    ) -> Result<Option<Position>, StoreError> {
         Ok(self
             .space(space)
             .get(cursor_key(identity, name))
             .map_err(io)?
-            .and_then(|v| be_u64(&v)))
+            .and_then(|v| Position::decode(&v)))
     }
 
     fn advance_cursor(
@@ -390,12 +406,12 @@ impl Engine for SledEngine {
         space: Space,
         identity: &str,
         name: &str,
-        seq: u64,
+        pos: Position,
     ) -> Result<(), StoreError> {
         self.space(space)
             .fetch_and_update(cursor_key(identity, name), |old| {
-                let old_seq = old.and_then(be_u64).unwrap_or(0);
-                Some(seq.max(old_seq).to_be_bytes().to_vec())
+                let old = old.and_then(Position::decode);
+                Some(Position::advanced(old, pos).encode())
             })
             .map_err(io)?;
         Ok(())
@@ -408,14 +424,15 @@ impl Engine for SledEngine {
             .map_err(io)
     }
 
-    fn cursors(&self, space: Space) -> Result<Vec<(String, String, u64)>, StoreError> {
+    fn cursors(&self, space: Space) -> Result<Vec<(String, String, Position)>, StoreError> {
         let mut out = Vec::new();
         for item in self.space(space).iter() {
             let (k, v) = item.map_err(io)?;
             let mut parts = k.splitn(2, |b| *b == 0);
             let identity = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
             let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-            out.push((identity, name, be_u64(&v).unwrap_or(0)));
+            let pos = Position::decode(&v).unwrap_or(Position { seq: 0, log: None });
+            out.push((identity, name, pos));
         }
         Ok(out)
     }

@@ -10,13 +10,17 @@
 //! 3 → 4: acceptance times are spaced by each record's span (one
 //! microsecond per object of its STIX group), as the writer now spaces
 //! them: records of one group commit shared a time before.
+//! 4 → 5: the log gets its identity, and each subscription cursor is
+//! marked as taken on it (peer-link positions stay unmarked: which log of
+//! the peer's they are of is not known; the link learns it at its next
+//! connection).
 
 use std::collections::HashMap;
 
 use tracing::info;
 
-use super::engine::{entries, Engine, Entry, WriteSet};
-use super::record::{nanos, Indexed, Record, Replaced, Successor};
+use super::engine::{entries, Engine, Entry, Space, WriteSet};
+use super::record::{nanos, Indexed, LogInfo, Position, Record, Replaced, Successor};
 use super::{StoreError, FORMAT};
 use crate::bulletin::{codec, Bulletin, Relation};
 
@@ -38,6 +42,9 @@ pub(super) fn run(engine: &dyn Engine, from: u32, head: u64) -> Result<(), Store
     }
     if from < 4 {
         respace(engine, head)?;
+    }
+    if from < 5 {
+        name_log(engine)?;
     }
     engine.write(WriteSet {
         format: Some(FORMAT),
@@ -203,4 +210,31 @@ fn relation_of(rec: &Record) -> Option<(Replaced, String)> {
 fn bulletin_of(rec: &Record) -> Option<Bulletin> {
     let env = codec::decode_envelope(&rec.envelope).ok()?;
     codec::decode_bulletin(&env.payload).ok()
+}
+
+/// Gives the log its identity (kept if an interrupted upgrade already wrote
+/// one) and marks the subscription cursors as taken on it.
+fn name_log(engine: &dyn Engine) -> Result<(), StoreError> {
+    let log = match engine.log()?.and_then(|b| LogInfo::decode(&b)) {
+        Some(log) => log,
+        None => {
+            let log = LogInfo::new();
+            engine.write(WriteSet {
+                log: Some(log.encode()),
+                ..Default::default()
+            })?;
+            log
+        }
+    };
+    for (identity, name, pos) in engine.cursors(Space::Subscriptions)? {
+        if pos.log.is_none() {
+            let pos = Position {
+                seq: pos.seq,
+                log: Some(log.id),
+            };
+            engine.advance_cursor(Space::Subscriptions, &identity, &name, pos)?;
+        }
+    }
+    info!(log = %log.id, "the store's log has an identity");
+    Ok(())
 }

@@ -758,6 +758,7 @@ pub fn open(
         heartbeat_ms: 0,
         current_only: false,
         include_expired: false,
+        log_id: String::new(),
     }
 }
 
