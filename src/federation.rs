@@ -356,7 +356,7 @@ async fn session(
                     Some(Msg::Subscribed(s)) => {
                         *established = true;
                         let start = on_subscribed(state, link, &peer, stored, &s)?;
-                        peer_log = stored.and_then(|p| p.log).or(parse_log(&s.log_id)?);
+                        peer_log = parse_log(&s.log_id)?.or(stored.and_then(|p| p.log));
                         info!(target: "beacon::audit", peer = %link.identity, cursor = s.cursor,
                               head = s.head, log = %s.log_id, "peer link up");
                         link.update(|st| {
@@ -430,13 +430,12 @@ fn on_subscribed(
         // The peer applied the position as far as it holds on its log.
         (Some(read), Some(now)) => {
             if read != now || s.cursor != position {
-                let change = if s.restarted.is_empty() {
-                    format!("its log is now {now}, not {read}")
-                } else {
-                    s.restarted.clone()
+                let what = match &s.forked_from {
+                    Some(f) => format!("restored from a backup of log {} at {}", f.log_id, f.size),
+                    None => "a new log: it was rebuilt".to_owned(),
                 };
                 let msg = format!(
-                    "the peer's log changed (rebuilt or restored): this node had read log {read} up to {position}; {change}; reading it again from {}",
+                    "the peer's log changed: this node had read its log {read} up to {position}; it now serves log {now}, {what}; reading it again from {}",
                     s.cursor + 1
                 );
                 warn!(target: "beacon::audit", peer = %link.identity, address = %link.address,
@@ -479,9 +478,13 @@ fn on_subscribed(
                 return Err(e);
             }
             if served.is_some() {
-                state
-                    .store
-                    .set_link_position(peer, Position { seq: position, log: served })?;
+                state.store.set_link_position(
+                    peer,
+                    Position {
+                        seq: position,
+                        log: served,
+                    },
+                )?;
             }
             Ok(position)
         }

@@ -843,3 +843,248 @@ async fn a_node_rebuilt_empty_gets_its_history_back_from_its_peers() {
         n.node.stop().await;
     }
 }
+
+/// A backup of the node's store over `Admin.Backup`, as bytes.
+async fn backup_of(addr: SocketAddr, alliance: &Alliance) -> Vec<u8> {
+    let ch = dial(addr, &alliance.op, &alliance.ca).await.expect("dial");
+    let mut chunks = beacon::client::AdminClient::new(ch)
+        .backup(pb::BackupRequest {})
+        .await
+        .expect("backup")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = chunks.message().await.expect("backup chunk") {
+        out.extend_from_slice(&c.data);
+    }
+    out
+}
+
+/// How node B of a mesh loses its log while node A, which had read it, is
+/// down: its disk is wiped, or it is restored from a backup taken earlier.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Rebuild {
+    Wiped,
+    RestoredFromOlderBackup,
+}
+
+/// A (fr.anssi) reads B (de.bsi) up to its head, then stops. B's log is
+/// lost (wiped, or restored from an older backup), B refills from C
+/// (uk.ncsc) and publishes more, past where A had read, the bulletins only
+/// B can give A first. A returns: it must notice that B's log is another,
+/// read it again from where it is the same (the start, or the backup's
+/// head), and end with every bulletin it may hold; its status says what
+/// happened. Before logs had identities, A resumed at its old position and
+/// silently never got the bulletins B published below it.
+async fn a_reader_gets_everything_from_a_peer_rebuilt_past_its_position(how: Rebuild) {
+    let members = ["fr.anssi", "de.bsi", "uk.ncsc"];
+    let alliance = Alliance::new(&members);
+    let mut nodes = mesh(&alliance, &members, &full_mesh(3)).await;
+    let mut for_fr = BTreeSet::new();
+    let b_client = nodes[1].client.clone();
+    let b_addr = nodes[1].node.addr;
+    let publish_at_b = |b: beacon::bulletin::Bulletin| {
+        let (client, ca) = (b_client.clone(), alliance.ca.clone());
+        async move {
+            member(b_addr, &client, &ca)
+                .await
+                .publish(&b)
+                .await
+                .expect("published at B");
+        }
+    };
+
+    // B's first log: what only A may read among GREEN filler.
+    let mut backup = None;
+    for i in 0..36 {
+        let b = match i {
+            3 | 20 => marked(
+                "de.bsi",
+                &format!("red for fr {i}"),
+                Tlp::Red,
+                &["fr.anssi"],
+            ),
+            7 | 25 => marked(
+                "de.bsi",
+                &format!("strict for fr {i}"),
+                Tlp::AmberStrict,
+                &["fr.anssi"],
+            ),
+            9 | 30 => marked(
+                "de.bsi",
+                &format!("amber for fr {i}"),
+                Tlp::Amber,
+                &["fr.anssi"],
+            ),
+            i => marked("de.bsi", &format!("green {i}"), Tlp::Green, &[]),
+        };
+        for_fr.insert(b.id.clone());
+        publish_at_b(b).await;
+        if i == 11 && how == Rebuild::RestoredFromOlderBackup {
+            backup = Some(backup_of(nodes[1].node.addr, &alliance).await);
+        }
+    }
+    let want_first = for_fr.clone();
+    wait_holds(&nodes[0], &alliance, &want_first).await;
+    let b_identity = nodes[1].identity.clone();
+    let read_to = wait_until(CONVERGE, || async {
+        let p = peer_status(&nodes[0], &alliance).await;
+        p.iter()
+            .any(|p| p.expected_identity == b_identity && p.cursor == 36)
+    })
+    .await;
+    assert!(read_to.is_some(), "A read B's log to its head (36)");
+    let old_log = status(nodes[1].node.addr, &alliance.op, &alliance.ca)
+        .await
+        .and_then(|s| s.store)
+        .expect("B's status")
+        .log_id;
+
+    // A goes down; B loses its log.
+    let a = nodes.remove(0);
+    let a_stopped = a.node.stop_keeping().await;
+    let b = nodes.remove(0);
+    let b_node = match how {
+        Rebuild::Wiped => b.node.restart_wiped().await,
+        Rebuild::RestoredFromOlderBackup => {
+            let file = backup.take().expect("a backup was taken");
+            let bundle = alliance.bundle();
+            b.node
+                .restart_after(|dir| {
+                    std::fs::remove_dir_all(dir).expect("move the store aside");
+                    let verify = beacon::store::backup::verify_with(&bundle);
+                    beacon::store::backup::restore(
+                        &file[..],
+                        dir,
+                        &beacon::store::StoreOptions::default(),
+                        &verify,
+                        |_, _| {},
+                    )
+                    .expect("restored");
+                })
+                .await
+        }
+    };
+    let b = MeshNode { node: b_node, ..b };
+    nodes.insert(0, b);
+    // nodes: [B, C]. B refills what C holds of it (the GREEN ones).
+    // C holds the 30 GREEN ones; a restored B holds the backup's 12 and
+    // gets the 21 GREEN ones after them.
+    let refilled = match how {
+        Rebuild::Wiped => 30,
+        Rebuild::RestoredFromOlderBackup => 33,
+    };
+    let b_addr = nodes[0].node.addr;
+    let b_refilled = wait_until(CONVERGE, || async {
+        head(b_addr, &alliance.op, &alliance.ca).await == refilled
+    })
+    .await;
+    assert!(b_refilled.is_some(), "B refilled from C to {refilled}");
+    let b_store = status(nodes[0].node.addr, &alliance.op, &alliance.ca)
+        .await
+        .and_then(|s| s.store)
+        .expect("B's status");
+    assert_ne!(b_store.log_id, old_log, "B serves a new log");
+    match how {
+        Rebuild::Wiped => assert_eq!(b_store.forked_from, None),
+        Rebuild::RestoredFromOlderBackup => {
+            let f = b_store
+                .forked_from
+                .clone()
+                .expect("a restored log names its origin");
+            assert_eq!((f.log_id.as_str(), f.size), (old_log.as_str(), 12));
+        }
+    }
+
+    // B publishes again, past A's position, what only A may read first.
+    for i in 0..12 {
+        let b = match i {
+            0 => marked("de.bsi", "red for fr, again", Tlp::Red, &["fr.anssi"]),
+            1 => marked(
+                "de.bsi",
+                "strict for fr, again",
+                Tlp::AmberStrict,
+                &["fr.anssi"],
+            ),
+            2 => marked("de.bsi", "amber for fr, again", Tlp::Amber, &["fr.anssi"]),
+            3 => marked("de.bsi", "red for uk", Tlp::Red, &["uk.ncsc"]),
+            i => marked("de.bsi", &format!("green again {i}"), Tlp::Green, &[]),
+        };
+        if i != 3 {
+            for_fr.insert(b.id.clone());
+        }
+        publish_at_b(b).await;
+    }
+    let head_b = head(nodes[0].node.addr, &alliance.op, &alliance.ca).await;
+    assert!(
+        head_b > 36,
+        "B's new log passed A's position (head {head_b})"
+    );
+    assert!(
+        refilled + 3 <= 36,
+        "what only B can give A lies below A's position"
+    );
+
+    // A returns: it must get every bulletin it may hold.
+    let a = MeshNode {
+        node: a_stopped.start().await,
+        ..a
+    };
+    let held = wait_holds(&a, &alliance, &for_fr).await;
+    assert_eq!(held.len(), for_fr.len());
+    let b_log = status(nodes[0].node.addr, &alliance.op, &alliance.ca)
+        .await
+        .and_then(|s| s.store)
+        .expect("B's status")
+        .log_id;
+    let link = peer_status(&a, &alliance)
+        .await
+        .into_iter()
+        .find(|p| p.expected_identity == b_identity)
+        .expect("A's link to B");
+    println!("{how:?}: A's link to B after the change: {link:?}");
+    assert_eq!(link.log_id, b_log, "A's position is on B's new log");
+    assert!(link.log_changes >= 1, "the change is counted: {link:?}");
+    let from = match how {
+        Rebuild::Wiped => 1,
+        Rebuild::RestoredFromOlderBackup => 13,
+    };
+    assert!(
+        link.last_log_change
+            .contains(&format!("reading it again from {from}")),
+        "the change is told: {}",
+        link.last_log_change
+    );
+    // A further restart reads on from where it is, on the new log.
+    let a_node = a.node.restart_in_place().await;
+    let a = MeshNode { node: a_node, ..a };
+    let extra = marked("de.bsi", "after A's restart", Tlp::Red, &["fr.anssi"]);
+    for_fr.insert(extra.id.clone());
+    publish_at_b(extra).await;
+    wait_holds(&a, &alliance, &for_fr).await;
+    let link = peer_status(&a, &alliance)
+        .await
+        .into_iter()
+        .find(|p| p.expected_identity == b_identity)
+        .expect("A's link to B");
+    assert_eq!(
+        link.log_changes, 0,
+        "no change after a plain restart: {link:?}"
+    );
+    a.node.stop().await;
+    for n in nodes {
+        n.node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_wiped_and_refilled_past_the_readers_position_is_read_again_from_the_start() {
+    a_reader_gets_everything_from_a_peer_rebuilt_past_its_position(Rebuild::Wiped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_restored_from_an_older_backup_is_read_again_from_the_backups_head() {
+    a_reader_gets_everything_from_a_peer_rebuilt_past_its_position(
+        Rebuild::RestoredFromOlderBackup,
+    )
+    .await;
+}

@@ -269,3 +269,107 @@ async fn the_daemon_refuses_a_newer_store_with_one_line() {
         "{text}"
     );
 }
+
+/// Rewrites a closed store as format 4 wrote it: no log identity (`G`) and
+/// cursors of a bare sequence (8 bytes).
+fn downgrade_to_format_4(dir: &Path) {
+    let db = sled::open(dir.join("sled")).expect("open sled");
+    let log = db.open_tree("log").expect("log tree");
+    assert!(
+        log.remove(b"G").expect("remove").is_some(),
+        "a log identity"
+    );
+    let cursors = db.open_tree("cursors").expect("cursors tree");
+    for item in cursors.iter() {
+        let (k, v) = item.expect("cursor");
+        assert_eq!(v.len(), 24, "a cursor names its log");
+        cursors.insert(k, &v[..8]).expect("rewrite");
+    }
+    log.insert(b"V", &4u32.to_be_bytes()[..])
+        .expect("set format");
+    db.flush().expect("flush");
+}
+
+#[test]
+fn a_format_4_store_gets_a_log_identity_kept_by_compaction_and_new_after_a_restore() {
+    let pki = TestPki::new();
+    let signer = signer(&pki.client("uk.ncsc", "analyst"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let (a, b) = (bulletin("uk.ncsc", "one"), bulletin("uk.ncsc", "two"));
+    store_bulletins(&dir, &signer, &[&a, &b]);
+    let store = open(&dir).unwrap();
+    let made = store.log();
+    assert_eq!(made.forked_from, None, "a new store is a new log");
+    store
+        .set_cursor("spiffe://x/client/uk.ncsc/soc", "feed", 1)
+        .unwrap();
+    store.flush().unwrap();
+    drop(store);
+
+    // Format 4 on disk: the upgrade names the log and marks the cursor.
+    downgrade_to_format_4(&dir);
+    let store = open(&dir).expect("a format 4 store opens (upgraded)");
+    let log = store.log();
+    assert_ne!(log.id, made.id, "the upgrade made an identity");
+    let cursors = store.cursors().unwrap();
+    assert_eq!(cursors.len(), 1);
+    assert_eq!(cursors[0].2.seq, 1);
+    assert_eq!(cursors[0].2.log, Some(log.id), "the cursor is of this log");
+    drop(store);
+    assert_eq!(open(&dir).unwrap().log(), log, "kept across opens");
+
+    // A compaction rewrites the files, not the log: the same identity.
+    beacon::store::backup::compact(&dir, &StoreOptions::default()).expect("compacted");
+    let store = open(&dir).unwrap();
+    assert_eq!(store.log(), log, "kept by compaction");
+    assert_eq!(store.cursors().unwrap()[0].2.log, Some(log.id));
+
+    // A restore is a new log continuing this one up to the backup's head;
+    // the cursor, which holds on it, is carried over to the new log.
+    let mut file = Vec::new();
+    store.backup(&mut file, |_, _| {}).expect("backup");
+    drop(store);
+    let restored = tmp.path().join("restored");
+    let chains = pki_bundle(&pki);
+    let verify = beacon::store::backup::verify_with(&chains);
+    beacon::store::backup::restore(
+        &file[..],
+        &restored,
+        &StoreOptions::default(),
+        &verify,
+        |_, _| {},
+    )
+    .expect("restored");
+    let store = open(&restored).unwrap();
+    let new = store.log();
+    assert_ne!(
+        new.id, log.id,
+        "a restored log is not the log its readers read"
+    );
+    assert_eq!(
+        new.forked_from,
+        Some(beacon::store::Fork {
+            log: log.id,
+            size: 2
+        })
+    );
+    assert_eq!(store.cursors().unwrap()[0].2.log, Some(new.id));
+    assert_eq!(store.cursors().unwrap()[0].2.seq, 1);
+}
+
+/// The test PKI's CA as a trust bundle (for a restore's checks).
+fn pki_bundle(pki: &TestPki) -> beacon::trust::TrustBundle {
+    let cas = beacon::trust::read_certs(&pki.ca_cert())
+        .expect("CA")
+        .into_iter()
+        .map(|c| {
+            beacon::trust::CaEntry::new(
+                c,
+                beacon::identity::MemberScope::parse_list(&["*"]).expect("scope"),
+            )
+            .expect("CA entry")
+        })
+        .collect();
+    beacon::trust::TrustBundle::new(td(), cas, vec![]).expect("bundle")
+}

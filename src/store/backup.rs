@@ -406,7 +406,14 @@ pub fn restore(
     }
     let building: PathBuf = parent.join(format!("{prefix}{}", std::process::id()));
     super::durable::create_dir_all(&building).map_err(bio)?;
-    let result = build(input, &building, opts, verify, Build::Restore, &mut progress);
+    let result = build(
+        input,
+        &building,
+        opts,
+        verify,
+        Build::Restore,
+        &mut progress,
+    );
     match result {
         Ok(m) => {
             if dir.exists() {
@@ -610,10 +617,16 @@ fn build(
                 let pos = match (how, backed_up, taken_on) {
                     (Build::Compact, _, _) => Position { seq, log: taken_on },
                     (Build::Restore, Some(b), Some(t)) => match b.carry(t, seq) {
-                        Some(seq) => Position { seq, log: Some(log.id) },
+                        Some(seq) => Position {
+                            seq,
+                            log: Some(log.id),
+                        },
                         None => Position { seq, log: taken_on },
                     },
-                    (Build::Restore, _, _) => Position { seq, log: Some(log.id) },
+                    (Build::Restore, _, _) => Position {
+                        seq,
+                        log: Some(log.id),
+                    },
                 };
                 engine.advance_cursor(Space::Subscriptions, &identity, &name, pos)?;
                 seen.cursors += 1;

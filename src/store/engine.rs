@@ -106,8 +106,12 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Makes every write and cursor update made before the call durable.
     fn sync(&self) -> Result<(), StoreError>;
     /// The cursor of (identity, name) in `space`.
-    fn cursor(&self, space: Space, identity: &str, name: &str)
-        -> Result<Option<Position>, StoreError>;
+    fn cursor(
+        &self,
+        space: Space,
+        identity: &str,
+        name: &str,
+    ) -> Result<Option<Position>, StoreError>;
     /// Moves the cursor of (identity, name) to `pos` unless it is already
     /// further on the same log (`Position::advanced`: a position on another
     /// log is replaced); durable at the next [`Engine::sync`].

@@ -361,9 +361,7 @@ impl Store {
             Some(b) => LogInfo::decode(&b),
             None => None,
         }
-        .ok_or_else(|| {
-            StoreError::Torn("its log identity is missing or damaged".into())
-        })?;
+        .ok_or_else(|| StoreError::Torn("its log identity is missing or damaged".into()))?;
         // A log that ends before what was acknowledged is refused, never served.
         let last = engine.last_record()?.unwrap_or(0);
         let watermark = Watermark::open(dir)?;

@@ -350,6 +350,36 @@ impl TestNode {
     pub async fn stop(mut self) {
         self.join().await;
     }
+
+    /// Stops the node cleanly, keeping its store and address for
+    /// [`StoppedNode::start`] (a node down for a while).
+    pub async fn stop_keeping(mut self) -> StoppedNode {
+        self.join().await;
+        StoppedNode {
+            addr: self.addr,
+            data: self.data.clone(),
+            config_path: self.config_path.clone(),
+        }
+    }
+}
+
+/// A node stopped with its store kept (`TestNode::stop_keeping`).
+pub struct StoppedNode {
+    pub addr: SocketAddr,
+    data: Arc<TempDir>,
+    config_path: PathBuf,
+}
+
+impl StoppedNode {
+    /// Starts it again on its store and address.
+    pub async fn start(self) -> TestNode {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the node's address");
+        TestNode::spawn_on(self.config_path, self.data, listener)
+            .await
+            .expect("node restarts")
+    }
 }
 
 impl Drop for TestNode {
