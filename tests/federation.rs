@@ -844,21 +844,6 @@ async fn a_node_rebuilt_empty_gets_its_history_back_from_its_peers() {
     }
 }
 
-/// A backup of the node's store over `Admin.Backup`, as bytes.
-async fn backup_of(addr: SocketAddr, alliance: &Alliance) -> Vec<u8> {
-    let ch = dial(addr, &alliance.op, &alliance.ca).await.expect("dial");
-    let mut chunks = beacon::client::AdminClient::new(ch)
-        .backup(pb::BackupRequest {})
-        .await
-        .expect("backup")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(c) = chunks.message().await.expect("backup chunk") {
-        out.extend_from_slice(&c.data);
-    }
-    out
-}
-
 /// How node B of a mesh loses its log while node A, which had read it, is
 /// down: its disk is wiped, or it is restored from a backup taken earlier.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -920,7 +905,7 @@ async fn a_reader_gets_everything_from_a_peer_rebuilt_past_its_position(how: Reb
         for_fr.insert(b.id.clone());
         publish_at_b(b).await;
         if i == 11 && how == Rebuild::RestoredFromOlderBackup {
-            backup = Some(backup_of(nodes[1].node.addr, &alliance).await);
+            backup = Some(backup_bytes(nodes[1].node.addr, &alliance.op, &alliance.ca).await);
         }
     }
     let want_first = for_fr.clone();

@@ -703,3 +703,113 @@ async fn subscriptions_are_capped_per_node() {
     .await;
     assert!(ok.is_some(), "a freed slot was not reusable");
 }
+
+/// An ephemeral subscription from `seq`, naming the log it was taken on.
+fn open_on_log(seq: u64, log_id: &str) -> pb::SubscribeOpen {
+    pb::SubscribeOpen {
+        log_id: log_id.to_owned(),
+        ..open("", At::Sequence(seq))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_is_applied_only_on_the_log_it_was_taken_on() {
+    let w = world().await;
+    let mut publisher = member(w.node.addr, &w.pki.client("uk.ncsc", "pub"), &w.ca).await;
+    publish_n(&mut publisher, "uk.ncsc", 10).await;
+    let reader_files = w.pki.client("fr.anssi", "reader");
+    let mut reader = member(w.node.addr, &reader_files, &w.ca).await;
+    let mut sub = reader.subscribe(open("feed", resume())).await.unwrap();
+    let seen = read_deliveries(&mut sub, 10, true, T).await;
+    let first = seen.subscribed.expect("subscribed");
+    let log = first.log_id.clone();
+    assert_eq!(log.len(), 32, "a log id: {log:?}");
+    assert_eq!(first.forked_from, None);
+    assert_eq!(first.restarted, "");
+    sub.ack(6).await.unwrap();
+    wait_cursor(w.node.addr, &w.op, &w.ca, &reader_files.identity, "feed", 6).await;
+    drop(sub);
+
+    // A reader keeping its own position: on the same log it is applied.
+    let mut sub = reader.subscribe(open_on_log(8, &log)).await.unwrap();
+    let seen = read_deliveries(&mut sub, 3, true, T).await;
+    let s = seen.subscribed.expect("subscribed");
+    assert_eq!((s.cursor, s.restarted.as_str()), (7, ""));
+    assert_eq!(seen.seqs, vec![8, 9, 10]);
+    drop(sub);
+    // Taken on another log: from the start, and said.
+    let other = "0123456789abcdef0123456789abcdef";
+    let mut sub = reader.subscribe(open_on_log(8, other)).await.unwrap();
+    let seen = read_deliveries(&mut sub, 10, true, T).await;
+    let s = seen.subscribed.expect("subscribed");
+    assert_eq!(s.cursor, 0);
+    assert!(
+        s.restarted.contains(other) && s.restarted.contains("from the start"),
+        "{}",
+        s.restarted
+    );
+    assert_eq!(seen.seqs, (1..=10).collect::<Vec<_>>());
+    drop(sub);
+    // Not a log id: refused, naming it.
+    let err = match reader.subscribe(open_on_log(8, "not-a-log")).await {
+        Err(e) => e,
+        Ok(mut sub) => sub.next().await.err().expect("refused"),
+    };
+    match &err {
+        beacon::client::ClientError::Rpc(s) => {
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{err}")
+        }
+        other => panic!("not a refusal by the node: {other}"),
+    }
+    assert!(err.to_string().contains("not a log id"), "{err}");
+
+    // Restored from a backup: a new log, continuing this one up to 10.
+    let file = backup_bytes(w.node.addr, &w.op, &w.ca).await;
+    let (data, config) = TestNode::prepare(&NodeOptions::new(&w.pki, w.pki.node("drc", "hub-2")));
+    let backup = data.path().join("node.backup");
+    std::fs::write(&backup, &file).unwrap();
+    let (code, out, err) = beacon(
+        data.path(),
+        &[
+            "admin",
+            "restore",
+            &backup.display().to_string(),
+            "--config",
+            &config.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let node = TestNode::start_prepared(data, config).await;
+    let mut publisher = member(node.addr, &w.pki.client("uk.ncsc", "pub2"), &w.ca).await;
+    publish_n(&mut publisher, "uk.ncsc", 5).await;
+    let mut reader = member(node.addr, &reader_files, &w.ca).await;
+
+    // The durable cursor travelled with the backup: it holds on the new log.
+    let mut sub = reader.subscribe(open("feed", resume())).await.unwrap();
+    let seen = read_deliveries(&mut sub, 9, true, T).await;
+    let s = seen.subscribed.expect("subscribed");
+    assert_ne!(s.log_id, log, "a restored log is a new log");
+    assert_eq!(
+        s.forked_from.map(|f| (f.log_id, f.size)),
+        Some((log.clone(), 10))
+    );
+    assert_eq!((s.cursor, s.restarted.as_str()), (6, ""));
+    assert_eq!(seen.seqs, (7..=15).collect::<Vec<_>>());
+    drop(sub);
+    // A position on the old log holds up to the backup's head...
+    let mut sub = reader.subscribe(open_on_log(5, &log)).await.unwrap();
+    let s = read_deliveries(&mut sub, 11, true, T)
+        .await
+        .subscribed
+        .expect("subscribed");
+    assert_eq!((s.cursor, s.restarted.as_str()), (4, ""));
+    drop(sub);
+    // ...and no further: what the old log held past it is not this log's.
+    let mut sub = reader.subscribe(open_on_log(14, &log)).await.unwrap();
+    let seen = read_deliveries(&mut sub, 5, true, T).await;
+    let s = seen.subscribed.expect("subscribed");
+    assert_eq!(s.cursor, 10);
+    assert!(s.restarted.contains("continuing after 10"), "{}", s.restarted);
+    assert_eq!(seen.seqs, (11..=15).collect::<Vec<_>>());
+    node.stop().await;
+}

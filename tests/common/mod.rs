@@ -696,6 +696,21 @@ pub async fn head(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf]) -> u64 {
         .head
 }
 
+/// A backup of the node's store over `Admin.Backup`, as bytes.
+pub async fn backup_bytes(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf]) -> Vec<u8> {
+    let ch = dial(addr, op, ca).await.expect("operator dials");
+    let mut chunks = beacon::client::AdminClient::new(ch)
+        .backup(beacon::proto::v1::BackupRequest {})
+        .await
+        .expect("backup")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = chunks.message().await.expect("backup chunk") {
+        out.extend_from_slice(&c.data);
+    }
+    out
+}
+
 /// Waits until the node reports at least `n` revoked certificates loaded.
 pub async fn wait_revocations(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf], n: u32) {
     let loaded = wait_until(Duration::from_secs(10), || async {
