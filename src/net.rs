@@ -492,9 +492,12 @@ pub async fn reload_loop(
                     Some(reason) => {
                         if !was_refused {
                             error!(target: "beacon::audit", node = %state.identity, %reason,
-                                   "this node's own certificate is refused: closing every connection, \
-                                    accepting none and stopping peer links until a valid certificate \
-                                    is installed (beacon ca renew)");
+                                   "this node's own certificate is refused: closing every connection \
+                                    (gRPC and TAXII), accepting none and stopping peer links until a \
+                                    valid certificate is installed. A revoked one is replaced by a new \
+                                    certificate with a new key (beacon ca issue node …; renewing a \
+                                    revoked certificate is refused), an expired one by beacon ca renew; \
+                                    then SIGHUP the node or wait for the reload");
                         }
                         state.trust.set_own_refusal(Some(reason.clone()));
                         state.connections.cancel_all();

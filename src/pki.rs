@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::identity::{Identity, MemberId, MemberScope, Name, RoleKind, TrustDomain};
+use crate::identity::{Identity, MemberId, MemberScope, Name, Role, RoleKind, TrustDomain};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -64,8 +64,8 @@ pub enum PkiError {
     NotOurs,
     #[error("certificate {0} is already revoked")]
     AlreadyRevoked(String),
-    #[error("certificate {0} is revoked; issue a new one instead of renewing")]
-    RenewRevoked(String),
+    #[error("certificate {serial} is revoked and cannot be renewed (a renewal would vouch again for a key that was withdrawn): issue a new certificate, with a new key, for the same identity: beacon ca issue {how}")]
+    RenewRevoked { serial: String, how: String },
     #[error("invalid validity: {0}")]
     Validity(String),
     #[error("certificate generation failed: {0}")]
@@ -674,13 +674,16 @@ impl Ca {
         validity: Option<Duration>,
     ) -> Result<Issued, PkiError> {
         let old = self.find(selector)?;
-        if old.revoked.is_some() {
-            return Err(PkiError::RenewRevoked(old.serial));
-        }
         let identity: Identity = old
             .identity
             .parse()
             .map_err(|e| PkiError::BadName(format!("{e}")))?;
+        if old.revoked.is_some() {
+            return Err(PkiError::RenewRevoked {
+                serial: old.serial,
+                how: issue_command(&self.dir, &identity, &old.dns_names, &old.ip_addresses),
+            });
+        }
         let mut req = IssueRequest::new(identity);
         req.dns_names = old.dns_names.clone();
         req.ip_addresses = old
@@ -895,4 +898,26 @@ fn portable_key_pem(key: &KeyPair) -> String {
         return pem::encode(&pem::Pem::new("PRIVATE KEY", v1));
     }
     key.serialize_pem()
+}
+
+/// The `beacon ca issue` arguments that issue a new certificate for
+/// `identity` (with a node's DNS and IP names) from the CA in `dir`.
+pub fn issue_command(dir: &Path, identity: &Identity, dns: &[String], ips: &[String]) -> String {
+    let dir = dir.display();
+    match &identity.role {
+        Role::Node { member, node } => {
+            let mut c = format!("node --dir {dir} --member {member} --name {node}");
+            for d in dns {
+                c.push_str(&format!(" --dns {d}"));
+            }
+            for ip in ips {
+                c.push_str(&format!(" --ip {ip}"));
+            }
+            c
+        }
+        Role::Client { member, name } => {
+            format!("client --dir {dir} --member {member} --name {name}")
+        }
+        Role::Operator { name } => format!("operator --dir {dir} --name {name}"),
+    }
 }

@@ -202,6 +202,20 @@ fn ca_lifecycle_through_the_binary() {
         ],
     );
     assert!(err.contains("revoked"), "{err}");
+    // The refusal gives the command that replaces the certificate, and it works.
+    let how = err
+        .split("beacon ca issue ")
+        .nth(1)
+        .expect("the command to run instead")
+        .trim();
+    let mut args = vec!["ca", "issue"];
+    args.extend(how.split_whitespace());
+    args.extend(["--out", "c1-new"]);
+    let out = ok(d, &args);
+    assert!(
+        out.contains("/client/"),
+        "a client certificate again: {out}"
+    );
 }
 
 #[test]

@@ -652,21 +652,31 @@ async fn a_node_revoked_with_others_in_one_update_applies_it_and_stops_serving()
         opts
     };
     // P (fr.anssi) keeps the old CRL: if N stops peering, N did it itself.
+    // P also pulls from N, so it sees how N refuses it.
     let p_crl = dir.join("uk-old-crl.pem");
     std::fs::copy(&uk_crl, &p_crl).expect("copy CRL");
     let p_files = alliance.node("fr.anssi", "paris-1");
-    let p = TestNode::start(&with_crl(alliance.options(p_files.clone(), &[]), &p_crl)).await;
-
     let n_files = alliance.node("uk.ncsc", "london-1");
+    let n_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let n_addr = n_listener.local_addr().expect("addr");
+    let p = TestNode::start(&with_crl(
+        alliance.options(p_files.clone(), &[(n_addr, n_files.identity.clone())]),
+        &p_crl,
+    ))
+    .await;
+
     let ops = free_addr();
+    let taxii = free_addr();
     let mut n_opts = with_crl(
         alliance.options(n_files.clone(), &[(p.addr, p_files.identity.clone())]),
         &live_crl,
     );
-    n_opts
-        .extra
-        .push_str(&format!("[metrics]\nlisten = \"{ops}\"\n"));
-    let n = TestNode::start(&n_opts).await;
+    n_opts.extra.push_str(&format!(
+        "[metrics]\nlisten = \"{ops}\"\n[taxii]\nlisten = \"{taxii}\"\n"
+    ));
+    let n = TestNode::start_on(&n_opts, n_listener).await;
     let linked = |connected: bool| {
         let n_id = n_files.identity.clone();
         let (addr, op, ca) = (p.addr, alliance.op.clone(), alliance.ca.clone());
@@ -686,6 +696,21 @@ async fn a_node_revoked_with_others_in_one_update_applies_it_and_stops_serving()
         "N never linked to P"
     );
 
+    // A TAXII reader of N with a connection open.
+    let fresh = alliance.client("uk.ncsc", "fresh");
+    let mut held = HttpsConn::open(taxii, Some(&fresh), &alliance.ca)
+        .await
+        .expect("TAXII connects");
+    let r = held
+        .request(
+            "GET",
+            "/taxii2/",
+            &[("accept", "application/taxii+json;version=2.1")],
+            b"",
+        )
+        .await
+        .expect("TAXII answers");
+    assert_eq!(r.status, 200, "{r:?}");
     // A client of N with an open subscription.
     let client = alliance.client("uk.ncsc", "analyst");
     let mut c = member(n.addr, &client, &alliance.ca).await;
@@ -740,9 +765,68 @@ async fn a_node_revoked_with_others_in_one_update_applies_it_and_stops_serving()
         metrics.contains("beacon_node_certificate_refused 1"),
         "{metrics}"
     );
-    // It serves no one, not even a client that is not revoked.
-    let fresh = alliance.client("uk.ncsc", "fresh");
+    // It serves no one, not even a client that is not revoked: not over
+    // gRPC, not over TAXII (nor the MISP feed it serves), on connections
+    // new or open.
     assert!(health(n.addr, &fresh, &alliance.ca).await.is_err());
+    let taxii_get = |path: &'static str| {
+        let (ca, fresh) = (alliance.ca.clone(), fresh.clone());
+        async move {
+            https(
+                taxii,
+                Some(&fresh),
+                &ca,
+                "GET",
+                path,
+                &[("accept", "application/taxii+json;version=2.1")],
+                b"",
+            )
+            .await
+        }
+    };
+    for path in [
+        "/taxii2/",
+        "/taxii2/beacon/collections/",
+        "/misp/manifest.json",
+    ] {
+        let r = taxii_get(path).await;
+        assert!(
+            r.is_err(),
+            "a new TAXII connection is refused: {path} {r:?}"
+        );
+    }
+    match held
+        .request(
+            "GET",
+            "/taxii2/",
+            &[("accept", "application/taxii+json;version=2.1")],
+            b"",
+        )
+        .await
+    {
+        Err(_) => {}
+        Ok(r) => assert_eq!(r.status, 503, "an open TAXII connection is refused: {r:?}"),
+    }
+    // P, which still accepts N's certificate, is told why its link to N
+    // fails (not a bare "connection reset").
+    let told = wait_until(Duration::from_secs(10), || async {
+        status(p.addr, &alliance.op, &alliance.ca)
+            .await
+            .is_some_and(|s| {
+                s.peers.iter().any(|l| {
+                    l.expected_identity == n_files.identity
+                        && l.last_error.contains("refused the connection before TLS")
+                })
+            })
+    })
+    .await;
+    assert!(
+        told.is_some(),
+        "{:?}",
+        status(p.addr, &alliance.op, &alliance.ca)
+            .await
+            .map(|s| s.peers)
+    );
     // And its link to P is down (P still accepts N: P has the old CRL).
     assert!(
         wait_until(Duration::from_secs(10), || linked(false))
@@ -767,6 +851,8 @@ async fn a_node_revoked_with_others_in_one_update_applies_it_and_stops_serving()
     })
     .await;
     assert!(serving.is_some(), "N did not serve again after renewal");
+    let r = taxii_get("/taxii2/").await.expect("TAXII serves again");
+    assert_eq!(r.status, 200, "{r:?}");
     assert!(http("/healthz")
         .await
         .is_some_and(|r| r.starts_with("HTTP/1.1 200")));

@@ -753,7 +753,7 @@ async fn a_position_is_applied_only_on_the_log_it_was_taken_on() {
     // Not a log id: refused, naming it.
     let err = match reader.subscribe(open_on_log(8, "not-a-log")).await {
         Err(e) => e,
-        Ok(mut sub) => sub.next().await.err().expect("refused"),
+        Ok(mut sub) => sub.next().await.expect_err("refused"),
     };
     match &err {
         beacon::client::ClientError::Rpc(s) => {
@@ -809,7 +809,11 @@ async fn a_position_is_applied_only_on_the_log_it_was_taken_on() {
     let seen = read_deliveries(&mut sub, 5, true, T).await;
     let s = seen.subscribed.expect("subscribed");
     assert_eq!(s.cursor, 10);
-    assert!(s.restarted.contains("continuing after 10"), "{}", s.restarted);
+    assert!(
+        s.restarted.contains("continuing after 10"),
+        "{}",
+        s.restarted
+    );
     assert_eq!(seen.seqs, (11..=15).collect::<Vec<_>>());
     node.stop().await;
 }

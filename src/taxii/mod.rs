@@ -65,6 +65,8 @@ pub enum TaxiiError {
     Unprocessable(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error("this node serves no one: its own certificate is refused ({0})")]
+    NodeRefused(String),
 }
 
 impl TaxiiError {
@@ -79,6 +81,7 @@ impl TaxiiError {
             TaxiiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             TaxiiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             TaxiiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            TaxiiError::NodeRefused(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -93,7 +96,9 @@ impl TaxiiError {
         let headers: &[(&'static str, String)] = match self {
             // The connection is not to be used again: its caller is cut
             // off, or its body was not all read.
-            TaxiiError::Revoked(_) | TaxiiError::TooLarge(_) => &[("Connection", "close".into())],
+            TaxiiError::Revoked(_) | TaxiiError::TooLarge(_) | TaxiiError::NodeRefused(_) => {
+                &[("Connection", "close".into())]
+            }
             TaxiiError::NoCredentials => &[(
                 "WWW-Authenticate",
                 "Basic realm=\"Beacon TAXII\", Bearer".into(),
@@ -231,20 +236,36 @@ pub async fn serve(state: Arc<NodeState>, listener: TcpListener, shutdown: Cance
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut tls: Option<(u64, tokio_rustls::TlsAcceptor)> = None;
     loop {
+        // At the cap, wait for a connection to end before accepting another.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let (tcp, addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
                     warn!(error = %e, "TAXII accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            debug!(%addr, "TAXII: too many connections; dropped");
+        if let Some(reason) = state.trust.own_refusal() {
+            // A node whose own certificate is refused serves no one, on
+            // any port: dropped before TLS, as on the gRPC port.
+            state
+                .metrics
+                .handshake_failures
+                .inc("own_certificate_refused");
+            debug!(%addr, %reason, "TAXII connection dropped: this node's own certificate is refused");
             continue;
-        };
+        }
         // The TLS configuration follows the trust in force (CRL reloads).
         let generation = state.trust.generation();
         if tls.as_ref().is_none_or(|(g, _)| *g != generation) {
@@ -299,6 +320,7 @@ pub async fn serve(state: Arc<NodeState>, listener: TcpListener, shutdown: Cance
                 chain,
                 checked: parking_lot::Mutex::new((generation, true)),
             });
+            let mut refused = server.state.trust.watch_own_refusal();
             let service = hyper::service::service_fn(move |req| {
                 let server = server.clone();
                 let caller = caller.clone();
@@ -309,8 +331,21 @@ pub async fn serve(state: Arc<NodeState>, listener: TcpListener, shutdown: Cance
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                     .serve_connection(io, service)
                     .into_owned();
+            // Open connections close when the node's own certificate is
+            // refused (a CRL reload that revokes it), as gRPC's do.
+            let own_refused = async move {
+                loop {
+                    if refused.borrow_and_update().is_some() {
+                        return;
+                    }
+                    if refused.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
             tokio::select! {
                 _ = conn => {}
+                _ = own_refused => {}
                 _ = shutdown.cancelled() => {}
             }
         });
@@ -400,6 +435,9 @@ impl Server {
                 .ok()
                 .map(|b| b.to_bytes())
         };
+        if let Some(reason) = self.state.trust.own_refusal() {
+            return TaxiiError::NodeRefused(reason).response();
+        }
         let identity = match &caller.identity {
             Some(i) if !caller.still_accepted(&self.state) => {
                 return TaxiiError::Revoked(i.to_string()).response()

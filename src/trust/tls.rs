@@ -550,8 +550,26 @@ pub fn describe_io(e: &std::io::Error, peer: Peer) -> String {
     if let Some(r) = e.get_ref().and_then(|x| x.downcast_ref::<rustls::Error>()) {
         return describe(r, peer);
     }
-    match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => format!(
+    use std::io::ErrorKind as K;
+    match (e.kind(), peer) {
+        // A node drops connections before TLS only while it serves no one
+        // (its own certificate refused); a refused certificate of ours
+        // would have come as a TLS alert instead.
+        (
+            K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe,
+            Peer::Node,
+        ) => {
+            format!(
+                "the node refused the connection before TLS ({}): a node does so while its own \
+                 certificate is revoked or expired (it serves no one until it has a valid one, \
+                 and its log says why)",
+                match e.kind() {
+                    K::UnexpectedEof => "it closed it during the handshake".to_owned(),
+                    _ => e.to_string(),
+                }
+            )
+        }
+        (K::UnexpectedEof, _) => format!(
             "the {} closed the connection during the TLS handshake",
             peer.name()
         ),

@@ -1329,3 +1329,119 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// An HTTP/1.1 response as a test reads it.
+#[derive(Debug)]
+pub struct HttpsResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// An open HTTP/1.1 connection over TLS (a TAXII or MISP port).
+pub struct HttpsConn {
+    addr: SocketAddr,
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+impl HttpsConn {
+    /// Connects to `addr` with the client certificate `files` if given,
+    /// trusting the CAs `ca`.
+    pub async fn open(
+        addr: SocketAddr,
+        files: Option<&CertFiles>,
+        ca: &[PathBuf],
+    ) -> Result<HttpsConn, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in ca {
+            for cert in beacon::trust::read_certs(c).map_err(|e| e.to_string())? {
+                roots.add(cert).map_err(|e| e.to_string())?;
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(beacon::trust::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let config = match files {
+            Some(f) => {
+                let own = beacon::trust::tls::KeyedChain::load(&f.cert, &f.key)
+                    .map_err(|e| e.to_string())?;
+                builder
+                    .with_client_auth_cert(own.chain, own.key)
+                    .map_err(|e| e.to_string())?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(HttpsConn { addr, send })
+    }
+
+    /// One request on this connection.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpsResponse, String> {
+        use http_body_util::BodyExt;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                body,
+            )))
+            .map_err(|e| e.to_string())?;
+        self.send.ready().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .send
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(HttpsResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// One HTTP/1.1 request over TLS on a new connection (see [`HttpsConn`]).
+pub async fn https(
+    addr: SocketAddr,
+    files: Option<&CertFiles>,
+    ca: &[PathBuf],
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpsResponse, String> {
+    HttpsConn::open(addr, files, ca)
+        .await?
+        .request(method, path, headers, body)
+        .await
+}
