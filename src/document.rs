@@ -51,6 +51,9 @@ pub struct IndicatorDoc {
     pub value: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// The STIX indicator the value was taken from, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stix_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -192,6 +195,7 @@ impl BulletinDoc {
                 kind: i.kind.clone(),
                 value: i.value.clone(),
                 description: i.description.clone(),
+                stix_id: i.stix_id.clone(),
             })
             .collect();
         b.references = self
@@ -269,6 +273,7 @@ impl BulletinDoc {
                     kind: i.kind.clone(),
                     value: i.value.clone(),
                     description: i.description.clone(),
+                    stix_id: i.stix_id.clone(),
                 })
                 .collect(),
             references: b

@@ -4,7 +4,8 @@
 //! Each module uses only modules above it in this list (`tests/layering.rs`
 //! checks it; `ARCHITECTURE.md` has the file-by-file map).
 //!
-//! - [`identity`], [`proto`]: SPIFFE identities; the generated `beacon.v1` code.
+//! - [`identity`], [`proto`]: SPIFFE identities; the generated `beacon.v1` code;
+//!   [`pattern`]: the STIX patterning grammar.
 //! - [`config`]: the daemon's `beacon.toml`, typed when read.
 //! - [`trust`]: the trust bundle and the one routine that decides whether a
 //!   chain is an accepted identity; [`trust::tls`] (rustls configurations and
@@ -57,6 +58,7 @@ pub(crate) mod misp;
 pub(crate) mod net;
 pub mod node;
 pub(crate) mod ops;
+pub mod pattern;
 pub mod pki;
 pub(crate) mod policy;
 pub mod proto;

@@ -170,7 +170,7 @@ mod tests {
         b.indicators.push(crate::bulletin::Indicator {
             kind: "ip".into(),
             value: "198.51.100.7".into(),
-            description: String::new(),
+            ..Default::default()
         });
         let e = event(&b, SystemTime::now());
         assert_eq!(e["Event"]["Tag"][0]["name"], "tlp:amber");

@@ -277,12 +277,48 @@ pub fn objects(b: &Bulletin, ctx: &Context) -> Vec<Value> {
     let mut out = vec![identity(&b.publisher), marking(tlp, ctx.profile)];
     let mut refs = Vec::new();
     let mut unmapped = Vec::new();
+    // Values taken from one STIX indicator (a pattern with OR) share its
+    // id, and are served again as that one indicator.
+    let mut served_ids: Vec<&str> = Vec::new();
     for (i, ind) in b.indicators.iter().enumerate() {
-        let Some(pattern) = pattern(&ind.kind, &ind.value) else {
+        let Some(first) = pattern(&ind.kind, &ind.value) else {
             unmapped.push(json!({"type": ind.kind, "value": ind.value}));
             continue;
         };
-        let id = derived("indicator", &format!("{}/{i}", b.id));
+        let (id, pattern, shown) = if ind.stix_id.is_empty() {
+            (
+                derived("indicator", &format!("{}/{i}", b.id)),
+                first,
+                format!(
+                    "{}: {}",
+                    ind.kind,
+                    ind.value.chars().take(200).collect::<String>()
+                ),
+            )
+        } else {
+            if served_ids.contains(&ind.stix_id.as_str()) {
+                continue;
+            }
+            served_ids.push(&ind.stix_id);
+            let same: Vec<&crate::bulletin::Indicator> = b
+                .indicators
+                .iter()
+                .filter(|x| x.stix_id == ind.stix_id)
+                .collect();
+            let patterns: Vec<String> = same
+                .iter()
+                .filter_map(|x| pattern(&x.kind, &x.value))
+                .collect();
+            let mut shown = format!(
+                "{}: {}",
+                ind.kind,
+                ind.value.chars().take(200).collect::<String>()
+            );
+            if same.len() > 1 {
+                shown.push_str(&format!(" (and {} more)", same.len() - 1));
+            }
+            (ind.stix_id.clone(), patterns.join(" OR "), shown)
+        };
         let mut o = json!({
             "type": "indicator",
             "spec_version": "2.1",
@@ -290,7 +326,7 @@ pub fn objects(b: &Bulletin, ctx: &Context) -> Vec<Value> {
             "created": timestamp(created_at),
             "modified": timestamp(created_at),
             "created_by_ref": creator,
-            "name": format!("{}: {}", ind.kind, ind.value.chars().take(200).collect::<String>()),
+            "name": shown,
             "pattern": pattern,
             "pattern_type": "stix",
             "valid_from": timestamp(created_at),
@@ -496,6 +532,8 @@ pub fn take_bundle(json: &[u8], publisher: &str) -> Result<(Vec<Taken>, Vec<Outc
         .filter_map(|o| Some((o.get("id")?.as_str()?, o)))
         .collect();
     let mut used: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // Indicators refused, with the report that refers to them.
+    let mut failed: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
     let mut taken = Vec::new();
     let mut outcomes = Vec::new();
     let version = |o: &Value| {
@@ -514,7 +552,7 @@ pub fn take_bundle(json: &[u8], publisher: &str) -> Result<(Vec<Taken>, Vec<Outc
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        match report_to_bulletin(o, &by_id, publisher, &mut used) {
+        match report_to_bulletin(o, &by_id, publisher, &mut used, &mut failed) {
             Ok(bulletin) => taken.push(Taken {
                 id,
                 version: version(o),
@@ -534,7 +572,18 @@ pub fn take_bundle(json: &[u8], publisher: &str) -> Result<(Vec<Taken>, Vec<Outc
             continue;
         }
         let failure = match kind {
-            "identity" | "marking-definition" | "extension-definition" => None,
+            // Counted as added only when this node serves it under the
+            // id it was posted with.
+            "identity" if id == identity_id(publisher) => None,
+            "identity" => Some(format!(
+                "not kept: the reports are signed by this node for {publisher}, whose identity here is {}; other identity objects are not kept",
+                identity_id(publisher)
+            )),
+            "marking-definition" if tlp_of_marking(id).is_some() => None,
+            "marking-definition" => Some(
+                "not kept: Beacon marks bulletins with TLP marking definitions only".to_owned(),
+            ),
+            "indicator" if failed.contains_key(id) => failed.get(id).cloned(),
             "indicator" if used.contains(id) => None,
             "indicator" => Some(
                 "an indicator no report refers to: Beacon carries indicators in bulletins"
@@ -571,54 +620,120 @@ pub fn tlp_of_marking(id: &str) -> Option<Tlp> {
     None
 }
 
-/// One indicator from a STIX pattern Beacon can hold: a single comparison
-/// `[object:path = 'value']` of a kind [`pattern`] writes.
-pub fn indicator_of_pattern(p: &str) -> Result<(String, String), String> {
-    let inner = p
-        .trim()
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .ok_or_else(|| format!("pattern {p:?} is not one bracketed comparison"))?;
-    let (lhs, rhs) = inner
-        .split_once(" = ")
-        .ok_or_else(|| format!("pattern {p:?} is not an equality"))?;
-    let rhs = rhs.trim();
-    let quoted = rhs
-        .strip_prefix('\'')
-        .and_then(|s| s.strip_suffix('\''))
-        .ok_or_else(|| format!("pattern {p:?}: the value is not a quoted string"))?;
-    let mut value = String::with_capacity(quoted.len());
-    let mut chars = quoted.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some(e @ ('\\' | '\'')) => value.push(e),
-                _ => return Err(format!("pattern {p:?}: a bad escape")),
-            },
-            '\'' => return Err(format!("pattern {p:?}: an unescaped quote")),
-            c => value.push(c),
-        }
-    }
-    let kind = match lhs.trim() {
-        "domain-name:value" => "domain",
-        "url:value" => "url",
-        "ipv4-addr:value" => "ipv4",
-        "ipv6-addr:value" => "ipv6",
-        "email-addr:value" => "email",
-        "user-account:account_login" => "account",
-        "file:hashes.'SHA-256'" | "file:hashes.SHA256" => "sha256",
-        "file:hashes.'SHA-1'" | "file:hashes.SHA1" => "sha1",
-        "file:hashes.MD5" | "file:hashes.'MD5'" => "md5",
-        other => {
-            return Err(format!(
-                "pattern {p:?}: {other} is not an indicator type Beacon holds"
-            ))
-        }
+/// The indicators a STIX pattern stands for, if Beacon can hold it: a
+/// Beacon indicator is one exact value of a kind [`pattern`] writes, so a
+/// pattern is held when it is one or more equality comparisons (`=`, or
+/// `IN` a set of strings) on such paths, joined by `OR` — between
+/// observations or within one — each comparison one indicator. Anything
+/// else (`AND`, `FOLLOWEDBY`, qualifiers, `NOT`, `LIKE`, `MATCHES`,
+/// ranges, other object paths) is refused, saying which construct it was.
+/// The pattern is parsed by its grammar ([`crate::pattern`]).
+pub fn indicators_of_pattern(p: &str) -> Result<Vec<(String, String)>, String> {
+    use crate::pattern::{Comparison, Literal, Op, Pattern};
+    let tree = crate::pattern::parse(p)
+        .map_err(|e| format!("pattern {p:?} is not valid STIX patterning: {e}"))?;
+    let refuse = |what: &str| {
+        format!(
+            "pattern {p:?} uses {what}: Beacon holds an indicator as exact values (equality comparisons, or IN, joined by OR)"
+        )
     };
-    if pattern(kind, &value).is_none() {
-        return Err(format!("pattern {p:?}: {value:?} is not a valid {kind}"));
+    fn observations<'t>(
+        pat: &'t Pattern,
+        out: &mut Vec<&'t Comparison>,
+        refuse: &dyn Fn(&str) -> String,
+    ) -> Result<(), String> {
+        match pat {
+            Pattern::Observation(c) => out.push(c),
+            Pattern::Or(v) => {
+                for x in v {
+                    observations(x, out, refuse)?;
+                }
+            }
+            Pattern::And(_) => {
+                return Err(refuse(
+                    "AND between observations (all of them seen together)",
+                ))
+            }
+            Pattern::FollowedBy(_) => return Err(refuse("FOLLOWEDBY (observations in sequence)")),
+            Pattern::Qualified(_, q) => return Err(refuse(&format!("the qualifier {}", q.name()))),
+        }
+        Ok(())
     }
-    Ok((kind.to_owned(), value))
+    fn tests<'t>(
+        c: &'t Comparison,
+        out: &mut Vec<&'t crate::pattern::Test>,
+        refuse: &dyn Fn(&str) -> String,
+    ) -> Result<(), String> {
+        match c {
+            Comparison::Test(t) => out.push(t),
+            Comparison::Or(v) => {
+                for x in v {
+                    tests(x, out, refuse)?;
+                }
+            }
+            Comparison::And(_) => {
+                return Err(refuse(
+                    "AND between comparisons (one object matching all of them)",
+                ))
+            }
+        }
+        Ok(())
+    }
+    let mut obs = Vec::new();
+    observations(&tree, &mut obs, &refuse)?;
+    let mut found = Vec::new();
+    for c in obs {
+        tests(c, &mut found, &refuse)?;
+    }
+    let mut out = Vec::new();
+    for t in found {
+        if t.negated {
+            return Err(refuse(&format!("NOT {}", t.op.name())));
+        }
+        let path = t.path.to_string();
+        let kind = match path.as_str() {
+            "domain-name:value" => "domain",
+            "url:value" => "url",
+            "ipv4-addr:value" => "ipv4",
+            "ipv6-addr:value" => "ipv6",
+            "email-addr:value" => "email",
+            "user-account:account_login" => "account",
+            "file:hashes.'SHA-256'" | "file:hashes.SHA256" => "sha256",
+            "file:hashes.'SHA-1'" | "file:hashes.SHA1" => "sha1",
+            "file:hashes.MD5" => "md5",
+            other => {
+                return Err(format!(
+                    "pattern {p:?}: {other} is not an indicator type Beacon holds (domain-name, url, ipv4-addr, ipv6-addr, email-addr values, user-account logins, file hashes)"
+                ))
+            }
+        };
+        let values: Vec<&str> = match (t.op, &t.value) {
+            (Op::Eq, Some(Literal::Str(v))) => vec![v.as_str()],
+            (Op::In, Some(Literal::Set(items))) => items
+                .iter()
+                .map(|i| match i {
+                    Literal::Str(v) => Ok(v.as_str()),
+                    _ => Err(format!("pattern {p:?}: {path} IN takes strings only")),
+                })
+                .collect::<Result<_, _>>()?,
+            (Op::Eq, _) => {
+                return Err(format!(
+                    "pattern {p:?}: {path} is compared with a value that is not a string"
+                ))
+            }
+            (op, _) => return Err(refuse(&format!("the operator {}", op.name()))),
+        };
+        for value in values {
+            if pattern(kind, value).is_none() {
+                return Err(format!("pattern {p:?}: {value:?} is not a valid {kind}"));
+            }
+            out.push((kind.to_owned(), value.to_owned()));
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("pattern {p:?} names no value"));
+    }
+    Ok(out)
 }
 
 fn report_to_bulletin<'a>(
@@ -626,6 +741,7 @@ fn report_to_bulletin<'a>(
     by_id: &std::collections::HashMap<&'a str, &'a Value>,
     publisher: &str,
     used: &mut std::collections::HashSet<&'a str>,
+    failed: &mut std::collections::HashMap<&'a str, String>,
 ) -> Result<Bulletin, String> {
     let s = |k: &str| r.get(k).and_then(Value::as_str);
     let name = s("name").ok_or("a report without a name")?;
@@ -754,19 +870,39 @@ fn report_to_bulletin<'a>(
                 "indicator {reference}: only STIX patterns are taken"
             ));
         }
-        let (kind, value) =
-            indicator_of_pattern(p).map_err(|e| format!("indicator {reference}: {e}"))?;
-        b.indicators.push(crate::bulletin::Indicator {
-            kind,
-            value,
-            description: o
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .chars()
-                .take(1000)
-                .collect(),
-        });
+        let values = match indicators_of_pattern(p) {
+            Ok(v) => v,
+            Err(e) => {
+                let why = format!("indicator {reference}: {e}");
+                failed.insert(
+                    key,
+                    format!("refused with the report {id} that refers to it: {e}"),
+                );
+                return Err(why);
+            }
+        };
+        // The STIX id travels with the values (served under it again),
+        // when it is one a bulletin may carry.
+        let stix_id = reference
+            .strip_prefix("indicator--")
+            .filter(|u| crate::bulletin::canonical_uuid(u))
+            .map(|_| reference.to_owned())
+            .unwrap_or_default();
+        let description: String = o
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .chars()
+            .take(1000)
+            .collect();
+        for (kind, value) in values {
+            b.indicators.push(crate::bulletin::Indicator {
+                kind,
+                value,
+                description: description.clone(),
+                stix_id: stix_id.clone(),
+            });
+        }
         if let Some(until) = o
             .get("valid_until")
             .and_then(Value::as_str)
@@ -804,20 +940,118 @@ mod inbound_tests {
         ] {
             let p = pattern(kind, value).unwrap();
             assert_eq!(
-                indicator_of_pattern(&p).unwrap(),
-                (kind.to_owned(), value.to_owned()),
+                indicators_of_pattern(&p).unwrap(),
+                vec![(kind.to_owned(), value.to_owned())],
                 "{p}"
             );
         }
-        for bad in [
-            "[domain-name:value = 'a'] AND [url:value = 'b']",
-            "[process:name = 'x']",
-            "[ipv4-addr:value = 'not an ip']",
-            "domain-name:value = 'x'",
-            "[domain-name:value = 'it's']",
+        let pair = |a: &str, b: &str| {
+            vec![
+                ("domain".to_owned(), a.to_owned()),
+                ("domain".to_owned(), b.to_owned()),
+            ]
+        };
+        for (p, want) in [
+            (
+                "[domain-name:value = 'a.example'] OR [domain-name:value = 'b.example']",
+                pair("a.example", "b.example"),
+            ),
+            (
+                "[domain-name:value = 'a.example' OR domain-name:value = 'b.example']",
+                pair("a.example", "b.example"),
+            ),
+            (
+                "[domain-name:value IN ('a.example', 'b.example')]",
+                pair("a.example", "b.example"),
+            ),
+            (
+                "([domain-name:value = 'a.example']) OR ([domain-name:value == 'b.example'])",
+                pair("a.example", "b.example"),
+            ),
         ] {
-            assert!(indicator_of_pattern(bad).is_err(), "{bad}");
+            assert_eq!(indicators_of_pattern(p).unwrap(), want, "{p}");
         }
+        for (bad, says) in [
+            (
+                "[domain-name:value = 'a'] AND [url:value = 'b']",
+                "AND between observations",
+            ),
+            (
+                "[domain-name:value = 'a' AND domain-name:value = 'b']",
+                "AND between comparisons",
+            ),
+            (
+                "[domain-name:value = 'a'] FOLLOWEDBY [url:value = 'b']",
+                "FOLLOWEDBY",
+            ),
+            ("[domain-name:value = 'a'] WITHIN 5 SECONDS", "WITHIN"),
+            ("[domain-name:value LIKE '%.example']", "operator LIKE"),
+            ("[domain-name:value NOT = 'a']", "NOT ="),
+            ("[process:name = 'x']", "not an indicator type"),
+            ("[ipv4-addr:value = 'not an ip']", "not a valid ipv4"),
+            ("domain-name:value = 'x'", "not valid STIX patterning"),
+            ("[domain-name:value = 'it's']", "not valid STIX patterning"),
+        ] {
+            let e = indicators_of_pattern(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_indicator_refused_with_its_report_says_why() {
+        let b = json!({"type": "bundle", "id": "bundle--1", "objects": [
+            {"type": "indicator", "id": "indicator--a", "pattern": "[domain-name:value = 'a'] FOLLOWEDBY [url:value = 'b']", "pattern_type": "stix"},
+            {"type": "report", "id": "report--6f1a2e55-3f45-4a8b-9c1d-2e6f5a7b8c9d", "name": "R",
+             "object_refs": ["indicator--a"], "object_marking_refs": [marking_id(Tlp::Amber, Profile::OasisTlp2)]},
+        ]});
+        let (taken, outcomes) = take_bundle(b.to_string().as_bytes(), "uk.ncsc").unwrap();
+        assert!(taken.is_empty());
+        let why = |id: &str| {
+            outcomes
+                .iter()
+                .find(|o| o.id == id)
+                .and_then(|o| o.failure.clone())
+                .unwrap_or_default()
+        };
+        assert!(why("report--6f1a2e55-3f45-4a8b-9c1d-2e6f5a7b8c9d").contains("FOLLOWEDBY"));
+        let ind = why("indicator--a");
+        assert!(
+            ind.contains("refused with the report") && ind.contains("FOLLOWEDBY"),
+            "{ind}"
+        );
+        assert!(!ind.contains("no report refers"), "{ind}");
+    }
+
+    #[test]
+    fn a_pattern_with_or_is_one_indicator_again_under_its_id() {
+        let ind = "indicator--0b1a2e55-3f45-4a8b-9c1d-2e6f5a7b8c9d";
+        let b = json!({"type": "bundle", "id": "bundle--1", "objects": [
+            {"type": "indicator", "id": ind, "pattern": "[domain-name:value = 'a.example'] OR [domain-name:value = 'b.example']", "pattern_type": "stix"},
+            {"type": "report", "id": "report--6f1a2e55-3f45-4a8b-9c1d-2e6f5a7b8c9d", "name": "R",
+             "object_refs": [ind], "object_marking_refs": [marking_id(Tlp::Amber, Profile::OasisTlp2)]},
+        ]});
+        let (taken, outcomes) = take_bundle(b.to_string().as_bytes(), "uk.ncsc").unwrap();
+        assert!(outcomes.iter().all(|o| o.failure.is_none()), "{outcomes:?}");
+        let bulletin = &taken[0].bulletin;
+        assert_eq!(bulletin.indicators.len(), 2);
+        assert!(bulletin.indicators.iter().all(|i| i.stix_id == ind));
+        let ctx = Context {
+            root: (bulletin.id.clone(), SystemTime::now()),
+            signer: String::new(),
+            envelope_sha256: String::new(),
+            origin_node: String::new(),
+            origin_sequence: 1,
+            sequence: 1,
+            profile: Profile::OasisTlp2,
+        };
+        let served = objects(bulletin, &ctx);
+        let indicators: Vec<&Value> = served.iter().filter(|o| o["type"] == "indicator").collect();
+        assert_eq!(indicators.len(), 1);
+        assert_eq!(indicators[0]["id"], ind);
+        assert_eq!(
+            indicators[0]["pattern"],
+            "[domain-name:value = 'a.example'] OR [domain-name:value = 'b.example']"
+        );
     }
 
     #[test]
@@ -845,9 +1079,15 @@ mod inbound_tests {
             .filter(|o| o.failure.is_some())
             .map(|o| o.id.as_str())
             .collect();
+        // The posted identity is not what this node serves for uk.ncsc:
+        // it is not counted as added.
         assert_eq!(
             failed,
-            vec!["report--7f1a2e55-3f45-4a8b-9c1d-2e6f5a7b8c9d", "malware--m"]
+            vec![
+                "report--7f1a2e55-3f45-4a8b-9c1d-2e6f5a7b8c9d",
+                "identity--x",
+                "malware--m"
+            ]
         );
         assert!(take_bundle(b"{not json", "x").is_err());
         assert!(take_bundle(br#"{"type": "report"}"#, "x").is_err());

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// (layer, modules): a module may use only modules of lower layers.
 const LAYERS: &[(u32, &[&str])] = &[
-    (0, &["identity", "proto", "disk"]),
+    (0, &["identity", "proto", "disk", "pattern"]),
     (1, &["config"]),
     // Trust: the bundle, rustls configurations, the live trust state.
     (2, &["trust"]),

@@ -385,7 +385,7 @@ async fn every_validation_rule_refuses_and_stores_nothing() {
                 b.indicators = vec![bulletin::Indicator {
                     kind: "domain".into(),
                     value: String::new(),
-                    description: String::new(),
+                    ..Default::default()
                 }]
             }),
             Code::InvalidArgument,

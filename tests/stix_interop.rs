@@ -78,7 +78,7 @@ async fn stix_from_the_cli_passes_the_oasis_validator() {
     let ind = |kind: &str, value: &str| Indicator {
         kind: kind.into(),
         value: value.into(),
-        description: String::new(),
+        ..Default::default()
     };
     let mut first = bulletin("uk.ncsc", "Forged memo amplified by new accounts");
     first.body = "Details of the campaign.".into();

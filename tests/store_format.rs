@@ -183,7 +183,7 @@ fn a_format_3_store_gets_its_acceptance_times_spaced() {
             .push(beacon::bulletin::Indicator {
                 kind: "domain".into(),
                 value: d.into(),
-                description: String::new(),
+                ..Default::default()
             });
     }
     let bulletins = [

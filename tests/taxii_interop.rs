@@ -273,7 +273,7 @@ async fn taxii2_client_walks_every_object_once_and_sees_only_what_it_may() {
             b.indicators = vec![Indicator {
                 kind: "domain".into(),
                 value: format!("d{i}.example"),
-                description: String::new(),
+                ..Default::default()
             }];
         }
         if i % 7 == 0 {
@@ -718,7 +718,7 @@ async fn revisions_and_retractions_are_versions_of_one_report_over_taxii() {
     first.indicators = vec![Indicator {
         kind: "domain".into(),
         value: "a.example".into(),
-        description: String::new(),
+        ..Default::default()
     }];
     let mut revision = bulletin("uk.ncsc", "revised");
     revision.relation = Some(beacon::bulletin::Relation::Supersedes(first.id.clone()));

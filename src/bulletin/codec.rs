@@ -118,6 +118,7 @@ pub fn decode_bulletin(bytes: &[u8]) -> Result<Bulletin, String> {
                 kind: i.r#type,
                 value: i.value,
                 description: i.description,
+                stix_id: i.stix_id,
             })
             .collect(),
         references: b
@@ -168,6 +169,7 @@ pub fn encode_bulletin(b: &Bulletin) -> Vec<u8> {
                 r#type: i.kind.clone(),
                 value: i.value.clone(),
                 description: i.description.clone(),
+                stix_id: i.stix_id.clone(),
             })
             .collect(),
         references: b

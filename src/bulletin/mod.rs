@@ -268,11 +268,13 @@ pub struct Audience {
     pub groups: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Indicator {
     pub kind: String,
     pub value: String,
     pub description: String,
+    /// The STIX indicator it was taken from ("indicator--<uuid>"), or empty.
+    pub stix_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -761,6 +763,17 @@ pub fn validate(b: &Bulletin, now: SystemTime) -> Result<(Kind, Severity, Tlp), 
     for i in &b.indicators {
         text("indicator type", &i.kind, 64, true)?;
         text("indicator value", &i.value, MAX_INDICATOR_VALUE, true)?;
+        if !i.stix_id.is_empty()
+            && !i
+                .stix_id
+                .strip_prefix("indicator--")
+                .is_some_and(canonical_uuid)
+        {
+            return Err(invalid(format!(
+                "indicator stix_id {:?} is not indicator--<uuid>",
+                i.stix_id
+            )));
+        }
     }
     if b.references.len() > MAX_REFERENCES {
         return Err(invalid(format!("more than {MAX_REFERENCES} references")));

@@ -507,6 +507,7 @@ fn docs_from_flags(a: &PublishArgs) -> Result<BulletinDoc> {
                 kind: t.to_owned(),
                 value: v.to_owned(),
                 description: String::new(),
+                stix_id: String::new(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
