@@ -132,6 +132,22 @@ pub fn event(b: &Bulletin, accepted_at: SystemTime) -> Value {
     json!({ "Event": e })
 }
 
+/// The lines of the feed's `hashes.csv` for `b`'s event, as MISP's feed
+/// generator writes them: the MD5 (hex) of each attribute's value, and the
+/// event's uuid. MISP reads them to correlate and cache a feed's values
+/// without fetching every event.
+pub fn hash_lines(b: &Bulletin) -> Vec<String> {
+    use md5::{Digest, Md5};
+    b.indicators
+        .iter()
+        .map(|ind| {
+            let digest = Md5::digest(ind.value.as_bytes());
+            let hex: String = digest.iter().map(|x| format!("{x:02x}")).collect();
+            format!("{hex},{}", b.id)
+        })
+        .collect()
+}
+
 /// The manifest entry of `b`'s event: the fields of the event a feed's
 /// manifest repeats (the event adds its uuid, distribution and attributes).
 pub fn manifest_entry(b: &Bulletin, accepted_at: SystemTime) -> Value {
@@ -156,6 +172,28 @@ pub fn manifest_entry(b: &Bulletin, accepted_at: SystemTime) -> Value {
 mod tests {
     use super::*;
     use crate::bulletin::Kind;
+
+    #[test]
+    fn hash_lines_are_md5_of_each_value_and_the_event() {
+        let mut b = Bulletin::draft(
+            "uk.ncsc",
+            Kind::Advisory,
+            Severity::Low,
+            Tlp::Clear,
+            "t",
+            "s",
+        );
+        b.indicators.push(crate::bulletin::Indicator {
+            kind: "domain".into(),
+            value: "example.com".into(),
+            ..Default::default()
+        });
+        // md5("example.com")
+        assert_eq!(
+            hash_lines(&b),
+            vec![format!("5ababd603b22780302dd8d83498e5172,{}", b.id)]
+        );
+    }
 
     #[test]
     fn tlp_becomes_tag_and_distribution() {

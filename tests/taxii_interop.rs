@@ -222,7 +222,13 @@ async fn taxii_node(pki: &TestPki, extra: &str) -> (TestNode, std::net::SocketAd
     let taxii = free_addr();
     let mut opts = NodeOptions::new(pki, pki.node("drc", "hub-1"));
     opts.extra = format!("[taxii]\nlisten = \"{taxii}\"\n{extra}");
-    (TestNode::start(&opts).await, taxii)
+    let node = TestNode::start(&opts).await;
+    let listening = wait_until(std::time::Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(taxii).await.is_ok()
+    })
+    .await;
+    assert!(listening.is_some(), "the TAXII port never listened");
+    (node, taxii)
 }
 
 /// The Python client (`CLIENT`) with `args`, not yet run.
@@ -755,5 +761,261 @@ async fn revisions_and_retractions_are_versions_of_one_report_over_taxii() {
         "the object endpoint gives the last version"
     );
     assert_eq!(out["types"], serde_json::json!(["indicator", "report"]));
+    node.stop().await;
+}
+
+const TAXII_ACCEPT: &str = "application/taxii+json;version=2.1";
+
+/// A GET on the TAXII port as `files`, parsed as JSON where it is JSON.
+async fn taxii_get(
+    taxii: std::net::SocketAddr,
+    files: &CertFiles,
+    ca: &[std::path::PathBuf],
+    path: &str,
+    accept: &str,
+) -> HttpsResponse {
+    https(
+        taxii,
+        Some(files),
+        ca,
+        "GET",
+        path,
+        &[("accept", accept)],
+        b"",
+    )
+    .await
+    .expect("TAXII answers")
+}
+
+fn json_of(r: &HttpsResponse) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+}
+
+/// What the standard's text and MISP's feed fetcher expect, checked in
+/// Rust against a real node (no Python needed): quoted media type
+/// parameters, lists in match[version], `first` as the reader sees the
+/// versions, 404 for an unknown object, posted objects counted only when
+/// readable by the id they were posted with, patterns with OR, and the MISP
+/// feed at the URL MISP builds (`…/misp//manifest.json`) with hashes.csv.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_and_misp_details_hold_as_their_clients_read_them() {
+    let pki = TestPki::new();
+    let (node, taxii) = taxii_node(&pki, "").await;
+    let ca = vec![pki.ca_cert()];
+    let uk_files = pki.client("uk.ncsc", "analyst");
+    let fr_files = pki.client("fr.anssi", "analyst");
+    let writer = pki.client("drc", "analyst");
+
+    // Quoted parameters are the same media type (RFC 9110).
+    let quoted = "application/taxii+json; version=\"2.1\"";
+    let r = taxii_get(taxii, &fr_files, &ca, "/taxii2/", quoted).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = taxii_get(
+        taxii,
+        &fr_files,
+        &ca,
+        "/taxii2/",
+        "application/taxii+json;version=2.0",
+    )
+    .await;
+    assert_eq!(r.status, 406, "{r:?}");
+    let collections = json_of(
+        &taxii_get(
+            taxii,
+            &fr_files,
+            &ca,
+            "/taxii2/beacon/collections/",
+            TAXII_ACCEPT,
+        )
+        .await,
+    );
+    let coll = collections["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/taxii2/beacon/collections/{coll}/objects/");
+
+    // A revision that reaches more readers than the original: fr.anssi
+    // may read only the revision, uk.ncsc both.
+    let mut uk = member(node.addr, &uk_files, &ca).await;
+    let mut original = bulletin("uk.ncsc", "for the ncsc only");
+    original.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::AmberStrict);
+    original.audience.members = vec!["uk.ncsc".into()];
+    let mut revision = bulletin("uk.ncsc", "now for everyone");
+    revision.relation = Some(beacon::bulletin::Relation::Supersedes(original.id.clone()));
+    uk.publish(&original).await.unwrap();
+    uk.publish(&revision).await.unwrap();
+    let fr_view = json_of(&taxii_get(taxii, &fr_files, &ca, &objects, TAXII_ACCEPT).await);
+    let fr_reports: Vec<&Value> = fr_view["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["type"] == "report")
+        .collect();
+    assert_eq!(fr_reports.len(), 1, "{fr_view}");
+    let fr_report = fr_reports[0]["id"].as_str().unwrap().to_owned();
+    assert!(
+        !fr_view.to_string().contains(&original.id),
+        "nothing names the hidden version: {fr_view}"
+    );
+    assert_eq!(fr_report, format!("report--{}", revision.id));
+    // `first` is the first version this reader may see; with `last` in
+    // one list, as TAXII 2.1 §3.4.1 allows.
+    for q in [
+        "first",
+        "first,last",
+        "last,first",
+        "first,2020-01-01T00:00:00Z,last",
+        "all",
+    ] {
+        let path = format!("{objects}{fr_report}/?match%5Bversion%5D={q}");
+        let r = taxii_get(taxii, &fr_files, &ca, &path, TAXII_ACCEPT).await;
+        assert_eq!(r.status, 200, "{q}: {r:?}");
+        let got = json_of(&r);
+        assert_eq!(
+            got["objects"].as_array().map(Vec::len),
+            Some(1),
+            "{q}: {got}"
+        );
+        assert_eq!(got["objects"][0]["name"], "now for everyone", "{q}: {got}");
+        assert_eq!(
+            got["objects"][0]["created"], got["objects"][0]["modified"],
+            "{q}: {got}"
+        );
+    }
+    let versions = json_of(
+        &taxii_get(
+            taxii,
+            &fr_files,
+            &ca,
+            &format!("{objects}{fr_report}/versions/"),
+            TAXII_ACCEPT,
+        )
+        .await,
+    );
+    assert_eq!(
+        versions["versions"].as_array().map(Vec::len),
+        Some(1),
+        "{versions}"
+    );
+    // uk.ncsc sees both, under the original's id.
+    let uk_report = format!("report--{}", original.id);
+    let path = format!("{objects}{uk_report}/?match%5Bversion%5D=first,last");
+    let got = json_of(&taxii_get(taxii, &uk_files, &ca, &path, TAXII_ACCEPT).await);
+    assert_eq!(got["objects"].as_array().map(Vec::len), Some(2), "{got}");
+    let path = format!("{objects}{uk_report}/?match%5Bversion%5D=first");
+    let got = json_of(&taxii_get(taxii, &uk_files, &ca, &path, TAXII_ACCEPT).await);
+    assert_eq!(got["objects"][0]["name"], "for the ncsc only", "{got}");
+    // An object that is not there, or that the reader may not see: 404
+    // from the object endpoint as from its versions.
+    for (files, id) in [
+        (
+            &fr_files,
+            "report--00000000-0000-4000-8000-000000000000".to_owned(),
+        ),
+        (&fr_files, uk_report.clone()),
+    ] {
+        for suffix in ["", "versions/"] {
+            let r = taxii_get(
+                taxii,
+                files,
+                &ca,
+                &format!("{objects}{id}/{suffix}"),
+                TAXII_ACCEPT,
+            )
+            .await;
+            assert_eq!(r.status, 404, "{id}/{suffix}: {r:?}");
+        }
+    }
+
+    // A post with a quoted Content-Type, an OR pattern, and an identity
+    // that is not the member's.
+    let indicator = "indicator--7d1d0e9f-8a7b-4c6d-9e5f-1a2b3c4d5e6f";
+    let pattern = "[domain-name:value = 'a.example'] OR [domain-name:value = 'b.example']";
+    let report = "report--8d1d0e9f-8a7b-4c6d-9e5f-1a2b3c4d5e6f";
+    let envelope = serde_json::json!({"objects": [
+        {"type": "identity", "spec_version": "2.1", "id": "identity--9d1d0e9f-8a7b-4c6d-9e5f-1a2b3c4d5e6f",
+         "created": "2026-11-01T00:00:00.000Z", "modified": "2026-11-01T00:00:00.000Z", "name": "DRC analysts", "identity_class": "organization"},
+        {"type": "indicator", "spec_version": "2.1", "id": indicator,
+         "created": "2026-11-01T00:00:00.000Z", "modified": "2026-11-01T00:00:00.000Z", "pattern": pattern,
+         "pattern_type": "stix", "valid_from": "2026-11-01T00:00:00.000Z"},
+        {"type": "report", "spec_version": "2.1", "id": report,
+         "created": "2026-11-01T00:00:00.000Z", "modified": "2026-11-01T00:00:00.000Z", "name": "Two lookalike domains",
+         "published": "2026-11-01T00:00:00.000Z", "object_refs": [indicator],
+         "object_marking_refs": ["marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"]}
+    ]});
+    let r = https(
+        taxii,
+        Some(&writer),
+        &ca,
+        "POST",
+        &objects,
+        &[("accept", TAXII_ACCEPT), ("content-type", quoted)],
+        envelope.to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 202, "{r:?}");
+    let status = json_of(&r);
+    assert_eq!(status["total_count"], 3, "{status}");
+    assert_eq!(status["success_count"], 2, "{status}");
+    assert_eq!(status["failure_count"], 1, "{status}");
+    assert!(
+        status["failures"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not kept"),
+        "{status}"
+    );
+    // What was counted as added is readable by the id it was posted with.
+    for s in status["successes"].as_array().unwrap() {
+        let id = s["id"].as_str().unwrap();
+        let r = taxii_get(
+            taxii,
+            &writer,
+            &ca,
+            &format!("{objects}{id}/"),
+            TAXII_ACCEPT,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{id}: {r:?}");
+        let got = json_of(&r);
+        assert_eq!(got["objects"][0]["id"], id, "{got}");
+        if id == indicator {
+            assert_eq!(got["objects"][0]["pattern"], pattern, "{got}");
+        }
+    }
+
+    // MISP appends /manifest.json to the URL it is given (README's ends in /).
+    let r = taxii_get(
+        taxii,
+        &uk_files,
+        &ca,
+        "/misp//manifest.json",
+        "application/json",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let manifest = json_of(&r);
+    assert!(manifest.get(&revision.id).is_some(), "{manifest}");
+    let r = taxii_get(taxii, &writer, &ca, "/misp/hashes.csv", "text/csv").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let report_uuid = report.strip_prefix("report--").unwrap();
+    // The MD5 of each value (a.example, b.example), as MISP's feed
+    // generator writes them, then the event.
+    let lines: Vec<&str> = r
+        .body
+        .lines()
+        .filter(|l| l.ends_with(report_uuid))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("af60befa758e782df5bdf9901187616d,{report_uuid}"),
+            format!("7917f65461a6a693b84c53c84cc85f68,{report_uuid}"),
+        ],
+        "{}",
+        r.body
+    );
     node.stop().await;
 }

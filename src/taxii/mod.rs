@@ -488,7 +488,14 @@ impl Server {
         let state = self.state.clone();
         let member = member.to_owned();
         let file = file.to_owned();
-        let body = tokio::task::spawn_blocking(move || -> Result<Value, TaxiiError> {
+        enum Body {
+            Json(Value),
+            Csv(String),
+        }
+        // MISP appends `/manifest.json` to the feed URL it is given: a URL
+        // ending in `/` gives `…/misp//manifest.json`.
+        let file = file.trim_start_matches('/').to_owned();
+        let body = tokio::task::spawn_blocking(move || -> Result<Body, TaxiiError> {
             let store = &state.store;
             let readable =
                 |rec: &crate::store::Record| state.policy.may_read_meta(&member, &rec.meta);
@@ -497,23 +504,32 @@ impl Server {
                     .ok()
                     .and_then(|e| crate::bulletin::codec::decode_bulletin(&e.payload).ok())
             };
-            if file == "manifest.json" {
+            // The newest MISP_WINDOW bulletins this member may read.
+            let window = || {
                 let head = store.head();
+                store
+                    .range(head.saturating_sub(MISP_WINDOW - 1).max(1), head)
+                    .filter_map(|item| item.ok())
+                    .filter(|rec| readable(rec))
+                    .filter_map(|rec| store.served(rec).ok())
+                    .filter_map(move |rec| bulletin_of(&rec).map(|b| (b, rec.accepted_at)))
+            };
+            if file == "manifest.json" {
                 let mut manifest = serde_json::Map::new();
-                for item in store.range(head.saturating_sub(MISP_WINDOW - 1).max(1), head) {
-                    let Ok(rec) = item else { continue };
-                    if !readable(&rec) {
-                        continue;
-                    }
-                    let Ok(rec) = store.served(rec) else { continue };
-                    if let Some(b) = bulletin_of(&rec) {
-                        manifest.insert(
-                            b.id.clone(),
-                            crate::misp::manifest_entry(&b, rec.accepted_at),
-                        );
+                for (b, accepted_at) in window() {
+                    manifest.insert(b.id.clone(), crate::misp::manifest_entry(&b, accepted_at));
+                }
+                return Ok(Body::Json(Value::Object(manifest)));
+            }
+            if file == "hashes.csv" {
+                let mut csv = String::new();
+                for (b, _) in window() {
+                    for line in crate::misp::hash_lines(&b) {
+                        csv.push_str(&line);
+                        csv.push('\n');
                     }
                 }
-                return Ok(Value::Object(manifest));
+                return Ok(Body::Csv(csv));
             }
             let uuid = file
                 .strip_suffix(".json")
@@ -528,17 +544,21 @@ impl Server {
                 }
                 let Ok(rec) = store.served(rec) else { continue };
                 if let Some(b) = bulletin_of(&rec) {
-                    return Ok(crate::misp::event(&b, rec.accepted_at));
+                    return Ok(Body::Json(crate::misp::event(&b, rec.accepted_at)));
                 }
             }
             Err(TaxiiError::NotFound(format!("no event {uuid}")))
         })
         .await
         .map_err(|_| TaxiiError::NotFound("the request was cut short".into()))??;
+        let (ctype, body) = match body {
+            Body::Json(v) => ("application/json", v.to_string()),
+            Body::Csv(s) => ("text/csv", s),
+        };
         Ok(Response::builder()
             .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
+            .header(header::CONTENT_TYPE, ctype)
+            .body(Full::new(Bytes::from(body)))
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
     }
 
@@ -582,13 +602,10 @@ impl Server {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .replace(' ', "");
-        if !(content_type == "application/taxii+json"
-            || content_type.starts_with("application/taxii+json;version=2.1"))
-        {
-            return Err(TaxiiError::UnsupportedMediaType(content_type));
+            .unwrap_or_default();
+        let (essence, params) = media_type(content_type);
+        if !is_taxii21(&essence, &params) {
+            return Err(TaxiiError::UnsupportedMediaType(content_type.to_owned()));
         }
         // The node signs for clients of its own member only.
         let node_member = self.state.identity.member().map(|m| m.as_str().to_owned());
@@ -742,12 +759,12 @@ impl Server {
             ["collections", id, "objects", object] => {
                 let c = self.collection(id)?.clone();
                 let q = self.query(&query, Some(object))?;
-                self.objects(&member, &c, q, Shape::Envelope).await
+                self.objects(&member, &c, q, Shape::Object).await
             }
             ["collections", id, "objects", object, "versions"] => {
                 let c = self.collection(id)?.clone();
                 let mut q = self.query(&query, Some(object))?;
-                q.versions = Versions::All;
+                q.versions = Versions::all();
                 self.objects(&member, &c, q, Shape::Versions).await
             }
             _ => Err(TaxiiError::NotFound(format!("no TAXII resource at {path}"))),
@@ -799,16 +816,22 @@ impl Server {
                 TaxiiError::BadRequest(format!("next {n:?} is not one this server gave"))
             })?),
         };
-        let versions = match list("match[version]").as_slice() {
-            [] => Versions::Last,
-            v if v.iter().any(|x| x == "all") => Versions::All,
-            [one] if one == "last" => Versions::Last,
-            [one] if one == "first" => Versions::First,
-            v => Versions::At(
-                v.iter()
-                    .map(|t| parse_time(t).map(|us| crate::stix::timestamp(view::from_micros(us))))
-                    .collect::<Result<_, _>>()?,
-            ),
+        let asked = list("match[version]");
+        let versions = if asked.is_empty() {
+            Versions::last()
+        } else {
+            let mut v = Versions::default();
+            for x in &asked {
+                match x.as_str() {
+                    "all" => v.all = true,
+                    "last" => v.last = true,
+                    "first" => v.first = true,
+                    t => {
+                        v.at.push(crate::stix::timestamp(view::from_micros(parse_time(t)?)))
+                    }
+                }
+            }
+            v
         };
         let mut ids = list("match[id]");
         if let Some(o) = object {
@@ -865,7 +888,14 @@ impl Server {
             }
         }
         match shape {
-            Shape::Envelope => {
+            Shape::Object if page.items.is_empty() && !page.more => {
+                // As its versions endpoint answers: one answer for an object
+                // that is not there and one the reader may not see.
+                return Err(TaxiiError::NotFound(
+                    "no such object in this collection".into(),
+                ));
+            }
+            Shape::Envelope | Shape::Object => {
                 if !page.items.is_empty() {
                     body.insert(
                         "objects".into(),
@@ -916,6 +946,8 @@ impl Server {
 #[derive(Debug, Clone, Copy)]
 enum Shape {
     Envelope,
+    /// One object's versions as an envelope (404 when there is none).
+    Object,
     Manifest,
     Versions,
 }
@@ -932,19 +964,51 @@ fn describe(c: &Collection, can_write: bool) -> Value {
     })
 }
 
-/// The request's `Accept` must allow TAXII 2.1 JSON.
+/// A media type or range as (type/subtype, parameters), lower-cased, with
+/// quoted parameter values unquoted (RFC 9110 §5.6.6: `version="2.1"` and
+/// `version=2.1` are the same).
+fn media_type(s: &str) -> (String, Vec<(String, String)>) {
+    let mut parts = s.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let params = parts
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .map(|x| x.replace("\\\"", "\"").replace("\\\\", "\\"))
+                .unwrap_or_else(|| v.to_owned());
+            Some((k.trim().to_ascii_lowercase(), v))
+        })
+        .collect();
+    (essence, params)
+}
+
+/// Whether a media type names TAXII 2.1 JSON: `application/taxii+json`
+/// with no version, or version 2.1.
+fn is_taxii21(essence: &str, params: &[(String, String)]) -> bool {
+    essence == "application/taxii+json"
+        && params
+            .iter()
+            .filter(|(k, _)| k == "version")
+            .all(|(_, v)| v == "2.1")
+}
+
+/// The request's `Accept` must allow TAXII 2.1 JSON (a range with `q=0`
+/// refuses it).
 fn accept(parts: &http::request::Parts) -> Result<(), TaxiiError> {
     let Some(a) = parts.headers.get(header::ACCEPT) else {
         return Ok(());
     };
     let a = a.to_str().unwrap_or_default();
     let ok = a.split(',').any(|m| {
-        let m = m.trim().to_ascii_lowercase().replace(' ', "");
-        m.starts_with("*/*")
-            || m.starts_with("application/*")
-            || m == "application/taxii+json"
-            || m.starts_with("application/taxii+json;version=2.1")
-            || (m.starts_with("application/taxii+json;") && !m.contains("version="))
+        let (essence, params) = media_type(m);
+        let refused = params
+            .iter()
+            .any(|(k, v)| k == "q" && v.parse::<f32>().is_ok_and(|q| q <= 0.0));
+        !refused
+            && (essence == "*/*" || essence == "application/*" || is_taxii21(&essence, &params))
     });
     if ok {
         Ok(())
@@ -1020,6 +1084,38 @@ mod tests {
             521_382
         );
         assert!(parse_time("yesterday").is_err());
+    }
+
+    fn accepts(value: &str) -> bool {
+        let (parts, ()) = http::Request::builder()
+            .header(header::ACCEPT, value)
+            .body(())
+            .unwrap()
+            .into_parts();
+        accept(&parts).is_ok()
+    }
+
+    #[test]
+    fn media_types_are_read_with_their_parameters() {
+        for yes in [
+            "application/taxii+json;version=2.1",
+            "application/taxii+json; version=\"2.1\"",
+            "Application/TAXII+JSON;Version=2.1",
+            "application/taxii+json",
+            "application/json, application/taxii+json;version=\"2.1\";q=0.9",
+            "*/*",
+            "application/*",
+        ] {
+            assert!(accepts(yes), "{yes}");
+        }
+        for no in [
+            "application/taxii+json;version=2.0",
+            "application/taxii+json;version=\"2.0\"",
+            "application/json",
+            "application/taxii+json;version=2.1;q=0",
+        ] {
+            assert!(!accepts(no), "{no}");
+        }
     }
 
     #[test]

@@ -21,14 +21,33 @@ use crate::stix::{self, Profile};
 /// large log gets a short page with `more` and a `next`, not a long wait.
 const SCAN_BUDGET: u64 = 50_000;
 
-/// Which versions `match[version]` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Versions {
-    Last,
-    First,
-    All,
+/// Which versions `match[version]` asks for: any of its values (a list,
+/// as TAXII 2.1 §3.4.1 allows: `first,last`, `first,<timestamp>,last`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Versions {
+    /// The earliest version the reader may see.
+    pub first: bool,
+    pub last: bool,
+    pub all: bool,
     /// Versions whose `modified` (or `created`) is one of these.
-    At(Vec<String>),
+    pub at: Vec<String>,
+}
+
+impl Versions {
+    /// What a request without `match[version]` gets.
+    pub fn last() -> Versions {
+        Versions {
+            last: true,
+            ..Versions::default()
+        }
+    }
+
+    pub fn all() -> Versions {
+        Versions {
+            all: true,
+            ..Versions::default()
+        }
+    }
 }
 
 /// A request's filters (`match[...]`).
@@ -147,7 +166,7 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
         }
         let successor = replaced.next(rec.seq);
         let Ok(rec) = store.served(rec) else { continue };
-        let Some(group) = group_of(state, &rec, profile) else {
+        let Some(group) = group_of(state, member, &rec, profile) else {
             continue;
         };
         let base = micros(rec.accepted_at);
@@ -225,8 +244,14 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
     page
 }
 
-/// The STIX group of a stored record, with its version chain resolved.
-fn group_of(state: &NodeState, rec: &crate::store::Record, profile: Profile) -> Option<Vec<Value>> {
+/// The STIX group of a stored record for `member`, with its version chain
+/// resolved as far as `member` may see it.
+fn group_of(
+    state: &NodeState,
+    member: &str,
+    rec: &crate::store::Record,
+    profile: Profile,
+) -> Option<Vec<Value>> {
     // The envelope was verified when it was accepted, and its digest was
     // checked as it was read (`Store::served`): as on every gRPC path, it
     // is not verified again here. The signer is the identity its chain's
@@ -244,7 +269,7 @@ fn group_of(state: &NodeState, rec: &crate::store::Record, profile: Profile) -> 
         .map(|(id, _)| id.to_string())
         .unwrap_or_default();
     let ctx = stix::Context {
-        root: root_of(state, &b),
+        root: root_of(state, member, &b),
         signer,
         envelope_sha256: rec.meta.digest.iter().map(|x| format!("{x:02x}")).collect(),
         origin_node: rec.meta.origin_node.clone(),
@@ -255,20 +280,32 @@ fn group_of(state: &NodeState, rec: &crate::store::Record, profile: Profile) -> 
     Some(stix::objects(&b, &ctx))
 }
 
-/// The first bulletin of `b`'s chain of versions, as this node holds it.
-fn root_of(state: &NodeState, b: &crate::bulletin::Bulletin) -> (String, SystemTime) {
+/// The first bulletin of `b`'s chain of versions that `member` may read,
+/// as this node holds it. A revision reaches every reader of what it
+/// replaces, so what a reader may see of a chain is its end: the walk back
+/// stops before the first version hidden from it, and that version leaves
+/// no trace (the report's id and `created` are those of the first version
+/// it may see, which `match[version]=first` returns).
+fn root_of(state: &NodeState, member: &str, b: &crate::bulletin::Bulletin) -> (String, SystemTime) {
     let mut root = (b.id.clone(), b.created_at.unwrap_or(std::time::UNIX_EPOCH));
     let mut relation = b.relation.clone();
     for _ in 0..64 {
         let Some(Relation::Supersedes(id) | Relation::Retracts(id)) = relation.take() else {
             break;
         };
-        let prev = state
+        let held = state
             .store
             .lookup(&b.publisher, &id)
             .ok()
             .flatten()
-            .and_then(|(seq, _)| state.store.get(seq).ok().flatten())
+            .and_then(|(seq, _)| state.store.get(seq).ok().flatten());
+        if held
+            .as_ref()
+            .is_some_and(|r| !state.policy.may_read_meta(member, &r.meta))
+        {
+            break;
+        }
+        let prev = held
             .and_then(|r| codec::decode_envelope(&r.envelope).ok())
             .and_then(|e| codec::decode_bulletin(&e.payload).ok());
         match prev {
@@ -300,11 +337,11 @@ fn matches(q: &Query, o: &Value, superseded: bool) -> bool {
     }
     // Only reports have more than one version (revisions, a retraction).
     let is_report = kind == "report";
-    match &q.versions {
-        Versions::All => true,
-        Versions::Last => !(is_report && superseded),
-        // A later version of a report was created before it was modified.
-        Versions::First => !(is_report && o.get("created") != o.get("modified")),
-        Versions::At(ts) => ts.iter().any(|t| t == &version_of(o)),
-    }
+    let v = &q.versions;
+    v.all
+        || (v.last && !(is_report && superseded))
+        // A later version of a report was created before it was modified
+        // (`created` is that of the first version the reader may see).
+        || (v.first && !(is_report && o.get("created") != o.get("modified")))
+        || v.at.iter().any(|t| t == &version_of(o))
 }
