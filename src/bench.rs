@@ -857,7 +857,7 @@ pub async fn memory(
 /// The committed head `admin`'s node reports.
 pub async fn head(admin: &mut crate::client::AdminClient) -> Result<u64, BenchError> {
     Ok(admin
-        .status(crate::proto::v1::StatusRequest {})
+        .status(crate::proto::v1::StatusRequest::default())
         .await
         .map_err(ClientError::from)?
         .into_inner()

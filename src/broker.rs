@@ -262,6 +262,16 @@ impl Broker {
             .collect()
     }
 
+    /// Open subscriptions with the name that tells them apart (an
+    /// ephemeral one's is unique to it), for listings in a stable order.
+    pub fn sessions_keyed(&self) -> Vec<(String, Arc<SessionStats>)> {
+        self.sessions
+            .lock()
+            .iter()
+            .map(|((_, name), s)| (name.clone(), s.stats.clone()))
+            .collect()
+    }
+
     /// Ends the open durable subscription (identity, name), if any, for
     /// good: once this returns, it writes no cursor. Returns whether one was open.
     pub fn delete(&self, identity: &str, name: &str) -> bool {

@@ -71,7 +71,7 @@ async fn accepts_valid_client_node_and_operator() {
 
     // The operator may call Admin; a client may not.
     let status = AdminClient::new(dial(n.addr, &op, &ca).await.unwrap())
-        .status(pb::StatusRequest {})
+        .status(pb::StatusRequest::default())
         .await
         .expect("operator status")
         .into_inner();
@@ -81,7 +81,7 @@ async fn accepts_valid_client_node_and_operator() {
             .await
             .unwrap(),
     )
-    .status(pb::StatusRequest {})
+    .status(pb::StatusRequest::default())
     .await
     .expect_err("client must not read Admin");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);

@@ -511,12 +511,46 @@ async fn a_thousand_concurrent_subscriptions_all_receive() {
         assert_eq!(seen.seqs, vec![1, 2], "subscription {i}");
     }
     let ch = dial(w.node.addr, &w.op, &w.ca).await.unwrap();
-    let st = beacon::client::AdminClient::new(ch)
-        .status(pb::StatusRequest {})
+    let mut admin = beacon::client::AdminClient::new(ch);
+    let st = admin
+        .status(pb::StatusRequest::default())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(st.subscriptions.len(), CONNECTIONS * PER);
+    // Status is bounded (100 by default) and says how many there are.
+    assert_eq!(st.subscriptions_total as usize, CONNECTIONS * PER);
+    assert_eq!(st.subscriptions.len(), 100.min(CONNECTIONS * PER));
+    // ListSubscriptions pages through all of them, each once, in order.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = admin
+            .list_subscriptions(pb::ListSubscriptionsRequest {
+                limit: 128,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(page.subscriptions.len() <= 128);
+        assert_eq!(page.total as usize, CONNECTIONS * PER);
+        seen.extend(page.subscriptions);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), CONNECTIONS * PER, "each once, in {pages} pages");
+    let err = admin
+        .list_subscriptions(pb::ListSubscriptionsRequest {
+            limit: 10,
+            page_token: "not a token".into(),
+        })
+        .await
+        .expect_err("a token the node never gave");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,7 +584,7 @@ async fn operators_see_subscriptions_and_lag() {
     wait_cursor(w.node.addr, &w.op, &w.ca, &files.identity, "feed", 4).await;
     let ch = dial(w.node.addr, &w.op, &w.ca).await.unwrap();
     let st = beacon::client::AdminClient::new(ch)
-        .status(pb::StatusRequest {})
+        .status(pb::StatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -562,7 +596,7 @@ async fn operators_see_subscriptions_and_lag() {
     let ok = wait_until(Duration::from_secs(10), || async {
         let ch = dial(w.node.addr, &w.op, &w.ca).await.unwrap();
         let st = beacon::client::AdminClient::new(ch)
-            .status(pb::StatusRequest {})
+            .status(pb::StatusRequest::default())
             .await
             .unwrap()
             .into_inner();

@@ -571,6 +571,11 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         caller(&request, OPERATORS)?;
         let s = &self.state;
+        let limit = match request.get_ref().subscriptions_limit {
+            0 => 100,
+            n => (n as usize).min(1000),
+        };
+        let status_subscriptions = subscription_page(s, None, limit);
         Ok(Response::new(pb::StatusResponse {
             node: s.identity.to_string(),
             version: crate::VERSION.to_owned(),
@@ -594,7 +599,8 @@ impl pb::admin_server::Admin for AdminService {
                 log_id: s.store.log().id.to_string(),
                 forked_from: crate::api::convert::fork_to_proto(s.store.log()),
             }),
-            subscriptions: subscription_status(s),
+            subscriptions: status_subscriptions.0,
+            subscriptions_total: status_subscriptions.2,
             peers: s
                 .peers
                 .iter()
@@ -627,8 +633,22 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         caller(&request, OPERATORS)?;
+        let req = request.get_ref();
+        let limit = match req.limit {
+            0 => 500,
+            n => (n as usize).min(1000),
+        };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            t => Some(from_page_token(t).ok_or_else(|| {
+                status::bad_request(format!("page_token {t:?} is not one this node gave"))
+            })?),
+        };
+        let (subscriptions, next, total) = subscription_page(&self.state, after, limit);
         Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions: subscription_status(&self.state),
+            subscriptions,
+            next_page_token: next.as_ref().map(page_token).unwrap_or_default(),
+            total,
         }))
     }
 
@@ -818,47 +838,89 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
-/// Open subscriptions, then stored cursors of durable ones not open now.
-fn subscription_status(s: &NodeState) -> Vec<pb::SubscriptionStatus> {
+/// Open subscriptions and the stored cursors of durable ones not open now,
+/// in (identity, name) order: those after `after` (a page token), at most
+/// `limit`, and how many there are in all. Ephemeral streams are told apart
+/// by a key of their own.
+fn subscription_page(
+    s: &NodeState,
+    after: Option<(String, String)>,
+    limit: usize,
+) -> (Vec<pb::SubscriptionStatus>, Option<(String, String)>, u64) {
     use std::sync::atomic::Ordering::Relaxed;
     let head = s.store.head();
-    let mut out: Vec<pb::SubscriptionStatus> = s
+    let mut all: Vec<((String, String), pb::SubscriptionStatus)> = s
         .broker
-        .sessions()
-        .iter()
-        .map(|x| {
+        .sessions_keyed()
+        .into_iter()
+        .map(|(key, x)| {
             let cursor = x.cursor.load(Relaxed);
-            pb::SubscriptionStatus {
-                identity: x.identity.clone(),
-                name: x.name.clone(),
-                durable: x.durable,
-                connected: x.connected.load(Relaxed),
-                cursor,
-                lag: head.saturating_sub(cursor),
-                delivered: x.delivered.load(Relaxed),
-                last_ack_at: x.last_ack_at.lock().map(timestamp),
-            }
+            (
+                (x.identity.clone(), key),
+                pb::SubscriptionStatus {
+                    identity: x.identity.clone(),
+                    name: x.name.clone(),
+                    durable: x.durable,
+                    connected: x.connected.load(Relaxed),
+                    cursor,
+                    lag: head.saturating_sub(cursor),
+                    delivered: x.delivered.load(Relaxed),
+                    last_ack_at: x.last_ack_at.lock().map(timestamp),
+                },
+            )
         })
         .collect();
     if let Ok(stored) = s.store.cursors() {
         for (identity, name, pos) in stored {
             let cursor = pos.seq;
             if !s.broker.is_open(&identity, &name) {
-                out.push(pb::SubscriptionStatus {
-                    identity,
-                    name,
-                    durable: true,
-                    connected: false,
-                    cursor,
-                    lag: head.saturating_sub(cursor),
-                    delivered: 0,
-                    last_ack_at: None,
-                });
+                all.push((
+                    (identity.clone(), name.clone()),
+                    pb::SubscriptionStatus {
+                        identity,
+                        name,
+                        durable: true,
+                        connected: false,
+                        cursor,
+                        lag: head.saturating_sub(cursor),
+                        delivered: 0,
+                        last_ack_at: None,
+                    },
+                ));
             }
         }
     }
-    out.sort_by(|a, b| (&a.identity, &a.name).cmp(&(&b.identity, &b.name)));
-    out
+    let total = all.len() as u64;
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut page: Vec<((String, String), pb::SubscriptionStatus)> = all
+        .into_iter()
+        .filter(|(k, _)| after.as_ref().is_none_or(|a| k > a))
+        .take(limit + 1)
+        .collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = if more {
+        page.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
+    (page.into_iter().map(|(_, v)| v).collect(), next, total)
+}
+
+/// A page token: the last (identity, key) of a page, opaque to clients.
+fn page_token(key: &(String, String)) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}\n{}", key.0, key.1))
+}
+
+fn from_page_token(t: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(t)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (a, b) = text.split_once('\n')?;
+    Some((a.to_owned(), b.to_owned()))
 }
 
 /// All services of a node: Bulletins, Admin, gRPC health and reflection.

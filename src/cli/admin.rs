@@ -404,16 +404,35 @@ fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>) -> Result<
     Ok(())
 }
 
+/// Every subscription the node lists, page by page.
+async fn all_subscriptions(
+    channel: tonic::transport::Channel,
+) -> Result<Vec<pb::SubscriptionStatus>> {
+    let mut client = AdminClient::new(channel);
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_subscriptions(pb::ListSubscriptionsRequest {
+                limit: 0,
+                page_token: token,
+            })
+            .await
+            .map_err(beacon::client::ClientError::from)?
+            .into_inner();
+        out.extend(page.subscriptions);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = page.next_page_token;
+    }
+}
+
 async fn subscriptions(cmd: SubscriptionsCommand) -> Result<()> {
     match cmd {
         SubscriptionsCommand::List { json, conn } => {
             let (_, channel) = conn.dial().await?;
-            let subs = AdminClient::new(channel)
-                .list_subscriptions(pb::ListSubscriptionsRequest {})
-                .await
-                .map_err(beacon::client::ClientError::from)?
-                .into_inner()
-                .subscriptions;
+            let subs = all_subscriptions(channel).await?;
             for s in subs {
                 if json {
                     println!(
@@ -458,12 +477,7 @@ async fn subscriptions(cmd: SubscriptionsCommand) -> Result<()> {
             let ca = beacon::pki::Ca::open(&ca_dir)?;
             let index = ca.index()?;
             let (_, channel) = conn.dial().await?;
-            let subs = AdminClient::new(channel.clone())
-                .list_subscriptions(pb::ListSubscriptionsRequest {})
-                .await
-                .map_err(beacon::client::ClientError::from)?
-                .into_inner()
-                .subscriptions;
+            let subs = all_subscriptions(channel.clone()).await?;
             let mut n = 0;
             for s in subs.iter().filter(|s| s.durable) {
                 let certs: Vec<_> = index.iter().filter(|c| c.identity == s.identity).collect();

@@ -446,7 +446,7 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Status { conn, json } => {
             let (_, channel) = conn.dial().await?;
             let status = AdminClient::new(channel)
-                .status(pb::StatusRequest {})
+                .status(pb::StatusRequest::default())
                 .await
                 .map_err(beacon::client::ClientError::from)?
                 .into_inner();
@@ -691,7 +691,7 @@ async fn bench_taxii(count: usize, limit: usize, size: usize) -> Result<()> {
 
 async fn pruned_so_far(admin: &mut beacon::client::AdminClient) -> Result<u64> {
     Ok(admin
-        .status(pb::StatusRequest {})
+        .status(pb::StatusRequest::default())
         .await
         .map_err(beacon::client::ClientError::from)?
         .into_inner()
@@ -905,6 +905,8 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
             "head": s.head,
             "connections": s.connections,
             "revoked_certificates": s.revoked_certificates,
+            "log_id": s.store.as_ref().map(|x| x.log_id.clone()).unwrap_or_default(),
+            "subscriptions_total": s.subscriptions_total,
             "subscriptions": s.subscriptions.iter().map(|x| serde_json::json!({
                 "identity": x.identity, "name": x.name, "durable": x.durable,
                 "connected": x.connected, "cursor": x.cursor, "lag": x.lag,
@@ -913,6 +915,7 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
                 "address": p.address, "identity": p.expected_identity, "connected": p.connected,
                 "cursor": p.cursor, "lag": p.lag, "last_error": p.last_error,
                 "stored": p.stored, "duplicates": p.duplicates, "refused": p.refused,
+                "log_id": p.log_id, "log_changes": p.log_changes, "last_log_change": p.last_log_change,
             })).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -923,7 +926,24 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
     println!("head:        {}", s.head);
     println!("connections: {}", s.connections);
     println!("revoked:     {}", s.revoked_certificates);
-    println!("subscriptions: {}", s.subscriptions.len());
+    if let Some(store) = &s.store {
+        match &store.forked_from {
+            Some(f) => println!(
+                "log:         {} (restored from a backup of log {} at {})",
+                store.log_id, f.log_id, f.size
+            ),
+            None => println!("log:         {}", store.log_id),
+        }
+    }
+    if s.subscriptions_total > s.subscriptions.len() as u64 {
+        println!(
+            "subscriptions: {} (the first {}; beacon admin subscriptions list shows all)",
+            s.subscriptions_total,
+            s.subscriptions.len()
+        );
+    } else {
+        println!("subscriptions: {}", s.subscriptions.len());
+    }
     for x in &s.subscriptions {
         println!(
             "  {} {:?} cursor={} lag={} connected={}",
@@ -944,6 +964,12 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
             p.refused,
             p.last_error
         );
+        if !p.last_log_change.is_empty() {
+            println!(
+                "    log changed {} time(s): {}",
+                p.log_changes, p.last_log_change
+            );
+        }
     }
 }
 

@@ -689,7 +689,7 @@ pub fn bulletin(publisher: &str, title: &str) -> beacon::bulletin::Bulletin {
 pub async fn head(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf]) -> u64 {
     let ch = dial(addr, op, ca).await.expect("operator dials");
     beacon::client::AdminClient::new(ch)
-        .status(beacon::proto::v1::StatusRequest {})
+        .status(beacon::proto::v1::StatusRequest::default())
         .await
         .expect("status")
         .into_inner()
@@ -718,7 +718,7 @@ pub async fn wait_revocations(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf], 
             return false;
         };
         beacon::client::AdminClient::new(ch)
-            .status(beacon::proto::v1::StatusRequest {})
+            .status(beacon::proto::v1::StatusRequest::default())
             .await
             .map(|s| s.into_inner().revoked_certificates >= n)
             .unwrap_or(false)
@@ -827,16 +827,38 @@ pub async fn cursor_of(
     identity: &str,
     name: &str,
 ) -> Option<u64> {
-    let ch = dial(addr, op, ca).await.ok()?;
-    let st = beacon::client::AdminClient::new(ch)
-        .status(beacon::proto::v1::StatusRequest {})
-        .await
-        .ok()?
-        .into_inner();
-    st.subscriptions
+    all_subscriptions(addr, op, ca)
+        .await?
         .into_iter()
         .find(|s| s.identity == identity && s.name == name)
         .map(|s| s.cursor)
+}
+
+/// Every subscription the node lists, through `ListSubscriptions` pages.
+pub async fn all_subscriptions(
+    addr: SocketAddr,
+    op: &CertFiles,
+    ca: &[PathBuf],
+) -> Option<Vec<beacon::proto::v1::SubscriptionStatus>> {
+    let ch = dial(addr, op, ca).await.ok()?;
+    let mut admin = beacon::client::AdminClient::new(ch);
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = admin
+            .list_subscriptions(beacon::proto::v1::ListSubscriptionsRequest {
+                limit: 0,
+                page_token: token,
+            })
+            .await
+            .ok()?
+            .into_inner();
+        out.extend(page.subscriptions);
+        if page.next_page_token.is_empty() {
+            return Some(out);
+        }
+        token = page.next_page_token;
+    }
 }
 
 /// Waits until the node reports the cursor of (identity, name) at `seq`.
@@ -1043,7 +1065,7 @@ pub async fn status(
 ) -> Option<beacon::proto::v1::StatusResponse> {
     let ch = dial(addr, op, ca).await.ok()?;
     beacon::client::AdminClient::new(ch)
-        .status(beacon::proto::v1::StatusRequest {})
+        .status(beacon::proto::v1::StatusRequest::default())
         .await
         .ok()
         .map(|r| r.into_inner())
