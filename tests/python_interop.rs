@@ -281,6 +281,50 @@ fn python_grpcio_on_the_default_dev_pki() {
         let msg = lines[0]["message"].as_str().unwrap_or_default();
         assert!(msg.contains(limit), "the message names the limit: {msg}");
     }
+
+    // The Python client checks the node it reached before sending
+    // anything, as the CLI does: a client of another member is refused
+    // without a pin (nothing published), and accepted with one.
+    let fr = dev.client("fr.anssi", "py-analyst");
+    let node_id = dev.files("node").identity;
+    let publish = [
+        "publish",
+        "--title",
+        "For fr.anssi's eyes",
+        "--summary",
+        "x",
+    ];
+    let (ok, lines, stderr) = py_run(&python, addr, &ca, &fr, &publish);
+    assert!(!ok && lines.is_empty(), "{lines:?} {stderr}");
+    assert!(
+        stderr.contains("not a node of your member fr.anssi")
+            && stderr.contains("nothing was sent"),
+        "{stderr}"
+    );
+    let wrong_pin = [
+        "--node-id",
+        "spiffe://alliance.example/node/fr.anssi/paris-1",
+    ];
+    let (ok, _, stderr) = py_run(
+        &python,
+        addr,
+        &ca,
+        &fr,
+        &[&wrong_pin[..], &publish[..]].concat(),
+    );
+    assert!(!ok && stderr.contains("not the pinned"), "{stderr}");
+    let pinned = py(
+        &python,
+        addr,
+        &ca,
+        &fr,
+        &[&["--node-id", node_id.as_str()][..], &publish[..]].concat(),
+    );
+    assert_eq!(
+        pinned[0]["sequence"].as_u64(),
+        Some(12),
+        "nothing was published by the refused runs: {pinned:?}"
+    );
 }
 
 /// Dials the node as a member client with the default check (a node of the

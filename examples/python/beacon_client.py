@@ -11,6 +11,10 @@ subscription with resume.
         --ca ca.pem --cert client.pem --key client.key publish --title "..." --summary "..."
     python examples/python/beacon_client.py ... subscribe --name py-feed --count 10
 
+Before sending anything it checks the node it reached, as the beacon CLI
+does: only a node of its own member by default; another member's node (a
+hub) only when pinned with --node-id (or BEACON_NODE_ID).
+
 Each command prints one JSON object per line.
 """
 
@@ -22,6 +26,8 @@ import json
 import os
 import queue
 import shutil
+import socket
+import ssl
 import sys
 import tempfile
 import uuid
@@ -96,13 +102,65 @@ class Member:
         raise SystemExit("unsupported key type (Ed25519 or ECDSA P-256)")
 
 
+def node_identity(args, host, ip, port):
+    """The SPIFFE id of the node at ip:port, from a TLS handshake with this
+    member's certificate and the CA bundle, its certificate checked against
+    `host` (as gRPC checks it)."""
+    ctx = ssl.create_default_context(cafile=args.ca)
+    ctx.load_cert_chain(args.cert, args.key)
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection((ip, port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    cert = x509.load_der_x509_certificate(der)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1:
+        raise SystemExit(f"refused: the node at {args.node} does not name exactly one SPIFFE id")
+    return uris[0]
+
+
+def check_node(args, member, found):
+    """Refuses, before anything is sent, a node this member did not mean to
+    reach: by default only a node of its own member (so a DNS or routing
+    trick cannot hand a TLP:RED bulletin to another member's node); with
+    --node-id (BEACON_NODE_ID), exactly that node. As the beacon CLI does."""
+    if args.node_id:
+        if found != args.node_id:
+            raise SystemExit(
+                f"refused: the node at {args.node} is {found}, not the pinned {args.node_id}; nothing was sent"
+            )
+        return
+    parts = found.split("/")
+    own_domain = member.spiffe_id.split("/")[2]
+    if len(parts) < 6 or parts[2] != own_domain or parts[3] != "node" or parts[4] != member.member:
+        raise SystemExit(
+            f"refused: the node at {args.node} is {found}, not a node of your member {member.member}; "
+            "nothing was sent. To use another member's node on purpose (a hub), pin it with "
+            "--node-id (or BEACON_NODE_ID)"
+        )
+
+
 def channel(args, member):
+    """A channel to the node, opened only after the node was checked. The
+    name is resolved once and the check and the channel use that one
+    address, so the node checked is the node gRPC talks to (the channel
+    still verifies the certificate against the host name)."""
     with open(args.ca, "rb") as f:
         ca = f.read()
+    host, _, port = args.node.rpartition(":")
+    host = host.strip("[]")
+    port = int(port)
+    ip = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    check_node(args, member, node_identity(args, host, ip, port))
     creds = grpc.ssl_channel_credentials(
         root_certificates=ca, private_key=member.key_pem, certificate_chain=member.cert_pem
     )
-    return grpc.secure_channel(args.node, creds)
+    target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    options = []
+    if host != ip:
+        options = [("grpc.ssl_target_name_override", host), ("grpc.default_authority", host)]
+    return grpc.secure_channel(target, creds, options=options)
 
 
 def envelope(pb, member, bulletin):
@@ -246,6 +304,12 @@ def main():
     p.add_argument("--ca", default=os.environ.get("BEACON_CA"), required="BEACON_CA" not in os.environ)
     p.add_argument("--cert", default=os.environ.get("BEACON_CERT"), required="BEACON_CERT" not in os.environ)
     p.add_argument("--key", default=os.environ.get("BEACON_KEY"), required="BEACON_KEY" not in os.environ)
+    p.add_argument(
+        "--node-id",
+        default=os.environ.get("BEACON_NODE_ID"),
+        help="the node's SPIFFE id, to use a node of another member (a hub); "
+        "without it only a node of your own member is accepted",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="sign and publish bulletins")
     pub.add_argument("--title", required=True)
