@@ -53,7 +53,7 @@ pub(crate) mod filter;
 pub mod fuzzing;
 pub mod identity;
 pub(crate) mod ingest;
-pub(crate) mod metrics;
+pub mod metrics;
 pub(crate) mod misp;
 pub(crate) mod net;
 pub mod node;

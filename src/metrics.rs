@@ -105,6 +105,20 @@ impl Counter {
     }
 }
 
+/// Log lines the process could not write (its stderr refused them: a
+/// closed pipe, a full disk): dropped, never retried or waited for.
+pub static LOG_WRITE_FAILURES: Counter = Counter(AtomicU64::new(0));
+
+/// Where the count of log lines dropped because the writer fell behind (a
+/// stalled log pipe) is read from, once logging is set up.
+pub static LOG_QUEUE_DROPS: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> =
+    std::sync::OnceLock::new();
+
+/// Log lines dropped, for any reason.
+pub fn log_lines_dropped() -> u64 {
+    LOG_WRITE_FAILURES.get() + LOG_QUEUE_DROPS.get().map_or(0, |f| f())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,11 @@ pub fn render(state: &crate::state::NodeState) -> String {
         "# HELP beacon_connections_closed_before_tls_total TCP connections closed before a TLS ClientHello (load-balancer and TCP probes).\n# TYPE beacon_connections_closed_before_tls_total counter\nbeacon_connections_closed_before_tls_total {}",
         m.closed_before_tls.get()
     );
+    let _ = writeln!(
+        out,
+        "# HELP beacon_log_lines_dropped_total Log lines dropped because the log's pipe or file refused them or its writer fell behind (logging never blocks the node).\n# TYPE beacon_log_lines_dropped_total counter\nbeacon_log_lines_dropped_total {}",
+        crate::metrics::log_lines_dropped()
+    );
     gauge(
         &mut out,
         "beacon_node_certificate_refused",

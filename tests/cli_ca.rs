@@ -603,3 +603,112 @@ fn a_stale_crl_is_still_applied_and_reported() {
         node.log()
     );
 }
+
+/// The daemon's log goes to a pipe whose reader dies (a `tee` killed, a log
+/// collector restarted): the node keeps answering publishes and status,
+/// counts the lines it could not write, and SIGTERM still drains it.
+/// (Before, the first publish after the pipe closed was stored but never
+/// answered, and SIGTERM no longer stopped the node.)
+#[test]
+fn a_daemon_whose_log_pipe_closes_keeps_serving_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let addr = free_addr();
+    let ops = free_addr();
+    write_config(d, addr);
+    let mut config = std::fs::read_to_string(d.join("beacon.toml")).unwrap();
+    config.push_str(&format!("\n[metrics]\nlisten = \"{ops}\"\n"));
+    std::fs::write(d.join("beacon.toml"), config).unwrap();
+    ok(
+        d,
+        &[
+            "ca", "issue", "client", "--dir", "ca", "--member", "uk.ncsc", "--name", "pub",
+            "--out", "pub",
+        ],
+    );
+    let mut child = std::process::Command::new(beacon_bin())
+        .args(["daemon", "--config", "beacon.toml"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The reader of its log goes away.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let conn = [
+        "--node",
+        &addr.to_string(),
+        "--cert",
+        "pub.pem",
+        "--key",
+        "pub.key",
+        "--ca",
+        "ca/ca.pem",
+    ];
+    for i in 0..3 {
+        let title = format!("after the pipe closed {i}");
+        let mut args = vec![
+            "publish",
+            "--kind",
+            "advisory",
+            "--severity",
+            "low",
+            "--tlp",
+            "TLP:CLEAR",
+            "--title",
+            &title,
+            "--summary",
+            "s",
+        ];
+        args.extend(conn);
+        let (code, out, err) = beacon(d, &args);
+        assert_eq!(code, 0, "publish {i} answered: {out}{err}");
+    }
+    let (code, out, err) = status(d, addr, "op.pem", "op.key", "ca/ca.pem");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("head:        3"), "{out}");
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(ops).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("beacon_log_lines_dropped_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("the counter is exported");
+    assert!(
+        dropped > 0,
+        "the lines it could not write are counted: {metrics}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("SIGTERM did not stop a node whose log pipe closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+}

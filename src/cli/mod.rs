@@ -331,17 +331,79 @@ impl From<KindArg> for RoleKind {
     }
 }
 
+/// Standard error as the log's sink: a write it refuses (a closed pipe, a
+/// full disk) is dropped and counted, never an error that could reach the
+/// code that logged.
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::io::stderr().write(buf) {
+            Ok(n) => Ok(n),
+            Err(_) => {
+                beacon::metrics::LOG_WRITE_FAILURES.inc();
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Held until the process ends: dropping it writes out the lines queued.
+static LOG_GUARD: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
+    std::sync::Mutex::new(None);
+
+/// Logging must never take the node down or stall it: lines go through a
+/// bounded queue to a thread of their own (dropped, and counted, when the
+/// writer falls behind: a stalled pipe), and a write the sink refuses is
+/// dropped and counted (`beacon_log_lines_dropped_total`). Colour only on a
+/// terminal. An invalid filter is said, not silently replaced.
 fn init_logging(format: &LogFormat, filter: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("info")))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let mut problem = None;
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => {
+            let wanted = filter.unwrap_or("info");
+            tracing_subscriber::EnvFilter::try_new(wanted).unwrap_or_else(|e| {
+                problem = Some(format!(
+                    "the log filter {wanted:?} is not valid ({e}); logging at info"
+                ));
+                tracing_subscriber::EnvFilter::new("info")
+            })
+        }
+    };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(16_384)
+        .finish(Stderr);
+    let drops = writer.error_counter();
+    let _ = beacon::metrics::LOG_QUEUE_DROPS.set(Box::new(move || drops.dropped_lines() as u64));
+    if let Ok(mut g) = LOG_GUARD.lock() {
+        *g = Some(guard);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),
     };
+    if let Some(p) = problem {
+        tracing::warn!("{p}");
+    }
+}
+
+/// Writes out the log lines still queued (at exit).
+fn flush_logging() {
+    if let Ok(mut g) = LOG_GUARD.lock() {
+        g.take();
+    }
 }
 
 /// Parses arguments and runs the command; returns the process exit code.
@@ -357,10 +419,14 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(execute(cli)) {
+    let result = runtime.block_on(execute(cli));
+    flush_logging();
+    match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("beacon: {}", one_line(&e));
+            // Not eprintln!, which panics when stderr is closed.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "beacon: {}", one_line(&e));
             1
         }
     }
@@ -886,8 +952,10 @@ async fn serve(config: Config, listener: TcpListener) -> Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = int.recv() => { tracing::info!("SIGINT: shutting down"); shutdown.cancel(); return; }
-                    _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); shutdown.cancel(); return; }
+                    // Cancel first, then say so: nothing may stand between
+                    // a signal and the drain.
+                    _ = int.recv() => { shutdown.cancel(); tracing::info!("SIGINT: shutting down"); return; }
+                    _ = term.recv() => { shutdown.cancel(); tracing::info!("SIGTERM: shutting down"); return; }
                     _ = hup.recv() => { tracing::info!("SIGHUP: reloading certificates and CRLs"); reload.notify_one(); }
                 }
             }
