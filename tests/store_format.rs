@@ -373,3 +373,82 @@ fn pki_bundle(pki: &TestPki) -> beacon::trust::TrustBundle {
         .collect();
     beacon::trust::TrustBundle::new(td(), cas, vec![]).expect("bundle")
 }
+
+/// A durable cursor that names another log (the store under it is not the
+/// log it was taken on) is not applied: the subscriber starts from the
+/// earliest, and `Subscribed.restarted` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_cursor_of_another_log_is_not_applied() {
+    let pki = TestPki::new();
+    let opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let reader_files = pki.client("fr.anssi", "reader");
+    let mut publisher = member(node.addr, &pki.client("uk.ncsc", "pub"), &ca).await;
+    for i in 0..5 {
+        publisher
+            .publish(&bulletin("uk.ncsc", &format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    let mut reader = member(node.addr, &reader_files, &ca).await;
+    let mut sub = reader.subscribe(common::open("feed", resume())).await.unwrap();
+    read_deliveries(&mut sub, 5, true, Duration::from_secs(20)).await;
+    sub.ack(4).await.unwrap();
+    wait_cursor(
+        node.addr,
+        &pki.operator("op"),
+        &ca,
+        &reader_files.identity,
+        "feed",
+        4,
+    )
+    .await;
+    drop(sub);
+
+    // Stopped, its cursor is made to name another log.
+    let other = [7u8; 16];
+    let node = node
+        .restart_after(|store| {
+            let db = sled::open(store.join("sled")).expect("open sled");
+            let cursors = db.open_tree("cursors").expect("cursors");
+            let key = format!("{}\0feed", reader_files.identity);
+            let v = cursors.get(key.as_bytes()).unwrap().expect("the cursor");
+            assert_eq!(v.len(), 24, "a cursor names its log");
+            let mut changed = v[..8].to_vec();
+            changed.extend_from_slice(&other);
+            cursors.insert(key.as_bytes(), changed).unwrap();
+            db.flush().unwrap();
+        })
+        .await;
+    let mut reader = member(node.addr, &reader_files, &ca).await;
+    let mut sub = reader.subscribe(common::open("feed", resume())).await.unwrap();
+    let seen = read_deliveries(&mut sub, 5, true, Duration::from_secs(20)).await;
+    let s = seen.subscribed.expect("subscribed");
+    assert_eq!(s.cursor, 0, "{s:?}");
+    assert!(
+        s.restarted.contains(&"07".repeat(16)) && s.restarted.contains("from the start"),
+        "{}",
+        s.restarted
+    );
+    assert_eq!(seen.seqs, vec![1, 2, 3, 4, 5]);
+    // Once acknowledged on this log, the cursor is of it again.
+    sub.ack(5).await.unwrap();
+    wait_cursor(
+        node.addr,
+        &pki.operator("op"),
+        &ca,
+        &reader_files.identity,
+        "feed",
+        5,
+    )
+    .await;
+    drop(sub);
+    let mut sub = reader.subscribe(common::open("feed", resume())).await.unwrap();
+    let s = read_deliveries(&mut sub, 0, true, Duration::from_secs(20))
+        .await
+        .subscribed
+        .expect("subscribed");
+    assert_eq!((s.cursor, s.restarted.as_str()), (5, ""));
+    node.stop().await;
+}
