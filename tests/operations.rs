@@ -89,6 +89,12 @@ async fn a_backup_during_a_publish_storm_restores_byte_identical() {
         out.contains("1 pruned") && out.contains("1 subscription cursors"),
         "{out}"
     );
+    // As sensitive as the store: readable by its owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a backup is written 0600");
+    }
     let backed_up: u64 = out
         .split_whitespace()
         .nth(3)

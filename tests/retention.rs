@@ -236,3 +236,29 @@ async fn an_unknown_tlp_label_in_retention_is_refused_at_start() {
         .expect_err("refused");
     assert!(e.to_string().contains("TLP:PURPLE"), "{e}");
 }
+
+/// Each prune step is said in the node's log, with how many bulletins of
+/// which labels: pruning removes TLP:RED bulletins for good, and an
+/// operator must be able to see when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_prune_step_is_logged_with_its_labels() {
+    let pki = TestPki::new();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = RETENTION.into();
+    let (dir, addr) = child_config(&opts);
+    let node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
+    let ca = vec![pki.ca_cert()];
+    let mut c = member(addr, &pki.client("uk.ncsc", "analyst"), &ca).await;
+    let mut red = bulletin("uk.ncsc", "for fr.anssi, briefly");
+    red.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+    red.audience.members = vec!["fr.anssi".into()];
+    red.expires_at = Some(SystemTime::now() + Duration::from_millis(500));
+    c.publish(&red).await.unwrap();
+    let logged = wait_until(Duration::from_secs(30), || async {
+        node.log()
+            .lines()
+            .any(|l| l.contains("retention: pruned bulletins") && l.contains("TLP:RED 1"))
+    })
+    .await;
+    assert!(logged.is_some(), "no prune line: {}", node.log());
+}

@@ -392,7 +392,10 @@ async fn a_durable_cursor_of_another_log_is_not_applied() {
             .unwrap();
     }
     let mut reader = member(node.addr, &reader_files, &ca).await;
-    let mut sub = reader.subscribe(common::open("feed", resume())).await.unwrap();
+    let mut sub = reader
+        .subscribe(common::open("feed", resume()))
+        .await
+        .unwrap();
     read_deliveries(&mut sub, 5, true, Duration::from_secs(20)).await;
     sub.ack(4).await.unwrap();
     wait_cursor(
@@ -422,7 +425,10 @@ async fn a_durable_cursor_of_another_log_is_not_applied() {
         })
         .await;
     let mut reader = member(node.addr, &reader_files, &ca).await;
-    let mut sub = reader.subscribe(common::open("feed", resume())).await.unwrap();
+    let mut sub = reader
+        .subscribe(common::open("feed", resume()))
+        .await
+        .unwrap();
     let seen = read_deliveries(&mut sub, 5, true, Duration::from_secs(20)).await;
     let s = seen.subscribed.expect("subscribed");
     assert_eq!(s.cursor, 0, "{s:?}");
@@ -444,7 +450,10 @@ async fn a_durable_cursor_of_another_log_is_not_applied() {
     )
     .await;
     drop(sub);
-    let mut sub = reader.subscribe(common::open("feed", resume())).await.unwrap();
+    let mut sub = reader
+        .subscribe(common::open("feed", resume()))
+        .await
+        .unwrap();
     let s = read_deliveries(&mut sub, 0, true, Duration::from_secs(20))
         .await
         .subscribed

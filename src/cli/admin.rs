@@ -248,8 +248,18 @@ async fn backup_cmd(
         bail!("{} exists (use --force to replace it)", out.display());
     }
     let tmp = partial(out);
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    // A backup holds every bulletin, TLP:RED included: readable by its
+    // owner only, like a key (a leftover partial file is replaced).
+    let _ = std::fs::remove_file(&tmp);
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?
+    };
     let result = match data_dir {
         Some(dir) => backup_offline(dir, &file),
         None => backup_online(conn, &file).await,

@@ -733,7 +733,16 @@ pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError
     let copy = dir.join(COPY);
     {
         let mut store = Store::open_locked(dir, opts.clone(), lock.clone())?;
-        let file = std::fs::File::create(&copy).map_err(bio)?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(&copy);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&copy)
+                .map_err(bio)?
+        };
         let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
         store.backup(&mut w, |_, _| {})?;
         w.flush().map_err(bio)?;

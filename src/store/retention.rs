@@ -238,13 +238,18 @@ pub async fn run(
             let (s, r) = (store.clone(), rules.clone());
             let found = tokio::task::spawn_blocking(move || {
                 let due = pruner.due(&s, &r, SystemTime::now());
-                (pruner, due)
+                // What the step prunes, by label, for the log line.
+                let labels = due
+                    .as_ref()
+                    .map(|seqs| labels_of(&s, seqs))
+                    .unwrap_or_default();
+                (pruner, due, labels)
             })
             .await;
-            let due = match found {
-                Ok((p, due)) => {
+            let (due, labels) = match found {
+                Ok((p, due, labels)) => {
                     pruner = p;
-                    due
+                    (due, labels)
                 }
                 Err(_) => return,
             };
@@ -256,13 +261,20 @@ pub async fn run(
                     break;
                 }
             };
+            let (first, last) = (
+                seqs.first().copied().unwrap_or(0),
+                seqs.last().copied().unwrap_or(0),
+            );
             match store.prune(seqs).await {
                 Ok(n) => {
                     store
                         .stats
                         .pruned
                         .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(pruned = n, "retention: pruned");
+                    // Every step is said: pruning removes bulletins (TLP:RED
+                    // ones too) for good.
+                    tracing::info!(target: "beacon::audit", pruned = n, labels = %labels,
+                                   first, last, "retention: pruned bulletins");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "retention: pruning failed");
@@ -278,6 +290,32 @@ pub async fn run(
             }
         }
     }
+}
+
+/// "TLP:RED 2, TLP:GREEN 10": how many of `seqs` carry each label (in
+/// TLP order, most restricted first).
+fn labels_of(store: &Store, seqs: &[u64]) -> String {
+    let mut counts = [0u64; 6];
+    for seq in seqs {
+        if let Ok(Some(rec)) = store.get(*seq) {
+            if let Some(c) = counts.get_mut(usize::from(rec.meta.tlp)) {
+                *c += 1;
+            }
+        }
+    }
+    let mut parts: Vec<(usize, String)> = Tlp::ALL
+        .iter()
+        .filter_map(|t| {
+            let n = counts.get(wire(*t)).copied().unwrap_or(0);
+            (n > 0).then(|| (wire(*t), format!("{} {n}", t.label())))
+        })
+        .collect();
+    parts.sort_by_key(|(w, _)| std::cmp::Reverse(*w));
+    parts
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
