@@ -117,6 +117,12 @@ pub async fn run_with_reload(
         .map_err(NodeError::Listen)?
         .map(|l| tokio::spawn(crate::taxii::serve(state.clone(), l, shutdown.clone())));
 
+    // Certificates and CRLs that are about to expire are said in the log.
+    let expiries = tokio::spawn(crate::trust::state::watch_expiries(
+        state.trust.clone(),
+        shutdown.clone(),
+    ));
+
     // Retention: prunes what is due in the background, until shutdown.
     let pruner = tokio::spawn(crate::store::retention::run(
         state.store.clone(),
@@ -198,6 +204,7 @@ pub async fn run_with_reload(
         let _ = link.await;
     }
     let _ = pruner.await;
+    let _ = expiries.await;
     if let Some(t) = taxii {
         let _ = t.await;
     }

@@ -70,6 +70,38 @@ pub fn render(state: &crate::state::NodeState) -> String {
         "# HELP beacon_log_lines_dropped_total Log lines dropped because the log's pipe or file refused them or its writer fell behind (logging never blocks the node).\n# TYPE beacon_log_lines_dropped_total counter\nbeacon_log_lines_dropped_total {}",
         crate::metrics::log_lines_dropped()
     );
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let expiries = state.trust.expiries();
+        let _ = writeln!(
+            out,
+            "# HELP beacon_certificate_expiry_seconds Seconds until a certificate expires (negative once it has): this node's own, and each CA of its trust bundle.\n# TYPE beacon_certificate_expiry_seconds gauge"
+        );
+        for e in expiries.iter().filter(|e| e.kind != "crl") {
+            let _ = writeln!(
+                out,
+                "beacon_certificate_expiry_seconds{{certificate=\"{}\",name=\"{}\"}} {}",
+                e.kind,
+                escape(&e.name),
+                e.at - now
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP beacon_crl_next_update_seconds Seconds until each CRL's next update (negative once past: it is still applied; re-sign it with beacon ca crl).\n# TYPE beacon_crl_next_update_seconds gauge"
+        );
+        for e in expiries.iter().filter(|e| e.kind == "crl") {
+            let _ = writeln!(
+                out,
+                "beacon_crl_next_update_seconds{{issuer=\"{}\"}} {}",
+                escape(&e.name),
+                e.at - now
+            );
+        }
+    }
     gauge(
         &mut out,
         "beacon_node_certificate_refused",

@@ -100,3 +100,88 @@ async fn metrics_count_publishes_refusals_handshakes_and_lag() {
     health_on(channel).await.expect("serving");
     node.stop().await;
 }
+
+/// Nothing goes dark unannounced: the node's certificate, its CAs and its
+/// CRLs have their expiry as metrics; `beacon status` shows the node
+/// certificate's serial and expiry; a certificate within 14 days of its
+/// end is warned of in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_and_crls_announce_their_expiry() {
+    let pki = TestPki::new();
+    // A node certificate with 7 days left.
+    let mut req =
+        beacon::pki::IssueRequest::new(id(beacon::identity::RoleKind::Node, Some("drc"), "hub-1"));
+    req.ip_addresses = vec![std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)];
+    req.validity = Some(Duration::from_secs(7 * 86_400));
+    let node_files = pki.issue(req);
+    let ops = free_addr();
+    let mut opts = NodeOptions::new(&pki, node_files.clone());
+    opts.extra = format!("[metrics]\nlisten = \"{ops}\"\n");
+    let (dir, addr) = child_config(&opts);
+    let node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
+
+    let body = {
+        let up = wait_until(Duration::from_secs(10), || async {
+            std::net::TcpStream::connect(ops).is_ok()
+        })
+        .await;
+        assert!(up.is_some(), "{}", node.log());
+        http_get(ops, "/metrics").1
+    };
+    let node_left = sample(
+        &body,
+        &format!(
+            "beacon_certificate_expiry_seconds{{certificate=\"node\",name=\"{}\"}}",
+            node_files.identity
+        ),
+    )
+    .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        (6.9 * 86_400.0..=7.0 * 86_400.0).contains(&node_left),
+        "{node_left}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("beacon_certificate_expiry_seconds{certificate=\"ca\"")),
+        "{body}"
+    );
+    let crl = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("beacon_crl_next_update_seconds{")
+                .and_then(|r| r.rsplit_once(' '))
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+        })
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(crl > 0.0, "{crl}");
+
+    // The log says so (and not of the CRL, re-signed on schedule).
+    let warned = wait_until(Duration::from_secs(10), || async {
+        let log = node.log();
+        log.contains("this node's certificate expires in 6 days")
+            || log.contains("this node's certificate expires in 7 days")
+    })
+    .await;
+    assert!(warned.is_some(), "{}", node.log());
+    assert!(!node.log().contains("the CRL of"), "{}", node.log());
+
+    // beacon status: the serial and the expiry, with the advice.
+    let op = pki.operator("op");
+    let (code, out, err) = beacon(
+        dir.path(),
+        &[
+            &["status"][..],
+            &conn_args(addr, &op, &pki.ca_cert())
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("certificate: serial {}", node_files.serial))
+            && out.contains("renew it now"),
+        "{out}"
+    );
+}

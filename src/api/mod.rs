@@ -601,6 +601,8 @@ impl pb::admin_server::Admin for AdminService {
             }),
             subscriptions: status_subscriptions.0,
             subscriptions_total: status_subscriptions.2,
+            certificate_serial: s.trust.own_certificate().map(|c| c.0).unwrap_or_default(),
+            certificate_expires_at: s.trust.own_certificate().map(|c| timestamp(c.1)),
             peers: s
                 .peers
                 .iter()

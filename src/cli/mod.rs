@@ -973,6 +973,8 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
             "head": s.head,
             "connections": s.connections,
             "revoked_certificates": s.revoked_certificates,
+            "certificate_serial": s.certificate_serial,
+            "certificate_expires_at": s.certificate_expires_at.as_ref().map(|t| t.seconds),
             "log_id": s.store.as_ref().map(|x| x.log_id.clone()).unwrap_or_default(),
             "subscriptions_total": s.subscriptions_total,
             "subscriptions": s.subscriptions.iter().map(|x| serde_json::json!({
@@ -994,6 +996,32 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
     println!("head:        {}", s.head);
     println!("connections: {}", s.connections);
     println!("revoked:     {}", s.revoked_certificates);
+    if let Some(t) = &s.certificate_expires_at {
+        let left = t.seconds
+            - std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+        let at = time::OffsetDateTime::from_unix_timestamp(t.seconds)
+            .ok()
+            .and_then(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        let days = left / 86_400;
+        println!(
+            "certificate: serial {}, expires {at} ({})",
+            s.certificate_serial,
+            if left < 0 {
+                "EXPIRED".to_owned()
+            } else if days < 14 {
+                format!("in {days} days: renew it now")
+            } else {
+                format!("in {days} days")
+            }
+        );
+    }
     if let Some(store) = &s.store {
         match &store.forked_from {
             Some(f) => println!(

@@ -127,6 +127,8 @@ pub struct TrustBundle {
     revoked_count: usize,
     /// Issuers (and next-update times, Unix seconds) of CRLs past their next update.
     stale_crls: Vec<(String, i64)>,
+    /// Every CRL's issuer and next-update time (Unix seconds), if it has one.
+    crl_next_updates: Vec<(String, i64)>,
 }
 
 impl TrustBundle {
@@ -142,6 +144,7 @@ impl TrustBundle {
         let mut parsed = Vec::with_capacity(crls.len());
         let mut revoked_count = 0;
         let mut stale_crls = Vec::new();
+        let mut crl_next_updates = Vec::new();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -154,6 +157,7 @@ impl TrustBundle {
             {
                 revoked_count += c.iter_revoked_certificates().count();
                 if let Some(next) = c.next_update() {
+                    crl_next_updates.push((c.issuer().to_string(), next.timestamp()));
                     if next.timestamp() < now {
                         stale_crls.push((c.issuer().to_string(), next.timestamp()));
                     }
@@ -168,7 +172,13 @@ impl TrustBundle {
             crls: parsed,
             revoked_count,
             stale_crls,
+            crl_next_updates,
         })
+    }
+
+    /// Each CRL's issuer and next-update time (Unix seconds).
+    pub fn crl_next_updates(&self) -> &[(String, i64)] {
+        &self.crl_next_updates
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {

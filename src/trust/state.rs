@@ -17,6 +17,24 @@ use super::tls::KeyedChain;
 use super::{cert_not_after, ChainCheck, TrustBundle, TrustError, Usage};
 use crate::identity::Identity;
 
+/// What expires in the trust a node works with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    /// "node" (its own certificate), "ca" (a CA of the bundle), "crl".
+    pub kind: &'static str,
+    /// The node's identity, a CA's label, a CRL's issuer.
+    pub name: String,
+    /// When it expires (a CRL: its next update), Unix seconds.
+    pub at: i64,
+}
+
+/// How long before a certificate expires the node starts to warn.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+/// How long before a CRL's next update the node starts to warn: CRLs are
+/// short-lived and re-signed on a schedule (`beacon ca crl` signs for 7
+/// days by default), so only a schedule that stopped is warned of.
+pub const CRL_WARNING: Duration = Duration::from_secs(2 * 24 * 3600);
+
 /// Verdicts kept at most; the cache is emptied when full.
 const CHAIN_CACHE_MAX: usize = 10_000;
 
@@ -51,6 +69,52 @@ impl TrustState {
     /// The node's certificate chain and key (for dialling peers).
     pub fn own(&self) -> Arc<KeyedChain> {
         self.own.read().clone()
+    }
+
+    /// The node's own certificate: its serial (hex) and when it expires.
+    pub fn own_certificate(&self) -> Option<(String, SystemTime)> {
+        let own = self.own();
+        let leaf = own.chain.first()?;
+        let (_, serial) = super::identity_of(leaf).ok()?;
+        let hex = serial.iter().map(|b| format!("{b:02x}")).collect();
+        Some((hex, cert_not_after(leaf)?))
+    }
+
+    /// Everything that expires in the trust in force: the node's own
+    /// certificate, each CA of the bundle, each CRL's next update.
+    pub fn expiries(&self) -> Vec<Expiry> {
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        };
+        let mut out = Vec::new();
+        let own = self.own();
+        if let Some(at) = own.chain.first().and_then(cert_not_after) {
+            out.push(Expiry {
+                kind: "node",
+                name: own.identity.to_string(),
+                at: secs(at),
+            });
+        }
+        let bundle = self.bundle();
+        for ca in bundle.cas() {
+            if let Some(at) = cert_not_after(&ca.cert) {
+                out.push(Expiry {
+                    kind: "ca",
+                    name: ca.label.clone(),
+                    at: secs(at),
+                });
+            }
+        }
+        for (issuer, at) in bundle.crl_next_updates() {
+            out.push(Expiry {
+                kind: "crl",
+                name: issuer.clone(),
+                at: *at,
+            });
+        }
+        out
     }
 
     /// Changes on every reload.
@@ -128,5 +192,79 @@ impl ChainCheck for SignerCheck<'_> {
             map.insert(key, (verified.identity.clone(), not_after, generation));
         }
         Ok(verified.identity)
+    }
+}
+
+/// Warns in the log, from [`EXPIRY_WARNING`] before, of what is about to
+/// expire in the trust in force (and of what has), once a day each, until
+/// `shutdown`: certificates and CRLs must never go dark unannounced.
+pub async fn watch_expiries(trust: Arc<TrustState>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut warned: HashMap<(&'static str, String, i64), std::time::Instant> = HashMap::new();
+    loop {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        for e in trust.expiries() {
+            let left = e.at - now;
+            let threshold = if e.kind == "crl" {
+                CRL_WARNING
+            } else {
+                EXPIRY_WARNING
+            };
+            if left > threshold.as_secs() as i64 {
+                continue;
+            }
+            let key = (e.kind, e.name.clone(), e.at);
+            if warned
+                .get(&key)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(24 * 3600))
+            {
+                continue;
+            }
+            warned.insert(key, std::time::Instant::now());
+            let when = describe_left(left, e.kind == "crl");
+            let at = time::OffsetDateTime::from_unix_timestamp(e.at)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| e.at.to_string());
+            match e.kind {
+                "node" => tracing::warn!(target: "beacon::audit", node = %e.name, expires_at = %at,
+                    "this node's certificate {when}: renew it (beacon ca renew --cert …), install it and SIGHUP the node; an expired certificate serves no one"),
+                "ca" => tracing::warn!(target: "beacon::audit", ca = %e.name, expires_at = %at,
+                    "the CA certificate {:?} of the trust bundle {when}: every certificate it issued stops being accepted then", e.name),
+                _ => tracing::warn!(target: "beacon::audit", issuer = %e.name, next_update = %at,
+                    "the CRL of {} {when}: re-sign it (beacon ca crl, on a schedule) and bring it to every node that trusts that CA", e.name),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}
+
+/// "expires in 3 days" / "expired 2 hours ago"; for a CRL, "is due for
+/// its next update in …" / "was due … ago".
+fn describe_left(left: i64, crl: bool) -> String {
+    let span = |s: i64| {
+        let s = s.unsigned_abs();
+        match s {
+            s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+            s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+            s => format!("{} minutes", (s / 60).max(1)),
+        }
+    };
+    match (left >= 0, crl) {
+        (true, false) => format!("expires in {}", span(left)),
+        (false, false) => format!("expired {} ago", span(left)),
+        (true, true) => format!("is due for its next update in {}", span(left)),
+        (false, true) => format!(
+            "was due for its next update {} ago (it is still applied)",
+            span(left)
+        ),
     }
 }
