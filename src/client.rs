@@ -37,6 +37,8 @@ pub enum ClientError {
     Address(String),
     #[error("cannot connect to {address}: {reason}")]
     Connect { address: String, reason: String },
+    #[error("your certificate {path} {what}: no node would accept it. Ask your CA's operator for a new one (beacon ca renew --cert {path}, or beacon ca issue for a revoked one)")]
+    OwnCertificate { path: String, what: String },
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Rpc(tonic::Status),
 }
@@ -169,6 +171,43 @@ impl Dialer {
             return Err(ClientError::Missing("CA bundle (--ca or BEACON_CA)"));
         }
         let own = KeyedChain::load(cert, key)?;
+        // A certificate past its validity is refused by every node: say so
+        // here, in a sentence, rather than as a failed handshake.
+        if let Some(leaf) = own.chain.first() {
+            let now = std::time::SystemTime::now();
+            let at = |t: std::time::SystemTime| {
+                let secs = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                time::OffsetDateTime::from_unix_timestamp(secs)
+                    .ok()
+                    .and_then(|d| {
+                        d.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| secs.to_string())
+            };
+            if let Some(end) = trust::cert_not_after(leaf) {
+                if end < now {
+                    return Err(ClientError::OwnCertificate {
+                        path: cert.display().to_string(),
+                        what: format!("expired at {}", at(end)),
+                    });
+                }
+            }
+            if let Some(start) = trust::cert_not_before(leaf) {
+                if start > now + Duration::from_secs(60) {
+                    return Err(ClientError::OwnCertificate {
+                        path: cert.display().to_string(),
+                        what: format!(
+                            "is not valid before {} (is this machine's clock right?)",
+                            at(start)
+                        ),
+                    });
+                }
+            }
+        }
         let cas = settings
             .ca
             .iter()
@@ -284,13 +323,46 @@ pub async fn connect_keepalive(
                 .map_err(|e| std::io::Error::other(format!("bad server name: {e}")))?;
             // A refusal reads as a sentence (which check failed, and why),
             // not as rustls' debug form.
-            let tls = TlsConnector::from(config)
+            let mut tls = TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
                 .map_err(|e| {
                     std::io::Error::new(e.kind(), tls::describe_io(&e, tls::Peer::Node))
                 })?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
+            // In TLS 1.3 the node checks this side's certificate after the
+            // handshake has completed here: its refusal (revoked, expired,
+            // an unknown CA) arrives as an alert on the first read. Read the
+            // node's first bytes (its HTTP/2 settings) now, so a refusal is
+            // a sentence and not a "transport error" on the first call.
+            let mut first = vec![0u8; 16 * 1024];
+            let n = match tokio::time::timeout(
+                FIRST_BYTES,
+                tokio::io::AsyncReadExt::read(&mut tls, &mut first),
+            )
+            .await
+            {
+                Ok(Ok(0)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the node closed the connection right after the TLS handshake",
+                    ))
+                }
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        tls::describe_io(&e, tls::Peer::Node),
+                    ))
+                }
+                // Nothing yet: go on (the first call will tell).
+                Err(_) => 0,
+            };
+            first.truncate(n);
+            Ok::<_, std::io::Error>(TokioIo::new(Prefixed {
+                prefix: first,
+                at: 0,
+                inner: tls,
+            }))
         }
     });
     endpoint
@@ -302,19 +374,91 @@ pub async fn connect_keepalive(
         })
 }
 
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let msg = src.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
+/// How long a dialler waits for the node's first bytes after the TLS
+/// handshake (a node sends its HTTP/2 settings at once).
+const FIRST_BYTES: Duration = Duration::from_secs(5);
+
+/// A stream that first yields bytes already read from it.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
         }
-        cur = src.source();
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
-    s
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An error and its sources on one line.
+/// Generic words (tonic's "transport error") give way to the cause that
+/// follows them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let msg = err.to_string();
+        if !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        cur = err.source();
+    }
+    if parts.len() > 1 {
+        parts.retain(|p| p != "transport error");
+    }
+    parts.join(": ")
 }
 
 /// The result of a publish.

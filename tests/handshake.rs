@@ -55,6 +55,34 @@ async fn refused(node: &TestNode, files: &CertFiles, ca: &[PathBuf], what: &str)
     assert!(r.is_err(), "{what}: the node accepted it");
 }
 
+/// Dials with `files` as they are, without the client's own checks (a
+/// client that does not check its certificate first): the node must
+/// refuse, and says why.
+async fn node_refuses(node: &TestNode, files: &CertFiles, ca: &[PathBuf], why: &str) {
+    let own = beacon::trust::tls::KeyedChain::load(&files.cert, &files.key).expect("keys");
+    let bundle = beacon::trust::read_bundle(
+        &own.identity.trust_domain,
+        ca.iter()
+            .map(|p| (p.as_path(), beacon::identity::MemberScope::any())),
+        std::iter::empty(),
+    )
+    .expect("bundle");
+    let config = beacon::trust::tls::client_config(
+        std::sync::Arc::new(bundle),
+        &own,
+        beacon::trust::tls::ExpectedServer::AnyNode,
+    )
+    .expect("config");
+    let r = match beacon::client::connect_with(&node.addr.to_string(), std::sync::Arc::new(config))
+        .await
+    {
+        Ok(ch) => health_on(ch).await,
+        Err(e) => Err(e.to_string()),
+    };
+    let e = r.expect_err("the node accepted it");
+    assert!(e.contains(why), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepts_valid_client_node_and_operator() {
     let pki = TestPki::new();
@@ -154,12 +182,22 @@ async fn refuses_expired_and_not_yet_valid() {
     let mut expired = IssueRequest::new(id(RoleKind::Client, Some("us.cisa"), "old"));
     expired.not_before = Some(now - time::Duration::days(10));
     expired.not_after = Some(now - time::Duration::days(1));
-    refused(&n, &pki.issue(expired), &[pki.ca_cert()], "expired").await;
+    let expired = pki.issue(expired);
+    refused(&n, &expired, &[pki.ca_cert()], "expired").await;
+    node_refuses(&n, &expired, &[pki.ca_cert()], "it has expired").await;
 
     let mut future = IssueRequest::new(id(RoleKind::Client, Some("us.cisa"), "new"));
     future.not_before = Some(now + time::Duration::days(1));
     future.not_after = Some(now + time::Duration::days(10));
-    refused(&n, &pki.issue(future), &[pki.ca_cert()], "not yet valid").await;
+    let future = pki.issue(future);
+    refused(&n, &future, &[pki.ca_cert()], "not yet valid").await;
+    node_refuses(
+        &n,
+        &future,
+        &[pki.ca_cert()],
+        "refused this side's certificate",
+    )
+    .await;
     n.stop().await;
 }
 
@@ -629,4 +667,71 @@ fn metric(body: &str, name: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// A client that is refused is told why, in a sentence, before or at its
+/// first call (not `transport error`); the node's log names the refused
+/// identity and serial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_is_told_why_and_the_node_names_it() {
+    let pki = TestPki::new();
+    let revoked = pki.client("uk.ncsc", "gone");
+    pki.revoke(&revoked);
+    let opts = NodeOptions::new(&pki, pki.node("uk.ncsc", "london-1"));
+    let (dir, addr) = child_config(&opts);
+    let node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
+    let ca = pki.ca_cert();
+    let list = |files: &CertFiles| {
+        let mut args = vec!["list".to_owned(), "--limit".into(), "1".into()];
+        args.extend(conn_args(addr, files, &ca));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        beacon(dir.path(), &args)
+    };
+
+    // Expired: the client says so before dialling.
+    let now = OffsetDateTime::now_utc();
+    let mut old = IssueRequest::new(id(RoleKind::Client, Some("uk.ncsc"), "old"));
+    old.not_before = Some(now - time::Duration::days(10));
+    old.not_after = Some(now - time::Duration::days(1));
+    let old = pki.issue(old);
+    let (code, _, err) = list(&old);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("your certificate") && err.contains("expired at"),
+        "{err}"
+    );
+
+    // Revoked: the node's refusal, as a sentence.
+    let (code, _, err) = list(&revoked);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("refused this side's certificate: it is revoked"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("transport error") && !err.contains("CANCELLED"),
+        "{err}"
+    );
+
+    // Issued by a CA the node does not trust.
+    let rogue = pki.other_ca("rogue", "*");
+    let stranger = pki.issue_from(
+        &rogue,
+        IssueRequest::new(id(RoleKind::Client, Some("uk.ncsc"), "stranger")),
+    );
+    let (code, _, err) = list(&stranger);
+    assert_ne!(code, 0);
+    assert!(err.contains("refused this side's certificate"), "{err}");
+
+    // The node names who it refused.
+    let named = wait_until(Duration::from_secs(10), || async {
+        node.log().lines().any(|l| {
+            l.contains("client certificate refused")
+                && l.contains(&revoked.identity)
+                && l.to_ascii_lowercase()
+                    .contains(&revoked.serial.to_ascii_lowercase())
+        })
+    })
+    .await;
+    assert!(named.is_some(), "{}", node.log());
 }

@@ -353,6 +353,15 @@ pub fn cert_not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime
         .map(|s| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
 }
 
+/// When a certificate starts being valid.
+pub fn cert_not_before(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    let (_, x) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let secs = x.validity().not_before.timestamp();
+    u64::try_from(secs)
+        .ok()
+        .map(|s| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
+}
+
 /// Reads a trust bundle from files: every CA certificate in each file, with
 /// the members it may vouch for, and every CRL. The one place a bundle is
 /// loaded (the node's config, a client's settings, offline verification).

@@ -153,7 +153,23 @@ impl ClientCertVerifier for BundleClientVerifier {
         self.bundle
             .verify(end_entity, intermediates, now, Usage::ClientAuth)
             .map(|_| ClientCertVerified::assertion())
-            .map_err(to_rustls)
+            .map_err(|e| {
+                // The refused identity and serial, for the operator (the
+                // accept loop's line has the address).
+                let who = match trust::identity_of(end_entity) {
+                    Ok((id, serial)) => format!(
+                        "{id} (serial {})",
+                        serial
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<String>()
+                    ),
+                    Err(_) => "a certificate without a readable identity".to_owned(),
+                };
+                tracing::warn!(target: "beacon::audit", client = %who, reason = %e,
+                               "client certificate refused");
+                to_rustls(e)
+            })
     }
 
     fn verify_tls12_signature(
