@@ -31,8 +31,12 @@ pub enum NodeError {
     Tokens(#[from] crate::tokens::TokenError),
     #[error(transparent)]
     Net(#[from] NetError),
-    #[error("cannot listen: {0}")]
-    Listen(io::Error),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        source: io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Serve(String),
     #[error("reflection setup failed: {0}")]
@@ -54,9 +58,21 @@ pub async fn run_with_reload(
     if let Some(reason) = material.own_refused {
         return Err(NodeError::OwnCertificate(reason));
     }
-    let local = listener.local_addr().map_err(NodeError::Listen)?;
+    let local = listener.local_addr().map_err(|source| NodeError::Listen {
+        what: "gRPC ([node] listen)",
+        addr: config.node.listen.to_string(),
+        source,
+    })?;
     let ops_listener = match config.metrics.listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(NodeError::Listen)?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    what: "the operations port ([metrics] listen)",
+                    addr: addr.to_string(),
+                    source,
+                })?,
+        ),
         None => None,
     };
     let connections = Arc::new(Connections::default());
@@ -101,7 +117,9 @@ pub async fn run_with_reload(
     // The operations port, if configured.
     let ops = match ops_listener {
         Some(l) => {
-            info!(addr = %l.local_addr().map_err(NodeError::Listen)?, "operations port: /metrics, /healthz, gRPC health (plain text)");
+            if let Ok(at) = l.local_addr() {
+                info!(addr = %at, "operations port: /metrics, /healthz, gRPC health (plain text)");
+            }
             Some(tokio::spawn(crate::ops::serve(
                 state.clone(),
                 l,
@@ -114,7 +132,16 @@ pub async fn run_with_reload(
     // TAXII 2.1, if configured.
     let taxii = crate::taxii::bind(&state)
         .await
-        .map_err(NodeError::Listen)?
+        .map_err(|source| NodeError::Listen {
+            what: "TAXII ([taxii] listen)",
+            addr: state
+                .config
+                .taxii
+                .listen
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            source,
+        })?
         .map(|l| tokio::spawn(crate::taxii::serve(state.clone(), l, shutdown.clone())));
 
     // Certificates and CRLs that are about to expire are said in the log.

@@ -499,8 +499,14 @@ fn daemon_reports_a_bad_config_in_one_line() {
         "[node]\nlisten = \"127.0.0.1:0\"\nlisten_typo = 1\n",
     )
     .unwrap();
-    let err = fails(d, &["daemon", "--config", "beacon.toml"]);
-    assert!(err.contains("beacon.toml"), "{err}");
+    // Its first line says it all; the place follows, shown.
+    let (code, _, err) = beacon(d, &["daemon", "--config", "beacon.toml"]);
+    assert_ne!(code, 0);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("beacon.toml") && first.contains("line 3") && first.contains("listen_typo"),
+        "{err}"
+    );
     let err = fails(d, &["daemon", "--config", "missing.toml"]);
     assert!(err.contains("missing.toml"), "{err}");
 }
@@ -711,4 +717,64 @@ fn a_daemon_whose_log_pipe_closes_keeps_serving_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(0));
+}
+
+/// Errors an operator meets in the first week carry their context: a TOML
+/// error with its line and a caret under the place, a key that does not
+/// belong to its certificate naming both files, and a port in use naming
+/// the listener and the address.
+#[test]
+fn startup_errors_name_what_and_where() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("bad.toml"),
+        "[node]\nlisten = \"127.0.0.1:0\"\ndata_dir = 5\n",
+    )
+    .unwrap();
+    // The one error that takes more than a line: the place, shown.
+    let (code, _, err) = beacon(d, &["daemon", "--config", "bad.toml"]);
+    assert_ne!(code, 0);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines[0].contains("line 3, column 12"), "{err}");
+    assert!(
+        lines.iter().any(|l| l.ends_with("3 | data_dir = 5")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.trim_end().ends_with("|            ^")),
+        "{err}"
+    );
+
+    let addr = free_addr();
+    write_config(d, addr);
+    // Another key: the node's certificate with the operator's key.
+    let good = std::fs::read_to_string(d.join("beacon.toml")).unwrap();
+    std::fs::write(
+        d.join("mismatch.toml"),
+        good.replace("key = \"node.key\"", "key = \"op.key\""),
+    )
+    .unwrap();
+    let err = fails(d, &["daemon", "--config", "mismatch.toml"]);
+    assert!(
+        err.contains("op.key") && err.contains("node.pem") && err.contains("does not belong"),
+        "{err}"
+    );
+
+    // The operations port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    std::fs::write(
+        d.join("busy.toml"),
+        format!("{good}\n[metrics]\nlisten = \"{busy}\"\n"),
+    )
+    .unwrap();
+    let err = fails(d, &["daemon", "--config", "busy.toml"]);
+    assert!(
+        err.contains("the operations port ([metrics] listen)") && err.contains(&busy.to_string()),
+        "{err}"
+    );
 }

@@ -27,6 +27,8 @@ pub enum TlsError {
     Key { path: String, reason: String },
     #[error("{path}: no certificate found")]
     NoCertificate { path: String },
+    #[error("the key {key} does not belong to the certificate {cert} (their public keys differ): use the key written with that certificate (beacon ca issue/renew write NAME.pem and NAME.key together)")]
+    KeyMismatch { cert: String, key: String },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("this node's own certificate is refused by its trust bundle: {0}")]
@@ -67,7 +69,26 @@ impl KeyedChain {
             path: cert.display().to_string(),
         })?;
         let (identity, _) = trust::identity_of(leaf)?;
+        let key_path = key;
         let key = load_key(key)?;
+        // The key must be the certificate's: said here, naming both files,
+        // rather than as rustls' "key mismatch" when a TLS config is built.
+        let signing = provider()
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|e| TlsError::Key {
+                path: key_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let certified = rustls::sign::CertifiedKey::new(chain.clone(), signing);
+        if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+            certified.keys_match()
+        {
+            return Err(TlsError::KeyMismatch {
+                cert: cert.display().to_string(),
+                key: key_path.display().to_string(),
+            });
+        }
         Ok(KeyedChain {
             chain,
             key,
