@@ -513,6 +513,25 @@ impl Config {
     }
 }
 
+/// A TOML error as "line L, column C: what", then the line with a caret
+/// under the place, on lines of their own (not folded into one).
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim().to_owned();
+    let Some(span) = e.span() else {
+        return what;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let source = text[line_start..].lines().next().unwrap_or_default();
+    let gutter = " ".repeat(line.to_string().len());
+    format!(
+        "line {line}, column {column}: {what}\n  {line} | {source}\n  {gutter} | {}^",
+        " ".repeat(column - 1)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,23 +595,4 @@ ca = "ca.pem"
         let text = MINIMAL.replace("ca = \"ca.pem\"", "ca = \"ca.pem\"\nmembers = [\"UK\"]");
         assert!(Config::parse(&text, Path::new(".")).is_err());
     }
-}
-
-/// A TOML error as "line L, column C: what", then the line with a caret
-/// under the place, on lines of their own (not folded into one).
-fn syntax_message(text: &str, e: &toml::de::Error) -> String {
-    let what = e.message().trim().to_owned();
-    let Some(span) = e.span() else {
-        return what;
-    };
-    let before = &text[..span.start.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    let source = text[line_start..].lines().next().unwrap_or_default();
-    let gutter = " ".repeat(line.to_string().len());
-    format!(
-        "line {line}, column {column}: {what}\n  {line} | {source}\n  {gutter} | {}^",
-        " ".repeat(column - 1)
-    )
 }
