@@ -80,7 +80,10 @@ pub async fn run_with_reload(
         .map_err(NodeError::Retention)?;
     let store = Arc::new(crate::store::Store::open(
         &config.node.data_dir,
-        crate::store::StoreOptions::from(&config.store),
+        crate::store::StoreOptions {
+            node: Some(material.identity.to_string()),
+            ..crate::store::StoreOptions::from(&config.store)
+        },
     )?);
     info!(head = store.head(), dir = %config.node.data_dir.display(), "store opened");
     let config = Arc::new(config);

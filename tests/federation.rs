@@ -1028,6 +1028,7 @@ async fn a_reader_gets_everything_from_a_peer_rebuilt_past_its_position(how: Reb
                         dir,
                         &beacon::store::StoreOptions::default(),
                         &verify,
+                        &|_| Ok(()),
                         |_, _| {},
                     )
                     .expect("restored");

@@ -169,6 +169,17 @@ async fn a_damaged_or_foreign_backup_is_refused_and_nothing_is_written() {
             .unwrap();
     }
     drop(c);
+    // An API token: a backup carries the token register with the store.
+    let mut token_args: Vec<String> = [
+        "admin", "token", "issue", "--member", "drc", "--name", "misp",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    token_args.extend(conn_args(node.addr, &pki.operator("op"), &pki.ca_cert()));
+    let (code, token, err) = run(work.path(), &token_args);
+    assert_eq!(code, 0, "{err}");
+    assert!(token.trim().starts_with("bcn_"), "{token}");
     let store_dir = node.data.path().join("store");
     let data = node.data.clone();
     let file = work.path().join("good.backup");
@@ -268,6 +279,36 @@ async fn a_damaged_or_foreign_backup_is_refused_and_nothing_is_written() {
         "{err}"
     );
     assert!(!target.exists());
+    // A backup of a drc node, restored with the config of another member's
+    // node: refused, naming both, unless forced.
+    let elsewhere = NodeOptions::new(&pki, pki.node("uk.ncsc", "london-1"));
+    let (code, _, err, target, _g) = restore(&good, &elsewhere);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("node/drc/hub-1")
+            && err.contains("node/uk.ncsc/london-1")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!target.exists());
+    {
+        let (data, config) = TestNode::prepare(&elsewhere);
+        let f = data.path().join("in.backup");
+        std::fs::write(&f, &good).unwrap();
+        let (code, out, err) = run(
+            work.path(),
+            &[
+                "admin".into(),
+                "restore".into(),
+                f.display().to_string(),
+                "--config".into(),
+                config.display().to_string(),
+                "--force".into(),
+            ],
+        );
+        assert_eq!(code, 0, "forced: {out}{err}");
+        assert!(out.contains("note: the backup is of node"), "{out}");
+    }
     // Never over a store; into an empty directory, yes.
     let (data, config) = TestNode::prepare(&here);
     let target = data.path().join("store");
@@ -293,6 +334,19 @@ async fn a_damaged_or_foreign_backup_is_refused_and_nothing_is_written() {
         out.contains("restored head 20") && out.contains("20 bulletins verified"),
         "{out}"
     );
+    // The API tokens came with it, readable by the node's user only.
+    assert!(
+        out.contains("API tokens (tokens.json) were restored"),
+        "{out}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(target.join("tokens.json"))
+            .expect("tokens.json restored")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let restored = TestNode::start_prepared(data, config).await;
     let copy = list_all(restored.addr, &pki.client("uk.ncsc", "b"), &ca)
         .await

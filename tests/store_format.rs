@@ -338,6 +338,7 @@ fn a_format_4_store_gets_a_log_identity_kept_by_compaction_and_new_after_a_resto
         &restored,
         &StoreOptions::default(),
         &verify,
+        &|_| Ok(()),
         |_, _| {},
     )
     .expect("restored");

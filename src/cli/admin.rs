@@ -47,6 +47,10 @@ pub enum AdminCommand {
         config: PathBuf,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Restore a backup of another member's node all the same (its log
+        /// then serves, as this node, what that member's node could read).
+        #[arg(long)]
+        force: bool,
     },
     /// Give the space of pruned bulletins back to the filesystem: rewrite a
     /// stopped node's store with only what is live (checked on the way).
@@ -136,7 +140,8 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             file,
             config,
             data_dir,
-        } => restore_cmd(&file, &config, data_dir),
+            force,
+        } => restore_cmd(&file, &config, data_dir, force),
         AdminCommand::Compact { data_dir } => {
             if !data_dir.join("sled").exists() && !data_dir.join("sled.new").exists() {
                 bail!("{} holds no store", data_dir.display());
@@ -370,7 +375,7 @@ fn manifest_tail(tail: &[u8]) -> Option<Summary> {
     Some((n(0), n(1), n(2), n(4), n(5), sha))
 }
 
-fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>) -> Result<()> {
+fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>, force: bool) -> Result<()> {
     let config = Config::load(config)?;
     let dir = data_dir.unwrap_or_else(|| config.node.data_dir.clone());
     let own = beacon::trust::tls::KeyedChain::load(&config.node.cert, &config.node.key)
@@ -390,11 +395,32 @@ fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>) -> Result<
     let bar = bar(0);
     bar.set_message("restore");
     let verify = backup::verify_with(&bundle);
-    let m = backup::restore(
+    // A backup of another member's node holds what that member may read:
+    // restored under this config it would be served as this node's log.
+    let this = own.identity.clone();
+    let check = move |node: Option<&str>| -> std::result::Result<(), String> {
+        let Some(node) = node else { return Ok(()) };
+        let Ok(theirs) = node.parse::<beacon::identity::Identity>() else {
+            return Ok(());
+        };
+        let (a, b) = (theirs.member(), this.member());
+        if a != b && !force {
+            return Err(format!(
+                "this backup is of node {theirs} (member {}), and this config is of node {this} (member {}): restored here it would serve {}'s log, and what {}'s node may read, as this node. Restore it with that member's config, or add --force to restore it all the same",
+                a.map(|m| m.as_str()).unwrap_or("none"),
+                b.map(|m| m.as_str()).unwrap_or("none"),
+                a.map(|m| m.as_str()).unwrap_or("none"),
+                a.map(|m| m.as_str()).unwrap_or("none"),
+            ));
+        }
+        Ok(())
+    };
+    let r = backup::restore(
         input,
         &dir,
         &StoreOptions::from(&config.store),
         &verify,
+        &check,
         |seq, head| {
             bar.set_length(head);
             bar.set_position(seq);
@@ -402,6 +428,7 @@ fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>) -> Result<
     )
     .with_context(|| format!("nothing was written to {}", dir.display()))?;
     bar.finish_and_clear();
+    let m = &r.manifest;
     println!(
         "restored head {} into {}: {} bulletins verified, {} pruned, {} subscription cursors, {} peer positions",
         m.head,
@@ -411,6 +438,20 @@ fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>) -> Result<
         m.cursors,
         m.positions
     );
+    if r.files.iter().any(|f| f == "tokens.json") {
+        println!("the API tokens (tokens.json) were restored with it");
+    } else {
+        println!("the backup holds no API tokens: tokens issued before it must be issued again (beacon admin token issue)");
+    }
+    match &r.node {
+        Some(n) if *n != own.identity.to_string() => {
+            println!(
+                "note: the backup is of node {n}; it is now the log of {}",
+                own.identity
+            )
+        }
+        _ => {}
+    }
     Ok(())
 }
 

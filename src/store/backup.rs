@@ -8,6 +8,8 @@
 //!   'H' header      format:u32 head:u64 created_ns:u64
 //!   'L' log         the log's identity (LogInfo: id, and the log it was
 //!                   restored from); version 2, right after the header
+//!   'N' node        the identity of the node that served the store, if
+//!                   known (version 2, after the log)
 //!   'R' record      the stored record (its own CRC32 trailer)
 //!   'T' tombstone   the stored tombstone (its own CRC32 trailer)
 //!   'S' successor   seq:u64 successor:9
@@ -15,6 +17,8 @@
 //!                   and the log it was taken on; version 2)
 //!   'P' position    seq:u64 peer [log:16]   (how far a peer's log was read,
 //!                   and which of the peer's logs; version 2)
+//!   'F' file        name bytes   (a file of the data directory that travels
+//!                   with the store: tokens.json, the API tokens; version 2)
 //!   'M' manifest    head:u64 records:u64 tombstones:u64 successors:u64
 //!                   cursors:u64 positions:u64 sha256:32 (of every byte before
 //!                   this entry)
@@ -58,6 +62,12 @@ const VERSION: u32 = 2;
 const MAX_ENTRY: u32 = 64 << 20;
 /// Records restored per atomic write.
 const CHUNK: usize = 2048;
+/// Files of the data directory a backup carries, and a restore writes back
+/// (mode 0600): the API token register, without which every token a
+/// restored node knew would answer 401.
+pub const FILES: &[&str] = &["tokens.json"];
+/// The largest such file taken.
+const MAX_FILE: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -76,6 +86,8 @@ pub enum BackupError {
     NotEmpty(String),
     #[error("backup I/O failed: {0}")]
     Io(String),
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -171,6 +183,9 @@ impl Store {
         header.extend_from_slice(&nanos(SystemTime::now()).to_be_bytes());
         w.put(b'H', &header).map_err(bio)?;
         w.put(b'L', &self.log.encode()).map_err(bio)?;
+        if let Some(node) = engine.node()? {
+            w.put(b'N', &node).map_err(bio)?;
+        }
         // Records and tombstones, merged in sequence order.
         for entry in entries(engine, 1, head) {
             let (seq, tag, bytes) = match entry? {
@@ -229,6 +244,24 @@ impl Store {
             put_log(&mut body, pos.log);
             w.put(b'P', &body).map_err(bio)?;
             m.positions += 1;
+        }
+        for name in FILES {
+            let path = self.dir.join(name);
+            let bytes = match std::fs::metadata(&path) {
+                Ok(meta) if meta.len() <= MAX_FILE => std::fs::read(&path).map_err(bio)?,
+                Ok(_) => {
+                    return Err(BackupError::Io(format!(
+                        "{} is larger than {MAX_FILE} bytes",
+                        path.display()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(bio(e)),
+            };
+            let mut body = Vec::with_capacity(bytes.len() + name.len() + 4);
+            put_str(&mut body, name);
+            body.extend_from_slice(&bytes);
+            w.put(b'F', &body).map_err(bio)?;
         }
         m.sha256 = finish(&w.hash);
         w.put(b'M', &manifest_bytes(&m)).map_err(bio)?;
@@ -372,13 +405,29 @@ pub fn verify_with(
 /// read from `input`, checking everything; `progress` is told each
 /// sequence restored and the head. Nothing is left in `dir` unless the
 /// whole backup verified.
+/// What a restore's caller decides of the node a backup is of (its
+/// identity, if the backup names one): `Err` refuses the restore, with the
+/// reason, before anything is written.
+pub type NodeCheck<'a> = dyn Fn(Option<&str>) -> Result<(), String> + 'a;
+
+/// What a restore built.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub manifest: Manifest,
+    /// The node whose store was backed up, if the backup names it.
+    pub node: Option<String>,
+    /// Files of the data directory written back (`FILES`).
+    pub files: Vec<String>,
+}
+
 pub fn restore(
     input: impl Read,
     dir: &Path,
     opts: &StoreOptions,
     verify: &Verify<'_>,
+    check_node: &NodeCheck<'_>,
     mut progress: impl FnMut(u64, u64),
-) -> Result<Manifest, BackupError> {
+) -> Result<Restored, BackupError> {
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(bio)?;
         if entries.next().is_some() {
@@ -412,6 +461,7 @@ pub fn restore(
         opts,
         verify,
         Build::Restore,
+        check_node,
         &mut progress,
     );
     match result {
@@ -461,8 +511,9 @@ fn build(
     opts: &StoreOptions,
     verify: &Verify<'_>,
     how: Build,
+    check_node: &NodeCheck<'_>,
     progress: &mut impl FnMut(u64, u64),
-) -> Result<Manifest, BackupError> {
+) -> Result<Restored, BackupError> {
     let mut r = Entries {
         inner: std::io::BufReader::with_capacity(1 << 20, input),
         hash: Context::new(&SHA256),
@@ -528,9 +579,35 @@ fn build(
         ..Manifest::default()
     };
     let mut expect = 1u64;
+    // The node the backup is of, once known (and checked before any record).
+    let mut node: Option<String> = None;
+    let mut checked = false;
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let manifest = loop {
         let (tag, body, before) = r.next()?;
+        if !checked && tag != b'N' {
+            check_node(node.as_deref()).map_err(BackupError::Refused)?;
+            checked = true;
+        }
         match tag {
+            b'N' if !checked => {
+                node =
+                    Some(String::from_utf8(body).map_err(|_| {
+                        BackupError::Damaged("the node identity is not UTF-8".into())
+                    })?);
+                r.last = "the node identity".into();
+            }
+            b'F' => {
+                let mut c = Cut { b: &body };
+                let name = c.str()?;
+                if !FILES.contains(&name.as_str()) {
+                    return Err(BackupError::Damaged(format!(
+                        "it carries a file {name:?}, which is not one a backup holds"
+                    )));
+                }
+                files.push((name.clone(), c.b.to_vec()));
+                r.last = format!("the file {name}");
+            }
             b'R' | b'T' => {
                 if expect > head {
                     return Err(BackupError::Damaged(format!(
@@ -682,16 +759,45 @@ fn build(
         return Err(BackupError::Damaged("bytes follow the manifest".into()));
     }
     set.head = Some(head);
+    if how == Build::Compact {
+        // The same store, rewritten: it still names its node.
+        set.node = node.as_ref().map(|n| n.as_bytes().to_vec());
+    }
     engine.write(set)?;
     engine.sync()?;
     drop(engine);
+    let mut written = Vec::new();
+    if how == Build::Restore {
+        for (name, bytes) in &files {
+            write_private(&dir.join(name), bytes)?;
+            written.push(name.clone());
+        }
+    }
     // The head it holds (written and fdatasynced), and the names of both
     // in `dir`: without that fsync a power cut could leave `dir` empty, and
     // an empty store opens as a new one.
     Watermark::open(dir)?.record(head).map_err(io)?;
     sync_dir(dir)?;
     progress(head, head);
-    Ok(manifest)
+    Ok(Restored {
+        manifest,
+        node,
+        files: written,
+    })
+}
+
+/// Writes `bytes` to a new file at `path`, readable by its owner only, and
+/// fsyncs it (its directory is fsynced by the caller).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(bio)?;
+    f.write_all(bytes).map_err(bio)?;
+    f.sync_all().map_err(bio)
 }
 
 /// Bytes the files under `path` take.
@@ -766,9 +872,10 @@ pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError
         opts,
         &payload_only,
         Build::Compact,
+        &|_| Ok(()),
         &mut |_, _| {},
     ) {
-        Ok(m) => m,
+        Ok(r) => r.manifest,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             let _ = std::fs::remove_file(&copy);

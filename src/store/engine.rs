@@ -38,6 +38,9 @@ pub(crate) struct WriteSet {
     /// The log's identity (an encoded `store::record::LogInfo`), when the
     /// store is created, restored or upgraded.
     pub log: Option<Vec<u8>>,
+    /// The identity of the node that serves the store (UTF-8), when it
+    /// changes.
+    pub node: Option<Vec<u8>>,
 }
 
 /// A record to prune.
@@ -73,6 +76,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The log's identity as last written (an encoded
     /// `store::record::LogInfo`; `None` before logs had identities).
     fn log(&self) -> Result<Option<Bytes>, StoreError>;
+    /// The identity of the node that last served the store, as written.
+    fn node(&self) -> Result<Option<Bytes>, StoreError>;
     /// The highest sequence that holds a record or a tombstone, if any.
     fn last_record(&self) -> Result<Option<u64>, StoreError>;
     /// The encoded record at `seq` (`None` if pruned).

@@ -199,6 +199,9 @@ pub struct StoreOptions {
     /// Free space kept on the store's filesystem; appends are refused below it
     /// (0: no reserve).
     pub reserve_bytes: u64,
+    /// The identity of the node that serves the store, recorded in it (so a
+    /// backup says whose log it is).
+    pub node: Option<String>,
 }
 
 /// Room left after the last record when a store opens: the largest span
@@ -217,6 +220,7 @@ impl From<&crate::config::StoreConfig> for StoreOptions {
             max_batch: c.max_batch,
             queue: QUEUE,
             reserve_bytes: c.reserve_mb * 1024 * 1024,
+            node: None,
         }
     }
 }
@@ -362,6 +366,17 @@ impl Store {
             None => None,
         }
         .ok_or_else(|| StoreError::Torn("its log identity is missing or damaged".into()))?;
+        // Which node serves it: recorded, so that its backups say whose log
+        // they hold (a restore with another member's config is refused).
+        if let Some(node) = &opts.node {
+            if engine.node()?.as_deref() != Some(node.as_bytes()) {
+                engine.write(engine::WriteSet {
+                    node: Some(node.as_bytes().to_vec()),
+                    ..Default::default()
+                })?;
+                engine.sync()?;
+            }
+        }
         // A log that ends before what was acknowledged is refused, never served.
         let last = engine.last_record()?.unwrap_or(0);
         let watermark = Watermark::open(dir)?;

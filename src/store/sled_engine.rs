@@ -12,6 +12,7 @@
 //! H                                  -> <head seq:u64be>
 //! V                                  -> <format:u32be>
 //! G                                  -> the log's identity (LogInfo)
+//! N                                  -> the node that serves it (SPIFFE id)
 //! ```
 //! and two trees of positions, keyed `<identity> 0x00 <name>` →
 //! `<seq:u64be> [<log id:16>]` (a `Position`):
@@ -109,6 +110,7 @@ fn ikey(publisher: &str, id: &str) -> Vec<u8> {
 const HEAD_KEY: &[u8] = b"H";
 const FORMAT_KEY: &[u8] = b"V";
 const LOG_KEY: &[u8] = b"G";
+const NODE_KEY: &[u8] = b"N";
 
 fn cursor_key(identity: &str, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(identity.len() + name.len() + 1);
@@ -230,6 +232,10 @@ impl Engine for SledEngine {
         Ok(self.log.get(LOG_KEY).map_err(io)?.map(owned))
     }
 
+    fn node(&self) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.log.get(NODE_KEY).map_err(io)?.map(owned))
+    }
+
     fn last_record(&self) -> Result<Option<u64>, StoreError> {
         let last = |lo: [u8; 9], hi: [u8; 9]| -> Result<Option<u64>, StoreError> {
             Ok(self
@@ -343,6 +349,9 @@ impl Engine for SledEngine {
         }
         if let Some(log) = set.log {
             batch.insert(LOG_KEY, log);
+        }
+        if let Some(node) = set.node {
+            batch.insert(NODE_KEY, node);
         }
         self.log.apply_batch(batch).map_err(io)
     }
