@@ -92,6 +92,14 @@ impl Ingest<'_> {
         {
             return Err(IngestError::SubmittedBy(verified.signer().to_string()));
         }
+        // A new bulletin's indicator values must be what their types say
+        // (relays are not held to it: an older node may have accepted one).
+        let bad = bulletin::indicator_problems(verified.bulletin());
+        if !bad.is_empty() {
+            return Err(IngestError::Bulletin(BulletinError::Invalid(
+                bad.join("; "),
+            )));
+        }
         let related = related(verified.bulletin(), true);
         let digest = bulletin::sha256(&bytes);
         let record = NewRecord {

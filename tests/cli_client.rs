@@ -139,12 +139,54 @@ async fn refusals_are_precise_and_leave_nothing_behind() {
     let w = world().await;
     let files = w.pki.client("fr.anssi", "analyst");
     let dir = tempfile::tempdir().expect("tempdir");
-    // The node refuses TLP:RED without recipients, with its reason.
+    // TLP:RED without recipients is refused before anything is sent, with
+    // the reason (the node refuses it too, for clients that do not check).
     let (code, _, err) = publish_flags(&w, &files, dir.path(), "TLP:RED");
     assert_eq!(code, 1);
     assert!(
-        err.contains("INVALID_ARGUMENT") && err.contains("TLP:RED must name"),
+        err.contains("nothing was sent") && err.contains("TLP:RED must name"),
         "{err}"
+    );
+    // A batch is all or nothing, and every problem of every document is
+    // said at once, naming the document and the field.
+    std::fs::write(
+        dir.path().join("batch.yaml"),
+        "- {kind: advisory, severity: low, tlp: TLP:CLEAR, title: fine, summary: s}\n\
+         - {kind: advisory, severity: low, tlp: TLP:RED, title: red alone, summary: s}\n\
+         - {kind: advisory, severity: low, tlp: TLP:CLEAR, title: bad values, summary: s,\n   \
+            indicators: [{type: ipv4, value: 999.1.1.1}, {type: sha256, value: abc}, {type: phone, value: '+44 20'}]}\n",
+    )
+    .expect("write");
+    let (code, _, err) = run(&w, &files, dir.path(), &["publish", "--file", "batch.yaml"]);
+    assert_eq!(code, 1, "{err}");
+    for says in [
+        "nothing was sent",
+        "bulletin 2 of 3 (\"red alone\")",
+        "TLP:RED must name",
+        "bulletin 3 of 3 (\"bad values\")",
+        "indicator 1 (ipv4=999.1.1.1): not an IPv4 address",
+        "indicator 2 (sha256=abc): a SHA-256 is 64 hex digits",
+    ] {
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    assert!(
+        !err.contains("phone"),
+        "other types are taken as written: {err}"
+    );
+    assert!(!err.contains("bulletin 1 of 3"), "{err}");
+    // The node holds new publishes to the same rules (a client that does
+    // not check is told by it).
+    let mut c = member(w.node.addr, &files, &w.ca).await;
+    let mut b = bulletin("fr.anssi", "unchecked");
+    b.indicators = vec![beacon::bulletin::Indicator {
+        kind: "ipv4".into(),
+        value: "999.1.1.1".into(),
+        ..Default::default()
+    }];
+    let e = c.publish(&b).await.expect_err("refused by the node");
+    assert!(
+        e.to_string().contains("INVALID_ARGUMENT") && e.to_string().contains("not an IPv4 address"),
+        "{e}"
     );
     // A document with an unknown field is refused before anything is sent.
     std::fs::write(

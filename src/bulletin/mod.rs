@@ -700,124 +700,243 @@ fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Bull
     Ok(())
 }
 
-/// Field rules of a bulletin; returns its typed kind, severity and TLP.
+/// Field rules of a bulletin; returns its typed kind, severity and TLP, or
+/// the first rule it breaks (see [`problems`] for all of them).
 pub fn validate(b: &Bulletin, now: SystemTime) -> Result<(Kind, Severity, Tlp), BulletinError> {
-    if !canonical_uuid(&b.id) {
-        return Err(invalid(format!(
-            "id {:?} is not a lower-case hyphenated UUID",
-            b.id
-        )));
+    let mut out = Vec::new();
+    let typed = check(b, now, &mut out);
+    match (out.into_iter().next(), typed) {
+        (Some(first), _) => Err(invalid(first)),
+        (None, Some(t)) => Ok(t),
+        (None, None) => Err(invalid("kind, severity or TLP is not known")),
     }
-    b.publisher
-        .parse::<MemberId>()
-        .map_err(|e| invalid(format!("publisher: {e}")))?;
-    let kind = codec::kind_from_i32(b.kind)
-        .ok_or_else(|| invalid(format!("kind {} is not known", b.kind)))?;
-    let severity = codec::severity_from_i32(b.severity)
-        .ok_or_else(|| invalid(format!("severity {} is not known", b.severity)))?;
-    let tlp = codec::tlp_from_i32(b.tlp)
-        .ok_or_else(|| invalid(format!("TLP label {} is not known", b.tlp)))?;
+}
+
+/// Every field rule `b` breaks, each a sentence naming the field (a
+/// publisher is told all of them at once, not one per attempt).
+pub fn problems(b: &Bulletin, now: SystemTime) -> Vec<String> {
+    let mut out = Vec::new();
+    check(b, now, &mut out);
+    out
+}
+
+/// The message of a rule broken.
+fn note(out: &mut Vec<String>, r: Result<(), BulletinError>) {
+    if let Err(e) = r {
+        out.push(match e {
+            BulletinError::Invalid(m) => m,
+            other => other.to_string(),
+        });
+    }
+}
+
+fn check(b: &Bulletin, now: SystemTime, out: &mut Vec<String>) -> Option<(Kind, Severity, Tlp)> {
+    if !canonical_uuid(&b.id) {
+        out.push(format!("id {:?} is not a lower-case hyphenated UUID", b.id));
+    }
+    if let Err(e) = b.publisher.parse::<MemberId>() {
+        out.push(format!("publisher: {e}"));
+    }
+    let kind = codec::kind_from_i32(b.kind);
+    if kind.is_none() {
+        out.push(format!("kind {} is not known", b.kind));
+    }
+    let severity = codec::severity_from_i32(b.severity);
+    if severity.is_none() {
+        out.push(format!("severity {} is not known", b.severity));
+    }
+    let tlp = codec::tlp_from_i32(b.tlp);
+    if tlp.is_none() {
+        out.push(format!("TLP label {} is not known", b.tlp));
+    }
     if b.audience.members.len() + b.audience.groups.len() > MAX_AUDIENCE {
-        return Err(invalid(format!(
-            "audience has more than {MAX_AUDIENCE} entries"
-        )));
+        out.push(format!("audience has more than {MAX_AUDIENCE} entries"));
     }
     for m in &b.audience.members {
-        m.parse::<MemberId>()
-            .map_err(|e| invalid(format!("audience: {e}")))?;
-    }
-    for g in &b.audience.groups {
-        g.parse::<Name>()
-            .map_err(|_| invalid(format!("audience group {g:?} is not a valid name")))?;
-    }
-    if tlp == Tlp::Red && b.audience.members.is_empty() {
-        return Err(invalid(
-            "TLP:RED must name at least one member recipient in audience.members",
-        ));
-    }
-    if !b.submitted_by.is_empty() {
-        let by: crate::identity::Identity = b
-            .submitted_by
-            .parse()
-            .map_err(|e| invalid(format!("submitted_by: {e}")))?;
-        if by.kind() != crate::identity::RoleKind::Client
-            || by.member().map(|m| m.as_str()) != Some(b.publisher.as_str())
-        {
-            return Err(invalid(format!(
-                "submitted_by {} is not a client of {}",
-                b.submitted_by, b.publisher
-            )));
+        if let Err(e) = m.parse::<MemberId>() {
+            out.push(format!("audience: {e}"));
         }
     }
-    text("title", &b.title, MAX_TITLE, true)?;
-    text("summary", &b.summary, MAX_SUMMARY, true)?;
+    for g in &b.audience.groups {
+        if g.parse::<Name>().is_err() {
+            out.push(format!("audience group {g:?} is not a valid name"));
+        }
+    }
+    if tlp == Some(Tlp::Red) && b.audience.members.is_empty() {
+        out.push("TLP:RED must name at least one member recipient in audience.members".into());
+    }
+    if !b.submitted_by.is_empty() {
+        match b.submitted_by.parse::<crate::identity::Identity>() {
+            Err(e) => out.push(format!("submitted_by: {e}")),
+            Ok(by) => {
+                if by.kind() != crate::identity::RoleKind::Client
+                    || by.member().map(|m| m.as_str()) != Some(b.publisher.as_str())
+                {
+                    out.push(format!(
+                        "submitted_by {} is not a client of {}",
+                        b.submitted_by, b.publisher
+                    ));
+                }
+            }
+        }
+    }
+    note(out, text("title", &b.title, MAX_TITLE, true));
+    note(out, text("summary", &b.summary, MAX_SUMMARY, true));
     if b.topics.len() > MAX_TOPICS {
-        return Err(invalid(format!("more than {MAX_TOPICS} topics")));
+        out.push(format!("more than {MAX_TOPICS} topics"));
     }
     for t in &b.topics {
-        text("topic", t, MAX_TOPIC_LEN, true)?;
+        note(out, text("topic", t, MAX_TOPIC_LEN, true));
     }
     if b.indicators.len() > MAX_INDICATORS {
-        return Err(invalid(format!("more than {MAX_INDICATORS} indicators")));
+        out.push(format!("more than {MAX_INDICATORS} indicators"));
     }
     for i in &b.indicators {
-        text("indicator type", &i.kind, 64, true)?;
-        text("indicator value", &i.value, MAX_INDICATOR_VALUE, true)?;
+        note(out, text("indicator type", &i.kind, 64, true));
+        note(
+            out,
+            text("indicator value", &i.value, MAX_INDICATOR_VALUE, true),
+        );
         if !i.stix_id.is_empty()
             && !i
                 .stix_id
                 .strip_prefix("indicator--")
                 .is_some_and(canonical_uuid)
         {
-            return Err(invalid(format!(
+            out.push(format!(
                 "indicator stix_id {:?} is not indicator--<uuid>",
                 i.stix_id
-            )));
+            ));
         }
     }
     if b.references.len() > MAX_REFERENCES {
-        return Err(invalid(format!("more than {MAX_REFERENCES} references")));
+        out.push(format!("more than {MAX_REFERENCES} references"));
     }
     for r in &b.references {
-        text("reference url", &r.url, MAX_URL, true)?;
+        note(out, text("reference url", &r.url, MAX_URL, true));
     }
-    let created = b
-        .created_at
-        .ok_or_else(|| invalid("created_at is missing"))?;
-    let floor = UNIX_EPOCH + Duration::from_secs(946_684_800); // 2000-01-01
-    if created < floor {
-        return Err(invalid("created_at is before the year 2000"));
-    }
-    if created > now + MAX_CLOCK_SKEW {
-        return Err(invalid("created_at is in the future"));
-    }
-    if let Some(exp) = b.expires_at {
-        if exp <= created {
-            return Err(invalid("expires_at is not after created_at"));
-        }
-        // 9999-12-31T23:59:59Z: beyond it no calendar (or reader) can show it.
-        if exp > UNIX_EPOCH + Duration::from_secs(253_402_300_799) {
-            return Err(invalid("expires_at is after the year 9999"));
+    match b.created_at {
+        None => out.push("created_at is missing".into()),
+        Some(created) => {
+            let floor = UNIX_EPOCH + Duration::from_secs(946_684_800); // 2000-01-01
+            if created < floor {
+                out.push("created_at is before the year 2000".into());
+            }
+            if created > now + MAX_CLOCK_SKEW {
+                out.push("created_at is in the future".into());
+            }
+            if let Some(exp) = b.expires_at {
+                if exp <= created {
+                    out.push("expires_at is not after created_at".into());
+                }
+                // 9999-12-31T23:59:59Z: beyond it no calendar (or reader) can show it.
+                if exp > UNIX_EPOCH + Duration::from_secs(253_402_300_799) {
+                    out.push("expires_at is after the year 9999".into());
+                }
+            }
         }
     }
     match &b.relation {
         Some(Relation::Supersedes(id)) | Some(Relation::Retracts(id)) => {
             if !canonical_uuid(id) {
-                return Err(invalid(format!(
+                out.push(format!(
                     "related id {id:?} is not a lower-case hyphenated UUID"
-                )));
+                ));
             }
             if id == &b.id {
-                return Err(invalid("a bulletin cannot supersede or retract itself"));
+                out.push("a bulletin cannot supersede or retract itself".into());
             }
         }
         None => {}
     }
     if let Some(a) = &b.attachment {
-        text("attachment media_type", &a.media_type, 255, true)?;
-        text("attachment filename", &a.filename, 255, false)?;
+        note(out, text("attachment media_type", &a.media_type, 255, true));
+        note(out, text("attachment filename", &a.filename, 255, false));
     }
-    Ok((kind, severity, tlp))
+    Some((kind?, severity?, tlp?))
+}
+
+/// What a publisher is told of the values of indicators of the types
+/// Beacon knows: an `ipv4` that is no IPv4 address, a `sha256` that is not
+/// 64 hex digits, a domain with a space… (types Beacon does not know are
+/// taken as they are). Checked for new publishes, by the client and the
+/// node; not for relays and restores, so a bulletin an older node accepted
+/// still travels.
+pub fn indicator_problems(b: &Bulletin) -> Vec<String> {
+    let mut out = Vec::new();
+    for (n, i) in b.indicators.iter().enumerate() {
+        if let Some(why) = indicator_problem(&i.kind, &i.value) {
+            out.push(format!(
+                "indicator {} ({}={}): {why}",
+                n + 1,
+                i.kind,
+                i.value.chars().take(80).collect::<String>()
+            ));
+        }
+    }
+    out
+}
+
+fn indicator_problem(kind: &str, value: &str) -> Option<String> {
+    let v = value.trim();
+    let hex = |len: usize, name: &str| {
+        (!(v.len() == len && v.bytes().all(|b| b.is_ascii_hexdigit())))
+            .then(|| format!("a {name} is {len} hex digits"))
+    };
+    let prefixed = |max: u8| -> Option<(&str, bool)> {
+        match v.split_once('/') {
+            None => Some((v, true)),
+            Some((a, p)) => Some((a, p.parse::<u8>().is_ok_and(|p| p <= max))),
+        }
+    };
+    match kind.trim().to_ascii_lowercase().as_str() {
+        "ipv4" | "ipv4-addr" => match prefixed(32) {
+            Some((a, ok)) if ok && a.parse::<std::net::Ipv4Addr>().is_ok() => None,
+            _ => Some("not an IPv4 address (a.b.c.d, each 0-255, or a.b.c.d/n)".into()),
+        },
+        "ipv6" | "ipv6-addr" => match prefixed(128) {
+            Some((a, ok)) if ok && a.parse::<std::net::Ipv6Addr>().is_ok() => None,
+            _ => Some("not an IPv6 address".into()),
+        },
+        "ip" | "ip-addr" => match prefixed(128) {
+            Some((a, ok)) if ok && a.parse::<std::net::IpAddr>().is_ok() => None,
+            _ => Some("not an IP address".into()),
+        },
+        "domain" | "domain-name" | "hostname" | "fqdn" => {
+            let ok = !v.is_empty()
+                && v.len() <= 253
+                && v.trim_end_matches('.').split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars()
+                            .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+                });
+            (!ok).then(|| {
+                "not a DNS name (labels of letters, digits and hyphens, joined by dots)".into()
+            })
+        }
+        "url" | "uri" => {
+            let ok = v.split_once("://").is_some_and(|(scheme, rest)| {
+                !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                    && !rest.is_empty()
+            }) && !v.chars().any(char::is_whitespace);
+            (!ok).then(|| "not an absolute URL (scheme://…, no spaces)".into())
+        }
+        "email" | "email-addr" | "email-address" => {
+            let ok = v
+                .split_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.contains('@'))
+                && !v.chars().any(char::is_whitespace);
+            (!ok).then(|| "not an email address (local@domain)".into())
+        }
+        "sha256" | "sha-256" => hex(64, "SHA-256"),
+        "sha1" | "sha-1" => hex(40, "SHA-1"),
+        "md5" => hex(32, "MD5"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

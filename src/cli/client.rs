@@ -161,11 +161,16 @@ pub struct PublishArgs {
     /// is sent.
     #[arg(long, conflicts_with = "file")]
     stix: Option<PathBuf>,
+    /// What it is about: disinformation, influence_operation, espionage,
+    /// illicit_finance, cyber_intrusion, election_infrastructure, advisory,
+    /// other.
     #[arg(long)]
     kind: Option<String>,
+    /// info, low, medium, high or critical.
     #[arg(long)]
     severity: Option<String>,
-    /// TLP 2.0 label, e.g. TLP:AMBER.
+    /// TLP 2.0 label: TLP:CLEAR, TLP:GREEN, TLP:AMBER, TLP:AMBER+STRICT,
+    /// TLP:RED (RED needs --to).
     #[arg(long)]
     tlp: Option<String>,
     #[arg(long)]
@@ -183,6 +188,10 @@ pub struct PublishArgs {
     #[arg(long = "to-group")]
     groups: Vec<String>,
     /// Indicators as TYPE=VALUE, e.g. domain=news-example.ru (repeatable).
+    /// Types whose values are checked: domain (domain-name, hostname, fqdn),
+    /// url (uri), ipv4, ipv6 (ip: either; an address or address/prefix),
+    /// email, account (a login or handle), sha256, sha1, md5 (hex). Any
+    /// other type (phone, telegram-channel, …) is taken as written.
     #[arg(long = "indicator")]
     indicators: Vec<String>,
     /// Reference URLs (repeatable).
@@ -604,6 +613,27 @@ async fn publish(a: PublishArgs) -> Result<()> {
         for b in &mut bulletins {
             b.attachment = attachment.clone();
         }
+    }
+    // All or nothing: every rule every bulletin breaks is said, and nothing
+    // is sent while any does (a TLP:RED bulletin without recipients, an
+    // ipv4 that is no address…).
+    let now = std::time::SystemTime::now();
+    let mut broken = Vec::new();
+    for (i, b) in bulletins.iter().enumerate() {
+        let mut p = beacon::bulletin::problems(b, now);
+        p.extend(beacon::bulletin::indicator_problems(b));
+        if !p.is_empty() {
+            broken.push(format!(
+                "bulletin {} of {} ({:?}): {}",
+                i + 1,
+                bulletins.len(),
+                b.title.chars().take(60).collect::<String>(),
+                p.join("; ")
+            ));
+        }
+    }
+    if !broken.is_empty() {
+        bail!("nothing was sent: {}", broken.join(" | "));
     }
     let signer = Arc::new(Signer::new(
         dialer.own.chain.clone(),
