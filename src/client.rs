@@ -468,6 +468,8 @@ pub struct Published {
     pub sequence: u64,
     pub duplicate: bool,
     pub digest: Vec<u8>,
+    /// What the node accepted but wants the publisher to know.
+    pub warnings: Vec<String>,
 }
 
 /// A connected member client that signs what it publishes. Cheap to clone
@@ -566,6 +568,7 @@ fn published(r: pb::PublishResponse) -> Published {
         sequence: r.sequence,
         duplicate: r.duplicate,
         digest: r.envelope_digest,
+        warnings: r.warnings,
     }
 }
 

@@ -47,6 +47,16 @@ impl Policy {
     }
 
     /// May `reader` read a stored bulletin? An unknown TLP code is a refusal.
+    /// The audience groups among `groups` that this node does not define
+    /// (nobody here reads a bulletin through them).
+    pub fn unknown_groups<'g>(&self, groups: &'g [String]) -> Vec<&'g str> {
+        groups
+            .iter()
+            .filter(|g| !self.groups.contains_key(g.as_str()))
+            .map(String::as_str)
+            .collect()
+    }
+
     pub fn may_read_meta(&self, reader: &str, meta: &crate::bulletin::Meta) -> bool {
         Tlp::from_code(meta.tlp).is_some_and(|tlp| {
             self.may_read(

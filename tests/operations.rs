@@ -472,3 +472,50 @@ async fn operators_list_and_delete_durable_subscriptions_and_prune_revoked_ones(
     );
     node.stop().await;
 }
+
+/// An operator cannot issue a token for a member the node does not know
+/// (a typo stands for no one), and a publisher naming an audience group the
+/// node does not define is warned that no one here reads through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_for_unknown_members_are_refused_and_unknown_groups_are_warned_of() {
+    let alliance = Alliance::new(&["uk.ncsc", "fr.anssi"]);
+    let mut opts = alliance.options(alliance.node("uk.ncsc", "london-1"), &[]);
+    opts.extra
+        .push_str("[groups]\nfive-eyes = [\"uk.ncsc\", \"us.cisa\"]\n");
+    let node = TestNode::start(&opts).await;
+    let work = tempfile::tempdir().unwrap();
+    let admin = |member: &str| {
+        let mut args: Vec<String> = [
+            "admin", "token", "issue", "--member", member, "--name", "misp",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(conn_args(
+            node.addr,
+            &alliance.op,
+            &beacon::pki::Ca::cert_path(alliance.ca_dir("uk.ncsc")),
+        ));
+        run(work.path(), &args)
+    };
+    let (code, out, err) = admin("fr.ansi");
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("does not know member fr.ansi"), "{err}");
+    for known in ["fr.anssi", "us.cisa", "uk.ncsc"] {
+        let (code, out, err) = admin(known);
+        assert_eq!(code, 0, "{known}: {out}{err}");
+    }
+
+    let client = alliance.client("uk.ncsc", "analyst");
+    let mut c = member(node.addr, &client, &alliance.ca).await;
+    let mut b = bulletin("uk.ncsc", "for a group");
+    b.tlp = beacon::bulletin::codec::tlp_to_i32(beacon::bulletin::Tlp::Amber);
+    b.audience.groups = vec!["five-eyes".into(), "nato".into()];
+    let p = c.publish(&b).await.unwrap();
+    assert_eq!(p.warnings.len(), 1, "{p:?}");
+    assert!(
+        p.warnings[0].contains("nato") && !p.warnings[0].contains("five-eyes"),
+        "{p:?}"
+    );
+    node.stop().await;
+}

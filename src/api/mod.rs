@@ -456,6 +456,8 @@ struct Admitted {
     digest: [u8; 32],
     signer: String,
     tlp: &'static str,
+    /// Told to the publisher with the answer.
+    warnings: Vec<String>,
 }
 
 /// Every check of a publish, in the order the API promises (size, form,
@@ -483,11 +485,24 @@ fn admit(
         .publish(&env, bytes, &peer.identity)
         .map_err(refused)?;
     let v = &admitted.verified;
+    let unknown = state.policy.unknown_groups(&v.bulletin().audience.groups);
+    let warnings = if unknown.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "audience group{} {} {} not defined on this node ([groups] of its beacon.toml): no one here reads the bulletin through {}; each node resolves groups from its own config",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join(", "),
+            if unknown.len() > 1 { "are" } else { "is" },
+            if unknown.len() > 1 { "them" } else { "it" },
+        )]
+    };
     let answer = Admitted {
         id: v.bulletin().id.clone(),
         digest: admitted.record.meta.digest,
         signer: v.signer().to_string(),
         tlp: v.tlp().label(),
+        warnings,
     };
     Ok((admitted.record, answer))
 }
@@ -522,6 +537,7 @@ fn answer(
         accepted_at: Some(timestamp(appended.accepted_at)),
         id: a.id.clone(),
         envelope_digest: a.digest.to_vec(),
+        warnings: a.warnings.clone(),
     })
 }
 
@@ -689,6 +705,34 @@ impl pb::admin_server::Admin for AdminService {
             .member
             .parse()
             .map_err(|e| status::bad_request(format!("member: {e}")))?;
+        // A token stands for a client of a member this node trusts. Where
+        // the bundle scopes CAs to members (an alliance CA or the operators'
+        // may still vouch for anyone), the member must be one of those, or
+        // named in [groups], a peer's, or this node's own.
+        let bundle = self.state.trust.bundle();
+        let any =
+            |ca: &&crate::trust::CaEntry| ca.scope.0.contains(&crate::identity::MemberPattern::Any);
+        let scoped: Vec<&crate::trust::CaEntry> =
+            bundle.cas().iter().filter(|ca| !any(ca)).collect();
+        let cfg = &self.state.config;
+        let known = if scoped.is_empty() {
+            bundle.cas().iter().any(|ca| ca.scope.allows(&member))
+        } else {
+            scoped.iter().any(|ca| ca.scope.allows(&member))
+                || self.state.identity.member() == Some(&member)
+                || cfg.groups.values().flatten().any(|m| m == member.as_str())
+                || cfg
+                    .peers
+                    .iter()
+                    .any(|p| p.identity.member() == Some(&member))
+        };
+        if !known {
+            let scopes: Vec<String> = scoped.iter().map(|ca| ca.scope.to_string()).collect();
+            return Err(status::bad_request(format!(
+                "this node does not know member {member}: its CAs vouch for {} (and a CA for everyone), and neither its [groups] nor its peers name it. A token for it would stand for no one this node serves; check the spelling",
+                scopes.join(", ")
+            )));
+        }
         let identity: crate::identity::Identity = format!(
             "spiffe://{}/client/{}/{}",
             self.state.identity.trust_domain, member, req.name

@@ -713,7 +713,7 @@ fn report(
                     "{}",
                     serde_json::json!({
                         "id": p.id, "sequence": p.sequence, "duplicate": p.duplicate,
-                        "digest": hex(&p.digest),
+                        "digest": hex(&p.digest), "warnings": p.warnings,
                     })
                 );
             } else {
@@ -727,6 +727,9 @@ fn report(
                     p.id,
                     p.sequence
                 );
+            }
+            for w in &p.warnings {
+                eprintln!("warning: {} {w}", p.id);
             }
             0
         }
