@@ -76,6 +76,9 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub taxii: TaxiiConfig,
+    /// The file it was read from (set by [`Config::load`]).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The TAXII 2.1 listener (`[taxii]`): HTTPS, a client certificate
@@ -374,13 +377,82 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base).map_err(|e| match e {
+        let mut config = Config::parse(&text, base).map_err(|e| match e {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: path.display().to_string(),
                 message,
             },
             other => other,
-        })
+        })?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// The sections in which `other` differs from this config (what a
+    /// changed file would change, were the node restarted).
+    pub fn changed_sections(&self, other: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut diff = |name: &'static str, a: String, b: String| {
+            if a != b {
+                out.push(name);
+            }
+        };
+        diff(
+            "[node]",
+            format!("{:?}", self.node),
+            format!("{:?}", other.node),
+        );
+        diff(
+            "[[trust]]",
+            format!("{:?}", self.trust),
+            format!("{:?}", other.trust),
+        );
+        diff(
+            "[limits]",
+            format!("{:?}", self.limits),
+            format!("{:?}", other.limits),
+        );
+        diff(
+            "[timing]",
+            format!("{:?}", self.timing),
+            format!("{:?}", other.timing),
+        );
+        diff(
+            "[groups]",
+            format!("{:?}", self.groups),
+            format!("{:?}", other.groups),
+        );
+        diff(
+            "[[peers]]",
+            format!("{:?}", self.peers),
+            format!("{:?}", other.peers),
+        );
+        diff(
+            "[log]",
+            format!("{:?}", self.log),
+            format!("{:?}", other.log),
+        );
+        diff(
+            "[store]",
+            format!("{:?}", self.store),
+            format!("{:?}", other.store),
+        );
+        diff(
+            "[metrics]",
+            format!("{:?}", self.metrics),
+            format!("{:?}", other.metrics),
+        );
+        diff(
+            "[retention]",
+            format!("{:?}", self.retention),
+            format!("{:?}", other.retention),
+        );
+        diff(
+            "[taxii]",
+            format!("{:?}", self.taxii),
+            format!("{:?}", other.taxii),
+        );
+        out
     }
 
     /// Parses config text; `base` anchors relative paths.

@@ -156,6 +156,30 @@ fn files_to_watch(config: &Config) -> Vec<PathBuf> {
     files
 }
 
+/// Says what a changed `beacon.toml` would change: its settings apply at a
+/// restart only (SIGHUP and the file watch reload the certificate, key, CA
+/// and CRL files the running config names).
+fn config_changed(running: &Config, path: &std::path::Path, bytes: &[u8], back: bool) {
+    if back {
+        info!(config = %path.display(), "the config file is back to the settings in force");
+        return;
+    }
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let text = String::from_utf8_lossy(bytes);
+    match Config::parse(&text, base) {
+        Err(e) => warn!(config = %path.display(), error = %e,
+                        "the config file changed and does not load; the node goes on with the settings it started with"),
+        Ok(new) => {
+            let sections = running.changed_sections(&new);
+            if sections.is_empty() {
+                return;
+            }
+            warn!(config = %path.display(), sections = %sections.join(", "),
+                  "the config file changed; its settings are not applied until the node restarts (SIGHUP reloads the certificate, key, CA and CRL files only)");
+        }
+    }
+}
+
 /// A cheap fingerprint of the watched files: (length, mtime) of each.
 fn fingerprint(files: &[PathBuf]) -> Vec<Option<(u64, SystemTime)>> {
     files
@@ -455,6 +479,12 @@ pub async fn reload_loop(
     let files = files_to_watch(&state.config);
     let mut seen = fingerprint(&files);
     let mut failed: Option<String> = None;
+    // beacon.toml itself is read at start only: a change to it is said
+    // (which sections, and that they need a restart), not silently ignored.
+    let source = state.config.source.clone();
+    let read_source = |p: &Option<PathBuf>| p.as_ref().and_then(|p| std::fs::read(p).ok());
+    let started_with = read_source(&source);
+    let mut config_seen = started_with.clone();
     let mut tick = tokio::time::interval(state.config.timing.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -464,6 +494,13 @@ pub async fn reload_loop(
             _ = tick.tick() => false,
         };
         state.connections.close_expired();
+        let text = read_source(&source);
+        if text != config_seen || (forced && text != started_with) {
+            config_seen = text.clone();
+            if let (Some(path), Some(bytes)) = (&source, &text) {
+                config_changed(&state.config, path, bytes, text == started_with);
+            }
+        }
         let now = fingerprint(&files);
         if !forced && now == seen {
             continue;

@@ -778,3 +778,48 @@ fn startup_errors_name_what_and_where() {
         "{err}"
     );
 }
+
+/// beacon.toml is read at start: a change to it is said in the log, with
+/// the sections it would change and that they need a restart (SIGHUP
+/// reloads certificates and CRLs only), not silently ignored.
+#[test]
+fn a_changed_config_file_is_said_to_need_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let addr = free_addr();
+    write_config(d, addr);
+    let original = std::fs::read_to_string(d.join("beacon.toml")).unwrap();
+    let node = ChildNode::spawn(d, &["daemon", "--config", "beacon.toml"], addr);
+    let wait_for = |what: &str| {
+        let start = std::time::Instant::now();
+        while !node.log().contains(what) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no {what:?} in: {}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::fs::write(
+        d.join("beacon.toml"),
+        format!(
+            "{original}\n[timing]\ndrain_timeout = \"9s\"\n\n[groups]\nfive-eyes = [\"uk.ncsc\"]\n"
+        ),
+    )
+    .unwrap();
+    wait_for("the config file changed; its settings are not applied until the node restarts");
+    let line = node
+        .log()
+        .lines()
+        .find(|l| l.contains("the config file changed"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("[timing]") && line.contains("[groups]"),
+        "{line}"
+    );
+    assert!(!line.contains("[node]"), "{line}");
+    std::fs::write(d.join("beacon.toml"), &original).unwrap();
+    wait_for("the config file is back to the settings in force");
+}
