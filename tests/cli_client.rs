@@ -131,6 +131,26 @@ async fn publish_from_a_yaml_file_then_list_verifies_each_signature() {
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("LOW TLP:CLEAR fr.anssi [advisory]"), "{out}");
     assert!(out.contains(&format!("✓ {}", files.identity)), "{out}");
+
+    // `get` shows the whole bulletin, not only the line `list` shows.
+    let id = rows[0]["bulletin"]["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = run(&w, &files, dir.path(), &["get", &id]);
+    assert_eq!(code, 0, "{err}");
+    for says in [
+        "Bot network amplifying smears",
+        "summary:",
+        "400 accounts created in one week",
+        "audience:",
+        "members de.bsi",
+        "topics:",
+        "elections, social-media",
+        "indicators:",
+        "domain=smear-news.example",
+        "attachment:",
+        &format!("✓ {}", files.identity),
+    ] {
+        assert!(out.contains(says), "{says}: {out}");
+    }
     w.node.stop().await;
 }
 

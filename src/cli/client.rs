@@ -390,8 +390,13 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             let (dialer, channel) = conn.dial().await?;
             let d = get(channel, &id, publisher).await?;
             let mut out = std::io::stdout().lock();
-            let line = render(&d, &dialer.bundle, json, out_is_terminal());
-            writeln!(out, "{line}")?;
+            let color = out_is_terminal();
+            let mut text = render(&d, &dialer.bundle, json, color);
+            if !json {
+                // The whole bulletin, not only the line `list` shows.
+                text.push_str(&details(&d));
+            }
+            writeln!(out, "{text}")?;
             Ok(())
         }
         ClientCommand::List {
@@ -783,7 +788,14 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
         });
         match &verified {
             Ok(v_) => v["signer"] = serde_json::json!(v_.signer().to_string()),
-            Err(e) => v["error"] = serde_json::json!(format!("{e:#}")),
+            Err(e) => {
+                v["error"] = serde_json::json!(format!("{e:#}"));
+                // Who the envelope says signed it, although that did not
+                // verify (a reader may still want to know whom to ask).
+                if let Some(claimed) = env.as_ref().ok().and_then(claimed_signer) {
+                    v["signer"] = serde_json::json!(claimed);
+                }
+            }
         }
         if let Some(b) = &bulletin {
             v["bulletin"] = serde_json::to_value(BulletinDoc::from_bulletin(b)).unwrap_or_default();
@@ -844,6 +856,90 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
         line.push_str(&paint("2", " [expired]"));
     }
     line
+}
+
+/// The identity an envelope's signature names (its chain's leaf), whether or
+/// not it verifies.
+fn claimed_signer(env: &beacon::bulletin::Envelope) -> Option<String> {
+    let leaf = env.signatures.first()?.cert_chain.first()?;
+    let der = rustls::pki_types::CertificateDer::from(leaf.as_slice());
+    beacon::trust::identity_of(&der)
+        .ok()
+        .map(|(id, _)| id.to_string())
+}
+
+/// The lines `get` shows after the summary line: every field of the
+/// bulletin (summary, body, audience, topics, indicators, references,
+/// expiry, who submitted it, the attachment).
+fn details(d: &pb::Delivery) -> String {
+    let Some(b) = beacon::client::delivered_envelope(d)
+        .ok()
+        .and_then(|e| beacon::bulletin::codec::decode_bulletin(&e.payload).ok())
+    else {
+        return String::new();
+    };
+    let doc = BulletinDoc::from_bulletin(&b);
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| {
+        if !v.is_empty() {
+            out.push_str(&format!("\n  {k:<12} {v}"));
+        }
+    };
+    line("summary:", &doc.summary);
+    if !doc.body.is_empty() {
+        line("body:", &doc.body.replace('\n', "\n               "));
+    }
+    let audience = match (
+        doc.audience.members.is_empty(),
+        doc.audience.groups.is_empty(),
+    ) {
+        (true, true) => "(none named: whoever the TLP label allows)".to_owned(),
+        _ => {
+            let mut parts = Vec::new();
+            if !doc.audience.members.is_empty() {
+                parts.push(format!("members {}", doc.audience.members.join(", ")));
+            }
+            if !doc.audience.groups.is_empty() {
+                parts.push(format!("groups {}", doc.audience.groups.join(", ")));
+            }
+            parts.join("; ")
+        }
+    };
+    line("audience:", &audience);
+    line("topics:", &doc.topics.join(", "));
+    line("created:", doc.created_at.as_deref().unwrap_or_default());
+    line("expires:", doc.expires_at.as_deref().unwrap_or_default());
+    line("submitted:", &b.submitted_by);
+    for (i, ind) in doc.indicators.iter().enumerate() {
+        let label = if i == 0 { "indicators:" } else { "" };
+        let mut v = format!("{}={}", ind.kind, ind.value);
+        if !ind.description.is_empty() {
+            v.push_str(&format!(" — {}", ind.description));
+        }
+        out.push_str(&format!("\n  {label:<12} {v}"));
+    }
+    for (i, r) in doc.references.iter().enumerate() {
+        let label = if i == 0 { "references:" } else { "" };
+        let mut v = r.url.clone();
+        if !r.description.is_empty() {
+            v.push_str(&format!(" — {}", r.description));
+        }
+        out.push_str(&format!("\n  {label:<12} {v}"));
+    }
+    if let Some(a) = &b.attachment {
+        let what = format!(
+            "{} ({}, {} bytes)",
+            if a.filename.is_empty() {
+                "(unnamed)"
+            } else {
+                &a.filename
+            },
+            a.media_type,
+            a.data.len()
+        );
+        out.push_str(&format!("\n  {:<12} {what}", "attachment:"));
+    }
+    out
 }
 
 /// What replaced a delivered bulletin, as (how, its sequence, its id).
