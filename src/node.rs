@@ -56,7 +56,9 @@ pub async fn run_with_reload(
     let material = net::load_material(&config)?;
     // Refusing at start beats failing every handshake later.
     if let Some(reason) = material.own_refused {
-        return Err(NodeError::OwnCertificate(reason));
+        return Err(NodeError::OwnCertificate(format!(
+            "{reason}. A revoked certificate is replaced by a new one with a new key (beacon ca issue node …; beacon ca renew refuses a revoked certificate), an expired one with beacon ca renew"
+        )));
     }
     let local = listener.local_addr().map_err(|source| NodeError::Listen {
         what: "gRPC ([node] listen)",
