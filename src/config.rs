@@ -79,6 +79,9 @@ pub struct Config {
     /// The file it was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The text it was parsed from (what a later change is compared to).
+    #[serde(skip)]
+    pub source_text: Option<String>,
 }
 
 /// The TAXII 2.1 listener (`[taxii]`): HTTPS, a client certificate
@@ -385,6 +388,7 @@ impl Config {
             other => other,
         })?;
         config.source = Some(path.to_path_buf());
+        config.source_text = Some(text);
         Ok(config)
     }
 

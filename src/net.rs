@@ -79,7 +79,14 @@ struct LiveConn {
     chain: Vec<CertificateDer<'static>>,
     not_after: Option<SystemTime>,
     cancel: CancellationToken,
+    /// Why the node is about to close the connection: streams on it end
+    /// with this reason (UNAUTHENTICATED) before the connection goes.
+    closing: tokio::sync::watch::Sender<Option<String>>,
 }
+
+/// How long streams on a connection whose identity is no longer accepted
+/// get to send their reason before the connection is closed.
+const CLOSING_GRACE: Duration = Duration::from_millis(300);
 
 /// Open connections, so that revocation can reach them.
 #[derive(Default)]
@@ -103,13 +110,35 @@ impl Connections {
         self.live.lock().remove(&id);
     }
 
+    /// Follows why connection `id` is about to be closed (`None` while it
+    /// is not).
+    pub fn closing(&self, id: u64) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
+        self.live.lock().get(&id).map(|c| c.closing.subscribe())
+    }
+
+    /// Tells the streams on `conn` why it closes, then closes it after a
+    /// short grace (so a subscriber reads the reason, not a broken stream).
+    fn close_with(conn: &LiveConn, reason: String) {
+        conn.closing.send_replace(Some(reason));
+        let cancel = conn.cancel.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(CLOSING_GRACE).await;
+                    cancel.cancel();
+                });
+            }
+            Err(_) => cancel.cancel(),
+        }
+    }
+
     /// Closes every connection whose chain `bundle` no longer accepts.
     fn recheck(&self, bundle: &TrustBundle) -> usize {
         let m = self.live.lock();
         let now = UnixTime::now();
         let mut closed = 0;
         for (id, conn) in m.iter() {
-            if conn.cancel.is_cancelled() {
+            if conn.cancel.is_cancelled() || conn.closing.borrow().is_some() {
                 continue;
             }
             let Some((leaf, rest)) = conn.chain.split_first() else {
@@ -118,7 +147,16 @@ impl Connections {
             if let Err(e) = bundle.verify(leaf, rest, now, Usage::ClientAuth) {
                 warn!(target: "beacon::audit", conn = id, peer = %conn.identity, addr = %conn.addr,
                       reason = %e, "closing connection: identity no longer accepted");
-                conn.cancel.cancel();
+                let serial = trust::identity_of(leaf)
+                    .map(|(_, s)| s.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                    .unwrap_or_default();
+                Self::close_with(
+                    conn,
+                    format!(
+                        "the node closed this connection: your certificate ({}, serial {serial}) is no longer accepted: {e}",
+                        conn.identity
+                    ),
+                );
                 closed += 1;
             }
         }
@@ -130,10 +168,19 @@ impl Connections {
         let m = self.live.lock();
         let now = SystemTime::now();
         for (id, conn) in m.iter() {
-            if conn.not_after.is_some_and(|t| t <= now) && !conn.cancel.is_cancelled() {
+            if conn.not_after.is_some_and(|t| t <= now)
+                && !conn.cancel.is_cancelled()
+                && conn.closing.borrow().is_none()
+            {
                 warn!(target: "beacon::audit", conn = id, peer = %conn.identity,
                       "closing connection: certificate expired");
-                conn.cancel.cancel();
+                Self::close_with(
+                    conn,
+                    format!(
+                        "the node closed this connection: your certificate ({}) has expired",
+                        conn.identity
+                    ),
+                );
             }
         }
     }
@@ -419,6 +466,7 @@ pub async fn accept_loop(
                 chain,
                 not_after,
                 cancel: cancel.clone(),
+                closing: tokio::sync::watch::Sender::new(None),
             });
             debug!(conn = conn_id, peer = %identity, %addr, "connection accepted");
             let conn = MtlsConn {
@@ -483,7 +531,11 @@ pub async fn reload_loop(
     // (which sections, and that they need a restart), not silently ignored.
     let source = state.config.source.clone();
     let read_source = |p: &Option<PathBuf>| p.as_ref().and_then(|p| std::fs::read(p).ok());
-    let started_with = read_source(&source);
+    let started_with = state
+        .config
+        .source_text
+        .as_ref()
+        .map(|t| t.as_bytes().to_vec());
     let mut config_seen = started_with.clone();
     let mut tick = tokio::time::interval(state.config.timing.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -735,3 +735,30 @@ async fn a_refused_client_is_told_why_and_the_node_names_it() {
     .await;
     assert!(named.is_some(), "{}", node.log());
 }
+
+/// A subscriber revoked mid-stream is told why: its stream ends with
+/// UNAUTHENTICATED naming its certificate and the reason, not with a broken
+/// HTTP/2 stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_revoked_mid_stream_is_told_why() {
+    let pki = TestPki::new();
+    let n = node(&pki).await;
+    let ca = vec![pki.ca_cert()];
+    let victim = pki.client("us.cisa", "victim");
+    let mut c = member(n.addr, &victim, &ca).await;
+    let mut sub = c.subscribe(open("feed", earliest())).await.unwrap();
+    read_deliveries(&mut sub, 0, true, Duration::from_secs(10)).await;
+    pki.revoke(&victim);
+    let e = stream_end(&mut sub, Duration::from_secs(10))
+        .await
+        .expect_err("the stream ends with a reason");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("UNAUTHENTICATED")
+            && msg.contains("your certificate")
+            && msg.contains(&victim.identity)
+            && msg.contains("revoked"),
+        "{msg}"
+    );
+    n.stop().await;
+}

@@ -446,6 +446,36 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 }
             },
         );
+        // When the node closes this connection (the subscriber's
+        // certificate revoked or expired), the stream ends with the reason
+        // before the connection goes, instead of breaking.
+        let closing = self.state.connections.closing(peer.conn_id);
+        let stream = futures_util::stream::unfold(
+            (Box::pin(stream), closing, false),
+            |(mut inner, mut closing, done)| async move {
+                use futures_util::StreamExt as _;
+                if done {
+                    return None;
+                }
+                let reason = async {
+                    let Some(rx) = closing.as_mut() else {
+                        return std::future::pending::<String>().await;
+                    };
+                    loop {
+                        if let Some(r) = rx.borrow_and_update().clone() {
+                            return r;
+                        }
+                        if rx.changed().await.is_err() {
+                            return std::future::pending::<String>().await;
+                        }
+                    }
+                };
+                tokio::select! {
+                    item = inner.next() => item.map(|i| (i, (inner, closing, false))),
+                    r = reason => Some((Err(status::closing(&r)), (inner, closing, true))),
+                }
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }

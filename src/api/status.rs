@@ -121,3 +121,9 @@ pub fn from_decoder(status: Status) -> Status {
     };
     message_too_large(number_after("found "), number_after("limit is: "))
 }
+
+/// A stream on a connection the node is closing (its identity no longer
+/// accepted): the reason, as the stream's last word.
+pub fn closing(reason: &str) -> Status {
+    Status::unauthenticated(reason.to_owned())
+}
