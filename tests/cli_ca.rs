@@ -584,7 +584,11 @@ fn sighup_reloads_the_crl_and_cuts_the_revoked_identity() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(node.log().contains("SIGHUP"), "{}", node.log());
+    assert!(
+        node.wait_log("SIGHUP", Duration::from_secs(10)),
+        "{}",
+        node.log()
+    );
 }
 
 #[test]
@@ -604,7 +608,7 @@ fn a_stale_crl_is_still_applied_and_reported() {
     let (code, _, _) = status(d, addr, "op.pem", "op.key", "ca/ca.pem");
     assert_ne!(code, 0, "a revoked operator got in through a stale CRL");
     assert!(
-        node.log().contains("past its next update"),
+        node.wait_log("past its next update", Duration::from_secs(10)),
         "{}",
         node.log()
     );

@@ -619,6 +619,13 @@ async fn probes_are_counted_quietly_and_refusals_read_as_sentences() {
             "a probe counted as a refusal: {body}"
         );
     }
+    // The log is written by a thread of its own: wait for both lines.
+    let both = wait_until(Duration::from_secs(10), || async {
+        let log = node.log();
+        log.contains("did not speak TLS") && log.contains("may not vouch for")
+    })
+    .await;
+    assert!(both.is_some(), "{}", node.log());
     let log = node.log();
     let refusals: Vec<&str> = log
         .lines()

@@ -636,7 +636,7 @@ async fn a_failed_fsync_is_never_acknowledged_nor_retried() {
         "acknowledged after the failed fsync"
     );
     assert!(
-        node.log().contains("refusing further writes"),
+        node.wait_log("refusing further writes", Duration::from_secs(10)),
         "{}",
         node.log()
     );

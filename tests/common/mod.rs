@@ -563,6 +563,21 @@ impl ChildNode {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Waits until the node's log holds `what` (its log is written by a
+    /// thread of its own, a moment after the event); whether it came.
+    pub fn wait_log(&self, what: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.log().contains(what) {
+                return true;
+            }
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, sig).expect("signal");
