@@ -827,3 +827,34 @@ fn a_changed_config_file_is_said_to_need_a_restart() {
     std::fs::write(d.join("beacon.toml"), &original).unwrap();
     wait_for("the config file is back to the settings in force");
 }
+
+/// `beacon bench sync` measures every method it names and prints one row
+/// each (a smoke run: few writes, no figures checked).
+#[test]
+fn bench_sync_measures_every_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = ok(
+        d,
+        &[
+            "bench", "sync", "--dir", ".", "--count", "20", "--size", "512",
+        ],
+    );
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| durable"))
+        .collect();
+    assert_eq!(rows.len(), 6, "{out}");
+    for method in [
+        "preallocated",
+        "appending",
+        "O_DSYNC",
+        "RWF_DSYNC",
+        "fsync",
+        "three in series",
+    ] {
+        assert!(rows.iter().any(|r| r.contains(method)), "{method}: {out}");
+    }
+    // The scratch files are gone.
+    assert_eq!(std::fs::read_dir(d).unwrap().count(), 0);
+}

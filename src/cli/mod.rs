@@ -137,6 +137,20 @@ enum BenchCommand {
     },
     /// Replay to a reconnecting subscriber, fan-out, and memory of many subscriptions.
     Subscribe(SubscribeRuns),
+    /// What one durable write costs on a filesystem, by each way a
+    /// write-ahead log could make it durable (fdatasync into a preallocated
+    /// or a growing file, O_DSYNC, RWF_DSYNC, fsync, three in series).
+    Sync {
+        /// A directory on the filesystem to measure (the store's).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Writes per method.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Bytes per write (a commit batch's frame).
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+    },
 }
 
 /// What `beacon bench subscribe` runs.
@@ -473,6 +487,15 @@ async fn execute(cli: Cli) -> Result<()> {
             init_logging(&LogFormat::Human, Some("warn"));
             let algorithms: Vec<Algorithm> = algorithms.into_iter().map(Into::into).collect();
             bench_publish(&concurrency, count, size, rate, api.apis(), &algorithms).await
+        }
+        Command::Bench(BenchCommand::Sync { dir, count, size }) => {
+            init_logging(&LogFormat::Human, Some("warn"));
+            let rows = tokio::task::spawn_blocking(move || {
+                beacon::bench::sync::run(&dir, count.max(1), size.max(1))
+            })
+            .await??;
+            beacon::bench::sync::print(&rows, size);
+            Ok(())
         }
         Command::Bench(BenchCommand::Subscribe(runs)) => {
             init_logging(&LogFormat::Human, Some("warn"));

@@ -8,6 +8,8 @@
 //! has its own connection and its own client certificate, since a client may
 //! publish only what it signed itself.
 
+pub mod sync;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +29,8 @@ pub enum BenchError {
     Client(#[from] ClientError),
     #[error("benchmark setup: {0}")]
     Setup(String),
+    #[error("benchmark I/O: {0}")]
+    Io(String),
 }
 
 /// A node to measure: started by the benchmark, or given.
