@@ -755,6 +755,13 @@ async fn a_subscriber_revoked_mid_stream_is_told_why() {
     let mut c = member(n.addr, &victim, &ca).await;
     let mut sub = c.subscribe(open("feed", earliest())).await.unwrap();
     read_deliveries(&mut sub, 0, true, Duration::from_secs(10)).await;
+    // A publish stream open on the same connection.
+    let mut publishing = c.publish_stream().await.unwrap();
+    let env = signer(&victim)
+        .sign(bulletin("us.cisa", "before").to_bytes())
+        .unwrap();
+    publishing.send(&env).await.unwrap();
+    publishing.result().await.unwrap().expect("accepted");
     pki.revoke(&victim);
     let e = stream_end(&mut sub, Duration::from_secs(10))
         .await
@@ -766,6 +773,15 @@ async fn a_subscriber_revoked_mid_stream_is_told_why() {
             && msg.contains(&victim.identity)
             && msg.contains("revoked"),
         "{msg}"
+    );
+    // The publish stream is told the same.
+    let e = publishing
+        .finish()
+        .await
+        .expect_err("the publish stream ends with a reason");
+    assert!(
+        e.to_string().contains("UNAUTHENTICATED") && e.to_string().contains("your certificate"),
+        "{e}"
     );
     n.stop().await;
 }

@@ -148,6 +148,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         let window = state.config.limits.publish_stream_window.max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(window);
         let cancel = state.shutdown.clone();
+        let mut closing = state.connections.closing(peer.conn_id);
         tokio::spawn(async move {
             // Publishes being worked on, answered in request order.
             let mut working = futures_util::stream::FuturesOrdered::new();
@@ -158,6 +159,12 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             while reading || !working.is_empty() {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
+                    // The node is closing this connection (the publisher's
+                    // certificate revoked or expired): say why, and stop.
+                    reason = closing_reason(&mut closing) => {
+                        let _ = tx.send(Err(status::closing(&reason))).await;
+                        return;
+                    }
                     msg = inbound.message(), if reading && working.len() < window => match msg {
                         Ok(Some(req)) => working.push_back(queue_publish(&state, &peer, req).await),
                         // The publisher closed its side: answer what was read,
@@ -457,19 +464,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 if done {
                     return None;
                 }
-                let reason = async {
-                    let Some(rx) = closing.as_mut() else {
-                        return std::future::pending::<String>().await;
-                    };
-                    loop {
-                        if let Some(r) = rx.borrow_and_update().clone() {
-                            return r;
-                        }
-                        if rx.changed().await.is_err() {
-                            return std::future::pending::<String>().await;
-                        }
-                    }
-                };
+                let reason = closing_reason(&mut closing);
                 tokio::select! {
                     item = inner.next() => item.map(|i| (i, (inner, closing, false))),
                     r = reason => Some((Err(status::closing(&r)), (inner, closing, true))),
@@ -477,6 +472,24 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             },
         );
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Resolves with the reason once the node starts closing the connection a
+/// stream runs on (never, if it does not, or the connection is gone).
+async fn closing_reason(
+    closing: &mut Option<tokio::sync::watch::Receiver<Option<String>>>,
+) -> String {
+    let Some(rx) = closing.as_mut() else {
+        return std::future::pending::<String>().await;
+    };
+    loop {
+        if let Some(r) = rx.borrow_and_update().clone() {
+            return r;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending::<String>().await;
+        }
     }
 }
 
