@@ -611,3 +611,75 @@ impl Position {
         }
     }
 }
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn log_id() -> impl Strategy<Value = LogId> {
+        any::<[u8; 16]>().prop_map(LogId)
+    }
+
+    fn log_info() -> impl Strategy<Value = LogInfo> {
+        (log_id(), proptest::option::of((log_id(), any::<u64>()))).prop_map(|(id, fork)| LogInfo {
+            id,
+            forked_from: fork.map(|(log, size)| Fork { log, size }),
+        })
+    }
+
+    fn position() -> impl Strategy<Value = Position> {
+        (any::<u64>(), proptest::option::of(log_id())).prop_map(|(seq, log)| Position { seq, log })
+    }
+
+    proptest! {
+        #[test]
+        fn log_infos_and_positions_round_trip(info in log_info(), pos in position()) {
+            prop_assert_eq!(LogInfo::decode(&info.encode()), Some(info));
+            prop_assert_eq!(Position::decode(&pos.encode()), Some(pos));
+            let shown = info.id.to_string();
+            prop_assert_eq!(shown.parse::<LogId>(), Ok(info.id));
+        }
+
+        /// Any bytes are read or refused, never a panic.
+        #[test]
+        fn damaged_forms_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = LogInfo::decode(&bytes);
+            let _ = Position::decode(&bytes);
+            let _ = String::from_utf8_lossy(&bytes).parse::<LogId>();
+        }
+
+        /// A position only moves forward on its log; one on another log
+        /// replaces it; an unnamed one (before logs had ids) is named.
+        #[test]
+        fn positions_advance_on_their_log_only(old in proptest::option::of(position()), next in position()) {
+            let got = Position::advanced(old, next);
+            match old {
+                None => prop_assert_eq!(got, next),
+                Some(o) if o.log == next.log || next.log.is_none() => {
+                    prop_assert_eq!(got, Position { seq: o.seq.max(next.seq), log: o.log });
+                }
+                Some(o) if o.log.is_none() => {
+                    prop_assert_eq!(got, Position { seq: o.seq.max(next.seq), log: next.log });
+                }
+                Some(_) => prop_assert_eq!(got, next),
+            }
+        }
+
+        /// What a position on another log is worth here.
+        #[test]
+        fn carry_holds_only_up_to_the_fork(info in log_info(), other in log_id(), seq in any::<u64>()) {
+            prop_assert_eq!(info.carry(info.id, seq), Some(seq));
+            match info.forked_from {
+                Some(f) => {
+                    prop_assert_eq!(info.carry(f.log, seq), Some(seq.min(f.size)));
+                    if other != f.log && other != info.id {
+                        prop_assert_eq!(info.carry(other, seq), None);
+                    }
+                }
+                None if other != info.id => prop_assert_eq!(info.carry(other, seq), None),
+                None => {}
+            }
+        }
+    }
+}
