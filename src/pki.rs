@@ -310,7 +310,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .trim_start_matches("0x")
         .replace(':', "")
         .to_ascii_lowercase();
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -316,7 +316,7 @@ async fn acknowledged_bulletins_and_cursors_survive_power_cuts() {
                     n += 1;
                     // Now and then one large enough to leave sled's log
                     // (a blob file of its own).
-                    let big = i == 0 && n % 16 == 0;
+                    let big = i == 0 && n.is_multiple_of(16);
                     if big {
                         b.body = "x".repeat(200 * 1024);
                     }

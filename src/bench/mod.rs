@@ -685,7 +685,7 @@ pub async fn replay_from(
         match ev {
             pb::subscribe_response::Msg::Delivery(d) => {
                 n += 1;
-                if n % 1024 == 0 {
+                if n.is_multiple_of(1024) {
                     sub.ack(d.sequence).await?;
                 }
             }
@@ -740,7 +740,7 @@ pub async fn fan_out(
                 match sub.next().await {
                     Ok(Some(pb::subscribe_response::Msg::Delivery(d))) => {
                         n += 1;
-                        if n % 256 == 0 {
+                        if n.is_multiple_of(256) {
                             let _ = sub.ack(d.sequence).await;
                         }
                     }

@@ -405,7 +405,8 @@ impl DiskSpace {
         if self.reserve == 0 {
             return Ok(());
         }
-        let free = fs2::available_space(&self.dir);
+        // Space available to this (unprivileged) process, as df shows it.
+        let free = rustix::fs::statvfs(&self.dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize));
         let full = matches!(free, Ok(free) if free < self.reserve);
         if self.stats.disk_full.swap(full, Ordering::Relaxed) != full {
             match full {

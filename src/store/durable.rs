@@ -68,7 +68,6 @@ impl DirLock {
     /// for a holder in this process that is closing (a node restarted in
     /// place); another process holding it is refused with `InUse`.
     pub fn acquire(dir: &Path) -> io::Result<DirLock> {
-        use fs2::FileExt;
         create_dir_all(dir)?;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -78,7 +77,8 @@ impl DirLock {
             .open(dir.join("lock"))?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         loop {
-            match file.try_lock_exclusive() {
+            // The standard library's advisory lock (flock on Linux).
+            match file.try_lock() {
                 Ok(()) => {
                     return Ok(DirLock {
                         _file: std::sync::Arc::new(file),
