@@ -325,16 +325,16 @@ pub fn parse_bulletins(text: &str, yaml: Option<bool>) -> Result<Vec<BulletinDoc
     };
     let yaml_docs = || -> Result<Vec<BulletinDoc>, DocumentError> {
         let mut out = Vec::new();
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            let v = serde_yaml::Value::deserialize(doc)
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
+            let v = serde_yaml_ng::Value::deserialize(doc)
                 .map_err(|e| DocumentError::Yaml(e.to_string()))?;
             if v.is_null() {
                 continue;
             }
             let docs = if v.is_sequence() {
-                serde_yaml::from_value::<Vec<BulletinDoc>>(v).map(OneOrMany::Many)
+                serde_yaml_ng::from_value::<Vec<BulletinDoc>>(v).map(OneOrMany::Many)
             } else {
-                serde_yaml::from_value::<BulletinDoc>(v).map(|b| OneOrMany::One(Box::new(b)))
+                serde_yaml_ng::from_value::<BulletinDoc>(v).map(|b| OneOrMany::One(Box::new(b)))
             }
             .map_err(|e| DocumentError::Yaml(e.to_string()))?;
             out.extend(flatten(docs));

@@ -49,15 +49,15 @@ fn every_deployment_manifest_is_well_formed_yaml() {
     );
     for f in files {
         let text = std::fs::read_to_string(&f).expect("read");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc)
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v: serde_yaml_ng::Value = serde::Deserialize::deserialize(doc)
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             let m = v
                 .as_mapping()
                 .unwrap_or_else(|| panic!("{}: not a mapping", f.display()));
             let known = ["kind", "services"]
                 .iter()
-                .any(|k| m.contains_key(serde_yaml::Value::from(*k)));
+                .any(|k| m.contains_key(serde_yaml_ng::Value::from(*k)));
             assert!(
                 known,
                 "{}: neither a Kubernetes object nor a compose file",
