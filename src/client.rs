@@ -175,19 +175,7 @@ impl Dialer {
         // here, in a sentence, rather than as a failed handshake.
         if let Some(leaf) = own.chain.first() {
             let now = std::time::SystemTime::now();
-            let at = |t: std::time::SystemTime| {
-                let secs = t
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0);
-                time::OffsetDateTime::from_unix_timestamp(secs)
-                    .ok()
-                    .and_then(|d| {
-                        d.format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    })
-                    .unwrap_or_else(|| secs.to_string())
-            };
+            let at = crate::document::rfc3339;
             if let Some(end) = trust::cert_not_after(leaf) {
                 if end < now {
                     return Err(ClientError::OwnCertificate {

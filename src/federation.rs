@@ -355,8 +355,8 @@ async fn session(
                 match msg.msg {
                     Some(Msg::Subscribed(s)) => {
                         *established = true;
-                        let start = on_subscribed(state, link, &peer, stored, &s)?;
-                        peer_log = parse_log(&s.log_id)?.or(stored.and_then(|p| p.log));
+                        let (start, served) = on_subscribed(state, link, &peer, stored, &s)?;
+                        peer_log = served.or(stored.and_then(|p| p.log));
                         info!(target: "beacon::audit", peer = %link.identity, cursor = s.cursor,
                               head = s.head, log = %s.log_id, "peer link up");
                         link.update(|st| {
@@ -410,14 +410,15 @@ fn parse_log(s: &str) -> Result<Option<LogId>, FederationError> {
 
 /// Checks where the peer starts the link against the position this node
 /// asked for (`stored`), records a change of the peer's log, and returns
-/// the position the link reads on from.
+/// the position the link reads on from and the log the peer serves (if it
+/// names one).
 fn on_subscribed(
     state: &LinkContext,
     link: &PeerLink,
     peer: &str,
     stored: Option<Position>,
     s: &pb::Subscribed,
-) -> Result<u64, FederationError> {
+) -> Result<(u64, Option<LogId>), FederationError> {
     let position = stored.map_or(0, |p| p.seq);
     let served = parse_log(&s.log_id)?;
     if s.cursor > position {
@@ -453,7 +454,7 @@ fn on_subscribed(
                     st.cursor = s.cursor;
                 });
             }
-            Ok(s.cursor)
+            Ok((s.cursor, served))
         }
         // A position of no known log (kept from before logs had ids), or a
         // peer that names none: a rebuilt peer shows only as a log shorter
@@ -486,7 +487,7 @@ fn on_subscribed(
                     },
                 )?;
             }
-            Ok(position)
+            Ok((position, served))
         }
     }
 }

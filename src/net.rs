@@ -537,6 +537,9 @@ pub async fn reload_loop(
         .as_ref()
         .map(|t| t.as_bytes().to_vec());
     let mut config_seen = started_with.clone();
+    // Read only when its size or time changed (and once at the first tick,
+    // for a change made between the load and this loop).
+    let mut config_fp = None;
     let mut tick = tokio::time::interval(state.config.timing.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -546,11 +549,17 @@ pub async fn reload_loop(
             _ = tick.tick() => false,
         };
         state.connections.close_expired();
-        let text = read_source(&source);
-        if text != config_seen || (forced && text != started_with) {
-            config_seen = text.clone();
-            if let (Some(path), Some(bytes)) = (&source, &text) {
-                config_changed(&state.config, path, bytes, text == started_with);
+        let fp = source
+            .as_ref()
+            .map(|p| fingerprint(std::slice::from_ref(p)));
+        if forced || fp != config_fp {
+            config_fp = fp;
+            let text = read_source(&source);
+            if text != config_seen || (forced && text != started_with) {
+                config_seen = text.clone();
+                if let (Some(path), Some(bytes)) = (&source, &text) {
+                    config_changed(&state.config, path, bytes, text == started_with);
+                }
             }
         }
         let now = fingerprint(&files);

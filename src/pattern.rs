@@ -377,33 +377,34 @@ impl Parser<'_> {
         Ok(())
     }
 
+    /// `item (WORD item)*`: one item as itself, several as `many` of them.
+    fn joined<T>(
+        &mut self,
+        word: &str,
+        item: fn(&mut Self) -> Result<T, String>,
+        many: fn(Vec<T>) -> T,
+    ) -> Result<T, String> {
+        let mut parts = vec![item(self)?];
+        while self.word(word) {
+            self.at += 1;
+            parts.push(item(self)?);
+        }
+        Ok(one_or(parts, many))
+    }
+
     fn pattern(&mut self) -> Result<Pattern, String> {
         self.deeper()?;
-        let mut parts = vec![self.obs_or()?];
-        while self.word("FOLLOWEDBY") {
-            self.at += 1;
-            parts.push(self.obs_or()?);
-        }
+        let p = self.joined("FOLLOWEDBY", Self::obs_or, Pattern::FollowedBy)?;
         self.depth -= 1;
-        Ok(one_or(parts, Pattern::FollowedBy))
+        Ok(p)
     }
 
     fn obs_or(&mut self) -> Result<Pattern, String> {
-        let mut parts = vec![self.obs_and()?];
-        while self.word("OR") {
-            self.at += 1;
-            parts.push(self.obs_and()?);
-        }
-        Ok(one_or(parts, Pattern::Or))
+        self.joined("OR", Self::obs_and, Pattern::Or)
     }
 
     fn obs_and(&mut self) -> Result<Pattern, String> {
-        let mut parts = vec![self.obs_qualified()?];
-        while self.word("AND") {
-            self.at += 1;
-            parts.push(self.obs_qualified()?);
-        }
-        Ok(one_or(parts, Pattern::And))
+        self.joined("AND", Self::obs_qualified, Pattern::And)
     }
 
     fn obs_qualified(&mut self) -> Result<Pattern, String> {
@@ -482,22 +483,13 @@ impl Parser<'_> {
 
     fn cmp_or(&mut self) -> Result<Comparison, String> {
         self.deeper()?;
-        let mut parts = vec![self.cmp_and()?];
-        while self.word("OR") {
-            self.at += 1;
-            parts.push(self.cmp_and()?);
-        }
+        let c = self.joined("OR", Self::cmp_and, Comparison::Or)?;
         self.depth -= 1;
-        Ok(one_or(parts, Comparison::Or))
+        Ok(c)
     }
 
     fn cmp_and(&mut self) -> Result<Comparison, String> {
-        let mut parts = vec![self.cmp_atom()?];
-        while self.word("AND") {
-            self.at += 1;
-            parts.push(self.cmp_atom()?);
-        }
-        Ok(one_or(parts, Comparison::And))
+        self.joined("AND", Self::cmp_atom, Comparison::And)
     }
 
     fn cmp_atom(&mut self) -> Result<Comparison, String> {

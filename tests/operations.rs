@@ -208,29 +208,31 @@ async fn a_damaged_or_foreign_backup_is_refused_and_nothing_is_written() {
     drop(data);
     let good = std::fs::read(&file).unwrap();
 
-    let restore =
-        |bytes: &[u8], opts: &NodeOptions| -> (i32, String, String, PathBuf, TempDirGuard) {
-            let (data, config) = TestNode::prepare(opts);
-            let f = data.path().join("in.backup");
-            std::fs::write(&f, bytes).unwrap();
-            let (code, out, err) = run(
-                work.path(),
-                &[
-                    "admin".into(),
-                    "restore".into(),
-                    f.display().to_string(),
-                    "--config".into(),
-                    config.display().to_string(),
-                ],
-            );
-            (
-                code,
-                out,
-                err,
-                data.path().join("store"),
-                TempDirGuard(data),
-            )
-        };
+    let restore_with = |bytes: &[u8],
+                        opts: &NodeOptions,
+                        extra: &[&str]|
+     -> (i32, String, String, PathBuf, TempDirGuard) {
+        let (data, config) = TestNode::prepare(opts);
+        let f = data.path().join("in.backup");
+        std::fs::write(&f, bytes).unwrap();
+        let mut args: Vec<String> = vec![
+            "admin".into(),
+            "restore".into(),
+            f.display().to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (code, out, err) = run(work.path(), &args);
+        (
+            code,
+            out,
+            err,
+            data.path().join("store"),
+            TempDirGuard(data),
+        )
+    };
+    let restore = |bytes: &[u8], opts: &NodeOptions| restore_with(bytes, opts, &[]);
     let here = NodeOptions::new(&pki, pki.node("drc", "hub-2"));
     let mid = good.len() / 2;
     let mut flipped = good.clone();
@@ -291,24 +293,9 @@ async fn a_damaged_or_foreign_backup_is_refused_and_nothing_is_written() {
         "{err}"
     );
     assert!(!target.exists());
-    {
-        let (data, config) = TestNode::prepare(&elsewhere);
-        let f = data.path().join("in.backup");
-        std::fs::write(&f, &good).unwrap();
-        let (code, out, err) = run(
-            work.path(),
-            &[
-                "admin".into(),
-                "restore".into(),
-                f.display().to_string(),
-                "--config".into(),
-                config.display().to_string(),
-                "--force".into(),
-            ],
-        );
-        assert_eq!(code, 0, "forced: {out}{err}");
-        assert!(out.contains("note: the backup is of node"), "{out}");
-    }
+    let (code, out, err, _, _g) = restore_with(&good, &elsewhere, &["--force"]);
+    assert_eq!(code, 0, "forced: {out}{err}");
+    assert!(out.contains("note: the backup is of node"), "{out}");
     // Never over a store; into an empty directory, yes.
     let (data, config) = TestNode::prepare(&here);
     let target = data.path().join("store");

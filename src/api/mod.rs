@@ -635,6 +635,7 @@ impl pb::admin_server::Admin for AdminService {
             n => (n as usize).min(1000),
         };
         let status_subscriptions = subscription_page(s, None, limit);
+        let own_certificate = s.trust.own_certificate();
         Ok(Response::new(pb::StatusResponse {
             node: s.identity.to_string(),
             version: crate::VERSION.to_owned(),
@@ -660,8 +661,11 @@ impl pb::admin_server::Admin for AdminService {
             }),
             subscriptions: status_subscriptions.0,
             subscriptions_total: status_subscriptions.2,
-            certificate_serial: s.trust.own_certificate().map(|c| c.0).unwrap_or_default(),
-            certificate_expires_at: s.trust.own_certificate().map(|c| timestamp(c.1)),
+            certificate_serial: own_certificate
+                .as_ref()
+                .map(|c| c.0.clone())
+                .unwrap_or_default(),
+            certificate_expires_at: own_certificate.as_ref().map(|c| timestamp(c.1)),
             peers: s
                 .peers
                 .iter()

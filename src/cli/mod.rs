@@ -1025,12 +1025,8 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
-        let at = time::OffsetDateTime::from_unix_timestamp(t.seconds)
-            .ok()
-            .and_then(|d| {
-                d.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
+        let at = std::time::SystemTime::try_from(*t)
+            .map(beacon::document::rfc3339)
             .unwrap_or_default();
         let days = left / 86_400;
         println!(

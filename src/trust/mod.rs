@@ -125,8 +125,6 @@ pub struct TrustBundle {
     anchors: Vec<TrustAnchor<'static>>,
     crls: Vec<webpki::CertRevocationList<'static>>,
     revoked_count: usize,
-    /// Issuers (and next-update times, Unix seconds) of CRLs past their next update.
-    stale_crls: Vec<(String, i64)>,
     /// Every CRL's issuer and next-update time (Unix seconds), if it has one.
     crl_next_updates: Vec<(String, i64)>,
 }
@@ -143,12 +141,7 @@ impl TrustBundle {
         let anchors = cas.iter().map(|c| c.anchor.clone()).collect();
         let mut parsed = Vec::with_capacity(crls.len());
         let mut revoked_count = 0;
-        let mut stale_crls = Vec::new();
         let mut crl_next_updates = Vec::new();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
         for der in &crls {
             let crl = OwnedCertRevocationList::from_der(der)
                 .map_err(|e| TrustError::BadCertificate(format!("CRL: {e}")))?;
@@ -158,9 +151,6 @@ impl TrustBundle {
                 revoked_count += c.iter_revoked_certificates().count();
                 if let Some(next) = c.next_update() {
                     crl_next_updates.push((c.issuer().to_string(), next.timestamp()));
-                    if next.timestamp() < now {
-                        stale_crls.push((c.issuer().to_string(), next.timestamp()));
-                    }
                 }
             }
             parsed.push(webpki::CertRevocationList::Owned(crl));
@@ -171,7 +161,6 @@ impl TrustBundle {
             anchors,
             crls: parsed,
             revoked_count,
-            stale_crls,
             crl_next_updates,
         })
     }
@@ -192,8 +181,16 @@ impl TrustBundle {
     /// CRLs past their next-update time: (issuer, next update as Unix seconds).
     /// They are still applied (what they revoke stays revoked); operators
     /// should publish fresh ones with `beacon ca crl`.
-    pub fn stale_crls(&self) -> &[(String, i64)] {
-        &self.stale_crls
+    pub fn stale_crls(&self) -> Vec<(String, i64)> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.crl_next_updates
+            .iter()
+            .filter(|(_, next)| *next < now)
+            .cloned()
+            .collect()
     }
 
     /// How many certificate entries the loaded CRLs list.
