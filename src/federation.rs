@@ -325,7 +325,10 @@ async fn session(
     loop {
         tokio::select! {
             _ = trust_check.tick() => {
-                if state.trust.generation() != generation {
+                // A reload, or this node's own certificate refused (the
+                // reload loop says so just after it installs the bundle,
+                // so a session begun in between must end here too).
+                if state.trust.generation() != generation || state.trust.own_refusal().is_some() {
                     return Ok(End::TrustReloaded);
                 }
             }
