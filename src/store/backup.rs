@@ -568,7 +568,7 @@ fn build(
     };
     let log = built_log(how, backed_up, head);
 
-    let engine = super::sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
+    let (engine, _) = super::sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
     let mut set = WriteSet {
         format: Some(FORMAT),
         log: Some(log.encode()),
@@ -661,7 +661,7 @@ fn build(
                 expect += 1;
                 if set.records.len() + set.pruned.len() >= CHUNK {
                     set.head = Some(seq);
-                    engine.write(std::mem::take(&mut set))?;
+                    engine.write_synced(std::mem::take(&mut set))?;
                     progress(seq, head);
                 }
             }
@@ -763,8 +763,8 @@ fn build(
         // The same store, rewritten: it still names its node.
         set.node = node.as_ref().map(|n| n.as_bytes().to_vec());
     }
-    engine.write(set)?;
-    engine.sync()?;
+    engine.write_synced(set)?;
+    engine.checkpoint()?;
     drop(engine);
     let mut written = Vec::new();
     if how == Build::Restore {

@@ -40,6 +40,8 @@ pub(super) struct Committer {
     writer: Option<mpsc::Sender<WriteReq>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
+    marker: Arc<Marker>,
+    marker_thread: Option<std::thread::JoinHandle<()>>,
     pipeline: Arc<Pipeline>,
     failed: Arc<Failure>,
 }
@@ -79,10 +81,20 @@ impl Committer {
             },
             max_batch: opts.max_batch.max(1),
             pipeline: pipeline.clone(),
+            written: std::collections::VecDeque::new(),
+        };
+        let marker = Arc::new(Marker::default());
+        let marker_thread = {
+            let marker = marker.clone();
+            let failed = failed.clone();
+            std::thread::Builder::new()
+                .name("beacon-store-mark".into())
+                .spawn(move || marker.run(watermark, head, &failed))
+                .map_err(io)?
         };
         let flusher = Flusher {
             engine: engine.clone(),
-            watermark,
+            marker: marker.clone(),
             durable: head,
             head_tx,
             failed: failed.clone(),
@@ -102,6 +114,8 @@ impl Committer {
             writer: Some(tx),
             writer_thread: Some(writer_thread),
             flusher_thread: Some(flusher_thread),
+            marker,
+            marker_thread: Some(marker_thread),
             pipeline,
             failed,
         };
@@ -172,6 +186,11 @@ impl Committer {
         }
         if let Some(t) = self.flusher_thread.take() {
             let _ = t.join();
+            // The acknowledged head, recorded to the last.
+            self.marker.stop();
+            if let Some(t) = self.marker_thread.take() {
+                let _ = t.join();
+            }
             let batches = stats.batches.load(Ordering::Relaxed);
             let appended = stats.appended.load(Ordering::Relaxed);
             if batches > 0 {
@@ -354,6 +373,29 @@ struct Writer {
     space: DiskSpace,
     max_batch: usize,
     pipeline: Arc<Pipeline>,
+    /// Batches written to the engine and maybe not synced yet, oldest
+    /// first: the engine shows a write only once it is synced, so later
+    /// appends are decided against these first.
+    written: std::collections::VecDeque<Written>,
+}
+
+/// What a batch written to the engine holds, for the applier's later
+/// decisions until the committed head passes it.
+struct Written {
+    head: u64,
+    pending: HashMap<(String, String), Held>,
+    successors: HashMap<u64, Successor>,
+    records: Vec<(u64, Vec<u8>)>,
+}
+
+impl Written {
+    fn record(&self, seq: u64) -> Option<Result<Record, StoreError>> {
+        let first = self.records.first()?.0;
+        let (at, bytes) = self
+            .records
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        Some(Record::decode(*at, Bytes::from(bytes.clone())))
+    }
 }
 
 type AppendReq = (NewRecord, oneshot::Sender<Result<Appended, StoreError>>);
@@ -433,13 +475,13 @@ impl DiskSpace {
 }
 
 /// The highest sequence the store has made durable, kept in a small file
-/// beside the engine's files (`acknowledged`: the sequence and its CRC32). It
-/// is written and fdatasynced after each flush of the log and before anything
-/// that flush covers is acknowledged, so it never runs ahead of the log and
-/// never lags what was acknowledged, even across a power cut. At open, a log
-/// that ends before it means the engine lost acknowledged records (its
-/// recovery stops at the first damaged entry, or the disk lied about an
-/// fsync), and the store refuses to open.
+/// beside the engine's files (`acknowledged`: the sequence and its CRC32).
+/// It is recorded off the acknowledgement path ([`Marker`]): after a sync
+/// has covered it, never before, and at most [`MARK_EVERY`] (plus one
+/// fdatasync) behind what was acknowledged. At open, a log that ends before
+/// it means the engine lost acknowledged records (the disk lied about an
+/// fsync, or the files were damaged or replaced), and the store refuses to
+/// open.
 pub(super) struct Watermark {
     file: std::fs::File,
 }
@@ -485,11 +527,77 @@ impl Watermark {
     }
 }
 
-/// The flusher: makes applied batches and cursor writes durable (one `flush`,
-/// i.e. fsync, per round) and only then answers them and moves the committed head.
+/// How often the acknowledged head is recorded, at most: a disk that loses
+/// acknowledged writes is caught for everything acknowledged this long
+/// before the cut.
+pub(super) const MARK_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Records the acknowledged head in the [`Watermark`] on a thread of its
+/// own, so that no acknowledgement waits for a second flush.
+#[derive(Default)]
+struct Marker {
+    state: parking_lot::Mutex<MarkState>,
+    wake: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct MarkState {
+    /// The committed head to record.
+    wanted: u64,
+    stop: bool,
+}
+
+impl Marker {
+    fn note(&self, head: u64) {
+        let mut st = self.state.lock();
+        if head > st.wanted {
+            st.wanted = head;
+            self.wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        self.state.lock().stop = true;
+        self.wake.notify_one();
+    }
+
+    fn run(&self, watermark: Watermark, mut recorded: u64, failed: &Failure) {
+        loop {
+            let (wanted, stop) = {
+                let mut st = self.state.lock();
+                while st.wanted <= recorded && !st.stop {
+                    self.wake.wait(&mut st);
+                }
+                (st.wanted, st.stop)
+            };
+            if wanted > recorded {
+                if let Err(e) = watermark.record(wanted) {
+                    // The file's pages may be gone: it is not retried.
+                    failed.set(
+                        "record of the acknowledged head",
+                        &StoreError::Io(e.to_string()),
+                    );
+                    return;
+                }
+                recorded = wanted;
+            }
+            if stop {
+                return;
+            }
+            // At most one record per period; a stop ends the wait.
+            let until = Instant::now() + MARK_EVERY;
+            let mut st = self.state.lock();
+            while !st.stop && !self.wake.wait_until(&mut st, until).timed_out() {}
+        }
+    }
+}
+
+/// The flusher: makes written batches and cursor writes durable (one sync
+/// of the engine, i.e. one fdatasync of its log, per round) and only then
+/// answers them and moves the committed head.
 struct Flusher {
     engine: Arc<dyn Engine>,
-    watermark: Watermark,
+    marker: Arc<Marker>,
     durable: u64,
     head_tx: watch::Sender<u64>,
     failed: Arc<Failure>,
@@ -515,17 +623,9 @@ impl Flusher {
             let target = self.pipeline.applied.load(Ordering::Acquire);
             if target > self.durable || needs_flush {
                 let t0 = Instant::now();
-                // The log, then the acknowledged head outside it: both durable
-                // before any reply.
-                let result = self.engine.sync().and_then(|()| {
-                    if target > self.durable {
-                        self.watermark.record(target).map_err(|e| {
-                            StoreError::Io(format!("cannot record the acknowledged head: {e}"))
-                        })
-                    } else {
-                        Ok(())
-                    }
-                });
+                // One sync of the engine (its write-ahead log) before any
+                // reply; the acknowledged head is recorded off this path.
+                let result = self.engine.sync();
                 let took = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 self.stats
                     .fsync_nanos_total
@@ -566,6 +666,7 @@ impl Flusher {
                         .fetch_add(target - self.durable, Ordering::Relaxed);
                     self.durable = target;
                     self.head_tx.send_replace(target);
+                    self.marker.note(target);
                 }
             }
             let durable = self.durable;
@@ -642,6 +743,7 @@ impl Writer {
             }
             return;
         }
+        self.forget_synced();
         let mut batch = Batch {
             writes: WriteSet::default(),
             pending: HashMap::new(),
@@ -663,7 +765,7 @@ impl Writer {
     /// a new record added to `batch`.
     fn admit(&self, batch: &mut Batch, rec: NewRecord) -> Result<Appended, StoreError> {
         let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
-        let existing = match batch.pending.get(&key) {
+        let existing = match self.held_unsynced(batch, &key) {
             Some(h) => Some((h.indexed.clone(), Some(h.accepted_at))),
             None => self.lookup(&key.0, &key.1)?.map(|i| (i, None)),
         };
@@ -694,8 +796,8 @@ impl Writer {
                 let how = rec.related.as_ref().map(|r| r.how);
                 let appended = batch.append(key, rec);
                 if let (Some(original), Some(how)) = (related, how) {
-                    let old = match batch.successors.get(&original) {
-                        Some(s) => Some(*s),
+                    let old = match self.successor_unsynced(batch, original) {
+                        Some(s) => Some(s),
                         None => self.successor(original)?,
                     };
                     batch.mark(original, old, how, appended.seq);
@@ -715,7 +817,7 @@ impl Writer {
             return Ok(None);
         };
         let key = (rec.meta.publisher.clone(), rel.id.clone());
-        let seq = match batch.pending.get(&key) {
+        let seq = match self.held_unsynced(batch, &key) {
             Some(h) => h.indexed.seq,
             None => match self.lookup(&key.0, &key.1)? {
                 Some(i) => {
@@ -733,7 +835,10 @@ impl Writer {
             },
         };
         if rel.required {
-            let original = match batch.record(seq) {
+            let unsynced = batch
+                .record(seq)
+                .or_else(|| self.written.iter().rev().find_map(|w| w.record(seq)));
+            let original = match unsynced {
                 Some(r) => r?.meta,
                 // Pruned: no reader can be left with it, and nothing to mark.
                 None if self.engine.tombstone(seq)?.is_some() => return Ok(None),
@@ -762,11 +867,14 @@ impl Writer {
             mut upto,
             next,
             free_from,
+            pending,
+            successors,
             ..
         } = batch;
         let new_head = next - 1;
         if new_head != self.head {
             writes.head = Some(new_head);
+            let records = writes.records.clone();
             if let Err(e) = self.engine.write(writes) {
                 self.failed.set("write", &e);
                 for (reply, _) in replies {
@@ -774,6 +882,12 @@ impl Writer {
                 }
                 return;
             }
+            self.written.push_back(Written {
+                head: new_head,
+                pending,
+                successors,
+                records,
+            });
             self.head = new_head;
             self.last_accepted = free_from;
             upto = upto.max(new_head);
@@ -793,6 +907,7 @@ impl Writer {
     /// records are pruned; one already pruned is passed over.
     fn prune(&mut self, seqs: &[u64]) -> Result<u64, StoreError> {
         self.failed.check()?;
+        self.forget_synced();
         let durable = *self.committed.borrow();
         let now = SystemTime::now();
         let mut writes = WriteSet::default();
@@ -815,12 +930,46 @@ impl Writer {
         }
         let n = writes.pruned.len() as u64;
         if n > 0 {
-            if let Err(e) = self.engine.write(writes) {
+            // Synced here, so that the appends after it are decided against
+            // it (a bulletin replacing a pruned one marks nothing).
+            if let Err(e) = self.engine.write_synced(writes) {
                 self.failed.set("write", &e);
                 return Err(e);
             }
         }
         Ok(n)
+    }
+
+    /// Forgets the written batches the committed head has passed: the
+    /// engine shows them now.
+    fn forget_synced(&mut self) {
+        let committed = *self.committed.borrow();
+        while self.written.front().is_some_and(|w| w.head <= committed) {
+            self.written.pop_front();
+        }
+    }
+
+    /// What this batch, or a written one not yet synced, appended for `key`.
+    fn held_unsynced<'a>(&'a self, batch: &'a Batch, key: &(String, String)) -> Option<&'a Held> {
+        batch
+            .pending
+            .get(key)
+            .or_else(|| self.written.iter().rev().find_map(|w| w.pending.get(key)))
+    }
+
+    /// What replaced the record at `seq` in this batch or a written one not
+    /// yet synced.
+    fn successor_unsynced(&self, batch: &Batch, seq: u64) -> Option<Successor> {
+        batch
+            .successors
+            .get(&seq)
+            .or_else(|| {
+                self.written
+                    .iter()
+                    .rev()
+                    .find_map(|w| w.successors.get(&seq))
+            })
+            .copied()
     }
 
     fn lookup(&self, publisher: &str, id: &str) -> Result<Option<Indexed>, StoreError> {

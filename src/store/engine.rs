@@ -14,9 +14,9 @@ use bytes::Bytes;
 use super::record::Position;
 use super::StoreError;
 
-/// One atomic write: all of it becomes visible together, and durable together
-/// at the next [`Engine::sync`].
-#[derive(Default)]
+/// One atomic write: all of it becomes durable together at the next
+/// [`Engine::sync`], and visible to reads then (not before).
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
 pub(crate) struct WriteSet {
     /// Encoded records by sequence.
     pub records: Vec<(u64, Vec<u8>)>,
@@ -43,7 +43,179 @@ pub(crate) struct WriteSet {
     pub node: Option<Vec<u8>>,
 }
 
+impl WriteSet {
+    /// Encoded bytes it carries (records, tombstones, index entries), for
+    /// bounding what waits in memory.
+    pub fn weight(&self) -> usize {
+        self.records.iter().map(|(_, r)| r.len()).sum::<usize>()
+            + self.pruned.iter().map(|p| p.tombstone.len()).sum::<usize>()
+            + self
+                .index
+                .iter()
+                .map(|(p, i, e)| p.len() + i.len() + e.len())
+                .sum::<usize>()
+    }
+
+    /// The set as bytes (a write-ahead log frame's payload): each part
+    /// with its count, every value with its length, integers big-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.weight() + 16 * self.records.len());
+        let n = |out: &mut Vec<u8>, n: usize| out.extend_from_slice(&(n as u64).to_be_bytes());
+        let u = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_be_bytes());
+        let b = |out: &mut Vec<u8>, v: &[u8]| {
+            out.extend_from_slice(&(v.len() as u64).to_be_bytes());
+            out.extend_from_slice(v);
+        };
+        n(&mut out, self.records.len());
+        for (seq, r) in &self.records {
+            u(&mut out, *seq);
+            b(&mut out, r);
+        }
+        n(&mut out, self.index.len());
+        for (p, i, e) in &self.index {
+            b(&mut out, p.as_bytes());
+            b(&mut out, i.as_bytes());
+            b(&mut out, e);
+        }
+        n(&mut out, self.successors.len());
+        for (seq, v) in &self.successors {
+            u(&mut out, *seq);
+            b(&mut out, v);
+        }
+        n(&mut out, self.expiries.len());
+        for (at, seq) in &self.expiries {
+            u(&mut out, *at);
+            u(&mut out, *seq);
+        }
+        n(&mut out, self.pruned.len());
+        for p in &self.pruned {
+            u(&mut out, p.seq);
+            b(&mut out, &p.tombstone);
+            match p.expires {
+                Some(e) => {
+                    out.push(1);
+                    u(&mut out, e);
+                }
+                None => out.push(0),
+            }
+        }
+        match self.head {
+            Some(h) => {
+                out.push(1);
+                u(&mut out, h);
+            }
+            None => out.push(0),
+        }
+        match self.format {
+            Some(f) => {
+                out.push(1);
+                out.extend_from_slice(&f.to_be_bytes());
+            }
+            None => out.push(0),
+        }
+        for v in [&self.log, &self.node] {
+            match v {
+                Some(v) => {
+                    out.push(1);
+                    b(&mut out, v);
+                }
+                None => out.push(0),
+            }
+        }
+        out
+    }
+
+    /// The set encoded by [`WriteSet::encode`]; `None` if the bytes are not one.
+    pub fn decode(bytes: &[u8]) -> Option<WriteSet> {
+        let mut c = Cursor(bytes);
+        let mut set = WriteSet::default();
+        for _ in 0..c.count()? {
+            set.records.push((c.u64()?, c.bytes()?.to_vec()));
+        }
+        for _ in 0..c.count()? {
+            let p = String::from_utf8(c.bytes()?.to_vec()).ok()?;
+            let i = String::from_utf8(c.bytes()?.to_vec()).ok()?;
+            set.index.push((p, i, c.bytes()?.to_vec()));
+        }
+        for _ in 0..c.count()? {
+            set.successors.push((c.u64()?, c.bytes()?.to_vec()));
+        }
+        for _ in 0..c.count()? {
+            set.expiries.push((c.u64()?, c.u64()?));
+        }
+        for _ in 0..c.count()? {
+            let seq = c.u64()?;
+            let tombstone = c.bytes()?.to_vec();
+            let expires = match c.flag()? {
+                true => Some(c.u64()?),
+                false => None,
+            };
+            set.pruned.push(Pruned {
+                seq,
+                tombstone,
+                expires,
+            });
+        }
+        set.head = match c.flag()? {
+            true => Some(c.u64()?),
+            false => None,
+        };
+        set.format = match c.flag()? {
+            true => Some(u32::from_be_bytes(c.take(4)?.try_into().ok()?)),
+            false => None,
+        };
+        set.log = match c.flag()? {
+            true => Some(c.bytes()?.to_vec()),
+            false => None,
+        };
+        set.node = match c.flag()? {
+            true => Some(c.bytes()?.to_vec()),
+            false => None,
+        };
+        c.0.is_empty().then_some(set)
+    }
+}
+
+/// Reads a [`WriteSet`]'s encoding; every read is checked against what is left.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.0.len() {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    /// A count of entries, each at least one byte: never more than is left.
+    fn count(&mut self) -> Option<usize> {
+        usize::try_from(self.u64()?)
+            .ok()
+            .filter(|&n| n <= self.0.len())
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        self.take(n)
+    }
+
+    fn flag(&mut self) -> Option<bool> {
+        match self.take(1)?[0] {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+}
+
 /// A record to prune.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pruned {
     pub seq: u64,
     /// The encoded `store::record::Tombstone` that takes its place.
@@ -105,11 +277,23 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn index(&self, publisher: &str, id: &str) -> Result<Option<Bytes>, StoreError>;
     /// Up to `limit` index entries for `id`, any publisher: (publisher, entry).
     fn index_by_id(&self, id: &str, limit: usize) -> Result<Vec<(String, Bytes)>, StoreError>;
-    /// Applies `set` atomically. It is visible to reads at once and durable
-    /// after the next [`Engine::sync`].
+    /// Takes `set` as one atomic write. It becomes durable, and visible to
+    /// reads, at the next [`Engine::sync`] (an engine may make it so
+    /// sooner, never in part); the store's writer keeps what it wrote
+    /// until then.
     fn write(&self, set: WriteSet) -> Result<(), StoreError>;
-    /// Makes every write and cursor update made before the call durable.
+    /// Makes every write and cursor update made before the call durable,
+    /// and every write visible.
     fn sync(&self) -> Result<(), StoreError>;
+    /// [`Engine::write`] then [`Engine::sync`]: for builders that read back
+    /// what they wrote (upgrades, restores), not for the group commit.
+    fn write_synced(&self, set: WriteSet) -> Result<(), StoreError> {
+        self.write(set)?;
+        self.sync()
+    }
+    /// Brings the engine's own files up to everything synced, so that the
+    /// next open has nothing to redo (a clean close, the end of a build).
+    fn checkpoint(&self) -> Result<(), StoreError>;
     /// The cursor of (identity, name) in `space`.
     fn cursor(
         &self,

@@ -44,6 +44,7 @@ mod record;
 pub mod retention;
 mod sled_engine;
 mod upgrade;
+mod wal;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,8 +65,9 @@ pub use record::{Fork, LogId, LogInfo, Position, Record, Replaced, Successor, To
 /// have expiry entries; pruned records leave tombstones. 4: acceptance
 /// times leave each record its span (distinct TAXII `date_added`). 5: the
 /// log has an identity ([`LogInfo`]), and each subscription cursor names
-/// the log it was taken on.
-pub const FORMAT: u32 = 5;
+/// the log it was taken on. 6: the embedded engine writes through its
+/// write-ahead log (`wal/` beside sled's files).
+pub const FORMAT: u32 = 6;
 use record::{nanos, Indexed};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -248,6 +250,9 @@ pub struct StoreStats {
     pub fsync_seconds: crate::metrics::Histogram,
     /// Records each flush made durable.
     pub batch_records: crate::metrics::Histogram,
+    /// Opens that applied the write-ahead log again after an unclean stop
+    /// (0 or 1 per process).
+    pub repairs: AtomicU64,
     /// Appends are being refused for the free-space reserve.
     pub disk_full: std::sync::atomic::AtomicBool,
 }
@@ -265,6 +270,7 @@ impl Default for StoreStats {
             fsync_nanos_max: AtomicU64::new(0),
             fsync_seconds: crate::metrics::Histogram::new(crate::metrics::FSYNC_BOUNDS),
             batch_records: crate::metrics::Histogram::new(crate::metrics::BATCH_BOUNDS),
+            repairs: AtomicU64::new(0),
         }
     }
 }
@@ -310,8 +316,11 @@ impl Store {
         // torn writes): opening is checked end to end, and such a store is
         // refused with a sentence instead of a crash.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let engine = sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
-            Store::with_engine(dir, Arc::new(engine), opts)
+            let (engine, recovery) =
+                sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
+            let store = Store::with_engine(dir, Arc::new(engine), opts)?;
+            store.recovered(&recovery);
+            Ok::<Store, StoreError>(store)
         }));
         let mut store = match opened {
             Ok(store) => store?,
@@ -352,14 +361,24 @@ impl Store {
                 && engine.cursors(Space::Links)?.is_empty() =>
             {
                 // A new store, and a new log.
-                engine.write(engine::WriteSet {
+                engine.write_synced(engine::WriteSet {
                     format: Some(FORMAT),
                     log: Some(LogInfo::new().encode()),
                     ..Default::default()
                 })?;
-                engine.sync()?;
             }
-            older => upgrade::run(engine.as_ref(), older.unwrap_or(1), head)?,
+            older => {
+                // Stores from before the write-ahead log marked a clean
+                // close; after an unclean one, sled may hold a batch in part,
+                // which only a walk of the whole log can tell (once).
+                if !dir.join(CLEAN).exists() {
+                    check_whole(engine.as_ref(), head)?;
+                }
+                upgrade::run(engine.as_ref(), older.unwrap_or(1), head)?
+            }
+        }
+        if dir.join(CLEAN).exists() {
+            std::fs::remove_file(dir.join(CLEAN)).map_err(io)?;
         }
         let log = match engine.log()? {
             Some(b) => LogInfo::decode(&b),
@@ -370,11 +389,10 @@ impl Store {
         // they hold (a restore with another member's config is refused).
         if let Some(node) = &opts.node {
             if engine.node()?.as_deref() != Some(node.as_bytes()) {
-                engine.write(engine::WriteSet {
+                engine.write_synced(engine::WriteSet {
                     node: Some(node.as_bytes().to_vec()),
                     ..Default::default()
                 })?;
-                engine.sync()?;
             }
         }
         // A log that ends before what was acknowledged is refused, never served.
@@ -390,20 +408,13 @@ impl Store {
                 });
             }
         }
-        // The head and the log are written in one atomic batch; check they agree.
+        // The head and the log are written in one atomic batch (and applied
+        // again whole from the write-ahead log after an unclean stop); check
+        // they agree.
         if last != head {
             return Err(StoreError::Torn(format!(
                 "its head marker says {head} but the log ends at {last}"
             )));
-        }
-        // After an unclean stop, the log must still be whole: every sequence
-        // up to the head held as a record or a tombstone.
-        let clean = dir.join(CLEAN);
-        if clean.exists() {
-            std::fs::remove_file(&clean).map_err(io)?;
-            durable::sync_dir(dir).map_err(io)?;
-        } else {
-            check_whole(engine.as_ref(), head)?;
         }
         watermark.record(head).map_err(io)?;
         // The last record's span is not kept: leave room for the largest.
@@ -795,30 +806,45 @@ impl Store {
         self.engine.sync()
     }
 
-    /// Stops the writer after the appends already queued, and syncs; a
-    /// store closed cleanly is not checked whole at its next open.
+    /// Stops the writer after the appends already queued, syncs, and
+    /// checkpoints the engine, so the next open has nothing to redo.
     pub fn close(&mut self) -> Result<(), StoreError> {
         self.commit.stop(&self.stats);
         self.flush()?;
         if self.commit.check_open().is_ok() {
-            std::fs::File::create(self.dir.join(CLEAN))
-                .and_then(|f| f.sync_all())
-                .and_then(|()| durable::sync_dir(&self.dir))
-                .map_err(io)?;
+            self.engine.checkpoint()?;
         }
         Ok(())
     }
+
+    /// Reports what the engine's open applied again (one line, and the
+    /// repairs metric): a store stopped uncleanly is repaired from its
+    /// write-ahead log, never refused for what it was writing.
+    fn recovered(&self, r: &sled_engine::Recovery) {
+        if r.frames == 0 && r.cut.is_none() {
+            return;
+        }
+        self.stats.repairs.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            frames = r.frames,
+            head_before = r.from,
+            head = r.to,
+            cut = r.cut.as_deref().unwrap_or("none"),
+            "the store was not closed cleanly: its write-ahead log was applied again from the last checkpoint (what follows the last whole frame was never acknowledged)"
+        );
+    }
 }
 
-/// Written when a store closes cleanly (and removed when it opens): its
-/// absence at open means an unclean stop.
+/// Written by stores from before the write-ahead log when they closed
+/// cleanly; read once, when such a store is upgraded, and removed.
 const CLEAN: &str = "clean";
 
 /// Checks that the log holds every sequence `1..=head` once, as a record or
-/// a tombstone. sled keeps a batch atomic only if its writes reach the disk
-/// in order; a power cut that keeps some unsynced writes and not others can
-/// leave a batch in part (`tests/power_loss.rs`, torn cuts). One pass over
-/// the log, after an unclean stop only.
+/// a tombstone. Without a write-ahead log, sled keeps a batch atomic only if
+/// its writes reach the disk in order; a power cut that keeps some unsynced
+/// writes and not others can leave a batch in part. One pass over the log,
+/// only when a store from before the write-ahead log is upgraded after an
+/// unclean stop.
 fn check_whole(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
     let mut expect = 1u64;
     for entry in engine::entries(engine, 1, head) {

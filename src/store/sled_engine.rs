@@ -26,17 +26,106 @@ use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 
+use std::sync::Arc;
+
 use super::durable::{sync_file, Listing};
 use super::engine::{Engine, RecordIter, Space, WriteSet};
 use super::record::Position;
+use super::wal::{At, Checkpoint, Kind, Wal};
 use super::{io, StoreError};
 
+/// Bytes of one write-ahead log segment.
+const SEGMENT_BYTES: u64 = 16 << 20;
+/// A checkpoint is taken at least this often while anything was written…
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// …and as soon as this much of the log lies beyond the last one: well
+/// under what fills one of sled's buffers ([`SLED_SEGMENT`]; sled's own
+/// log takes two to three times the bytes of the frames), so that sled's
+/// files change only during a checkpoint.
+const CHECKPOINT_BYTES: u64 = 4 << 20;
+/// sled's buffer (and segment) size for new stores: its largest. sled writes
+/// a buffer to its file when the buffer is full or flushed; a cut that
+/// finds sled's file written since its last flush, in part (a torn cut),
+/// can leave it unable to recover (docs/RELIABILITY.md). Stores created
+/// before keep theirs (sled cannot change it; a compaction rebuilds them
+/// with this one).
+const SLED_SEGMENT: usize = 16 << 20;
+
+/// The buffer size of sled's files in `dir`, or [`SLED_SEGMENT`] for new ones.
+fn sled_segment(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix("segment_size: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(SLED_SEGMENT)
+}
+/// Writes waiting for a sync beyond this are synced at once (a builder
+/// writing a whole log never holds it in memory).
+const PENDING_BYTES: usize = 32 << 20;
+
+/// The embedded engine: a write-ahead log in front of sled.
+///
+/// A write is a frame in the log ([`wal`](super::wal)); a sync fdatasyncs
+/// the log (one flush per group commit) and only then applies the frames'
+/// batches to sled, so sled never holds a batch whose frame is not durable.
+/// sled is flushed in the background (a checkpoint: sled's flush, then the
+/// syncs sled's flush leaves out, then the checkpoint record), and an open
+/// applies again whatever frames follow the last checkpoint: a batch sled
+/// kept only in part across a power cut is written whole again.
 pub(crate) struct SledEngine {
+    shared: Arc<Shared>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+pub(crate) struct Shared {
     db: sled::Db,
     log: sled::Tree,
     cursors: sled::Tree,
     links: sled::Tree,
     durable: Durable,
+    wal: Wal,
+    /// Batches whose frames are written and not yet synced, in order
+    /// (pushed under the log's lock, taken with its unsynced files).
+    pending: parking_lot::Mutex<(Vec<WriteSet>, usize)>,
+    /// What sled holds of the log (held for the whole of a sync, which
+    /// it serializes).
+    applied: parking_lot::Mutex<Applied>,
+    /// One checkpoint at a time.
+    checkpointing: parking_lot::Mutex<()>,
+    signal: parking_lot::Mutex<Signal>,
+    wake: parking_lot::Condvar,
+    /// Set once a write, sync or checkpoint failed: nothing more is taken.
+    failed: std::sync::OnceLock<String>,
+}
+
+/// How far sled holds the log: every frame up to `lsn` (the next starts at
+/// `next`), its head marker at `head`.
+#[derive(Clone, Copy)]
+struct Applied {
+    lsn: u64,
+    next: At,
+    head: u64,
+}
+
+#[derive(Default)]
+struct Signal {
+    stop: bool,
+    wanted: bool,
+}
+
+/// What an open of the engine found in its write-ahead log.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recovery {
+    /// Frames applied again after the last checkpoint (an unclean stop).
+    pub frames: u64,
+    /// The head sled held before them, and after.
+    pub from: u64,
+    pub to: u64,
+    /// A damaged or torn frame where the log was cut (never acknowledged).
+    pub cut: Option<String>,
 }
 
 /// What sled's `flush` leaves out, done after it (see [`SledEngine::sync`]).
@@ -130,14 +219,35 @@ fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(a))
 }
 
+/// A position frame's payload: the space, the key's length and the key,
+/// then (for a put) the value.
+fn position_frame(space: Space, key: &[u8], value: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 4 + key.len() + value.map_or(0, <[u8]>::len));
+    out.push(match space {
+        Space::Subscriptions => b'C',
+        Space::Links => b'P',
+    });
+    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(key);
+    if let Some(v) = value {
+        out.extend_from_slice(v);
+    }
+    out
+}
+
 impl SledEngine {
-    /// Opens (or creates) sled's files in `dir`.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledEngine, StoreError> {
+    /// Opens (or creates) the engine's files in `dir`: sled's, and its
+    /// write-ahead log in `dir/wal`, whose frames after the last checkpoint
+    /// are applied again first.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<(SledEngine, Recovery), StoreError> {
         let config = sled::Config::new()
             .path(dir)
+            .segment_size(sled_segment(dir))
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(500));
+            // Its own flusher writes and cleans in the background; the
+            // checkpoints make what it holds durable.
+            .flush_every_ms(None);
         // sled's background flusher lets go of the directory's file lock a
         // moment after the last handle is dropped, so a store closed and
         // reopened in one process (a node restarted in place) can find it
@@ -166,35 +276,178 @@ impl SledEngine {
         let cursors = db.open_tree("cursors").map_err(io)?;
         let links = db.open_tree("links").map_err(io)?;
         let db_file = std::fs::File::open(dir.join("db")).map_err(io)?;
-        let engine = SledEngine {
+        let durable = Durable {
+            dir: dir.to_path_buf(),
+            db_file,
+            state: parking_lot::Mutex::new(DurableState {
+                top: Listing::new(),
+                blobs: Listing::new(),
+                unsettled: BTreeSet::new(),
+            }),
+        };
+        let from = read_head(&log)?;
+        let (wal, replayed) = Wal::open(&dir.join("wal"), SEGMENT_BYTES, |kind, payload| {
+            replay(&log, &cursors, &links, kind, payload)
+        })?;
+        let head = read_head(&log)?;
+        // sled's files must hold what the last checkpoint said they held.
+        if head < replayed.checkpoint.head {
+            return Err(StoreError::RolledBack {
+                acknowledged: replayed.checkpoint.head,
+                found: head,
+            });
+        }
+        let next = wal.lock().take_unsynced()?.next;
+        let shared = Arc::new(Shared {
             db,
             log,
             cursors,
             links,
-            durable: Durable {
-                dir: dir.to_path_buf(),
-                db_file,
-                state: parking_lot::Mutex::new(DurableState {
-                    top: Listing::new(),
-                    blobs: Listing::new(),
-                    unsettled: BTreeSet::new(),
-                }),
+            durable,
+            wal,
+            pending: parking_lot::Mutex::new((Vec::new(), 0)),
+            applied: parking_lot::Mutex::new(Applied {
+                lsn: replayed.lsn,
+                next,
+                head,
+            }),
+            checkpointing: parking_lot::Mutex::new(()),
+            signal: parking_lot::Mutex::new(Signal::default()),
+            wake: parking_lot::Condvar::new(),
+            failed: std::sync::OnceLock::new(),
+        });
+        // The files sled just created and their names; and what was applied
+        // again, so the next open does not redo it.
+        shared.flush_sled()?;
+        if replayed.frames > 0 {
+            shared.checkpoint()?;
+        }
+        let worker = shared.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("beacon-store-checkpoint".into())
+            .spawn(move || worker.run_checkpoints())
+            .map_err(io)?;
+        Ok((
+            SledEngine {
+                shared,
+                checkpointer: Some(checkpointer),
             },
-        };
-        // The files sled just created, and their names.
-        engine.sync()?;
-        Ok(engine)
+            Recovery {
+                frames: replayed.frames,
+                from,
+                to: head,
+                cut: replayed.cut,
+            },
+        ))
     }
+}
 
+impl Drop for SledEngine {
+    fn drop(&mut self) {
+        self.shared.signal.lock().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::ops::Deref for SledEngine {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+fn read_head(log: &sled::Tree) -> Result<u64, StoreError> {
+    match log.get(HEAD_KEY).map_err(io)? {
+        Some(v) => be_u64(&v).ok_or_else(|| StoreError::Io("head marker is damaged".into())),
+        None => Ok(0),
+    }
+}
+
+/// Applies one frame of the log to sled again, at open. Every step is a put
+/// or a removal of a whole value, so applying a frame sled already holds, in
+/// whole or in part, leaves what the writer left.
+fn replay(
+    log: &sled::Tree,
+    cursors: &sled::Tree,
+    links: &sled::Tree,
+    kind: Kind,
+    payload: &[u8],
+) -> Result<(), StoreError> {
+    let damaged = || {
+        StoreError::Torn("a frame of its write-ahead log passes its CRC but does not decode".into())
+    };
+    match kind {
+        Kind::Batch => apply(log, WriteSet::decode(payload).ok_or_else(damaged)?),
+        Kind::Put | Kind::Remove => {
+            let (&space, rest) = payload.split_first().ok_or_else(damaged)?;
+            let tree = match space {
+                b'C' => cursors,
+                b'P' => links,
+                _ => return Err(damaged()),
+            };
+            let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(damaged)?;
+            let len = u32::from_be_bytes(*len) as usize;
+            if rest.len() < len {
+                return Err(damaged());
+            }
+            let (key, value) = rest.split_at(len);
+            match kind {
+                Kind::Put => tree.insert(key, value).map(|_| ()).map_err(io),
+                _ => tree.remove(key).map(|_| ()).map_err(io),
+            }
+        }
+    }
+}
+
+/// Writes one batch into sled, atomically.
+fn apply(log: &sled::Tree, set: WriteSet) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    for (seq, record) in set.records {
+        batch.insert(&lkey(seq)[..], record);
+    }
+    for (seq, successor) in set.successors {
+        batch.insert(&rkey(seq)[..], successor);
+    }
+    for (expires, seq) in set.expiries {
+        batch.insert(&xkey(expires, seq)[..], &[][..]);
+    }
+    for p in set.pruned {
+        batch.remove(&lkey(p.seq)[..]);
+        batch.remove(&rkey(p.seq)[..]);
+        if let Some(expires) = p.expires {
+            batch.remove(&xkey(expires, p.seq)[..]);
+        }
+        batch.insert(&tkey(p.seq)[..], p.tombstone);
+    }
+    for (publisher, id, entry) in set.index {
+        batch.insert(ikey(&publisher, &id), entry);
+    }
+    if let Some(head) = set.head {
+        batch.insert(HEAD_KEY, &head.to_be_bytes()[..]);
+    }
+    if let Some(format) = set.format {
+        batch.insert(FORMAT_KEY, &format.to_be_bytes()[..]);
+    }
+    if let Some(log_info) = set.log {
+        batch.insert(LOG_KEY, log_info);
+    }
+    if let Some(node) = set.node {
+        batch.insert(NODE_KEY, node);
+    }
+    log.apply_batch(batch).map_err(io)
+}
+
+impl Shared {
     fn space(&self, space: Space) -> &sled::Tree {
         match space {
             Space::Subscriptions => &self.cursors,
             Space::Links => &self.links,
         }
     }
-}
 
-impl SledEngine {
     /// Values of `lo..=hi` (keys of one prefix and a sequence), by sequence.
     fn seq_range(&self, lo: [u8; 9], hi: [u8; 9]) -> RecordIter<'_> {
         if lo > hi {
@@ -209,14 +462,115 @@ impl SledEngine {
             Ok((seq, owned(v)))
         }))
     }
+
+    fn check(&self) -> Result<(), StoreError> {
+        match self.failed.get() {
+            Some(why) => Err(StoreError::Io(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the first failure; the log takes nothing more.
+    fn fail(&self, what: &str, e: &StoreError) -> StoreError {
+        let why = format!("{what} failed: {e}");
+        self.wal.lock().fail(&why);
+        let _ = self.failed.set(why);
+        e.clone()
+    }
+
+    /// Takes checkpoints until the engine is dropped: every
+    /// [`CHECKPOINT_EVERY`] while anything was written, and whenever
+    /// [`CHECKPOINT_BYTES`] of the log lie beyond the last one.
+    fn run_checkpoints(&self) {
+        loop {
+            {
+                let mut s = self.signal.lock();
+                if !s.stop && !s.wanted {
+                    self.wake.wait_for(&mut s, CHECKPOINT_EVERY);
+                }
+                if s.stop {
+                    return;
+                }
+                s.wanted = false;
+            }
+            if self.failed.get().is_some() {
+                continue;
+            }
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(error = %e, "the store's checkpoint failed; refusing further writes until a restart");
+            }
+        }
+    }
+
+    /// sled's flush and what it leaves out, then the checkpoint record:
+    /// from then on, an open starts after what sled held before the flush.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let _one = self.checkpointing.lock();
+        self.check()?;
+        let guard = self.applied.lock();
+        let applied = *guard;
+        let last = self.wal.last_checkpoint();
+        if applied.lsn <= last.lsn {
+            return Ok(());
+        }
+        self.flush_sled()
+            .and_then(|()| {
+                self.wal.checkpoint(Checkpoint {
+                    lsn: applied.lsn,
+                    next: applied.next,
+                    head: applied.head,
+                })
+            })
+            .map_err(|e| self.fail("checkpoint", &e))?;
+        drop(guard);
+        Ok(())
+    }
+
+    /// sled's `flush` is not enough on its own. On Linux it ends in
+    /// `sync_file_range`, which writes the pages but neither the file's size
+    /// nor the disk's write cache; it never fsyncs the blob files that hold
+    /// large values, nor any directory. A power cut then loses what it
+    /// reported flushed (`tests/power_loss.rs` showed it; docs/RELIABILITY.md).
+    /// So after it: `fdatasync` of the log file; an fsync of each blob file
+    /// once it is whole (a blob still being written belongs to a write that
+    /// this flush does not cover: every write it covers had finished, blobs
+    /// included, before it began); and an fsync of each directory whose names
+    /// changed (blobs, snapshots renamed into place, old ones removed).
+    fn flush_sled(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(io)?;
+        let d = &self.durable;
+        d.db_file.sync_data().map_err(io)?;
+        let mut st = d.state.lock();
+        let st = &mut *st;
+        let blob_dir = d.dir.join("blobs");
+        let (new, names) = st.blobs.sync(&blob_dir).map_err(io)?;
+        st.unsettled.extend(new);
+        st.unsettled.retain(|n| names.contains(n));
+        let mut settled = Vec::new();
+        for name in &st.unsettled {
+            let path = blob_dir.join(name);
+            if blob_complete(&path).map_err(io)? {
+                sync_file(&path).map_err(io)?;
+                settled.push(name.clone());
+            }
+        }
+        for name in settled {
+            st.unsettled.remove(&name);
+        }
+        let (new, _) = st.top.sync(&d.dir).map_err(io)?;
+        for name in new {
+            let path = d.dir.join(&name);
+            if path.is_file() {
+                sync_file(&path).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Engine for SledEngine {
     fn head(&self) -> Result<u64, StoreError> {
-        match self.log.get(HEAD_KEY).map_err(io)? {
-            Some(v) => be_u64(&v).ok_or_else(|| StoreError::Io("head marker is damaged".into())),
-            None => Ok(0),
-        }
+        read_head(&self.log)
     }
 
     fn format(&self) -> Result<Option<u32>, StoreError> {
@@ -319,82 +673,61 @@ impl Engine for SledEngine {
         Ok(out)
     }
 
+    /// One frame in the write-ahead log, not yet durable; sled gets the
+    /// batch at the next sync, once the frame is.
     fn write(&self, set: WriteSet) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (seq, record) in set.records {
-            batch.insert(&lkey(seq)[..], record);
+        self.check()?;
+        let payload = set.encode();
+        let (waiting, beyond) = {
+            let mut w = self.wal.lock();
+            w.append(Kind::Batch, &payload)
+                .map_err(|e| self.fail("write", &e))?;
+            let mut p = self.pending.lock();
+            p.1 += payload.len();
+            p.0.push(set);
+            (p.1, w.since_checkpoint())
+        };
+        if beyond > CHECKPOINT_BYTES {
+            self.signal.lock().wanted = true;
+            self.wake.notify_all();
         }
-        for (seq, successor) in set.successors {
-            batch.insert(&rkey(seq)[..], successor);
-        }
-        for (expires, seq) in set.expiries {
-            batch.insert(&xkey(expires, seq)[..], &[][..]);
-        }
-        for p in set.pruned {
-            batch.remove(&lkey(p.seq)[..]);
-            batch.remove(&rkey(p.seq)[..]);
-            if let Some(expires) = p.expires {
-                batch.remove(&xkey(expires, p.seq)[..]);
-            }
-            batch.insert(&tkey(p.seq)[..], p.tombstone);
-        }
-        for (publisher, id, entry) in set.index {
-            batch.insert(ikey(&publisher, &id), entry);
-        }
-        if let Some(head) = set.head {
-            batch.insert(HEAD_KEY, &head.to_be_bytes()[..]);
-        }
-        if let Some(format) = set.format {
-            batch.insert(FORMAT_KEY, &format.to_be_bytes()[..]);
-        }
-        if let Some(log) = set.log {
-            batch.insert(LOG_KEY, log);
-        }
-        if let Some(node) = set.node {
-            batch.insert(NODE_KEY, node);
-        }
-        self.log.apply_batch(batch).map_err(io)
-    }
-
-    /// sled's `flush` is not enough on its own. On Linux it ends in
-    /// `sync_file_range`, which writes the pages but neither the file's size
-    /// nor the disk's write cache; it never fsyncs the blob files that hold
-    /// large values, nor any directory. A power cut then loses what it
-    /// reported flushed (`tests/power_loss.rs` showed it; docs/RELIABILITY.md).
-    /// So after it: `fdatasync` of the log file; an fsync of each blob file
-    /// once it is whole (a blob still being written belongs to a write that
-    /// this flush does not cover: every write it covers had finished, blobs
-    /// included, before it began); and an fsync of each directory whose names
-    /// changed (blobs, snapshots renamed into place, old ones removed).
-    fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(io)?;
-        let d = &self.durable;
-        d.db_file.sync_data().map_err(io)?;
-        let mut st = d.state.lock();
-        let st = &mut *st;
-        let blob_dir = d.dir.join("blobs");
-        let (new, names) = st.blobs.sync(&blob_dir).map_err(io)?;
-        st.unsettled.extend(new);
-        st.unsettled.retain(|n| names.contains(n));
-        let mut settled = Vec::new();
-        for name in &st.unsettled {
-            let path = blob_dir.join(name);
-            if blob_complete(&path).map_err(io)? {
-                sync_file(&path).map_err(io)?;
-                settled.push(name.clone());
-            }
-        }
-        for name in settled {
-            st.unsettled.remove(&name);
-        }
-        let (new, _) = st.top.sync(&d.dir).map_err(io)?;
-        for name in new {
-            let path = d.dir.join(&name);
-            if path.is_file() {
-                sync_file(&path).map_err(io)?;
-            }
+        if waiting > PENDING_BYTES {
+            self.sync()?;
         }
         Ok(())
+    }
+
+    /// One `fdatasync` of the log (every frame and position written before
+    /// the call), then the batches applied to sled, in order.
+    fn sync(&self) -> Result<(), StoreError> {
+        let mut applied = self.applied.lock();
+        self.check()?;
+        let (unsynced, sets) = {
+            let mut w = self.wal.lock();
+            let u = w.take_unsynced()?;
+            let sets = std::mem::take(&mut *self.pending.lock()).0;
+            (u, sets)
+        };
+        if unsynced.is_empty() {
+            return Ok(());
+        }
+        unsynced
+            .sync()
+            .map_err(|e| self.fail("sync of the write-ahead log", &e))?;
+        for set in sets {
+            let head = set.head;
+            apply(&self.log, set).map_err(|e| self.fail("write", &e))?;
+            if let Some(h) = head {
+                applied.head = h;
+            }
+        }
+        applied.lsn = unsynced.lsn;
+        applied.next = unsynced.next;
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.shared.checkpoint()
     }
 
     fn cursor(
@@ -417,20 +750,32 @@ impl Engine for SledEngine {
         name: &str,
         pos: Position,
     ) -> Result<(), StoreError> {
-        self.space(space)
-            .fetch_and_update(cursor_key(identity, name), |old| {
+        self.check()?;
+        let key = cursor_key(identity, name);
+        // Under the log's lock: frames of one key are in the order sled took them.
+        let mut w = self.wal.lock();
+        let new = self
+            .space(space)
+            .update_and_fetch(&key, |old| {
                 let old = old.and_then(Position::decode);
                 Some(Position::advanced(old, pos).encode())
             })
             .map_err(io)?;
+        if let Some(v) = new {
+            w.append(Kind::Put, &position_frame(space, &key, Some(&v)))
+                .map_err(|e| self.fail("write", &e))?;
+        }
         Ok(())
     }
 
     fn remove_cursor(&self, space: Space, identity: &str, name: &str) -> Result<(), StoreError> {
-        self.space(space)
-            .remove(cursor_key(identity, name))
-            .map(|_| ())
-            .map_err(io)
+        self.check()?;
+        let key = cursor_key(identity, name);
+        let mut w = self.wal.lock();
+        self.space(space).remove(&key).map_err(io)?;
+        w.append(Kind::Remove, &position_frame(space, &key, None))
+            .map_err(|e| self.fail("write", &e))?;
+        Ok(())
     }
 
     fn cursors(&self, space: Space) -> Result<Vec<(String, String, Position)>, StoreError> {
@@ -446,7 +791,16 @@ impl Engine for SledEngine {
         Ok(out)
     }
 
+    /// sled's files and the write-ahead log's segments.
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        let wal = std::fs::read_dir(self.durable.dir.join("wal"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0);
+        self.db.size_on_disk().unwrap_or(0) + wal
     }
 }

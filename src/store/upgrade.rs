@@ -14,6 +14,9 @@
 //! marked as taken on it (peer-link positions stay unmarked: which log of
 //! the peer's they are of is not known; the link learns it at its next
 //! connection).
+//! 5 → 6: nothing in the log changes; the embedded engine writes through
+//! its write-ahead log from now on (made at the engine's open; a store
+//! stopped uncleanly before it is walked whole once, by `Store::open`).
 
 use std::collections::HashMap;
 
@@ -46,11 +49,10 @@ pub(super) fn run(engine: &dyn Engine, from: u32, head: u64) -> Result<(), Store
     if from < 5 {
         name_log(engine)?;
     }
-    engine.write(WriteSet {
+    engine.write_synced(WriteSet {
         format: Some(FORMAT),
         ..Default::default()
     })?;
-    engine.sync()?;
     info!(format = FORMAT, "store upgraded");
     Ok(())
 }
@@ -126,10 +128,10 @@ fn add_expiries(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
         set.expiries.push((nanos(expires), seq));
         total += 1;
         if set.records.len() >= CHUNK {
-            engine.write(std::mem::take(&mut set))?;
+            engine.write_synced(std::mem::take(&mut set))?;
         }
     }
-    engine.write(set)?;
+    engine.write_synced(set)?;
     info!(expiring = total, "expiry times recorded");
     Ok(())
 }
@@ -178,10 +180,10 @@ fn respace(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
             }
         }
         if set.records.len() + set.pruned.len() >= CHUNK {
-            engine.write(std::mem::take(&mut set))?;
+            engine.write_synced(std::mem::take(&mut set))?;
         }
     }
-    engine.write(set)?;
+    engine.write_synced(set)?;
     info!(moved, "acceptance times spaced");
     Ok(())
 }
@@ -191,7 +193,7 @@ fn flush(engine: &dyn Engine, marked: &mut HashMap<u64, Successor>) -> Result<()
         return Ok(());
     }
     let successors = marked.drain().map(|(seq, s)| (seq, s.encode())).collect();
-    engine.write(WriteSet {
+    engine.write_synced(WriteSet {
         successors,
         ..Default::default()
     })
@@ -219,7 +221,7 @@ fn name_log(engine: &dyn Engine) -> Result<(), StoreError> {
         Some(log) => log,
         None => {
             let log = LogInfo::new();
-            engine.write(WriteSet {
+            engine.write_synced(WriteSet {
                 log: Some(log.encode()),
                 ..Default::default()
             })?;

@@ -136,11 +136,22 @@ pub async fn check_everything(
         after = page.next_after_sequence;
         if !page.more {
             let expected: Vec<u64> = (1..=page.head).collect();
-            assert_eq!(
-                seqs, expected,
-                "cycle {cycle}: the log is not gapless 1..={}",
-                page.head
-            );
+            if seqs != expected {
+                let held: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+                let missing: Vec<u64> = expected
+                    .iter()
+                    .copied()
+                    .filter(|s| !held.contains(s))
+                    .collect();
+                panic!(
+                    "cycle {cycle}: the log is not gapless 1..={}: {} sequences missing ({:?} … {:?}), {} listed",
+                    page.head,
+                    missing.len(),
+                    missing.first(),
+                    missing.last(),
+                    seqs.len()
+                );
+            }
             break page.head;
         }
     };

@@ -60,6 +60,8 @@ pub enum Cut {
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
     pub fsyncs: u64,
+    /// File fsyncs (and fdatasyncs) by the file's name.
+    pub fsyncs_by_name: std::collections::BTreeMap<String, u64>,
     pub dir_fsyncs: u64,
     pub failed_fsyncs: u64,
     pub lied_fsyncs: u64,
@@ -100,7 +102,8 @@ struct Faults {
     /// `statfs` reports no limit (free space misreported).
     hide_capacity: bool,
     fail_fsync: bool,
-    lie_for: Option<OsString>,
+    /// Files whose names start with one of these lie about their fsyncs.
+    lie_for: Vec<String>,
 }
 
 /// One directory change not yet durable.
@@ -378,13 +381,28 @@ impl State {
             return Err(Errno::EIO);
         }
         match self.inodes.get_mut(&ino).map(|n| &mut n.body) {
-            Some(Body::File(_)) if name.is_some() && name == self.faults.lie_for => {
+            Some(Body::File(_))
+                if name.as_ref().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    self.faults
+                        .lie_for
+                        .iter()
+                        .any(|p| n.starts_with(p.as_str()))
+                }) =>
+            {
                 self.counters.lied_fsyncs += 1;
                 Ok(())
             }
             Some(Body::File(f)) => {
                 persist(f, None);
                 self.counters.fsyncs += 1;
+                if let Some(n) = &name {
+                    *self
+                        .counters
+                        .fsyncs_by_name
+                        .entry(n.to_string_lossy().into_owned())
+                        .or_default() += 1;
+                }
                 Ok(())
             }
             Some(Body::Dir(_)) => {
@@ -981,9 +999,10 @@ impl PowerFs {
         self.lock().faults.fail_fsync = on;
     }
 
-    /// fsyncs of files named `name` report success and keep nothing.
-    pub fn lie_for(&self, name: Option<&str>) {
-        self.lock().faults.lie_for = name.map(OsString::from);
+    /// fsyncs of files whose names start with one of `prefixes` report
+    /// success and keep nothing (none: every fsync is honest again).
+    pub fn lie_for(&self, prefixes: &[&str]) {
+        self.lock().faults.lie_for = prefixes.iter().map(|p| p.to_string()).collect();
     }
 
     pub fn counters(&self) -> Counters {
