@@ -139,6 +139,17 @@ pub fn render(state: &crate::state::NodeState) -> String {
     );
     let _ = writeln!(
         out,
+        "# HELP beacon_store_repairs_total Opens of the store after an unclean stop that applied its write-ahead log again.\n# TYPE beacon_store_repairs_total counter\nbeacon_store_repairs_total {}",
+        store.stats.repairs.load(Ordering::Relaxed)
+    );
+    gauge(
+        &mut out,
+        "beacon_store_repaired_frames",
+        "Frames of the write-ahead log applied again when the store opened.",
+        store.stats.repaired_frames.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
         "# HELP beacon_store_pruned_total Bulletins pruned by retention since the node started.\n# TYPE beacon_store_pruned_total counter\nbeacon_store_pruned_total {}",
         store.stats.pruned.load(Ordering::Relaxed)
     );

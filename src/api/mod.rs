@@ -658,6 +658,11 @@ impl pb::admin_server::Admin for AdminService {
                     .load(std::sync::atomic::Ordering::Relaxed),
                 log_id: s.store.log().id.to_string(),
                 forked_from: crate::api::convert::fork_to_proto(s.store.log()),
+                repaired_frames: s
+                    .store
+                    .stats
+                    .repaired_frames
+                    .load(std::sync::atomic::Ordering::Relaxed),
             }),
             subscriptions: status_subscriptions.0,
             subscriptions_total: status_subscriptions.2,

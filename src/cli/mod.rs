@@ -135,6 +135,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1024)]
         size: usize,
     },
+    /// Restart after SIGKILL with many bulletins stored: the node is killed
+    /// while it was publishing, and timed until it serves again (its store
+    /// open, the write-ahead log's tail applied again).
+    Restart {
+        /// Bulletins stored before each run, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "1000000")]
+        stored: Vec<usize>,
+        /// Publishes (16 publishers) just before the kill, so that the log
+        /// has a tail to apply again.
+        #[arg(long, default_value_t = 20_000)]
+        tail: usize,
+        /// Serialized bulletin size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
     /// Replay to a reconnecting subscriber, fan-out, and memory of many subscriptions.
     Subscribe(SubscribeRuns),
     /// What one durable write costs on a filesystem, by each way a
@@ -511,6 +526,10 @@ async fn execute(cli: Cli) -> Result<()> {
             init_logging(&LogFormat::Human, Some("warn"));
             bench_retention(count, background, replay, publishes, size).await
         }
+        Command::Bench(BenchCommand::Restart { stored, tail, size }) => {
+            init_logging(&LogFormat::Human, Some("warn"));
+            bench_restart(&stored, tail, size).await
+        }
         Command::Bench(BenchCommand::Taxii { count, limit, size }) => {
             init_logging(&LogFormat::Human, Some("warn"));
             bench_taxii(count, limit, size).await
@@ -773,6 +792,39 @@ async fn bench_taxii(count: usize, limit: usize, size: usize) -> Result<()> {
             "| {run} | {:.0} ({objects} in {pages} pages, {secs:.1} s) | {slowest:.1} ms | {:.0} ({n} in {lsecs:.1} s) | {lslowest:.1} ms |",
             objects as f64 / secs,
             n as f64 / lsecs
+        );
+    }
+    Ok(())
+}
+
+async fn bench_restart(stored: &[usize], tail: usize, size: usize) -> Result<()> {
+    use beacon::bench;
+    let (exe, cores) = bench_host()?;
+    println!("beacon bench restart: bulletins of {size} bytes, {tail} published just before the SIGKILL, node as a child process, {cores} cores");
+    println!("| stored | bulk load | restart after SIGKILL until serving | frames applied again | store on disk |");
+    println!("|---:|---:|---:|---:|---:|");
+    for &n in stored {
+        let mut target = bench::Target::prepare()?;
+        let load = target.bulk_load(n, size).await?;
+        target.launch(&exe)?;
+        target.wait_serving().await?;
+        // Publishing right up to the kill: the log has a tail past its
+        // last checkpoint, as after a crash under load.
+        bench::closed_loop(&target, 16, tail, size, n + 1).await?;
+        let restart = target.kill_and_restart(&exe).await?;
+        let mut admin = target.admin().await?;
+        let status = admin
+            .status(pb::StatusRequest::default())
+            .await
+            .map_err(beacon::client::ClientError::from)?
+            .into_inner();
+        let store = status.store.unwrap_or_default();
+        println!(
+            "| {n} | {:.1} s | {:.3} s | {} | {:.0} MiB |",
+            load.as_secs_f64(),
+            restart.as_secs_f64(),
+            store.repaired_frames,
+            store.size_bytes as f64 / (1 << 20) as f64
         );
     }
     Ok(())

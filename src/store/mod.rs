@@ -253,6 +253,8 @@ pub struct StoreStats {
     /// Opens that applied the write-ahead log again after an unclean stop
     /// (0 or 1 per process).
     pub repairs: AtomicU64,
+    /// Frames of the write-ahead log that open applied again.
+    pub repaired_frames: AtomicU64,
     /// Appends are being refused for the free-space reserve.
     pub disk_full: std::sync::atomic::AtomicBool,
 }
@@ -271,6 +273,7 @@ impl Default for StoreStats {
             fsync_seconds: crate::metrics::Histogram::new(crate::metrics::FSYNC_BOUNDS),
             batch_records: crate::metrics::Histogram::new(crate::metrics::BATCH_BOUNDS),
             repairs: AtomicU64::new(0),
+            repaired_frames: AtomicU64::new(0),
         }
     }
 }
@@ -825,6 +828,9 @@ impl Store {
             return;
         }
         self.stats.repairs.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .repaired_frames
+            .store(r.frames, Ordering::Relaxed);
         tracing::warn!(
             frames = r.frames,
             head_before = r.from,
