@@ -13,10 +13,27 @@ use beacon::bulletin::Relation;
 use beacon::store::{Replaced, Store, StoreError, StoreOptions, FORMAT};
 use common::*;
 
+/// The sled files of the store in `dir`, as its engine made them (sled
+/// refuses another buffer size than the one its files were made with).
+fn open_sled(dir: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir.join("sled"))
+        .segment_size(16 << 20)
+        .open()
+        .expect("open sled")
+}
+
+/// Takes away the store's write-ahead log, as a store from before format 6
+/// (which had none) would be: everything is in sled after a clean close.
+fn without_log(dir: &Path) {
+    std::fs::remove_dir_all(dir.join("sled").join("wal")).expect("remove the write-ahead log");
+}
+
 /// Rewrites a closed store as format 1 wrote it: no format marker, and no
 /// record of which bulletin replaced which (`R` keys).
 fn downgrade_to_format_1(dir: &Path) {
-    let db = sled::open(dir.join("sled")).expect("open sled");
+    without_log(dir);
+    let db = open_sled(dir);
     let log = db.open_tree("log").expect("log tree");
     log.remove(b"V").expect("remove format");
     let mut removed = 0;
@@ -33,7 +50,8 @@ fn downgrade_to_format_1(dir: &Path) {
 /// `expires_at`: 8 bytes fewer after `created_at`, CRC32 trailer
 /// recomputed) and no expiry entries (`X` keys).
 fn downgrade_to_format_2(dir: &Path) {
-    let db = sled::open(dir.join("sled")).expect("open sled");
+    without_log(dir);
+    let db = open_sled(dir);
     let log = db.open_tree("log").expect("log tree");
     for item in log.scan_prefix(b"L") {
         let (k, v) = item.expect("record");
@@ -65,7 +83,7 @@ fn downgrade_to_format_2(dir: &Path) {
 }
 
 fn set_format(dir: &Path, format: u32) {
-    let db = sled::open(dir.join("sled")).expect("open sled");
+    let db = open_sled(dir);
     let log = db.open_tree("log").expect("log tree");
     log.insert(b"V", &format.to_be_bytes()[..])
         .expect("set format");
@@ -194,7 +212,7 @@ fn a_format_3_store_gets_its_acceptance_times_spaced() {
     store_bulletins(&dir, &signer, &bulletins.iter().collect::<Vec<_>>());
     // As format 3 wrote a group commit: every record at the first's time.
     {
-        let db = sled::open(dir.join("sled")).expect("open sled");
+        let db = open_sled(&dir);
         let log = db.open_tree("log").unwrap();
         let key = |seq: u64| {
             let mut k = vec![b'L'];
@@ -224,7 +242,7 @@ fn a_format_3_store_gets_its_acceptance_times_spaced() {
     assert!(gap(2, 3) >= 3, "{}", gap(2, 3));
     drop(store);
     // The marker was moved on: the next open does not upgrade again.
-    let db = sled::open(dir.join("sled")).expect("open sled");
+    let db = open_sled(&dir);
     let v = db.open_tree("log").unwrap().get(b"V").unwrap().unwrap();
     assert_eq!(u32::from_be_bytes(v.as_ref().try_into().unwrap()), FORMAT);
 }
@@ -273,7 +291,7 @@ async fn the_daemon_refuses_a_newer_store_with_one_line() {
 /// Rewrites a closed store as format 4 wrote it: no log identity (`G`) and
 /// cursors of a bare sequence (8 bytes).
 fn downgrade_to_format_4(dir: &Path) {
-    let db = sled::open(dir.join("sled")).expect("open sled");
+    let db = open_sled(dir);
     let log = db.open_tree("log").expect("log tree");
     assert!(
         log.remove(b"G").expect("remove").is_some(),
@@ -414,7 +432,7 @@ async fn a_durable_cursor_of_another_log_is_not_applied() {
     let other = [7u8; 16];
     let node = node
         .restart_after(|store| {
-            let db = sled::open(store.join("sled")).expect("open sled");
+            let db = open_sled(store);
             let cursors = db.open_tree("cursors").expect("cursors");
             let key = format!("{}\0feed", reader_files.identity);
             let v = cursors.get(key.as_bytes()).unwrap().expect("the cursor");

@@ -13,19 +13,21 @@
 //!   acknowledged-head file.
 //! - `engine.rs`: what the log asks of a storage engine: records, successors,
 //!   the index, markers, two spaces of positions (subscription cursors,
-//!   peer-link positions), atomic writes and a sync; `sled_engine.rs`,
-//!   the embedded engine. Nothing outside this module knows which engine
-//!   holds the bytes, and only `sled_engine.rs` touches sled.
+//!   peer-link positions), atomic writes, a sync and a checkpoint;
+//!   `sled_engine.rs`, the embedded engine, and `wal.rs`, its write-ahead
+//!   log. Nothing outside this module knows which engine holds the bytes,
+//!   and only `sled_engine.rs` touches sled.
 //!
 //! # Writing
 //! A pipelined group commit on two threads. The applier takes every request
-//! waiting (up to a batch limit), decides each against the id index
-//! (duplicate, conflict or new), assigns gapless sequence numbers and writes
-//! one atomic batch (records, index entries, head) to the engine. The
-//! flusher syncs the engine (an fsync) and only then answers every request
-//! the sync covers and moves the committed head (a `watch` the rest of the
-//! process follows). While batch N is being synced, batch N+1 is applied.
-//! Cursor writes share the syncs. Index entries written before the payload
+//! waiting (up to a batch limit), decides each against the id index and the
+//! batches written but not yet synced (duplicate, conflict or new), assigns
+//! gapless sequence numbers and writes one atomic batch (records, index
+//! entries, head) to the engine. The flusher syncs the engine (on the
+//! embedded engine, one fdatasync of its write-ahead log) and only then
+//! answers every request the sync covers and moves the committed head (a
+//! `watch` the rest of the process follows). While batch N is being synced,
+//! batch N+1 is decided. Cursor writes share the syncs. Index entries written before the payload
 //! digest was kept are 40 bytes; they simply lack the "same bulletin signed
 //! again" check.
 //!

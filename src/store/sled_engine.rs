@@ -1,4 +1,5 @@
-//! The embedded engine: sled. The only file that touches sled.
+//! The embedded engine: a write-ahead log (`wal.rs`, in `wal/` beside
+//! sled's files) in front of sled. The only file that touches sled.
 //!
 //! One tree, `log`, with prefixed keys, so that one atomic batch covers a
 //! record, its index entry and the head:
@@ -17,6 +18,8 @@
 //! and two trees of positions, keyed `<identity> 0x00 <name>` →
 //! `<seq:u64be> [<log id:16>]` (a `Position`):
 //! `cursors` (durable subscriptions) and `links` (how far each peer was read).
+//! Position changes are written as frames of the log too (and to sled at
+//! once), so a sync makes them durable with the appends.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
