@@ -324,7 +324,7 @@ impl Store {
             let (engine, recovery) =
                 sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
             let store = Store::with_engine(dir, Arc::new(engine), opts)?;
-            store.recovered(&recovery);
+            store.recovered(&recovery)?;
             Ok::<Store, StoreError>(store)
         }));
         let mut store = match opened {
@@ -823,11 +823,12 @@ impl Store {
     }
 
     /// Reports what the engine's open applied again (one line, and the
-    /// repairs metric): a store stopped uncleanly is repaired from its
+    /// repairs metric), once the checks at open accepted the store, and
+    /// checkpoints it: a store stopped uncleanly is repaired from its
     /// write-ahead log, never refused for what it was writing.
-    fn recovered(&self, r: &sled_engine::Recovery) {
+    fn recovered(&self, r: &sled_engine::Recovery) -> Result<(), StoreError> {
         if r.frames == 0 && r.cut.is_none() {
-            return;
+            return Ok(());
         }
         self.stats.repairs.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -840,6 +841,9 @@ impl Store {
             cut = r.cut.as_deref().unwrap_or("none"),
             "the store was not closed cleanly: its write-ahead log was applied again from the last checkpoint (what follows the last whole frame was never acknowledged)"
         );
+        // Accepted: what was applied again is made the engine's own, so the
+        // next open does not redo it.
+        self.engine.checkpoint()
     }
 }
 

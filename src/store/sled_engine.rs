@@ -319,12 +319,9 @@ impl SledEngine {
             wake: parking_lot::Condvar::new(),
             failed: std::sync::OnceLock::new(),
         });
-        // The files sled just created and their names; and what was applied
-        // again, so the next open does not redo it.
+        // The files sled just created, and their names. (What was applied
+        // again is checkpointed by the store once it accepted the log.)
         shared.flush_sled()?;
-        if replayed.frames > 0 {
-            shared.checkpoint()?;
-        }
         let worker = shared.clone();
         let checkpointer = std::thread::Builder::new()
             .name("beacon-store-checkpoint".into())
