@@ -81,7 +81,6 @@ impl Committer {
             },
             max_batch: opts.max_batch.max(1),
             pipeline: pipeline.clone(),
-            written: std::collections::VecDeque::new(),
         };
         let marker = Arc::new(Marker::default());
         let marker_thread = {
@@ -373,29 +372,6 @@ struct Writer {
     space: DiskSpace,
     max_batch: usize,
     pipeline: Arc<Pipeline>,
-    /// Batches written to the engine and maybe not synced yet, oldest
-    /// first: the engine shows a write only once it is synced, so later
-    /// appends are decided against these first.
-    written: std::collections::VecDeque<Written>,
-}
-
-/// What a batch written to the engine holds, for the applier's later
-/// decisions until the committed head passes it.
-struct Written {
-    head: u64,
-    pending: HashMap<(String, String), Held>,
-    successors: HashMap<u64, Successor>,
-    records: Vec<(u64, Vec<u8>)>,
-}
-
-impl Written {
-    fn record(&self, seq: u64) -> Option<Result<Record, StoreError>> {
-        let first = self.records.first()?.0;
-        let (at, bytes) = self
-            .records
-            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
-        Some(Record::decode(*at, Bytes::from(bytes.clone())))
-    }
 }
 
 type AppendReq = (NewRecord, oneshot::Sender<Result<Appended, StoreError>>);
@@ -743,7 +719,6 @@ impl Writer {
             }
             return;
         }
-        self.forget_synced();
         let mut batch = Batch {
             writes: WriteSet::default(),
             pending: HashMap::new(),
@@ -765,7 +740,7 @@ impl Writer {
     /// a new record added to `batch`.
     fn admit(&self, batch: &mut Batch, rec: NewRecord) -> Result<Appended, StoreError> {
         let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
-        let existing = match self.held_unsynced(batch, &key) {
+        let existing = match batch.pending.get(&key) {
             Some(h) => Some((h.indexed.clone(), Some(h.accepted_at))),
             None => self.lookup(&key.0, &key.1)?.map(|i| (i, None)),
         };
@@ -796,8 +771,8 @@ impl Writer {
                 let how = rec.related.as_ref().map(|r| r.how);
                 let appended = batch.append(key, rec);
                 if let (Some(original), Some(how)) = (related, how) {
-                    let old = match self.successor_unsynced(batch, original) {
-                        Some(s) => Some(s),
+                    let old = match batch.successors.get(&original) {
+                        Some(s) => Some(*s),
                         None => self.successor(original)?,
                     };
                     batch.mark(original, old, how, appended.seq);
@@ -817,7 +792,7 @@ impl Writer {
             return Ok(None);
         };
         let key = (rec.meta.publisher.clone(), rel.id.clone());
-        let seq = match self.held_unsynced(batch, &key) {
+        let seq = match batch.pending.get(&key) {
             Some(h) => h.indexed.seq,
             None => match self.lookup(&key.0, &key.1)? {
                 Some(i) => {
@@ -835,10 +810,7 @@ impl Writer {
             },
         };
         if rel.required {
-            let unsynced = batch
-                .record(seq)
-                .or_else(|| self.written.iter().rev().find_map(|w| w.record(seq)));
-            let original = match unsynced {
+            let original = match batch.record(seq) {
                 Some(r) => r?.meta,
                 // Pruned: no reader can be left with it, and nothing to mark.
                 None if self.engine.tombstone(seq)?.is_some() => return Ok(None),
@@ -867,14 +839,11 @@ impl Writer {
             mut upto,
             next,
             free_from,
-            pending,
-            successors,
             ..
         } = batch;
         let new_head = next - 1;
         if new_head != self.head {
             writes.head = Some(new_head);
-            let records = writes.records.clone();
             if let Err(e) = self.engine.write(writes) {
                 self.failed.set("write", &e);
                 for (reply, _) in replies {
@@ -882,12 +851,6 @@ impl Writer {
                 }
                 return;
             }
-            self.written.push_back(Written {
-                head: new_head,
-                pending,
-                successors,
-                records,
-            });
             self.head = new_head;
             self.last_accepted = free_from;
             upto = upto.max(new_head);
@@ -907,7 +870,6 @@ impl Writer {
     /// records are pruned; one already pruned is passed over.
     fn prune(&mut self, seqs: &[u64]) -> Result<u64, StoreError> {
         self.failed.check()?;
-        self.forget_synced();
         let durable = *self.committed.borrow();
         let now = SystemTime::now();
         let mut writes = WriteSet::default();
@@ -930,46 +892,12 @@ impl Writer {
         }
         let n = writes.pruned.len() as u64;
         if n > 0 {
-            // Synced here, so that the appends after it are decided against
-            // it (a bulletin replacing a pruned one marks nothing).
-            if let Err(e) = self.engine.write_synced(writes) {
+            if let Err(e) = self.engine.write(writes) {
                 self.failed.set("write", &e);
                 return Err(e);
             }
         }
         Ok(n)
-    }
-
-    /// Forgets the written batches the committed head has passed: the
-    /// engine shows them now.
-    fn forget_synced(&mut self) {
-        let committed = *self.committed.borrow();
-        while self.written.front().is_some_and(|w| w.head <= committed) {
-            self.written.pop_front();
-        }
-    }
-
-    /// What this batch, or a written one not yet synced, appended for `key`.
-    fn held_unsynced<'a>(&'a self, batch: &'a Batch, key: &(String, String)) -> Option<&'a Held> {
-        batch
-            .pending
-            .get(key)
-            .or_else(|| self.written.iter().rev().find_map(|w| w.pending.get(key)))
-    }
-
-    /// What replaced the record at `seq` in this batch or a written one not
-    /// yet synced.
-    fn successor_unsynced(&self, batch: &Batch, seq: u64) -> Option<Successor> {
-        batch
-            .successors
-            .get(&seq)
-            .or_else(|| {
-                self.written
-                    .iter()
-                    .rev()
-                    .find_map(|w| w.successors.get(&seq))
-            })
-            .copied()
     }
 
     fn lookup(&self, publisher: &str, id: &str) -> Result<Option<Indexed>, StoreError> {

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use super::record::Position;
 use super::StoreError;
 
-/// One atomic write: all of it becomes durable together at the next
-/// [`Engine::sync`], and visible to reads then (not before).
+/// One atomic write: all of it becomes visible together, and durable together
+/// at the next [`Engine::sync`].
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
 pub(crate) struct WriteSet {
     /// Encoded records by sequence.
@@ -277,13 +277,10 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn index(&self, publisher: &str, id: &str) -> Result<Option<Bytes>, StoreError>;
     /// Up to `limit` index entries for `id`, any publisher: (publisher, entry).
     fn index_by_id(&self, id: &str, limit: usize) -> Result<Vec<(String, Bytes)>, StoreError>;
-    /// Takes `set` as one atomic write. It becomes durable, and visible to
-    /// reads, at the next [`Engine::sync`] (an engine may make it so
-    /// sooner, never in part); the store's writer keeps what it wrote
-    /// until then.
+    /// Applies `set` atomically. It is visible to reads at once and durable
+    /// after the next [`Engine::sync`].
     fn write(&self, set: WriteSet) -> Result<(), StoreError>;
-    /// Makes every write and cursor update made before the call durable,
-    /// and every write visible.
+    /// Makes every write and cursor update made before the call durable.
     fn sync(&self) -> Result<(), StoreError>;
     /// [`Engine::write`] then [`Engine::sync`]: for builders that read back
     /// what they wrote (upgrades, restores), not for the group commit.

@@ -65,19 +65,19 @@ fn sled_segment(dir: &Path) -> usize {
         })
         .unwrap_or(SLED_SEGMENT)
 }
-/// Writes waiting for a sync beyond this are synced at once (a builder
-/// writing a whole log never holds it in memory).
-const PENDING_BYTES: usize = 32 << 20;
 
 /// The embedded engine: a write-ahead log in front of sled.
 ///
-/// A write is a frame in the log ([`wal`](super::wal)); a sync fdatasyncs
-/// the log (one flush per group commit) and only then applies the frames'
-/// batches to sled, so sled never holds a batch whose frame is not durable.
-/// sled is flushed in the background (a checkpoint: sled's flush, then the
-/// syncs sled's flush leaves out, then the checkpoint record), and an open
-/// applies again whatever frames follow the last checkpoint: a batch sled
-/// kept only in part across a power cut is written whole again.
+/// A write is a frame in the log ([`wal`](super::wal)) and then the batch
+/// in sled (visible at once; the store's readers stop at the committed
+/// head); a sync is one fdatasync of the log. A checkpoint holds writes off,
+/// makes the log durable as far as sled holds it, flushes sled with the
+/// syncs its flush leaves out, and records how far sled is durable. sled's
+/// buffers are larger than what is written between checkpoints, so its
+/// files change only during one, and hold only what the log holds durably;
+/// an open applies again whatever frames follow the last checkpoint, so a
+/// batch sled kept only in part (a cut during a checkpoint) is written whole
+/// again.
 pub(crate) struct SledEngine {
     shared: Arc<Shared>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
@@ -90,11 +90,9 @@ pub(crate) struct Shared {
     links: sled::Tree,
     durable: Durable,
     wal: Wal,
-    /// Batches whose frames are written and not yet synced, in order
-    /// (pushed under the log's lock, taken with its unsynced files).
-    pending: parking_lot::Mutex<(Vec<WriteSet>, usize)>,
-    /// What sled holds of the log (held for the whole of a sync, which
-    /// it serializes).
+    /// What sled holds of the log. Held while a batch is written (its
+    /// frame, then sled) and for the whole of a checkpoint, which so never
+    /// races a batch.
     applied: parking_lot::Mutex<Applied>,
     /// One checkpoint at a time.
     checkpointing: parking_lot::Mutex<()>,
@@ -300,7 +298,7 @@ impl SledEngine {
                 found: head,
             });
         }
-        let next = wal.lock().take_unsynced()?.next;
+        let next = wal.lock().position().1;
         let shared = Arc::new(Shared {
             db,
             log,
@@ -308,7 +306,6 @@ impl SledEngine {
             links,
             durable,
             wal,
-            pending: parking_lot::Mutex::new((Vec::new(), 0)),
             applied: parking_lot::Mutex::new(Applied {
                 lsn: replayed.lsn,
                 next,
@@ -502,6 +499,19 @@ impl Shared {
         }
     }
 
+    /// Makes every frame written so far durable (one fdatasync per segment
+    /// written since the last sync; none if nothing was).
+    fn sync_log(&self) -> Result<(), StoreError> {
+        self.check()?;
+        let unsynced = self.wal.lock().take_unsynced()?;
+        if unsynced.is_empty() {
+            return Ok(());
+        }
+        unsynced
+            .sync()
+            .map_err(|e| self.fail("sync of the write-ahead log", &e))
+    }
+
     /// sled's flush and what it leaves out, then the checkpoint record:
     /// from then on, an open starts after what sled held before the flush.
     fn checkpoint(&self) -> Result<(), StoreError> {
@@ -513,7 +523,9 @@ impl Shared {
         if applied.lsn <= last.lsn {
             return Ok(());
         }
-        self.flush_sled()
+        // Every frame sled holds is durable before sled is flushed.
+        self.sync_log()
+            .and_then(|()| self.flush_sled())
             .and_then(|()| {
                 self.wal.checkpoint(Checkpoint {
                     lsn: applied.lsn,
@@ -673,57 +685,37 @@ impl Engine for SledEngine {
         Ok(out)
     }
 
-    /// One frame in the write-ahead log, not yet durable; sled gets the
-    /// batch at the next sync, once the frame is.
+    /// One frame in the write-ahead log (durable at the next sync), then
+    /// the batch in sled.
     fn write(&self, set: WriteSet) -> Result<(), StoreError> {
         self.check()?;
         let payload = set.encode();
-        let (waiting, beyond) = {
+        let mut applied = self.applied.lock();
+        let beyond = {
             let mut w = self.wal.lock();
             w.append(Kind::Batch, &payload)
                 .map_err(|e| self.fail("write", &e))?;
-            let mut p = self.pending.lock();
-            p.1 += payload.len();
-            p.0.push(set);
-            (p.1, w.since_checkpoint())
+            let u = w.position();
+            applied.lsn = u.0;
+            applied.next = u.1;
+            w.since_checkpoint()
         };
+        let head = set.head;
+        apply(&self.log, set).map_err(|e| self.fail("write", &e))?;
+        if let Some(h) = head {
+            applied.head = h;
+        }
+        drop(applied);
         if beyond > CHECKPOINT_BYTES {
             self.signal.lock().wanted = true;
             self.wake.notify_all();
         }
-        if waiting > PENDING_BYTES {
-            self.sync()?;
-        }
         Ok(())
     }
 
-    /// One `fdatasync` of the log (every frame and position written before
-    /// the call), then the batches applied to sled, in order.
+    /// One `fdatasync` of the log: every frame written before the call.
     fn sync(&self) -> Result<(), StoreError> {
-        let mut applied = self.applied.lock();
-        self.check()?;
-        let (unsynced, sets) = {
-            let mut w = self.wal.lock();
-            let u = w.take_unsynced()?;
-            let sets = std::mem::take(&mut *self.pending.lock()).0;
-            (u, sets)
-        };
-        if unsynced.is_empty() {
-            return Ok(());
-        }
-        unsynced
-            .sync()
-            .map_err(|e| self.fail("sync of the write-ahead log", &e))?;
-        for set in sets {
-            let head = set.head;
-            apply(&self.log, set).map_err(|e| self.fail("write", &e))?;
-            if let Some(h) = head {
-                applied.head = h;
-            }
-        }
-        applied.lsn = unsynced.lsn;
-        applied.next = unsynced.next;
-        Ok(())
+        self.sync_log()
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
@@ -752,7 +744,9 @@ impl Engine for SledEngine {
     ) -> Result<(), StoreError> {
         self.check()?;
         let key = cursor_key(identity, name);
-        // Under the log's lock: frames of one key are in the order sled took them.
+        // Never during a checkpoint; and under the log's lock, so frames of
+        // one key are in the order sled took them.
+        let _applied = self.applied.lock();
         let mut w = self.wal.lock();
         let new = self
             .space(space)
@@ -771,6 +765,7 @@ impl Engine for SledEngine {
     fn remove_cursor(&self, space: Space, identity: &str, name: &str) -> Result<(), StoreError> {
         self.check()?;
         let key = cursor_key(identity, name);
+        let _applied = self.applied.lock();
         let mut w = self.wal.lock();
         self.space(space).remove(&key).map_err(io)?;
         w.append(Kind::Remove, &position_frame(space, &key, None))

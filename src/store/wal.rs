@@ -109,10 +109,6 @@ pub(super) struct Replayed {
 /// The files fsynced by one [`Wal::sync`], and how far they reach.
 pub(super) struct Unsynced {
     files: Vec<Arc<File>>,
-    /// The last frame written before it.
-    pub lsn: u64,
-    /// Where the next frame starts.
-    pub next: At,
 }
 
 impl Unsynced {
@@ -424,10 +420,14 @@ impl Wal {
                         at.offset = offset as u64;
                     }
                     Ok(Some(_)) | Ok(None) => break,
-                    Err(e) => {
+                    // Reported only when it is the frame the log expected
+                    // (its header says so): damaged or torn. Other bytes
+                    // are what a reused segment held before.
+                    Err(e) if rest.len() >= HEADER && be64(&rest[8..]) == lsn + 1 => {
                         cut = Some(e);
                         break;
                     }
+                    Err(_) => break,
                 }
             }
             // The next frame may have gone to the next segment, if it did not
@@ -590,9 +590,12 @@ impl State {
                 .into_iter()
                 .map(|(_, f)| f)
                 .collect(),
-            lsn: self.lsn,
-            next: self.at,
         })
+    }
+
+    /// The last frame written, and where the next starts.
+    pub fn position(&self) -> (u64, At) {
+        (self.lsn, self.at)
     }
 
     /// Marks the log failed (a sync of it failed): nothing more is written.
