@@ -80,6 +80,7 @@ pub async fn run_with_reload(
     let connections = Arc::new(Connections::default());
     let retention = crate::store::retention::Retention::from_config(&config.retention)
         .map_err(NodeError::Retention)?;
+    let opening = std::time::Instant::now();
     let store = Arc::new(crate::store::Store::open(
         &config.node.data_dir,
         crate::store::StoreOptions {
@@ -87,7 +88,12 @@ pub async fn run_with_reload(
             ..crate::store::StoreOptions::from(&config.store)
         },
     )?);
-    info!(head = store.head(), dir = %config.node.data_dir.display(), "store opened");
+    info!(
+        head = store.head(),
+        dir = %config.node.data_dir.display(),
+        took_ms = opening.elapsed().as_millis() as u64,
+        "store opened"
+    );
     let config = Arc::new(config);
     let trust = Arc::new(TrustState::new(
         material.bundle.clone(),

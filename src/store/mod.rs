@@ -20,16 +20,15 @@
 //!
 //! # Writing
 //! A pipelined group commit on two threads. The applier takes every request
-//! waiting (up to a batch limit), decides each against the id index and the
-//! batches written but not yet synced (duplicate, conflict or new), assigns
-//! gapless sequence numbers and writes one atomic batch (records, index
-//! entries, head) to the engine. The flusher syncs the engine (on the
-//! embedded engine, one fdatasync of its write-ahead log) and only then
-//! answers every request the sync covers and moves the committed head (a
-//! `watch` the rest of the process follows). While batch N is being synced,
-//! batch N+1 is decided. Cursor writes share the syncs. Index entries written before the payload
-//! digest was kept are 40 bytes; they simply lack the "same bulletin signed
-//! again" check.
+//! waiting (up to a batch limit), decides each against the id index
+//! (duplicate, conflict or new), assigns gapless sequence numbers and writes
+//! one atomic batch (records, index entries, head) to the engine. The
+//! flusher syncs the engine (on the embedded engine, one fdatasync of its
+//! write-ahead log) and only then answers every request the sync covers and
+//! moves the committed head (a `watch` the rest of the process follows).
+//! While batch N is being synced, batch N+1 is applied. Cursor writes share
+//! the syncs. Index entries written before the payload digest was kept are
+//! 40 bytes; they simply lack the "same bulletin signed again" check.
 //!
 //! # Reading
 //! Every record ends with a CRC32 over all its bytes (checked on every read)
