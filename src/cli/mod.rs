@@ -1101,6 +1101,12 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
             ),
             None => println!("log:         {}", store.log_id),
         }
+        if store.repaired_frames > 0 {
+            println!(
+                "repaired:    {} frames of the write-ahead log applied again at start (after an unclean stop)",
+                store.repaired_frames
+            );
+        }
     }
     if s.subscriptions_total > s.subscriptions.len() as u64 {
         println!(
