@@ -22,9 +22,18 @@ fn counter(out: &mut String, name: &str, help: &str, label: &str, values: &[(&st
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    metric(out, "gauge", name, help, value);
+}
+
+/// A counter without labels.
+fn total(out: &mut String, name: &str, help: &str, value: u64) {
+    metric(out, "counter", name, help, value);
+}
+
+fn metric(out: &mut String, kind: &str, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
-        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
     );
 }
 
@@ -60,15 +69,17 @@ pub fn render(state: &crate::state::NodeState) -> String {
         "reason",
         &m.handshake_failures.snapshot(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP beacon_connections_closed_before_tls_total TCP connections closed before a TLS ClientHello (load-balancer and TCP probes).\n# TYPE beacon_connections_closed_before_tls_total counter\nbeacon_connections_closed_before_tls_total {}",
-        m.closed_before_tls.get()
+    total(
+        &mut out,
+        "beacon_connections_closed_before_tls_total",
+        "TCP connections closed before a TLS ClientHello (load-balancer and TCP probes).",
+        m.closed_before_tls.get(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP beacon_log_lines_dropped_total Log lines dropped because the log's pipe or file refused them or its writer fell behind (logging never blocks the node).\n# TYPE beacon_log_lines_dropped_total counter\nbeacon_log_lines_dropped_total {}",
-        crate::metrics::log_lines_dropped()
+    total(
+        &mut out,
+        "beacon_log_lines_dropped_total",
+        "Log lines dropped because the log's pipe or file refused them or its writer fell behind (logging never blocks the node).",
+        crate::metrics::log_lines_dropped(),
     );
     {
         let now = std::time::SystemTime::now()
@@ -109,10 +120,11 @@ pub fn render(state: &crate::state::NodeState) -> String {
         u64::from(state.trust.own_refusal().is_some()),
     );
     let store = &state.store;
-    let _ = writeln!(
-        out,
-        "# HELP beacon_deliveries_total Deliveries sent to subscribers (clients and peer nodes).\n# TYPE beacon_deliveries_total counter\nbeacon_deliveries_total {}",
-        state.broker.delivered_total()
+    total(
+        &mut out,
+        "beacon_deliveries_total",
+        "Deliveries sent to subscribers (clients and peer nodes).",
+        state.broker.delivered_total(),
     );
     gauge(
         &mut out,
@@ -132,15 +144,17 @@ pub fn render(state: &crate::state::NodeState) -> String {
         "Size of the store on disk.",
         store.size_on_disk(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP beacon_store_corrupt_records_total Corrupted records refused on read.\n# TYPE beacon_store_corrupt_records_total counter\nbeacon_store_corrupt_records_total {}",
-        store.stats.corrupt_reads.load(Ordering::Relaxed)
+    total(
+        &mut out,
+        "beacon_store_corrupt_records_total",
+        "Corrupted records refused on read.",
+        store.stats.corrupt_reads.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "# HELP beacon_store_repairs_total Opens of the store after an unclean stop that applied its write-ahead log again.\n# TYPE beacon_store_repairs_total counter\nbeacon_store_repairs_total {}",
-        store.stats.repairs.load(Ordering::Relaxed)
+    total(
+        &mut out,
+        "beacon_store_repairs_total",
+        "Opens of the store after an unclean stop that applied its write-ahead log again.",
+        store.stats.repairs.load(Ordering::Relaxed),
     );
     gauge(
         &mut out,
@@ -148,10 +162,11 @@ pub fn render(state: &crate::state::NodeState) -> String {
         "Frames of the write-ahead log applied again when the store opened.",
         store.stats.repaired_frames.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "# HELP beacon_store_pruned_total Bulletins pruned by retention since the node started.\n# TYPE beacon_store_pruned_total counter\nbeacon_store_pruned_total {}",
-        store.stats.pruned.load(Ordering::Relaxed)
+    total(
+        &mut out,
+        "beacon_store_pruned_total",
+        "Bulletins pruned by retention since the node started.",
+        store.stats.pruned.load(Ordering::Relaxed),
     );
     gauge(
         &mut out,

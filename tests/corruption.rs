@@ -97,6 +97,54 @@ fn stop(mut node: ChildNode) {
     assert_eq!(node.wait(Duration::from_secs(20)), Some(0));
 }
 
+/// A stopped node's store, copied aside whole (`pristine`), and one of its
+/// files to damage.
+struct Damage<'a> {
+    dir: &'a Path,
+    addr: std::net::SocketAddr,
+    files: &'a CertFiles,
+    ca: &'a [PathBuf],
+    pristine: &'a Path,
+    file: &'a Path,
+    acknowledged: &'a BTreeMap<u64, Vec<u8>>,
+}
+
+impl Damage<'_> {
+    /// Starts the node on the pristine store with `file` replaced by each
+    /// damaged copy: it must either refuse the store, saying why (`cannot
+    /// open the store` and `refusal`), or serve exactly what it
+    /// acknowledged. Returns how many were refused.
+    async fn try_each(&self, cases: &[(String, Vec<u8>)], refusal: &str) -> usize {
+        let store = self.dir.join("store");
+        let mut refused = 0;
+        for (what, damaged) in cases {
+            std::fs::remove_dir_all(&store).expect("clear");
+            copy_dir(self.pristine, &store);
+            std::fs::write(self.file, damaged).expect("damage");
+            match start(self.dir, self.addr, self.files, self.ca).await {
+                Err(log) => {
+                    assert!(
+                        log.contains("cannot open the store") && log.contains(refusal),
+                        "{what}: {log}"
+                    );
+                    refused += 1;
+                }
+                Ok(node) => {
+                    // Started: then it must serve exactly what it acknowledged.
+                    let now = served(self.addr, self.files, self.ca).await;
+                    assert_eq!(
+                        now.as_ref().ok(),
+                        Some(self.acknowledged),
+                        "{what}: the node started but does not serve what it acknowledged: {now:?}"
+                    );
+                    stop(node);
+                }
+            }
+        }
+        refused
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_store_is_refused_or_served_intact_never_altered() {
     let pki = TestPki::new();
@@ -157,28 +205,16 @@ async fn a_damaged_store_is_refused_or_served_intact_never_altered() {
         ));
     }
 
-    let mut refused = 0;
-    for (what, damaged) in &cases {
-        std::fs::remove_dir_all(&store).expect("clear");
-        copy_dir(&pristine, &store);
-        std::fs::write(&db, damaged).expect("damage");
-        match start(dir.path(), addr, &files, &ca).await {
-            Err(log) => {
-                assert!(log.contains("cannot open the store"), "{what}: {log}");
-                refused += 1;
-            }
-            Ok(node) => {
-                // Started: then it must serve exactly what it acknowledged.
-                let now = served(addr, &files, &ca).await;
-                assert_eq!(
-                    now.as_ref().ok(),
-                    Some(&acknowledged),
-                    "{what}: the node started but does not serve what it acknowledged: {now:?}"
-                );
-                stop(node);
-            }
-        }
-    }
+    let damage = Damage {
+        dir: dir.path(),
+        addr,
+        files: &files,
+        ca: &ca,
+        pristine: &pristine,
+        file: &db,
+        acknowledged: &acknowledged,
+    };
+    let refused = damage.try_each(&cases, "cannot open the store").await;
     eprintln!(
         "{refused} of {} damaged stores refused; the rest served intact",
         cases.len()
@@ -298,31 +334,18 @@ async fn a_damaged_write_ahead_log_is_refused_or_served_intact() {
             original[..mid].to_vec(),
         ));
     }
-    let mut refused = 0;
-    for (what, damaged) in &cases {
-        std::fs::remove_dir_all(&store).expect("clear");
-        copy_dir(&pristine, &store);
-        std::fs::write(&segment, damaged).expect("damage");
-        match start(dir.path(), addr, &files, &ca).await {
-            Err(log) => {
-                assert!(
-                    log.contains("cannot open the store")
-                        && log.contains(&format!("acknowledged up to {BULLETINS}")),
-                    "{what}: {log}"
-                );
-                refused += 1;
-            }
-            Ok(node) => {
-                let now = served(addr, &files, &ca).await;
-                assert_eq!(
-                    now.as_ref().ok(),
-                    Some(&acknowledged),
-                    "{what}: the node started but does not serve what it acknowledged: {now:?}"
-                );
-                stop(node);
-            }
-        }
-    }
+    let damage = Damage {
+        dir: dir.path(),
+        addr,
+        files: &files,
+        ca: &ca,
+        pristine: &pristine,
+        file: &segment,
+        acknowledged: &acknowledged,
+    };
+    let refused = damage
+        .try_each(&cases, &format!("acknowledged up to {BULLETINS}"))
+        .await;
     eprintln!(
         "{refused} of {} damaged logs refused (the rest were behind a checkpoint, so never read again); the rest served intact",
         cases.len()

@@ -661,7 +661,7 @@ fn build(
                 expect += 1;
                 if set.records.len() + set.pruned.len() >= CHUNK {
                     set.head = Some(seq);
-                    engine.write_synced(std::mem::take(&mut set))?;
+                    engine.write(std::mem::take(&mut set))?;
                     progress(seq, head);
                 }
             }

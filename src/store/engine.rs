@@ -282,8 +282,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn write(&self, set: WriteSet) -> Result<(), StoreError>;
     /// Makes every write and cursor update made before the call durable.
     fn sync(&self) -> Result<(), StoreError>;
-    /// [`Engine::write`] then [`Engine::sync`]: for builders that read back
-    /// what they wrote (upgrades, restores), not for the group commit.
+    /// [`Engine::write`] then [`Engine::sync`]: one write durable at once
+    /// (a marker set at open, the end of a build), not for the group commit.
     fn write_synced(&self, set: WriteSet) -> Result<(), StoreError> {
         self.write(set)?;
         self.sync()

@@ -499,6 +499,21 @@ impl Shared {
         }
     }
 
+    /// Appends a frame whose change sled holds (or is about to take under
+    /// the same lock): a checkpoint covers it from then on.
+    fn log_frame(
+        &self,
+        applied: &mut Applied,
+        w: &mut super::wal::State,
+        kind: Kind,
+        payload: &[u8],
+    ) -> Result<(), StoreError> {
+        w.append(kind, payload)
+            .map_err(|e| self.fail("write", &e))?;
+        (applied.lsn, applied.next) = w.position();
+        Ok(())
+    }
+
     /// Makes every frame written so far durable (one fdatasync per segment
     /// written since the last sync; none if nothing was).
     fn sync_log(&self) -> Result<(), StoreError> {
@@ -693,11 +708,7 @@ impl Engine for SledEngine {
         let mut applied = self.applied.lock();
         let beyond = {
             let mut w = self.wal.lock();
-            w.append(Kind::Batch, &payload)
-                .map_err(|e| self.fail("write", &e))?;
-            let u = w.position();
-            applied.lsn = u.0;
-            applied.next = u.1;
+            self.log_frame(&mut applied, &mut w, Kind::Batch, &payload)?;
             w.since_checkpoint()
         };
         let head = set.head;
@@ -746,7 +757,7 @@ impl Engine for SledEngine {
         let key = cursor_key(identity, name);
         // Never during a checkpoint; and under the log's lock, so frames of
         // one key are in the order sled took them.
-        let _applied = self.applied.lock();
+        let mut applied = self.applied.lock();
         let mut w = self.wal.lock();
         let new = self
             .space(space)
@@ -756,8 +767,12 @@ impl Engine for SledEngine {
             })
             .map_err(io)?;
         if let Some(v) = new {
-            w.append(Kind::Put, &position_frame(space, &key, Some(&v)))
-                .map_err(|e| self.fail("write", &e))?;
+            self.log_frame(
+                &mut applied,
+                &mut w,
+                Kind::Put,
+                &position_frame(space, &key, Some(&v)),
+            )?;
         }
         Ok(())
     }
@@ -765,12 +780,15 @@ impl Engine for SledEngine {
     fn remove_cursor(&self, space: Space, identity: &str, name: &str) -> Result<(), StoreError> {
         self.check()?;
         let key = cursor_key(identity, name);
-        let _applied = self.applied.lock();
+        let mut applied = self.applied.lock();
         let mut w = self.wal.lock();
         self.space(space).remove(&key).map_err(io)?;
-        w.append(Kind::Remove, &position_frame(space, &key, None))
-            .map_err(|e| self.fail("write", &e))?;
-        Ok(())
+        self.log_frame(
+            &mut applied,
+            &mut w,
+            Kind::Remove,
+            &position_frame(space, &key, None),
+        )
     }
 
     fn cursors(&self, space: Space) -> Result<Vec<(String, String, Position)>, StoreError> {

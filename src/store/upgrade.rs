@@ -49,10 +49,11 @@ pub(super) fn run(engine: &dyn Engine, from: u32, head: u64) -> Result<(), Store
     if from < 5 {
         name_log(engine)?;
     }
-    engine.write_synced(WriteSet {
+    engine.write(WriteSet {
         format: Some(FORMAT),
         ..Default::default()
     })?;
+    engine.sync()?;
     info!(format = FORMAT, "store upgraded");
     Ok(())
 }
@@ -128,10 +129,10 @@ fn add_expiries(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
         set.expiries.push((nanos(expires), seq));
         total += 1;
         if set.records.len() >= CHUNK {
-            engine.write_synced(std::mem::take(&mut set))?;
+            engine.write(std::mem::take(&mut set))?;
         }
     }
-    engine.write_synced(set)?;
+    engine.write(set)?;
     info!(expiring = total, "expiry times recorded");
     Ok(())
 }
@@ -180,10 +181,10 @@ fn respace(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
             }
         }
         if set.records.len() + set.pruned.len() >= CHUNK {
-            engine.write_synced(std::mem::take(&mut set))?;
+            engine.write(std::mem::take(&mut set))?;
         }
     }
-    engine.write_synced(set)?;
+    engine.write(set)?;
     info!(moved, "acceptance times spaced");
     Ok(())
 }
@@ -193,7 +194,7 @@ fn flush(engine: &dyn Engine, marked: &mut HashMap<u64, Successor>) -> Result<()
         return Ok(());
     }
     let successors = marked.drain().map(|(seq, s)| (seq, s.encode())).collect();
-    engine.write_synced(WriteSet {
+    engine.write(WriteSet {
         successors,
         ..Default::default()
     })
@@ -221,7 +222,7 @@ fn name_log(engine: &dyn Engine) -> Result<(), StoreError> {
         Some(log) => log,
         None => {
             let log = LogInfo::new();
-            engine.write_synced(WriteSet {
+            engine.write(WriteSet {
                 log: Some(log.encode()),
                 ..Default::default()
             })?;

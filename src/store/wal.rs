@@ -653,6 +653,20 @@ mod tests {
         (wal, got, r)
     }
 
+    /// A log of ten frames of 100 bytes in `dir`, the byte `at` of frame
+    /// `frame`'s payload (from 0) flipped by `bits`.
+    fn ten_frames_one_damaged(dir: &Path, frame: usize, at: usize, bits: u8) {
+        let (wal, _, _) = reopen(dir, 1 << 16);
+        for i in 0..10u8 {
+            wal.lock().append(Kind::Batch, &[i; 100]).expect("append");
+        }
+        drop(wal);
+        let seg = dir.join(segment_name(1));
+        let mut b = std::fs::read(&seg).expect("read");
+        b[(HEADER + 100) * frame + HEADER + at] ^= bits;
+        std::fs::write(&seg, &b).expect("write");
+    }
+
     #[test]
     fn frames_after_the_checkpoint_come_back_across_segments_and_stale_frames_do_not() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -714,16 +728,8 @@ mod tests {
     fn frames_of_an_earlier_run_beyond_a_cut_never_come_back() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("wal");
-        let (wal, _, _) = reopen(&dir, 1 << 16);
-        for i in 0..10u8 {
-            wal.lock().append(Kind::Batch, &[i; 100]).expect("append");
-        }
-        drop(wal);
         // Frame 5 torn: the log ends at 4.
-        let seg = dir.join(segment_name(1));
-        let mut b = std::fs::read(&seg).expect("read");
-        b[(HEADER + 100) * 4 + HEADER + 50] ^= 0x01;
-        std::fs::write(&seg, &b).expect("write");
+        ten_frames_one_damaged(&dir, 4, 50, 0x01);
         let (wal, got, r) = reopen(&dir, 1 << 16);
         assert_eq!((got.len(), r.lsn), (4, 4));
         // The new run writes its frame 5 exactly over the torn one: the old
@@ -740,15 +746,7 @@ mod tests {
     fn a_damaged_frame_ends_the_log_there() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("wal");
-        let (wal, _, _) = reopen(&dir, 1 << 16);
-        for i in 0..10u8 {
-            wal.lock().append(Kind::Batch, &[i; 100]).expect("append");
-        }
-        drop(wal);
-        let seg = dir.join(segment_name(1));
-        let mut b = std::fs::read(&seg).expect("read");
-        b[(HEADER + 100) * 6 + HEADER + 5] ^= 0x10;
-        std::fs::write(&seg, &b).expect("write");
+        ten_frames_one_damaged(&dir, 6, 5, 0x10);
         let (_, got, r) = reopen(&dir, 1 << 16);
         assert_eq!(got.len(), 6);
         assert_eq!(r.cut.as_deref(), Some("a frame fails its CRC"));
