@@ -735,6 +735,12 @@ async fn revisions_and_retractions_are_versions_of_one_report_over_taxii() {
     revision.relation = Some(beacon::bulletin::Relation::Supersedes(first.id.clone()));
     let mut retraction = bulletin("uk.ncsc", "withdrawn");
     retraction.relation = Some(beacon::bulletin::Relation::Retracts(revision.id.clone()));
+    // Each version is `modified` at its bulletin's signed creation time:
+    // three drafts made in one microsecond (a loaded machine) would be one
+    // version.
+    let base = first.created_at.expect("a draft has its creation time");
+    revision.created_at = Some(base + std::time::Duration::from_millis(1));
+    retraction.created_at = Some(base + std::time::Duration::from_millis(2));
     for b in [&first, &revision, &retraction] {
         uk.publish(b).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
