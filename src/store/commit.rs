@@ -81,6 +81,7 @@ impl Committer {
             },
             max_batch: opts.max_batch.max(1),
             pipeline: pipeline.clone(),
+            staged: std::collections::VecDeque::new(),
         };
         let marker = Arc::new(Marker::default());
         let marker_thread = {
@@ -343,12 +344,7 @@ impl Batch {
     /// The record appended in this batch at `seq`, decoded again (only a
     /// later bulletin of the batch naming it needs it, which is rare).
     fn record(&self, seq: u64) -> Option<Result<Record, StoreError>> {
-        let first = self.writes.records.first()?.0;
-        let (at, bytes) = self
-            .writes
-            .records
-            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
-        Some(Record::decode(*at, Bytes::from(bytes.clone())))
+        record_in(&self.writes.records, seq)
     }
 
     /// Records that the record at `original` was replaced by the one at `seq`.
@@ -372,6 +368,32 @@ struct Writer {
     space: DiskSpace,
     max_batch: usize,
     pipeline: Arc<Pipeline>,
+    /// Batches staged in the engine and maybe not synced yet, oldest
+    /// first: the engine shows a staged batch only once it is synced, so
+    /// later appends are decided against these first.
+    staged: std::collections::VecDeque<Staged>,
+}
+
+/// What a batch staged in the engine holds, for the applier's later
+/// decisions until the committed head passes it.
+struct Staged {
+    head: u64,
+    pending: HashMap<(String, String), Held>,
+    successors: HashMap<u64, Successor>,
+    records: Vec<(u64, Vec<u8>)>,
+}
+
+impl Staged {
+    fn record(&self, seq: u64) -> Option<Result<Record, StoreError>> {
+        record_in(&self.records, seq)
+    }
+}
+
+/// The record at `seq` among `records` (consecutive sequences), decoded again.
+fn record_in(records: &[(u64, Vec<u8>)], seq: u64) -> Option<Result<Record, StoreError>> {
+    let first = records.first()?.0;
+    let (at, bytes) = records.get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+    Some(Record::decode(*at, Bytes::from(bytes.clone())))
 }
 
 type AppendReq = (NewRecord, oneshot::Sender<Result<Appended, StoreError>>);
@@ -719,6 +741,7 @@ impl Writer {
             }
             return;
         }
+        self.forget_synced();
         let mut batch = Batch {
             writes: WriteSet::default(),
             pending: HashMap::new(),
@@ -740,7 +763,7 @@ impl Writer {
     /// a new record added to `batch`.
     fn admit(&self, batch: &mut Batch, rec: NewRecord) -> Result<Appended, StoreError> {
         let key = (rec.meta.publisher.clone(), rec.meta.id.clone());
-        let existing = match batch.pending.get(&key) {
+        let existing = match self.held_unsynced(batch, &key) {
             Some(h) => Some((h.indexed.clone(), Some(h.accepted_at))),
             None => self.lookup(&key.0, &key.1)?.map(|i| (i, None)),
         };
@@ -771,8 +794,8 @@ impl Writer {
                 let how = rec.related.as_ref().map(|r| r.how);
                 let appended = batch.append(key, rec);
                 if let (Some(original), Some(how)) = (related, how) {
-                    let old = match batch.successors.get(&original) {
-                        Some(s) => Some(*s),
+                    let old = match self.successor_unsynced(batch, original) {
+                        Some(s) => Some(s),
                         None => self.successor(original)?,
                     };
                     batch.mark(original, old, how, appended.seq);
@@ -792,7 +815,7 @@ impl Writer {
             return Ok(None);
         };
         let key = (rec.meta.publisher.clone(), rel.id.clone());
-        let seq = match batch.pending.get(&key) {
+        let seq = match self.held_unsynced(batch, &key) {
             Some(h) => h.indexed.seq,
             None => match self.lookup(&key.0, &key.1)? {
                 Some(i) => {
@@ -810,7 +833,10 @@ impl Writer {
             },
         };
         if rel.required {
-            let original = match batch.record(seq) {
+            let unsynced = batch
+                .record(seq)
+                .or_else(|| self.staged.iter().rev().find_map(|w| w.record(seq)));
+            let original = match unsynced {
                 Some(r) => r?.meta,
                 // Pruned: no reader can be left with it, and nothing to mark.
                 None if self.engine.tombstone(seq)?.is_some() => return Ok(None),
@@ -839,18 +865,27 @@ impl Writer {
             mut upto,
             next,
             free_from,
+            pending,
+            successors,
             ..
         } = batch;
         let new_head = next - 1;
         if new_head != self.head {
             writes.head = Some(new_head);
-            if let Err(e) = self.engine.write(writes) {
+            let records = writes.records.clone();
+            if let Err(e) = self.engine.stage(writes) {
                 self.failed.set("write", &e);
                 for (reply, _) in replies {
                     let _ = reply.send(Err(self.failed.error()));
                 }
                 return;
             }
+            self.staged.push_back(Staged {
+                head: new_head,
+                pending,
+                successors,
+                records,
+            });
             self.head = new_head;
             self.last_accepted = free_from;
             upto = upto.max(new_head);
@@ -870,6 +905,7 @@ impl Writer {
     /// records are pruned; one already pruned is passed over.
     fn prune(&mut self, seqs: &[u64]) -> Result<u64, StoreError> {
         self.failed.check()?;
+        self.forget_synced();
         let durable = *self.committed.borrow();
         let now = SystemTime::now();
         let mut writes = WriteSet::default();
@@ -898,6 +934,33 @@ impl Writer {
             }
         }
         Ok(n)
+    }
+
+    /// Forgets the staged batches the committed head has passed: the
+    /// engine shows them now.
+    fn forget_synced(&mut self) {
+        let committed = *self.committed.borrow();
+        while self.staged.front().is_some_and(|w| w.head <= committed) {
+            self.staged.pop_front();
+        }
+    }
+
+    /// What this batch, or a staged one not yet synced, appended for `key`.
+    fn held_unsynced<'a>(&'a self, batch: &'a Batch, key: &(String, String)) -> Option<&'a Held> {
+        batch
+            .pending
+            .get(key)
+            .or_else(|| self.staged.iter().rev().find_map(|w| w.pending.get(key)))
+    }
+
+    /// What replaced the record at `seq` in this batch or a staged one not
+    /// yet synced.
+    fn successor_unsynced(&self, batch: &Batch, seq: u64) -> Option<Successor> {
+        batch
+            .successors
+            .get(&seq)
+            .or_else(|| self.staged.iter().rev().find_map(|w| w.successors.get(&seq)))
+            .copied()
     }
 
     fn lookup(&self, publisher: &str, id: &str) -> Result<Option<Indexed>, StoreError> {

@@ -280,7 +280,15 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Applies `set` atomically. It is visible to reads at once and durable
     /// after the next [`Engine::sync`].
     fn write(&self, set: WriteSet) -> Result<(), StoreError>;
-    /// Makes every write and cursor update made before the call durable.
+    /// The group commit's write: `set` becomes durable, and only then
+    /// visible to reads, at the next [`Engine::sync`]. Until then the
+    /// writer answers its own questions about it (the applier keeps what it
+    /// staged). An engine without a log of its own writes it at once.
+    fn stage(&self, set: WriteSet) -> Result<(), StoreError> {
+        self.write(set)
+    }
+    /// Makes every write, staged write and cursor update made before the
+    /// call durable, and the staged writes visible.
     fn sync(&self) -> Result<(), StoreError>;
     /// [`Engine::write`] then [`Engine::sync`]: one write durable at once
     /// (a marker set at open, the end of a build), not for the group commit.

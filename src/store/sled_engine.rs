@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
 
 use std::sync::Arc;
@@ -90,10 +90,15 @@ pub(crate) struct Shared {
     links: sled::Tree,
     durable: Durable,
     wal: Wal,
-    /// What sled holds of the log. Held while a batch is written (its
-    /// frame, then sled) and for the whole of a checkpoint, which so never
-    /// races a batch.
+    /// What sled holds of the log. Held while anything is applied to sled
+    /// (a staged batch after its sync, a write, a position change) and for
+    /// the whole of a checkpoint, which so never races an apply.
     applied: parking_lot::Mutex<Applied>,
+    /// Batches whose frames are written but not yet applied to sled, in
+    /// the log's order: each is applied once a sync covers its frame, so
+    /// sled never holds a batch the log may lose (pushed under the log's
+    /// lock).
+    staged: parking_lot::Mutex<VecDeque<Staged>>,
     /// One checkpoint at a time.
     checkpointing: parking_lot::Mutex<()>,
     signal: parking_lot::Mutex<Signal>,
@@ -102,13 +107,19 @@ pub(crate) struct Shared {
     failed: std::sync::OnceLock<String>,
 }
 
-/// How far sled holds the log: every frame up to `lsn` (the next starts at
-/// `next`), its head marker at `head`.
+/// What sled holds: its head marker. (How far it holds the log is worked
+/// out at a checkpoint: every frame before the first staged one.)
 #[derive(Clone, Copy)]
 struct Applied {
-    lsn: u64,
-    next: At,
     head: u64,
+}
+
+/// A batch whose frame is written, to be applied once durable.
+struct Staged {
+    /// Its frame, and where that frame starts.
+    lsn: u64,
+    start: At,
+    set: WriteSet,
 }
 
 #[derive(Default)]
@@ -298,7 +309,6 @@ impl SledEngine {
                 found: head,
             });
         }
-        let next = wal.lock().position().1;
         let shared = Arc::new(Shared {
             db,
             log,
@@ -306,11 +316,8 @@ impl SledEngine {
             links,
             durable,
             wal,
-            applied: parking_lot::Mutex::new(Applied {
-                lsn: replayed.lsn,
-                next,
-                head,
-            }),
+            applied: parking_lot::Mutex::new(Applied { head }),
+            staged: parking_lot::Mutex::new(VecDeque::new()),
             checkpointing: parking_lot::Mutex::new(()),
             signal: parking_lot::Mutex::new(Signal::default()),
             wake: parking_lot::Condvar::new(),
@@ -377,7 +384,7 @@ fn replay(
         StoreError::Torn("a frame of its write-ahead log passes its CRC but does not decode".into())
     };
     match kind {
-        Kind::Batch => apply(log, WriteSet::decode(payload).ok_or_else(damaged)?),
+        Kind::Batch => apply_each(log, WriteSet::decode(payload).ok_or_else(damaged)?),
         Kind::Put | Kind::Remove => {
             let (&space, rest) = payload.split_first().ok_or_else(damaged)?;
             let tree = match space {
@@ -399,42 +406,71 @@ fn replay(
     }
 }
 
-/// Writes one batch into sled, atomically.
-fn apply(log: &sled::Tree, set: WriteSet) -> Result<(), StoreError> {
-    let mut batch = sled::Batch::default();
+/// The puts and removals of one batch, in order, handed to `op` (a put
+/// with its value, a removal with none).
+fn each_op(
+    set: WriteSet,
+    mut op: impl FnMut(&[u8], Option<sled::IVec>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     for (seq, record) in set.records {
-        batch.insert(&lkey(seq)[..], record);
+        op(&lkey(seq), Some(record.into()))?;
     }
     for (seq, successor) in set.successors {
-        batch.insert(&rkey(seq)[..], successor);
+        op(&rkey(seq), Some(successor.into()))?;
     }
     for (expires, seq) in set.expiries {
-        batch.insert(&xkey(expires, seq)[..], &[][..]);
+        op(&xkey(expires, seq), Some(sled::IVec::default()))?;
     }
     for p in set.pruned {
-        batch.remove(&lkey(p.seq)[..]);
-        batch.remove(&rkey(p.seq)[..]);
+        op(&tkey(p.seq), Some(p.tombstone.into()))?;
+        op(&lkey(p.seq), None)?;
+        op(&rkey(p.seq), None)?;
         if let Some(expires) = p.expires {
-            batch.remove(&xkey(expires, p.seq)[..]);
+            op(&xkey(expires, p.seq), None)?;
         }
-        batch.insert(&tkey(p.seq)[..], p.tombstone);
     }
     for (publisher, id, entry) in set.index {
-        batch.insert(ikey(&publisher, &id), entry);
+        op(&ikey(&publisher, &id), Some(entry.into()))?;
     }
     if let Some(head) = set.head {
-        batch.insert(HEAD_KEY, &head.to_be_bytes()[..]);
+        op(HEAD_KEY, Some(head.to_be_bytes().as_slice().into()))?;
     }
     if let Some(format) = set.format {
-        batch.insert(FORMAT_KEY, &format.to_be_bytes()[..]);
+        op(FORMAT_KEY, Some(format.to_be_bytes().as_slice().into()))?;
     }
     if let Some(log_info) = set.log {
-        batch.insert(LOG_KEY, log_info);
+        op(LOG_KEY, Some(log_info.into()))?;
     }
     if let Some(node) = set.node {
-        batch.insert(NODE_KEY, node);
+        op(NODE_KEY, Some(node.into()))?;
     }
+    Ok(())
+}
+
+/// Writes one batch into sled, atomically (sled seals and writes its buffer
+/// for it: not for the group commit, see [`SledEngine::stage`]).
+fn apply(log: &sled::Tree, set: WriteSet) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    each_op(set, |k, v| {
+        match v {
+            Some(v) => batch.insert(k, v),
+            None => batch.remove(k),
+        }
+        Ok(())
+    })?;
     log.apply_batch(batch).map_err(io)
+}
+
+/// Writes one batch into sled one key at a time: for a batch whose frame is
+/// durable, which an open applies again whole if sled kept only part of it.
+fn apply_each(log: &sled::Tree, set: WriteSet) -> Result<(), StoreError> {
+    each_op(set, |k, v| {
+        match v {
+            Some(v) => log.insert(k, v).map(|_| ()),
+            None => log.remove(k).map(|_| ()),
+        }
+        .map_err(io)
+    })
 }
 
 impl Shared {
@@ -475,6 +511,20 @@ impl Shared {
         e.clone()
     }
 
+    /// Appends a frame, under the log's lock `w` (a failed append marks the
+    /// log failed itself, so this must not take the lock again).
+    fn append(
+        &self,
+        w: &mut super::wal::State,
+        kind: Kind,
+        payload: &[u8],
+    ) -> Result<u64, StoreError> {
+        w.append(kind, payload).map_err(|e| {
+            let _ = self.failed.set(format!("write failed: {e}"));
+            e
+        })
+    }
+
     /// Takes checkpoints until the engine is dropped: every
     /// [`CHECKPOINT_EVERY`] while anything was written, and whenever
     /// [`CHECKPOINT_BYTES`] of the log lie beyond the last one.
@@ -499,32 +549,56 @@ impl Shared {
         }
     }
 
-    /// Appends a frame whose change sled holds (or is about to take under
-    /// the same lock): a checkpoint covers it from then on.
-    fn log_frame(
-        &self,
-        applied: &mut Applied,
-        w: &mut super::wal::State,
-        kind: Kind,
-        payload: &[u8],
-    ) -> Result<(), StoreError> {
-        w.append(kind, payload)
-            .map_err(|e| self.fail("write", &e))?;
-        (applied.lsn, applied.next) = w.position();
-        Ok(())
-    }
-
     /// Makes every frame written so far durable (one fdatasync per segment
-    /// written since the last sync; none if nothing was).
-    fn sync_log(&self) -> Result<(), StoreError> {
+    /// written since the last sync; none if nothing was); returns the last
+    /// frame covered.
+    fn sync_log(&self) -> Result<u64, StoreError> {
         self.check()?;
-        let unsynced = self.wal.lock().take_unsynced()?;
-        if unsynced.is_empty() {
-            return Ok(());
-        }
-        unsynced
+        self.wal
             .sync()
             .map_err(|e| self.fail("sync of the write-ahead log", &e))
+    }
+
+    /// Applies to sled, in order, the staged batches whose frames lie at
+    /// or before `upto` (durable).
+    fn apply_staged(&self, applied: &mut Applied, upto: u64) -> Result<(), StoreError> {
+        loop {
+            let next = {
+                let mut staged = self.staged.lock();
+                match staged.front() {
+                    Some(s) if s.lsn <= upto => staged.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(staged) = next else {
+                return Ok(());
+            };
+            let head = staged.set.head;
+            apply_each(&self.log, staged.set).map_err(|e| self.fail("write", &e))?;
+            if let Some(h) = head {
+                applied.head = h;
+            }
+        }
+    }
+
+    /// Wakes the checkpointer once `beyond` bytes of log lie past the last
+    /// checkpoint ([`CHECKPOINT_BYTES`]).
+    fn want_checkpoint(&self, beyond: u64) {
+        if beyond > CHECKPOINT_BYTES {
+            self.signal.lock().wanted = true;
+            self.wake.notify_all();
+        }
+    }
+
+    /// Where the log stands for sled (under the `applied` lock, so no apply
+    /// runs): sled holds every frame before the first staged batch, or all
+    /// of them.
+    fn held(&self) -> (u64, At) {
+        let w = self.wal.lock();
+        match self.staged.lock().front() {
+            Some(s) => (s.lsn - 1, s.start),
+            None => w.position(),
+        }
     }
 
     /// sled's flush and what it leaves out, then the checkpoint record:
@@ -532,24 +606,26 @@ impl Shared {
     fn checkpoint(&self) -> Result<(), StoreError> {
         let _one = self.checkpointing.lock();
         self.check()?;
-        let guard = self.applied.lock();
-        let applied = *guard;
+        let mut applied = self.applied.lock();
         let last = self.wal.last_checkpoint();
-        if applied.lsn <= last.lsn {
+        if self.held().0 <= last.lsn {
             return Ok(());
         }
-        // Every frame sled holds is durable before sled is flushed.
-        self.sync_log()
-            .and_then(|()| self.flush_sled())
+        // Every frame sled holds is durable before sled is flushed; the
+        // staged batches that sync covers go in too.
+        let upto = self.sync_log()?;
+        self.apply_staged(&mut applied, upto)?;
+        let (lsn, next) = self.held();
+        self.flush_sled()
             .and_then(|()| {
                 self.wal.checkpoint(Checkpoint {
-                    lsn: applied.lsn,
-                    next: applied.next,
+                    lsn,
+                    next,
                     head: applied.head,
                 })
             })
             .map_err(|e| self.fail("checkpoint", &e))?;
-        drop(guard);
+        drop(applied);
         Ok(())
     }
 
@@ -701,14 +777,21 @@ impl Engine for SledEngine {
     }
 
     /// One frame in the write-ahead log (durable at the next sync), then
-    /// the batch in sled.
+    /// the batch in sled, atomically and visible at once: for writes other
+    /// than the group commit's (markers, prunes, upgrades, restores). Staged
+    /// batches before it are made durable and applied first, so sled takes
+    /// batches in the log's order.
     fn write(&self, set: WriteSet) -> Result<(), StoreError> {
         self.check()?;
         let payload = set.encode();
         let mut applied = self.applied.lock();
+        if !self.staged.lock().is_empty() {
+            let upto = self.sync_log()?;
+            self.apply_staged(&mut applied, upto)?;
+        }
         let beyond = {
             let mut w = self.wal.lock();
-            self.log_frame(&mut applied, &mut w, Kind::Batch, &payload)?;
+            self.append(&mut w, Kind::Batch, &payload)?;
             w.since_checkpoint()
         };
         let head = set.head;
@@ -717,16 +800,36 @@ impl Engine for SledEngine {
             applied.head = h;
         }
         drop(applied);
-        if beyond > CHECKPOINT_BYTES {
-            self.signal.lock().wanted = true;
-            self.wake.notify_all();
-        }
+        self.want_checkpoint(beyond);
         Ok(())
     }
 
-    /// One `fdatasync` of the log: every frame written before the call.
+    /// One frame in the write-ahead log; the batch goes to sled after the
+    /// sync that makes the frame durable (its writes one by one: the frame
+    /// is what makes them atomic, and an open applies it again whole). So
+    /// nothing sled writes to its files (a checkpoint, or a buffer that
+    /// filled) holds a batch the log may lose, and no batch seals sled's
+    /// buffer (sled's own atomic batches write a buffer each).
+    fn stage(&self, set: WriteSet) -> Result<(), StoreError> {
+        self.check()?;
+        let payload = set.encode();
+        let beyond = {
+            let mut w = self.wal.lock();
+            let (_, start) = w.position();
+            let lsn = self.append(&mut w, Kind::Batch, &payload)?;
+            self.staged.lock().push_back(Staged { lsn, start, set });
+            w.since_checkpoint()
+        };
+        self.want_checkpoint(beyond);
+        Ok(())
+    }
+
+    /// One `fdatasync` of the log (every frame written before the call),
+    /// then the staged batches it covers go to sled.
     fn sync(&self) -> Result<(), StoreError> {
-        self.sync_log()
+        let upto = self.sync_log()?;
+        let mut applied = self.applied.lock();
+        self.apply_staged(&mut applied, upto)
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
@@ -757,7 +860,7 @@ impl Engine for SledEngine {
         let key = cursor_key(identity, name);
         // Never during a checkpoint; and under the log's lock, so frames of
         // one key are in the order sled took them.
-        let mut applied = self.applied.lock();
+        let _applied = self.applied.lock();
         let mut w = self.wal.lock();
         let new = self
             .space(space)
@@ -767,12 +870,7 @@ impl Engine for SledEngine {
             })
             .map_err(io)?;
         if let Some(v) = new {
-            self.log_frame(
-                &mut applied,
-                &mut w,
-                Kind::Put,
-                &position_frame(space, &key, Some(&v)),
-            )?;
+            self.append(&mut w, Kind::Put, &position_frame(space, &key, Some(&v)))?;
         }
         Ok(())
     }
@@ -780,15 +878,11 @@ impl Engine for SledEngine {
     fn remove_cursor(&self, space: Space, identity: &str, name: &str) -> Result<(), StoreError> {
         self.check()?;
         let key = cursor_key(identity, name);
-        let mut applied = self.applied.lock();
+        let _applied = self.applied.lock();
         let mut w = self.wal.lock();
         self.space(space).remove(&key).map_err(io)?;
-        self.log_frame(
-            &mut applied,
-            &mut w,
-            Kind::Remove,
-            &position_frame(space, &key, None),
-        )
+        self.append(&mut w, Kind::Remove, &position_frame(space, &key, None))
+            .map(|_| ())
     }
 
     fn cursors(&self, space: Space) -> Result<Vec<(String, String, Position)>, StoreError> {

@@ -99,8 +99,6 @@ pub(super) struct Replayed {
     pub checkpoint: Checkpoint,
     /// Frames applied after it.
     pub frames: u64,
-    /// The last frame applied (or the checkpoint's).
-    pub lsn: u64,
     /// Where the log was cut, if the frame there was damaged or torn
     /// rather than never written (zeros) or stale.
     pub cut: Option<String>,
@@ -112,10 +110,6 @@ pub(super) struct Unsynced {
 }
 
 impl Unsynced {
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// One `fdatasync` per segment written since the last sync (one, but
     /// for a sync that spans a change of segment).
     pub fn sync(&self) -> Result<(), StoreError> {
@@ -148,6 +142,10 @@ pub(super) struct State {
 /// The write-ahead log.
 pub(super) struct Wal {
     state: parking_lot::Mutex<State>,
+    /// One sync at a time: a sync that finds another under way waits for
+    /// it, so it never returns while frames it must cover are still being
+    /// flushed by the other.
+    syncing: parking_lot::Mutex<()>,
     checkpoints: parking_lot::Mutex<CheckpointFile>,
 }
 
@@ -462,6 +460,7 @@ impl Wal {
         let size = segment_bytes.max(data.len() as u64);
         let file = prepare(dir, at.segment, size)?;
         let wal = Wal {
+            syncing: parking_lot::Mutex::new(()),
             state: parking_lot::Mutex::new(State {
                 dir: dir.to_path_buf(),
                 segment_bytes,
@@ -482,7 +481,6 @@ impl Wal {
             Replayed {
                 checkpoint,
                 frames,
-                lsn,
                 cut,
             },
         ))
@@ -491,6 +489,22 @@ impl Wal {
     /// The writer's lock: frames appended under one guard are consecutive.
     pub fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
         self.state.lock()
+    }
+
+    /// Makes every frame appended before the call durable (one
+    /// `fdatasync` per segment written since the last sync; none if none
+    /// was); returns the last frame it covers. Syncs are taken one at a
+    /// time, so that one never returns while another is still flushing
+    /// frames appended before it. A failed sync is the caller's to report:
+    /// the log must be marked failed ([`State::fail`]), never synced again.
+    pub fn sync(&self) -> Result<u64, StoreError> {
+        let _one = self.syncing.lock();
+        let (unsynced, lsn) = {
+            let mut st = self.state.lock();
+            (st.take_unsynced()?, st.lsn)
+        };
+        unsynced.sync()?;
+        Ok(lsn)
     }
 
     /// The last checkpoint written.
@@ -581,7 +595,7 @@ impl State {
 
     /// What the next sync must fsync, taken (frames appended after this
     /// belong to the sync after).
-    pub fn take_unsynced(&mut self) -> Result<Unsynced, StoreError> {
+    fn take_unsynced(&mut self) -> Result<Unsynced, StoreError> {
         if let Some(f) = &self.failed {
             return Err(StoreError::Io(f.clone()));
         }
@@ -682,10 +696,10 @@ mod tests {
         assert!(u.files.len() >= 2);
         u.sync().expect("sync");
         drop(wal);
-        let (wal, got, r) = reopen(&dir, 4096);
+        let (wal, got, _) = reopen(&dir, 4096);
         assert_eq!(got.len(), 30);
         assert!(got.iter().enumerate().all(|(i, (_, p))| p[0] == i as u8));
-        assert_eq!(r.lsn, 30);
+        assert_eq!(wal.lock().position().0, 30);
         // A checkpoint at frame 20: only 21..=30 come back, and the
         // segments behind it are reused.
         let mut data = Vec::new();
@@ -730,8 +744,8 @@ mod tests {
         let dir = tmp.path().join("wal");
         // Frame 5 torn: the log ends at 4.
         ten_frames_one_damaged(&dir, 4, 50, 0x01);
-        let (wal, got, r) = reopen(&dir, 1 << 16);
-        assert_eq!((got.len(), r.lsn), (4, 4));
+        let (wal, got, _) = reopen(&dir, 1 << 16);
+        assert_eq!((got.len(), wal.lock().position().0), (4, 4));
         // The new run writes its frame 5 exactly over the torn one: the old
         // frames 6.. that follow it carry the next numbers, but an earlier run.
         wal.lock().append(Kind::Batch, &[55; 100]).expect("append");
