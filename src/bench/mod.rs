@@ -573,6 +573,55 @@ pub async fn closed_loop_with(
     Ok((Figures::new(label, lat, errors, secs), sign_rate))
 }
 
+/// The floor under one publisher's latency: one member's `Get` of a
+/// bulletin it published, `total` times in a closed loop on one connection.
+/// The same TLS, HTTP/2, authentication and policy as a publish and a reply
+/// of the same size, without the signature check or the write.
+pub async fn get_loop(
+    target: &Target,
+    total: usize,
+    size: usize,
+    first: usize,
+) -> Result<Figures, BenchError> {
+    let (pubs, _) = publishers(target, 1, 1, size, first).await?;
+    let Some(mut p) = pubs.into_iter().next() else {
+        return Err(BenchError::Setup("no publisher".into()));
+    };
+    let Some(env) = p.envelopes.first() else {
+        return Err(BenchError::Setup("nothing to publish".into()));
+    };
+    let id = p.client.publish_envelope(env).await?.id;
+    let mut lat = Vec::with_capacity(total);
+    let mut errors = 0;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(60);
+    for _ in 0..total {
+        if Instant::now() > deadline {
+            break;
+        }
+        let t = Instant::now();
+        let got = p
+            .client
+            .bulletins
+            .get(crate::proto::v1::GetRequest {
+                id: id.clone(),
+                publisher: String::new(),
+            })
+            .await;
+        match got {
+            Ok(_) => lat.push(t.elapsed().as_micros() as u64),
+            Err(_) => errors += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Figures::new(
+        "1 member, Get of its bulletin (no signature check, no write)".into(),
+        lat,
+        errors,
+        secs,
+    ))
+}
+
 /// Open loop: `rate` publishes per second offered across `n` publishers for
 /// `total` publishes; latency counts from the scheduled send time.
 pub async fn open_loop(

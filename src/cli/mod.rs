@@ -600,6 +600,14 @@ async fn bench_publish(
                 }
                 rows.push(fig);
             }
+            if n == 1 {
+                let mut fig = bench::get_loop(&target, total, size, first).await?;
+                first += 1;
+                if algorithms.len() > 1 {
+                    fig.label = format!("{algorithm}: {}", fig.label);
+                }
+                rows.push(fig);
+            }
         }
         if rate > 0 {
             let total = (rate as usize * 5).max(100);

@@ -959,7 +959,12 @@ impl Writer {
         batch
             .successors
             .get(&seq)
-            .or_else(|| self.staged.iter().rev().find_map(|w| w.successors.get(&seq)))
+            .or_else(|| {
+                self.staged
+                    .iter()
+                    .rev()
+                    .find_map(|w| w.successors.get(&seq))
+            })
             .copied()
     }
 

@@ -68,21 +68,25 @@ fn sled_segment(dir: &Path) -> usize {
 
 /// The embedded engine: a write-ahead log in front of sled.
 ///
-/// A write is a frame in the log ([`wal`](super::wal)) and then the batch
-/// in sled (visible at once; the store's readers stop at the committed
-/// head); a sync is one fdatasync of the log. A checkpoint holds writes off,
-/// makes the log durable as far as sled holds it, flushes sled with the
-/// syncs its flush leaves out, and records how far sled is durable. sled's
-/// buffers are larger than what is written between checkpoints, so its
-/// files change only during one, and hold only what the log holds durably;
-/// an open applies again whatever frames follow the last checkpoint, so a
-/// batch sled kept only in part (a cut during a checkpoint) is written whole
-/// again.
+/// The group commit stages its batches ([`Engine::stage`]): a frame in the
+/// log ([`wal`](super::wal)), and after the sync that makes it durable, the
+/// batch in sled, one key at a time (visible then; the store's readers stop
+/// at the committed head). Other writes are a frame and an atomic sled
+/// batch at once. A sync is one fdatasync of the log, then the staged
+/// batches it covers. A checkpoint holds applies off, syncs the log, flushes
+/// sled with the syncs its flush leaves out, and records how far sled is
+/// durable. sled's buffers are larger than what is written between
+/// checkpoints, so its files change mostly during one, and never hold a
+/// batch the log may lose; an open applies again whatever frames follow the
+/// last checkpoint, so a batch sled kept only in part is written whole again.
 pub(crate) struct SledEngine {
     shared: Arc<Shared>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Locks are taken in this order, never the reverse: `checkpointing`,
+/// `applied`, the log's sync lock (inside [`Wal::sync`]), the log's
+/// writer lock, `staged`.
 pub(crate) struct Shared {
     db: sled::Db,
     log: sled::Tree,
