@@ -241,9 +241,12 @@ async fn pruning_backup_and_restore_survive_sigkill() {
         let mut child = restore();
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
         let _ = child.kill();
-        let status = child.wait().unwrap();
+        let _ = child.wait();
+        // A kill can land after the rename that publishes the store and
+        // before the process exits: the target is then whole, which the
+        // node started on it below shows. What must never appear is a
+        // partial target, or a staging directory left in place.
         if target.exists() {
-            assert!(status.success(), "a store appeared from a killed restore");
             break;
         }
     }
