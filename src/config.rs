@@ -254,7 +254,8 @@ pub struct TrustEntry {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Open connections at once; more wait in the kernel's backlog.
+    /// Open connections at once on each port (gRPC, TAXII, operations);
+    /// more wait in the kernel's backlog.
     pub max_connections: usize,
     /// Largest envelope accepted by Publish, in bytes.
     pub max_envelope_bytes: usize,

@@ -1,19 +1,25 @@
-//! The node's network edge: the mutual-TLS accept loop, the connection
-//! wrapper and registry, and the reload loop.
+//! The node's network edge: one accept loop for every port ([`listen`]:
+//! gRPC, TAXII, the operations port), the connection wrapper and registries,
+//! and the reload loop.
 //!
-//! The accept loop performs each TLS handshake in its own task under a
-//! timeout (a slow handshake never blocks others), caps open connections with
-//! a semaphore, and hands verified connections to tonic. Every connection
-//! carries a [`PeerInfo`] (the verified identity) into each request's
-//! extensions. The ClientHello is read first, so a TCP probe that closes
-//! before any TLS is counted, not logged as a refusal.
+//! Every port is a [`Door`] served by the same loop: a connection cap with
+//! permits (at the cap it waits), back-off on accept errors, each TLS
+//! handshake in its own task under a timeout (a slow handshake never blocks
+//! others), the TLS configuration built from the trust in force (rebuilt
+//! after a reload), and the same refusal while the node's own certificate is
+//! refused. The ClientHello is read first, so a TCP probe that closes before
+//! any TLS is counted, not logged as a refusal. Every accepted connection is
+//! registered with its door, where revocation and expiry reach it; gRPC's
+//! carry a [`PeerInfo`] (the verified identity) into each request's
+//! extensions.
 //!
 //! The reload loop watches the node's certificate, key, CA and CRL files (and
-//! SIGHUP, through its `reload` notifier): it rebuilds the trust bundle and
-//! the TLS config for new connections, then re-checks every open connection
-//! against the new bundle and closes those that no longer pass (revoked,
-//! expired, CA removed). A bundle that refuses the node's own certificate is
-//! applied all the same; the node then serves no one until that changes.
+//! SIGHUP, through its `reload` notifier): it installs the new trust bundle
+//! (the ports build their TLS configuration from it), then re-checks every
+//! open connection of every TLS port against it and closes those that no
+//! longer pass (revoked, expired, CA removed). A bundle that refuses the
+//! node's own certificate is applied all the same; the node then serves no
+//! one until that changes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,13 +35,13 @@ use std::time::{Duration, SystemTime};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, error, info, warn};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::identity::Identity;
@@ -59,7 +65,10 @@ pub struct Net {
     pub config: Arc<Config>,
     pub identity: Identity,
     pub trust: Arc<TrustState>,
-    pub connections: Arc<Connections>,
+    /// The open connections of every TLS port (gRPC's, TAXII's): a reload
+    /// re-checks them all, and the node's own certificate refused closes
+    /// them all.
+    pub registries: Vec<Arc<Connections>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub shutdown: CancellationToken,
 }
@@ -74,7 +83,9 @@ pub struct PeerInfo {
 
 /// A connection the node currently holds open.
 struct LiveConn {
-    identity: Identity,
+    /// `None` without a client certificate (a TAXII token caller, the
+    /// operations port).
+    identity: Option<Identity>,
     addr: SocketAddr,
     chain: Vec<CertificateDer<'static>>,
     not_after: Option<SystemTime>,
@@ -82,6 +93,15 @@ struct LiveConn {
     /// Why the node is about to close the connection: streams on it end
     /// with this reason (UNAUTHENTICATED) before the connection goes.
     closing: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl LiveConn {
+    fn who(&self) -> String {
+        self.identity.as_ref().map_or_else(
+            || "a client without a certificate".into(),
+            ToString::to_string,
+        )
+    }
 }
 
 /// How long streams on a connection whose identity is no longer accepted
@@ -145,7 +165,7 @@ impl Connections {
                 continue;
             };
             if let Err(e) = bundle.verify(leaf, rest, now, Usage::ClientAuth) {
-                warn!(target: "beacon::audit", conn = id, peer = %conn.identity, addr = %conn.addr,
+                warn!(target: "beacon::audit", conn = id, peer = %conn.who(), addr = %conn.addr,
                       reason = %e, "closing connection: identity no longer accepted");
                 let serial = trust::identity_of(leaf)
                     .map(|(_, s)| s.iter().map(|b| format!("{b:02x}")).collect::<String>())
@@ -154,7 +174,7 @@ impl Connections {
                     conn,
                     format!(
                         "the node closed this connection: your certificate ({}, serial {serial}) is no longer accepted: {e}",
-                        conn.identity
+                        conn.who()
                     ),
                 );
                 closed += 1;
@@ -172,13 +192,13 @@ impl Connections {
                 && !conn.cancel.is_cancelled()
                 && conn.closing.borrow().is_none()
             {
-                warn!(target: "beacon::audit", conn = id, peer = %conn.identity,
+                warn!(target: "beacon::audit", conn = id, peer = %conn.who(),
                       "closing connection: certificate expired");
                 Self::close_with(
                     conn,
                     format!(
                         "the node closed this connection: your certificate ({}) has expired",
-                        conn.identity
+                        conn.who()
                     ),
                 );
             }
@@ -240,11 +260,11 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<(u64, SystemTime)>> {
 }
 
 /// What the node's certificate files and trust config make: the bundle, the
-/// TLS config for new connections, the node's identity and chain, and
-/// whether the bundle refuses that chain.
+/// node's identity and chain, and whether the bundle refuses that chain.
+/// (The TLS configuration of each port is built from them, and this checks
+/// that it can be.)
 pub struct Material {
     pub bundle: Arc<TrustBundle>,
-    pub tls: Arc<rustls::ServerConfig>,
     pub identity: Identity,
     pub own: Arc<KeyedChain>,
     /// Why the bundle refuses the node's own certificate, if it does.
@@ -263,34 +283,73 @@ pub fn load_material(config: &Config) -> Result<Material, NetError> {
     let own_refused = tls::check_own_certificate(&bundle, &own)
         .err()
         .map(|e| e.to_string());
-    let tls = Arc::new(tls::server_config(bundle.clone(), &own)?);
+    tls::server_config(bundle.clone(), &own)?;
     Ok(Material {
         bundle,
-        tls,
         identity: own.identity.clone(),
         own: Arc::new(own),
         own_refused,
     })
 }
 
-/// A verified TLS connection as tonic sees it. Reading or writing fails once
-/// the connection's cancellation token fires, which makes hyper drop the
-/// connection and every stream on it.
-pub struct MtlsConn {
-    io: TlsStream<TcpStream>,
-    info: PeerInfo,
+/// How a port secures its connections.
+pub enum Security {
+    /// TLS with the node's certificate. The server configuration is built
+    /// from the trust in force, and again after every reload (a new CRL, CA
+    /// or certificate), before the next handshake.
+    Tls(ServerConfigFn),
+    /// Plain TCP: the operations port, meant for loopback or a pod network.
+    Plain,
+}
+
+/// Builds a port's TLS server configuration from the trust in force.
+pub type ServerConfigFn =
+    Box<dyn Fn(&TrustState) -> Result<rustls::ServerConfig, TlsError> + Send + Sync>;
+
+/// One of the node's ports (gRPC, TAXII, operations), as [`listen`] serves it.
+pub struct Door {
+    /// For the log: "gRPC", "TAXII", "operations".
+    pub name: &'static str,
+    pub security: Security,
+    /// The port's open connections: revocation and expiry reach them there.
+    pub connections: Arc<Connections>,
+    /// At most this many connections at once; at the cap the port waits for
+    /// one to end before it accepts another.
+    pub max_connections: usize,
+}
+
+/// The stream under a connection.
+enum Io {
+    Tls(Box<TlsStream<TcpStream>>),
+    Plain(TcpStream),
+}
+
+/// A connection accepted on a [`Door`]: TLS done (if the door has it), its
+/// verified identity known, registered with the door's connections. Reading
+/// or writing fails once the connection's cancellation token fires (a
+/// revocation, the node's own certificate refused, shutdown), which makes
+/// hyper drop the connection and every stream on it.
+pub struct Conn {
+    io: Io,
+    /// The verified identity of the client certificate; `None` on a plain
+    /// port, or on TLS without a client certificate (TAXII with tokens).
+    pub identity: Option<Identity>,
+    /// The client's certificate chain, leaf first (empty without one).
+    pub chain: Vec<CertificateDer<'static>>,
+    pub addr: SocketAddr,
+    pub conn_id: u64,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     connections: Arc<Connections>,
     _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for MtlsConn {
+impl Drop for Conn {
     fn drop(&mut self) {
-        self.connections.remove(self.info.conn_id);
+        self.connections.remove(self.conn_id);
     }
 }
 
-impl MtlsConn {
+impl Conn {
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if self.cancelled.as_mut().poll(cx).is_ready() {
             return Err(io::Error::new(
@@ -302,7 +361,7 @@ impl MtlsConn {
     }
 }
 
-impl AsyncRead for MtlsConn {
+impl AsyncRead for Conn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -311,11 +370,14 @@ impl AsyncRead for MtlsConn {
         if let Err(e) = self.check(cx) {
             return Poll::Ready(Err(e));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        match &mut self.io {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
     }
 }
 
-impl AsyncWrite for MtlsConn {
+impl AsyncWrite for Conn {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -324,7 +386,10 @@ impl AsyncWrite for MtlsConn {
         if let Err(e) = self.check(cx) {
             return Poll::Ready(Err(e));
         }
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        match &mut self.io {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
     }
 
     /// Forwarded, so HTTP/2 writes a frame's head and payload in one call
@@ -338,19 +403,90 @@ impl AsyncWrite for MtlsConn {
         if let Err(e) = self.check(cx) {
             return Poll::Ready(Err(e));
         }
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        match &mut self.io {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Tls(s) => s.is_write_vectored(),
+            Io::Plain(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        match &mut self.io {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        match &mut self.io {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A mutual-TLS connection as tonic sees it: a [`Conn`] that has a verified
+/// identity, which every request on it carries ([`PeerInfo`]).
+pub struct MtlsConn {
+    conn: Conn,
+    info: PeerInfo,
+}
+
+impl MtlsConn {
+    /// `None` for a connection without a client certificate.
+    pub fn new(conn: Conn) -> Option<MtlsConn> {
+        let info = PeerInfo {
+            identity: conn.identity.clone()?,
+            addr: conn.addr,
+            conn_id: conn.conn_id,
+        };
+        Some(MtlsConn { conn, info })
+    }
+}
+
+impl AsyncRead for MtlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MtlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.conn).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.conn).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.conn.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_shutdown(cx)
     }
 }
 
@@ -361,18 +497,29 @@ impl tonic::transport::server::Connected for MtlsConn {
     }
 }
 
-/// Accepts connections until `shutdown`: each TLS handshake in its own task
-/// under a timeout, at most `limits.max_connections` at once; verified
-/// connections go to `tx` (tonic).
-pub async fn accept_loop(
+/// The one accept loop of every port: until `shutdown`, accepts at most
+/// `door.max_connections` at once (waiting for a permit at the cap), backs
+/// off on accept errors (out of file descriptors), drops every connection
+/// before TLS while the node's own certificate is refused (a TLS port; the
+/// operations port stays open to say so), performs each TLS handshake in its
+/// own task under the handshake timeout, registers the connection with the
+/// door, and hands it to `serve`, which runs in that task.
+pub async fn listen<F, Fut>(
     listener: TcpListener,
-    state: Arc<Net>,
-    tls_config: Arc<RwLock<Arc<rustls::ServerConfig>>>,
-    tx: mpsc::Sender<Result<MtlsConn, io::Error>>,
+    door: Door,
+    net: Arc<Net>,
+    serve: F,
     shutdown: CancellationToken,
-) {
-    let limit = Arc::new(Semaphore::new(state.config.limits.max_connections));
-    let handshake_timeout = state.config.timing.handshake_timeout;
+) where
+    F: Fn(Conn) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let serve = Arc::new(serve);
+    let door = Arc::new(door);
+    let limit = Arc::new(Semaphore::new(door.max_connections.max(1)));
+    let handshake_timeout = net.config.timing.handshake_timeout;
+    // The TLS configuration of the trust generation it was built from.
+    let mut tls: Option<(u64, Arc<rustls::ServerConfig>)> = None;
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -387,103 +534,147 @@ pub async fn accept_loop(
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    warn!(port = door.name, error = %e, "accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
                     continue;
                 }
             },
         };
         let _ = tcp.set_nodelay(true);
-        if let Some(reason) = state.trust.own_refusal() {
-            // A node whose own certificate is refused serves no one.
-            state
-                .metrics
-                .handshake_failures
-                .inc("own_certificate_refused");
-            debug!(%addr, %reason, "connection dropped: this node's own certificate is refused");
-            continue;
-        }
-        let config = tls_config.read().clone();
-        let state = state.clone();
-        let tx = tx.clone();
+        let config = match &door.security {
+            Security::Plain => None,
+            Security::Tls(build) => {
+                if let Some(reason) = net.trust.own_refusal() {
+                    // A node whose own certificate is refused serves no one.
+                    net.metrics
+                        .handshake_failures
+                        .inc("own_certificate_refused");
+                    debug!(port = door.name, %addr, %reason,
+                           "connection dropped: this node's own certificate is refused");
+                    continue;
+                }
+                // The generation is read before the trust it names, so a
+                // reload between the two only makes the next accept rebuild.
+                let generation = net.trust.generation();
+                if tls.as_ref().is_none_or(|(g, _)| *g != generation) {
+                    match build(&net.trust) {
+                        Ok(c) => tls = Some((generation, Arc::new(c))),
+                        Err(e) => {
+                            warn!(port = door.name, error = %e,
+                                  "cannot build the TLS configuration; connection dropped");
+                            continue;
+                        }
+                    }
+                }
+                tls.as_ref().map(|(_, c)| c.clone())
+            }
+        };
+        let net = net.clone();
+        let door = door.clone();
+        let serve = serve.clone();
         tokio::spawn(async move {
-            let handshake = async {
-                // Read the ClientHello first, so that a connection closed
-                // before any TLS (a load balancer's or Kubernetes' TCP
-                // probe) is told apart from a refused handshake.
-                let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-                    .await
-                    .map_err(Handshake::BeforeHello)?;
-                start.into_stream(config).await.map_err(Handshake::Failed)
-            };
-            let stream = match tokio::time::timeout(handshake_timeout, handshake).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(Handshake::BeforeHello(e)))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    state.metrics.closed_before_tls.inc();
-                    debug!(%addr, "connection closed before a TLS ClientHello (a TCP probe?)");
-                    return;
-                }
-                Ok(Err(Handshake::BeforeHello(e) | Handshake::Failed(e))) => {
-                    state.metrics.handshake_failures.inc(handshake_reason(&e));
-                    let reason = tls::describe_io(&e, tls::Peer::Client);
-                    warn!(target: "beacon::audit", %addr, %reason, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    state.metrics.handshake_failures.inc("timeout");
-                    warn!(target: "beacon::audit", %addr, timeout = ?handshake_timeout,
-                          "TLS handshake refused: the client did not finish it in time");
-                    return;
+            let (io, chain) = match config {
+                None => (Io::Plain(tcp), Vec::new()),
+                Some(config) => {
+                    match handshake(tcp, addr, config, handshake_timeout, &net, door.name).await {
+                        Some((stream, chain)) => (Io::Tls(Box::new(stream)), chain),
+                        None => return,
+                    }
                 }
             };
-            let chain: Vec<CertificateDer<'static>> = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                .unwrap_or_default();
-            let Some(leaf) = chain.first() else {
-                warn!(%addr, "handshake completed without a client certificate");
-                return;
+            let identity = match chain.first() {
+                None => None,
+                Some(leaf) => match trust::identity_of(leaf) {
+                    Ok((id, _)) => Some(id),
+                    Err(e) => {
+                        warn!(port = door.name, %addr, reason = %e,
+                              "client certificate has no usable identity");
+                        return;
+                    }
+                },
             };
-            let identity = match trust::identity_of(leaf) {
-                Ok((id, _)) => id,
-                Err(e) => {
-                    warn!(%addr, reason = %e, "client certificate has no usable identity");
-                    return;
-                }
-            };
-            let cancel = state.shutdown.child_token();
-            let not_after = trust::cert_not_after(leaf);
-            let conn_id = state.connections.insert(LiveConn {
+            let cancel = net.shutdown.child_token();
+            let conn_id = door.connections.insert(LiveConn {
                 identity: identity.clone(),
                 addr,
-                chain,
-                not_after,
+                chain: chain.clone(),
+                not_after: chain.first().and_then(trust::cert_not_after),
                 cancel: cancel.clone(),
                 closing: tokio::sync::watch::Sender::new(None),
             });
-            debug!(conn = conn_id, peer = %identity, %addr, "connection accepted");
-            let conn = MtlsConn {
-                io: stream,
-                info: PeerInfo {
-                    identity,
-                    addr,
-                    conn_id,
-                },
+            debug!(port = door.name, conn = conn_id, peer = ?identity.as_ref().map(ToString::to_string),
+                   %addr, "connection accepted");
+            serve(Conn {
+                io,
+                identity,
+                chain,
+                addr,
+                conn_id,
                 cancelled: Box::pin(cancel.cancelled_owned()),
-                connections: state.connections.clone(),
+                connections: door.connections.clone(),
                 _permit: permit,
-            };
-            // If the server is gone the connection is simply dropped.
-            let _ = tx.send(Ok(conn)).await;
+            })
+            .await;
         });
     }
+}
+
+/// How long the accept loop rests after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A TLS handshake under `timeout`, the ClientHello read first so that a
+/// connection closed before any TLS (a load balancer's or Kubernetes' TCP
+/// probe) is told apart from a refused handshake. Failures are counted and
+/// logged here; `None` then.
+async fn handshake(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+    net: &Net,
+    port: &'static str,
+) -> Option<(TlsStream<TcpStream>, Vec<CertificateDer<'static>>)> {
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+            .await
+            .map_err(Handshake::BeforeHello)?;
+        start.into_stream(config).await.map_err(Handshake::Failed)
+    };
+    let stream = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(Handshake::BeforeHello(e)))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            net.metrics.closed_before_tls.inc();
+            debug!(port, %addr, "connection closed before a TLS ClientHello (a TCP probe?)");
+            return None;
+        }
+        Ok(Err(Handshake::BeforeHello(e) | Handshake::Failed(e))) => {
+            net.metrics.handshake_failures.inc(handshake_reason(&e));
+            let reason = tls::describe_io(&e, tls::Peer::Client);
+            warn!(target: "beacon::audit", port, %addr, %reason, "TLS handshake refused");
+            return None;
+        }
+        Err(_) => {
+            net.metrics.handshake_failures.inc("timeout");
+            warn!(target: "beacon::audit", port, %addr, ?timeout,
+                  "TLS handshake refused: the client did not finish it in time");
+            return None;
+        }
+    };
+    let chain = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    Some((stream, chain))
 }
 
 /// Where a handshake failed.
@@ -518,12 +709,7 @@ fn handshake_reason(e: &io::Error) -> &'static str {
 /// Reloads certificates, keys, CAs and CRLs when their files change (and on
 /// `reload`): puts the new trust in force, closes connections it no longer
 /// accepts, and stops or resumes serving with the node's own certificate.
-pub async fn reload_loop(
-    state: Arc<Net>,
-    tls_config: Arc<RwLock<Arc<rustls::ServerConfig>>>,
-    reload: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
+pub async fn reload_loop(state: Arc<Net>, reload: Arc<Notify>, shutdown: CancellationToken) {
     let files = files_to_watch(&state.config);
     let mut seen = fingerprint(&files);
     let mut failed: Option<String> = None;
@@ -548,7 +734,9 @@ pub async fn reload_loop(
             _ = reload.notified() => true,
             _ = tick.tick() => false,
         };
-        state.connections.close_expired();
+        for r in &state.registries {
+            r.close_expired();
+        }
         let fp = source
             .as_ref()
             .map(|p| fingerprint(std::slice::from_ref(p)));
@@ -578,9 +766,10 @@ pub async fn reload_loop(
                 // A newer bundle is always applied, even when it refuses this
                 // node's own certificate: the other identities it revokes
                 // must be refused at once.
-                *tls_config.write() = m.tls;
                 state.trust.install(m.bundle.clone(), m.own.clone());
-                let closed = state.connections.recheck(&m.bundle);
+                // Each port builds its TLS configuration again from the
+                // trust installed here before its next handshake.
+                let closed: usize = state.registries.iter().map(|r| r.recheck(&m.bundle)).sum();
                 info!(
                     revoked = m.bundle.revoked_count(),
                     closed, forced, "reloaded certificates and CRLs"
@@ -598,7 +787,9 @@ pub async fn reload_loop(
                                     then SIGHUP the node or wait for the reload");
                         }
                         state.trust.set_own_refusal(Some(reason.clone()));
-                        state.connections.cancel_all();
+                        for r in &state.registries {
+                            r.cancel_all();
+                        }
                     }
                     None if was_refused => {
                         info!(target: "beacon::audit", node = %state.identity,

@@ -6,7 +6,6 @@
 use std::io;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
@@ -77,7 +76,9 @@ pub async fn run_with_reload(
         ),
         None => None,
     };
+    // The open connections of each TLS port.
     let connections = Arc::new(Connections::default());
+    let taxii_connections = Arc::new(Connections::default());
     let retention = crate::store::retention::Retention::from_config(&config.retention)
         .map_err(NodeError::Retention)?;
     let opening = std::time::Instant::now();
@@ -104,7 +105,7 @@ pub async fn run_with_reload(
         config: config.clone(),
         identity: material.identity.clone(),
         trust: trust.clone(),
-        connections: connections.clone(),
+        registries: vec![connections.clone(), taxii_connections.clone()],
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
@@ -122,7 +123,6 @@ pub async fn run_with_reload(
         shutdown: shutdown.clone(),
         config,
     });
-    let tls_config = Arc::new(RwLock::new(material.tls));
     info!(node = %state.identity, addr = %local, "beacon node listening (mutual TLS 1.3)");
 
     // The operations port, if configured.
@@ -134,6 +134,7 @@ pub async fn run_with_reload(
             Some(tokio::spawn(crate::ops::serve(
                 state.clone(),
                 l,
+                net.clone(),
                 shutdown.clone(),
             )))
         }
@@ -153,7 +154,15 @@ pub async fn run_with_reload(
                 .unwrap_or_default(),
             source,
         })?
-        .map(|l| tokio::spawn(crate::taxii::serve(state.clone(), l, shutdown.clone())));
+        .map(|l| {
+            tokio::spawn(crate::taxii::serve(
+                state.clone(),
+                l,
+                net.clone(),
+                taxii_connections.clone(),
+                shutdown.clone(),
+            ))
+        });
 
     // Certificates and CRLs that are about to expire are said in the log.
     let expiries = tokio::spawn(crate::trust::state::watch_expiries(
@@ -186,20 +195,33 @@ pub async fn run_with_reload(
     drop(link_context);
 
     // Reload: files and SIGHUP.
-    let reloader = tokio::spawn(net::reload_loop(
-        net.clone(),
-        tls_config.clone(),
-        reload,
-        shutdown.clone(),
-    ));
+    let reloader = tokio::spawn(net::reload_loop(net.clone(), reload, shutdown.clone()));
 
-    // Accept loop feeding tonic.
+    // The gRPC port: mutual TLS, every connection handed to tonic.
     let (tx, rx) = mpsc::channel::<Result<net::MtlsConn, io::Error>>(64);
-    let acceptor = tokio::spawn(net::accept_loop(
+    let grpc = net::Door {
+        name: "gRPC",
+        security: net::Security::Tls(Box::new(|trust: &TrustState| {
+            crate::trust::tls::server_config(trust.bundle(), &trust.own())
+        })),
+        connections: connections.clone(),
+        max_connections: state.config.limits.max_connections,
+    };
+    let acceptor = tokio::spawn(net::listen(
         listener,
+        grpc,
         net.clone(),
-        tls_config.clone(),
-        tx,
+        move |conn| {
+            let tx = tx.clone();
+            async move {
+                // The port's TLS requires a client certificate, so every
+                // connection has an identity. If the server is gone the
+                // connection is simply dropped.
+                if let Some(conn) = net::MtlsConn::new(conn) {
+                    let _ = tx.send(Ok(conn)).await;
+                }
+            }
+        },
         shutdown.clone(),
     ));
 

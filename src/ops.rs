@@ -268,11 +268,14 @@ pub fn render(state: &crate::state::NodeState) -> String {
 }
 
 /// Serves the operations port until `shutdown`: `/metrics`, `/healthz`, and
-/// gRPC health (h2c). Each connection is its own task; the listener is the
-/// only thing bound.
+/// gRPC health (h2c), through the node's one accept loop ([`crate::net::listen`]),
+/// plain text. While the node's own certificate is refused the port stays
+/// open to say so: `/healthz` answers 503 with the reason and gRPC health
+/// NOT_SERVING, and `/metrics` shows `beacon_own_certificate_refused`.
 pub async fn serve(
     state: std::sync::Arc<crate::state::NodeState>,
     listener: tokio::net::TcpListener,
+    net: std::sync::Arc<crate::net::Net>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -307,29 +310,16 @@ pub async fn serve(
             }
         })
     };
-    let conns = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = watcher.await;
-                return;
-            }
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
-            continue; // too many scrapers at once: drop the connection
-        };
+    let door = crate::net::Door {
+        name: "operations",
+        security: crate::net::Security::Plain,
+        connections: std::sync::Arc::new(crate::net::Connections::default()),
+        max_connections: state.config.limits.max_connections,
+    };
+    let serve_conn = move |conn: crate::net::Conn| {
         let state = state.clone();
         let health = health.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let state = state.clone();
@@ -367,15 +357,14 @@ pub async fn serve(
                         Ok(resp)
                     }
                 });
-            let conn = Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .into_owned();
-            tokio::select! {
-                _ = conn => {}
-                _ = shutdown.cancelled() => {}
-            }
-        });
-    }
+            // The connection ends at shutdown: its reads and writes fail then.
+            let _ = Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(conn), svc)
+                .await;
+        }
+    };
+    crate::net::listen(listener, door, net, serve_conn, shutdown).await;
+    let _ = watcher.await;
 }
 
 #[cfg(test)]

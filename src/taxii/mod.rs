@@ -25,9 +25,10 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::identity::{Identity, RoleKind};
+use crate::net;
 use crate::state::NodeState;
 use crate::stix::Profile;
 use view::{Query, Versions};
@@ -39,8 +40,6 @@ const STIX: &str = "application/stix+json;version=2.1";
 const ROOT: &str = "/taxii2/beacon/";
 /// Bulletins a MISP manifest covers: the newest of the log.
 const MISP_WINDOW: u64 = 100_000;
-/// Requests a connection may have in flight; connections at once.
-const MAX_CONNECTIONS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -214,8 +213,16 @@ fn collection_id(node: &Identity, alias: &str) -> String {
         .to_string()
 }
 
-/// Serves TAXII on `listener` until `shutdown`.
-pub async fn serve(state: Arc<NodeState>, listener: TcpListener, shutdown: CancellationToken) {
+/// Serves TAXII on `listener` until `shutdown`, through the node's one
+/// accept loop ([`net::listen`]): its connections are registered in
+/// `connections`, where a reload's revocations reach them.
+pub async fn serve(
+    state: Arc<NodeState>,
+    listener: TcpListener,
+    net: Arc<net::Net>,
+    connections: Arc<net::Connections>,
+    shutdown: CancellationToken,
+) {
     let collections = state
         .config
         .taxii
@@ -233,123 +240,51 @@ pub async fn serve(state: Arc<NodeState>, listener: TcpListener, shutdown: Cance
         collections,
         statuses: Statuses::default(),
     });
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut tls: Option<(u64, tokio_rustls::TlsAcceptor)> = None;
-    loop {
-        // At the cap, wait for a connection to end before accepting another.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (tcp, addr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    warn!(error = %e, "TAXII accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        if let Some(reason) = state.trust.own_refusal() {
-            // A node whose own certificate is refused serves no one, on
-            // any port: dropped before TLS, as on the gRPC port.
-            state
-                .metrics
-                .handshake_failures
-                .inc("own_certificate_refused");
-            debug!(%addr, %reason, "TAXII connection dropped: this node's own certificate is refused");
-            continue;
-        }
-        // The TLS configuration follows the trust in force (CRL reloads).
-        let generation = state.trust.generation();
-        if tls.as_ref().is_none_or(|(g, _)| *g != generation) {
-            match crate::trust::tls::https_server_config(
-                state.trust.bundle(),
-                &state.trust.own(),
-                state.config.taxii.tokens,
-            ) {
-                Ok(c) => tls = Some((generation, tokio_rustls::TlsAcceptor::from(Arc::new(c)))),
-                Err(e) => {
-                    warn!(error = %e, "TAXII: cannot build the TLS configuration");
-                    continue;
-                }
-            }
-        }
-        let Some((_, acceptor)) = tls.clone() else {
-            continue;
-        };
-        let server = server.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let handshake = tokio::time::timeout(
-                server.state.config.timing.handshake_timeout,
-                acceptor.accept(tcp),
-            );
-            let stream = match handshake.await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!(%addr, error = %e, "TAXII: TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let chain: Vec<rustls::pki_types::CertificateDer<'static>> = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                .unwrap_or_default();
-            // Without a certificate (allowed only with tokens on), each
-            // request names its caller with a token.
-            let identity = match chain.first() {
-                Some(leaf) => match crate::trust::identity_of(leaf) {
-                    Ok((id, _)) => Some(id),
-                    Err(_) => return,
-                },
-                None => None,
-            };
-            let caller = Arc::new(Caller {
-                identity,
-                chain,
-                checked: parking_lot::Mutex::new((generation, true)),
-            });
-            let mut refused = server.state.trust.watch_own_refusal();
-            let service = hyper::service::service_fn(move |req| {
-                let server = server.clone();
-                let caller = caller.clone();
-                async move { Ok::<_, std::convert::Infallible>(server.handle(&caller, req).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let conn =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(io, service)
-                    .into_owned();
-            // Open connections close when the node's own certificate is
-            // refused (a CRL reload that revokes it), as gRPC's do.
-            let own_refused = async move {
-                loop {
-                    if refused.borrow_and_update().is_some() {
-                        return;
+    // A client certificate is optional with tokens on: each request then
+    // names its caller with a token.
+    let tokens = state.config.taxii.tokens;
+    let door = net::Door {
+        name: "TAXII",
+        security: net::Security::Tls(Box::new(move |trust: &crate::trust::state::TrustState| {
+            crate::trust::tls::https_server_config(trust.bundle(), &trust.own(), tokens)
+        })),
+        connections,
+        max_connections: state.config.limits.max_connections,
+    };
+    net::listen(
+        listener,
+        door,
+        net,
+        move |conn: net::Conn| {
+            let server = server.clone();
+            async move {
+                let caller = Arc::new(Caller {
+                    identity: conn.identity.clone(),
+                    chain: conn.chain.clone(),
+                    // Checked at the first request (the trust may have
+                    // changed since the handshake), then after each reload.
+                    checked: parking_lot::Mutex::new((u64::MAX, false)),
+                });
+                let service = hyper::service::service_fn(move |req| {
+                    let server = server.clone();
+                    let caller = caller.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(server.handle(&caller, req).await)
                     }
-                    if refused.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = conn => {}
-                _ = own_refused => {}
-                _ = shutdown.cancelled() => {}
+                });
+                // The connection ends when the node closes it (a revocation,
+                // its own certificate refused, shutdown): its reads and
+                // writes fail from then on.
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+                .await;
             }
-        });
-    }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 /// Binds the listener if `[taxii] listen` is set.
