@@ -208,3 +208,98 @@ async fn floods_of_bad_clients_leave_good_ones_served_and_memory_bounded() {
     node.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(node.wait(Duration::from_secs(30)), Some(0));
 }
+
+/// Every port (gRPC, TAXII, operations) is served by the same accept loop,
+/// with the same cap: at `max_connections` a port waits for a connection to
+/// end before it accepts another (none is dropped), and a TLS port frees the
+/// place of a client that never finishes its handshake after the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_port_waits_at_its_cap_and_frees_places_of_silent_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CAP: usize = 3;
+    let pki = TestPki::new();
+    let ops = free_addr();
+    let taxii = free_addr();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.timing = "handshake_timeout = \"1s\"\n".into();
+    opts.extra = format!(
+        "[limits]\nmax_connections = {CAP}\n[metrics]\nlisten = \"{ops}\"\n[taxii]\nlisten = \"{taxii}\"\n"
+    );
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let good = pki.client("fr.anssi", "good");
+
+    // Each TLS port: CAP silent connections fill it; a good client is
+    // served once the handshake timeout has freed a place, well within
+    // the time a dropped connection's retries would take.
+    for (port, addr) in [("gRPC", node.addr), ("TAXII", taxii)] {
+        let mut silent = Vec::new();
+        for _ in 0..CAP {
+            silent.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let started = Instant::now();
+        let served = match port {
+            "gRPC" => health(addr, &good, &ca).await.map(|()| 200),
+            _ => https(
+                addr,
+                Some(&good),
+                &ca,
+                "GET",
+                "/taxii2/",
+                &[("accept", "application/taxii+json;version=2.1")],
+                b"",
+            )
+            .await
+            .map(|r| r.status),
+        };
+        assert_eq!(served, Ok(200), "{port}: a good client is served");
+        eprintln!(
+            "{port}: served after {:?} with {CAP} silent connections",
+            started.elapsed()
+        );
+        // The silent ones were closed by the node (handshake timeout).
+        for mut s in silent {
+            let mut buf = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+            assert!(
+                matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+                "{port}: a silent connection is closed after the handshake timeout: {r:?}"
+            );
+        }
+    }
+
+    // The operations port (plain text, no handshake): CAP idle connections
+    // hold every place; a scrape waits (it is not dropped) and is answered
+    // as soon as one of them goes.
+    let mut idle = Vec::new();
+    for _ in 0..CAP {
+        idle.push(tokio::net::TcpStream::connect(ops).await.expect("connect"));
+    }
+    let scrape = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(ops).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out)
+    });
+    // Not answered while every place is held (the accept loop waits).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !scrape.is_finished(),
+        "the port took a connection beyond its cap"
+    );
+    drop(idle.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(10), scrape)
+        .await
+        .expect("answered once a place is free")
+        .expect("task");
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "{answer:?}"
+    );
+    node.stop().await;
+}
