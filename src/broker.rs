@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::filter::Filter;
@@ -153,6 +154,9 @@ pub struct Broker {
     delivered_closed: AtomicU64,
     /// Permits for read-ahead on the blocking pool.
     read_ahead: Arc<tokio::sync::Semaphore>,
+    /// The node's tasks: a subscription's cursor committer and read-ahead
+    /// run in it, so that shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 /// Removes its session from the broker when the subscription ends.
@@ -179,13 +183,14 @@ impl Drop for SessionGuard {
 }
 
 impl Broker {
-    pub fn new(max: usize) -> Broker {
+    pub fn new(max: usize, tasks: TaskTracker) -> Broker {
         Broker {
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             max,
             delivered_closed: AtomicU64::new(0),
             read_ahead: Arc::new(tokio::sync::Semaphore::new(read_ahead_limit())),
+            tasks,
         }
     }
 
@@ -422,7 +427,7 @@ impl Subscription {
             return;
         };
         let store = self.store.clone();
-        *ahead = Some(tokio::task::spawn_blocking(move || {
+        *ahead = Some(self.guard.broker.tasks.spawn_blocking(move || {
             store.prefetch(from, to);
             drop(permit);
         }));
@@ -442,7 +447,7 @@ impl Subscription {
     fn spawn_committer(&self, mut wanted: watch::Receiver<u64>) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         let stats = self.guard.stats.clone();
-        tokio::spawn(async move {
+        self.guard.broker.tasks.spawn(async move {
             loop {
                 let seq = *wanted.borrow_and_update();
                 if seq > stats.cursor.load(Ordering::Relaxed) {

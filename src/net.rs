@@ -39,6 +39,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use parking_lot::Mutex;
@@ -71,6 +72,24 @@ pub struct Net {
     pub registries: Vec<Arc<Connections>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub shutdown: CancellationToken,
+    /// The node's tasks: each connection runs in one (and the HTTP/2
+    /// streams on it, through [`Executor`]), so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// Runs hyper's background work (an HTTP/2 stream each) as tracked tasks
+/// of the node.
+#[derive(Clone)]
+pub struct Executor(pub TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Executor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
 }
 
 /// The verified peer of a connection; every request carries it.
@@ -350,6 +369,16 @@ impl Drop for Conn {
 }
 
 impl Conn {
+    /// What each request on a connection with a client certificate
+    /// carries; `None` without one.
+    pub fn peer(&self) -> Option<PeerInfo> {
+        Some(PeerInfo {
+            identity: self.identity.clone()?,
+            addr: self.addr,
+            conn_id: self.conn_id,
+        })
+    }
+
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if self.cancelled.as_mut().poll(cx).is_ready() {
             return Err(io::Error::new(
@@ -431,72 +460,6 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// A mutual-TLS connection as tonic sees it: a [`Conn`] that has a verified
-/// identity, which every request on it carries ([`PeerInfo`]).
-pub struct MtlsConn {
-    conn: Conn,
-    info: PeerInfo,
-}
-
-impl MtlsConn {
-    /// `None` for a connection without a client certificate.
-    pub fn new(conn: Conn) -> Option<MtlsConn> {
-        let info = PeerInfo {
-            identity: conn.identity.clone()?,
-            addr: conn.addr,
-            conn_id: conn.conn_id,
-        };
-        Some(MtlsConn { conn, info })
-    }
-}
-
-impl AsyncRead for MtlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for MtlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.conn).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.conn).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.conn.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for MtlsConn {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
 /// The one accept loop of every port: until `shutdown`, accepts at most
 /// `door.max_connections` at once (waiting for a permit at the cap), backs
 /// off on accept errors (out of file descriptors), drops every connection
@@ -575,7 +538,7 @@ pub async fn listen<F, Fut>(
         let net = net.clone();
         let door = door.clone();
         let serve = serve.clone();
-        tokio::spawn(async move {
+        net.tasks.clone().spawn(async move {
             let (io, chain) = match config {
                 None => (Io::Plain(tcp), Vec::new()),
                 Some(config) => {

@@ -6,10 +6,10 @@
 use std::io;
 use std::sync::Arc;
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -36,8 +36,6 @@ pub enum NodeError {
         addr: String,
         source: io::Error,
     },
-    #[error("gRPC server failed: {0}")]
-    Serve(String),
     #[error("reflection setup failed: {0}")]
     Reflection(String),
     /// Already a sentence ("this node's own certificate is refused …").
@@ -101,6 +99,8 @@ pub async fn run_with_reload(
         material.own.clone(),
     ));
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    let tasks = tokio_util::task::TaskTracker::new();
+    let drain = config.timing.drain_timeout;
     let net = Arc::new(Net {
         config: config.clone(),
         identity: material.identity.clone(),
@@ -108,6 +108,7 @@ pub async fn run_with_reload(
         registries: vec![connections.clone(), taxii_connections.clone()],
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
     });
     let state = Arc::new(NodeState {
         identity: material.identity.clone(),
@@ -116,11 +117,15 @@ pub async fn run_with_reload(
         trust,
         store: store.clone(),
         policy: crate::policy::Policy::new(&config.groups),
-        broker: Arc::new(crate::broker::Broker::new(config.limits.max_subscriptions)),
+        broker: Arc::new(crate::broker::Broker::new(
+            config.limits.max_subscriptions,
+            tasks.clone(),
+        )),
         peers: crate::federation::links(&config, &material.identity),
         metrics,
         tokens: Arc::new(crate::tokens::Tokens::open(&config.node.data_dir)?),
         shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
         config,
     });
     info!(node = %state.identity, addr = %local, "beacon node listening (mutual TLS 1.3)");
@@ -197,8 +202,10 @@ pub async fn run_with_reload(
     // Reload: files and SIGHUP.
     let reloader = tokio::spawn(net::reload_loop(net.clone(), reload, shutdown.clone()));
 
-    // The gRPC port: mutual TLS, every connection handed to tonic.
-    let (tx, rx) = mpsc::channel::<Result<net::MtlsConn, io::Error>>(64);
+    // The gRPC port: mutual TLS, each connection served in its own task.
+    let routes = crate::api::router(state.clone())
+        .await
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
     let grpc = net::Door {
         name: "gRPC",
         security: net::Security::Tls(Box::new(|trust: &TrustState| {
@@ -207,58 +214,26 @@ pub async fn run_with_reload(
         connections: connections.clone(),
         max_connections: state.config.limits.max_connections,
     };
-    let acceptor = tokio::spawn(net::listen(
-        listener,
-        grpc,
-        net.clone(),
-        move |conn| {
-            let tx = tx.clone();
-            async move {
-                // The port's TLS requires a client certificate, so every
-                // connection has an identity. If the server is gone the
-                // connection is simply dropped.
-                if let Some(conn) = net::MtlsConn::new(conn) {
-                    let _ = tx.send(Ok(conn)).await;
-                }
-            }
-        },
-        shutdown.clone(),
-    ));
+    let acceptor = {
+        let (limits, tasks) = (state.config.limits.clone(), tasks.clone());
+        tokio::spawn(net::listen(
+            listener,
+            grpc,
+            net.clone(),
+            move |conn| {
+                let (routes, limits, tasks) = (routes.clone(), limits.clone(), tasks.clone());
+                async move { crate::api::serve_connection(conn, routes, &limits, tasks).await }
+            },
+            shutdown.clone(),
+        ))
+    };
 
-    let router = crate::api::router(state.clone())
-        .await
-        .map_err(|e| NodeError::Reflection(e.to_string()))?;
-    let limits = &state.config.limits;
-    let serve = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.max_streams_per_connection)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_nodelay(true)
-        .layer(crate::api::DecodeLimitLayer)
-        .add_routes(router)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            shutdown.clone().cancelled_owned(),
-        );
-    let drain = state.config.timing.drain_timeout;
-    let drain_deadline = {
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(drain).await;
-        }
-    };
-    let result = tokio::select! {
-        r = serve => r.map_err(|e| NodeError::Serve(e.to_string())),
-        _ = drain_deadline => {
-            warn!(deadline = ?drain, "drain deadline passed; closing the remaining connections");
-            Ok(())
-        }
-    };
+    shutdown.cancelled().await;
+    // Every port stops accepting; open connections close (their streams
+    // end), peer links and background work stop.
     connections.cancel_all();
-    acceptor.abort();
-    reloader.abort();
     let _ = acceptor.await;
+    reloader.abort();
     let _ = reloader.await;
     for link in links {
         let _ = link.await;
@@ -273,37 +248,32 @@ pub async fn run_with_reload(
     }
     drop(state);
     drop(net);
-    // Subscription tasks end on the shutdown token; once the last of them has
-    // let go of the store, close it (writer and flusher joined, final flush),
-    // so that whoever opens this data directory next finds it free.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut store = store;
-    loop {
-        match Arc::try_unwrap(store) {
-            Ok(mut s) => {
-                if let Err(e) = tokio::task::spawn_blocking(move || s.close())
-                    .await
-                    .unwrap_or(Ok(()))
-                {
-                    warn!(error = %e, "closing the store failed");
-                }
-                break;
+    // Every task that holds the store (connections and their streams,
+    // subscriptions and their cursor commits, blocking reads) is tracked:
+    // wait for them, then close the store (writer and flusher joined, final
+    // flush), so that whoever opens this data directory next finds it free.
+    tasks.close();
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+        warn!(deadline = ?drain, tasks = tasks.len(), "drain deadline passed with tasks still running");
+    }
+    match Arc::try_unwrap(store) {
+        Ok(mut s) => {
+            if let Err(e) = tokio::task::spawn_blocking(move || s.close())
+                .await
+                .unwrap_or(Ok(()))
+            {
+                warn!(error = %e, "closing the store failed");
             }
-            Err(shared) => {
-                if tokio::time::Instant::now() >= deadline {
-                    warn!("tasks still hold the store after 10 s; flushing and leaving it open");
-                    if let Err(e) = shared.flush() {
-                        warn!(error = %e, "final store flush failed");
-                    }
-                    break;
-                }
-                store = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(shared) => {
+            warn!("tasks still hold the store; flushing and leaving it open");
+            if let Err(e) = shared.flush() {
+                warn!(error = %e, "final store flush failed");
             }
         }
     }
     info!("beacon node stopped");
-    result
+    Ok(())
 }
 
 /// Runs a node until `shutdown` is cancelled.

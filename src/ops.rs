@@ -278,7 +278,7 @@ pub async fn serve(
     net: std::sync::Arc<crate::net::Net>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioIo;
     use hyper_util::server::conn::auto::Builder;
     use tower::ServiceExt;
 
@@ -316,9 +316,11 @@ pub async fn serve(
         connections: std::sync::Arc::new(crate::net::Connections::default()),
         max_connections: state.config.limits.max_connections,
     };
+    let executor = crate::net::Executor(net.tasks.clone());
     let serve_conn = move |conn: crate::net::Conn| {
         let state = state.clone();
         let health = health.clone();
+        let executor = executor.clone();
         async move {
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -358,7 +360,7 @@ pub async fn serve(
                     }
                 });
             // The connection ends at shutdown: its reads and writes fail then.
-            let _ = Builder::new(TokioExecutor::new())
+            let _ = Builder::new(executor)
                 .serve_connection(TokioIo::new(conn), svc)
                 .await;
         }

@@ -31,6 +31,10 @@ pub struct NodeState {
     pub tokens: Arc<crate::tokens::Tokens>,
     /// Cancelled when the node begins to shut down; long-lived streams watch it.
     pub shutdown: CancellationToken,
+    /// Every task the node's services spawn (connections, streams,
+    /// subscriptions, blocking reads): shutdown waits for them before it
+    /// closes the store.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl NodeState {

@@ -149,7 +149,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         let (tx, rx) = tokio::sync::mpsc::channel(window);
         let cancel = state.shutdown.clone();
         let mut closing = state.connections.closing(peer.conn_id);
-        tokio::spawn(async move {
+        state.tasks.clone().spawn(async move {
             // Publishes being worked on, answered in request order.
             let mut working = futures_util::stream::FuturesOrdered::new();
             let mut reading = true;
@@ -385,7 +385,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         // Acks in; a second `open` or garbage ends the stream with a clear error.
         let protocol = out_tx.clone();
         let cancel = guard.cancel.clone();
-        tokio::spawn(async move {
+        self.state.tasks.spawn(async move {
             loop {
                 let msg = tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -432,7 +432,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             guard,
             shutdown: self.state.shutdown.clone(),
         };
-        tokio::spawn(sub.run(ack_rx, out_tx));
+        self.state.tasks.spawn(sub.run(ack_rx, out_tx));
         // Each event becomes its messages (a batch of deliveries, one each);
         // the stream ends after the first error.
         let stream = futures_util::stream::unfold(
@@ -858,7 +858,7 @@ impl pb::admin_server::Admin for AdminService {
         // A few chunks in flight: memory stays bounded whatever the store's
         // size, and a slow reader only slows its own backup.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
+        self.state.tasks.spawn_blocking(move || {
             let position = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let mut out = ChunkWriter {
                 tx: tx.clone(),
@@ -1019,6 +1019,45 @@ fn from_page_token(t: &str) -> Option<(String, String)> {
     let text = String::from_utf8(raw).ok()?;
     let (a, b) = text.split_once('\n')?;
     Some((a.to_owned(), b.to_owned()))
+}
+
+/// Serves gRPC on one connection of the node's accept loop until it ends:
+/// HTTP/2 only (the port's TLS offers `h2` alone), each request carrying the
+/// connection's verified peer ([`PeerInfo`]), every stream a tracked task of
+/// the node. A connection without a client certificate is not served (the
+/// port's TLS requires one).
+pub async fn serve_connection(
+    conn: crate::net::Conn,
+    routes: tonic::service::Routes,
+    limits: &crate::config::Limits,
+    tasks: tokio_util::task::TaskTracker,
+) {
+    use tower::ServiceExt;
+    let Some(peer) = conn.peer() else {
+        return;
+    };
+    let service = tower::ServiceBuilder::new()
+        .layer(DecodeLimitLayer)
+        .service(routes);
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            service.clone().oneshot(req.map(tonic::body::Body::new))
+        });
+    let mut http2 = hyper::server::conn::http2::Builder::new(crate::net::Executor(tasks));
+    http2
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    // The connection ends when the node closes it (a revocation, its own
+    // certificate refused, shutdown): its reads and writes fail then.
+    if let Err(e) = http2
+        .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+        .await
+    {
+        tracing::debug!(error = %e, "gRPC connection ended");
+    }
 }
 
 /// All services of a node: Bulletins, Admin, gRPC health and reflection.

@@ -251,12 +251,14 @@ pub async fn serve(
         connections,
         max_connections: state.config.limits.max_connections,
     };
+    let executor = net::Executor(net.tasks.clone());
     net::listen(
         listener,
         door,
         net,
         move |conn: net::Conn| {
             let server = server.clone();
+            let executor = executor.clone();
             async move {
                 let caller = Arc::new(Caller {
                     identity: conn.identity.clone(),
@@ -275,9 +277,7 @@ pub async fn serve(
                 // The connection ends when the node closes it (a revocation,
                 // its own certificate refused, shutdown): its reads and
                 // writes fail from then on.
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
+                let _ = hyper_util::server::conn::auto::Builder::new(executor)
                 .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
                 .await;
             }
@@ -430,62 +430,65 @@ impl Server {
         // MISP appends `/manifest.json` to the feed URL it is given: a URL
         // ending in `/` gives `…/misp//manifest.json`.
         let file = file.trim_start_matches('/').to_owned();
-        let body = tokio::task::spawn_blocking(move || -> Result<Body, TaxiiError> {
-            let store = &state.store;
-            let readable =
-                |rec: &crate::store::Record| state.policy.may_read_meta(&member, &rec.meta);
-            let bulletin_of = |rec: &crate::store::Record| {
-                crate::bulletin::codec::decode_envelope(&rec.envelope)
-                    .ok()
-                    .and_then(|e| crate::bulletin::codec::decode_bulletin(&e.payload).ok())
-            };
-            // The newest MISP_WINDOW bulletins this member may read.
-            let window = || {
-                let head = store.head();
-                store
-                    .range(head.saturating_sub(MISP_WINDOW - 1).max(1), head)
-                    .filter_map(|item| item.ok())
-                    .filter(|rec| readable(rec))
-                    .filter_map(|rec| store.served(rec).ok())
-                    .filter_map(move |rec| bulletin_of(&rec).map(|b| (b, rec.accepted_at)))
-            };
-            if file == "manifest.json" {
-                let mut manifest = serde_json::Map::new();
-                for (b, accepted_at) in window() {
-                    manifest.insert(b.id.clone(), crate::misp::manifest_entry(&b, accepted_at));
+        let body = self
+            .state
+            .tasks
+            .spawn_blocking(move || -> Result<Body, TaxiiError> {
+                let store = &state.store;
+                let readable =
+                    |rec: &crate::store::Record| state.policy.may_read_meta(&member, &rec.meta);
+                let bulletin_of = |rec: &crate::store::Record| {
+                    crate::bulletin::codec::decode_envelope(&rec.envelope)
+                        .ok()
+                        .and_then(|e| crate::bulletin::codec::decode_bulletin(&e.payload).ok())
+                };
+                // The newest MISP_WINDOW bulletins this member may read.
+                let window = || {
+                    let head = store.head();
+                    store
+                        .range(head.saturating_sub(MISP_WINDOW - 1).max(1), head)
+                        .filter_map(|item| item.ok())
+                        .filter(|rec| readable(rec))
+                        .filter_map(|rec| store.served(rec).ok())
+                        .filter_map(move |rec| bulletin_of(&rec).map(|b| (b, rec.accepted_at)))
+                };
+                if file == "manifest.json" {
+                    let mut manifest = serde_json::Map::new();
+                    for (b, accepted_at) in window() {
+                        manifest.insert(b.id.clone(), crate::misp::manifest_entry(&b, accepted_at));
+                    }
+                    return Ok(Body::Json(Value::Object(manifest)));
                 }
-                return Ok(Body::Json(Value::Object(manifest)));
-            }
-            if file == "hashes.csv" {
-                let mut csv = String::new();
-                for (b, _) in window() {
-                    for line in crate::misp::hash_lines(&b) {
-                        csv.push_str(&line);
-                        csv.push('\n');
+                if file == "hashes.csv" {
+                    let mut csv = String::new();
+                    for (b, _) in window() {
+                        for line in crate::misp::hash_lines(&b) {
+                            csv.push_str(&line);
+                            csv.push('\n');
+                        }
+                    }
+                    return Ok(Body::Csv(csv));
+                }
+                let uuid = file
+                    .strip_suffix(".json")
+                    .filter(|u| crate::bulletin::canonical_uuid(u))
+                    .ok_or_else(|| TaxiiError::NotFound(format!("no MISP feed file {file}")))?;
+                for (_, seq) in store.lookup_id(uuid).unwrap_or_default() {
+                    let Some(rec) = store.get(seq).ok().flatten() else {
+                        continue;
+                    };
+                    if !readable(&rec) {
+                        continue;
+                    }
+                    let Ok(rec) = store.served(rec) else { continue };
+                    if let Some(b) = bulletin_of(&rec) {
+                        return Ok(Body::Json(crate::misp::event(&b, rec.accepted_at)));
                     }
                 }
-                return Ok(Body::Csv(csv));
-            }
-            let uuid = file
-                .strip_suffix(".json")
-                .filter(|u| crate::bulletin::canonical_uuid(u))
-                .ok_or_else(|| TaxiiError::NotFound(format!("no MISP feed file {file}")))?;
-            for (_, seq) in store.lookup_id(uuid).unwrap_or_default() {
-                let Some(rec) = store.get(seq).ok().flatten() else {
-                    continue;
-                };
-                if !readable(&rec) {
-                    continue;
-                }
-                let Ok(rec) = store.served(rec) else { continue };
-                if let Some(b) = bulletin_of(&rec) {
-                    return Ok(Body::Json(crate::misp::event(&b, rec.accepted_at)));
-                }
-            }
-            Err(TaxiiError::NotFound(format!("no event {uuid}")))
-        })
-        .await
-        .map_err(|_| TaxiiError::NotFound("the request was cut short".into()))??;
+                Err(TaxiiError::NotFound(format!("no event {uuid}")))
+            })
+            .await
+            .map_err(|_| TaxiiError::NotFound("the request was cut short".into()))??;
         let (ctype, body) = match body {
             Body::Json(v) => ("application/json", v.to_string()),
             Body::Csv(s) => ("text/csv", s),
@@ -794,7 +797,10 @@ impl Server {
         let member = member.to_owned();
         let profile = c.profile;
         let added_after = q.added_after;
-        let page = tokio::task::spawn_blocking(move || view::page(&state, &member, profile, &q))
+        let page = self
+            .state
+            .tasks
+            .spawn_blocking(move || view::page(&state, &member, profile, &q))
             .await
             .map_err(|_| TaxiiError::NotFound("the request was cut short".into()))?;
         let mut headers = Vec::new();
