@@ -460,53 +460,42 @@ pub struct Published {
     pub warnings: Vec<String>,
 }
 
-/// A connected member client that signs what it publishes. Cheap to clone
+/// A connected member client that reads (subscribe, and the generated
+/// client's `Get`, `List`, `Status`) and publishes envelopes already signed
+/// (relaying, replaying an export). It holds no signing key. Cheap to clone
 /// (clones share the connection).
 #[derive(Clone)]
-pub struct BeaconClient {
+pub struct BeaconReader {
     pub bulletins: BulletinsClient,
-    pub signer: Arc<Signer>,
 }
 
-impl BeaconClient {
-    /// Dials the node in `settings` and loads the signing key from the same
-    /// certificate and key files as the TLS identity. The node must be one
-    /// of the client's own member naming the host dialled, or the pinned
-    /// `node_identity`.
-    pub async fn connect(settings: &ClientSettings) -> Result<BeaconClient, ClientError> {
-        let dialer = Dialer::load(settings)?;
-        let expected = dialer.expected();
-        Self::connect_expecting(settings, expected).await
-    }
+/// What a reader accepts in one message, unless told otherwise.
+const READER_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-    /// As [`BeaconClient::connect`], with an explicit requirement on the node.
-    pub async fn connect_expecting(
-        settings: &ClientSettings,
-        expected: ExpectedServer,
-    ) -> Result<BeaconClient, ClientError> {
+impl BeaconReader {
+    /// Dials the node in `settings` with the certificate and key of its
+    /// TLS identity (as [`BeaconClient::connect`], without loading a signer).
+    pub async fn connect(settings: &ClientSettings) -> Result<BeaconReader, ClientError> {
         let dialer = Dialer::load(settings)?;
         let node = settings
             .node
             .as_ref()
             .ok_or(ClientError::Missing("node address (--node or BEACON_NODE)"))?;
-        let channel = dialer.connect(node, expected).await?;
-        let signer = Signer::new(dialer.own.chain.clone(), dialer.own.key.secret_der())?;
-        Ok(BeaconClient::new(channel, Arc::new(signer)))
+        let channel = dialer.connect(node, dialer.expected()).await?;
+        Ok(BeaconReader::new(channel))
     }
 
-    pub fn new(channel: Channel, signer: Arc<Signer>) -> BeaconClient {
-        BeaconClient {
+    pub fn new(channel: Channel) -> BeaconReader {
+        Self::with_limit(channel, READER_MAX_MESSAGE)
+    }
+
+    /// A reader that sends and accepts messages of at most `max` bytes.
+    pub fn with_limit(channel: Channel, max: usize) -> BeaconReader {
+        BeaconReader {
             bulletins: BulletinsClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024),
-            signer,
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
         }
-    }
-
-    /// Signs and publishes a bulletin.
-    pub async fn publish(&mut self, bulletin: &Bulletin) -> Result<Published, ClientError> {
-        let envelope = self.signer.sign(bulletin.to_bytes())?;
-        self.publish_envelope(&envelope).await
     }
 
     /// Publishes an already signed envelope (relaying, or replaying an export).
@@ -539,6 +528,67 @@ impl BeaconClient {
             inbound,
             waiting: 0,
         })
+    }
+}
+
+/// A [`BeaconReader`] that also signs what it publishes, with the key of
+/// its certificate. Cheap to clone (clones share the connection).
+#[derive(Clone)]
+pub struct BeaconClient {
+    pub reader: BeaconReader,
+    pub signer: Arc<Signer>,
+}
+
+impl std::ops::Deref for BeaconClient {
+    type Target = BeaconReader;
+    fn deref(&self) -> &BeaconReader {
+        &self.reader
+    }
+}
+
+impl std::ops::DerefMut for BeaconClient {
+    fn deref_mut(&mut self) -> &mut BeaconReader {
+        &mut self.reader
+    }
+}
+
+impl BeaconClient {
+    /// Dials the node in `settings` and loads the signing key from the same
+    /// certificate and key files as the TLS identity. The node must be one
+    /// of the client's own member naming the host dialled, or the pinned
+    /// `node_identity`.
+    pub async fn connect(settings: &ClientSettings) -> Result<BeaconClient, ClientError> {
+        let dialer = Dialer::load(settings)?;
+        let expected = dialer.expected();
+        Self::connect_expecting(settings, expected).await
+    }
+
+    /// As [`BeaconClient::connect`], with an explicit requirement on the node.
+    pub async fn connect_expecting(
+        settings: &ClientSettings,
+        expected: ExpectedServer,
+    ) -> Result<BeaconClient, ClientError> {
+        let dialer = Dialer::load(settings)?;
+        let node = settings
+            .node
+            .as_ref()
+            .ok_or(ClientError::Missing("node address (--node or BEACON_NODE)"))?;
+        let channel = dialer.connect(node, expected).await?;
+        let signer = Signer::new(dialer.own.chain.clone(), dialer.own.key.secret_der())?;
+        Ok(BeaconClient::new(channel, Arc::new(signer)))
+    }
+
+    pub fn new(channel: Channel, signer: Arc<Signer>) -> BeaconClient {
+        BeaconClient {
+            reader: BeaconReader::new(channel),
+            signer,
+        }
+    }
+
+    /// Signs and publishes a bulletin.
+    pub async fn publish(&mut self, bulletin: &Bulletin) -> Result<Published, ClientError> {
+        let envelope = self.signer.sign(bulletin.to_bytes())?;
+        self.reader.publish_envelope(&envelope).await
     }
 }
 
@@ -692,7 +742,7 @@ impl SubscriptionStream {
     }
 }
 
-impl BeaconClient {
+impl BeaconReader {
     /// Opens a subscription (durable when `open.name` is set).
     pub async fn subscribe(
         &mut self,

@@ -48,7 +48,6 @@ use std::time::{Duration, SystemTime};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use rand::Rng;
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -282,41 +281,34 @@ async fn session(
     };
     let channel = crate::client::connect_keepalive(&link.address, Arc::new(tls), keepalive).await?;
     let max = state.limits.max_message_bytes;
-    let mut client = pb::bulletins_client::BulletinsClient::new(channel)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let (tx, rx) = mpsc::channel(16);
+    let mut reader = crate::client::BeaconReader::with_limit(channel, max);
     let peer = link.identity.to_string();
     let stored = state.store.link_position(&peer)?;
     let position = stored.map_or(0, |p| p.seq);
     let read_log = stored.and_then(|p| p.log);
     // The peer's log the acknowledged positions are on (known once it says).
     let mut peer_log = read_log;
-    let open = pb::SubscribeRequest {
-        msg: Some(pb::subscribe_request::Msg::Open(pb::SubscribeOpen {
-            name: LINK_NAME.to_owned(),
-            start: Some(pb::StartPosition {
-                at: Some(pb::start_position::At::Sequence(position + 1)),
-            }),
-            filter: None,
-            window: LINK_WINDOW,
-            heartbeat_ms: u32::try_from((silence / 3).as_millis()).unwrap_or(u32::MAX),
-            // A node keeps the whole history, revisions, retractions and
-            // expired bulletins included (its own retention prunes them).
-            current_only: false,
-            include_expired: true,
-            log_id: read_log.map(|l| l.to_string()).unwrap_or_default(),
-        })),
+    let open = pb::SubscribeOpen {
+        name: LINK_NAME.to_owned(),
+        start: Some(pb::StartPosition {
+            at: Some(pb::start_position::At::Sequence(position + 1)),
+        }),
+        filter: None,
+        window: LINK_WINDOW,
+        heartbeat_ms: u32::try_from((silence / 3).as_millis()).unwrap_or(u32::MAX),
+        // A node keeps the whole history, revisions, retractions and
+        // expired bulletins included (its own retention prunes them).
+        current_only: false,
+        include_expired: true,
+        log_id: read_log.map(|l| l.to_string()).unwrap_or_default(),
     };
-    tx.send(open).await.map_err(|_| FederationError::Ended)?;
-    let mut inbound = tokio::time::timeout(
-        silence,
-        client.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
-    .await
-    .map_err(|_| FederationError::Silent(silence))?
-    .map_err(FederationError::Refused)?
-    .into_inner();
+    let mut sub = tokio::time::timeout(silence, reader.subscribe(open))
+        .await
+        .map_err(|_| FederationError::Silent(silence))?
+        .map_err(|e| match e {
+            crate::client::ClientError::Rpc(s) => FederationError::Refused(s),
+            other => FederationError::Client(other),
+        })?;
     let mut heard = tokio::time::Instant::now();
 
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -341,22 +333,22 @@ async fn session(
                 // Everything up to `acked` is durable here (or refused): the
                 // position moves first, then the peer hears of it.
                 state.store.set_link_position(&peer, Position { seq: acked, log: peer_log })?;
-                let ack = pb::SubscribeRequest {
-                    msg: Some(pb::subscribe_request::Msg::Ack(pb::Ack { sequence: acked })),
-                };
-                tx.send(ack).await.map_err(|_| FederationError::Ended)?;
+                sub.ack(acked).await.map_err(|_| FederationError::Ended)?;
                 link.update(|s| s.cursor = s.cursor.max(acked));
             }
             // The message, if one is ready, wins over the deadline.
-            msg = tokio::time::timeout_at(heard + silence, inbound.message()) => {
+            msg = tokio::time::timeout_at(heard + silence, sub.next()) => {
                 use pb::subscribe_response::Msg;
                 let msg = msg
                     .map_err(|_| FederationError::Silent(silence))?
-                    .map_err(FederationError::Stream)?
+                    .map_err(|e| match e {
+                        crate::client::ClientError::Rpc(s) => FederationError::Stream(s),
+                        other => FederationError::Client(other),
+                    })?
                     .ok_or(FederationError::Ended)?;
                 heard = tokio::time::Instant::now();
-                match msg.msg {
-                    Some(Msg::Subscribed(s)) => {
+                match msg {
+                    Msg::Subscribed(s) => {
                         *established = true;
                         let (start, served) = on_subscribed(state, link, &peer, stored, &s)?;
                         peer_log = served.or(stored.and_then(|p| p.log));
@@ -371,9 +363,9 @@ async fn session(
                             st.log = peer_log;
                         });
                     }
-                    Some(Msg::CaughtUp(c)) => link.update(|s| s.head = s.head.max(c.head)),
-                    Some(Msg::Heartbeat(h)) => link.update(|s| s.head = s.head.max(h.head)),
-                    Some(Msg::Delivery(d)) => {
+                    Msg::CaughtUp(c) => link.update(|s| s.head = s.head.max(c.head)),
+                    Msg::Heartbeat(h) => link.update(|s| s.head = s.head.max(h.head)),
+                    Msg::Delivery(d) => {
                         let seq = d.sequence;
                         link.update(|s| s.head = s.head.max(seq));
                         match admit(state, link, d) {
@@ -396,7 +388,6 @@ async fn session(
                             }
                         }
                     }
-                    None => {}
                 }
             }
         }

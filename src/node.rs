@@ -136,8 +136,16 @@ pub async fn run_with_reload(
             if let Ok(at) = l.local_addr() {
                 info!(addr = %at, "operations port: /metrics, /healthz, gRPC health (plain text)");
             }
+            let scrape = crate::ops::Scrape {
+                metrics: state.metrics.clone(),
+                store: state.store.clone(),
+                trust: state.trust.clone(),
+                connections: state.connections.clone(),
+                broker: state.broker.clone(),
+                peers: state.peers.clone(),
+            };
             Some(tokio::spawn(crate::ops::serve(
-                state.clone(),
+                scrape,
                 l,
                 net.clone(),
                 shutdown.clone(),

@@ -1,8 +1,9 @@
 //! The node's local operations port and its Prometheus exposition.
 //!
-//! [`render`] reads the counters of `metrics`, the store's and the broker's
-//! at scrape time, with per-subscription and per-peer gauges taken from the
-//! live registries. Label values come from small fixed sets (reasons) or
+//! [`render`] reads, through a [`Scrape`] handle (not the node's whole
+//! state), the counters of `metrics`, the store's and the broker's at scrape
+//! time, with per-subscription and per-peer gauges taken from the live
+//! registries. Label values come from small fixed sets (reasons) or
 //! from bounded registries (subscriptions are capped by
 //! `limits.max_subscriptions`, peers by the config).
 //!
@@ -13,6 +14,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 fn counter(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -44,8 +46,21 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// What the operations port reads, and nothing more: the node's counters,
+/// and the registries and store whose gauges are taken at scrape time.
+#[derive(Clone)]
+pub struct Scrape {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub store: Arc<crate::store::Store>,
+    pub trust: Arc<crate::trust::state::TrustState>,
+    /// The gRPC port's open connections.
+    pub connections: Arc<crate::net::Connections>,
+    pub broker: Arc<crate::broker::Broker>,
+    pub peers: Vec<Arc<crate::federation::PeerLink>>,
+}
+
 /// The node's metrics in the Prometheus text format (0.0.4).
-pub fn render(state: &crate::state::NodeState) -> String {
+pub fn render(state: &Scrape) -> String {
     let mut out = String::with_capacity(4096);
     let m = &state.metrics;
     counter(
@@ -273,9 +288,9 @@ pub fn render(state: &crate::state::NodeState) -> String {
 /// open to say so: `/healthz` answers 503 with the reason and gRPC health
 /// NOT_SERVING, and `/metrics` shows `beacon_own_certificate_refused`.
 pub async fn serve(
-    state: std::sync::Arc<crate::state::NodeState>,
+    state: Scrape,
     listener: tokio::net::TcpListener,
-    net: std::sync::Arc<crate::net::Net>,
+    net: Arc<crate::net::Net>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use hyper_util::rt::TokioIo;
@@ -313,8 +328,8 @@ pub async fn serve(
     let door = crate::net::Door {
         name: "operations",
         security: crate::net::Security::Plain,
-        connections: std::sync::Arc::new(crate::net::Connections::default()),
-        max_connections: state.config.limits.max_connections,
+        connections: Arc::new(crate::net::Connections::default()),
+        max_connections: net.config.limits.max_connections,
     };
     let executor = crate::net::Executor(net.tasks.clone());
     let serve_conn = move |conn: crate::net::Conn| {

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use beacon::bulletin::{Attachment, Bulletin, Kind, Severity, Signer, Tlp};
-use beacon::client::{BeaconClient, BulletinsClient, ClientSettings, Dialer};
+use beacon::client::{BeaconClient, BeaconReader, BulletinsClient, ClientSettings, Dialer};
 use beacon::document::{self, BulletinDoc};
 use beacon::identity::Identity;
 use beacon::proto::v1 as pb;
@@ -1106,19 +1106,16 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
         include_expired: a.filter.include_expired,
         log_id: String::new(),
     };
+    // A reader: subscribing signs nothing, so no signing key is loaded.
     let (dialer, channel) = a.conn.dial().await?;
-    let signer = Arc::new(Signer::new(
-        dialer.own.chain.clone(),
-        dialer.own.key.secret_der(),
-    )?);
     let lookups = channel.clone();
     let format = match (a.format, a.json) {
         (Some(f), _) => f,
         (None, true) => Format::Json,
         (None, false) => Format::Human,
     };
-    let mut client = BeaconClient::new(channel, signer);
-    let mut sub = client.subscribe(open).await?;
+    let mut reader = BeaconReader::new(channel);
+    let mut sub = reader.subscribe(open).await?;
     let terminal = out_is_terminal();
     let progress = terminal && std::io::stderr().is_terminal();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
