@@ -29,9 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::filter::Filter;
-use crate::policy::Policy;
-use crate::store::{LogId, LogInfo, Position, Record, Replacement, Store, StoreError};
+use crate::store::{LogId, LogInfo, Position, Store, StoreError};
+use crate::view::{Seen, Step, View};
 
 /// Records read from the store per step (bounds the work between checks).
 const READ_BATCH: usize = 256;
@@ -98,7 +97,7 @@ pub enum Event {
         restarted: Option<String>,
     },
     /// Deliveries in sequence order (one hand-off for a whole read batch).
-    Deliveries(Vec<Delivered>),
+    Deliveries(Vec<Seen>),
     /// Replay reached the committed head.
     CaughtUp {
         head: u64,
@@ -108,16 +107,6 @@ pub enum Event {
     },
     /// Last: why the stream ends.
     End(BrokerError),
-}
-
-/// A record on its way to a subscriber, with what replaced it (as the log
-/// stood when it was read).
-#[derive(Debug)]
-pub struct Delivered {
-    pub record: Record,
-    pub replaced_by: Option<Replacement>,
-    /// Past its `expires_at` when read (sent only to readers that asked).
-    pub expired: bool,
 }
 
 /// Live figures of one subscription, for `Admin.Status`.
@@ -319,15 +308,9 @@ async fn commit_cursor(store: &Store, stats: &SessionStats, seq: u64) -> Result<
 
 /// Everything one subscription needs.
 pub struct Subscription {
-    pub store: Arc<Store>,
-    pub policy: Policy,
-    /// The reading member.
-    pub member: String,
-    pub filter: Filter,
-    /// Pass over bulletins already superseded, retracted or expired.
-    pub current_only: bool,
-    /// Also bulletins past their `expires_at` (unless `current_only`).
-    pub include_expired: bool,
+    /// What the subscriber may see: its member's view of the log, with its
+    /// filter and its choices on expired and replaced bulletins.
+    pub view: View,
     pub start: Start,
     /// With `Start::Sequence`: the log the reader took that position on
     /// (from an earlier `Opened`). On another log the stream starts over.
@@ -410,8 +393,8 @@ fn on_this_log(
 }
 
 impl Subscription {
-    fn readable(&self, rec: &Record) -> bool {
-        self.filter.matches(&rec.meta) && self.policy.may_read_meta(&self.member, &rec.meta)
+    fn store(&self) -> &Arc<Store> {
+        self.view.store()
     }
 
     /// While replaying, pages the next batch (`from..=to`) into the store's
@@ -426,7 +409,7 @@ impl Subscription {
         let Ok(permit) = self.guard.broker.read_ahead.clone().try_acquire_owned() else {
             return;
         };
-        let store = self.store.clone();
+        let store = self.store().clone();
         *ahead = Some(self.guard.broker.tasks.spawn_blocking(move || {
             store.prefetch(from, to);
             drop(permit);
@@ -445,7 +428,7 @@ impl Subscription {
     /// Makes the wanted cursor durable, coalescing acks that arrive while a
     /// commit is in progress; the reported cursor moves only once durable.
     fn spawn_committer(&self, mut wanted: watch::Receiver<u64>) -> tokio::task::JoinHandle<()> {
-        let store = self.store.clone();
+        let store = self.store().clone();
         let stats = self.guard.stats.clone();
         self.guard.broker.tasks.spawn(async move {
             loop {
@@ -492,20 +475,20 @@ impl Subscription {
     ) -> Option<BrokerError> {
         let stats = self.guard.stats.clone();
         let stored = if stats.durable {
-            match self.store.cursor(&stats.identity, &stats.name) {
+            match self.store().cursor(&stats.identity, &stats.name) {
                 Ok(c) => c,
                 Err(e) => return Some(e.into()),
             }
         } else {
             None
         };
-        let log = self.store.log();
+        let log = self.store().log();
         let (start, stored, restarted) = on_this_log(&log, &self.start, self.log, stored);
         if let Some(why) = &restarted {
             info!(target: "beacon::audit", identity = %stats.identity, name = %stats.name,
                   reason = %why, "subscription does not start where it asked");
         }
-        let position = match start_position(&self.store, &start, stored) {
+        let position = match start_position(self.store(), &start, stored) {
             Ok(p) => p,
             Err(e) => return Some(e.into()),
         };
@@ -514,10 +497,13 @@ impl Subscription {
         stats.cursor.store(initial, Ordering::Relaxed);
         let (wanted, wanted_rx) = watch::channel(initial);
         let committer = self.spawn_committer(wanted_rx);
-        let mut head_rx = self.store.watch_head();
+        let mut head_rx = self.store().watch_head();
         let head = *head_rx.borrow_and_update();
         let window = self.window.max(1) as usize;
-        let pruned = match self.store.pruned_between(position.saturating_add(1), head) {
+        let pruned = match self
+            .store()
+            .pruned_between(position.saturating_add(1), head)
+        {
             Ok(n) => n,
             Err(e) => return Some(e.into()),
         };
@@ -635,45 +621,23 @@ impl Subscription {
         progress: &mut Progress,
         from: u64,
         to: u64,
-    ) -> (Vec<Delivered>, Option<StoreError>) {
+    ) -> (Vec<Seen>, Option<StoreError>) {
         let mut batch = Vec::new();
-        // The few replaced records of the range, in one ordered scan.
-        let mut replaced = match self.store.replacements(from, to) {
-            Ok(r) => r,
+        let scan = match self.view.scan(from, to) {
+            Ok(s) => s,
             Err(e) => return (batch, Some(e)),
         };
-        let now = SystemTime::now();
-        for item in self.store.range(from, to) {
-            let rec = match item {
-                Ok(r) => r,
+        for step in scan {
+            match step {
                 Err(e) => return (batch, Some(e)),
-            };
-            let expired = rec.meta.expired(now);
-            if !self.readable(&rec) || (expired && (self.current_only || !self.include_expired)) {
-                progress.passed(rec.seq);
-                continue;
-            }
-            let replaced_by = match replaced.next(rec.seq).map(|s| self.store.replacement(s)) {
-                None => None,
-                Some(Ok(r)) => r,
-                Some(Err(e)) => return (batch, Some(e)),
-            };
-            if self.current_only && replaced_by.is_some() {
-                progress.passed(rec.seq);
-                continue;
-            }
-            let seq = rec.seq;
-            match self.store.served(rec) {
-                Ok(record) => batch.push(Delivered {
-                    record,
-                    replaced_by,
-                    expired,
-                }),
-                Err(e) => return (batch, Some(e)),
-            }
-            progress.sent(seq);
-            if !progress.has_room() {
-                return (batch, None);
+                Ok(Step::Passed(seq)) => progress.passed(seq),
+                Ok(Step::Seen(seen)) => {
+                    progress.sent(seen.record().seq);
+                    batch.push(seen);
+                    if !progress.has_room() {
+                        return (batch, None);
+                    }
+                }
             }
         }
         // Pruned records at the end of the range are not in it: passed over.

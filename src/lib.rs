@@ -68,6 +68,7 @@ pub mod store;
 pub(crate) mod taxii;
 pub(crate) mod tokens;
 pub mod trust;
+pub(crate) mod view;
 
 /// The version reported by `Admin.Status` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,5 +1,6 @@
 //! Who may read a bulletin: TLP 2.0 and the audience. Every read path (Get,
-//! List, Subscribe replay and live, relay to a peer node) asks [`Policy::may_read`].
+//! List, Subscribe replay and live, relay to a peer node, TAXII, the MISP
+//! feed) asks [`Policy::may_read`], through the reader's view (`view`).
 //!
 //! | label | may read |
 //! |---|---|
@@ -27,16 +28,19 @@ pub struct Marking<'a> {
 /// The node's policy: its group definitions.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    groups: BTreeMap<String, BTreeSet<String>>,
+    /// Shared: every reader's view holds the policy.
+    groups: std::sync::Arc<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Policy {
     pub fn new(groups: &BTreeMap<String, Vec<String>>) -> Policy {
         Policy {
-            groups: groups
-                .iter()
-                .map(|(g, ms)| (g.clone(), ms.iter().cloned().collect()))
-                .collect(),
+            groups: std::sync::Arc::new(
+                groups
+                    .iter()
+                    .map(|(g, ms)| (g.clone(), ms.iter().cloned().collect()))
+                    .collect(),
+            ),
         }
     }
 

@@ -21,10 +21,10 @@ const LAYERS: &[(u32, &[&str])] = &[
         ],
     ),
     (5, &["store"]),
-    // One admission path into the log; subscriptions out of it.
-    (6, &["ingest", "broker"]),
-    // The network edge: dialling and accepting.
-    (7, &["client", "net"]),
+    // One admission path into the log; one view of it for each reader.
+    (6, &["ingest", "view"]),
+    // Subscriptions out of the log; the network edge: dialling and accepting.
+    (7, &["broker", "client", "net"]),
     (8, &["federation"]),
     (9, &["state"]),
     // The gRPC API (services, translations, statuses) and the operations port.
@@ -160,4 +160,38 @@ fn the_checker_sees_an_upward_import() {
     assert_eq!(found, vec!["store", "node", "api"]);
     assert!(layer_of("store") < layer_of("broker"));
     assert!(layer_of("node") > layer_of("service"));
+}
+
+/// Every read asks policy through the reader's view: outside `src/view.rs`
+/// no code checks a stored record's digest for serving (`.served(`) or asks
+/// policy of a stored record (`may_read_meta(`), except the admission of a
+/// relayed bulletin (`src/ingest.rs`, which asks whether the relaying peer
+/// may hold it, on the way in).
+#[test]
+fn reads_ask_policy_only_through_the_view() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let allowed = |file: &Path, call: &str| {
+        let rel = file.strip_prefix(&src).expect("under src");
+        rel == Path::new("view.rs")
+            || (call == "may_read_meta(" && rel == Path::new("policy.rs"))
+            || (call == "may_read_meta(" && rel == Path::new("ingest.rs"))
+    };
+    let mut found = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read source");
+        for (n, line) in text.lines().enumerate() {
+            for call in [".served(", "may_read_meta("] {
+                if line.contains(call) && !allowed(file, call) {
+                    found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "reads that ask policy or check digests outside the view:\n{}",
+        found.join("\n")
+    );
 }

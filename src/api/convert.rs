@@ -10,15 +10,12 @@ use crate::bulletin::codec::{
 };
 use crate::proto::v1 as pb;
 
-/// A stored record as the API serves it.
+/// A record a reader's view let through, as the API serves it.
 /// The envelope goes out as the stored bytes (checked against their digest
 /// when they were read), never decoded and re-encoded. It takes the record,
 /// so its origin and envelope move into the message instead of being copied.
-pub fn delivery(
-    rec: crate::store::Record,
-    replaced_by: Option<crate::store::Replacement>,
-    expired: bool,
-) -> pb::Delivery {
+pub fn delivery(seen: crate::view::Seen) -> pb::Delivery {
+    let (rec, replaced_by, expired) = seen.into_parts();
     pb::Delivery {
         expired,
         sequence: rec.seq,
@@ -143,7 +140,7 @@ pub fn subscribe_messages(
             .into_iter()
             .map(|d| {
                 Ok(pb::SubscribeResponse {
-                    msg: Some(Msg::Delivery(delivery(d.record, d.replaced_by, d.expired))),
+                    msg: Some(Msg::Delivery(delivery(d))),
                 })
             })
             .collect(),

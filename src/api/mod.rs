@@ -86,9 +86,9 @@ fn reader(peer: &PeerInfo) -> Result<String, Status> {
 }
 
 impl BulletinsService {
-    /// Policy's verdict for `member` on a stored record.
-    fn may_read(&self, member: &str, meta: &crate::bulletin::Meta) -> bool {
-        self.state.policy.may_read_meta(member, meta)
+    /// The log as `member` may read it.
+    fn view(&self, member: String) -> crate::view::View {
+        crate::view::View::new(self.state.store.clone(), self.state.policy.clone(), member)
     }
 }
 
@@ -228,20 +228,14 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 .into_iter()
                 .collect()
         };
-        for seq in candidates {
-            let Some(rec) = store.get(seq).map_err(|e| status::store(&e))? else {
-                continue;
-            };
-            if self.may_read(&member, &rec.meta) {
-                let replaced_by = store
-                    .replacement_of(rec.seq)
-                    .map_err(|e| status::store(&e))?;
-                let rec = store.served(rec).map_err(|e| status::store(&e))?;
-                let expired = rec.meta.expired(SystemTime::now());
-                return Ok(Response::new(pb::GetResponse {
-                    delivery: Some(crate::api::convert::delivery(rec, replaced_by, expired)),
-                }));
-            }
+        if let Some(seen) = self
+            .view(member)
+            .first_of(candidates)
+            .map_err(|e| status::store(&e))?
+        {
+            return Ok(Response::new(pb::GetResponse {
+                delivery: Some(crate::api::convert::delivery(seen)),
+            }));
         }
         Err(status::not_found(&req.id))
     }
@@ -260,67 +254,33 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             0 => DEFAULT_LIST_PAGE.min(max),
             l => l.min(max),
         } as usize;
-        let store = &self.state.store;
-        let head = store.head();
+        let head = self.state.store.head();
         let until = match req.until_sequence {
             0 => head,
             u => u.min(head),
         };
         // Bound the work of one call: at most this many records are examined.
         let budget = (limit * 10).max(10_000) as u64;
-        let from = req.after_sequence.saturating_add(1);
         // A page also ends before the delivery that would take it past
         // `max_page_bytes`, so it fits what clients accept; that delivery
         // starts the next page. A page always holds at least one.
         let max_bytes = self.state.config.limits.max_page_bytes;
         let mut bytes = 0usize;
-        let mut deliveries = Vec::new();
-        let mut last = req.after_sequence;
-        if from <= until {
-            let stop = until.min(from.saturating_add(budget - 1));
-            let mut replaced = store
-                .replacements(from, stop)
-                .map_err(|e| status::store(&e))?;
-            let now = SystemTime::now();
-            let wants_expired = req.include_expired && !req.current_only;
-            let mut full = false;
-            for item in store.range(from, stop) {
-                let rec = item.map_err(|e| status::store(&e))?;
-                let seq = rec.seq;
-                let expired = rec.meta.expired(now);
-                if filter.matches(&rec.meta)
-                    && self.may_read(&member, &rec.meta)
-                    && (wants_expired || !expired)
-                {
-                    let replaced_by = match replaced.next(seq) {
-                        Some(s) => store.replacement(s).map_err(|e| status::store(&e))?,
-                        None => None,
-                    };
-                    if req.current_only && replaced_by.is_some() {
-                        last = seq;
-                        continue;
-                    }
-                    let rec = store.served(rec).map_err(|e| status::store(&e))?;
-                    let delivery = crate::api::convert::delivery(rec, replaced_by, expired);
-                    let size = prost::encoding::message::encoded_len(1, &delivery);
-                    if !deliveries.is_empty() && bytes + size > max_bytes {
-                        full = true;
-                        break;
-                    }
-                    bytes += size;
-                    deliveries.push(delivery);
+        let page = self
+            .view(member)
+            .filtered(filter)
+            .choosing(req.include_expired, req.current_only)
+            .page(req.after_sequence, until, limit, budget, |seen| {
+                let delivery = crate::api::convert::delivery(seen);
+                let size = prost::encoding::message::encoded_len(1, &delivery);
+                if bytes > 0 && bytes + size > max_bytes {
+                    return None;
                 }
-                last = seq;
-                if deliveries.len() >= limit {
-                    full = true;
-                    break;
-                }
-            }
-            // Pruned records at the end of the range are not in it.
-            if !full {
-                last = last.max(stop);
-            }
-        }
+                bytes += size;
+                Some(delivery)
+            })
+            .map_err(|e| status::store(&e))?;
+        let (deliveries, last) = (page.items, page.last);
         Ok(Response::new(pb::ListResponse {
             deliveries,
             next_after_sequence: last,
@@ -415,12 +375,10 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             }
         });
         let sub = Subscription {
-            store: self.state.store.clone(),
-            policy: self.state.policy.clone(),
-            member,
-            filter,
-            current_only: open.current_only,
-            include_expired: open.include_expired,
+            view: self
+                .view(member)
+                .filtered(filter)
+                .choosing(open.include_expired, open.current_only),
             start,
             log,
             window,

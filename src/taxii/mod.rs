@@ -435,22 +435,29 @@ impl Server {
             .tasks
             .spawn_blocking(move || -> Result<Body, TaxiiError> {
                 let store = &state.store;
-                let readable =
-                    |rec: &crate::store::Record| state.policy.may_read_meta(&member, &rec.meta);
+                // Everything the member may read, expired and replaced
+                // bulletins included.
+                let view = crate::view::View::new(store.clone(), state.policy.clone(), member);
                 let bulletin_of = |rec: &crate::store::Record| {
                     crate::bulletin::codec::decode_envelope(&rec.envelope)
                         .ok()
                         .and_then(|e| crate::bulletin::codec::decode_bulletin(&e.payload).ok())
                 };
-                // The newest MISP_WINDOW bulletins this member may read.
+                // The newest MISP_WINDOW bulletins this member may read
+                // (what cannot be read is passed over: the store logs it).
                 let window = || {
                     let head = store.head();
-                    store
-                        .range(head.saturating_sub(MISP_WINDOW - 1).max(1), head)
-                        .filter_map(|item| item.ok())
-                        .filter(|rec| readable(rec))
-                        .filter_map(|rec| store.served(rec).ok())
-                        .filter_map(move |rec| bulletin_of(&rec).map(|b| (b, rec.accepted_at)))
+                    view.scan(head.saturating_sub(MISP_WINDOW - 1).max(1), head)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|step| match step {
+                            Ok(crate::view::Step::Seen(seen)) => Some(seen),
+                            _ => None,
+                        })
+                        .filter_map(|seen| {
+                            let rec = seen.record();
+                            bulletin_of(rec).map(|b| (b, rec.accepted_at))
+                        })
                 };
                 if file == "manifest.json" {
                     let mut manifest = serde_json::Map::new();
@@ -474,14 +481,11 @@ impl Server {
                     .filter(|u| crate::bulletin::canonical_uuid(u))
                     .ok_or_else(|| TaxiiError::NotFound(format!("no MISP feed file {file}")))?;
                 for (_, seq) in store.lookup_id(uuid).unwrap_or_default() {
-                    let Some(rec) = store.get(seq).ok().flatten() else {
+                    let Ok(crate::view::Found::Seen(seen)) = view.at(seq) else {
                         continue;
                     };
-                    if !readable(&rec) {
-                        continue;
-                    }
-                    let Ok(rec) = store.served(rec) else { continue };
-                    if let Some(b) = bulletin_of(&rec) {
+                    let rec = seen.record();
+                    if let Some(b) = bulletin_of(rec) {
                         return Ok(Body::Json(crate::misp::event(&b, rec.accepted_at)));
                     }
                 }

@@ -16,6 +16,8 @@ use serde_json::Value;
 use crate::bulletin::{codec, Relation};
 use crate::state::NodeState;
 use crate::stix::{self, Profile};
+use crate::store::StoreError;
+use crate::view::{Found, Step, View};
 
 /// Records examined at most per request: a reader who may read little of a
 /// large log gets a short page with `more` and a `next`, not a long wait.
@@ -142,9 +144,11 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
         return page;
     }
     let stop = head.min(start.saturating_add(SCAN_BUDGET - 1));
-    let mut replaced = match store.replacements(start, stop) {
-        Ok(r) => r,
-        Err(_) => return page,
+    // Everything the member may read, expired and replaced bulletins
+    // included (a report's versions are objects of their own).
+    let view = View::new(store.clone(), state.policy.clone(), member);
+    let Ok(scan) = view.scan(start, stop) else {
+        return page;
     };
     let mut last_examined = start.saturating_sub(1);
     // An object version appears once per page: shared objects (a member's
@@ -158,15 +162,25 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
             .ids
             .iter()
             .all(|i| i.starts_with("identity--") || i.starts_with("marking-definition--"));
-    for item in store.range(start, stop) {
-        let Ok(rec) = item else { break };
+    for step in scan {
+        let seen = match step {
+            Ok(Step::Seen(seen)) => seen,
+            Ok(Step::Passed(seq)) => {
+                last_examined = seq;
+                continue;
+            }
+            // Refused as it was read (logged and counted by the store):
+            // passed over, so that paging goes on past it.
+            Err(StoreError::Corrupt { seq, .. }) => {
+                last_examined = seq;
+                continue;
+            }
+            Err(_) => break,
+        };
+        let rec = seen.record();
         last_examined = rec.seq;
-        if !state.policy.may_read_meta(member, &rec.meta) {
-            continue;
-        }
-        let successor = replaced.next(rec.seq);
-        let Ok(rec) = store.served(rec) else { continue };
-        let Some(group) = group_of(state, member, &rec, profile) else {
+        let superseded = seen.replaced_by().is_some();
+        let Some(group) = group_of(&view, rec, profile) else {
             continue;
         };
         let base = micros(rec.accepted_at);
@@ -181,7 +195,7 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
             if query.added_after.is_some_and(|a| date_added <= a) {
                 continue;
             }
-            if !matches(query, &object, successor.is_some()) {
+            if !matches(query, &object, superseded) {
                 continue;
             }
             // A page that ends before this group returns at once, so the
@@ -246,12 +260,7 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
 
 /// The STIX group of a stored record for `member`, with its version chain
 /// resolved as far as `member` may see it.
-fn group_of(
-    state: &NodeState,
-    member: &str,
-    rec: &crate::store::Record,
-    profile: Profile,
-) -> Option<Vec<Value>> {
+fn group_of(view: &View, rec: &crate::store::Record, profile: Profile) -> Option<Vec<Value>> {
     // The envelope was verified when it was accepted, and its digest was
     // checked as it was read (`Store::served`): as on every gRPC path, it
     // is not verified again here. The signer is the identity its chain's
@@ -269,7 +278,7 @@ fn group_of(
         .map(|(id, _)| id.to_string())
         .unwrap_or_default();
     let ctx = stix::Context {
-        root: root_of(state, member, &b),
+        root: root_of(view, &b),
         signer,
         envelope_sha256: rec.meta.digest.iter().map(|x| format!("{x:02x}")).collect(),
         origin_node: rec.meta.origin_node.clone(),
@@ -286,28 +295,27 @@ fn group_of(
 /// stops before the first version hidden from it, and that version leaves
 /// no trace (the report's id and `created` are those of the first version
 /// it may see, which `match[version]=first` returns).
-fn root_of(state: &NodeState, member: &str, b: &crate::bulletin::Bulletin) -> (String, SystemTime) {
+fn root_of(view: &View, b: &crate::bulletin::Bulletin) -> (String, SystemTime) {
     let mut root = (b.id.clone(), b.created_at.unwrap_or(std::time::UNIX_EPOCH));
     let mut relation = b.relation.clone();
     for _ in 0..64 {
         let Some(Relation::Supersedes(id) | Relation::Retracts(id)) = relation.take() else {
             break;
         };
-        let held = state
-            .store
+        let held = view
+            .store()
             .lookup(&b.publisher, &id)
             .ok()
             .flatten()
-            .and_then(|(seq, _)| state.store.get(seq).ok().flatten());
-        if held
-            .as_ref()
-            .is_some_and(|r| !state.policy.may_read_meta(member, &r.meta))
-        {
-            break;
-        }
-        let prev = held
-            .and_then(|r| codec::decode_envelope(&r.envelope).ok())
-            .and_then(|e| codec::decode_bulletin(&e.payload).ok());
+            .map_or(Ok(Found::Absent), |(seq, _)| view.at(seq))
+            .unwrap_or(Found::Absent);
+        let prev = match held {
+            Found::Hidden => break,
+            Found::Absent => None,
+            Found::Seen(seen) => codec::decode_envelope(&seen.record().envelope)
+                .ok()
+                .and_then(|e| codec::decode_bulletin(&e.payload).ok()),
+        };
         match prev {
             Some(p) => {
                 root = (p.id.clone(), p.created_at.unwrap_or(root.1));
