@@ -76,6 +76,7 @@ impl LinkContext {
             trust: &self.trust,
             policy: &self.policy,
             max_envelope_bytes: self.limits.max_envelope_bytes,
+            spans: self.store.spans(),
         }
     }
 }

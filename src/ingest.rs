@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use crate::bulletin::{self, BulletinError, Envelope, Meta, Relation, Verified};
 use crate::identity::{Identity, RoleKind};
 use crate::policy::Policy;
-use crate::store::{NewRecord, Related, Replaced};
+use crate::store::{NewRecord, Related, Replaced, Spans};
 use crate::trust::state::TrustState;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub struct Ingest<'a> {
     pub policy: &'a Policy,
     /// `limits.max_envelope_bytes`.
     pub max_envelope_bytes: usize,
+    /// The acceptance time each record reserves (the store's).
+    pub spans: Spans,
 }
 
 /// A publish admitted: the record to append, and what was verified.
@@ -107,7 +109,7 @@ impl Ingest<'_> {
             envelope: bytes,
             payload_digest: bulletin::sha256(&env.payload),
             related,
-            span: crate::stix::span(verified.bulletin()),
+            span: (self.spans.of)(verified.bulletin()),
         };
         Ok(Admitted { record, verified })
     }
@@ -172,8 +174,31 @@ impl Ingest<'_> {
             envelope: bytes.to_vec(),
             payload_digest: bulletin::sha256(&env.payload),
             related: related(verified.bulletin(), false),
-            span: crate::stix::span(verified.bulletin()),
+            span: (self.spans.of)(verified.bulletin()),
         })
+    }
+}
+
+/// The check a restore applies to each record (handed to
+/// `store::backup::restore` as its `Verify`), against `chains` (the
+/// node's CAs, without revocations): the envelope's signature, its chain
+/// (at the bulletin's creation time if the signer has expired since), and
+/// that the signed bulletin is the one the record names.
+pub fn stored_check(
+    chains: &dyn crate::trust::ChainCheck,
+) -> impl Fn(&crate::store::Record) -> Result<[u8; 32], String> + '_ {
+    move |rec: &crate::store::Record| {
+        let env = bulletin::codec::decode_envelope(&rec.envelope)?;
+        let v = bulletin::verify_stored_envelope(&env, chains, SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        let b = v.bulletin();
+        if b.id != rec.meta.id || b.publisher != rec.meta.publisher {
+            return Err(format!(
+                "the signed bulletin is {} of {}, not {} of {}",
+                b.id, b.publisher, rec.meta.id, rec.meta.publisher
+            ));
+        }
+        Ok(bulletin::sha256(&env.payload))
     }
 }
 

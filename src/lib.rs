@@ -52,7 +52,7 @@ pub(crate) mod federation;
 pub(crate) mod filter;
 pub mod fuzzing;
 pub mod identity;
-pub(crate) mod ingest;
+pub mod ingest;
 pub mod metrics;
 pub(crate) mod misp;
 pub(crate) mod net;

@@ -84,7 +84,7 @@ pub async fn run_with_reload(
         &config.node.data_dir,
         crate::store::StoreOptions {
             node: Some(material.identity.to_string()),
-            ..crate::store::StoreOptions::from(&config.store)
+            ..crate::store::StoreOptions::new(&config.store, crate::stix::SPANS)
         },
     )?);
     info!(

@@ -45,6 +45,7 @@ impl NodeState {
             trust: &self.trust,
             policy: &self.policy,
             max_envelope_bytes: self.config.limits.max_envelope_bytes,
+            spans: self.store.spans(),
         }
     }
 }

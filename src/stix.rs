@@ -33,6 +33,18 @@ pub fn span(b: &Bulletin) -> u32 {
     FIXED_OBJECTS + u32::try_from(b.indicators.len()).unwrap_or(u32::MAX - FIXED_OBJECTS)
 }
 
+/// The largest span: a bulletin with as many indicators as one may hold.
+pub const MAX_SPAN: u32 = FIXED_OBJECTS + crate::bulletin::MAX_INDICATORS as u32;
+
+const _: () = assert!(crate::bulletin::MAX_INDICATORS <= (u32::MAX - FIXED_OBJECTS) as usize);
+
+/// The spans the node's store leaves between records, so that TAXII gives
+/// each object of a group a `date_added` of its own.
+pub const SPANS: crate::store::Spans = crate::store::Spans {
+    of: span,
+    max: MAX_SPAN,
+};
+
 /// Which marking-definition objects a collection serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profile {
@@ -1092,5 +1104,77 @@ mod inbound_tests {
         assert!(take_bundle(b"{not json", "x").is_err());
         assert!(take_bundle(br#"{"type": "report"}"#, "x").is_err());
         assert!(take_bundle(b"[1, 2]", "x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    use super::*;
+    use crate::bulletin::{Indicator, Reference, Relation};
+
+    /// The largest bulletin there can be: every indicator it may hold, a
+    /// relation, references, an audience, each TLP and each profile. Its
+    /// group fits in its span, and no span is larger than [`MAX_SPAN`].
+    #[test]
+    fn a_group_fits_its_span_up_to_the_largest_bulletin() {
+        for n in [0, 1, crate::bulletin::MAX_INDICATORS] {
+            for tlp in [
+                Tlp::Clear,
+                Tlp::Green,
+                Tlp::Amber,
+                Tlp::AmberStrict,
+                Tlp::Red,
+            ] {
+                let mut b = Bulletin::draft(
+                    "uk.ncsc",
+                    Kind::InfluenceOperation,
+                    Severity::High,
+                    tlp,
+                    "the largest",
+                    "every part filled",
+                );
+                b.audience.members = vec!["fr.anssi".into(), "de.bsi".into()];
+                b.audience.groups = vec!["five-eyes".into()];
+                b.topics = vec!["election".into()];
+                b.relation = Some(Relation::Supersedes(uuid::Uuid::new_v4().to_string()));
+                b.references = (0..10)
+                    .map(|i| Reference {
+                        url: format!("https://ref{i}.example/"),
+                        description: "a source".into(),
+                        external_id: format!("REF-{i}"),
+                    })
+                    .collect();
+                b.indicators = (0..n)
+                    .map(|i| Indicator {
+                        kind: "domain".into(),
+                        value: format!("d{i}.example"),
+                        description: String::new(),
+                        stix_id: String::new(),
+                    })
+                    .collect();
+                for profile in [Profile::OasisTlp2, Profile::OpenCti] {
+                    let ctx = Context {
+                        root: (
+                            "00000000-0000-4000-8000-000000000000".into(),
+                            SystemTime::now(),
+                        ),
+                        signer: "spiffe://uk.example/client/uk.ncsc/analyst".into(),
+                        envelope_sha256: "00".repeat(32),
+                        origin_node: "spiffe://uk.example/node/uk.ncsc/london-1".into(),
+                        origin_sequence: 1,
+                        sequence: 1,
+                        profile,
+                    };
+                    let objects = objects(&b, &ctx).len();
+                    assert!(
+                        objects <= span(&b) as usize,
+                        "{n} indicators, {tlp:?}, {profile:?}: {objects} objects, span {}",
+                        span(&b)
+                    );
+                    assert!(span(&b) <= MAX_SPAN);
+                }
+            }
+        }
+        assert_eq!(SPANS.max, MAX_SPAN);
     }
 }

@@ -1022,11 +1022,11 @@ async fn a_reader_gets_everything_from_a_peer_rebuilt_past_its_position(how: Reb
             b.node
                 .restart_after(|dir| {
                     std::fs::remove_dir_all(dir).expect("move the store aside");
-                    let verify = beacon::store::backup::verify_with(&bundle);
+                    let verify = beacon::ingest::stored_check(&bundle);
                     beacon::store::backup::restore(
                         &file[..],
                         dir,
-                        &beacon::store::StoreOptions::default(),
+                        &beacon::store::StoreOptions::defaults(beacon::stix::SPANS),
                         &verify,
                         &|_| Ok(()),
                         |_, _| {},

@@ -202,7 +202,7 @@ async fn a_narrowing_retraction_in_the_same_batch_as_its_original_is_refused() {
     let pki = TestPki::new();
     let signer = signer(&pki.client("uk.ncsc", "analyst"));
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), StoreOptions::defaults(beacon::stix::SPANS)).unwrap();
 
     let original = marked("uk.ncsc", "original", Tlp::Amber, &["us.cisa", "fr.anssi"]);
     let mut narrow = marked("uk.ncsc", "narrow", Tlp::Red, &["us.cisa"]);

@@ -109,7 +109,7 @@ fn store_bulletins(
 
 /// Opens the store (it waits out the file lock of a handle just dropped).
 fn open(dir: &Path) -> Result<Store, StoreError> {
-    Store::open(dir, StoreOptions::default())
+    Store::open(dir, StoreOptions::defaults(beacon::stix::SPANS))
 }
 
 #[test]
@@ -338,7 +338,8 @@ fn a_format_4_store_gets_a_log_identity_kept_by_compaction_and_new_after_a_resto
     assert_eq!(open(&dir).unwrap().log(), log, "kept across opens");
 
     // A compaction rewrites the files, not the log: the same identity.
-    beacon::store::backup::compact(&dir, &StoreOptions::default()).expect("compacted");
+    beacon::store::backup::compact(&dir, &StoreOptions::defaults(beacon::stix::SPANS))
+        .expect("compacted");
     let store = open(&dir).unwrap();
     assert_eq!(store.log(), log, "kept by compaction");
     assert_eq!(store.cursors().unwrap()[0].2.log, Some(log.id));
@@ -350,11 +351,11 @@ fn a_format_4_store_gets_a_log_identity_kept_by_compaction_and_new_after_a_resto
     drop(store);
     let restored = tmp.path().join("restored");
     let chains = pki_bundle(&pki);
-    let verify = beacon::store::backup::verify_with(&chains);
+    let verify = beacon::ingest::stored_check(&chains);
     beacon::store::backup::restore(
         &file[..],
         &restored,
-        &StoreOptions::default(),
+        &StoreOptions::defaults(beacon::stix::SPANS),
         &verify,
         &|_| Ok(()),
         |_, _| {},

@@ -126,13 +126,13 @@ proptest! {
     fn store_matches_model_across_reopens(ops in prop::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let mut store = Store::open(dir.path(), StoreOptions::defaults(beacon::stix::SPANS)).unwrap();
         let mut model = Model { index: HashMap::new(), log: Vec::new(), spans: Vec::new(), superseded_by: HashMap::new() };
         for op in ops {
             match op {
                 Op::Reopen => {
                     drop(store);
-                    store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+                    store = Store::open(dir.path(), StoreOptions::defaults(beacon::stix::SPANS)).unwrap();
                 }
                 Op::Append(p, i, v, req) => {
                     let rec = new_record(p, i, v, req);

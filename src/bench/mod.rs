@@ -270,7 +270,7 @@ impl Target {
         let store = Arc::new(
             crate::store::Store::open(
                 &self.dir.join("store"),
-                crate::store::StoreOptions::default(),
+                crate::store::StoreOptions::defaults(crate::stix::SPANS),
             )
             .map_err(|e| BenchError::Setup(e.to_string()))?,
         );

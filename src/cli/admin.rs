@@ -146,12 +146,13 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             if !data_dir.join("sled").exists() && !data_dir.join("sled.new").exists() {
                 bail!("{} holds no store", data_dir.display());
             }
-            let c = backup::compact(&data_dir, &StoreOptions::default()).with_context(|| {
-                format!(
-                    "cannot compact the store in {} (is its node stopped?)",
-                    data_dir.display()
-                )
-            })?;
+            let c = backup::compact(&data_dir, &StoreOptions::defaults(beacon::stix::SPANS))
+                .with_context(|| {
+                    format!(
+                        "cannot compact the store in {} (is its node stopped?)",
+                        data_dir.display()
+                    )
+                })?;
             println!(
                 "compacted {}: {:.1} MB before, {:.1} MB after; head {}, {} bulletins, {} pruned",
                 data_dir.display(),
@@ -297,7 +298,7 @@ fn backup_offline(dir: &Path, file: &std::fs::File) -> Result<Summary> {
     if !dir.join("sled").exists() {
         bail!("{} holds no store", dir.display());
     }
-    let mut store = Store::open(dir, StoreOptions::default()).with_context(|| {
+    let mut store = Store::open(dir, StoreOptions::defaults(beacon::stix::SPANS)).with_context(|| {
         format!(
             "cannot open the store in {} (a running node holds it: back it up over the API, without --data-dir)",
             dir.display()
@@ -394,7 +395,7 @@ fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>, force: boo
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let bar = bar(0);
     bar.set_message("restore");
-    let verify = backup::verify_with(&bundle);
+    let verify = beacon::ingest::stored_check(&bundle);
     // A backup of another member's node holds what that member may read:
     // restored under this config it would be served as this node's log.
     let this = own.identity.clone();
@@ -418,7 +419,7 @@ fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>, force: boo
     let r = backup::restore(
         input,
         &dir,
-        &StoreOptions::from(&config.store),
+        &StoreOptions::new(&config.store, beacon::stix::SPANS),
         &verify,
         &check,
         |seq, head| {

@@ -663,7 +663,7 @@ async fn bench_retention(
         if let Ok(wait) = expires.duration_since(SystemTime::now()) {
             tokio::time::sleep(wait).await;
         }
-        let store = Store::open(&dir, StoreOptions::default())?;
+        let store = Store::open(&dir, StoreOptions::defaults(beacon::stix::SPANS))?;
         let rules = retention::Retention::from_config(&beacon::config::RetentionConfig {
             after_expiry: Some(Duration::ZERO),
             ..Default::default()
@@ -688,9 +688,10 @@ async fn bench_retention(
         );
         let after_prune = backup::size_of(&dir.join("sled"));
         let t0 = Instant::now();
-        let c =
-            tokio::task::spawn_blocking(move || backup::compact(&dir, &StoreOptions::default()))
-                .await??;
+        let c = tokio::task::spawn_blocking(move || {
+            backup::compact(&dir, &StoreOptions::defaults(beacon::stix::SPANS))
+        })
+        .await??;
         println!(
             "| store size: {count} stored / all pruned / after `beacon admin compact` ({:.1} s) | {:.0} MB / {:.0} MB / {:.1} MB |",
             t0.elapsed().as_secs_f64(),

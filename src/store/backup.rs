@@ -379,28 +379,6 @@ impl<'a> Cut<'a> {
 /// before any revocation the node applies now). Returns the payload digest.
 pub type Verify<'a> = dyn Fn(&Record) -> Result<[u8; 32], String> + 'a;
 
-/// The check a restore applies to each record, against `chains` (the
-/// node's CAs, without revocations): the envelope's signature, its chain
-/// (at the bulletin's creation time if the signer has expired since), and
-/// that the signed bulletin is the one the record names.
-pub fn verify_with(
-    chains: &dyn crate::trust::ChainCheck,
-) -> impl Fn(&Record) -> Result<[u8; 32], String> + '_ {
-    move |rec: &Record| {
-        let env = crate::bulletin::codec::decode_envelope(&rec.envelope)?;
-        let v = crate::bulletin::verify_stored_envelope(&env, chains, SystemTime::now())
-            .map_err(|e| e.to_string())?;
-        let b = v.bulletin();
-        if b.id != rec.meta.id || b.publisher != rec.meta.publisher {
-            return Err(format!(
-                "the signed bulletin is {} of {}, not {} of {}",
-                b.id, b.publisher, rec.meta.id, rec.meta.publisher
-            ));
-        }
-        Ok(crate::bulletin::sha256(&env.payload))
-    }
-}
-
 /// Builds a store in `dir` (which must be absent or empty) from the backup
 /// read from `input`, checking everything; `progress` is told each
 /// sequence restored and the head. Nothing is left in `dir` unless the

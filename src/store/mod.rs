@@ -205,33 +205,57 @@ pub struct StoreOptions {
     /// The identity of the node that serves the store, recorded in it (so a
     /// backup says whose log it is).
     pub node: Option<String>,
+    /// The acceptance time each record reserves after it.
+    pub spans: Spans,
 }
 
-/// Room left after the last record when a store opens: the largest span
-/// a record can take (a STIX group of 10,000 indicators and their report),
-/// in nanoseconds.
-const MAX_SPAN_NANOS: u64 = 20_000_000;
+/// The acceptance time, in microseconds, that each record reserves after
+/// it ([`NewRecord::span`]), so that readers can give every part of a
+/// record a time of its own (TAXII's `date_added` of each object of a
+/// bulletin's group). The store only spaces times by it: what a span is
+/// comes from above (the node hands in its interop layer's), for the
+/// format upgrade that respaces an older log and for the room left after
+/// the last record at an open.
+#[derive(Debug, Clone, Copy)]
+pub struct Spans {
+    /// The span of a stored bulletin.
+    pub of: fn(&crate::bulletin::Bulletin) -> u32,
+    /// The largest span any bulletin can take.
+    pub max: u32,
+}
+
+impl Spans {
+    /// One microsecond per record: for stores whose records need no room
+    /// between them (nothing serves their parts at times of their own).
+    pub const ONE: Spans = Spans { of: |_| 1, max: 1 };
+
+    /// Room left after the last record when a store opens (the last
+    /// record's span is not kept), in nanoseconds.
+    fn max_nanos(self) -> u64 {
+        u64::from(self.max).saturating_mul(1000)
+    }
+}
 
 /// Appends waiting for the writer before callers wait.
 const QUEUE: usize = 4096;
 
-impl From<&crate::config::StoreConfig> for StoreOptions {
-    /// The `[store]` settings of `beacon.toml`.
-    fn from(c: &crate::config::StoreConfig) -> Self {
+impl StoreOptions {
+    /// The `[store]` settings of `beacon.toml`, with the spans of the
+    /// node's records.
+    pub fn new(c: &crate::config::StoreConfig, spans: Spans) -> Self {
         StoreOptions {
             cache_bytes: c.cache_mb * 1024 * 1024,
             max_batch: c.max_batch,
             queue: QUEUE,
             reserve_bytes: c.reserve_mb * 1024 * 1024,
             node: None,
+            spans,
         }
     }
-}
 
-impl Default for StoreOptions {
     /// The defaults of `beacon.toml`'s `[store]` (one default per setting).
-    fn default() -> Self {
-        StoreOptions::from(&crate::config::StoreConfig::default())
+    pub fn defaults(spans: Spans) -> Self {
+        StoreOptions::new(&crate::config::StoreConfig::default(), spans)
     }
 }
 
@@ -290,6 +314,7 @@ pub struct Store {
     head: watch::Receiver<u64>,
     commit: Committer,
     pub stats: Arc<StoreStats>,
+    spans: Spans,
     /// Where it lives (for the clean-close marker).
     dir: std::path::PathBuf,
     /// Held for as long as the store is open (declared last: released
@@ -378,7 +403,7 @@ impl Store {
                 if !dir.join(CLEAN).exists() {
                     check_whole(engine.as_ref(), head)?;
                 }
-                upgrade::run(engine.as_ref(), older.unwrap_or(1), head)?
+                upgrade::run(engine.as_ref(), older.unwrap_or(1), head, opts.spans)?
             }
         }
         if dir.join(CLEAN).exists() {
@@ -427,7 +452,7 @@ impl Store {
             h => accepted_at(engine.as_ref(), h)?
                 .map(nanos)
                 .unwrap_or(0)
-                .saturating_add(MAX_SPAN_NANOS),
+                .saturating_add(opts.spans.max_nanos()),
         };
         let stats = Arc::new(StoreStats::default());
         let (commit, head_rx) = Committer::start(
@@ -449,7 +474,13 @@ impl Store {
             head: head_rx,
             commit,
             stats,
+            spans: opts.spans,
         })
+    }
+
+    /// The acceptance time each record reserves (as opened with).
+    pub fn spans(&self) -> Spans {
+        self.spans
     }
 
     /// The last durable sequence.

@@ -24,13 +24,18 @@ use tracing::info;
 
 use super::engine::{entries, Engine, Entry, Space, WriteSet};
 use super::record::{nanos, Indexed, LogInfo, Position, Record, Replaced, Successor};
-use super::{StoreError, FORMAT};
+use super::{Spans, StoreError, FORMAT};
 use crate::bulletin::{codec, Bulletin, Relation};
 
 /// Index entries rewritten per atomic write.
 const CHUNK: usize = 4096;
 
-pub(super) fn run(engine: &dyn Engine, from: u32, head: u64) -> Result<(), StoreError> {
+pub(super) fn run(
+    engine: &dyn Engine,
+    from: u32,
+    head: u64,
+    spans: Spans,
+) -> Result<(), StoreError> {
     info!(
         from,
         to = FORMAT,
@@ -44,7 +49,7 @@ pub(super) fn run(engine: &dyn Engine, from: u32, head: u64) -> Result<(), Store
         add_expiries(engine, head)?;
     }
     if from < 4 {
-        respace(engine, head)?;
+        respace(engine, head, spans)?;
     }
     if from < 5 {
         name_log(engine)?;
@@ -140,7 +145,7 @@ fn add_expiries(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
 /// Moves each acceptance time that is closer to its predecessor than the
 /// predecessor's span forward, records and tombstones alike, in order (so
 /// times stay increasing along the log).
-fn respace(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
+fn respace(engine: &dyn Engine, head: u64, spans: Spans) -> Result<(), StoreError> {
     use super::engine::Pruned;
     use super::record::{from_nanos, Tombstone};
     let mut set = WriteSet::default();
@@ -152,9 +157,7 @@ fn respace(engine: &dyn Engine, head: u64) -> Result<(), StoreError> {
                 let Some(mut rec) = readable(seq, bytes)? else {
                     continue;
                 };
-                let span = bulletin_of(&rec)
-                    .map(|b| crate::stix::span(&b))
-                    .unwrap_or(crate::stix::FIXED_OBJECTS);
+                let span = bulletin_of(&rec).map_or(spans.max, |b| (spans.of)(&b));
                 let mut at = nanos(rec.accepted_at);
                 if at < free_from {
                     at = free_from;

@@ -121,7 +121,7 @@ pub fn page(state: &NodeState, member: &str, profile: Profile, query: &Query) ->
         (Some((seq, _)), _) => seq,
         (None, Some(after)) => {
             // Groups start at most the largest span before their objects.
-            let from = after.saturating_sub(u128::from(stix::FIXED_OBJECTS + 10_000));
+            let from = after.saturating_sub(u128::from(stix::MAX_SPAN));
             store.first_seq_at_or_after(from_micros(from)).unwrap_or(1)
         }
         (None, None) => 1,
