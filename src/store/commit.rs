@@ -753,8 +753,23 @@ impl Writer {
         };
         let mut replies: Vec<Reply> = Vec::with_capacity(reqs.len());
         for (rec, reply) in reqs {
-            let outcome = self.admit(&mut batch, rec);
+            let outcome = match self.admit(&mut batch, rec) {
+                // The engine cannot be read (sled keeps a failed write's
+                // error and returns it from every later operation): the
+                // store stops, as after a failed write or fsync.
+                Err(e @ StoreError::Io(_)) => {
+                    self.failed.set("read", &e);
+                    Err(self.failed.error())
+                }
+                other => other,
+            };
             replies.push((reply, outcome));
+        }
+        if self.failed.check().is_err() {
+            for (reply, _) in replies {
+                let _ = reply.send(Err(self.failed.error()));
+            }
+            return;
         }
         self.commit(batch, replies);
     }
