@@ -17,9 +17,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("beacon_descriptor.bin"))
         .build_server(true)
         .build_client(true)
-        // Written by hand (src/proto.rs): the envelope is served as the
+        // Written by hand (src/base/proto.rs): the envelope is served as the
         // stored bytes, with the same encoding on the wire.
-        .extern_path(".beacon.v1.Delivery", "crate::proto::delivery::Delivery")
+        .extern_path(
+            ".beacon.v1.Delivery",
+            "crate::base::proto::delivery::Delivery",
+        )
         .compile_protos(
             &[
                 "proto/beacon/v1/bulletin.proto",

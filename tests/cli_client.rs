@@ -198,7 +198,7 @@ async fn refusals_are_precise_and_leave_nothing_behind() {
     // not check is told by it).
     let mut c = member(w.node.addr, &files, &w.ca).await;
     let mut b = bulletin("fr.anssi", "unchecked");
-    b.indicators = vec![beacon::bulletin::Indicator {
+    b.indicators = vec![beacon::domain::bulletin::Indicator {
         kind: "ipv4".into(),
         value: "999.1.1.1".into(),
         ..Default::default()
@@ -326,7 +326,7 @@ async fn an_export_verifies_offline_and_tampering_is_caught() {
     assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(dir.path().join("e.json")).expect("export");
     let dsse: serde_json::Value = serde_json::from_str(&text).expect("DSSE JSON");
-    assert_eq!(dsse["payloadType"], beacon::bulletin::PAYLOAD_TYPE);
+    assert_eq!(dsse["payloadType"], beacon::domain::bulletin::PAYLOAD_TYPE);
     assert!(dsse["signatures"][0]["sig"].is_string());
 
     // Offline: only the CA certificate, no node.
@@ -362,7 +362,7 @@ async fn an_export_verifies_offline_and_tampering_is_caught() {
     assert!(err.contains("does not verify"), "{err}");
 
     let stranger = w.pki.other_ca("stranger", "*");
-    let (code, _, err) = verify("e.json", &beacon::pki::Ca::cert_path(&stranger));
+    let (code, _, err) = verify("e.json", &beacon::tools::pki::Ca::cert_path(&stranger));
     assert_eq!(code, Some(1), "{err}");
 
     // Importing the export again is idempotent.

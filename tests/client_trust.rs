@@ -8,9 +8,9 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use beacon::client::{BeaconClient, ClientError};
-use beacon::identity::RoleKind;
-use beacon::pki::IssueRequest;
+use beacon::base::identity::RoleKind;
+use beacon::net::client::{BeaconClient, ClientError};
+use beacon::tools::pki::IssueRequest;
 use common::*;
 
 /// `beacon list` as `files` against `addr`, with extra flags.
@@ -193,13 +193,13 @@ async fn a_scoped_client_trust_refuses_a_node_another_members_ca_made() {
     let rogue = a.pki.issue_from(&drc_ca, req);
     let mut opts = a.options(rogue.clone(), &[]);
     opts.trust
-        .push((beacon::pki::Ca::cert_path(&drc_ca), "*".into(), None));
+        .push((beacon::tools::pki::Ca::cert_path(&drc_ca), "*".into(), None));
     let n = TestNode::start(&opts).await;
     let uk = a.client("uk.ncsc", "analyst");
 
     // Unscoped: the rogue node passes as a node of uk.ncsc.
     let mut s = settings(&uk, &a.ca);
-    s.ca.push(beacon::pki::Ca::cert_path(&drc_ca));
+    s.ca.push(beacon::tools::pki::Ca::cert_path(&drc_ca));
     s.node = Some(n.addr.to_string());
     BeaconClient::connect(&s)
         .await
@@ -215,12 +215,12 @@ async fn a_scoped_client_trust_refuses_a_node_another_members_ca_made() {
             n.addr,
             uk.cert.display(),
             uk.key.display(),
-            beacon::pki::Ca::cert_path(a.ca_dir("uk.ncsc")).display(),
-            beacon::pki::Ca::cert_path(&drc_ca).display(),
+            beacon::tools::pki::Ca::cert_path(a.ca_dir("uk.ncsc")).display(),
+            beacon::tools::pki::Ca::cert_path(&drc_ca).display(),
         ),
     )
     .expect("write client config");
-    let scoped = beacon::client::ClientSettings::from_file(&config).expect("client config");
+    let scoped = beacon::net::client::ClientSettings::from_file(&config).expect("client config");
     let msg = refused_before_rpc(BeaconClient::connect(&scoped).await);
     assert!(
         msg.contains("may not vouch for") && msg.contains("node/uk.ncsc/rogue"),

@@ -27,11 +27,12 @@ fn every_example_config_parses() {
     for f in files {
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.starts_with("client") {
-            let s = beacon::client::ClientSettings::from_file(&f)
+            let s = beacon::net::client::ClientSettings::from_file(&f)
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             assert!(s.node.is_some() && s.cert.is_some() && !s.ca.is_empty());
         } else {
-            beacon::config::Config::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            beacon::base::config::Config::load(&f)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         }
     }
 }

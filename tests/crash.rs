@@ -85,7 +85,10 @@ async fn acknowledged_bulletins_survive_sigkill() {
                         Ok(p) => {
                             acked.lock().unwrap().insert(
                                 b.id,
-                                (p.sequence, beacon::bulletin::codec::encode_envelope(&env)),
+                                (
+                                    p.sequence,
+                                    beacon::domain::bulletin::codec::encode_envelope(&env),
+                                ),
                             );
                         }
                         Err(_) => break, // the node died; unacknowledged is allowed to be lost
@@ -164,7 +167,7 @@ async fn pruning_backup_and_restore_survive_sigkill() {
     assert!(done.is_some(), "retention finishes after the kills");
     let mut c = member(addr, &files, &ca).await;
     let (id, (seq, bytes, _)) = published.iter().find(|(_, v)| v.2).expect("an expired one");
-    let env = beacon::bulletin::codec::decode_envelope(bytes).unwrap();
+    let env = beacon::domain::bulletin::codec::decode_envelope(bytes).unwrap();
     let again = c.publish_envelope(&env).await.unwrap();
     assert!(again.duplicate && again.sequence == *seq, "{id}: {again:?}");
 

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use beacon::bulletin::{Relation, Tlp};
-use beacon::proto::v1 as pb;
+use beacon::base::proto::v1 as pb;
+use beacon::domain::bulletin::{Relation, Tlp};
 use common::*;
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -24,9 +24,13 @@ async fn held_at(addr: SocketAddr, client: &CertFiles, alliance: &Alliance) -> O
     let bundle = alliance.bundle();
     let mut out = Held::new();
     for d in deliveries {
-        let env = beacon::client::delivered_envelope(&d).expect("envelope");
-        beacon::bulletin::verify_stored_envelope(&env, &bundle, std::time::SystemTime::now())
-            .expect("every held envelope verifies on the reader's side");
+        let env = beacon::net::client::delivered_envelope(&d).expect("envelope");
+        beacon::domain::bulletin::verify_stored_envelope(
+            &env,
+            &bundle,
+            std::time::SystemTime::now(),
+        )
+        .expect("every held envelope verifies on the reader's side");
         let id = delivery_id(&d);
         let before = out.insert(
             id.clone(),
@@ -68,7 +72,7 @@ async fn wait_holds(node: &MeshNode, alliance: &Alliance, ids: &BTreeSet<String>
     wait_holds_at(node.node.addr, &node.client, alliance, ids).await
 }
 
-async fn publish(node: &MeshNode, ca: &[PathBuf], b: &beacon::bulletin::Bulletin) -> u64 {
+async fn publish(node: &MeshNode, ca: &[PathBuf], b: &beacon::domain::bulletin::Bulletin) -> u64 {
     member(node.node.addr, &node.client, ca)
         .await
         .publish(b)
@@ -77,14 +81,19 @@ async fn publish(node: &MeshNode, ca: &[PathBuf], b: &beacon::bulletin::Bulletin
         .sequence
 }
 
-fn marked(publisher: &str, title: &str, tlp: Tlp, audience: &[&str]) -> beacon::bulletin::Bulletin {
+fn marked(
+    publisher: &str,
+    title: &str,
+    tlp: Tlp,
+    audience: &[&str],
+) -> beacon::domain::bulletin::Bulletin {
     let mut b = bulletin(publisher, title);
-    b.tlp = beacon::bulletin::codec::tlp_to_i32(tlp);
+    b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(tlp);
     b.audience.members = audience.iter().map(|s| s.to_string()).collect();
     b
 }
 
-fn ids(v: &[&beacon::bulletin::Bulletin]) -> BTreeSet<String> {
+fn ids(v: &[&beacon::domain::bulletin::Bulletin]) -> BTreeSet<String> {
     v.iter().map(|b| b.id.clone()).collect()
 }
 
@@ -297,9 +306,11 @@ async fn a_revoked_node_is_cut_off_and_its_relays_are_refused() {
     let ch = dial(a.node.addr, &c_node, &alliance.ca)
         .await
         .expect("C dials A");
-    let e = beacon::client::BulletinsClient::new(ch)
+    let e = beacon::net::client::BulletinsClient::new(ch)
         .publish(pb::PublishRequest {
-            envelope: Some(beacon::bulletin::codec::envelope_to_proto(&by_node_b)),
+            envelope: Some(beacon::domain::bulletin::codec::envelope_to_proto(
+                &by_node_b,
+            )),
         })
         .await
         .expect_err("a revoked signer's envelope is refused");
@@ -320,7 +331,7 @@ async fn a_peer_presenting_another_identity_is_refused() {
         .await
         .expect("bind");
     let wrong = id(
-        beacon::identity::RoleKind::Node,
+        beacon::base::identity::RoleKind::Node,
         Some("de.bsi"),
         "impostor-check",
     )
@@ -365,13 +376,13 @@ async fn publish_through_outages(
     addr: SocketAddr,
     client: CertFiles,
     ca: Vec<PathBuf>,
-    bulletins: Vec<beacon::bulletin::Bulletin>,
+    bulletins: Vec<beacon::domain::bulletin::Bulletin>,
     progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut settings = settings(&client, &ca);
     settings.node = Some(addr.to_string());
-    let mut conn: Option<beacon::client::BeaconClient> = None;
+    let mut conn: Option<beacon::net::client::BeaconClient> = None;
     for b in &bulletins {
         loop {
             assert!(
@@ -379,7 +390,9 @@ async fn publish_through_outages(
                 "publishing took too long"
             );
             if conn.is_none() {
-                conn = beacon::client::BeaconClient::connect(&settings).await.ok();
+                conn = beacon::net::client::BeaconClient::connect(&settings)
+                    .await
+                    .ok();
             }
             if let Some(c) = conn.as_mut() {
                 match c.publish(b).await {
@@ -535,8 +548,8 @@ async fn a_bulletin_whose_signer_has_since_expired_still_reaches_a_late_node() {
     let members = ["fr.anssi", "de.bsi"];
     let alliance = Alliance::new(&members);
     let nodes = mesh(&alliance, &members[..1], &[vec![]]).await;
-    let mut req = beacon::pki::IssueRequest::new(id(
-        beacon::identity::RoleKind::Client,
+    let mut req = beacon::tools::pki::IssueRequest::new(id(
+        beacon::base::identity::RoleKind::Client,
         Some("fr.anssi"),
         "short-lived",
     ));
@@ -639,7 +652,7 @@ async fn a_silent_peer_is_noticed_within_seconds_and_the_link_reconnects() {
 async fn a_node_revoked_with_others_in_one_update_applies_it_and_stops_serving() {
     let alliance = Alliance::new(&["uk.ncsc", "fr.anssi"]);
     let dir = alliance.pki.path().to_path_buf();
-    let uk_crl = beacon::pki::Ca::crl_path(alliance.ca_dir("uk.ncsc"));
+    let uk_crl = beacon::tools::pki::Ca::crl_path(alliance.ca_dir("uk.ncsc"));
     // N reads uk.ncsc's CRL from a file this test replaces in one rename.
     let live_crl = dir.join("uk-live-crl.pem");
     std::fs::copy(&uk_crl, &live_crl).expect("copy CRL");
@@ -720,12 +733,12 @@ async fn a_node_revoked_with_others_in_one_update_applies_it_and_stops_serving()
         .expect("subscribe");
 
     // One update revokes both.
-    let mut uk_ca = beacon::pki::Ca::open(alliance.ca_dir("uk.ncsc")).expect("CA");
+    let mut uk_ca = beacon::tools::pki::Ca::open(alliance.ca_dir("uk.ncsc")).expect("CA");
     for f in [&n_files, &client] {
         uk_ca
             .revoke(
-                &beacon::pki::Selector::Serial(f.serial.clone()),
-                beacon::pki::Reason::KeyCompromise,
+                &beacon::tools::pki::Selector::Serial(f.serial.clone()),
+                beacon::tools::pki::Reason::KeyCompromise,
             )
             .expect("revoke");
     }
@@ -953,7 +966,7 @@ async fn a_reader_gets_everything_from_a_peer_rebuilt_past_its_position(how: Reb
     let mut for_fr = BTreeSet::new();
     let b_client = nodes[1].client.clone();
     let b_addr = nodes[1].node.addr;
-    let publish_at_b = |b: beacon::bulletin::Bulletin| {
+    let publish_at_b = |b: beacon::domain::bulletin::Bulletin| {
         let (client, ca) = (b_client.clone(), alliance.ca.clone());
         async move {
             member(b_addr, &client, &ca)
@@ -1022,11 +1035,11 @@ async fn a_reader_gets_everything_from_a_peer_rebuilt_past_its_position(how: Reb
             b.node
                 .restart_after(|dir| {
                     std::fs::remove_dir_all(dir).expect("move the store aside");
-                    let verify = beacon::ingest::stored_check(&bundle);
+                    let verify = beacon::broker::ingest::stored_check(&bundle);
                     beacon::store::backup::restore(
                         &file[..],
                         dir,
-                        &beacon::store::StoreOptions::defaults(beacon::stix::SPANS),
+                        &beacon::store::StoreOptions::defaults(beacon::interop::stix::SPANS),
                         &verify,
                         &|_| Ok(()),
                         |_, _| {},

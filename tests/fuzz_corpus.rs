@@ -28,7 +28,7 @@ fn every_fuzz_target_survives_its_corpus_and_mutations() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz")
         .join("corpus");
-    for (name, target) in beacon::fuzzing::TARGETS {
+    for (name, target) in beacon::tools::fuzzing::TARGETS {
         let dir = root.join(name);
         let mut seeds = 0;
         let mut inputs = 0;

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use beacon::client::AdminClient;
-use beacon::identity::RoleKind;
-use beacon::pki::IssueRequest;
-use beacon::proto::v1 as pb;
+use beacon::base::identity::RoleKind;
+use beacon::base::proto::v1 as pb;
+use beacon::net::client::AdminClient;
+use beacon::tools::pki::IssueRequest;
 use common::*;
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
 use time::OffsetDateTime;
@@ -63,7 +63,7 @@ async fn node_refuses(node: &TestNode, files: &CertFiles, ca: &[PathBuf], why: &
     let bundle = beacon::trust::read_bundle(
         &own.identity.trust_domain,
         ca.iter()
-            .map(|p| (p.as_path(), beacon::identity::MemberScope::any())),
+            .map(|p| (p.as_path(), beacon::base::identity::MemberScope::any())),
         std::iter::empty(),
     )
     .expect("bundle");
@@ -73,8 +73,11 @@ async fn node_refuses(node: &TestNode, files: &CertFiles, ca: &[PathBuf], why: &
         beacon::trust::tls::ExpectedServer::AnyNode,
     )
     .expect("config");
-    let r = match beacon::client::connect_with(&node.addr.to_string(), std::sync::Arc::new(config))
-        .await
+    let r = match beacon::net::client::connect_with(
+        &node.addr.to_string(),
+        std::sync::Arc::new(config),
+    )
+    .await
     {
         Ok(ch) => health_on(ch).await,
         Err(e) => Err(e.to_string()),
@@ -118,7 +121,7 @@ async fn accepts_valid_client_node_and_operator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ed25519_pki_works_too() {
-    let pki = TestPki::with_ca("*", beacon::pki::Algorithm::Ed25519);
+    let pki = TestPki::with_ca("*", beacon::tools::pki::Algorithm::Ed25519);
     let n = node(&pki).await;
     health(n.addr, &pki.client("de.bsi", "a"), &[pki.ca_cert()])
         .await
@@ -135,7 +138,7 @@ async fn refuses_a_client_without_certificate() {
             td(),
             vec![beacon::trust::CaEntry::new(
                 beacon::trust::read_certs(&pki.ca_cert()).unwrap().remove(0),
-                beacon::identity::MemberScope::any(),
+                beacon::base::identity::MemberScope::any(),
             )
             .unwrap()],
             vec![],
@@ -153,10 +156,11 @@ async fn refuses_a_client_without_certificate() {
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let result = match beacon::client::connect_with(&n.addr.to_string(), Arc::new(config)).await {
-        Ok(channel) => health_on(channel).await,
-        Err(e) => Err(e.to_string()),
-    };
+    let result =
+        match beacon::net::client::connect_with(&n.addr.to_string(), Arc::new(config)).await {
+            Ok(channel) => health_on(channel).await,
+            Err(e) => Err(e.to_string()),
+        };
     assert!(result.is_err(), "a client without a certificate was served");
     n.stop().await;
 }
@@ -279,8 +283,11 @@ async fn refuses_a_member_the_ca_may_not_vouch_for() {
     // only for uk.* members.
     let uk_ca = pki.other_ca("uk-ca", "*");
     let mut opts = NodeOptions::new(&pki, pki.node("uk.ncsc", "london-1"));
-    opts.trust
-        .push((beacon::pki::Ca::cert_path(&uk_ca), "uk.*".into(), None));
+    opts.trust.push((
+        beacon::tools::pki::Ca::cert_path(&uk_ca),
+        "uk.*".into(),
+        None,
+    ));
     let n = TestNode::start(&opts).await;
     let ca = [pki.ca_cert()];
     let uk_client = pki.issue_from(
@@ -375,7 +382,7 @@ async fn client_refuses_a_node_presenting_another_identity() {
     let pki = TestPki::new();
     let n = node(&pki).await;
     let files = pki.client("us.cisa", "x");
-    let dialer = beacon::client::Dialer::load(&settings(&files, &[pki.ca_cert()])).unwrap();
+    let dialer = beacon::net::client::Dialer::load(&settings(&files, &[pki.ca_cert()])).unwrap();
     let wrong = id(RoleKind::Node, Some("fr.anssi"), "paris-1");
     let r = dialer
         .connect(
@@ -413,12 +420,14 @@ async fn node_certificate_reloads_without_restart() {
     let renewed = pki
         .ca()
         .renew(
-            &beacon::pki::Selector::Serial(node_files.serial.clone()),
+            &beacon::tools::pki::Selector::Serial(node_files.serial.clone()),
             None,
         )
         .unwrap();
-    beacon::pki::write_file(&node_files.key, renewed.key_pem.as_bytes(), true, true).unwrap();
-    beacon::pki::write_file(&node_files.cert, renewed.cert_pem.as_bytes(), false, true).unwrap();
+    beacon::tools::pki::write_file(&node_files.key, renewed.key_pem.as_bytes(), true, true)
+        .unwrap();
+    beacon::tools::pki::write_file(&node_files.cert, renewed.cert_pem.as_bytes(), false, true)
+        .unwrap();
     let want = renewed.serial.clone();
     let seen = wait_until(Duration::from_secs(10), || {
         let want = want.clone();
@@ -452,7 +461,7 @@ async fn served_serial(addr: std::net::SocketAddr, ca: &std::path::Path) -> Opti
     let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
     beacon::trust::identity_of(&leaf)
         .ok()
-        .map(|(_, serial)| beacon::pki::hex(&serial))
+        .map(|(_, serial)| beacon::tools::pki::hex(&serial))
 }
 
 /// The services a reflection reply lists; panics on any other reply.
@@ -580,8 +589,11 @@ async fn probes_are_counted_quietly_and_refusals_read_as_sentences() {
         .push_str(&format!("[metrics]\nlisten = \"{ops}\"\n"));
     // A CA that issues for anyone, which this node trusts for uk.ncsc only.
     let wide = alliance.pki.other_ca("wide", "*");
-    opts.trust
-        .push((beacon::pki::Ca::cert_path(&wide), "uk.ncsc".into(), None));
+    opts.trust.push((
+        beacon::tools::pki::Ca::cert_path(&wide),
+        "uk.ncsc".into(),
+        None,
+    ));
     let (dir, addr) = child_config(&opts);
     let node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
 

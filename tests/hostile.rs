@@ -37,7 +37,7 @@ async fn served_within(
         loop {
             let mut s = settings(files, ca);
             s.node = Some(addr.to_string());
-            if let Ok(mut c) = beacon::client::BeaconClient::connect_expecting(
+            if let Ok(mut c) = beacon::net::client::BeaconClient::connect_expecting(
                 &s,
                 beacon::trust::tls::ExpectedServer::AnyNode,
             )
@@ -96,12 +96,12 @@ async fn floods_of_bad_clients_leave_good_ones_served_and_memory_bounded() {
 
     // 2. Oversized and malformed messages: each refused with a clear status.
     let ch = dial(addr, &good, &ca).await.expect("dial");
-    let mut raw = beacon::client::BulletinsClient::new(ch)
+    let mut raw = beacon::net::client::BulletinsClient::new(ch)
         .max_encoding_message_size(8 << 20)
         .max_decoding_message_size(8 << 20);
-    let huge = beacon::proto::v1::PublishRequest {
-        envelope: Some(beacon::proto::v1::Envelope {
-            payload_type: beacon::bulletin::PAYLOAD_TYPE.into(),
+    let huge = beacon::base::proto::v1::PublishRequest {
+        envelope: Some(beacon::base::proto::v1::Envelope {
+            payload_type: beacon::domain::bulletin::PAYLOAD_TYPE.into(),
             payload: vec![0x42; 4 << 20],
             signatures: vec![],
         }),
@@ -116,9 +116,9 @@ async fn floods_of_bad_clients_leave_good_ones_served_and_memory_bounded() {
         "{e:?}"
     );
     // Within the message cap but beyond the envelope limit.
-    let big = beacon::proto::v1::PublishRequest {
-        envelope: Some(beacon::proto::v1::Envelope {
-            payload_type: beacon::bulletin::PAYLOAD_TYPE.into(),
+    let big = beacon::base::proto::v1::PublishRequest {
+        envelope: Some(beacon::base::proto::v1::Envelope {
+            payload_type: beacon::domain::bulletin::PAYLOAD_TYPE.into(),
             payload: vec![0x42; 300 * 1024],
             signatures: vec![],
         }),
@@ -126,11 +126,11 @@ async fn floods_of_bad_clients_leave_good_ones_served_and_memory_bounded() {
     let e = raw.publish(big).await.expect_err("too large");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("the limit is 262144"), "{e:?}");
-    let garbage = beacon::proto::v1::PublishRequest {
-        envelope: Some(beacon::proto::v1::Envelope {
-            payload_type: beacon::bulletin::PAYLOAD_TYPE.into(),
+    let garbage = beacon::base::proto::v1::PublishRequest {
+        envelope: Some(beacon::base::proto::v1::Envelope {
+            payload_type: beacon::domain::bulletin::PAYLOAD_TYPE.into(),
             payload: vec![0xff; 64],
-            signatures: vec![beacon::proto::v1::Signature {
+            signatures: vec![beacon::base::proto::v1::Signature {
                 keyid: String::new(),
                 sig: vec![1; 64],
                 cert_chain: vec![vec![0x30, 0x82, 0xff]],

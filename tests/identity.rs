@@ -1,7 +1,7 @@
 //! Identity parsing: round trips, a table of hostile inputs, and properties
 //! over arbitrary strings (never a panic, never accepting what the grammar forbids).
 
-use beacon::identity::{Identity, MemberId, MemberPattern, Role, RoleKind};
+use beacon::base::identity::{Identity, MemberId, MemberPattern, Role, RoleKind};
 use proptest::prelude::*;
 
 #[test]
@@ -108,7 +108,7 @@ proptest! {
             1 => format!("spiffe://{td}/client/{m}/{n}"),
             _ => format!("spiffe://{td}/operator/{n}"),
         };
-        prop_assume!(s.len() <= beacon::identity::MAX_SPIFFE_ID_LEN);
+        prop_assume!(s.len() <= beacon::base::identity::MAX_SPIFFE_ID_LEN);
         let id: Identity = s.parse().map_err(|e| TestCaseError::fail(format!("{s}: {e}")))?;
         prop_assert_eq!(id.to_string(), s);
     }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use beacon::bulletin::Tlp;
+use beacon::domain::bulletin::Tlp;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,14 +22,14 @@ async fn metrics_count_publishes_refusals_handshakes_and_lag() {
     c.publish(&b).await.expect("publish");
     c.publish(&b).await.expect("republish is a duplicate");
     let mut red = bulletin("fr.anssi", "red without audience");
-    red.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+    red.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::Red);
     c.publish(&red).await.expect_err("refused");
     // A handshake from outside the trust bundle.
     let stranger_dir = pki.other_ca("stranger", "*");
     let stranger = pki.issue_from(
         &stranger_dir,
-        beacon::pki::IssueRequest::new(id(
-            beacon::identity::RoleKind::Client,
+        beacon::tools::pki::IssueRequest::new(id(
+            beacon::base::identity::RoleKind::Client,
             Some("xx.evil"),
             "eve",
         )),
@@ -109,8 +109,11 @@ async fn metrics_count_publishes_refusals_handshakes_and_lag() {
 async fn certificates_and_crls_announce_their_expiry() {
     let pki = TestPki::new();
     // A node certificate with 7 days left.
-    let mut req =
-        beacon::pki::IssueRequest::new(id(beacon::identity::RoleKind::Node, Some("drc"), "hub-1"));
+    let mut req = beacon::tools::pki::IssueRequest::new(id(
+        beacon::base::identity::RoleKind::Node,
+        Some("drc"),
+        "hub-1",
+    ));
     req.ip_addresses = vec![std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)];
     req.validity = Some(Duration::from_secs(7 * 86_400));
     let node_files = pki.issue(req);

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use beacon::proto::v1 as pb;
+use beacon::base::proto::v1 as pb;
 use common::*;
 
 fn run(dir: &Path, args: &[String]) -> (i32, String, String) {
@@ -64,7 +64,9 @@ async fn a_backup_during_a_publish_storm_restores_byte_identical() {
         storm.push(tokio::spawn(async move {
             for i in 0..400 {
                 let mut b = bulletin(m, &format!("storm {n}/{i}"));
-                b.tlp = beacon::bulletin::codec::tlp_to_i32(beacon::bulletin::Tlp::Clear);
+                b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(
+                    beacon::domain::bulletin::Tlp::Clear,
+                );
                 c.publish(&b).await.expect("publish during the backup");
             }
         }));
@@ -481,7 +483,7 @@ async fn tokens_for_unknown_members_are_refused_and_unknown_groups_are_warned_of
         args.extend(conn_args(
             node.addr,
             &alliance.op,
-            &beacon::pki::Ca::cert_path(alliance.ca_dir("uk.ncsc")),
+            &beacon::tools::pki::Ca::cert_path(alliance.ca_dir("uk.ncsc")),
         ));
         run(work.path(), &args)
     };
@@ -496,7 +498,7 @@ async fn tokens_for_unknown_members_are_refused_and_unknown_groups_are_warned_of
     let client = alliance.client("uk.ncsc", "analyst");
     let mut c = member(node.addr, &client, &alliance.ca).await;
     let mut b = bulletin("uk.ncsc", "for a group");
-    b.tlp = beacon::bulletin::codec::tlp_to_i32(beacon::bulletin::Tlp::Amber);
+    b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(beacon::domain::bulletin::Tlp::Amber);
     b.audience.groups = vec!["five-eyes".into(), "nato".into()];
     let p = c.publish(&b).await.unwrap();
     assert_eq!(p.warnings.len(), 1, "{p:?}");

@@ -331,7 +331,10 @@ async fn acknowledged_bulletins_and_cursors_survive_power_cuts() {
                             }
                             acked.lock().unwrap().insert(
                                 b.id,
-                                (p.sequence, beacon::bulletin::codec::encode_envelope(&env)),
+                                (
+                                    p.sequence,
+                                    beacon::domain::bulletin::codec::encode_envelope(&env),
+                                ),
                             );
                         }
                         Err(_) => break, // unacknowledged may be lost
@@ -424,37 +427,40 @@ async fn acknowledged_bulletins_and_cursors_survive_power_cuts() {
 }
 
 /// The gRPC code of a refused publish.
-fn code_of(e: &beacon::client::ClientError) -> Option<tonic::Code> {
+fn code_of(e: &beacon::net::client::ClientError) -> Option<tonic::Code> {
     match e {
-        beacon::client::ClientError::Rpc(s) => Some(s.code()),
+        beacon::net::client::ClientError::Rpc(s) => Some(s.code()),
         _ => None,
     }
 }
 
 /// Publishes one bulletin of `files`'s member; records it if acknowledged.
 async fn publish_one(
-    c: &mut beacon::client::BeaconClient,
+    c: &mut beacon::net::client::BeaconClient,
     member_id: &str,
     size: usize,
     acked: &Acked,
-) -> Result<u64, beacon::client::ClientError> {
+) -> Result<u64, beacon::net::client::ClientError> {
     let mut b = bulletin(member_id, "disk fault");
     b.body = "y".repeat(size);
     let env = c.signer.sign(b.to_bytes()).unwrap();
     let p = c.publish_envelope(&env).await?;
     acked.lock().unwrap().insert(
         b.id,
-        (p.sequence, beacon::bulletin::codec::encode_envelope(&env)),
+        (
+            p.sequence,
+            beacon::domain::bulletin::codec::encode_envelope(&env),
+        ),
     );
     Ok(p.sequence)
 }
 
 /// Publishes until one is refused (bounded in count and time); returns the error.
 async fn publish_until_refused(
-    c: &mut beacon::client::BeaconClient,
+    c: &mut beacon::net::client::BeaconClient,
     member_id: &str,
     acked: &Acked,
-) -> beacon::client::ClientError {
+) -> beacon::net::client::ClientError {
     let deadline = Instant::now() + Duration::from_secs(120);
     for _ in 0..20_000 {
         assert!(Instant::now() < deadline, "publishes were never refused");

@@ -5,13 +5,13 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use beacon::bulletin::{self, Bulletin, Envelope, Relation, Tlp};
-use beacon::client::{BeaconClient, ClientError};
-use beacon::proto::v1 as pb;
+use beacon::base::proto::v1 as pb;
+use beacon::domain::bulletin::{self, Bulletin, Envelope, Relation, Tlp};
+use beacon::net::client::{BeaconClient, ClientError};
 use common::*;
 use tonic::Code;
 
-fn rpc(r: Result<beacon::client::Published, ClientError>) -> (Code, String) {
+fn rpc(r: Result<beacon::net::client::Published, ClientError>) -> (Code, String) {
     match r {
         Ok(p) => panic!("expected a refusal, got {p:?}"),
         Err(ClientError::Rpc(s)) => (s.code(), s.message().to_owned()),
@@ -57,18 +57,18 @@ async fn publish_get_and_verify_round_trip() {
     assert_eq!(got.sequence, 1);
     assert_eq!(got.origin_sequence, 1);
     assert_eq!(got.origin_node, format!("spiffe://{TD}/node/drc/hub-1"));
-    let served = beacon::client::delivered_envelope(&got).unwrap();
+    let served = beacon::net::client::delivered_envelope(&got).unwrap();
     assert_eq!(
         served.payload, env.payload,
         "payload bytes are served exactly as signed"
     );
     assert_eq!(
         got.envelope_digest,
-        bulletin::sha256(&beacon::bulletin::codec::encode_envelope(&env)).to_vec()
+        bulletin::sha256(&beacon::domain::bulletin::codec::encode_envelope(&env)).to_vec()
     );
     // Anyone holding the trust bundle can verify who wrote it.
     let bundle = beacon::trust::load_bundle(
-        &beacon::config::Config::load(&w.node.config_path).unwrap(),
+        &beacon::base::config::Config::load(&w.node.config_path).unwrap(),
         &td(),
     )
     .unwrap();
@@ -82,7 +82,7 @@ async fn publish_get_and_verify_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ed25519_signers_publish_too() {
-    let pki = TestPki::with_ca("*", beacon::pki::Algorithm::Ed25519);
+    let pki = TestPki::with_ca("*", beacon::tools::pki::Algorithm::Ed25519);
     let node = TestNode::start(&NodeOptions::new(&pki, pki.node("drc", "hub-1"))).await;
     let files = pki.client("de.bsi", "ed25519");
     let mut c = member(node.addr, &files, &[pki.ca_cert()]).await;
@@ -150,8 +150,8 @@ async fn tampered_envelopes_are_refused_and_nothing_is_stored() {
     let rogue_dir = w.pki.other_ca("rogue", "*");
     let rogue = w.pki.issue_from(
         &rogue_dir,
-        beacon::pki::IssueRequest::new(id(
-            beacon::identity::RoleKind::Client,
+        beacon::tools::pki::IssueRequest::new(id(
+            beacon::base::identity::RoleKind::Client,
             Some("uk.ncsc"),
             "alice",
         )),
@@ -287,7 +287,7 @@ async fn every_validation_rule_refuses_and_stores_nothing() {
         (
             "RED without recipients",
             Box::new(|b| {
-                b.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+                b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::Red);
                 b.audience.groups = vec!["five-eyes".into()];
             }),
             Code::InvalidArgument,
@@ -589,7 +589,7 @@ async fn get_and_list_follow_tlp_and_audience() {
             "uk.ncsc",
             &format!("{} to {members:?} {groups:?}", tlp.label()),
         );
-        b.tlp = beacon::bulletin::codec::tlp_to_i32(*tlp);
+        b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(*tlp);
         b.audience.members = members.iter().map(|s| s.to_string()).collect();
         b.audience.groups = groups.iter().map(|s| s.to_string()).collect();
         uk.publish(&b).await.unwrap();
@@ -609,8 +609,8 @@ async fn get_and_list_follow_tlp_and_audience() {
             .deliveries
             .into_iter()
             .map(|d| {
-                beacon::bulletin::codec::decode_bulletin(
-                    &beacon::client::delivered_envelope(&d).unwrap().payload,
+                beacon::domain::bulletin::codec::decode_bulletin(
+                    &beacon::net::client::delivered_envelope(&d).unwrap().payload,
                 )
                 .unwrap()
                 .id
@@ -646,7 +646,7 @@ async fn get_and_list_follow_tlp_and_audience() {
     }
     // Operators read no bulletins.
     let op = pki.operator("alice");
-    let err = beacon::client::BulletinsClient::new(dial(node.addr, &op, &ca).await.unwrap())
+    let err = beacon::net::client::BulletinsClient::new(dial(node.addr, &op, &ca).await.unwrap())
         .list(pb::ListRequest::default())
         .await
         .unwrap_err();
@@ -659,7 +659,7 @@ async fn list_pages_and_filters() {
     let (mut c, _) = w.client("uk.ncsc", "a").await;
     for i in 0..25 {
         let mut b = bulletin("uk.ncsc", &format!("n{i}"));
-        b.severity = beacon::bulletin::codec::severity_to_i32(if i % 5 == 0 {
+        b.severity = beacon::domain::bulletin::codec::severity_to_i32(if i % 5 == 0 {
             bulletin::Severity::Critical
         } else {
             bulletin::Severity::Low
@@ -753,7 +753,7 @@ async fn list_pages_are_cut_by_bytes_and_bulletins_at_the_size_limit_are_served(
     // Six bulletins of about 240 KiB, within the 256 KiB envelope limit.
     let mut s = c.publish_stream().await.unwrap();
     for _ in 0..6 {
-        let b = beacon::bench::sized_bulletin("uk.ncsc", 240 * 1024);
+        let b = beacon::tools::bench::sized_bulletin("uk.ncsc", 240 * 1024);
         s.send(&signed(&c, &b)).await.unwrap();
     }
     for r in s.finish().await.unwrap() {
@@ -761,7 +761,7 @@ async fn list_pages_are_cut_by_bytes_and_bulletins_at_the_size_limit_are_served(
     }
     // A plain client with tonic's default 4 MiB receive limit.
     let ch = dial(w.node.addr, &files, &w.ca).await.unwrap();
-    let mut plain = beacon::client::BulletinsClient::new(ch);
+    let mut plain = beacon::net::client::BulletinsClient::new(ch);
     let page_bytes = 1024 * 1024;
     for limit in [0, 1000] {
         let mut after = 0;
@@ -810,7 +810,7 @@ async fn list_pages_are_cut_by_bytes_and_bulletins_at_the_size_limit_are_served(
     // than one page's bytes; each page is cut to fit and nothing is lost.
     let mut s = c.publish_stream().await.unwrap();
     for _ in 0..1000 {
-        let b = beacon::bench::sized_bulletin("uk.ncsc", 1500);
+        let b = beacon::tools::bench::sized_bulletin("uk.ncsc", 1500);
         s.send(&signed(&c, &b)).await.unwrap();
     }
     for r in s.finish().await.unwrap() {
@@ -891,7 +891,7 @@ async fn publish_stream_answers_in_order_and_goes_on_after_a_refusal() {
     let ids: Vec<String> = envelopes
         .iter()
         .map(|e| {
-            beacon::bulletin::codec::decode_bulletin(&e.payload)
+            beacon::domain::bulletin::codec::decode_bulletin(&e.payload)
                 .unwrap()
                 .id
         })

@@ -141,10 +141,10 @@ fn python_grpcio_on_the_default_dev_pki() {
     // (the analyst is of drc, the dev node's member: no pin needed).
     rt.block_on(async {
         let ch = dial_own_node(addr, &analyst, &cas).await;
-        let mut c = beacon::client::BulletinsClient::new(ch);
+        let mut c = beacon::net::client::BulletinsClient::new(ch);
         for p in &published {
             let d = c
-                .get(beacon::proto::v1::GetRequest {
+                .get(beacon::base::proto::v1::GetRequest {
                     id: p["id"].as_str().expect("id").to_owned(),
                     publisher: String::new(),
                 })
@@ -153,9 +153,13 @@ fn python_grpcio_on_the_default_dev_pki() {
                 .into_inner()
                 .delivery
                 .expect("delivery");
-            let env = beacon::client::delivered_envelope(&d).expect("envelope");
-            let v = beacon::bulletin::verify_envelope(&env, &bundle, std::time::SystemTime::now())
-                .expect("the Python signature verifies");
+            let env = beacon::net::client::delivered_envelope(&d).expect("envelope");
+            let v = beacon::domain::bulletin::verify_envelope(
+                &env,
+                &bundle,
+                std::time::SystemTime::now(),
+            )
+            .expect("the Python signature verifies");
             assert_eq!(v.signer().to_string(), analyst.identity);
             assert_eq!(v.bulletin().publisher, "drc");
         }
@@ -183,7 +187,7 @@ fn python_grpcio_on_the_default_dev_pki() {
     rt.block_on(async {
         let mut s = settings(&rust_files, &cas);
         s.node = Some(addr.to_string());
-        let refused = beacon::client::BeaconClient::connect(&s)
+        let refused = beacon::net::client::BeaconClient::connect(&s)
             .await
             .err()
             .expect("another member's node is refused without a pin");
@@ -192,7 +196,7 @@ fn python_grpcio_on_the_default_dev_pki() {
             "the refusal names the node's member: {refused}"
         );
         s.node_identity = Some(node_identity.parse().expect("identity"));
-        let mut rust = beacon::client::BeaconClient::connect(&s)
+        let mut rust = beacon::net::client::BeaconClient::connect(&s)
             .await
             .expect("the pinned node is accepted");
         for i in 0..2 {
@@ -335,7 +339,7 @@ async fn dial_own_node(
     ca: &[PathBuf],
 ) -> tonic::transport::Channel {
     let s = settings(files, ca);
-    let dialer = beacon::client::Dialer::load(&s).expect("dialer");
+    let dialer = beacon::net::client::Dialer::load(&s).expect("dialer");
     dialer
         .dial(&addr.to_string())
         .await

@@ -9,15 +9,15 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use beacon::bulletin::Tlp;
-use beacon::proto::v1 as pb;
+use beacon::base::proto::v1 as pb;
+use beacon::domain::bulletin::Tlp;
 use common::*;
 use tonic::Code;
 
 const RETENTION: &str = "[retention]\nafter_expiry = \"2s\"\ninterval = \"50ms\"\nbatch = 2\n\n[retention.tlp.\"TLP:CLEAR\"]\nmax_age = \"4s\"\n";
 
 async fn list(
-    c: &mut beacon::client::BeaconClient,
+    c: &mut beacon::net::client::BeaconClient,
     include_expired: bool,
     current_only: bool,
 ) -> Vec<(u64, bool)> {
@@ -53,7 +53,7 @@ async fn expired_bulletins_are_passed_over_then_pruned_to_tombstones() {
     a.expires_at = Some(expires);
     let b = bulletin("uk.ncsc", "kept");
     let mut clear = bulletin("uk.ncsc", "public, ages out");
-    clear.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Clear);
+    clear.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::Clear);
     let mut d = bulletin("uk.ncsc", "expires soon too");
     d.expires_at = Some(expires);
     for (x, seq) in [(&a, 1), (&b, 2), (&clear, 3), (&d, 4)] {
@@ -250,7 +250,7 @@ async fn every_prune_step_is_logged_with_its_labels() {
     let ca = vec![pki.ca_cert()];
     let mut c = member(addr, &pki.client("uk.ncsc", "analyst"), &ca).await;
     let mut red = bulletin("uk.ncsc", "for fr.anssi, briefly");
-    red.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+    red.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::Red);
     red.audience.members = vec!["fr.anssi".into()];
     red.expires_at = Some(SystemTime::now() + Duration::from_millis(500));
     c.publish(&red).await.unwrap();

@@ -8,14 +8,19 @@ mod common;
 
 use std::time::Duration;
 
-use beacon::bulletin::{Relation, Tlp};
-use beacon::proto::v1 as pb;
+use beacon::base::proto::v1 as pb;
+use beacon::domain::bulletin::{Relation, Tlp};
 use common::*;
 use tonic::Code;
 
-fn marked(publisher: &str, title: &str, tlp: Tlp, members: &[&str]) -> beacon::bulletin::Bulletin {
+fn marked(
+    publisher: &str,
+    title: &str,
+    tlp: Tlp,
+    members: &[&str],
+) -> beacon::domain::bulletin::Bulletin {
     let mut b = bulletin(publisher, title);
-    b.tlp = beacon::bulletin::codec::tlp_to_i32(tlp);
+    b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(tlp);
     b.audience.members = members.iter().map(|s| s.to_string()).collect();
     b
 }
@@ -30,7 +35,7 @@ fn how(d: &pb::Delivery) -> Option<(pb::replacement::How, u64, String)> {
     })
 }
 
-async fn get(c: &mut beacon::client::BeaconClient, id: &str) -> pb::Delivery {
+async fn get(c: &mut beacon::net::client::BeaconClient, id: &str) -> pb::Delivery {
     c.bulletins
         .get(pb::GetRequest {
             id: id.to_owned(),
@@ -43,7 +48,7 @@ async fn get(c: &mut beacon::client::BeaconClient, id: &str) -> pb::Delivery {
         .expect("a delivery")
 }
 
-async fn list(c: &mut beacon::client::BeaconClient, current_only: bool) -> Vec<pb::Delivery> {
+async fn list(c: &mut beacon::net::client::BeaconClient, current_only: bool) -> Vec<pb::Delivery> {
     c.bulletins
         .list(pb::ListRequest {
             after_sequence: 0,
@@ -91,7 +96,7 @@ async fn revisions_and_retractions_show_in_every_read() {
         let env = uk.signer.sign(narrow.to_bytes()).unwrap();
         let before = w.head().await;
         match uk.publish_envelope(&env).await {
-            Err(beacon::client::ClientError::Rpc(s)) => {
+            Err(beacon::net::client::ClientError::Rpc(s)) => {
                 assert_eq!(s.code(), Code::FailedPrecondition, "{}", s.message());
                 assert!(
                     s.message()
@@ -202,7 +207,11 @@ async fn a_narrowing_retraction_in_the_same_batch_as_its_original_is_refused() {
     let pki = TestPki::new();
     let signer = signer(&pki.client("uk.ncsc", "analyst"));
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::defaults(beacon::stix::SPANS)).unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreOptions::defaults(beacon::interop::stix::SPANS),
+    )
+    .unwrap();
 
     let original = marked("uk.ncsc", "original", Tlp::Amber, &["us.cisa", "fr.anssi"]);
     let mut narrow = marked("uk.ncsc", "narrow", Tlp::Red, &["us.cisa"]);

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use beacon::bulletin::{Indicator, Reference, Relation, Tlp};
+use beacon::domain::bulletin::{Indicator, Reference, Relation, Tlp};
 use common::*;
 use serde_json::Value;
 
@@ -111,7 +111,7 @@ async fn stix_from_the_cli_passes_the_oasis_validator() {
         (Tlp::Red, vec!["uk.ncsc"]),
     ] {
         let mut b = bulletin("uk.ncsc", &format!("marked {}", tlp.label()));
-        b.tlp = beacon::bulletin::codec::tlp_to_i32(tlp);
+        b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(tlp);
         b.audience.members = members.into_iter().map(String::from).collect();
         published.push(b);
     }
@@ -237,8 +237,8 @@ async fn stix_from_the_cli_passes_the_oasis_validator() {
     assert_eq!(w.head().await, head_before + 1);
     let mut c = member(w.node.addr, &files, &w.ca).await;
     let got = get_by_id(&mut c, new_id).await.unwrap();
-    let env = beacon::client::delivered_envelope(&got).unwrap();
-    let b = beacon::bulletin::codec::decode_bulletin(&env.payload).unwrap();
+    let env = beacon::net::client::delivered_envelope(&got).unwrap();
+    let b = beacon::domain::bulletin::codec::decode_bulletin(&env.payload).unwrap();
     assert_eq!(b.title, first.title);
     assert_eq!(b.indicators.len(), 8, "the eight STIX can express");
     assert_eq!(b.topics, vec!["elections".to_string()]);

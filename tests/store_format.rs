@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use beacon::bulletin::Relation;
+use beacon::domain::bulletin::Relation;
 use beacon::store::{Replaced, Store, StoreError, StoreOptions, FORMAT};
 use common::*;
 
@@ -94,8 +94,8 @@ fn set_format(dir: &Path, format: u32) {
 /// closes it.
 fn store_bulletins(
     dir: &Path,
-    signer: &beacon::bulletin::Signer,
-    bulletins: &[&beacon::bulletin::Bulletin],
+    signer: &beacon::domain::bulletin::Signer,
+    bulletins: &[&beacon::domain::bulletin::Bulletin],
 ) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -109,7 +109,7 @@ fn store_bulletins(
 
 /// Opens the store (it waits out the file lock of a handle just dropped).
 fn open(dir: &Path) -> Result<Store, StoreError> {
-    Store::open(dir, StoreOptions::defaults(beacon::stix::SPANS))
+    Store::open(dir, StoreOptions::defaults(beacon::interop::stix::SPANS))
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn a_format_3_store_gets_its_acceptance_times_spaced() {
     for d in ["a.example", "b.example"] {
         with_indicators
             .indicators
-            .push(beacon::bulletin::Indicator {
+            .push(beacon::domain::bulletin::Indicator {
                 kind: "domain".into(),
                 value: d.into(),
                 ..Default::default()
@@ -338,7 +338,7 @@ fn a_format_4_store_gets_a_log_identity_kept_by_compaction_and_new_after_a_resto
     assert_eq!(open(&dir).unwrap().log(), log, "kept across opens");
 
     // A compaction rewrites the files, not the log: the same identity.
-    beacon::store::backup::compact(&dir, &StoreOptions::defaults(beacon::stix::SPANS))
+    beacon::store::backup::compact(&dir, &StoreOptions::defaults(beacon::interop::stix::SPANS))
         .expect("compacted");
     let store = open(&dir).unwrap();
     assert_eq!(store.log(), log, "kept by compaction");
@@ -351,11 +351,11 @@ fn a_format_4_store_gets_a_log_identity_kept_by_compaction_and_new_after_a_resto
     drop(store);
     let restored = tmp.path().join("restored");
     let chains = pki_bundle(&pki);
-    let verify = beacon::ingest::stored_check(&chains);
+    let verify = beacon::broker::ingest::stored_check(&chains);
     beacon::store::backup::restore(
         &file[..],
         &restored,
-        &StoreOptions::defaults(beacon::stix::SPANS),
+        &StoreOptions::defaults(beacon::interop::stix::SPANS),
         &verify,
         &|_| Ok(()),
         |_, _| {},
@@ -386,7 +386,7 @@ fn pki_bundle(pki: &TestPki) -> beacon::trust::TrustBundle {
         .map(|c| {
             beacon::trust::CaEntry::new(
                 c,
-                beacon::identity::MemberScope::parse_list(&["*"]).expect("scope"),
+                beacon::base::identity::MemberScope::parse_list(&["*"]).expect("scope"),
             )
             .expect("CA entry")
         })

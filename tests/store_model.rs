@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use beacon::bulletin::Meta;
+use beacon::domain::bulletin::Meta;
 use beacon::store::{
     NewRecord, Record, Related, Replaced, Store, StoreError, StoreOptions, Tombstone,
 };
@@ -38,7 +38,7 @@ fn new_record(p: u8, i: u8, v: u8, requires: Option<u8>) -> NewRecord {
         meta: Meta {
             id: id(i),
             publisher: format!("m{p}.example"),
-            digest: beacon::bulletin::sha256(&envelope),
+            digest: beacon::domain::bulletin::sha256(&envelope),
             origin_node: "spiffe://td/node/m0.example/n".into(),
             origin_seq: 0,
             kind: 1,
@@ -52,7 +52,9 @@ fn new_record(p: u8, i: u8, v: u8, requires: Option<u8>) -> NewRecord {
         },
         envelope,
         // A different version `v` is different content.
-        payload_digest: beacon::bulletin::sha256(format!("payload p{p} i{i} v{v}").as_bytes()),
+        payload_digest: beacon::domain::bulletin::sha256(
+            format!("payload p{p} i{i} v{v}").as_bytes(),
+        ),
         related: requires.map(|r| Related {
             how: Replaced::Superseded,
             id: id(r),
@@ -126,13 +128,13 @@ proptest! {
     fn store_matches_model_across_reopens(ops in prop::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), StoreOptions::defaults(beacon::stix::SPANS)).unwrap();
+        let mut store = Store::open(dir.path(), StoreOptions::defaults(beacon::interop::stix::SPANS)).unwrap();
         let mut model = Model { index: HashMap::new(), log: Vec::new(), spans: Vec::new(), superseded_by: HashMap::new() };
         for op in ops {
             match op {
                 Op::Reopen => {
                     drop(store);
-                    store = Store::open(dir.path(), StoreOptions::defaults(beacon::stix::SPANS)).unwrap();
+                    store = Store::open(dir.path(), StoreOptions::defaults(beacon::interop::stix::SPANS)).unwrap();
                 }
                 Op::Append(p, i, v, req) => {
                     let rec = new_record(p, i, v, req);
@@ -182,7 +184,7 @@ proptest! {
             meta: Meta {
                 id: "x".into(),
                 publisher: "uk.ncsc".into(),
-                digest: beacon::bulletin::sha256(&env),
+                digest: beacon::domain::bulletin::sha256(&env),
                 origin_node: "spiffe://td/node/uk.ncsc/n1".into(),
                 origin_seq: seq,
                 kind: 3,
@@ -230,7 +232,7 @@ proptest! {
             seq: 7,
             accepted_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             meta: Meta {
-                id: "x".into(), publisher: "uk.ncsc".into(), digest: beacon::bulletin::sha256(&env),
+                id: "x".into(), publisher: "uk.ncsc".into(), digest: beacon::domain::bulletin::sha256(&env),
                 origin_node: "n".into(), origin_seq: 7, kind: 1, severity: 1, tlp: 1, created_at: None, expires_at: None,
                 audience_members: vec![], audience_groups: vec![], topics: vec![],
             },

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use beacon::bulletin::Tlp;
-use beacon::client::BeaconClient;
-use beacon::proto::v1 as pb;
+use beacon::base::proto::v1 as pb;
+use beacon::domain::bulletin::Tlp;
+use beacon::net::client::BeaconClient;
 use common::*;
 use pb::start_position::At;
 use rand::Rng;
@@ -300,7 +300,7 @@ async fn subscriptions_deliver_only_what_the_member_may_read() {
             let mut ids = Vec::new();
             for (tlp, members, groups, _) in &cases {
                 let mut b = bulletin("uk.ncsc", &format!("{round} {}", tlp.label()));
-                b.tlp = beacon::bulletin::codec::tlp_to_i32(*tlp);
+                b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(*tlp);
                 b.audience.members = members.iter().map(|s| s.to_string()).collect();
                 b.audience.groups = groups.iter().map(|s| s.to_string()).collect();
                 uk.publish(&b).await.unwrap();
@@ -343,15 +343,15 @@ async fn filters_and_start_positions() {
     let mut c = member(w.node.addr, &w.pki.client("uk.ncsc", "pub"), &w.ca).await;
     for i in 0..12u32 {
         let mut b = bulletin("uk.ncsc", &format!("n{i}"));
-        b.severity = beacon::bulletin::codec::severity_to_i32(if i % 3 == 0 {
-            beacon::bulletin::Severity::Critical
+        b.severity = beacon::domain::bulletin::codec::severity_to_i32(if i % 3 == 0 {
+            beacon::domain::bulletin::Severity::Critical
         } else {
-            beacon::bulletin::Severity::Low
+            beacon::domain::bulletin::Severity::Low
         });
-        b.kind = beacon::bulletin::codec::kind_to_i32(if i % 2 == 0 {
-            beacon::bulletin::Kind::Espionage
+        b.kind = beacon::domain::bulletin::codec::kind_to_i32(if i % 2 == 0 {
+            beacon::domain::bulletin::Kind::Espionage
         } else {
-            beacon::bulletin::Kind::Advisory
+            beacon::domain::bulletin::Kind::Advisory
         });
         c.publish(&b).await.unwrap();
     }
@@ -511,7 +511,7 @@ async fn a_thousand_concurrent_subscriptions_all_receive() {
         assert_eq!(seen.seqs, vec![1, 2], "subscription {i}");
     }
     let ch = dial(w.node.addr, &w.op, &w.ca).await.unwrap();
-    let mut admin = beacon::client::AdminClient::new(ch);
+    let mut admin = beacon::net::client::AdminClient::new(ch);
     let st = admin
         .status(pb::StatusRequest::default())
         .await
@@ -583,7 +583,7 @@ async fn operators_see_subscriptions_and_lag() {
     sub.ack(4).await.unwrap();
     wait_cursor(w.node.addr, &w.op, &w.ca, &files.identity, "feed", 4).await;
     let ch = dial(w.node.addr, &w.op, &w.ca).await.unwrap();
-    let st = beacon::client::AdminClient::new(ch)
+    let st = beacon::net::client::AdminClient::new(ch)
         .status(pb::StatusRequest::default())
         .await
         .unwrap()
@@ -595,7 +595,7 @@ async fn operators_see_subscriptions_and_lag() {
     // A durable subscription that is not connected still shows its cursor.
     let ok = wait_until(Duration::from_secs(10), || async {
         let ch = dial(w.node.addr, &w.op, &w.ca).await.unwrap();
-        let st = beacon::client::AdminClient::new(ch)
+        let st = beacon::net::client::AdminClient::new(ch)
             .status(pb::StatusRequest::default())
             .await
             .unwrap()
@@ -790,7 +790,7 @@ async fn a_position_is_applied_only_on_the_log_it_was_taken_on() {
         Ok(mut sub) => sub.next().await.expect_err("refused"),
     };
     match &err {
-        beacon::client::ClientError::Rpc(s) => {
+        beacon::net::client::ClientError::Rpc(s) => {
             assert_eq!(s.code(), tonic::Code::InvalidArgument, "{err}")
         }
         other => panic!("not a refusal by the node: {other}"),

@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 
-use beacon::bulletin::{Indicator, Tlp};
+use beacon::domain::bulletin::{Indicator, Tlp};
 use common::*;
 use serde_json::Value;
 
@@ -283,20 +283,20 @@ async fn taxii2_client_walks_every_object_once_and_sees_only_what_it_may() {
             }];
         }
         if i % 7 == 0 {
-            b.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+            b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::Red);
             b.audience.members = vec!["uk.ncsc".into()];
             red += 1;
         } else if i % 11 == 0 {
             // AMBER to fr.anssi: fr reads it.
-            b.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Amber);
+            b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::Amber);
             b.audience.members = vec!["fr.anssi".into()];
         } else if i % 13 == 0 {
             // AMBER+STRICT for the publisher's own member: fr does not.
-            b.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::AmberStrict);
+            b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::AmberStrict);
             b.audience.members = vec!["uk.ncsc".into()];
             red += 1;
         } else if i % 17 == 0 {
-            b.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+            b.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::Red);
             b.audience.members = vec!["fr.anssi".into()];
         }
         let env = uk.signer.sign(b.to_bytes()).unwrap();
@@ -589,17 +589,20 @@ async fn a_stix_bundle_posted_by_a_client_is_signed_by_its_node_and_read_over_gr
     assert_eq!(seen.ids, vec![report_id.to_string()]);
     let mut c = member(node.addr, &outsider, &ca).await;
     let d = get_by_id(&mut c, report_id).await.unwrap();
-    let env = beacon::client::delivered_envelope(&d).unwrap();
+    let env = beacon::net::client::delivered_envelope(&d).unwrap();
     let bundle_trust = {
         let cert = beacon::trust::read_certs(&pki.ca_cert()).unwrap().remove(0);
         let entry =
-            beacon::trust::CaEntry::new(cert, beacon::identity::MemberScope::any()).unwrap();
+            beacon::trust::CaEntry::new(cert, beacon::base::identity::MemberScope::any()).unwrap();
         beacon::trust::TrustBundle::new("alliance.example".parse().unwrap(), vec![entry], vec![])
             .unwrap()
     };
-    let v =
-        beacon::bulletin::verify_stored_envelope(&env, &bundle_trust, std::time::SystemTime::now())
-            .expect("verifies");
+    let v = beacon::domain::bulletin::verify_stored_envelope(
+        &env,
+        &bundle_trust,
+        std::time::SystemTime::now(),
+    )
+    .expect("verifies");
     assert_eq!(
         v.signer().to_string(),
         "spiffe://alliance.example/node/drc/hub-1"
@@ -632,10 +635,10 @@ async fn an_api_token_reads_as_its_client_until_revoked() {
     let mut uk = member(node.addr, &pki.client("uk.ncsc", "analyst"), &ca).await;
     let open_to_all = bulletin("uk.ncsc", "green");
     let mut for_uk = bulletin("uk.ncsc", "red for uk");
-    for_uk.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+    for_uk.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::Red);
     for_uk.audience.members = vec!["uk.ncsc".into()];
     let mut for_fr = bulletin("uk.ncsc", "red for fr");
-    for_fr.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::Red);
+    for_fr.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::Red);
     for_fr.audience.members = vec!["fr.anssi".into()];
     for b in [&open_to_all, &for_uk, &for_fr] {
         uk.publish(b).await.unwrap();
@@ -732,9 +735,13 @@ async fn revisions_and_retractions_are_versions_of_one_report_over_taxii() {
         ..Default::default()
     }];
     let mut revision = bulletin("uk.ncsc", "revised");
-    revision.relation = Some(beacon::bulletin::Relation::Supersedes(first.id.clone()));
+    revision.relation = Some(beacon::domain::bulletin::Relation::Supersedes(
+        first.id.clone(),
+    ));
     let mut retraction = bulletin("uk.ncsc", "withdrawn");
-    retraction.relation = Some(beacon::bulletin::Relation::Retracts(revision.id.clone()));
+    retraction.relation = Some(beacon::domain::bulletin::Relation::Retracts(
+        revision.id.clone(),
+    ));
     // Each version is `modified` at its bulletin's signed creation time:
     // three drafts made in one microsecond (a loaded machine) would be one
     // version.
@@ -850,10 +857,12 @@ async fn taxii_and_misp_details_hold_as_their_clients_read_them() {
     // may read only the revision, uk.ncsc both.
     let mut uk = member(node.addr, &uk_files, &ca).await;
     let mut original = bulletin("uk.ncsc", "for the ncsc only");
-    original.tlp = beacon::bulletin::codec::tlp_to_i32(Tlp::AmberStrict);
+    original.tlp = beacon::domain::bulletin::codec::tlp_to_i32(Tlp::AmberStrict);
     original.audience.members = vec!["uk.ncsc".into()];
     let mut revision = bulletin("uk.ncsc", "now for everyone");
-    revision.relation = Some(beacon::bulletin::Relation::Supersedes(original.id.clone()));
+    revision.relation = Some(beacon::domain::bulletin::Relation::Supersedes(
+        original.id.clone(),
+    ));
     uk.publish(&original).await.unwrap();
     uk.publish(&revision).await.unwrap();
     let fr_view = json_of(&taxii_get(taxii, &fr_files, &ca, &objects, TAXII_ACCEPT).await);

@@ -5,16 +5,16 @@
 
 use std::time::SystemTime;
 
-use crate::bulletin::codec::{
+use crate::base::proto::v1 as pb;
+use crate::domain::bulletin::codec::{
     kind_from_i32, kind_to_i32, severity_from_i32, time_from, timestamp, tlp_from_i32, tlp_to_i32,
 };
-use crate::proto::v1 as pb;
 
 /// A record a reader's view let through, as the API serves it.
 /// The envelope goes out as the stored bytes (checked against their digest
 /// when they were read), never decoded and re-encoded. It takes the record,
 /// so its origin and envelope move into the message instead of being copied.
-pub fn delivery(seen: crate::view::Seen) -> pb::Delivery {
+pub fn delivery(seen: crate::broker::view::Seen) -> pb::Delivery {
     let (rec, replaced_by, expired) = seen.into_parts();
     pb::Delivery {
         expired,
@@ -42,9 +42,9 @@ fn replacement(r: crate::store::Replacement) -> pb::Replacement {
 }
 
 /// A request's filter, checked: unknown enum values are refused.
-pub fn filter_from_proto(f: Option<pb::Filter>) -> Result<crate::filter::Filter, String> {
+pub fn filter_from_proto(f: Option<pb::Filter>) -> Result<crate::domain::filter::Filter, String> {
     let Some(f) = f else {
-        return Ok(crate::filter::Filter::default());
+        return Ok(crate::domain::filter::Filter::default());
     };
     let kinds = f
         .kinds
@@ -68,7 +68,7 @@ pub fn filter_from_proto(f: Option<pb::Filter>) -> Result<crate::filter::Filter,
         0 => 0,
         s => severity_from_i32(s).ok_or(format!("unknown severity {s}"))? as u8,
     };
-    Ok(crate::filter::Filter {
+    Ok(crate::domain::filter::Filter {
         kinds,
         min_severity,
         tlp,
@@ -80,8 +80,10 @@ pub fn filter_from_proto(f: Option<pb::Filter>) -> Result<crate::filter::Filter,
 }
 
 /// A subscription's start position.
-pub fn start_from_proto(s: Option<pb::StartPosition>) -> Result<crate::broker::Start, String> {
-    use crate::broker::Start;
+pub fn start_from_proto(
+    s: Option<pb::StartPosition>,
+) -> Result<crate::broker::subscription::Start, String> {
+    use crate::broker::subscription::Start;
     use pb::start_position::At;
     Ok(match s.and_then(|s| s.at) {
         None | Some(At::Resume(_)) => Start::Resume,
@@ -113,9 +115,9 @@ pub fn fork_to_proto(log: crate::store::LogInfo) -> Option<pb::LogFork> {
 /// is the last item, as an error.
 pub fn subscribe_messages(
     name: &str,
-    e: crate::broker::Event,
-) -> Vec<Result<pb::SubscribeResponse, crate::broker::BrokerError>> {
-    use crate::broker::Event;
+    e: crate::broker::subscription::Event,
+) -> Vec<Result<pb::SubscribeResponse, crate::broker::subscription::BrokerError>> {
+    use crate::broker::subscription::Event;
     use pb::subscribe_response::Msg;
     let one = |msg| vec![Ok(pb::SubscribeResponse { msg: Some(msg) })];
     match e {

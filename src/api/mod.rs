@@ -11,12 +11,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use tracing::{info, warn};
 
-use crate::bulletin::BulletinError;
-use crate::identity::RoleKind;
-use crate::ingest::IngestError;
-use crate::net::PeerInfo;
-use crate::proto::v1 as pb;
-use crate::state::NodeState;
+use crate::base::identity::RoleKind;
+use crate::base::proto::v1 as pb;
+use crate::broker::ingest::IngestError;
+use crate::domain::bulletin::BulletinError;
+use crate::net::edge::PeerInfo;
+use crate::node::state::NodeState;
 
 pub mod convert;
 pub mod status;
@@ -87,8 +87,8 @@ fn reader(peer: &PeerInfo) -> Result<String, Status> {
 
 impl BulletinsService {
     /// The log as `member` may read it.
-    fn view(&self, member: String) -> crate::view::View {
-        crate::view::View::new(self.state.store.clone(), self.state.policy.clone(), member)
+    fn view(&self, member: String) -> crate::broker::view::View {
+        crate::broker::view::View::new(self.state.store.clone(), self.state.policy.clone(), member)
     }
 }
 
@@ -206,7 +206,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         let peer = caller(&request, MEMBERS)?;
         let member = reader(&peer)?;
         let req = request.into_inner();
-        if !crate::bulletin::canonical_uuid(&req.id) {
+        if !crate::domain::bulletin::canonical_uuid(&req.id) {
             return Err(status::bad_request(format!(
                 "id {:?} is not a lower-case hyphenated UUID",
                 req.id
@@ -297,7 +297,7 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         &self,
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        use crate::broker::{BrokerError, Event, Subscription};
+        use crate::broker::subscription::{BrokerError, Event, Subscription};
         use pb::subscribe_request::Msg;
         let peer = caller(&request, MEMBERS)?;
         let member = reader(&peer)?;
@@ -315,12 +315,14 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         };
         let durable = !open.name.is_empty();
         if durable {
-            open.name.parse::<crate::identity::Name>().map_err(|_| {
-                status::bad_request(format!(
-                    "subscription name {:?} is not a valid name",
-                    open.name
-                ))
-            })?;
+            open.name
+                .parse::<crate::base::identity::Name>()
+                .map_err(|_| {
+                    status::bad_request(format!(
+                        "subscription name {:?} is not a valid name",
+                        open.name
+                    ))
+                })?;
         }
         let filter =
             crate::api::convert::filter_from_proto(open.filter).map_err(status::bad_request)?;
@@ -481,7 +483,7 @@ fn admit(
     // decode limit; `publish` checks their size first); the domain
     // envelope then takes the fields by move (no copy of the payload).
     let bytes = prost::Message::encode_to_vec(&env);
-    let env = crate::bulletin::codec::envelope_from_proto(env);
+    let env = crate::domain::bulletin::codec::envelope_from_proto(env);
     let admitted = ingest
         .publish(&env, bytes, &peer.identity)
         .map_err(refused)?;
@@ -711,7 +713,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
         let op = caller(&request, OPERATORS)?;
         let req = request.into_inner();
-        let member: crate::identity::MemberId = req
+        let member: crate::base::identity::MemberId = req
             .member
             .parse()
             .map_err(|e| status::bad_request(format!("member: {e}")))?;
@@ -720,8 +722,11 @@ impl pb::admin_server::Admin for AdminService {
         // may still vouch for anyone), the member must be one of those, or
         // named in [groups], a peer's, or this node's own.
         let bundle = self.state.trust.bundle();
-        let any =
-            |ca: &&crate::trust::CaEntry| ca.scope.0.contains(&crate::identity::MemberPattern::Any);
+        let any = |ca: &&crate::trust::CaEntry| {
+            ca.scope
+                .0
+                .contains(&crate::base::identity::MemberPattern::Any)
+        };
         let scoped: Vec<&crate::trust::CaEntry> =
             bundle.cas().iter().filter(|ca| !any(ca)).collect();
         let cfg = &self.state.config;
@@ -743,7 +748,7 @@ impl pb::admin_server::Admin for AdminService {
                 scopes.join(", ")
             )));
         }
-        let identity: crate::identity::Identity = format!(
+        let identity: crate::base::identity::Identity = format!(
             "spiffe://{}/client/{}/{}",
             self.state.identity.trust_domain, member, req.name
         )
@@ -846,8 +851,8 @@ impl pb::admin_server::Admin for AdminService {
 }
 
 /// A token register's failure as a status.
-fn token_status(e: &crate::tokens::TokenError) -> Status {
-    use crate::tokens::TokenError as T;
+fn token_status(e: &crate::domain::tokens::TokenError) -> Status {
+    use crate::domain::tokens::TokenError as T;
     match e {
         T::NotAClient(_) => status::bad_request(e.to_string()),
         T::Unknown(_) => Status::not_found(e.to_string()),
@@ -985,9 +990,9 @@ fn from_page_token(t: &str) -> Option<(String, String)> {
 /// the node. A connection without a client certificate is not served (the
 /// port's TLS requires one).
 pub async fn serve_connection(
-    conn: crate::net::Conn,
+    conn: crate::net::edge::Conn,
     routes: tonic::service::Routes,
-    limits: &crate::config::Limits,
+    limits: &crate::base::config::Limits,
     tasks: tokio_util::task::TaskTracker,
 ) {
     use tower::ServiceExt;
@@ -1002,7 +1007,7 @@ pub async fn serve_connection(
             req.extensions_mut().insert(peer.clone());
             service.clone().oneshot(req.map(tonic::body::Body::new))
         });
-    let mut http2 = hyper::server::conn::http2::Builder::new(crate::net::Executor(tasks));
+    let mut http2 = hyper::server::conn::http2::Builder::new(crate::net::edge::Executor(tasks));
     http2
         .timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(limits.max_streams_per_connection)
@@ -1043,7 +1048,7 @@ pub async fn router(
     // Each lists both reflection services (and each builder adds its own).
     let reflection = || {
         tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(crate::base::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection()

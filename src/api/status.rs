@@ -2,8 +2,8 @@
 
 use tonic::Status;
 
-use crate::bulletin::BulletinError;
-use crate::identity::RoleKind;
+use crate::base::identity::RoleKind;
+use crate::domain::bulletin::BulletinError;
 use crate::store::StoreError;
 
 pub fn no_peer() -> Status {
@@ -31,8 +31,8 @@ pub fn bulletin(e: &BulletinError) -> Status {
     }
 }
 
-pub fn ingest(e: &crate::ingest::IngestError) -> Status {
-    use crate::ingest::IngestError as I;
+pub fn ingest(e: &crate::broker::ingest::IngestError) -> Status {
+    use crate::broker::ingest::IngestError as I;
     match e {
         I::Bulletin(b) => bulletin(b),
         I::NotReadable { .. } | I::SubmittedBy(_) => Status::permission_denied(e.to_string()),
@@ -69,8 +69,8 @@ pub fn bad_request(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }
 
-pub fn broker(e: &crate::broker::BrokerError) -> Status {
-    use crate::broker::BrokerError as B;
+pub fn broker(e: &crate::broker::subscription::BrokerError) -> Status {
+    use crate::broker::subscription::BrokerError as B;
     let msg = e.to_string();
     match e {
         B::TakenOver(_) | B::Deleted(_) => Status::aborted(msg),

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
-use beacon::client::AdminClient;
-use beacon::config::Config;
-use beacon::proto::v1 as pb;
+use beacon::base::config::Config;
+use beacon::base::proto::v1 as pb;
+use beacon::net::client::AdminClient;
 use beacon::store::{backup, Store, StoreOptions};
 
 use super::client::ConnArgs;
@@ -146,13 +146,16 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
             if !data_dir.join("sled").exists() && !data_dir.join("sled.new").exists() {
                 bail!("{} holds no store", data_dir.display());
             }
-            let c = backup::compact(&data_dir, &StoreOptions::defaults(beacon::stix::SPANS))
-                .with_context(|| {
-                    format!(
-                        "cannot compact the store in {} (is its node stopped?)",
-                        data_dir.display()
-                    )
-                })?;
+            let c = backup::compact(
+                &data_dir,
+                &StoreOptions::defaults(beacon::interop::stix::SPANS),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot compact the store in {} (is its node stopped?)",
+                    data_dir.display()
+                )
+            })?;
             println!(
                 "compacted {}: {:.1} MB before, {:.1} MB after; head {}, {} bulletins, {} pruned",
                 data_dir.display(),
@@ -176,7 +179,7 @@ async fn token(cmd: TokenCommand) -> Result<()> {
             let r = AdminClient::new(channel)
                 .issue_token(pb::IssueTokenRequest { member, name })
                 .await
-                .map_err(beacon::client::ClientError::from)?
+                .map_err(beacon::net::client::ClientError::from)?
                 .into_inner();
             eprintln!(
                 "token {} for {} (shown once; the node keeps its digest only):",
@@ -189,7 +192,7 @@ async fn token(cmd: TokenCommand) -> Result<()> {
             let r = AdminClient::new(channel)
                 .revoke_token(pb::RevokeTokenRequest { id: id.clone() })
                 .await
-                .map_err(beacon::client::ClientError::from)?
+                .map_err(beacon::net::client::ClientError::from)?
                 .into_inner();
             println!("revoked token {id} of {}", r.identity);
         }
@@ -198,7 +201,7 @@ async fn token(cmd: TokenCommand) -> Result<()> {
             let r = AdminClient::new(channel)
                 .list_tokens(pb::ListTokensRequest {})
                 .await
-                .map_err(beacon::client::ClientError::from)?
+                .map_err(beacon::net::client::ClientError::from)?
                 .into_inner();
             for t in r.tokens {
                 println!(
@@ -240,7 +243,7 @@ fn finish(file: std::fs::File, tmp: &Path, out: &Path) -> Result<()> {
     drop(file);
     std::fs::rename(tmp, out)
         .with_context(|| format!("cannot move the backup to {}", out.display()))?;
-    beacon::disk::sync_parent(out).context("fsync of the backup's directory failed")?;
+    beacon::base::disk::sync_parent(out).context("fsync of the backup's directory failed")?;
     Ok(())
 }
 
@@ -286,7 +289,7 @@ async fn backup_cmd(
         m.2,
         m.3,
         m.4,
-        beacon::pki::hex(&m.5)
+        beacon::tools::pki::hex(&m.5)
     );
     Ok(())
 }
@@ -298,7 +301,7 @@ fn backup_offline(dir: &Path, file: &std::fs::File) -> Result<Summary> {
     if !dir.join("sled").exists() {
         bail!("{} holds no store", dir.display());
     }
-    let mut store = Store::open(dir, StoreOptions::defaults(beacon::stix::SPANS)).with_context(|| {
+    let mut store = Store::open(dir, StoreOptions::defaults(beacon::interop::stix::SPANS)).with_context(|| {
         format!(
             "cannot open the store in {} (a running node holds it: back it up over the API, without --data-dir)",
             dir.display()
@@ -327,7 +330,7 @@ async fn backup_online(conn: &ConnArgs, file: &std::fs::File) -> Result<Summary>
         .max_decoding_message_size(8 << 20)
         .backup(pb::BackupRequest {})
         .await
-        .map_err(beacon::client::ClientError::from)?
+        .map_err(beacon::net::client::ClientError::from)?
         .into_inner();
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut bar: Option<indicatif::ProgressBar> = None;
@@ -337,7 +340,7 @@ async fn backup_online(conn: &ConnArgs, file: &std::fs::File) -> Result<Summary>
     while let Some(chunk) = stream
         .message()
         .await
-        .map_err(beacon::client::ClientError::from)?
+        .map_err(beacon::net::client::ClientError::from)?
     {
         let b = bar.get_or_insert_with(|| {
             let b = self::bar(chunk.head);
@@ -395,13 +398,13 @@ fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>, force: boo
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let bar = bar(0);
     bar.set_message("restore");
-    let verify = beacon::ingest::stored_check(&bundle);
+    let verify = beacon::broker::ingest::stored_check(&bundle);
     // A backup of another member's node holds what that member may read:
     // restored under this config it would be served as this node's log.
     let this = own.identity.clone();
     let check = move |node: Option<&str>| -> std::result::Result<(), String> {
         let Some(node) = node else { return Ok(()) };
-        let Ok(theirs) = node.parse::<beacon::identity::Identity>() else {
+        let Ok(theirs) = node.parse::<beacon::base::identity::Identity>() else {
             return Ok(());
         };
         let (a, b) = (theirs.member(), this.member());
@@ -419,7 +422,7 @@ fn restore_cmd(file: &Path, config: &Path, data_dir: Option<PathBuf>, force: boo
     let r = backup::restore(
         input,
         &dir,
-        &StoreOptions::new(&config.store, beacon::stix::SPANS),
+        &StoreOptions::new(&config.store, beacon::interop::stix::SPANS),
         &verify,
         &check,
         |seq, head| {
@@ -470,7 +473,7 @@ async fn all_subscriptions(
                 page_token: token,
             })
             .await
-            .map_err(beacon::client::ClientError::from)?
+            .map_err(beacon::net::client::ClientError::from)?
             .into_inner();
         out.extend(page.subscriptions);
         if page.next_page_token.is_empty() {
@@ -526,7 +529,7 @@ async fn subscriptions(cmd: SubscriptionsCommand) -> Result<()> {
             dry_run,
             conn,
         } => {
-            let ca = beacon::pki::Ca::open(&ca_dir)?;
+            let ca = beacon::tools::pki::Ca::open(&ca_dir)?;
             let index = ca.index()?;
             let (_, channel) = conn.dial().await?;
             let subs = all_subscriptions(channel.clone()).await?;
@@ -570,6 +573,6 @@ async fn delete(
             name: name.to_owned(),
         })
         .await
-        .map_err(beacon::client::ClientError::from)?
+        .map_err(beacon::net::client::ClientError::from)?
         .into_inner())
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
-use beacon::bulletin::{Attachment, Bulletin, Kind, Severity, Signer, Tlp};
-use beacon::client::{BeaconClient, BeaconReader, BulletinsClient, ClientSettings, Dialer};
-use beacon::document::{self, BulletinDoc};
-use beacon::identity::Identity;
-use beacon::proto::v1 as pb;
+use beacon::base::identity::Identity;
+use beacon::base::proto::v1 as pb;
+use beacon::domain::bulletin::{Attachment, Bulletin, Kind, Severity, Signer, Tlp};
+use beacon::interop::document::{self, BulletinDoc};
+use beacon::net::client::{BeaconClient, BeaconReader, BulletinsClient, ClientSettings, Dialer};
 use beacon::trust::TrustBundle;
 
 /// How a client reaches a node: flags, `BEACON_*` variables, or a client
@@ -127,7 +127,8 @@ impl FilterArgs {
                     Kind::ALL.map(Kind::name).join(", ")
                 )
             })?;
-            f.kinds.push(beacon::bulletin::codec::kind_to_i32(kind));
+            f.kinds
+                .push(beacon::domain::bulletin::codec::kind_to_i32(kind));
         }
         if let Some(s) = &self.min_severity {
             let sev = Severity::parse(s).with_context(|| {
@@ -136,11 +137,11 @@ impl FilterArgs {
                     Severity::ALL.map(Severity::name).join(", ")
                 )
             })?;
-            f.min_severity = beacon::bulletin::codec::severity_to_i32(sev);
+            f.min_severity = beacon::domain::bulletin::codec::severity_to_i32(sev);
         }
         for t in &self.tlp {
             let tlp = Tlp::parse(t).with_context(|| format!("{t:?} is not a TLP 2.0 label"))?;
-            f.tlp.push(beacon::bulletin::codec::tlp_to_i32(tlp));
+            f.tlp.push(beacon::domain::bulletin::codec::tlp_to_i32(tlp));
         }
         f.topics = self.topics.clone();
         f.publishers = self.publishers.clone();
@@ -242,7 +243,7 @@ pub struct SubscribeArgs {
     format: Option<Format>,
     /// The TLP marking definitions of STIX output: oasis-tlp2 or opencti.
     #[arg(long, default_value = "oasis-tlp2", value_parser = parse_profile)]
-    profile: beacon::stix::Profile,
+    profile: beacon::interop::stix::Profile,
     /// Stop after this many deliveries.
     #[arg(long)]
     count: Option<u64>,
@@ -256,8 +257,8 @@ pub enum Format {
     Stix,
 }
 
-fn parse_profile(s: &str) -> Result<beacon::stix::Profile, String> {
-    beacon::stix::Profile::parse(s)
+fn parse_profile(s: &str) -> Result<beacon::interop::stix::Profile, String> {
+    beacon::interop::stix::Profile::parse(s)
         .ok_or_else(|| format!("unknown profile {s:?} (oasis-tlp2 or opencti)"))
 }
 
@@ -268,11 +269,12 @@ async fn stix_bundle(
     d: &pb::Delivery,
     bundle: &TrustBundle,
     channel: &tonic::transport::Channel,
-    profile: beacon::stix::Profile,
+    profile: beacon::interop::stix::Profile,
 ) -> Result<serde_json::Value> {
-    let env = beacon::client::delivered_envelope(d).map_err(anyhow::Error::msg)?;
-    let verified = beacon::bulletin::verify_stored_envelope(&env, bundle, SystemTime::now())
-        .context("the bulletin's signature does not verify")?;
+    let env = beacon::net::client::delivered_envelope(d).map_err(anyhow::Error::msg)?;
+    let verified =
+        beacon::domain::bulletin::verify_stored_envelope(&env, bundle, SystemTime::now())
+            .context("the bulletin's signature does not verify")?;
     let b = verified.bulletin().clone();
     let created = b.created_at.unwrap_or_else(SystemTime::now);
     let mut root = (b.id.clone(), created);
@@ -280,19 +282,19 @@ async fn stix_bundle(
     // Follow the chain of versions back to its first bulletin (bounded).
     for _ in 0..64 {
         let Some(r) = relation.take() else { break };
-        let (beacon::bulletin::Relation::Supersedes(id) | beacon::bulletin::Relation::Retracts(id)) =
-            r;
+        let (beacon::domain::bulletin::Relation::Supersedes(id)
+        | beacon::domain::bulletin::Relation::Retracts(id)) = r;
         let Ok(pd) = get(channel.clone(), &id, Some(b.publisher.clone())).await else {
             root.0 = id;
             break;
         };
-        let penv = beacon::client::delivered_envelope(&pd).map_err(anyhow::Error::msg)?;
-        let prev =
-            beacon::bulletin::codec::decode_bulletin(&penv.payload).map_err(anyhow::Error::msg)?;
+        let penv = beacon::net::client::delivered_envelope(&pd).map_err(anyhow::Error::msg)?;
+        let prev = beacon::domain::bulletin::codec::decode_bulletin(&penv.payload)
+            .map_err(anyhow::Error::msg)?;
         root = (prev.id.clone(), prev.created_at.unwrap_or(root.1));
         relation = prev.relation;
     }
-    let ctx = beacon::stix::Context {
+    let ctx = beacon::interop::stix::Context {
         root,
         signer: verified.signer().to_string(),
         envelope_sha256: hex(&d.envelope_digest),
@@ -301,7 +303,9 @@ async fn stix_bundle(
         sequence: d.sequence,
         profile,
     };
-    Ok(beacon::stix::bundle(beacon::stix::objects(&b, &ctx)))
+    Ok(beacon::interop::stix::bundle(
+        beacon::interop::stix::objects(&b, &ctx),
+    ))
 }
 
 #[derive(Subcommand, Debug)]
@@ -366,7 +370,7 @@ pub enum ClientCommand {
         stix: bool,
         /// The TLP marking definitions of STIX output: oasis-tlp2 or opencti.
         #[arg(long, default_value = "oasis-tlp2", value_parser = parse_profile)]
-        profile: beacon::stix::Profile,
+        profile: beacon::interop::stix::Profile,
     },
     /// Publish a DSSE JSON envelope as it is (your own export, or relayed by a node).
     Import {
@@ -427,7 +431,8 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
                     &stix_bundle(&d, &dialer.bundle, &channel, profile).await?,
                 )?
             } else {
-                let env = beacon::client::delivered_envelope(&d).map_err(anyhow::Error::msg)?;
+                let env =
+                    beacon::net::client::delivered_envelope(&d).map_err(anyhow::Error::msg)?;
                 document::envelope_to_dsse(&env)
             };
             match output {
@@ -625,8 +630,8 @@ async fn publish(a: PublishArgs) -> Result<()> {
     let now = std::time::SystemTime::now();
     let mut broken = Vec::new();
     for (i, b) in bulletins.iter().enumerate() {
-        let mut p = beacon::bulletin::problems(b, now);
-        p.extend(beacon::bulletin::indicator_problems(b));
+        let mut p = beacon::domain::bulletin::problems(b, now);
+        p.extend(beacon::domain::bulletin::indicator_problems(b));
         if !p.is_empty() {
             broken.push(format!(
                 "bulletin {} of {} ({:?}): {}",
@@ -677,7 +682,7 @@ async fn publish(a: PublishArgs) -> Result<()> {
 /// each checked; any object that cannot be mapped stops it all.
 fn stix_bulletins(path: &Path, member: &str) -> Result<Vec<Bulletin>> {
     let text = read_input(path)?;
-    let (taken, outcomes) = beacon::stix::take_bundle(text.as_bytes(), member)
+    let (taken, outcomes) = beacon::interop::stix::take_bundle(text.as_bytes(), member)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("{}", path.display()))?;
     let failures: Vec<String> = outcomes
@@ -699,7 +704,7 @@ fn stix_bulletins(path: &Path, member: &str) -> Result<Vec<Bulletin>> {
     taken
         .into_iter()
         .map(|t| {
-            beacon::bulletin::validate(&t.bulletin, now).with_context(|| t.id.clone())?;
+            beacon::domain::bulletin::validate(&t.bulletin, now).with_context(|| t.id.clone())?;
             Ok(t.bulletin)
         })
         .collect()
@@ -708,7 +713,7 @@ fn stix_bulletins(path: &Path, member: &str) -> Result<Vec<Bulletin>> {
 /// Prints the outcome of one publish; 1 if it was refused.
 fn report(
     b: &Bulletin,
-    outcome: Result<beacon::client::Published, tonic::Status>,
+    outcome: Result<beacon::net::client::Published, tonic::Status>,
     json: bool,
 ) -> usize {
     match outcome {
@@ -739,7 +744,7 @@ fn report(
             0
         }
         Err(status) => {
-            let e = anyhow::Error::from(beacon::client::ClientError::Rpc(status));
+            let e = anyhow::Error::from(beacon::net::client::ClientError::Rpc(status));
             if json {
                 println!(
                     "{}",
@@ -760,18 +765,18 @@ fn hex(b: &[u8]) -> String {
 /// One delivery as a line: human (severity and TLP first) or JSON. The
 /// signature is checked here, on the reader's side.
 fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> String {
-    let env = beacon::client::delivered_envelope(d);
+    let env = beacon::net::client::delivered_envelope(d);
     let verified = env
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e}"))
         .and_then(|e| {
-            beacon::bulletin::verify_stored_envelope(e, bundle, SystemTime::now())
+            beacon::domain::bulletin::verify_stored_envelope(e, bundle, SystemTime::now())
                 .map_err(anyhow::Error::from)
         });
     let bulletin = env
         .as_ref()
         .ok()
-        .and_then(|e| beacon::bulletin::codec::decode_bulletin(&e.payload).ok());
+        .and_then(|e| beacon::domain::bulletin::codec::decode_bulletin(&e.payload).ok());
     let accepted = d
         .accepted_at
         .and_then(|t| SystemTime::try_from(t).ok())
@@ -860,7 +865,7 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
 
 /// The identity an envelope's signature names (its chain's leaf), whether or
 /// not it verifies.
-fn claimed_signer(env: &beacon::bulletin::Envelope) -> Option<String> {
+fn claimed_signer(env: &beacon::domain::bulletin::Envelope) -> Option<String> {
     let leaf = env.signatures.first()?.cert_chain.first()?;
     let der = rustls::pki_types::CertificateDer::from(leaf.as_slice());
     beacon::trust::identity_of(&der)
@@ -872,9 +877,9 @@ fn claimed_signer(env: &beacon::bulletin::Envelope) -> Option<String> {
 /// bulletin (summary, body, audience, topics, indicators, references,
 /// expiry, who submitted it, the attachment).
 fn details(d: &pb::Delivery) -> String {
-    let Some(b) = beacon::client::delivered_envelope(d)
+    let Some(b) = beacon::net::client::delivered_envelope(d)
         .ok()
-        .and_then(|e| beacon::bulletin::codec::decode_bulletin(&e.payload).ok())
+        .and_then(|e| beacon::domain::bulletin::codec::decode_bulletin(&e.payload).ok())
     else {
         return String::new();
     };
@@ -965,7 +970,7 @@ async fn get(
             publisher: publisher.unwrap_or_default(),
         })
         .await
-        .map_err(beacon::client::ClientError::from)?;
+        .map_err(beacon::net::client::ClientError::from)?;
     r.into_inner().delivery.context("the node sent no delivery")
 }
 
@@ -999,7 +1004,7 @@ async fn list(
                 include_expired: filter.include_expired,
             })
             .await
-            .map_err(beacon::client::ClientError::from)?
+            .map_err(beacon::net::client::ClientError::from)?
             .into_inner();
         for d in &page.deliveries {
             writeln!(out, "{}", render(d, &dialer.bundle, json, color))?;
@@ -1026,10 +1031,10 @@ fn verify(file: &Path, ca: &[PathBuf], crl: &[PathBuf], json: bool) -> Result<()
     let bundle = beacon::trust::read_bundle(
         &signer_id.trust_domain,
         ca.iter()
-            .map(|p| (p.as_path(), beacon::identity::MemberScope::any())),
+            .map(|p| (p.as_path(), beacon::base::identity::MemberScope::any())),
         crl.iter().map(PathBuf::as_path),
     )?;
-    let v = beacon::bulletin::verify_stored_envelope(&env, &bundle, SystemTime::now())
+    let v = beacon::domain::bulletin::verify_stored_envelope(&env, &bundle, SystemTime::now())
         .with_context(|| format!("{} does not verify", file.display()))?;
     let b = v.bulletin();
     if json {
@@ -1038,7 +1043,7 @@ fn verify(file: &Path, ca: &[PathBuf], crl: &[PathBuf], json: bool) -> Result<()
             serde_json::json!({
                 "verified": true,
                 "signer": v.signer().to_string(),
-                "digest": hex(&beacon::bulletin::sha256(&beacon::bulletin::codec::encode_envelope(&env))),
+                "digest": hex(&beacon::domain::bulletin::sha256(&beacon::domain::bulletin::codec::encode_envelope(&env))),
                 "bulletin": BulletinDoc::from_bulletin(b),
             })
         );

@@ -12,11 +12,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use beacon::client::AdminClient;
-use beacon::config::{Config, LogFormat};
-use beacon::identity::{MemberScope, RoleKind, TrustDomain};
-use beacon::pki::{self, Algorithm, Ca, InitRequest, IssueRequest, Reason, Selector};
-use beacon::proto::v1 as pb;
+use beacon::base::config::{Config, LogFormat};
+use beacon::base::identity::{MemberScope, RoleKind, TrustDomain};
+use beacon::base::proto::v1 as pb;
+use beacon::net::client::AdminClient;
+use beacon::tools::pki::{self, Algorithm, Ca, InitRequest, IssueRequest, Reason, Selector};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -318,8 +318,8 @@ enum ApiArg {
 }
 
 impl ApiArg {
-    fn apis(self) -> &'static [beacon::bench::Api] {
-        use beacon::bench::Api;
+    fn apis(self) -> &'static [beacon::tools::bench::Api] {
+        use beacon::tools::bench::Api;
         match self {
             ApiArg::Unary => &[Api::Unary],
             ApiArg::Stream => &[Api::Stream],
@@ -370,7 +370,7 @@ impl std::io::Write for Stderr {
         match std::io::stderr().write(buf) {
             Ok(n) => Ok(n),
             Err(_) => {
-                beacon::metrics::LOG_WRITE_FAILURES.inc();
+                beacon::base::metrics::LOG_WRITE_FAILURES.inc();
                 Ok(buf.len())
             }
         }
@@ -410,7 +410,8 @@ fn init_logging(format: &LogFormat, filter: Option<&str>) {
         .buffered_lines_limit(16_384)
         .finish(Stderr);
     let drops = writer.error_counter();
-    let _ = beacon::metrics::LOG_QUEUE_DROPS.set(Box::new(move || drops.dropped_lines() as u64));
+    let _ =
+        beacon::base::metrics::LOG_QUEUE_DROPS.set(Box::new(move || drops.dropped_lines() as u64));
     if let Ok(mut g) = LOG_GUARD.lock() {
         *g = Some(guard);
     }
@@ -481,7 +482,7 @@ async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Dev { data_dir, listen } => {
             init_logging(&LogFormat::Human, None);
-            let layout = beacon::dev::prepare(&data_dir, listen)?;
+            let layout = beacon::tools::dev::prepare(&data_dir, listen)?;
             let config = Config::load(&layout.config)?;
             let listener = TcpListener::bind(listen)
                 .await
@@ -506,10 +507,10 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Sync { dir, count, size }) => {
             init_logging(&LogFormat::Human, Some("warn"));
             let rows = tokio::task::spawn_blocking(move || {
-                beacon::bench::sync::run(&dir, count.max(1), size.max(1))
+                beacon::tools::bench::sync::run(&dir, count.max(1), size.max(1))
             })
             .await??;
-            beacon::bench::sync::print(&rows, size);
+            beacon::tools::bench::sync::print(&rows, size);
             Ok(())
         }
         Command::Bench(BenchCommand::Subscribe(runs)) => {
@@ -556,7 +557,7 @@ async fn execute(cli: Cli) -> Result<()> {
             let status = AdminClient::new(channel)
                 .status(pb::StatusRequest::default())
                 .await
-                .map_err(beacon::client::ClientError::from)?
+                .map_err(beacon::net::client::ClientError::from)?
                 .into_inner();
             print_status(&status, json);
             Ok(())
@@ -569,10 +570,10 @@ async fn bench_publish(
     count: usize,
     size: usize,
     rate: u64,
-    apis: &[beacon::bench::Api],
+    apis: &[beacon::tools::bench::Api],
     algorithms: &[Algorithm],
 ) -> Result<()> {
-    use beacon::bench;
+    use beacon::tools::bench;
     let (exe, cores) = bench_host()?;
     let mut rows = Vec::new();
     let mut sign_rates = Vec::new();
@@ -640,8 +641,8 @@ async fn bench_retention(
     publishes: usize,
     size: usize,
 ) -> Result<()> {
-    use beacon::bench;
     use beacon::store::{backup, retention, Store, StoreOptions};
+    use beacon::tools::bench;
     use std::time::{Duration, Instant, SystemTime};
     let (exe, cores) = bench_host()?;
     println!("beacon bench retention: {size}-byte signed bulletins, {cores} cores");
@@ -663,8 +664,8 @@ async fn bench_retention(
         if let Ok(wait) = expires.duration_since(SystemTime::now()) {
             tokio::time::sleep(wait).await;
         }
-        let store = Store::open(&dir, StoreOptions::defaults(beacon::stix::SPANS))?;
-        let rules = retention::Retention::from_config(&beacon::config::RetentionConfig {
+        let store = Store::open(&dir, StoreOptions::defaults(beacon::interop::stix::SPANS))?;
+        let rules = retention::Retention::from_config(&beacon::base::config::RetentionConfig {
             after_expiry: Some(Duration::ZERO),
             ..Default::default()
         })
@@ -689,7 +690,7 @@ async fn bench_retention(
         let after_prune = backup::size_of(&dir.join("sled"));
         let t0 = Instant::now();
         let c = tokio::task::spawn_blocking(move || {
-            backup::compact(&dir, &StoreOptions::defaults(beacon::stix::SPANS))
+            backup::compact(&dir, &StoreOptions::defaults(beacon::interop::stix::SPANS))
         })
         .await??;
         println!(
@@ -780,7 +781,7 @@ async fn bench_retention(
 }
 
 async fn bench_taxii(count: usize, limit: usize, size: usize) -> Result<()> {
-    use beacon::bench;
+    use beacon::tools::bench;
     let (exe, cores) = bench_host()?;
     let mut target = bench::Target::prepare()?;
     let taxii = bench::free_port()?;
@@ -807,7 +808,7 @@ async fn bench_taxii(count: usize, limit: usize, size: usize) -> Result<()> {
 }
 
 async fn bench_restart(stored: &[usize], tail: usize, size: usize) -> Result<()> {
-    use beacon::bench;
+    use beacon::tools::bench;
     let (exe, cores) = bench_host()?;
     println!("beacon bench restart: bulletins of {size} bytes, {tail} published just before the SIGKILL, node as a child process, {cores} cores");
     println!("| stored | bulk load | restart after SIGKILL until serving | frames applied again | store on disk |");
@@ -825,7 +826,7 @@ async fn bench_restart(stored: &[usize], tail: usize, size: usize) -> Result<()>
         let status = admin
             .status(pb::StatusRequest::default())
             .await
-            .map_err(beacon::client::ClientError::from)?
+            .map_err(beacon::net::client::ClientError::from)?
             .into_inner();
         let store = status.store.unwrap_or_default();
         println!(
@@ -839,11 +840,11 @@ async fn bench_restart(stored: &[usize], tail: usize, size: usize) -> Result<()>
     Ok(())
 }
 
-async fn pruned_so_far(admin: &mut beacon::client::AdminClient) -> Result<u64> {
+async fn pruned_so_far(admin: &mut beacon::net::client::AdminClient) -> Result<u64> {
     Ok(admin
         .status(pb::StatusRequest::default())
         .await
-        .map_err(beacon::client::ClientError::from)?
+        .map_err(beacon::net::client::ClientError::from)?
         .into_inner()
         .store
         .map(|s| s.pruned)
@@ -864,7 +865,7 @@ async fn bench_federation(
     samples: usize,
     size: usize,
 ) -> Result<()> {
-    use beacon::bench::{self, Target};
+    use beacon::tools::bench::{self, Target};
     use std::time::{Duration, Instant};
     let (exe, cores) = bench_host()?;
     // A chain: B pulls from A, C pulls from B; three members, one alliance CA.
@@ -934,7 +935,7 @@ async fn bench_federation(
 }
 
 async fn bench_subscribe(runs: SubscribeRuns) -> Result<()> {
-    use beacon::bench;
+    use beacon::tools::bench;
     let SubscribeRuns {
         replay,
         replays,
@@ -991,7 +992,7 @@ async fn bench_subscribe(runs: SubscribeRuns) -> Result<()> {
     Ok(())
 }
 
-fn print_dev_banner(l: &beacon::dev::DevLayout, addr: SocketAddr) {
+fn print_dev_banner(l: &beacon::tools::dev::DevLayout, addr: SocketAddr) {
     let p = |p: &Path| p.display().to_string();
     println!("Beacon dev node (throwaway PKI in {})", p(&l.data_dir));
     if l.ed25519 {
@@ -1045,7 +1046,7 @@ async fn serve(config: Config, listener: TcpListener) -> Result<()> {
             }
         });
     }
-    beacon::node::run_with_reload(config, listener, shutdown, reload).await?;
+    beacon::node::serve::run_with_reload(config, listener, shutdown, reload).await?;
     Ok(())
 }
 
@@ -1087,7 +1088,7 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
         let at = std::time::SystemTime::try_from(*t)
-            .map(beacon::document::rfc3339)
+            .map(beacon::interop::document::rfc3339)
             .unwrap_or_default();
         let days = left / 86_400;
         println!(

@@ -840,8 +840,8 @@ pub fn compact(dir: &Path, opts: &StoreOptions) -> Result<Compacted, BackupError
     // The records come from this store, whose signatures were verified when
     // they arrived; CRCs and digests are still checked on the way.
     let payload_only = |rec: &Record| -> Result<[u8; 32], String> {
-        let env = crate::bulletin::codec::decode_envelope(&rec.envelope)?;
-        Ok(crate::bulletin::sha256(&env.payload))
+        let env = crate::domain::bulletin::codec::decode_envelope(&rec.envelope)?;
+        Ok(crate::domain::bulletin::sha256(&env.payload))
     };
     let input = std::fs::File::open(&copy).map_err(bio)?;
     let manifest = match build(

@@ -16,7 +16,7 @@ use super::engine::Pruned;
 use super::engine::{Engine, WriteSet};
 use super::record::{from_nanos, nanos, Indexed, Record, Replaced, Successor, Tombstone};
 use super::{io, Appended, NewRecord, StoreError, StoreOptions, StoreStats};
-use crate::policy::{reaches_every_reader, Marking};
+use crate::domain::policy::{reaches_every_reader, Marking};
 
 /// What the applier is asked to do, in the order asked. (Appends are the
 /// hot path and prunes rare: the append stays unboxed.)

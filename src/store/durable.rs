@@ -1,5 +1,5 @@
 //! Making the store's files and directory entries durable (on top of
-//! `crate::disk`): files of the engine, directory listings synced when they
+//! `crate::base::disk`): files of the engine, directory listings synced when they
 //! change, and the lock that makes one process the owner of a store.
 
 use std::collections::BTreeSet;
@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::io;
 use std::path::Path;
 
-pub(crate) use crate::disk::{create_dir_all, sync_dir};
+pub(crate) use crate::base::disk::{create_dir_all, sync_dir};
 
 /// fdatasyncs the file at `path`; one removed meanwhile needs nothing.
 pub(crate) fn sync_file(path: &Path) -> io::Result<()> {

@@ -55,7 +55,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tracing::error;
 
-use crate::bulletin::Meta;
+use crate::domain::bulletin::Meta;
 use commit::{Committer, Watermark};
 use engine::{Engine, Space};
 pub use record::{Fork, LogId, LogInfo, Position, Record, Replaced, Successor, Tombstone};
@@ -219,7 +219,7 @@ pub struct StoreOptions {
 #[derive(Debug, Clone, Copy)]
 pub struct Spans {
     /// The span of a stored bulletin.
-    pub of: fn(&crate::bulletin::Bulletin) -> u32,
+    pub of: fn(&crate::domain::bulletin::Bulletin) -> u32,
     /// The largest span any bulletin can take.
     pub max: u32,
 }
@@ -242,7 +242,7 @@ const QUEUE: usize = 4096;
 impl StoreOptions {
     /// The `[store]` settings of `beacon.toml`, with the spans of the
     /// node's records.
-    pub fn new(c: &crate::config::StoreConfig, spans: Spans) -> Self {
+    pub fn new(c: &crate::base::config::StoreConfig, spans: Spans) -> Self {
         StoreOptions {
             cache_bytes: c.cache_mb * 1024 * 1024,
             max_batch: c.max_batch,
@@ -255,7 +255,7 @@ impl StoreOptions {
 
     /// The defaults of `beacon.toml`'s `[store]` (one default per setting).
     pub fn defaults(spans: Spans) -> Self {
-        StoreOptions::new(&crate::config::StoreConfig::default(), spans)
+        StoreOptions::new(&crate::base::config::StoreConfig::default(), spans)
     }
 }
 
@@ -272,9 +272,9 @@ pub struct StoreStats {
     pub fsync_nanos_total: AtomicU64,
     pub fsync_nanos_max: AtomicU64,
     /// Duration of each flush.
-    pub fsync_seconds: crate::metrics::Histogram,
+    pub fsync_seconds: crate::base::metrics::Histogram,
     /// Records each flush made durable.
-    pub batch_records: crate::metrics::Histogram,
+    pub batch_records: crate::base::metrics::Histogram,
     /// Opens that applied the write-ahead log again after an unclean stop
     /// (0 or 1 per process).
     pub repairs: AtomicU64,
@@ -295,8 +295,8 @@ impl Default for StoreStats {
             appended: AtomicU64::new(0),
             fsync_nanos_total: AtomicU64::new(0),
             fsync_nanos_max: AtomicU64::new(0),
-            fsync_seconds: crate::metrics::Histogram::new(crate::metrics::FSYNC_BOUNDS),
-            batch_records: crate::metrics::Histogram::new(crate::metrics::BATCH_BOUNDS),
+            fsync_seconds: crate::base::metrics::Histogram::new(crate::base::metrics::FSYNC_BOUNDS),
+            batch_records: crate::base::metrics::Histogram::new(crate::base::metrics::BATCH_BOUNDS),
             repairs: AtomicU64::new(0),
             repaired_frames: AtomicU64::new(0),
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::StoreError;
-use crate::bulletin::Meta;
+use crate::domain::bulletin::Meta;
 
 /// A stored bulletin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +191,7 @@ impl Record {
     /// Checks the envelope against the digest stored with it. Every path that
     /// serves an envelope calls this (through [`super::Store::served`]).
     pub fn check_digest(&self) -> Result<(), StoreError> {
-        if crate::bulletin::sha256(&self.envelope) != self.meta.digest {
+        if crate::domain::bulletin::sha256(&self.envelope) != self.meta.digest {
             return Err(StoreError::Corrupt {
                 seq: self.seq,
                 reason: "envelope digest mismatch".into(),

@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use super::record::nanos;
 use super::{Store, StoreError};
-use crate::bulletin::{codec, Tlp};
-use crate::config::RetentionConfig;
+use crate::base::config::RetentionConfig;
+use crate::domain::bulletin::{codec, Tlp};
 
 /// The retention rules, by TLP wire number.
 #[derive(Debug, Clone)]
@@ -321,7 +321,7 @@ fn labels_of(store: &Store, seqs: &[u64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TlpRetention;
+    use crate::base::config::TlpRetention;
 
     #[test]
     fn per_label_rules_replace_the_defaults() {

@@ -25,7 +25,7 @@ use tracing::info;
 use super::engine::{entries, Engine, Entry, Space, WriteSet};
 use super::record::{nanos, Indexed, LogInfo, Position, Record, Replaced, Successor};
 use super::{Spans, StoreError, FORMAT};
-use crate::bulletin::{codec, Bulletin, Relation};
+use crate::domain::bulletin::{codec, Bulletin, Relation};
 
 /// Index entries rewritten per atomic write.
 const CHUNK: usize = 4096;

@@ -10,7 +10,7 @@
 //!    with the right extended key usage);
 //! 2. no certificate on the path is revoked by a loaded CRL;
 //! 3. the leaf carries exactly one URI SAN, a SPIFFE ID of this trust domain
-//!    (see [`crate::identity`]);
+//!    (see [`crate::base::identity`]);
 //! 4. the CA that anchors the path may vouch for the identity's member (operators
 //!    only by a CA that vouches for every member).
 
@@ -23,7 +23,7 @@ use webpki::{
 };
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::identity::{Identity, IdentityError, MemberScope, TrustDomain};
+use crate::base::identity::{Identity, IdentityError, MemberScope, TrustDomain};
 
 pub mod state;
 pub mod tls;
@@ -260,7 +260,10 @@ impl TrustBundle {
         }
         let vouched = match identity.member() {
             Some(member) => ca.scope.allows(member),
-            None => ca.scope.0.contains(&crate::identity::MemberPattern::Any),
+            None => ca
+                .scope
+                .0
+                .contains(&crate::base::identity::MemberPattern::Any),
         };
         if !vouched {
             return Err(TrustError::NotVouched {
@@ -383,7 +386,7 @@ pub fn read_bundle<'a>(
 /// Loads the trust bundle a node's config describes: each `[[trust]]` CA
 /// with its member scope, and the CRLs.
 pub fn load_bundle(
-    config: &crate::config::Config,
+    config: &crate::base::config::Config,
     trust_domain: &TrustDomain,
 ) -> Result<TrustBundle, TrustError> {
     read_bundle(

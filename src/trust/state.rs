@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::tls::KeyedChain;
 use super::{cert_not_after, ChainCheck, TrustBundle, TrustError, Usage};
-use crate::identity::Identity;
+use crate::base::identity::Identity;
 
 /// What expires in the trust a node works with.
 #[derive(Debug, Clone, PartialEq, Eq)]

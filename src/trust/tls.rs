@@ -15,7 +15,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 
-use crate::identity::{Identity, MemberId, RoleKind};
+use crate::base::identity::{Identity, MemberId, RoleKind};
 use crate::trust::{self, TrustBundle, TrustError, Usage};
 
 #[derive(Debug, thiserror::Error)]

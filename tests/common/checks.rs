@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use beacon::proto::v1 as pb;
+use beacon::base::proto::v1 as pb;
 
 use super::*;
 
@@ -36,7 +36,7 @@ pub async fn durable_reader(
     use pb::subscribe_response::Msg;
     let mut s = settings(&files, &ca);
     s.node = Some(addr.to_string());
-    let Ok(mut c) = beacon::client::BeaconClient::connect_expecting(
+    let Ok(mut c) = beacon::net::client::BeaconClient::connect_expecting(
         &s,
         beacon::trust::tls::ExpectedServer::AnyNode,
     )
@@ -121,13 +121,16 @@ pub async fn check_everything(
             .into_inner();
         for d in page.deliveries {
             seqs.push(d.sequence);
-            let env = beacon::client::delivered_envelope(&d).unwrap();
-            let b = beacon::bulletin::codec::decode_bulletin(&env.payload).unwrap();
+            let env = beacon::net::client::delivered_envelope(&d).unwrap();
+            let b = beacon::domain::bulletin::codec::decode_bulletin(&env.payload).unwrap();
             assert!(
                 by_id
                     .insert(
                         b.id,
-                        (d.sequence, beacon::bulletin::codec::encode_envelope(&env))
+                        (
+                            d.sequence,
+                            beacon::domain::bulletin::codec::encode_envelope(&env)
+                        )
                     )
                     .is_none(),
                 "an id stored twice"
@@ -186,8 +189,11 @@ pub async fn check_lifecycle(
         .expect("list")
         .iter()
         .map(|d| {
-            let env = beacon::client::delivered_envelope(d).expect("envelope");
-            (d.sequence, beacon::bulletin::codec::encode_envelope(&env))
+            let env = beacon::net::client::delivered_envelope(d).expect("envelope");
+            (
+                d.sequence,
+                beacon::domain::bulletin::codec::encode_envelope(&env),
+            )
         })
         .collect();
     let at = head(addr, op, ca).await;
@@ -220,7 +226,7 @@ pub async fn check_lifecycle(
 
 /// How many records the node has pruned in all (`Subscribed.pruned` of a
 /// stream from the start).
-pub async fn probe_pruned(c: &mut beacon::client::BeaconClient) -> Option<u64> {
+pub async fn probe_pruned(c: &mut beacon::net::client::BeaconClient) -> Option<u64> {
     let mut sub = c.subscribe(open("", earliest())).await.ok()?;
     match sub.next().await {
         Ok(Some(pb::subscribe_response::Msg::Subscribed(s))) => Some(s.pruned),
@@ -253,7 +259,7 @@ pub async fn reader_has_seen_everything(
 /// expiring 600 ms from now, and records them in `published`; returns when
 /// they expire.
 pub async fn publish_expiring(
-    c: &beacon::client::BeaconClient,
+    c: &beacon::net::client::BeaconClient,
     cycle: usize,
     n: usize,
     published: &mut Published,
@@ -271,7 +277,7 @@ pub async fn publish_expiring(
         stream.send(&env).await.expect("send");
         sent.push((
             b.id,
-            beacon::bulletin::codec::encode_envelope(&env),
+            beacon::domain::bulletin::codec::encode_envelope(&env),
             expiring,
         ));
     }

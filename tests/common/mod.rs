@@ -13,10 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use beacon::client::{self, ClientError, ClientSettings, Dialer};
-use beacon::config::Config;
-use beacon::identity::{Identity, MemberScope, RoleKind, TrustDomain};
-use beacon::pki::{self, Algorithm, Ca, InitRequest, IssueRequest};
+use beacon::base::config::Config;
+use beacon::base::identity::{Identity, MemberScope, RoleKind, TrustDomain};
+use beacon::net::client::{self, ClientError, ClientSettings, Dialer};
+use beacon::tools::pki::{self, Algorithm, Ca, InitRequest, IssueRequest};
 use beacon::trust::tls::ExpectedServer;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -210,7 +210,7 @@ impl NodeOptions {
 pub struct TestNode {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
-    pub task: Option<JoinHandle<Result<(), beacon::node::NodeError>>>,
+    pub task: Option<JoinHandle<Result<(), beacon::node::serve::NodeError>>>,
     pub data: Arc<TempDir>,
     pub config_path: PathBuf,
 }
@@ -284,7 +284,7 @@ impl TestNode {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(beacon::node::run(config, listener, shutdown.clone()));
+        let task = tokio::spawn(beacon::node::serve::run(config, listener, shutdown.clone()));
         Ok(TestNode {
             addr,
             shutdown,
@@ -656,7 +656,7 @@ impl World {
         &self,
         member_id: &str,
         name: &str,
-    ) -> (beacon::client::BeaconClient, CertFiles) {
+    ) -> (beacon::net::client::BeaconClient, CertFiles) {
         let files = self.pki.client(member_id, name);
         (member(self.node.addr, &files, &self.ca).await, files)
     }
@@ -672,22 +672,22 @@ pub async fn member(
     addr: SocketAddr,
     files: &CertFiles,
     ca: &[PathBuf],
-) -> beacon::client::BeaconClient {
+) -> beacon::net::client::BeaconClient {
     let mut s = settings(files, ca);
     s.node = Some(addr.to_string());
-    beacon::client::BeaconClient::connect_expecting(&s, ExpectedServer::AnyNode)
+    beacon::net::client::BeaconClient::connect_expecting(&s, ExpectedServer::AnyNode)
         .await
         .expect("member client connects")
 }
 
 /// A signer for `files` without a connection.
-pub fn signer(files: &CertFiles) -> beacon::bulletin::Signer {
-    beacon::bulletin::Signer::load(&files.cert, &files.key).expect("signer")
+pub fn signer(files: &CertFiles) -> beacon::domain::bulletin::Signer {
+    beacon::domain::bulletin::Signer::load(&files.cert, &files.key).expect("signer")
 }
 
 /// A valid bulletin of `publisher` (TLP:GREEN, advisory, medium).
-pub fn bulletin(publisher: &str, title: &str) -> beacon::bulletin::Bulletin {
-    use beacon::bulletin::{Bulletin, Kind, Severity, Tlp};
+pub fn bulletin(publisher: &str, title: &str) -> beacon::domain::bulletin::Bulletin {
+    use beacon::domain::bulletin::{Bulletin, Kind, Severity, Tlp};
     let mut b = Bulletin::draft(
         publisher,
         Kind::Advisory,
@@ -703,8 +703,8 @@ pub fn bulletin(publisher: &str, title: &str) -> beacon::bulletin::Bulletin {
 /// The head as an operator sees it.
 pub async fn head(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf]) -> u64 {
     let ch = dial(addr, op, ca).await.expect("operator dials");
-    beacon::client::AdminClient::new(ch)
-        .status(beacon::proto::v1::StatusRequest::default())
+    beacon::net::client::AdminClient::new(ch)
+        .status(beacon::base::proto::v1::StatusRequest::default())
         .await
         .expect("status")
         .into_inner()
@@ -714,8 +714,8 @@ pub async fn head(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf]) -> u64 {
 /// A backup of the node's store over `Admin.Backup`, as bytes.
 pub async fn backup_bytes(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf]) -> Vec<u8> {
     let ch = dial(addr, op, ca).await.expect("operator dials");
-    let mut chunks = beacon::client::AdminClient::new(ch)
-        .backup(beacon::proto::v1::BackupRequest {})
+    let mut chunks = beacon::net::client::AdminClient::new(ch)
+        .backup(beacon::base::proto::v1::BackupRequest {})
         .await
         .expect("backup")
         .into_inner();
@@ -732,8 +732,8 @@ pub async fn wait_revocations(addr: SocketAddr, op: &CertFiles, ca: &[PathBuf], 
         let Ok(ch) = dial(addr, op, ca).await else {
             return false;
         };
-        beacon::client::AdminClient::new(ch)
-            .status(beacon::proto::v1::StatusRequest::default())
+        beacon::net::client::AdminClient::new(ch)
+            .status(beacon::base::proto::v1::StatusRequest::default())
             .await
             .map(|s| s.into_inner().revoked_certificates >= n)
             .unwrap_or(false)
@@ -748,18 +748,18 @@ pub struct Seen {
     pub seqs: Vec<u64>,
     pub ids: Vec<String>,
     pub caught_up: Option<u64>,
-    pub subscribed: Option<beacon::proto::v1::Subscribed>,
+    pub subscribed: Option<beacon::base::proto::v1::Subscribed>,
 }
 
 /// Reads events until `n` deliveries arrived (and, if `until_caught_up`, the
 /// caught-up marker too); panics after `limit`.
 pub async fn read_deliveries(
-    sub: &mut beacon::client::SubscriptionStream,
+    sub: &mut beacon::net::client::SubscriptionStream,
     n: usize,
     until_caught_up: bool,
     limit: Duration,
 ) -> Seen {
-    use beacon::proto::v1::subscribe_response::Msg;
+    use beacon::base::proto::v1::subscribe_response::Msg;
     let mut seen = Seen::default();
     let deadline = tokio::time::Instant::now() + limit;
     while seen.seqs.len() < n || (until_caught_up && seen.caught_up.is_none()) {
@@ -777,9 +777,9 @@ pub async fn read_deliveries(
         match ev {
             Msg::Delivery(d) => {
                 seen.seqs.push(d.sequence);
-                let env = beacon::client::delivered_envelope(&d).expect("envelope");
+                let env = beacon::net::client::delivered_envelope(&d).expect("envelope");
                 seen.ids.push(
-                    beacon::bulletin::codec::decode_bulletin(&env.payload)
+                    beacon::domain::bulletin::codec::decode_bulletin(&env.payload)
                         .expect("bulletin")
                         .id,
                 );
@@ -793,8 +793,11 @@ pub async fn read_deliveries(
 }
 
 /// Expects no delivery for `quiet` (heartbeats are fine).
-pub async fn expect_no_delivery(sub: &mut beacon::client::SubscriptionStream, quiet: Duration) {
-    use beacon::proto::v1::subscribe_response::Msg;
+pub async fn expect_no_delivery(
+    sub: &mut beacon::net::client::SubscriptionStream,
+    quiet: Duration,
+) {
+    use beacon::base::proto::v1::subscribe_response::Msg;
     let deadline = tokio::time::Instant::now() + quiet;
     loop {
         match tokio::time::timeout_at(deadline, sub.next()).await {
@@ -808,11 +811,11 @@ pub async fn expect_no_delivery(sub: &mut beacon::client::SubscriptionStream, qu
 
 pub fn open(
     name: &str,
-    start: beacon::proto::v1::start_position::At,
-) -> beacon::proto::v1::SubscribeOpen {
-    beacon::proto::v1::SubscribeOpen {
+    start: beacon::base::proto::v1::start_position::At,
+) -> beacon::base::proto::v1::SubscribeOpen {
+    beacon::base::proto::v1::SubscribeOpen {
         name: name.to_owned(),
-        start: Some(beacon::proto::v1::StartPosition { at: Some(start) }),
+        start: Some(beacon::base::proto::v1::StartPosition { at: Some(start) }),
         filter: None,
         window: 0,
         heartbeat_ms: 0,
@@ -822,16 +825,22 @@ pub fn open(
     }
 }
 
-pub fn resume() -> beacon::proto::v1::start_position::At {
-    beacon::proto::v1::start_position::At::Resume(beacon::proto::v1::start_position::Resume {})
+pub fn resume() -> beacon::base::proto::v1::start_position::At {
+    beacon::base::proto::v1::start_position::At::Resume(
+        beacon::base::proto::v1::start_position::Resume {},
+    )
 }
 
-pub fn earliest() -> beacon::proto::v1::start_position::At {
-    beacon::proto::v1::start_position::At::Earliest(beacon::proto::v1::start_position::Earliest {})
+pub fn earliest() -> beacon::base::proto::v1::start_position::At {
+    beacon::base::proto::v1::start_position::At::Earliest(
+        beacon::base::proto::v1::start_position::Earliest {},
+    )
 }
 
-pub fn latest() -> beacon::proto::v1::start_position::At {
-    beacon::proto::v1::start_position::At::Latest(beacon::proto::v1::start_position::Latest {})
+pub fn latest() -> beacon::base::proto::v1::start_position::At {
+    beacon::base::proto::v1::start_position::At::Latest(
+        beacon::base::proto::v1::start_position::Latest {},
+    )
 }
 
 /// The durable cursor the node reports for (identity, name), once durable.
@@ -854,14 +863,14 @@ pub async fn all_subscriptions(
     addr: SocketAddr,
     op: &CertFiles,
     ca: &[PathBuf],
-) -> Option<Vec<beacon::proto::v1::SubscriptionStatus>> {
+) -> Option<Vec<beacon::base::proto::v1::SubscriptionStatus>> {
     let ch = dial(addr, op, ca).await.ok()?;
-    let mut admin = beacon::client::AdminClient::new(ch);
+    let mut admin = beacon::net::client::AdminClient::new(ch);
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
         let page = admin
-            .list_subscriptions(beacon::proto::v1::ListSubscriptionsRequest {
+            .list_subscriptions(beacon::base::proto::v1::ListSubscriptionsRequest {
                 limit: 0,
                 page_token: token,
             })
@@ -898,7 +907,7 @@ pub async fn wait_cursor(
 /// Reads a subscription until it ends; returns how it ended (`Ok` for a clean
 /// close). Panics if it is still open after `limit`.
 pub async fn stream_end(
-    sub: &mut beacon::client::SubscriptionStream,
+    sub: &mut beacon::net::client::SubscriptionStream,
     limit: Duration,
 ) -> Result<(), ClientError> {
     let deadline = tokio::time::Instant::now() + limit;
@@ -1077,10 +1086,10 @@ pub async fn status(
     addr: SocketAddr,
     op: &CertFiles,
     ca: &[PathBuf],
-) -> Option<beacon::proto::v1::StatusResponse> {
+) -> Option<beacon::base::proto::v1::StatusResponse> {
     let ch = dial(addr, op, ca).await.ok()?;
-    beacon::client::AdminClient::new(ch)
-        .status(beacon::proto::v1::StatusRequest::default())
+    beacon::net::client::AdminClient::new(ch)
+        .status(beacon::base::proto::v1::StatusRequest::default())
         .await
         .ok()
         .map(|r| r.into_inner())
@@ -1091,7 +1100,7 @@ pub async fn list_all(
     addr: SocketAddr,
     files: &CertFiles,
     ca: &[PathBuf],
-) -> Result<Vec<beacon::proto::v1::Delivery>, String> {
+) -> Result<Vec<beacon::base::proto::v1::Delivery>, String> {
     list_all_with(addr, files, ca, false).await
 }
 
@@ -1101,14 +1110,14 @@ pub async fn list_all_with(
     files: &CertFiles,
     ca: &[PathBuf],
     include_expired: bool,
-) -> Result<Vec<beacon::proto::v1::Delivery>, String> {
+) -> Result<Vec<beacon::base::proto::v1::Delivery>, String> {
     let ch = dial(addr, files, ca).await.map_err(|e| e.to_string())?;
-    let mut c = beacon::client::BulletinsClient::new(ch).max_decoding_message_size(64 << 20);
+    let mut c = beacon::net::client::BulletinsClient::new(ch).max_decoding_message_size(64 << 20);
     let mut out = Vec::new();
     let mut after = 0;
     loop {
         let page = c
-            .list(beacon::proto::v1::ListRequest {
+            .list(beacon::base::proto::v1::ListRequest {
                 after_sequence: after,
                 until_sequence: 0,
                 limit: 1000,
@@ -1129,11 +1138,11 @@ pub async fn list_all_with(
 
 /// `Get` of bulletin `id` (any publisher), as `c`'s member may read it.
 pub async fn get_by_id(
-    c: &mut beacon::client::BeaconClient,
+    c: &mut beacon::net::client::BeaconClient,
     id: &str,
-) -> Result<beacon::proto::v1::Delivery, tonic::Status> {
+) -> Result<beacon::base::proto::v1::Delivery, tonic::Status> {
     c.bulletins
-        .get(beacon::proto::v1::GetRequest {
+        .get(beacon::base::proto::v1::GetRequest {
             id: id.to_owned(),
             publisher: String::new(),
         })
@@ -1142,9 +1151,9 @@ pub async fn get_by_id(
 }
 
 /// The bulletin id of a delivery.
-pub fn delivery_id(d: &beacon::proto::v1::Delivery) -> String {
-    let env = beacon::client::delivered_envelope(d).expect("envelope");
-    beacon::bulletin::codec::decode_bulletin(&env.payload)
+pub fn delivery_id(d: &beacon::base::proto::v1::Delivery) -> String {
+    let env = beacon::net::client::delivered_envelope(d).expect("envelope");
+    beacon::domain::bulletin::codec::decode_bulletin(&env.payload)
         .expect("bulletin")
         .id
 }
@@ -1264,18 +1273,24 @@ impl DevNode {
 
     /// A client of `member` issued by the dev CA (with its default algorithm).
     pub fn client(&self, member: &str, name: &str) -> CertFiles {
-        let ca = beacon::pki::Ca::open(&self.path("ca")).expect("dev CA");
-        let td: beacon::identity::TrustDomain = beacon::dev::DEV_TRUST_DOMAIN.parse().expect("td");
-        let id =
-            beacon::pki::identity_for(&td, beacon::identity::RoleKind::Client, Some(member), name)
-                .expect("identity");
+        let ca = beacon::tools::pki::Ca::open(&self.path("ca")).expect("dev CA");
+        let td: beacon::base::identity::TrustDomain =
+            beacon::tools::dev::DEV_TRUST_DOMAIN.parse().expect("td");
+        let id = beacon::tools::pki::identity_for(
+            &td,
+            beacon::base::identity::RoleKind::Client,
+            Some(member),
+            name,
+        )
+        .expect("identity");
         let issued = ca
-            .issue(&beacon::pki::IssueRequest::new(id))
+            .issue(&beacon::tools::pki::IssueRequest::new(id))
             .expect("issue");
         let cert = self.dir.path().join(format!("{name}.pem"));
         let key = self.dir.path().join(format!("{name}.key"));
-        beacon::pki::write_file(&cert, issued.cert_pem.as_bytes(), false, true).expect("cert");
-        beacon::pki::write_file(&key, issued.key_pem.as_bytes(), true, true).expect("key");
+        beacon::tools::pki::write_file(&cert, issued.cert_pem.as_bytes(), false, true)
+            .expect("cert");
+        beacon::tools::pki::write_file(&key, issued.key_pem.as_bytes(), true, true).expect("key");
         CertFiles {
             cert,
             key,
@@ -1288,9 +1303,9 @@ impl DevNode {
         let cert = beacon::trust::read_certs(&self.path("ca/ca.pem"))
             .expect("ca")
             .remove(0);
-        let entry =
-            beacon::trust::CaEntry::new(cert, beacon::identity::MemberScope::any()).expect("entry");
-        let td = beacon::dev::DEV_TRUST_DOMAIN.parse().expect("td");
+        let entry = beacon::trust::CaEntry::new(cert, beacon::base::identity::MemberScope::any())
+            .expect("entry");
+        let td = beacon::tools::dev::DEV_TRUST_DOMAIN.parse().expect("td");
         beacon::trust::TrustBundle::new(td, vec![entry], vec![]).expect("bundle")
     }
 }
@@ -1298,10 +1313,10 @@ impl DevNode {
 /// `b`, signed by `signer`, as the store takes it from a publish (what
 /// `ingest` makes of it, for tests that drive the store directly).
 pub fn store_record(
-    signer: &beacon::bulletin::Signer,
-    b: &beacon::bulletin::Bulletin,
+    signer: &beacon::domain::bulletin::Signer,
+    b: &beacon::domain::bulletin::Bulletin,
 ) -> beacon::store::NewRecord {
-    use beacon::bulletin::{codec, sha256, Meta, Relation};
+    use beacon::domain::bulletin::{codec, sha256, Meta, Relation};
     use beacon::store::{NewRecord, Related, Replaced};
     let env = signer.sign(b.to_bytes()).expect("sign");
     let bytes = codec::encode_envelope(&env);
@@ -1335,7 +1350,7 @@ pub fn store_record(
         payload_digest: sha256(&env.payload),
         envelope: bytes,
         related,
-        span: beacon::stix::span(b),
+        span: beacon::interop::stix::span(b),
     }
 }
 

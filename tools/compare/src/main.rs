@@ -36,9 +36,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use beacon::bench::{self, Figures, Target};
-use beacon::identity::{MemberScope, RoleKind};
-use beacon::pki::{self, Algorithm, Ca, InitRequest, IssueRequest};
+use beacon::tools::bench::{self, Figures, Target};
+use beacon::base::identity::{MemberScope, RoleKind};
+use beacon::tools::pki::{self, Algorithm, Ca, InitRequest, IssueRequest};
 
 const SIZE: usize = 1024;
 

@@ -1,0 +1,217 @@
+//! One admission path for everything that enters the log: a client's or
+//! node's publish (Publish, PublishStream) and a peer's relay. The steps, in
+//! the order the API promises:
+//!
+//! 1. size (the envelope limit);
+//! 2. the canonical bytes (what is stored, digested and served);
+//! 3. verification (`bulletin::verify_envelope_with` for publishes, with the
+//!    sender for clients; `verify_stored_envelope` for relays, whose signer
+//!    may have expired since);
+//! 4. for relays: the origin node, and this node's own policy for its member;
+//! 5. the record to append ([`NewRecord`]).
+//!
+//! Nothing here knows the API's messages: the gRPC edge hands in an envelope
+//! (and its canonical bytes), a peer link hands in the bytes it received.
+
+use std::time::SystemTime;
+
+use crate::base::identity::{Identity, RoleKind};
+use crate::domain::bulletin::{self, BulletinError, Envelope, Meta, Relation, Verified};
+use crate::domain::policy::Policy;
+use crate::store::{NewRecord, Related, Replaced, Spans};
+use crate::trust::state::TrustState;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// Size, form, signature, signer or fields of the envelope.
+    #[error(transparent)]
+    Bulletin(#[from] BulletinError),
+    #[error("the envelope does not match the digest sent with it")]
+    Digest,
+    #[error("the envelope is not in its canonical encoding")]
+    NotCanonical,
+    #[error("origin node {0:?} is not a node identity")]
+    Origin(String),
+    #[error("bulletin {id} of {publisher} is not readable by this node's member")]
+    NotReadable { id: String, publisher: String },
+    #[error("{0} signed a bulletin naming the client it was submitted by: only a member's node signs for its clients")]
+    SubmittedBy(String),
+}
+
+/// What admission needs of the node.
+pub struct Ingest<'a> {
+    /// This node: the origin of what is published here, and the member
+    /// whose policy decides what it keeps of relays.
+    pub node: &'a Identity,
+    pub trust: &'a TrustState,
+    pub policy: &'a Policy,
+    /// `limits.max_envelope_bytes`.
+    pub max_envelope_bytes: usize,
+    /// The acceptance time each record reserves (the store's).
+    pub spans: Spans,
+}
+
+/// A publish admitted: the record to append, and what was verified.
+pub struct Admitted {
+    pub record: NewRecord,
+    pub verified: Verified,
+}
+
+impl Ingest<'_> {
+    /// Step 1: the size of the envelope's canonical bytes.
+    fn check_size(&self, size: usize) -> Result<(), IngestError> {
+        if size > self.max_envelope_bytes {
+            return Err(BulletinError::TooLarge {
+                size,
+                limit: self.max_envelope_bytes,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// A publish by `sender` (a client must have signed it itself; a node
+    /// publishes for its member): `env` as it arrived and `bytes`, its
+    /// canonical encoding.
+    pub fn publish(
+        &self,
+        env: &Envelope,
+        bytes: Vec<u8>,
+        sender: &Identity,
+    ) -> Result<Admitted, IngestError> {
+        self.check_size(bytes.len())?;
+        let client = (sender.kind() == RoleKind::Client).then_some(sender);
+        let verified = bulletin::verify_envelope_with(
+            env,
+            &self.trust.signer_check(),
+            SystemTime::now(),
+            client,
+        )?;
+        // Only a member's node signs for one of its clients.
+        if !verified.bulletin().submitted_by.is_empty()
+            && verified.signer().kind() != RoleKind::Node
+        {
+            return Err(IngestError::SubmittedBy(verified.signer().to_string()));
+        }
+        // A new bulletin's indicator values must be what their types say
+        // (relays are not held to it: an older node may have accepted one).
+        let bad = bulletin::indicator_problems(verified.bulletin());
+        if !bad.is_empty() {
+            return Err(IngestError::Bulletin(BulletinError::Invalid(
+                bad.join("; "),
+            )));
+        }
+        let related = related(verified.bulletin(), true);
+        let digest = bulletin::sha256(&bytes);
+        let record = NewRecord {
+            meta: Meta::of(&verified, digest, &self.node.to_string()),
+            envelope: bytes,
+            payload_digest: bulletin::sha256(&env.payload),
+            related,
+            span: (self.spans.of)(verified.bulletin()),
+        };
+        Ok(Admitted { record, verified })
+    }
+
+    /// A peer's delivery: the envelope `bytes` it sent with `digest_sent`,
+    /// first accepted by `origin` (a node; empty: the peer itself) as its
+    /// `origin_seq` (0: the peer's sequence `peer_seq`).
+    pub fn relay(
+        &self,
+        bytes: &[u8],
+        digest_sent: &[u8],
+        origin: &str,
+        origin_seq: u64,
+        peer: &Identity,
+        peer_seq: u64,
+    ) -> Result<NewRecord, IngestError> {
+        self.check_size(bytes.len())?;
+        let digest = bulletin::sha256(bytes);
+        if digest.as_slice() != digest_sent {
+            return Err(IngestError::Digest);
+        }
+        let env =
+            bulletin::codec::decode_envelope(bytes).map_err(BulletinError::MalformedEnvelope)?;
+        // Every node stores the one canonical encoding, so the same bulletin
+        // has the same digest everywhere (duplicates and conflicts rest on it).
+        if bulletin::codec::encode_envelope(&env) != bytes {
+            return Err(IngestError::NotCanonical);
+        }
+        let verified =
+            bulletin::verify_stored_envelope(&env, &self.trust.signer_check(), SystemTime::now())?;
+        let origin = if origin.is_empty() {
+            peer.clone()
+        } else {
+            match origin.parse::<Identity>() {
+                Ok(id) if id.kind() == RoleKind::Node => id,
+                _ => return Err(IngestError::Origin(origin.to_owned())),
+            }
+        };
+        let mut meta = Meta::of(&verified, digest, &origin.to_string());
+        meta.origin_seq = match origin_seq {
+            0 => peer_seq,
+            s => s,
+        };
+        // The peer filters with its policy; this node keeps only what its own
+        // member may read by its own policy (group definitions may differ).
+        let member = self
+            .node
+            .member()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        if !self.policy.may_read_meta(&member, &meta) {
+            return Err(IngestError::NotReadable {
+                id: meta.id,
+                publisher: meta.publisher,
+            });
+        }
+        // A superseded or retracted bulletin may be one this member cannot
+        // read; the origin node checked the relation when it accepted it.
+        // Where this node holds it, it is marked as replaced all the same.
+        Ok(NewRecord {
+            meta,
+            envelope: bytes.to_vec(),
+            payload_digest: bulletin::sha256(&env.payload),
+            related: related(verified.bulletin(), false),
+            span: (self.spans.of)(verified.bulletin()),
+        })
+    }
+}
+
+/// The check a restore applies to each record (handed to
+/// `store::backup::restore` as its `Verify`), against `chains` (the
+/// node's CAs, without revocations): the envelope's signature, its chain
+/// (at the bulletin's creation time if the signer has expired since), and
+/// that the signed bulletin is the one the record names.
+pub fn stored_check(
+    chains: &dyn crate::trust::ChainCheck,
+) -> impl Fn(&crate::store::Record) -> Result<[u8; 32], String> + '_ {
+    move |rec: &crate::store::Record| {
+        let env = bulletin::codec::decode_envelope(&rec.envelope)?;
+        let v = bulletin::verify_stored_envelope(&env, chains, SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        let b = v.bulletin();
+        if b.id != rec.meta.id || b.publisher != rec.meta.publisher {
+            return Err(format!(
+                "the signed bulletin is {} of {}, not {} of {}",
+                b.id, b.publisher, rec.meta.id, rec.meta.publisher
+            ));
+        }
+        Ok(bulletin::sha256(&env.payload))
+    }
+}
+
+/// What a bulletin says of an earlier one of its publisher, for the store.
+fn related(b: &bulletin::Bulletin, required: bool) -> Option<Related> {
+    let (how, id) = match &b.relation {
+        Some(Relation::Supersedes(id)) => (Replaced::Superseded, id),
+        Some(Relation::Retracts(id)) => (Replaced::Retracted, id),
+        None => return None,
+    };
+    Some(Related {
+        how,
+        id: id.clone(),
+        required,
+    })
+}

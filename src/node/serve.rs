@@ -1,0 +1,299 @@
+//! A node: `run(config, listener, shutdown)` composes everything a node runs
+//! (store, trust, broker, peer links, the accept and reload loops, the
+//! services, the operations port), serves until `shutdown`, drains, and
+//! closes the store.
+
+use std::io;
+use std::sync::Arc;
+
+use std::time::SystemTime;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::base::config::Config;
+use crate::trust::state::TrustState;
+
+use crate::net::edge::{self as net, Connections, Net, NetError};
+use crate::node::state::NodeState;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("config: {0}")]
+    Retention(String),
+    #[error(transparent)]
+    Tokens(#[from] crate::domain::tokens::TokenError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        source: io::Error,
+    },
+    #[error("reflection setup failed: {0}")]
+    Reflection(String),
+    /// Already a sentence ("this node's own certificate is refused …").
+    #[error("{0}")]
+    OwnCertificate(String),
+}
+
+/// Runs a node until `shutdown` is cancelled; SIGHUP-style reloads come through `reload`.
+pub async fn run_with_reload(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+) -> Result<(), NodeError> {
+    let material = net::load_material(&config)?;
+    // Refusing at start beats failing every handshake later.
+    if let Some(reason) = material.own_refused {
+        return Err(NodeError::OwnCertificate(format!(
+            "{reason}. A revoked certificate is replaced by a new one with a new key (beacon ca issue node …; beacon ca renew refuses a revoked certificate), an expired one with beacon ca renew"
+        )));
+    }
+    let local = listener.local_addr().map_err(|source| NodeError::Listen {
+        what: "gRPC ([node] listen)",
+        addr: config.node.listen.to_string(),
+        source,
+    })?;
+    let ops_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    what: "the operations port ([metrics] listen)",
+                    addr: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    // The open connections of each TLS port.
+    let connections = Arc::new(Connections::default());
+    let taxii_connections = Arc::new(Connections::default());
+    let retention = crate::store::retention::Retention::from_config(&config.retention)
+        .map_err(NodeError::Retention)?;
+    let opening = std::time::Instant::now();
+    let store = Arc::new(crate::store::Store::open(
+        &config.node.data_dir,
+        crate::store::StoreOptions {
+            node: Some(material.identity.to_string()),
+            ..crate::store::StoreOptions::new(&config.store, crate::interop::stix::SPANS)
+        },
+    )?);
+    info!(
+        head = store.head(),
+        dir = %config.node.data_dir.display(),
+        took_ms = opening.elapsed().as_millis() as u64,
+        "store opened"
+    );
+    let config = Arc::new(config);
+    let trust = Arc::new(TrustState::new(
+        material.bundle.clone(),
+        material.own.clone(),
+    ));
+    let metrics = Arc::new(crate::base::metrics::Metrics::default());
+    let tasks = tokio_util::task::TaskTracker::new();
+    let drain = config.timing.drain_timeout;
+    let net = Arc::new(Net {
+        config: config.clone(),
+        identity: material.identity.clone(),
+        trust: trust.clone(),
+        registries: vec![connections.clone(), taxii_connections.clone()],
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    });
+    let state = Arc::new(NodeState {
+        identity: material.identity.clone(),
+        started_at: SystemTime::now(),
+        connections: connections.clone(),
+        trust,
+        store: store.clone(),
+        policy: crate::domain::policy::Policy::new(&config.groups),
+        broker: Arc::new(crate::broker::subscription::Broker::new(
+            config.limits.max_subscriptions,
+            tasks.clone(),
+        )),
+        peers: crate::node::federation::links(&config, &material.identity),
+        metrics,
+        tokens: Arc::new(crate::domain::tokens::Tokens::open(&config.node.data_dir)?),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+        config,
+    });
+    info!(node = %state.identity, addr = %local, "beacon node listening (mutual TLS 1.3)");
+
+    // The operations port, if configured.
+    let ops = match ops_listener {
+        Some(l) => {
+            if let Ok(at) = l.local_addr() {
+                info!(addr = %at, "operations port: /metrics, /healthz, gRPC health (plain text)");
+            }
+            let scrape = crate::node::ops::Scrape {
+                metrics: state.metrics.clone(),
+                store: state.store.clone(),
+                trust: state.trust.clone(),
+                connections: state.connections.clone(),
+                broker: state.broker.clone(),
+                peers: state.peers.clone(),
+            };
+            Some(tokio::spawn(crate::node::ops::serve(
+                scrape,
+                l,
+                net.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    // TAXII 2.1, if configured.
+    let taxii = crate::interop::taxii::bind(&state)
+        .await
+        .map_err(|source| NodeError::Listen {
+            what: "TAXII ([taxii] listen)",
+            addr: state
+                .config
+                .taxii
+                .listen
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            source,
+        })?
+        .map(|l| {
+            tokio::spawn(crate::interop::taxii::serve(
+                state.clone(),
+                l,
+                net.clone(),
+                taxii_connections.clone(),
+                shutdown.clone(),
+            ))
+        });
+
+    // Certificates and CRLs that are about to expire are said in the log.
+    let expiries = tokio::spawn(crate::trust::state::watch_expiries(
+        state.trust.clone(),
+        shutdown.clone(),
+    ));
+
+    // Retention: prunes what is due in the background, until shutdown.
+    let pruner = tokio::spawn(crate::store::retention::run(
+        state.store.clone(),
+        retention,
+        shutdown.clone(),
+    ));
+
+    // Peer links: one task each, until shutdown.
+    let link_context = Arc::new(crate::node::federation::LinkContext {
+        identity: state.identity.clone(),
+        timing: state.config.timing.clone(),
+        limits: state.config.limits.clone(),
+        trust: state.trust.clone(),
+        store: state.store.clone(),
+        policy: state.policy.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let links: Vec<_> = state
+        .peers
+        .iter()
+        .map(|link| {
+            tokio::spawn(crate::node::federation::run(
+                link_context.clone(),
+                link.clone(),
+            ))
+        })
+        .collect();
+    drop(link_context);
+
+    // Reload: files and SIGHUP.
+    let reloader = tokio::spawn(net::reload_loop(net.clone(), reload, shutdown.clone()));
+
+    // The gRPC port: mutual TLS, each connection served in its own task.
+    let routes = crate::api::router(state.clone())
+        .await
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let grpc = net::Door {
+        name: "gRPC",
+        security: net::Security::Tls(Box::new(|trust: &TrustState| {
+            crate::trust::tls::server_config(trust.bundle(), &trust.own())
+        })),
+        connections: connections.clone(),
+        max_connections: state.config.limits.max_connections,
+    };
+    let acceptor = {
+        let (limits, tasks) = (state.config.limits.clone(), tasks.clone());
+        tokio::spawn(net::listen(
+            listener,
+            grpc,
+            net.clone(),
+            move |conn| {
+                let (routes, limits, tasks) = (routes.clone(), limits.clone(), tasks.clone());
+                async move { crate::api::serve_connection(conn, routes, &limits, tasks).await }
+            },
+            shutdown.clone(),
+        ))
+    };
+
+    shutdown.cancelled().await;
+    // Every port stops accepting; open connections close (their streams
+    // end), peer links and background work stop.
+    connections.cancel_all();
+    let _ = acceptor.await;
+    reloader.abort();
+    let _ = reloader.await;
+    for link in links {
+        let _ = link.await;
+    }
+    let _ = pruner.await;
+    let _ = expiries.await;
+    if let Some(t) = taxii {
+        let _ = t.await;
+    }
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
+    drop(state);
+    drop(net);
+    // Every task that holds the store (connections and their streams,
+    // subscriptions and their cursor commits, blocking reads) is tracked:
+    // wait for them, then close the store (writer and flusher joined, final
+    // flush), so that whoever opens this data directory next finds it free.
+    tasks.close();
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+        warn!(deadline = ?drain, tasks = tasks.len(), "drain deadline passed with tasks still running");
+    }
+    match Arc::try_unwrap(store) {
+        Ok(mut s) => {
+            if let Err(e) = tokio::task::spawn_blocking(move || s.close())
+                .await
+                .unwrap_or(Ok(()))
+            {
+                warn!(error = %e, "closing the store failed");
+            }
+        }
+        Err(shared) => {
+            warn!("tasks still hold the store; flushing and leaving it open");
+            if let Err(e) = shared.flush() {
+                warn!(error = %e, "final store flush failed");
+            }
+        }
+    }
+    info!("beacon node stopped");
+    Ok(())
+}
+
+/// Runs a node until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    run_with_reload(config, listener, shutdown, Arc::new(Notify::new())).await
+}
