@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| beacon::fuzzing::config(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| beacon::tools::fuzzing::config(data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| beacon::fuzzing::identity(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| beacon::tools::fuzzing::identity(data));
