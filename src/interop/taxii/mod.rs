@@ -6,14 +6,24 @@
 //! something was left out.
 //!
 //! # Files
-//! - `mod.rs`: the listener, who is calling, routing, TAXII's media type,
-//!   headers and error bodies (the one mapping of errors to HTTP).
+//! - `mod.rs`: the listener (on the node's one accept loop), who is calling,
+//!   routing, error bodies (the one mapping of errors to HTTP), collections.
+//! - `headers.rs`: media types with their parameters, `Accept`, queries,
+//!   timestamps.
+//! - `post.rs`: `POST objects` and the status resources of posts.
+//! - `misp_feed.rs`: the MISP feed under `/misp/`.
 //! - `view.rs`: a collection's objects for one reader, in pages.
 //!
 //! Routing is a handful of fixed paths, matched here by hand: a web
 //! framework would add a layer without removing any of this.
 
+mod headers;
+mod misp_feed;
+mod post;
 mod view;
+
+use headers::{accept, parse_query, parse_time};
+use post::Statuses;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::base::identity::{Identity, RoleKind};
+use crate::base::identity::Identity;
 use crate::interop::stix::Profile;
 use crate::net::edge as net;
 use crate::node::state::NodeState;
@@ -137,68 +147,6 @@ struct Server {
     state: Arc<NodeState>,
     collections: Vec<Collection>,
     statuses: Statuses,
-}
-
-/// Status resources of posts: kept 24 hours (TAXII's minimum), at most
-/// `MAX_STATUSES`, each readable by the member that posted.
-#[derive(Default)]
-struct Statuses {
-    kept:
-        parking_lot::Mutex<std::collections::VecDeque<(std::time::Instant, String, String, Value)>>,
-}
-
-const MAX_STATUSES: usize = 10_000;
-const STATUS_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-impl Statuses {
-    /// Records the outcome of a post; returns its status resource.
-    fn add(&self, member: &str, outcomes: &[crate::interop::stix::Outcome]) -> Value {
-        let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        let entry = |o: &crate::interop::stix::Outcome, message: &str| json!({"id": o.id, "version": o.version, "message": message});
-        let successes: Vec<Value> = outcomes
-            .iter()
-            .filter(|o| o.failure.is_none())
-            .map(|o| entry(o, "taken"))
-            .collect();
-        let failures: Vec<Value> = outcomes
-            .iter()
-            .filter_map(|o| o.failure.as_deref().map(|f| entry(o, f)))
-            .collect();
-        let mut status = json!({
-            "id": id,
-            "status": "complete",
-            "request_timestamp": crate::interop::stix::timestamp(std::time::SystemTime::now()),
-            "total_count": outcomes.len(),
-            "success_count": successes.len(),
-            "failure_count": failures.len(),
-            "pending_count": 0,
-        });
-        if !successes.is_empty() {
-            status["successes"] = json!(successes);
-        }
-        if !failures.is_empty() {
-            status["failures"] = json!(failures);
-        }
-        let now = std::time::Instant::now();
-        let mut kept = self.kept.lock();
-        while kept.len() >= MAX_STATUSES
-            || kept
-                .front()
-                .is_some_and(|(at, ..)| now.duration_since(*at) > STATUS_KEPT)
-        {
-            kept.pop_front();
-        }
-        kept.push_back((now, id, member.to_owned(), status.clone()));
-        status
-    }
-
-    fn get(&self, member: &str, id: &str) -> Option<Value> {
-        self.kept
-            .lock()
-            .iter()
-            .find(|(_, i, m, _)| i == id && m == member)
-            .map(|(.., s)| s.clone())
-    }
 }
 
 /// A collection's id: stable across restarts, derived from the node's
@@ -416,224 +364,6 @@ impl Server {
             _ => return None,
         };
         self.state.tokens.identity_of(&token)
-    }
-
-    /// The MISP feed: `manifest.json` (the newest `MISP_WINDOW` bulletins
-    /// of the log this member may read) and `<uuid>.json` (one event).
-    async fn misp(&self, member: &str, file: &str) -> Result<Response<Full<Bytes>>, TaxiiError> {
-        let state = self.state.clone();
-        let member = member.to_owned();
-        let file = file.to_owned();
-        enum Body {
-            Json(Value),
-            Csv(String),
-        }
-        // MISP appends `/manifest.json` to the feed URL it is given: a URL
-        // ending in `/` gives `…/misp//manifest.json`.
-        let file = file.trim_start_matches('/').to_owned();
-        let body = self
-            .state
-            .tasks
-            .spawn_blocking(move || -> Result<Body, TaxiiError> {
-                let store = &state.store;
-                // Everything the member may read, expired and replaced
-                // bulletins included.
-                let view =
-                    crate::broker::view::View::new(store.clone(), state.policy.clone(), member);
-                let bulletin_of = |rec: &crate::store::Record| {
-                    crate::domain::bulletin::codec::decode_envelope(&rec.envelope)
-                        .ok()
-                        .and_then(|e| {
-                            crate::domain::bulletin::codec::decode_bulletin(&e.payload).ok()
-                        })
-                };
-                // The newest MISP_WINDOW bulletins this member may read
-                // (what cannot be read is passed over: the store logs it).
-                let window = || {
-                    let head = store.head();
-                    view.scan(head.saturating_sub(MISP_WINDOW - 1).max(1), head)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|step| match step {
-                            Ok(crate::broker::view::Step::Seen(seen)) => Some(seen),
-                            _ => None,
-                        })
-                        .filter_map(|seen| {
-                            let rec = seen.record();
-                            bulletin_of(rec).map(|b| (b, rec.accepted_at))
-                        })
-                };
-                if file == "manifest.json" {
-                    let mut manifest = serde_json::Map::new();
-                    for (b, accepted_at) in window() {
-                        manifest.insert(
-                            b.id.clone(),
-                            crate::interop::misp::manifest_entry(&b, accepted_at),
-                        );
-                    }
-                    return Ok(Body::Json(Value::Object(manifest)));
-                }
-                if file == "hashes.csv" {
-                    let mut csv = String::new();
-                    for (b, _) in window() {
-                        for line in crate::interop::misp::hash_lines(&b) {
-                            csv.push_str(&line);
-                            csv.push('\n');
-                        }
-                    }
-                    return Ok(Body::Csv(csv));
-                }
-                let uuid = file
-                    .strip_suffix(".json")
-                    .filter(|u| crate::domain::bulletin::canonical_uuid(u))
-                    .ok_or_else(|| TaxiiError::NotFound(format!("no MISP feed file {file}")))?;
-                for (_, seq) in store.lookup_id(uuid).unwrap_or_default() {
-                    let Ok(crate::broker::view::Found::Seen(seen)) = view.at(seq) else {
-                        continue;
-                    };
-                    let rec = seen.record();
-                    if let Some(b) = bulletin_of(rec) {
-                        return Ok(Body::Json(crate::interop::misp::event(&b, rec.accepted_at)));
-                    }
-                }
-                Err(TaxiiError::NotFound(format!("no event {uuid}")))
-            })
-            .await
-            .map_err(|_| TaxiiError::NotFound("the request was cut short".into()))??;
-        let (ctype, body) = match body {
-            Body::Json(v) => ("application/json", v.to_string()),
-            Body::Csv(s) => ("text/csv", s),
-        };
-        Ok(Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, ctype)
-            .body(Full::new(Bytes::from(body)))
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
-    }
-
-    /// Whether `identity` may post: a client of this node's member.
-    fn may_write(&self, identity: &Identity) -> bool {
-        identity.kind() == RoleKind::Client
-            && identity.member().is_some()
-            && identity.member().map(|m| m.as_str())
-                == self.state.identity.member().map(|m| m.as_str())
-    }
-
-    /// The largest request body taken (advertised as `max_content_length`).
-    fn max_content_length(&self) -> usize {
-        self.state.config.taxii.max_content_length
-    }
-
-    /// `POST {root}/collections/{id}/objects/` and `GET {root}/status/{id}/`
-    /// live here: a TAXII envelope (or bundle) from a member's client,
-    /// each report signed by this node on the client's behalf.
-    async fn post(
-        &self,
-        who: &Identity,
-        parts: &http::request::Parts,
-        body: Bytes,
-    ) -> Result<Response<Full<Bytes>>, TaxiiError> {
-        accept(parts)?;
-        let path = parts.uri.path();
-        let segments: Vec<&str> = path
-            .strip_prefix(ROOT)
-            .unwrap_or_default()
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        let ["collections", id, "objects"] = segments.as_slice() else {
-            return Err(TaxiiError::MethodNotAllowed(format!(
-                "POST is not served on {path}"
-            )));
-        };
-        self.collection(id)?;
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let (essence, params) = media_type(content_type);
-        if !is_taxii21(&essence, &params) {
-            return Err(TaxiiError::UnsupportedMediaType(content_type.to_owned()));
-        }
-        // The node signs for clients of its own member only.
-        let node_member = self.state.identity.member().map(|m| m.as_str().to_owned());
-        let member = match (who.kind(), who.member()) {
-            (RoleKind::Client, Some(m)) if Some(m.as_str()) == node_member.as_deref() => {
-                m.as_str().to_owned()
-            }
-            _ => {
-                return Err(TaxiiError::Forbidden(format!(
-                    "{} may not add objects here: this node signs only for clients of its own member ({})",
-                    who,
-                    node_member.unwrap_or_default()
-                )))
-            }
-        };
-        let (taken, mut outcomes) =
-            crate::interop::stix::take_bundle(&body, &member).map_err(TaxiiError::Unprocessable)?;
-        let own = self.state.trust.own();
-        let signer = crate::domain::bulletin::Signer::new(own.chain.clone(), own.key.secret_der())
-            .map_err(|e| TaxiiError::Unprocessable(format!("this node cannot sign: {e}")))?;
-        for t in taken {
-            let mut b = t.bulletin;
-            b.submitted_by = who.to_string();
-            let outcome = self.admit(&signer, &b).await;
-            outcomes.push(crate::interop::stix::Outcome {
-                id: t.id,
-                version: t.version,
-                failure: outcome.err(),
-            });
-        }
-        let status = self.statuses.add(&member, &outcomes);
-        info!(target: "beacon::audit", caller = %who, objects = outcomes.len(), failed = outcomes.iter().filter(|o| o.failure.is_some()).count(), "TAXII objects posted");
-        Ok(respond(StatusCode::ACCEPTED, status, &[]))
-    }
-
-    /// Signs `b` as this node and stores it through the admission path
-    /// every publish takes; a failure is the message a client is told.
-    async fn admit(
-        &self,
-        signer: &crate::domain::bulletin::Signer,
-        b: &crate::domain::bulletin::Bulletin,
-    ) -> Result<String, String> {
-        crate::domain::bulletin::validate(b, std::time::SystemTime::now())
-            .map_err(|e| e.to_string())?;
-        let env = signer.sign(b.to_bytes()).map_err(|e| e.to_string())?;
-        let bytes = crate::domain::bulletin::codec::encode_envelope(&env);
-        let admitted = self
-            .state
-            .ingest()
-            .publish(&env, bytes, &self.state.identity)
-            .map_err(|e| e.to_string())?;
-        let appended = self
-            .state
-            .store
-            .append(admitted.record)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(if appended.duplicate {
-            format!(
-                "already held: bulletin {} at sequence {}",
-                b.id, appended.seq
-            )
-        } else {
-            format!("bulletin {} at sequence {}", b.id, appended.seq)
-        })
-    }
-
-    /// The reading member: clients and nodes read as their member; other
-    /// roles (operators) read nothing over TAXII.
-    fn member<'a>(&self, identity: &'a Identity) -> Result<&'a str, TaxiiError> {
-        match identity.kind() {
-            RoleKind::Client | RoleKind::Node => identity
-                .member()
-                .map(|m| m.as_str())
-                .ok_or_else(|| TaxiiError::Forbidden("no member".into())),
-            _ => Err(TaxiiError::Forbidden(format!(
-                "{identity} is not a member's client or node"
-            ))),
-        }
     }
 
     async fn route(
@@ -915,170 +645,4 @@ fn describe(c: &Collection, can_write: bool) -> Value {
         "can_write": can_write,
         "media_types": [STIX],
     })
-}
-
-/// A media type or range as (type/subtype, parameters), lower-cased, with
-/// quoted parameter values unquoted (RFC 9110 §5.6.6: `version="2.1"` and
-/// `version=2.1` are the same).
-fn media_type(s: &str) -> (String, Vec<(String, String)>) {
-    let mut parts = s.split(';');
-    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-    let params = parts
-        .filter_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|x| x.strip_suffix('"'))
-                .map(|x| x.replace("\\\"", "\"").replace("\\\\", "\\"))
-                .unwrap_or_else(|| v.to_owned());
-            Some((k.trim().to_ascii_lowercase(), v))
-        })
-        .collect();
-    (essence, params)
-}
-
-/// Whether a media type names TAXII 2.1 JSON: `application/taxii+json`
-/// with no version, or version 2.1.
-fn is_taxii21(essence: &str, params: &[(String, String)]) -> bool {
-    essence == "application/taxii+json"
-        && params
-            .iter()
-            .filter(|(k, _)| k == "version")
-            .all(|(_, v)| v == "2.1")
-}
-
-/// The request's `Accept` must allow TAXII 2.1 JSON (a range with `q=0`
-/// refuses it).
-fn accept(parts: &http::request::Parts) -> Result<(), TaxiiError> {
-    let Some(a) = parts.headers.get(header::ACCEPT) else {
-        return Ok(());
-    };
-    let a = a.to_str().unwrap_or_default();
-    let ok = a.split(',').any(|m| {
-        let (essence, params) = media_type(m);
-        let refused = params
-            .iter()
-            .any(|(k, v)| k == "q" && v.parse::<f32>().is_ok_and(|q| q <= 0.0));
-        !refused
-            && (essence == "*/*" || essence == "application/*" || is_taxii21(&essence, &params))
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(TaxiiError::NotAcceptable(a.to_owned()))
-    }
-}
-
-fn parse_query(q: &str) -> Result<HashMap<String, String>, TaxiiError> {
-    let mut out = HashMap::new();
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k)?;
-        let v = percent_decode(v)?;
-        out.insert(k, v);
-    }
-    Ok(out)
-}
-
-fn percent_decode(s: &str) -> Result<String, TaxiiError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| TaxiiError::BadRequest(format!("bad escape in {s:?}")))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| TaxiiError::BadRequest(format!("{s:?} is not UTF-8")))
-}
-
-/// A TAXII timestamp (RFC 3339, UTC; 0 to 9 fractional digits) as µs.
-fn parse_time(t: &str) -> Result<u128, TaxiiError> {
-    let dt = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| TaxiiError::BadRequest(format!("{t:?} is not an RFC 3339 timestamp")))?;
-    let ns = dt.unix_timestamp_nanos();
-    u128::try_from(ns / 1000).map_err(|_| TaxiiError::BadRequest(format!("{t:?} is before 1970")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_with_any_number_of_fractional_digits() {
-        assert_eq!(parse_time("2026-11-27T08:42:13Z").unwrap() % 1_000_000, 0);
-        assert_eq!(
-            parse_time("2026-11-27T08:42:13.5Z").unwrap() % 1_000_000,
-            500_000
-        );
-        assert_eq!(
-            parse_time("2026-11-27T08:42:13.521382Z").unwrap() % 1_000_000,
-            521_382
-        );
-        assert_eq!(
-            parse_time("2026-11-27T08:42:13.521382999Z").unwrap() % 1_000_000,
-            521_382
-        );
-        assert!(parse_time("yesterday").is_err());
-    }
-
-    fn accepts(value: &str) -> bool {
-        let (parts, ()) = http::Request::builder()
-            .header(header::ACCEPT, value)
-            .body(())
-            .unwrap()
-            .into_parts();
-        accept(&parts).is_ok()
-    }
-
-    #[test]
-    fn media_types_are_read_with_their_parameters() {
-        for yes in [
-            "application/taxii+json;version=2.1",
-            "application/taxii+json; version=\"2.1\"",
-            "Application/TAXII+JSON;Version=2.1",
-            "application/taxii+json",
-            "application/json, application/taxii+json;version=\"2.1\";q=0.9",
-            "*/*",
-            "application/*",
-        ] {
-            assert!(accepts(yes), "{yes}");
-        }
-        for no in [
-            "application/taxii+json;version=2.0",
-            "application/taxii+json;version=\"2.0\"",
-            "application/json",
-            "application/taxii+json;version=2.1;q=0",
-        ] {
-            assert!(!accepts(no), "{no}");
-        }
-    }
-
-    #[test]
-    fn queries_decode_brackets_and_escapes() {
-        let q = parse_query(
-            "match%5Btype%5D=report,indicator&limit=5&added_after=2026-11-27T08%3A42%3A13Z",
-        )
-        .unwrap();
-        assert_eq!(q["match[type]"], "report,indicator");
-        assert_eq!(q["limit"], "5");
-        assert_eq!(q["added_after"], "2026-11-27T08:42:13Z");
-    }
 }
