@@ -1,0 +1,645 @@
+//! `beacon bench`: benchmarks against a node this command starts.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::AlgArg;
+use beacon::base::proto::v1 as pb;
+use beacon::tools::pki::Algorithm;
+
+#[derive(Subcommand, Debug)]
+pub(super) enum BenchCommand {
+    /// Durable, verified publishes of signed bulletins over mutual TLS.
+    Publish {
+        /// Concurrent publishers (each with its own connection and certificate).
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// Publishes per closed-loop run (1 publisher runs a tenth of it).
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        /// Serialized bulletin size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Offered rate of the open-loop latency run (0 skips it).
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Which API the closed-loop runs use: `unary` (one Publish call per
+        /// bulletin), `stream` (one PublishStream per publisher), or `both`.
+        #[arg(long, value_enum, default_value_t = ApiArg::Both)]
+        api: ApiArg,
+        /// Key algorithms of the node's PKI, one run each, in one table
+        /// (bulletin signatures follow the signer's certificate).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "ecdsa-p256")]
+        algorithms: Vec<AlgArg>,
+    },
+    /// Retention: how fast pruning goes, the disk space it gives back (with
+    /// `beacon admin compact`), and publish and replay speed while it runs.
+    Retention {
+        /// Expired bulletins pruned in the disk-space run.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: usize,
+        /// Expired bulletins pruned in the background during the speed runs.
+        #[arg(long, default_value_t = 400_000)]
+        background: usize,
+        /// Bulletins that stay, replayed in each speed run.
+        #[arg(long, default_value_t = 100_000)]
+        replay: usize,
+        /// Publishes (16 publishers, PublishStream) in each speed run.
+        #[arg(long, default_value_t = 10_000)]
+        publishes: usize,
+        /// Serialized bulletin size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
+    /// TAXII 2.1 against gRPC on the same node: every object in pages of
+    /// `limit` over HTTPS, every bulletin in `List` pages of `limit`.
+    Taxii {
+        /// Bulletins stored (a third with an indicator each is not the bulk
+        /// load's shape: every bulletin here has none).
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
+    /// Federation across a chain of three nodes (A → B → C): catch-up of nodes
+    /// that were down, relay throughput, and convergence latency.
+    Federation {
+        /// Bulletins stored at A before B and C start (their catch-up).
+        #[arg(long, default_value_t = 100_000)]
+        catch_up: usize,
+        /// Publishes at A (64 publishers) for the relay throughput run.
+        #[arg(long, default_value_t = 20_000)]
+        relay: usize,
+        /// Single publishes timed from A to a live subscriber at C.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Serialized bulletin size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
+    /// Restart after SIGKILL with many bulletins stored: the node is killed
+    /// while it was publishing, and timed until it serves again (its store
+    /// open, the write-ahead log's tail applied again).
+    Restart {
+        /// Bulletins stored before each run, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "1000000")]
+        stored: Vec<usize>,
+        /// Publishes (16 publishers) just before the kill, so that the log
+        /// has a tail to apply again.
+        #[arg(long, default_value_t = 20_000)]
+        tail: usize,
+        /// Serialized bulletin size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
+    /// Replay to a reconnecting subscriber, fan-out, and memory of many subscriptions.
+    Subscribe(SubscribeRuns),
+    /// What one durable write costs on a filesystem, by each way a
+    /// write-ahead log could make it durable (fdatasync into a preallocated
+    /// or a growing file, O_DSYNC, RWF_DSYNC, fsync, three in series).
+    Sync {
+        /// A directory on the filesystem to measure (the store's).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Writes per method.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Bytes per write (a commit batch's frame).
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+    },
+}
+
+/// What `beacon bench subscribe` runs.
+#[derive(Args, Debug)]
+pub(super) struct SubscribeRuns {
+    /// Bulletins stored before the replay run.
+    #[arg(long, default_value_t = 1_000_000)]
+    replay: usize,
+    /// Replays of the whole log, one after another on the same node
+    /// (each a fresh subscriber; the figures of a run compare best).
+    #[arg(long, default_value_t = 1)]
+    replays: usize,
+    /// Subscribers of the fan-out run.
+    #[arg(long, default_value_t = 100)]
+    fan_out: usize,
+    /// Publishes of the fan-out run.
+    #[arg(long, default_value_t = 3000)]
+    publishes: usize,
+    /// Open subscriptions of the memory run.
+    #[arg(long, default_value_t = 1000)]
+    subscriptions: usize,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub(super) enum ApiArg {
+    Unary,
+    Stream,
+    Both,
+}
+
+impl ApiArg {
+    fn apis(self) -> &'static [beacon::tools::bench::Api] {
+        use beacon::tools::bench::Api;
+        match self {
+            ApiArg::Unary => &[Api::Unary],
+            ApiArg::Stream => &[Api::Stream],
+            ApiArg::Both => &[Api::Unary, Api::Stream],
+        }
+    }
+}
+
+/// Runs one benchmark.
+pub(super) async fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Publish {
+            concurrency,
+            count,
+            size,
+            rate,
+            api,
+            algorithms,
+        } => {
+            let algorithms: Vec<Algorithm> = algorithms.into_iter().map(Into::into).collect();
+            bench_publish(&concurrency, count, size, rate, api.apis(), &algorithms).await
+        }
+        BenchCommand::Sync { dir, count, size } => {
+            let rows = tokio::task::spawn_blocking(move || {
+                beacon::tools::bench::sync::run(&dir, count.max(1), size.max(1))
+            })
+            .await??;
+            beacon::tools::bench::sync::print(&rows, size);
+            Ok(())
+        }
+        BenchCommand::Subscribe(runs) => bench_subscribe(runs).await,
+        BenchCommand::Retention {
+            count,
+            background,
+            replay,
+            publishes,
+            size,
+        } => bench_retention(count, background, replay, publishes, size).await,
+        BenchCommand::Restart { stored, tail, size } => bench_restart(&stored, tail, size).await,
+        BenchCommand::Taxii { count, limit, size } => bench_taxii(count, limit, size).await,
+        BenchCommand::Federation {
+            catch_up,
+            relay,
+            samples,
+            size,
+        } => bench_federation(catch_up, relay, samples, size).await,
+    }
+}
+
+async fn bench_publish(
+    concurrency: &[usize],
+    count: usize,
+    size: usize,
+    rate: u64,
+    apis: &[beacon::tools::bench::Api],
+    algorithms: &[Algorithm],
+) -> Result<()> {
+    use beacon::tools::bench;
+    let (exe, cores) = bench_host()?;
+    let mut rows = Vec::new();
+    let mut sign_rates = Vec::new();
+    for &algorithm in algorithms {
+        let target = bench::Target::start_with(&exe, algorithm)?;
+        println!(
+            "beacon bench publish: {size}-byte signed bulletins, {algorithm} certificates, node at {} (child process, mutual TLS 1.3, fsync per batch), {} cores",
+            target.addr,
+            cores
+        );
+        let mut first = 0;
+        // Warm up: connections, the chain cache, the store's first pages.
+        let _ = bench::closed_loop(&target, 4, 400, size, first).await?;
+        first += 4;
+        for &n in concurrency {
+            let n = n.max(1);
+            let total = if n == 1 { (count / 10).max(100) } else { count };
+            for &api in apis {
+                let (mut fig, sign_rate) =
+                    bench::closed_loop_with(&target, api, n, total, size, first).await?;
+                first += n;
+                sign_rates.push((algorithm, sign_rate));
+                if algorithms.len() > 1 {
+                    fig.label = format!("{algorithm}: {}", fig.label);
+                }
+                rows.push(fig);
+            }
+            if n == 1 {
+                let mut fig = bench::get_loop(&target, total, size, first).await?;
+                first += 1;
+                if algorithms.len() > 1 {
+                    fig.label = format!("{algorithm}: {}", fig.label);
+                }
+                rows.push(fig);
+            }
+        }
+        if rate > 0 {
+            let total = (rate as usize * 5).max(100);
+            let mut fig = bench::open_loop(&target, 16, rate, total, size, first).await?;
+            if algorithms.len() > 1 {
+                fig.label = format!("{algorithm}: {}", fig.label);
+            }
+            rows.push(fig);
+        }
+    }
+    bench::print_table(&rows);
+    for &algorithm in algorithms {
+        let best = sign_rates
+            .iter()
+            .filter(|(a, _)| *a == algorithm)
+            .map(|(_, r)| *r)
+            .fold(0.0, f64::max);
+        println!(
+            "client-side signing with {algorithm} (before the clock): about {best:.0} envelopes/s on one core"
+        );
+    }
+    Ok(())
+}
+
+/// The `beacon` binary the benchmarks start as a node, and this host's cores.
+async fn bench_retention(
+    count: usize,
+    background: usize,
+    replay: usize,
+    publishes: usize,
+    size: usize,
+) -> Result<()> {
+    let (exe, cores) = bench_host()?;
+    println!("beacon bench retention: {size}-byte signed bulletins, {cores} cores");
+    println!("| workload | figure |");
+    println!("|---|---|");
+    // 1. Disk space: a store of `count` expired bulletins, pruned, compacted.
+    if count > 0 {
+        retention_disk_space(count, size).await?;
+    }
+    // 2. Speed while retention prunes in the background, against the same
+    //    node before pruning starts and after it ends.
+    if background > 0 {
+        retention_while_serving(&exe, background, replay, publishes, size).await?;
+    }
+    Ok(())
+}
+
+/// A store of `count` expired bulletins: load, prune, compact; the rates
+/// and the disk space at each step.
+async fn retention_disk_space(count: usize, size: usize) -> Result<()> {
+    use beacon::store::{backup, retention, Store, StoreOptions};
+    use beacon::tools::bench;
+    use std::time::{Duration, Instant, SystemTime};
+    let target = bench::Target::prepare()?;
+    let expires = SystemTime::now() + Duration::from_secs(2);
+    let load = target
+        .bulk_load_expiring(count, size, Some(expires))
+        .await?;
+    println!(
+        "| bulk load of {count} bulletins that expire | {:.0}/s |",
+        count as f64 / load.as_secs_f64()
+    );
+    let dir = target.dir.join("store");
+    let before = backup::size_of(&dir.join("sled"));
+    if let Ok(wait) = expires.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    let store = Store::open(&dir, StoreOptions::defaults(beacon::interop::stix::SPANS))?;
+    let rules = retention::Retention::from_config(&beacon::base::config::RetentionConfig {
+        after_expiry: Some(Duration::ZERO),
+        ..Default::default()
+    })
+    .map_err(anyhow::Error::msg)?;
+    let mut pruner = retention::Pruner::new();
+    let t0 = Instant::now();
+    let mut pruned = 0u64;
+    loop {
+        let due = pruner.due(&store, &rules, SystemTime::now())?;
+        if due.is_empty() {
+            break;
+        }
+        pruned += store.prune(due).await?;
+    }
+    let took = t0.elapsed().as_secs_f64();
+    drop(store);
+    println!(
+        "| pruning {pruned} (batches of {}, one fsync each) | {:.0}/s ({took:.1} s) |",
+        rules.batch,
+        pruned as f64 / took
+    );
+    let after_prune = backup::size_of(&dir.join("sled"));
+    let t0 = Instant::now();
+    let c = tokio::task::spawn_blocking(move || {
+        backup::compact(&dir, &StoreOptions::defaults(beacon::interop::stix::SPANS))
+    })
+    .await??;
+    println!(
+        "| store size: {count} stored / all pruned / after `beacon admin compact` ({:.1} s) | {:.0} MB / {:.0} MB / {:.1} MB |",
+        t0.elapsed().as_secs_f64(),
+        before as f64 / 1e6,
+        after_prune as f64 / 1e6,
+        c.after as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Publish and replay speed on one node before, while and after
+/// retention prunes `background` expired bulletins.
+async fn retention_while_serving(
+    exe: &std::path::Path,
+    background: usize,
+    replay: usize,
+    publishes: usize,
+    size: usize,
+) -> Result<()> {
+    use beacon::tools::bench;
+    use std::time::{Duration, Instant, SystemTime};
+    let mut target = bench::Target::prepare()?;
+    let expires = SystemTime::now() + Duration::from_secs(2);
+    target
+        .bulk_load_expiring(background, size, Some(expires))
+        .await?;
+    target.bulk_load(replay, size).await?;
+    let from = background as u64 + 1;
+    // Pruning starts a fixed time after the load: time for the first run.
+    let start_in = Duration::from_secs(20);
+    let after_expiry = expires
+        .elapsed()
+        .unwrap_or_default()
+        .saturating_add(start_in);
+    target.add_config(&format!(
+        "\n[retention]\nafter_expiry = \"{}ms\"\ninterval = \"100ms\"\n",
+        after_expiry.as_millis()
+    ))?;
+    let launched = Instant::now();
+    target.launch(exe)?;
+    target.wait_serving().await?;
+    let mut admin = target.admin().await?;
+    let mut rows = Vec::new();
+    let mut published = 0u64;
+    let mut first = 0;
+    for phase in ["before pruning", "while pruning", "after pruning"] {
+        match phase {
+            "while pruning" => {
+                // Wait until retention is at work.
+                while pruned_so_far(&mut admin).await? == 0 {
+                    if launched.elapsed() > start_in + Duration::from_secs(60) {
+                        anyhow::bail!("retention never started");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            "after pruning" => {
+                while pruned_so_far(&mut admin).await? < background as u64 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            _ => {}
+        }
+        let p0 = pruned_so_far(&mut admin).await?;
+        let (fig, _) =
+            bench::closed_loop_with(&target, bench::Api::Stream, 16, publishes, size, first)
+                .await?;
+        first += 16;
+        published += fig.count as u64;
+        let (n, secs) = bench::replay_from(&target, from, replay as u64 + published, first).await?;
+        first += 1;
+        let p1 = pruned_so_far(&mut admin).await?;
+        rows.push((phase, fig.rate(), n, n as f64 / secs, p1 - p0));
+        if phase == "before pruning" && p1 > 0 {
+            anyhow::bail!("pruning started during the first run; raise the delay");
+        }
+    }
+    for (phase, publish, n, replay_rate, pruned) in &rows {
+        println!(
+            "| {phase}: publishes/s (16 publishers, PublishStream) / replay/s of {n} / pruned meanwhile | {publish:.0} / {replay_rate:.0} / {pruned} |"
+        );
+    }
+    let (_, base_p, _, base_r, _) = rows[0];
+    let (_, mid_p, _, mid_r, _) = rows[1];
+    let (_, end_p, _, end_r, _) = rows[2];
+    println!(
+        "| while pruning ÷ before (same store) / ÷ after (expired ones gone): publishes, replay | {:.2} / {:.2}, {:.2} / {:.2} |",
+        mid_p / base_p,
+        mid_p / end_p,
+        mid_r / base_r,
+        mid_r / end_r
+    );
+    Ok(())
+}
+
+async fn bench_taxii(count: usize, limit: usize, size: usize) -> Result<()> {
+    use beacon::tools::bench;
+    let (exe, cores) = bench_host()?;
+    let mut target = bench::Target::prepare()?;
+    let taxii = bench::free_port()?;
+    target.add_config(&format!(
+        "\n[taxii]\nlisten = \"{taxii}\"\nmax_page = 10000\n"
+    ))?;
+    target.bulk_load(count, size).await?;
+    target.launch(&exe)?;
+    target.wait_serving().await?;
+    println!("beacon bench taxii: {count} bulletins of {size} bytes, pages of {limit}, node as a child process, {cores} cores");
+    println!("| run | objects/s over TAXII (HTTPS, HTTP/1.1) | slowest TAXII page | bulletins/s over gRPC List | slowest List page |");
+    println!("|---|---:|---:|---:|---:|");
+    for run in 1..=2 {
+        let (objects, pages, secs, slowest) =
+            bench::taxii_walk(&target, taxii, limit, 10 * run).await?;
+        let (n, lsecs, lslowest) = bench::list_walk(&target, limit as u32, 10 * run + 1).await?;
+        println!(
+            "| {run} | {:.0} ({objects} in {pages} pages, {secs:.1} s) | {slowest:.1} ms | {:.0} ({n} in {lsecs:.1} s) | {lslowest:.1} ms |",
+            objects as f64 / secs,
+            n as f64 / lsecs
+        );
+    }
+    Ok(())
+}
+
+async fn bench_restart(stored: &[usize], tail: usize, size: usize) -> Result<()> {
+    use beacon::tools::bench;
+    let (exe, cores) = bench_host()?;
+    println!("beacon bench restart: bulletins of {size} bytes, {tail} published just before the SIGKILL, node as a child process, {cores} cores");
+    println!("| stored | bulk load | restart after SIGKILL until serving | frames applied again | store on disk |");
+    println!("|---:|---:|---:|---:|---:|");
+    for &n in stored {
+        let mut target = bench::Target::prepare()?;
+        let load = target.bulk_load(n, size).await?;
+        target.launch(&exe)?;
+        target.wait_serving().await?;
+        // Publishing right up to the kill: the log has a tail past its
+        // last checkpoint, as after a crash under load.
+        bench::closed_loop(&target, 16, tail, size, n + 1).await?;
+        let restart = target.kill_and_restart(&exe).await?;
+        let mut admin = target.admin().await?;
+        let status = admin
+            .status(pb::StatusRequest::default())
+            .await
+            .map_err(beacon::net::client::ClientError::from)?
+            .into_inner();
+        let store = status.store.unwrap_or_default();
+        println!(
+            "| {n} | {:.1} s | {:.3} s | {} | {:.0} MiB |",
+            load.as_secs_f64(),
+            restart.as_secs_f64(),
+            store.repaired_frames,
+            store.size_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+async fn pruned_so_far(admin: &mut beacon::net::client::AdminClient) -> Result<u64> {
+    Ok(admin
+        .status(pb::StatusRequest::default())
+        .await
+        .map_err(beacon::net::client::ClientError::from)?
+        .into_inner()
+        .store
+        .map(|s| s.pruned)
+        .unwrap_or(0))
+}
+
+fn bench_host() -> Result<(PathBuf, usize)> {
+    let exe = std::env::current_exe().context("cannot find the beacon binary")?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    Ok((exe, cores))
+}
+
+async fn bench_federation(
+    catch_up: usize,
+    relay: usize,
+    samples: usize,
+    size: usize,
+) -> Result<()> {
+    use beacon::tools::bench::{self, Target};
+    use std::time::{Duration, Instant};
+    let (exe, cores) = bench_host()?;
+    // A chain: B pulls from A, C pulls from B; three members, one alliance CA.
+    let mut a = Target::prepare_node(None, "a.bench", "a", &[])?;
+    let mut b = Target::prepare_node(Some(&a), "b.bench", "b", &[(a.addr, a.identity.clone())])?;
+    let mut c = Target::prepare_node(Some(&a), "c.bench", "c", &[(b.addr, b.identity.clone())])?;
+    println!("beacon bench federation: {size}-byte signed bulletins, three nodes as child processes in a chain A → B → C (mutual TLS 1.3, every relay verified and fsynced), {cores} cores shared by the nodes and the load generator");
+    println!("| workload | figure |");
+    println!("|---|---|");
+    let stored = catch_up as u64;
+    if catch_up > 0 {
+        a.bulk_load(catch_up, size).await?;
+    }
+    a.launch(&exe)?;
+    a.wait_serving().await?;
+    let t0 = Instant::now();
+    b.launch(&exe)?;
+    c.launch(&exe)?;
+    let mut admin_b = b.admin().await?;
+    let mut admin_c = c.admin().await?;
+    if catch_up > 0 {
+        let limit = Duration::from_secs(900);
+        let b_done = bench::wait_head(&mut admin_b, stored, limit).await?;
+        let c_done = bench::wait_head(&mut admin_c, stored, limit).await?;
+        let rate = |t: Instant| stored as f64 / t.duration_since(t0).as_secs_f64();
+        println!(
+            "| catch-up of {stored} published while B and C were down: B (one hop) / C (two hops, behind B) | {:.0}/s ({:.1} s) / {:.0}/s ({:.1} s) |",
+            rate(b_done),
+            b_done.duration_since(t0).as_secs_f64(),
+            rate(c_done),
+            c_done.duration_since(t0).as_secs_f64()
+        );
+    }
+    if relay > 0 {
+        let watch = tokio::spawn(async move {
+            bench::wait_head(
+                &mut admin_c,
+                // closed_loop gives every publisher the same share, rounded up.
+                stored + (relay.div_ceil(64) * 64) as u64,
+                Duration::from_secs(900),
+            )
+            .await
+        });
+        let (fig, _) = bench::closed_loop(&a, 64, relay, size, 1000).await?;
+        let published_at = Instant::now();
+        let started = published_at - Duration::from_secs_f64(fig.seconds);
+        let c_done = watch.await.context("watcher")??;
+        println!(
+            "| relay: 64 publishers at A, {} publishes; A acknowledged / C holds all | {:.0}/s / {:.0}/s end to end (C done {:.2} s after the last ack) |",
+            fig.count,
+            fig.rate(),
+            fig.count as f64 / c_done.duration_since(started).as_secs_f64(),
+            c_done.saturating_duration_since(published_at).as_secs_f64()
+        );
+    }
+    if samples > 0 {
+        let fig = bench::convergence(&a, &c, samples, size, 2000).await?;
+        println!(
+            "| convergence A → C (two relays), one bulletin at a time, {} samples | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
+            fig.count,
+            fig.p50_us as f64 / 1000.0,
+            fig.p99_us as f64 / 1000.0,
+            fig.max_us as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+async fn bench_subscribe(runs: SubscribeRuns) -> Result<()> {
+    use beacon::tools::bench;
+    let SubscribeRuns {
+        replay,
+        replays,
+        fan_out,
+        publishes,
+        subscriptions,
+        size,
+    } = runs;
+    let (exe, cores) = bench_host()?;
+    println!("beacon bench subscribe: {size}-byte signed bulletins, node as a child process, mutual TLS 1.3, {cores} cores");
+    println!("| workload | figure |");
+    println!("|---|---|");
+    if replay > 0 {
+        let mut target = bench::Target::prepare()?;
+        let load = target.bulk_load(replay, size).await?;
+        println!(
+            "| bulk load of {replay} bulletins (store group commit, no network) | {:.0}/s |",
+            replay as f64 / load.as_secs_f64()
+        );
+        let t0 = std::time::Instant::now();
+        target.launch(&exe)?;
+        target.wait_serving().await?;
+        println!(
+            "| node start with {replay} stored, until it serves | {:.2} s |",
+            t0.elapsed().as_secs_f64()
+        );
+        for run in 1..=replays.max(1) {
+            let (n, secs) = bench::replay(&target, replay as u64, run).await?;
+            println!(
+                "| replay of {n} to a reconnecting subscriber (run {run}) | {:.0}/s ({secs:.1} s) |",
+                n as f64 / secs
+            );
+        }
+        println!(
+            "| daemon RSS after the replay | {:.0} MB |",
+            target.rss().unwrap_or(0) as f64 / 1e6
+        );
+    }
+    if fan_out > 0 {
+        let target = bench::Target::start(&exe)?;
+        let (n, secs) = bench::fan_out(&target, fan_out, publishes, size, 0).await?;
+        println!("| fan-out, 1 publisher (16 in flight) → {fan_out} subscribers, {publishes} publishes | {:.0} deliveries/s ({n} in {secs:.1} s) |", n as f64 / secs);
+    }
+    if subscriptions > 0 {
+        let target = bench::Target::start(&exe)?;
+        let (base, open, after) = bench::memory(&target, subscriptions, 10_000, size, 0).await?;
+        println!(
+            "| daemon RSS: idle / {subscriptions} open + 1 stalled / after 10,000 more publishes | {:.0} / {:.0} / {:.0} MB |",
+            base as f64 / 1e6,
+            open as f64 / 1e6,
+            after as f64 / 1e6
+        );
+    }
+    Ok(())
+}
