@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -52,7 +53,7 @@ pub async fn run_with_reload(
 ) -> Result<(), NodeError> {
     let material = net::load_material(&config)?;
     // Refusing at start beats failing every handshake later.
-    if let Some(reason) = material.own_refused {
+    if let Some(reason) = &material.own_refused {
         return Err(NodeError::OwnCertificate(format!(
             "{reason}. A revoked certificate is replaced by a new one with a new key (beacon ca issue node …; beacon ca renew refuses a revoked certificate), an expired one with beacon ca renew"
         )));
@@ -62,23 +63,70 @@ pub async fn run_with_reload(
         addr: config.node.listen.to_string(),
         source,
     })?;
-    let ops_listener = match config.metrics.listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| NodeError::Listen {
-                    what: "the operations port ([metrics] listen)",
-                    addr: addr.to_string(),
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-    // The open connections of each TLS port.
-    let connections = Arc::new(Connections::default());
-    let taxii_connections = Arc::new(Connections::default());
+    let ops_listener = bind_ops(&config).await?;
     let retention = crate::store::retention::Retention::from_config(&config.retention)
         .map_err(NodeError::Retention)?;
+    let store = open_store(&config, &material)?;
+    let tasks = tokio_util::task::TaskTracker::new();
+    let drain = config.timing.drain_timeout;
+    let node = compose(config, &material, store.clone(), &shutdown, &tasks)?;
+    info!(node = %node.state.identity, addr = %local, "beacon node listening (mutual TLS 1.3)");
+    let routes = crate::api::router(node.state.clone())
+        .await
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let taxii_listener = crate::interop::taxii::bind(&node.state)
+        .await
+        .map_err(|source| NodeError::Listen {
+            what: "TAXII ([taxii] listen)",
+            addr: node
+                .state
+                .config
+                .taxii
+                .listen
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            source,
+        })?;
+    let running = Running::start(
+        &node,
+        Ports {
+            grpc: listener,
+            routes,
+            ops: ops_listener,
+            taxii: taxii_listener,
+        },
+        retention,
+        reload,
+        &shutdown,
+    );
+    shutdown.cancelled().await;
+    running.stop(&node).await;
+    drop(node);
+    close_store(store, &tasks, drain).await;
+    info!("beacon node stopped");
+    Ok(())
+}
+
+/// Binds the operations port, if `[metrics] listen` is set.
+async fn bind_ops(config: &Config) -> Result<Option<TcpListener>, NodeError> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| NodeError::Listen {
+            what: "the operations port ([metrics] listen)",
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Opens the node's store, with the spans TAXII needs.
+fn open_store(
+    config: &Config,
+    material: &net::Material,
+) -> Result<Arc<crate::store::Store>, NodeError> {
     let opening = std::time::Instant::now();
     let store = Arc::new(crate::store::Store::open(
         &config.node.data_dir,
@@ -93,14 +141,33 @@ pub async fn run_with_reload(
         took_ms = opening.elapsed().as_millis() as u64,
         "store opened"
     );
+    Ok(store)
+}
+
+/// What the node is made of once composed: the state its services share,
+/// the edge's, and the TAXII port's connections.
+struct Node {
+    state: Arc<NodeState>,
+    net: Arc<Net>,
+    taxii_connections: Arc<Connections>,
+}
+
+fn compose(
+    config: Config,
+    material: &net::Material,
+    store: Arc<crate::store::Store>,
+    shutdown: &CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<Node, NodeError> {
+    // The open connections of each TLS port.
+    let connections = Arc::new(Connections::default());
+    let taxii_connections = Arc::new(Connections::default());
     let config = Arc::new(config);
     let trust = Arc::new(TrustState::new(
         material.bundle.clone(),
         material.own.clone(),
     ));
     let metrics = Arc::new(crate::base::metrics::Metrics::default());
-    let tasks = tokio_util::task::TaskTracker::new();
-    let drain = config.timing.drain_timeout;
     let net = Arc::new(Net {
         config: config.clone(),
         identity: material.identity.clone(),
@@ -113,9 +180,9 @@ pub async fn run_with_reload(
     let state = Arc::new(NodeState {
         identity: material.identity.clone(),
         started_at: SystemTime::now(),
-        connections: connections.clone(),
+        connections,
         trust,
-        store: store.clone(),
+        store,
         policy: crate::domain::policy::Policy::new(&config.groups),
         broker: Arc::new(crate::broker::subscription::Broker::new(
             config.limits.max_subscriptions,
@@ -128,11 +195,44 @@ pub async fn run_with_reload(
         tasks: tasks.clone(),
         config,
     });
-    info!(node = %state.identity, addr = %local, "beacon node listening (mutual TLS 1.3)");
+    Ok(Node {
+        state,
+        net,
+        taxii_connections,
+    })
+}
 
-    // The operations port, if configured.
-    let ops = match ops_listener {
-        Some(l) => {
+/// The node's listeners, bound.
+struct Ports {
+    grpc: TcpListener,
+    routes: tonic::service::Routes,
+    ops: Option<TcpListener>,
+    taxii: Option<TcpListener>,
+}
+
+/// The node's long-running tasks, each awaited at shutdown.
+struct Running {
+    acceptor: JoinHandle<()>,
+    ops: Option<JoinHandle<()>>,
+    taxii: Option<JoinHandle<()>>,
+    expiries: JoinHandle<()>,
+    pruner: JoinHandle<()>,
+    links: Vec<JoinHandle<()>>,
+    reloader: JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the ports, the expiry watch, retention, the peer links and the
+    /// reload loop.
+    fn start(
+        node: &Node,
+        ports: Ports,
+        retention: crate::store::retention::Retention,
+        reload: Arc<Notify>,
+        shutdown: &CancellationToken,
+    ) -> Running {
+        let (state, net) = (&node.state, &node.net);
+        let ops = ports.ops.map(|l| {
             if let Ok(at) = l.local_addr() {
                 info!(addr = %at, "operations port: /metrics, /healthz, gRPC health (plain text)");
             }
@@ -144,127 +244,123 @@ pub async fn run_with_reload(
                 broker: state.broker.clone(),
                 peers: state.peers.clone(),
             };
-            Some(tokio::spawn(crate::node::ops::serve(
+            tokio::spawn(crate::node::ops::serve(
                 scrape,
                 l,
                 net.clone(),
                 shutdown.clone(),
-            )))
-        }
-        None => None,
-    };
-
-    // TAXII 2.1, if configured.
-    let taxii = crate::interop::taxii::bind(&state)
-        .await
-        .map_err(|source| NodeError::Listen {
-            what: "TAXII ([taxii] listen)",
-            addr: state
-                .config
-                .taxii
-                .listen
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            source,
-        })?
-        .map(|l| {
+            ))
+        });
+        let taxii = ports.taxii.map(|l| {
             tokio::spawn(crate::interop::taxii::serve(
                 state.clone(),
                 l,
                 net.clone(),
-                taxii_connections.clone(),
+                node.taxii_connections.clone(),
                 shutdown.clone(),
             ))
         });
-
-    // Certificates and CRLs that are about to expire are said in the log.
-    let expiries = tokio::spawn(crate::trust::state::watch_expiries(
-        state.trust.clone(),
-        shutdown.clone(),
-    ));
-
-    // Retention: prunes what is due in the background, until shutdown.
-    let pruner = tokio::spawn(crate::store::retention::run(
-        state.store.clone(),
-        retention,
-        shutdown.clone(),
-    ));
-
-    // Peer links: one task each, until shutdown.
-    let link_context = Arc::new(crate::node::federation::LinkContext {
-        identity: state.identity.clone(),
-        timing: state.config.timing.clone(),
-        limits: state.config.limits.clone(),
-        trust: state.trust.clone(),
-        store: state.store.clone(),
-        policy: state.policy.clone(),
-        shutdown: shutdown.clone(),
-    });
-    let links: Vec<_> = state
-        .peers
-        .iter()
-        .map(|link| {
-            tokio::spawn(crate::node::federation::run(
-                link_context.clone(),
-                link.clone(),
-            ))
-        })
-        .collect();
-    drop(link_context);
-
-    // Reload: files and SIGHUP.
-    let reloader = tokio::spawn(net::reload_loop(net.clone(), reload, shutdown.clone()));
-
-    // The gRPC port: mutual TLS, each connection served in its own task.
-    let routes = crate::api::router(state.clone())
-        .await
-        .map_err(|e| NodeError::Reflection(e.to_string()))?;
-    let grpc = net::Door {
-        name: "gRPC",
-        security: net::Security::Tls(Box::new(|trust: &TrustState| {
-            crate::trust::tls::server_config(trust.bundle(), &trust.own())
-        })),
-        connections: connections.clone(),
-        max_connections: state.config.limits.max_connections,
-    };
-    let acceptor = {
-        let (limits, tasks) = (state.config.limits.clone(), tasks.clone());
-        tokio::spawn(net::listen(
-            listener,
-            grpc,
-            net.clone(),
-            move |conn| {
-                let (routes, limits, tasks) = (routes.clone(), limits.clone(), tasks.clone());
-                async move { crate::api::serve_connection(conn, routes, &limits, tasks).await }
-            },
+        // Certificates and CRLs that are about to expire are said in the log.
+        let expiries = tokio::spawn(crate::trust::state::watch_expiries(
+            state.trust.clone(),
             shutdown.clone(),
-        ))
-    };
+        ));
+        // Retention: prunes what is due in the background, until shutdown.
+        let pruner = tokio::spawn(crate::store::retention::run(
+            state.store.clone(),
+            retention,
+            shutdown.clone(),
+        ));
+        // Peer links: one task each, until shutdown.
+        let link_context = Arc::new(crate::node::federation::LinkContext {
+            identity: state.identity.clone(),
+            timing: state.config.timing.clone(),
+            limits: state.config.limits.clone(),
+            trust: state.trust.clone(),
+            store: state.store.clone(),
+            policy: state.policy.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let links = state
+            .peers
+            .iter()
+            .map(|link| {
+                tokio::spawn(crate::node::federation::run(
+                    link_context.clone(),
+                    link.clone(),
+                ))
+            })
+            .collect();
+        // Reload: files and SIGHUP.
+        let reloader = tokio::spawn(net::reload_loop(net.clone(), reload, shutdown.clone()));
+        // The gRPC port: mutual TLS, each connection served in its own task.
+        let grpc = net::Door {
+            name: "gRPC",
+            security: net::Security::Tls(Box::new(|trust: &TrustState| {
+                crate::trust::tls::server_config(trust.bundle(), &trust.own())
+            })),
+            connections: state.connections.clone(),
+            max_connections: state.config.limits.max_connections,
+        };
+        let acceptor = {
+            let (routes, limits, tasks) = (
+                ports.routes,
+                state.config.limits.clone(),
+                state.tasks.clone(),
+            );
+            tokio::spawn(net::listen(
+                ports.grpc,
+                grpc,
+                net.clone(),
+                move |conn| {
+                    let (routes, limits, tasks) = (routes.clone(), limits.clone(), tasks.clone());
+                    async move { crate::api::serve_connection(conn, routes, &limits, tasks).await }
+                },
+                shutdown.clone(),
+            ))
+        };
+        Running {
+            acceptor,
+            ops,
+            taxii,
+            expiries,
+            pruner,
+            links,
+            reloader,
+        }
+    }
 
-    shutdown.cancelled().await;
-    // Every port stops accepting; open connections close (their streams
-    // end), peer links and background work stop.
-    connections.cancel_all();
-    let _ = acceptor.await;
-    reloader.abort();
-    let _ = reloader.await;
-    for link in links {
-        let _ = link.await;
+    /// After shutdown: every port stops accepting, open connections close
+    /// (their streams end), peer links and background work stop.
+    async fn stop(self, node: &Node) {
+        node.state.connections.cancel_all();
+        let _ = self.acceptor.await;
+        self.reloader.abort();
+        let _ = self.reloader.await;
+        for link in self.links {
+            let _ = link.await;
+        }
+        let _ = self.pruner.await;
+        let _ = self.expiries.await;
+        if let Some(t) = self.taxii {
+            let _ = t.await;
+        }
+        if let Some(ops) = self.ops {
+            let _ = ops.await;
+        }
     }
-    let _ = pruner.await;
-    let _ = expiries.await;
-    if let Some(t) = taxii {
-        let _ = t.await;
-    }
-    if let Some(ops) = ops {
-        let _ = ops.await;
-    }
-    drop(state);
-    drop(net);
-    // Every task that holds the store (connections and their streams,
-    // subscriptions and their cursor commits, blocking reads) is tracked:
-    // wait for them, then close the store (writer and flusher joined, final
-    // flush), so that whoever opens this data directory next finds it free.
+}
+
+/// Every task that holds the store (connections and their streams,
+/// subscriptions and their cursor commits, blocking reads) is tracked: waits
+/// for them (at most `drain`), then closes the store (writer and flusher
+/// joined, final flush), so that whoever opens this data directory next
+/// finds it free.
+async fn close_store(
+    store: Arc<crate::store::Store>,
+    tasks: &tokio_util::task::TaskTracker,
+    drain: std::time::Duration,
+) {
     tasks.close();
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
         warn!(deadline = ?drain, tasks = tasks.len(), "drain deadline passed with tasks still running");
@@ -285,8 +381,6 @@ pub async fn run_with_reload(
             }
         }
     }
-    info!("beacon node stopped");
-    Ok(())
 }
 
 /// Runs a node until `shutdown` is cancelled.
