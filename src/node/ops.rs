@@ -62,159 +62,179 @@ pub struct Scrape {
 /// The node's metrics in the Prometheus text format (0.0.4).
 pub fn render(state: &Scrape) -> String {
     let mut out = String::with_capacity(4096);
+    edge_counters(&mut out, state);
+    certificates(&mut out, state);
+    store_figures(&mut out, state);
+    subscriptions(&mut out, state);
+    peer_links(&mut out, state);
+    out
+}
+
+/// Publishes, refusals, handshakes and the log sink.
+fn edge_counters(out: &mut String, state: &Scrape) {
     let m = &state.metrics;
     counter(
-        &mut out,
+        out,
         "beacon_publishes_total",
         "Publishes made durable (accepted) or found already held (duplicate).",
         "result",
         &m.publishes.snapshot(),
     );
     counter(
-        &mut out,
+        out,
         "beacon_publish_refusals_total",
         "Publishes refused, by reason.",
         "reason",
         &m.refusals.snapshot(),
     );
     counter(
-        &mut out,
+        out,
         "beacon_tls_handshake_failures_total",
         "TLS handshakes refused, by reason.",
         "reason",
         &m.handshake_failures.snapshot(),
     );
     total(
-        &mut out,
+        out,
         "beacon_connections_closed_before_tls_total",
         "TCP connections closed before a TLS ClientHello (load-balancer and TCP probes).",
         m.closed_before_tls.get(),
     );
     total(
-        &mut out,
+        out,
         "beacon_log_lines_dropped_total",
         "Log lines dropped because the log's pipe or file refused them or its writer fell behind (logging never blocks the node).",
         crate::base::metrics::log_lines_dropped(),
     );
-    {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let expiries = state.trust.expiries();
+}
+
+/// When certificates expire and CRLs are due, and whether this node's own is refused.
+fn certificates(out: &mut String, state: &Scrape) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let expiries = state.trust.expiries();
+    let _ = writeln!(
+        out,
+        "# HELP beacon_certificate_expiry_seconds Seconds until a certificate expires (negative once it has): this node's own, and each CA of its trust bundle.\n# TYPE beacon_certificate_expiry_seconds gauge"
+    );
+    for e in expiries.iter().filter(|e| e.kind != "crl") {
         let _ = writeln!(
             out,
-            "# HELP beacon_certificate_expiry_seconds Seconds until a certificate expires (negative once it has): this node's own, and each CA of its trust bundle.\n# TYPE beacon_certificate_expiry_seconds gauge"
+            "beacon_certificate_expiry_seconds{{certificate=\"{}\",name=\"{}\"}} {}",
+            e.kind,
+            escape(&e.name),
+            e.at - now
         );
-        for e in expiries.iter().filter(|e| e.kind != "crl") {
-            let _ = writeln!(
-                out,
-                "beacon_certificate_expiry_seconds{{certificate=\"{}\",name=\"{}\"}} {}",
-                e.kind,
-                escape(&e.name),
-                e.at - now
-            );
-        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP beacon_crl_next_update_seconds Seconds until each CRL's next update (negative once past: it is still applied; re-sign it with beacon ca crl).\n# TYPE beacon_crl_next_update_seconds gauge"
+    );
+    for e in expiries.iter().filter(|e| e.kind == "crl") {
         let _ = writeln!(
             out,
-            "# HELP beacon_crl_next_update_seconds Seconds until each CRL's next update (negative once past: it is still applied; re-sign it with beacon ca crl).\n# TYPE beacon_crl_next_update_seconds gauge"
+            "beacon_crl_next_update_seconds{{issuer=\"{}\"}} {}",
+            escape(&e.name),
+            e.at - now
         );
-        for e in expiries.iter().filter(|e| e.kind == "crl") {
-            let _ = writeln!(
-                out,
-                "beacon_crl_next_update_seconds{{issuer=\"{}\"}} {}",
-                escape(&e.name),
-                e.at - now
-            );
-        }
     }
     gauge(
-        &mut out,
+        out,
         "beacon_node_certificate_refused",
         "1 while this node's own certificate is refused by its trust bundle (revoked, expired): it then serves no one and its peer links are down.",
         u64::from(state.trust.own_refusal().is_some()),
     );
+}
+
+/// The store: deliveries, durability, space, the group commit; open connections.
+fn store_figures(out: &mut String, state: &Scrape) {
     let store = &state.store;
     total(
-        &mut out,
+        out,
         "beacon_deliveries_total",
         "Deliveries sent to subscribers (clients and peer nodes).",
         state.broker.delivered_total(),
     );
     gauge(
-        &mut out,
+        out,
         "beacon_store_head",
         "The last durable sequence.",
         store.head(),
     );
     gauge(
-        &mut out,
+        out,
         "beacon_store_bulletins",
         "Bulletins stored.",
         store.len(),
     );
     gauge(
-        &mut out,
+        out,
         "beacon_store_size_bytes",
         "Size of the store on disk.",
         store.size_on_disk(),
     );
     total(
-        &mut out,
+        out,
         "beacon_store_corrupt_records_total",
         "Corrupted records refused on read.",
         store.stats.corrupt_reads.load(Ordering::Relaxed),
     );
     total(
-        &mut out,
+        out,
         "beacon_store_repairs_total",
         "Opens of the store after an unclean stop that applied its write-ahead log again.",
         store.stats.repairs.load(Ordering::Relaxed),
     );
     gauge(
-        &mut out,
+        out,
         "beacon_store_repaired_frames",
         "Frames of the write-ahead log applied again when the store opened.",
         store.stats.repaired_frames.load(Ordering::Relaxed),
     );
     total(
-        &mut out,
+        out,
         "beacon_store_pruned_total",
         "Bulletins pruned by retention since the node started.",
         store.stats.pruned.load(Ordering::Relaxed),
     );
     gauge(
-        &mut out,
+        out,
         "beacon_store_failed",
         "1 once a write or flush of the store failed: it refuses writes until the node restarts.",
         u64::from(store.failure().is_some()),
     );
     gauge(
-        &mut out,
+        out,
         "beacon_store_disk_full",
         "1 while publishes are refused because free space is below [store] reserve_mb.",
         u64::from(store.stats.disk_full.load(Ordering::Relaxed)),
     );
     store.stats.fsync_seconds.write(
-        &mut out,
+        out,
         "beacon_store_fsync_seconds",
         "Duration of each store flush (fsync) covering a group commit.",
     );
     store.stats.batch_records.write(
-        &mut out,
+        out,
         "beacon_store_batch_records",
         "Records made durable by each flush (group commit size).",
     );
     gauge(
-        &mut out,
+        out,
         "beacon_connections",
         "Open mutual-TLS connections.",
         state.connections.count() as u64,
     );
-    let head = store.head();
+}
+
+/// Open subscriptions and their lag.
+fn subscriptions(out: &mut String, state: &Scrape) {
+    let head = state.store.head();
     let sessions = state.broker.sessions();
     gauge(
-        &mut out,
+        out,
         "beacon_subscriptions",
         "Open subscriptions.",
         sessions.len() as u64,
@@ -233,6 +253,10 @@ pub fn render(state: &Scrape) -> String {
             head.saturating_sub(cursor)
         );
     }
+}
+
+/// Each peer link: up or down, lag, deliveries by outcome.
+fn peer_links(out: &mut String, state: &Scrape) {
     let peers: Vec<_> = state
         .peers
         .iter()
@@ -279,7 +303,6 @@ pub fn render(state: &Scrape) -> String {
             );
         }
     }
-    out
 }
 
 /// Serves the operations port until `shutdown`: `/metrics`, `/healthz`, and
