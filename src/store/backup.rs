@@ -497,6 +497,88 @@ fn build(
         hash: Context::new(&SHA256),
         last: "the file header".into(),
     };
+    let (head, backed_up) = read_header(&mut r)?;
+    let log = built_log(how, backed_up, head);
+    let (engine, _) = super::sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
+    let mut b = Building {
+        engine,
+        set: WriteSet {
+            format: Some(FORMAT),
+            log: Some(log.encode()),
+            ..WriteSet::default()
+        },
+        seen: Manifest {
+            head,
+            ..Manifest::default()
+        },
+        expect: 1,
+        head,
+        how,
+        backed_up,
+        log,
+        verify,
+    };
+    // The node the backup is of, once known (and checked before any record).
+    let mut node: Option<String> = None;
+    let mut checked = false;
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let manifest = loop {
+        let (tag, body, before) = r.next()?;
+        if !checked && tag != b'N' {
+            check_node(node.as_deref()).map_err(BackupError::Refused)?;
+            checked = true;
+        }
+        r.last = match tag {
+            b'N' if !checked => {
+                node =
+                    Some(String::from_utf8(body).map_err(|_| {
+                        BackupError::Damaged("the node identity is not UTF-8".into())
+                    })?);
+                "the node identity".into()
+            }
+            b'F' => file_entry(&body, &mut files)?,
+            b'R' | b'T' => b.entry(tag, body, progress)?,
+            b'S' => b.successor(&body)?,
+            b'C' => b.cursor(&body)?,
+            b'P' => b.position(&body)?,
+            b'M' => break manifest_entry(&body, before)?,
+            other => {
+                return Err(BackupError::Damaged(format!(
+                    "unknown entry type {other:#04x} after {}",
+                    r.last
+                )))
+            }
+        };
+    };
+    b.check(&manifest)?;
+    let mut rest = [0u8; 1];
+    if r.inner.read(&mut rest).map_err(bio)? != 0 {
+        return Err(BackupError::Damaged("bytes follow the manifest".into()));
+    }
+    b.finish(node.as_deref())?;
+    let mut written = Vec::new();
+    if how == Build::Restore {
+        for (name, bytes) in &files {
+            write_private(&dir.join(name), bytes)?;
+            written.push(name.clone());
+        }
+    }
+    // The head it holds (written and fdatasynced), and the names of both
+    // in `dir`: without that fsync a power cut could leave `dir` empty, and
+    // an empty store opens as a new one.
+    Watermark::open(dir)?.record(head).map_err(io)?;
+    sync_dir(dir)?;
+    progress(head, head);
+    Ok(Restored {
+        manifest,
+        node,
+        files: written,
+    })
+}
+
+/// The file header, the header entry and (version 2) the backed-up log's
+/// identity: the head the backup states, and that identity.
+fn read_header<R: Read>(r: &mut Entries<R>) -> Result<(u64, Option<LogInfo>), BackupError> {
     let mut magic = [0u8; 14];
     r.inner
         .read_exact(&mut magic)
@@ -529,239 +611,226 @@ fn build(
     }
     let head = c.u64()?;
     r.last = "the header".into();
-    // The backed-up log's identity (version 2), and the built store's.
-    let backed_up = if version >= 2 {
-        let (tag, body, _) = r.next()?;
-        if tag != b'L' {
-            return Err(BackupError::Damaged(
-                "the log identity entry is missing".into(),
-            ));
-        }
-        Some(
-            LogInfo::decode(&body)
-                .ok_or_else(|| BackupError::Damaged("its log identity is damaged".into()))?,
-        )
-    } else {
-        None
-    };
-    let log = built_log(how, backed_up, head);
+    if version < 2 {
+        return Ok((head, None));
+    }
+    let (tag, body, _) = r.next()?;
+    if tag != b'L' {
+        return Err(BackupError::Damaged(
+            "the log identity entry is missing".into(),
+        ));
+    }
+    let backed_up = LogInfo::decode(&body)
+        .ok_or_else(|| BackupError::Damaged("its log identity is damaged".into()))?;
+    Ok((head, Some(backed_up)))
+}
 
-    let (engine, _) = super::sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
-    let mut set = WriteSet {
-        format: Some(FORMAT),
-        log: Some(log.encode()),
-        ..WriteSet::default()
+/// A file of the data directory carried by the backup (`FILES` only).
+fn file_entry(body: &[u8], files: &mut Vec<(String, Vec<u8>)>) -> Result<String, BackupError> {
+    let mut c = Cut { b: body };
+    let name = c.str()?;
+    if !FILES.contains(&name.as_str()) {
+        return Err(BackupError::Damaged(format!(
+            "it carries a file {name:?}, which is not one a backup holds"
+        )));
+    }
+    files.push((name.clone(), c.b.to_vec()));
+    Ok(format!("the file {name}"))
+}
+
+/// The manifest entry, checked against the hash of everything before it.
+fn manifest_entry(body: &[u8], before: [u8; 32]) -> Result<Manifest, BackupError> {
+    let mut c = Cut { b: body };
+    let m = Manifest {
+        head: c.u64()?,
+        records: c.u64()?,
+        tombstones: c.u64()?,
+        successors: c.u64()?,
+        cursors: c.u64()?,
+        positions: c.u64()?,
+        sha256: c
+            .take(32)?
+            .try_into()
+            .map_err(|_| BackupError::Damaged("the manifest is short".into()))?,
     };
-    let mut seen = Manifest {
-        head,
-        ..Manifest::default()
-    };
-    let mut expect = 1u64;
-    // The node the backup is of, once known (and checked before any record).
-    let mut node: Option<String> = None;
-    let mut checked = false;
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    let manifest = loop {
-        let (tag, body, before) = r.next()?;
-        if !checked && tag != b'N' {
-            check_node(node.as_deref()).map_err(BackupError::Refused)?;
-            checked = true;
+    if m.sha256 != before {
+        return Err(BackupError::Damaged(
+            "its SHA-256 does not match the manifest (altered after it was written)".into(),
+        ));
+    }
+    Ok(m)
+}
+
+/// A store being built from a backup's entries, in their order; each
+/// entry's method says what it read (for the next error's "after …").
+struct Building<'a> {
+    engine: super::sled_engine::SledEngine,
+    /// Written in chunks of [`CHUNK`] entries.
+    set: WriteSet,
+    /// What was read so far, to compare with the manifest.
+    seen: Manifest,
+    /// The sequence of the next record or tombstone.
+    expect: u64,
+    head: u64,
+    how: Build,
+    backed_up: Option<LogInfo>,
+    /// The built store's log.
+    log: LogInfo,
+    verify: &'a Verify<'a>,
+}
+
+impl Building<'_> {
+    /// A record (checked: CRC, digest, signature) or a tombstone, under the
+    /// next sequence, with its index and expiry entries.
+    fn entry(
+        &mut self,
+        tag: u8,
+        body: Vec<u8>,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<String, BackupError> {
+        let head = self.head;
+        if self.expect > head {
+            return Err(BackupError::Damaged(format!(
+                "it holds more than the {head} entries its header states"
+            )));
         }
-        match tag {
-            b'N' if !checked => {
-                node =
-                    Some(String::from_utf8(body).map_err(|_| {
-                        BackupError::Damaged("the node identity is not UTF-8".into())
-                    })?);
-                r.last = "the node identity".into();
-            }
-            b'F' => {
-                let mut c = Cut { b: &body };
-                let name = c.str()?;
-                if !FILES.contains(&name.as_str()) {
-                    return Err(BackupError::Damaged(format!(
-                        "it carries a file {name:?}, which is not one a backup holds"
-                    )));
+        let seq = self.expect;
+        let set = &mut self.set;
+        if tag == b'R' {
+            let rec = Record::decode(seq, body.clone().into())
+                .map_err(|e| BackupError::Damaged(format!("entry {seq}: {e}")))?;
+            rec.check_digest()
+                .map_err(|e| BackupError::Damaged(format!("entry {seq}: {e}")))?;
+            let payload_digest =
+                (self.verify)(&rec).map_err(|reason| BackupError::Unverified { seq, reason })?;
+            set.index.push((
+                rec.meta.publisher.clone(),
+                rec.meta.id.clone(),
+                Indexed {
+                    seq,
+                    digest: rec.meta.digest,
+                    payload_digest: Some(payload_digest),
                 }
-                files.push((name.clone(), c.b.to_vec()));
-                r.last = format!("the file {name}");
+                .encode(),
+            ));
+            if let Some(e) = rec.meta.expires_at {
+                set.expiries.push((nanos(e), seq));
             }
-            b'R' | b'T' => {
-                if expect > head {
-                    return Err(BackupError::Damaged(format!(
-                        "it holds more than the {head} entries its header states"
-                    )));
+            set.records.push((seq, body));
+            self.seen.records += 1;
+        } else {
+            let t = Tombstone::decode(seq, &body)
+                .map_err(|e| BackupError::Damaged(format!("entry {seq}: {e}")))?;
+            set.index.push((
+                t.publisher.clone(),
+                t.id.clone(),
+                Indexed {
+                    seq,
+                    digest: t.digest,
+                    payload_digest: t.payload_digest,
                 }
-                let seq = expect;
-                if tag == b'R' {
-                    let rec = Record::decode(seq, body.clone().into())
-                        .map_err(|e| BackupError::Damaged(format!("entry {seq}: {e}")))?;
-                    rec.check_digest()
-                        .map_err(|e| BackupError::Damaged(format!("entry {seq}: {e}")))?;
-                    let payload_digest =
-                        verify(&rec).map_err(|reason| BackupError::Unverified { seq, reason })?;
-                    set.index.push((
-                        rec.meta.publisher.clone(),
-                        rec.meta.id.clone(),
-                        Indexed {
-                            seq,
-                            digest: rec.meta.digest,
-                            payload_digest: Some(payload_digest),
-                        }
-                        .encode(),
-                    ));
-                    if let Some(e) = rec.meta.expires_at {
-                        set.expiries.push((nanos(e), seq));
-                    }
-                    set.records.push((seq, body));
-                    seen.records += 1;
-                } else {
-                    let t = Tombstone::decode(seq, &body)
-                        .map_err(|e| BackupError::Damaged(format!("entry {seq}: {e}")))?;
-                    set.index.push((
-                        t.publisher.clone(),
-                        t.id.clone(),
-                        Indexed {
-                            seq,
-                            digest: t.digest,
-                            payload_digest: t.payload_digest,
-                        }
-                        .encode(),
-                    ));
-                    set.pruned.push(super::engine::Pruned {
-                        seq,
-                        tombstone: body,
-                        expires: None,
-                    });
-                    seen.tombstones += 1;
-                }
-                r.last = format!("entry {seq} of {head}");
-                expect += 1;
-                if set.records.len() + set.pruned.len() >= CHUNK {
-                    set.head = Some(seq);
-                    engine.write(std::mem::take(&mut set))?;
-                    progress(seq, head);
-                }
-            }
-            b'S' => {
-                let mut c = Cut { b: &body };
-                let seq = c.u64()?;
-                let s = c.take(body.len() - 8)?;
-                match Successor::decode(s) {
-                    Some(succ) if seq < expect && succ.seq < expect => {}
-                    _ => {
-                        return Err(BackupError::Damaged(format!(
-                            "a successor entry for {seq} names no held bulletin"
-                        )))
-                    }
-                }
-                set.successors.push((seq, s.to_vec()));
-                seen.successors += 1;
-                r.last = format!("the successor of {seq}");
-            }
-            b'C' => {
-                let mut c = Cut { b: &body };
-                let seq = c.u64()?;
-                let identity = c.str()?;
-                let name = c.str()?;
-                let taken_on = c.log()?;
-                let seq = seq.min(head);
-                // A cursor that holds on the backed-up log holds on the
-                // restored one (the same entries up to the head); one of
-                // another log stays of it (its subscription will start over).
-                let pos = match (how, backed_up, taken_on) {
-                    (Build::Compact, _, _) => Position { seq, log: taken_on },
-                    (Build::Restore, Some(b), Some(t)) => match b.carry(t, seq) {
-                        Some(seq) => Position {
-                            seq,
-                            log: Some(log.id),
-                        },
-                        None => Position { seq, log: taken_on },
-                    },
-                    (Build::Restore, _, _) => Position {
-                        seq,
-                        log: Some(log.id),
-                    },
-                };
-                engine.advance_cursor(Space::Subscriptions, &identity, &name, pos)?;
-                seen.cursors += 1;
-                r.last = format!("the cursor {identity}/{name}");
-            }
-            b'P' => {
-                let mut c = Cut { b: &body };
-                let seq = c.u64()?;
-                let peer = c.str()?;
-                let log = c.log()?;
-                engine.advance_cursor(Space::Links, &peer, "", Position { seq, log })?;
-                seen.positions += 1;
-                r.last = format!("the position on {peer}");
-            }
-            b'M' => {
-                let mut c = Cut { b: &body };
-                let m = Manifest {
-                    head: c.u64()?,
-                    records: c.u64()?,
-                    tombstones: c.u64()?,
-                    successors: c.u64()?,
-                    cursors: c.u64()?,
-                    positions: c.u64()?,
-                    sha256: c
-                        .take(32)?
-                        .try_into()
-                        .map_err(|_| BackupError::Damaged("the manifest is short".into()))?,
-                };
-                if m.sha256 != before {
-                    return Err(BackupError::Damaged(
-                        "its SHA-256 does not match the manifest (altered after it was written)"
-                            .into(),
-                    ));
-                }
-                break m;
-            }
-            other => {
+                .encode(),
+            ));
+            set.pruned.push(super::engine::Pruned {
+                seq,
+                tombstone: body,
+                expires: None,
+            });
+            self.seen.tombstones += 1;
+        }
+        self.expect += 1;
+        if set.records.len() + set.pruned.len() >= CHUNK {
+            set.head = Some(seq);
+            self.engine.write(std::mem::take(set))?;
+            progress(seq, head);
+        }
+        Ok(format!("entry {seq} of {head}"))
+    }
+
+    /// What superseded or retracted a bulletin already read.
+    fn successor(&mut self, body: &[u8]) -> Result<String, BackupError> {
+        let mut c = Cut { b: body };
+        let seq = c.u64()?;
+        let s = c.take(body.len() - 8)?;
+        match Successor::decode(s) {
+            Some(succ) if seq < self.expect && succ.seq < self.expect => {}
+            _ => {
                 return Err(BackupError::Damaged(format!(
-                    "unknown entry type {other:#04x} after {}",
-                    r.last
+                    "a successor entry for {seq} names no held bulletin"
                 )))
             }
         }
-    };
-    seen.sha256 = manifest.sha256;
-    if manifest != seen || expect != head + 1 {
-        return Err(BackupError::Damaged(format!(
-            "its manifest states {manifest:?} but it holds {seen:?}"
-        )));
+        self.set.successors.push((seq, s.to_vec()));
+        self.seen.successors += 1;
+        Ok(format!("the successor of {seq}"))
     }
-    let mut rest = [0u8; 1];
-    if r.inner.read(&mut rest).map_err(bio)? != 0 {
-        return Err(BackupError::Damaged("bytes follow the manifest".into()));
+
+    /// A durable subscription's cursor. One that holds on the backed-up log
+    /// holds on the restored one (the same entries up to the head); one of
+    /// another log stays of it (its subscription will start over).
+    fn cursor(&mut self, body: &[u8]) -> Result<String, BackupError> {
+        let mut c = Cut { b: body };
+        let seq = c.u64()?;
+        let identity = c.str()?;
+        let name = c.str()?;
+        let taken_on = c.log()?;
+        let seq = seq.min(self.head);
+        let pos = match (self.how, self.backed_up, taken_on) {
+            (Build::Compact, _, _) => Position { seq, log: taken_on },
+            (Build::Restore, Some(b), Some(t)) => match b.carry(t, seq) {
+                Some(seq) => Position {
+                    seq,
+                    log: Some(self.log.id),
+                },
+                None => Position { seq, log: taken_on },
+            },
+            (Build::Restore, _, _) => Position {
+                seq,
+                log: Some(self.log.id),
+            },
+        };
+        self.engine
+            .advance_cursor(Space::Subscriptions, &identity, &name, pos)?;
+        self.seen.cursors += 1;
+        Ok(format!("the cursor {identity}/{name}"))
     }
-    set.head = Some(head);
-    if how == Build::Compact {
-        // The same store, rewritten: it still names its node.
-        set.node = node.as_ref().map(|n| n.as_bytes().to_vec());
+
+    /// How far this node had read a peer's log.
+    fn position(&mut self, body: &[u8]) -> Result<String, BackupError> {
+        let mut c = Cut { b: body };
+        let seq = c.u64()?;
+        let peer = c.str()?;
+        let log = c.log()?;
+        self.engine
+            .advance_cursor(Space::Links, &peer, "", Position { seq, log })?;
+        self.seen.positions += 1;
+        Ok(format!("the position on {peer}"))
     }
-    engine.write_synced(set)?;
-    engine.checkpoint()?;
-    drop(engine);
-    let mut written = Vec::new();
-    if how == Build::Restore {
-        for (name, bytes) in &files {
-            write_private(&dir.join(name), bytes)?;
-            written.push(name.clone());
+
+    /// Checks what was read against the manifest.
+    fn check(&mut self, manifest: &Manifest) -> Result<(), BackupError> {
+        self.seen.sha256 = manifest.sha256;
+        if *manifest != self.seen || self.expect != self.head + 1 {
+            return Err(BackupError::Damaged(format!(
+                "its manifest states {manifest:?} but it holds {:?}",
+                self.seen
+            )));
         }
+        Ok(())
     }
-    // The head it holds (written and fdatasynced), and the names of both
-    // in `dir`: without that fsync a power cut could leave `dir` empty, and
-    // an empty store opens as a new one.
-    Watermark::open(dir)?.record(head).map_err(io)?;
-    sync_dir(dir)?;
-    progress(head, head);
-    Ok(Restored {
-        manifest,
-        node,
-        files: written,
-    })
+
+    /// Writes the rest durably and checkpoints the engine (closed when this
+    /// returns).
+    fn finish(mut self, node: Option<&str>) -> Result<(), BackupError> {
+        self.set.head = Some(self.head);
+        if self.how == Build::Compact {
+            // The same store, rewritten: it still names its node.
+            self.set.node = node.map(|n| n.as_bytes().to_vec());
+        }
+        self.engine.write_synced(self.set)?;
+        self.engine.checkpoint()?;
+        Ok(())
+    }
 }
 
 /// Writes `bytes` to a new file at `path`, readable by its owner only, and
