@@ -2,7 +2,7 @@
 //!
 //! # Crate map, in the order data flows
 //! The folders are named after their layers; each module uses only modules
-//! of lower layers (`tests/layering.rs` checks it; `ARCHITECTURE.md` has the
+//! of lower layers (`tests/it/layering.rs` checks it; `ARCHITECTURE.md` has the
 //! file-by-file map, layer by layer).
 //!
 //! - [`base`]: [`base::identity`] (SPIFFE identities), [`base::proto`] (the

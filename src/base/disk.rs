@@ -1,7 +1,7 @@
 //! Durable file-system steps shared by every part of Beacon that writes
 //! files: an fsync of a file does not make its name durable; a file created,
 //! renamed or removed is on disk only once its directory has been fsynced
-//! too (POSIX promises no more, and `tests/power_loss.rs` checks Beacon on a
+//! too (POSIX promises no more, and `tests/it/power_loss.rs` checks Beacon on a
 //! filesystem that keeps exactly that).
 
 use std::io;

@@ -647,7 +647,7 @@ impl Shared {
     /// `sync_file_range`, which writes the pages but neither the file's size
     /// nor the disk's write cache; it never fsyncs the blob files that hold
     /// large values, nor any directory. A power cut then loses what it
-    /// reported flushed (`tests/power_loss.rs` showed it; docs/RELIABILITY.md).
+    /// reported flushed (`tests/it/power_loss.rs` showed it; docs/RELIABILITY.md).
     /// So after it: `fdatasync` of the log file; an fsync of each blob file
     /// once it is whole (a blob still being written belongs to a write that
     /// this flush does not cover: every write it covers had finished, blobs

@@ -35,7 +35,7 @@
 //! commit, applied to sled only once durable), and what it must prove at a
 //! power cut (the cut at the first bad frame, runs, preallocated segments
 //! and their reuse) is small enough to hold in one file and check with the
-//! power-loss filesystem (`tests/power_loss.rs`). `okaywal` has this design
+//! power-loss filesystem (`tests/it/power_loss.rs`). `okaywal` has this design
 //! but its own checkpoint protocol and entry format, and would put a second
 //! commit queue in front of ours.
 

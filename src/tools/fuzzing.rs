@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets (`fuzz/fuzz_targets/`), in the library so
 //! that the stable test suite can run them over the checked-in corpus
-//! (`tests/fuzz_corpus.rs`) and `cargo fuzz` can explore from there. Each
+//! (`tests/it/fuzz_corpus.rs`) and `cargo fuzz` can explore from there. Each
 //! takes arbitrary bytes; the property is that it returns (an error is fine)
 //! and never panics, and that what decodes re-encodes consistently.
 //!

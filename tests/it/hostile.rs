@@ -4,14 +4,12 @@
 //! messages, and one client opening thousands of streams. Well-behaved clients
 //! stay served throughout, and the node's memory stays bounded.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Resident memory of a process, in bytes (Linux).
 fn rss(pid: u32) -> u64 {

@@ -1,11 +1,9 @@
 //! The operations port: Prometheus metrics and gRPC health without a client certificate.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use beacon::domain::bulletin::Tlp;
-use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_publishes_refusals_handshakes_and_lag() {

@@ -1,16 +1,14 @@
 //! Federation across allied nodes on loopback: every member has its own CA in
 //! a shared trust bundle; each node pulls from its peers what its member may read.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::common::*;
 use beacon::base::proto::v1 as pb;
 use beacon::domain::bulletin::{Relation, Tlp};
-use common::*;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 

@@ -1,7 +1,5 @@
-//! Power loss and disk faults, on PowerFs (`tests/common/powerfs.rs`): a
+//! Power loss and disk faults, on PowerFs (`tests/it/common/powerfs.rs`): a
 //! filesystem that forgets what was not fsynced when the power is cut.
-
-mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -9,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::checks::*;
-use common::powerfs::{Counters, Cut, PowerFs};
-use common::*;
+use crate::common::checks::*;
+use crate::common::powerfs::{Counters, Cut, PowerFs};
+use crate::common::*;
 use rand::Rng;
 
 fn sync_dir(path: &std::path::Path) {

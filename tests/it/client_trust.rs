@@ -4,14 +4,12 @@
 //! (reached by a DNS or routing trick) never receives a client's publishes
 //! or subscriptions.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 
+use crate::common::*;
 use beacon::base::identity::RoleKind;
 use beacon::net::client::{BeaconClient, ClientError};
 use beacon::tools::pki::IssueRequest;
-use common::*;
 
 /// `beacon list` as `files` against `addr`, with extra flags.
 fn cli_list(

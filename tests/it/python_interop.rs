@@ -7,12 +7,10 @@
 //! default `python3`). Without them the test says so and passes, unless
 //! `BEACON_REQUIRE_PYTHON=1` (as `.ci/run` sets), where it fails.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn python() -> Option<String> {
     python_with(

@@ -9,14 +9,12 @@
 //! `pip install -r tests/interop/requirements.txt`). Without it the test
 //! says so and passes, unless `BEACON_REQUIRE_PYTHON=1` (as `.ci/run` sets).
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use crate::common::*;
 use beacon::domain::bulletin::{Indicator, Reference, Relation, Tlp};
-use common::*;
 use serde_json::Value;
 
 fn python() -> Option<String> {

@@ -10,13 +10,11 @@
 //! `pip install -r tests/interop/requirements.txt`). Without them the test
 //! says so and passes, unless `BEACON_REQUIRE_PYTHON=1` (as `.ci/run` sets).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 
+use crate::common::*;
 use beacon::domain::bulletin::{Indicator, Tlp};
-use common::*;
 use serde_json::Value;
 
 fn python() -> Option<String> {

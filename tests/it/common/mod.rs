@@ -2,8 +2,6 @@
 //! 127.0.0.1:0 (in-process through `node::run`, or the `beacon` binary as a
 //! child process). Tests wait on readiness, never on fixed sleeps.
 
-#![allow(dead_code)]
-
 pub mod checks;
 pub mod powerfs;
 
@@ -403,7 +401,7 @@ pub fn settings(files: &CertFiles, ca: &[PathBuf]) -> ClientSettings {
 /// Dials `addr` as `files`, trusting `ca` for the node, accepting any node
 /// the CA vouches for that names the host (tests reach one node with clients
 /// of many members; a client's default, its own member's nodes only, is
-/// tested in `tests/client_trust.rs`).
+/// tested in `tests/it/client_trust.rs`).
 pub async fn dial(
     addr: SocketAddr,
     files: &CertFiles,
@@ -1386,7 +1384,6 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
 #[derive(Debug)]
 pub struct HttpsResponse {
     pub status: u16,
-    pub headers: http::HeaderMap,
     pub body: String,
 }
 
@@ -1467,7 +1464,6 @@ impl HttpsConn {
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
         let body = resp
             .into_body()
             .collect()
@@ -1476,7 +1472,6 @@ impl HttpsConn {
             .to_bytes();
         Ok(HttpsResponse {
             status,
-            headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
     }

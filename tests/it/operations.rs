@@ -5,13 +5,11 @@
 //! a message naming what is wrong, and nothing is written; a restore never
 //! overwrites a store.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::common::*;
 use beacon::base::proto::v1 as pb;
-use common::*;
 
 fn run(dir: &Path, args: &[String]) -> (i32, String, String) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

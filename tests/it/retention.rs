@@ -5,13 +5,11 @@
 //! again is still a duplicate, readers pass over pruned ones and
 //! `Subscribed` counts them, and the store reopens.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
+use crate::common::*;
 use beacon::base::proto::v1 as pb;
 use beacon::domain::bulletin::Tlp;
-use common::*;
 use tonic::Code;
 
 const RETENTION: &str = "[retention]\nafter_expiry = \"2s\"\ninterval = \"50ms\"\nbatch = 2\n\n[retention.tlp.\"TLP:CLEAR\"]\nmax_age = \"4s\"\n";

@@ -4,13 +4,11 @@
 //! of what it replaces. A store from before index entries knew their
 //! successors is upgraded in place at open.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use beacon::base::proto::v1 as pb;
 use beacon::domain::bulletin::{Relation, Tlp};
-use common::*;
 use tonic::Code;
 
 fn marked(

@@ -3,15 +3,13 @@
 //! (format 2), is upgraded in place at open, and a store of a newer format
 //! is refused, by the library and by `beacon daemon`, with one clear line.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::common::*;
 use beacon::domain::bulletin::Relation;
 use beacon::store::{Replaced, Store, StoreError, StoreOptions, FORMAT};
-use common::*;
 
 /// The sled files of the store in `dir`, as its engine made them (sled
 /// refuses another buffer size than the one its files were made with).
@@ -413,7 +411,7 @@ async fn a_durable_cursor_of_another_log_is_not_applied() {
     }
     let mut reader = member(node.addr, &reader_files, &ca).await;
     let mut sub = reader
-        .subscribe(common::open("feed", resume()))
+        .subscribe(crate::common::open("feed", resume()))
         .await
         .unwrap();
     read_deliveries(&mut sub, 5, true, Duration::from_secs(20)).await;
@@ -446,7 +444,7 @@ async fn a_durable_cursor_of_another_log_is_not_applied() {
         .await;
     let mut reader = member(node.addr, &reader_files, &ca).await;
     let mut sub = reader
-        .subscribe(common::open("feed", resume()))
+        .subscribe(crate::common::open("feed", resume()))
         .await
         .unwrap();
     let seen = read_deliveries(&mut sub, 5, true, Duration::from_secs(20)).await;
@@ -471,7 +469,7 @@ async fn a_durable_cursor_of_another_log_is_not_applied() {
     .await;
     drop(sub);
     let mut sub = reader
-        .subscribe(common::open("feed", resume()))
+        .subscribe(crate::common::open("feed", resume()))
         .await
         .unwrap();
     let s = read_deliveries(&mut sub, 0, true, Duration::from_secs(20))

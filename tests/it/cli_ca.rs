@@ -1,12 +1,10 @@
 //! `beacon ca` end to end through the binary, and the daemon's process life
 //! (`beacon daemon`, `beacon dev`, signals).
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn ok(dir: &std::path::Path, args: &[&str]) -> String {
     let (code, out, err) = beacon(dir, args);

@@ -7,13 +7,11 @@
 //!
 //! `BEACON_CRASH_CYCLES` sets the number of kill/restart cycles (default 3).
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::checks::*;
-use common::*;
+use crate::common::checks::*;
+use crate::common::*;
 use rand::Rng;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
