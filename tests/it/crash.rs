@@ -8,7 +8,7 @@
 //! `BEACON_CRASH_CYCLES` sets the number of kill/restart cycles (default 3).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::checks::*;
 use crate::common::*;
@@ -36,23 +36,18 @@ async fn acknowledged_bulletins_survive_sigkill() {
         let mut node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
         let head = check_everything(addr, &reader_files, &ca, &acked, cycle).await;
         if cycle == cycles {
-            // The durable subscriber catches up and has seen every sequence.
-            reader_has_seen_everything(
+            let (catch_up, stop_within) = (Duration::from_secs(60), Duration::from_secs(20));
+            final_cycle(
+                &mut node,
                 addr,
                 &reader_files,
                 &ca,
                 &reader,
                 head,
-                Duration::from_secs(60),
+                catch_up,
+                stop_within,
             )
             .await;
-            node.signal(nix::sys::signal::Signal::SIGTERM);
-            assert_eq!(
-                node.wait(Duration::from_secs(20)),
-                Some(0),
-                "{}",
-                node.log()
-            );
             break;
         }
         // Stream durably while publishing; the stream dies with the node.
@@ -64,45 +59,21 @@ async fn acknowledged_bulletins_survive_sigkill() {
             None,
         ));
         // Publish from every client until the node is killed.
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for files in &clients {
-            let mut c = member(addr, files, &ca).await;
-            let member_id = files.identity.split('/').nth(4).unwrap().to_owned();
-            let acked = acked.clone();
-            let stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
-                {
-                    let b = bulletin(&member_id, "crash test");
-                    let env = c.signer.sign(b.to_bytes()).unwrap();
-                    n += 1;
-                    match c.publish_envelope(&env).await {
-                        Ok(p) => {
-                            acked.lock().unwrap().insert(
-                                b.id,
-                                (
-                                    p.sequence,
-                                    beacon::domain::bulletin::codec::encode_envelope(&env),
-                                ),
-                            );
-                        }
-                        Err(_) => break, // the node died; unacknowledged is allowed to be lost
-                    }
-                }
-                n
-            }));
-        }
+        let publishers = Publishers::start(
+            addr,
+            &clients,
+            &ca,
+            &acked,
+            "crash test",
+            Duration::from_secs(30),
+            |_, _, _| false,
+        )
+        .await;
         let run_for = Duration::from_millis(rng.random_range(100..700));
         tokio::time::sleep(run_for).await;
         node.signal(nix::sys::signal::Signal::SIGKILL);
         node.wait(Duration::from_secs(10));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in tasks {
-            attempts += t.await.unwrap();
-        }
+        attempts += publishers.stop().await;
         streaming
             .await
             .expect("the durable subscriber's checks hold");

@@ -278,22 +278,18 @@ async fn acknowledged_bulletins_and_cursors_survive_power_cuts() {
             sync_dir(fs.path());
         }
         if cycle == cycles {
-            reader_has_seen_everything(
+            let (catch_up, stop_within) = (Duration::from_secs(120), Duration::from_secs(30));
+            final_cycle(
+                &mut node,
                 addr,
                 &reader_files,
                 &ca,
                 &reader,
                 head,
-                Duration::from_secs(120),
+                catch_up,
+                stop_within,
             )
             .await;
-            node.signal(nix::sys::signal::Signal::SIGTERM);
-            assert_eq!(
-                node.wait(Duration::from_secs(30)),
-                Some(0),
-                "{}",
-                node.log()
-            );
             break;
         }
         let streaming = tokio::spawn(durable_reader(
@@ -303,43 +299,25 @@ async fn acknowledged_bulletins_and_cursors_survive_power_cuts() {
             reader.clone(),
             None,
         ));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for (i, files) in clients.iter().enumerate() {
-            let mut c = member(addr, files, &ca).await;
-            let member_id = files.identity.split('/').nth(4).unwrap().to_owned();
-            let (acked, big_acked, stop) = (acked.clone(), big_acked.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let mut b = bulletin(&member_id, "power cut");
-                    n += 1;
-                    // Now and then one large enough to leave sled's log
-                    // (a blob file of its own).
-                    let big = i == 0 && n.is_multiple_of(16);
-                    if big {
-                        b.body = "x".repeat(200 * 1024);
-                    }
-                    let env = c.signer.sign(b.to_bytes()).unwrap();
-                    match c.publish_envelope(&env).await {
-                        Ok(p) => {
-                            if big {
-                                big_acked.fetch_add(1, Ordering::Relaxed);
-                            }
-                            acked.lock().unwrap().insert(
-                                b.id,
-                                (
-                                    p.sequence,
-                                    beacon::domain::bulletin::codec::encode_envelope(&env),
-                                ),
-                            );
-                        }
-                        Err(_) => break, // unacknowledged may be lost
-                    }
+        // Now and then one large enough to leave sled's log (a blob file of
+        // its own).
+        let publishers = Publishers::start(
+            addr,
+            &clients,
+            &ca,
+            &acked,
+            "power cut",
+            Duration::from_secs(60),
+            |i, n, b| {
+                let big = i == 0 && n.is_multiple_of(16);
+                if big {
+                    b.body = "x".repeat(200 * 1024);
                 }
-            }));
-        }
+                big
+            },
+        )
+        .await;
+        let stop = publishers.stop_flag();
         // The cursor the node reports durable, sampled until the cut.
         let prober = {
             let (reader, stop, op, ca, who) = (
@@ -391,9 +369,9 @@ async fn acknowledged_bulletins_and_cursors_survive_power_cuts() {
                 "cycle {cycle}: a backup reported written is gone after the cut"
             );
         }
-        for t in tasks {
-            t.await.unwrap();
-        }
+        let big = publishers.big.clone();
+        publishers.stop().await;
+        big_acked.fetch_add(big.load(Ordering::Relaxed), Ordering::Relaxed);
         prober.await.unwrap();
         streaming
             .await
@@ -1059,7 +1037,7 @@ fn sled_keys_after_a_cut(fdatasync: bool) -> usize {
     let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
-            "sled_writer",
+            "power_loss::sled_writer",
             "--ignored",
             "--nocapture",
             "--test-threads",

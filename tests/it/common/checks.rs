@@ -287,3 +287,99 @@ pub async fn publish_expiring(
     }
     expires
 }
+
+/// The last cycle of a crash or power-cut test: the durable subscriber
+/// catches up to `head` (within `catch_up`) and has seen every sequence,
+/// and the node stops cleanly on SIGTERM (within `stop_within`).
+#[allow(clippy::too_many_arguments)]
+pub async fn final_cycle(
+    node: &mut ChildNode,
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    ca: &[std::path::PathBuf],
+    reader: &Arc<Mutex<Reader>>,
+    head: u64,
+    catch_up: std::time::Duration,
+    stop_within: std::time::Duration,
+) {
+    reader_has_seen_everything(addr, files, ca, reader, head, catch_up).await;
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(node.wait(stop_within), Some(0), "{}", node.log());
+}
+
+/// One publisher per client, each publishing `title` bulletins of its
+/// member until told to stop (or for at most `limit`), recording what was
+/// acknowledged; `shape(client, n, bulletin)` may change the n-th bulletin
+/// of a client, and says whether to count it among the `big` ones.
+pub struct Publishers {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<u64>>,
+    /// Acknowledged bulletins that `shape` marked.
+    pub big: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Publishers {
+    pub async fn start(
+        addr: std::net::SocketAddr,
+        clients: &[CertFiles],
+        ca: &[std::path::PathBuf],
+        acked: &Acked,
+        title: &'static str,
+        limit: std::time::Duration,
+        shape: fn(usize, u64, &mut beacon::domain::bulletin::Bulletin) -> bool,
+    ) -> Publishers {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let big = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for (i, files) in clients.iter().enumerate() {
+            let mut c = member(addr, files, ca).await;
+            let member_id = files.identity.split('/').nth(4).unwrap().to_owned();
+            let (acked, stop, big) = (acked.clone(), stop.clone(), big.clone());
+            tasks.push(tokio::spawn(async move {
+                let deadline = std::time::Instant::now() + limit;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    let mut b = bulletin(&member_id, title);
+                    n += 1;
+                    let marked = shape(i, n, &mut b);
+                    let env = c.signer.sign(b.to_bytes()).unwrap();
+                    match c.publish_envelope(&env).await {
+                        Ok(p) => {
+                            if marked {
+                                big.fetch_add(1, Ordering::Relaxed);
+                            }
+                            acked.lock().unwrap().insert(
+                                b.id,
+                                (
+                                    p.sequence,
+                                    beacon::domain::bulletin::codec::encode_envelope(&env),
+                                ),
+                            );
+                        }
+                        // The node died: what was not acknowledged may be lost.
+                        Err(_) => break,
+                    }
+                }
+                n
+            }));
+        }
+        Publishers { stop, tasks, big }
+    }
+
+    /// Tells them to stop (the node is already gone); the publishes
+    /// attempted.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut attempts = 0;
+        for t in self.tasks {
+            attempts += t.await.unwrap();
+        }
+        attempts
+    }
+
+    /// The flag the publishers stop on, for other tasks of the same cycle.
+    pub fn stop_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.stop.clone()
+    }
+}
