@@ -11,6 +11,13 @@
 //! pod network) serves `GET /metrics`, `GET /healthz`, and the gRPC health
 //! service over h2c, so Kubernetes `grpc` probes work without a client
 //! certificate. Nothing else is served there.
+//!
+//! The text is written here rather than by the `prometheus-client` crate:
+//! its encoders write OpenMetrics (a `# EOF` line, `_total` added to counter
+//! samples) and end every HELP text with a period of their own, so the
+//! exposition operators and `promtool check metrics` see today could not be
+//! kept identical; and most figures here are read at scrape time from the
+//! store and the registries, not kept in a registry of metric objects.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
