@@ -51,6 +51,7 @@ pub mod interop;
 pub mod net;
 pub mod node;
 pub mod store;
+pub mod tlog;
 pub mod tools;
 pub mod trust;
 

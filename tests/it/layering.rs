@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// by the folder and its file (`base/identity`); any other module by its
 /// top-level name (`store`, `trust`).
 const GROUPS: &[&str] = &[
-    "base", "domain", "broker", "net", "interop", "node", "tools",
+    "base", "domain", "broker", "net", "interop", "node", "tools", "tlog",
 ];
 
 /// (layer, modules): a module may use only modules of lower layers.
@@ -23,6 +23,7 @@ const LAYERS: &[(u32, &[&str])] = &[
             "base/proto",
             "base/disk",
             "interop/pattern",
+            "tlog/merkle",
         ],
     ),
     (1, &["base/config"]),

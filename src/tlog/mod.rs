@@ -1,0 +1,4 @@
+//! Transparency: the Merkle tree over the log and the signed notes that
+//! commit to it (checkpoints, cosignatures).
+
+pub mod merkle;
