@@ -2,3 +2,4 @@
 //! commit to it (checkpoints, cosignatures).
 
 pub mod merkle;
+pub mod note;

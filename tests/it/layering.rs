@@ -26,7 +26,7 @@ const LAYERS: &[(u32, &[&str])] = &[
             "tlog/merkle",
         ],
     ),
-    (1, &["base/config"]),
+    (1, &["base/config", "tlog/note"]),
     // Trust: the bundle, rustls configurations, the live trust state.
     (2, &["trust"]),
     (3, &["domain/bulletin", "tools/pki"]),
