@@ -82,7 +82,7 @@ pub fn range_hash<N: Nodes>(nodes: &N, a: u64, b: u64) -> Result<Hash, N::Error>
     if n == 0 {
         return Ok(empty_root());
     }
-    if n.is_power_of_two() && a % n == 0 {
+    if n.is_power_of_two() && a.is_multiple_of(n) {
         return nodes.node(n.trailing_zeros() as u8, a >> n.trailing_zeros());
     }
     let k = split(n);

@@ -198,7 +198,7 @@ impl Note {
             let (name, b64) = rest
                 .split_once(' ')
                 .ok_or_else(|| bad("a signature line has no name"))?;
-            check_name(name).map_err(|e| NoteError::Malformed(e))?;
+            check_name(name).map_err(NoteError::Malformed)?;
             let raw = B64
                 .decode(b64)
                 .map_err(|_| bad("a signature is not base64"))?;
