@@ -62,6 +62,11 @@ pub fn store(e: &StoreError) -> Status {
         StoreError::Closed | StoreError::Failed(_) => Status::unavailable(msg),
         StoreError::DiskFull { .. } => Status::resource_exhausted(msg),
         StoreError::Io(_) | StoreError::NewerFormat { .. } => Status::internal(msg),
+        StoreError::BeyondHead { .. } => Status::out_of_range(msg),
+        StoreError::Proof(crate::tlog::merkle::ProofError::Missing { .. }) => {
+            Status::data_loss(msg)
+        }
+        StoreError::Proof(_) => Status::invalid_argument(msg),
     }
 }
 

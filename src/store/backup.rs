@@ -516,6 +516,7 @@ fn build(
         how,
         backed_up,
         log,
+        tree: super::tree::Builder::default(),
         verify,
     };
     // The node the backup is of, once known (and checked before any record).
@@ -676,6 +677,8 @@ struct Building<'a> {
     backed_up: Option<LogInfo>,
     /// The built store's log.
     log: LogInfo,
+    /// Its Merkle tree, leaf by leaf.
+    tree: super::tree::Builder,
     verify: &'a Verify<'a>,
 }
 
@@ -716,11 +719,13 @@ impl Building<'_> {
             if let Some(e) = rec.meta.expires_at {
                 set.expiries.push((nanos(e), seq));
             }
+            self.tree.record(&rec, set);
             set.records.push((seq, body));
             self.seen.records += 1;
         } else {
             let t = Tombstone::decode(seq, &body)
                 .map_err(|e| BackupError::Damaged(format!("entry {seq}: {e}")))?;
+            self.tree.tombstone(&t, set);
             set.index.push((
                 t.publisher.clone(),
                 t.id.clone(),

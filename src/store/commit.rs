@@ -17,6 +17,7 @@ use super::engine::{Engine, WriteSet};
 use super::record::{from_nanos, nanos, Indexed, Record, Replaced, Successor, Tombstone};
 use super::{io, Appended, NewRecord, StoreError, StoreOptions, StoreStats};
 use crate::domain::policy::{reaches_every_reader, Marking};
+use crate::tlog::merkle::{leaf_hash, Frontier};
 
 /// What the applier is asked to do, in the order asked. (Appends are the
 /// hot path and prunes rare: the append stays unboxed.)
@@ -55,6 +56,7 @@ impl Committer {
         watermark: Watermark,
         head: u64,
         last_accepted: u64,
+        tree: Frontier,
         opts: &StoreOptions,
         stats: Arc<StoreStats>,
     ) -> Result<(Committer, watch::Receiver<u64>), StoreError> {
@@ -73,6 +75,7 @@ impl Committer {
             engine: engine.clone(),
             head,
             last_accepted,
+            tree,
             failed: failed.clone(),
             space: DiskSpace {
                 dir: dir.to_path_buf(),
@@ -287,6 +290,8 @@ struct Batch {
     /// The earliest acceptance time the next record may have (ns): the
     /// previous record's plus its span.
     free_from: u64,
+    /// The log's Merkle tree as far as this batch has appended.
+    tree: Frontier,
 }
 
 /// A record appended in this batch: its index entry and acceptance time.
@@ -316,6 +321,9 @@ impl Batch {
             envelope: Bytes::from(rec.envelope),
         };
         self.writes.records.push((seq, record.encode()));
+        self.writes
+            .tree
+            .extend(self.tree.push(leaf_hash(&record.leaf_entry())));
         if let Some(expires) = record.meta.expires_at {
             self.writes.expiries.push((nanos(expires), seq));
         }
@@ -364,6 +372,8 @@ struct Writer {
     engine: Arc<dyn Engine>,
     head: u64,
     last_accepted: u64,
+    /// The right edge of the log's tree at `head`.
+    tree: Frontier,
     failed: Arc<Failure>,
     space: DiskSpace,
     max_batch: usize,
@@ -750,6 +760,7 @@ impl Writer {
             next: self.head + 1,
             now: nanos(SystemTime::now()),
             free_from: self.last_accepted,
+            tree: self.tree.clone(),
         };
         let mut replies: Vec<Reply> = Vec::with_capacity(reqs.len());
         for (rec, reply) in reqs {
@@ -882,6 +893,7 @@ impl Writer {
             free_from,
             pending,
             successors,
+            tree,
             ..
         } = batch;
         let new_head = next - 1;
@@ -903,6 +915,7 @@ impl Writer {
             });
             self.head = new_head;
             self.last_accepted = free_from;
+            self.tree = tree;
             upto = upto.max(new_head);
             self.pipeline.applied.store(new_head, Ordering::Release);
         }

@@ -41,6 +41,9 @@ pub(crate) struct WriteSet {
     /// The identity of the node that serves the store (UTF-8), when it
     /// changes.
     pub node: Option<Vec<u8>>,
+    /// Nodes of the log's Merkle tree that its new records complete:
+    /// (level, index, hash), level 0 the leaves (`tlog::merkle`).
+    pub tree: Vec<(u8, u64, [u8; 32])>,
 }
 
 impl WriteSet {
@@ -122,6 +125,16 @@ impl WriteSet {
                 None => out.push(0),
             }
         }
+        // Last, and only when there is any: frames written before the log
+        // had a tree decode as before.
+        if !self.tree.is_empty() {
+            n(&mut out, self.tree.len());
+            for (level, index, hash) in &self.tree {
+                out.push(*level);
+                u(&mut out, *index);
+                out.extend_from_slice(hash);
+            }
+        }
         out
     }
 
@@ -172,6 +185,13 @@ impl WriteSet {
             true => Some(c.bytes()?.to_vec()),
             false => None,
         };
+        if !c.0.is_empty() {
+            for _ in 0..c.count()? {
+                let level = c.take(1)?[0];
+                let index = c.u64()?;
+                set.tree.push((level, index, c.take(32)?.try_into().ok()?));
+            }
+        }
         c.0.is_empty().then_some(set)
     }
 }
@@ -322,6 +342,8 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn cursors(&self, space: Space) -> Result<Vec<(String, String, Position)>, StoreError>;
     /// Bytes the engine's files take.
     fn size_on_disk(&self) -> u64;
+    /// The Merkle tree node at (level, index), once written.
+    fn tree_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError>;
 }
 
 /// One sequence of the log: its record, or the tombstone of a pruned one.

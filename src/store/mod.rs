@@ -6,6 +6,8 @@
 //! - `record.rs`: the stored forms (record with CRC32 trailer, tombstone,
 //!   index entry, successor).
 //! - `upgrade.rs`: in-place upgrades of older formats ([`FORMAT`]), at open.
+//! - `tree.rs`: the log's Merkle tree (leaves and nodes written with the
+//!   records they commit to), tree heads and proofs.
 //! - `retention.rs`: which records are due to be pruned, and the background
 //!   task that prunes them in bounded steps.
 //! - `backup.rs`: online backup, verified restore, and compaction.
@@ -44,6 +46,7 @@ mod engine;
 mod record;
 pub mod retention;
 mod sled_engine;
+mod tree;
 mod upgrade;
 mod wal;
 
@@ -67,8 +70,10 @@ pub use record::{Fork, LogId, LogInfo, Position, Record, Replaced, Successor, To
 /// times leave each record its span (distinct TAXII `date_added`). 5: the
 /// log has an identity ([`LogInfo`]), and each subscription cursor names
 /// the log it was taken on. 6: the embedded engine writes through its
-/// write-ahead log (`wal/` beside sled's files).
-pub const FORMAT: u32 = 6;
+/// write-ahead log (`wal/` beside sled's files). 7: the log has a Merkle
+/// tree (one leaf per sequence, `tree.rs`), and tombstones keep the origin
+/// their leaf commits to.
+pub const FORMAT: u32 = 7;
 use record::{nanos, Indexed};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,6 +113,10 @@ pub enum StoreError {
     DiskFull { free: u64, reserve: u64 },
     #[error("the store is shut down")]
     Closed,
+    #[error("{0}")]
+    Proof(#[from] crate::tlog::merkle::ProofError),
+    #[error("a tree of {size} entries is beyond the log's committed head, {head}")]
+    BeyondHead { size: u64, head: u64 },
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -454,6 +463,7 @@ impl Store {
                 .unwrap_or(0)
                 .saturating_add(opts.spans.max_nanos()),
         };
+        let tree = tree::open(engine.as_ref(), head)?;
         let stats = Arc::new(StoreStats::default());
         let (commit, head_rx) = Committer::start(
             dir,
@@ -461,6 +471,7 @@ impl Store {
             watermark,
             head,
             last_accepted,
+            tree,
             &opts,
             stats.clone(),
         )?;

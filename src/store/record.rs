@@ -92,7 +92,42 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What a sequence of the log commits to in its Merkle tree (the leaf is
+/// SHA-256 of 0x00 and these bytes): not the bulletin, so a leaf reveals no
+/// content and outlives the record's pruning.
+///
+/// `version:1 (1) ‖ seq:8 ‖ envelope SHA-256:32 ‖ accepted_at:8 (ns since
+/// the epoch) ‖ origin_seq:8 ‖ origin node (UTF-8, the rest)`, integers
+/// big-endian.
+pub fn leaf_entry(
+    seq: u64,
+    digest: &[u8; 32],
+    accepted_at: SystemTime,
+    origin_node: &str,
+    origin_seq: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(57 + origin_node.len());
+    out.push(1);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(digest);
+    out.extend_from_slice(&nanos(accepted_at).to_be_bytes());
+    out.extend_from_slice(&origin_seq.to_be_bytes());
+    out.extend_from_slice(origin_node.as_bytes());
+    out
+}
+
 impl Record {
+    /// The entry its sequence commits to in the log's tree.
+    pub fn leaf_entry(&self) -> Vec<u8> {
+        leaf_entry(
+            self.seq,
+            &self.meta.digest,
+            self.accepted_at,
+            &self.meta.origin_node,
+            self.meta.origin_seq,
+        )
+    }
+
     /// The stored form: fields, envelope, then a CRC32 of everything before it.
     pub fn encode(&self) -> Vec<u8> {
         let m = &self.meta;
@@ -216,9 +251,15 @@ pub struct Tombstone {
     pub payload_digest: Option<[u8; 32]>,
     pub publisher: String,
     pub id: String,
+    /// The node that first accepted it, and its sequence there (empty and
+    /// 0 in tombstones written before they were kept, version 1).
+    pub origin_node: String,
+    pub origin_seq: u64,
 }
 
-const TOMBSTONE_VERSION: u8 = 1;
+/// 2: with the origin, so a pruned record's leaf in the log's tree can be
+/// computed again (by a restore or a compaction). 1 (read only): without.
+const TOMBSTONE_VERSION: u8 = 2;
 
 impl Tombstone {
     /// What remains of `rec`, pruned at `now`.
@@ -231,11 +272,26 @@ impl Tombstone {
             payload_digest,
             publisher: rec.meta.publisher.clone(),
             id: rec.meta.id.clone(),
+            origin_node: rec.meta.origin_node.clone(),
+            origin_seq: rec.meta.origin_seq,
         }
     }
 
+    /// The entry its sequence commits to in the log's tree: the same as
+    /// the record's it replaced.
+    pub fn leaf_entry(&self) -> Vec<u8> {
+        leaf_entry(
+            self.seq,
+            &self.digest,
+            self.accepted_at,
+            &self.origin_node,
+            self.origin_seq,
+        )
+    }
+
     /// `version:1 seq:8 accepted:8 pruned:8 digest:32 has_payload:1
-    /// [payload_digest:32] publisher id crc32:4`.
+    /// [payload_digest:32] publisher id origin_node origin_seq:8 crc32:4`
+    /// (version 1 ends after `id`).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.publisher.len() + self.id.len());
         out.push(TOMBSTONE_VERSION);
@@ -252,6 +308,8 @@ impl Tombstone {
         }
         put_str(&mut out, &self.publisher);
         put_str(&mut out, &self.id);
+        put_str(&mut out, &self.origin_node);
+        out.extend_from_slice(&self.origin_seq.to_be_bytes());
         let sum = crc32fast::hash(&out);
         out.extend_from_slice(&sum.to_be_bytes());
         out
@@ -269,10 +327,10 @@ impl Tombstone {
         let mut r = Reader { buf: body };
         let parse = |r: &mut Reader<'_>| -> Result<Tombstone, String> {
             let version = r.u8()?;
-            if version != TOMBSTONE_VERSION {
+            if !(1..=TOMBSTONE_VERSION).contains(&version) {
                 return Err(format!("unknown tombstone version {version}"));
             }
-            let t = Tombstone {
+            let mut t = Tombstone {
                 seq: r.u64()?,
                 accepted_at: from_nanos(r.u64()?),
                 pruned_at: from_nanos(r.u64()?),
@@ -291,7 +349,13 @@ impl Tombstone {
                 },
                 publisher: r.str()?,
                 id: r.str()?,
+                origin_node: String::new(),
+                origin_seq: 0,
             };
+            if version >= 2 {
+                t.origin_node = r.str()?;
+                t.origin_seq = r.u64()?;
+            }
             if !r.buf.is_empty() {
                 return Err("trailing bytes".into());
             }

@@ -212,6 +212,15 @@ fn ikey(publisher: &str, id: &str) -> Vec<u8> {
     k
 }
 
+/// `M` level index → a node of the log's Merkle tree.
+fn mkey(level: u8, index: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = b'M';
+    k[1] = level;
+    k[2..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
 const HEAD_KEY: &[u8] = b"H";
 const FORMAT_KEY: &[u8] = b"V";
 const LOG_KEY: &[u8] = b"G";
@@ -445,6 +454,9 @@ fn each_op(
     }
     for (publisher, id, entry) in set.index {
         op(&ikey(&publisher, &id), Some(entry.into()))?;
+    }
+    for (level, index, hash) in set.tree {
+        op(&mkey(level, index), Some(hash.as_slice().into()))?;
     }
     if let Some(head) = set.head {
         op(HEAD_KEY, Some(head.to_be_bytes().as_slice().into()))?;
@@ -923,5 +935,14 @@ impl Engine for SledEngine {
             })
             .unwrap_or(0);
         self.db.size_on_disk().unwrap_or(0) + wal
+    }
+
+    fn tree_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        match self.log.get(mkey(level, index)).map_err(io)? {
+            None => Ok(None),
+            Some(v) => <[u8; 32]>::try_from(v.as_ref())
+                .map(Some)
+                .map_err(|_| StoreError::Io(format!("tree node {level}/{index} is damaged"))),
+        }
     }
 }

@@ -17,6 +17,9 @@
 //! 5 → 6: nothing in the log changes; the embedded engine writes through
 //! its write-ahead log from now on (made at the engine's open; a store
 //! stopped uncleanly before it is walked whole once, by `Store::open`).
+//! 6 → 7: the log gets its Merkle tree, built from every record and
+//! tombstone (a tombstone from before 7 has no origin: its leaf commits to
+//! an empty one).
 
 use std::collections::HashMap;
 
@@ -53,6 +56,9 @@ pub(super) fn run(
     }
     if from < 5 {
         name_log(engine)?;
+    }
+    if from < 7 {
+        super::tree::build(engine, head)?;
     }
     engine.write(WriteSet {
         format: Some(FORMAT),

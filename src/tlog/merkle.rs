@@ -45,7 +45,7 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
 }
 
 /// Why a proof cannot be made or does not verify.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProofError {
     #[error("index {index} is not in a tree of size {size}")]
     IndexBeyondSize { index: u64, size: u64 },

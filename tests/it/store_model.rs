@@ -206,6 +206,7 @@ proptest! {
     fn tombstones_round_trip_and_damage_is_detected(seq in 1u64..u64::MAX, id in "[a-f0-9-]{0,36}",
                                                    publisher in "[a-z.]{1,20}", digest in any::<[u8; 32]>(),
                                                    payload_digest in any::<Option<[u8; 32]>>(),
+                                                   origin_node in "[a-z:/.-]{0,40}", origin_seq in any::<u64>(),
                                                    pos in any::<usize>(), flip in 1u8..=255) {
         let t = Tombstone {
             seq,
@@ -215,6 +216,8 @@ proptest! {
             payload_digest,
             publisher,
             id,
+            origin_node,
+            origin_seq,
         };
         let bytes = t.encode();
         prop_assert_eq!(Tombstone::decode(seq, &bytes).unwrap(), t);
