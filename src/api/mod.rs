@@ -25,6 +25,7 @@ mod backup;
 mod bulletins;
 pub mod convert;
 pub mod status;
+mod transparency;
 
 pub use admin::AdminService;
 pub use bulletins::BulletinsService;
@@ -132,12 +133,19 @@ pub async fn router(
     let admin = pb::admin_server::AdminServer::new(AdminService {
         state: state.clone(),
     });
+    let transparency =
+        pb::transparency_server::TransparencyServer::new(transparency::TransparencyService {
+            state: state.clone(),
+        });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::bulletins_server::BulletinsServer<BulletinsService>>()
         .await;
     health_reporter
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::transparency_server::TransparencyServer<transparency::TransparencyService>>()
         .await;
     // Reflection in both versions: v1, and v1alpha, which older tools still
     // speak only (grpcurl 1.8, grpcio-reflection's client).
@@ -157,5 +165,6 @@ pub async fn router(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(bulletins)
-        .add_service(admin))
+        .add_service(admin)
+        .add_service(transparency))
 }

@@ -76,6 +76,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub taxii: TaxiiConfig,
+    #[serde(default)]
+    pub transparency: TransparencyConfig,
     /// The file it was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -192,6 +194,42 @@ where
     humantime::parse_duration(&s)
         .map(|d| T::from(Some(d)))
         .map_err(serde::de::Error::custom)
+}
+
+/// `[transparency]`: the node's signed checkpoints of its log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransparencyConfig {
+    /// Where the log key, the witness key, the last signed checkpoint and
+    /// the log announcements are kept. Default: beside the data directory
+    /// (`<data_dir>.tlog`), so a store that is restored or rebuilt leaves
+    /// them in place: they are how the node knows what it signed before.
+    pub dir: Option<PathBuf>,
+    /// A checkpoint is signed this long after the last one, if the log grew.
+    pub checkpoint_interval_ms: u64,
+    /// ... or once this many entries wait for one, whichever comes first.
+    pub checkpoint_entries: u64,
+}
+
+impl Default for TransparencyConfig {
+    fn default() -> Self {
+        TransparencyConfig {
+            dir: None,
+            checkpoint_interval_ms: 1000,
+            checkpoint_entries: 10_000,
+        }
+    }
+}
+
+impl TransparencyConfig {
+    /// The directory in force for a node whose data directory is `data_dir`.
+    pub fn dir_for(&self, data_dir: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            let mut name = data_dir.file_name().unwrap_or_default().to_os_string();
+            name.push(".tlog");
+            data_dir.with_file_name(name)
+        })
+    }
 }
 
 /// The local operations port: Prometheus metrics, /healthz and gRPC health
@@ -478,6 +516,9 @@ impl Config {
             }
         };
         fix(&mut self.node.data_dir);
+        if let Some(d) = &mut self.transparency.dir {
+            fix(d);
+        }
         fix(&mut self.node.cert);
         fix(&mut self.node.key);
         for t in &mut self.trust {
@@ -496,6 +537,14 @@ impl Config {
                     c.alias
                 )));
             }
+        }
+        if self.transparency.checkpoint_interval_ms == 0
+            || self.transparency.checkpoint_entries == 0
+        {
+            return Err(ConfigError::Invalid(
+                "transparency.checkpoint_interval_ms and checkpoint_entries must be at least 1"
+                    .into(),
+            ));
         }
         if self.taxii.max_page == 0 || self.taxii.max_page > 10_000 {
             return Err(ConfigError::Invalid(

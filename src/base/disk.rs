@@ -41,3 +41,27 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     }
     sync_parent(dir)
 }
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves the old
+/// file or the new one, whole: written aside, fsynced, renamed into place,
+/// and the directory fsynced. `private`: readable by the owner only (0600).
+pub fn replace_file(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
+    use std::io::Write;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_parent(path)
+}

@@ -88,6 +88,11 @@ impl ConnArgs {
         let channel = dialer.dial(&node).await?;
         Ok((dialer, channel))
     }
+
+    /// The node identity required of the node dialled, if one is pinned.
+    pub fn pinned_node(&self) -> Result<Option<String>> {
+        Ok(self.settings()?.node_identity.map(|i| i.to_string()))
+    }
 }
 
 /// Reader filters, shared by subscribe, tail and list.

@@ -8,6 +8,7 @@ mod admin;
 mod bench;
 mod ca;
 mod client;
+mod log;
 
 use bench::BenchCommand;
 use ca::CaCommand;
@@ -58,6 +59,9 @@ enum Command {
     /// Operators: backup and restore of a node's store, durable subscriptions.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Check a node's log: signed checkpoints, inclusion, consistency.
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Node status (operators): head, connections, subscriptions, peers.
     Status {
         #[command(flatten)]
@@ -225,6 +229,10 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Admin(cmd) => {
             init_logging(&LogFormat::Human, Some("warn"));
             admin::run(cmd).await
+        }
+        Command::Log(cmd) => {
+            init_logging(&LogFormat::Human, Some("warn"));
+            log::run(cmd).await
         }
         Command::Status { conn, json } => {
             let (_, channel) = conn.dial().await?;

@@ -149,22 +149,7 @@ impl Tokens {
             tokens: entries.to_vec(),
         })
         .map_err(|e| io(&e))?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts.open(&tmp).map_err(|e| io(&e))?;
-            f.write_all(&text).map_err(|e| io(&e))?;
-            f.sync_all().map_err(|e| io(&e))?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(|e| io(&e))?;
-        crate::base::disk::sync_parent(&self.path).map_err(|e| io(&e))?;
+        crate::base::disk::replace_file(&self.path, &text, true).map_err(|e| io(&e))?;
         Ok(())
     }
 }

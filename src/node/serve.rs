@@ -42,6 +42,8 @@ pub enum NodeError {
     /// Already a sentence ("this node's own certificate is refused …").
     #[error("{0}")]
     OwnCertificate(String),
+    #[error("transparency log: {0}")]
+    Transparency(#[from] crate::node::transparency::TransparencyError),
 }
 
 /// Runs a node until `shutdown` is cancelled; SIGHUP-style reloads come through `reload`.
@@ -168,6 +170,18 @@ fn compose(
         material.own.clone(),
     ));
     let metrics = Arc::new(crate::base::metrics::Metrics::default());
+    let transparency = {
+        let own = material.own.clone();
+        let signer = crate::domain::bulletin::Signer::new(own.chain.clone(), own.key.secret_der())
+            .map_err(crate::node::transparency::TransparencyError::Sign)?;
+        Arc::new(crate::node::transparency::TransparencyLog::open(
+            &config.transparency.dir_for(&config.node.data_dir),
+            &material.identity,
+            &signer,
+            store.clone(),
+            &config.transparency,
+        )?)
+    };
     let net = Arc::new(Net {
         config: config.clone(),
         identity: material.identity.clone(),
@@ -183,6 +197,7 @@ fn compose(
         connections,
         trust,
         store,
+        transparency,
         policy: crate::domain::policy::Policy::new(&config.groups),
         broker: Arc::new(crate::broker::subscription::Broker::new(
             config.limits.max_subscriptions,
@@ -217,6 +232,7 @@ struct Running {
     taxii: Option<JoinHandle<()>>,
     expiries: JoinHandle<()>,
     pruner: JoinHandle<()>,
+    checkpoints: JoinHandle<()>,
     links: Vec<JoinHandle<()>>,
     reloader: JoinHandle<()>,
 }
@@ -271,6 +287,8 @@ impl Running {
             retention,
             shutdown.clone(),
         ));
+        // Checkpoints of the log, signed until shutdown.
+        let checkpoints = tokio::spawn(state.transparency.clone().run(shutdown.clone()));
         // Peer links: one task each, until shutdown.
         let link_context = Arc::new(crate::node::federation::LinkContext {
             identity: state.identity.clone(),
@@ -325,6 +343,7 @@ impl Running {
             taxii,
             expiries,
             pruner,
+            checkpoints,
             links,
             reloader,
         }
@@ -341,6 +360,10 @@ impl Running {
             let _ = link.await;
         }
         let _ = self.pruner.await;
+        let _ = self.checkpoints.await;
+        // A last checkpoint covers everything acknowledged.
+        let log = node.state.transparency.clone();
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
         let _ = self.expiries.await;
         if let Some(t) = self.taxii {
             let _ = t.await;

@@ -22,6 +22,8 @@ pub struct NodeState {
     /// whether the bundle still accepts it, and the signer-chain cache.
     pub trust: Arc<TrustState>,
     pub store: Arc<crate::store::Store>,
+    /// The node's signed checkpoints of its log.
+    pub transparency: Arc<crate::node::transparency::TransparencyLog>,
     pub policy: crate::domain::policy::Policy,
     pub broker: Arc<crate::broker::subscription::Broker>,
     /// The configured peer links and their state.

@@ -47,6 +47,16 @@ pub(super) struct Committer {
     failed: Arc<Failure>,
 }
 
+/// Where the log ends when the group commit starts.
+pub struct Tip {
+    /// The durable head.
+    pub head: u64,
+    /// The earliest acceptance time the next record may have (ns).
+    pub last_accepted: u64,
+    /// The right edge of the log's tree at `head`.
+    pub tree: Frontier,
+}
+
 impl Committer {
     /// Starts the applier and the flusher on a log whose durable head is
     /// `head`; returns the committed head's receiver.
@@ -54,12 +64,15 @@ impl Committer {
         dir: &std::path::Path,
         engine: Arc<dyn Engine>,
         watermark: Watermark,
-        head: u64,
-        last_accepted: u64,
-        tree: Frontier,
+        tip: Tip,
         opts: &StoreOptions,
         stats: Arc<StoreStats>,
     ) -> Result<(Committer, watch::Receiver<u64>), StoreError> {
+        let Tip {
+            head,
+            last_accepted,
+            tree,
+        } = tip;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let failed = Arc::new(Failure::default());

@@ -469,9 +469,11 @@ impl Store {
             dir,
             engine.clone(),
             watermark,
-            head,
-            last_accepted,
-            tree,
+            commit::Tip {
+                head,
+                last_accepted,
+                tree,
+            },
             &opts,
             stats.clone(),
         )?;

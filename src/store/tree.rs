@@ -23,7 +23,7 @@ impl Nodes for EngineNodes<'_> {
     fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
         self.0
             .tree_node(level, index)?
-            .ok_or_else(|| StoreError::Proof(ProofError::Missing { level, index }))
+            .ok_or(StoreError::Proof(ProofError::Missing { level, index }))
     }
 }
 
@@ -112,6 +112,21 @@ impl Store {
         }
         self.committed_size(seq)?;
         EngineNodes(self.engine.as_ref()).node(0, seq - 1)
+    }
+
+    /// What sequence `seq` (committed) commits to in the tree, from its
+    /// record or its tombstone.
+    pub fn leaf_entry(&self, seq: u64) -> Result<Vec<u8>, StoreError> {
+        self.committed_size(seq)?;
+        if let Some(v) = self.engine.record(seq)? {
+            return Ok(Record::decode(seq, v)?.leaf_entry());
+        }
+        match self.engine.tombstone(seq)? {
+            Some(v) => Ok(Tombstone::decode(seq, &v)?.leaf_entry()),
+            None => Err(StoreError::Torn(format!(
+                "sequence {seq} has neither a record nor a tombstone"
+            ))),
+        }
     }
 
     /// The inclusion proof of sequence `seq` (leaf `seq − 1`) in the tree of

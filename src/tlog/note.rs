@@ -265,6 +265,17 @@ impl Note {
     }
 }
 
+/// The checkpoint in `note`, signed by `log_key` (signatures by other keys
+/// are left for the caller to count as cosignatures).
+pub fn open_checkpoint(note: &str, log_key: &Verifier) -> Result<(Checkpoint, Note), NoteError> {
+    let n = Note::parse(note)?;
+    if n.verified_by(log_key)?.is_none() {
+        return Err(NoteError::Unsigned(log_key.name.clone()));
+    }
+    let c = Checkpoint::parse(&n.text)?;
+    Ok((c, n))
+}
+
 /// What a cosignature v1 signs.
 fn cosigned_message(time: u64, text: &str) -> String {
     format!("cosignature/v1\ntime {time}\n{text}")

@@ -47,13 +47,15 @@ const LAYERS: &[(u32, &[&str])] = &[
     (7, &["interop/stix", "interop/misp", "interop/document"]),
     // Subscriptions out of the log; the network edge: dialling and accepting.
     (8, &["broker/subscription", "net/client", "net/edge"]),
-    (9, &["node/federation"]),
-    (10, &["node/state"]),
+    // The node's signed checkpoints of its log.
+    (9, &["node/transparency"]),
+    (10, &["node/federation"]),
+    (11, &["node/state"]),
     // The gRPC API, the TAXII server and the operations port.
-    (11, &["api", "interop/taxii", "node/ops"]),
-    (12, &["node/serve"]),
-    (13, &["tools/dev", "tools/bench", "tools/fuzzing"]),
-    (14, &["cli", "main", "lib"]),
+    (12, &["api", "interop/taxii", "node/ops"]),
+    (13, &["node/serve"]),
+    (14, &["tools/dev", "tools/bench", "tools/fuzzing"]),
+    (15, &["cli", "main", "lib"]),
 ];
 
 fn layer_of(module: &str) -> Option<u32> {

@@ -30,3 +30,4 @@ mod store_format;
 mod store_model;
 mod subscribe;
 mod taxii_interop;
+mod transparency;

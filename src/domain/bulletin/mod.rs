@@ -467,7 +467,17 @@ impl Signer {
 
     /// Signs serialized bulletin bytes into an envelope.
     pub fn sign(&self, payload: Vec<u8>) -> Result<Envelope, BulletinError> {
-        let msg = pae(PAYLOAD_TYPE, &payload);
+        self.sign_statement(PAYLOAD_TYPE, payload)
+    }
+
+    /// Signs a statement of another type (a log announcement) into a DSSE
+    /// envelope, as bulletins are signed.
+    pub fn sign_statement(
+        &self,
+        payload_type: &str,
+        payload: Vec<u8>,
+    ) -> Result<Envelope, BulletinError> {
+        let msg = pae(payload_type, &payload);
         let sig = match &self.key {
             SignerKey::Ed25519(k) => k.sign(&msg).as_ref().to_vec(),
             SignerKey::EcdsaP256(k) => k
@@ -477,7 +487,7 @@ impl Signer {
                 .to_vec(),
         };
         Ok(Envelope {
-            payload_type: PAYLOAD_TYPE.to_owned(),
+            payload_type: payload_type.to_owned(),
             payload,
             signatures: vec![Signature {
                 keyid: self.identity.to_string(),
@@ -596,32 +606,7 @@ pub fn verify_envelope_with(
     now: SystemTime,
     sender: Option<&Identity>,
 ) -> Result<Verified, BulletinError> {
-    if env.payload_type != PAYLOAD_TYPE {
-        return Err(BulletinError::PayloadType(env.payload_type.clone()));
-    }
-    if env.signatures.len() != 1 {
-        return Err(BulletinError::SignatureCount(env.signatures.len()));
-    }
-    let sig = &env.signatures[0];
-    if sig.cert_chain.is_empty() {
-        return Err(BulletinError::NoChain);
-    }
-    if sig.cert_chain.len() > MAX_SIGNER_CHAIN {
-        return Err(BulletinError::ChainTooLong(sig.cert_chain.len()));
-    }
-    let chain: Vec<CertificateDer<'_>> = sig
-        .cert_chain
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
-    let unix = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
-    let signer = chains.check(&chain[0], &chain[1..], unix)?;
-    check_signature(
-        &sig.cert_chain[0],
-        &env.payload_type,
-        &env.payload,
-        &sig.sig,
-    )?;
+    let signer = verify_statement(env, PAYLOAD_TYPE, chains, now)?;
     let bulletin = codec::decode_bulletin(&env.payload).map_err(BulletinError::MalformedPayload)?;
     let member = match signer.kind() {
         RoleKind::Operator => return Err(BulletinError::OperatorSigner(signer.to_string())),
@@ -652,6 +637,44 @@ pub fn verify_envelope_with(
         severity,
         tlp,
     })
+}
+
+/// The identity that signed a DSSE envelope of `payload_type` (a bulletin,
+/// a log announcement): one signature, its chain accepted by `chains` at
+/// `now`, the signature over the payload checked.
+pub fn verify_statement(
+    env: &Envelope,
+    payload_type: &str,
+    chains: &dyn ChainCheck,
+    now: SystemTime,
+) -> Result<Identity, BulletinError> {
+    if env.payload_type != payload_type {
+        return Err(BulletinError::PayloadType(env.payload_type.clone()));
+    }
+    if env.signatures.len() != 1 {
+        return Err(BulletinError::SignatureCount(env.signatures.len()));
+    }
+    let sig = &env.signatures[0];
+    if sig.cert_chain.is_empty() {
+        return Err(BulletinError::NoChain);
+    }
+    if sig.cert_chain.len() > MAX_SIGNER_CHAIN {
+        return Err(BulletinError::ChainTooLong(sig.cert_chain.len()));
+    }
+    let chain: Vec<CertificateDer<'_>> = sig
+        .cert_chain
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    let unix = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
+    let signer = chains.check(&chain[0], &chain[1..], unix)?;
+    check_signature(
+        &sig.cert_chain[0],
+        &env.payload_type,
+        &env.payload,
+        &sig.sig,
+    )?;
+    Ok(signer)
 }
 
 /// Verifies an envelope that was accepted earlier (relayed by a peer, read

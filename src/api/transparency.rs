@@ -1,0 +1,108 @@
+//! `beacon.v1.Transparency`: the latest signed checkpoint, inclusion and
+//! consistency proofs. Any member's client or node may call it: leaves
+//! commit to no content. Proofs are read from the store's tree off the
+//! async runtime (a few dozen engine reads each).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{caller, status, MEMBERS};
+use crate::base::proto::v1 as pb;
+use crate::node::state::NodeState;
+
+/// `beacon.v1.Transparency`.
+pub struct TransparencyService {
+    pub(super) state: Arc<NodeState>,
+}
+
+impl TransparencyService {
+    /// `size`, or the latest checkpoint's when 0; and that checkpoint's
+    /// note when `size` is its size.
+    fn size_or_latest(&self, size: u64) -> Result<(u64, String), Status> {
+        let latest = self.state.transparency.latest();
+        match (size, latest) {
+            (0, None) => Err(Status::failed_precondition(
+                "this node has signed no checkpoint yet: name a tree size, or ask again shortly",
+            )),
+            (0, Some(l)) => Ok((l.checkpoint.size, l.note.clone())),
+            (n, Some(l)) if l.checkpoint.size == n => Ok((n, l.note.clone())),
+            (n, _) => Ok((n, String::new())),
+        }
+    }
+
+    /// Runs a store read on the blocking pool, within the node's tasks.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.state.store.clone();
+        self.state
+            .tasks
+            .spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("proof task failed: {e}")))?
+            .map_err(|e| status::store(&e))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::transparency_server::Transparency for TransparencyService {
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
+        caller(&request, MEMBERS)?;
+        let t = &self.state.transparency;
+        Ok(Response::new(pb::GetCheckpointResponse {
+            checkpoint: t.latest().map(|l| l.note.clone()).unwrap_or_default(),
+            log_key: t.log_key().to_string(),
+            origin: t.origin().to_string(),
+            announcements: t.announcements().to_vec(),
+            witness_key: t.witness_key().to_string(),
+        }))
+    }
+
+    async fn prove_inclusion(
+        &self,
+        request: Request<pb::ProveInclusionRequest>,
+    ) -> Result<Response<pb::ProveInclusionResponse>, Status> {
+        caller(&request, MEMBERS)?;
+        let r = request.into_inner();
+        let (size, checkpoint) = self.size_or_latest(r.tree_size)?;
+        let seq = r.sequence;
+        let (hashes, leaf_entry) = self
+            .blocking(move |store| {
+                let proof = store.inclusion_proof(seq, size)?;
+                Ok((proof, store.leaf_entry(seq)?))
+            })
+            .await?;
+        Ok(Response::new(pb::ProveInclusionResponse {
+            sequence: seq,
+            tree_size: size,
+            index: seq - 1,
+            hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+            leaf_entry,
+            checkpoint,
+        }))
+    }
+
+    async fn prove_consistency(
+        &self,
+        request: Request<pb::ProveConsistencyRequest>,
+    ) -> Result<Response<pb::ProveConsistencyResponse>, Status> {
+        caller(&request, MEMBERS)?;
+        let r = request.into_inner();
+        let (new, checkpoint) = self.size_or_latest(r.new_size)?;
+        let old = r.old_size;
+        let hashes = self
+            .blocking(move |store| store.consistency_proof(old, new))
+            .await?;
+        Ok(Response::new(pb::ProveConsistencyResponse {
+            old_size: old,
+            new_size: new,
+            hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+            checkpoint,
+        }))
+    }
+}

@@ -1,0 +1,487 @@
+//! The node's transparency log: signed checkpoints of its Merkle tree, the
+//! keys that sign them, and the announcements that tie each log to the node.
+//!
+//! - The **log key** (Ed25519, the type witnesses and Go's `note` package
+//!   verify, whatever the TLS certificates use) signs checkpoints in the
+//!   C2SP `tlog-checkpoint` form. Its origin names the node and the log:
+//!   `<trust domain>/<node path>/log/<log id>`; the key's name is the
+//!   node's SPIFFE id without its scheme.
+//! - Every log is **announced** in a statement signed with the node's
+//!   certificate (DSSE, `ANNOUNCEMENT_TYPE`): the node, the origin, the log
+//!   key. An ally ties the key to the node through the member's CA, without
+//!   trusting the operator. A node whose store was rebuilt or restored (a new
+//!   log id) names in the new log's announcement the old log and the last
+//!   checkpoint it signed of it: its witnesses can tell a declared rebuild
+//!   from a rollback.
+//! - **Never two inconsistent checkpoints.** A checkpoint is signed only of
+//!   the committed (fsynced) head, only after a consistency proof from the
+//!   last one it signed checks out, and it is written durably (aside,
+//!   fsynced, renamed) before anyone is shown it. At start, a log whose
+//!   tree no longer leads to the last signed checkpoint (files edited, or
+//!   replaced by older copies under the same id) is refused: the node signs
+//!   nothing for it and raises an alarm (log, metric, status).
+//!
+//! The directory (`[transparency] dir`) lives apart from the store, so a
+//! store that is restored or rebuilt leaves it in place.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::base::identity::Identity;
+use crate::domain::bulletin::{BulletinError, Envelope, Signer};
+use crate::interop::document;
+use crate::store::{Store, StoreError};
+use crate::tlog::merkle;
+use crate::tlog::note::{self, Checkpoint, Note, NoteError, NoteSigner, Verifier};
+
+/// The DSSE payload type of a log announcement.
+pub const ANNOUNCEMENT_TYPE: &str = "application/vnd.beacon.log-announcement+json";
+
+const LOG_KEY: &str = "log.key";
+const WITNESS_KEY: &str = "witness.key";
+const CHECKPOINT: &str = "checkpoint";
+const ANNOUNCEMENTS: &str = "announcements.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransparencyError {
+    #[error("transparency directory {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("{path}: {source}")]
+    Key { path: String, source: NoteError },
+    #[error("{0}")]
+    Note(#[from] NoteError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("this node cannot sign its log announcement: {0}")]
+    Sign(#[from] BulletinError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> TransparencyError {
+    TransparencyError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The log a previous announcement or checkpoint was of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousLog {
+    pub origin: String,
+    /// The size of the last checkpoint this node signed of it.
+    pub size: u64,
+    /// That checkpoint, as signed.
+    pub checkpoint: String,
+}
+
+/// What an announcement states, signed with the node's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announcement {
+    /// The node's SPIFFE id (its certificate's, which signs this).
+    pub node: String,
+    /// The checkpoints' origin line.
+    pub origin: String,
+    /// The log key, as a note verifier key (`name+id+key`).
+    pub log_key: String,
+    /// The key the node cosigns its peers' checkpoints with, as a verifier key.
+    pub witness_key: String,
+    /// When (RFC 3339).
+    pub announced_at: String,
+    /// The log this one replaces, when the node's store was rebuilt or
+    /// restored after it signed checkpoints of another.
+    pub previous: Option<PreviousLog>,
+}
+
+/// A checkpoint signed by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub checkpoint: Checkpoint,
+    /// The note as served: text, blank line, signatures.
+    pub note: String,
+}
+
+/// The node's log: its keys, announcements and last signed checkpoint.
+pub struct TransparencyLog {
+    dir: PathBuf,
+    key: NoteSigner,
+    witness: NoteSigner,
+    origin: String,
+    store: Arc<Store>,
+    /// DSSE JSON of every announcement, oldest first.
+    announcements: Vec<String>,
+    latest: watch::Sender<Option<Arc<Signed>>>,
+    /// Why this node signs no checkpoint of its log, if it refuses to.
+    alarm: Mutex<Option<String>>,
+    /// The one signer at a time.
+    signing: Mutex<()>,
+    interval: Duration,
+    entries: u64,
+    signed_total: std::sync::atomic::AtomicU64,
+}
+
+/// The key name for `identity`: its SPIFFE id without the scheme.
+pub fn key_name(identity: &Identity) -> String {
+    let id = identity.to_string();
+    id.strip_prefix("spiffe://").unwrap_or(&id).to_string()
+}
+
+/// Loads the Ed25519 key at `path`, or makes one there (0600) if none.
+fn load_or_make_key(path: &Path, name: &str, kind: u8) -> Result<NoteSigner, TransparencyError> {
+    let key_err = |source| TransparencyError::Key {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let pem = pem::parse(&bytes)
+                .map_err(|e| key_err(NoteError::Key(format!("not a PEM private key: {e}"))))?;
+            NoteSigner::from_pkcs8(name, kind, pem.contents()).map_err(key_err)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = NoteSigner::generate(name, kind).map_err(key_err)?;
+            let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", key.pkcs8().to_vec()));
+            crate::base::disk::replace_file(path, pem.as_bytes(), true).map_err(|e| io(path, e))?;
+            info!(path = %path.display(), key = %key.verifier(), "made a new key");
+            Ok(key)
+        }
+        Err(e) => Err(io(path, e)),
+    }
+}
+
+impl TransparencyLog {
+    /// Opens (or starts) the node's log in `dir`, over `store`: its keys, its
+    /// announcements (a new one, signed by `signer`, the node's certificate,
+    /// when the store holds a log not announced yet), and the last signed
+    /// checkpoint, checked against the store's tree.
+    pub fn open(
+        dir: &Path,
+        identity: &Identity,
+        signer: &Signer,
+        store: Arc<Store>,
+        config: &crate::base::config::TransparencyConfig,
+    ) -> Result<TransparencyLog, TransparencyError> {
+        crate::base::disk::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let name = key_name(identity);
+        let key = load_or_make_key(&dir.join(LOG_KEY), &name, note::ED25519)?;
+        let witness = load_or_make_key(&dir.join(WITNESS_KEY), &name, note::COSIGNATURE_V1)?;
+        let origin = format!("{name}/log/{}", store.log().id);
+        let (latest, _) = watch::channel(None);
+        let mut log = TransparencyLog {
+            dir: dir.to_path_buf(),
+            key,
+            witness,
+            origin,
+            store,
+            announcements: Vec::new(),
+            latest,
+            alarm: Mutex::new(None),
+            signing: Mutex::new(()),
+            interval: Duration::from_millis(config.checkpoint_interval_ms),
+            entries: config.checkpoint_entries,
+            signed_total: Default::default(),
+        };
+        log.announcements = log.read_announcements()?;
+        let last = log.read_last()?;
+        let previous = match &last {
+            Some(s) if s.checkpoint.origin == log.origin => {
+                log.resume(s.clone());
+                None
+            }
+            Some(s) => Some(PreviousLog {
+                origin: s.checkpoint.origin.clone(),
+                size: s.checkpoint.size,
+                checkpoint: s.note.clone(),
+            }),
+            None => None,
+        };
+        if !log.announced() {
+            log.announce(identity, signer, previous)?;
+        }
+        Ok(log)
+    }
+
+    /// The last checkpoint signed, from its file, checked with the log key.
+    fn read_last(&self) -> Result<Option<Signed>, TransparencyError> {
+        let path = self.dir.join(CHECKPOINT);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path, e)),
+        };
+        let n = Note::parse(&text)?;
+        if n.verified_by(&self.key.verifier())?.is_none() {
+            return Err(TransparencyError::Refused(format!(
+                "{} is not signed by this node's log key ({}): the key was replaced; put back the key that signed it",
+                path.display(),
+                self.key.verifier()
+            )));
+        }
+        Ok(Some(Signed {
+            checkpoint: Checkpoint::parse(&n.text)?,
+            note: text,
+        }))
+    }
+
+    /// Takes up the log where the last checkpoint left it, if the store's
+    /// tree still leads to it; raises the alarm if not.
+    fn resume(&mut self, s: Signed) {
+        let head = self.store.head();
+        let size = s.checkpoint.size;
+        let why = if head < size {
+            Some(format!(
+                "the store holds {head} entries of log {}, but this node signed a checkpoint of {size}: its files were replaced by older ones. It signs nothing of this log again; restore the store into a new log (beacon admin restore) or let it refill from its peers",
+                self.origin
+            ))
+        } else {
+            match self.store.tree_head(size) {
+                Ok(root) if root == s.checkpoint.root => None,
+                Ok(_) => Some(format!(
+                    "the store's tree at {size} entries is not the one this node signed for log {}: its records were altered. It signs nothing of this log again",
+                    self.origin
+                )),
+                Err(e) => Some(format!("the store's tree cannot be read: {e}")),
+            }
+        };
+        match why {
+            Some(why) => {
+                error!(alarm = %why, "transparency log refused");
+                *self.alarm.lock() = Some(why);
+            }
+            None => {
+                self.latest.send_replace(Some(Arc::new(s)));
+            }
+        }
+    }
+
+    fn read_announcements(&self) -> Result<Vec<String>, TransparencyError> {
+        let path = self.dir.join(ANNOUNCEMENTS);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| io(&path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    /// Whether the current log has an announcement.
+    fn announced(&self) -> bool {
+        self.announcements.iter().any(|a| {
+            document::envelope_from_dsse(a)
+                .ok()
+                .and_then(|env| serde_json::from_slice::<Announcement>(&env.payload).ok())
+                .is_some_and(|a| a.origin == self.origin)
+        })
+    }
+
+    fn announce(
+        &mut self,
+        identity: &Identity,
+        signer: &Signer,
+        previous: Option<PreviousLog>,
+    ) -> Result<(), TransparencyError> {
+        let a = Announcement {
+            node: identity.to_string(),
+            origin: self.origin.clone(),
+            log_key: self.key.verifier().to_string(),
+            witness_key: self.witness.verifier().to_string(),
+            announced_at: document::rfc3339(SystemTime::now()),
+            previous,
+        };
+        let payload = serde_json::to_vec(&a).map_err(|e| io(&self.dir, e))?;
+        let env = signer.sign_statement(ANNOUNCEMENT_TYPE, payload)?;
+        self.announcements.push(document::envelope_to_dsse(&env));
+        let path = self.dir.join(ANNOUNCEMENTS);
+        let bytes = serde_json::to_vec_pretty(&self.announcements).map_err(|e| io(&path, e))?;
+        crate::base::disk::replace_file(&path, &bytes, false).map_err(|e| io(&path, e))?;
+        match &a.previous {
+            Some(p) => warn!(
+                origin = %a.origin,
+                previous = %p.origin,
+                previous_size = p.size,
+                "a new log replaces one this node signed checkpoints of (its store was restored or rebuilt); announced"
+            ),
+            None => info!(origin = %a.origin, key = %a.log_key, "log announced"),
+        }
+        Ok(())
+    }
+
+    /// The checkpoints' origin line.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The log key, as a verifier key.
+    pub fn log_key(&self) -> Verifier {
+        self.key.verifier()
+    }
+
+    /// The witness key, as a verifier key.
+    pub fn witness_key(&self) -> Verifier {
+        self.witness.verifier()
+    }
+
+    /// Every announcement (DSSE JSON), oldest first.
+    pub fn announcements(&self) -> &[String] {
+        &self.announcements
+    }
+
+    /// The latest signed checkpoint.
+    pub fn latest(&self) -> Option<Arc<Signed>> {
+        self.latest.borrow().clone()
+    }
+
+    /// Follows the latest signed checkpoint.
+    pub fn watch(&self) -> watch::Receiver<Option<Arc<Signed>>> {
+        self.latest.subscribe()
+    }
+
+    /// Why the node signs no checkpoint of its log, if it refuses to.
+    pub fn alarm(&self) -> Option<String> {
+        self.alarm.lock().clone()
+    }
+
+    /// Checkpoints signed since the node started.
+    pub fn signed_total(&self) -> u64 {
+        self.signed_total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Signs a checkpoint of the committed head if the log grew since the
+    /// last one (or none was signed yet); blocking (reads the tree, writes
+    /// and fsyncs the checkpoint file).
+    pub fn sign_now(&self) -> Result<Option<Arc<Signed>>, TransparencyError> {
+        let _one = self.signing.lock();
+        if let Some(why) = self.alarm() {
+            return Err(TransparencyError::Refused(why));
+        }
+        let size = self.store.head();
+        let last = self.latest();
+        if last.as_ref().is_some_and(|l| l.checkpoint.size >= size) {
+            return Ok(None);
+        }
+        let root = self.store.tree_head(size)?;
+        if let Some(l) = &last {
+            // Never two inconsistent checkpoints: what is signed extends
+            // what was, proven with the same math any verifier uses.
+            let old = &l.checkpoint;
+            let proof = self.store.consistency_proof(old.size, size)?;
+            if let Err(e) = merkle::verify_consistency(old.size, size, &old.root, &root, &proof) {
+                let why = format!(
+                    "the tree at {size} does not extend the checkpoint of {} this node signed ({e}); it signs nothing more",
+                    old.size
+                );
+                error!(alarm = %why, "transparency log refused");
+                *self.alarm.lock() = Some(why.clone());
+                return Err(TransparencyError::Refused(why));
+            }
+        }
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root,
+            extensions: Vec::new(),
+        };
+        let text = checkpoint.text();
+        let note = Note {
+            signatures: vec![self.key.sign(&text)],
+            text,
+        }
+        .render();
+        let path = self.dir.join(CHECKPOINT);
+        crate::base::disk::replace_file(&path, note.as_bytes(), false).map_err(|e| io(&path, e))?;
+        let signed = Arc::new(Signed { checkpoint, note });
+        self.latest.send_replace(Some(signed.clone()));
+        self.signed_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(signed))
+    }
+
+    /// Signs checkpoints until `shutdown`: `checkpoint_interval_ms` after
+    /// the last one if the log grew, or as soon as `checkpoint_entries`
+    /// wait for one.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut head = self.store.watch_head();
+        let mut due = Instant::now();
+        loop {
+            let waiting = {
+                let signed = self.latest().map_or(0, |s| s.checkpoint.size);
+                let h = *head.borrow_and_update();
+                h.saturating_sub(signed)
+            };
+            let now = Instant::now();
+            let sign = (waiting > 0 && now >= due) || waiting >= self.entries;
+            if sign {
+                let me = self.clone();
+                match tokio::task::spawn_blocking(move || me.sign_now()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "no checkpoint signed");
+                    }
+                    Err(e) => warn!(error = %e, "the checkpoint signer failed"),
+                }
+                due = Instant::now() + self.interval;
+                if self.alarm().is_some() {
+                    // Nothing more will be signed of this log.
+                    shutdown.cancelled().await;
+                    return;
+                }
+                continue;
+            }
+            let wait = if waiting > 0 {
+                due.saturating_duration_since(now)
+            } else {
+                Duration::from_secs(3600)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                r = head.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// Signs the head once more before the node stops, so the last
+    /// acknowledged entries are covered by a checkpoint.
+    pub fn close(&self) {
+        if self.alarm().is_none() {
+            if let Err(e) = self.sign_now() {
+                warn!(error = %e, "no final checkpoint signed");
+            }
+        }
+    }
+}
+
+/// An announcement's statement, checked: the DSSE signature by a node
+/// certificate the trust accepts (`chains`, at `now`), of the node it names.
+pub fn verify_announcement(
+    dsse_json: &str,
+    chains: &dyn crate::trust::ChainCheck,
+    now: SystemTime,
+) -> Result<Announcement, String> {
+    let env: Envelope = document::envelope_from_dsse(dsse_json).map_err(|e| e.to_string())?;
+    let signer = crate::domain::bulletin::verify_statement(&env, ANNOUNCEMENT_TYPE, chains, now)
+        .map_err(|e| e.to_string())?;
+    let a: Announcement = serde_json::from_slice(&env.payload)
+        .map_err(|e| format!("the announcement is not valid JSON: {e}"))?;
+    if a.node != signer.to_string() {
+        return Err(format!(
+            "the announcement names {} but is signed by {signer}",
+            a.node
+        ));
+    }
+    let key: Verifier = a.log_key.parse().map_err(|e: NoteError| e.to_string())?;
+    if key.name != key_name(&signer) || !a.origin.starts_with(&format!("{}/log/", key.name)) {
+        return Err(format!(
+            "the announcement's key {} or origin {} is not of {signer}",
+            a.log_key, a.origin
+        ));
+    }
+    Ok(a)
+}

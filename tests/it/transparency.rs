@@ -1,0 +1,371 @@
+//! The node's log, provable from outside: signed checkpoints, inclusion and
+//! consistency proofs checked with the tree math a member runs, the CLI's
+//! checks (`beacon log`), and a node that never signs a smaller or a
+//! different tree under one log.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use beacon::base::proto::v1 as pb;
+use beacon::base::proto::v1::transparency_client::TransparencyClient;
+use beacon::tlog::merkle;
+use beacon::tlog::note::{open_checkpoint, Checkpoint, Verifier};
+
+use crate::common::*;
+
+/// The node of these tests (clients of another member pin it).
+const HUB: &str = "spiffe://alliance.example/node/drc/hub-1";
+
+/// Checkpoints every 50 ms.
+fn options(pki: &TestPki) -> NodeOptions {
+    let mut o = NodeOptions::new(pki, pki.node("drc", "hub-1"));
+    o.extra = "[transparency]\ncheckpoint_interval_ms = 50\n".into();
+    o
+}
+
+async fn transparency(
+    node: &TestNode,
+    files: &CertFiles,
+    ca: &[PathBuf],
+) -> TransparencyClient<tonic::transport::Channel> {
+    TransparencyClient::new(dial(node.addr, files, ca).await.expect("dial"))
+}
+
+/// The latest checkpoint once it covers `size` entries, checked with the
+/// key the node announces.
+async fn checkpoint_at_least(
+    t: &mut TransparencyClient<tonic::transport::Channel>,
+    size: u64,
+) -> (Checkpoint, pb::GetCheckpointResponse) {
+    let start = std::time::Instant::now();
+    loop {
+        let r = t
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await
+            .expect("get checkpoint")
+            .into_inner();
+        let mut latest = 0;
+        if !r.checkpoint.is_empty() {
+            let key: Verifier = r.log_key.parse().expect("log key");
+            let (c, _) = open_checkpoint(&r.checkpoint, &key).expect("signed by the log key");
+            if c.size >= size {
+                return (c, r);
+            }
+            latest = c.size;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no checkpoint of {size} entries within 20 s (latest {latest})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn hashes(v: &[Vec<u8>]) -> Vec<merkle::Hash> {
+    v.iter()
+        .map(|h| h.as_slice().try_into().expect("32 bytes"))
+        .collect()
+}
+
+async fn publish_n(
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    ca: &[PathBuf],
+    n: usize,
+    tag: &str,
+) -> Vec<String> {
+    let mut c = member(addr, files, ca).await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let b = bulletin("fr.anssi", &format!("{tag} {i}"));
+        c.publish(&b).await.expect("publish");
+        ids.push(b.id);
+    }
+    ids
+}
+
+fn log_cmd(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    ca: &Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let mut all: Vec<String> = vec!["log".into()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    all.extend(conn_args(addr, files, ca));
+    all.extend(["--node-identity".to_string(), HUB.to_string()]);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    beacon(dir, &refs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bulletin_is_proven_in_signed_checkpoints_that_extend_each_other() {
+    let pki = TestPki::new();
+    let node = TestNode::start(&options(&pki)).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("fr.anssi", "analyst");
+    let mut t = transparency(&node, &files, &ca).await;
+
+    publish_n(node.addr, &files, &ca, 7, "first").await;
+    let (first, r) = checkpoint_at_least(&mut t, 7).await;
+    assert_eq!(first.size, 7);
+    let (prefix, id) = first.origin.rsplit_once('/').expect("origin");
+    assert_eq!(
+        prefix, "alliance.example/node/drc/hub-1/log",
+        "{}",
+        first.origin
+    );
+    assert_eq!(
+        id.len(),
+        32,
+        "the log id closes the origin: {}",
+        first.origin
+    );
+    assert_eq!(r.origin, first.origin);
+    assert_eq!(r.announcements.len(), 1, "one log, announced once");
+
+    publish_n(node.addr, &files, &ca, 13, "second").await;
+    let (second, _) = checkpoint_at_least(&mut t, 20).await;
+    assert_eq!(second.size, 20);
+
+    // Every sequence is in the tree of the second checkpoint, and the leaf
+    // is the one the node describes.
+    for seq in 1..=20u64 {
+        let p = t
+            .prove_inclusion(pb::ProveInclusionRequest {
+                sequence: seq,
+                tree_size: 0,
+            })
+            .await
+            .expect("prove inclusion")
+            .into_inner();
+        assert_eq!((p.tree_size, p.index), (20, seq - 1));
+        assert!(
+            !p.checkpoint.is_empty(),
+            "the latest checkpoint comes with a proof at its size"
+        );
+        let leaf = merkle::leaf_hash(&p.leaf_entry);
+        merkle::verify_inclusion(seq - 1, 20, &leaf, &hashes(&p.hashes), &second.root)
+            .unwrap_or_else(|e| panic!("sequence {seq}: {e}"));
+        // Another sequence's leaf does not verify in its place.
+        let other = merkle::leaf_hash(&[p.leaf_entry.clone(), vec![0]].concat());
+        assert!(
+            merkle::verify_inclusion(seq - 1, 20, &other, &hashes(&p.hashes), &second.root)
+                .is_err()
+        );
+    }
+    // The second extends the first.
+    let c = t
+        .prove_consistency(pb::ProveConsistencyRequest {
+            old_size: 7,
+            new_size: 20,
+        })
+        .await
+        .expect("prove consistency")
+        .into_inner();
+    merkle::verify_consistency(7, 20, &first.root, &second.root, &hashes(&c.hashes))
+        .expect("consistent");
+    // Beyond the committed head: a clear refusal.
+    let e = t
+        .prove_inclusion(pb::ProveInclusionRequest {
+            sequence: 1,
+            tree_size: 1_000,
+        })
+        .await
+        .expect_err("beyond the head");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    let e = t
+        .prove_inclusion(pb::ProveInclusionRequest {
+            sequence: 21,
+            tree_size: 20,
+        })
+        .await
+        .expect_err("beyond the tree");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    // The checkpoint survives a restart: the node takes up the same log
+    // and signs on from it.
+    let node = node.restart().await;
+    let mut t = transparency(&node, &files, &ca).await;
+    publish_n(node.addr, &files, &ca, 1, "after restart").await;
+    let (third, r) = checkpoint_at_least(&mut t, 21).await;
+    assert_eq!(third.origin, second.origin);
+    assert_eq!(r.announcements.len(), 1);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_checks_checkpoints_inclusion_and_consistency() {
+    let pki = TestPki::new();
+    let node = TestNode::start(&options(&pki)).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("fr.anssi", "analyst");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ids = publish_n(node.addr, &files, &ca, 5, "cli").await;
+    let mut t = transparency(&node, &files, &ca).await;
+    checkpoint_at_least(&mut t, 5).await;
+
+    let (code, out, err) = log_cmd(dir.path(), node.addr, &files, &ca[0], &["checkpoint"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("checkpoint: 5 entries"), "{out}");
+    assert!(out.contains("announced"), "{out}");
+
+    // Inclusion of an exported bulletin, and refusal of another envelope.
+    let mut export = vec![
+        "export".to_string(),
+        ids[2].clone(),
+        "-o".into(),
+        "e.json".into(),
+    ];
+    export.extend(conn_args(node.addr, &files, &ca[0]));
+    export.extend(["--node-identity".to_string(), HUB.to_string()]);
+    let refs: Vec<&str> = export.iter().map(String::as_str).collect();
+    let (code, _, err) = beacon(dir.path(), &refs);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = log_cmd(
+        dir.path(),
+        node.addr,
+        &files,
+        &ca[0],
+        &["prove", "3", "--envelope", "e.json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("verified") && out.contains("the envelope given"),
+        "{out}"
+    );
+    let (code, _, err) = log_cmd(
+        dir.path(),
+        node.addr,
+        &files,
+        &ca[0],
+        &["prove", "2", "--envelope", "e.json"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("another envelope"), "{err}");
+
+    // Audits: the first keeps the checkpoint, the next checks consistency.
+    let (code, out, err) = log_cmd(
+        dir.path(),
+        node.addr,
+        &files,
+        &ca[0],
+        &["audit", "--state", "hub.checkpoint"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("first audit"), "{out}");
+    publish_n(node.addr, &files, &ca, 4, "more").await;
+    checkpoint_at_least(&mut t, 9).await;
+    let (code, out, err) = log_cmd(
+        dir.path(),
+        node.addr,
+        &files,
+        &ca[0],
+        &["audit", "--state", "hub.checkpoint"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("consistent: 5 entries when you last audited it, 9 now"),
+        "{out}"
+    );
+
+    // A rebuilt node: a new log, announced as replacing the old one at its
+    // last checkpoint, which the audit accepts as declared.
+    let node = node.restart_wiped().await;
+    publish_n(node.addr, &files, &ca, 2, "rebuilt").await;
+    let mut t = transparency(&node, &files, &ca).await;
+    let (c, r) = checkpoint_at_least(&mut t, 2).await;
+    assert_eq!(r.announcements.len(), 2, "the new log is announced");
+    let (code, out, err) = log_cmd(
+        dir.path(),
+        node.addr,
+        &files,
+        &ca[0],
+        &["audit", "--state", "hub.checkpoint"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("declared at 9 entries"), "{out}");
+    assert!(out.contains(&c.origin), "{out}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_put_back_to_an_older_copy_is_never_signed_again() {
+    let pki = TestPki::new();
+    let node = TestNode::start(&options(&pki)).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("fr.anssi", "analyst");
+    let dir = tempfile::tempdir().expect("tempdir");
+    publish_n(node.addr, &files, &ca, 3, "early").await;
+    let mut t = transparency(&node, &files, &ca).await;
+    checkpoint_at_least(&mut t, 3).await;
+    // An operator's copy of the stopped store, taken at 3 entries.
+    let copy = tempfile::tempdir().expect("tempdir");
+    let node = node
+        .restart_after(|store| copy_dir(store, &copy.path().join("store")))
+        .await;
+    publish_n(node.addr, &files, &ca, 4, "late").await;
+    let mut t = transparency(&node, &files, &ca).await;
+    checkpoint_at_least(&mut t, 7).await;
+    let (code, _, err) = log_cmd(
+        dir.path(),
+        node.addr,
+        &files,
+        &ca[0],
+        &["audit", "--state", "hub.checkpoint"],
+    );
+    assert_eq!(code, 0, "{err}");
+    // The store is put back to the copy: the same log, three entries.
+    let node = node
+        .restart_after(|store| {
+            std::fs::remove_dir_all(store).expect("remove store");
+            copy_dir(&copy.path().join("store"), store);
+        })
+        .await;
+    let mut t = transparency(&node, &files, &ca).await;
+    let r = t
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .expect("get checkpoint")
+        .into_inner();
+    assert!(
+        r.checkpoint.is_empty(),
+        "no checkpoint is served of a log put back"
+    );
+    // Publishing goes on, but nothing of this log is signed again.
+    publish_n(node.addr, &files, &ca, 5, "after").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = t
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .expect("get checkpoint")
+        .into_inner();
+    assert!(
+        r.checkpoint.is_empty(),
+        "a tree of 8 in place of the signed 7 must never be signed"
+    );
+    let (code, _, err) = log_cmd(
+        dir.path(),
+        node.addr,
+        &files,
+        &ca[0],
+        &["audit", "--state", "hub.checkpoint"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no checkpoint"), "{err}");
+    node.stop().await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
