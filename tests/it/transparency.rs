@@ -369,3 +369,81 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Go's sumdb `note` and `tlog` check what the node signs and proves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_sumdb_verifies_checkpoints_and_proofs() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let Some(verifier) = go_verifier(work.path()) else {
+        return;
+    };
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let pki = TestPki::new();
+    let node = TestNode::start(&options(&pki)).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("fr.anssi", "analyst");
+    let mut t = transparency(&node, &files, &ca).await;
+    let mut olds = Vec::new();
+    for (n, want) in [(1usize, 1u64), (4, 5), (8, 13), (24, 37)] {
+        publish_n(node.addr, &files, &ca, n, "go").await;
+        let (c, _) = checkpoint_at_least(&mut t, want).await;
+        olds.push((c.size, c.root));
+    }
+    let (latest, r) = checkpoint_at_least(&mut t, 37).await;
+    let size = latest.size;
+    let mut inclusion = Vec::new();
+    for seq in 1..=size {
+        let p = t
+            .prove_inclusion(pb::ProveInclusionRequest {
+                sequence: seq,
+                tree_size: size,
+            })
+            .await
+            .expect("prove")
+            .into_inner();
+        inclusion.push(serde_json::json!({
+            "size": size, "index": p.index, "leaf_entry": b64(&p.leaf_entry),
+            "hashes": p.hashes.iter().map(|h| b64(h)).collect::<Vec<_>>(),
+        }));
+    }
+    let mut consistency = Vec::new();
+    for (old, root) in olds.iter().filter(|(s, _)| *s < size) {
+        let p = t
+            .prove_consistency(pb::ProveConsistencyRequest {
+                old_size: *old,
+                new_size: size,
+            })
+            .await
+            .expect("prove")
+            .into_inner();
+        consistency.push(serde_json::json!({
+            "old": old, "old_root": b64(root), "new": size,
+            "hashes": p.hashes.iter().map(|h| b64(h)).collect::<Vec<_>>(),
+        }));
+    }
+    let mut tampered = inclusion[5].clone();
+    tampered["index"] = serde_json::json!(6);
+    let input = serde_json::json!({
+        "log_key": r.log_key, "checkpoint": r.checkpoint, "cosigners": [],
+        "inclusion": inclusion, "consistency": consistency, "tampered": tampered,
+    });
+    let path = work.path().join("input.json");
+    std::fs::write(&path, serde_json::to_vec(&input).expect("json")).expect("write");
+    let out = std::process::Command::new(&verifier)
+        .arg(&path)
+        .output()
+        .expect("run the Go verifier");
+    assert!(
+        out.status.success(),
+        "Go refused: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("at {size} entries, {size} inclusion")),
+        "{said}"
+    );
+    node.stop().await;
+}

@@ -482,6 +482,37 @@ pub fn python_with(modules: &str, install: &str) -> Option<String> {
     None
 }
 
+/// The Go verifier of `tests/interop/go/verify.go` (Go's sumdb `note` and
+/// `tlog`), built into `dir`, if Go and golang.org/x/mod are installed
+/// (Debian: golang-go, golang-golang-x-mod-dev). Without them the test says
+/// so and is skipped, unless `BEACON_REQUIRE_GO=1` (as `.ci/run` sets).
+pub fn go_verifier(dir: &Path) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/go/verify.go");
+    let out = dir.join("verify");
+    let gopath = std::env::var("BEACON_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", &gopath)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOFLAGS", "")
+        .output();
+    match built {
+        Ok(o) if o.status.success() => return Some(out),
+        Ok(o) => eprintln!("go build failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => eprintln!("go: {e}"),
+    }
+    let required = std::env::var("BEACON_REQUIRE_GO").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "BEACON_REQUIRE_GO=1 but the Go verifier cannot be built (apt-get install golang-go golang-golang-x-mod-dev)"
+    );
+    eprintln!("skipping: no Go toolchain with golang.org/x/mod");
+    None
+}
+
 /// `--node --cert --key --ca` of the CLI for `files` against `addr`.
 pub fn conn_args(addr: SocketAddr, files: &CertFiles, ca: &Path) -> Vec<String> {
     vec![
