@@ -12,6 +12,25 @@ use super::{caller, status, timestamp, OPERATORS};
 use crate::base::proto::v1 as pb;
 use crate::node::state::NodeState;
 
+/// This node's log and what it witnessed of its peers.
+fn transparency_status(t: &crate::node::transparency::TransparencyLog) -> pb::TransparencyStatus {
+    pb::TransparencyStatus {
+        origin: t.origin().to_string(),
+        checkpoint_size: t.latest().map_or(0, |l| l.checkpoint.size),
+        refused: t.alarm().unwrap_or_default(),
+        witnessed: t
+            .witnessed_all()
+            .into_iter()
+            .map(|(peer, c)| pb::WitnessedLog {
+                peer,
+                origin: c.origin,
+                size: c.size,
+            })
+            .collect(),
+        alarms: t.peer_alarms(),
+    }
+}
+
 /// `beacon.v1.Admin`, for operators.
 pub struct AdminService {
     pub(super) state: Arc<NodeState>,
@@ -90,6 +109,7 @@ impl pb::admin_server::Admin for AdminService {
                 .collect(),
             revoked_certificates: u32::try_from(s.trust.bundle().revoked_count())
                 .unwrap_or(u32::MAX),
+            transparency: Some(transparency_status(&s.transparency)),
         }))
     }
 

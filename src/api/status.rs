@@ -70,6 +70,17 @@ pub fn store(e: &StoreError) -> Status {
     }
 }
 
+pub fn transparency(e: &crate::node::transparency::TransparencyError) -> Status {
+    use crate::node::transparency::TransparencyError as T;
+    let msg = e.to_string();
+    match e {
+        T::Store(s) => store(s),
+        T::Note(_) => Status::invalid_argument(msg),
+        T::Refused(_) => Status::failed_precondition(msg),
+        T::Io { .. } | T::Key { .. } | T::Sign(_) => Status::internal(msg),
+    }
+}
+
 pub fn bad_request(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }

@@ -1,13 +1,17 @@
 //! `beacon.v1.Transparency`: the latest signed checkpoint, inclusion and
-//! consistency proofs. Any member's client or node may call it: leaves
-//! commit to no content. Proofs are read from the store's tree off the
+//! consistency proofs. Any member's client or node, and operators, may
+//! read them: leaves commit to no content. Only nodes add cosignatures. Proofs are read from the store's tree off the
 //! async runtime (a few dozen engine reads each).
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{caller, status, MEMBERS};
+use super::{caller, status};
+use crate::base::identity::RoleKind;
+
+/// Everyone with a certificate: leaves carry no content.
+const READERS: &[RoleKind] = &[RoleKind::Node, RoleKind::Client, RoleKind::Operator];
 use crate::base::proto::v1 as pb;
 use crate::node::state::NodeState;
 
@@ -52,22 +56,37 @@ impl pb::transparency_server::Transparency for TransparencyService {
         &self,
         request: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
-        caller(&request, MEMBERS)?;
+        caller(&request, READERS)?;
         let t = &self.state.transparency;
         Ok(Response::new(pb::GetCheckpointResponse {
-            checkpoint: t.latest().map(|l| l.note.clone()).unwrap_or_default(),
+            checkpoint: t.latest_note().unwrap_or_default(),
             log_key: t.log_key().to_string(),
             origin: t.origin().to_string(),
             announcements: t.announcements().to_vec(),
             witness_key: t.witness_key().to_string(),
+            cosigned: t.cosigned().unwrap_or_default(),
         }))
+    }
+
+    async fn add_cosignature(
+        &self,
+        request: Request<pb::AddCosignatureRequest>,
+    ) -> Result<Response<pb::AddCosignatureResponse>, Status> {
+        let peer = caller(&request, &[RoleKind::Node])?;
+        let r = request.into_inner();
+        let cosignatures = self
+            .state
+            .transparency
+            .add_cosignature(&peer.identity, r.tree_size, &r.cosignature, &r.witness_key)
+            .map_err(|e| status::transparency(&e))?;
+        Ok(Response::new(pb::AddCosignatureResponse { cosignatures }))
     }
 
     async fn prove_inclusion(
         &self,
         request: Request<pb::ProveInclusionRequest>,
     ) -> Result<Response<pb::ProveInclusionResponse>, Status> {
-        caller(&request, MEMBERS)?;
+        caller(&request, READERS)?;
         let r = request.into_inner();
         let (size, checkpoint) = self.size_or_latest(r.tree_size)?;
         let seq = r.sequence;
@@ -91,7 +110,7 @@ impl pb::transparency_server::Transparency for TransparencyService {
         &self,
         request: Request<pb::ProveConsistencyRequest>,
     ) -> Result<Response<pb::ProveConsistencyResponse>, Status> {
-        caller(&request, MEMBERS)?;
+        caller(&request, READERS)?;
         let r = request.into_inner();
         let (new, checkpoint) = self.size_or_latest(r.new_size)?;
         let old = r.old_size;

@@ -209,6 +209,8 @@ pub struct TransparencyConfig {
     pub checkpoint_interval_ms: u64,
     /// ... or once this many entries wait for one, whichever comes first.
     pub checkpoint_entries: u64,
+    /// How often each peer's log is witnessed (fetched, checked, cosigned).
+    pub witness_interval_ms: u64,
 }
 
 impl Default for TransparencyConfig {
@@ -217,6 +219,7 @@ impl Default for TransparencyConfig {
             dir: None,
             checkpoint_interval_ms: 1000,
             checkpoint_entries: 10_000,
+            witness_interval_ms: 10_000,
         }
     }
 }
@@ -540,9 +543,10 @@ impl Config {
         }
         if self.transparency.checkpoint_interval_ms == 0
             || self.transparency.checkpoint_entries == 0
+            || self.transparency.witness_interval_ms == 0
         {
             return Err(ConfigError::Invalid(
-                "transparency.checkpoint_interval_ms and checkpoint_entries must be at least 1"
+                "transparency.checkpoint_interval_ms, checkpoint_entries and witness_interval_ms must be at least 1"
                     .into(),
             ));
         }

@@ -6,3 +6,4 @@ pub(crate) mod ops;
 pub mod serve;
 pub(crate) mod state;
 pub mod transparency;
+pub(crate) mod witness;

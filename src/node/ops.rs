@@ -64,6 +64,7 @@ pub struct Scrape {
     pub connections: Arc<crate::net::edge::Connections>,
     pub broker: Arc<crate::broker::subscription::Broker>,
     pub peers: Vec<Arc<crate::node::federation::PeerLink>>,
+    pub transparency: Arc<crate::node::transparency::TransparencyLog>,
 }
 
 /// The node's metrics in the Prometheus text format (0.0.4).
@@ -74,7 +75,43 @@ pub fn render(state: &Scrape) -> String {
     store_figures(&mut out, state);
     subscriptions(&mut out, state);
     peer_links(&mut out, state);
+    transparency(&mut out, state);
     out
+}
+
+/// This node's checkpoints, and what it witnessed of its peers.
+fn transparency(out: &mut String, state: &Scrape) {
+    let t = &state.transparency;
+    gauge(
+        out,
+        "beacon_checkpoint_size",
+        "Entries covered by the latest checkpoint this node signed of its log.",
+        t.latest().map_or(0, |l| l.checkpoint.size),
+    );
+    total(
+        out,
+        "beacon_checkpoints_signed_total",
+        "Checkpoints this node signed since it started.",
+        t.signed_total(),
+    );
+    gauge(
+        out,
+        "beacon_checkpoint_refused",
+        "1 while this node refuses to sign its log (its store no longer leads to what it signed).",
+        u64::from(t.alarm().is_some()),
+    );
+    total(
+        out,
+        "beacon_cosignatures_made_total",
+        "Cosignatures this node made of its peers' checkpoints since it started.",
+        t.cosigned_total(),
+    );
+    gauge(
+        out,
+        "beacon_witness_alarms",
+        "Split views, rollbacks and undeclared rebuilds this node has seen of its peers' logs (evidence kept).",
+        t.peer_alarms().len() as u64,
+    );
 }
 
 /// Publishes, refusals, handshakes and the log sink.

@@ -234,6 +234,7 @@ struct Running {
     pruner: JoinHandle<()>,
     checkpoints: JoinHandle<()>,
     links: Vec<JoinHandle<()>>,
+    witnesses: Vec<JoinHandle<()>>,
     reloader: JoinHandle<()>,
 }
 
@@ -259,6 +260,7 @@ impl Running {
                 connections: state.connections.clone(),
                 broker: state.broker.clone(),
                 peers: state.peers.clone(),
+                transparency: state.transparency.clone(),
             };
             tokio::spawn(crate::node::ops::serve(
                 scrape,
@@ -309,6 +311,27 @@ impl Running {
                 ))
             })
             .collect();
+        // Each peer's log witnessed, until shutdown.
+        let witness_context = Arc::new(crate::node::witness::WitnessContext {
+            trust: state.trust.clone(),
+            log: state.transparency.clone(),
+            interval: std::time::Duration::from_millis(
+                state.config.transparency.witness_interval_ms,
+            ),
+            shutdown: shutdown.clone(),
+        });
+        let witnesses = state
+            .config
+            .peers
+            .iter()
+            .map(|p| {
+                tokio::spawn(crate::node::witness::run(
+                    witness_context.clone(),
+                    p.address.clone(),
+                    p.identity.clone(),
+                ))
+            })
+            .collect();
         // Reload: files and SIGHUP.
         let reloader = tokio::spawn(net::reload_loop(net.clone(), reload, shutdown.clone()));
         // The gRPC port: mutual TLS, each connection served in its own task.
@@ -345,6 +368,7 @@ impl Running {
             pruner,
             checkpoints,
             links,
+            witnesses,
             reloader,
         }
     }
@@ -358,6 +382,9 @@ impl Running {
         let _ = self.reloader.await;
         for link in self.links {
             let _ = link.await;
+        }
+        for w in self.witnesses {
+            let _ = w.await;
         }
         let _ = self.pruner.await;
         let _ = self.checkpoints.await;

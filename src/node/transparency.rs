@@ -48,6 +48,14 @@ const LOG_KEY: &str = "log.key";
 const WITNESS_KEY: &str = "witness.key";
 const CHECKPOINT: &str = "checkpoint";
 const ANNOUNCEMENTS: &str = "announcements.json";
+/// The recent checkpoint most witnesses cosigned, with their cosignatures.
+const COSIGNED: &str = "cosigned";
+/// The last checkpoint cosigned of each peer's log (one file per peer).
+const WITNESSED: &str = "witnessed";
+/// Both signed checkpoints of each split view or rollback seen of a peer.
+const EVIDENCE: &str = "evidence";
+/// Recent checkpoints kept with their cosignatures.
+const RECENT: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransparencyError {
@@ -121,6 +129,15 @@ pub struct TransparencyLog {
     latest: watch::Sender<Option<Arc<Signed>>>,
     /// Why this node signs no checkpoint of its log, if it refuses to.
     alarm: Mutex<Option<String>>,
+    /// Recent checkpoints, oldest first, each with the cosignatures
+    /// witnesses added.
+    recent: Mutex<std::collections::VecDeque<Note>>,
+    /// What this node holds of each peer's log it witnesses.
+    witnessed: Mutex<std::collections::BTreeMap<String, (Checkpoint, String)>>,
+    /// Cosignatures this node made of its peers' checkpoints.
+    cosigned_total: std::sync::atomic::AtomicU64,
+    /// Split views, rollbacks and undeclared rebuilds seen of peers.
+    peer_alarms: Mutex<Vec<String>>,
     /// The one signer at a time.
     signing: Mutex<()>,
     interval: Duration,
@@ -184,6 +201,10 @@ impl TransparencyLog {
             announcements: Vec::new(),
             latest,
             alarm: Mutex::new(None),
+            recent: Mutex::new(Default::default()),
+            witnessed: Mutex::new(Default::default()),
+            cosigned_total: Default::default(),
+            peer_alarms: Mutex::new(Vec::new()),
             signing: Mutex::new(()),
             interval: Duration::from_millis(config.checkpoint_interval_ms),
             entries: config.checkpoint_entries,
@@ -206,7 +227,61 @@ impl TransparencyLog {
         if !log.announced() {
             log.announce(identity, signer, previous)?;
         }
+        log.read_witnessed()?;
         Ok(log)
+    }
+
+    /// What this node witnessed of its peers, and the alarms it raised.
+    fn read_witnessed(&mut self) -> Result<(), TransparencyError> {
+        let dir = self.dir.join(WITNESSED);
+        crate::base::disk::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let mut held = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let path = e.map_err(|e| io(&dir, e))?.path();
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            // peer identity, then the note.
+            let Some((peer, note)) = text.split_once('\n') else {
+                continue;
+            };
+            if let Ok(n) = Note::parse(note) {
+                if let Ok(c) = Checkpoint::parse(&n.text) {
+                    held.insert(peer.to_string(), (c, note.to_string()));
+                }
+            }
+        }
+        *self.witnessed.lock() = held;
+        let evidence = self.dir.join(EVIDENCE);
+        if let Ok(entries) = std::fs::read_dir(&evidence) {
+            let mut alarms: Vec<String> = entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let text = std::fs::read_to_string(e.path()).ok()?;
+                    let why = text.lines().next()?.to_string();
+                    Some(format!("{why} (evidence: {})", e.path().display()))
+                })
+                .collect();
+            alarms.sort();
+            *self.peer_alarms.lock() = alarms;
+        }
+        if let Some(last) = self.latest() {
+            // The cosignatures kept of the last checkpoints, if of this log.
+            if let Ok(text) = std::fs::read_to_string(self.dir.join(COSIGNED)) {
+                if let Ok(n) = Note::parse(&text) {
+                    if Checkpoint::parse(&n.text).is_ok_and(|c| c.origin == self.origin) {
+                        self.recent.lock().push_back(n);
+                    }
+                }
+            }
+            if let Ok(n) = Note::parse(&last.note) {
+                let mut recent = self.recent.lock();
+                if recent.back().is_none_or(|b| b.text != n.text) {
+                    recent.push_back(n);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The last checkpoint signed, from its file, checked with the log key.
@@ -253,7 +328,7 @@ impl TransparencyLog {
         };
         match why {
             Some(why) => {
-                error!(alarm = %why, "transparency log refused");
+                error!(target: "beacon::audit", alarm = %why, "transparency log refused");
                 *self.alarm.lock() = Some(why);
             }
             None => {
@@ -303,6 +378,7 @@ impl TransparencyLog {
         crate::base::disk::replace_file(&path, &bytes, false).map_err(|e| io(&path, e))?;
         match &a.previous {
             Some(p) => warn!(
+                target: "beacon::audit",
                 origin = %a.origin,
                 previous = %p.origin,
                 previous_size = p.size,
@@ -396,6 +472,15 @@ impl TransparencyLog {
         .render();
         let path = self.dir.join(CHECKPOINT);
         crate::base::disk::replace_file(&path, note.as_bytes(), false).map_err(|e| io(&path, e))?;
+        {
+            let mut recent = self.recent.lock();
+            if let Ok(n) = Note::parse(&note) {
+                recent.push_back(n);
+            }
+            while recent.len() > RECENT {
+                recent.pop_front();
+            }
+        }
         let signed = Arc::new(Signed { checkpoint, note });
         self.latest.send_replace(Some(signed.clone()));
         self.signed_total
@@ -447,6 +532,173 @@ impl TransparencyLog {
         }
     }
 
+    /// The latest checkpoint, with the cosignatures witnesses added to it.
+    pub fn latest_note(&self) -> Option<String> {
+        let latest = self.latest()?;
+        let recent = self.recent.lock();
+        Some(
+            recent
+                .iter()
+                .rev()
+                .find(|n| {
+                    Checkpoint::parse(&n.text).is_ok_and(|c| c.size == latest.checkpoint.size)
+                })
+                .map(Note::render)
+                .unwrap_or_else(|| latest.note.clone()),
+        )
+    }
+
+    /// Of the recent checkpoints, the one most witnesses cosigned (the
+    /// newest among equals), if any is.
+    pub fn cosigned(&self) -> Option<String> {
+        let recent = self.recent.lock();
+        // Oldest first: `max_by_key` keeps the last of equals, the newest.
+        recent
+            .iter()
+            .filter(|n| n.signatures.len() > 1)
+            .max_by_key(|n| n.signatures.len())
+            .map(Note::render)
+    }
+
+    /// Adds a witness's cosignature of the recent checkpoint of `size`: the
+    /// key must be a cosignature key named as `caller`, and the line must
+    /// verify over that checkpoint. Returns how many witnesses cosigned it.
+    pub fn add_cosignature(
+        &self,
+        caller: &Identity,
+        size: u64,
+        line: &str,
+        key: &str,
+    ) -> Result<u32, TransparencyError> {
+        let key: Verifier = key.parse()?;
+        if key.kind != note::COSIGNATURE_V1 || key.name != key_name(caller) {
+            return Err(TransparencyError::Refused(format!(
+                "{caller} may add cosignatures only with its own witness key, named {} (type 4); this one is {key}",
+                key_name(caller)
+            )));
+        }
+        let mut recent = self.recent.lock();
+        let Some(n) = recent
+            .iter_mut()
+            .rev()
+            .find(|n| Checkpoint::parse(&n.text).is_ok_and(|c| c.size == size))
+        else {
+            return Err(TransparencyError::Refused(format!(
+                "no recent checkpoint of {size} entries to cosign: fetch the latest again"
+            )));
+        };
+        let line = format!("{}\n", line.trim_end_matches('\n'));
+        let parsed = Note::parse(&format!("{}\n{line}", n.text))?;
+        let [sig] = parsed.signatures.as_slice() else {
+            return Err(TransparencyError::Refused(
+                "send exactly one signature line".into(),
+            ));
+        };
+        let mut with = n.clone();
+        with.add(sig.clone());
+        match with.verified_by(&key)? {
+            Some(_) => {}
+            None => {
+                return Err(TransparencyError::Refused(format!(
+                    "the line is not a cosignature by {key}"
+                )))
+            }
+        }
+        *n = with;
+        let count = n.signatures.len() as u32 - 1;
+        drop(recent);
+        if let Some(best) = self.cosigned() {
+            let path = self.dir.join(COSIGNED);
+            crate::base::disk::replace_file(&path, best.as_bytes(), false)
+                .map_err(|e| io(&path, e))?;
+        }
+        Ok(count)
+    }
+
+    /// The key a witness cosigns with.
+    pub fn cosign(&self, text: &str) -> note::NoteSignature {
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.cosigned_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.witness.cosign(text, now)
+    }
+
+    /// The last checkpoint this node cosigned of `peer`'s log.
+    pub fn witnessed(&self, peer: &str) -> Option<Checkpoint> {
+        self.witnessed.lock().get(peer).map(|(c, _)| c.clone())
+    }
+
+    /// That checkpoint as the peer signed it.
+    pub fn witnessed_note(&self, peer: &str) -> Option<String> {
+        self.witnessed.lock().get(peer).map(|(_, n)| n.clone())
+    }
+
+    /// Cosignatures this node made of its peers' checkpoints since it started.
+    pub fn cosigned_total(&self) -> u64 {
+        self.cosigned_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every peer log witnessed: (peer, checkpoint).
+    pub fn witnessed_all(&self) -> Vec<(String, Checkpoint)> {
+        self.witnessed
+            .lock()
+            .iter()
+            .map(|(p, (c, _))| (p.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Split views, rollbacks and undeclared rebuilds seen of peers.
+    pub fn peer_alarms(&self) -> Vec<String> {
+        self.peer_alarms.lock().clone()
+    }
+
+    /// Keeps `note` as the last checkpoint witnessed of `peer` (durably,
+    /// before it is cosigned).
+    pub fn keep_witnessed(&self, peer: &str, note: &str) -> Result<(), TransparencyError> {
+        let n = Note::parse(note)?;
+        let c = Checkpoint::parse(&n.text)?;
+        let path = self.dir.join(WITNESSED).join(file_name(peer));
+        crate::base::disk::replace_file(&path, format!("{peer}\n{note}").as_bytes(), false)
+            .map_err(|e| io(&path, e))?;
+        self.witnessed
+            .lock()
+            .insert(peer.to_string(), (c, note.to_string()));
+        Ok(())
+    }
+
+    /// Raises an alarm about `peer`: `why`, with both signed checkpoints
+    /// kept as evidence. Said once per pair of checkpoints.
+    pub fn raise_peer_alarm(&self, peer: &str, why: &str, held: &str, shown: &str) {
+        let dir = self.dir.join(EVIDENCE);
+        let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        h.update(held.as_bytes());
+        h.update(shown.as_bytes());
+        let tag: String = h.finish().as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let path = dir.join(format!("{}-{tag}.txt", file_name(peer)));
+        if path.exists() {
+            return;
+        }
+        error!(target: "beacon::audit", peer, alarm = why, evidence = %path.display(), "a peer's log is inconsistent");
+        let text = format!(
+            "{why}\n\n== the checkpoint this node held ==\n{held}\n== the checkpoint the peer showed ==\n{shown}"
+        );
+        let written = crate::base::disk::create_dir_all(&dir)
+            .and_then(|()| crate::base::disk::replace_file(&path, text.as_bytes(), false));
+        if let Err(e) = written {
+            error!(error = %e, "the evidence could not be written");
+        }
+        self.peer_alarms
+            .lock()
+            .push(format!("{why} (evidence: {})", path.display()));
+    }
+
     /// Signs the head once more before the node stops, so the last
     /// acknowledged entries are covered by a checkpoint.
     pub fn close(&self) {
@@ -455,6 +707,102 @@ impl TransparencyLog {
                 warn!(error = %e, "no final checkpoint signed");
             }
         }
+    }
+}
+
+/// A file name for a peer's identity.
+fn file_name(peer: &str) -> String {
+    peer.strip_prefix("spiffe://")
+        .unwrap_or(peer)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// What a witness makes of a peer's checkpoint, given the one it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerCheck {
+    /// Cosign it (and keep it): the first seen, the same, or consistent.
+    Cosign,
+    /// A consistency proof from the held size is needed first.
+    NeedProof { old: u64, new: u64 },
+    /// Older than the held one under the same log: nothing to do.
+    Older,
+    /// A split view, a rollback, an undeclared rebuild: the alarm's words.
+    Alarm(String),
+}
+
+/// The witness's decision for `shown`, a checkpoint of `peer`'s log whose
+/// signature was checked, given `held` (the last cosigned), the peer's
+/// verified announcements, and a consistency proof if one was fetched.
+pub fn check_peer(
+    held: Option<&Checkpoint>,
+    shown: &Checkpoint,
+    announcements: &[Announcement],
+    proof: Option<&[merkle::Hash]>,
+) -> PeerCheck {
+    let Some(held) = held else {
+        return PeerCheck::Cosign;
+    };
+    if held.origin != shown.origin {
+        let declared = announcements
+            .iter()
+            .find(|a| a.origin == shown.origin)
+            .and_then(|a| a.previous.as_ref());
+        return match declared {
+            Some(p) if p.origin == held.origin && p.size >= held.size => PeerCheck::Cosign,
+            Some(p) if p.origin == held.origin => PeerCheck::Alarm(format!(
+                "rollback: log {} had at least {} entries when this node cosigned it, but its replacement {} declares it ended at {}",
+                held.origin, held.size, shown.origin, p.size
+            )),
+            _ => {
+                // An older log of the peer's, still served while a newer was
+                // announced, is not a rollback of the one held.
+                let newer_announced = announcements.iter().any(|a| {
+                    a.previous.as_ref().is_some_and(|p| p.origin == shown.origin)
+                });
+                if newer_announced {
+                    PeerCheck::Older
+                } else {
+                    PeerCheck::Alarm(format!(
+                        "undeclared rebuild: the peer serves log {} and announced no replacement of {}, the log this node cosigned at {} entries",
+                        shown.origin, held.origin, held.size
+                    ))
+                }
+            }
+        };
+    }
+    if shown.size < held.size {
+        return PeerCheck::Older;
+    }
+    if shown.size == held.size {
+        return if shown.root == held.root {
+            PeerCheck::Cosign
+        } else {
+            PeerCheck::Alarm(format!(
+                "split view: two checkpoints of log {} at {} entries with different roots",
+                shown.origin, shown.size
+            ))
+        };
+    }
+    match proof {
+        None => PeerCheck::NeedProof {
+            old: held.size,
+            new: shown.size,
+        },
+        Some(p) => match merkle::verify_consistency(held.size, shown.size, &held.root, &shown.root, p) {
+            Ok(()) => PeerCheck::Cosign,
+            Err(e) => PeerCheck::Alarm(format!(
+                "split view: log {}'s checkpoint of {} entries does not extend the one of {} this node cosigned ({e})",
+                shown.origin, shown.size, held.size
+            )),
+        },
     }
 }
 

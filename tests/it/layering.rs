@@ -49,7 +49,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (8, &["broker/subscription", "net/client", "net/edge"]),
     // The node's signed checkpoints of its log.
     (9, &["node/transparency"]),
-    (10, &["node/federation"]),
+    (10, &["node/federation", "node/witness"]),
     (11, &["node/state"]),
     // The gRPC API, the TAXII server and the operations port.
     (12, &["api", "interop/taxii", "node/ops"]),

@@ -333,9 +333,18 @@ async fn a_store_put_back_to_an_older_copy_is_never_signed_again() {
         r.checkpoint.is_empty(),
         "no checkpoint is served of a log put back"
     );
-    // Publishing goes on, but nothing of this log is signed again.
+    // The node says why, in its status.
+    let op = pki.operator("ops");
+    let status = transparency_status(node.addr, &op, &ca).await;
+    assert!(
+        status.refused.contains("signed a checkpoint of 7"),
+        "{}",
+        status.refused
+    );
+    assert_eq!(status.checkpoint_size, 0);
+    // Publishing goes on, but nothing of this log is signed again: the
+    // signer stopped for it when it refused, before the head passed 7.
     publish_n(node.addr, &files, &ca, 5, "after").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let r = t
         .get_checkpoint(pb::GetCheckpointRequest {})
         .await
@@ -446,4 +455,229 @@ async fn go_sumdb_verifies_checkpoints_and_proofs() {
         "{said}"
     );
     node.stop().await;
+}
+
+/// Fast checkpoints and witnessing, for the witness tests.
+fn witnessing(
+    alliance: &Alliance,
+    node: CertFiles,
+    peers: &[(std::net::SocketAddr, String)],
+) -> NodeOptions {
+    let mut o = alliance.options(node, peers);
+    o.extra
+        .push_str("[transparency]\ncheckpoint_interval_ms = 50\nwitness_interval_ms = 100\n");
+    o
+}
+
+async fn transparency_status(
+    addr: std::net::SocketAddr,
+    op: &CertFiles,
+    ca: &[PathBuf],
+) -> pb::TransparencyStatus {
+    let mut admin = pb::admin_client::AdminClient::new(dial(addr, op, ca).await.expect("dial"));
+    admin
+        .status(pb::StatusRequest::default())
+        .await
+        .expect("status")
+        .into_inner()
+        .transparency
+        .expect("transparency status")
+}
+
+/// The witness key `witness` announced, checked against the alliance's CAs.
+async fn witness_key_of(
+    addr: std::net::SocketAddr,
+    files: &CertFiles,
+    ca: &[PathBuf],
+    bundle: &beacon::trust::TrustBundle,
+) -> Verifier {
+    let mut t = TransparencyClient::new(dial(addr, files, ca).await.expect("dial"));
+    let r = t
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner();
+    let a = beacon::node::transparency::verify_announcement(
+        r.announcements.last().expect("an announcement"),
+        bundle,
+        std::time::SystemTime::now(),
+    )
+    .expect("the announcement verifies");
+    assert_eq!(a.witness_key, r.witness_key);
+    a.witness_key.parse().expect("witness key")
+}
+
+/// A's checkpoint of at least `size` entries cosigned by `witness`.
+async fn cosigned_at_least(
+    t: &mut TransparencyClient<tonic::transport::Channel>,
+    size: u64,
+    witness: &Verifier,
+) -> (Checkpoint, String) {
+    let start = std::time::Instant::now();
+    loop {
+        let r = t
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await
+            .expect("checkpoint")
+            .into_inner();
+        if !r.cosigned.is_empty() {
+            let key: Verifier = r.log_key.parse().expect("log key");
+            let (c, n) = open_checkpoint(&r.cosigned, &key).expect("signed by the log key");
+            if c.size >= size
+                && n.verified_by(witness)
+                    .expect("a valid cosignature")
+                    .is_some()
+            {
+                return (c, r.cosigned);
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no checkpoint of {size} cosigned within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_cosign_each_other_and_a_hub_that_rewrites_its_log_is_caught() {
+    let alliance = Alliance::new(&["uk.ncsc", "fr.anssi"]);
+    let hub_files = alliance.node("uk.ncsc", "hub");
+    let hub_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hub_addr = hub_listener.local_addr().expect("addr");
+    let hub =
+        TestNode::start_on(&witnessing(&alliance, hub_files.clone(), &[]), hub_listener).await;
+    // The witness pulls from the hub, and so witnesses it.
+    let w_files = alliance.node("fr.anssi", "paris");
+    let witness = TestNode::start(&witnessing(
+        &alliance,
+        w_files.clone(),
+        &[(hub_addr, hub_files.identity.clone())],
+    ))
+    .await;
+    let client = alliance.client("uk.ncsc", "analyst");
+    let bundle = alliance.bundle();
+    let wkey = witness_key_of(witness.addr, &alliance.op, &alliance.ca, &bundle).await;
+    let mut t = TransparencyClient::new(dial(hub_addr, &client, &alliance.ca).await.expect("dial"));
+
+    let publish = |n: usize, tag: &'static str| {
+        let (client, ca) = (client.clone(), alliance.ca.clone());
+        async move {
+            let mut c = member(hub_addr, &client, &ca).await;
+            for i in 0..n {
+                c.publish(&bulletin("uk.ncsc", &format!("{tag} {i}")))
+                    .await
+                    .expect("publish");
+            }
+        }
+    };
+    publish(3, "first").await;
+    let (c3, note3) = cosigned_at_least(&mut t, 3, &wkey).await;
+    assert_eq!(c3.size, 3);
+    let status = transparency_status(witness.addr, &alliance.op, &alliance.ca).await;
+    assert!(status.alarms.is_empty(), "{:?}", status.alarms);
+
+    // Go checks the cosignature too.
+    let work = tempfile::tempdir().expect("tempdir");
+    if let Some(verifier) = go_verifier(work.path()) {
+        let r = t
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await
+            .expect("checkpoint")
+            .into_inner();
+        let input = serde_json::json!({
+            "log_key": r.log_key, "checkpoint": note3, "cosigners": [wkey.to_string()],
+            "inclusion": [], "consistency": [],
+        });
+        let path = work.path().join("cosigned.json");
+        std::fs::write(&path, serde_json::to_vec(&input).expect("json")).expect("write");
+        let out = std::process::Command::new(&verifier)
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "Go refused the cosigned checkpoint: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // An operator's copy of the hub's store at 3 entries; 4 more go in and
+    // are witnessed.
+    let copy = tempfile::tempdir().expect("tempdir");
+    let hub = hub
+        .restart_after(|store| copy_dir(store, &copy.path().join("store")))
+        .await;
+    publish(4, "second").await;
+    let mut t = TransparencyClient::new(dial(hub.addr, &client, &alliance.ca).await.expect("dial"));
+    cosigned_at_least(&mut t, 7, &wkey).await;
+    wait_until(Duration::from_secs(20), || async {
+        transparency_status(witness.addr, &alliance.op, &alliance.ca)
+            .await
+            .witnessed
+            .iter()
+            .any(|w| w.size >= 7)
+    })
+    .await
+    .expect("the witness holds the checkpoint of 7");
+
+    // The hub's store is put back to the copy, and its own record of what it
+    // signed removed (tracks covered); other bulletins take the places of
+    // the four dropped.
+    let hub = hub
+        .restart_after(|store| {
+            std::fs::remove_dir_all(store).expect("remove store");
+            copy_dir(&copy.path().join("store"), store);
+            let tlog = store.with_file_name("store.tlog");
+            std::fs::remove_file(tlog.join("checkpoint")).expect("remove the checkpoint");
+            let _ = std::fs::remove_file(tlog.join("cosigned"));
+        })
+        .await;
+    publish(6, "rewritten").await;
+    let mut t = TransparencyClient::new(dial(hub.addr, &client, &alliance.ca).await.expect("dial"));
+    checkpoint_at_least(&mut t, 9).await;
+    // The witness refuses to cosign it and says why, keeping both checkpoints.
+    wait_until(Duration::from_secs(20), || async {
+        !transparency_status(witness.addr, &alliance.op, &alliance.ca)
+            .await
+            .alarms
+            .is_empty()
+    })
+    .await
+    .expect("the witness raises an alarm");
+    let status = transparency_status(witness.addr, &alliance.op, &alliance.ca).await;
+    let alarm = &status.alarms[0];
+    assert!(
+        alarm.contains("split view") || alarm.contains("rollback"),
+        "{alarm}"
+    );
+    let evidence = alarm
+        .rsplit_once("evidence: ")
+        .expect("evidence named")
+        .1
+        .trim_end_matches(')');
+    let text = std::fs::read_to_string(evidence).expect("evidence file");
+    assert!(
+        text.contains("\n7\n") && text.matches('\u{2014}').count() >= 2,
+        "{text}"
+    );
+    // No cosignature of the rewritten log.
+    let r = t
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner();
+    if !r.cosigned.is_empty() {
+        let key: Verifier = r.log_key.parse().expect("log key");
+        let (c, _) = open_checkpoint(&r.cosigned, &key).expect("signed");
+        assert!(
+            c.size <= 3,
+            "the witness cosigned the rewritten log at {}",
+            c.size
+        );
+    }
+    witness.stop().await;
+    hub.stop().await;
 }
