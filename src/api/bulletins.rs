@@ -482,6 +482,7 @@ fn answer(
         id: a.id.clone(),
         envelope_digest: a.digest.to_vec(),
         warnings: a.warnings.clone(),
+        receipt: String::new(),
     })
 }
 
@@ -496,6 +497,7 @@ type Answer = std::pin::Pin<
 /// appended in the order sent (a retraction after its original, say) while
 /// their fsyncs and answers overlap.
 async fn queue_publish(state: &Arc<NodeState>, peer: &PeerInfo, req: pb::PublishRequest) -> Answer {
+    let want_receipt = req.receipt;
     let (record, admitted) = match admit(state, peer, req) {
         Ok(a) => a,
         Err(s) => return Box::pin(std::future::ready(Err(s))),
@@ -504,7 +506,17 @@ async fn queue_publish(state: &Arc<NodeState>, peer: &PeerInfo, req: pb::Publish
         Err(e) => Box::pin(std::future::ready(answer(state, peer, &admitted, Err(e)))),
         Ok(durable) => {
             let (state, peer) = (state.clone(), peer.clone());
-            Box::pin(async move { answer(&state, &peer, &admitted, durable.await) })
+            Box::pin(async move {
+                let mut r = answer(&state, &peer, &admitted, durable.await)?;
+                if want_receipt {
+                    let log = &state.transparency;
+                    match log.receipt(r.sequence, log.receipt_wait()).await {
+                        Ok(receipt) => r.receipt = receipt,
+                        Err(e) => r.warnings.push(format!("no receipt: {e}")),
+                    }
+                }
+                Ok(r)
+            })
         }
     }
 }

@@ -358,6 +358,20 @@ pub enum ClientCommand {
         crl: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// A receipt (C2SP tlog-proof, from `beacon log prove --out` or a
+        /// publish that asked for one): the bulletin is in the node's log.
+        #[arg(long, requires = "log_key")]
+        receipt: Option<PathBuf>,
+        /// The node's log key (`beacon log checkpoint` shows it, announced
+        /// with the node's certificate).
+        #[arg(long)]
+        log_key: Option<String>,
+        /// A witness key whose cosignature counts (repeatable).
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// Cosignatures needed, of the witnesses named (default: all of them).
+        #[arg(long)]
+        quorum: Option<usize>,
     },
     /// Write a bulletin's signed envelope as DSSE JSON.
     Export {
@@ -420,7 +434,24 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             ca,
             crl,
             json,
-        } => verify(&file, &ca, &crl, json),
+            receipt,
+            log_key,
+            witnesses,
+            quorum,
+        } => {
+            let env = verify(&file, &ca, &crl, json)?;
+            match (receipt, log_key) {
+                (Some(r), Some(k)) => {
+                    let q = quorum.unwrap_or(witnesses.len());
+                    println!(
+                        "{}",
+                        super::log::check_receipt(&env, &r, &k, &witnesses, q)?
+                    );
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }
         ClientCommand::Export {
             conn,
             id,
@@ -1022,7 +1053,12 @@ async fn list(
     }
 }
 
-fn verify(file: &Path, ca: &[PathBuf], crl: &[PathBuf], json: bool) -> Result<()> {
+fn verify(
+    file: &Path,
+    ca: &[PathBuf],
+    crl: &[PathBuf],
+    json: bool,
+) -> Result<beacon::domain::bulletin::Envelope> {
     let text = read_input(file)?;
     let env = document::envelope_from_dsse(&text).with_context(|| format!("{}", file.display()))?;
     let leaf = env
@@ -1063,7 +1099,7 @@ fn verify(file: &Path, ca: &[PathBuf], crl: &[PathBuf], json: bool) -> Result<()
             b.created_at.map(document::rfc3339).unwrap_or_default()
         );
     }
-    Ok(())
+    Ok(env)
 }
 
 /// Where a subscription starts, from `--from`.

@@ -16,6 +16,7 @@ use beacon::base::proto::v1::transparency_client::TransparencyClient;
 use beacon::node::transparency::{verify_announcement, Announcement};
 use beacon::tlog::merkle;
 use beacon::tlog::note::{open_checkpoint, Checkpoint, Note, Verifier};
+use beacon::tlog::receipt::Receipt;
 use beacon::trust::TrustBundle;
 
 use super::client::ConnArgs;
@@ -42,6 +43,11 @@ pub enum LogCommand {
         /// commit to its envelope.
         #[arg(long)]
         envelope: Option<PathBuf>,
+        /// Write the receipt (C2SP tlog-proof) here, for `beacon verify
+        /// --receipt`: against the checkpoint most witnesses cosigned if it
+        /// covers the sequence, the latest otherwise.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Check that the node's log extends the checkpoint kept in FILE (the
     /// last one this command saw), then keep the new one there. A smaller
@@ -73,7 +79,8 @@ pub async fn run(cmd: LogCommand) -> Result<()> {
             conn,
             sequence,
             envelope,
-        } => prove(&conn, sequence, envelope.as_deref()).await,
+            out,
+        } => prove(&conn, sequence, envelope.as_deref(), out.as_deref()).await,
         LogCommand::Audit { conn, state } => audit(&conn, &state).await,
     }
 }
@@ -87,6 +94,8 @@ struct Checked {
     note_text: String,
     /// Every announcement that verifies, oldest first.
     announcements: Vec<Announcement>,
+    /// The checkpoint most witnesses cosigned, if any, checked.
+    cosigned: Option<(Checkpoint, String)>,
 }
 
 fn describe(log: &Checked) -> String {
@@ -188,6 +197,14 @@ fn check(
             announcement.origin
         );
     }
+    let cosigned = match r.cosigned.as_str() {
+        "" => None,
+        text => {
+            let (c, _) = open_checkpoint(text, &key)
+                .context("the cosigned checkpoint is not signed by the announced log key")?;
+            Some((c, text.to_string()))
+        }
+    };
     Ok(Checked {
         announcement,
         key,
@@ -195,6 +212,7 @@ fn check(
         note,
         note_text: r.checkpoint.clone(),
         announcements,
+        cosigned,
     })
 }
 
@@ -208,9 +226,20 @@ fn hashes(v: &[Vec<u8>]) -> Result<Vec<merkle::Hash>> {
         .collect()
 }
 
-async fn prove(conn: &ConnArgs, sequence: u64, envelope: Option<&Path>) -> Result<()> {
+async fn prove(
+    conn: &ConnArgs,
+    sequence: u64,
+    envelope: Option<&Path>,
+    out: Option<&Path>,
+) -> Result<()> {
     let (log, mut client) = fetch(conn).await?;
-    let size = log.checkpoint.size;
+    // The cosigned checkpoint when it covers the sequence: its receipt
+    // carries the witnesses' cosignatures.
+    let (checkpoint, note_text) = match &log.cosigned {
+        Some((c, text)) if c.size >= sequence => (c.clone(), text.clone()),
+        _ => (log.checkpoint.clone(), log.note_text.clone()),
+    };
+    let size = checkpoint.size;
     let p = client
         .prove_inclusion(pb::ProveInclusionRequest {
             sequence,
@@ -224,14 +253,19 @@ async fn prove(conn: &ConnArgs, sequence: u64, envelope: Option<&Path>) -> Resul
         bail!("the node's leaf entry is not of sequence {sequence}");
     }
     let leaf = merkle::leaf_hash(entry);
-    merkle::verify_inclusion(
-        sequence - 1,
-        size,
-        &leaf,
-        &hashes(&p.hashes)?,
-        &log.checkpoint.root,
-    )
-    .context("the inclusion proof does not verify")?;
+    let proof = hashes(&p.hashes)?;
+    merkle::verify_inclusion(sequence - 1, size, &leaf, &proof, &checkpoint.root)
+        .context("the inclusion proof does not verify")?;
+    if let Some(out) = out {
+        let receipt = Receipt {
+            extra: Some(entry.clone()),
+            index: sequence - 1,
+            hashes: proof,
+            checkpoint: note_text,
+        };
+        beacon::base::disk::replace_file(out, receipt.render().as_bytes(), false)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
     let digest = &entry[9..41];
     if let Some(path) = envelope {
         let text =
@@ -254,7 +288,7 @@ async fn prove(conn: &ConnArgs, sequence: u64, envelope: Option<&Path>) -> Resul
     let origin = String::from_utf8_lossy(&entry[57..]);
     println!(
         "sequence {sequence} is in log {} at its checkpoint of {size} entries: verified\nenvelope SHA-256 {}{}\naccepted at {}\norigin {origin} sequence {origin_seq}",
-        log.checkpoint.origin,
+        checkpoint.origin,
         hex(digest),
         if envelope.is_some() { " (the envelope given)" } else { "" },
         beacon::interop::document::rfc3339(
@@ -361,4 +395,54 @@ async fn audit(conn: &ConnArgs, state: &Path) -> Result<()> {
 fn keep(state: &Path, note: &str) -> Result<()> {
     beacon::base::disk::replace_file(state, note.as_bytes(), false)
         .with_context(|| format!("writing {}", state.display()))
+}
+
+/// Checks `receipt` (a file) for `env`: the leaf entry it carries commits
+/// to this envelope, the checkpoint is signed by `log_key`, the inclusion
+/// proof leads to its root, and `quorum` of `witnesses` cosigned it.
+pub fn check_receipt(
+    env: &beacon::domain::bulletin::Envelope,
+    receipt: &Path,
+    log_key: &str,
+    witnesses: &[String],
+    quorum: usize,
+) -> Result<String> {
+    let text = std::fs::read_to_string(receipt)
+        .with_context(|| format!("reading {}", receipt.display()))?;
+    let r = Receipt::parse(&text).with_context(|| format!("{}", receipt.display()))?;
+    let entry = r
+        .extra
+        .as_deref()
+        .context("the receipt carries no leaf entry (its extra line)")?;
+    if entry.len() < 57 || entry[0] != 1 {
+        bail!("the receipt's leaf entry is not a Beacon leaf entry");
+    }
+    let digest =
+        beacon::domain::bulletin::sha256(&beacon::domain::bulletin::codec::encode_envelope(env));
+    if entry[9..41] != digest {
+        bail!(
+            "the receipt is for another envelope (SHA-256 {}, this one {})",
+            hex(&entry[9..41]),
+            hex(&digest)
+        );
+    }
+    let key: Verifier = log_key.parse().context("--log-key")?;
+    let ws: Vec<Verifier> = witnesses
+        .iter()
+        .map(|w| w.parse().with_context(|| format!("--witness {w}")))
+        .collect::<Result<_>>()?;
+    let proven = r
+        .verify(&merkle::leaf_hash(entry), &key, &ws, quorum)
+        .with_context(|| format!("{} does not verify", receipt.display()))?;
+    let seq = u64::from_be_bytes(entry[1..9].try_into()?);
+    let by: Vec<&str> = proven.cosigned_by.iter().map(|(n, _)| n.as_str()).collect();
+    Ok(format!(
+        "receipt verified: sequence {seq} of log {} (checkpoint of {} entries), cosigned by {} of the {} witnesses named{}{}",
+        proven.checkpoint.origin,
+        proven.checkpoint.size,
+        by.len(),
+        ws.len(),
+        if by.is_empty() { "" } else { ": " },
+        by.join(", ")
+    ))
 }

@@ -458,6 +458,8 @@ pub struct Published {
     pub digest: Vec<u8>,
     /// What the node accepted but wants the publisher to know.
     pub warnings: Vec<String>,
+    /// The receipt (C2SP tlog-proof), when asked for and made in time.
+    pub receipt: String,
 }
 
 /// A connected member client that reads (subscribe, and the generated
@@ -503,10 +505,22 @@ impl BeaconReader {
         &mut self,
         envelope: &Envelope,
     ) -> Result<Published, ClientError> {
+        self.publish_envelope_with(envelope, false).await
+    }
+
+    /// As [`BeaconReader::publish_envelope`]; with `receipt`, the answer
+    /// waits for a checkpoint that covers the bulletin and carries its
+    /// receipt (`Published::receipt`).
+    pub async fn publish_envelope_with(
+        &mut self,
+        envelope: &Envelope,
+        receipt: bool,
+    ) -> Result<Published, ClientError> {
         let r = self
             .bulletins
             .publish(pb::PublishRequest {
                 envelope: Some(crate::domain::bulletin::codec::envelope_to_proto(envelope)),
+                receipt,
             })
             .await?
             .into_inner();
@@ -590,6 +604,16 @@ impl BeaconClient {
         let envelope = self.signer.sign(bulletin.to_bytes())?;
         self.reader.publish_envelope(&envelope).await
     }
+
+    /// Signs and publishes a bulletin, and waits for its receipt.
+    pub async fn publish_with_receipt(
+        &mut self,
+        bulletin: &Bulletin,
+    ) -> Result<(Published, Envelope), ClientError> {
+        let envelope = self.signer.sign(bulletin.to_bytes())?;
+        let p = self.reader.publish_envelope_with(&envelope, true).await?;
+        Ok((p, envelope))
+    }
 }
 
 /// A stream (a subscription, a publish stream) that cannot go on.
@@ -607,6 +631,7 @@ fn published(r: pb::PublishResponse) -> Published {
         duplicate: r.duplicate,
         digest: r.envelope_digest,
         warnings: r.warnings,
+        receipt: r.receipt,
     }
 }
 
@@ -627,6 +652,7 @@ impl PublishStream {
             .as_ref()
             .ok_or_else(closed)?
             .send(pb::PublishRequest {
+                receipt: false,
                 envelope: Some(crate::domain::bulletin::codec::envelope_to_proto(envelope)),
             })
             .await

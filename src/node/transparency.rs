@@ -699,6 +699,66 @@ impl TransparencyLog {
             .push(format!("{why} (evidence: {})", path.display()));
     }
 
+    /// The note of the recent checkpoint of `size`, with its cosignatures.
+    fn note_of(&self, size: u64) -> Option<String> {
+        self.recent
+            .lock()
+            .iter()
+            .rev()
+            .find(|n| Checkpoint::parse(&n.text).is_ok_and(|c| c.size == size))
+            .map(Note::render)
+    }
+
+    /// A receipt (C2SP `tlog-proof`, the leaf entry as its `extra`) for
+    /// sequence `seq`, once a checkpoint covers it: waits at most `wait`
+    /// for one. The error says why there is none.
+    pub async fn receipt(
+        self: &Arc<Self>,
+        seq: u64,
+        wait: Duration,
+    ) -> Result<String, TransparencyError> {
+        let mut latest = self.watch();
+        let covered = tokio::time::timeout(wait, async {
+            loop {
+                if let Some(why) = self.alarm() {
+                    return Err(TransparencyError::Refused(why));
+                }
+                if let Some(s) = latest.borrow_and_update().clone() {
+                    if s.checkpoint.size >= seq {
+                        return Ok(s);
+                    }
+                }
+                if latest.changed().await.is_err() {
+                    return Err(TransparencyError::Refused("the node is stopping".into()));
+                }
+            }
+        })
+        .await
+        .map_err(|_| {
+            TransparencyError::Refused(format!("no checkpoint covered it within {wait:?}"))
+        })??;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let size = covered.checkpoint.size;
+            let hashes = me.store.inclusion_proof(seq, size)?;
+            let entry = me.store.leaf_entry(seq)?;
+            Ok(crate::tlog::receipt::Receipt {
+                extra: Some(entry),
+                index: seq - 1,
+                hashes,
+                checkpoint: me.note_of(size).unwrap_or_else(|| covered.note.clone()),
+            }
+            .render())
+        })
+        .await
+        .map_err(|e| TransparencyError::Refused(format!("the receipt task failed: {e}")))?
+    }
+
+    /// How long a publish that asked for a receipt waits for a checkpoint.
+    pub fn receipt_wait(&self) -> Duration {
+        self.interval * 2 + Duration::from_secs(5)
+    }
+
     /// Signs the head once more before the node stops, so the last
     /// acknowledged entries are covered by a checkpoint.
     pub fn close(&self) {

@@ -306,6 +306,7 @@ async fn a_revoked_node_is_cut_off_and_its_relays_are_refused() {
         .expect("C dials A");
     let e = beacon::net::client::BulletinsClient::new(ch)
         .publish(pb::PublishRequest {
+            receipt: false,
             envelope: Some(beacon::domain::bulletin::codec::envelope_to_proto(
                 &by_node_b,
             )),

@@ -98,6 +98,7 @@ async fn floods_of_bad_clients_leave_good_ones_served_and_memory_bounded() {
         .max_encoding_message_size(8 << 20)
         .max_decoding_message_size(8 << 20);
     let huge = beacon::base::proto::v1::PublishRequest {
+        receipt: false,
         envelope: Some(beacon::base::proto::v1::Envelope {
             payload_type: beacon::domain::bulletin::PAYLOAD_TYPE.into(),
             payload: vec![0x42; 4 << 20],
@@ -115,6 +116,7 @@ async fn floods_of_bad_clients_leave_good_ones_served_and_memory_bounded() {
     );
     // Within the message cap but beyond the envelope limit.
     let big = beacon::base::proto::v1::PublishRequest {
+        receipt: false,
         envelope: Some(beacon::base::proto::v1::Envelope {
             payload_type: beacon::domain::bulletin::PAYLOAD_TYPE.into(),
             payload: vec![0x42; 300 * 1024],
@@ -125,6 +127,7 @@ async fn floods_of_bad_clients_leave_good_ones_served_and_memory_bounded() {
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("the limit is 262144"), "{e:?}");
     let garbage = beacon::base::proto::v1::PublishRequest {
+        receipt: false,
         envelope: Some(beacon::base::proto::v1::Envelope {
             payload_type: beacon::domain::bulletin::PAYLOAD_TYPE.into(),
             payload: vec![0xff; 64],

@@ -28,7 +28,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     ),
     (1, &["base/config", "tlog/note"]),
     // Trust: the bundle, rustls configurations, the live trust state.
-    (2, &["trust"]),
+    (2, &["trust", "tlog/receipt"]),
     (3, &["domain/bulletin", "tools/pki"]),
     (
         4,

@@ -431,11 +431,23 @@ async fn go_sumdb_verifies_checkpoints_and_proofs() {
             "hashes": p.hashes.iter().map(|h| b64(h)).collect::<Vec<_>>(),
         }));
     }
+    // Two receipts from publishes that asked for one.
+    let mut receipts = Vec::new();
+    let mut c = member(node.addr, &files, &ca).await;
+    for i in 0..2 {
+        let (p, _) = c
+            .publish_with_receipt(&bulletin("fr.anssi", &format!("receipt {i}")))
+            .await
+            .expect("publish");
+        assert!(!p.receipt.is_empty(), "no receipt: {:?}", p.warnings);
+        receipts.push(p.receipt);
+    }
     let mut tampered = inclusion[5].clone();
     tampered["index"] = serde_json::json!(6);
     let input = serde_json::json!({
         "log_key": r.log_key, "checkpoint": r.checkpoint, "cosigners": [],
         "inclusion": inclusion, "consistency": consistency, "tampered": tampered,
+        "receipts": receipts,
     });
     let path = work.path().join("input.json");
     std::fs::write(&path, serde_json::to_vec(&input).expect("json")).expect("write");
@@ -604,6 +616,92 @@ async fn peers_cosign_each_other_and_a_hub_that_rewrites_its_log_is_caught() {
         );
     }
 
+    // Receipts: one from the publish itself (its checkpoint not cosigned
+    // yet), one made once a witness cosigned, each checked offline.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, env) = member(hub_addr, &client, &alliance.ca)
+        .await
+        .publish_with_receipt(&bulletin("uk.ncsc", "receipted"))
+        .await
+        .expect("publish");
+    assert_eq!(p.sequence, 4);
+    std::fs::write(
+        dir.path().join("e.json"),
+        beacon::interop::document::envelope_to_dsse(&env),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("at-publish.tlog-proof"), &p.receipt).expect("write");
+    let log_key = t
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner()
+        .log_key;
+    let ca_args: Vec<String> = alliance
+        .ca
+        .iter()
+        .flat_map(|c| ["--ca".to_string(), c.display().to_string()])
+        .collect();
+    let verify = |receipt: &str, witnesses: &[String], quorum: Option<usize>| {
+        let mut args = vec![
+            "verify".to_string(),
+            "e.json".into(),
+            "--receipt".into(),
+            receipt.into(),
+            "--log-key".into(),
+            log_key.clone(),
+        ];
+        args.extend(ca_args.iter().cloned());
+        for w in witnesses {
+            args.extend(["--witness".to_string(), w.clone()]);
+        }
+        if let Some(q) = quorum {
+            args.extend(["--quorum".to_string(), q.to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        beacon(dir.path(), &refs)
+    };
+    let (code, out, err) = verify("at-publish.tlog-proof", &[], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("receipt verified: sequence 4"), "{out}");
+    let (code, _, err) = verify("at-publish.tlog-proof", &[wkey.to_string()], None);
+    assert_ne!(code, 0, "no witness had cosigned the checkpoint at publish");
+    assert!(
+        err.contains("0 of the witnesses named cosigned it, 1 needed"),
+        "{err}"
+    );
+    cosigned_at_least(&mut t, 4, &wkey).await;
+    let mut prove: Vec<String> = ["log", "prove", "4", "--out", "cosigned.tlog-proof"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    prove.extend(conn_args(hub_addr, &client, &alliance.ca[0]));
+    prove.extend(ca_args.iter().cloned());
+    let refs: Vec<&str> = prove.iter().map(String::as_str).collect();
+    let (code, _, err) = beacon(dir.path(), &refs);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = verify("cosigned.tlog-proof", &[wkey.to_string()], Some(1));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("cosigned by 1 of the 1 witnesses named"),
+        "{out}"
+    );
+    // Another envelope is refused.
+    let other = member(hub_addr, &client, &alliance.ca)
+        .await
+        .publish_with_receipt(&bulletin("uk.ncsc", "other"))
+        .await
+        .expect("publish")
+        .1;
+    std::fs::write(
+        dir.path().join("e.json"),
+        beacon::interop::document::envelope_to_dsse(&other),
+    )
+    .expect("write");
+    let (code, _, err) = verify("cosigned.tlog-proof", &[], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("another envelope"), "{err}");
+
     // An operator's copy of the hub's store at 3 entries; 4 more go in and
     // are witnessed.
     let copy = tempfile::tempdir().expect("tempdir");
@@ -660,7 +758,9 @@ async fn peers_cosign_each_other_and_a_hub_that_rewrites_its_log_is_caught() {
         .trim_end_matches(')');
     let text = std::fs::read_to_string(evidence).expect("evidence file");
     assert!(
-        text.contains("\n7\n") && text.matches('\u{2014}').count() >= 2,
+        text.contains("== the checkpoint this node held ==")
+            && text.contains("== the checkpoint the peer showed ==")
+            && text.matches('\u{2014}').count() >= 2,
         "{text}"
     );
     // No cosignature of the rewritten log.

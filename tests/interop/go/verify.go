@@ -46,6 +46,9 @@ type Input struct {
 	Consistency []Consistency `json:"consistency"`
 	// A proof that must NOT verify (tampered by the test).
 	Tampered *Inclusion `json:"tampered"`
+	// Receipts in the C2SP tlog-proof form, each checked on its own
+	// checkpoint (signed by log_key), with its extra line as the entry.
+	Receipts []string `json:"receipts"`
 }
 
 func fail(format string, args ...interface{}) {
@@ -162,6 +165,53 @@ func main() {
 			fail("a tampered inclusion proof verified")
 		}
 	}
-	fmt.Printf("ok: %s at %d entries, %d inclusion and %d consistency proofs, %d cosignatures\n",
+	for i, text := range in.Receipts {
+		checkReceipt(i, text, v)
+	}
+	fmt.Printf("ok: %d receipts; ", len(in.Receipts))
+	fmt.Printf("%s at %d entries, %d inclusion and %d consistency proofs, %d cosignatures\n",
 		lines[0], size, len(in.Inclusion), len(in.Consistency), len(in.Cosigners))
+}
+
+// checkReceipt parses a c2sp.org/tlog-proof@v1 text as its specification
+// reads, and checks the checkpoint's signature and the inclusion of the entry
+// carried as extra data.
+func checkReceipt(i int, text string, v note.Verifier) {
+	head, cp, ok := strings.Cut(text, "\n\n")
+	if !ok {
+		fail("receipt %d: no blank line", i)
+	}
+	lines := strings.Split(head, "\n")
+	if lines[0] != "c2sp.org/tlog-proof@v1" {
+		fail("receipt %d: header %q", i, lines[0])
+	}
+	lines = lines[1:]
+	var entry []byte
+	if len(lines) > 0 && strings.HasPrefix(lines[0], "extra ") {
+		var err error
+		entry, err = base64.StdEncoding.DecodeString(strings.TrimPrefix(lines[0], "extra "))
+		if err != nil {
+			fail("receipt %d: extra: %v", i, err)
+		}
+		lines = lines[1:]
+	}
+	if len(lines) == 0 || !strings.HasPrefix(lines[0], "index ") {
+		fail("receipt %d: no index", i)
+	}
+	index, err := strconv.ParseInt(strings.TrimPrefix(lines[0], "index "), 10, 64)
+	if err != nil {
+		fail("receipt %d: index: %v", i, err)
+	}
+	n, err := note.Open([]byte(cp), note.VerifierList(v))
+	if err != nil {
+		fail("receipt %d: checkpoint: %v", i, err)
+	}
+	cl := strings.Split(strings.TrimSuffix(n.Text, "\n"), "\n")
+	size, err := strconv.ParseInt(cl[1], 10, 64)
+	if err != nil {
+		fail("receipt %d: size: %v", i, err)
+	}
+	if err := tlog.CheckRecord(hashes(lines[1:]), size, hash(cl[2]), index, tlog.RecordHash(entry)); err != nil {
+		fail("receipt %d: inclusion of %d in %d: %v", i, index, size, err)
+	}
 }
