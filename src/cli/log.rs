@@ -311,9 +311,10 @@ async fn audit(conn: &ConnArgs, state: &Path) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", state.display())),
     };
     let Some(kept) = kept else {
+        let checked = check_received(conn, &mut client, 0, new).await?;
         keep(state, &log.note_text)?;
         println!(
-            "first audit of {}: checkpoint of {} entries kept in {}",
+            "first audit of {}: checkpoint of {} entries kept in {}; the {checked} bulletins you may read in it are included, as served",
             new.origin,
             new.size,
             state.display()
@@ -383,13 +384,88 @@ async fn audit(conn: &ConnArgs, state: &Path) -> Result<()> {
                 evidence.display()
             );
         }
+        let checked = check_received(conn, &mut client, old.size, new).await?;
         println!(
-            "log {} is consistent: {} entries when you last audited it, {} now",
+            "log {} is consistent: {} entries when you last audited it, {} now; the {checked} bulletins you may read since are included, as served",
             new.origin, old.size, new.size
         );
     }
     keep(state, &log.note_text)?;
     Ok(())
+}
+
+/// Every bulletin this member may read after `from`, up to the
+/// checkpoint, is in the tree as it is served to this member: the leaf is
+/// computed here from the delivery (sequence, the envelope's SHA-256 over
+/// the bytes received, acceptance time, origin), not taken from the node.
+async fn check_received(
+    conn: &ConnArgs,
+    client: &mut TransparencyClient<tonic::transport::Channel>,
+    from: u64,
+    checkpoint: &Checkpoint,
+) -> Result<u64> {
+    let (_, channel) = conn.dial().await?;
+    let mut bulletins =
+        beacon::net::client::BulletinsClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut after = from;
+    let mut checked = 0u64;
+    while after < checkpoint.size {
+        let page = bulletins
+            .list(pb::ListRequest {
+                after_sequence: after,
+                until_sequence: checkpoint.size,
+                limit: 500,
+                include_expired: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(beacon::net::client::ClientError::from)?
+            .into_inner();
+        for d in &page.deliveries {
+            let envelope = d.envelope.as_deref().unwrap_or_default();
+            let digest = beacon::domain::bulletin::sha256(envelope);
+            let at = d
+                .accepted_at
+                .as_ref()
+                .context("a delivery without its acceptance time")?;
+            let accepted = std::time::UNIX_EPOCH
+                + std::time::Duration::new(u64::try_from(at.seconds)?, u32::try_from(at.nanos)?);
+            let entry = beacon::store::leaf_entry(
+                d.sequence,
+                &digest,
+                accepted,
+                &d.origin_node,
+                d.origin_sequence,
+            );
+            let p = client
+                .prove_inclusion(pb::ProveInclusionRequest {
+                    sequence: d.sequence,
+                    tree_size: checkpoint.size,
+                })
+                .await
+                .map_err(beacon::net::client::ClientError::from)?
+                .into_inner();
+            merkle::verify_inclusion(
+                d.sequence - 1,
+                checkpoint.size,
+                &merkle::leaf_hash(&entry),
+                &hashes(&p.hashes)?,
+                &checkpoint.root,
+            )
+            .with_context(|| {
+                format!(
+                    "sequence {} as served to you is not what the log holds at that place",
+                    d.sequence
+                )
+            })?;
+            checked += 1;
+        }
+        if !page.more || page.next_after_sequence <= after {
+            break;
+        }
+        after = page.next_after_sequence;
+    }
+    Ok(checked)
 }
 
 fn keep(state: &Path, note: &str) -> Result<()> {

@@ -61,7 +61,9 @@ use tracing::error;
 use crate::domain::bulletin::Meta;
 use commit::{Committer, Watermark};
 use engine::{Engine, Space};
-pub use record::{Fork, LogId, LogInfo, Position, Record, Replaced, Successor, Tombstone};
+pub use record::{
+    leaf_entry, Fork, LogId, LogInfo, Position, Record, Replaced, Successor, Tombstone,
+};
 
 /// The store's format: what its records, index entries and keys mean.
 /// 1: before the format was recorded. 2: index entries carry the bulletin

@@ -255,6 +255,10 @@ async fn the_cli_checks_checkpoints_inclusion_and_consistency() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("first audit"), "{out}");
+    assert!(
+        out.contains("the 5 bulletins you may read in it are included"),
+        "{out}"
+    );
     publish_n(node.addr, &files, &ca, 4, "more").await;
     checkpoint_at_least(&mut t, 9).await;
     let (code, out, err) = log_cmd(
@@ -266,7 +270,8 @@ async fn the_cli_checks_checkpoints_inclusion_and_consistency() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("consistent: 5 entries when you last audited it, 9 now"),
+        out.contains("consistent: 5 entries when you last audited it, 9 now")
+            && out.contains("the 4 bulletins you may read since are included"),
         "{out}"
     );
 
