@@ -98,6 +98,26 @@ pub(super) enum BenchCommand {
     },
     /// Replay to a reconnecting subscriber, fan-out, and memory of many subscriptions.
     Subscribe(SubscribeRuns),
+    /// Transparency: publish throughput with checkpoints every 100 ms against
+    /// a node that signs none (runs alternated, same binary, same run),
+    /// inclusion proofs served, and the store (with its tree) opened at size.
+    Transparency {
+        /// Publishes per closed-loop run (1 publisher runs a tenth of it).
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        /// Rounds of the with/without comparison, alternated.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Bulletins stored for the proof and open runs.
+        #[arg(long, default_value_t = 1_000_000)]
+        stored: usize,
+        /// Inclusion proofs asked for (16 clients).
+        #[arg(long, default_value_t = 100_000)]
+        proofs: usize,
+        /// Serialized bulletin size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
     /// What one durable write costs on a filesystem, by each way a
     /// write-ahead log could make it durable (fdatasync into a preallocated
     /// or a growing file, O_DSYNC, RWF_DSYNC, fsync, three in series).
@@ -178,6 +198,13 @@ pub(super) async fn run(cmd: BenchCommand) -> Result<()> {
             Ok(())
         }
         BenchCommand::Subscribe(runs) => bench_subscribe(runs).await,
+        BenchCommand::Transparency {
+            count,
+            rounds,
+            stored,
+            proofs,
+            size,
+        } => bench_transparency(count, rounds, stored, proofs, size).await,
         BenchCommand::Retention {
             count,
             background,
@@ -489,6 +516,138 @@ async fn bench_restart(stored: &[usize], tail: usize, size: usize) -> Result<()>
             store.size_bytes as f64 / (1 << 20) as f64
         );
     }
+    Ok(())
+}
+
+async fn bench_transparency(
+    count: usize,
+    rounds: usize,
+    stored: usize,
+    proofs: usize,
+    size: usize,
+) -> Result<()> {
+    use beacon::tools::bench;
+    use std::time::Instant;
+    let (exe, cores) = bench_host()?;
+    println!("beacon bench transparency: {size}-byte signed bulletins, nodes as child processes, {cores} cores");
+    // 1. Publish with checkpoints every 100 ms, and with none signed (the
+    //    tree is kept either way: it is written with the records).
+    let start = |config: &str| -> Result<bench::Target> {
+        let mut t = bench::Target::prepare()?;
+        t.add_config(config)?;
+        t.launch(&exe)?;
+        Ok(t)
+    };
+    let with = start("\n[transparency]\ncheckpoint_interval_ms = 100\n")?;
+    let without = start(
+        "\n[transparency]\ncheckpoint_interval_ms = 86400000\ncheckpoint_entries = 9223372036854775807\n",
+    )?;
+    with.wait_serving().await?;
+    without.wait_serving().await?;
+    let mut first = 0;
+    for t in [&with, &without] {
+        let _ = bench::closed_loop(t, 4, 400, size, first).await?;
+    }
+    first += 4;
+    println!("| publishers | with checkpoints every 100 ms | without | ratio |");
+    println!("|---:|---:|---:|---:|");
+    for n in [1usize, 16, 64] {
+        let total = if n == 1 { (count / 10).max(100) } else { count };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..rounds.max(1) {
+            // Alternate which goes first.
+            let order: [(&bench::Target, bool); 2] = if round % 2 == 0 {
+                [(&with, true), (&without, false)]
+            } else {
+                [(&without, false), (&with, true)]
+            };
+            for (t, is_with) in order {
+                let (fig, _) = bench::closed_loop(t, n, total, size, first).await?;
+                first += n;
+                if is_with {
+                    a.push(fig.rate())
+                } else {
+                    b.push(fig.rate())
+                }
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "| {n} | {:.0}/s ({}) | {:.0}/s ({}) | {:.2}× |",
+            mean(&a),
+            a.iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            mean(&b),
+            b.iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            mean(&a) / mean(&b).max(1e-9)
+        );
+    }
+    let mut admin = with.admin().await?;
+    let t = admin
+        .status(pb::StatusRequest::default())
+        .await
+        .map_err(beacon::net::client::ClientError::from)?
+        .into_inner()
+        .transparency
+        .unwrap_or_default();
+    println!(
+        "checkpoints: the node with them signed up to {} entries",
+        t.checkpoint_size
+    );
+    drop(with);
+    drop(without);
+    if stored == 0 {
+        return Ok(());
+    }
+    // 2. A store of `stored` bulletins (with its tree): opened offline, then
+    //    served; inclusion proofs asked of it.
+    let mut target = bench::Target::prepare()?;
+    let load = target.bulk_load(stored, size).await?;
+    let opening = Instant::now();
+    let store = beacon::store::Store::open(
+        &target.dir.join("store"),
+        beacon::store::StoreOptions::defaults(beacon::interop::stix::SPANS),
+    )?;
+    let open = opening.elapsed();
+    let head = store.head();
+    let t0 = Instant::now();
+    let root = store.tree_head(head)?;
+    let head_time = t0.elapsed();
+    drop(store);
+    println!(
+        "| {stored} stored | bulk load {:.1} s ({:.0}/s, tree included) | store and tree opened in {:.3} s | tree head of {head} in {:.3} ms ({}) |",
+        load.as_secs_f64(),
+        stored as f64 / load.as_secs_f64(),
+        open.as_secs_f64(),
+        head_time.as_secs_f64() * 1000.0,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, root)
+    );
+    target.add_config("\n[transparency]\ncheckpoint_interval_ms = 100\n")?;
+    target.launch(&exe)?;
+    target.wait_serving().await?;
+    // The first checkpoint covers the whole log.
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let mut admin = target.admin().await?;
+    loop {
+        let size_signed = admin
+            .status(pb::StatusRequest::default())
+            .await
+            .map_err(beacon::net::client::ClientError::from)?
+            .into_inner()
+            .transparency
+            .map_or(0, |t| t.checkpoint_size);
+        if size_signed >= head || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let fig = bench::proof_loop(&target, 16, proofs).await?;
+    bench::print_table(&[fig]);
     Ok(())
 }
 

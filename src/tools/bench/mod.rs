@@ -1106,3 +1106,108 @@ pub async fn list_walk(
     }
     Ok((n, t0.elapsed().as_secs_f64(), slowest))
 }
+
+/// Inclusion proofs served: `clients` connections, each asking for the
+/// proof of a random sequence at the latest checkpoint, `total` in all (a
+/// closed loop, bounded to 60 s). One proof in 64 is checked against the
+/// checkpoint's root, so a wrong answer is an error, not a figure.
+pub async fn proof_loop(
+    target: &Target,
+    clients: usize,
+    total: usize,
+) -> Result<Figures, BenchError> {
+    use crate::base::proto::v1 as pb;
+    use crate::base::proto::v1::transparency_client::TransparencyClient;
+    let clients = clients.max(1);
+    let mut conns = Vec::with_capacity(clients);
+    for n in 0..clients {
+        let settings = target.client(10_000 + n)?;
+        let channel = Dialer::load(&settings)?
+            .dial(&target.addr.to_string())
+            .await?;
+        conns.push(TransparencyClient::new(channel));
+    }
+    let r = conns[0]
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .map_err(ClientError::from)?
+        .into_inner();
+    let key: crate::tlog::note::Verifier = r
+        .log_key
+        .parse()
+        .map_err(|e| BenchError::Setup(format!("log key: {e}")))?;
+    let (checkpoint, _) = crate::tlog::note::open_checkpoint(&r.checkpoint, &key)
+        .map_err(|e| BenchError::Setup(format!("no checkpoint: {e}")))?;
+    let size = checkpoint.size;
+    if size == 0 {
+        return Err(BenchError::Setup("the log is empty".into()));
+    }
+    let per = total.div_ceil(clients);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(60);
+    let mut tasks = Vec::new();
+    for mut c in conns {
+        let root = checkpoint.root;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            let mut errors = 0usize;
+            for i in 0..per {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let seq = 1 + rand::random::<u64>() % size;
+                let t = Instant::now();
+                match c
+                    .prove_inclusion(pb::ProveInclusionRequest {
+                        sequence: seq,
+                        tree_size: size,
+                    })
+                    .await
+                {
+                    Ok(p) => {
+                        lat.push(t.elapsed().as_micros() as u64);
+                        if i % 64 == 0 {
+                            let p = p.into_inner();
+                            let hashes: Option<Vec<crate::tlog::merkle::Hash>> = p
+                                .hashes
+                                .iter()
+                                .map(|h| h.as_slice().try_into().ok())
+                                .collect();
+                            let ok = hashes.is_some_and(|h| {
+                                crate::tlog::merkle::verify_inclusion(
+                                    seq - 1,
+                                    size,
+                                    &crate::tlog::merkle::leaf_hash(&p.leaf_entry),
+                                    &h,
+                                    &root,
+                                )
+                                .is_ok()
+                            });
+                            if !ok {
+                                errors += 1;
+                            }
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t
+            .await
+            .map_err(|e| BenchError::Setup(format!("proof task: {e}")))?;
+        lat.extend(l);
+        errors += e;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Figures::new(
+        format!("{clients} clients, inclusion proofs at a checkpoint of {size}"),
+        lat,
+        errors,
+        secs,
+    ))
+}
