@@ -354,6 +354,55 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 }
             },
         );
+        // Checkpoints, when asked for: each one the node signs, between
+        // the subscription's own messages (it never holds them up).
+        let checkpoints = open.checkpoints.then(|| {
+            let mut rx = self.state.transparency.watch();
+            // The latest one first, if there is one.
+            rx.mark_changed();
+            (rx, self.state.transparency.clone())
+        });
+        let stream = futures_util::stream::unfold(
+            (Box::pin(stream), checkpoints),
+            |(mut inner, mut checkpoints)| async move {
+                use futures_util::StreamExt as _;
+                let next_checkpoint = async {
+                    match checkpoints.as_mut() {
+                        Some((rx, _)) => rx.changed().await.is_ok(),
+                        None => std::future::pending::<bool>().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    item = inner.next() => item.map(|i| (i, (inner, checkpoints))),
+                    alive = next_checkpoint => {
+                        let msg = match checkpoints.as_mut() {
+                            Some((rx, log)) if alive => {
+                                let latest = rx.borrow_and_update().clone();
+                                latest.map(|c| pb::SubscribeResponse {
+                                    msg: Some(pb::subscribe_response::Msg::Checkpoint(
+                                        pb::SignedCheckpoint {
+                                            note: log.latest_note().unwrap_or_else(|| c.note.clone()),
+                                            size: c.checkpoint.size,
+                                            origin: c.checkpoint.origin.clone(),
+                                        },
+                                    )),
+                                })
+                            }
+                            _ => None,
+                        };
+                        if !alive {
+                            checkpoints = None;
+                        }
+                        match msg {
+                            Some(m) => Some((Ok(m), (inner, checkpoints))),
+                            // Nothing to send: wait for the next item.
+                            None => inner.next().await.map(|i| (i, (inner, checkpoints))),
+                        }
+                    }
+                }
+            },
+        );
         // When the node closes this connection (the subscriber's
         // certificate revoked or expired), the stream ends with the reason
         // before the connection goes, instead of breaking.

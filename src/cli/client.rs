@@ -1141,6 +1141,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
     use pb::subscribe_response::Msg;
     let durable = a.name.is_some();
     let open = pb::SubscribeOpen {
+        checkpoints: false,
         name: a.name.clone().unwrap_or_default(),
         start: Some(pb::StartPosition {
             at: Some(start(a.from.as_deref(), durable, tail)?),
@@ -1258,6 +1259,8 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
                     acked = last_written;
                 }
             }
+            // Not asked for by this command.
+            Msg::Checkpoint(_) => {}
         }
     };
     if ended_by_node {

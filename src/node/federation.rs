@@ -291,6 +291,7 @@ async fn session(
     // The peer's log the acknowledged positions are on (known once it says).
     let mut peer_log = read_log;
     let open = pb::SubscribeOpen {
+        checkpoints: false,
         name: LINK_NAME.to_owned(),
         start: Some(pb::StartPosition {
             at: Some(pb::start_position::At::Sequence(position + 1)),
@@ -367,6 +368,8 @@ async fn session(
                     }
                     Msg::CaughtUp(c) => link.update(|s| s.head = s.head.max(c.head)),
                     Msg::Heartbeat(h) => link.update(|s| s.head = s.head.max(h.head)),
+                    // Not asked for on peer links (witnessing fetches them).
+                    Msg::Checkpoint(_) => {}
                     Msg::Delivery(d) => {
                         let seq = d.sequence;
                         link.update(|s| s.head = s.head.max(seq));

@@ -739,6 +739,7 @@ async fn subscriptions_are_capped_per_node() {
 /// An ephemeral subscription from `seq`, naming the log it was taken on.
 fn open_on_log(seq: u64, log_id: &str) -> pb::SubscribeOpen {
     pb::SubscribeOpen {
+        checkpoints: false,
         log_id: log_id.to_owned(),
         ..open("", At::Sequence(seq))
     }

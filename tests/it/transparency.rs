@@ -786,3 +786,83 @@ async fn peers_cosign_each_other_and_a_hub_that_rewrites_its_log_is_caught() {
     witness.stop().await;
     hub.stop().await;
 }
+
+/// A subscriber that asks for checkpoints gets them in its stream, and can
+/// prove what it received against them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_gets_checkpoints_that_cover_what_it_received() {
+    use pb::subscribe_response::Msg;
+    let pki = TestPki::new();
+    let node = TestNode::start(&options(&pki)).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("fr.anssi", "analyst");
+    publish_n(node.addr, &files, &ca, 6, "streamed").await;
+    let mut s = settings(&files, &ca);
+    s.node = Some(node.addr.to_string());
+    s.node_identity = Some(HUB.parse().expect("identity"));
+    let mut reader = beacon::net::client::BeaconReader::connect(&s)
+        .await
+        .expect("reader");
+    let mut o = open("", earliest());
+    o.checkpoints = true;
+    let mut sub = reader.subscribe(o).await.expect("subscribe");
+    let mut t = transparency(&node, &files, &ca).await;
+    let log_key: Verifier = t
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner()
+        .log_key
+        .parse()
+        .expect("log key");
+    let mut received = Vec::new();
+    let mut covering = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while received.len() < 6 || covering.is_none() {
+        let ev = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("deliveries and a checkpoint within 20 s")
+            .expect("stream ok")
+            .expect("stream open");
+        match ev {
+            Msg::Delivery(d) => received.push(d),
+            Msg::Checkpoint(c) => {
+                let (cp, _) = open_checkpoint(&c.note, &log_key).expect("signed by the log key");
+                assert_eq!((cp.size, cp.origin.as_str()), (c.size, c.origin.as_str()));
+                if cp.size >= 6 {
+                    covering = Some(cp);
+                }
+            }
+            _ => {}
+        }
+    }
+    let cp = covering.expect("a checkpoint");
+    for d in &received {
+        let at = d.accepted_at.as_ref().expect("accepted_at");
+        let accepted = std::time::UNIX_EPOCH + Duration::new(at.seconds as u64, at.nanos as u32);
+        let entry = beacon::store::leaf_entry(
+            d.sequence,
+            &beacon::domain::bulletin::sha256(d.envelope.as_deref().expect("envelope")),
+            accepted,
+            &d.origin_node,
+            d.origin_sequence,
+        );
+        let p = t
+            .prove_inclusion(pb::ProveInclusionRequest {
+                sequence: d.sequence,
+                tree_size: cp.size,
+            })
+            .await
+            .expect("prove")
+            .into_inner();
+        merkle::verify_inclusion(
+            d.sequence - 1,
+            cp.size,
+            &merkle::leaf_hash(&entry),
+            &hashes(&p.hashes),
+            &cp.root,
+        )
+        .unwrap_or_else(|e| panic!("sequence {} as received: {e}", d.sequence));
+    }
+    node.stop().await;
+}

@@ -691,6 +691,7 @@ fn open_at(
     window: u32,
 ) -> crate::base::proto::v1::SubscribeOpen {
     crate::base::proto::v1::SubscribeOpen {
+        checkpoints: false,
         name: name.to_owned(),
         start: Some(crate::base::proto::v1::StartPosition { at: Some(at) }),
         filter,

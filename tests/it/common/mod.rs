@@ -815,7 +815,7 @@ pub async fn read_deliveries(
             }
             Msg::CaughtUp(c) => seen.caught_up = Some(c.head),
             Msg::Subscribed(s) => seen.subscribed = Some(s),
-            Msg::Heartbeat(_) => {}
+            Msg::Heartbeat(_) | Msg::Checkpoint(_) => {}
         }
     }
     seen
@@ -843,6 +843,7 @@ pub fn open(
     start: beacon::base::proto::v1::start_position::At,
 ) -> beacon::base::proto::v1::SubscribeOpen {
     beacon::base::proto::v1::SubscribeOpen {
+        checkpoints: false,
         name: name.to_owned(),
         start: Some(beacon::base::proto::v1::StartPosition { at: Some(start) }),
         filter: None,
