@@ -326,6 +326,8 @@ pub struct Store {
     commit: Committer,
     pub stats: Arc<StoreStats>,
     spans: Spans,
+    /// The upper levels of the log's tree, as proofs read them.
+    tree: tree::Upper,
     /// Where it lives (for the clean-close marker).
     dir: std::path::PathBuf,
     /// Held for as long as the store is open (declared last: released
@@ -490,6 +492,7 @@ impl Store {
             commit,
             stats,
             spans: opts.spans,
+            tree: tree::Upper::default(),
         })
     }
 

@@ -27,6 +27,39 @@ impl Nodes for EngineNodes<'_> {
     }
 }
 
+/// Levels from which proofs keep the nodes they read in memory: one node in
+/// 2^UPPER of the leaves' count (8,000 for a log of a million), so a proof
+/// reads the engine only for its lowest levels.
+const UPPER: u8 = 7;
+
+/// The nodes of the upper levels read so far. A node never changes once
+/// written, so a cached one is never stale; it is at most one in 2^UPPER of
+/// the log's size.
+#[derive(Default)]
+pub(super) struct Upper(parking_lot::RwLock<std::collections::HashMap<(u8, u64), Hash>>);
+
+/// An engine's tree nodes, the upper levels through the cache.
+struct CachedNodes<'a> {
+    engine: &'a dyn Engine,
+    upper: &'a Upper,
+}
+
+impl Nodes for CachedNodes<'_> {
+    type Error = StoreError;
+
+    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        if level < UPPER {
+            return EngineNodes(self.engine).node(level, index);
+        }
+        if let Some(h) = self.upper.0.read().get(&(level, index)) {
+            return Ok(*h);
+        }
+        let h = EngineNodes(self.engine).node(level, index)?;
+        self.upper.0.write().insert((level, index), h);
+        Ok(h)
+    }
+}
+
 /// The right edge of the tree of a log whose head is `head`; an error
 /// names what is missing (a store whose tree does not reach its head is
 /// not whole).
@@ -86,6 +119,13 @@ impl Builder {
 }
 
 impl Store {
+    fn nodes(&self) -> CachedNodes<'_> {
+        CachedNodes {
+            engine: self.engine.as_ref(),
+            upper: &self.tree,
+        }
+    }
+
     /// Checks that a tree of `size` entries can be read: committed.
     fn committed_size(&self, size: u64) -> Result<(), StoreError> {
         let head = self.head();
@@ -99,7 +139,7 @@ impl Store {
     /// head).
     pub fn tree_head(&self, size: u64) -> Result<Hash, StoreError> {
         self.committed_size(size)?;
-        merkle::root(&EngineNodes(self.engine.as_ref()), size)
+        merkle::root(&self.nodes(), size)
     }
 
     /// The leaf hash of sequence `seq` (committed).
@@ -139,12 +179,12 @@ impl Store {
                 size,
             }));
         }
-        merkle::inclusion_proof(&EngineNodes(self.engine.as_ref()), seq - 1, size)
+        merkle::inclusion_proof(&self.nodes(), seq - 1, size)
     }
 
     /// The consistency proof between the trees of `old` and `new` entries.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
         self.committed_size(new)?;
-        merkle::consistency_proof(&EngineNodes(self.engine.as_ref()), old, new)
+        merkle::consistency_proof(&self.nodes(), old, new)
     }
 }

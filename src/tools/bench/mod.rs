@@ -1117,6 +1117,26 @@ pub async fn proof_loop(
     clients: usize,
     total: usize,
 ) -> Result<Figures, BenchError> {
+    rpc_loop(target, clients, total, true).await
+}
+
+/// The floor under [`proof_loop`]: the same clients and connections asking
+/// for the latest checkpoint (no store read), to set the proofs' figure
+/// against what the RPC itself costs on this machine.
+pub async fn checkpoint_loop(
+    target: &Target,
+    clients: usize,
+    total: usize,
+) -> Result<Figures, BenchError> {
+    rpc_loop(target, clients, total, false).await
+}
+
+async fn rpc_loop(
+    target: &Target,
+    clients: usize,
+    total: usize,
+    proofs: bool,
+) -> Result<Figures, BenchError> {
     use crate::base::proto::v1 as pb;
     use crate::base::proto::v1::transparency_client::TransparencyClient;
     let clients = clients.max(1);
@@ -1158,6 +1178,13 @@ pub async fn proof_loop(
                 }
                 let seq = 1 + rand::random::<u64>() % size;
                 let t = Instant::now();
+                if !proofs {
+                    match c.get_checkpoint(pb::GetCheckpointRequest {}).await {
+                        Ok(_) => lat.push(t.elapsed().as_micros() as u64),
+                        Err(_) => errors += 1,
+                    }
+                    continue;
+                }
                 match c
                     .prove_inclusion(pb::ProveInclusionRequest {
                         sequence: seq,
@@ -1206,7 +1233,11 @@ pub async fn proof_loop(
     }
     let secs = start.elapsed().as_secs_f64();
     Ok(Figures::new(
-        format!("{clients} clients, inclusion proofs at a checkpoint of {size}"),
+        if proofs {
+            format!("{clients} clients, inclusion proofs at a checkpoint of {size}")
+        } else {
+            format!("{clients} clients, the latest checkpoint (no store read)")
+        },
         lat,
         errors,
         secs,
