@@ -239,6 +239,20 @@ impl Target {
         Some(kb * 1024)
     }
 
+    /// CPU time the daemon has used so far, user and system (Linux).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces): state is
+        // the 3rd field, utime and stime the 14th and 15th.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        let ticks = rustix::param::clock_ticks_per_second();
+        Some((utime + stime) as f64 / ticks as f64)
+    }
+
     /// Fills the (not yet running) node's store with `n` signed bulletins of
     /// about `size` bytes, through the store's own group-commit path.
     pub async fn bulk_load(&self, n: usize, size: usize) -> Result<Duration, BenchError> {
