@@ -28,6 +28,7 @@ fn transparency_status(t: &crate::node::transparency::TransparencyLog) -> pb::Tr
             })
             .collect(),
         alarms: t.peer_alarms(),
+        equivocations: Vec::new(),
     }
 }
 
@@ -109,7 +110,15 @@ impl pb::admin_server::Admin for AdminService {
                 .collect(),
             revoked_certificates: u32::try_from(s.trust.bundle().revoked_count())
                 .unwrap_or(u32::MAX),
-            transparency: Some(transparency_status(&s.transparency)),
+            transparency: Some(pb::TransparencyStatus {
+                equivocations: s
+                    .evidence
+                    .all()
+                    .into_iter()
+                    .map(|q| format!("{} {}", q.publisher, q.id))
+                    .collect(),
+                ..transparency_status(&s.transparency)
+            }),
         }))
     }
 

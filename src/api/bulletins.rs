@@ -174,8 +174,15 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
             .first_of(candidates)
             .map_err(|e| status::store(&e))?
         {
+            // Only a reader of the bulletin held hears of the conflict.
+            let equivocation = self
+                .state
+                .evidence
+                .get(&seen.record().meta.publisher, &req.id)
+                .map(crate::api::convert::equivocation);
             return Ok(Response::new(pb::GetResponse {
                 delivery: Some(crate::api::convert::delivery(seen)),
+                equivocation,
             }));
         }
         Err(status::not_found(&req.id))

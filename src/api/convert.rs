@@ -154,3 +154,15 @@ pub fn subscribe_messages(
         Event::End(e) => vec![Err(e)],
     }
 }
+
+/// Evidence of an equivocation, as the API says it.
+pub fn equivocation(q: crate::node::evidence::Equivocation) -> pb::Equivocation {
+    pb::Equivocation {
+        publisher: q.publisher,
+        id: q.id,
+        envelope_digests: q.digests.to_vec(),
+        envelopes: q.envelopes.to_vec(),
+        source: q.source,
+        detected_at: q.detected_at,
+    }
+}

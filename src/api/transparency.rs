@@ -82,6 +82,31 @@ impl pb::transparency_server::Transparency for TransparencyService {
         Ok(Response::new(pb::AddCosignatureResponse { cosignatures }))
     }
 
+    async fn report_equivocation(
+        &self,
+        request: Request<pb::ReportEquivocationRequest>,
+    ) -> Result<Response<pb::ReportEquivocationResponse>, Status> {
+        let peer = caller(&request, &[RoleKind::Node])?;
+        let r = request.into_inner();
+        let state = &self.state;
+        let chains = state.trust.signer_check();
+        let (a, b) = crate::node::evidence::verify_report(&r.envelopes, |env| {
+            crate::domain::bulletin::verify_stored_envelope(
+                env,
+                &chains,
+                std::time::SystemTime::now(),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
+        .map_err(|e| status::bad_request(e.to_string()))?;
+        let new = state
+            .evidence
+            .record(&a, &b, &format!("reported by {}", peer.identity))
+            .map_err(|e| status::bad_request(e.to_string()))?;
+        Ok(Response::new(pb::ReportEquivocationResponse { new }))
+    }
+
     async fn prove_inclusion(
         &self,
         request: Request<pb::ProveInclusionRequest>,

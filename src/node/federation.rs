@@ -65,6 +65,8 @@ pub struct LinkContext {
     pub trust: Arc<crate::trust::state::TrustState>,
     pub store: Arc<crate::store::Store>,
     pub policy: crate::domain::policy::Policy,
+    /// Where a publisher's equivocation seen on a link is kept.
+    pub evidence: Arc<crate::node::evidence::Equivocations>,
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -283,7 +285,7 @@ async fn session(
     let channel =
         crate::net::client::connect_keepalive(&link.address, Arc::new(tls), keepalive).await?;
     let max = state.limits.max_message_bytes;
-    let mut reader = crate::net::client::BeaconReader::with_limit(channel, max);
+    let mut reader = crate::net::client::BeaconReader::with_limit(channel.clone(), max);
     let peer = link.identity.to_string();
     let stored = state.store.link_position(&peer)?;
     let position = stored.map_or(0, |p| p.seq);
@@ -375,12 +377,24 @@ async fn session(
                         link.update(|s| s.head = s.head.max(seq));
                         match admit(state, link, d) {
                             Ok(rec) => {
+                                // Kept for the evidence, should the store
+                                // hold another bulletin under its id.
+                                let relayed = rec.envelope.clone();
+                                let conflict = Conflicted {
+                                    store: state.store.clone(),
+                                    evidence: state.evidence.clone(),
+                                    peer: peer.clone(),
+                                    channel: channel.clone(),
+                                };
                                 // Queued in arrival order; durable when the future resolves.
                                 let durable = state.store.enqueue(rec).await?;
                                 pending.push_back(Box::pin(async move {
                                     let outcome = match durable.await {
                                         Ok(a) => Ok(Ok(a)),
                                         Err(e @ StoreError::Conflict { .. }) => {
+                                            if let StoreError::Conflict { publisher, id } = &e {
+                                                conflict.record(publisher, id, relayed);
+                                            }
                                             Ok(Err(Refusal::Conflict { seq, source: e }))
                                         }
                                         Err(e) => Err(e),
@@ -396,6 +410,60 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// What a link needs to keep, and tell the peer of, a publisher's
+/// equivocation: the peer relayed a bulletin under an id this node holds
+/// another bulletin of the same publisher under.
+struct Conflicted {
+    store: Arc<crate::store::Store>,
+    evidence: Arc<crate::node::evidence::Equivocations>,
+    peer: String,
+    channel: tonic::transport::Channel,
+}
+
+impl Conflicted {
+    /// Keeps the pair (the one held first) and reports it to the peer, in
+    /// a task of its own: the link goes on meanwhile.
+    fn record(self, publisher: &str, id: &str, relayed: Vec<u8>) {
+        let (publisher, id) = (publisher.to_string(), id.to_string());
+        tokio::spawn(async move {
+            let held = match self.store.lookup(&publisher, &id) {
+                Ok(Some((seq, _))) => self.store.get(seq).ok().flatten(),
+                _ => None,
+            };
+            let (Some(held), Ok(relayed)) = (
+                held,
+                crate::domain::bulletin::codec::decode_envelope(&relayed),
+            ) else {
+                return;
+            };
+            let Ok(held) = crate::domain::bulletin::codec::decode_envelope(&held.envelope) else {
+                return;
+            };
+            // Both were verified on arrival (the held one when stored, the
+            // relayed one by `ingest` just now).
+            match self.evidence.record(&held, &relayed, &self.peer) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    warn!(peer = %self.peer, error = %e, "no evidence kept of a conflict");
+                    return;
+                }
+            }
+            let mut client =
+                crate::base::proto::v1::transparency_client::TransparencyClient::new(self.channel);
+            let report = crate::base::proto::v1::ReportEquivocationRequest {
+                envelopes: vec![
+                    crate::interop::document::envelope_to_dsse(&held),
+                    crate::interop::document::envelope_to_dsse(&relayed),
+                ],
+            };
+            if let Err(e) = client.report_equivocation(report).await {
+                warn!(peer = %self.peer, error = %e.message(), "the peer was not told of the equivocation");
+            }
+        });
     }
 }
 

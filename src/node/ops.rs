@@ -65,6 +65,7 @@ pub struct Scrape {
     pub broker: Arc<crate::broker::subscription::Broker>,
     pub peers: Vec<Arc<crate::node::federation::PeerLink>>,
     pub transparency: Arc<crate::node::transparency::TransparencyLog>,
+    pub evidence: Arc<crate::node::evidence::Equivocations>,
 }
 
 /// The node's metrics in the Prometheus text format (0.0.4).
@@ -111,6 +112,12 @@ fn transparency(out: &mut String, state: &Scrape) {
         "beacon_witness_alarms",
         "Split views, rollbacks and undeclared rebuilds this node has seen of its peers' logs (evidence kept).",
         t.peer_alarms().len() as u64,
+    );
+    gauge(
+        out,
+        "beacon_equivocations",
+        "Ids under which a publisher signed two different bulletins (evidence kept).",
+        state.evidence.count() as u64,
     );
 }
 

@@ -44,6 +44,8 @@ pub enum NodeError {
     OwnCertificate(String),
     #[error("transparency log: {0}")]
     Transparency(#[from] crate::node::transparency::TransparencyError),
+    #[error("{0}")]
+    Evidence(#[from] crate::node::evidence::EvidenceError),
 }
 
 /// Runs a node until `shutdown` is cancelled; SIGHUP-style reloads come through `reload`.
@@ -170,12 +172,16 @@ fn compose(
         material.own.clone(),
     ));
     let metrics = Arc::new(crate::base::metrics::Metrics::default());
+    let tlog_dir = config.transparency.dir_for(&config.node.data_dir);
+    let evidence = Arc::new(crate::node::evidence::Equivocations::open(
+        &tlog_dir.join("equivocations"),
+    )?);
     let transparency = {
         let own = material.own.clone();
         let signer = crate::domain::bulletin::Signer::new(own.chain.clone(), own.key.secret_der())
             .map_err(crate::node::transparency::TransparencyError::Sign)?;
         Arc::new(crate::node::transparency::TransparencyLog::open(
-            &config.transparency.dir_for(&config.node.data_dir),
+            &tlog_dir,
             &material.identity,
             &signer,
             store.clone(),
@@ -198,6 +204,7 @@ fn compose(
         trust,
         store,
         transparency,
+        evidence: evidence.clone(),
         policy: crate::domain::policy::Policy::new(&config.groups),
         broker: Arc::new(crate::broker::subscription::Broker::new(
             config.limits.max_subscriptions,
@@ -261,6 +268,7 @@ impl Running {
                 broker: state.broker.clone(),
                 peers: state.peers.clone(),
                 transparency: state.transparency.clone(),
+                evidence: state.evidence.clone(),
             };
             tokio::spawn(crate::node::ops::serve(
                 scrape,
@@ -299,6 +307,7 @@ impl Running {
             trust: state.trust.clone(),
             store: state.store.clone(),
             policy: state.policy.clone(),
+            evidence: state.evidence.clone(),
             shutdown: shutdown.clone(),
         });
         let links = state

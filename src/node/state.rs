@@ -24,6 +24,8 @@ pub struct NodeState {
     pub store: Arc<crate::store::Store>,
     /// The node's signed checkpoints of its log.
     pub transparency: Arc<crate::node::transparency::TransparencyLog>,
+    /// Evidence of publishers that signed two bulletins under one id.
+    pub evidence: Arc<crate::node::evidence::Equivocations>,
     pub policy: crate::domain::policy::Policy,
     pub broker: Arc<crate::broker::subscription::Broker>,
     /// The configured peer links and their state.

@@ -866,3 +866,95 @@ async fn a_subscriber_gets_checkpoints_that_cover_what_it_received() {
     }
     node.stop().await;
 }
+
+/// A publisher that signs two different bulletins under one id and gives
+/// them to two nodes is caught: the node that sees the second keeps both
+/// as evidence and tells its peer; both say so in Get and in their status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_equivocates_is_caught_by_both_nodes() {
+    let alliance = Alliance::new(&["uk.ncsc", "fr.anssi"]);
+    let hub_files = alliance.node("uk.ncsc", "hub");
+    let hub_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hub_addr = hub_listener.local_addr().expect("addr");
+    let hub = TestNode::start_on(&alliance.options(hub_files.clone(), &[]), hub_listener).await;
+    let paris = TestNode::start(&alliance.options(
+        alliance.node("fr.anssi", "paris"),
+        &[(hub_addr, hub_files.identity.clone())],
+    ))
+    .await;
+    let client = alliance.client("uk.ncsc", "analyst");
+    let signer = signer(&client);
+    let first = bulletin("uk.ncsc", "the first version");
+    let mut other = first.clone();
+    other.title = "another bulletin under the same id".into();
+    let e1 = signer.sign(first.to_bytes()).expect("sign");
+    let e2 = signer.sign(other.to_bytes()).expect("sign");
+    // Paris gets the other one first, then the hub the first: Paris's link
+    // relays the hub's, which conflicts with the one it holds.
+    member(paris.addr, &client, &alliance.ca)
+        .await
+        .reader
+        .publish_envelope(&e2)
+        .await
+        .expect("publish to paris");
+    member(hub_addr, &client, &alliance.ca)
+        .await
+        .reader
+        .publish_envelope(&e1)
+        .await
+        .expect("publish to the hub");
+    for (name, addr) in [("paris", paris.addr), ("the hub", hub_addr)] {
+        wait_until(Duration::from_secs(20), || async {
+            !transparency_status(addr, &alliance.op, &alliance.ca)
+                .await
+                .equivocations
+                .is_empty()
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name} holds no evidence"));
+        let status = transparency_status(addr, &alliance.op, &alliance.ca).await;
+        assert_eq!(status.equivocations, vec![format!("uk.ncsc {}", first.id)]);
+        // Get names the conflict, with both envelopes.
+        let mut c = beacon::net::client::BulletinsClient::new(
+            dial(addr, &client, &alliance.ca).await.expect("dial"),
+        );
+        let r = c
+            .get(pb::GetRequest {
+                id: first.id.clone(),
+                publisher: String::new(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        let q = r.equivocation.expect("the id is in conflict");
+        assert_eq!(q.envelope_digests.len(), 2, "{name}");
+        assert_eq!(q.envelopes.len(), 2, "{name}");
+        for env in &q.envelopes {
+            let e = beacon::interop::document::envelope_from_dsse(env).expect("DSSE");
+            beacon::domain::bulletin::verify_envelope(
+                &e,
+                &alliance.bundle(),
+                std::time::SystemTime::now(),
+            )
+            .expect("both envelopes verify");
+        }
+    }
+    // A forged report (one envelope twice) is refused.
+    let mut t = TransparencyClient::new(
+        dial(hub_addr, &alliance.node("fr.anssi", "other"), &alliance.ca)
+            .await
+            .expect("dial"),
+    );
+    let dsse = beacon::interop::document::envelope_to_dsse(&e1);
+    let e = t
+        .report_equivocation(pb::ReportEquivocationRequest {
+            envelopes: vec![dsse.clone(), dsse],
+        })
+        .await
+        .expect_err("not evidence");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    paris.stop().await;
+    hub.stop().await;
+}
