@@ -327,6 +327,13 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
                 "stored": p.stored, "duplicates": p.duplicates, "refused": p.refused,
                 "log_id": p.log_id, "log_changes": p.log_changes, "last_log_change": p.last_log_change,
             })).collect::<Vec<_>>(),
+            "transparency": s.transparency.as_ref().map(|t| serde_json::json!({
+                "origin": t.origin, "checkpoint_size": t.checkpoint_size, "refused": t.refused,
+                "witnessed": t.witnessed.iter().map(|w| serde_json::json!({
+                    "peer": w.peer, "origin": w.origin, "size": w.size,
+                })).collect::<Vec<_>>(),
+                "alarms": t.alarms, "equivocations": t.equivocations,
+            })),
         });
         println!("{v}");
         return;
@@ -406,6 +413,27 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
             println!(
                 "    log changed {} time(s): {}",
                 p.log_changes, p.last_log_change
+            );
+        }
+    }
+    if let Some(t) = &s.transparency {
+        if t.refused.is_empty() {
+            println!("checkpoint:  {} entries of {}", t.checkpoint_size, t.origin);
+        } else {
+            println!("checkpoint:  REFUSED: {}", t.refused);
+        }
+        for w in &t.witnessed {
+            println!(
+                "  witnessed {} at {} entries ({})",
+                w.peer, w.size, w.origin
+            );
+        }
+        for a in &t.alarms {
+            println!("  ALARM: {a}");
+        }
+        for q in &t.equivocations {
+            println!(
+                "  EQUIVOCATION: {q} signed two different bulletins under one id (evidence kept)"
             );
         }
     }

@@ -768,6 +768,22 @@ async fn peers_cosign_each_other_and_a_hub_that_rewrites_its_log_is_caught() {
             && text.matches('\u{2014}').count() >= 2,
         "{text}"
     );
+    // The operator sees it in `beacon status`.
+    let mut args = vec!["status".to_string()];
+    args.extend(conn_args(witness.addr, &alliance.op, &alliance.ca[0]));
+    // Every member's CA: the witness's certificate is from its own.
+    args.extend(ca_args.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = beacon(dir.path(), &refs);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ALARM: split view") || out.contains("ALARM: rollback"),
+        "{out}"
+    );
+    assert!(
+        out.contains("witnessed spiffe://alliance.example/node/uk.ncsc/hub"),
+        "{out}"
+    );
     // No cosignature of the rewritten log.
     let r = t
         .get_checkpoint(pb::GetCheckpointRequest {})
