@@ -62,7 +62,7 @@ impl pb::transparency_server::Transparency for TransparencyService {
             checkpoint: t.latest_note().unwrap_or_default(),
             log_key: t.log_key().to_string(),
             origin: t.origin().to_string(),
-            announcements: t.announcements().to_vec(),
+            announcements: t.announcements(),
             witness_key: t.witness_key().to_string(),
             cosigned: t.cosigned().unwrap_or_default(),
         }))

@@ -298,7 +298,11 @@ impl Running {
             shutdown.clone(),
         ));
         // Checkpoints of the log, signed until shutdown.
-        let checkpoints = tokio::spawn(state.transparency.clone().run(shutdown.clone()));
+        let checkpoints = tokio::spawn(state.transparency.clone().run(
+            state.trust.clone(),
+            state.identity.clone(),
+            shutdown.clone(),
+        ));
         // Peer links: one task each, until shutdown.
         let link_context = Arc::new(crate::node::federation::LinkContext {
             identity: state.identity.clone(),

@@ -125,7 +125,7 @@ pub struct TransparencyLog {
     origin: String,
     store: Arc<Store>,
     /// DSSE JSON of every announcement, oldest first.
-    announcements: Vec<String>,
+    announcements: Mutex<Vec<String>>,
     latest: watch::Sender<Option<Arc<Signed>>>,
     /// Why this node signs no checkpoint of its log, if it refuses to.
     alarm: Mutex<Option<String>>,
@@ -198,7 +198,7 @@ impl TransparencyLog {
             witness,
             origin,
             store,
-            announcements: Vec::new(),
+            announcements: Mutex::new(Vec::new()),
             latest,
             alarm: Mutex::new(None),
             recent: Mutex::new(Default::default()),
@@ -210,7 +210,7 @@ impl TransparencyLog {
             entries: config.checkpoint_entries,
             signed_total: Default::default(),
         };
-        log.announcements = log.read_announcements()?;
+        *log.announcements.lock() = log.read_announcements()?;
         let last = log.read_last()?;
         let previous = match &last {
             Some(s) if s.checkpoint.origin == log.origin => {
@@ -224,7 +224,7 @@ impl TransparencyLog {
             }),
             None => None,
         };
-        if !log.announced() {
+        if previous.is_some() || !log.announced_with(signer) {
             log.announce(identity, signer, previous)?;
         }
         log.read_witnessed()?;
@@ -346,18 +346,40 @@ impl TransparencyLog {
         }
     }
 
-    /// Whether the current log has an announcement.
-    fn announced(&self) -> bool {
-        self.announcements.iter().any(|a| {
-            document::envelope_from_dsse(a)
-                .ok()
-                .and_then(|env| serde_json::from_slice::<Announcement>(&env.payload).ok())
-                .is_some_and(|a| a.origin == self.origin)
+    /// Whether the current log has an announcement signed with `signer`'s
+    /// certificate (a renewed certificate announces the log again, so that
+    /// the announcement verifies for as long as the node's certificate does).
+    fn announced_with(&self, signer: &Signer) -> bool {
+        let leaf = signer.leaf();
+        self.announcements.lock().iter().any(|a| {
+            document::envelope_from_dsse(a).ok().is_some_and(|env| {
+                env.signatures
+                    .first()
+                    .and_then(|s| s.cert_chain.first())
+                    .is_some_and(|c| c.as_slice() == leaf)
+                    && serde_json::from_slice::<Announcement>(&env.payload)
+                        .is_ok_and(|a| a.origin == self.origin)
+            })
         })
     }
 
+    /// Announces the log again if the node's certificate changed since it
+    /// last did (renewed and installed without a restart).
+    pub fn announce_with_current(
+        &self,
+        identity: &Identity,
+        own: &crate::trust::tls::KeyedChain,
+    ) -> Result<bool, TransparencyError> {
+        let signer = Signer::new(own.chain.clone(), own.key.secret_der())?;
+        if self.announced_with(&signer) {
+            return Ok(false);
+        }
+        self.announce(identity, &signer, None)?;
+        Ok(true)
+    }
+
     fn announce(
-        &mut self,
+        &self,
         identity: &Identity,
         signer: &Signer,
         previous: Option<PreviousLog>,
@@ -372,10 +394,12 @@ impl TransparencyLog {
         };
         let payload = serde_json::to_vec(&a).map_err(|e| io(&self.dir, e))?;
         let env = signer.sign_statement(ANNOUNCEMENT_TYPE, payload)?;
-        self.announcements.push(document::envelope_to_dsse(&env));
+        let mut all = self.announcements.lock();
+        all.push(document::envelope_to_dsse(&env));
         let path = self.dir.join(ANNOUNCEMENTS);
-        let bytes = serde_json::to_vec_pretty(&self.announcements).map_err(|e| io(&path, e))?;
+        let bytes = serde_json::to_vec_pretty(&*all).map_err(|e| io(&path, e))?;
         crate::base::disk::replace_file(&path, &bytes, false).map_err(|e| io(&path, e))?;
+        drop(all);
         match &a.previous {
             Some(p) => warn!(
                 target: "beacon::audit",
@@ -405,8 +429,8 @@ impl TransparencyLog {
     }
 
     /// Every announcement (DSSE JSON), oldest first.
-    pub fn announcements(&self) -> &[String] {
-        &self.announcements
+    pub fn announcements(&self) -> Vec<String> {
+        self.announcements.lock().clone()
     }
 
     /// The latest signed checkpoint.
@@ -491,10 +515,26 @@ impl TransparencyLog {
     /// Signs checkpoints until `shutdown`: `checkpoint_interval_ms` after
     /// the last one if the log grew, or as soon as `checkpoint_entries`
     /// wait for one.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        trust: Arc<crate::trust::state::TrustState>,
+        identity: Identity,
+        shutdown: CancellationToken,
+    ) {
         let mut head = self.store.watch_head();
         let mut due = Instant::now();
+        let mut generation = trust.generation();
         loop {
+            // A certificate renewed without a restart: the log is announced
+            // again with it.
+            if trust.generation() != generation {
+                generation = trust.generation();
+                if trust.own_refusal().is_none() {
+                    if let Err(e) = self.announce_with_current(&identity, &trust.own()) {
+                        warn!(error = %e, "the log could not be announced with the renewed certificate");
+                    }
+                }
+            }
             let waiting = {
                 let signed = self.latest().map_or(0, |s| s.checkpoint.size);
                 let h = *head.borrow_and_update();
@@ -522,7 +562,8 @@ impl TransparencyLog {
             let wait = if waiting > 0 {
                 due.saturating_duration_since(now)
             } else {
-                Duration::from_secs(3600)
+                // Wake now and then to notice a renewed certificate.
+                Duration::from_secs(5)
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,

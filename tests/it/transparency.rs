@@ -974,3 +974,73 @@ async fn a_publisher_that_equivocates_is_caught_by_both_nodes() {
     paris.stop().await;
     hub.stop().await;
 }
+
+/// A node's certificate renewed without a restart: the log is announced
+/// again with the new certificate, so its announcement verifies for as long
+/// as the node's certificate does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_announces_the_log_again() {
+    let pki = TestPki::new();
+    let opts = options(&pki);
+    let node = TestNode::start(&opts).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("fr.anssi", "analyst");
+    let mut t = transparency(&node, &files, &ca).await;
+    let before = t
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner();
+    assert_eq!(before.announcements.len(), 1);
+    // The same identity, a new certificate and key, installed in place.
+    let renewed = pki.node("drc", "hub-1");
+    for (from, to) in [
+        (&renewed.key, &opts.node.key),
+        (&renewed.cert, &opts.node.cert),
+    ] {
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(from, &tmp).expect("copy");
+        std::fs::rename(&tmp, to).expect("rename");
+    }
+    let bundle = beacon::trust::read_bundle(
+        &td(),
+        [(ca[0].as_path(), beacon::base::identity::MemberScope::any())],
+        std::iter::empty::<&Path>(),
+    )
+    .expect("bundle");
+    let leaf = beacon::trust::read_certs(&renewed.cert).expect("cert")[0].to_vec();
+    let announced = wait_until(Duration::from_secs(20), || {
+        let mut t = t.clone();
+        let leaf = leaf.clone();
+        async move {
+            let r = t
+                .get_checkpoint(pb::GetCheckpointRequest {})
+                .await
+                .expect("checkpoint")
+                .into_inner();
+            r.announcements.len() == 2
+                && beacon::interop::document::envelope_from_dsse(&r.announcements[1])
+                    .ok()
+                    .is_some_and(|e| e.signatures[0].cert_chain[0] == leaf)
+        }
+    })
+    .await;
+    assert!(
+        announced.is_some(),
+        "the log was not announced with the renewed certificate"
+    );
+    let r = t
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner();
+    let a = beacon::node::transparency::verify_announcement(
+        &r.announcements[1],
+        &bundle,
+        std::time::SystemTime::now(),
+    )
+    .expect("the new announcement verifies");
+    assert_eq!(a.origin, r.origin);
+    assert!(a.previous.is_none(), "the same log, announced again");
+    node.stop().await;
+}

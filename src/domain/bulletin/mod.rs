@@ -465,6 +465,11 @@ impl Signer {
         Signer::new(chain, &key)
     }
 
+    /// The signer's certificate (DER).
+    pub fn leaf(&self) -> &[u8] {
+        self.chain.first().map(Vec::as_slice).unwrap_or_default()
+    }
+
     /// Signs serialized bulletin bytes into an envelope.
     pub fn sign(&self, payload: Vec<u8>) -> Result<Envelope, BulletinError> {
         self.sign_statement(PAYLOAD_TYPE, payload)
