@@ -37,6 +37,7 @@ pub fn ingest(e: &crate::broker::ingest::IngestError) -> Status {
         I::Bulletin(b) => bulletin(b),
         I::NotReadable { .. } | I::SubmittedBy(_) => Status::permission_denied(e.to_string()),
         I::Digest | I::NotCanonical | I::Origin(_) => Status::invalid_argument(e.to_string()),
+        I::SignerExpired => Status::failed_precondition(e.to_string()),
     }
 }
 

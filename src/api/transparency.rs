@@ -77,9 +77,33 @@ impl pb::transparency_server::Transparency for TransparencyService {
         let cosignatures = self
             .state
             .transparency
-            .add_cosignature(&peer.identity, r.tree_size, &r.cosignature, &r.witness_key)
+            .add_cosignature(
+                &peer.identity,
+                r.tree_size,
+                &r.cosignature,
+                &r.witness_key,
+                &r.announcement,
+                &self.state.trust.signer_check(),
+            )
             .map_err(|e| status::transparency(&e))?;
         Ok(Response::new(pb::AddCosignatureResponse { cosignatures }))
+    }
+
+    async fn prove_earliest(
+        &self,
+        request: Request<pb::ProveEarliestRequest>,
+    ) -> Result<Response<pb::ProveEarliestResponse>, Status> {
+        caller(&request, READERS)?;
+        let seq = request.into_inner().sequence;
+        let (receipt, witness_announcements) = self
+            .state
+            .transparency
+            .prove_earliest(seq)
+            .map_err(|e| status::transparency(&e))?;
+        Ok(Response::new(pb::ProveEarliestResponse {
+            receipt,
+            witness_announcements,
+        }))
     }
 
     async fn report_equivocation(

@@ -5,8 +5,9 @@
 //! 1. size (the envelope limit);
 //! 2. the canonical bytes (what is stored, digested and served);
 //! 3. verification (`bulletin::verify_envelope_with` for publishes, with the
-//!    sender for clients; `verify_stored_envelope` for relays, whose signer
-//!    may have expired since);
+//!    sender for clients; for relays at now, or, for a signer whose
+//!    certificate has expired since, at the time a witnessed log is proven
+//!    to have held the bulletin by);
 //! 4. for relays: the origin node, and this node's own policy for its member;
 //! 5. the record to append ([`NewRecord`]).
 //!
@@ -37,6 +38,8 @@ pub enum IngestError {
     NotReadable { id: String, publisher: String },
     #[error("{0} signed a bulletin naming the client it was submitted by: only a member's node signs for its clients")]
     SubmittedBy(String),
+    #[error("the signer's certificate has expired: a relay of its bulletin is taken only with proof that a log held it while the certificate was valid (a checkpoint cosigned in time)")]
+    SignerExpired,
 }
 
 /// What admission needs of the node.
@@ -116,7 +119,11 @@ impl Ingest<'_> {
 
     /// A peer's delivery: the envelope `bytes` it sent with `digest_sent`,
     /// first accepted by `origin` (a node; empty: the peer itself) as its
-    /// `origin_seq` (0: the peer's sequence `peer_seq`).
+    /// `origin_seq` (0: the peer's sequence `peer_seq`). Verified now; a
+    /// signer whose certificate has expired since is accepted only at
+    /// `logged_by`, a time a witnessed log is proven to have held the
+    /// bulletin by (never by the bulletin's own claim of when it was made).
+    #[allow(clippy::too_many_arguments)]
     pub fn relay(
         &self,
         bytes: &[u8],
@@ -125,6 +132,7 @@ impl Ingest<'_> {
         origin_seq: u64,
         peer: &Identity,
         peer_seq: u64,
+        logged_by: Option<SystemTime>,
     ) -> Result<NewRecord, IngestError> {
         self.check_size(bytes.len())?;
         let digest = bulletin::sha256(bytes);
@@ -138,8 +146,15 @@ impl Ingest<'_> {
         if bulletin::codec::encode_envelope(&env) != bytes {
             return Err(IngestError::NotCanonical);
         }
-        let verified =
-            bulletin::verify_stored_envelope(&env, &self.trust.signer_check(), SystemTime::now())?;
+        let chains = self.trust.signer_check();
+        let verified = match bulletin::verify_envelope_with(&env, &chains, SystemTime::now(), None)
+        {
+            Err(BulletinError::Signer(crate::trust::TrustError::Expired)) => match logged_by {
+                Some(t) => bulletin::verify_envelope_with(&env, &chains, t, None)?,
+                None => return Err(IngestError::SignerExpired),
+            },
+            other => other?,
+        };
         let origin = if origin.is_empty() {
             peer.clone()
         } else {

@@ -125,6 +125,8 @@ enum Refusal {
     },
     #[error("delivery {seq}: {source}")]
     Conflict { seq: u64, source: StoreError },
+    #[error("delivery {seq}: its signer's certificate has expired, and the peer could not prove its log held it in time: {why}")]
+    Unproven { seq: u64, why: String },
 }
 
 /// What an operator sees of a link.
@@ -375,7 +377,7 @@ async fn session(
                     Msg::Delivery(d) => {
                         let seq = d.sequence;
                         link.update(|s| s.head = s.head.max(seq));
-                        match admit(state, link, d) {
+                        match admit_proven(state, link, &channel, &d).await {
                             Ok(rec) => {
                                 // Kept for the evidence, should the store
                                 // hold another bulletin under its id.
@@ -580,19 +582,127 @@ fn settle(link: &PeerLink, (seq, outcome): (u64, Outcome)) -> Result<u64, Federa
 }
 
 /// Checks a relayed delivery through the one admission path, and makes the
-/// record to store: the same bytes, with their origin.
-fn admit(state: &LinkContext, link: &PeerLink, d: pb::Delivery) -> Result<NewRecord, Refusal> {
+/// record to store: the same bytes, with their origin. `logged_by`: when a
+/// witnessed log is proven to have held it (for a signer expired since).
+fn admit(
+    state: &LinkContext,
+    link: &PeerLink,
+    d: &pb::Delivery,
+    logged_by: Option<SystemTime>,
+) -> Result<NewRecord, Refusal> {
     let seq = d.sequence;
-    let bytes = d.envelope.ok_or(Refusal::NoEnvelope(seq))?;
+    let bytes = d.envelope.as_ref().ok_or(Refusal::NoEnvelope(seq))?;
     state
         .ingest()
         .relay(
-            &bytes,
+            bytes,
             &d.envelope_digest,
             &d.origin_node,
             d.origin_sequence,
             &link.identity,
             seq,
+            logged_by,
         )
         .map_err(|source| Refusal::Ingest { seq, source })
+}
+
+/// Admits a delivery; one whose signer's certificate has expired since is
+/// admitted only with the peer's proof that its log held it while the
+/// certificate was valid: the receipt against the earliest checkpoint
+/// witnesses cosigned, a witness other than the peer (its announcement
+/// checked against this node's trust), the leaf computed here from the
+/// delivery, and the envelope verified at the time of the cosignature.
+async fn admit_proven(
+    state: &LinkContext,
+    link: &PeerLink,
+    channel: &tonic::transport::Channel,
+    d: &pb::Delivery,
+) -> Result<NewRecord, Refusal> {
+    match admit(state, link, d, None) {
+        Err(Refusal::Ingest {
+            source: crate::broker::ingest::IngestError::SignerExpired,
+            seq,
+        }) => match logged_by(state, link, channel, d).await {
+            Ok(t) => admit(state, link, d, Some(t)),
+            Err(why) => Err(Refusal::Unproven { seq, why }),
+        },
+        other => other,
+    }
+}
+
+/// When the peer's log is proven to have held `d`: the earliest time a
+/// witness (not the peer) cosigned a checkpoint of it that covers `d`.
+async fn logged_by(
+    state: &LinkContext,
+    link: &PeerLink,
+    channel: &tonic::transport::Channel,
+    d: &pb::Delivery,
+) -> Result<SystemTime, String> {
+    use crate::node::transparency::verify_announcement;
+    use crate::tlog::{merkle, note, receipt::Receipt};
+    let mut t = pb::transparency_client::TransparencyClient::new(channel.clone());
+    let now = SystemTime::now();
+    let bundle = state.trust.bundle();
+    let peer = link.identity.to_string();
+    let logs = t
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .map_err(|e| format!("the peer's log: {}", e.message()))?
+        .into_inner();
+    let r = t
+        .prove_earliest(pb::ProveEarliestRequest {
+            sequence: d.sequence,
+        })
+        .await
+        .map_err(|e| format!("no proof from the peer: {}", e.message()))?
+        .into_inner();
+    let receipt = Receipt::parse(&r.receipt).map_err(|e| e.to_string())?;
+    let cp = note::Note::parse(receipt.checkpoint.as_str())
+        .and_then(|n| note::Checkpoint::parse(&n.text))
+        .map_err(|e| e.to_string())?;
+    // The log key of that log, as the peer's certificate announced it.
+    let log_key: note::Verifier = logs
+        .announcements
+        .iter()
+        .filter_map(|a| verify_announcement(a, bundle.as_ref(), now).ok())
+        .find(|a| a.node == peer && a.origin == cp.origin)
+        .ok_or_else(|| format!("the peer announced no log {}", cp.origin))?
+        .log_key
+        .parse()
+        .map_err(|e: note::NoteError| e.to_string())?;
+    let witnesses: Vec<note::Verifier> = r
+        .witness_announcements
+        .iter()
+        .filter_map(|a| verify_announcement(a, bundle.as_ref(), now).ok())
+        .filter(|a| a.node != peer)
+        .filter_map(|a| a.witness_key.parse().ok())
+        .collect();
+    // The leaf, from what was delivered.
+    let envelope = d.envelope.as_deref().unwrap_or_default();
+    let at = d
+        .accepted_at
+        .as_ref()
+        .ok_or("the delivery has no acceptance time")?;
+    let accepted = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(at.seconds).map_err(|_| "a bad acceptance time")?,
+            u32::try_from(at.nanos).map_err(|_| "a bad acceptance time")?,
+        );
+    let entry = crate::store::leaf_entry(
+        d.sequence,
+        &crate::domain::bulletin::sha256(envelope),
+        accepted,
+        &d.origin_node,
+        d.origin_sequence,
+    );
+    let proven = receipt
+        .verify(&merkle::leaf_hash(&entry), &log_key, &witnesses, 1)
+        .map_err(|e| e.to_string())?;
+    let earliest = proven
+        .cosigned_by
+        .iter()
+        .map(|(_, t)| *t)
+        .min()
+        .ok_or("no cosignature")?;
+    Ok(std::time::UNIX_EPOCH + Duration::from_secs(earliest))
 }

@@ -56,6 +56,14 @@ const WITNESSED: &str = "witnessed";
 const EVIDENCE: &str = "evidence";
 /// Recent checkpoints kept with their cosignatures.
 const RECENT: usize = 64;
+/// Cosigned checkpoints kept for good (one file per size): what proves
+/// later that the log held an entry by the time a witness cosigned.
+const HISTORY: &str = "history";
+/// The witnesses' announcements, as they handed them with a cosignature.
+const WITNESSES: &str = "witnesses";
+/// A new checkpoint joins the history at most this often (the first
+/// cosigned one after it).
+const HISTORY_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransparencyError {
@@ -136,6 +144,8 @@ pub struct TransparencyLog {
     witnessed: Mutex<std::collections::BTreeMap<String, (Checkpoint, String)>>,
     /// Cosignatures this node made of its peers' checkpoints.
     cosigned_total: std::sync::atomic::AtomicU64,
+    /// The last checkpoint in the history: its size, and when it joined.
+    history_last: Mutex<Option<(u64, Instant)>>,
     /// Split views, rollbacks and undeclared rebuilds seen of peers.
     peer_alarms: Mutex<Vec<String>>,
     /// The one signer at a time.
@@ -204,6 +214,7 @@ impl TransparencyLog {
             recent: Mutex::new(Default::default()),
             witnessed: Mutex::new(Default::default()),
             cosigned_total: Default::default(),
+            history_last: Mutex::new(None),
             peer_alarms: Mutex::new(Vec::new()),
             signing: Mutex::new(()),
             interval: Duration::from_millis(config.checkpoint_interval_ms),
@@ -252,6 +263,20 @@ impl TransparencyLog {
             }
         }
         *self.witnessed.lock() = held;
+        // The history's last size (its time is taken as now: the next joins
+        // after HISTORY_EVERY).
+        if let Ok(d) = std::fs::read_dir(self.dir.join(HISTORY)) {
+            let last = d
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_suffix(".note")
+                        .and_then(|s| s.parse::<u64>().ok())
+                })
+                .max();
+            *self.history_last.lock() = last.map(|s| (s, Instant::now()));
+        }
         let evidence = self.dir.join(EVIDENCE);
         if let Ok(entries) = std::fs::read_dir(&evidence) {
             let mut alarms: Vec<String> = entries
@@ -610,8 +635,29 @@ impl TransparencyLog {
         size: u64,
         line: &str,
         key: &str,
+        announcement: &str,
+        chains: &dyn crate::trust::ChainCheck,
     ) -> Result<u32, TransparencyError> {
         let key: Verifier = key.parse()?;
+        if !announcement.is_empty() {
+            let a = verify_announcement(announcement, chains, SystemTime::now()).map_err(|e| {
+                TransparencyError::Refused(format!("the witness's announcement: {e}"))
+            })?;
+            if a.node != caller.to_string() || a.witness_key != key.to_string() {
+                return Err(TransparencyError::Refused(
+                    "the announcement is not the caller's, or names another witness key".into(),
+                ));
+            }
+            let path = self
+                .dir
+                .join(WITNESSES)
+                .join(format!("{}.json", file_name(&caller.to_string())));
+            crate::base::disk::create_dir_all(&self.dir.join(WITNESSES))
+                .and_then(|()| {
+                    crate::base::disk::replace_file(&path, announcement.as_bytes(), false)
+                })
+                .map_err(|e| io(&path, e))?;
+        }
         if key.kind != note::COSIGNATURE_V1 || key.name != key_name(caller) {
             return Err(TransparencyError::Refused(format!(
                 "{caller} may add cosignatures only with its own witness key, named {} (type 4); this one is {key}",
@@ -647,13 +693,95 @@ impl TransparencyLog {
         }
         *n = with;
         let count = n.signatures.len() as u32 - 1;
+        let cosigned = n.clone();
         drop(recent);
+        self.keep_in_history(size, &cosigned)?;
         if let Some(best) = self.cosigned() {
             let path = self.dir.join(COSIGNED);
             crate::base::disk::replace_file(&path, best.as_bytes(), false)
                 .map_err(|e| io(&path, e))?;
         }
         Ok(count)
+    }
+
+    /// Keeps a cosigned checkpoint in the history: a checkpoint of the
+    /// size last kept gets its new cosignatures; a larger one joins at most
+    /// every `HISTORY_EVERY`.
+    fn keep_in_history(&self, size: u64, note: &Note) -> Result<(), TransparencyError> {
+        let mut last = self.history_last.lock();
+        let keep = match *last {
+            None => true,
+            Some((s, _)) if s == size => true,
+            Some((s, at)) => size > s && at.elapsed() >= HISTORY_EVERY,
+        };
+        if !keep {
+            return Ok(());
+        }
+        let dir = self.dir.join(HISTORY);
+        let path = dir.join(format!("{size:020}.note"));
+        crate::base::disk::create_dir_all(&dir)
+            .and_then(|()| crate::base::disk::replace_file(&path, note.render().as_bytes(), false))
+            .map_err(|e| io(&path, e))?;
+        if last.is_none_or(|(s, _)| s != size) {
+            *last = Some((size, Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// The receipt of `seq` against the earliest cosigned checkpoint of
+    /// this log that covers it, with the announcements of its witnesses.
+    pub fn prove_earliest(&self, seq: u64) -> Result<(String, Vec<String>), TransparencyError> {
+        let dir = self.dir.join(HISTORY);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".note"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        for name in names {
+            let Some(size) = name
+                .strip_suffix(".note")
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if size < seq {
+                continue;
+            }
+            let path = dir.join(&name);
+            let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+            let note = Note::parse(&text)?;
+            let c = Checkpoint::parse(&note.text)?;
+            if c.origin != self.origin || c.size != size {
+                continue;
+            }
+            let receipt = crate::tlog::receipt::Receipt {
+                extra: Some(self.store.leaf_entry(seq)?),
+                index: seq - 1,
+                hashes: self.store.inclusion_proof(seq, size)?,
+                checkpoint: text,
+            }
+            .render();
+            let announcements = note
+                .signatures
+                .iter()
+                .filter_map(|s| {
+                    let id: Identity = format!("spiffe://{}", s.name).parse().ok()?;
+                    let path = self
+                        .dir
+                        .join(WITNESSES)
+                        .join(format!("{}.json", file_name(&id.to_string())));
+                    std::fs::read_to_string(path).ok()
+                })
+                .collect();
+            return Ok((receipt, announcements));
+        }
+        Err(TransparencyError::Refused(format!(
+            "no checkpoint witnesses cosigned covers sequence {seq} of this log"
+        )))
     }
 
     /// The key a witness cosigns with.

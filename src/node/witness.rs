@@ -194,6 +194,7 @@ pub async fn witness_once(
             tree_size: shown.size,
             cosignature: line,
             witness_key: ctx.log.witness_key().to_string(),
+            announcement: ctx.log.announcements().last().cloned().unwrap_or_default(),
         })
         .await?
         .into_inner();

@@ -542,45 +542,151 @@ async fn partitions_and_kills_heal_with_nothing_lost_or_duplicated() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bulletin_whose_signer_has_since_expired_still_reaches_a_late_node() {
-    let members = ["fr.anssi", "de.bsi"];
-    let alliance = Alliance::new(&members);
-    let nodes = mesh(&alliance, &members[..1], &[vec![]]).await;
+/// Fast checkpoints and witnessing.
+fn witnessed(mut o: NodeOptions) -> NodeOptions {
+    o.extra
+        .push_str("[transparency]\ncheckpoint_interval_ms = 50\nwitness_interval_ms = 100\n");
+    o
+}
+
+/// A bulletin signed with a certificate that expires in a few seconds,
+/// published at `hub` while it is valid; returns it once expired.
+async fn published_before_expiry(
+    alliance: &Alliance,
+    hub: SocketAddr,
+    before_expiry: impl std::future::Future<Output = ()>,
+) -> beacon::domain::bulletin::Bulletin {
     let mut req = beacon::tools::pki::IssueRequest::new(id(
         beacon::base::identity::RoleKind::Client,
         Some("fr.anssi"),
         "short-lived",
     ));
-    let not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
     req.not_after = Some(not_after);
     let short = alliance.pki.issue_from(alliance.ca_dir("fr.anssi"), req);
     let b = marked("fr.anssi", "signed by a short-lived key", Tlp::Green, &[]);
-    member(nodes[0].node.addr, &short, &alliance.ca)
+    member(hub, &short, &alliance.ca)
         .await
         .publish(&b)
         .await
         .expect("published while the certificate is valid");
+    before_expiry.await;
+    assert!(
+        time::OffsetDateTime::now_utc() < not_after,
+        "the certificate expired before the checkpoint was witnessed"
+    );
     // Wait for the clock, not for the system: the certificate must be expired.
     let expired = wait_until(Duration::from_secs(10), || async {
         time::OffsetDateTime::now_utc() > not_after + time::Duration::seconds(1)
     })
     .await;
     assert!(expired.is_some());
-    // A node that joins only now still receives it, verified at its creation time.
+    b
+}
+
+/// A bulletin whose signer's certificate has expired since reaches a node
+/// that joins late, because a witness cosigned a checkpoint of the hub's log
+/// that held it while the certificate was valid: not on the bulletin's own
+/// claim of when it was made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulletin_whose_signer_has_since_expired_reaches_a_late_node_with_proof_it_was_logged_in_time(
+) {
+    let alliance = Alliance::new(&["fr.anssi", "de.bsi", "uk.ncsc"]);
+    let hub_files = alliance.node("fr.anssi", "hub");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let peers = vec![(nodes[0].node.addr, nodes[0].identity.clone())];
+    let hub_addr = listener.local_addr().expect("addr");
+    let hub = TestNode::start_on(
+        &witnessed(alliance.options(hub_files.clone(), &[])),
+        listener,
+    )
+    .await;
+    let peers = vec![(hub_addr, hub_files.identity.clone())];
+    let witness = TestNode::start(&witnessed(
+        alliance.options(alliance.node("uk.ncsc", "witness"), &peers),
+    ))
+    .await;
+    let reader = alliance.client("fr.anssi", "reader");
+    let b = published_before_expiry(&alliance, hub_addr, async {
+        // The witness cosigns a checkpoint that covers it.
+        let cosigned = wait_until(Duration::from_secs(3), || async {
+            let mut t = beacon::base::proto::v1::transparency_client::TransparencyClient::new(
+                dial(hub_addr, &reader, &alliance.ca).await.expect("dial"),
+            );
+            let r = t
+                .get_checkpoint(beacon::base::proto::v1::GetCheckpointRequest {})
+                .await
+                .expect("checkpoint")
+                .into_inner();
+            !r.cosigned.is_empty()
+        })
+        .await;
+        assert!(cosigned.is_some(), "no cosigned checkpoint in time");
+    })
+    .await;
     let late_files = alliance.node("de.bsi", "late");
-    let late = TestNode::start_on(&alliance.options(late_files, &peers), listener).await;
-    let reader = alliance.client("de.bsi", "reader");
+    let late = TestNode::start(&witnessed(alliance.options(late_files, &peers))).await;
+    let late_reader = alliance.client("de.bsi", "reader");
     let set: BTreeSet<String> = [b.id.clone()].into();
-    wait_holds_at(late.addr, &reader, &alliance, &set).await;
+    wait_holds_at(late.addr, &late_reader, &alliance, &set).await;
     late.stop().await;
-    for n in nodes {
-        n.node.stop().await;
-    }
+    witness.stop().await;
+    hub.stop().await;
+}
+
+/// Without such a proof, an expired signer's bulletin is refused: its
+/// signed creation time is the signer's own claim, and an old key could
+/// back-date anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulletin_whose_signer_has_since_expired_is_refused_without_proof() {
+    let alliance = Alliance::new(&["fr.anssi", "de.bsi"]);
+    let hub_files = alliance.node("fr.anssi", "hub");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hub_addr = listener.local_addr().expect("addr");
+    let hub = TestNode::start_on(
+        &witnessed(alliance.options(hub_files.clone(), &[])),
+        listener,
+    )
+    .await;
+    let b = published_before_expiry(&alliance, hub_addr, async {}).await;
+    let peers = vec![(hub_addr, hub_files.identity.clone())];
+    let late = TestNode::start(&witnessed(
+        alliance.options(alliance.node("de.bsi", "late"), &peers),
+    ))
+    .await;
+    let refused = wait_until(CONVERGE, || async {
+        status(late.addr, &alliance.op, &alliance.ca)
+            .await
+            .and_then(|s| s.peers.into_iter().next())
+            .is_some_and(|p| p.refused >= 1 && p.last_error.contains("could not prove"))
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "{:?}",
+        status(late.addr, &alliance.op, &alliance.ca)
+            .await
+            .map(|s| s.peers)
+    );
+    let late_reader = alliance.client("de.bsi", "reader");
+    let mut c = beacon::net::client::BulletinsClient::new(
+        dial(late.addr, &late_reader, &alliance.ca)
+            .await
+            .expect("dial"),
+    );
+    let e = c
+        .get(beacon::base::proto::v1::GetRequest {
+            id: b.id.clone(),
+            publisher: String::new(),
+        })
+        .await
+        .expect_err("not held");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    late.stop().await;
+    hub.stop().await;
 }
 
 /// A peer that goes silent (its process stalls or its route drops: the TCP
