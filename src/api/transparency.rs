@@ -64,6 +64,11 @@ impl pb::transparency_server::Transparency for TransparencyService {
             origin: t.origin().to_string(),
             announcements: t.announcements(),
             witness_key: t.witness_key().to_string(),
+            witness_announcements: t
+                .cosigned()
+                .and_then(|c| crate::tlog::note::Note::parse(&c).ok())
+                .map(|n| t.witness_announcements(&n))
+                .unwrap_or_default(),
             cosigned: t.cosigned().unwrap_or_default(),
         }))
     }

@@ -96,6 +96,9 @@ struct Checked {
     announcements: Vec<Announcement>,
     /// The checkpoint most witnesses cosigned, if any, checked.
     cosigned: Option<(Checkpoint, String)>,
+    /// Its cosignatures that verify with a witness key announced by another
+    /// node (checked against your CAs): (witness node, unix time).
+    witnesses: Vec<(String, u64)>,
 }
 
 fn describe(log: &Checked) -> String {
@@ -122,6 +125,24 @@ fn describe(log: &Checked) -> String {
         if cosigners.is_empty() { "" } else { ": " },
         cosigners.join(", ")
     ));
+    if let Some((c, _)) = &log.cosigned {
+        s.push_str(&format!(
+            "witnessed: the checkpoint of {} entries cosigned by {} witness(es) whose keys your CAs vouch for{}{}\n",
+            c.size,
+            log.witnesses.len(),
+            if log.witnesses.is_empty() { "" } else { ": " },
+            log.witnesses
+                .iter()
+                .map(|(n, t)| format!(
+                    "{n} at {}",
+                    beacon::interop::document::rfc3339(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(*t)
+                    )
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     for a in &log.announcements {
         if let Some(p) = &a.previous {
             s.push_str(&format!(
@@ -197,11 +218,26 @@ fn check(
             announcement.origin
         );
     }
+    let mut witnesses = Vec::new();
     let cosigned = match r.cosigned.as_str() {
         "" => None,
         text => {
-            let (c, _) = open_checkpoint(text, &key)
+            let (c, n) = open_checkpoint(text, &key)
                 .context("the cosigned checkpoint is not signed by the announced log key")?;
+            for a in &r.witness_announcements {
+                let Ok(w) = verify_announcement(a, bundle, now) else {
+                    continue;
+                };
+                let Ok(wk) = w.witness_key.parse::<Verifier>() else {
+                    continue;
+                };
+                if w.node == announcement.node {
+                    continue;
+                }
+                if let Ok(Some(t)) = n.verified_by(&wk) {
+                    witnesses.push((w.node.clone(), t));
+                }
+            }
             Some((c, text.to_string()))
         }
     };
@@ -213,6 +249,7 @@ fn check(
         note_text: r.checkpoint.clone(),
         announcements,
         cosigned,
+        witnesses,
     })
 }
 
@@ -391,6 +428,20 @@ async fn audit(conn: &ConnArgs, state: &Path) -> Result<()> {
         );
     }
     keep(state, &log.note_text)?;
+    match &log.cosigned {
+        Some((c, _)) => println!(
+            "witnesses: {} checked cosignature(s) on the checkpoint of {} entries{}{}",
+            log.witnesses.len(),
+            c.size,
+            if log.witnesses.is_empty() { "" } else { ": " },
+            log.witnesses
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => println!("witnesses: no checkpoint of this log is cosigned yet"),
+    }
     Ok(())
 }
 

@@ -765,23 +765,28 @@ impl TransparencyLog {
                 checkpoint: text,
             }
             .render();
-            let announcements = note
-                .signatures
-                .iter()
-                .filter_map(|s| {
-                    let id: Identity = format!("spiffe://{}", s.name).parse().ok()?;
-                    let path = self
-                        .dir
-                        .join(WITNESSES)
-                        .join(format!("{}.json", file_name(&id.to_string())));
-                    std::fs::read_to_string(path).ok()
-                })
-                .collect();
+            let announcements = self.witness_announcements(&note);
             return Ok((receipt, announcements));
         }
         Err(TransparencyError::Refused(format!(
             "no checkpoint witnesses cosigned covers sequence {seq} of this log"
         )))
+    }
+
+    /// The announcements the witnesses that cosigned `note` handed with
+    /// their cosignatures (DSSE JSON).
+    pub fn witness_announcements(&self, note: &Note) -> Vec<String> {
+        note.signatures
+            .iter()
+            .filter_map(|s| {
+                let id: Identity = format!("spiffe://{}", s.name).parse().ok()?;
+                let path = self
+                    .dir
+                    .join(WITNESSES)
+                    .join(format!("{}.json", file_name(&id.to_string())));
+                std::fs::read_to_string(path).ok()
+            })
+            .collect()
     }
 
     /// The key a witness cosigns with.

@@ -685,6 +685,20 @@ async fn peers_cosign_each_other_and_a_hub_that_rewrites_its_log_is_caught() {
     let refs: Vec<&str> = prove.iter().map(String::as_str).collect();
     let (code, _, err) = beacon(dir.path(), &refs);
     assert_eq!(code, 0, "{err}");
+    // `beacon log checkpoint` names the witnesses it could check.
+    let mut cp: Vec<String> = ["log", "checkpoint"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    cp.extend(conn_args(hub_addr, &client, &alliance.ca[0]));
+    cp.extend(ca_args.iter().cloned());
+    let refs: Vec<&str> = cp.iter().map(String::as_str).collect();
+    let (code, out, err) = beacon(dir.path(), &refs);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("cosigned by 1 witness(es) whose keys your CAs vouch for: spiffe://alliance.example/node/fr.anssi/paris at"),
+        "{out}"
+    );
     let (code, out, err) = verify("cosigned.tlog-proof", &[wkey.to_string()], Some(1));
     assert_eq!(code, 0, "{err}");
     assert!(
