@@ -114,6 +114,10 @@ pub(super) enum BenchCommand {
         /// Inclusion proofs asked for (16 clients).
         #[arg(long, default_value_t = 100_000)]
         proofs: usize,
+        /// `[store] cache_mb` of the node that serves the proofs (and of
+        /// the in-process measure); the node's default is 16.
+        #[arg(long, default_value_t = 16)]
+        cache_mb: u64,
         /// Serialized bulletin size in bytes.
         #[arg(long, default_value_t = 1024)]
         size: usize,
@@ -203,8 +207,9 @@ pub(super) async fn run(cmd: BenchCommand) -> Result<()> {
             rounds,
             stored,
             proofs,
+            cache_mb,
             size,
-        } => bench_transparency(count, rounds, stored, proofs, size).await,
+        } => bench_transparency(count, rounds, stored, proofs, cache_mb, size).await,
         BenchCommand::Retention {
             count,
             background,
@@ -524,6 +529,7 @@ async fn bench_transparency(
     rounds: usize,
     stored: usize,
     proofs: usize,
+    cache_mb: u64,
     size: usize,
 ) -> Result<()> {
     use beacon::tools::bench;
@@ -611,7 +617,10 @@ async fn bench_transparency(
     let opening = Instant::now();
     let store = beacon::store::Store::open(
         &target.dir.join("store"),
-        beacon::store::StoreOptions::defaults(beacon::interop::stix::SPANS),
+        beacon::store::StoreOptions {
+            cache_bytes: cache_mb << 20,
+            ..beacon::store::StoreOptions::defaults(beacon::interop::stix::SPANS)
+        },
     )?;
     let open = opening.elapsed();
     let head = store.head();
@@ -633,7 +642,7 @@ async fn bench_transparency(
     }
     let per_entry = t0.elapsed() / n as u32;
     println!(
-        "in process: an inclusion proof at {head} takes {:.1} µs, a leaf entry {:.1} µs (mean of {n}, random sequences)",
+        "in process ({cache_mb} MiB cache): an inclusion proof at {head} takes {:.1} µs, a leaf entry {:.1} µs (mean of {n}, random sequences)",
         per_proof.as_secs_f64() * 1e6,
         per_entry.as_secs_f64() * 1e6
     );
@@ -646,7 +655,9 @@ async fn bench_transparency(
         head_time.as_secs_f64() * 1000.0,
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, root)
     );
-    target.add_config("\n[transparency]\ncheckpoint_interval_ms = 100\n")?;
+    target.add_config(&format!(
+        "\n[transparency]\ncheckpoint_interval_ms = 100\n\n[store]\ncache_mb = {cache_mb}\n"
+    ))?;
     target.launch(&exe)?;
     target.wait_serving().await?;
     // The first checkpoint covers the whole log.

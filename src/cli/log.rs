@@ -55,13 +55,18 @@ pub enum LogCommand {
     /// is a fork or a rollback: it is reported and the file keeps the old
     /// checkpoint as evidence. A new log the node announced as replacing the
     /// old one is accepted only if it declares at least what you saw.
-    Audit {
-        #[command(flatten)]
-        conn: ConnArgs,
-        /// Where the last checkpoint seen of this node is kept.
-        #[arg(long)]
-        state: PathBuf,
-    },
+    Audit(AuditArgs),
+}
+
+/// What `beacon audit` / `beacon log audit` take.
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Where the last checkpoint seen of this node is kept (default: a
+    /// file named after the node's address, in the current directory).
+    #[arg(long)]
+    state: Option<PathBuf>,
 }
 
 pub async fn run(cmd: LogCommand) -> Result<()> {
@@ -81,7 +86,26 @@ pub async fn run(cmd: LogCommand) -> Result<()> {
             envelope,
             out,
         } => prove(&conn, sequence, envelope.as_deref(), out.as_deref()).await,
-        LogCommand::Audit { conn, state } => audit(&conn, &state).await,
+        LogCommand::Audit(AuditArgs { conn, state }) => {
+            let state = match state {
+                Some(s) => s,
+                None => {
+                    let node = conn.settings()?.node.unwrap_or_default();
+                    let name: String = node
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                    PathBuf::from(format!("beacon-audit-{name}.checkpoint"))
+                }
+            };
+            audit(&conn, &state).await
+        }
     }
 }
 

@@ -62,6 +62,9 @@ enum Command {
     /// Check a node's log: signed checkpoints, inclusion, consistency.
     #[command(subcommand)]
     Log(log::LogCommand),
+    /// Audit a node's log (as `beacon log audit`): consistent with what you
+    /// saw last time, every bulletin you may read in it, its witnesses.
+    Audit(log::AuditArgs),
     /// Node status (operators): head, connections, subscriptions, peers.
     Status {
         #[command(flatten)]
@@ -233,6 +236,10 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Log(cmd) => {
             init_logging(&LogFormat::Human, Some("warn"));
             log::run(cmd).await
+        }
+        Command::Audit(args) => {
+            init_logging(&LogFormat::Human, Some("warn"));
+            log::run(log::LogCommand::Audit(args)).await
         }
         Command::Status { conn, json } => {
             let (_, channel) = conn.dial().await?;

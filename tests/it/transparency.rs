@@ -282,13 +282,15 @@ async fn the_cli_checks_checkpoints_inclusion_and_consistency() {
     let mut t = transparency(&node, &files, &ca).await;
     let (c, r) = checkpoint_at_least(&mut t, 2).await;
     assert_eq!(r.announcements.len(), 2, "the new log is announced");
-    let (code, out, err) = log_cmd(
-        dir.path(),
-        node.addr,
-        &files,
-        &ca[0],
-        &["audit", "--state", "hub.checkpoint"],
-    );
+    // `beacon audit`, the command's short form.
+    let mut args: Vec<String> = ["audit", "--state", "hub.checkpoint"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(conn_args(node.addr, &files, &ca[0]));
+    args.extend(["--node-identity".to_string(), HUB.to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = beacon(dir.path(), &refs);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("declared at 9 entries"), "{out}");
     assert!(out.contains(&c.origin), "{out}");
