@@ -1060,3 +1060,80 @@ async fn a_renewed_certificate_announces_the_log_again() {
     assert!(a.previous.is_none(), "the same log, announced again");
     node.stop().await;
 }
+
+/// A node restored from a backup older than its last checkpoint starts a new
+/// log, announced as replacing the old one at the size it had signed: it
+/// never signs a smaller tree under the old log, and an auditor tells the
+/// declared restore from a rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restored_from_an_old_backup_announces_a_new_log() {
+    let pki = TestPki::new();
+    let node = TestNode::start(&options(&pki)).await;
+    let ca = vec![pki.ca_cert()];
+    let op = pki.operator("ops");
+    let files = pki.client("fr.anssi", "analyst");
+    let dir = tempfile::tempdir().expect("tempdir");
+    publish_n(node.addr, &files, &ca, 3, "before the backup").await;
+    let backup = dir.path().join("node.backup");
+    std::fs::write(&backup, backup_bytes(node.addr, &op, &ca).await).expect("write backup");
+    publish_n(node.addr, &files, &ca, 4, "after the backup").await;
+    let mut t = transparency(&node, &files, &ca).await;
+    let (old, _) = checkpoint_at_least(&mut t, 7).await;
+    let (code, _, err) = log_cmd(
+        dir.path(),
+        node.addr,
+        &files,
+        &ca[0],
+        &["audit", "--state", "hub.checkpoint"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let config = node.config_path.clone();
+    let node = node
+        .restart_after(|store| {
+            std::fs::rename(store, store.with_file_name("store.lost")).expect("move aside");
+            let args = [
+                "admin",
+                "restore",
+                backup.to_str().expect("path"),
+                "--config",
+                config.to_str().expect("path"),
+            ];
+            let (code, out, err) = beacon(store.parent().expect("parent"), &args);
+            assert_eq!(code, 0, "{out}{err}");
+        })
+        .await;
+    let mut t = transparency(&node, &files, &ca).await;
+    let (new, r) = checkpoint_at_least(&mut t, 3).await;
+    assert_ne!(new.origin, old.origin, "a restored store is a new log");
+    assert_eq!(new.size, 3);
+    let bundle = beacon::trust::read_bundle(
+        &td(),
+        [(ca[0].as_path(), beacon::base::identity::MemberScope::any())],
+        std::iter::empty::<&Path>(),
+    )
+    .expect("bundle");
+    let a = beacon::node::transparency::verify_announcement(
+        r.announcements.last().expect("announced"),
+        &bundle,
+        std::time::SystemTime::now(),
+    )
+    .expect("verifies");
+    let previous = a.previous.expect("names the log it replaces");
+    assert_eq!(
+        (previous.origin.as_str(), previous.size),
+        (old.origin.as_str(), 7)
+    );
+    let (code, out, err) = log_cmd(
+        dir.path(),
+        node.addr,
+        &files,
+        &ca[0],
+        &["audit", "--state", "hub.checkpoint"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("declared at 7 entries; you had seen 7"),
+        "{out}"
+    );
+    node.stop().await;
+}
