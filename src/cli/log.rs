@@ -497,21 +497,8 @@ async fn check_received(
             .map_err(beacon::net::client::ClientError::from)?
             .into_inner();
         for d in &page.deliveries {
-            let envelope = d.envelope.as_deref().unwrap_or_default();
-            let digest = beacon::domain::bulletin::sha256(envelope);
-            let at = d
-                .accepted_at
-                .as_ref()
-                .context("a delivery without its acceptance time")?;
-            let accepted = std::time::UNIX_EPOCH
-                + std::time::Duration::new(u64::try_from(at.seconds)?, u32::try_from(at.nanos)?);
-            let entry = beacon::store::leaf_entry(
-                d.sequence,
-                &digest,
-                accepted,
-                &d.origin_node,
-                d.origin_sequence,
-            );
+            let entry = beacon::net::client::delivered_leaf_entry(d)
+                .map_err(|e| anyhow::anyhow!("sequence {}: {e}", d.sequence))?;
             let p = client
                 .prove_inclusion(pb::ProveInclusionRequest {
                     sequence: d.sequence,

@@ -806,6 +806,34 @@ pub fn delivered_envelope(d: &pb::Delivery) -> Result<crate::domain::bulletin::E
     crate::domain::bulletin::codec::decode_envelope(bytes)
 }
 
+/// What a delivery's sequence commits to in the serving node's tree,
+/// computed from the delivery itself (its sequence, the SHA-256 of the bytes
+/// received, its acceptance time and origin): a reader checks that what it
+/// was served is what the log holds, without taking the node's word for the
+/// leaf.
+pub fn delivered_leaf_entry(d: &pb::Delivery) -> Result<Vec<u8>, String> {
+    let envelope = d
+        .envelope
+        .as_ref()
+        .ok_or("the delivery carries no envelope")?;
+    let at = d
+        .accepted_at
+        .as_ref()
+        .ok_or("the delivery carries no acceptance time")?;
+    let accepted = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            u64::try_from(at.seconds).map_err(|_| "a bad acceptance time")?,
+            u32::try_from(at.nanos).map_err(|_| "a bad acceptance time")?,
+        );
+    Ok(crate::store::leaf_entry(
+        d.sequence,
+        &crate::domain::bulletin::sha256(envelope),
+        accepted,
+        &d.origin_node,
+        d.origin_sequence,
+    ))
+}
+
 /// Clients for the node's services.
 pub type BulletinsClient = pb::bulletins_client::BulletinsClient<Channel>;
 pub type AdminClient = pb::admin_client::AdminClient<Channel>;

@@ -678,23 +678,7 @@ async fn logged_by(
         .filter_map(|a| a.witness_key.parse().ok())
         .collect();
     // The leaf, from what was delivered.
-    let envelope = d.envelope.as_deref().unwrap_or_default();
-    let at = d
-        .accepted_at
-        .as_ref()
-        .ok_or("the delivery has no acceptance time")?;
-    let accepted = std::time::UNIX_EPOCH
-        + Duration::new(
-            u64::try_from(at.seconds).map_err(|_| "a bad acceptance time")?,
-            u32::try_from(at.nanos).map_err(|_| "a bad acceptance time")?,
-        );
-    let entry = crate::store::leaf_entry(
-        d.sequence,
-        &crate::domain::bulletin::sha256(envelope),
-        accepted,
-        &d.origin_node,
-        d.origin_sequence,
-    );
+    let entry = crate::net::client::delivered_leaf_entry(d)?;
     let proven = receipt
         .verify(&merkle::leaf_hash(&entry), &log_key, &witnesses, 1)
         .map_err(|e| e.to_string())?;

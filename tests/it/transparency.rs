@@ -23,6 +23,28 @@ fn options(pki: &TestPki) -> NodeOptions {
     o
 }
 
+/// One node (checkpoints every 50 ms), its CA, and an analyst of another
+/// member.
+struct Solo {
+    pki: TestPki,
+    node: TestNode,
+    ca: Vec<PathBuf>,
+    files: CertFiles,
+}
+
+async fn solo() -> Solo {
+    let pki = TestPki::new();
+    let node = TestNode::start(&options(&pki)).await;
+    let ca = vec![pki.ca_cert()];
+    let files = pki.client("fr.anssi", "analyst");
+    Solo {
+        pki,
+        node,
+        ca,
+        files,
+    }
+}
+
 async fn transparency(
     node: &TestNode,
     files: &CertFiles,
@@ -101,10 +123,12 @@ fn log_cmd(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bulletin_is_proven_in_signed_checkpoints_that_extend_each_other() {
-    let pki = TestPki::new();
-    let node = TestNode::start(&options(&pki)).await;
-    let ca = vec![pki.ca_cert()];
-    let files = pki.client("fr.anssi", "analyst");
+    let Solo {
+        pki: _pki,
+        node,
+        ca,
+        files,
+    } = solo().await;
     let mut t = transparency(&node, &files, &ca).await;
 
     publish_n(node.addr, &files, &ca, 7, "first").await;
@@ -197,10 +221,12 @@ async fn every_bulletin_is_proven_in_signed_checkpoints_that_extend_each_other()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_checks_checkpoints_inclusion_and_consistency() {
-    let pki = TestPki::new();
-    let node = TestNode::start(&options(&pki)).await;
-    let ca = vec![pki.ca_cert()];
-    let files = pki.client("fr.anssi", "analyst");
+    let Solo {
+        pki: _pki,
+        node,
+        ca,
+        files,
+    } = solo().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ids = publish_n(node.addr, &files, &ca, 5, "cli").await;
     let mut t = transparency(&node, &files, &ca).await;
@@ -299,10 +325,12 @@ async fn the_cli_checks_checkpoints_inclusion_and_consistency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_put_back_to_an_older_copy_is_never_signed_again() {
-    let pki = TestPki::new();
-    let node = TestNode::start(&options(&pki)).await;
-    let ca = vec![pki.ca_cert()];
-    let files = pki.client("fr.anssi", "analyst");
+    let Solo {
+        pki,
+        node,
+        ca,
+        files,
+    } = solo().await;
     let dir = tempfile::tempdir().expect("tempdir");
     publish_n(node.addr, &files, &ca, 3, "early").await;
     let mut t = transparency(&node, &files, &ca).await;
@@ -395,10 +423,12 @@ async fn go_sumdb_verifies_checkpoints_and_proofs() {
     };
     use base64::Engine as _;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let pki = TestPki::new();
-    let node = TestNode::start(&options(&pki)).await;
-    let ca = vec![pki.ca_cert()];
-    let files = pki.client("fr.anssi", "analyst");
+    let Solo {
+        pki: _pki,
+        node,
+        ca,
+        files,
+    } = solo().await;
     let mut t = transparency(&node, &files, &ca).await;
     let mut olds = Vec::new();
     for (n, want) in [(1usize, 1u64), (4, 5), (8, 13), (24, 37)] {
@@ -824,10 +854,12 @@ async fn peers_cosign_each_other_and_a_hub_that_rewrites_its_log_is_caught() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_gets_checkpoints_that_cover_what_it_received() {
     use pb::subscribe_response::Msg;
-    let pki = TestPki::new();
-    let node = TestNode::start(&options(&pki)).await;
-    let ca = vec![pki.ca_cert()];
-    let files = pki.client("fr.anssi", "analyst");
+    let Solo {
+        pki: _pki,
+        node,
+        ca,
+        files,
+    } = solo().await;
     publish_n(node.addr, &files, &ca, 6, "streamed").await;
     let mut s = settings(&files, &ca);
     s.node = Some(node.addr.to_string());
@@ -870,15 +902,7 @@ async fn a_subscriber_gets_checkpoints_that_cover_what_it_received() {
     }
     let cp = covering.expect("a checkpoint");
     for d in &received {
-        let at = d.accepted_at.as_ref().expect("accepted_at");
-        let accepted = std::time::UNIX_EPOCH + Duration::new(at.seconds as u64, at.nanos as u32);
-        let entry = beacon::store::leaf_entry(
-            d.sequence,
-            &beacon::domain::bulletin::sha256(d.envelope.as_deref().expect("envelope")),
-            accepted,
-            &d.origin_node,
-            d.origin_sequence,
-        );
+        let entry = beacon::net::client::delivered_leaf_entry(d).expect("leaf entry");
         let p = t
             .prove_inclusion(pb::ProveInclusionRequest {
                 sequence: d.sequence,
