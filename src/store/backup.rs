@@ -499,7 +499,7 @@ fn build(
     };
     let (head, backed_up) = read_header(&mut r)?;
     let log = built_log(how, backed_up, head);
-    let (engine, _) = super::sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
+    let (engine, _) = super::engine::open(dir, opts)?;
     let mut b = Building {
         engine,
         set: WriteSet {
@@ -665,7 +665,7 @@ fn manifest_entry(body: &[u8], before: [u8; 32]) -> Result<Manifest, BackupError
 /// A store being built from a backup's entries, in their order; each
 /// entry's method says what it read (for the next error's "after …").
 struct Building<'a> {
-    engine: super::sled_engine::SledEngine,
+    engine: std::sync::Arc<dyn Engine>,
     /// Written in chunks of [`CHUNK`] entries.
     set: WriteSet,
     /// What was read so far, to compare with the manifest.

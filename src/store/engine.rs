@@ -9,10 +9,38 @@
 //! Values are opaque bytes encoded by `store::record` (records with their
 //! CRC32 trailer, index entries), so every engine stores the same checked form.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::record::Position;
-use super::StoreError;
+use super::{StoreError, StoreOptions};
+
+/// What an open of an engine applied again after an unclean stop (an
+/// engine with a log of its own: frames after its last checkpoint).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recovery {
+    /// Frames applied again after the last checkpoint (an unclean stop).
+    pub frames: u64,
+    /// The head the engine held before them, and after.
+    pub from: u64,
+    pub to: u64,
+    /// A damaged or torn frame where the log was cut (never acknowledged).
+    pub cut: Option<String>,
+}
+
+/// Opens the engine a store in `dir` is kept in: the one place that names
+/// an engine. The embedded engine keeps its files under `dir/sled` and its
+/// write-ahead log under `dir/wal`.
+pub(crate) fn open(
+    dir: &Path,
+    opts: &StoreOptions,
+) -> Result<(Arc<dyn Engine>, Recovery), StoreError> {
+    let (engine, recovery) =
+        super::sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
+    Ok((Arc::new(engine), recovery))
+}
 
 /// One atomic write: all of it becomes visible together, and durable together
 /// at the next [`Engine::sync`].

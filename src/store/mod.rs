@@ -18,7 +18,9 @@
 //!   peer-link positions), atomic writes, a sync and a checkpoint;
 //!   `sled_engine.rs`, the embedded engine, and `wal.rs`, its write-ahead
 //!   log. Nothing outside this module knows which engine holds the bytes,
-//!   and only `sled_engine.rs` touches sled.
+//!   and only `sled_engine.rs` touches sled; `engine::open` is the one place
+//!   that names an engine.
+//! - `contract.rs`: what every engine must do, as tests any engine runs.
 //!
 //! # Writing
 //! A pipelined group commit on two threads. The applier takes every request
@@ -41,6 +43,7 @@
 
 pub mod backup;
 mod commit;
+mod contract;
 mod durable;
 mod engine;
 mod record;
@@ -358,9 +361,8 @@ impl Store {
         // torn writes): opening is checked end to end, and such a store is
         // refused with a sentence instead of a crash.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let (engine, recovery) =
-                sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
-            let store = Store::with_engine(dir, Arc::new(engine), opts)?;
+            let (engine, recovery) = engine::open(dir, &opts)?;
+            let store = Store::with_engine(dir, engine, opts)?;
             store.recovered(&recovery)?;
             Ok::<Store, StoreError>(store)
         }));
@@ -874,7 +876,7 @@ impl Store {
     /// repairs metric), once the checks at open accepted the store, and
     /// checkpoints it: a store stopped uncleanly is repaired from its
     /// write-ahead log, never refused for what it was writing.
-    fn recovered(&self, r: &sled_engine::Recovery) -> Result<(), StoreError> {
+    fn recovered(&self, r: &engine::Recovery) -> Result<(), StoreError> {
         if r.frames == 0 && r.cut.is_none() {
             return Ok(());
         }

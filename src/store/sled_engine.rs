@@ -32,7 +32,7 @@ use std::ffi::OsString;
 use std::sync::Arc;
 
 use super::durable::{sync_file, Listing};
-use super::engine::{Engine, RecordIter, Space, WriteSet};
+use super::engine::{Engine, RecordIter, Recovery, Space, WriteSet};
 use super::record::Position;
 use super::wal::{At, Checkpoint, Kind, Wal};
 use super::{io, StoreError};
@@ -130,18 +130,6 @@ struct Staged {
 struct Signal {
     stop: bool,
     wanted: bool,
-}
-
-/// What an open of the engine found in its write-ahead log.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Recovery {
-    /// Frames applied again after the last checkpoint (an unclean stop).
-    pub frames: u64,
-    /// The head sled held before them, and after.
-    pub from: u64,
-    pub to: u64,
-    /// A damaged or torn frame where the log was cut (never acknowledged).
-    pub cut: Option<String>,
 }
 
 /// What sled's `flush` leaves out, done after it (see [`SledEngine::sync`]).
