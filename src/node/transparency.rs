@@ -144,8 +144,9 @@ pub struct TransparencyLog {
     witnessed: Mutex<std::collections::BTreeMap<String, (Checkpoint, String)>>,
     /// Cosignatures this node made of its peers' checkpoints.
     cosigned_total: std::sync::atomic::AtomicU64,
-    /// The last checkpoint in the history: its size, and when it joined.
-    history_last: Mutex<Option<(u64, Instant)>>,
+    /// The sizes of this log's checkpoints in the history (files under
+    /// `history/<log id>/`), and when the last one joined.
+    history: Mutex<(std::collections::BTreeSet<u64>, Option<Instant>)>,
     /// Split views, rollbacks and undeclared rebuilds seen of peers.
     peer_alarms: Mutex<Vec<String>>,
     /// The one signer at a time.
@@ -214,7 +215,7 @@ impl TransparencyLog {
             recent: Mutex::new(Default::default()),
             witnessed: Mutex::new(Default::default()),
             cosigned_total: Default::default(),
-            history_last: Mutex::new(None),
+            history: Mutex::new(Default::default()),
             peer_alarms: Mutex::new(Vec::new()),
             signing: Mutex::new(()),
             interval: Duration::from_millis(config.checkpoint_interval_ms),
@@ -263,10 +264,10 @@ impl TransparencyLog {
             }
         }
         *self.witnessed.lock() = held;
-        // The history's last size (its time is taken as now: the next joins
-        // after HISTORY_EVERY).
-        if let Ok(d) = std::fs::read_dir(self.dir.join(HISTORY)) {
-            let last = d
+        // This log's history, by size (the last one's time is taken as now:
+        // the next joins after HISTORY_EVERY).
+        if let Ok(d) = std::fs::read_dir(self.history_dir()) {
+            let sizes: std::collections::BTreeSet<u64> = d
                 .filter_map(Result::ok)
                 .filter_map(|e| {
                     e.file_name()
@@ -274,8 +275,9 @@ impl TransparencyLog {
                         .strip_suffix(".note")
                         .and_then(|s| s.parse::<u64>().ok())
                 })
-                .max();
-            *self.history_last.lock() = last.map(|s| (s, Instant::now()));
+                .collect();
+            let at = (!sizes.is_empty()).then(Instant::now);
+            *self.history.lock() = (sizes, at);
         }
         let evidence = self.dir.join(EVIDENCE);
         if let Ok(entries) = std::fs::read_dir(&evidence) {
@@ -708,49 +710,53 @@ impl TransparencyLog {
     /// size last kept gets its new cosignatures; a larger one joins at most
     /// every `HISTORY_EVERY`.
     fn keep_in_history(&self, size: u64, note: &Note) -> Result<(), TransparencyError> {
-        let mut last = self.history_last.lock();
-        let keep = match *last {
-            None => true,
-            Some((s, _)) if s == size => true,
-            Some((s, at)) => size > s && at.elapsed() >= HISTORY_EVERY,
+        let mut history = self.history.lock();
+        let last = history.0.last().copied();
+        let keep = match (last, history.1) {
+            (None, _) => true,
+            (Some(s), _) if s == size => true,
+            (Some(s), Some(at)) => size > s && at.elapsed() >= HISTORY_EVERY,
+            (Some(s), None) => size > s,
         };
         if !keep {
             return Ok(());
         }
-        let dir = self.dir.join(HISTORY);
+        let dir = self.history_dir();
         let path = dir.join(format!("{size:020}.note"));
         crate::base::disk::create_dir_all(&dir)
             .and_then(|()| crate::base::disk::replace_file(&path, note.render().as_bytes(), false))
             .map_err(|e| io(&path, e))?;
-        if last.is_none_or(|(s, _)| s != size) {
-            *last = Some((size, Instant::now()));
+        if last != Some(size) {
+            history.0.insert(size);
+            history.1 = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Where this log's history is kept: one folder per log.
+    fn history_dir(&self) -> PathBuf {
+        self.dir.join(HISTORY).join(self.store.log().id.to_string())
     }
 
     /// The receipt of `seq` against the earliest cosigned checkpoint of
     /// this log that covers it, with the announcements of its witnesses.
     pub fn prove_earliest(&self, seq: u64) -> Result<(String, Vec<String>), TransparencyError> {
-        let dir = self.dir.join(HISTORY);
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".note"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        for name in names {
-            let Some(size) = name
-                .strip_suffix(".note")
-                .and_then(|s| s.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if size < seq {
-                continue;
-            }
+        if seq == 0 {
+            return Err(TransparencyError::Refused("sequences start at 1".into()));
+        }
+        let dir = self.history_dir();
+        // The first few that cover it: one whose file cannot be read is
+        // passed over for the next.
+        let candidates: Vec<u64> = self
+            .history
+            .lock()
+            .0
+            .range(seq..)
+            .take(16)
+            .copied()
+            .collect();
+        for size in candidates {
+            let name = format!("{size:020}.note");
             let path = dir.join(&name);
             let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
             let note = Note::parse(&text)?;
