@@ -458,6 +458,9 @@ struct Admitted {
     tlp: &'static str,
     /// Told to the publisher with the answer.
     warnings: Vec<String>,
+    /// The envelope's canonical bytes: the evidence, should the store hold
+    /// another bulletin of its publisher under its id.
+    envelope: Vec<u8>,
 }
 
 /// Every check of a publish, in the order the API promises (size, form,
@@ -503,6 +506,7 @@ fn admit(
         signer: v.signer().to_string(),
         tlp: v.tlp().label(),
         warnings,
+        envelope: admitted.record.envelope.clone(),
     };
     Ok((admitted.record, answer))
 }
@@ -514,6 +518,9 @@ fn answer(
     a: &Admitted,
     appended: Result<crate::store::Appended, crate::store::StoreError>,
 ) -> Result<pb::PublishResponse, Status> {
+    if let Err(crate::store::StoreError::Conflict { publisher, id }) = &appended {
+        keep_equivocation(state, peer, publisher, id, &a.envelope);
+    }
     let appended = appended.map_err(|e| {
         state.metrics.refusals.inc(match e {
             crate::store::StoreError::Conflict { .. } => "conflict",
@@ -540,6 +547,29 @@ fn answer(
         warnings: a.warnings.clone(),
         receipt: String::new(),
     })
+}
+
+/// A publish refused because the store holds another bulletin of the same
+/// publisher under its id: both are signed, so together they are evidence
+/// of equivocation, kept as a relayed conflict is (`node::evidence`).
+fn keep_equivocation(state: &NodeState, peer: &PeerInfo, publisher: &str, id: &str, bytes: &[u8]) {
+    let held = match state.store.lookup(publisher, id) {
+        Ok(Some((seq, _))) => state.store.get(seq).ok().flatten(),
+        _ => None,
+    };
+    let (Some(held), Ok(new)) = (held, crate::domain::bulletin::codec::decode_envelope(bytes))
+    else {
+        return;
+    };
+    let Ok(held) = crate::domain::bulletin::codec::decode_envelope(&held.envelope) else {
+        return;
+    };
+    if let Err(e) = state
+        .evidence
+        .record(&held, &new, &format!("published by {}", peer.identity))
+    {
+        warn!(peer = %peer.identity, error = %e, "no evidence kept of a conflicting publish");
+    }
 }
 
 /// A publish in progress: its answer, once durable.

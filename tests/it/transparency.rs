@@ -1161,3 +1161,49 @@ async fn a_node_restored_from_an_old_backup_announces_a_new_log() {
     );
     node.stop().await;
 }
+
+/// A publisher that sends a second, different bulletin under an id the node
+/// holds is refused, and the node keeps both as evidence all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_publish_is_refused_and_kept_as_evidence() {
+    let Solo {
+        pki: _pki,
+        node,
+        ca,
+        files,
+    } = solo().await;
+    let signer = signer(&files);
+    let first = bulletin("fr.anssi", "the first");
+    let mut other = first.clone();
+    other.title = "something else under the same id".into();
+    let mut c = member(node.addr, &files, &ca).await;
+    c.reader
+        .publish_envelope(&signer.sign(first.to_bytes()).expect("sign"))
+        .await
+        .expect("publish");
+    let e = c
+        .reader
+        .publish_envelope(&signer.sign(other.to_bytes()).expect("sign"))
+        .await
+        .expect_err("a conflict");
+    assert!(format!("{e}").contains("already exists"), "{e}");
+    let mut b = beacon::net::client::BulletinsClient::new(
+        dial(node.addr, &files, &ca).await.expect("dial"),
+    );
+    let r = b
+        .get(pb::GetRequest {
+            id: first.id.clone(),
+            publisher: "fr.anssi".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let q = r.equivocation.expect("kept as evidence");
+    assert!(
+        q.source.starts_with("published by spiffe://"),
+        "{}",
+        q.source
+    );
+    assert_eq!(q.envelopes.len(), 2);
+    node.stop().await;
+}
