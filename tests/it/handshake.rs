@@ -643,7 +643,7 @@ async fn probes_are_counted_quietly_and_refusals_read_as_sentences() {
         .collect();
     assert!(
         refusals.len() >= 2 && refusals.len() <= 4,
-        "one line per refused handshake, none per probe: {refusals:#?}"
+        "one line per refused handshake, none per probe: {refusals:#?}\nthe whole log:\n{log}"
     );
     for line in &refusals {
         assert!(
