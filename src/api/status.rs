@@ -60,9 +60,13 @@ pub fn store(e: &StoreError) -> Status {
         StoreError::Corrupt { .. } | StoreError::RolledBack { .. } | StoreError::Torn(_) => {
             Status::data_loss(msg)
         }
-        StoreError::Closed | StoreError::Failed(_) => Status::unavailable(msg),
+        StoreError::Closed | StoreError::Failed(_) | StoreError::Unavailable(_) => {
+            Status::unavailable(msg)
+        }
         StoreError::DiskFull { .. } => Status::resource_exhausted(msg),
-        StoreError::Io(_) | StoreError::NewerFormat { .. } => Status::internal(msg),
+        StoreError::Io(_) | StoreError::NewerFormat { .. } | StoreError::NewerSchema { .. } => {
+            Status::internal(msg)
+        }
         StoreError::BeyondHead { .. } => Status::out_of_range(msg),
         StoreError::Proof(crate::tlog::merkle::ProofError::Missing { .. }) => {
             Status::data_loss(msg)

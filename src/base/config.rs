@@ -254,6 +254,11 @@ pub struct StoreConfig {
     /// Free space (MiB) kept on the store's filesystem: publishes are refused
     /// below it and resume once space is freed (0: none).
     pub reserve_mb: u64,
+    /// Where the log is kept: `sled`, embedded in `data_dir` (the default),
+    /// or `postgres`, a PostgreSQL database (`[store.postgres]`).
+    pub engine: EngineKind,
+    /// The database of the `postgres` engine.
+    pub postgres: Option<PostgresConfig>,
 }
 
 impl Default for StoreConfig {
@@ -262,7 +267,62 @@ impl Default for StoreConfig {
             cache_mb: 16,
             max_batch: 1024,
             reserve_mb: 256,
+            engine: EngineKind::Sled,
+            postgres: None,
         }
+    }
+}
+
+/// The store's engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Sled,
+    Postgres,
+}
+
+/// `[store.postgres]`: the database that holds the log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A libpq connection string or URL (`postgresql://beacon@db:5432/beacon`,
+    /// several hosts with `target_session_attrs=read-write` to follow a
+    /// failover). `sslmode` is taken from `ca`: TLS is required when it is set.
+    pub url: String,
+    /// A file holding the password (read at start), instead of one in `url`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The PostgreSQL schema the store's tables live in (one store per
+    /// schema): letters, digits and `_`, starting with a letter.
+    #[serde(default = "PostgresConfig::default_schema")]
+    pub schema: String,
+    /// CA certificate(s) (PEM) the database server's certificate must chain
+    /// to; when set, the connection uses TLS and verifies the server's name.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// A client certificate chain and key (PEM) for the database, if it asks.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Connections for reads (the writer has one more of its own).
+    #[serde(default = "PostgresConfig::default_connections")]
+    pub connections: usize,
+    /// How long any one request to the database may take before the node
+    /// gives up on it (and refuses what waited on it), in milliseconds.
+    #[serde(default = "PostgresConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl PostgresConfig {
+    fn default_schema() -> String {
+        "beacon".into()
+    }
+    fn default_connections() -> usize {
+        4
+    }
+    fn default_timeout_ms() -> u64 {
+        10_000
     }
 }
 
@@ -524,6 +584,14 @@ impl Config {
         }
         fix(&mut self.node.cert);
         fix(&mut self.node.key);
+        if let Some(pg) = &mut self.store.postgres {
+            for p in [&mut pg.password_file, &mut pg.ca, &mut pg.cert, &mut pg.key]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
         for t in &mut self.trust {
             fix(&mut t.ca);
             if let Some(crl) = &mut t.crl {
@@ -533,6 +601,46 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        match (self.store.engine, &self.store.postgres) {
+            (EngineKind::Postgres, None) => {
+                return Err(ConfigError::Invalid(
+                    "store.engine = \"postgres\" needs a [store.postgres] section with its url".into(),
+                ))
+            }
+            (EngineKind::Sled, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "[store.postgres] is set but store.engine is \"sled\": set store.engine = \"postgres\" to use it".into(),
+                ))
+            }
+            (_, Some(pg)) => {
+                let mut chars = pg.schema.chars();
+                let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+                    && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    && pg.schema.len() <= 40;
+                if !ok {
+                    return Err(ConfigError::Invalid(format!(
+                        "store.postgres.schema {:?}: up to 40 lowercase letters, digits and _, starting with a letter",
+                        pg.schema
+                    )));
+                }
+                if pg.connections == 0 || pg.connections > 64 {
+                    return Err(ConfigError::Invalid(
+                        "store.postgres.connections must be between 1 and 64".into(),
+                    ));
+                }
+                if pg.timeout_ms < 100 {
+                    return Err(ConfigError::Invalid(
+                        "store.postgres.timeout_ms must be at least 100".into(),
+                    ));
+                }
+                if pg.cert.is_some() != pg.key.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "store.postgres.cert and key go together".into(),
+                    ));
+                }
+            }
+            (EngineKind::Sled, None) => {}
+        }
         for c in &self.taxii.collections {
             if !matches!(c.markings.as_str(), "oasis-tlp2" | "opencti") {
                 return Err(ConfigError::Invalid(format!(

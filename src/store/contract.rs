@@ -26,9 +26,57 @@ fn sled(dir: &Path) -> Arc<dyn Engine> {
         .0
 }
 
-/// Every engine, by name.
+/// PostgreSQL, where the tests have one (`BEACON_TEST_PG_URL`, as
+/// `scripts/pg-cluster` starts it): one schema per directory, so a reopen
+/// finds what was written.
+fn postgres(dir: &Path) -> Arc<dyn Engine> {
+    let url = std::env::var("BEACON_TEST_PG_URL").expect("BEACON_TEST_PG_URL");
+    engine::open(dir, &pg_options(&url, &test_schema(dir)))
+        .expect("open the engine")
+        .0
+}
+
+/// A schema name of its own for a test's directory.
+pub(crate) fn test_schema(dir: &Path) -> String {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        dir.as_os_str().as_encoded_bytes(),
+    );
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t_{hex}")
+}
+
+pub(crate) fn pg_options(url: &str, schema: &str) -> StoreOptions {
+    let mut config = crate::base::config::StoreConfig {
+        engine: crate::base::config::EngineKind::Postgres,
+        ..Default::default()
+    };
+    config.postgres = Some(
+        toml::from_str(&format!(
+            "url = {url:?}\nschema = {schema:?}\ntimeout_ms = 5000"
+        ))
+        .expect("settings"),
+    );
+    StoreOptions::new(&config, spans())
+}
+
+/// Every engine, by name: PostgreSQL where the tests have one, and it
+/// must when `BEACON_REQUIRE_PG=1` (CI).
 fn engines() -> Vec<(&'static str, Opener)> {
-    vec![("sled", sled as Opener)]
+    let mut all = vec![("sled", sled as Opener)];
+    match std::env::var("BEACON_TEST_PG_URL") {
+        Ok(_) => all.push(("postgres", postgres as Opener)),
+        Err(_) if std::env::var("BEACON_REQUIRE_PG").as_deref() == Ok("1") => {
+            panic!(
+                "BEACON_REQUIRE_PG=1 but BEACON_TEST_PG_URL is not set (scripts/pg-cluster start)"
+            )
+        }
+        Err(_) => eprintln!("no PostgreSQL (BEACON_TEST_PG_URL): the contract runs on sled only"),
+    }
+    all
 }
 
 /// Runs `check` on a fresh engine of every kind.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::record::Position;
-use super::{StoreError, StoreOptions};
+use super::{EngineChoice, StoreError, StoreOptions};
 
 /// What an open of an engine applied again after an unclean stop (an
 /// engine with a log of its own: frames after its last checkpoint).
@@ -32,14 +32,23 @@ pub(crate) struct Recovery {
 
 /// Opens the engine a store in `dir` is kept in: the one place that names
 /// an engine. The embedded engine keeps its files under `dir/sled` and its
-/// write-ahead log under `dir/wal`.
+/// write-ahead log under `dir/wal`; PostgreSQL keeps the log in the
+/// database and schema its settings name.
 pub(crate) fn open(
     dir: &Path,
     opts: &StoreOptions,
 ) -> Result<(Arc<dyn Engine>, Recovery), StoreError> {
-    let (engine, recovery) =
-        super::sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
-    Ok((Arc::new(engine), recovery))
+    match &opts.engine {
+        EngineChoice::Sled => {
+            let (engine, recovery) =
+                super::sled_engine::SledEngine::open(&dir.join("sled"), opts.cache_bytes)?;
+            Ok((Arc::new(engine), recovery))
+        }
+        EngineChoice::Postgres(settings) => Ok((
+            Arc::new(super::pg_engine::PgEngine::open(settings)?),
+            Recovery::default(),
+        )),
+    }
 }
 
 /// One atomic write: all of it becomes visible together, and durable together

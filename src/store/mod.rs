@@ -46,6 +46,7 @@ mod commit;
 mod contract;
 mod durable;
 mod engine;
+mod pg_engine;
 mod record;
 pub mod retention;
 mod sled_engine;
@@ -118,6 +119,14 @@ pub enum StoreError {
     DiskFull { free: u64, reserve: u64 },
     #[error("the store is shut down")]
     Closed,
+    #[error("{0}; publishes are refused until it answers again, and nothing unacknowledged was taken for durable")]
+    Unavailable(String),
+    #[error("the store's {at} has layout {found}, newer than this version of Beacon reads (up to {supported}): run the version that made it")]
+    NewerSchema {
+        at: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("{0}")]
     Proof(#[from] crate::tlog::merkle::ProofError),
     #[error("a tree of {size} entries is beyond the log's committed head, {head}")]
@@ -221,6 +230,18 @@ pub struct StoreOptions {
     pub node: Option<String>,
     /// The acceptance time each record reserves after it.
     pub spans: Spans,
+    /// The engine that keeps the log, and its settings.
+    pub engine: EngineChoice,
+}
+
+/// The engine a store is kept in.
+#[derive(Debug, Clone)]
+pub enum EngineChoice {
+    /// Embedded, in the store's directory.
+    Sled,
+    /// A PostgreSQL database (the store's directory keeps only the
+    /// acknowledged head and its lock).
+    Postgres(crate::base::config::PostgresConfig),
 }
 
 /// The acceptance time, in microseconds, that each record reserves after
@@ -264,6 +285,12 @@ impl StoreOptions {
             reserve_bytes: c.reserve_mb * 1024 * 1024,
             node: None,
             spans,
+            engine: match (&c.engine, &c.postgres) {
+                (crate::base::config::EngineKind::Postgres, Some(pg)) => {
+                    EngineChoice::Postgres(pg.clone())
+                }
+                _ => EngineChoice::Sled,
+            },
         }
     }
 

@@ -1,0 +1,1136 @@
+//! The hub's engine: the log in PostgreSQL (`[store] engine = "postgres"`).
+//!
+//! The same promises as the embedded engine, kept by the database: a write
+//! is one transaction; the group commit's staged batches wait in memory and
+//! go to the database in one transaction per sync (so one commit, with
+//! `synchronous_commit = on` forced for the session, makes a round
+//! durable — on the synchronous standby too when the database has one);
+//! cursor moves wait for the same commit. Nothing is decided here: the
+//! store above assigns sequences, dedupes and keeps the acknowledged head.
+//!
+//! The engine's interface is synchronous (the store calls it from its own
+//! threads and from the runtime's workers, as it reads sled in place), so
+//! the asynchronous client (`tokio-postgres`) runs on a small runtime of
+//! its own: each call is a task there, under the configured timeout, whose
+//! answer the caller waits for. A database that does not answer in time, or
+//! whose connection is gone, is `Unavailable` (publishes are refused as
+//! `UNAVAILABLE`, never acknowledged); a connection that died is made again
+//! at the next call.
+//!
+//! Tables, in the configured schema (version [`SCHEMA`], kept in `meta`
+//! and migrated by Beacon itself; a schema from a newer Beacon is refused):
+//! `meta` (key → bytes: `schema`, `head`, `format`, `log`, `node`),
+//! `records`, `tombstones` and `successors` (sequence → bytes), `expiries`
+//! (expires_at, sequence), `ids` ((publisher, id) → index entry, and by
+//! id), `positions` (space, identity, name → sequence and log), `tree`
+//! ((level, index) → hash). Values are the bytes `store::record` encodes,
+//! with their CRC32, as in every engine.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use super::engine::{Engine, RecordIter, Space, WriteSet};
+use super::record::{LogId, Position};
+use super::StoreError;
+use crate::base::config::PostgresConfig;
+
+/// The layout of the tables this version of Beacon writes.
+pub(crate) const SCHEMA: u32 = 1;
+
+/// Rows read per request by a scan of records or tombstones.
+const PAGE: i64 = 512;
+
+/// How long the size of the tables is taken as known.
+const SIZE_FRESH: Duration = Duration::from_secs(5);
+
+/// Key of the advisory lock that serialises migrations of one schema.
+fn migration_lock(schema: &str) -> i64 {
+    // FNV-1a: stable across versions and processes (not Rust's hasher).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"beacon-migrate:".iter().chain(schema.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// A sequence or time as PostgreSQL's `int8` (they are far below 2^63;
+/// bounds above it are clamped).
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A database error as the store's: lost connections, timeouts, a server
+/// shutting down or read-only (a standby) are `Unavailable` (nothing was
+/// acknowledged that was not durable; try again once it is back); anything
+/// else the database refused is an I/O error naming it.
+fn db(what: &str, e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(d) => {
+            let code = d.code().code();
+            let class = &code[..2.min(code.len())];
+            let gone = matches!(class, "08" | "53" | "57" | "25" | "40") || code == "55006";
+            let msg = format!(
+                "the store's database refused {what}: {} (SQLSTATE {code})",
+                d.message()
+            );
+            match gone {
+                true => StoreError::Unavailable(msg),
+                false => StoreError::Io(msg),
+            }
+        }
+        None => StoreError::Unavailable(format!("the store's database, {what}: {e}")),
+    }
+}
+
+/// The statements of one connection, prepared once when it is made.
+struct Stmts {
+    record: Statement,
+    records: Statement,
+    tombstone: Statement,
+    tombstones: Statement,
+    successors: Statement,
+    expiring: Statement,
+    index: Statement,
+    index_by_id: Statement,
+    meta: Statement,
+    last: Statement,
+    cursor: Statement,
+    cursors: Statement,
+    tree: Statement,
+    put_records: Statement,
+    put_successors: Statement,
+    put_expiries: Statement,
+    put_tombstones: Statement,
+    del_records: Statement,
+    del_successors: Statement,
+    del_expiries: Statement,
+    put_index: Statement,
+    put_tree: Statement,
+    put_meta: Statement,
+    advance: Statement,
+    replace: Statement,
+    remove: Statement,
+}
+
+impl Stmts {
+    async fn prepare(c: &Client, s: &str) -> Result<Stmts, tokio_postgres::Error> {
+        let p = |sql: String| async move { c.prepare(&sql).await };
+        Ok(Stmts {
+            record: p(format!("SELECT body FROM {s}.records WHERE seq = $1")).await?,
+            records: p(format!(
+                "SELECT seq, body FROM {s}.records WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+            ))
+            .await?,
+            tombstone: p(format!("SELECT body FROM {s}.tombstones WHERE seq = $1")).await?,
+            tombstones: p(format!(
+                "SELECT seq, body FROM {s}.tombstones WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+            ))
+            .await?,
+            successors: p(format!(
+                "SELECT seq, body FROM {s}.successors WHERE seq >= $1 AND seq <= $2 ORDER BY seq"
+            ))
+            .await?,
+            expiring: p(format!(
+                "SELECT expires_at, seq FROM {s}.expiries WHERE (expires_at, seq) >= ($1, $2) \
+                 AND expires_at <= $3 ORDER BY expires_at, seq LIMIT $4"
+            ))
+            .await?,
+            index: p(format!(
+                "SELECT entry FROM {s}.ids WHERE publisher = $1 AND id = $2"
+            ))
+            .await?,
+            index_by_id: p(format!(
+                "SELECT publisher, entry FROM {s}.ids WHERE id = $1 ORDER BY publisher LIMIT $2"
+            ))
+            .await?,
+            meta: p(format!("SELECT value FROM {s}.meta WHERE key = $1")).await?,
+            last: p(format!(
+                "SELECT GREATEST((SELECT max(seq) FROM {s}.records), (SELECT max(seq) FROM {s}.tombstones))"
+            ))
+            .await?,
+            cursor: p(format!(
+                "SELECT seq, log FROM {s}.positions WHERE space = $1 AND identity = $2 AND name = $3"
+            ))
+            .await?,
+            cursors: p(format!(
+                "SELECT identity, name, seq, log FROM {s}.positions WHERE space = $1 ORDER BY identity, name"
+            ))
+            .await?,
+            tree: p(format!(
+                "SELECT hash FROM {s}.tree WHERE level = $1 AND idx = $2"
+            ))
+            .await?,
+            put_records: p(format!(
+                "INSERT INTO {s}.records (seq, body) SELECT * FROM unnest($1::int8[], $2::bytea[]) \
+                 ON CONFLICT (seq) DO UPDATE SET body = excluded.body"
+            ))
+            .await?,
+            put_successors: p(format!(
+                "INSERT INTO {s}.successors (seq, body) SELECT * FROM unnest($1::int8[], $2::bytea[]) \
+                 ON CONFLICT (seq) DO UPDATE SET body = excluded.body"
+            ))
+            .await?,
+            put_expiries: p(format!(
+                "INSERT INTO {s}.expiries (expires_at, seq) SELECT * FROM unnest($1::int8[], $2::int8[]) \
+                 ON CONFLICT DO NOTHING"
+            ))
+            .await?,
+            put_tombstones: p(format!(
+                "INSERT INTO {s}.tombstones (seq, body) SELECT * FROM unnest($1::int8[], $2::bytea[]) \
+                 ON CONFLICT (seq) DO UPDATE SET body = excluded.body"
+            ))
+            .await?,
+            del_records: p(format!("DELETE FROM {s}.records WHERE seq = ANY($1)")).await?,
+            del_successors: p(format!("DELETE FROM {s}.successors WHERE seq = ANY($1)")).await?,
+            del_expiries: p(format!(
+                "DELETE FROM {s}.expiries WHERE (expires_at, seq) IN \
+                 (SELECT * FROM unnest($1::int8[], $2::int8[]))"
+            ))
+            .await?,
+            put_index: p(format!(
+                "INSERT INTO {s}.ids (publisher, id, entry) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) \
+                 ON CONFLICT (publisher, id) DO UPDATE SET entry = excluded.entry"
+            ))
+            .await?,
+            put_tree: p(format!(
+                "INSERT INTO {s}.tree (level, idx, hash) \
+                 SELECT * FROM unnest($1::int2[], $2::int8[], $3::bytea[]) \
+                 ON CONFLICT (level, idx) DO UPDATE SET hash = excluded.hash"
+            ))
+            .await?,
+            put_meta: p(format!(
+                "INSERT INTO {s}.meta (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            ))
+            .await?,
+            // `Position::advanced` in SQL: forward on the same log (or one
+            // of no known log), replaced by a position on another.
+            advance: p(format!(
+                "INSERT INTO {s}.positions AS p (space, identity, name, seq, log) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (space, identity, name) DO UPDATE SET \
+                 seq = CASE WHEN excluded.log IS NULL OR p.log IS NULL OR p.log = excluded.log \
+                       THEN GREATEST(p.seq, excluded.seq) ELSE excluded.seq END, \
+                 log = COALESCE(excluded.log, p.log)"
+            ))
+            .await?,
+            replace: p(format!(
+                "INSERT INTO {s}.positions (space, identity, name, seq, log) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (space, identity, name) DO UPDATE SET seq = excluded.seq, log = excluded.log"
+            ))
+            .await?,
+            remove: p(format!(
+                "DELETE FROM {s}.positions WHERE space = $1 AND identity = $2 AND name = $3"
+            ))
+            .await?,
+        })
+    }
+}
+
+/// A connection and its statements.
+struct Conn {
+    client: Client,
+    st: Stmts,
+}
+
+/// How the engine reaches its database.
+struct Dial {
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    schema: String,
+    /// Where it is, for messages (hosts and database, no password).
+    name: String,
+}
+
+impl Dial {
+    fn new(c: &PostgresConfig) -> Result<Dial, StoreError> {
+        let bad = |m: String| StoreError::Io(format!("[store.postgres] {m}"));
+        let mut config: tokio_postgres::Config = c
+            .url
+            .parse()
+            .map_err(|e| bad(format!("url is not a connection string or URL: {e}")))?;
+        if let Some(file) = &c.password_file {
+            let pw = std::fs::read_to_string(file)
+                .map_err(|e| bad(format!("password_file {}: {e}", file.display())))?;
+            config.password(pw.trim_end_matches(['\r', '\n']));
+        }
+        let tls = match &c.ca {
+            Some(ca) => {
+                let certs = crate::trust::read_certs(ca).map_err(|e| bad(format!("ca: {e}")))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in certs {
+                    roots
+                        .add(cert)
+                        .map_err(|e| bad(format!("ca {}: {e}", ca.display())))?;
+                }
+                let builder =
+                    rustls::ClientConfig::builder_with_provider(crate::trust::tls::provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| bad(format!("TLS: {e}")))?
+                        .with_root_certificates(roots);
+                let tls = match (&c.cert, &c.key) {
+                    (Some(cert), Some(key)) => {
+                        let chain = crate::trust::read_certs(cert)
+                            .map_err(|e| bad(format!("cert: {e}")))?;
+                        let key = crate::trust::tls::load_key(key)
+                            .map_err(|e| bad(format!("key: {e}")))?;
+                        builder
+                            .with_client_auth_cert(chain, key)
+                            .map_err(|e| bad(format!("cert and key: {e}")))?
+                    }
+                    _ => builder.with_no_client_auth(),
+                };
+                if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+                    return Err(bad("sets a ca but its url says sslmode=disable".into()));
+                }
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+            }
+            None => {
+                if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                    return Err(bad(
+                        "url asks for sslmode=require: set ca, the CA the database's certificate chains to"
+                            .into(),
+                    ));
+                }
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+        };
+        config.application_name("beacon");
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        // A database that vanished without closing the connection is noticed.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        let name = format!(
+            "{} (database {})",
+            hosts.join(","),
+            config.get_dbname().unwrap_or("default")
+        );
+        Ok(Dial {
+            config,
+            tls,
+            schema: c.schema.clone(),
+            name,
+        })
+    }
+
+    /// A new client, its connection driven on the engine's runtime, with
+    /// the session settings every connection has.
+    async fn client(&self) -> Result<Client, StoreError> {
+        let fail = |e: tokio_postgres::Error| {
+            StoreError::Unavailable(format!(
+                "cannot reach the store's database at {}: {e}",
+                self.name
+            ))
+        };
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await.map_err(fail)?;
+                tokio::spawn(conn);
+                client
+            }
+            None => {
+                let (client, conn) = self
+                    .config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(fail)?;
+                tokio::spawn(conn);
+                client
+            }
+        };
+        // Durable before it returns, on the synchronous standby too when the
+        // database has one, whatever the server's default.
+        client
+            .batch_execute("SET synchronous_commit = on; SET statement_timeout = 0")
+            .await
+            .map_err(|e| db("the session's settings", e))?;
+        Ok(client)
+    }
+
+    /// A new connection with its statements prepared.
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        let client = self.client().await?;
+        let st = Stmts::prepare(&client, &self.schema)
+            .await
+            .map_err(|e| db("the store's statements", e))?;
+        Ok(Conn { client, st })
+    }
+
+    /// Creates the schema's tables, or checks and migrates them.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let s = &self.schema;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| db("a transaction", e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&migration_lock(s)])
+            .await
+            .map_err(|e| db("the migration lock", e))?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; \
+             CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value bytea NOT NULL)"
+        ))
+        .await
+        .map_err(|e| db(&format!("creating schema {s}"), e))?;
+        let found = tx
+            .query_opt(
+                &format!("SELECT value FROM {s}.meta WHERE key = 'schema'"),
+                &[],
+            )
+            .await
+            .map_err(|e| db("the schema's version", e))?
+            .map(|row| row.get::<_, Vec<u8>>(0))
+            .map(|v| {
+                v.as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Torn(format!("schema {s}'s version is damaged")))
+            })
+            .transpose()?;
+        match found {
+            Some(v) if v > SCHEMA => {
+                return Err(StoreError::NewerSchema {
+                    at: format!("schema {s} of {}", self.name),
+                    found: v,
+                    supported: SCHEMA,
+                })
+            }
+            Some(SCHEMA) => {}
+            // Version 1 is the first: a schema without one is new.
+            _ => {
+                tx.batch_execute(&format!(
+                    "CREATE TABLE {s}.records (seq int8 PRIMARY KEY, body bytea NOT NULL); \
+                     CREATE TABLE {s}.tombstones (seq int8 PRIMARY KEY, body bytea NOT NULL); \
+                     CREATE TABLE {s}.successors (seq int8 PRIMARY KEY, body bytea NOT NULL); \
+                     CREATE TABLE {s}.expiries (expires_at int8, seq int8, PRIMARY KEY (expires_at, seq)); \
+                     CREATE TABLE {s}.ids (publisher text, id text, entry bytea NOT NULL, PRIMARY KEY (publisher, id)); \
+                     CREATE INDEX ids_by_id ON {s}.ids (id, publisher); \
+                     CREATE TABLE {s}.positions (space int2, identity text, name text, seq int8 NOT NULL, log bytea, \
+                        PRIMARY KEY (space, identity, name)); \
+                     CREATE TABLE {s}.tree (level int2, idx int8, hash bytea NOT NULL, PRIMARY KEY (level, idx)); \
+                     ALTER TABLE {s}.records ALTER body SET STORAGE EXTERNAL"
+                ))
+                .await
+                .map_err(|e| db(&format!("creating the tables of schema {s}"), e))?;
+                tx.execute(
+                    &format!("INSERT INTO {s}.meta (key, value) VALUES ('schema', $1)"),
+                    &[&SCHEMA.to_be_bytes().to_vec()],
+                )
+                .await
+                .map_err(|e| db("the schema's version", e))?;
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| db("the schema's migration", e))?;
+        Ok(())
+    }
+}
+
+/// A cursor move waiting for the next sync.
+#[derive(Debug, Clone, Copy)]
+enum CursorOp {
+    /// Forward from what the database holds (`Position::advanced`).
+    Advance(Position),
+    /// Removed, then maybe set again: what the database holds is gone.
+    Replace(Option<Position>),
+}
+
+type CursorKey = (u8, String, String);
+
+fn space_no(space: Space) -> u8 {
+    match space {
+        Space::Subscriptions => 0,
+        Space::Links => 1,
+    }
+}
+
+/// What waits for the next sync.
+#[derive(Default)]
+struct Waiting {
+    sets: Vec<WriteSet>,
+    cursors: BTreeMap<CursorKey, CursorOp>,
+}
+
+struct Shared {
+    dial: Dial,
+    timeout: Duration,
+    /// Connections for reads (a new one is made when one has died).
+    readers: Vec<parking_lot::RwLock<Option<Arc<Conn>>>>,
+    next: AtomicUsize,
+    /// The connection that writes, one transaction at a time.
+    writer: tokio::sync::Mutex<Option<Conn>>,
+    waiting: parking_lot::Mutex<Waiting>,
+    /// Commits in the order their sets were staged (held by the caller
+    /// across a commit, so a sync and a write never overtake each other).
+    order: parking_lot::Mutex<()>,
+    size: parking_lot::Mutex<Option<(Instant, u64)>>,
+}
+
+impl Shared {
+    async fn reader(&self) -> Result<Arc<Conn>, StoreError> {
+        let slot = &self.readers[self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len()];
+        if let Some(c) = slot.read().as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(self.dial.connect().await?);
+        *slot.write() = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// The PostgreSQL engine.
+pub(crate) struct PgEngine {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+}
+
+impl Drop for PgEngine {
+    fn drop(&mut self) {
+        // Dropped maybe inside another runtime: never block here.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl PgEngine {
+    /// Connects, creates or migrates the schema, and checks it can be read.
+    pub fn open(c: &PostgresConfig) -> Result<PgEngine, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("beacon-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io(format!("the database client's runtime: {e}")))?;
+        let shared = Arc::new(Shared {
+            dial: Dial::new(c)?,
+            timeout: Duration::from_millis(c.timeout_ms),
+            readers: (0..c.connections.max(1))
+                .map(|_| parking_lot::RwLock::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+            writer: tokio::sync::Mutex::new(None),
+            waiting: parking_lot::Mutex::new(Waiting::default()),
+            order: parking_lot::Mutex::new(()),
+            size: parking_lot::Mutex::new(None),
+        });
+        let engine = PgEngine {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            shared,
+        };
+        engine.run("the schema's migration", |s| async move {
+            s.dial.migrate().await?;
+            let conn = s.dial.connect().await?;
+            *s.writer.lock().await = Some(conn);
+            Ok(())
+        })?;
+        Ok(engine)
+    }
+
+    /// Runs `f` on the engine's runtime under the timeout and waits for it.
+    fn run<T, F>(&self, what: &str, f: impl FnOnce(Arc<Shared>) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let timeout = self.shared.timeout;
+        let fut = f(self.shared.clone());
+        let late = format!(
+            "the store's database at {} did not answer {what} within {} ms",
+            self.shared.dial.name,
+            timeout.as_millis()
+        );
+        self.handle.spawn(async move {
+            let r = match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable(late)),
+            };
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// A read on one of the read connections.
+    fn read<T, F>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(Arc<Conn>) -> F + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
+    {
+        self.run(what, move |s| async move {
+            let conn = s.reader().await?;
+            f(conn).await.map_err(|e| db(what, e))
+        })
+    }
+
+    fn meta(&self, key: &'static str) -> Result<Option<Bytes>, StoreError> {
+        self.read("the store's markers", move |c| async move {
+            Ok(c.client
+                .query_opt(&c.st.meta, &[&key])
+                .await?
+                .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+        })
+    }
+
+    /// Commits `sets` and the waiting cursor moves in one transaction, in
+    /// the order they came.
+    fn commit(
+        &self,
+        sets: Vec<WriteSet>,
+        cursors: BTreeMap<CursorKey, CursorOp>,
+    ) -> Result<(), StoreError> {
+        if sets.is_empty() && cursors.is_empty() {
+            return Ok(());
+        }
+        self.run("a commit", move |s| async move {
+            let mut guard = s.writer.lock().await;
+            if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+                *guard = Some(s.dial.connect().await?);
+            }
+            let Some(conn) = guard.as_mut() else {
+                return Err(StoreError::Closed);
+            };
+            let result = commit_in(conn, &sets, &cursors).await;
+            if result.is_err() {
+                // Its state is unknown (a commit that failed may have been
+                // applied or not): the next commit starts on a new one.
+                *guard = None;
+            }
+            result
+        })?;
+        *self.shared.size.lock() = None;
+        Ok(())
+    }
+}
+
+/// Values of one key kept once, the last written (PostgreSQL refuses to
+/// update one row twice in one statement).
+fn last_wins<K: Ord + Clone, V>(items: impl IntoIterator<Item = (K, V)>) -> Vec<(K, V)> {
+    let mut m = BTreeMap::new();
+    for (k, v) in items {
+        m.insert(k, v);
+    }
+    m.into_iter().collect()
+}
+
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// The statements that apply `set`, in the order the embedded engine
+/// applies its operations.
+fn statements(st: &Stmts, set: &WriteSet, out: &mut Vec<(Statement, Params)>) {
+    let seqs = |v: &[(u64, Vec<u8>)]| -> Params {
+        let v = last_wins(v.iter().map(|(k, b)| (*k, b.clone())));
+        vec![
+            Box::new(v.iter().map(|(k, _)| i(*k)).collect::<Vec<i64>>()),
+            Box::new(v.into_iter().map(|(_, b)| b).collect::<Vec<Vec<u8>>>()),
+        ]
+    };
+    if !set.records.is_empty() {
+        out.push((st.put_records.clone(), seqs(&set.records)));
+    }
+    if !set.successors.is_empty() {
+        out.push((st.put_successors.clone(), seqs(&set.successors)));
+    }
+    if !set.expiries.is_empty() {
+        out.push((
+            st.put_expiries.clone(),
+            vec![
+                Box::new(
+                    set.expiries
+                        .iter()
+                        .map(|(at, _)| i(*at))
+                        .collect::<Vec<i64>>(),
+                ),
+                Box::new(
+                    set.expiries
+                        .iter()
+                        .map(|(_, s)| i(*s))
+                        .collect::<Vec<i64>>(),
+                ),
+            ],
+        ));
+    }
+    if !set.pruned.is_empty() {
+        let tombs: Vec<(u64, Vec<u8>)> = set
+            .pruned
+            .iter()
+            .map(|p| (p.seq, p.tombstone.clone()))
+            .collect();
+        out.push((st.put_tombstones.clone(), seqs(&tombs)));
+        let pruned: Vec<i64> = set.pruned.iter().map(|p| i(p.seq)).collect();
+        out.push((st.del_records.clone(), vec![Box::new(pruned.clone())]));
+        out.push((st.del_successors.clone(), vec![Box::new(pruned)]));
+        let expiring: Vec<(i64, i64)> = set
+            .pruned
+            .iter()
+            .filter_map(|p| p.expires.map(|e| (i(e), i(p.seq))))
+            .collect();
+        if !expiring.is_empty() {
+            out.push((
+                st.del_expiries.clone(),
+                vec![
+                    Box::new(expiring.iter().map(|(e, _)| *e).collect::<Vec<i64>>()),
+                    Box::new(expiring.iter().map(|(_, s)| *s).collect::<Vec<i64>>()),
+                ],
+            ));
+        }
+    }
+    if !set.index.is_empty() {
+        let v = last_wins(
+            set.index
+                .iter()
+                .map(|(p, id, e)| ((p.clone(), id.clone()), e.clone())),
+        );
+        out.push((
+            st.put_index.clone(),
+            vec![
+                Box::new(
+                    v.iter()
+                        .map(|((p, _), _)| p.clone())
+                        .collect::<Vec<String>>(),
+                ),
+                Box::new(
+                    v.iter()
+                        .map(|((_, id), _)| id.clone())
+                        .collect::<Vec<String>>(),
+                ),
+                Box::new(v.into_iter().map(|(_, e)| e).collect::<Vec<Vec<u8>>>()),
+            ],
+        ));
+    }
+    if !set.tree.is_empty() {
+        let v = last_wins(set.tree.iter().map(|(l, x, h)| ((*l, *x), h.to_vec())));
+        out.push((
+            st.put_tree.clone(),
+            vec![
+                Box::new(
+                    v.iter()
+                        .map(|((l, _), _)| i16::from(*l))
+                        .collect::<Vec<i16>>(),
+                ),
+                Box::new(v.iter().map(|((_, x), _)| i(*x)).collect::<Vec<i64>>()),
+                Box::new(v.into_iter().map(|(_, h)| h).collect::<Vec<Vec<u8>>>()),
+            ],
+        ));
+    }
+    let mut meta = |key: &'static str, value: Vec<u8>| {
+        out.push((st.put_meta.clone(), vec![Box::new(key), Box::new(value)]));
+    };
+    if let Some(h) = set.head {
+        meta("head", h.to_be_bytes().to_vec());
+    }
+    if let Some(f) = set.format {
+        meta("format", f.to_be_bytes().to_vec());
+    }
+    if let Some(l) = &set.log {
+        meta("log", l.clone());
+    }
+    if let Some(n) = &set.node {
+        meta("node", n.clone());
+    }
+}
+
+fn cursor_params(key: &CursorKey, pos: Option<Position>) -> Params {
+    let mut p: Params = vec![
+        Box::new(i16::from(key.0)),
+        Box::new(key.1.clone()),
+        Box::new(key.2.clone()),
+    ];
+    if let Some(pos) = pos {
+        p.push(Box::new(i(pos.seq)));
+        p.push(Box::new(pos.log.map(|l| l.0.to_vec())));
+    }
+    p
+}
+
+/// One transaction: every statement sent at once (pipelined, executed in
+/// order), then the commit.
+async fn commit_in(
+    conn: &mut Conn,
+    sets: &[WriteSet],
+    cursors: &BTreeMap<CursorKey, CursorOp>,
+) -> Result<(), StoreError> {
+    let mut ops: Vec<(Statement, Params)> = Vec::new();
+    for set in sets {
+        statements(&conn.st, set, &mut ops);
+    }
+    for (key, op) in cursors {
+        match op {
+            CursorOp::Advance(pos) => {
+                ops.push((conn.st.advance.clone(), cursor_params(key, Some(*pos))))
+            }
+            CursorOp::Replace(pos) => {
+                ops.push((conn.st.remove.clone(), cursor_params(key, None)));
+                if let Some(pos) = pos {
+                    ops.push((conn.st.replace.clone(), cursor_params(key, Some(*pos))));
+                }
+            }
+        }
+    }
+    let tx = conn
+        .client
+        .transaction()
+        .await
+        .map_err(|e| db("a transaction", e))?;
+    let runs = ops.iter().map(|(stmt, params)| {
+        tx.execute_raw(
+            stmt,
+            params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)),
+        )
+    });
+    futures_util::future::try_join_all(runs)
+        .await
+        .map_err(|e| db("a write", e))?;
+    tx.commit().await.map_err(|e| db("a commit", e))
+}
+
+fn position(seq: i64, log: Option<Vec<u8>>) -> Result<Position, StoreError> {
+    let log = match log {
+        Some(b) => Some(LogId(b.as_slice().try_into().map_err(|_| {
+            StoreError::Io("a stored position names a damaged log id".into())
+        })?)),
+        None => None,
+    };
+    Ok(Position { seq: u(seq), log })
+}
+
+impl PgEngine {
+    /// One page of `from..=to` from `records` or `tombstones`.
+    fn page(&self, tombstones: bool, from: u64, to: u64) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        self.read("a scan of the log", move |c| async move {
+            let st = match tombstones {
+                true => &c.st.tombstones,
+                false => &c.st.records,
+            };
+            Ok(c.client
+                .query(st, &[&i(from), &i(to), &PAGE])
+                .await?
+                .into_iter()
+                .map(|r| (u(r.get::<_, i64>(0)), Bytes::from(r.get::<_, Vec<u8>>(1))))
+                .collect())
+        })
+    }
+
+    fn scan(&self, tombstones: bool, from: u64, to: u64) -> RecordIter<'_> {
+        let mut next = from;
+        let mut buf = std::collections::VecDeque::new();
+        let mut done = from > to;
+        Box::new(std::iter::from_fn(move || {
+            if buf.is_empty() && !done {
+                match self.page(tombstones, next, to) {
+                    Ok(rows) => {
+                        done = (rows.len() as i64) < PAGE;
+                        match rows.last() {
+                            Some((seq, _)) if *seq < to => next = seq + 1,
+                            _ => done = true,
+                        }
+                        buf.extend(rows);
+                    }
+                    Err(e) => {
+                        done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            buf.pop_front().map(Ok)
+        }))
+    }
+}
+
+impl Engine for PgEngine {
+    fn head(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta("head")?
+            .and_then(|b| b.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    fn format(&self) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .meta("format")?
+            .and_then(|b| b.as_ref().try_into().ok().map(u32::from_be_bytes)))
+    }
+
+    fn log(&self) -> Result<Option<Bytes>, StoreError> {
+        self.meta("log")
+    }
+
+    fn node(&self) -> Result<Option<Bytes>, StoreError> {
+        self.meta("node")
+    }
+
+    fn last_record(&self) -> Result<Option<u64>, StoreError> {
+        self.read("the log's end", |c| async move {
+            Ok(c.client
+                .query_one(&c.st.last, &[])
+                .await?
+                .get::<_, Option<i64>>(0)
+                .map(u))
+        })
+    }
+
+    fn record(&self, seq: u64) -> Result<Option<Bytes>, StoreError> {
+        self.read("a record", move |c| async move {
+            Ok(c.client
+                .query_opt(&c.st.record, &[&i(seq)])
+                .await?
+                .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+        })
+    }
+
+    fn records(&self, from: u64, to: u64) -> RecordIter<'_> {
+        self.scan(false, from, to)
+    }
+
+    fn tombstone(&self, seq: u64) -> Result<Option<Bytes>, StoreError> {
+        self.read("a tombstone", move |c| async move {
+            Ok(c.client
+                .query_opt(&c.st.tombstone, &[&i(seq)])
+                .await?
+                .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+        })
+    }
+
+    fn tombstones(&self, from: u64, to: u64) -> RecordIter<'_> {
+        self.scan(true, from, to)
+    }
+
+    fn expiring(
+        &self,
+        from: (u64, u64),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("the expiry entries", move |c| async move {
+            Ok(c.client
+                .query(&c.st.expiring, &[&i(from.0), &i(from.1), &i(until), &limit])
+                .await?
+                .into_iter()
+                .map(|r| (u(r.get::<_, i64>(0)), u(r.get::<_, i64>(1))))
+                .collect())
+        })
+    }
+
+    fn successors(&self, from: u64, to: u64) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        self.read("the successors", move |c| async move {
+            Ok(c.client
+                .query(&c.st.successors, &[&i(from), &i(to)])
+                .await?
+                .into_iter()
+                .map(|r| (u(r.get::<_, i64>(0)), Bytes::from(r.get::<_, Vec<u8>>(1))))
+                .collect())
+        })
+    }
+
+    fn index(&self, publisher: &str, id: &str) -> Result<Option<Bytes>, StoreError> {
+        let (p, id) = (publisher.to_owned(), id.to_owned());
+        self.read("the id index", move |c| async move {
+            Ok(c.client
+                .query_opt(&c.st.index, &[&p, &id])
+                .await?
+                .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+        })
+    }
+
+    fn index_by_id(&self, id: &str, limit: usize) -> Result<Vec<(String, Bytes)>, StoreError> {
+        let id = id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("the id index", move |c| async move {
+            Ok(c.client
+                .query(&c.st.index_by_id, &[&id, &limit])
+                .await?
+                .into_iter()
+                .map(|r| (r.get::<_, String>(0), Bytes::from(r.get::<_, Vec<u8>>(1))))
+                .collect())
+        })
+    }
+
+    fn write(&self, set: WriteSet) -> Result<(), StoreError> {
+        // After everything staged before it, in one transaction.
+        let _order = self.shared.order.lock();
+        let mut sets = std::mem::take(&mut self.shared.waiting.lock().sets);
+        sets.push(set);
+        self.commit(sets, BTreeMap::new())
+    }
+
+    fn stage(&self, set: WriteSet) -> Result<(), StoreError> {
+        self.shared.waiting.lock().sets.push(set);
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let _order = self.shared.order.lock();
+        let (sets, cursors) = {
+            let mut w = self.shared.waiting.lock();
+            (std::mem::take(&mut w.sets), std::mem::take(&mut w.cursors))
+        };
+        self.commit(sets, cursors)
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        // The database keeps its own files: nothing is left to redo.
+        Ok(())
+    }
+
+    fn cursor(
+        &self,
+        space: Space,
+        identity: &str,
+        name: &str,
+    ) -> Result<Option<Position>, StoreError> {
+        let key = (space_no(space), identity.to_owned(), name.to_owned());
+        let waiting = self.shared.waiting.lock().cursors.get(&key).copied();
+        if let Some(CursorOp::Replace(p)) = waiting {
+            return Ok(p);
+        }
+        let stored = self.read("a cursor", move |c| async move {
+            Ok(c.client
+                .query_opt(&c.st.cursor, &[&i16::from(key.0), &key.1, &key.2])
+                .await?
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, Option<Vec<u8>>>(1))))
+        })?;
+        let stored = stored.map(|(s, l)| position(s, l)).transpose()?;
+        Ok(match waiting {
+            Some(CursorOp::Advance(next)) => Some(Position::advanced(stored, next)),
+            _ => stored,
+        })
+    }
+
+    fn advance_cursor(
+        &self,
+        space: Space,
+        identity: &str,
+        name: &str,
+        pos: Position,
+    ) -> Result<(), StoreError> {
+        let key = (space_no(space), identity.to_owned(), name.to_owned());
+        let mut w = self.shared.waiting.lock();
+        let op = match w.cursors.get(&key) {
+            None => CursorOp::Advance(pos),
+            Some(CursorOp::Advance(old)) => CursorOp::Advance(Position::advanced(Some(*old), pos)),
+            Some(CursorOp::Replace(old)) => CursorOp::Replace(Some(Position::advanced(*old, pos))),
+        };
+        w.cursors.insert(key, op);
+        Ok(())
+    }
+
+    fn remove_cursor(&self, space: Space, identity: &str, name: &str) -> Result<(), StoreError> {
+        let key = (space_no(space), identity.to_owned(), name.to_owned());
+        self.shared
+            .waiting
+            .lock()
+            .cursors
+            .insert(key, CursorOp::Replace(None));
+        Ok(())
+    }
+
+    fn cursors(&self, space: Space) -> Result<Vec<(String, String, Position)>, StoreError> {
+        let no = space_no(space);
+        let rows = self.read("the cursors", move |c| async move {
+            Ok(c.client
+                .query(&c.st.cursors, &[&i16::from(no)])
+                .await?
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, i64>(2),
+                        r.get::<_, Option<Vec<u8>>>(3),
+                    )
+                })
+                .collect::<Vec<_>>())
+        })?;
+        let mut all = BTreeMap::new();
+        for (identity, name, seq, log) in rows {
+            all.insert((identity, name), position(seq, log)?);
+        }
+        for ((sp, identity, name), op) in self.shared.waiting.lock().cursors.iter() {
+            if *sp != no {
+                continue;
+            }
+            let key = (identity.clone(), name.clone());
+            match op {
+                CursorOp::Advance(next) => {
+                    let p = Position::advanced(all.get(&key).copied(), *next);
+                    all.insert(key, p);
+                }
+                CursorOp::Replace(Some(p)) => {
+                    all.insert(key, *p);
+                }
+                CursorOp::Replace(None) => {
+                    all.remove(&key);
+                }
+            }
+        }
+        Ok(all.into_iter().map(|((i, n), p)| (i, n, p)).collect())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        if let Some((at, size)) = *self.shared.size.lock() {
+            if at.elapsed() < SIZE_FRESH {
+                return size;
+            }
+        }
+        let schema = self.shared.dial.schema.clone();
+        let size = self
+            .read("the store's size", move |c| async move {
+                c.client
+                    .query_one(
+                        "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::int8 FROM pg_class c \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
+                        &[&schema],
+                    )
+                    .await
+                    .map(|r| u(r.get::<_, i64>(0)))
+            })
+            .unwrap_or(0);
+        *self.shared.size.lock() = Some((Instant::now(), size));
+        size
+    }
+
+    fn tree_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        self.read("the log's tree", move |c| async move {
+            Ok(c.client
+                .query_opt(&c.st.tree, &[&i16::from(level), &i(index)])
+                .await?
+                .and_then(|r| r.get::<_, Vec<u8>>(0).as_slice().try_into().ok()))
+        })
+    }
+}
