@@ -433,10 +433,16 @@ pub fn restore(
     }
     let building: PathBuf = parent.join(format!("{prefix}{}", std::process::id()));
     super::durable::create_dir_all(&building).map_err(bio)?;
+    // An engine that keeps the log outside the directory builds it aside
+    // there too, and puts it in place after the directory.
+    if let Some(held) = super::engine::holds_store(opts)? {
+        return Err(BackupError::NotEmpty(held));
+    }
+    let aside = super::engine::aside(opts)?;
     let result = build(
         input,
         &building,
-        opts,
+        &aside,
         verify,
         Build::Restore,
         check_node,
@@ -444,6 +450,7 @@ pub fn restore(
     );
     match result {
         Ok(m) => {
+            super::engine::settle(&aside, opts, true)?;
             if dir.exists() {
                 std::fs::remove_dir(dir).map_err(bio)?;
             }
@@ -453,6 +460,7 @@ pub fn restore(
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&building);
+            let _ = super::engine::settle(&aside, opts, false);
             Err(e)
         }
     }

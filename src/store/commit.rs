@@ -98,6 +98,7 @@ impl Committer {
             max_batch: opts.max_batch.max(1),
             pipeline: pipeline.clone(),
             staged: std::collections::VecDeque::new(),
+            prefetched: HashMap::new(),
         };
         let marker = Arc::new(Marker::default());
         let marker_thread = {
@@ -395,6 +396,10 @@ struct Writer {
     /// first: the engine shows a staged batch only once it is synced, so
     /// later appends are decided against these first.
     staged: std::collections::VecDeque<Staged>,
+    /// The engine's index entries for the batch being applied, read in
+    /// one request before it (what the batch itself appends is found in
+    /// the batch and the staged ones first).
+    prefetched: HashMap<(String, String), Option<Indexed>>,
 }
 
 /// What a batch staged in the engine holds, for the applier's later
@@ -775,6 +780,36 @@ impl Writer {
             free_from: self.last_accepted,
             tree: self.tree.clone(),
         };
+        // Every index entry the batch may ask for, in one read.
+        let keys: Vec<(String, String)> = reqs
+            .iter()
+            .flat_map(|(rec, _)| {
+                let own = (rec.meta.publisher.clone(), rec.meta.id.clone());
+                let related = rec
+                    .related
+                    .as_ref()
+                    .map(|r| (rec.meta.publisher.clone(), r.id.clone()));
+                std::iter::once(own).chain(related)
+            })
+            .collect();
+        match self.engine.index_many(&keys) {
+            Ok(entries) => {
+                self.prefetched = keys
+                    .into_iter()
+                    .zip(entries)
+                    .map(|(k, v)| (k, v.and_then(|v| Indexed::decode(&v))))
+                    .collect();
+            }
+            Err(e) => {
+                if matches!(e, StoreError::Io(_)) {
+                    self.failed.set("read", &e);
+                }
+                for (_, reply) in reqs {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        }
         let mut replies: Vec<Reply> = Vec::with_capacity(reqs.len());
         for (rec, reply) in reqs {
             let outcome = match self.admit(&mut batch, rec) {
@@ -789,6 +824,7 @@ impl Writer {
             };
             replies.push((reply, outcome));
         }
+        self.prefetched.clear();
         if self.failed.check().is_err() {
             for (reply, _) in replies {
                 let _ = reply.send(Err(self.failed.error()));
@@ -950,16 +986,22 @@ impl Writer {
         let durable = *self.committed.borrow();
         let now = SystemTime::now();
         let mut writes = WriteSet::default();
-        for &seq in seqs {
-            if seq > durable {
-                continue;
-            }
-            let Some(bytes) = self.engine.record(seq)? else {
-                continue;
-            };
-            let rec = Record::decode(seq, bytes)?;
-            let payload_digest = self
-                .lookup(&rec.meta.publisher, &rec.meta.id)?
+        let wanted: Vec<u64> = seqs.iter().copied().filter(|s| *s <= durable).collect();
+        let records = self
+            .engine
+            .records_at(&wanted)?
+            .into_iter()
+            .map(|(seq, bytes)| Record::decode(seq, bytes))
+            .collect::<Result<Vec<Record>, StoreError>>()?;
+        let keys: Vec<(String, String)> = records
+            .iter()
+            .map(|r| (r.meta.publisher.clone(), r.meta.id.clone()))
+            .collect();
+        let entries = self.engine.index_many(&keys)?;
+        for (rec, entry) in records.into_iter().zip(entries) {
+            let seq = rec.seq;
+            let payload_digest = entry
+                .and_then(|v| Indexed::decode(&v))
                 .and_then(|i| i.payload_digest);
             writes.pruned.push(Pruned {
                 seq,
@@ -1010,6 +1052,9 @@ impl Writer {
     }
 
     fn lookup(&self, publisher: &str, id: &str) -> Result<Option<Indexed>, StoreError> {
+        if let Some(found) = self.prefetched.get(&(publisher.to_owned(), id.to_owned())) {
+            return Ok(found.clone());
+        }
         Ok(self
             .engine
             .index(publisher, id)?

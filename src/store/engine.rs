@@ -51,6 +51,52 @@ pub(crate) fn open(
     }
 }
 
+/// Where a restore into the store `opts` name builds the new store before
+/// it takes the target's place: the embedded engine builds in the
+/// directory the restore hands it (renamed into place after); PostgreSQL
+/// in a schema beside the target's (`<schema>_restoring`), emptied first.
+pub(crate) fn aside(opts: &StoreOptions) -> Result<StoreOptions, StoreError> {
+    match &opts.engine {
+        EngineChoice::Sled => Ok(opts.clone()),
+        EngineChoice::Postgres(settings) => {
+            let mut settings = settings.clone();
+            settings.schema = format!("{}_restoring", settings.schema);
+            super::pg_engine::drop_schema(&settings, &settings.schema)?;
+            Ok(StoreOptions {
+                engine: EngineChoice::Postgres(settings),
+                ..opts.clone()
+            })
+        }
+    }
+}
+
+/// Whether the store `opts` name outside its directory holds a log
+/// already (records, tombstones or positions): a restore only builds a
+/// new store. The embedded engine has nothing outside the directory.
+pub(crate) fn holds_store(opts: &StoreOptions) -> Result<Option<String>, StoreError> {
+    match &opts.engine {
+        EngineChoice::Sled => Ok(None),
+        EngineChoice::Postgres(settings) => super::pg_engine::holds_store(settings),
+    }
+}
+
+/// Puts a store built [`aside`] in the place of the one `target` names
+/// (PostgreSQL: the target's schema, empty, dropped and the built one
+/// renamed to it in one transaction), or throws it away.
+pub(crate) fn settle(
+    built: &StoreOptions,
+    target: &StoreOptions,
+    keep: bool,
+) -> Result<(), StoreError> {
+    match (&built.engine, &target.engine) {
+        (EngineChoice::Postgres(b), EngineChoice::Postgres(t)) => match keep {
+            true => super::pg_engine::rename_schema(t, &b.schema, &t.schema),
+            false => super::pg_engine::drop_schema(t, &b.schema),
+        },
+        _ => Ok(()),
+    }
+}
+
 /// One atomic write: all of it becomes visible together, and durable together
 /// at the next [`Engine::sync`].
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
@@ -334,6 +380,22 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn index(&self, publisher: &str, id: &str) -> Result<Option<Bytes>, StoreError>;
     /// Up to `limit` index entries for `id`, any publisher: (publisher, entry).
     fn index_by_id(&self, id: &str, limit: usize) -> Result<Vec<(String, Bytes)>, StoreError>;
+    /// The encoded records at `seqs` that are held (pruned ones are left
+    /// out), in the order asked: one request where the engine is across a
+    /// network.
+    fn records_at(&self, seqs: &[u64]) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            if let Some(r) = self.record(seq)? {
+                out.push((seq, r));
+            }
+        }
+        Ok(out)
+    }
+    /// The index entries of `keys` (publisher, id), in the order asked.
+    fn index_many(&self, keys: &[(String, String)]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        keys.iter().map(|(p, id)| self.index(p, id)).collect()
+    }
     /// Applies `set` atomically. It is visible to reads at once and durable
     /// after the next [`Engine::sync`].
     fn write(&self, set: WriteSet) -> Result<(), StoreError>;

@@ -587,6 +587,18 @@ impl Store {
         }
     }
 
+    /// The records at `seqs` that are held durably, checked, in the order
+    /// asked (one request of the engine).
+    pub fn get_many(&self, seqs: &[u64]) -> Result<Vec<Record>, StoreError> {
+        let head = self.head();
+        let wanted: Vec<u64> = seqs.iter().copied().filter(|s| *s <= head).collect();
+        self.engine
+            .records_at(&wanted)?
+            .into_iter()
+            .map(|(seq, v)| Record::decode(seq, v).inspect_err(|e| self.note_corrupt(e)))
+            .collect()
+    }
+
     /// The sequence and digest of (publisher, id), if held durably.
     pub fn lookup(&self, publisher: &str, id: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         // Records applied but not yet durable stay invisible.

@@ -104,6 +104,8 @@ struct Stmts {
     expiring: Statement,
     index: Statement,
     index_by_id: Statement,
+    records_at: Statement,
+    index_many: Statement,
     meta: Statement,
     last: Statement,
     cursor: Statement,
@@ -153,6 +155,16 @@ impl Stmts {
             .await?,
             index_by_id: p(format!(
                 "SELECT publisher, entry FROM {s}.ids WHERE id = $1 ORDER BY publisher LIMIT $2"
+            ))
+            .await?,
+            records_at: p(format!(
+                "SELECT seq, body FROM {s}.records WHERE seq = ANY($1)"
+            ))
+            .await?,
+            index_many: p(format!(
+                "SELECT i.publisher, i.id, i.entry FROM {s}.ids i \
+                 JOIN unnest($1::text[], $2::text[]) AS k (publisher, id) \
+                 ON i.publisher = k.publisher AND i.id = k.id"
             ))
             .await?,
             meta: p(format!("SELECT value FROM {s}.meta WHERE key = $1")).await?,
@@ -981,6 +993,49 @@ impl Engine for PgEngine {
         })
     }
 
+    fn records_at(&self, seqs: &[u64]) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<i64> = seqs.iter().map(|s| i(*s)).collect();
+        let mut found: std::collections::HashMap<u64, Bytes> =
+            self.read("records", move |c| async move {
+                Ok(c.client
+                    .query(&c.st.records_at, &[&wanted])
+                    .await?
+                    .into_iter()
+                    .map(|r| (u(r.get::<_, i64>(0)), Bytes::from(r.get::<_, Vec<u8>>(1))))
+                    .collect())
+            })?;
+        Ok(seqs
+            .iter()
+            .filter_map(|s| found.remove(s).map(|b| (*s, b)))
+            .collect())
+    }
+
+    fn index_many(&self, keys: &[(String, String)]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let publishers: Vec<String> = keys.iter().map(|(p, _)| p.clone()).collect();
+        let ids: Vec<String> = keys.iter().map(|(_, id)| id.clone()).collect();
+        let found: std::collections::HashMap<(String, String), Bytes> =
+            self.read("the id index", move |c| async move {
+                Ok(c.client
+                    .query(&c.st.index_many, &[&publishers, &ids])
+                    .await?
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            (r.get::<_, String>(0), r.get::<_, String>(1)),
+                            Bytes::from(r.get::<_, Vec<u8>>(2)),
+                        )
+                    })
+                    .collect())
+            })?;
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
     fn write(&self, set: WriteSet) -> Result<(), StoreError> {
         // After everything staged before it, in one transaction.
         let _order = self.shared.order.lock();
@@ -1133,4 +1188,110 @@ impl Engine for PgEngine {
                 .and_then(|r| r.get::<_, Vec<u8>>(0).as_slice().try_into().ok()))
         })
     }
+}
+
+/// Runs `f` with a new client of the database `c` names, on a runtime of
+/// its own (administrative work: a restore's schemas), under the timeout.
+fn with_client<T, F>(
+    c: &PostgresConfig,
+    what: &str,
+    f: impl FnOnce(Client) -> F + Send + 'static,
+) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    let dial = Dial::new(c)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("beacon-pg-admin")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Io(format!("the database client's runtime: {e}")))?;
+    let timeout = Duration::from_millis(c.timeout_ms);
+    let late = format!(
+        "the store's database at {} did not answer {what} within {} ms",
+        dial.name,
+        timeout.as_millis()
+    );
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let run = async {
+            let client = dial.client().await?;
+            f(client).await
+        };
+        let r = match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(late)),
+        };
+        let _ = tx.send(r);
+    });
+    let r = rx.recv().unwrap_or(Err(StoreError::Closed));
+    runtime.shutdown_background();
+    r
+}
+
+/// Drops `schema` and everything in it, if it exists.
+pub(crate) fn drop_schema(c: &PostgresConfig, schema: &str) -> Result<(), StoreError> {
+    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+    with_client(c, "dropping a schema", move |client| async move {
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| db("dropping a schema", e))
+    })
+}
+
+/// Replaces `to` (which holds no log: [`holds_store`]) by `from`, in one
+/// transaction.
+pub(crate) fn rename_schema(c: &PostgresConfig, from: &str, to: &str) -> Result<(), StoreError> {
+    let sql = format!(
+        "BEGIN; DROP SCHEMA IF EXISTS {to} CASCADE; ALTER SCHEMA {from} RENAME TO {to}; COMMIT"
+    );
+    with_client(
+        c,
+        "putting the restored store in place",
+        move |client| async move {
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| db("putting the restored store in place", e))
+        },
+    )
+}
+
+/// Where the schema `c` names holds a log (records, tombstones or
+/// positions), it is named.
+pub(crate) fn holds_store(c: &PostgresConfig) -> Result<Option<String>, StoreError> {
+    let s = c.schema.clone();
+    let name = Dial::new(c)?.name;
+    with_client(
+        c,
+        "whether the schema holds a store",
+        move |client| async move {
+            let exists: bool = client
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&format!("{s}.records")],
+                )
+                .await
+                .map_err(|e| db("the schema's tables", e))?
+                .get(0);
+            if !exists {
+                return Ok(None);
+            }
+            let held: bool = client
+            .query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {s}.records) OR EXISTS (SELECT 1 FROM {s}.tombstones) \
+                     OR EXISTS (SELECT 1 FROM {s}.positions)"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| db("the schema's tables", e))?
+            .get(0);
+            Ok(held.then(|| format!("schema {s} of {name}")))
+        },
+    )
 }

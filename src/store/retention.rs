@@ -128,15 +128,26 @@ impl Pruner {
                 break;
             };
             let full = page.len() >= limit.max(256);
+            // With one rule for every label, every entry is due; only
+            // per-label rules need the records' labels (read here, in one
+            // request, and again by the prune step).
+            let labels: std::collections::HashMap<u64, u8> = match uniform {
+                true => Default::default(),
+                false => {
+                    let seqs: Vec<u64> = page.iter().map(|(_, s)| *s).collect();
+                    store
+                        .get_many(&seqs)?
+                        .into_iter()
+                        .map(|r| (r.seq, r.meta.tlp))
+                        .collect()
+                }
+            };
             for (expires, seq) in page {
-                // With one rule for every label, every entry is due; only
-                // per-label rules need the record's label (read here, and
-                // again by the prune step).
                 let keep = if uniform {
                     Some(shortest)
                 } else {
-                    match store.get(seq)? {
-                        Some(rec) => rules.after_expiry(rec.meta.tlp),
+                    match labels.get(&seq) {
+                        Some(tlp) => rules.after_expiry(*tlp),
                         None => continue,
                     }
                 };
@@ -296,11 +307,9 @@ pub async fn run(
 /// TLP order, most restricted first).
 fn labels_of(store: &Store, seqs: &[u64]) -> String {
     let mut counts = [0u64; 6];
-    for seq in seqs {
-        if let Ok(Some(rec)) = store.get(*seq) {
-            if let Some(c) = counts.get_mut(usize::from(rec.meta.tlp)) {
-                *c += 1;
-            }
+    for rec in store.get_many(seqs).unwrap_or_default() {
+        if let Some(c) = counts.get_mut(usize::from(rec.meta.tlp)) {
+            *c += 1;
         }
     }
     let mut parts: Vec<(usize, String)> = Tlp::ALL

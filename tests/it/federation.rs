@@ -1139,12 +1139,12 @@ async fn a_reader_gets_everything_from_a_peer_rebuilt_past_its_position(how: Reb
             let bundle = alliance.bundle();
             b.node
                 .restart_after(|dir| {
-                    std::fs::remove_dir_all(dir).expect("move the store aside");
+                    wipe_store(dir);
                     let verify = beacon::broker::ingest::stored_check(&bundle);
                     beacon::store::backup::restore(
                         &file[..],
                         dir,
-                        &beacon::store::StoreOptions::defaults(beacon::interop::stix::SPANS),
+                        &store_options(dir),
                         &verify,
                         &|_| Ok(()),
                         |_, _| {},

@@ -1114,7 +1114,7 @@ async fn a_node_restored_from_an_old_backup_announces_a_new_log() {
     let config = node.config_path.clone();
     let node = node
         .restart_after(|store| {
-            std::fs::rename(store, store.with_file_name("store.lost")).expect("move aside");
+            wipe_store(store);
             let args = [
                 "admin",
                 "restore",

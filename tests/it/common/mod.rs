@@ -200,8 +200,92 @@ impl NodeOptions {
             s.push('\n');
         }
         s.push_str(&self.extra);
+        s.push_str(&engine_section(data_dir));
         s
     }
+}
+
+/// The `[store]` section that puts a node's store on PostgreSQL when the
+/// suite runs on it (`BEACON_TEST_ENGINE=postgres`, with
+/// `BEACON_TEST_PG_URL`): one schema per data directory, so a node
+/// restarted on its directory finds its log. Empty on the embedded engine.
+pub fn engine_section(data_dir: &Path) -> String {
+    if !on_postgres() {
+        return String::new();
+    }
+    let url = std::env::var("BEACON_TEST_PG_URL")
+        .expect("BEACON_TEST_ENGINE=postgres needs BEACON_TEST_PG_URL (scripts/pg-cluster start)");
+    format!(
+        "\n[store]\nengine = \"postgres\"\n\n[store.postgres]\nurl = {url:?}\nschema = {:?}\n",
+        pg_schema(data_dir)
+    )
+}
+
+/// The store options of the store in `store_dir` in this run: its schema
+/// on PostgreSQL, or the embedded engine's defaults.
+pub fn store_options(store_dir: &Path) -> beacon::store::StoreOptions {
+    let mut store = beacon::base::config::StoreConfig::default();
+    if on_postgres() {
+        let url = std::env::var("BEACON_TEST_PG_URL").expect("BEACON_TEST_PG_URL");
+        store.engine = beacon::base::config::EngineKind::Postgres;
+        store.postgres = Some(
+            toml::from_str(&format!(
+                "url = {url:?}\nschema = {:?}\n",
+                pg_schema(store_dir)
+            ))
+            .expect("postgres settings"),
+        );
+    }
+    beacon::store::StoreOptions::new(&store, beacon::interop::stix::SPANS)
+}
+
+/// Removes a stopped node's store as a lost disk would: its directory,
+/// and on PostgreSQL its schema.
+pub fn wipe_store(store_dir: &Path) {
+    std::fs::remove_dir_all(store_dir).expect("wipe the store");
+    if on_postgres() {
+        psql(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            pg_schema(store_dir)
+        ));
+    }
+}
+
+/// Runs one statement on the test database (`psql`, from
+/// `BEACON_TEST_PG_BIN` where set).
+pub fn psql(sql: &str) -> String {
+    let url = std::env::var("BEACON_TEST_PG_URL").expect("BEACON_TEST_PG_URL");
+    let bin = std::env::var("BEACON_TEST_PG_BIN")
+        .map(|b| PathBuf::from(b).join("psql"))
+        .unwrap_or_else(|_| PathBuf::from("psql"));
+    let out = Command::new(bin)
+        .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether this run keeps nodes' stores on PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("BEACON_TEST_ENGINE").as_deref() == Ok("postgres")
+}
+
+/// A schema name of its own for a data directory.
+pub fn pg_schema(data_dir: &Path) -> String {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        data_dir.as_os_str().as_encoded_bytes(),
+    );
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("n_{hex}")
 }
 
 /// A node running in this process.
@@ -335,7 +419,7 @@ impl TestNode {
     async fn restart_on_same_address(mut self, wipe: bool) -> TestNode {
         self.join().await;
         if wipe {
-            std::fs::remove_dir_all(self.data.path().join("store")).expect("wipe the store");
+            wipe_store(&self.data.path().join("store"));
         }
         let listener = TcpListener::bind(self.addr)
             .await
