@@ -623,7 +623,25 @@ async fn admit_proven(
             source: crate::broker::ingest::IngestError::SignerExpired,
             seq,
         }) => match logged_by(state, link, channel, d).await {
-            Ok(t) => admit(state, link, d, Some(t)),
+            Ok(t) => match admit(state, link, d, Some(t)) {
+                // Proven held, but only since after the certificate expired.
+                Err(Refusal::Ingest {
+                    source:
+                        crate::broker::ingest::IngestError::Bulletin(
+                            crate::domain::bulletin::BulletinError::Signer(
+                                crate::trust::TrustError::Expired,
+                            ),
+                        ),
+                    ..
+                }) => Err(Refusal::Unproven {
+                    seq,
+                    why: format!(
+                        "the earliest checkpoint of it a witness cosigned is of {}, after the certificate expired",
+                        humantime::format_rfc3339_seconds(t)
+                    ),
+                }),
+                other => other,
+            },
             Err(why) => Err(Refusal::Unproven { seq, why }),
         },
         other => other,

@@ -74,6 +74,7 @@ impl Committer {
             tree,
         } = tip;
         let (head_tx, head_rx) = watch::channel(head);
+        let head_tx = Arc::new(head_tx);
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let failed = Arc::new(Failure::default());
         let pipeline = Arc::new(Pipeline {
@@ -99,6 +100,7 @@ impl Committer {
             pipeline: pipeline.clone(),
             staged: std::collections::VecDeque::new(),
             prefetched: HashMap::new(),
+            max_span: opts.spans.max_nanos(),
         };
         let marker = Arc::new(Marker::default());
         let marker_thread = {
@@ -109,6 +111,17 @@ impl Committer {
                 .spawn(move || marker.run(watermark, head, &failed))
                 .map_err(io)?
         };
+        // Heads others append to a shared log move the committed head too
+        // (they are durable: another process's commits).
+        {
+            let head_tx = head_tx.clone();
+            let marker = marker.clone();
+            engine.follow(Arc::new(move |h| {
+                if raise(&head_tx, h) {
+                    marker.note(h);
+                }
+            }));
+        }
         let flusher = Flusher {
             engine: engine.clone(),
             marker: marker.clone(),
@@ -224,6 +237,17 @@ impl Committer {
             }
         }
     }
+}
+
+/// Moves the committed head to `h` if that is further; says whether it moved.
+fn raise(head: &watch::Sender<u64>, h: u64) -> bool {
+    head.send_if_modified(|at| {
+        let moved = h > *at;
+        if moved {
+            *at = h;
+        }
+        moved
+    })
 }
 
 /// Something waiting for a flush.
@@ -400,6 +424,8 @@ struct Writer {
     /// one request before it (what the batch itself appends is found in
     /// the batch and the staged ones first).
     prefetched: HashMap<(String, String), Option<Indexed>>,
+    /// Room left after the last record when the tip is read again (ns).
+    max_span: u64,
 }
 
 /// What a batch staged in the engine holds, for the applier's later
@@ -625,7 +651,7 @@ struct Flusher {
     engine: Arc<dyn Engine>,
     marker: Arc<Marker>,
     durable: u64,
-    head_tx: watch::Sender<u64>,
+    head_tx: Arc<watch::Sender<u64>>,
     failed: Arc<Failure>,
     pipeline: Arc<Pipeline>,
     stats: Arc<StoreStats>,
@@ -691,7 +717,7 @@ impl Flusher {
                         .appended
                         .fetch_add(target - self.durable, Ordering::Relaxed);
                     self.durable = target;
-                    self.head_tx.send_replace(target);
+                    raise(&self.head_tx, target);
                     self.marker.note(target);
                 }
             }
@@ -726,11 +752,23 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<WriteReq>) {
         let mut reqs = Vec::with_capacity(self.max_batch);
         let mut next = None;
-        while let Some(first) = next.take().or_else(|| rx.blocking_recv()) {
+        let waiting = |rx: &mut mpsc::Receiver<WriteReq>, engine: &dyn Engine| match rx.try_recv() {
+            Ok(req) => Some(req),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // Nothing waits: a shared log may be written by another.
+                engine.idle();
+                rx.blocking_recv()
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
+        while let Some(first) = next
+            .take()
+            .or_else(|| waiting(&mut rx, self.engine.as_ref()))
+        {
             let first = match first {
                 WriteReq::Append { rec, reply } => (rec, reply),
                 WriteReq::Prune { seqs, reply } => {
-                    let _ = reply.send(self.prune(&seqs));
+                    let _ = reply.send(self.claim().and_then(|()| self.prune(&seqs)));
                     continue;
                 }
             };
@@ -764,6 +802,12 @@ impl Writer {
     /// batch goes to the engine in one atomic write and its replies to the flusher.
     fn apply(&mut self, reqs: Vec<AppendReq>) {
         if let Err(e) = self.failed.check().and_then(|()| self.space.check()) {
+            for (_, reply) in reqs {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        if let Err(e) = self.claim() {
             for (_, reply) in reqs {
                 let _ = reply.send(Err(e.clone()));
             }
@@ -975,6 +1019,40 @@ impl Writer {
                 let _ = reply.send(Err(self.failed.error()));
             }
         }
+    }
+
+    /// Makes this process the log's writer (a shared engine) and, if
+    /// others appended since it last wrote, reads its tip again: the head,
+    /// the earliest acceptance time of the next record, the tree's edge.
+    /// What it staged before is durable by then (the engine commits it
+    /// before it lets the log go).
+    fn claim(&mut self) -> Result<(), StoreError> {
+        self.failed.check()?;
+        let Some(head) = self.engine.claim()? else {
+            return Ok(());
+        };
+        if head < self.head {
+            let e = StoreError::RolledBack {
+                acknowledged: self.head,
+                found: head,
+            };
+            self.failed.set("claim of the shared log", &e);
+            return Err(e);
+        }
+        let tree = super::tree::open(self.engine.as_ref(), head)?;
+        let last_accepted = match head {
+            0 => 0,
+            h => super::accepted_at(self.engine.as_ref(), h)?
+                .map(nanos)
+                .unwrap_or(0)
+                .saturating_add(self.max_span),
+        };
+        self.staged.clear();
+        self.head = head;
+        self.tree = tree;
+        self.last_accepted = self.last_accepted.max(last_accepted);
+        self.pipeline.applied.fetch_max(head, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Replaces the records at `seqs` by tombstones in one atomic write

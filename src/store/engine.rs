@@ -443,6 +443,31 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn size_on_disk(&self) -> u64;
     /// The Merkle tree node at (level, index), once written.
     fn tree_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError>;
+    /// The head marker and the highest sequence held, read together (one
+    /// view, even while another process appends).
+    fn head_and_last(&self) -> Result<(u64, Option<u64>), StoreError> {
+        Ok((self.head()?, self.last_record()?))
+    }
+
+    // Several processes over one log (a shared engine: several nodes of a
+    // member over one database). An engine only this process writes keeps
+    // the defaults.
+
+    /// Called by the applier before it decides a batch or a prune: the
+    /// engine makes this process the log's one writer (waiting while
+    /// another is) and answers the log's head if others appended since this
+    /// process last wrote or claimed it (the applier then reads its tip —
+    /// head, acceptance time, tree edge — again).
+    fn claim(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+    /// Called by the applier when nothing waits for it: the engine may let
+    /// another process write once what is staged is durable.
+    fn idle(&self) {}
+    /// Hands the engine what to call whenever the log's durable head
+    /// moves, whoever appended (called with heads in any order; the caller
+    /// keeps the highest).
+    fn follow(&self, _on_head: Arc<dyn Fn(u64) + Send + Sync>) {}
 }
 
 /// One sequence of the log: its record, or the tombstone of a pruned one.

@@ -467,7 +467,8 @@ impl Store {
             }
         }
         // A log that ends before what was acknowledged is refused, never served.
-        let last = engine.last_record()?.unwrap_or(0);
+        let (head, last) = engine.head_and_last()?;
+        let last = last.unwrap_or(0);
         let watermark = Watermark::open(dir)?;
         // Its name, and the engine's directory, are entries of `dir`.
         durable::sync_dir(dir).map_err(io)?;

@@ -80,7 +80,7 @@ fn db(what: &str, e: tokio_postgres::Error) -> StoreError {
         Some(d) => {
             let code = d.code().code();
             let class = &code[..2.min(code.len())];
-            let gone = matches!(class, "08" | "53" | "57" | "25" | "40") || code == "55006";
+            let gone = matches!(class, "08" | "53" | "55" | "57" | "25" | "40");
             let msg = format!(
                 "the store's database refused {what}: {} (SQLSTATE {code})",
                 d.message()
@@ -104,9 +104,12 @@ struct Stmts {
     expiring: Statement,
     index: Statement,
     index_by_id: Statement,
+    fence: Statement,
+    notify: Statement,
     records_at: Statement,
     index_many: Statement,
     meta: Statement,
+    head_and_last: Statement,
     last: Statement,
     cursor: Statement,
     cursors: Statement,
@@ -157,6 +160,11 @@ impl Stmts {
                 "SELECT publisher, entry FROM {s}.ids WHERE id = $1 ORDER BY publisher LIMIT $2"
             ))
             .await?,
+            fence: p(format!(
+                "UPDATE {s}.meta SET value = value WHERE key = 'head' AND value = $1"
+            ))
+            .await?,
+            notify: p("SELECT pg_notify($1, $2)".to_owned()).await?,
             records_at: p(format!(
                 "SELECT seq, body FROM {s}.records WHERE seq = ANY($1)"
             ))
@@ -168,6 +176,11 @@ impl Stmts {
             ))
             .await?,
             meta: p(format!("SELECT value FROM {s}.meta WHERE key = $1")).await?,
+            head_and_last: p(format!(
+                "SELECT (SELECT value FROM {s}.meta WHERE key = 'head'), \
+                 GREATEST((SELECT max(seq) FROM {s}.records), (SELECT max(seq) FROM {s}.tombstones))"
+            ))
+            .await?,
             last: p(format!(
                 "SELECT GREATEST((SELECT max(seq) FROM {s}.records), (SELECT max(seq) FROM {s}.tombstones))"
             ))
@@ -383,6 +396,38 @@ impl Dial {
         Ok(client)
     }
 
+    /// A new client whose notifications come on the receiver (the
+    /// connection is driven by a task that forwards them; the receiver ends
+    /// when the connection does).
+    async fn listener(
+        &self,
+    ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>), StoreError> {
+        let fail = |e: tokio_postgres::Error| {
+            StoreError::Unavailable(format!(
+                "cannot reach the store's database at {}: {e}",
+                self.name
+            ))
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await.map_err(fail)?;
+                tokio::spawn(forward(conn, tx));
+                client
+            }
+            None => {
+                let (client, conn) = self
+                    .config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(fail)?;
+                tokio::spawn(forward(conn, tx));
+                client
+            }
+        };
+        Ok((client, rx))
+    }
+
     /// A new connection with its statements prepared.
     async fn connect(&self) -> Result<Conn, StoreError> {
         let client = self.client().await?;
@@ -450,8 +495,10 @@ impl Dial {
                 .await
                 .map_err(|e| db(&format!("creating the tables of schema {s}"), e))?;
                 tx.execute(
-                    &format!("INSERT INTO {s}.meta (key, value) VALUES ('schema', $1)"),
-                    &[&SCHEMA.to_be_bytes().to_vec()],
+                    &format!(
+                        "INSERT INTO {s}.meta (key, value) VALUES ('schema', $1), ('head', $2)"
+                    ),
+                    &[&SCHEMA.to_be_bytes().to_vec(), &0u64.to_be_bytes().to_vec()],
                 )
                 .await
                 .map_err(|e| db("the schema's version", e))?;
@@ -461,6 +508,27 @@ impl Dial {
             .await
             .map_err(|e| db("the schema's migration", e))?;
         Ok(())
+    }
+}
+
+/// Drives a connection, forwarding its notifications' payloads.
+async fn forward<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(msg) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+        match msg {
+            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                if tx.send(n.payload().to_owned()).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
     }
 }
 
@@ -502,6 +570,39 @@ struct Shared {
     /// across a commit, so a sync and a write never overtake each other).
     order: parking_lot::Mutex<()>,
     size: parking_lot::Mutex<Option<(Instant, u64)>>,
+    /// The log's head as this process last committed or claimed it: a
+    /// commit that moves the head expects to find it there.
+    base: std::sync::atomic::AtomicU64,
+    /// A commit failed: what it held is lost, and every later write and
+    /// sync says so (the store stops writing until a restart).
+    failed: parking_lot::Mutex<Option<StoreError>>,
+    /// Whether this process holds the log's writer lock, and whether
+    /// another waits for it.
+    lease: parking_lot::Mutex<Lease>,
+    /// The connection that holds the writer lock (a session lock: it goes
+    /// with the connection, so a node that dies lets the log go).
+    lease_conn: tokio::sync::Mutex<Option<Client>>,
+    /// The channel commits notify with their new head.
+    channel: String,
+    /// What the store asked to be told of heads others append.
+    on_head: parking_lot::Mutex<Option<Arc<dyn Fn(u64) + Send + Sync>>>,
+}
+
+#[derive(Default)]
+struct Lease {
+    held: bool,
+    /// Another process waits for the log: let it go at the next claim.
+    wanted: bool,
+}
+
+/// Key of the advisory lock the writers of one log take turns with.
+fn writer_lock(schema: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"beacon-writer:".iter().chain(schema.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
 }
 
 impl Shared {
@@ -552,6 +653,12 @@ impl PgEngine {
             waiting: parking_lot::Mutex::new(Waiting::default()),
             order: parking_lot::Mutex::new(()),
             size: parking_lot::Mutex::new(None),
+            base: std::sync::atomic::AtomicU64::new(0),
+            failed: parking_lot::Mutex::new(None),
+            lease: parking_lot::Mutex::new(Lease::default()),
+            lease_conn: tokio::sync::Mutex::new(None),
+            channel: format!("beacon_{}", c.schema),
+            on_head: parking_lot::Mutex::new(None),
         });
         let engine = PgEngine {
             handle: runtime.handle().clone(),
@@ -564,6 +671,9 @@ impl PgEngine {
             *s.writer.lock().await = Some(conn);
             Ok(())
         })?;
+        let head = engine.head()?;
+        engine.shared.base.store(head, Ordering::Release);
+        engine.handle.spawn(follow(engine.shared.clone()));
         Ok(engine)
     }
 
@@ -623,10 +733,14 @@ impl PgEngine {
         sets: Vec<WriteSet>,
         cursors: BTreeMap<CursorKey, CursorOp>,
     ) -> Result<(), StoreError> {
+        if let Some(e) = self.shared.failed.lock().clone() {
+            return Err(e);
+        }
         if sets.is_empty() && cursors.is_empty() {
             return Ok(());
         }
-        self.run("a commit", move |s| async move {
+        let base = self.shared.base.load(Ordering::Acquire);
+        let result = self.run("a commit", move |s| async move {
             let mut guard = s.writer.lock().await;
             if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
                 *guard = Some(s.dial.connect().await?);
@@ -634,16 +748,132 @@ impl PgEngine {
             let Some(conn) = guard.as_mut() else {
                 return Err(StoreError::Closed);
             };
-            let result = commit_in(conn, &sets, &cursors).await;
+            let result = commit_in(conn, &sets, &cursors, base, &s.channel).await;
             if result.is_err() {
                 // Its state is unknown (a commit that failed may have been
                 // applied or not): the next commit starts on a new one.
                 *guard = None;
             }
             result
-        })?;
-        *self.shared.size.lock() = None;
-        Ok(())
+        });
+        match result {
+            Ok(head) => {
+                if let Some(h) = head {
+                    self.shared.base.store(h, Ordering::Release);
+                }
+                *self.shared.size.lock() = None;
+                Ok(())
+            }
+            Err(e) => {
+                // What was staged is gone with the transaction: no later
+                // sync may report it durable. The store stops writing.
+                *self.shared.failed.lock() = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+}
+
+impl PgEngine {
+    /// Makes what is staged durable, then lets the log go (another node
+    /// may append; this one claims it again before its next batch).
+    fn release(&self) -> Result<(), StoreError> {
+        let synced = self.sync();
+        let unlocked = self.run("letting the log go", |s| async move {
+            let mut g = s.lease_conn.lock().await;
+            if let Some(c) = g.as_ref() {
+                if c.batch_execute("SELECT pg_advisory_unlock_all()")
+                    .await
+                    .is_err()
+                {
+                    // Gone with the connection.
+                    *g = None;
+                }
+            }
+            Ok(())
+        });
+        let mut l = self.shared.lease.lock();
+        l.held = false;
+        l.wanted = false;
+        drop(l);
+        synced.and(unlocked)
+    }
+}
+
+/// Follows the log's head as every node of it commits: notifications on
+/// the log's channel, and a read of the head every second besides (a lost
+/// notification costs latency, not data); the store is told of each head.
+/// Also notes when another node waits for the writer lock.
+async fn follow(s: Arc<Shared>) {
+    let key = writer_lock(&s.dial.schema);
+    loop {
+        let (client, mut notes) = match s.dial.listener().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "following the shared log: connecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = client.batch_execute(&format!("LISTEN {}", s.channel)).await {
+            tracing::debug!(error = %e, "following the shared log: LISTEN");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let head_sql = format!(
+            "SELECT value FROM {}.meta WHERE key = 'head'",
+            s.dial.schema
+        );
+        // Every 100 ms while this node holds the writer lock, whether
+        // another waits for it; every second, the head.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks = 0u64;
+        loop {
+            let head = tokio::select! {
+                note = notes.recv() => match note {
+                    Some(payload) => payload.parse::<u64>().ok(),
+                    None => break, // the connection is gone: make it again
+                },
+                _ = tick.tick() => {
+                    ticks += 1;
+                    let held = s.lease.lock().held;
+                    if !held && ticks % 10 != 0 {
+                        continue;
+                    }
+                    let read = async {
+                        let head = client.query_one(&head_sql, &[]).await?;
+                        let waiting = client
+                            .query_one(
+                                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+                                 AND classid::int8 = $1 AND objid::int8 = $2 AND NOT granted)",
+                                &[&((key as u64 >> 32) as i64), &((key as u64 & 0xffff_ffff) as i64)],
+                            )
+                            .await?;
+                        Ok::<_, tokio_postgres::Error>((head, waiting.get::<_, bool>(0)))
+                    };
+                    match read.await {
+                        Ok((row, waiting)) => {
+                            if waiting {
+                                s.lease.lock().wanted = true;
+                            }
+                            row.get::<_, Vec<u8>>(0)
+                                .as_slice()
+                                .try_into()
+                                .ok()
+                                .map(u64::from_be_bytes)
+                        }
+                        Err(_) => break,
+                    }
+                }
+            };
+            if let Some(h) = head {
+                let on_head = s.on_head.lock().clone();
+                if let Some(f) = on_head {
+                    f(h);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -788,13 +1018,25 @@ fn cursor_params(key: &CursorKey, pos: Option<Position>) -> Params {
 }
 
 /// One transaction: every statement sent at once (pipelined, executed in
-/// order), then the commit.
+/// order), then the commit. A transaction that moves the head first checks
+/// that the log's head is still `base` (the fence: the head row is locked
+/// by it, so two writers can never both append after one head), and
+/// notifies the other nodes of the log of its new head.
 async fn commit_in(
     conn: &mut Conn,
     sets: &[WriteSet],
     cursors: &BTreeMap<CursorKey, CursorOp>,
-) -> Result<(), StoreError> {
+    base: u64,
+    channel: &str,
+) -> Result<Option<u64>, StoreError> {
     let mut ops: Vec<(Statement, Params)> = Vec::new();
+    let head = sets.iter().filter_map(|s| s.head).next_back();
+    if head.is_some() {
+        ops.push((
+            conn.st.fence.clone(),
+            vec![Box::new(base.to_be_bytes().to_vec())],
+        ));
+    }
     for set in sets {
         statements(&conn.st, set, &mut ops);
     }
@@ -811,6 +1053,12 @@ async fn commit_in(
             }
         }
     }
+    if let Some(h) = head {
+        ops.push((
+            conn.st.notify.clone(),
+            vec![Box::new(channel.to_owned()), Box::new(h.to_string())],
+        ));
+    }
     let tx = conn
         .client
         .transaction()
@@ -822,10 +1070,19 @@ async fn commit_in(
             params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)),
         )
     });
-    futures_util::future::try_join_all(runs)
+    let counts = futures_util::future::try_join_all(runs)
         .await
         .map_err(|e| db("a write", e))?;
-    tx.commit().await.map_err(|e| db("a commit", e))
+    if head.is_some() && counts.first() != Some(&1) {
+        // Dropped without a commit: rolled back.
+        return Err(StoreError::Unavailable(format!(
+            "another node appended to this log after sequence {base} while this one held \
+             its batch: the batch was not written (the nodes of one log take turns by an \
+             advisory lock; this should not happen unless that lock was lost)"
+        )));
+    }
+    tx.commit().await.map_err(|e| db("a commit", e))?;
+    Ok(head)
 }
 
 fn position(seq: i64, log: Option<Vec<u8>>) -> Result<Position, StoreError> {
@@ -1045,8 +1302,98 @@ impl Engine for PgEngine {
     }
 
     fn stage(&self, set: WriteSet) -> Result<(), StoreError> {
+        if let Some(e) = self.shared.failed.lock().clone() {
+            return Err(e);
+        }
         self.shared.waiting.lock().sets.push(set);
         Ok(())
+    }
+
+    fn head_and_last(&self) -> Result<(u64, Option<u64>), StoreError> {
+        self.read("the log's end", |c| async move {
+            let row = c.client.query_one(&c.st.head_and_last, &[]).await?;
+            let head = row
+                .get::<_, Option<Vec<u8>>>(0)
+                .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0);
+            Ok((head, row.get::<_, Option<i64>>(1).map(u)))
+        })
+    }
+
+    fn claim(&self) -> Result<Option<u64>, StoreError> {
+        let (held, wanted) = {
+            let l = self.shared.lease.lock();
+            (l.held, l.wanted)
+        };
+        if held && !wanted {
+            return Ok(None);
+        }
+        if held {
+            // Another node waits: what is staged is made durable, then the
+            // log is let go, then taken again behind it.
+            self.release()?;
+        }
+        let key = writer_lock(&self.shared.dial.schema);
+        let head = self.run("the log's writer lock", move |s| async move {
+            let mut g = s.lease_conn.lock().await;
+            if g.as_ref().is_none_or(|c| c.is_closed()) {
+                let c = s.dial.client().await?;
+                // A wait for the lock ends before the call's own timeout,
+                // so no lock is ever granted to a wait given up on.
+                let wait = s.timeout.as_millis() * 3 / 4;
+                c.batch_execute(&format!("SET lock_timeout = {wait}"))
+                    .await
+                    .map_err(|e| db("the writer lock's session", e))?;
+                *g = Some(c);
+            }
+            let Some(c) = g.as_ref() else {
+                return Err(StoreError::Closed);
+            };
+            let taken = async {
+                c.execute("SELECT pg_advisory_lock($1)", &[&key]).await?;
+                c.query_one(
+                    &format!(
+                        "SELECT value FROM {}.meta WHERE key = 'head'",
+                        s.dial.schema
+                    ),
+                    &[],
+                )
+                .await
+            }
+            .await;
+            match taken {
+                Ok(row) => Ok(row
+                    .get::<_, Vec<u8>>(0)
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0)),
+                Err(e) => {
+                    // Whatever it holds goes with the connection.
+                    *g = None;
+                    Err(db("the log's writer lock", e))
+                }
+            }
+        })?;
+        {
+            let mut l = self.shared.lease.lock();
+            l.held = true;
+            l.wanted = false;
+        }
+        let base = self.shared.base.swap(head, Ordering::AcqRel);
+        Ok((head != base).then_some(head))
+    }
+
+    fn idle(&self) {
+        if self.shared.lease.lock().held {
+            if let Err(e) = self.release() {
+                tracing::warn!(error = %e, "letting the shared log go failed");
+            }
+        }
+    }
+
+    fn follow(&self, on_head: Arc<dyn Fn(u64) + Send + Sync>) {
+        *self.shared.on_head.lock() = Some(on_head);
     }
 
     fn sync(&self) -> Result<(), StoreError> {

@@ -200,7 +200,10 @@ impl NodeOptions {
             s.push('\n');
         }
         s.push_str(&self.extra);
-        s.push_str(&engine_section(data_dir));
+        // A test that names its own store settings keeps them.
+        if !self.extra.contains("[store") {
+            s.push_str(&engine_section(data_dir));
+        }
         s
     }
 }
