@@ -585,8 +585,11 @@ struct Shared {
     /// The channel commits notify with their new head.
     channel: String,
     /// What the store asked to be told of heads others append.
-    on_head: parking_lot::Mutex<Option<Arc<dyn Fn(u64) + Send + Sync>>>,
+    on_head: parking_lot::Mutex<Option<OnHead>>,
 }
+
+/// What the store is told of each head others append.
+type OnHead = Arc<dyn Fn(u64) + Send + Sync>;
 
 #[derive(Default)]
 struct Lease {
@@ -837,7 +840,7 @@ async fn follow(s: Arc<Shared>) {
                 _ = tick.tick() => {
                     ticks += 1;
                     let held = s.lease.lock().held;
-                    if !held && ticks % 10 != 0 {
+                    if !held && !ticks.is_multiple_of(10) {
                         continue;
                     }
                     let read = async {
