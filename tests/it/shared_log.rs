@@ -148,3 +148,228 @@ async fn two_nodes_share_one_log_and_a_client_resumes_on_the_other_when_one_dies
     drop(n2);
     psql(&format!("DROP SCHEMA {schema} CASCADE"));
 }
+
+/// A primary and a synchronous standby of this test's own (so that killing
+/// the primary touches no other test), stopped when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    env: std::collections::BTreeMap<String, String>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The servers run as an unprivileged account, which must reach it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-cluster");
+        let out = std::process::Command::new(script)
+            .arg("start")
+            .arg(dir.path().join("cluster"))
+            .output()
+            .expect("run scripts/pg-cluster");
+        assert!(
+            out.status.success(),
+            "scripts/pg-cluster start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+            .collect();
+        Cluster { dir, env }
+    }
+
+    fn var(&self, k: &str) -> &str {
+        self.env
+            .get(k)
+            .map(String::as_str)
+            .expect("cluster variable")
+    }
+
+    /// host:port of a URL the script printed.
+    fn host_port(url: &str) -> &str {
+        url.trim_start_matches("postgresql://beacon@")
+            .split('/')
+            .next()
+            .expect("host:port")
+    }
+
+    /// Both servers, the one that takes writes chosen at connect time.
+    fn url(&self) -> String {
+        format!(
+            "postgresql://beacon@{},{}/postgres?target_session_attrs=read-write",
+            Self::host_port(self.var("BEACON_TEST_PG_URL")),
+            Self::host_port(self.var("BEACON_TEST_PG_STANDBY"))
+        )
+    }
+
+    fn run_as(&self, program: &str, args: &[&str]) -> String {
+        let bin = std::path::Path::new(self.var("BEACON_TEST_PG_BIN")).join(program);
+        let user = self.var("BEACON_TEST_PG_USER");
+        let me = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let mut cmd = if me != user {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(&bin);
+            c
+        } else {
+            std::process::Command::new(&bin)
+        };
+        let out = cmd.args(args).output().expect("run a PostgreSQL program");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGKILL to the primary's postmaster: it stops as a machine would.
+    fn kill_primary(&self) {
+        let pidfile =
+            std::path::Path::new(self.var("BEACON_TEST_PG_DIR")).join("primary/postmaster.pid");
+        let pid: i32 = std::fs::read_to_string(pidfile)
+            .expect("postmaster.pid")
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("the postmaster's pid");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the primary");
+    }
+
+    /// Promotes the standby, and (as an operator or Patroni would) lets it
+    /// commit without a standby of its own.
+    fn promote_standby(&self) {
+        let standby = std::path::Path::new(self.var("BEACON_TEST_PG_DIR")).join("standby");
+        self.run_as(
+            "pg_ctl",
+            &["promote", "-w", "-D", &standby.display().to_string()],
+        );
+        self.run_as(
+            "psql",
+            &[
+                self.var("BEACON_TEST_PG_STANDBY"),
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                "ALTER SYSTEM SET synchronous_standby_names = ''",
+                "-c",
+                "SELECT pg_reload_conf()",
+            ],
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-cluster");
+        let _ = std::process::Command::new(script)
+            .arg("stop")
+            .arg(self.dir.path().join("cluster"))
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_database_killed_mid_storm_and_the_standby_promoted_loses_nothing_acknowledged()
+{
+    if pg_url().is_none() {
+        return;
+    }
+    let cluster = Cluster::start();
+    let pki = TestPki::new();
+    let mut opts = NodeOptions::new(&pki, pki.node("uk.ncsc", "london-1"));
+    opts.extra = on_schema(&cluster.url(), "beacon");
+    let (dir, mut node) = daemon(&opts);
+    let addr = node.addr;
+    let ca = vec![pki.ca_cert()];
+    let reader = pki.client("uk.ncsc", "reader");
+    let acked: Acked = Default::default();
+    let clients: Vec<CertFiles> = (0..6)
+        .map(|i| pki.client("uk.ncsc", &format!("pub-{i}")))
+        .collect();
+    let publishers = Publishers::start(
+        addr,
+        &clients,
+        &ca,
+        &acked,
+        "storm",
+        Duration::from_secs(60),
+        |_, _, _| false,
+    )
+    .await;
+    let state = Arc::new(Mutex::new(Reader::default()));
+    let sub = tokio::spawn(durable_reader(
+        addr,
+        reader.clone(),
+        ca.clone(),
+        state.clone(),
+        None,
+    ));
+    acked_at_least(&acked, 300, Duration::from_secs(60)).await;
+
+    // The primary dies mid-storm: publishes are refused, never acknowledged.
+    cluster.kill_primary();
+    let refused = wait_until(Duration::from_secs(30), || async {
+        let mut c = member(addr, &reader, &ca).await;
+        let env = c
+            .signer
+            .sign(bulletin("uk.ncsc", "while the database is down").to_bytes())
+            .expect("sign");
+        matches!(c.publish_envelope(&env).await,
+                 Err(beacon::net::client::ClientError::Rpc(s)) if s.code() == tonic::Code::Unavailable)
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "publishes are refused as UNAVAILABLE: {}",
+        node.log()
+    );
+    publishers.stop().await;
+    // The durable subscriber waits at the head of a node that stays up: it
+    // resumes on the restarted node.
+    sub.abort();
+    let _ = sub.await;
+    let acknowledged = acked.lock().unwrap().len();
+
+    // The standby is promoted; the node, restarted (as its health check
+    // asks), finds it and every bulletin it acknowledged.
+    cluster.promote_standby();
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    node.wait(Duration::from_secs(30));
+    let node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
+    let head = check_everything(addr, &reader, &ca, &acked, 0).await;
+    assert!(head as usize >= acknowledged, "{head} < {acknowledged}");
+    // It takes publishes again, after the last sequence.
+    let mut c = member(addr, &reader, &ca).await;
+    let env = c
+        .signer
+        .sign(bulletin("uk.ncsc", "after the failover").to_bytes())
+        .expect("sign");
+    let p = c
+        .publish_envelope(&env)
+        .await
+        .expect("publish after the failover");
+    assert_eq!(p.sequence, head + 1);
+    reader_has_seen_everything(
+        addr,
+        &reader,
+        &ca,
+        &state,
+        head + 1,
+        Duration::from_secs(60),
+    )
+    .await;
+    drop(node);
+}
