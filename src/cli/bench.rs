@@ -96,6 +96,29 @@ pub(super) enum BenchCommand {
         #[arg(long, default_value_t = 1024)]
         size: usize,
     },
+    /// The store's engines side by side: publish at 1/16/64 publishers
+    /// (PublishStream) and replay of a bulk-loaded log, on the embedded
+    /// engine and on PostgreSQL (the database given), alternated in one run.
+    Engines {
+        /// The PostgreSQL to run on (each node gets a schema of its own).
+        #[arg(long)]
+        postgres: String,
+        /// Publishers of the closed-loop runs.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// Publishes per closed-loop run (1 publisher runs a tenth of it).
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        /// Rounds of the comparison, alternated.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Bulletins loaded and replayed to a new subscriber (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        replay: usize,
+        /// Serialized bulletin size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
     /// Replay to a reconnecting subscriber, fan-out, and memory of many subscriptions.
     Subscribe(SubscribeRuns),
     /// Transparency: publish throughput with checkpoints every 100 ms against
@@ -202,6 +225,14 @@ pub(super) async fn run(cmd: BenchCommand) -> Result<()> {
             Ok(())
         }
         BenchCommand::Subscribe(runs) => bench_subscribe(runs).await,
+        BenchCommand::Engines {
+            postgres,
+            concurrency,
+            count,
+            rounds,
+            replay,
+            size,
+        } => bench_engines(&postgres, &concurrency, count, rounds, replay, size).await,
         BenchCommand::Transparency {
             count,
             rounds,
@@ -519,6 +550,123 @@ async fn bench_restart(stored: &[usize], tail: usize, size: usize) -> Result<()>
             restart.as_secs_f64(),
             store.repaired_frames,
             store.size_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+async fn bench_engines(
+    url: &str,
+    concurrency: &[usize],
+    count: usize,
+    rounds: usize,
+    replay: usize,
+    size: usize,
+) -> Result<()> {
+    use beacon::tools::bench;
+    let (exe, cores) = bench_host()?;
+    println!(
+        "beacon bench engines: {size}-byte signed bulletins, nodes as child processes (PublishStream), sled against PostgreSQL at {}, {cores} cores",
+        url.split('@').next_back().unwrap_or(url)
+    );
+    // A node on PostgreSQL: a schema of its own.
+    let postgres = |t: &bench::Target| -> Result<()> {
+        let schema = format!("bench_{:016x}", rand::random::<u64>());
+        t.add_config(&format!(
+            "\n[store]\nengine = \"postgres\"\n\n[store.postgres]\nurl = {url:?}\nschema = {schema:?}\n"
+        ))?;
+        Ok(())
+    };
+    let start = |pg: bool| -> Result<bench::Target> {
+        let mut t = bench::Target::prepare()?;
+        if pg {
+            postgres(&t)?;
+        }
+        t.launch(&exe)?;
+        Ok(t)
+    };
+    let sled = start(false)?;
+    let pg = start(true)?;
+    sled.wait_serving().await?;
+    pg.wait_serving().await?;
+    let mut first = 0;
+    for t in [&sled, &pg] {
+        let _ = bench::closed_loop(t, 4, 400, size, first).await?;
+    }
+    first += 4;
+    println!("| publishers | sled | PostgreSQL | PostgreSQL / sled |");
+    println!("|---:|---:|---:|---:|");
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for &n in concurrency {
+        let n = n.max(1);
+        let total = if n == 1 { (count / 10).max(100) } else { count };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..rounds.max(1) {
+            let order: [(&bench::Target, bool); 2] = if round % 2 == 0 {
+                [(&sled, false), (&pg, true)]
+            } else {
+                [(&pg, true), (&sled, false)]
+            };
+            for (t, is_pg) in order {
+                let (fig, _) =
+                    bench::closed_loop_with(t, bench::Api::Stream, n, total, size, first).await?;
+                first += n;
+                match is_pg {
+                    true => b.push(fig.rate()),
+                    false => a.push(fig.rate()),
+                }
+            }
+        }
+        println!(
+            "| {n} | {:.0}/s ({}) | {:.0}/s ({}) | {:.2}× |",
+            mean(&a),
+            list(&a),
+            mean(&b),
+            list(&b),
+            mean(&b) / mean(&a).max(1e-9)
+        );
+    }
+    println!(
+        "| daemon RSS after the publish runs | {:.0} MB | {:.0} MB | |",
+        sled.rss().unwrap_or(0) as f64 / 1e6,
+        pg.rss().unwrap_or(0) as f64 / 1e6
+    );
+    drop(sled);
+    drop(pg);
+    if replay > 0 {
+        println!("| {replay} stored | sled | PostgreSQL | PostgreSQL / sled |");
+        println!("|---|---:|---:|---:|");
+        let mut loads = Vec::new();
+        let mut replays = Vec::new();
+        for is_pg in [false, true] {
+            let mut t = bench::Target::prepare()?;
+            if is_pg {
+                postgres(&t)?;
+            }
+            let load = t.bulk_load(replay, size).await?;
+            loads.push(replay as f64 / load.as_secs_f64());
+            t.launch(&exe)?;
+            t.wait_serving().await?;
+            let (n, secs) = bench::replay(&t, replay as u64, 1).await?;
+            replays.push(n as f64 / secs);
+        }
+        println!(
+            "| bulk load (store group commit, no network) | {:.0}/s | {:.0}/s | {:.2}× |",
+            loads[0],
+            loads[1],
+            loads[1] / loads[0].max(1e-9)
+        );
+        println!(
+            "| replay to a new durable subscriber | {:.0}/s | {:.0}/s | {:.2}× |",
+            replays[0],
+            replays[1],
+            replays[1] / replays[0].max(1e-9)
         );
     }
     Ok(())

@@ -281,10 +281,13 @@ impl Target {
             return Err(BenchError::Setup("no client files".into()));
         };
         let signer = Signer::load(cert, key).map_err(ClientError::from)?;
+        // The store the node's config names (its engine included).
+        let config = crate::base::config::Config::load(&self.dir.join("beacon.toml"))
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
         let store = Arc::new(
             crate::store::Store::open(
-                &self.dir.join("store"),
-                crate::store::StoreOptions::defaults(crate::interop::stix::SPANS),
+                &config.node.data_dir,
+                crate::store::StoreOptions::new(&config.store, crate::interop::stix::SPANS),
             )
             .map_err(|e| BenchError::Setup(e.to_string()))?,
         );
