@@ -594,8 +594,12 @@ type OnHead = Arc<dyn Fn(u64) + Send + Sync>;
 #[derive(Default)]
 struct Lease {
     held: bool,
-    /// Another process waits for the log: let it go at the next claim.
+    /// Another process waits for the log: let it go at the next claim or
+    /// when the applier is idle.
     wanted: bool,
+    /// The applier is deciding or staging a batch (from its claim until it
+    /// is idle): the log is not let go under it.
+    busy: bool,
 }
 
 /// Key of the advisory lock the writers of one log take turns with.
@@ -858,6 +862,7 @@ async fn follow(s: Arc<Shared>) {
                         Ok((row, waiting)) => {
                             if waiting {
                                 s.lease.lock().wanted = true;
+                                let_go_if_idle(&s).await;
                             }
                             row.get::<_, Vec<u8>>(0)
                                 .as_slice()
@@ -877,6 +882,38 @@ async fn follow(s: Arc<Shared>) {
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Lets the log go for another node that waits, if this node's applier is
+/// idle and nothing it staged waits for a commit (else its next claim, or
+/// its idle, does). The lock's connection is held throughout, so a claim
+/// made meanwhile takes the lock again only after it was let go.
+async fn let_go_if_idle(s: &Shared) {
+    let mut conn = s.lease_conn.lock().await;
+    {
+        let mut l = s.lease.lock();
+        if !l.held || l.busy {
+            return;
+        }
+        // A commit in flight holds `order`; staged sets wait in `waiting`.
+        let Some(_order) = s.order.try_lock() else {
+            return;
+        };
+        if !s.waiting.lock().sets.is_empty() {
+            return;
+        }
+        l.held = false;
+        l.wanted = false;
+    }
+    if let Some(c) = conn.as_ref() {
+        if c.batch_execute("SELECT pg_advisory_unlock_all()")
+            .await
+            .is_err()
+        {
+            // Gone with the connection.
+            *conn = None;
+        }
     }
 }
 
@@ -1325,7 +1362,8 @@ impl Engine for PgEngine {
 
     fn claim(&self) -> Result<Option<u64>, StoreError> {
         let (held, wanted) = {
-            let l = self.shared.lease.lock();
+            let mut l = self.shared.lease.lock();
+            l.busy = true;
             (l.held, l.wanted)
         };
         if held && !wanted {
@@ -1382,13 +1420,22 @@ impl Engine for PgEngine {
             let mut l = self.shared.lease.lock();
             l.held = true;
             l.wanted = false;
+            l.busy = true;
         }
         let base = self.shared.base.swap(head, Ordering::AcqRel);
         Ok((head != base).then_some(head))
     }
 
     fn idle(&self) {
-        if self.shared.lease.lock().held {
+        // The log stays with this node while no other waits (its next
+        // batch needs no round trip for the lock); the follower lets it go
+        // once one does.
+        let release = {
+            let mut l = self.shared.lease.lock();
+            l.busy = false;
+            l.held && l.wanted
+        };
+        if release {
             if let Err(e) = self.release() {
                 tracing::warn!(error = %e, "letting the shared log go failed");
             }

@@ -43,12 +43,17 @@ fn daemon(opts: &NodeOptions) -> (tempfile::TempDir, ChildNode) {
 }
 
 /// Waits until publishers have had at least `n` bulletins acknowledged.
-async fn acked_at_least(acked: &Acked, n: usize, limit: Duration) {
+async fn acked_at_least(acked: &Acked, n: usize, limit: Duration, nodes: &[&ChildNode]) {
     let got = wait_until(limit, || async { acked.lock().unwrap().len() >= n }).await;
     assert!(
         got.is_some(),
-        "only {} acknowledged within {limit:?}",
-        acked.lock().unwrap().len()
+        "only {} acknowledged within {limit:?}; the nodes' logs:\n{}",
+        acked.lock().unwrap().len(),
+        nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
     );
 }
 
@@ -103,12 +108,14 @@ async fn two_nodes_share_one_log_and_a_client_resumes_on_the_other_when_one_dies
         .map(|i| pki.client("uk.ncsc", &format!("pub-{i}")))
         .collect();
     let limit = Duration::from_secs(60);
+    // Every acknowledgement is counted by node (`big` counts what `shape`
+    // marks: all of them).
     let p1 = Publishers::start(a1, &clients[..4], &ca, &acked, "storm", limit, |_, _, _| {
-        false
+        true
     })
     .await;
     let p2 = Publishers::start(a2, &clients[4..], &ca, &acked, "storm", limit, |_, _, _| {
-        false
+        true
     })
     .await;
     let state = Arc::new(Mutex::new(Reader::default()));
@@ -119,7 +126,19 @@ async fn two_nodes_share_one_log_and_a_client_resumes_on_the_other_when_one_dies
         state.clone(),
         None,
     ));
-    acked_at_least(&acked, 300, Duration::from_secs(60)).await;
+    acked_at_least(&acked, 300, Duration::from_secs(60), &[&n1, &n2]).await;
+    // Both append: the nodes take turns with the log.
+    let both = wait_until(Duration::from_secs(30), || async {
+        use std::sync::atomic::Ordering::Relaxed;
+        p1.big.load(Relaxed) >= 50 && p2.big.load(Relaxed) >= 50
+    })
+    .await;
+    assert!(
+        both.is_some(),
+        "both nodes append to the one log\nlondon-1:\n{}\nlondon-2:\n{}",
+        n1.log(),
+        n2.log()
+    );
     assert!(
         state.lock().unwrap().acked_upto > 0,
         "the durable subscriber on london-1 reads along"
@@ -132,7 +151,7 @@ async fn two_nodes_share_one_log_and_a_client_resumes_on_the_other_when_one_dies
     let _ = sub.await;
     let before = acked.lock().unwrap().len();
     // london-2 goes on appending.
-    acked_at_least(&acked, before + 100, Duration::from_secs(60)).await;
+    acked_at_least(&acked, before + 100, Duration::from_secs(60), &[&n2]).await;
     p2.stop().await;
 
     // Every acknowledged bulletin is there once, at the sequence it was
@@ -317,7 +336,7 @@ async fn the_primary_database_killed_mid_storm_and_the_standby_promoted_loses_no
         state.clone(),
         None,
     ));
-    acked_at_least(&acked, 300, Duration::from_secs(60)).await;
+    acked_at_least(&acked, 300, Duration::from_secs(60), &[&node]).await;
 
     // The primary dies mid-storm: publishes are refused, never acknowledged.
     cluster.kill_primary();
