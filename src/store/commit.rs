@@ -57,6 +57,26 @@ pub struct Tip {
     pub tree: Frontier,
 }
 
+impl Tip {
+    /// Where the log whose durable head is `head` ends: the time after its
+    /// last record (the last record's span is not kept: `max_span`, the
+    /// largest, in ns, is left after it) and the tree's right edge.
+    pub fn read(engine: &dyn Engine, head: u64, max_span: u64) -> Result<Tip, StoreError> {
+        let last_accepted = match head {
+            0 => 0,
+            h => super::accepted_at(engine, h)?
+                .map(nanos)
+                .unwrap_or(0)
+                .saturating_add(max_span),
+        };
+        Ok(Tip {
+            head,
+            last_accepted,
+            tree: super::tree::open(engine, head)?,
+        })
+    }
+}
+
 impl Committer {
     /// Starts the applier and the flusher on a log whose durable head is
     /// `head`; returns the committed head's receiver.
@@ -1039,18 +1059,11 @@ impl Writer {
             self.failed.set("claim of the shared log", &e);
             return Err(e);
         }
-        let tree = super::tree::open(self.engine.as_ref(), head)?;
-        let last_accepted = match head {
-            0 => 0,
-            h => super::accepted_at(self.engine.as_ref(), h)?
-                .map(nanos)
-                .unwrap_or(0)
-                .saturating_add(self.max_span),
-        };
+        let tip = Tip::read(self.engine.as_ref(), head, self.max_span)?;
         self.staged.clear();
         self.head = head;
-        self.tree = tree;
-        self.last_accepted = self.last_accepted.max(last_accepted);
+        self.tree = tip.tree;
+        self.last_accepted = self.last_accepted.max(tip.last_accepted);
         self.pipeline.applied.fetch_max(head, Ordering::AcqRel);
         Ok(())
     }

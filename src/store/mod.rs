@@ -489,28 +489,10 @@ impl Store {
             )));
         }
         watermark.record(head).map_err(io)?;
-        // The last record's span is not kept: leave room for the largest.
-        let last_accepted = match head {
-            0 => 0,
-            h => accepted_at(engine.as_ref(), h)?
-                .map(nanos)
-                .unwrap_or(0)
-                .saturating_add(opts.spans.max_nanos()),
-        };
-        let tree = tree::open(engine.as_ref(), head)?;
+        let tip = commit::Tip::read(engine.as_ref(), head, opts.spans.max_nanos())?;
         let stats = Arc::new(StoreStats::default());
-        let (commit, head_rx) = Committer::start(
-            dir,
-            engine.clone(),
-            watermark,
-            commit::Tip {
-                head,
-                last_accepted,
-                tree,
-            },
-            &opts,
-            stats.clone(),
-        )?;
+        let (commit, head_rx) =
+            Committer::start(dir, engine.clone(), watermark, tip, &opts, stats.clone())?;
         Ok(Store {
             dir: dir.to_path_buf(),
             _lock: None,

@@ -50,12 +50,13 @@ const PAGE: i64 = 512;
 /// How long the size of the tables is taken as known.
 const SIZE_FRESH: Duration = Duration::from_secs(5);
 
-/// Key of the advisory lock that serialises migrations of one schema.
-fn migration_lock(schema: &str) -> i64 {
+/// Key of an advisory lock of one schema: `migrate` serialises its
+/// migrations, `writer` is the lock the writers of its log take turns with.
+fn lock_key(purpose: &str, schema: &str) -> i64 {
     // FNV-1a: stable across versions and processes (not Rust's hasher).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in b"beacon-migrate:".iter().chain(schema.as_bytes()) {
-        h ^= u64::from(*b);
+    for b in purpose.bytes().chain(*b":").chain(schema.bytes()) {
+        h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h as i64
@@ -110,7 +111,6 @@ struct Stmts {
     index_many: Statement,
     meta: Statement,
     head_and_last: Statement,
-    last: Statement,
     cursor: Statement,
     cursors: Statement,
     tree: Statement,
@@ -179,10 +179,6 @@ impl Stmts {
             head_and_last: p(format!(
                 "SELECT (SELECT value FROM {s}.meta WHERE key = 'head'), \
                  GREATEST((SELECT max(seq) FROM {s}.records), (SELECT max(seq) FROM {s}.tombstones))"
-            ))
-            .await?,
-            last: p(format!(
-                "SELECT GREATEST((SELECT max(seq) FROM {s}.records), (SELECT max(seq) FROM {s}.tombstones))"
             ))
             .await?,
             cursor: p(format!(
@@ -365,6 +361,22 @@ impl Dial {
     /// A new client, its connection driven on the engine's runtime, with
     /// the session settings every connection has.
     async fn client(&self) -> Result<Client, StoreError> {
+        self.open(None).await
+    }
+
+    /// A new client whose notifications come on the receiver (which ends
+    /// when the connection does).
+    async fn listener(
+        &self,
+    ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>), StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Ok((self.open(Some(tx)).await?, rx))
+    }
+
+    async fn open(
+        &self,
+        notes: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<Client, StoreError> {
         let fail = |e: tokio_postgres::Error| {
             StoreError::Unavailable(format!(
                 "cannot reach the store's database at {}: {e}",
@@ -374,7 +386,7 @@ impl Dial {
         let client = match &self.tls {
             Some(tls) => {
                 let (client, conn) = self.config.connect(tls.clone()).await.map_err(fail)?;
-                tokio::spawn(conn);
+                tokio::spawn(drive(conn, notes));
                 client
             }
             None => {
@@ -383,7 +395,7 @@ impl Dial {
                     .connect(tokio_postgres::NoTls)
                     .await
                     .map_err(fail)?;
-                tokio::spawn(conn);
+                tokio::spawn(drive(conn, notes));
                 client
             }
         };
@@ -394,38 +406,6 @@ impl Dial {
             .await
             .map_err(|e| db("the session's settings", e))?;
         Ok(client)
-    }
-
-    /// A new client whose notifications come on the receiver (the
-    /// connection is driven by a task that forwards them; the receiver ends
-    /// when the connection does).
-    async fn listener(
-        &self,
-    ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>), StoreError> {
-        let fail = |e: tokio_postgres::Error| {
-            StoreError::Unavailable(format!(
-                "cannot reach the store's database at {}: {e}",
-                self.name
-            ))
-        };
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let client = match &self.tls {
-            Some(tls) => {
-                let (client, conn) = self.config.connect(tls.clone()).await.map_err(fail)?;
-                tokio::spawn(forward(conn, tx));
-                client
-            }
-            None => {
-                let (client, conn) = self
-                    .config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(fail)?;
-                tokio::spawn(forward(conn, tx));
-                client
-            }
-        };
-        Ok((client, rx))
     }
 
     /// A new connection with its statements prepared.
@@ -445,9 +425,12 @@ impl Dial {
             .transaction()
             .await
             .map_err(|e| db("a transaction", e))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&migration_lock(s)])
-            .await
-            .map_err(|e| db("the migration lock", e))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&lock_key("beacon-migrate", s)],
+        )
+        .await
+        .map_err(|e| db("the migration lock", e))?;
         tx.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {s}; \
              CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value bytea NOT NULL)"
@@ -511,23 +494,18 @@ impl Dial {
     }
 }
 
-/// Drives a connection, forwarding its notifications' payloads.
-async fn forward<S, T>(
+/// Drives a connection until it ends, handing its notifications'
+/// payloads to `notes` if there is one.
+async fn drive<S, T>(
     mut conn: tokio_postgres::Connection<S, T>,
-    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    notes: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    while let Some(msg) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-        match msg {
-            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                if tx.send(n.payload().to_owned()).is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return,
+    while let Some(Ok(msg)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+        if let (tokio_postgres::AsyncMessage::Notification(n), Some(tx)) = (msg, &notes) {
+            let _ = tx.send(n.payload().to_owned());
         }
     }
 }
@@ -600,16 +578,6 @@ struct Lease {
     /// The applier is deciding or staging a batch (from its claim until it
     /// is idle): the log is not let go under it.
     busy: bool,
-}
-
-/// Key of the advisory lock the writers of one log take turns with.
-fn writer_lock(schema: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in b"beacon-writer:".iter().chain(schema.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
 }
 
 impl Shared {
@@ -690,22 +658,14 @@ impl PgEngine {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let timeout = self.shared.timeout;
         let fut = f(self.shared.clone());
-        let late = format!(
-            "the store's database at {} did not answer {what} within {} ms",
-            self.shared.dial.name,
-            timeout.as_millis()
-        );
-        self.handle.spawn(async move {
-            let r = match tokio::time::timeout(timeout, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Unavailable(late)),
-            };
-            let _ = tx.send(r);
-        });
-        rx.recv().unwrap_or(Err(StoreError::Closed))
+        wait_on(
+            &self.handle,
+            &self.shared.dial.name,
+            what,
+            self.shared.timeout,
+            fut,
+        )
     }
 
     /// A read on one of the read connections.
@@ -812,7 +772,7 @@ impl PgEngine {
 /// notification costs latency, not data); the store is told of each head.
 /// Also notes when another node waits for the writer lock.
 async fn follow(s: Arc<Shared>) {
-    let key = writer_lock(&s.dial.schema);
+    let key = lock_key("beacon-writer", &s.dial.schema);
     loop {
         let (client, mut notes) = match s.dial.listener().await {
             Ok(l) => l,
@@ -1201,13 +1161,7 @@ impl Engine for PgEngine {
     }
 
     fn last_record(&self) -> Result<Option<u64>, StoreError> {
-        self.read("the log's end", |c| async move {
-            Ok(c.client
-                .query_one(&c.st.last, &[])
-                .await?
-                .get::<_, Option<i64>>(0)
-                .map(u))
-        })
+        Ok(self.head_and_last()?.1)
     }
 
     fn record(&self, seq: u64) -> Result<Option<Bytes>, StoreError> {
@@ -1374,7 +1328,7 @@ impl Engine for PgEngine {
             // log is let go, then taken again behind it.
             self.release()?;
         }
-        let key = writer_lock(&self.shared.dial.schema);
+        let key = lock_key("beacon-writer", &self.shared.dial.schema);
         let head = self.run("the log's writer lock", move |s| async move {
             let mut g = s.lease_conn.lock().await;
             if g.as_ref().is_none_or(|c| c.is_closed()) {
@@ -1605,27 +1559,44 @@ where
         .enable_all()
         .build()
         .map_err(|e| StoreError::Io(format!("the database client's runtime: {e}")))?;
-    let timeout = Duration::from_millis(c.timeout_ms);
+    let name = dial.name.clone();
+    let run = async move {
+        let client = dial.client().await?;
+        f(client).await
+    };
+    let r = wait_on(
+        runtime.handle(),
+        &name,
+        what,
+        Duration::from_millis(c.timeout_ms),
+        run,
+    );
+    runtime.shutdown_background();
+    r
+}
+
+/// Runs `fut` as a task on `runtime` under `timeout` and waits for it from
+/// this (synchronous) thread; a late answer is `Unavailable`, naming `what`.
+fn wait_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    database: &str,
+    what: &str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
     let late = format!(
-        "the store's database at {} did not answer {what} within {} ms",
-        dial.name,
+        "the store's database at {database} did not answer {what} within {} ms",
         timeout.as_millis()
     );
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime.spawn(async move {
-        let run = async {
-            let client = dial.client().await?;
-            f(client).await
-        };
-        let r = match tokio::time::timeout(timeout, run).await {
+        let r = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable(late)),
         };
         let _ = tx.send(r);
     });
-    let r = rx.recv().unwrap_or(Err(StoreError::Closed));
-    runtime.shutdown_background();
-    r
+    rx.recv().unwrap_or(Err(StoreError::Closed))
 }
 
 /// Drops `schema` and everything in it, if it exists.
