@@ -78,6 +78,8 @@ impl pb::admin_server::Admin for AdminService {
                     .stats
                     .repaired_frames
                     .load(std::sync::atomic::Ordering::Relaxed),
+                duties_held: duties(s, true),
+                duties_waiting: duties(s, false),
             }),
             subscriptions: status_subscriptions.0,
             subscriptions_total: status_subscriptions.2,
@@ -315,6 +317,16 @@ impl pb::admin_server::Admin for AdminService {
 }
 
 /// A token register's failure as a status.
+/// The duties asked of this node that it holds (`held`) or waits for.
+fn duties(s: &NodeState, held: bool) -> Vec<String> {
+    s.store
+        .duties()
+        .into_iter()
+        .filter(|(_, h)| *h == held)
+        .map(|(d, _)| d.name().to_owned())
+        .collect()
+}
+
 fn token_status(e: &crate::domain::tokens::TokenError) -> Status {
     use crate::domain::tokens::TokenError as T;
     match e {

@@ -323,6 +323,8 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
             "certificate_serial": s.certificate_serial,
             "certificate_expires_at": s.certificate_expires_at.as_ref().map(|t| t.seconds),
             "log_id": s.store.as_ref().map(|x| x.log_id.clone()).unwrap_or_default(),
+            "duties_held": s.store.as_ref().map(|x| x.duties_held.clone()).unwrap_or_default(),
+            "duties_waiting": s.store.as_ref().map(|x| x.duties_waiting.clone()).unwrap_or_default(),
             "subscriptions_total": s.subscriptions_total,
             "subscriptions": s.subscriptions.iter().map(|x| serde_json::json!({
                 "identity": x.identity, "name": x.name, "durable": x.durable,
@@ -379,6 +381,16 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
                 store.log_id, f.log_id, f.size
             ),
             None => println!("log:         {}", store.log_id),
+        }
+        if !store.duties_waiting.is_empty() {
+            println!(
+                "duties:      holds {}; another node of this shared log holds {}",
+                match store.duties_held.is_empty() {
+                    true => "none".to_owned(),
+                    false => store.duties_held.join(", "),
+                },
+                store.duties_waiting.join(", ")
+            );
         }
         if store.repaired_frames > 0 {
             println!(

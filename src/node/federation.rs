@@ -197,6 +197,34 @@ enum End {
     TrustReloaded,
 }
 
+/// Keeps every link up until `context.shutdown` (the node's shutdown, or
+/// this node no longer holds the peer links of its log), each in its own
+/// task; then, unless `node` (the node's own shutdown) was cancelled, says
+/// in each link's status that another node holds them.
+pub async fn run_all(
+    context: Arc<LinkContext>,
+    peers: Vec<Arc<PeerLink>>,
+    node: tokio_util::sync::CancellationToken,
+) {
+    let links: Vec<_> = peers
+        .iter()
+        .map(|link| tokio::spawn(run(context.clone(), link.clone())))
+        .collect();
+    for l in links {
+        let _ = l.await;
+    }
+    if !node.is_cancelled() {
+        for link in &peers {
+            link.update(|s| {
+                s.connected = false;
+                s.last_error = Some(
+                    "another node of this log holds its peer links (this one lost the duty)".into(),
+                );
+            });
+        }
+    }
+}
+
 /// Keeps one link up until the node shuts down.
 pub async fn run(state: Arc<LinkContext>, link: Arc<PeerLink>) {
     let max = state.timing.peer_retry_max;

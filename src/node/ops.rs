@@ -202,6 +202,18 @@ fn certificates(out: &mut String, state: &Scrape) {
 /// The store: deliveries, durability, space, the group commit; open connections.
 fn store_figures(out: &mut String, state: &Scrape) {
     let store = &state.store;
+    let _ = writeln!(
+        out,
+        "# HELP beacon_duty_held Work one node of a log does at a time: 1 while this node holds it, 0 while another node of its shared log does.\n# TYPE beacon_duty_held gauge"
+    );
+    for (d, held) in store.duties() {
+        let _ = writeln!(
+            out,
+            "beacon_duty_held{{duty=\"{}\"}} {}",
+            d.name(),
+            u8::from(held)
+        );
+    }
     total(
         out,
         "beacon_deliveries_total",

@@ -19,6 +19,7 @@ use crate::trust::state::TrustState;
 
 use crate::net::edge::{self as net, Connections, Net, NetError};
 use crate::node::state::NodeState;
+use crate::store::Duty;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -240,7 +241,7 @@ struct Running {
     expiries: JoinHandle<()>,
     pruner: JoinHandle<()>,
     checkpoints: JoinHandle<()>,
-    links: Vec<JoinHandle<()>>,
+    links: Option<JoinHandle<()>>,
     witnesses: Vec<JoinHandle<()>>,
     reloader: JoinHandle<()>,
 }
@@ -291,39 +292,52 @@ impl Running {
             state.trust.clone(),
             shutdown.clone(),
         ));
-        // Retention: prunes what is due in the background, until shutdown.
-        let pruner = tokio::spawn(crate::store::retention::run(
-            state.store.clone(),
-            retention,
-            shutdown.clone(),
-        ));
+        // Retention: prunes what is due in the background, until shutdown,
+        // on one node of the log at a time.
+        let pruner = {
+            let store = state.store.clone();
+            let held = store.duty(Duty::Pruning);
+            tokio::spawn(crate::node::duty::while_held(
+                Duty::Pruning,
+                held,
+                shutdown.clone(),
+                move |token| crate::store::retention::run(store.clone(), retention.clone(), token),
+            ))
+        };
         // Checkpoints of the log, signed until shutdown.
         let checkpoints = tokio::spawn(state.transparency.clone().run(
             state.trust.clone(),
             state.identity.clone(),
             shutdown.clone(),
         ));
-        // Peer links: one task each, until shutdown.
-        let link_context = Arc::new(crate::node::federation::LinkContext {
-            identity: state.identity.clone(),
-            timing: state.config.timing.clone(),
-            limits: state.config.limits.clone(),
-            trust: state.trust.clone(),
-            store: state.store.clone(),
-            policy: state.policy.clone(),
-            evidence: state.evidence.clone(),
-            shutdown: shutdown.clone(),
+        // Peer links: one task each, until shutdown, on one node of the
+        // log at a time.
+        let links = (!state.peers.is_empty()).then(|| {
+            let state = state.clone();
+            let held = state.store.duty(Duty::PeerLinks);
+            tokio::spawn(crate::node::duty::while_held(
+                Duty::PeerLinks,
+                held,
+                shutdown.clone(),
+                move |token| {
+                    let context = Arc::new(crate::node::federation::LinkContext {
+                        identity: state.identity.clone(),
+                        timing: state.config.timing.clone(),
+                        limits: state.config.limits.clone(),
+                        trust: state.trust.clone(),
+                        store: state.store.clone(),
+                        policy: state.policy.clone(),
+                        evidence: state.evidence.clone(),
+                        shutdown: token,
+                    });
+                    crate::node::federation::run_all(
+                        context,
+                        state.peers.clone(),
+                        state.shutdown.clone(),
+                    )
+                },
+            ))
         });
-        let links = state
-            .peers
-            .iter()
-            .map(|link| {
-                tokio::spawn(crate::node::federation::run(
-                    link_context.clone(),
-                    link.clone(),
-                ))
-            })
-            .collect();
         // Each peer's log witnessed, until shutdown.
         let witness_context = Arc::new(crate::node::witness::WitnessContext {
             trust: state.trust.clone(),
@@ -393,8 +407,8 @@ impl Running {
         let _ = self.acceptor.await;
         self.reloader.abort();
         let _ = self.reloader.await;
-        for link in self.links {
-            let _ = link.await;
+        if let Some(links) = self.links {
+            let _ = links.await;
         }
         for w in self.witnesses {
             let _ = w.await;

@@ -468,6 +468,37 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// moves, whoever appended (called with heads in any order; the caller
     /// keeps the highest).
     fn follow(&self, _on_head: Arc<dyn Fn(u64) + Send + Sync>) {}
+    /// Whether this process holds `duty` — work one process of the log does
+    /// at a time (the peer links, pruning) — as it changes. The engine
+    /// keeps trying to take a duty it does not hold, and says when it loses
+    /// one (its hold on the database is gone; another process may take it
+    /// now). An engine only this process opens holds every duty for good.
+    fn duty(&self, _duty: Duty) -> tokio::sync::watch::Receiver<bool> {
+        // The sender dropped: `true` for good, and no change ever comes.
+        tokio::sync::watch::channel(true).1
+    }
+}
+
+/// Work that one process of a log does at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Duty {
+    /// The links to other members' nodes (pulling their bulletins in,
+    /// keeping their positions).
+    PeerLinks,
+    /// Retention: pruning what is due to tombstones.
+    Pruning,
+}
+
+impl Duty {
+    pub const ALL: [Duty; 2] = [Duty::PeerLinks, Duty::Pruning];
+
+    /// Its name, in metrics, status and the database's lock key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Duty::PeerLinks => "peer-links",
+            Duty::Pruning => "pruning",
+        }
+    }
 }
 
 /// One sequence of the log: its record, or the tombstone of a pruned one.

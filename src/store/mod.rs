@@ -46,6 +46,7 @@ mod commit;
 mod contract;
 mod durable;
 mod engine;
+pub use engine::Duty;
 mod pg_engine;
 mod record;
 pub mod retention;
@@ -358,6 +359,8 @@ pub struct Store {
     spans: Spans,
     /// The upper levels of the log's tree, as proofs read them.
     tree: tree::Upper,
+    /// The duties asked of this process, and whether it holds each.
+    duties: parking_lot::Mutex<std::collections::BTreeMap<Duty, watch::Receiver<bool>>>,
     /// Where it lives (for the clean-close marker).
     dir: std::path::PathBuf,
     /// Held for as long as the store is open (declared last: released
@@ -505,12 +508,34 @@ impl Store {
             stats,
             spans: opts.spans,
             tree: tree::Upper::default(),
+            duties: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
     /// The acceptance time each record reserves (as opened with).
     pub fn spans(&self) -> Spans {
         self.spans
+    }
+
+    /// Whether this node holds `duty` of the log, as it changes (see
+    /// [`Duty`]): always on a store only this node opens; on a log several
+    /// nodes share, on one of them at a time, moving when it dies or loses
+    /// the database.
+    pub fn duty(&self, duty: Duty) -> watch::Receiver<bool> {
+        self.duties
+            .lock()
+            .entry(duty)
+            .or_insert_with(|| self.engine.duty(duty))
+            .clone()
+    }
+
+    /// Each duty asked of this node so far, and whether it holds it now.
+    pub fn duties(&self) -> Vec<(Duty, bool)> {
+        self.duties
+            .lock()
+            .iter()
+            .map(|(d, rx)| (*d, *rx.borrow()))
+            .collect()
     }
 
     /// The last durable sequence.

@@ -26,7 +26,7 @@
 //! ((level, index) → hash). Values are the bytes `store::record` encodes,
 //! with their CRC32, as in every engine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use bytes::Bytes;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use super::engine::{Engine, RecordIter, Space, WriteSet};
+use super::engine::{Duty, Engine, RecordIter, Space, WriteSet};
 use super::record::{LogId, Position};
 use super::StoreError;
 use crate::base::config::PostgresConfig;
@@ -564,6 +564,10 @@ struct Shared {
     channel: String,
     /// What the store asked to be told of heads others append.
     on_head: parking_lot::Mutex<Option<OnHead>>,
+    /// The duties asked for, and whether this process holds each.
+    duties: parking_lot::Mutex<BTreeMap<Duty, tokio::sync::watch::Sender<bool>>>,
+    /// Wakes the task that holds the duties when one more is asked for.
+    duty_asked: tokio::sync::Notify,
 }
 
 /// What the store is told of each head others append.
@@ -634,6 +638,8 @@ impl PgEngine {
             lease_conn: tokio::sync::Mutex::new(None),
             channel: format!("beacon_{}", c.schema),
             on_head: parking_lot::Mutex::new(None),
+            duties: parking_lot::Mutex::new(BTreeMap::new()),
+            duty_asked: tokio::sync::Notify::new(),
         });
         let engine = PgEngine {
             handle: runtime.handle().clone(),
@@ -842,6 +848,107 @@ async fn follow(s: Arc<Shared>) {
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How often the duties' connection takes the duties it lacks and shows
+/// it is alive; a node that lost it stops that work within about this
+/// (plus `timeout`), and the database lets a dead node's duties go when it
+/// closes its session (at once for a process that died, after the TCP
+/// keepalive for a machine that vanished).
+const DUTY_BEAT: Duration = Duration::from_secs(1);
+
+/// Holds the duties asked of this process, each a session advisory lock on
+/// one connection of its own (not the writer lock's, which is let go and
+/// taken again all the time): tries every `DUTY_BEAT` to take those it
+/// lacks, and checks the connection is alive; when the connection is lost
+/// (the database restarted, failed over, or cannot be reached) every duty
+/// is dropped at once and taken again once it is back.
+///
+/// Safety never rests on a duty: two nodes that both believe they hold one
+/// for a moment (a connection the database has not yet seen die) do the
+/// same work twice — a peer's bulletins answered as duplicates from the
+/// shared index, positions that only advance, prune steps fenced by the
+/// writer lock — never anything wrong.
+async fn hold_duties(s: Arc<Shared>) {
+    let tell = |d: Duty, held: bool| {
+        if let Some(tx) = s.duties.lock().get(&d) {
+            tx.send_replace(held);
+        }
+    };
+    loop {
+        let client = match s.dial.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "holding the log's duties: connecting");
+                tokio::time::sleep(DUTY_BEAT).await;
+                continue;
+            }
+        };
+        let mut held: BTreeSet<Duty> = BTreeSet::new();
+        loop {
+            let lacking: Vec<Duty> = s
+                .duties
+                .lock()
+                .keys()
+                .filter(|d| !held.contains(d))
+                .copied()
+                .collect();
+            let step = async {
+                let mut taken = Vec::new();
+                for d in &lacking {
+                    let key = lock_key(&format!("beacon-duty-{}", d.name()), &s.dial.schema);
+                    let row = client
+                        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                        .await?;
+                    if row.get::<_, bool>(0) {
+                        taken.push(*d);
+                    }
+                }
+                if lacking.is_empty() {
+                    // The duties held are held while this session lives.
+                    client.batch_execute("SELECT 1").await?;
+                }
+                Ok::<_, tokio_postgres::Error>(taken)
+            };
+            match tokio::time::timeout(s.timeout, step).await {
+                Ok(Ok(taken)) => {
+                    for d in taken {
+                        tracing::info!(
+                            duty = d.name(),
+                            "this node took the duty for the shared log"
+                        );
+                        held.insert(d);
+                        tell(d, true);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the connection that holds the log's duties failed");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "the connection that holds the log's duties did not answer in time"
+                    );
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(DUTY_BEAT) => {}
+                _ = s.duty_asked.notified() => {}
+            }
+        }
+        // Dropping the client closes its session, and with it any lock it
+        // held or was being granted.
+        drop(client);
+        for d in held {
+            tracing::warn!(
+                duty = d.name(),
+                "this node dropped the duty (its hold on the database is gone); it takes it again once it can"
+            );
+            tell(d, false);
+        }
+        tokio::time::sleep(DUTY_BEAT).await;
     }
 }
 
@@ -1398,6 +1505,22 @@ impl Engine for PgEngine {
 
     fn follow(&self, on_head: Arc<dyn Fn(u64) + Send + Sync>) {
         *self.shared.on_head.lock() = Some(on_head);
+    }
+
+    fn duty(&self, duty: Duty) -> tokio::sync::watch::Receiver<bool> {
+        let mut duties = self.shared.duties.lock();
+        let first = duties.is_empty();
+        let rx = duties
+            .entry(duty)
+            .or_insert_with(|| tokio::sync::watch::channel(false).0)
+            .subscribe();
+        drop(duties);
+        if first {
+            self.handle.spawn(hold_duties(self.shared.clone()));
+        } else {
+            self.shared.duty_asked.notify_one();
+        }
+        rx
     }
 
     fn sync(&self) -> Result<(), StoreError> {

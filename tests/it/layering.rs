@@ -48,7 +48,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     // Subscriptions out of the log; the network edge: dialling and accepting.
     (8, &["broker/subscription", "net/client", "net/edge"]),
     // The node's signed checkpoints of its log.
-    (9, &["node/transparency", "node/evidence"]),
+    (9, &["node/transparency", "node/evidence", "node/duty"]),
     (10, &["node/federation", "node/witness"]),
     (11, &["node/state"]),
     // The gRPC API, the TAXII server and the operations port.

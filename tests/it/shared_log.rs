@@ -392,3 +392,181 @@ async fn the_primary_database_killed_mid_storm_and_the_standby_promoted_loses_no
     .await;
     drop(node);
 }
+
+/// The duties `addr`'s node holds and waits for, as its status says.
+async fn duties_of(addr: std::net::SocketAddr, alliance: &Alliance) -> (Vec<String>, Vec<String>) {
+    status(addr, &alliance.op, &alliance.ca)
+        .await
+        .and_then(|s| s.store)
+        .map(|s| (s.duties_held, s.duties_waiting))
+        .unwrap_or_default()
+}
+
+/// Waits until exactly one of `addrs` holds `duty` and every other waits
+/// for it; the one that holds it.
+async fn sole_holder(
+    duty: &str,
+    addrs: &[std::net::SocketAddr],
+    alliance: &Alliance,
+) -> Option<std::net::SocketAddr> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let mut holders = Vec::new();
+        let mut settled = true;
+        for a in addrs {
+            let (held, waiting) = duties_of(*a, alliance).await;
+            match (
+                held.iter().any(|d| d == duty),
+                waiting.iter().any(|d| d == duty),
+            ) {
+                (true, false) => holders.push(*a),
+                (false, true) => {}
+                _ => settled = false,
+            }
+        }
+        if settled && holders.len() == 1 {
+            return Some(holders[0]);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+async fn peers_of(
+    addr: std::net::SocketAddr,
+    alliance: &Alliance,
+) -> Vec<beacon::base::proto::v1::PeerStatus> {
+    status(addr, &alliance.op, &alliance.ca)
+        .await
+        .map(|s| s.peers)
+        .unwrap_or_default()
+}
+
+/// What `client` reads at `addr`: every id, once each.
+async fn ids_at(
+    addr: std::net::SocketAddr,
+    client: &CertFiles,
+    ca: &[std::path::PathBuf],
+) -> std::collections::BTreeSet<String> {
+    let all = list_all(addr, client, ca).await.unwrap_or_default();
+    let ids: std::collections::BTreeSet<String> = all.iter().map(delivery_id).collect();
+    assert_eq!(ids.len(), all.len(), "no bulletin twice at {addr}");
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_of_a_shared_log_holds_its_peer_links_and_pruning_and_another_takes_them_when_it_dies(
+) {
+    let Some(url) = pg_url() else { return };
+    let alliance = Alliance::new(&["fr.anssi", "uk.ncsc"]);
+    let paris_cert = alliance.node("fr.anssi", "paris");
+    let paris_id = paris_cert.identity.clone();
+    let (_dp, paris) = daemon(&alliance.options(paris_cert, &[]));
+    let schema = fresh_schema();
+    // Retention is on (nothing is old enough to go), so pruning is a duty.
+    let retention =
+        "[retention]\ninterval = \"1s\"\n\n[retention.tlp.\"TLP:CLEAR\"]\nmax_age = \"30d\"\n";
+    let london = |name: &str| {
+        let mut o = alliance.options(
+            alliance.node("uk.ncsc", name),
+            &[(paris.addr, paris_id.clone())],
+        );
+        o.extra.push_str(&on_schema(&url, &schema));
+        o.extra.push_str(retention);
+        o
+    };
+    let (_d1, n1) = daemon(&london("london-1"));
+    let (_d2, n2) = daemon(&london("london-2"));
+    let mut nodes = vec![n1, n2];
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+
+    // One node holds each duty; the other waits for it.
+    let links = sole_holder("peer-links", &addrs, &alliance).await;
+    let Some(links) = links else {
+        panic!(
+            "one node holds the peer links: {:?} / {:?}\n{}",
+            duties_of(addrs[0], &alliance).await,
+            duties_of(addrs[1], &alliance).await,
+            nodes
+                .iter()
+                .map(|n| n.log())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+    };
+    assert!(sole_holder("pruning", &addrs, &alliance).await.is_some());
+    let other = *addrs.iter().find(|a| **a != links).expect("two nodes");
+
+    // Paris's bulletins come in through the holder's link, once.
+    let author = alliance.client("fr.anssi", "author");
+    let mut p = member(paris.addr, &author, &alliance.ca).await;
+    let mut sent = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let b = bulletin("fr.anssi", &format!("from paris {i}"));
+        p.publish(&b).await.expect("publish at paris");
+        sent.insert(b.id);
+    }
+    let reader = alliance.client("uk.ncsc", "reader");
+    let arrived = wait_until(Duration::from_secs(60), || async {
+        ids_at(other, &reader, &alliance.ca).await == sent
+    })
+    .await;
+    assert!(arrived.is_some(), "paris's bulletins reach the shared log");
+    let on_holder = peers_of(links, &alliance).await;
+    assert_eq!(on_holder.len(), 1);
+    assert_eq!((on_holder[0].stored, on_holder[0].duplicates), (20, 0));
+    let on_other = peers_of(other, &alliance).await;
+    assert!(
+        !on_other[0].connected && on_other[0].stored == 0,
+        "the other node has no link up: {on_other:?}"
+    );
+
+    // The holder dies: the other takes the links (and pruning) and goes on
+    // from the shared position, nothing read twice.
+    let (dead, alive) = match nodes[0].addr == links {
+        true => (nodes.remove(0), nodes.remove(0)),
+        false => (nodes.remove(1), nodes.remove(0)),
+    };
+    let mut dead = dead;
+    dead.signal(nix::sys::signal::Signal::SIGKILL);
+    dead.wait(Duration::from_secs(10));
+    let took = wait_until(Duration::from_secs(30), || async {
+        let (held, _) = duties_of(alive.addr, &alliance).await;
+        held.iter().any(|d| d == "peer-links") && held.iter().any(|d| d == "pruning")
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "the survivor takes the duties: {}",
+        alive.log()
+    );
+    for i in 20..30 {
+        let b = bulletin("fr.anssi", &format!("from paris {i}"));
+        p.publish(&b).await.expect("publish at paris");
+        sent.insert(b.id);
+    }
+    let arrived = wait_until(Duration::from_secs(60), || async {
+        ids_at(alive.addr, &reader, &alliance.ca).await == sent
+    })
+    .await;
+    assert!(
+        arrived.is_some(),
+        "what paris publishes after the holder died arrives through the survivor: {}",
+        alive.log()
+    );
+    let st = status(alive.addr, &alliance.op, &alliance.ca)
+        .await
+        .expect("status");
+    assert_eq!(st.store.map(|s| s.bulletins), Some(30), "each once");
+    // It started from the position the holder left (a position not yet
+    // durable when the holder died only means a few deliveries again,
+    // answered as duplicates).
+    assert!(
+        st.peers[0].duplicates < 20,
+        "the survivor read paris from the holder's position: {:?}",
+        st.peers[0]
+    );
+    drop(alive);
+    drop(paris);
+    psql(&format!("DROP SCHEMA {schema} CASCADE"));
+}
