@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::engine::Pruned;
 use super::engine::{Engine, WriteSet};
@@ -121,6 +121,7 @@ impl Committer {
             staged: std::collections::VecDeque::new(),
             prefetched: HashMap::new(),
             max_span: opts.spans.max_nanos(),
+            last_recovery: None,
         };
         let marker = Arc::new(Marker::default());
         let marker_thread = {
@@ -185,7 +186,7 @@ impl Committer {
         impl std::future::Future<Output = Result<Appended, StoreError>> + Send + 'static,
         StoreError,
     > {
-        self.check_open()?;
+        self.failed.check_permanent()?;
         let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
         writer
@@ -200,7 +201,7 @@ impl Committer {
     /// batches of appends, durable when this resolves. Returns how many
     /// were pruned.
     pub async fn prune(&self, seqs: Vec<u64>) -> Result<u64, StoreError> {
-        self.check_open()?;
+        self.failed.check_permanent()?;
         let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
         writer
@@ -446,6 +447,8 @@ struct Writer {
     prefetched: HashMap<(String, String), Option<Indexed>>,
     /// Room left after the last record when the tip is read again (ns).
     max_span: u64,
+    /// When a suspended store last tried to take its log up again.
+    last_recovery: Option<Instant>,
 }
 
 /// What a batch staged in the engine holds, for the applier's later
@@ -480,23 +483,75 @@ type Reply = (
 /// Set once a write or flush of the store has failed: from then on the
 /// store accepts nothing, and says why, until the node restarts and recovers
 /// from what is durable.
+///
+/// An engine that can go on after losing its connection (a database: what
+/// a failed transaction held was rolled back whole by the database, and
+/// the database keeps its own durability) is only *suspended* by a failure
+/// that says the engine is unavailable: appends are refused as
+/// `Unavailable` while the applier tries, at most every `RECOVER_EVERY`, to
+/// take the log up again from what the engine holds ([`Writer::recover`]).
 #[derive(Default)]
-pub(super) struct Failure(std::sync::OnceLock<String>);
+pub(super) struct Failure {
+    permanent: std::sync::OnceLock<String>,
+    suspended: parking_lot::Mutex<Option<String>>,
+}
+
+/// How often a suspended store tries to take its log up again.
+const RECOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Failure {
     /// The first failure is the one reported.
     fn set(&self, what: &str, e: &StoreError) {
-        if self.0.set(format!("{what} failed: {e}")).is_ok() {
+        if self.permanent.set(format!("{what} failed: {e}")).is_ok() {
             error!(error = %e, "store {what} failed; refusing further writes until a restart");
         }
     }
 
-    fn error(&self) -> StoreError {
-        StoreError::Failed(self.0.get().cloned().unwrap_or_default())
+    /// `e` stops the store for good, or (an engine that can go on, and an
+    /// error that says it is unavailable) until the log is taken up again.
+    fn fail(&self, what: &str, e: &StoreError, engine: &dyn Engine) {
+        match e {
+            StoreError::Unavailable(_) if engine.recoverable() => {
+                let mut s = self.suspended.lock();
+                if s.is_none() {
+                    warn!(error = %e, "store {what} failed; refusing appends until its database is back (nothing unacknowledged was taken for durable)");
+                    *s = Some(format!("{what} failed: {e}"));
+                }
+            }
+            _ => self.set(what, e),
+        }
     }
 
+    fn suspended(&self) -> bool {
+        self.suspended.lock().is_some()
+    }
+
+    fn resume(&self) {
+        if self.suspended.lock().take().is_some() {
+            info!("store resumed: its database is back and the log was taken up again from it");
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        match (self.permanent.get(), &*self.suspended.lock()) {
+            (Some(reason), _) => StoreError::Failed(reason.clone()),
+            (None, Some(reason)) => StoreError::Unavailable(reason.clone()),
+            (None, None) => StoreError::Failed(String::new()),
+        }
+    }
+
+    /// Whether the store accepts writes now.
     fn check(&self) -> Result<(), StoreError> {
-        match self.0.get() {
+        match self.permanent.get().is_some() || self.suspended() {
+            true => Err(self.error()),
+            false => Ok(()),
+        }
+    }
+
+    /// Whether the store has stopped for good (a suspended one takes
+    /// requests: its applier tries to take the log up again with them).
+    fn check_permanent(&self) -> Result<(), StoreError> {
+        match self.permanent.get() {
             Some(reason) => Err(StoreError::Failed(reason.clone())),
             None => Ok(()),
         }
@@ -716,7 +771,10 @@ impl Flusher {
                     // Never retried: after a failed fsync the kernel may have
                     // dropped the pages it covered, and a second fsync would
                     // report success without them (PostgreSQL's "fsyncgate").
-                    self.failed.set("flush (fsync)", &e);
+                    // A database engine's failed commit was rolled back whole
+                    // by the database: its store is only suspended, and the
+                    // applier takes the log up again from the database.
+                    self.failed.fail("flush (sync)", &e, self.engine.as_ref());
                     let drained: Vec<Pending> = self.pipeline.queue.lock().drain(..).collect();
                     for p in drained {
                         match p {
@@ -821,6 +879,7 @@ impl Writer {
     /// bulletin it supersedes or retracts and added to the batch; then the
     /// batch goes to the engine in one atomic write and its replies to the flusher.
     fn apply(&mut self, reqs: Vec<AppendReq>) {
+        self.recover();
         if let Err(e) = self.failed.check().and_then(|()| self.space.check()) {
             for (_, reply) in reqs {
                 let _ = reply.send(Err(e.clone()));
@@ -1014,7 +1073,7 @@ impl Writer {
             writes.head = Some(new_head);
             let records = writes.records.clone();
             if let Err(e) = self.engine.stage(writes) {
-                self.failed.set("write", &e);
+                self.failed.fail("write", &e, self.engine.as_ref());
                 for (reply, _) in replies {
                     let _ = reply.send(Err(self.failed.error()));
                 }
@@ -1047,6 +1106,7 @@ impl Writer {
     /// What it staged before is durable by then (the engine commits it
     /// before it lets the log go).
     fn claim(&mut self) -> Result<(), StoreError> {
+        self.recover();
         self.failed.check()?;
         let Some(head) = self.engine.claim()? else {
             return Ok(());
@@ -1066,6 +1126,71 @@ impl Writer {
         self.last_accepted = self.last_accepted.max(tip.last_accepted);
         self.pipeline.applied.fetch_max(head, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// A suspended store (its database was lost) takes its log up again,
+    /// if the engine can and `RECOVER_EVERY` has passed since it last
+    /// tried: the engine makes its connections again and reads the log's
+    /// head; a head below what was acknowledged stops the store for good
+    /// (the database lost acknowledged records); otherwise the applier
+    /// forgets what it staged (never acknowledged: its replies were
+    /// refusals) and reads its tip again. It waits until the flusher has
+    /// answered everything queued, so no round covers the old tip.
+    fn recover(&mut self) {
+        if !self.failed.suspended() || self.failed.check_permanent().is_err() {
+            return;
+        }
+        if self
+            .last_recovery
+            .is_some_and(|t| t.elapsed() < RECOVER_EVERY)
+        {
+            return;
+        }
+        self.last_recovery = Some(Instant::now());
+        if !self.pipeline.queue.lock().is_empty() {
+            return;
+        }
+        let head = match self.engine.recover() {
+            Ok(h) => h,
+            Err(e) => {
+                debug!(error = %e, "the store's database is not back yet");
+                return;
+            }
+        };
+        let durable = *self.committed.borrow();
+        if head < durable {
+            self.failed.set(
+                "resumption",
+                &StoreError::RolledBack {
+                    acknowledged: durable,
+                    found: head,
+                },
+            );
+            return;
+        }
+        let tip = match Tip::read(self.engine.as_ref(), head, self.max_span) {
+            Ok(t) => t,
+            Err(e) => {
+                debug!(error = %e, "the store's tip cannot be read yet");
+                return;
+            }
+        };
+        {
+            let q = self.pipeline.queue.lock();
+            if !q.is_empty() {
+                return;
+            }
+            // Nothing queued: the flusher waits, and its next round syncs
+            // up to this head (records a failed commit did apply after
+            // all are durable in the database: they become the committed
+            // head, never answered as appended).
+            self.pipeline.applied.store(head, Ordering::Release);
+        }
+        self.staged.clear();
+        self.head = head;
+        self.tree = tip.tree;
+        self.last_accepted = self.last_accepted.max(tip.last_accepted);
+        self.failed.resume();
     }
 
     /// Replaces the records at `seqs` by tombstones in one atomic write
@@ -1103,7 +1228,7 @@ impl Writer {
         let n = writes.pruned.len() as u64;
         if n > 0 {
             if let Err(e) = self.engine.write(writes) {
-                self.failed.set("write", &e);
+                self.failed.fail("write", &e, self.engine.as_ref());
                 return Err(e);
             }
         }

@@ -468,6 +468,24 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// moves, whoever appended (called with heads in any order; the caller
     /// keeps the highest).
     fn follow(&self, _on_head: Arc<dyn Fn(u64) + Send + Sync>) {}
+    /// Whether the store may go on after this engine reported itself
+    /// `Unavailable` (its connection lost): what a failed commit held was
+    /// rolled back whole, so the log can be taken up again by [`recover`].
+    /// An engine over local files cannot: after a failed fsync, what it
+    /// covered may be gone while a later fsync succeeds.
+    ///
+    /// [`recover`]: Engine::recover
+    fn recoverable(&self) -> bool {
+        false
+    }
+    /// After a failure the engine said it can go on from: forget what was
+    /// staged and not committed, make the connections again, and answer
+    /// the log's head as the engine holds it now.
+    fn recover(&self) -> Result<u64, StoreError> {
+        Err(StoreError::Failed(
+            "this engine cannot go on after a failure; restart the node".into(),
+        ))
+    }
     /// Whether this process holds `duty` — work one process of the log does
     /// at a time (the peer links, pruning) — as it changes. The engine
     /// keeps trying to take a duty it does not hold, and says when it loses

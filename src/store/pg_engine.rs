@@ -1507,6 +1507,47 @@ impl Engine for PgEngine {
         *self.shared.on_head.lock() = Some(on_head);
     }
 
+    fn recoverable(&self) -> bool {
+        true
+    }
+
+    fn recover(&self) -> Result<u64, StoreError> {
+        let _order = self.shared.order.lock();
+        let head = self.run("taking the log up again", |s| async move {
+            // The writer lock's session may live on or not: let it go (its
+            // lock goes with it), and take it again at the next claim.
+            drop(s.lease_conn.lock().await.take());
+            let mut writer = s.writer.lock().await;
+            *writer = None;
+            let conn = s.dial.connect().await?;
+            let row = conn
+                .client
+                .query_one(&conn.st.meta, &[&"head"])
+                .await
+                .map_err(|e| db("the log's head", e))?;
+            let head = row
+                .get::<_, Vec<u8>>(0)
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            *writer = Some(conn);
+            Ok(head)
+        })?;
+        // What was staged and not committed went with the failed
+        // transaction, and was never acknowledged. Cursor moves wait on:
+        // they only move forward.
+        self.shared.waiting.lock().sets.clear();
+        {
+            let mut l = self.shared.lease.lock();
+            l.held = false;
+            l.wanted = false;
+        }
+        self.shared.base.store(head, Ordering::Release);
+        *self.shared.failed.lock() = None;
+        Ok(head)
+    }
+
     fn duty(&self, duty: Duty) -> tokio::sync::watch::Receiver<bool> {
         let mut duties = self.shared.duties.lock();
         let first = duties.is_empty();
