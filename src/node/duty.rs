@@ -71,3 +71,90 @@ pub async fn while_held<F, Fut>(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Waits (bounded) until `f` holds.
+    async fn until(f: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition never held");
+    }
+
+    #[tokio::test]
+    async fn work_runs_only_while_the_duty_is_held_and_never_twice() {
+        let (tx, rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        // How many runs are under way now, and how many began.
+        let running = Arc::new(AtomicI32::new(0));
+        let began = Arc::new(AtomicU32::new(0));
+        let task = {
+            let (running, began) = (running.clone(), began.clone());
+            tokio::spawn(while_held(
+                Duty::PeerLinks,
+                rx,
+                shutdown.clone(),
+                move |token| {
+                    let (running, began) = (running.clone(), began.clone());
+                    async move {
+                        assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "never two");
+                        began.fetch_add(1, Ordering::SeqCst);
+                        token.cancelled().await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    }
+                },
+            ))
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(began.load(Ordering::SeqCst), 0, "not held: not started");
+        tx.send_replace(true);
+        until(|| running.load(Ordering::SeqCst) == 1).await;
+        tx.send_replace(false);
+        until(|| running.load(Ordering::SeqCst) == 0).await;
+        // Taken back: started again, once.
+        tx.send_replace(true);
+        until(|| began.load(Ordering::SeqCst) == 2).await;
+        assert_eq!(running.load(Ordering::SeqCst), 1);
+        shutdown.cancel();
+        task.await.expect("ends at shutdown");
+        assert_eq!(running.load(Ordering::SeqCst), 0, "stopped at shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_duty_held_for_good_runs_its_work_until_shutdown() {
+        // The embedded engine's answer: true, and no change ever.
+        let rx = watch::channel(true).1;
+        let shutdown = CancellationToken::new();
+        let began = Arc::new(AtomicU32::new(0));
+        let task = {
+            let began = began.clone();
+            tokio::spawn(while_held(
+                Duty::Pruning,
+                rx,
+                shutdown.clone(),
+                move |token| {
+                    let began = began.clone();
+                    async move {
+                        began.fetch_add(1, Ordering::SeqCst);
+                        token.cancelled().await;
+                    }
+                },
+            ))
+        };
+        until(|| began.load(Ordering::SeqCst) == 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished());
+        shutdown.cancel();
+        task.await.expect("ends at shutdown");
+        assert_eq!(began.load(Ordering::SeqCst), 1);
+    }
+}
