@@ -537,6 +537,7 @@ async fn one_node_of_a_shared_log_holds_its_peer_links_and_pruning_and_another_t
         false => (nodes.remove(1), nodes.remove(0)),
     };
     let mut dead = dead;
+    let killed = std::time::Instant::now();
     dead.signal(nix::sys::signal::Signal::SIGKILL);
     dead.wait(Duration::from_secs(10));
     let took = wait_until(Duration::from_secs(30), || async {
@@ -548,6 +549,10 @@ async fn one_node_of_a_shared_log_holds_its_peer_links_and_pruning_and_another_t
         took.is_some(),
         "the survivor takes the duties: {}",
         alive.log()
+    );
+    eprintln!(
+        "the survivor held both duties {:?} after the SIGKILL",
+        killed.elapsed()
     );
     for i in 20..30 {
         let b = bulletin("fr.anssi", &format!("from paris {i}"));
