@@ -2,6 +2,7 @@
 //! and its envelope, TLP and audience policy, reader filters.
 
 pub mod bulletin;
+pub mod hpke;
 pub(crate) mod filter;
 pub(crate) mod policy;
 pub(crate) mod tokens;

@@ -24,6 +24,7 @@ const LAYERS: &[(u32, &[&str])] = &[
             "base/disk",
             "interop/pattern",
             "tlog/merkle",
+            "domain/hpke",
         ],
     ),
     (1, &["base/config", "tlog/note"]),
