@@ -46,7 +46,10 @@ pub enum Suite {
 }
 
 impl Suite {
-    pub const ALL: [Suite; 2] = [Suite::P256Sha256Aes128Gcm, Suite::X25519Sha256ChaCha20Poly1305];
+    pub const ALL: [Suite; 2] = [
+        Suite::P256Sha256Aes128Gcm,
+        Suite::X25519Sha256ChaCha20Poly1305,
+    ];
 
     /// RFC 9180's identifiers: (KEM, KDF, AEAD).
     pub fn ids(self) -> (u16, u16, u16) {
@@ -209,15 +212,26 @@ mod tests {
             assert_eq!(v["mode"], 0);
             let s = |k: &str| hex(v[k].as_str().expect("hex field"));
             let (sk, pk, enc, info) = (s("skRm"), s("pkRm"), s("enc"), s("info"));
-            assert_eq!(public_of(suite, &sk).expect("public"), pk, "{}", suite.name());
+            assert_eq!(
+                public_of(suite, &sk).expect("public"),
+                pk,
+                "{}",
+                suite.name()
+            );
             let e = &v["encryptions"][0];
             let e = |k: &str| hex(e[k].as_str().expect("hex field"));
             let (aad, ct, pt) = (e("aad"), e("ct"), e("pt"));
             assert_eq!(open(suite, &sk, &enc, &info, &aad, &ct).expect("open"), pt);
             let mut bad = ct.clone();
             bad[0] ^= 1;
-            assert_eq!(open(suite, &sk, &enc, &info, &aad, &bad), Err(HpkeError::Open));
-            assert_eq!(open(suite, &sk, &enc, b"other info", &aad, &ct), Err(HpkeError::Open));
+            assert_eq!(
+                open(suite, &sk, &enc, &info, &aad, &bad),
+                Err(HpkeError::Open)
+            );
+            assert_eq!(
+                open(suite, &sk, &enc, b"other info", &aad, &ct),
+                Err(HpkeError::Open)
+            );
             seen.insert(suite);
         }
         assert_eq!(seen.len(), Suite::ALL.len(), "a vector for every suite");
@@ -236,7 +250,10 @@ mod tests {
                 b"a content key"
             );
             let (_, other) = generate(suite).expect("keys");
-            assert_eq!(open(suite, &other, &enc, b"info", b"", &ct), Err(HpkeError::Open));
+            assert_eq!(
+                open(suite, &other, &enc, b"info", b"", &ct),
+                Err(HpkeError::Open)
+            );
             assert!(matches!(
                 seal(suite, &pk[1..], b"info", b"", b"x"),
                 Err(HpkeError::PublicKeyLength { .. })

@@ -2,7 +2,8 @@
 //! and its envelope, TLP and audience policy, reader filters.
 
 pub mod bulletin;
-pub mod hpke;
 pub(crate) mod filter;
+pub mod hpke;
 pub(crate) mod policy;
+pub mod sealed;
 pub(crate) mod tokens;

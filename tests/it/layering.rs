@@ -35,6 +35,7 @@ const LAYERS: &[(u32, &[&str])] = &[
         4,
         &[
             "domain/policy",
+            "domain/sealed",
             "domain/filter",
             "domain/tokens",
             "base/metrics",
