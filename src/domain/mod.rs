@@ -4,6 +4,7 @@
 pub mod bulletin;
 pub(crate) mod filter;
 pub mod hpke;
+pub mod keys;
 pub(crate) mod policy;
 pub mod sealed;
 pub(crate) mod tokens;

@@ -36,6 +36,7 @@ use crate::domain::bulletin::{
     self, Bulletin, BulletinError, Envelope, Relation, Signer, Tlp, PAYLOAD_TYPE,
 };
 use crate::domain::hpke::{self, HpkeError, Suite};
+pub use crate::domain::keys::{hex, key_id, KEY_ID_LEN};
 use crate::trust::ChainCheck;
 
 /// The DSSE payload type of a sealed bulletin.
@@ -43,8 +44,6 @@ pub const SEALED_PAYLOAD_TYPE: &str = "application/vnd.beacon.sealed-bulletin.v1
 
 /// Recipient keys a sealed bulletin may name.
 pub const MAX_RECIPIENTS: usize = 256;
-/// Bytes of a key id.
-pub const KEY_ID_LEN: usize = 16;
 /// Bytes of the content key.
 const CONTENT_KEY_LEN: usize = 32;
 /// The smallest padded length: short bulletins all look alike.
@@ -53,7 +52,6 @@ const MIN_PADDED: usize = 256;
 const COMMITMENT_LABEL: &[u8] = b"beacon sealed-bulletin v1 key commitment";
 const PAYLOAD_LABEL: &[u8] = b"beacon sealed-bulletin v1 payload";
 const WRAP_LABEL: &[u8] = b"beacon sealed-bulletin v1 wrap";
-const KEY_ID_LABEL: &[u8] = b"beacon recipient key v1";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -103,7 +101,8 @@ pub enum SealError {
     Hpke(#[from] HpkeError),
 }
 
-/// A recipient key as a sealer uses it: whose, which, and its public key.
+/// A recipient key as a sealer uses it: whose, which suite, its public key
+/// (from a verified [`crate::domain::keys::KeyRecord`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientKey {
     pub member: String,
@@ -114,6 +113,16 @@ pub struct RecipientKey {
 impl RecipientKey {
     pub fn key_id(&self) -> [u8; KEY_ID_LEN] {
         key_id(self.suite, &self.public)
+    }
+}
+
+impl From<&crate::domain::keys::KeyRecord> for RecipientKey {
+    fn from(r: &crate::domain::keys::KeyRecord) -> Self {
+        RecipientKey {
+            member: r.member.clone(),
+            suite: r.suite,
+            public: r.public.clone(),
+        }
     }
 }
 
@@ -147,25 +156,6 @@ impl OpeningKey {
             private,
         })
     }
-}
-
-/// The id of a recipient key: the first 16 bytes of SHA-256 over a label,
-/// the suite's RFC 9180 ids and the public key.
-pub fn key_id(suite: Suite, public: &[u8]) -> [u8; KEY_ID_LEN] {
-    let (kem, kdf, aead) = suite.ids();
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(KEY_ID_LABEL);
-    ctx.update(&kem.to_be_bytes());
-    ctx.update(&kdf.to_be_bytes());
-    ctx.update(&aead.to_be_bytes());
-    ctx.update(public);
-    let mut id = [0u8; KEY_ID_LEN];
-    id.copy_from_slice(&ctx.finish().as_ref()[..KEY_ID_LEN]);
-    id
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The clear header, decoded.
@@ -1277,5 +1267,156 @@ mod tests {
             fixed - waste <= 250,
             "{fixed} B beyond the padding's {waste}"
         );
+    }
+    // Recipient key records (domain/keys.rs), with this module's world.
+
+    #[test]
+    fn key_records_verify_only_when_signed_by_their_member_and_well_formed() {
+        use crate::domain::keys::{self, KeyError};
+        let w = world();
+        let suite = Suite::P256Sha256Aes128Gcm;
+        let (public, _) = hpke::generate(suite).unwrap();
+        let t0 = now();
+        let env = keys::announce(
+            &w.uk,
+            "uk.ncsc",
+            suite,
+            &public,
+            t0,
+            keys::DEFAULT_VALIDITY,
+            None,
+        )
+        .unwrap();
+        let r = keys::verify_key(&env, &w.bundle, t0).unwrap();
+        assert_eq!(
+            (r.member.as_str(), r.key_id),
+            ("uk.ncsc", key_id(suite, &public))
+        );
+        assert_eq!(r.not_after, r.not_before + keys::DEFAULT_VALIDITY);
+        // Another member cannot announce uk.ncsc's keys.
+        let theirs = keys::announce(
+            &w.fr,
+            "uk.ncsc",
+            suite,
+            &public,
+            t0,
+            keys::DEFAULT_VALIDITY,
+            None,
+        )
+        .unwrap();
+        assert!(matches!(
+            keys::verify_key(&theirs, &w.bundle, t0),
+            Err(KeyError::WrongSigner { .. })
+        ));
+        // Fields that do not hold together, re-signed by the member.
+        let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_slice(&env.payload).unwrap();
+            f(&mut v);
+            w.uk.sign_statement(keys::KEY_TYPE, serde_json::to_vec(&v).unwrap())
+                .unwrap()
+        };
+        for (what, bad) in [
+            ("key id", edit(&|v| v["key_id"] = "00".repeat(16).into())),
+            (
+                "suite",
+                edit(&|v| v["suite"] = "P384-SHA384-AES256GCM".into()),
+            ),
+            (
+                "short key",
+                edit(&|v| v["public_key"] = hex(&public[1..]).into()),
+            ),
+            (
+                "validity",
+                edit(&|v| v["not_after"] = v["not_before"].clone()),
+            ),
+            ("unknown field", edit(&|v| v["extra"] = 1.into())),
+        ] {
+            assert!(
+                matches!(
+                    keys::verify_key(&bad, &w.bundle, t0),
+                    Err(KeyError::Malformed(_))
+                ),
+                "{what}"
+            );
+        }
+        // A bulletin envelope is not a key record.
+        let b = w.uk.sign(red("uk.ncsc", &[]).to_bytes()).unwrap();
+        assert!(matches!(
+            keys::verify_key(&b, &w.bundle, t0),
+            Err(KeyError::Signature(_))
+        ));
+    }
+
+    #[test]
+    fn a_keyring_says_which_keys_may_be_sealed_to_and_why_not() {
+        use crate::domain::keys::{self, KeyError, Keyring};
+        use std::time::Duration;
+        let w = world();
+        let suite = Suite::P256Sha256Aes128Gcm;
+        let t0 = now();
+        let day = Duration::from_secs(86_400);
+        let mut ring = Keyring::default();
+        let (p1, _) = hpke::generate(suite).unwrap();
+        let (p2, _) = hpke::generate(suite).unwrap();
+        let id1 = key_id(suite, &p1);
+        let id2 = key_id(suite, &p2);
+        let rec = |p: &[u8], from: SystemTime| {
+            keys::verify_key(
+                &keys::announce(&w.uk, "uk.ncsc", suite, p, from, 10 * day, None).unwrap(),
+                &w.bundle,
+                t0,
+            )
+            .unwrap()
+        };
+        assert!(matches!(
+            ring.usable_at("uk.ncsc", &id1, t0),
+            Err(KeyError::Unknown { .. })
+        ));
+        assert!(ring.add_key(rec(&p1, t0), t0).unwrap());
+        assert!(!ring.add_key(rec(&p1, t0), t0).unwrap(), "held already");
+        ring.add_key(rec(&p2, t0 + 20 * day), t0).unwrap();
+        ring.usable_at("uk.ncsc", &id1, t0 + day).unwrap();
+        assert!(matches!(
+            ring.usable_at("uk.ncsc", &id1, t0 + 11 * day),
+            Err(KeyError::NotValid { .. })
+        ));
+        assert!(matches!(
+            ring.usable_at("uk.ncsc", &id2, t0),
+            Err(KeyError::NotValid { .. })
+        ));
+        assert_eq!(ring.current(Some("uk.ncsc"), t0 + day).len(), 1);
+        // Revoked from a time on: usable before it, not after.
+        let rev = keys::verify_revocation(
+            &keys::revoke(&w.uk, "uk.ncsc", id1, t0 + 2 * day, "key compromise").unwrap(),
+            &w.bundle,
+            t0,
+        )
+        .unwrap();
+        assert!(ring.add_revocation(rev.clone()));
+        assert!(!ring.add_revocation(rev));
+        ring.usable_at("uk.ncsc", &id1, t0 + day).unwrap();
+        assert!(matches!(
+            ring.usable_at("uk.ncsc", &id1, t0 + 3 * day),
+            Err(KeyError::Revoked { .. })
+        ));
+        // Another member cannot revoke uk.ncsc's key.
+        let forged = keys::revoke(&w.fr, "uk.ncsc", id1, t0, "").unwrap();
+        assert!(matches!(
+            keys::verify_revocation(&forged, &w.bundle, t0),
+            Err(KeyError::WrongSigner { .. })
+        ));
+        // Bounded: a member's keys still valid beyond the bound are refused.
+        let mut full = Keyring::default();
+        for _ in 0..keys::MAX_KEYS_PER_MEMBER {
+            let (p, _) = hpke::generate(suite).unwrap();
+            full.add_key(rec(&p, t0), t0).unwrap();
+        }
+        let (p, _) = hpke::generate(suite).unwrap();
+        assert!(matches!(
+            full.add_key(rec(&p, t0), t0),
+            Err(KeyError::TooMany { .. })
+        ));
+        // Once they have expired, a new one takes the oldest's place.
+        assert!(full.add_key(rec(&p, t0), t0 + 11 * day).unwrap());
     }
 }

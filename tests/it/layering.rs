@@ -35,14 +35,14 @@ const LAYERS: &[(u32, &[&str])] = &[
         4,
         &[
             "domain/policy",
-            "domain/sealed",
+            "domain/keys",
             "domain/filter",
             "domain/tokens",
             "base/metrics",
         ],
     ),
     // The log: it knows bulletins, not their forms (what a span is, it is told).
-    (5, &["store"]),
+    (5, &["store", "domain/sealed"]),
     // One admission path into the log; one view of it for each reader.
     (6, &["broker/ingest", "broker/view"]),
     // The forms of a bulletin: STIX, MISP, documents.
