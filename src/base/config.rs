@@ -78,6 +78,10 @@ pub struct Config {
     pub taxii: TaxiiConfig,
     #[serde(default)]
     pub transparency: TransparencyConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub federation: FederationConfig,
     /// The file it was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -194,6 +198,36 @@ where
     humantime::parse_duration(&s)
         .map(|d| T::from(Some(d)))
         .map_err(serde::de::Error::custom)
+}
+
+/// `[policy]`: what this node requires of what is published here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// TLP labels a bulletin published here must be sealed under (sealed
+    /// to its recipients' keys, so no node on its way reads it), e.g.
+    /// `["TLP:RED"]`. Off by default.
+    pub require_sealed: Vec<String>,
+}
+
+/// `[federation]`: what this node carries for others.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    pub carry_sealed: CarrySealed,
+}
+
+/// Which sealed bulletins a node stores and passes on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CarrySealed {
+    /// Only those its own member may read (is a recipient of), as for any
+    /// bulletin.
+    #[default]
+    Audience,
+    /// Any sealed bulletin, to pass it on to other nodes: it cannot read
+    /// it, and serves it to readers only where they are recipients.
+    Any,
 }
 
 /// `[transparency]`: the node's signed checkpoints of its log.
@@ -657,6 +691,16 @@ impl Config {
                 "transparency.checkpoint_interval_ms, checkpoint_entries and witness_interval_ms must be at least 1"
                     .into(),
             ));
+        }
+        for label in &self.policy.require_sealed {
+            if !matches!(
+                label.to_ascii_uppercase().as_str(),
+                "TLP:AMBER" | "TLP:AMBER+STRICT" | "TLP:RED"
+            ) {
+                return Err(ConfigError::Invalid(format!(
+                    "policy.require_sealed {label:?}: sealing is for \"TLP:AMBER\", \"TLP:AMBER+STRICT\" and \"TLP:RED\""
+                )));
+            }
         }
         if self.taxii.max_page == 0 || self.taxii.max_page > 10_000 {
             return Err(ConfigError::Invalid(

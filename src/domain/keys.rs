@@ -72,6 +72,8 @@ pub enum KeyError {
     Conflict { member: String, key_id: String },
     #[error("{member} has {MAX_KEYS_PER_MEMBER} recipient keys still valid; revoke one first")]
     TooMany { member: String },
+    #[error("the recipient key register {path}: {reason}")]
+    Io { path: String, reason: String },
 }
 
 impl From<BulletinError> for KeyError {
@@ -249,6 +251,24 @@ pub fn revoke(
     Ok(signer.sign_statement(REVOCATION_TYPE, bytes)?)
 }
 
+/// The signer of `env`, verified at `now`, or — its certificate expired
+/// since — at `made` (never later than `now`). Revocation applies whatever
+/// the time.
+fn signed_at(
+    env: &Envelope,
+    payload_type: &str,
+    chains: &dyn ChainCheck,
+    now: SystemTime,
+    made: SystemTime,
+) -> Result<Identity, KeyError> {
+    match bulletin::verify_statement(env, payload_type, chains, now) {
+        Err(BulletinError::Signer(crate::trust::TrustError::Expired)) if made < now => {
+            Ok(bulletin::verify_statement(env, payload_type, chains, made)?)
+        }
+        other => Ok(other?),
+    }
+}
+
 /// Checks a key record: its signature by a certificate of its member, its
 /// fields (a known suite, a public key of the suite's length, the key id
 /// derived from them, a validity within bounds).
@@ -260,9 +280,12 @@ pub fn verify_key(
     if env.payload.len() > MAX_PAYLOAD {
         return Err(KeyError::Malformed(format!("{} bytes", env.payload.len())));
     }
-    let signer = bulletin::verify_statement(env, KEY_TYPE, chains, now)?;
     let p: KeyPayload = serde_json::from_slice(&env.payload)
         .map_err(|e| KeyError::Malformed(format!("its JSON: {e}")))?;
+    // A record outlives the certificate that signed it (keys last up to
+    // 400 days, certificates 90): one whose signer has expired since is
+    // taken if the chain was valid when the key became valid.
+    let signer = signed_at(env, KEY_TYPE, chains, now, at(p.not_before))?;
     check_signer(&signer, &p.member)?;
     let suite = Suite::parse(&p.suite)
         .ok_or_else(|| KeyError::Malformed(format!("unknown suite {:?}", p.suite)))?;
@@ -311,9 +334,9 @@ pub fn verify_revocation(
     if env.payload.len() > MAX_PAYLOAD {
         return Err(KeyError::Malformed(format!("{} bytes", env.payload.len())));
     }
-    let signer = bulletin::verify_statement(env, REVOCATION_TYPE, chains, now)?;
     let p: RevocationPayload = serde_json::from_slice(&env.payload)
         .map_err(|e| KeyError::Malformed(format!("its JSON: {e}")))?;
+    let signer = signed_at(env, REVOCATION_TYPE, chains, now, at(p.revoked_at))?;
     check_signer(&signer, &p.member)?;
     Ok(Revocation {
         key_id: key_id_field(&p.key_id)?,
@@ -379,9 +402,17 @@ impl Keyring {
         let k = (r.member.clone(), r.key_id);
         match self.revoked.get(&k) {
             Some(held) if held.revoked_at <= r.revoked_at => false,
-            _ => {
-                // Bounded like the keys: revocations of keys not held and
-                // long past are dropped first.
+            Some(_) => {
+                self.revoked.insert(k, r);
+                true
+            }
+            None => {
+                // Bounded: a member's revocations are at most four times
+                // its keys (older keys' revocations outlive their records).
+                let of_member = self.revoked.keys().filter(|(m, _)| *m == r.member).count();
+                if of_member >= 4 * MAX_KEYS_PER_MEMBER {
+                    return false;
+                }
                 self.revoked.insert(k, r);
                 true
             }
@@ -447,5 +478,179 @@ impl Keyring {
         self.revoked
             .get(&(member.to_owned(), *key_id))
             .map(|r| r.revoked_at)
+    }
+}
+
+/// The keyring a node keeps, in `recipient-keys.json` in its data
+/// directory (written aside, fsynced, renamed): every record and revocation
+/// it was given or fetched from its peers, as signed.
+pub struct KeyStore {
+    path: std::path::PathBuf,
+    ring: parking_lot::RwLock<Keyring>,
+    /// One writer of the file at a time.
+    writing: parking_lot::Mutex<()>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct KeyFile {
+    /// Each envelope's protobuf encoding, base64.
+    keys: Vec<String>,
+    revocations: Vec<String>,
+}
+
+impl KeyStore {
+    /// Loads the register in `dir` (none yet: empty), checking every record
+    /// again with `chains` (one that no longer verifies is dropped, said in
+    /// the log).
+    pub fn open(
+        dir: &std::path::Path,
+        chains: &dyn ChainCheck,
+        now: SystemTime,
+    ) -> Result<KeyStore, KeyError> {
+        use base64::Engine as _;
+        let path = dir.join("recipient-keys.json");
+        let io = |e: &dyn std::fmt::Display| KeyError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let file: KeyFile = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| io(&e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyFile::default(),
+            Err(e) => return Err(io(&e)),
+        };
+        let decode = |s: &str| -> Option<Envelope> {
+            let b = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+            crate::domain::bulletin::codec::decode_envelope(&b).ok()
+        };
+        let mut ring = Keyring::default();
+        for k in &file.keys {
+            match decode(k)
+                .ok_or_else(|| KeyError::Malformed("not an envelope".into()))
+                .and_then(|e| verify_key(&e, chains, now))
+            {
+                Ok(r) => {
+                    let _ = ring.add_key(r, now);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a recipient key record no longer verifies; dropped")
+                }
+            }
+        }
+        for k in &file.revocations {
+            match decode(k)
+                .ok_or_else(|| KeyError::Malformed("not an envelope".into()))
+                .and_then(|e| verify_revocation(&e, chains, now))
+            {
+                Ok(r) => {
+                    ring.add_revocation(r);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a recipient key revocation no longer verifies; dropped")
+                }
+            }
+        }
+        Ok(KeyStore {
+            path,
+            ring: parking_lot::RwLock::new(ring),
+            writing: parking_lot::Mutex::new(()),
+        })
+    }
+
+    /// Verifies and adds a key record; written to the file before this
+    /// returns if it was new.
+    pub fn add_key(
+        &self,
+        env: &Envelope,
+        chains: &dyn ChainCheck,
+        now: SystemTime,
+    ) -> Result<(KeyRecord, bool), KeyError> {
+        let r = verify_key(env, chains, now)?;
+        let _w = self.writing.lock();
+        let added = self.ring.write().add_key(r.clone(), now)?;
+        if added {
+            self.save()?;
+        }
+        Ok((r, added))
+    }
+
+    /// Verifies and adds a revocation (kept even before its key arrives).
+    pub fn add_revocation(
+        &self,
+        env: &Envelope,
+        chains: &dyn ChainCheck,
+        now: SystemTime,
+    ) -> Result<(Revocation, bool), KeyError> {
+        let r = verify_revocation(env, chains, now)?;
+        let _w = self.writing.lock();
+        let added = self.ring.write().add_revocation(r.clone());
+        if added {
+            self.save()?;
+        }
+        Ok((r, added))
+    }
+
+    /// The key, if it could be sealed to at `t`.
+    pub fn usable_at(
+        &self,
+        member: &str,
+        key_id: &[u8; KEY_ID_LEN],
+        t: SystemTime,
+    ) -> Result<KeyRecord, KeyError> {
+        self.ring.read().usable_at(member, key_id, t).cloned()
+    }
+
+    /// The signed records to hand out: the keys of `member` (all members if
+    /// `None`) usable now, or (`all`) every record and revocation held.
+    pub fn listing(
+        &self,
+        member: Option<&str>,
+        all: bool,
+        now: SystemTime,
+    ) -> (Vec<Envelope>, Vec<Envelope>) {
+        let ring = self.ring.read();
+        if !all {
+            let keys = ring
+                .current(member, now)
+                .into_iter()
+                .map(|r| r.envelope.clone())
+                .collect();
+            return (keys, Vec::new());
+        }
+        let (keys, revs) = ring.all();
+        let of = |m: &str| member.is_none_or(|x| x == m);
+        (
+            keys.into_iter()
+                .filter(|r| of(&r.member))
+                .map(|r| r.envelope.clone())
+                .collect(),
+            revs.into_iter()
+                .filter(|r| of(&r.member))
+                .map(|r| r.envelope.clone())
+                .collect(),
+        )
+    }
+
+    fn save(&self) -> Result<(), KeyError> {
+        use base64::Engine as _;
+        let enc = |e: &Envelope| {
+            base64::engine::general_purpose::STANDARD
+                .encode(crate::domain::bulletin::codec::encode_envelope(e))
+        };
+        let file = {
+            let ring = self.ring.read();
+            let (keys, revs) = ring.all();
+            KeyFile {
+                keys: keys.iter().map(|r| enc(&r.envelope)).collect(),
+                revocations: revs.iter().map(|r| enc(&r.envelope)).collect(),
+            }
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| KeyError::Io {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        crate::base::disk::replace_file(&self.path, &bytes, false).map_err(|e| KeyError::Io {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        })
     }
 }
