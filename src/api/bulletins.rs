@@ -39,7 +39,12 @@ const DEFAULT_LIST_PAGE: u32 = 100;
 fn refusal_reason(e: &IngestError) -> &'static str {
     use crate::trust::TrustError;
     let IngestError::Bulletin(e) = e else {
-        return "malformed";
+        return match e {
+            IngestError::MustBeSealed(_) => "must_be_sealed",
+            IngestError::Key(_) => "recipient_key",
+            IngestError::Sealed(_) => "sealed",
+            _ => "malformed",
+        };
     };
     match e {
         BulletinError::TooLarge { .. } => "too_large",
@@ -62,6 +67,88 @@ fn refusal_reason(e: &IngestError) -> &'static str {
 
 #[tonic::async_trait]
 impl pb::bulletins_server::Bulletins for BulletinsService {
+    async fn announce_recipient_key(
+        &self,
+        request: Request<pb::RecipientKeyRequest>,
+    ) -> Result<Response<pb::RecipientKeyResponse>, Status> {
+        let peer = caller(&request, MEMBERS)?;
+        let env = record_of(request.into_inner(), crate::domain::keys::KEY_TYPE)?;
+        let s = &self.state;
+        let (now, chains) = (std::time::SystemTime::now(), s.trust.signer_check());
+        let r =
+            crate::domain::keys::verify_key(&env, &chains, now).map_err(|e| status::keys(&e))?;
+        own_member(&peer, &r.member)?;
+        let (r, added) = s
+            .keys
+            .add_key(&env, &chains, now)
+            .map_err(|e| status::keys(&e))?;
+        if added {
+            info!(target: "beacon::audit", peer = %peer.identity, member = %r.member,
+                  key_id = %crate::domain::keys::hex(&r.key_id), "recipient key announced");
+        }
+        Ok(Response::new(pb::RecipientKeyResponse {
+            member: r.member,
+            key_id: crate::domain::keys::hex(&r.key_id),
+            added,
+        }))
+    }
+
+    async fn revoke_recipient_key(
+        &self,
+        request: Request<pb::RecipientKeyRequest>,
+    ) -> Result<Response<pb::RecipientKeyResponse>, Status> {
+        let peer = caller(&request, MEMBERS)?;
+        let env = record_of(request.into_inner(), crate::domain::keys::REVOCATION_TYPE)?;
+        let s = &self.state;
+        let (now, chains) = (std::time::SystemTime::now(), s.trust.signer_check());
+        let r = crate::domain::keys::verify_revocation(&env, &chains, now)
+            .map_err(|e| status::keys(&e))?;
+        own_member(&peer, &r.member)?;
+        let (r, added) = s
+            .keys
+            .add_revocation(&env, &chains, now)
+            .map_err(|e| status::keys(&e))?;
+        if added {
+            warn!(target: "beacon::audit", peer = %peer.identity, member = %r.member,
+                  key_id = %crate::domain::keys::hex(&r.key_id), reason = %r.reason,
+                  "recipient key revoked");
+        }
+        Ok(Response::new(pb::RecipientKeyResponse {
+            member: r.member,
+            key_id: crate::domain::keys::hex(&r.key_id),
+            added,
+        }))
+    }
+
+    async fn list_recipient_keys(
+        &self,
+        request: Request<pb::ListRecipientKeysRequest>,
+    ) -> Result<Response<pb::ListRecipientKeysResponse>, Status> {
+        caller(
+            &request,
+            &[
+                crate::base::identity::RoleKind::Node,
+                crate::base::identity::RoleKind::Client,
+                crate::base::identity::RoleKind::Operator,
+            ],
+        )?;
+        let req = request.into_inner();
+        let member = (!req.member.is_empty()).then_some(req.member.as_str());
+        let (keys, revocations) =
+            self.state
+                .keys
+                .listing(member, req.all, std::time::SystemTime::now());
+        let to = |v: Vec<crate::domain::bulletin::Envelope>| {
+            v.iter()
+                .map(crate::domain::bulletin::codec::envelope_to_proto)
+                .collect()
+        };
+        Ok(Response::new(pb::ListRecipientKeysResponse {
+            keys: to(keys),
+            revocations: to(revocations),
+        }))
+    }
+
     async fn publish(
         &self,
         request: Request<pb::PublishRequest>,
@@ -324,11 +411,14 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
                 }
             }
         });
+        let carrier =
+            open.carry_sealed && peer.identity.kind() == crate::base::identity::RoleKind::Node;
         let sub = Subscription {
             view: self
                 .view(member)
                 .filtered(filter)
-                .choosing(open.include_expired, open.current_only),
+                .choosing(open.include_expired, open.current_only)
+                .carrying_sealed(carrier),
             start,
             log,
             window,
@@ -450,6 +540,37 @@ async fn closing_reason(
     }
 }
 
+/// The signed record a key request carries, of `payload_type`.
+fn record_of(
+    req: pb::RecipientKeyRequest,
+    payload_type: &str,
+) -> Result<crate::domain::bulletin::Envelope, Status> {
+    let env = req
+        .record
+        .map(crate::domain::bulletin::codec::envelope_from_proto)
+        .ok_or_else(|| status::bad_request("the request carries no record"))?;
+    if env.payload_type != payload_type {
+        return Err(status::bad_request(format!(
+            "the record is of type {:?}; this call takes {payload_type:?}",
+            env.payload_type
+        )));
+    }
+    Ok(env)
+}
+
+/// A member's keys are announced and revoked by the member's own clients
+/// and nodes (a record signed by the member but sent by another is
+/// fetched by nodes from their peers, not pushed).
+fn own_member(peer: &PeerInfo, member: &str) -> Result<(), Status> {
+    match peer.identity.member().map(|m| m.as_str()) == Some(member) {
+        true => Ok(()),
+        false => Err(Status::permission_denied(format!(
+            "{} may not announce or revoke keys of {member}",
+            peer.identity
+        ))),
+    }
+}
+
 /// What a publish's answer needs once the store has it.
 struct Admitted {
     id: String,
@@ -487,8 +608,7 @@ fn admit(
     let admitted = ingest
         .publish(&env, bytes, &peer.identity)
         .map_err(refused)?;
-    let v = &admitted.verified;
-    let unknown = state.policy.unknown_groups(&v.bulletin().audience.groups);
+    let unknown = state.policy.unknown_groups(&admitted.groups);
     let warnings = if unknown.is_empty() {
         Vec::new()
     } else {
@@ -501,10 +621,10 @@ fn admit(
         )]
     };
     let answer = Admitted {
-        id: v.bulletin().id.clone(),
+        id: admitted.record.meta.id.clone(),
         digest: admitted.record.meta.digest,
-        signer: v.signer().to_string(),
-        tlp: v.tlp().label(),
+        signer: admitted.signer.to_string(),
+        tlp: admitted.tlp.label(),
         warnings,
         envelope: admitted.record.envelope.clone(),
     };

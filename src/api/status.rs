@@ -37,7 +37,35 @@ pub fn ingest(e: &crate::broker::ingest::IngestError) -> Status {
         I::Bulletin(b) => bulletin(b),
         I::NotReadable { .. } | I::SubmittedBy(_) => Status::permission_denied(e.to_string()),
         I::Digest | I::NotCanonical | I::Origin(_) => Status::invalid_argument(e.to_string()),
-        I::SignerExpired => Status::failed_precondition(e.to_string()),
+        I::SignerExpired | I::MustBeSealed(_) => Status::failed_precondition(e.to_string()),
+        I::Key(k) => keys(k),
+        I::Sealed(s) => sealed(s),
+    }
+}
+
+pub fn sealed(e: &crate::domain::sealed::SealError) -> Status {
+    use crate::domain::sealed::SealError as S;
+    match e {
+        S::Signature(b) => bulletin(b),
+        S::Hpke(_) | S::Commitment | S::Decrypt | S::NotARecipient(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+pub fn keys(e: &crate::domain::keys::KeyError) -> Status {
+    use crate::domain::keys::KeyError as K;
+    let msg = e.to_string();
+    match e {
+        K::WrongSigner { .. } => Status::permission_denied(msg),
+        K::Unknown { .. } | K::NotValid { .. } | K::Revoked { .. } => {
+            Status::failed_precondition(msg)
+        }
+        K::Conflict { .. } => Status::already_exists(msg),
+        K::TooMany { .. } => Status::resource_exhausted(msg),
+        K::Io { .. } => Status::internal(msg),
+        _ => Status::invalid_argument(msg),
     }
 }
 

@@ -16,9 +16,12 @@
 
 use std::time::SystemTime;
 
+use crate::base::config::CarrySealed;
 use crate::base::identity::{Identity, RoleKind};
-use crate::domain::bulletin::{self, BulletinError, Envelope, Meta, Relation, Verified};
+use crate::domain::bulletin::{self, codec, BulletinError, Envelope, Meta, Relation, Tlp};
+use crate::domain::keys::KeyStore;
 use crate::domain::policy::Policy;
+use crate::domain::sealed;
 use crate::store::{NewRecord, Related, Replaced, Spans};
 use crate::trust::state::TrustState;
 
@@ -40,6 +43,26 @@ pub enum IngestError {
     SubmittedBy(String),
     #[error("the signer's certificate has expired: a relay of its bulletin is taken only with proof that a log held it while the certificate was valid (a checkpoint cosigned in time)")]
     SignerExpired,
+    /// A sealed bulletin's form, outer signature or fields.
+    #[error(transparent)]
+    Sealed(Box<crate::domain::sealed::SealError>),
+    /// A recipient key a sealed bulletin names, at its creation.
+    #[error(transparent)]
+    Key(Box<crate::domain::keys::KeyError>),
+    #[error("this node requires {0} bulletins to be sealed to their recipients' keys: publish it with beacon publish --seal (a STIX bundle: beacon publish --stix FILE --seal)")]
+    MustBeSealed(&'static str),
+}
+
+impl From<crate::domain::sealed::SealError> for IngestError {
+    fn from(e: crate::domain::sealed::SealError) -> Self {
+        IngestError::Sealed(Box::new(e))
+    }
+}
+
+impl From<crate::domain::keys::KeyError> for IngestError {
+    fn from(e: crate::domain::keys::KeyError) -> Self {
+        IngestError::Key(Box::new(e))
+    }
 }
 
 /// What admission needs of the node.
@@ -53,12 +76,25 @@ pub struct Ingest<'a> {
     pub max_envelope_bytes: usize,
     /// The acceptance time each record reserves (the store's).
     pub spans: Spans,
+    /// The recipient keys a sealed bulletin published here is checked
+    /// against.
+    pub keys: &'a KeyStore,
+    /// `[policy] require_sealed`: TLP labels published here only sealed.
+    pub require_sealed: &'a [String],
+    /// `[federation] carry_sealed`: whether relays of sealed bulletins this
+    /// member may not read are kept (to pass them on).
+    pub carry_sealed: CarrySealed,
 }
 
 /// A publish admitted: the record to append, and what was verified.
 pub struct Admitted {
     pub record: NewRecord,
-    pub verified: Verified,
+    /// Who signed it.
+    pub signer: Identity,
+    pub tlp: Tlp,
+    /// The audience groups it names (none when sealed).
+    pub groups: Vec<String>,
+    pub sealed: bool,
 }
 
 impl Ingest<'_> {
@@ -84,6 +120,9 @@ impl Ingest<'_> {
         sender: &Identity,
     ) -> Result<Admitted, IngestError> {
         self.check_size(bytes.len())?;
+        if env.payload_type == sealed::SEALED_PAYLOAD_TYPE {
+            return self.publish_sealed(env, bytes, sender);
+        }
         let client = (sender.kind() == RoleKind::Client).then_some(sender);
         let verified = bulletin::verify_envelope_with(
             env,
@@ -105,7 +144,10 @@ impl Ingest<'_> {
                 bad.join("; "),
             )));
         }
-        let related = related(verified.bulletin(), true);
+        if self.must_be_sealed(verified.tlp()) {
+            return Err(IngestError::MustBeSealed(verified.tlp().label()));
+        }
+        let related = related(&verified.bulletin().relation, true);
         let digest = bulletin::sha256(&bytes);
         let record = NewRecord {
             meta: Meta::of(&verified, digest, &self.node.to_string()),
@@ -114,7 +156,63 @@ impl Ingest<'_> {
             related,
             span: (self.spans.of)(verified.bulletin()),
         };
-        Ok(Admitted { record, verified })
+        Ok(Admitted {
+            record,
+            signer: verified.signer().clone(),
+            tlp: verified.tlp(),
+            groups: verified.bulletin().audience.groups.clone(),
+            sealed: false,
+        })
+    }
+
+    fn must_be_sealed(&self, tlp: Tlp) -> bool {
+        self.require_sealed
+            .iter()
+            .any(|l| Tlp::parse(l) == Some(tlp))
+    }
+
+    /// A sealed publish: its form and outer signature (by the sender, for
+    /// a client), its clear fields, and every recipient key it is sealed to
+    /// — known here, valid and not revoked when the bulletin was made. What
+    /// it holds is not read (the node cannot).
+    fn publish_sealed(
+        &self,
+        env: &Envelope,
+        bytes: Vec<u8>,
+        sender: &Identity,
+    ) -> Result<Admitted, IngestError> {
+        let now = SystemTime::now();
+        let v = sealed::verify(env, &self.trust.signer_check(), now)?;
+        if sender.kind() == RoleKind::Client && &v.signer != sender {
+            return Err(BulletinError::NotPeer {
+                signer: v.signer.to_string(),
+                peer: sender.to_string(),
+            }
+            .into());
+        }
+        v.check_fields(now)?;
+        let h = &v.sealed.header;
+        let made = h.created_at.unwrap_or(now).min(now);
+        for (member, key_id) in &h.recipients {
+            self.keys.usable_at(member, key_id, made)?;
+        }
+        let tlp = codec::tlp_from_i32(h.tlp).unwrap_or(Tlp::Red);
+        let digest = bulletin::sha256(&bytes);
+        let record = NewRecord {
+            meta: v.meta(digest, &self.node.to_string()),
+            envelope: bytes,
+            payload_digest: bulletin::sha256(&env.payload),
+            related: related(&h.relation, true),
+            // Served whole or not at all (never as STIX parts).
+            span: 1,
+        };
+        Ok(Admitted {
+            record,
+            signer: v.signer.clone(),
+            tlp,
+            groups: Vec::new(),
+            sealed: true,
+        })
     }
 
     /// A peer's delivery: the envelope `bytes` it sent with `digest_sent`,
@@ -147,6 +245,11 @@ impl Ingest<'_> {
             return Err(IngestError::NotCanonical);
         }
         let chains = self.trust.signer_check();
+        if env.payload_type == sealed::SEALED_PAYLOAD_TYPE {
+            return self.relay_sealed(
+                &env, bytes, digest, origin, origin_seq, peer, peer_seq, logged_by,
+            );
+        }
         let verified = match bulletin::verify_envelope_with(&env, &chains, SystemTime::now(), None)
         {
             Err(BulletinError::Signer(crate::trust::TrustError::Expired)) => match logged_by {
@@ -155,32 +258,13 @@ impl Ingest<'_> {
             },
             other => other?,
         };
-        let origin = if origin.is_empty() {
-            peer.clone()
-        } else {
-            match origin.parse::<Identity>() {
-                Ok(id) if id.kind() == RoleKind::Node => id,
-                _ => return Err(IngestError::Origin(origin.to_owned())),
-            }
-        };
+        let origin = origin_of(origin, peer)?;
         let mut meta = Meta::of(&verified, digest, &origin.to_string());
         meta.origin_seq = match origin_seq {
             0 => peer_seq,
             s => s,
         };
-        // The peer filters with its policy; this node keeps only what its own
-        // member may read by its own policy (group definitions may differ).
-        let member = self
-            .node
-            .member()
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_default();
-        if !self.policy.may_read_meta(&member, &meta) {
-            return Err(IngestError::NotReadable {
-                id: meta.id,
-                publisher: meta.publisher,
-            });
-        }
+        self.keeps(&meta, false)?;
         // A superseded or retracted bulletin may be one this member cannot
         // read; the origin node checked the relation when it accepted it.
         // Where this node holds it, it is marked as replaced all the same.
@@ -188,9 +272,84 @@ impl Ingest<'_> {
             meta,
             envelope: bytes.to_vec(),
             payload_digest: bulletin::sha256(&env.payload),
-            related: related(verified.bulletin(), false),
+            related: related(&verified.bulletin().relation, false),
             span: (self.spans.of)(verified.bulletin()),
         })
+    }
+
+    /// The peer filters with its policy; this node keeps only what its own
+    /// member may read by its own policy (group definitions may differ) —
+    /// and, carrying sealed bulletins, any sealed one.
+    fn keeps(&self, meta: &Meta, sealed: bool) -> Result<(), IngestError> {
+        let member = self
+            .node
+            .member()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let carried = sealed && self.carry_sealed == CarrySealed::Any;
+        if !carried && !self.policy.may_read_meta(&member, meta) {
+            return Err(IngestError::NotReadable {
+                id: meta.id.clone(),
+                publisher: meta.publisher.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A peer's delivery of a sealed bulletin: its form and outer signature
+    /// (at now, or — its signer expired since — at `logged_by`), its clear
+    /// fields. Its recipient keys were checked where it was published.
+    #[allow(clippy::too_many_arguments)]
+    fn relay_sealed(
+        &self,
+        env: &Envelope,
+        bytes: &[u8],
+        digest: [u8; 32],
+        origin: &str,
+        origin_seq: u64,
+        peer: &Identity,
+        peer_seq: u64,
+        logged_by: Option<SystemTime>,
+    ) -> Result<NewRecord, IngestError> {
+        use crate::domain::sealed::SealError;
+        let chains = self.trust.signer_check();
+        let now = SystemTime::now();
+        let v = match sealed::verify(env, &chains, now) {
+            Err(SealError::Signature(BulletinError::Signer(crate::trust::TrustError::Expired))) => {
+                match logged_by {
+                    Some(t) => sealed::verify(env, &chains, t)?,
+                    None => return Err(IngestError::SignerExpired),
+                }
+            }
+            other => other?,
+        };
+        v.check_fields(v.sealed.header.created_at.unwrap_or(now).min(now))?;
+        let origin = origin_of(origin, peer)?;
+        let mut meta = v.meta(digest, &origin.to_string());
+        meta.origin_seq = match origin_seq {
+            0 => peer_seq,
+            s => s,
+        };
+        self.keeps(&meta, true)?;
+        Ok(NewRecord {
+            meta,
+            envelope: bytes.to_vec(),
+            payload_digest: bulletin::sha256(&env.payload),
+            related: related(&v.sealed.header.relation, false),
+            span: 1,
+        })
+    }
+}
+
+/// The node that first accepted a relayed bulletin: `origin` (a node), or
+/// the peer itself when it names none.
+fn origin_of(origin: &str, peer: &Identity) -> Result<Identity, IngestError> {
+    if origin.is_empty() {
+        return Ok(peer.clone());
+    }
+    match origin.parse::<Identity>() {
+        Ok(id) if id.kind() == RoleKind::Node => Ok(id),
+        _ => Err(IngestError::Origin(origin.to_owned())),
     }
 }
 
@@ -204,13 +363,36 @@ pub fn stored_check(
 ) -> impl Fn(&crate::store::Record) -> Result<[u8; 32], String> + '_ {
     move |rec: &crate::store::Record| {
         let env = bulletin::codec::decode_envelope(&rec.envelope)?;
-        let v = bulletin::verify_stored_envelope(&env, chains, SystemTime::now())
-            .map_err(|e| e.to_string())?;
-        let b = v.bulletin();
-        if b.id != rec.meta.id || b.publisher != rec.meta.publisher {
+        let (id, publisher) = if env.payload_type == sealed::SEALED_PAYLOAD_TYPE {
+            let now = SystemTime::now();
+            let v = match sealed::verify(&env, chains, now) {
+                Err(
+                    e @ sealed::SealError::Signature(BulletinError::Signer(
+                        crate::trust::TrustError::Expired,
+                    )),
+                ) => {
+                    // As for a bulletin: valid when it was made.
+                    let made = sealed::Sealed::parse(&env.payload)
+                        .ok()
+                        .and_then(|s| s.header.created_at)
+                        .filter(|c| *c <= now)
+                        .ok_or_else(|| e.to_string())?;
+                    sealed::verify(&env, chains, made).map_err(|e| e.to_string())?
+                }
+                other => other.map_err(|e| e.to_string())?,
+            };
+            let h = v.sealed.header;
+            (h.id, h.publisher)
+        } else {
+            let v = bulletin::verify_stored_envelope(&env, chains, SystemTime::now())
+                .map_err(|e| e.to_string())?;
+            let b = v.bulletin();
+            (b.id.clone(), b.publisher.clone())
+        };
+        if id != rec.meta.id || publisher != rec.meta.publisher {
             return Err(format!(
-                "the signed bulletin is {} of {}, not {} of {}",
-                b.id, b.publisher, rec.meta.id, rec.meta.publisher
+                "the signed bulletin is {id} of {publisher}, not {} of {}",
+                rec.meta.id, rec.meta.publisher
             ));
         }
         Ok(bulletin::sha256(&env.payload))
@@ -218,8 +400,8 @@ pub fn stored_check(
 }
 
 /// What a bulletin says of an earlier one of its publisher, for the store.
-fn related(b: &bulletin::Bulletin, required: bool) -> Option<Related> {
-    let (how, id) = match &b.relation {
+fn related(relation: &Option<Relation>, required: bool) -> Option<Related> {
+    let (how, id) = match relation {
         Some(Relation::Supersedes(id)) => (Replaced::Superseded, id),
         Some(Relation::Retracts(id)) => (Replaced::Retracted, id),
         None => return None,

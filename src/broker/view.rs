@@ -27,6 +27,9 @@ pub struct View {
     show_expired: bool,
     /// Bulletins superseded or retracted are passed over.
     current_only: bool,
+    /// Every sealed bulletin is for this reader (a node that carries them
+    /// for others; it cannot open them).
+    carry_sealed: bool,
 }
 
 /// A record this view's reader may have, checked, with what replaced it (as
@@ -85,7 +88,15 @@ impl View {
             filter: Filter::default(),
             show_expired: true,
             current_only: false,
+            carry_sealed: false,
         }
+    }
+
+    /// Every sealed bulletin too, whatever its recipients (for a node that
+    /// carries them: `[federation] carry_sealed = "any"`).
+    pub fn carrying_sealed(mut self, carry: bool) -> View {
+        self.carry_sealed = carry;
+        self
     }
 
     /// Only what matches `filter`.
@@ -110,7 +121,8 @@ impl View {
     /// Policy, the filter and expiry: whether `rec` may be for this reader
     /// (its replacement is looked at after).
     fn admits(&self, rec: &Record, expired: bool) -> bool {
-        self.policy.may_read_meta(&self.member, &rec.meta)
+        (self.policy.may_read_meta(&self.member, &rec.meta)
+            || (self.carry_sealed && crate::domain::sealed::is_sealed(&rec.envelope)))
             && self.filter.matches(&rec.meta)
             && (self.show_expired || !expired)
     }

@@ -1152,6 +1152,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
         current_only: a.filter.current_only,
         include_expired: a.filter.include_expired,
         log_id: String::new(),
+        carry_sealed: false,
     };
     // A reader: subscribing signs nothing, so no signing key is loaded.
     let (dialer, channel) = a.conn.dial().await?;

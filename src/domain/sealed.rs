@@ -405,6 +405,80 @@ pub fn verify(
     })
 }
 
+impl VerifiedSealed {
+    /// The clear header's fields checked as any bulletin's are (id,
+    /// publisher, known TLP and — unless hidden — kind and severity, times,
+    /// relation, recipients as member ids), at `now`.
+    pub fn check_fields(&self, now: SystemTime) -> Result<(), SealError> {
+        let h = &self.sealed.header;
+        let mut stub = Bulletin::draft(
+            &h.publisher,
+            bulletin::Kind::Other,
+            bulletin::Severity::Info,
+            Tlp::Red,
+            "sealed",
+            "sealed",
+        );
+        stub.id = h.id.clone();
+        stub.created_at = h.created_at;
+        stub.expires_at = h.expires_at;
+        stub.tlp = h.tlp;
+        if h.kind != 0 {
+            stub.kind = h.kind;
+        }
+        if h.severity != 0 {
+            stub.severity = h.severity;
+        }
+        stub.relation = h.relation.clone();
+        stub.audience.members = h
+            .members()
+            .into_iter()
+            .filter(|m| *m != h.publisher)
+            .collect();
+        if stub.audience.members.is_empty() {
+            // Sealed to the publisher alone: an audience of itself.
+            stub.audience.members.push(h.publisher.clone());
+        }
+        bulletin::validate(&stub, now)
+            .map(|_| ())
+            .map_err(SealError::Signature)
+    }
+
+    /// The summary the store, policy and filters work from: only clear
+    /// fields (no topics; kind and severity 0 when sealed too); the
+    /// audience is the members it is sealed to.
+    pub fn meta(&self, digest: [u8; 32], origin_node: &str) -> bulletin::Meta {
+        let h = &self.sealed.header;
+        bulletin::Meta {
+            id: h.id.clone(),
+            publisher: h.publisher.clone(),
+            digest,
+            origin_node: origin_node.to_owned(),
+            origin_seq: 0,
+            kind: u8::try_from(h.kind).unwrap_or(0),
+            severity: u8::try_from(h.severity).unwrap_or(0),
+            tlp: u8::try_from(h.tlp).unwrap_or(0),
+            created_at: h.created_at,
+            expires_at: h.expires_at,
+            audience_members: h.members(),
+            audience_groups: Vec::new(),
+            topics: Vec::new(),
+        }
+    }
+}
+
+/// Whether canonical envelope bytes hold a sealed bulletin: its first field
+/// (the payload type, written first by the canonical encoding) says so. No
+/// decoding: the read paths ask it of every record.
+pub fn is_sealed(envelope: &[u8]) -> bool {
+    let t = SEALED_PAYLOAD_TYPE.as_bytes();
+    // Field 1, length-delimited (0x0a), then a one-byte length.
+    envelope.len() > t.len() + 2
+        && envelope[0] == 0x0a
+        && usize::from(envelope[1]) == t.len()
+        && &envelope[2..2 + t.len()] == t
+}
+
 /// What a recipient gets: the inner bulletin and its envelope (whole again:
 /// the chain put back, so it verifies on its own like any bulletin).
 #[derive(Debug, Clone)]

@@ -68,6 +68,10 @@ pub struct LinkContext {
     /// Where a publisher's equivocation seen on a link is kept.
     pub evidence: Arc<crate::node::evidence::Equivocations>,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The recipient keys this node knows; the peer's are fetched into it.
+    pub keys: Arc<crate::domain::keys::KeyStore>,
+    /// `[federation] carry_sealed`.
+    pub carry_sealed: crate::base::config::CarrySealed,
 }
 
 impl LinkContext {
@@ -79,6 +83,9 @@ impl LinkContext {
             policy: &self.policy,
             max_envelope_bytes: self.limits.max_envelope_bytes,
             spans: self.store.spans(),
+            keys: &self.keys,
+            require_sealed: &[],
+            carry_sealed: self.carry_sealed,
         }
     }
 }
@@ -189,6 +196,59 @@ pub fn links(config: &Config, own: &Identity) -> Vec<Arc<PeerLink>> {
             }))
         })
         .collect()
+}
+
+/// How often a link fetches its peer's recipient keys and revocations.
+const KEY_SYNC: Duration = Duration::from_secs(60);
+
+/// Fetches every recipient key record and revocation the peer holds and
+/// keeps those that verify here (signed by a certificate of the member
+/// they name, checked against this node's trust). A failure is logged: the
+/// next round tries again, and the link goes on.
+async fn sync_keys(state: &LinkContext, link: &PeerLink, channel: &tonic::transport::Channel) {
+    let mut client = crate::net::client::BulletinsClient::new(channel.clone())
+        .max_decoding_message_size(state.limits.max_message_bytes);
+    let listed = tokio::time::timeout(
+        state.timing.peer_timeout,
+        client.list_recipient_keys(pb::ListRecipientKeysRequest {
+            member: String::new(),
+            all: true,
+        }),
+    )
+    .await;
+    let listed = match listed {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => {
+            debug!(peer = %link.identity, error = %s.message(), "recipient keys not fetched");
+            return;
+        }
+        Err(_) => return,
+    };
+    let (now, chains) = (SystemTime::now(), state.trust.signer_check());
+    let mut added = 0usize;
+    for k in listed.keys {
+        let env = crate::domain::bulletin::codec::envelope_from_proto(k);
+        match state.keys.add_key(&env, &chains, now) {
+            Ok((_, true)) => added += 1,
+            Ok((_, false)) => {}
+            Err(e) => debug!(peer = %link.identity, error = %e, "a peer's recipient key refused"),
+        }
+    }
+    for r in listed.revocations {
+        let env = crate::domain::bulletin::codec::envelope_from_proto(r);
+        match state.keys.add_revocation(&env, &chains, now) {
+            Ok((r, true)) => {
+                added += 1;
+                warn!(target: "beacon::audit", peer = %link.identity, member = %r.member,
+                      key_id = %crate::domain::keys::hex(&r.key_id), "recipient key revoked (from a peer)");
+            }
+            Ok((_, false)) => {}
+            Err(e) => debug!(peer = %link.identity, error = %e, "a peer's key revocation refused"),
+        }
+    }
+    if added > 0 {
+        info!(peer = %link.identity, added, "recipient keys fetched from the peer");
+    }
 }
 
 /// How a session ended without an error.
@@ -336,6 +396,7 @@ async fn session(
         current_only: false,
         include_expired: true,
         log_id: read_log.map(|l| l.to_string()).unwrap_or_default(),
+        carry_sealed: state.carry_sealed == crate::base::config::CarrySealed::Any,
     };
     let mut sub = tokio::time::timeout(silence, reader.subscribe(open))
         .await
@@ -349,8 +410,13 @@ async fn session(
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut trust_check = tokio::time::interval(state.timing.reload_interval);
     trust_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The peer's recipient keys, now and every KEY_SYNC (the first tick
+    // is at once).
+    let mut key_sync = tokio::time::interval(KEY_SYNC);
+    key_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = key_sync.tick() => sync_keys(state, link, &channel).await,
             _ = trust_check.tick() => {
                 // A reload, or this node's own certificate refused (the
                 // reload loop says so just after it installs the bundle,

@@ -47,6 +47,8 @@ pub enum NodeError {
     Transparency(#[from] crate::node::transparency::TransparencyError),
     #[error("{0}")]
     Evidence(#[from] crate::node::evidence::EvidenceError),
+    #[error("{0}")]
+    Keys(#[from] crate::domain::keys::KeyError),
 }
 
 /// Runs a node until `shutdown` is cancelled; SIGHUP-style reloads come through `reload`.
@@ -198,6 +200,11 @@ fn compose(
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
     });
+    let keys = Arc::new(crate::domain::keys::KeyStore::open(
+        &config.node.data_dir,
+        &trust.signer_check(),
+        SystemTime::now(),
+    )?);
     let state = Arc::new(NodeState {
         identity: material.identity.clone(),
         started_at: SystemTime::now(),
@@ -214,6 +221,7 @@ fn compose(
         peers: crate::node::federation::links(&config, &material.identity),
         metrics,
         tokens: Arc::new(crate::domain::tokens::Tokens::open(&config.node.data_dir)?),
+        keys,
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         config,
@@ -329,6 +337,8 @@ impl Running {
                         policy: state.policy.clone(),
                         evidence: state.evidence.clone(),
                         shutdown: token,
+                        keys: state.keys.clone(),
+                        carry_sealed: state.config.federation.carry_sealed,
                     });
                     crate::node::federation::run_all(
                         context,

@@ -31,6 +31,8 @@ pub struct NodeState {
     /// The configured peer links and their state.
     pub peers: Vec<Arc<crate::node::federation::PeerLink>>,
     pub metrics: Arc<crate::base::metrics::Metrics>,
+    /// The recipient keys this node knows (for sealed bulletins).
+    pub keys: Arc<crate::domain::keys::KeyStore>,
     /// API tokens operators issued (for TAXII clients without certificates).
     pub tokens: Arc<crate::domain::tokens::Tokens>,
     /// Cancelled when the node begins to shut down; long-lived streams watch it.
@@ -50,6 +52,9 @@ impl NodeState {
             policy: &self.policy,
             max_envelope_bytes: self.config.limits.max_envelope_bytes,
             spans: self.store.spans(),
+            keys: &self.keys,
+            require_sealed: &self.config.policy.require_sealed,
+            carry_sealed: self.config.federation.carry_sealed,
         }
     }
 }

@@ -38,6 +38,8 @@ impl Server {
                 let bulletin_of = |rec: &crate::store::Record| {
                     crate::domain::bulletin::codec::decode_envelope(&rec.envelope)
                         .ok()
+                        // Sealed bulletins are left out of the feed.
+                        .filter(|e| e.payload_type == crate::domain::bulletin::PAYLOAD_TYPE)
                         .and_then(|e| {
                             crate::domain::bulletin::codec::decode_bulletin(&e.payload).ok()
                         })

@@ -266,6 +266,10 @@ fn group_of(view: &View, rec: &crate::store::Record, profile: Profile) -> Option
     // is not verified again here. The signer is the identity its chain's
     // leaf names.
     let env = codec::decode_envelope(&rec.envelope).ok()?;
+    // A sealed bulletin has no STIX form a node could make: it is left out.
+    if env.payload_type != crate::domain::bulletin::PAYLOAD_TYPE {
+        return None;
+    }
     let b = codec::decode_bulletin(&env.payload).ok()?;
     let signer = env
         .signatures
@@ -314,6 +318,7 @@ fn root_of(view: &View, b: &crate::domain::bulletin::Bulletin) -> (String, Syste
             Found::Absent => None,
             Found::Seen(seen) => codec::decode_envelope(&seen.record().envelope)
                 .ok()
+                .filter(|e| e.payload_type == crate::domain::bulletin::PAYLOAD_TYPE)
                 .and_then(|e| codec::decode_bulletin(&e.payload).ok()),
         };
         match prev {

@@ -717,6 +717,7 @@ fn open_at(
         current_only: false,
         include_expired: false,
         log_id: String::new(),
+        carry_sealed: false,
     }
 }
 

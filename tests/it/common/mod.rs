@@ -939,6 +939,7 @@ pub fn open(
         current_only: false,
         include_expired: false,
         log_id: String::new(),
+        carry_sealed: false,
     }
 }
 
