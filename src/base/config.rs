@@ -466,6 +466,10 @@ pub struct Timing {
     /// third of this.
     #[serde(deserialize_with = "duration")]
     pub peer_timeout: Duration,
+    /// How often a peer link fetches its peer's recipient keys and
+    /// revocations (and once when it connects).
+    #[serde(deserialize_with = "duration")]
+    pub key_sync_interval: Duration,
 }
 
 impl Default for Timing {
@@ -477,6 +481,7 @@ impl Default for Timing {
             heartbeat_interval: Duration::from_secs(15),
             peer_retry_max: Duration::from_secs(30),
             peer_timeout: Duration::from_secs(6),
+            key_sync_interval: Duration::from_secs(60),
         }
     }
 }

@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use beacon::base::identity::Identity;
 use beacon::base::proto::v1 as pb;
 use beacon::domain::bulletin::{Attachment, Bulletin, Kind, Severity, Signer, Tlp};
+use beacon::domain::sealed::OpeningKey;
 use beacon::interop::document::{self, BulletinDoc};
 use beacon::net::client::{BeaconClient, BeaconReader, BulletinsClient, ClientSettings, Dialer};
 use beacon::trust::TrustBundle;
@@ -219,6 +220,15 @@ pub struct PublishArgs {
     /// Media type of the attachment (guessed from its content otherwise).
     #[arg(long)]
     media_type: Option<String>,
+    /// Seal each bulletin to its recipients' keys (the audience's members
+    /// and your own member, as the node lists their announced keys, each
+    /// checked here): no node on its way can read it. For TLP:AMBER,
+    /// TLP:AMBER+STRICT and TLP:RED, with members named in --to.
+    #[arg(long)]
+    seal: bool,
+    /// With --seal: leave kind and severity out of the clear header too.
+    #[arg(long, requires = "seal")]
+    hide_kind: bool,
     /// One JSON object per result.
     #[arg(long)]
     json: bool,
@@ -239,6 +249,9 @@ pub struct SubscribeArgs {
     /// Most unacknowledged deliveries in flight (0: the node's default).
     #[arg(long, default_value_t = 0)]
     window: u32,
+    /// A recipient key file to open sealed bulletins with (repeatable).
+    #[arg(long = "decrypt-key")]
+    decrypt_key: Vec<PathBuf>,
     /// One JSON object per line (for pipelines); `--format json`.
     #[arg(long)]
     json: bool,
@@ -331,6 +344,10 @@ pub enum ClientCommand {
         publisher: Option<String>,
         #[arg(long)]
         json: bool,
+        /// A recipient key file (`beacon keys generate`) to open sealed
+        /// bulletins with (repeatable, for older keys).
+        #[arg(long = "decrypt-key")]
+        decrypt_key: Vec<PathBuf>,
     },
     /// Bulletins in sequence order, filtered.
     List {
@@ -346,6 +363,27 @@ pub enum ClientCommand {
         filter: FilterArgs,
         #[arg(long)]
         json: bool,
+        /// A recipient key file to open sealed bulletins with (repeatable).
+        #[arg(long = "decrypt-key")]
+        decrypt_key: Vec<PathBuf>,
+    },
+    /// Open a sealed bulletin (DSSE JSON, as `beacon export` writes it)
+    /// offline: both signatures, the key commitment, the inner bulletin
+    /// against the clear header.
+    Open {
+        file: PathBuf,
+        /// A recipient key file (repeatable).
+        #[arg(long = "decrypt-key", required = true)]
+        decrypt_key: Vec<PathBuf>,
+        /// CA certificate(s) (PEM).
+        #[arg(long, env = "BEACON_CA", value_delimiter = ',', required = true)]
+        ca: Vec<PathBuf>,
+        /// CRL file(s).
+        #[arg(long, env = "BEACON_CRL", value_delimiter = ',')]
+        crl: Vec<PathBuf>,
+        /// Also write the inner signed bulletin (DSSE JSON) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Check an exported DSSE JSON envelope offline against CA certificates.
     Verify {
@@ -409,15 +447,17 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             id,
             publisher,
             json,
+            decrypt_key,
         } => {
             let (dialer, channel) = conn.dial().await?;
             let d = get(channel, &id, publisher).await?;
             let mut out = std::io::stdout().lock();
             let color = out_is_terminal();
-            let mut text = render(&d, &dialer.bundle, json, color);
+            let keys = super::keys::opening_keys(&decrypt_key)?;
+            let mut text = render(&d, &dialer.bundle, &keys, json, color);
             if !json {
                 // The whole bulletin, not only the line `list` shows.
-                text.push_str(&details(&d));
+                text.push_str(&details(&d, &dialer.bundle, &keys));
             }
             writeln!(out, "{text}")?;
             Ok(())
@@ -428,7 +468,8 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             limit,
             filter,
             json,
-        } => list(conn, after, limit, filter, json).await,
+            decrypt_key,
+        } => list(conn, after, limit, filter, json, &decrypt_key).await,
         ClientCommand::Verify {
             file,
             ca,
@@ -478,6 +519,13 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             }
             Ok(())
         }
+        ClientCommand::Open {
+            file,
+            decrypt_key,
+            ca,
+            crl,
+            out,
+        } => open_file(&file, &decrypt_key, &ca, &crl, out.as_deref()),
         ClientCommand::Import { conn, file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
@@ -685,10 +733,36 @@ async fn publish(a: PublishArgs) -> Result<()> {
         dialer.own.chain.clone(),
         dialer.own.key.secret_der(),
     )?);
-    let envelopes = bulletins
+    let mut envelopes = bulletins
         .iter()
         .map(|b| signer.sign(b.to_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
+    if a.seal {
+        // Each bulletin's recipients: its audience's members and this
+        // member, every key of theirs usable now (checked here).
+        let mut cache: std::collections::BTreeMap<
+            Vec<String>,
+            Vec<beacon::domain::sealed::RecipientKey>,
+        > = Default::default();
+        for (b, env) in bulletins.iter().zip(envelopes.iter_mut()) {
+            let mut members = vec![member.clone()];
+            for m in &b.audience.members {
+                if !members.contains(m) {
+                    members.push(m.clone());
+                }
+            }
+            let recipients = match cache.get(&members) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = super::keys::recipients_of(&channel, &dialer.bundle, &members).await?;
+                    cache.insert(members.clone(), r.clone());
+                    r
+                }
+            };
+            *env = beacon::domain::sealed::seal(&signer, env, &recipients, a.hide_kind)
+                .with_context(|| format!("cannot seal {:?}", b.title))?;
+        }
+    }
     let mut client = BeaconClient::new(channel, signer);
     // One stream for all of them, a bounded number in flight; results come
     // back in the order sent.
@@ -800,19 +874,21 @@ fn hex(b: &[u8]) -> String {
 
 /// One delivery as a line: human (severity and TLP first) or JSON. The
 /// signature is checked here, on the reader's side.
-fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> String {
+fn render(
+    d: &pb::Delivery,
+    bundle: &TrustBundle,
+    keys: &[OpeningKey],
+    json: bool,
+    color: bool,
+) -> String {
     let env = beacon::net::client::delivered_envelope(d);
-    let verified = env
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .and_then(|e| {
-            beacon::domain::bulletin::verify_stored_envelope(e, bundle, SystemTime::now())
-                .map_err(anyhow::Error::from)
-        });
-    let bulletin = env
-        .as_ref()
-        .ok()
-        .and_then(|e| beacon::domain::bulletin::codec::decode_bulletin(&e.payload).ok());
+    let read = env.as_ref().map(|e| reading(e, bundle, keys));
+    let verified: Result<String, anyhow::Error> = match &read {
+        Ok(r) => r.signer.clone().map_err(anyhow::Error::msg),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    };
+    let bulletin = read.as_ref().ok().and_then(|r| r.bulletin.clone());
+    let sealed = read.as_ref().ok().and_then(|r| r.sealed.clone());
     let accepted = d
         .accepted_at
         .and_then(|t| SystemTime::try_from(t).ok())
@@ -827,8 +903,11 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
             "digest": hex(&d.envelope_digest),
             "verified": verified.is_ok(),
         });
+        if let Some(sealed) = &sealed {
+            v["sealed"] = serde_json::json!(sealed);
+        }
         match &verified {
-            Ok(v_) => v["signer"] = serde_json::json!(v_.signer().to_string()),
+            Ok(signer) => v["signer"] = serde_json::json!(signer),
             Err(e) => {
                 v["error"] = serde_json::json!(format!("{e:#}"));
                 // Who the envelope says signed it, although that did not
@@ -850,7 +929,10 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
         return v.to_string();
     }
     let Some(b) = bulletin else {
-        return format!("#{} {accepted} ✗ undecodable envelope", d.sequence);
+        return match sealed {
+            Some(note) => format!("#{} {accepted} {note}", d.sequence),
+            None => format!("#{} {accepted} ✗ undecodable envelope", d.sequence),
+        };
     };
     let doc = BulletinDoc::from_bulletin(&b);
     let paint = |code: &str, s: &str| {
@@ -872,8 +954,12 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
         s => s.to_uppercase(),
     };
     let check = match &verified {
-        Ok(v) => format!("✓ {}", v.signer()),
+        Ok(signer) => format!("✓ {signer}"),
         Err(e) => paint("1;31", &format!("✗ UNVERIFIED: {e:#}")),
+    };
+    let check = match &sealed {
+        Some(note) => format!("{check} [{note}]"),
+        None => check,
     };
     let mut line = format!(
         "#{} {accepted} {severity} {tlp} {} [{}] {} — {}",
@@ -899,6 +985,78 @@ fn render(d: &pb::Delivery, bundle: &TrustBundle, json: bool, color: bool) -> St
     line
 }
 
+/// What a reader makes of an envelope: who signed it (verified here), the
+/// bulletin, and for a sealed one what it is sealed to and whether it was
+/// opened.
+struct Reading {
+    signer: Result<String, String>,
+    bulletin: Option<Bulletin>,
+    sealed: Option<String>,
+}
+
+fn reading(
+    env: &beacon::domain::bulletin::Envelope,
+    bundle: &TrustBundle,
+    keys: &[OpeningKey],
+) -> Reading {
+    use beacon::domain::sealed;
+    if env.payload_type != sealed::SEALED_PAYLOAD_TYPE {
+        return Reading {
+            signer: beacon::domain::bulletin::verify_stored_envelope(
+                env,
+                bundle,
+                SystemTime::now(),
+            )
+            .map(|v| v.signer().to_string())
+            .map_err(|e| e.to_string()),
+            bulletin: beacon::domain::bulletin::codec::decode_bulletin(&env.payload).ok(),
+            sealed: None,
+        };
+    }
+    let header = sealed::Sealed::parse(&env.payload).ok().map(|s| s.header);
+    let to = header
+        .as_ref()
+        .map(|h| h.members().join(", "))
+        .unwrap_or_default();
+    match super::keys::open_envelope(env, bundle, keys) {
+        Ok(o) => Reading {
+            signer: Ok(o.signer.to_string()),
+            sealed: Some(format!(
+                "sealed to {to}; opened with key {}",
+                sealed::hex(&o.opened_with.1)
+            )),
+            bulletin: Some(o.bulletin),
+        },
+        Err(e) => {
+            let what = match (&e, header) {
+                (sealed::SealError::NotARecipient(_), Some(h)) if keys.is_empty() => format!(
+                    "SEALED {} [{}] id={} to {to} (--decrypt-key to open it)",
+                    beacon::domain::bulletin::codec::tlp_from_i32(h.tlp).map_or("?", |t| t.label()),
+                    h.publisher,
+                    h.id
+                ),
+                (_, Some(h)) => format!(
+                    "SEALED {} [{}] id={} to {to}: not opened: {e}",
+                    beacon::domain::bulletin::codec::tlp_from_i32(h.tlp).map_or("?", |t| t.label()),
+                    h.publisher,
+                    h.id
+                ),
+                (_, None) => format!("✗ sealed bulletin refused: {e}"),
+            };
+            Reading {
+                signer: match &e {
+                    sealed::SealError::NotARecipient(_) => {
+                        claimed_signer(env).ok_or_else(|| e.to_string())
+                    }
+                    _ => Err(e.to_string()),
+                },
+                bulletin: None,
+                sealed: Some(what),
+            }
+        }
+    }
+}
+
 /// The identity an envelope's signature names (its chain's leaf), whether or
 /// not it verifies.
 fn claimed_signer(env: &beacon::domain::bulletin::Envelope) -> Option<String> {
@@ -912,10 +1070,10 @@ fn claimed_signer(env: &beacon::domain::bulletin::Envelope) -> Option<String> {
 /// The lines `get` shows after the summary line: every field of the
 /// bulletin (summary, body, audience, topics, indicators, references,
 /// expiry, who submitted it, the attachment).
-fn details(d: &pb::Delivery) -> String {
+fn details(d: &pb::Delivery, bundle: &TrustBundle, keys: &[OpeningKey]) -> String {
     let Some(b) = beacon::net::client::delivered_envelope(d)
         .ok()
-        .and_then(|e| beacon::domain::bulletin::codec::decode_bulletin(&e.payload).ok())
+        .and_then(|e| reading(&e, bundle, keys).bulletin)
     else {
         return String::new();
     };
@@ -1016,8 +1174,10 @@ async fn list(
     limit: u64,
     filter: FilterArgs,
     json: bool,
+    decrypt_key: &[PathBuf],
 ) -> Result<()> {
     let filter_proto = filter.to_proto()?;
+    let keys = super::keys::opening_keys(decrypt_key)?;
     let (dialer, channel) = conn.dial().await?;
     let mut c = BulletinsClient::new(channel).max_decoding_message_size(64 << 20);
     let color = out_is_terminal();
@@ -1043,7 +1203,7 @@ async fn list(
             .map_err(beacon::net::client::ClientError::from)?
             .into_inner();
         for d in &page.deliveries {
-            writeln!(out, "{}", render(d, &dialer.bundle, json, color))?;
+            writeln!(out, "{}", render(d, &dialer.bundle, &keys, json, color))?;
             shown += 1;
         }
         after = page.next_after_sequence;
@@ -1051,6 +1211,49 @@ async fn list(
             return Ok(());
         }
     }
+}
+
+/// `beacon open`: a sealed bulletin from a DSSE JSON file, checked and
+/// opened offline; prints the inner bulletin as JSON.
+fn open_file(
+    file: &Path,
+    keys: &[PathBuf],
+    ca: &[PathBuf],
+    crl: &[PathBuf],
+    out: Option<&Path>,
+) -> Result<()> {
+    let keys = super::keys::opening_keys(keys)?;
+    let text = read_input(file)?;
+    let env = document::envelope_from_dsse(&text).with_context(|| format!("{}", file.display()))?;
+    let leaf = env
+        .signatures
+        .first()
+        .and_then(|s| s.cert_chain.first())
+        .context("the envelope carries no signer certificate")?;
+    let (signer_id, _) =
+        beacon::trust::identity_of(&rustls::pki_types::CertificateDer::from(leaf.as_slice()))?;
+    let bundle = beacon::trust::read_bundle(
+        &signer_id.trust_domain,
+        ca.iter()
+            .map(|p| (p.as_path(), beacon::base::identity::MemberScope::any())),
+        crl.iter().map(PathBuf::as_path),
+    )?;
+    let o = super::keys::open_envelope(&env, &bundle, &keys)
+        .with_context(|| format!("{} does not open", file.display()))?;
+    if let Some(out) = out {
+        std::fs::write(out, document::envelope_to_dsse(&o.envelope) + "\n")
+            .with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "opened": true,
+            "signer": o.signer.to_string(),
+            "opened_with": {"member": o.opened_with.0, "key_id": beacon::domain::sealed::hex(&o.opened_with.1)},
+            "bulletin": BulletinDoc::from_bulletin(&o.bulletin),
+        })
+    );
+    Ok(())
 }
 
 fn verify(
@@ -1139,6 +1342,7 @@ fn start(from: Option<&str>, durable: bool, tail: bool) -> Result<pb::start_posi
 
 async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
     use pb::subscribe_response::Msg;
+    let keys = super::keys::opening_keys(&a.decrypt_key)?;
     let durable = a.name.is_some();
     let open = pb::SubscribeOpen {
         checkpoints: false,
@@ -1217,7 +1421,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
                     Format::Stix => stix_bundle(&d, &dialer.bundle, &lookups, a.profile)
                         .await?
                         .to_string(),
-                    other => render(&d, &dialer.bundle, other == Format::Json, terminal),
+                    other => render(&d, &dialer.bundle, &keys, other == Format::Json, terminal),
                 };
                 // Written out (and flushed) before it is acknowledged; a closed
                 // output stops here, leaving it unacknowledged.

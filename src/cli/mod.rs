@@ -8,6 +8,7 @@ mod admin;
 mod bench;
 mod ca;
 mod client;
+mod keys;
 mod log;
 
 use bench::BenchCommand;
@@ -59,6 +60,9 @@ enum Command {
     /// Operators: backup and restore of a node's store, durable subscriptions.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Recipient keys for sealed bulletins: generate, announce, revoke, list.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Check a node's log: signed checkpoints, inclusion, consistency.
     #[command(subcommand)]
     Log(log::LogCommand),
@@ -236,6 +240,10 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Log(cmd) => {
             init_logging(&LogFormat::Human, Some("warn"));
             log::run(cmd).await
+        }
+        Command::Keys(cmd) => {
+            init_logging(&LogFormat::Human, Some("warn"));
+            keys::run(cmd).await
         }
         Command::Audit(args) => {
             init_logging(&LogFormat::Human, Some("warn"));
@@ -455,5 +463,16 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
                 "  EQUIVOCATION: {q} signed two different bulletins under one id (evidence kept)"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of every command and argument (names unique, …),
+    /// which it otherwise makes only when a command is parsed.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -198,9 +198,6 @@ pub fn links(config: &Config, own: &Identity) -> Vec<Arc<PeerLink>> {
         .collect()
 }
 
-/// How often a link fetches its peer's recipient keys and revocations.
-const KEY_SYNC: Duration = Duration::from_secs(60);
-
 /// Fetches every recipient key record and revocation the peer holds and
 /// keeps those that verify here (signed by a certificate of the member
 /// they name, checked against this node's trust). A failure is logged: the
@@ -410,9 +407,14 @@ async fn session(
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut trust_check = tokio::time::interval(state.timing.reload_interval);
     trust_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The peer's recipient keys, now and every KEY_SYNC (the first tick
-    // is at once).
-    let mut key_sync = tokio::time::interval(KEY_SYNC);
+    // The peer's recipient keys, now and every `timing.key_sync_interval`
+    // (the first tick is at once).
+    let mut key_sync = tokio::time::interval(
+        state
+            .timing
+            .key_sync_interval
+            .max(Duration::from_millis(100)),
+    );
     key_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -25,6 +25,7 @@ mod publish;
 mod python_interop;
 mod retention;
 mod revisions;
+mod sealed;
 mod shared_log;
 mod stix_interop;
 mod store_format;

@@ -1,0 +1,372 @@
+//! Sealed TLP:RED end to end, through the `beacon` binary and real nodes:
+//! recipient keys announced and passed from node to node, a bulletin sealed
+//! by its publisher's client, carried by a relay outside its audience
+//! (`carry_sealed = "any"`) whose files hold none of its text, opened only
+//! by its recipients' keys (online and offline), and refused where a node
+//! requires sealing.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+const TITLE: &str = "SEALED-TITLE-MARKER campaign against the vote";
+const BODY: &str = "SEALED-BODY-MARKER a source at risk";
+
+/// A child node listening on `addr`, its config written from `opts`.
+fn node_at(opts: &NodeOptions, addr: SocketAddr) -> (tempfile::TempDir, ChildNode) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("beacon.toml"),
+        opts.config_text(&dir.path().join("store"), &addr.to_string()),
+    )
+    .expect("write config");
+    let node = ChildNode::spawn(dir.path(), &["daemon", "--config", "beacon.toml"], addr);
+    (dir, node)
+}
+
+/// `beacon ARGS` as `files` against the node at `addr`.
+fn cli(
+    alliance: &Alliance,
+    addr: SocketAddr,
+    node_id: Option<&str>,
+    files: &CertFiles,
+    dir: &Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let ca: Vec<String> = alliance
+        .ca
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut c = Command::new(beacon_bin());
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("BEACON_CLIENT_CONFIG")
+        .env("BEACON_NODE", addr.to_string())
+        .env("BEACON_CERT", &files.cert)
+        .env("BEACON_KEY", &files.key)
+        .env("BEACON_CA", ca.join(","));
+    match node_id {
+        Some(id) => c.env("BEACON_NODE_ID", id),
+        None => c.env_remove("BEACON_NODE_ID"),
+    };
+    let out = c.output().expect("run beacon");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(r: (i32, String, String), what: &str) -> String {
+    assert_eq!(r.0, 0, "{what}: {}{}", r.1, r.2);
+    r.1
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn files_hold(dir: &Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(found) = files_hold(&p, needle) {
+                return Some(found);
+            }
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients_open_it() {
+    let alliance = Alliance::new(&["uk.ncsc", "fr.anssi", "de.bsi"]);
+    let (a_london, a_berlin, a_paris) = (free_addr(), free_addr(), free_addr());
+    let (london, berlin, paris) = (
+        alliance.node("uk.ncsc", "london"),
+        alliance.node("de.bsi", "berlin"),
+        alliance.node("fr.anssi", "paris"),
+    );
+    let fast = "key_sync_interval = \"300ms\"\n".to_owned();
+    // london ⇄ berlin ⇄ paris: berlin, of a member outside the audience,
+    // carries sealed bulletins for the others; london requires RED sealed.
+    let mut o_london = alliance.options(london.clone(), &[(a_berlin, berlin.identity.clone())]);
+    o_london.timing = fast.clone();
+    o_london
+        .extra
+        .push_str("[policy]\nrequire_sealed = [\"TLP:RED\"]\n\n");
+    let mut o_berlin = alliance.options(
+        berlin.clone(),
+        &[
+            (a_london, london.identity.clone()),
+            (a_paris, paris.identity.clone()),
+        ],
+    );
+    o_berlin.timing = fast.clone();
+    o_berlin
+        .extra
+        .push_str("[federation]\ncarry_sealed = \"any\"\n\n");
+    let mut o_paris = alliance.options(paris.clone(), &[(a_berlin, berlin.identity.clone())]);
+    o_paris.timing = fast;
+    let (d_london, n_london) = node_at(&o_london, a_london);
+    let (d_berlin, mut n_berlin) = node_at(&o_berlin, a_berlin);
+    let (d_paris, mut n_paris) = node_at(&o_paris, a_paris);
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let uk = alliance.client("uk.ncsc", "analyst");
+    let fr = alliance.client("fr.anssi", "analyst");
+    let de = alliance.client("de.bsi", "analyst");
+    // Each member's client makes a key and announces it to its own node.
+    for (files, member, addr, file) in [
+        (&uk, "uk.ncsc", a_london, "uk.key"),
+        (&fr, "fr.anssi", a_paris, "fr.key"),
+        (&de, "de.bsi", a_berlin, "de.key"),
+    ] {
+        ok(
+            cli(
+                &alliance,
+                addr,
+                None,
+                files,
+                w,
+                &["keys", "generate", "--member", member, "--out", file],
+            ),
+            "keys generate",
+        );
+        ok(
+            cli(
+                &alliance,
+                addr,
+                None,
+                files,
+                w,
+                &["keys", "announce", "--key-file", file],
+            ),
+            "keys announce",
+        );
+    }
+    // fr.anssi's key reaches london through berlin.
+    let known = wait_until(Duration::from_secs(30), || async {
+        let out = cli(
+            &alliance,
+            a_london,
+            None,
+            &uk,
+            w,
+            &["keys", "list", "--member", "fr.anssi", "--json"],
+        );
+        json_lines(&out.1).iter().any(|k| k["state"] == "valid")
+    })
+    .await;
+    assert!(
+        known.is_some(),
+        "fr.anssi's key reaches london: {}",
+        n_london.log()
+    );
+
+    // Unsealed RED is refused where sealing is required, saying how.
+    let red = |extra: &[&str]| {
+        let mut args = vec![
+            "publish",
+            "--kind",
+            "espionage",
+            "--severity",
+            "high",
+            "--tlp",
+            "TLP:RED",
+            "--to",
+            "fr.anssi",
+            "--title",
+            TITLE,
+            "--summary",
+            "s",
+            "--body",
+            BODY,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        cli(&alliance, a_london, None, &uk, w, &args)
+    };
+    let refused = red(&[]);
+    assert_ne!(refused.0, 0);
+    assert!(
+        format!("{}{}", refused.1, refused.2).contains("--seal"),
+        "the refusal says to seal: {refused:?}"
+    );
+    // Sealed to a member without a key: nothing is sent, the member named.
+    let nokey = cli(
+        &alliance,
+        a_london,
+        None,
+        &uk,
+        w,
+        &[
+            "publish",
+            "--kind",
+            "espionage",
+            "--severity",
+            "high",
+            "--tlp",
+            "TLP:RED",
+            "--to",
+            "it.acn",
+            "--title",
+            "t",
+            "--summary",
+            "s",
+            "--seal",
+        ],
+    );
+    assert_ne!(nokey.0, 0);
+    assert!(nokey.2.contains("it.acn"), "{nokey:?}");
+
+    let published = json_lines(&ok(red(&["--seal"]), "sealed publish"));
+    let id = published[0]["id"].as_str().expect("id").to_owned();
+
+    // paris (a recipient's node) gets it through berlin; its reader opens it.
+    let opened = wait_until(Duration::from_secs(60), || async {
+        let out = cli(
+            &alliance,
+            a_paris,
+            None,
+            &fr,
+            w,
+            &["list", "--json", "--decrypt-key", "fr.key"],
+        );
+        json_lines(&out.1)
+            .iter()
+            .any(|d| d["bulletin"]["title"] == TITLE && d["verified"] == true)
+    })
+    .await;
+    assert!(
+        opened.is_some(),
+        "paris's reader opens it: {}\n{}",
+        n_paris.log(),
+        n_berlin.log()
+    );
+    // Without the key, the reader sees only the clear header.
+    let closed = json_lines(&ok(
+        cli(&alliance, a_paris, None, &fr, w, &["list", "--json"]),
+        "list",
+    ));
+    assert_eq!(closed.len(), 1);
+    assert!(closed[0].get("bulletin").is_none(), "{:?}", closed[0]);
+    assert!(closed[0]["sealed"]
+        .as_str()
+        .unwrap_or("")
+        .contains("SEALED"));
+    // The publisher's member opens it too (it is always a recipient).
+    let got = ok(
+        cli(
+            &alliance,
+            a_london,
+            None,
+            &uk,
+            w,
+            &["get", &id, "--json", "--decrypt-key", "uk.key"],
+        ),
+        "get at london",
+    );
+    assert_eq!(json_lines(&got)[0]["bulletin"]["body"], BODY);
+    // de.bsi is not a recipient: its reader at berlin is not served it,
+    // although berlin holds it (to pass it on).
+    let at_berlin = cli(
+        &alliance,
+        a_berlin,
+        None,
+        &de,
+        w,
+        &["list", "--json", "--decrypt-key", "de.key"],
+    );
+    assert_eq!(json_lines(&ok(at_berlin, "list at berlin")).len(), 0);
+    let held = status(a_berlin, &alliance.op, &alliance.ca)
+        .await
+        .and_then(|s| s.store)
+        .map(|s| s.bulletins);
+    assert_eq!(held, Some(1), "berlin carries it");
+
+    // Offline: the export opens with fr.anssi's key, not with de.bsi's.
+    ok(
+        cli(
+            &alliance,
+            a_paris,
+            None,
+            &fr,
+            w,
+            &["export", &id, "--output", "sealed.json"],
+        ),
+        "export",
+    );
+    let ca: Vec<String> = alliance
+        .ca
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let open = |key: &str| {
+        cli(
+            &alliance,
+            a_paris,
+            None,
+            &fr,
+            w,
+            &[
+                "open",
+                "sealed.json",
+                "--decrypt-key",
+                key,
+                "--ca",
+                &ca.join(","),
+                "--out",
+                "inner.json",
+            ],
+        )
+    };
+    let o = ok(open("fr.key"), "open");
+    assert!(o.contains(TITLE), "{o}");
+    // The inner envelope verifies on its own, as any signed bulletin.
+    ok(
+        cli(
+            &alliance,
+            a_paris,
+            None,
+            &fr,
+            w,
+            &["verify", "inner.json", "--ca", &ca.join(",")],
+        ),
+        "verify inner",
+    );
+    let wrong = open("de.key");
+    assert_ne!(wrong.0, 0);
+    assert!(
+        wrong.2.contains("not a recipient") || wrong.2.contains("none of the given keys"),
+        "{wrong:?}"
+    );
+
+    // No node's files hold the text: stopped, every file is read.
+    for (dir, node) in [(&d_berlin, &mut n_berlin), (&d_paris, &mut n_paris)] {
+        node.signal(nix::sys::signal::Signal::SIGTERM);
+        node.wait(Duration::from_secs(30));
+        for marker in ["SEALED-TITLE-MARKER", "SEALED-BODY-MARKER"] {
+            assert_eq!(
+                files_hold(dir.path(), marker.as_bytes()),
+                None,
+                "a node's files hold {marker}"
+            );
+        }
+    }
+    drop(n_london);
+    drop(d_london);
+}
