@@ -370,3 +370,229 @@ async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients
     drop(n_london);
     drop(d_london);
 }
+
+/// The outside check, `tests/interop/python/sealed.py` (pyca `cryptography`'s
+/// HPKE), with the interpreter `python_with` finds.
+fn sealed_py(python: &str, dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/python/sealed.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run sealed.py");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A refusal the script made and said (not a crash of the script).
+fn refused_by_python(r: &(i32, String, String)) -> bool {
+    r.0 == 1
+        && serde_json::from_str::<serde_json::Value>(r.1.trim())
+            .is_ok_and(|v| v["opened"] == false && v["error"].is_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_opens_what_beacon_seals_and_beacon_opens_what_python_seals() {
+    let Some(python) = python_with(
+        "grpc_tools, cryptography.hazmat.primitives.hpke",
+        "pip install -r examples/python/requirements.txt -r tests/interop/requirements.txt",
+    ) else {
+        return;
+    };
+    let alliance = Alliance::new(&["uk.ncsc", "fr.anssi"]);
+    let addr = free_addr();
+    let london = alliance.node("uk.ncsc", "london");
+    let (_d, _node) = node_at(&alliance.options(london.clone(), &[]), addr);
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let uk = alliance.client("uk.ncsc", "analyst");
+    let fr = alliance.client("fr.anssi", "analyst");
+    let ca: Vec<String> = alliance
+        .ca
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    // Both members' keys, announced at london (fr.anssi's client pins
+    // another member's node).
+    for (files, member, file, pin) in [
+        (&uk, "uk.ncsc", "uk.key", None),
+        (&fr, "fr.anssi", "fr.key", Some(london.identity.as_str())),
+    ] {
+        ok(
+            cli(
+                &alliance,
+                addr,
+                pin,
+                files,
+                w,
+                &["keys", "generate", "--member", member, "--out", file],
+            ),
+            "keys generate",
+        );
+        ok(
+            cli(
+                &alliance,
+                addr,
+                pin,
+                files,
+                w,
+                &["keys", "announce", "--key-file", file],
+            ),
+            "keys announce",
+        );
+    }
+
+    // Beacon seals; Python opens (and refuses a wrong key or an altered file).
+    let published = json_lines(&ok(
+        cli(
+            &alliance,
+            addr,
+            None,
+            &uk,
+            w,
+            &[
+                "publish",
+                "--kind",
+                "espionage",
+                "--severity",
+                "high",
+                "--tlp",
+                "TLP:RED",
+                "--to",
+                "fr.anssi",
+                "--title",
+                TITLE,
+                "--summary",
+                "s",
+                "--body",
+                BODY,
+                "--seal",
+                "--json",
+            ],
+        ),
+        "sealed publish",
+    ));
+    let id = published[0]["id"].as_str().expect("id").to_owned();
+    ok(
+        cli(
+            &alliance,
+            addr,
+            None,
+            &uk,
+            w,
+            &["export", &id, "--output", "by-beacon.json"],
+        ),
+        "export",
+    );
+    let mut py_ca = Vec::new();
+    for c in &ca {
+        py_ca.extend(["--ca", c.as_str()]);
+    }
+    let open_py = |file: &str, key: &str| {
+        let mut args = vec!["open", "--envelope", file, "--key", key];
+        args.extend(py_ca.iter().copied());
+        sealed_py(&python, w, &args)
+    };
+    let opened = ok(open_py("by-beacon.json", "fr.key"), "Python opens Beacon's");
+    let v: serde_json::Value = serde_json::from_str(opened.trim()).expect("JSON");
+    assert_eq!(
+        (v["title"].as_str(), v["body"].as_str()),
+        (Some(TITLE), Some(BODY))
+    );
+    ok(
+        open_py("by-beacon.json", "uk.key"),
+        "the publisher's member opens it too",
+    );
+    let text = std::fs::read_to_string(w.join("by-beacon.json")).expect("read");
+    let mut doc: serde_json::Value = serde_json::from_str(&text).expect("DSSE JSON");
+    let payload = doc["payload"].as_str().expect("payload").to_owned();
+    // One character of the payload changed: the outer signature fails.
+    let flipped = format!(
+        "{}{}",
+        if payload.starts_with('A') { 'B' } else { 'A' },
+        &payload[1..]
+    );
+    doc["payload"] = flipped.into();
+    std::fs::write(w.join("altered.json"), doc.to_string()).expect("write");
+    let r = open_py("altered.json", "fr.key");
+    assert!(
+        refused_by_python(&r),
+        "Python refuses an altered envelope: {r:?}"
+    );
+
+    // Python seals; Beacon opens — and refuses each tampered one, as
+    // Python's own opener does.
+    let seal_py = |out: &str, tamper: Option<&str>| {
+        let mut args = vec![
+            "seal",
+            "--cert",
+            uk.cert.to_str().expect("path"),
+            "--key",
+            uk.key.to_str().expect("path"),
+            "--member",
+            "uk.ncsc",
+            "--recipient",
+            "uk.key",
+            "--recipient",
+            "fr.key",
+            "--to",
+            "fr.anssi",
+            "--title",
+            "sealed by Python",
+            "--body",
+            BODY,
+            "--out",
+            out,
+        ];
+        if let Some(t) = tamper {
+            args.extend(["--tamper", t]);
+        }
+        ok(sealed_py(&python, w, &args), "Python seals");
+    };
+    let open_beacon = |file: &str| {
+        cli(
+            &alliance,
+            addr,
+            None,
+            &fr,
+            w,
+            &[
+                "open",
+                file,
+                "--decrypt-key",
+                "fr.key",
+                "--ca",
+                &ca.join(","),
+            ],
+        )
+    };
+    seal_py("by-python.json", None);
+    let o = ok(open_beacon("by-python.json"), "Beacon opens Python's");
+    assert!(o.contains("sealed by Python"), "{o}");
+    ok(open_py("by-python.json", "fr.key"), "Python opens its own");
+    for tamper in [
+        "ciphertext",
+        "wrap",
+        "header-id",
+        "commitment",
+        "inner-signature",
+        "inner-disagrees",
+    ] {
+        let file = format!("tampered-{tamper}.json");
+        seal_py(&file, Some(tamper));
+        let r = open_beacon(&file);
+        assert!(
+            r.0 == 1 && r.2.contains("does not open"),
+            "Beacon opens one with its {tamper} tampered: {r:?}"
+        );
+        let r = open_py(&file, "fr.key");
+        assert!(
+            refused_by_python(&r),
+            "Python opens one with its {tamper} tampered: {r:?}"
+        );
+    }
+}
