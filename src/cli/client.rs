@@ -286,14 +286,23 @@ fn parse_profile(s: &str) -> Result<beacon::interop::stix::Profile, String> {
 async fn stix_bundle(
     d: &pb::Delivery,
     bundle: &TrustBundle,
+    keys: &[OpeningKey],
     channel: &tonic::transport::Channel,
     profile: beacon::interop::stix::Profile,
 ) -> Result<serde_json::Value> {
     let env = beacon::net::client::delivered_envelope(d).map_err(anyhow::Error::msg)?;
-    let verified =
-        beacon::domain::bulletin::verify_stored_envelope(&env, bundle, SystemTime::now())
-            .context("the bulletin's signature does not verify")?;
-    let b = verified.bulletin().clone();
+    // A sealed bulletin is opened first (with --decrypt-key): its STIX is
+    // made here, on the recipient's side, never by a node.
+    let (b, signer) = if env.payload_type == beacon::domain::sealed::SEALED_PAYLOAD_TYPE {
+        let o = super::keys::open_envelope(&env, bundle, keys)
+            .context("a sealed bulletin (--decrypt-key with a recipient key opens it)")?;
+        (o.bulletin, o.signer.to_string())
+    } else {
+        let verified =
+            beacon::domain::bulletin::verify_stored_envelope(&env, bundle, SystemTime::now())
+                .context("the bulletin's signature does not verify")?;
+        (verified.bulletin().clone(), verified.signer().to_string())
+    };
     let created = b.created_at.unwrap_or_else(SystemTime::now);
     let mut root = (b.id.clone(), created);
     let mut relation = b.relation.clone();
@@ -307,14 +316,20 @@ async fn stix_bundle(
             break;
         };
         let penv = beacon::net::client::delivered_envelope(&pd).map_err(anyhow::Error::msg)?;
-        let prev = beacon::domain::bulletin::codec::decode_bulletin(&penv.payload)
-            .map_err(anyhow::Error::msg)?;
+        let prev = match reading(&penv, bundle, keys).bulletin {
+            Some(p) => p,
+            None => {
+                // Sealed, and not openable here: its id stands as the root.
+                root.0 = id;
+                break;
+            }
+        };
         root = (prev.id.clone(), prev.created_at.unwrap_or(root.1));
         relation = prev.relation;
     }
     let ctx = beacon::interop::stix::Context {
         root,
-        signer: verified.signer().to_string(),
+        signer,
         envelope_sha256: hex(&d.envelope_digest),
         origin_node: d.origin_node.clone(),
         origin_sequence: d.origin_sequence,
@@ -505,7 +520,7 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             let d = get(channel.clone(), &id, publisher).await?;
             let text = if stix {
                 serde_json::to_string_pretty(
-                    &stix_bundle(&d, &dialer.bundle, &channel, profile).await?,
+                    &stix_bundle(&d, &dialer.bundle, &[], &channel, profile).await?,
                 )?
             } else {
                 let env =
@@ -1418,7 +1433,7 @@ async fn subscribe(a: SubscribeArgs, tail: bool) -> Result<()> {
             }
             Msg::Delivery(d) => {
                 let line = match format {
-                    Format::Stix => stix_bundle(&d, &dialer.bundle, &lookups, a.profile)
+                    Format::Stix => stix_bundle(&d, &dialer.bundle, &keys, &lookups, a.profile)
                         .await?
                         .to_string(),
                     other => render(&d, &dialer.bundle, &keys, other == Format::Json, terminal),
