@@ -145,6 +145,23 @@ pub(super) enum BenchCommand {
         #[arg(long, default_value_t = 1024)]
         size: usize,
     },
+    /// Sealed TLP:RED against signed TLP:RED: node publish at 1, 16 and 64
+    /// publishers (alternated, one node), and on the client, seals and
+    /// opens per second on one core and the sealed size.
+    Sealed {
+        /// Publishes per closed-loop run (1 publisher runs a tenth of it).
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        /// Rounds of the comparison, alternated.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Recipient keys each published bulletin is sealed to.
+        #[arg(long, default_value_t = 3)]
+        recipients: usize,
+        /// Serialized bulletin size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
     /// What one durable write costs on a filesystem, by each way a
     /// write-ahead log could make it durable (fdatasync into a preallocated
     /// or a growing file, O_DSYNC, RWF_DSYNC, fsync, three in series).
@@ -241,6 +258,12 @@ pub(super) async fn run(cmd: BenchCommand) -> Result<()> {
             cache_mb,
             size,
         } => bench_transparency(count, rounds, stored, proofs, cache_mb, size).await,
+        BenchCommand::Sealed {
+            count,
+            rounds,
+            recipients,
+            size,
+        } => bench_sealed(count, rounds, recipients, size).await,
         BenchCommand::Retention {
             count,
             background,
@@ -669,6 +692,86 @@ async fn bench_engines(
             replays[1] / replays[0].max(1e-9)
         );
     }
+    Ok(())
+}
+
+async fn bench_sealed(count: usize, rounds: usize, recipients: usize, size: usize) -> Result<()> {
+    use beacon::tools::bench;
+    let (exe, cores) = bench_host()?;
+    let target = bench::Target::start(&exe)?;
+    target.wait_serving().await?;
+    println!(
+        "beacon bench sealed: {size}-byte TLP:RED bulletins, signed or sealed to {recipients} P-256 keys, node at {} (child process), {cores} cores",
+        target.addr
+    );
+    let mut first = 0;
+    for sealed in [false, true] {
+        let _ = bench::red_closed_loop(&target, 4, 400, size, first, sealed, recipients).await?;
+        first += 4;
+    }
+    println!("| publishers | signed | sealed | sealed/signed |");
+    println!("|---:|---:|---:|---:|");
+    for n in [1usize, 16, 64] {
+        let total = if n == 1 { (count / 10).max(100) } else { count };
+        let (mut signed, mut sealed) = (Vec::new(), Vec::new());
+        for round in 0..rounds.max(1) {
+            let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+            for is_sealed in order {
+                let fig =
+                    bench::red_closed_loop(&target, n, total, size, first, is_sealed, recipients)
+                        .await?;
+                first += n;
+                if fig.errors > 0 {
+                    println!("({} errors in a {} run)", fig.errors, fig.label);
+                }
+                match is_sealed {
+                    true => sealed.push(fig.rate()),
+                    false => signed.push(fig.rate()),
+                }
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let show = |v: &[f64]| {
+            v.iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "| {n} | {:.0}/s ({}) | {:.0}/s ({}) | {:.2}× |",
+            mean(&signed),
+            show(&signed),
+            mean(&sealed),
+            show(&sealed),
+            mean(&sealed) / mean(&signed).max(1e-9)
+        );
+    }
+    // On the client, one core (this process, one thread).
+    let settings = target.client(first)?;
+    let dialer = beacon::net::client::Dialer::load(&settings)?;
+    let signer = beacon::domain::bulletin::Signer::new(
+        dialer.own.chain.clone(),
+        dialer.own.key.secret_der(),
+    )?;
+    let member = format!("m{first}.bench");
+    println!();
+    println!("| recipients | seals/s | opens/s | signed size | sealed size |");
+    println!("|---:|---:|---:|---:|---:|");
+    let mut sizes = Vec::new();
+    for r in [1usize, 3, 20] {
+        let (seal, open, plain, sealed) = bench::seal_figures(
+            &signer,
+            &*dialer.bundle,
+            &member,
+            r,
+            size,
+            if r >= 20 { 500 } else { 2000 },
+        )?;
+        sizes.push((r, sealed));
+        println!("| {r} | {seal:.0} | {open:.0} | {plain} B | {sealed} B (+{}) |", sealed - plain);
+    }
+    let per = (sizes[2].1 as f64 - sizes[1].1 as f64) / 17.0;
+    println!("per recipient key: {per:.0} B");
     Ok(())
 }
 

@@ -502,6 +502,184 @@ async fn publishers(
     Ok((out, signed as f64 / signing.as_secs_f64().max(1e-9)))
 }
 
+/// Publishers of TLP:RED bulletins of about `size` bytes to their own
+/// member, each either signed (`sealed` false) or sealed to `recipients`
+/// P-256 keys of its member, announced first to the node (as a member's
+/// client announces its keys); the rate envelopes were made at.
+async fn red_publishers(
+    target: &Target,
+    n: usize,
+    per: usize,
+    size: usize,
+    first: usize,
+    sealed: bool,
+    recipients: usize,
+) -> Result<(Vec<Publisher>, f64), BenchError> {
+    use crate::domain::hpke::Suite;
+    use crate::domain::sealed::RecipientKey;
+    let mut out = Vec::with_capacity(n);
+    let mut made = 0usize;
+    let mut making = Duration::ZERO;
+    for i in 0..n {
+        let settings = target.client(first + i)?;
+        let dialer = Dialer::load(&settings)?;
+        let channel = dialer.dial(&target.addr.to_string()).await?;
+        let signer = Arc::new(
+            Signer::new(dialer.own.chain.clone(), dialer.own.key.secret_der())
+                .map_err(ClientError::from)?,
+        );
+        let member = format!("m{}.bench", first + i);
+        let mut keys = Vec::new();
+        if sealed {
+            let mut bulletins = crate::net::client::BulletinsClient::new(channel.clone());
+            for _ in 0..recipients.max(1) {
+                let suite = Suite::P256Sha256Aes128Gcm;
+                let (public, _) = crate::domain::hpke::generate(suite)
+                    .map_err(|e| BenchError::Setup(e.to_string()))?;
+                let record = crate::domain::keys::announce(
+                    &signer,
+                    &member,
+                    suite,
+                    &public,
+                    std::time::SystemTime::now() - Duration::from_secs(60),
+                    crate::domain::keys::DEFAULT_VALIDITY,
+                    None,
+                )
+                .map_err(|e| BenchError::Setup(e.to_string()))?;
+                bulletins
+                    .announce_recipient_key(crate::base::proto::v1::RecipientKeyRequest {
+                        record: Some(crate::domain::bulletin::codec::envelope_to_proto(&record)),
+                    })
+                    .await
+                    .map_err(|e| BenchError::Setup(e.to_string()))?;
+                keys.push(RecipientKey {
+                    member: member.clone(),
+                    suite,
+                    public,
+                });
+            }
+        }
+        let t0 = Instant::now();
+        let mut envelopes = Vec::with_capacity(per);
+        for _ in 0..per {
+            let mut b = sized_bulletin(&member, size);
+            b.tlp = crate::domain::bulletin::codec::tlp_to_i32(Tlp::Red);
+            b.audience.members = vec![member.clone()];
+            let env = signer.sign(b.to_bytes()).map_err(ClientError::from)?;
+            envelopes.push(match sealed {
+                true => crate::domain::sealed::seal(&signer, &env, &keys, false)
+                    .map_err(|e| BenchError::Setup(e.to_string()))?,
+                false => env,
+            });
+        }
+        making += t0.elapsed();
+        made += per;
+        out.push(Publisher {
+            client: BeaconClient::new(channel, signer),
+            envelopes,
+        });
+    }
+    Ok((out, made as f64 / making.as_secs_f64().max(1e-9)))
+}
+
+/// Closed loop as [`closed_loop`] (unary), of TLP:RED bulletins signed or
+/// sealed to `recipients` keys ([`red_publishers`]).
+pub async fn red_closed_loop(
+    target: &Target,
+    n: usize,
+    total: usize,
+    size: usize,
+    first: usize,
+    sealed: bool,
+    recipients: usize,
+) -> Result<Figures, BenchError> {
+    let per = total.div_ceil(n).max(1);
+    let (pubs, _) = red_publishers(target, n, per, size, first, sealed, recipients).await?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for p in pubs {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(p.envelopes.len());
+            let mut errors = 0;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut client = p.client;
+            for env in &p.envelopes {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let t = Instant::now();
+                match client.publish_envelope(env).await {
+                    Ok(_) => lat.push(t.elapsed().as_micros() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (lat, errors) = gather(tasks).await?;
+    let secs = start.elapsed().as_secs_f64();
+    let label = format!(
+        "{n} publishers, {}",
+        if sealed { "sealed" } else { "signed" }
+    );
+    Ok(Figures::new(label, lat, errors, secs))
+}
+
+/// Client-side figures of sealing, on one core, in this process: seals per
+/// second of a `size`-byte TLP:RED bulletin (signed, sealed, signed) to
+/// `recipients` P-256 keys; opens per second (outer and inner signature
+/// checks included); and the sealed envelope's size against the signed one.
+pub fn seal_figures(
+    signer: &Signer,
+    bundle: &dyn crate::trust::ChainCheck,
+    member: &str,
+    recipients: usize,
+    size: usize,
+    count: usize,
+) -> Result<(f64, f64, usize, usize), BenchError> {
+    use crate::domain::hpke::Suite;
+    use crate::domain::sealed::{self, OpeningKey, RecipientKey};
+    let setup = |e: &dyn std::fmt::Display| BenchError::Setup(e.to_string());
+    let suite = Suite::P256Sha256Aes128Gcm;
+    let mut keys = Vec::new();
+    let mut opening = None;
+    for _ in 0..recipients.max(1) {
+        let (public, private) = crate::domain::hpke::generate(suite).map_err(|e| setup(&e))?;
+        if opening.is_none() {
+            opening = Some(OpeningKey::new(member, suite, private).map_err(|e| setup(&e))?);
+        }
+        keys.push(RecipientKey {
+            member: member.to_owned(),
+            suite,
+            public,
+        });
+    }
+    let opening = opening.ok_or_else(|| setup(&"no key"))?;
+    let mut b = sized_bulletin(member, size);
+    b.tlp = crate::domain::bulletin::codec::tlp_to_i32(Tlp::Red);
+    b.audience.members = vec![member.to_owned()];
+    let t0 = Instant::now();
+    let mut last = None;
+    for _ in 0..count {
+        let env = signer.sign(b.to_bytes()).map_err(|e| setup(&e))?;
+        last = Some((
+            crate::domain::bulletin::codec::encode_envelope(&env).len(),
+            sealed::seal(signer, &env, &keys, false).map_err(|e| setup(&e))?,
+        ));
+    }
+    let seal_rate = count as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+    let (plain_len, outer) = last.ok_or_else(|| setup(&"nothing sealed"))?;
+    let now = std::time::SystemTime::now();
+    let t0 = Instant::now();
+    for _ in 0..count {
+        let v = sealed::verify(&outer, bundle, now).map_err(|e| setup(&e))?;
+        sealed::open(&v, std::slice::from_ref(&opening), now).map_err(|e| setup(&e))?;
+    }
+    let open_rate = count as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+    let sealed_len = crate::domain::bulletin::codec::encode_envelope(&outer).len();
+    Ok((seal_rate, open_rate, plain_len, sealed_len))
+}
+
 /// Joins publisher tasks: all their latencies, and their error count.
 async fn gather(
     tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, usize)>>,
