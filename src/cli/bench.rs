@@ -715,7 +715,11 @@ async fn bench_sealed(count: usize, rounds: usize, recipients: usize, size: usiz
         let total = if n == 1 { (count / 10).max(100) } else { count };
         let (mut signed, mut sealed) = (Vec::new(), Vec::new());
         for round in 0..rounds.max(1) {
-            let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
             for is_sealed in order {
                 let fig =
                     bench::red_closed_loop(&target, n, total, size, first, is_sealed, recipients)
@@ -768,7 +772,10 @@ async fn bench_sealed(count: usize, rounds: usize, recipients: usize, size: usiz
             if r >= 20 { 500 } else { 2000 },
         )?;
         sizes.push((r, sealed));
-        println!("| {r} | {seal:.0} | {open:.0} | {plain} B | {sealed} B (+{}) |", sealed - plain);
+        println!(
+            "| {r} | {seal:.0} | {open:.0} | {plain} B | {sealed} B (+{}) |",
+            sealed - plain
+        );
     }
     let per = (sizes[2].1 as f64 - sizes[1].1 as f64) / 17.0;
     println!("per recipient key: {per:.0} B");

@@ -355,6 +355,89 @@ async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients
         "{wrong:?}"
     );
 
+    // fr.anssi revokes its key (at paris); london hears of it through
+    // berlin, and refuses a bulletin still sealed to it, naming the key —
+    // while a client fetching keys finds none left to seal to.
+    let fr_key: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join("fr.key")).expect("key file"))
+            .expect("JSON");
+    let fr_key_id = fr_key["key_id"].as_str().expect("key id").to_owned();
+    ok(
+        cli(
+            &alliance,
+            a_paris,
+            None,
+            &fr,
+            w,
+            &[
+                "keys",
+                "revoke",
+                "--key-id",
+                &fr_key_id,
+                "--reason",
+                "key compromise",
+            ],
+        ),
+        "keys revoke",
+    );
+    let revoked = wait_until(Duration::from_secs(30), || async {
+        let out = cli(
+            &alliance,
+            a_london,
+            None,
+            &uk,
+            w,
+            &["keys", "list", "--member", "fr.anssi", "--all", "--json"],
+        );
+        json_lines(&out.1).iter().any(|k| k["state"] == "revoked")
+    })
+    .await;
+    assert!(
+        revoked.is_some(),
+        "the revocation reaches london: {}",
+        n_london.log()
+    );
+    let uk_key: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join("uk.key")).expect("key file"))
+            .expect("JSON");
+    let public = |k: &serde_json::Value| -> Vec<u8> {
+        let h = k["public_key"].as_str().expect("hex");
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
+            .collect()
+    };
+    let recipients = [("uk.ncsc", &uk_key), ("fr.anssi", &fr_key)].map(|(m, k)| {
+        beacon::domain::sealed::RecipientKey {
+            member: m.to_owned(),
+            suite: beacon::domain::hpke::Suite::P256Sha256Aes128Gcm,
+            public: public(k),
+        }
+    });
+    let uk_signer = signer(&uk);
+    let mut late = bulletin("uk.ncsc", "sealed to a revoked key");
+    late.tlp = beacon::domain::bulletin::codec::tlp_to_i32(beacon::domain::bulletin::Tlp::Red);
+    late.audience.members = vec!["fr.anssi".into()];
+    let inner = uk_signer.sign(late.to_bytes()).expect("sign");
+    let outer = beacon::domain::sealed::seal(&uk_signer, &inner, &recipients, false).expect("seal");
+    let refused = member(a_london, &uk, &alliance.ca)
+        .await
+        .publish_envelope(&outer)
+        .await;
+    match refused {
+        Err(beacon::net::client::ClientError::Rpc(s)) => {
+            assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+            assert!(
+                s.message().contains(&fr_key_id) && s.message().contains("revoked"),
+                "{s:?}"
+            );
+        }
+        other => panic!("a bulletin sealed to a revoked key is refused: {other:?}"),
+    }
+    let none = red(&["--seal"]);
+    assert_ne!(none.0, 0);
+    assert!(none.2.contains("fr.anssi"), "{none:?}");
+
     // No node's files hold the text: stopped, every file is read.
     for (dir, node) in [(&d_berlin, &mut n_berlin), (&d_paris, &mut n_paris)] {
         node.signal(nix::sys::signal::Signal::SIGTERM);
