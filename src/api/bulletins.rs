@@ -146,6 +146,15 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         Ok(Response::new(pb::ListRecipientKeysResponse {
             keys: to(keys),
             revocations: to(revocations),
+            require_sealed: self
+                .state
+                .config
+                .policy
+                .require_sealed
+                .iter()
+                .filter_map(|l| crate::domain::bulletin::Tlp::parse(l))
+                .map(|t| t.label().to_owned())
+                .collect(),
         }))
     }
 

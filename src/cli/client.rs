@@ -752,7 +752,38 @@ async fn publish(a: PublishArgs) -> Result<()> {
         .iter()
         .map(|b| signer.sign(b.to_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
-    if a.seal {
+    // Sealed: all of them with --seal; otherwise those of the labels the
+    // node takes only sealed (it says which).
+    let sealable = |b: &Bulletin| {
+        matches!(
+            beacon::domain::bulletin::codec::tlp_from_i32(b.tlp),
+            Some(Tlp::Amber | Tlp::AmberStrict | Tlp::Red)
+        )
+    };
+    let required: Vec<String> = if !a.seal && bulletins.iter().any(sealable) {
+        BulletinsClient::new(channel.clone())
+            .list_recipient_keys(pb::ListRecipientKeysRequest {
+                member: member.clone(),
+                all: false,
+            })
+            .await
+            .map(|r| r.into_inner().require_sealed)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let seal_it = |b: &Bulletin| {
+        a.seal
+            || beacon::domain::bulletin::codec::tlp_from_i32(b.tlp)
+                .is_some_and(|t| required.iter().any(|l| l == t.label()))
+    };
+    if bulletins.iter().any(seal_it) {
+        if !a.seal {
+            eprintln!(
+                "sealing the {} bulletins: the node takes them only sealed",
+                required.join(" and ")
+            );
+        }
         // Each bulletin's recipients: its audience's members and this
         // member, every key of theirs usable now (checked here).
         let mut cache: std::collections::BTreeMap<
@@ -760,6 +791,9 @@ async fn publish(a: PublishArgs) -> Result<()> {
             Vec<beacon::domain::sealed::RecipientKey>,
         > = Default::default();
         for (b, env) in bulletins.iter().zip(envelopes.iter_mut()) {
+            if !seal_it(b) {
+                continue;
+            }
             let mut members = vec![member.clone()];
             for m in &b.audience.members {
                 if !members.contains(m) {

@@ -280,6 +280,12 @@ pub fn verify_key(
     if env.payload.len() > MAX_PAYLOAD {
         return Err(KeyError::Malformed(format!("{} bytes", env.payload.len())));
     }
+    if env.payload_type != KEY_TYPE {
+        return Err(KeyError::Malformed(format!(
+            "an envelope of type {:?}, not {KEY_TYPE:?}",
+            env.payload_type
+        )));
+    }
     let p: KeyPayload = serde_json::from_slice(&env.payload)
         .map_err(|e| KeyError::Malformed(format!("its JSON: {e}")))?;
     // A record outlives the certificate that signed it (keys last up to
@@ -333,6 +339,12 @@ pub fn verify_revocation(
 ) -> Result<Revocation, KeyError> {
     if env.payload.len() > MAX_PAYLOAD {
         return Err(KeyError::Malformed(format!("{} bytes", env.payload.len())));
+    }
+    if env.payload_type != REVOCATION_TYPE {
+        return Err(KeyError::Malformed(format!(
+            "an envelope of type {:?}, not {REVOCATION_TYPE:?}",
+            env.payload_type
+        )));
     }
     let p: RevocationPayload = serde_json::from_slice(&env.payload)
         .map_err(|e| KeyError::Malformed(format!("its JSON: {e}")))?;

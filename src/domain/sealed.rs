@@ -1417,6 +1417,13 @@ mod tests {
         let b = w.uk.sign(red("uk.ncsc", &[]).to_bytes()).unwrap();
         assert!(matches!(
             keys::verify_key(&b, &w.bundle, t0),
+            Err(KeyError::Malformed(m)) if m.contains("vnd.beacon.bulletin")
+        ));
+        // A record whose signature does not verify.
+        let mut forged = env.clone();
+        forged.signatures[0].sig[10] ^= 1;
+        assert!(matches!(
+            keys::verify_key(&forged, &w.bundle, t0),
             Err(KeyError::Signature(_))
         ));
     }

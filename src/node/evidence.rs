@@ -97,6 +97,18 @@ impl Equivocations {
         second: &Envelope,
         source: &str,
     ) -> Result<bool, EvidenceError> {
+        if [first, second]
+            .iter()
+            .any(|e| e.payload_type == crate::domain::sealed::SEALED_PAYLOAD_TYPE)
+        {
+            // Sealing one bulletin twice makes two envelopes (a new content
+            // key each time): a node, which cannot open them, cannot tell
+            // that from two bulletins. No evidence is claimed.
+            return Err(EvidenceError::Invalid(
+                "a sealed bulletin: a node cannot tell two seals of one bulletin from two bulletins"
+                    .into(),
+            ));
+        }
         let a = codec::decode_bulletin(&first.payload).map_err(EvidenceError::Invalid)?;
         let b = codec::decode_bulletin(&second.payload).map_err(EvidenceError::Invalid)?;
         if (a.publisher.as_str(), a.id.as_str()) != (b.publisher.as_str(), b.id.as_str()) {

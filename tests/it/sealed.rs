@@ -177,7 +177,6 @@ async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients
         n_london.log()
     );
 
-    // Unsealed RED is refused where sealing is required, saying how.
     let red = |extra: &[&str]| {
         let mut args = vec![
             "publish",
@@ -200,12 +199,25 @@ async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients
         args.extend_from_slice(extra);
         cli(&alliance, a_london, None, &uk, w, &args)
     };
-    let refused = red(&[]);
-    assert_ne!(refused.0, 0);
-    assert!(
-        format!("{}{}", refused.1, refused.2).contains("--seal"),
-        "the refusal says to seal: {refused:?}"
-    );
+    // Unsealed RED is refused where sealing is required, saying how.
+    let mut plain = bulletin("uk.ncsc", "unsealed red");
+    plain.tlp = beacon::domain::bulletin::codec::tlp_to_i32(beacon::domain::bulletin::Tlp::Red);
+    plain.audience.members = vec!["fr.anssi".into()];
+    let env = signer(&uk).sign(plain.to_bytes()).expect("sign");
+    match member(a_london, &uk, &alliance.ca)
+        .await
+        .publish_envelope(&env)
+        .await
+    {
+        Err(beacon::net::client::ClientError::Rpc(s)) => {
+            assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+            assert!(
+                s.message().contains("--seal"),
+                "the refusal says to seal: {s:?}"
+            );
+        }
+        other => panic!("an unsealed RED bulletin is refused: {other:?}"),
+    }
     // Sealed to a member without a key: nothing is sent, the member named.
     let nokey = cli(
         &alliance,
@@ -233,7 +245,10 @@ async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients
     assert_ne!(nokey.0, 0);
     assert!(nokey.2.contains("it.acn"), "{nokey:?}");
 
-    let published = json_lines(&ok(red(&["--seal"]), "sealed publish"));
+    // The CLI seals RED by itself where the node requires it.
+    let auto = red(&[]);
+    assert!(auto.2.contains("sealing the TLP:RED"), "{auto:?}");
+    let published = json_lines(&ok(auto, "sealed publish"));
     let id = published[0]["id"].as_str().expect("id").to_owned();
 
     // paris (a recipient's node) gets it through berlin; its reader opens it.
