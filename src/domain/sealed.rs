@@ -1500,4 +1500,51 @@ mod tests {
         // Once they have expired, a new one takes the oldest's place.
         assert!(full.add_key(rec(&p, t0), t0 + 11 * day).unwrap());
     }
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Any bytes: parsing a sealed payload returns (an error is
+            /// fine) and never panics; so does unpadding.
+            #[test]
+            fn arbitrary_payloads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = Sealed::parse(&bytes);
+                let _ = unpad(&bytes);
+                let _ = is_sealed(&bytes);
+            }
+
+            /// Any body and any number of recipients (1 to 8, either suite):
+            /// every recipient opens exactly the bulletin sealed, and the
+            /// padded length is Padmé's of what it holds.
+            #[test]
+            fn every_recipient_opens_what_was_sealed(
+                body in "[ -~]{0,3000}",
+                extra in 0usize..8,
+                x25519 in any::<bool>(),
+            ) {
+                let w = world();
+                let suite = if x25519 { Suite::X25519Sha256ChaCha20Poly1305 } else { Suite::P256Sha256Aes128Gcm };
+                let mut b = red("uk.ncsc", &["fr.anssi"]);
+                b.body = body;
+                let inner = w.uk.sign(b.to_bytes()).unwrap();
+                let mut public = Vec::new();
+                let mut opening = Vec::new();
+                for m in std::iter::once("uk.ncsc").chain(std::iter::repeat_n("fr.anssi", extra + 1)) {
+                    let (p, k) = keys(m, suite);
+                    public.push(p);
+                    opening.push(k);
+                }
+                let outer = seal(&w.uk, &inner, &public, false).unwrap();
+                let v = verify(&outer, &w.bundle, now()).unwrap();
+                prop_assert_eq!(v.sealed.header.recipients.len(), extra + 2);
+                for k in &opening {
+                    let o = open(&v, std::slice::from_ref(k), now()).unwrap();
+                    prop_assert_eq!(&o.bulletin, &b);
+                }
+            }
+        }
+    }
 }
