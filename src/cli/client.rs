@@ -443,6 +443,11 @@ pub enum ClientCommand {
         /// The TLP marking definitions of STIX output: oasis-tlp2 or opencti.
         #[arg(long, default_value = "oasis-tlp2", value_parser = parse_profile)]
         profile: beacon::interop::stix::Profile,
+        /// With --stix, a recipient key file to open a sealed bulletin with
+        /// (repeatable). The DSSE envelope of a sealed bulletin is written
+        /// sealed, as held (`beacon open` opens it).
+        #[arg(long = "decrypt-key")]
+        decrypt_key: Vec<PathBuf>,
     },
     /// Publish a DSSE JSON envelope as it is (your own export, or relayed by a node).
     Import {
@@ -515,12 +520,14 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             output,
             stix,
             profile,
+            decrypt_key,
         } => {
+            let keys = super::keys::opening_keys(&decrypt_key)?;
             let (dialer, channel) = conn.dial().await?;
             let d = get(channel.clone(), &id, publisher).await?;
             let text = if stix {
                 serde_json::to_string_pretty(
-                    &stix_bundle(&d, &dialer.bundle, &[], &channel, profile).await?,
+                    &stix_bundle(&d, &dialer.bundle, &keys, &channel, profile).await?,
                 )?
             } else {
                 let env =

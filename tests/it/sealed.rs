@@ -313,6 +313,27 @@ async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients
         .map(|s| s.bulletins);
     assert_eq!(held, Some(1), "berlin carries it");
 
+    // Its STIX is made on the recipient's side, once opened.
+    let stix = ok(
+        cli(
+            &alliance,
+            a_paris,
+            None,
+            &fr,
+            w,
+            &["export", &id, "--stix", "--decrypt-key", "fr.key"],
+        ),
+        "export --stix",
+    );
+    assert!(
+        stix.contains(TITLE) && stix.contains("\"type\": \"bundle\""),
+        "{stix}"
+    );
+    let unopened = cli(&alliance, a_paris, None, &fr, w, &["export", &id, "--stix"]);
+    assert_ne!(
+        unopened.0, 0,
+        "no STIX of a sealed bulletin without its key"
+    );
     // Offline: the export opens with fr.anssi's key, not with de.bsi's.
     ok(
         cli(
