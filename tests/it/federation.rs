@@ -377,32 +377,45 @@ async fn publish_through_outages(
     ca: Vec<PathBuf>,
     bulletins: Vec<beacon::domain::bulletin::Bulletin>,
     progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut last_error = String::new();
     let mut settings = settings(&client, &ca);
     settings.node = Some(addr.to_string());
     let mut conn: Option<beacon::net::client::BeaconClient> = None;
     for b in &bulletins {
         loop {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "publishing took too long"
-            );
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "publishing to {addr} took too long ({} of {} published; last error: {last_error})",
+                    progress.load(std::sync::atomic::Ordering::SeqCst),
+                    bulletins.len()
+                ));
+            }
             if conn.is_none() {
-                conn = beacon::net::client::BeaconClient::connect(&settings)
-                    .await
-                    .ok();
+                match beacon::net::client::BeaconClient::connect(&settings).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => last_error = format!("connect: {e}"),
+                }
             }
             if let Some(c) = conn.as_mut() {
-                match c.publish(b).await {
-                    Ok(_) => break,
-                    Err(_) => conn = None,
+                match tokio::time::timeout(Duration::from_secs(10), c.publish(b)).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => {
+                        last_error = format!("publish: {e}");
+                        conn = None
+                    }
+                    Err(_) => {
+                        last_error = "publish: no answer in 10 s".into();
+                        conn = None
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
+    Ok(())
 }
 
 /// Three `beacon daemon` processes in a full mesh, one per member.
@@ -453,6 +466,19 @@ impl ChildMesh {
             &["daemon", "--config", "beacon.toml"],
             self.addrs[i],
         )
+    }
+
+    /// Each running node's log (its current run).
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match n {
+                Some(n) => format!("---- node {i}:\n{}", n.log()),
+                None => format!("---- node {i}: not running"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn kill(&mut self, i: usize) {
@@ -529,7 +555,9 @@ async fn partitions_and_kills_heal_with_nothing_lost_or_duplicated() {
     mesh.restart(2);
     mesh.restart(0);
     for t in tasks {
-        t.await.expect("publisher");
+        if let Err(e) = t.await.expect("publisher") {
+            panic!("{e}\nthe nodes' logs:\n{}", mesh.logs());
+        }
     }
     // Every node converges to the same set, each bulletin once, byte-identical.
     let mut first: Option<Held> = None;
