@@ -348,52 +348,10 @@ async fn wait_while_own_certificate_refused(state: &LinkContext, link: &PeerLink
 /// failure that must end the session without acknowledging it.
 type Outcome = Result<Result<Appended, Refusal>, StoreError>;
 type Pending = Pin<Box<dyn Future<Output = (u64, Outcome)> + Send>>;
-/// A delivery being verified off the runtime, with its verdict.
-type Verifying = Pin<
-    Box<
-        dyn Future<Output = Result<(pb::Delivery, Result<NewRecord, Refusal>), FederationError>>
-            + Send,
-    >,
->;
-
-/// Deliveries a link verifies ahead of the store (in arrival order; their
-/// appends are queued in that order once verified).
-const VERIFY_AHEAD: usize = 256;
-
-/// Verifications running at once on the blocking pool, over every link:
-/// one per core, so that a catch-up uses every core and no more threads.
-fn verifiers() -> &'static tokio::sync::Semaphore {
-    static SEM: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    SEM.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
-    })
-}
-
-/// Verifies `d` (the steps of [`admit`]: digest, canonical form, chain,
-/// signature, fields, policy) on the blocking pool, a core at a time.
-fn verify_off_runtime(
-    state: &Arc<LinkContext>,
-    link: &Arc<PeerLink>,
-    d: pb::Delivery,
-) -> Verifying {
-    let (state, link) = (state.clone(), link.clone());
-    Box::pin(async move {
-        let _permit = verifiers()
-            .acquire()
-            .await
-            .map_err(|_| FederationError::Ended)?;
-        tokio::task::spawn_blocking(move || {
-            let verdict = admit(&state, &link, &d, None);
-            (d, verdict)
-        })
-        .await
-        .map_err(|_| FederationError::Ended)
-    })
-}
 
 async fn session(
-    state: &Arc<LinkContext>,
-    link: &Arc<PeerLink>,
+    state: &LinkContext,
+    link: &PeerLink,
     established: &mut bool,
 ) -> Result<End, FederationError> {
     let generation = state.trust.generation();
@@ -447,8 +405,6 @@ async fn session(
     let mut heard = tokio::time::Instant::now();
 
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
-    // Verified on every core, appended in arrival order.
-    let mut verifying: FuturesOrdered<Verifying> = FuturesOrdered::new();
     let mut trust_check = tokio::time::interval(state.timing.reload_interval);
     trust_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The peer's recipient keys, now and every `timing.key_sync_interval`
@@ -483,52 +439,8 @@ async fn session(
                 sub.ack(acked).await.map_err(|_| FederationError::Ended)?;
                 link.update(|s| s.cursor = s.cursor.max(acked));
             }
-            Some(verified) = verifying.next(), if !verifying.is_empty() => {
-                let (d, verdict) = verified?;
-                let seq = d.sequence;
-                let verdict = match verdict {
-                    // A signer expired since: proven held in time, or not
-                    // (asks the peer; rare).
-                    Err(Refusal::Ingest {
-                        source: crate::broker::ingest::IngestError::SignerExpired,
-                        ..
-                    }) => admit_proven(state, link, &channel, &d).await,
-                    other => other,
-                };
-                match verdict {
-                    Ok(rec) => {
-                        // Kept for the evidence, should the store
-                        // hold another bulletin under its id.
-                        let relayed = rec.envelope.clone();
-                        let conflict = Conflicted {
-                            store: state.store.clone(),
-                            evidence: state.evidence.clone(),
-                            peer: peer.clone(),
-                            channel: channel.clone(),
-                        };
-                        // Queued in arrival order; durable when the future resolves.
-                        let durable = state.store.enqueue(rec).await?;
-                        pending.push_back(Box::pin(async move {
-                            let outcome = match durable.await {
-                                Ok(a) => Ok(Ok(a)),
-                                Err(e @ StoreError::Conflict { .. }) => {
-                                    if let StoreError::Conflict { publisher, id } = &e {
-                                        conflict.record(publisher, id, relayed);
-                                    }
-                                    Ok(Err(Refusal::Conflict { seq, source: e }))
-                                }
-                                Err(e) => Err(e),
-                            };
-                            (seq, outcome)
-                        }));
-                    }
-                    Err(refusal) => {
-                        pending.push_back(Box::pin(std::future::ready((seq, Ok(Err(refusal))))));
-                    }
-                }
-            }
             // The message, if one is ready, wins over the deadline.
-            msg = tokio::time::timeout_at(heard + silence, sub.next()), if verifying.len() < VERIFY_AHEAD => {
+            msg = tokio::time::timeout_at(heard + silence, sub.next()) => {
                 use pb::subscribe_response::Msg;
                 let msg = msg
                     .map_err(|_| FederationError::Silent(silence))?
@@ -559,8 +471,39 @@ async fn session(
                     // Not asked for on peer links (witnessing fetches them).
                     Msg::Checkpoint(_) => {}
                     Msg::Delivery(d) => {
-                        link.update(|s| s.head = s.head.max(d.sequence));
-                        verifying.push_back(verify_off_runtime(state, link, d));
+                        let seq = d.sequence;
+                        link.update(|s| s.head = s.head.max(seq));
+                        match admit_proven(state, link, &channel, &d).await {
+                            Ok(rec) => {
+                                // Kept for the evidence, should the store
+                                // hold another bulletin under its id.
+                                let relayed = rec.envelope.clone();
+                                let conflict = Conflicted {
+                                    store: state.store.clone(),
+                                    evidence: state.evidence.clone(),
+                                    peer: peer.clone(),
+                                    channel: channel.clone(),
+                                };
+                                // Queued in arrival order; durable when the future resolves.
+                                let durable = state.store.enqueue(rec).await?;
+                                pending.push_back(Box::pin(async move {
+                                    let outcome = match durable.await {
+                                        Ok(a) => Ok(Ok(a)),
+                                        Err(e @ StoreError::Conflict { .. }) => {
+                                            if let StoreError::Conflict { publisher, id } = &e {
+                                                conflict.record(publisher, id, relayed);
+                                            }
+                                            Ok(Err(Refusal::Conflict { seq, source: e }))
+                                        }
+                                        Err(e) => Err(e),
+                                    };
+                                    (seq, outcome)
+                                }));
+                            }
+                            Err(refusal) => {
+                                pending.push_back(Box::pin(std::future::ready((seq, Ok(Err(refusal))))));
+                            }
+                        }
                     }
                 }
             }
