@@ -89,6 +89,9 @@ pub struct Metrics {
     pub handshake_failures: Labeled,
     /// TCP connections closed before a TLS ClientHello (TCP health probes).
     pub closed_before_tls: Counter,
+    /// Requests answered on the TAXII port (TAXII and the MISP feed), by
+    /// status class: 2xx, 4xx, 5xx.
+    pub taxii_requests: Labeled,
 }
 
 /// A plain counter.

@@ -145,6 +145,13 @@ fn edge_counters(out: &mut String, state: &Scrape) {
         "reason",
         &m.handshake_failures.snapshot(),
     );
+    counter(
+        out,
+        "beacon_taxii_requests_total",
+        "Requests answered on the TAXII port (TAXII 2.1 and the MISP feed), by status class.",
+        "status",
+        &m.taxii_requests.snapshot(),
+    );
     total(
         out,
         "beacon_connections_closed_before_tls_total",

@@ -37,8 +37,8 @@ fn every_example_config_parses() {
     }
 }
 
-/// Every YAML file under deploy/ (compose, Kubernetes) is well-formed, and
-/// each document says what it is.
+/// Every YAML file under deploy/ (compose, Kubernetes, Prometheus, Grafana)
+/// is well-formed, and each document says what it is.
 #[test]
 fn every_deployment_manifest_is_well_formed_yaml() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
@@ -56,12 +56,20 @@ fn every_deployment_manifest_is_well_formed_yaml() {
             let m = v
                 .as_mapping()
                 .unwrap_or_else(|| panic!("{}: not a mapping", f.display()));
-            let known = ["kind", "services"]
-                .iter()
-                .any(|k| m.contains_key(serde_yaml_ng::Value::from(*k)));
+            // Kubernetes objects, compose files, Prometheus's scrape
+            // config, Grafana's provisioning.
+            let known = [
+                "kind",
+                "services",
+                "scrape_configs",
+                "datasources",
+                "providers",
+            ]
+            .iter()
+            .any(|k| m.contains_key(serde_yaml_ng::Value::from(*k)));
             assert!(
                 known,
-                "{}: neither a Kubernetes object nor a compose file",
+                "{}: not a Kubernetes object, compose file, scrape config or Grafana provisioning",
                 f.display()
             );
         }

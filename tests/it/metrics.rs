@@ -186,3 +186,114 @@ async fn certificates_and_crls_announce_their_expiry() {
         "{out}"
     );
 }
+
+/// The metric names a `/metrics` text declares (`# TYPE` lines), with the
+/// series a histogram adds.
+fn exported_names(body: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in body.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            names.insert(name.to_owned());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Every `beacon_…` name in a PromQL expression.
+fn named_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("beacon_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The Grafana dashboard shipped in `deploy/grafana/beacon.json` is valid
+/// JSON, uses the data source its provisioning defines, and names only
+/// metrics a node exports (as a running node's `/metrics` declares them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_names_only_metrics_the_node_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("beacon.json")).expect("read"))
+            .expect("the dashboard is JSON");
+    let provisioned: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join("provisioning/datasources/prometheus.yaml"))
+            .expect("read"),
+    )
+    .expect("YAML");
+    let uid = provisioned["datasources"][0]["uid"]
+        .as_str()
+        .expect("a data source uid")
+        .to_owned();
+
+    let pki = TestPki::new();
+    let ops = free_addr();
+    let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
+    opts.extra = format!("[metrics]\nlisten = \"{ops}\"\n");
+    let _node = TestNode::start(&opts).await;
+    let (status, body) = http_get(ops, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let exported = exported_names(&body);
+
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut named = 0;
+    for p in panels {
+        if p["type"] == "row" {
+            continue;
+        }
+        let title = p["title"].as_str().unwrap_or_default();
+        assert_eq!(
+            p["datasource"]["uid"],
+            uid.as_str(),
+            "{title}: its data source"
+        );
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            let names = named_in(expr);
+            assert!(!names.is_empty(), "{title}: {expr} names no Beacon metric");
+            for n in names {
+                assert!(
+                    exported.contains(&n),
+                    "{title}: {n} is not a metric the node exports"
+                );
+                named += 1;
+            }
+        }
+    }
+    assert!(
+        named >= 20,
+        "the dashboard covers the node's metrics ({named})"
+    );
+    // What the issue asks it to show: publish and commit rates and
+    // latencies, subscription lag, peer links, store size and pruning,
+    // TAXII requests.
+    let text = dash.to_string();
+    for must in [
+        "beacon_publishes_total",
+        "beacon_store_fsync_seconds_bucket",
+        "beacon_subscription_lag",
+        "beacon_peer_lag",
+        "beacon_store_size_bytes",
+        "beacon_store_pruned_total",
+        "beacon_taxii_requests_total",
+    ] {
+        assert!(text.contains(must), "the dashboard shows {must}");
+    }
+}

@@ -286,7 +286,26 @@ impl Caller {
 }
 
 impl Server {
+    /// Answers one request, counted by its status class.
     async fn handle(
+        &self,
+        caller: &Caller,
+        req: Request<hyper::body::Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let response = self.answer(caller, req).await;
+        self.state
+            .metrics
+            .taxii_requests
+            .inc(match response.status().as_u16() {
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "5xx",
+            });
+        response
+    }
+
+    async fn answer(
         &self,
         caller: &Caller,
         req: Request<hyper::body::Incoming>,
