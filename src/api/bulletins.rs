@@ -78,9 +78,9 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         let r =
             crate::domain::keys::verify_key(&env, &chains, now).map_err(|e| status::keys(&e))?;
         own_member(&peer, &r.member)?;
-        let (r, added) = s
+        let added = s
             .keys
-            .add_key(&env, &chains, now)
+            .insert_key(r.clone(), now)
             .map_err(|e| status::keys(&e))?;
         if added {
             info!(target: "beacon::audit", peer = %peer.identity, member = %r.member,
@@ -104,9 +104,9 @@ impl pb::bulletins_server::Bulletins for BulletinsService {
         let r = crate::domain::keys::verify_revocation(&env, &chains, now)
             .map_err(|e| status::keys(&e))?;
         own_member(&peer, &r.member)?;
-        let (r, added) = s
+        let added = s
             .keys
-            .add_revocation(&env, &chains, now)
+            .insert_revocation(r.clone())
             .map_err(|e| status::keys(&e))?;
         if added {
             warn!(target: "beacon::audit", peer = %peer.identity, member = %r.member,

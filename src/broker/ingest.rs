@@ -364,24 +364,10 @@ pub fn stored_check(
     move |rec: &crate::store::Record| {
         let env = bulletin::codec::decode_envelope(&rec.envelope)?;
         let (id, publisher) = if env.payload_type == sealed::SEALED_PAYLOAD_TYPE {
-            let now = SystemTime::now();
-            let v = match sealed::verify(&env, chains, now) {
-                Err(
-                    e @ sealed::SealError::Signature(BulletinError::Signer(
-                        crate::trust::TrustError::Expired,
-                    )),
-                ) => {
-                    // As for a bulletin: valid when it was made.
-                    let made = sealed::Sealed::parse(&env.payload)
-                        .ok()
-                        .and_then(|s| s.header.created_at)
-                        .filter(|c| *c <= now)
-                        .ok_or_else(|| e.to_string())?;
-                    sealed::verify(&env, chains, made).map_err(|e| e.to_string())?
-                }
-                other => other.map_err(|e| e.to_string())?,
-            };
-            let h = v.sealed.header;
+            let h = sealed::verify_stored(&env, chains, SystemTime::now())
+                .map_err(|e| e.to_string())?
+                .sealed
+                .header;
             (h.id, h.publisher)
         } else {
             let v = bulletin::verify_stored_envelope(&env, chains, SystemTime::now())

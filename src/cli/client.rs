@@ -1269,16 +1269,14 @@ async fn list(
     }
 }
 
-/// `beacon open`: a sealed bulletin from a DSSE JSON file, checked and
-/// opened offline; prints the inner bulletin as JSON.
-fn open_file(
+/// An envelope from a DSSE JSON file, and the bundle of the CAs (and CRLs)
+/// given, in its signer's trust domain: the CAs decide whether the signer
+/// is vouched for.
+fn read_offline(
     file: &Path,
-    keys: &[PathBuf],
     ca: &[PathBuf],
     crl: &[PathBuf],
-    out: Option<&Path>,
-) -> Result<()> {
-    let keys = super::keys::opening_keys(keys)?;
+) -> Result<(beacon::domain::bulletin::Envelope, TrustBundle)> {
     let text = read_input(file)?;
     let env = document::envelope_from_dsse(&text).with_context(|| format!("{}", file.display()))?;
     let leaf = env
@@ -1294,6 +1292,20 @@ fn open_file(
             .map(|p| (p.as_path(), beacon::base::identity::MemberScope::any())),
         crl.iter().map(PathBuf::as_path),
     )?;
+    Ok((env, bundle))
+}
+
+/// `beacon open`: a sealed bulletin from a DSSE JSON file, checked and
+/// opened offline; prints the inner bulletin as JSON.
+fn open_file(
+    file: &Path,
+    keys: &[PathBuf],
+    ca: &[PathBuf],
+    crl: &[PathBuf],
+    out: Option<&Path>,
+) -> Result<()> {
+    let keys = super::keys::opening_keys(keys)?;
+    let (env, bundle) = read_offline(file, ca, crl)?;
     let o = super::keys::open_envelope(&env, &bundle, &keys)
         .with_context(|| format!("{} does not open", file.display()))?;
     if let Some(out) = out {
@@ -1318,22 +1330,7 @@ fn verify(
     crl: &[PathBuf],
     json: bool,
 ) -> Result<beacon::domain::bulletin::Envelope> {
-    let text = read_input(file)?;
-    let env = document::envelope_from_dsse(&text).with_context(|| format!("{}", file.display()))?;
-    let leaf = env
-        .signatures
-        .first()
-        .and_then(|s| s.cert_chain.first())
-        .context("the envelope carries no signer certificate")?;
-    // The signer's trust domain; the CAs given decide whether it is vouched for.
-    let (signer_id, _) =
-        beacon::trust::identity_of(&rustls::pki_types::CertificateDer::from(leaf.as_slice()))?;
-    let bundle = beacon::trust::read_bundle(
-        &signer_id.trust_domain,
-        ca.iter()
-            .map(|p| (p.as_path(), beacon::base::identity::MemberScope::any())),
-        crl.iter().map(PathBuf::as_path),
-    )?;
+    let (env, bundle) = read_offline(file, ca, crl)?;
     let v = beacon::domain::bulletin::verify_stored_envelope(&env, &bundle, SystemTime::now())
         .with_context(|| format!("{} does not verify", file.display()))?;
     let b = v.bulletin();

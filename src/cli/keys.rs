@@ -93,16 +93,6 @@ struct KeyFile {
     private_key: String,
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 fn suite_arg(s: &str) -> Result<Suite> {
     match s.to_ascii_lowercase().as_str() {
         "p256" => Ok(Suite::P256Sha256Aes128Gcm),
@@ -118,7 +108,7 @@ fn read_key_file(path: &Path) -> Result<(KeyFile, OpeningKey, Vec<u8>)> {
         .with_context(|| format!("{} is not a recipient key file", path.display()))?;
     let suite = Suite::parse(&f.suite).with_context(|| format!("{}: suite", path.display()))?;
     let private =
-        unhex(&f.private_key).with_context(|| format!("{}: private_key", path.display()))?;
+        keys::unhex(&f.private_key).with_context(|| format!("{}: private_key", path.display()))?;
     let public = hpke::public_of(suite, &private)
         .with_context(|| format!("{}: the private key", path.display()))?;
     if keys::hex(&public) != f.public_key || keys::hex(&keys::key_id(suite, &public)) != f.key_id {
@@ -211,21 +201,7 @@ pub fn open_envelope(
     keys: &[OpeningKey],
 ) -> Result<sealed::Opened, sealed::SealError> {
     let now = SystemTime::now();
-    let v = match sealed::verify(env, bundle, now) {
-        Err(
-            e @ sealed::SealError::Signature(beacon::domain::bulletin::BulletinError::Signer(
-                beacon::trust::TrustError::Expired,
-            )),
-        ) => {
-            let made = sealed::Sealed::parse(&env.payload)
-                .ok()
-                .and_then(|s| s.header.created_at)
-                .filter(|c| *c <= now)
-                .ok_or(e)?;
-            sealed::verify(env, bundle, made)?
-        }
-        other => other?,
-    };
+    let v = sealed::verify_stored(env, bundle, now)?;
     let at = v.sealed.header.created_at.unwrap_or(now).min(now);
     sealed::open(&v, keys, at)
 }
@@ -283,11 +259,7 @@ pub async fn run(cmd: KeysCommand) -> Result<()> {
             let (dialer, channel) = conn.dial().await?;
             let signer = Signer::new(dialer.own.chain.clone(), dialer.own.key.secret_der())?;
             let replaces = replaces
-                .map(|r| {
-                    unhex(&r)
-                        .and_then(|b| b.try_into().ok())
-                        .with_context(|| format!("--replaces {r:?}: a key id is 32 hex digits"))
-                })
+                .map(|r| keys::parse_key_id(&r).with_context(|| format!("--replaces {r:?}")))
                 .transpose()?;
             let suite = Suite::parse(&f.suite).context("suite")?;
             let env = keys::announce(
@@ -324,9 +296,7 @@ pub async fn run(cmd: KeysCommand) -> Result<()> {
             key_id,
             reason,
         } => {
-            let id: [u8; keys::KEY_ID_LEN] = unhex(&key_id)
-                .and_then(|b| b.try_into().ok())
-                .with_context(|| format!("--key-id {key_id:?}: 32 hex digits"))?;
+            let id = keys::parse_key_id(&key_id).with_context(|| format!("--key-id {key_id:?}"))?;
             let (dialer, channel) = conn.dial().await?;
             let member = dialer
                 .own

@@ -101,7 +101,8 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+/// Bytes from hex (either case); `None` if it is not hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
@@ -184,7 +185,8 @@ pub struct Revocation {
     pub envelope: Envelope,
 }
 
-fn key_id_field(s: &str) -> Result<[u8; KEY_ID_LEN], KeyError> {
+/// A key id from its hex form.
+pub fn parse_key_id(s: &str) -> Result<[u8; KEY_ID_LEN], KeyError> {
     unhex(s).and_then(|b| b.try_into().ok()).ok_or_else(|| {
         KeyError::Malformed(format!("key id {s:?} is not {KEY_ID_LEN} bytes of hex"))
     })
@@ -305,7 +307,7 @@ pub fn verify_key(
             suite.public_len()
         )));
     }
-    let id = key_id_field(&p.key_id)?;
+    let id = parse_key_id(&p.key_id)?;
     if id != key_id(suite, &public) {
         return Err(KeyError::Malformed(
             "the key id is not the one its suite and public key give".into(),
@@ -325,7 +327,7 @@ pub fn verify_key(
         public,
         not_before: at(p.not_before),
         not_after: at(p.not_after),
-        replaces: p.replaces.as_deref().map(key_id_field).transpose()?,
+        replaces: p.replaces.as_deref().map(parse_key_id).transpose()?,
         signer,
         envelope: env.clone(),
     })
@@ -351,7 +353,7 @@ pub fn verify_revocation(
     let signer = signed_at(env, REVOCATION_TYPE, chains, now, at(p.revoked_at))?;
     check_signer(&signer, &p.member)?;
     Ok(Revocation {
-        key_id: key_id_field(&p.key_id)?,
+        key_id: parse_key_id(&p.key_id)?,
         member: p.member,
         revoked_at: at(p.revoked_at),
         reason: p.reason,
@@ -484,13 +486,6 @@ impl Keyring {
             self.revoked.values().collect(),
         )
     }
-
-    /// Whether `key_id` of `member` is revoked, and when.
-    pub fn revoked_at(&self, member: &str, key_id: &[u8; KEY_ID_LEN]) -> Option<SystemTime> {
-        self.revoked
-            .get(&(member.to_owned(), *key_id))
-            .map(|r| r.revoked_at)
-    }
 }
 
 /// The keyring a node keeps, in `recipient-keys.json` in its data
@@ -577,12 +572,19 @@ impl KeyStore {
         now: SystemTime,
     ) -> Result<(KeyRecord, bool), KeyError> {
         let r = verify_key(env, chains, now)?;
+        let added = self.insert_key(r.clone(), now)?;
+        Ok((r, added))
+    }
+
+    /// Adds a record already verified ([`verify_key`]); written to the file
+    /// before this returns if it was new.
+    pub fn insert_key(&self, r: KeyRecord, now: SystemTime) -> Result<bool, KeyError> {
         let _w = self.writing.lock();
-        let added = self.ring.write().add_key(r.clone(), now)?;
+        let added = self.ring.write().add_key(r, now)?;
         if added {
             self.save()?;
         }
-        Ok((r, added))
+        Ok(added)
     }
 
     /// Verifies and adds a revocation (kept even before its key arrives).
@@ -593,12 +595,18 @@ impl KeyStore {
         now: SystemTime,
     ) -> Result<(Revocation, bool), KeyError> {
         let r = verify_revocation(env, chains, now)?;
+        let added = self.insert_revocation(r.clone())?;
+        Ok((r, added))
+    }
+
+    /// Adds a revocation already verified ([`verify_revocation`]).
+    pub fn insert_revocation(&self, r: Revocation) -> Result<bool, KeyError> {
         let _w = self.writing.lock();
-        let added = self.ring.write().add_revocation(r.clone());
+        let added = self.ring.write().add_revocation(r);
         if added {
             self.save()?;
         }
-        Ok((r, added))
+        Ok(added)
     }
 
     /// The key, if it could be sealed to at `t`.

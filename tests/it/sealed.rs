@@ -66,6 +66,60 @@ fn ok(r: (i32, String, String), what: &str) -> String {
     r.1
 }
 
+/// `files`' client makes a recipient key of `member` in `file` and
+/// announces it at the node at `addr`.
+fn make_key(
+    alliance: &Alliance,
+    addr: SocketAddr,
+    pin: Option<&str>,
+    files: &CertFiles,
+    dir: &Path,
+    member: &str,
+    file: &str,
+) {
+    let run = |args: &[&str]| cli(alliance, addr, pin, files, dir, args);
+    ok(
+        run(&["keys", "generate", "--member", member, "--out", file]),
+        "keys generate",
+    );
+    ok(
+        run(&["keys", "announce", "--key-file", file]),
+        "keys announce",
+    );
+}
+
+/// `beacon publish` of a TLP:RED espionage bulletin to fr.anssi with the
+/// test's title and body, then `extra`.
+fn red_to_fr<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "publish",
+        "--kind",
+        "espionage",
+        "--severity",
+        "high",
+        "--tlp",
+        "TLP:RED",
+        "--to",
+        "fr.anssi",
+        "--title",
+        TITLE,
+        "--summary",
+        "s",
+        "--body",
+        BODY,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// A key file's public key.
+fn public_key(file: &Path) -> Vec<u8> {
+    let k: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).expect("key file")).expect("JSON");
+    beacon::domain::keys::unhex(k["public_key"].as_str().expect("public key")).expect("hex")
+}
+
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
     s.lines()
         .filter(|l| !l.trim().is_empty())
@@ -135,28 +189,7 @@ async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients
         (&fr, "fr.anssi", a_paris, "fr.key"),
         (&de, "de.bsi", a_berlin, "de.key"),
     ] {
-        ok(
-            cli(
-                &alliance,
-                addr,
-                None,
-                files,
-                w,
-                &["keys", "generate", "--member", member, "--out", file],
-            ),
-            "keys generate",
-        );
-        ok(
-            cli(
-                &alliance,
-                addr,
-                None,
-                files,
-                w,
-                &["keys", "announce", "--key-file", file],
-            ),
-            "keys announce",
-        );
+        make_key(&alliance, addr, None, files, w, member, file);
     }
     // fr.anssi's key reaches london through berlin.
     let known = wait_until(Duration::from_secs(30), || async {
@@ -177,28 +210,7 @@ async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients
         n_london.log()
     );
 
-    let red = |extra: &[&str]| {
-        let mut args = vec![
-            "publish",
-            "--kind",
-            "espionage",
-            "--severity",
-            "high",
-            "--tlp",
-            "TLP:RED",
-            "--to",
-            "fr.anssi",
-            "--title",
-            TITLE,
-            "--summary",
-            "s",
-            "--body",
-            BODY,
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        cli(&alliance, a_london, None, &uk, w, &args)
-    };
+    let red = |extra: &[&str]| cli(&alliance, a_london, None, &uk, w, &red_to_fr(extra));
     // Unsealed RED is refused where sealing is required, saying how.
     let mut plain = bulletin("uk.ncsc", "unsealed red");
     plain.tlp = beacon::domain::bulletin::codec::tlp_to_i32(beacon::domain::bulletin::Tlp::Red);
@@ -433,21 +445,11 @@ async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients
         "the revocation reaches london: {}",
         n_london.log()
     );
-    let uk_key: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(w.join("uk.key")).expect("key file"))
-            .expect("JSON");
-    let public = |k: &serde_json::Value| -> Vec<u8> {
-        let h = k["public_key"].as_str().expect("hex");
-        (0..h.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
-            .collect()
-    };
-    let recipients = [("uk.ncsc", &uk_key), ("fr.anssi", &fr_key)].map(|(m, k)| {
+    let recipients = [("uk.ncsc", "uk.key"), ("fr.anssi", "fr.key")].map(|(m, file)| {
         beacon::domain::sealed::RecipientKey {
             member: m.to_owned(),
             suite: beacon::domain::hpke::Suite::P256Sha256Aes128Gcm,
-            public: public(k),
+            public: public_key(&w.join(file)),
         }
     });
     let uk_signer = signer(&uk);
@@ -478,6 +480,11 @@ async fn sealed_red_crosses_a_relay_outside_its_audience_and_only_its_recipients
     for (dir, node) in [(&d_berlin, &mut n_berlin), (&d_paris, &mut n_paris)] {
         node.signal(nix::sys::signal::Signal::SIGTERM);
         node.wait(Duration::from_secs(30));
+        // The scan reads the store: the clear header's id is there.
+        assert!(
+            files_hold(&dir.path().join("store"), id.as_bytes()).is_some(),
+            "the store's files hold the sealed bulletin's id"
+        );
         for marker in ["SEALED-TITLE-MARKER", "SEALED-BODY-MARKER"] {
             assert_eq!(
                 files_hold(dir.path(), marker.as_bytes()),
@@ -541,58 +548,12 @@ async fn python_opens_what_beacon_seals_and_beacon_opens_what_python_seals() {
         (&uk, "uk.ncsc", "uk.key", None),
         (&fr, "fr.anssi", "fr.key", Some(london.identity.as_str())),
     ] {
-        ok(
-            cli(
-                &alliance,
-                addr,
-                pin,
-                files,
-                w,
-                &["keys", "generate", "--member", member, "--out", file],
-            ),
-            "keys generate",
-        );
-        ok(
-            cli(
-                &alliance,
-                addr,
-                pin,
-                files,
-                w,
-                &["keys", "announce", "--key-file", file],
-            ),
-            "keys announce",
-        );
+        make_key(&alliance, addr, pin, files, w, member, file);
     }
 
     // Beacon seals; Python opens (and refuses a wrong key or an altered file).
     let published = json_lines(&ok(
-        cli(
-            &alliance,
-            addr,
-            None,
-            &uk,
-            w,
-            &[
-                "publish",
-                "--kind",
-                "espionage",
-                "--severity",
-                "high",
-                "--tlp",
-                "TLP:RED",
-                "--to",
-                "fr.anssi",
-                "--title",
-                TITLE,
-                "--summary",
-                "s",
-                "--body",
-                BODY,
-                "--seal",
-                "--json",
-            ],
-        ),
+        cli(&alliance, addr, None, &uk, w, &red_to_fr(&["--seal"])),
         "sealed publish",
     ));
     let id = published[0]["id"].as_str().expect("id").to_owned();

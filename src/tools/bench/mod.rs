@@ -479,14 +479,7 @@ async fn publishers(
     let mut signed = 0usize;
     let mut signing = Duration::ZERO;
     for i in 0..n {
-        let settings = target.client(first + i)?;
-        let dialer = Dialer::load(&settings)?;
-        let channel = dialer.dial(&target.addr.to_string()).await?;
-        let signer = Arc::new(
-            Signer::new(dialer.own.chain.clone(), dialer.own.key.secret_der())
-                .map_err(ClientError::from)?,
-        );
-        let member = format!("m{}.bench", first + i);
+        let (channel, signer, member) = publisher_of(target, first + i).await?;
         let t0 = Instant::now();
         let envelopes = (0..per)
             .map(|_| signer.sign(sized_bulletin(&member, size).to_bytes()))
@@ -500,6 +493,21 @@ async fn publishers(
         });
     }
     Ok((out, signed as f64 / signing.as_secs_f64().max(1e-9)))
+}
+
+/// Publisher `i` of `target`: its connection, its signer, its member.
+async fn publisher_of(
+    target: &Target,
+    i: usize,
+) -> Result<(tonic::transport::Channel, Arc<Signer>, String), BenchError> {
+    let settings = target.client(i)?;
+    let dialer = Dialer::load(&settings)?;
+    let channel = dialer.dial(&target.addr.to_string()).await?;
+    let signer = Arc::new(
+        Signer::new(dialer.own.chain.clone(), dialer.own.key.secret_der())
+            .map_err(ClientError::from)?,
+    );
+    Ok((channel, signer, format!("m{i}.bench")))
 }
 
 /// Publishers of TLP:RED bulletins of about `size` bytes to their own
@@ -521,14 +529,7 @@ async fn red_publishers(
     let mut made = 0usize;
     let mut making = Duration::ZERO;
     for i in 0..n {
-        let settings = target.client(first + i)?;
-        let dialer = Dialer::load(&settings)?;
-        let channel = dialer.dial(&target.addr.to_string()).await?;
-        let signer = Arc::new(
-            Signer::new(dialer.own.chain.clone(), dialer.own.key.secret_der())
-                .map_err(ClientError::from)?,
-        );
-        let member = format!("m{}.bench", first + i);
+        let (channel, signer, member) = publisher_of(target, first + i).await?;
         let mut keys = Vec::new();
         if sealed {
             let mut bulletins = crate::net::client::BulletinsClient::new(channel.clone());
@@ -595,34 +596,11 @@ pub async fn red_closed_loop(
 ) -> Result<Figures, BenchError> {
     let per = total.div_ceil(n).max(1);
     let (pubs, _) = red_publishers(target, n, per, size, first, sealed, recipients).await?;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for p in pubs {
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(p.envelopes.len());
-            let mut errors = 0;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut client = p.client;
-            for env in &p.envelopes {
-                if Instant::now() > deadline {
-                    break;
-                }
-                let t = Instant::now();
-                match client.publish_envelope(env).await {
-                    Ok(_) => lat.push(t.elapsed().as_micros() as u64),
-                    Err(_) => errors += 1,
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    let (lat, errors) = gather(tasks).await?;
-    let secs = start.elapsed().as_secs_f64();
     let label = format!(
         "{n} publishers, {}",
         if sealed { "sealed" } else { "signed" }
     );
-    Ok(Figures::new(label, lat, errors, secs))
+    drive(pubs, Api::Unary, label).await
 }
 
 /// Client-side figures of sealing, on one core, in this process: seals per
@@ -726,7 +704,17 @@ pub async fn closed_loop_with(
 ) -> Result<(Figures, f64), BenchError> {
     let per = total.div_ceil(n).max(1);
     let (pubs, sign_rate) = publishers(target, n, per, size, first).await?;
-    let mut streams = Vec::with_capacity(n);
+    let label = match api {
+        Api::Unary => format!("{n} publishers"),
+        Api::Stream => format!("{n} publishers, PublishStream"),
+    };
+    Ok((drive(pubs, api, label).await?, sign_rate))
+}
+
+/// Runs `pubs` in a closed loop through `api`, each publisher in a task of
+/// its own sending its envelopes one after another (at most 60 s).
+async fn drive(pubs: Vec<Publisher>, api: Api, label: String) -> Result<Figures, BenchError> {
+    let mut streams = Vec::with_capacity(pubs.len());
     for p in &pubs {
         streams.push(match api {
             Api::Unary => None,
@@ -761,12 +749,12 @@ pub async fn closed_loop_with(
         }));
     }
     let (lat, errors) = gather(tasks).await?;
-    let secs = start.elapsed().as_secs_f64();
-    let label = match api {
-        Api::Unary => format!("{n} publishers"),
-        Api::Stream => format!("{n} publishers, PublishStream"),
-    };
-    Ok((Figures::new(label, lat, errors, secs), sign_rate))
+    Ok(Figures::new(
+        label,
+        lat,
+        errors,
+        start.elapsed().as_secs_f64(),
+    ))
 }
 
 /// The floor under one publisher's latency: one member's `Get` of a
