@@ -246,6 +246,13 @@ async fn the_grafana_dashboard_names_only_metrics_the_node_exports() {
     let mut opts = NodeOptions::new(&pki, pki.node("drc", "hub-1"));
     opts.extra = format!("[metrics]\nlisten = \"{ops}\"\n");
     let _node = TestNode::start(&opts).await;
+    // The operations port is bound as the node starts, after its gRPC
+    // port (bound by the harness) already accepts.
+    let up = wait_until(Duration::from_secs(30), || async {
+        std::net::TcpStream::connect_timeout(&ops, Duration::from_secs(1)).is_ok()
+    })
+    .await;
+    assert!(up.is_some(), "the operations port comes up");
     let (status, body) = http_get(ops, "/metrics");
     assert!(status.contains("200"), "{status}");
     let exported = exported_names(&body);
