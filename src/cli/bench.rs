@@ -980,37 +980,24 @@ async fn bench_federation(
     use beacon::tools::bench::{self, Target};
     use std::time::{Duration, Instant};
     let (exe, cores) = bench_host()?;
-    // A chain: B pulls from A, C pulls from B; three members, one alliance CA.
-    let mut a = Target::prepare_node(None, "a.bench", "a", &[])?;
-    let mut b = Target::prepare_node(Some(&a), "b.bench", "b", &[(a.addr, a.identity.clone())])?;
-    let mut c = Target::prepare_node(Some(&a), "c.bench", "c", &[(b.addr, b.identity.clone())])?;
+    let mut chain = bench::Chain::prepare()?;
     println!("beacon bench federation: {size}-byte signed bulletins, three nodes as child processes in a chain A → B → C (mutual TLS 1.3, every relay verified and fsynced), {cores} cores shared by the nodes and the load generator");
     println!("| workload | figure |");
     println!("|---|---|");
     let stored = catch_up as u64;
+    let (b_done, c_done) = chain.catch_up(&exe, catch_up, size).await?;
     if catch_up > 0 {
-        a.bulk_load(catch_up, size).await?;
-    }
-    a.launch(&exe)?;
-    a.wait_serving().await?;
-    let t0 = Instant::now();
-    b.launch(&exe)?;
-    c.launch(&exe)?;
-    let mut admin_b = b.admin().await?;
-    let mut admin_c = c.admin().await?;
-    if catch_up > 0 {
-        let limit = Duration::from_secs(900);
-        let b_done = bench::wait_head(&mut admin_b, stored, limit).await?;
-        let c_done = bench::wait_head(&mut admin_c, stored, limit).await?;
-        let rate = |t: Instant| stored as f64 / t.duration_since(t0).as_secs_f64();
+        let rate = |t: Duration| stored as f64 / t.as_secs_f64();
         println!(
             "| catch-up of {stored} published while B and C were down: B (one hop) / C (two hops, behind B) | {:.0}/s ({:.1} s) / {:.0}/s ({:.1} s) |",
             rate(b_done),
-            b_done.duration_since(t0).as_secs_f64(),
+            b_done.as_secs_f64(),
             rate(c_done),
-            c_done.duration_since(t0).as_secs_f64()
+            c_done.as_secs_f64()
         );
     }
+    let (a, c) = (&chain.a, &chain.c);
+    let mut admin_c = c.admin().await?;
     if relay > 0 {
         let watch = tokio::spawn(async move {
             bench::wait_head(
@@ -1021,7 +1008,7 @@ async fn bench_federation(
             )
             .await
         });
-        let (fig, _) = bench::closed_loop(&a, 64, relay, size, 1000).await?;
+        let (fig, _) = bench::closed_loop(a, 64, relay, size, 1000).await?;
         let published_at = Instant::now();
         let started = published_at - Duration::from_secs_f64(fig.seconds);
         let c_done = watch.await.context("watcher")??;
@@ -1034,7 +1021,7 @@ async fn bench_federation(
         );
     }
     if samples > 0 {
-        let fig = bench::convergence(&a, &c, samples, size, 2000).await?;
+        let fig = bench::convergence(a, c, samples, size, 2000).await?;
         println!(
             "| convergence A → C (two relays), one bulletin at a time, {} samples | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
             fig.count,

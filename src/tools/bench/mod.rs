@@ -1127,6 +1127,49 @@ pub async fn wait_head(
     }
 }
 
+/// Three members' nodes in a chain, A → B → C: B pulls from A, C from B
+/// (one alliance CA, mutual TLS, every relay verified and fsynced).
+pub struct Chain {
+    pub a: Target,
+    pub b: Target,
+    pub c: Target,
+}
+
+impl Chain {
+    /// Makes the three nodes' PKI and configs; nothing runs yet.
+    pub fn prepare() -> Result<Chain, BenchError> {
+        let a = Target::prepare_node(None, "a.bench", "a", &[])?;
+        let b = Target::prepare_node(Some(&a), "b.bench", "b", &[(a.addr, a.identity.clone())])?;
+        let c = Target::prepare_node(Some(&a), "c.bench", "c", &[(b.addr, b.identity.clone())])?;
+        Ok(Chain { a, b, c })
+    }
+
+    /// Federation catch-up: A holds `n` bulletins of about `size` bytes
+    /// (bulk-loaded while B and C were down) and serves; B and C start
+    /// together, and the times are from their start until B's and C's heads
+    /// reach `n`. With `n` = 0, the three nodes just start.
+    pub async fn catch_up(
+        &mut self,
+        exe: &Path,
+        n: usize,
+        size: usize,
+    ) -> Result<(Duration, Duration), BenchError> {
+        if n > 0 {
+            self.a.bulk_load(n, size).await?;
+        }
+        self.a.launch(exe)?;
+        self.a.wait_serving().await?;
+        let t0 = Instant::now();
+        self.b.launch(exe)?;
+        self.c.launch(exe)?;
+        let (mut admin_b, mut admin_c) = (self.b.admin().await?, self.c.admin().await?);
+        let limit = Duration::from_secs(900);
+        let b_done = wait_head(&mut admin_b, n as u64, limit).await?;
+        let c_done = wait_head(&mut admin_c, n as u64, limit).await?;
+        Ok((b_done.duration_since(t0), c_done.duration_since(t0)))
+    }
+}
+
 /// Convergence latency: `samples` bulletins published one at a time at
 /// `from`, each timed from the start of its publish until a live subscriber at
 /// `to` receives it.

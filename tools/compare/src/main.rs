@@ -27,17 +27,31 @@
 //! Every run has a deadline; a run that misses it fails the comparison
 //! rather than hanging it.
 //!
-//! Usage: beacon-compare BEACON_BIN NATS_SERVER_BIN [COUNT] [STORED] [WORKLOADS]
-//! (WORKLOADS: comma-separated from publish,stored,fanout,memory; default all)
+//! Federation catch-up: a first server holds CATCH_UP messages (1 KiB) while
+//! two more are down; then the second catches up from the first (one hop)
+//! and the third from the second (two hops). Beacon: three members' nodes
+//! in a chain of peer links, every relay verified and fsynced at each hop.
+//! NATS: three servers, each its own JetStream domain, each a leafnode of
+//! the one before over mutual TLS; the second mirrors the first's stream and
+//! the third the second's mirror.
+//!
+//! Every table is also drawn as an SVG chart (and the tables written as
+//! `results.md`) into CHART_DIR, when one is given.
+//!
+//! Usage: beacon-compare BEACON_BIN NATS_SERVER_BIN [COUNT] [STORED] [WORKLOADS] [CATCH_UP] [CHART_DIR]
+//! (WORKLOADS: comma-separated from publish,stored,catchup,fanout,memory; default all)
 
+mod charts;
+
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use beacon::tools::bench::{self, Figures, Target};
 use beacon::base::identity::{MemberScope, RoleKind};
+use beacon::tools::bench::{self, Figures, Target};
 use beacon::tools::pki::{self, Algorithm, Ca, InitRequest, IssueRequest};
 
 const SIZE: usize = 1024;
@@ -251,6 +265,121 @@ async fn nats_stored(bin: &Path, pki: &Pki, always: bool, n: usize) -> Result<(f
     eprintln!("  replayed; restarting");
     let restart = nats_restart(&mut nats, pki, n).await?;
     Ok((got as f64 / secs, secs, restart))
+}
+
+/// A JetStream server of a chain of three (A ← B ← C): its own domain, a
+/// leafnode port over mutual TLS for the next, and a leafnode connection to
+/// the one before (`upstream`), its client certificate checked there.
+fn start_nats_node(
+    bin: &Path,
+    pki: &Pki,
+    always: bool,
+    name: &str,
+    upstream: Option<SocketAddr>,
+) -> Result<(Nats, SocketAddr)> {
+    let dir = tempfile::tempdir()?;
+    let (addr, leaf) = (free_port()?, free_port()?);
+    let sync = if always {
+        "sync_interval: always\n"
+    } else {
+        ""
+    };
+    let tls = |cert: &Path, key: &Path, verify: bool| {
+        format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\"{} }}",
+            cert.display(),
+            key.display(),
+            pki.ca.display(),
+            if verify {
+                ", verify: true, timeout: 5"
+            } else {
+                ""
+            }
+        )
+    };
+    let remotes = match upstream {
+        Some(up) => format!(
+            "  remotes: [ {{ url: \"tls://{up}\", {} }} ]\n",
+            tls(&pki.client_cert, &pki.client_key, false)
+        ),
+        None => String::new(),
+    };
+    let conf = format!(
+        "server_name: {name}\nlisten: \"{addr}\"\njetstream {{\n  store_dir: \"{}\"\n  domain: {name}\n  {sync}}}\n{}\nleafnodes {{\n  listen: \"{leaf}\"\n  {}\n{remotes}}}\n",
+        dir.path().join("js").display(),
+        tls(&pki.server_cert, &pki.server_key, true),
+        tls(&pki.server_cert, &pki.server_key, true),
+    );
+    let conf_path = dir.path().join("nats.conf");
+    std::fs::write(&conf_path, conf)?;
+    let child = spawn_nats(bin, &conf_path, addr)?;
+    Ok((
+        Nats {
+            child,
+            addr,
+            conf: conf_path,
+            bin: bin.to_owned(),
+            _dir: dir,
+        },
+        leaf,
+    ))
+}
+
+/// Messages held by `stream` on the server at `addr` (0 while it does not
+/// answer yet).
+async fn nats_held(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Federation catch-up in NATS terms: A holds `n` messages of 1 KiB in
+/// `BENCH`; B (a leafnode of A, over mutual TLS) and C (a leafnode of B)
+/// start, B mirrors A's stream and C mirrors B's mirror, each across
+/// JetStream domains. The times run from B's and C's start until their
+/// mirrors hold all `n`.
+async fn nats_catch_up(bin: &Path, pki: &Pki, always: bool, n: usize) -> Result<(f64, f64)> {
+    use async_nats::jetstream::stream::{Config, External, Source, StorageType};
+    let (a, a_leaf) = start_nats_node(bin, pki, always, "a", None)?;
+    let js_a = bench_stream(a.addr, pki).await?;
+    nats_preload(&js_a, n).await?;
+    eprintln!("  stored at A; B and C catch up");
+    let t0 = Instant::now();
+    let (b, b_leaf) = start_nats_node(bin, pki, always, "b", Some(a_leaf))?;
+    let (c, _) = start_nats_node(bin, pki, always, "c", Some(b_leaf))?;
+    let mirror = |name: &str, of: &str, domain: &str| Config {
+        name: name.into(),
+        storage: StorageType::File,
+        mirror: Some(Source {
+            name: of.into(),
+            external: Some(External {
+                api_prefix: format!("$JS.{domain}.API"),
+                delivery_prefix: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let js_b = async_nats::jetstream::new(nats_client(b.addr, pki).await?);
+    let js_c = async_nats::jetstream::new(nats_client(c.addr, pki).await?);
+    js_b.create_stream(mirror("MIRROR", "BENCH", "a")).await?;
+    js_c.create_stream(mirror("MIRROR2", "MIRROR", "b")).await?;
+    let (mut b_done, mut c_done) = (None, None);
+    while b_done.is_none() || c_done.is_none() {
+        if t0.elapsed() > Duration::from_secs(900) {
+            bail!("NATS's mirrors did not catch up within 900 s");
+        }
+        if b_done.is_none() && nats_held(&js_b, "MIRROR").await >= n as u64 {
+            b_done = Some(t0.elapsed().as_secs_f64());
+        }
+        if c_done.is_none() && nats_held(&js_c, "MIRROR2").await >= n as u64 {
+            c_done = Some(t0.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop((a, b, c));
+    Ok((b_done.unwrap_or_default(), c_done.unwrap_or_default()))
 }
 
 fn rss(pid: u32) -> u64 {
@@ -551,25 +680,72 @@ fn cell(f: &Figures) -> String {
     )
 }
 
+/// What the run prints: the Markdown tables (also kept for `results.md`)
+/// and the charts drawn from the same figures.
+#[derive(Default)]
+struct Report {
+    text: String,
+    charts: Vec<charts::Chart>,
+}
+
+impl Report {
+    fn line(&mut self, line: impl AsRef<str>) {
+        println!("{}", line.as_ref());
+        let _ = writeln!(self.text, "{}", line.as_ref());
+    }
+
+    fn chart(
+        &mut self,
+        file: &str,
+        title: &str,
+        caption: &str,
+        y_label: &str,
+        groups: Vec<String>,
+        series: Vec<charts::Series>,
+    ) {
+        self.charts.push(charts::Chart {
+            file: file.into(),
+            title: title.into(),
+            caption: caption.into(),
+            y_label: y_label.into(),
+            groups,
+            series,
+        });
+    }
+
+    /// Writes the charts and `results.md` into `dir`.
+    fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for chart in &self.charts {
+            charts::draw(dir, chart)?;
+        }
+        let mut md = String::from(
+            "<!-- Written by scripts/compare; the charts beside it are drawn from the same run. -->\n\n",
+        );
+        md.push_str(&self.text);
+        std::fs::write(dir.join("results.md"), md)?;
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        bail!("usage: beacon-compare BEACON_BIN NATS_SERVER_BIN [COUNT]");
+        bail!("usage: beacon-compare BEACON_BIN NATS_SERVER_BIN [COUNT] [STORED] [WORKLOADS] [CATCH_UP] [CHART_DIR]");
     }
     let beacon_bin = PathBuf::from(&args[1]);
     let nats_bin = PathBuf::from(&args[2]);
-    let count: usize = args
-        .get(3)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(20_000);
-    let stored: usize = args
-        .get(4)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(1_000_000);
-    let all = "publish,stored,fanout,memory".to_owned();
+    let number = |i: usize, default: usize| -> Result<usize> {
+        Ok(args
+            .get(i)
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let count = number(3, 20_000)?;
+    let stored = number(4, 1_000_000)?;
+    let all = "publish,stored,catchup,fanout,memory".to_owned();
     let workloads: Vec<String> = args
         .get(5)
         .unwrap_or(&all)
@@ -581,6 +757,8 @@ async fn main() -> Result<()> {
             bail!("unknown workload {w:?} (choose from {all})");
         }
     }
+    let catch_up = number(6, 100_000)?;
+    let chart_dir = args.get(7).map(PathBuf::from);
     let runs = |w: &str| workloads.iter().any(|x| x == w);
     let counts = [(1, (count / 10).max(200)), (16, count), (64, count)];
     let dir = tempfile::tempdir()?;
@@ -588,6 +766,8 @@ async fn main() -> Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let mut out = Report::default();
+    let servers = ["NATS (default, lazy fsync)", "NATS (sync_interval: always)"];
 
     let version = Command::new(&nats_bin)
         .arg("--version")
@@ -595,7 +775,7 @@ async fn main() -> Result<()> {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    println!("Servers and load generator on the same {cores}-core machine; {version}. Beacon: every message a signed bulletin (signed before the clock), verified and fsynced before the ack. NATS JetStream: file storage, TLS with client certificates.");
+    out.line(format!("Servers and load generator on the same {cores}-core machine; {version}. Beacon: every message a signed bulletin (signed before the clock), verified and fsynced before the ack. NATS JetStream: file storage, TLS with client certificates."));
 
     if runs("publish") {
         eprintln!("beacon: publish runs");
@@ -621,16 +801,16 @@ async fn main() -> Result<()> {
             nats_runs(&nats_bin, &pki, true, &counts),
         )
         .await?;
-        println!();
-        println!(
-            "Durable publishes of 1 KiB, closed loop, one mutual-TLS connection per publisher:"
+        out.line("");
+        out.line(
+            "Durable publishes of 1 KiB, closed loop, one mutual-TLS connection per publisher:",
         );
-        println!();
-        println!("| publishers | Beacon (Publish) | Beacon (PublishStream) | NATS (default, lazy fsync) | NATS (sync_interval: always) | Beacon ÷ NATS always (Publish / PublishStream) |");
-        println!("|---:|---|---|---|---|---:|");
+        out.line("");
+        out.line("| publishers | Beacon (Publish) | Beacon (PublishStream) | NATS (default, lazy fsync) | NATS (sync_interval: always) | Beacon ÷ NATS always (Publish / PublishStream) |");
+        out.line("|---:|---|---|---|---|---:|");
         for i in 0..counts.len() {
             let ratio = |f: &Figures| f.rate() / always[i].rate().max(1e-9);
-            println!(
+            out.line(format!(
                 "| {} | {} | {} | {} | {} | {:.2}× / {:.2}× |",
                 counts[i].0,
                 cell(&beacon[i]),
@@ -639,8 +819,41 @@ async fn main() -> Result<()> {
                 cell(&always[i]),
                 ratio(&beacon[i]),
                 ratio(&streamed[i])
-            );
+            ));
         }
+        let groups: Vec<String> = counts
+            .iter()
+            .map(|(n, _)| format!("{n} publisher{}", if *n == 1 { "" } else { "s" }))
+            .collect();
+        let pick = |f: &dyn Fn(&Figures) -> f64| {
+            let names = [
+                "Beacon (Publish)",
+                "Beacon (PublishStream)",
+                servers[0],
+                servers[1],
+            ];
+            [&beacon, &streamed, &lazy, &always]
+                .iter()
+                .zip(names)
+                .map(|(runs, name)| charts::Series::new(name, runs.iter().map(f).collect()))
+                .collect::<Vec<_>>()
+        };
+        out.chart(
+            "publish-throughput.svg",
+            "Durable publishes per second (1 KiB, closed loop)",
+            "Higher is better. Each publisher has its own mutual-TLS connection and awaits each ack.",
+            "acknowledged publishes/s",
+            groups.clone(),
+            pick(&|f| f.rate()),
+        );
+        out.chart(
+            "publish-p99.svg",
+            "Publish latency, 99th percentile",
+            "Lower is better. From the publish to its acknowledgement, closed loop.",
+            "p99 (ms)",
+            groups,
+            pick(&|f| f.p99_us as f64 / 1000.0),
+        );
     }
 
     if runs("stored") {
@@ -658,18 +871,92 @@ async fn main() -> Result<()> {
             nats_stored(&nats_bin, &pki, true, stored),
         )
         .await?;
-        println!();
-        println!("With {stored} messages of 1 KiB stored:");
-        println!();
-        println!("| workload | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
-        println!("|---|---|---|---|---:|");
-        println!(
+        out.line("");
+        out.line(format!("With {stored} messages of 1 KiB stored:"));
+        out.line("");
+        out.line("| workload | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
+        out.line("|---|---|---|---|---:|");
+        out.line(format!(
             "| replay to a new durable consumer | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.0}/s ({:.1} s) | {:.2}× |",
             beacon_s.0, beacon_s.1, lazy_s.0, lazy_s.1, always_s.0, always_s.1, beacon_s.0 / always_s.0.max(1e-9)
-        );
-        println!(
+        ));
+        out.line(format!(
             "| restart after SIGKILL until serving everything | {:.2} s | {:.2} s | {:.2} s | {:.2}× (time) |",
             beacon_s.2, lazy_s.2, always_s.2, beacon_s.2 / always_s.2.max(1e-9)
+        ));
+        let three = |f: &dyn Fn(&(f64, f64, f64)) -> f64| {
+            vec![
+                charts::Series::new("Beacon", vec![f(&beacon_s)]),
+                charts::Series::new(servers[0], vec![f(&lazy_s)]),
+                charts::Series::new(servers[1], vec![f(&always_s)]),
+            ]
+        };
+        out.chart(
+            "replay.svg",
+            &format!("Replay of {stored} stored messages to a new durable consumer"),
+            "Higher is better. 1 KiB messages; the consumer acknowledges cumulatively.",
+            "messages/s",
+            vec![format!("replay of {stored}")],
+            three(&|s| s.0),
+        );
+        out.chart(
+            "restart.svg",
+            &format!("Restart after SIGKILL with {stored} stored"),
+            "Lower is better. From the kill until the server serves again with everything there.",
+            "seconds",
+            vec![format!("restart with {stored} stored")],
+            three(&|s| s.2),
+        );
+    }
+
+    if runs("catchup") && catch_up > 0 {
+        eprintln!("beacon: catch-up of {catch_up}");
+        let beacon_c = within("Beacon's catch-up", async {
+            let mut chain = bench::Chain::prepare()?;
+            let (b, c) = chain.catch_up(&beacon_bin, catch_up, SIZE).await?;
+            Ok((b.as_secs_f64(), c.as_secs_f64()))
+        })
+        .await?;
+        eprintln!("nats (default): catch-up of {catch_up}");
+        let lazy_c = within(
+            "NATS's catch-up",
+            nats_catch_up(&nats_bin, &pki, false, catch_up),
+        )
+        .await?;
+        eprintln!("nats (always): catch-up of {catch_up}");
+        let always_c = within(
+            "NATS's catch-up",
+            nats_catch_up(&nats_bin, &pki, true, catch_up),
+        )
+        .await?;
+        let rate = |secs: f64| catch_up as f64 / secs.max(1e-9);
+        let cell = |(b, c): (f64, f64)| {
+            format!("{:.0}/s ({b:.1} s) / {:.0}/s ({c:.1} s)", rate(b), rate(c))
+        };
+        out.line("");
+        out.line(format!("Federation catch-up of {catch_up} messages of 1 KiB held by a first server while a second and third were down (Beacon: peer links, every relay verified and fsynced at each hop; NATS: leafnodes over mutual TLS, a mirror of a mirror across JetStream domains):"));
+        out.line("");
+        out.line("| catch-up: second server (one hop) / third (two hops) | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always (one hop / two hops) |");
+        out.line("|---|---|---|---|---:|");
+        out.line(format!(
+            "| {catch_up} messages | {} | {} | {} | {:.2}× / {:.2}× |",
+            cell(beacon_c),
+            cell(lazy_c),
+            cell(always_c),
+            always_c.0 / beacon_c.0.max(1e-9),
+            always_c.1 / beacon_c.1.max(1e-9)
+        ));
+        out.chart(
+            "catch-up.svg",
+            &format!("Federation catch-up of {catch_up} messages"),
+            "Higher is better. Messages per second until the second (one hop) and third (two hops) server hold them all.",
+            "messages/s",
+            vec!["one hop".into(), "two hops".into()],
+            vec![
+                charts::Series::new("Beacon", vec![rate(beacon_c.0), rate(beacon_c.1)]),
+                charts::Series::new(servers[0], vec![rate(lazy_c.0), rate(lazy_c.1)]),
+                charts::Series::new(servers[1], vec![rate(always_c.0), rate(always_c.1)]),
+            ],
         );
     }
 
@@ -693,20 +980,23 @@ async fn main() -> Result<()> {
         )
         .await?;
         let rate = |(n, secs): (u64, f64)| n as f64 / secs.max(1e-9);
-        println!();
-        println!("| fan-out | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
-        println!("|---|---|---|---|---:|");
-        println!(
+        out.line("");
+        out.line("| fan-out | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
+        out.line("|---|---|---|---|---:|");
+        out.line(format!(
             "| 1 publisher (16 in flight) → {subs} readers, {fan_n} messages | {:.0} deliveries/s | {:.0}/s | {:.0}/s | {:.2}× |",
             rate(beacon_fan), rate(lazy_fan), rate(always_fan), rate(beacon_fan) / rate(always_fan).max(1e-9)
-        );
+        ));
         for (who, (n, _)) in [
             ("Beacon", beacon_fan),
             ("NATS (default)", lazy_fan),
             ("NATS (always)", always_fan),
         ] {
             if n != (subs * fan_n) as u64 {
-                println!("| {who} delivered {n} of {} | | | | |", subs * fan_n);
+                out.line(format!(
+                    "| {who} delivered {n} of {} | | | | |",
+                    subs * fan_n
+                ));
             }
         }
     }
@@ -729,26 +1019,43 @@ async fn main() -> Result<()> {
         )
         .await?;
         let mb = |b: u64| b as f64 / 1e6;
-        println!();
-        println!("| server RSS | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
-        println!("|---|---|---|---|---:|");
-        for (what, pick) in [
-            ("idle", 0usize),
-            ("{mem_subs} subscriptions + 1 stalled", 1),
-            ("after {mem_n} more publishes", 2),
-        ] {
-            let get = |m: (u64, u64, u64)| [m.0, m.1, m.2][pick];
-            let what = what
-                .replace("{mem_subs}", &mem_subs.to_string())
-                .replace("{mem_n}", &mem_n.to_string());
-            println!(
+        out.line("");
+        out.line("| server RSS | Beacon | NATS (default) | NATS (always) | Beacon ÷ NATS always |");
+        out.line("|---|---|---|---|---:|");
+        let whats = [
+            "idle".to_owned(),
+            format!("{mem_subs} subscriptions + 1 stalled"),
+            format!("after {mem_n} more publishes"),
+        ];
+        let get = |m: (u64, u64, u64), pick: usize| [m.0, m.1, m.2][pick];
+        for (pick, what) in whats.iter().enumerate() {
+            out.line(format!(
                 "| {what} | {:.0} MB | {:.0} MB | {:.0} MB | {:.2}× |",
-                mb(get(beacon_mem)),
-                mb(get(lazy_mem)),
-                mb(get(always_mem)),
-                get(beacon_mem) as f64 / get(always_mem).max(1) as f64
-            );
+                mb(get(beacon_mem, pick)),
+                mb(get(lazy_mem, pick)),
+                mb(get(always_mem, pick)),
+                get(beacon_mem, pick) as f64 / get(always_mem, pick).max(1) as f64
+            ));
         }
+        let series = |name: &str, m: (u64, u64, u64)| {
+            charts::Series::new(name, (0..3).map(|p| mb(get(m, p))).collect())
+        };
+        out.chart(
+            "memory.svg",
+            "Server resident memory",
+            "Lower is better. Idle; with many subscriptions open and one stalled; after more publishes.",
+            "RSS (MB)",
+            whats.to_vec(),
+            vec![
+                series("Beacon", beacon_mem),
+                series(servers[0], lazy_mem),
+                series(servers[1], always_mem),
+            ],
+        );
+    }
+    if let Some(dir) = chart_dir {
+        out.write(&dir)?;
+        eprintln!("charts and results.md written to {}", dir.display());
     }
     Ok(())
 }
