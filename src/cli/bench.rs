@@ -977,7 +977,7 @@ async fn bench_federation(
     samples: usize,
     size: usize,
 ) -> Result<()> {
-    use beacon::tools::bench::{self, Target};
+    use beacon::tools::bench;
     use std::time::{Duration, Instant};
     let (exe, cores) = bench_host()?;
     let mut chain = bench::Chain::prepare()?;
