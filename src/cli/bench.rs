@@ -199,6 +199,11 @@ pub(super) struct SubscribeRuns {
     subscriptions: usize,
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// `[store] cache_mb` of the replay runs; with several (comma-separated),
+    /// the node is restarted on the same store with each in turn and its
+    /// memory reported for each.
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    cache_mb: Vec<u64>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -1042,6 +1047,7 @@ async fn bench_subscribe(runs: SubscribeRuns) -> Result<()> {
         publishes,
         subscriptions,
         size,
+        cache_mb,
     } = runs;
     let (exe, cores) = bench_host()?;
     println!("beacon bench subscribe: {size}-byte signed bulletins, node as a child process, mutual TLS 1.3, {cores} cores");
@@ -1054,24 +1060,32 @@ async fn bench_subscribe(runs: SubscribeRuns) -> Result<()> {
             "| bulk load of {replay} bulletins (store group commit, no network) | {:.0}/s |",
             replay as f64 / load.as_secs_f64()
         );
-        let t0 = std::time::Instant::now();
-        target.launch(&exe)?;
-        target.wait_serving().await?;
-        println!(
-            "| node start with {replay} stored, until it serves | {:.2} s |",
-            t0.elapsed().as_secs_f64()
-        );
-        for run in 1..=replays.max(1) {
-            let (n, secs) = bench::replay(&target, replay as u64, run).await?;
+        for (i, &mb) in cache_mb.iter().enumerate() {
+            if i > 0 {
+                target.stop();
+            }
+            target.set_cache_mb(mb)?;
+            let t0 = std::time::Instant::now();
+            target.launch(&exe)?;
+            target.wait_serving().await?;
             println!(
-                "| replay of {n} to a reconnecting subscriber (run {run}) | {:.0}/s ({secs:.1} s) |",
-                n as f64 / secs
+                "| node start with {replay} stored (cache_mb = {mb}), until it serves | {:.2} s |",
+                t0.elapsed().as_secs_f64()
+            );
+            let idle = target.rss().unwrap_or(0);
+            for run in 1..=replays.max(1) {
+                let (n, secs) = bench::replay(&target, replay as u64, run).await?;
+                println!(
+                    "| replay of {n} to a reconnecting subscriber (cache_mb = {mb}, run {run}) | {:.0}/s ({secs:.1} s) |",
+                    n as f64 / secs
+                );
+            }
+            println!(
+                "| daemon RSS with cache_mb = {mb}: after start / after the replay | {:.0} / {:.0} MB |",
+                idle as f64 / 1e6,
+                target.rss().unwrap_or(0) as f64 / 1e6
             );
         }
-        println!(
-            "| daemon RSS after the replay | {:.0} MB |",
-            target.rss().unwrap_or(0) as f64 / 1e6
-        );
     }
     if fan_out > 0 {
         let target = bench::Target::start(&exe)?;

@@ -46,22 +46,8 @@ pub struct Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGTERM first, so the node drains and reports its store figures.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // SIGTERM first, so the node drains and reports its store figures.
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -209,7 +195,19 @@ impl Target {
 
     /// Starts `beacon daemon` on the prepared directory and waits until it listens.
     pub fn launch(&mut self, exe: &Path) -> Result<(), BenchError> {
-        let child = Command::new(exe)
+        // `BEACON_BENCH_WRAP` (e.g. "perf record -g -o FILE --"): a profiler
+        // the daemon runs under; its figures are then the profiler's too.
+        let wrap = std::env::var("BEACON_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut command = match words.next() {
+            Some(first) => {
+                let mut c = Command::new(first);
+                c.args(words).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let child = command
             .args(["daemon", "--config", "beacon.toml"])
             .current_dir(&self.dir)
             .stdout(Stdio::null())
@@ -267,6 +265,40 @@ impl Target {
             .open(self.dir.join("beacon.toml"))
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| BenchError::Setup(e.to_string()))
+    }
+
+    /// Sets `[store] cache_mb` for the node's next launch (replacing a value
+    /// this set before).
+    pub fn set_cache_mb(&self, mb: u64) -> Result<(), BenchError> {
+        let path = self.dir.join("beacon.toml");
+        let io = |e: std::io::Error| BenchError::Setup(e.to_string());
+        let mut text = std::fs::read_to_string(&path).map_err(io)?;
+        const MARK: &str = "\n# set_cache_mb\n";
+        if let Some(i) = text.find(MARK) {
+            text.truncate(i);
+        }
+        text.push_str(&format!("{MARK}[store]\ncache_mb = {mb}\n"));
+        std::fs::write(&path, text).map_err(io)
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL after 15 s); the store stays
+    /// for the next [`Target::launch`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// As [`Target::bulk_load`], every bulletin expiring at `expires`.
