@@ -80,6 +80,10 @@ pub(super) enum BenchCommand {
         /// Serialized bulletin size in bytes.
         #[arg(long, default_value_t = 1024)]
         size: usize,
+        /// First, the same catch-up with B alone (C not started), so B's
+        /// checks have the machine's cores to themselves.
+        #[arg(long)]
+        one_hop: bool,
     },
     /// Restart after SIGKILL with many bulletins stored: the node is killed
     /// while it was publishing, and timed until it serves again (its store
@@ -283,7 +287,8 @@ pub(super) async fn run(cmd: BenchCommand) -> Result<()> {
             relay,
             samples,
             size,
-        } => bench_federation(catch_up, relay, samples, size).await,
+            one_hop,
+        } => bench_federation(catch_up, relay, samples, size, one_hop).await,
     }
 }
 
@@ -981,6 +986,7 @@ async fn bench_federation(
     relay: usize,
     samples: usize,
     size: usize,
+    one_hop: bool,
 ) -> Result<()> {
     use beacon::tools::bench;
     use std::time::{Duration, Instant};
@@ -990,6 +996,15 @@ async fn bench_federation(
     println!("| workload | figure |");
     println!("|---|---|");
     let stored = catch_up as u64;
+    if one_hop && catch_up > 0 {
+        let mut alone = bench::Chain::prepare()?;
+        let b_done = alone.catch_up_one_hop(&exe, catch_up, size).await?;
+        println!(
+            "| catch-up of {stored} by B alone (C not started) | {:.0}/s ({:.1} s) |",
+            stored as f64 / b_done.as_secs_f64(),
+            b_done.as_secs_f64()
+        );
+    }
     let (b_done, c_done) = chain.catch_up(&exe, catch_up, size).await?;
     if catch_up > 0 {
         let rate = |t: Duration| stored as f64 / t.as_secs_f64();

@@ -1200,6 +1200,24 @@ impl Chain {
         let c_done = wait_head(&mut admin_c, n as u64, limit).await?;
         Ok((b_done.duration_since(t0), c_done.duration_since(t0)))
     }
+
+    /// As [`Chain::catch_up`] with B alone (C is not started): the time
+    /// from B's start until its head reaches `n`.
+    pub async fn catch_up_one_hop(
+        &mut self,
+        exe: &Path,
+        n: usize,
+        size: usize,
+    ) -> Result<Duration, BenchError> {
+        self.a.bulk_load(n, size).await?;
+        self.a.launch(exe)?;
+        self.a.wait_serving().await?;
+        let t0 = Instant::now();
+        self.b.launch(exe)?;
+        let mut admin_b = self.b.admin().await?;
+        let done = wait_head(&mut admin_b, n as u64, Duration::from_secs(900)).await?;
+        Ok(done.duration_since(t0))
+    }
 }
 
 /// Convergence latency: `samples` bulletins published one at a time at
