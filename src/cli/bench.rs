@@ -304,6 +304,7 @@ async fn bench_publish(
     let (exe, cores) = bench_host()?;
     let mut rows = Vec::new();
     let mut sign_rates = Vec::new();
+    let mut node_cpu = Vec::new();
     for &algorithm in algorithms {
         let target = bench::Target::start_with(&exe, algorithm)?;
         println!(
@@ -319,8 +320,17 @@ async fn bench_publish(
             let n = n.max(1);
             let total = if n == 1 { (count / 10).max(100) } else { count };
             for &api in apis {
+                let cpu0 = target.cpu_seconds().unwrap_or(0.0);
                 let (mut fig, sign_rate) =
                     bench::closed_loop_with(&target, api, n, total, size, first).await?;
+                // The node is idle while the envelopes are signed (before
+                // the clock): its CPU time over the run is the run's.
+                let cpu = target.cpu_seconds().unwrap_or(0.0) - cpu0;
+                node_cpu.push((
+                    format!("{algorithm}: {}", fig.label),
+                    cpu / fig.count.max(1) as f64 * 1e6,
+                    cpu / fig.seconds.max(1e-9),
+                ));
                 first += n;
                 sign_rates.push((algorithm, sign_rate));
                 if algorithms.len() > 1 {
@@ -347,6 +357,13 @@ async fn bench_publish(
         }
     }
     bench::print_table(&rows);
+    println!();
+    println!("| closed-loop run | node CPU per publish | node's cores busy (of {cores}) |");
+    println!("|---|---:|---:|");
+    for (label, per, busy) in &node_cpu {
+        println!("| {label} | {per:.0} µs | {busy:.2} |");
+    }
+    println!();
     for &algorithm in algorithms {
         let best = sign_rates
             .iter()
