@@ -1076,6 +1076,41 @@ async fn a_node_rebuilt_empty_gets_its_history_back_from_its_peers() {
     }
 }
 
+/// A node back empty reads its peer's hundreds of bulletins back to back
+/// (the link checks them together, on every core): it holds each once, byte
+/// for byte, in the order its peer's log has them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_catch_up_keeps_the_peers_order_and_holds_each_once() {
+    let members = ["fr.anssi", "de.bsi"];
+    let alliance = Alliance::new(&members);
+    let mut nodes = mesh(&alliance, &members, &full_mesh(2)).await;
+    let mut want = BTreeSet::new();
+    for i in 0..400 {
+        let b = marked("fr.anssi", &format!("catch-up {i}"), Tlp::Green, &[]);
+        publish(&nodes[0], &alliance.ca, &b).await;
+        want.insert(b.id);
+    }
+    let before = wait_holds(&nodes[1], &alliance, &want).await;
+    let de = nodes.remove(1);
+    let node = de.node.restart_wiped().await;
+    let de = MeshNode { node, ..de };
+    let after = wait_holds(&de, &alliance, &want).await;
+    assert_eq!(after, before, "the same envelopes, with the same origins");
+    let listed = list_all(de.node.addr, &de.client, &alliance.ca)
+        .await
+        .expect("listed");
+    let origins: Vec<u64> = listed.iter().map(|d| d.origin_sequence).collect();
+    assert_eq!(origins.len(), 400);
+    assert!(
+        origins.windows(2).all(|w| w[0] < w[1]),
+        "appended in the peer's order: {origins:?}"
+    );
+    de.node.stop().await;
+    for n in nodes {
+        n.node.stop().await;
+    }
+}
+
 /// How node B of a mesh loses its log while node A, which had read it, is
 /// down: its disk is wiped, or it is restored from a backup taken earlier.
 #[derive(Clone, Copy, Debug, PartialEq)]
