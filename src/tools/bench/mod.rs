@@ -196,7 +196,9 @@ impl Target {
     /// Starts `beacon daemon` on the prepared directory and waits until it listens.
     pub fn launch(&mut self, exe: &Path) -> Result<(), BenchError> {
         // `BEACON_BENCH_WRAP` (e.g. "perf record -g -o FILE --"): a profiler
-        // the daemon runs under; its figures are then the profiler's too.
+        // the daemon runs under; its figures are then the profiler's too. (A
+        // wrapper that does not pass SIGTERM on, as heaptrack's script, can
+        // leave the benchmark waiting at the end: a debugging aid only.)
         let wrap = std::env::var("BEACON_BENCH_WRAP").unwrap_or_default();
         let mut words = wrap.split_whitespace();
         let mut command = match words.next() {
