@@ -694,6 +694,7 @@ async fn bench_engines(
         println!("|---|---:|---:|---:|");
         let mut loads = Vec::new();
         let mut replays = Vec::new();
+        let mut rss = Vec::new();
         for is_pg in [false, true] {
             let mut t = bench::Target::prepare()?;
             if is_pg {
@@ -705,6 +706,7 @@ async fn bench_engines(
             t.wait_serving().await?;
             let (n, secs) = bench::replay(&t, replay as u64, 1).await?;
             replays.push(n as f64 / secs);
+            rss.push(t.rss().unwrap_or(0) as f64 / 1e6);
         }
         println!(
             "| bulk load (store group commit, no network) | {:.0}/s | {:.0}/s | {:.2}× |",
@@ -717,6 +719,12 @@ async fn bench_engines(
             replays[0],
             replays[1],
             replays[1] / replays[0].max(1e-9)
+        );
+        println!(
+            "| daemon RSS after the replay | {:.0} MB | {:.0} MB | {:.2}× |",
+            rss[0],
+            rss[1],
+            rss[1] / rss[0].max(1e-9)
         );
     }
     Ok(())
