@@ -420,12 +420,11 @@ async fn session(
             .max(Duration::from_millis(100)),
     );
     key_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Messages read ahead while gathering a batch of deliveries: handled,
-    // in order, before the stream is read again.
-    let mut backlog: std::collections::VecDeque<pb::subscribe_response::Msg> =
-        std::collections::VecDeque::new();
+    // A message read ahead while gathering a batch of deliveries: handled
+    // next, before the stream is read again.
+    let mut ahead: Option<pb::subscribe_response::Msg> = None;
     loop {
-        let msg = match backlog.pop_front() {
+        let msg = match ahead.take() {
             Some(m) => m,
             None => tokio::select! {
                 _ = key_sync.tick() => {
@@ -488,13 +487,13 @@ async fn session(
                 // The deliveries already received behind this one join it
                 // (a catch-up streams them back to back), so that their
                 // checks run on every core; anything else read meanwhile
-                // waits in the backlog, in order.
+                // is handled next.
                 let mut batch = vec![d];
                 while batch.len() < RELAY_BATCH {
                     match sub.next().now_or_never() {
                         Some(Ok(Some(Msg::Delivery(d)))) => batch.push(d),
                         Some(Ok(Some(other))) => {
-                            backlog.push_back(other);
+                            ahead = Some(other);
                             break;
                         }
                         Some(Ok(None)) => {

@@ -1188,11 +1188,7 @@ impl Chain {
         n: usize,
         size: usize,
     ) -> Result<(Duration, Duration), BenchError> {
-        if n > 0 {
-            self.a.bulk_load(n, size).await?;
-        }
-        self.a.launch(exe)?;
-        self.a.wait_serving().await?;
+        self.serve_a_holding(exe, n, size).await?;
         let t0 = Instant::now();
         self.b.launch(exe)?;
         self.c.launch(exe)?;
@@ -1203,6 +1199,21 @@ impl Chain {
         Ok((b_done.duration_since(t0), c_done.duration_since(t0)))
     }
 
+    /// A holds `n` bulletins of about `size` bytes, bulk-loaded while it
+    /// was down, and serves.
+    async fn serve_a_holding(
+        &mut self,
+        exe: &Path,
+        n: usize,
+        size: usize,
+    ) -> Result<(), BenchError> {
+        if n > 0 {
+            self.a.bulk_load(n, size).await?;
+        }
+        self.a.launch(exe)?;
+        self.a.wait_serving().await
+    }
+
     /// As [`Chain::catch_up`] with B alone (C is not started): the time
     /// from B's start until its head reaches `n`.
     pub async fn catch_up_one_hop(
@@ -1211,9 +1222,7 @@ impl Chain {
         n: usize,
         size: usize,
     ) -> Result<Duration, BenchError> {
-        self.a.bulk_load(n, size).await?;
-        self.a.launch(exe)?;
-        self.a.wait_serving().await?;
+        self.serve_a_holding(exe, n, size).await?;
         let t0 = Instant::now();
         self.b.launch(exe)?;
         let mut admin_b = self.b.admin().await?;
