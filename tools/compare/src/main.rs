@@ -665,6 +665,20 @@ async fn within<T>(what: &str, run: impl std::future::Future<Output = Result<T>>
         .map_err(|_| anyhow::anyhow!("{what} missed its deadline"))?
 }
 
+/// Runs a NATS workload twice, under the comparison's deadline: with its
+/// default (lazy fsync), then with `sync_interval: always`.
+async fn nats_both<T, F>(what: &str, run: impl Fn(bool) -> F) -> Result<(T, T)>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    let name = format!("NATS's {what}");
+    eprintln!("nats (default): {what}");
+    let lazy = within(&name, run(false)).await?;
+    eprintln!("nats (always): {what}");
+    let always = within(&name, run(true)).await?;
+    Ok((lazy, always))
+}
+
 fn cell(f: &Figures) -> String {
     format!(
         "{:.0}/s (p50 {:.2} / p99 {:.2} / max {:.1} ms{})",
@@ -789,17 +803,9 @@ async fn main() -> Result<()> {
             beacon_runs(&beacon_bin, bench::Api::Stream, &counts),
         )
         .await?;
-        eprintln!("nats (default): publish runs");
-        let lazy = within(
-            "NATS's publish runs",
-            nats_runs(&nats_bin, &pki, false, &counts),
-        )
-        .await?;
-        eprintln!("nats (always): publish runs");
-        let always = within(
-            "NATS's publish runs",
-            nats_runs(&nats_bin, &pki, true, &counts),
-        )
+        let (lazy, always) = nats_both("publish runs", |always| {
+            nats_runs(&nats_bin, &pki, always, &counts)
+        })
         .await?;
         out.line("");
         out.line(
@@ -859,17 +865,9 @@ async fn main() -> Result<()> {
     if runs("stored") {
         eprintln!("beacon: {stored} stored");
         let beacon_s = within("Beacon's stored runs", beacon_stored(&beacon_bin, stored)).await?;
-        eprintln!("nats (default): {stored} stored");
-        let lazy_s = within(
-            "NATS's stored runs",
-            nats_stored(&nats_bin, &pki, false, stored),
-        )
-        .await?;
-        eprintln!("nats (always): {stored} stored");
-        let always_s = within(
-            "NATS's stored runs",
-            nats_stored(&nats_bin, &pki, true, stored),
-        )
+        let (lazy_s, always_s) = nats_both(&format!("{stored} stored"), |always| {
+            nats_stored(&nats_bin, &pki, always, stored)
+        })
         .await?;
         out.line("");
         out.line(format!("With {stored} messages of 1 KiB stored:"));
@@ -917,17 +915,9 @@ async fn main() -> Result<()> {
             Ok((b.as_secs_f64(), c.as_secs_f64()))
         })
         .await?;
-        eprintln!("nats (default): catch-up of {catch_up}");
-        let lazy_c = within(
-            "NATS's catch-up",
-            nats_catch_up(&nats_bin, &pki, false, catch_up),
-        )
-        .await?;
-        eprintln!("nats (always): catch-up of {catch_up}");
-        let always_c = within(
-            "NATS's catch-up",
-            nats_catch_up(&nats_bin, &pki, true, catch_up),
-        )
+        let (lazy_c, always_c) = nats_both(&format!("catch-up of {catch_up}"), |always| {
+            nats_catch_up(&nats_bin, &pki, always, catch_up)
+        })
         .await?;
         let rate = |secs: f64| catch_up as f64 / secs.max(1e-9);
         let cell = |(b, c): (f64, f64)| {
@@ -969,15 +959,9 @@ async fn main() -> Result<()> {
             Ok(bench::fan_out(&target, subs, fan_n, SIZE, 0).await?)
         })
         .await?;
-        let lazy_fan = within(
-            "NATS's fan-out",
-            nats_fan_out(&nats_bin, &pki, false, subs, fan_n),
-        )
-        .await?;
-        let always_fan = within(
-            "NATS's fan-out",
-            nats_fan_out(&nats_bin, &pki, true, subs, fan_n),
-        )
+        let (lazy_fan, always_fan) = nats_both("fan-out", |always| {
+            nats_fan_out(&nats_bin, &pki, always, subs, fan_n)
+        })
         .await?;
         let rate = |(n, secs): (u64, f64)| n as f64 / secs.max(1e-9);
         out.line("");
@@ -1008,15 +992,9 @@ async fn main() -> Result<()> {
             Ok(bench::memory(&target, mem_subs, mem_n, SIZE, 0).await?)
         })
         .await?;
-        let lazy_mem = within(
-            "NATS's memory run",
-            nats_memory(&nats_bin, &pki, false, mem_subs, mem_n),
-        )
-        .await?;
-        let always_mem = within(
-            "NATS's memory run",
-            nats_memory(&nats_bin, &pki, true, mem_subs, mem_n),
-        )
+        let (lazy_mem, always_mem) = nats_both("memory run", |always| {
+            nats_memory(&nats_bin, &pki, always, mem_subs, mem_n)
+        })
         .await?;
         let mb = |b: u64| b as f64 / 1e6;
         out.line("");
