@@ -924,9 +924,14 @@ impl Writer {
                     .collect();
             }
             Err(e) => {
-                if matches!(e, StoreError::Io(_)) {
+                // As in `admit` below: an engine that cannot be read stops
+                // the store, and every request hears that, not the raw I/O error.
+                let e = if matches!(e, StoreError::Io(_)) {
                     self.failed.set("read", &e);
-                }
+                    self.failed.error()
+                } else {
+                    e
+                };
                 for (_, reply) in reqs {
                     let _ = reply.send(Err(e.clone()));
                 }
