@@ -16,8 +16,9 @@
 //! - `engine.rs`: what the log asks of a storage engine: records, successors,
 //!   the index, markers, two spaces of positions (subscription cursors,
 //!   peer-link positions), atomic writes, a sync and a checkpoint;
-//!   `sled_engine.rs`, the embedded engine, and `wal.rs`, its write-ahead
-//!   log. Nothing outside this module knows which engine holds the bytes,
+//!   `sled_engine.rs`, the embedded engine, `wal.rs`, its write-ahead
+//!   log, and `values.rs`, its value files (records' bytes out of sled's
+//!   pages). Nothing outside this module knows which engine holds the bytes,
 //!   and only `sled_engine.rs` touches sled; `engine::open` is the one place
 //!   that names an engine.
 //! - `contract.rs`: what every engine must do, as tests any engine runs.
@@ -53,6 +54,7 @@ pub mod retention;
 mod sled_engine;
 mod tree;
 mod upgrade;
+mod values;
 mod wal;
 
 use std::path::Path;
@@ -79,8 +81,9 @@ pub use record::{
 /// the log it was taken on. 6: the embedded engine writes through its
 /// write-ahead log (`wal/` beside sled's files). 7: the log has a Merkle
 /// tree (one leaf per sequence, `tree.rs`), and tombstones keep the origin
-/// their leaf commits to.
-pub const FORMAT: u32 = 7;
+/// their leaf commits to. 8: the embedded engine keeps records' bytes in
+/// value files of its own (`values/`), sled a pointer to each.
+pub const FORMAT: u32 = 8;
 use record::{nanos, Indexed};
 
 #[derive(Debug, Clone, thiserror::Error)]

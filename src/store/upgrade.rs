@@ -20,6 +20,9 @@
 //! 6 → 7: the log gets its Merkle tree, built from every record and
 //! tombstone (a tombstone from before 7 has no origin: its leaf commits to
 //! an empty one).
+//! 7 → 8: nothing in the log changes; the embedded engine writes the
+//! records it takes from now on to its value files (`values.rs`), and
+//! reads the ones kept inline in sled before as they are.
 
 use std::collections::HashMap;
 

@@ -12,13 +12,31 @@ use beacon::domain::bulletin::Relation;
 use beacon::store::{Replaced, Store, StoreError, StoreOptions, FORMAT};
 
 /// The sled files of the store in `dir`, as its engine made them (sled
-/// refuses another buffer size than the one its files were made with).
+/// refuses another buffer size than the one its files were made with),
+/// with its records put back inline as stores before format 8 kept them
+/// (from format 8, sled holds a pointer to each record's bytes in
+/// `sled/values/`: tag 0xF0, file, offset, length, CRC32).
 fn open_sled(dir: &Path) -> sled::Db {
-    sled::Config::new()
+    let db = sled::Config::new()
         .path(dir.join("sled"))
         .segment_size(16 << 20)
         .open()
-        .expect("open sled")
+        .expect("open sled");
+    let log = db.open_tree("log").expect("log tree");
+    let values = dir.join("sled").join("values");
+    for item in log.scan_prefix(b"L") {
+        let (k, v) = item.expect("record");
+        if v.len() != 25 || v[0] != 0xF0 {
+            continue;
+        }
+        let file = u64::from_be_bytes(v[1..9].try_into().unwrap());
+        let at = u64::from_be_bytes(v[9..17].try_into().unwrap()) as usize;
+        let len = u32::from_be_bytes(v[17..21].try_into().unwrap()) as usize;
+        let bytes = std::fs::read(values.join(format!("val-{file:016x}"))).expect("value file");
+        log.insert(k, &bytes[at..at + len]).expect("inline");
+    }
+    db.flush().expect("flush");
+    db
 }
 
 /// Takes away the store's write-ahead log, as a store from before format 6
