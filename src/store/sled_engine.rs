@@ -221,8 +221,8 @@ fn mkey(level: u8, index: u64) -> [u8; 10] {
 }
 
 /// `S` segment → the sequences a value file holds.
-fn skey(segment: u64) -> [u8; 9] {
-    let mut k = lkey(segment);
+fn skey(segment: u32) -> [u8; 9] {
+    let mut k = lkey(u64::from(segment));
     k[0] = b'S';
     k
 }
@@ -364,8 +364,11 @@ impl SledEngine {
             wake: parking_lot::Condvar::new(),
             failed: std::sync::OnceLock::new(),
         });
-        // The files sled just created, and their names. (What was applied
-        // again is checkpointed by the store once it accepted the log.)
+        // The files sled just created, and their names; the values of what
+        // was applied again first, so that sled never points at bytes that
+        // are not durable. (What was applied again is checkpointed by the
+        // store once it accepted the log.)
+        shared.values.sync()?;
         shared.flush_sled()?;
         let worker = shared.clone();
         let checkpointer = std::thread::Builder::new()
@@ -455,13 +458,13 @@ fn place(
     values: &Values,
     log: &sled::Tree,
     set: &mut WriteSet,
-) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+) -> Result<Vec<(u32, u64, u64)>, StoreError> {
     if set.records.is_empty() {
         return Ok(Vec::new());
     }
     let refs: Vec<&[u8]> = set.records.iter().map(|(_, r)| r.as_slice()).collect();
     let pointers = values.put(&refs)?;
-    let mut ranges: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+    let mut ranges: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
     for ((seq, r), p) in set.records.iter_mut().zip(&pointers) {
         *r = p.encode().to_vec();
         let e = ranges.entry(p.segment).or_insert((*seq, *seq));
@@ -478,7 +481,7 @@ fn place(
 }
 
 /// The sequences value file `segment` holds, as sled records them.
-fn segment_range(log: &sled::Tree, segment: u64) -> Result<Option<(u64, u64)>, StoreError> {
+fn segment_range(log: &sled::Tree, segment: u32) -> Result<Option<(u64, u64)>, StoreError> {
     match log.get(skey(segment)).map_err(io)? {
         None => Ok(None),
         Some(v) => match (be_u64(&v), v.get(8..).and_then(be_u64)) {
@@ -494,7 +497,7 @@ fn segment_range(log: &sled::Tree, segment: u64) -> Result<Option<(u64, u64)>, S
 /// with its value, a removal with none); `ranges` from [`place`].
 fn each_op(
     set: WriteSet,
-    ranges: Vec<(u64, u64, u64)>,
+    ranges: Vec<(u32, u64, u64)>,
     mut op: impl FnMut(&[u8], Option<sled::IVec>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     for (segment, first, last) in ranges {
@@ -775,7 +778,7 @@ impl Shared {
     /// checkpoint again, into a new file), and files sled has no range of
     /// (a file whose first batch was cut by a crash). Never the file being
     /// written.
-    fn dead_values(&self) -> Result<Vec<u64>, StoreError> {
+    fn dead_values(&self) -> Result<Vec<u32>, StoreError> {
         let current = self.values.current();
         let mut dead = Vec::new();
         let dir = self.durable.dir.join("values");
@@ -1208,7 +1211,7 @@ mod tests {
         (seq, format!("record {seq} ").repeat(20).into_bytes())
     }
 
-    fn files(dir: &Path) -> Vec<u64> {
+    fn files(dir: &Path) -> Vec<u32> {
         Values::list(&dir.join("values")).unwrap()
     }
 

@@ -26,12 +26,12 @@ fn open_sled(dir: &Path) -> sled::Db {
     let values = dir.join("sled").join("values");
     for item in log.scan_prefix(b"L") {
         let (k, v) = item.expect("record");
-        if v.len() != 25 || v[0] != 0xF0 {
+        if v.len() != 17 || v[0] != 0xF0 {
             continue;
         }
-        let file = u64::from_be_bytes(v[1..9].try_into().unwrap());
-        let at = u64::from_be_bytes(v[9..17].try_into().unwrap()) as usize;
-        let len = u32::from_be_bytes(v[17..21].try_into().unwrap()) as usize;
+        let file = u32::from_be_bytes(v[1..5].try_into().unwrap());
+        let at = u32::from_be_bytes(v[5..9].try_into().unwrap()) as usize;
+        let len = u32::from_be_bytes(v[9..13].try_into().unwrap()) as usize;
         let bytes = std::fs::read(values.join(format!("val-{file:016x}"))).expect("value file");
         log.insert(k, &bytes[at..at + len]).expect("inline");
     }
