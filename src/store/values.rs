@@ -59,7 +59,7 @@ pub(super) const POINTER: usize = 1 + 4 + 4 + 4 + 4;
 /// Bytes of one segment before the next is started.
 pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
 /// The most read in one `pread` when a range of records is read.
-const RUN_BYTES: u64 = 1 << 20;
+const RUN_BYTES: u64 = 128 << 10;
 
 /// Where a record's bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
