@@ -52,6 +52,12 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// log takes two to three times the bytes of the frames), so that sled's
 /// files change only during a checkpoint.
 const CHECKPOINT_BYTES: u64 = 4 << 20;
+/// A value file is written again once its records still there take less
+/// than half its bytes (`docs/RELIABILITY.md`), checked at most this often,
+/// and only after a prune since the last check…
+const REWRITE_EVERY: Duration = Duration::from_secs(600);
+/// …and written again in frames of at most this many bytes of records.
+const REWRITE_FRAME: usize = 4 << 20;
 /// sled's buffer (and segment) size for new stores: its largest. sled writes
 /// a buffer to its file when the buffer is full or flushed; a cut that
 /// finds sled's file written since its last flush, in part (a torn cut),
@@ -105,6 +111,10 @@ pub(crate) struct Shared {
     /// Whether the next checkpoint looks for value files nothing points
     /// into any more (after a prune, and after an open).
     collect: std::sync::atomic::AtomicBool,
+    /// Whether anything was pruned since value files were last checked for
+    /// records to write again, and when that was.
+    pruned: std::sync::atomic::AtomicBool,
+    last_rewrite: parking_lot::Mutex<Option<Instant>>,
     /// What sled holds of the log. Held while anything is applied to sled
     /// (a staged batch after its sync, a write, a position change) and for
     /// the whole of a checkpoint, which so never races an apply.
@@ -357,6 +367,8 @@ impl SledEngine {
             wal,
             values,
             collect: std::sync::atomic::AtomicBool::new(true),
+            pruned: std::sync::atomic::AtomicBool::new(true),
+            last_rewrite: parking_lot::Mutex::new(None),
             applied: parking_lot::Mutex::new(Applied { head }),
             staged: parking_lot::Mutex::new(VecDeque::new()),
             checkpointing: parking_lot::Mutex::new(()),
@@ -664,8 +676,134 @@ impl Shared {
             }
             if let Err(e) = self.checkpoint() {
                 tracing::error!(error = %e, "the store's checkpoint failed; refusing further writes until a restart");
+                continue;
+            }
+            let due = self
+                .last_rewrite
+                .lock()
+                .is_none_or(|t| t.elapsed() >= REWRITE_EVERY);
+            if due
+                && self
+                    .pruned
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                *self.last_rewrite.lock() = Some(Instant::now());
+                match self.rewrite_sparse() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        files = n,
+                        "value files mostly pruned: their remaining records written again, the files go at the next checkpoint"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "writing mostly pruned value files again failed; refusing further writes until a restart");
+                    }
+                }
             }
         }
+    }
+
+    /// Writes again the records still in value files that are mostly
+    /// pruned (their records take less than half the file), so that the
+    /// files can go: retention prunes by expiry and by label, not in the
+    /// order records were written, and one long-lived record would
+    /// otherwise keep a whole file. Returns how many files it emptied.
+    ///
+    /// The live bytes of each file are counted by one scan of the
+    /// pointers, without holding writes off; each file is then written
+    /// again under the `applied` lock, from its pointers as they are then
+    /// (a record pruned meanwhile is not brought back), as ordinary frames
+    /// of the log (an open applies them again like any other), after the
+    /// staged batches.
+    fn rewrite_sparse(&self) -> Result<usize, StoreError> {
+        self.check()?;
+        let mut live: std::collections::HashMap<u32, u64> = Default::default();
+        for item in self.log.range(lkey(0)..=lkey(u64::MAX)) {
+            let (_, v) = item.map_err(io)?;
+            if let Some(p) = Pointer::decode(&v) {
+                *live.entry(p.segment).or_default() += u64::from(p.len);
+            }
+        }
+        let dir = self.durable.dir.join("values");
+        let mut emptied = 0;
+        for segment in Values::list(&dir)? {
+            if Some(segment) == self.values.current() {
+                continue;
+            }
+            let held = live.get(&segment).copied().unwrap_or(0);
+            let size = std::fs::metadata(dir.join(super::values::name(segment)))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if held == 0 || held.saturating_mul(2) >= size {
+                continue;
+            }
+            self.rewrite_file(segment)?;
+            emptied += 1;
+        }
+        if emptied > 0 {
+            self.collect
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.signal.lock().wanted = true;
+            self.wake.notify_all();
+        }
+        Ok(emptied)
+    }
+
+    /// Writes the records still in value file `segment` again (into the
+    /// file being written), in frames of up to [`REWRITE_FRAME`] bytes.
+    fn rewrite_file(&self, segment: u32) -> Result<(), StoreError> {
+        let mut applied = self.applied.lock();
+        if !self.staged.lock().is_empty() {
+            let upto = self.sync_log()?;
+            self.apply_staged(&mut applied, upto)?;
+        }
+        let Some((first, last)) = segment_range(&self.log, segment)? else {
+            return Ok(());
+        };
+        let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        for item in self.log.range(lkey(first)..=lkey(last)) {
+            let (k, v) = item.map_err(io)?;
+            let Some(p) = Pointer::decode(&v).filter(|p| p.segment == segment) else {
+                continue;
+            };
+            let seq = k
+                .get(1..)
+                .and_then(be_u64)
+                .ok_or_else(|| StoreError::Io("bad log key".into()))?;
+            let Some(value) = self.values.get(seq, &p)? else {
+                continue;
+            };
+            bytes += value.len();
+            records.push((seq, value.to_vec()));
+            if bytes >= REWRITE_FRAME {
+                self.write_again(std::mem::take(&mut records))?;
+                bytes = 0;
+            }
+        }
+        if !records.is_empty() {
+            self.write_again(records)?;
+        }
+        drop(applied);
+        Ok(())
+    }
+
+    /// One frame of records written again (under the `applied` lock):
+    /// durable in the log before sled points at their new values.
+    fn write_again(&self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+        let set = WriteSet {
+            records,
+            ..Default::default()
+        };
+        let payload = set.encode();
+        let beyond = {
+            let mut w = self.wal.lock();
+            self.append(&mut w, Kind::Batch, &payload)?;
+            w.since_checkpoint()
+        };
+        self.sync_log()?;
+        apply(&self.values, &self.log, set).map_err(|e| self.fail("write", &e))?;
+        self.want_checkpoint(beyond);
+        Ok(())
     }
 
     /// Makes every frame written so far durable (one fdatasync per segment
@@ -1074,6 +1212,8 @@ impl Engine for SledEngine {
         if !set.pruned.is_empty() {
             self.collect
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.pruned
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let head = set.head;
         apply(&self.values, &self.log, set).map_err(|e| self.fail("write", &e))?;
@@ -1294,6 +1434,65 @@ mod tests {
             vec![299, 300, 301, 302]
         );
         assert_eq!(got[3].1, b"inline record");
+    }
+
+    /// Files whose records were mostly pruned are written again (what is
+    /// left of them, into the current file), so that they go at the next
+    /// checkpoint; nothing pruned comes back, and a reopen reads the same.
+    #[test]
+    fn mostly_pruned_files_are_written_again_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let all_records: Vec<(u64, Vec<u8>)> = (1..=300).map(rec).collect();
+        let kept: Vec<(u64, Vec<u8>)> = all_records
+            .iter()
+            .filter(|(seq, _)| seq % 40 == 0)
+            .cloned()
+            .collect();
+        {
+            let (e, _) = SledEngine::open_sized(d, 1 << 20, 16 << 10).unwrap();
+            for chunk in all_records.chunks(25) {
+                e.write(WriteSet {
+                    records: chunk.to_vec(),
+                    head: chunk.last().map(|r| r.0),
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+            e.checkpoint().unwrap();
+            let before = files(d);
+            e.write(WriteSet {
+                pruned: all_records
+                    .iter()
+                    .filter(|(seq, _)| seq % 40 != 0)
+                    .map(|(seq, _)| Pruned {
+                        seq: *seq,
+                        tombstone: b"t".to_vec(),
+                        expires: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .unwrap();
+            let emptied = e.rewrite_sparse().unwrap();
+            assert!(emptied >= before.len() - 1, "{emptied} of {before:?}");
+            e.checkpoint().unwrap();
+            let after = files(d);
+            // Only the file being written (which took what was left) stays.
+            assert!(
+                after
+                    .iter()
+                    .all(|f| !before.contains(f) || Some(*f) == e.values.current()),
+                "{before:?} -> {after:?}"
+            );
+            assert_eq!(all(&e, 1, 300), kept);
+            assert_eq!(e.record(39).unwrap(), None);
+            assert_eq!(e.record(40).unwrap().as_deref(), Some(&kept[0].1[..]));
+            // Nothing more to do.
+            assert_eq!(e.rewrite_sparse().unwrap(), 0);
+        }
+        let (e, _) = SledEngine::open_sized(d, 1 << 20, 16 << 10).unwrap();
+        assert_eq!(all(&e, 1, 300), kept);
     }
 
     /// Frames after the last checkpoint are applied again at an open: their

@@ -32,9 +32,11 @@
 //! updated with the pointers of each batch. A segment none of whose
 //! sequences still points into it (its records pruned, or rewritten
 //! elsewhere) is removed after the checkpoint that made that durable.
-//! Values of records pruned from a segment that still holds others stay on
-//! disk until the last one goes (as a Kafka segment waits for its last
-//! message to expire); `beacon admin compact` rewrites the store whole.
+//! Retention prunes by expiry and by label, not in the order records were
+//! written, so a file can keep a few long-lived records among pruned ones:
+//! once the records left take less than half a file, the engine writes them
+//! again into the current one (ordinary frames of the log) and the file goes
+//! (`SledEngine::rewrite_sparse`, at most every ten minutes after a prune).
 //!
 //! Written here rather than taken from a crate: it is the store's format
 //! and its power-loss argument (above) leans on the write-ahead log's own.
@@ -104,7 +106,7 @@ impl Pointer {
     }
 }
 
-fn name(segment: u32) -> String {
+pub(super) fn name(segment: u32) -> String {
     format!("val-{segment:016x}")
 }
 
