@@ -60,6 +60,8 @@ pub(super) const TAG: u8 = 0xF0;
 pub(super) const POINTER: usize = 1 + 4 + 4 + 4 + 4;
 /// Bytes of one segment before the next is started.
 pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
+/// Value files kept open for reads at once.
+const OPEN_FILES: usize = 64;
 /// The most read in one `pread` when a range of records is read.
 const RUN_BYTES: u64 = 128 << 10;
 
@@ -280,7 +282,15 @@ impl Values {
         match File::open(self.dir.join(name(segment))) {
             Ok(f) => {
                 let f = Arc::new(f);
-                self.files.write().insert(segment, f.clone());
+                let mut files = self.files.write();
+                // Bounded: a store of many files keeps the most recently
+                // opened, and opens others again when read.
+                if files.len() >= OPEN_FILES {
+                    if let Some(k) = files.keys().next().copied() {
+                        files.remove(&k);
+                    }
+                }
+                files.insert(segment, f.clone());
                 Ok(Some(f))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
