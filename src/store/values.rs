@@ -283,8 +283,8 @@ impl Values {
             Ok(f) => {
                 let f = Arc::new(f);
                 let mut files = self.files.write();
-                // Bounded: a store of many files keeps the most recently
-                // opened, and opens others again when read.
+                // Bounded: past [`OPEN_FILES`], one held file is let go
+                // (any: it is opened again when read).
                 if files.len() >= OPEN_FILES {
                     if let Some(k) = files.keys().next().copied() {
                         files.remove(&k);
