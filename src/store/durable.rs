@@ -18,6 +18,18 @@ pub(crate) fn sync_file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Bytes of the files directly in `dir` (0 if it cannot be read).
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum::<u64>()
+        })
+        .unwrap_or(0)
+}
+
 /// The names in a directory as last made durable: [`Listing::sync`] fsyncs
 /// the directory only when they changed (a readdir is much cheaper than an
 /// fsync), and returns the names new since, and all of them.

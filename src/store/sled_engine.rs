@@ -34,9 +34,10 @@ use bytes::Bytes;
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::durable::{sync_file, Listing};
+use super::durable::{dir_bytes, sync_file, Listing};
 use super::engine::{Engine, RecordIter, Recovery, Space, WriteSet};
 use super::record::Position;
 use super::values::{Pointer, Values};
@@ -110,10 +111,10 @@ pub(crate) struct Shared {
     values: Values,
     /// Whether the next checkpoint looks for value files nothing points
     /// into any more (after a prune, and after an open).
-    collect: std::sync::atomic::AtomicBool,
+    collect: AtomicBool,
     /// Whether anything was pruned since value files were last checked for
     /// records to write again, and when that was.
-    pruned: std::sync::atomic::AtomicBool,
+    pruned: AtomicBool,
     last_rewrite: parking_lot::Mutex<Option<Instant>>,
     /// What sled holds of the log. Held while anything is applied to sled
     /// (a staged batch after its sync, a write, a position change) and for
@@ -366,8 +367,9 @@ impl SledEngine {
             durable,
             wal,
             values,
-            collect: std::sync::atomic::AtomicBool::new(true),
-            pruned: std::sync::atomic::AtomicBool::new(true),
+            collect: AtomicBool::new(true),
+            // Not at open: the scan of every pointer waits for a prune.
+            pruned: AtomicBool::new(false),
             last_rewrite: parking_lot::Mutex::new(None),
             applied: parking_lot::Mutex::new(Applied { head }),
             staged: parking_lot::Mutex::new(VecDeque::new()),
@@ -614,7 +616,10 @@ impl Shared {
             None => Ok(None),
             Some(v) if Pointer::decode(&v) == Some(*p) => Err(StoreError::Corrupt {
                 seq,
-                reason: format!("its value file (values/val-{:016x}) is missing", p.segment),
+                reason: format!(
+                    "its value file (values/{}) is missing",
+                    super::values::name(p.segment)
+                ),
             }),
             // Written again elsewhere meanwhile: read it there.
             Some(v) => match Pointer::decode(&v) {
@@ -682,11 +687,7 @@ impl Shared {
                 .last_rewrite
                 .lock()
                 .is_none_or(|t| t.elapsed() >= REWRITE_EVERY);
-            if due
-                && self
-                    .pruned
-                    .swap(false, std::sync::atomic::Ordering::Relaxed)
-            {
+            if due && self.pruned.swap(false, Ordering::Relaxed) {
                 *self.last_rewrite.lock() = Some(Instant::now());
                 match self.rewrite_sparse() {
                     Ok(0) => {}
@@ -695,6 +696,7 @@ impl Shared {
                         "value files mostly pruned: their remaining records written again, the files go at the next checkpoint"
                     ),
                     Err(e) => {
+                        let e = self.fail("rewrite of mostly pruned value files", &e);
                         tracing::error!(error = %e, "writing mostly pruned value files again failed; refusing further writes until a restart");
                     }
                 }
@@ -740,8 +742,7 @@ impl Shared {
             emptied += 1;
         }
         if emptied > 0 {
-            self.collect
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.collect.store(true, Ordering::Relaxed);
             self.signal.lock().wanted = true;
             self.wake.notify_all();
         }
@@ -752,10 +753,13 @@ impl Shared {
     /// file being written), in frames of up to [`REWRITE_FRAME`] bytes.
     fn rewrite_file(&self, segment: u32) -> Result<(), StoreError> {
         let mut applied = self.applied.lock();
-        if !self.staged.lock().is_empty() {
-            let upto = self.sync_log()?;
-            self.apply_staged(&mut applied, upto)?;
-        }
+        let mut again = |records| {
+            let set = WriteSet {
+                records,
+                ..Default::default()
+            };
+            self.write_locked(&mut applied, set)
+        };
         let Some((first, last)) = segment_range(&self.log, segment)? else {
             return Ok(());
         };
@@ -776,32 +780,44 @@ impl Shared {
             bytes += value.len();
             records.push((seq, value.to_vec()));
             if bytes >= REWRITE_FRAME {
-                self.write_again(std::mem::take(&mut records))?;
+                again(std::mem::take(&mut records))?;
                 bytes = 0;
             }
         }
         if !records.is_empty() {
-            self.write_again(records)?;
+            again(records)?;
         }
-        drop(applied);
         Ok(())
     }
 
-    /// One frame of records written again (under the `applied` lock):
-    /// durable in the log before sled points at their new values.
-    fn write_again(&self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
-        let set = WriteSet {
-            records,
-            ..Default::default()
-        };
+    /// [`Engine::write`], under the `applied` lock: the staged batches
+    /// before it made durable and applied first (sled takes batches in the
+    /// log's order), then its frame, then the batch in sled, atomically.
+    fn write_locked(&self, applied: &mut Applied, set: WriteSet) -> Result<(), StoreError> {
+        if !self.staged.lock().is_empty() {
+            let upto = self.sync_log()?;
+            self.apply_staged(applied, upto)?;
+        }
         let payload = set.encode();
         let beyond = {
             let mut w = self.wal.lock();
             self.append(&mut w, Kind::Batch, &payload)?;
             w.since_checkpoint()
         };
-        self.sync_log()?;
+        // A batch of records is durable in the log before sled points at
+        // its values: an open then writes them again if they were lost.
+        if !set.records.is_empty() {
+            self.sync_log()?;
+        }
+        if !set.pruned.is_empty() {
+            self.collect.store(true, Ordering::Relaxed);
+            self.pruned.store(true, Ordering::Relaxed);
+        }
+        let head = set.head;
         apply(&self.values, &self.log, set).map_err(|e| self.fail("write", &e))?;
+        if let Some(h) = head {
+            applied.head = h;
+        }
         self.want_checkpoint(beyond);
         Ok(())
     }
@@ -875,10 +891,7 @@ impl Shared {
         let (lsn, next) = self.held();
         // Value files no durable pointer will point into once sled is
         // flushed: removed only after the checkpoint that records it.
-        let dead = match self
-            .collect
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
+        let dead = match self.collect.swap(false, Ordering::Relaxed) {
             true => self
                 .dead_values()
                 .map_err(|e| self.fail("checkpoint", &e))?,
@@ -1193,36 +1206,8 @@ impl Engine for SledEngine {
     /// batches in the log's order.
     fn write(&self, set: WriteSet) -> Result<(), StoreError> {
         self.check()?;
-        let payload = set.encode();
         let mut applied = self.applied.lock();
-        if !self.staged.lock().is_empty() {
-            let upto = self.sync_log()?;
-            self.apply_staged(&mut applied, upto)?;
-        }
-        let beyond = {
-            let mut w = self.wal.lock();
-            self.append(&mut w, Kind::Batch, &payload)?;
-            w.since_checkpoint()
-        };
-        // A batch of records is durable in the log before sled points at
-        // its values: an open then writes them again if they were lost.
-        if !set.records.is_empty() {
-            self.sync_log()?;
-        }
-        if !set.pruned.is_empty() {
-            self.collect
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            self.pruned
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        let head = set.head;
-        apply(&self.values, &self.log, set).map_err(|e| self.fail("write", &e))?;
-        if let Some(h) = head {
-            applied.head = h;
-        }
-        drop(applied);
-        self.want_checkpoint(beyond);
-        Ok(())
+        self.write_locked(&mut applied, set)
     }
 
     /// One frame in the write-ahead log; the batch goes to sled after the
@@ -1321,15 +1306,10 @@ impl Engine for SledEngine {
 
     /// sled's files, the value files and the write-ahead log's segments.
     fn size_on_disk(&self) -> u64 {
-        let wal = std::fs::read_dir(self.durable.dir.join("wal"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum::<u64>()
-            })
-            .unwrap_or(0);
-        self.db.size_on_disk().unwrap_or(0) + wal + self.values.size_on_disk()
+        let d = &self.durable.dir;
+        self.db.size_on_disk().unwrap_or(0)
+            + dir_bytes(&d.join("wal"))
+            + dir_bytes(&d.join("values"))
     }
 
     fn tree_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
@@ -1355,6 +1335,19 @@ mod tests {
         Values::list(&dir.join("values")).unwrap()
     }
 
+    /// Stages `records` in batches of 25, each synced (so applied).
+    fn load(e: &SledEngine, records: &[(u64, Vec<u8>)]) {
+        for chunk in records.chunks(25) {
+            e.stage(WriteSet {
+                records: chunk.to_vec(),
+                head: chunk.last().map(|r| r.0),
+                ..Default::default()
+            })
+            .unwrap();
+            e.sync().unwrap();
+        }
+    }
+
     fn all(e: &SledEngine, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
         e.records(from, to)
             .map(|r| r.map(|(s, b)| (s, b.to_vec())))
@@ -1373,15 +1366,7 @@ mod tests {
         let want: Vec<(u64, Vec<u8>)> = (1..=300).map(rec).collect();
         {
             let (e, _) = SledEngine::open_sized(d, 1 << 20, 16 << 10).unwrap();
-            for chunk in want.chunks(25) {
-                e.stage(WriteSet {
-                    records: chunk.to_vec(),
-                    head: chunk.last().map(|r| r.0),
-                    ..Default::default()
-                })
-                .unwrap();
-                e.sync().unwrap();
-            }
+            load(&e, &want);
             let raw = e.log.get(lkey(7)).unwrap().unwrap();
             assert_eq!(
                 raw.len(),
@@ -1451,14 +1436,7 @@ mod tests {
             .collect();
         {
             let (e, _) = SledEngine::open_sized(d, 1 << 20, 16 << 10).unwrap();
-            for chunk in all_records.chunks(25) {
-                e.write(WriteSet {
-                    records: chunk.to_vec(),
-                    head: chunk.last().map(|r| r.0),
-                    ..Default::default()
-                })
-                .unwrap();
-            }
+            load(&e, &all_records);
             e.checkpoint().unwrap();
             let before = files(d);
             e.write(WriteSet {

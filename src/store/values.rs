@@ -36,7 +36,8 @@
 //! written, so a file can keep a few long-lived records among pruned ones:
 //! once the records left take less than half a file, the engine writes them
 //! again into the current one (ordinary frames of the log) and the file goes
-//! (`SledEngine::rewrite_sparse`, at most every ten minutes after a prune).
+//! (`rewrite_sparse` in `sled_engine.rs`, at most every ten minutes after a
+//! prune).
 //!
 //! Written here rather than taken from a crate: it is the store's format
 //! and its power-loss argument (above) leans on the write-ahead log's own.
@@ -365,18 +366,6 @@ impl Values {
             }
         }
         sync_dir(&self.dir).map_err(io)
-    }
-
-    /// Bytes of every segment.
-    pub fn size_on_disk(&self) -> u64 {
-        std::fs::read_dir(&self.dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum::<u64>()
-            })
-            .unwrap_or(0)
     }
 }
 
